@@ -1,0 +1,52 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+
+from . import services
+from .forms import MemberForm, ProjectForm
+from .permissions import project_view, projects_for
+
+
+@login_required
+def project_list(request):
+    projects = projects_for(request.user).prefetch_related("memberships")
+    roles = dict(request.user.memberships.values_list("project_id", "role"))
+    rows = [(p, roles.get(p.id)) for p in projects]
+    return render(request, "accounts/project_list.html", {"rows": rows})
+
+
+@login_required
+def project_create(request):
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        project = services.create_project(created_by=request.user, **form.cleaned_data)
+        messages.success(request, f"Created {project.name}. Add your team under Settings.")
+        return redirect(project)
+    return render(request, "accounts/project_form.html", {"form": form})
+
+
+@project_view("view")
+def project_detail(request, project):
+    return render(request, "accounts/project_detail.html", {})
+
+
+@project_view("manage")
+def project_settings(request, project):
+    form = MemberForm(request.POST or None)
+    if request.method == "POST":
+        if "remove" in request.POST:
+            try:
+                services.remove_member(project=project, membership_id=int(request.POST["remove"]))
+                messages.success(request, "Member removed.")
+            except (services.MembershipError, ValueError) as exc:
+                messages.error(request, str(exc))
+            return redirect("project_settings", slug=project.slug)
+        if form.is_valid():
+            try:
+                m = services.set_member_role(project=project, **form.cleaned_data)
+                messages.success(request, f"{m.user.username} is now {m.get_role_display()} in {project.name}.")
+                return redirect("project_settings", slug=project.slug)
+            except services.MembershipError as exc:
+                form.add_error(None, str(exc))
+    members = project.memberships.select_related("user").order_by("user__username")
+    return render(request, "accounts/project_settings.html", {"form": form, "members": members})

@@ -1,0 +1,158 @@
+"""Examples and frozen dataset versions.
+
+An Example is a conversation: an optional system message, then user/assistant turns; its final
+assistant turn is the ideal output. ``messages`` is a list of ``{"role": ..., "content": ...}``.
+A DatasetVersion is an immutable snapshot: its items copy the messages and split at freeze time,
+so runs and evaluations never see later edits.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from apps.accounts.models import Project, TimeStamped
+
+
+class ExampleStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    VAL = "val", "Validation"
+    TEST = "test", "Test"
+
+
+class ImportBatch(TimeStamped):
+    """One import of a file: where examples came from, with what the importer reported."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
+    filename = models.CharField(max_length=255)
+    file_format = models.CharField(max_length=16)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    imported_count = models.PositiveIntegerField(default=0)
+    skipped_duplicates = models.PositiveIntegerField(default=0)
+    warnings = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.imported_count} examples)"
+
+
+class Example(TimeStamped):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="examples")
+    messages = models.JSONField(help_text="[{role, content}, ...]; the last assistant turn is the ideal output")
+    status = models.CharField(max_length=16, choices=ExampleStatus.choices, default=ExampleStatus.DRAFT)
+    split = models.CharField(max_length=8, choices=Split.choices, blank=True, default="")
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    source = models.ForeignKey(ImportBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="examples")
+    content_hash = models.CharField(max_length=64, help_text="sha256 of the messages as imported (de-duplicates re-imports)")
+    input_hash = models.CharField(max_length=64, blank=True, help_text="sha256 of the normalized input turns")
+    revision = models.PositiveIntegerField(default=1, help_text="optimistic-locking counter, +1 on every save by a person")
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["project", "status", "id"]),
+            models.Index(fields=["project", "split", "id"]),
+            models.Index(fields=["project", "content_hash"]),
+            models.Index(fields=["project", "input_hash"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Example #{self.pk}"
+
+    @property
+    def ideal_output(self) -> str:
+        for message in reversed(self.messages or []):
+            if message.get("role") == "assistant":
+                return message.get("content", "")
+        return ""
+
+    @property
+    def input_messages(self) -> list[dict]:
+        """Every turn before the final assistant turn (what the model is given)."""
+        msgs = list(self.messages or [])
+        for i in range(len(msgs) - 1, -1, -1):
+            if msgs[i].get("role") == "assistant":
+                return msgs[:i]
+        return msgs
+
+
+class ExampleRevision(models.Model):
+    """History: the example as it was before each change, who changed it and when."""
+
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="revisions")
+    revision = models.PositiveIntegerField()
+    messages = models.JSONField()
+    status = models.CharField(max_length=16, choices=ExampleStatus.choices)
+    split = models.CharField(max_length=8, choices=Split.choices, blank=True, default="")
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    change = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-revision"]
+        constraints = [models.UniqueConstraint(fields=["example", "revision"], name="one_history_row_per_revision")]
+
+
+class DatasetVersion(models.Model):
+    """An immutable, numbered snapshot of a project's approved examples."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="dataset_versions")
+    number = models.PositiveIntegerField()
+    content_hash = models.CharField(max_length=64)
+    note = models.CharField(max_length=200, blank=True)
+    split_counts = models.JSONField(default=dict, help_text='{"train": n, "val": n, "test": n}')
+    token_stats = models.JSONField(default=dict, blank=True, help_text="per split: count, total, mean, p50, p95, max tokens")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [models.UniqueConstraint(fields=["project", "number"], name="version_numbers_unique_per_project")]
+
+    def __str__(self) -> str:
+        return f"v{self.number}"
+
+    @property
+    def example_count(self) -> int:
+        return sum(self.split_counts.values()) if self.split_counts else 0
+
+    def conversations(self, split: str) -> list[list[dict]]:
+        """The frozen conversations of one split, in a stable order (what training and evaluation read)."""
+        return [item.messages for item in self.items.filter(split=split).order_by("position")]
+
+
+class DatasetVersionItem(models.Model):
+    """One frozen example inside a version. Later edits to the Example never change it."""
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="items")
+    example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    position = models.PositiveIntegerField()
+    split = models.CharField(max_length=8, choices=Split.choices)
+    messages = models.JSONField()
+    content_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["version", "position"]
+        indexes = [models.Index(fields=["version", "split", "position"])]
+        constraints = [models.UniqueConstraint(fields=["version", "position"], name="one_item_per_position")]
+
+    @property
+    def ideal_output(self) -> str:
+        for message in reversed(self.messages):
+            if message.get("role") == "assistant":
+                return message.get("content", "")
+        return ""
+
+    @property
+    def input_messages(self) -> list[dict]:
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i].get("role") == "assistant":
+                return self.messages[:i]
+        return list(self.messages)

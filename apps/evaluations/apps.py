@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class EvaluationsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "apps.evaluations"
+    label = "evaluations"
+    # (label, url name taking `slug`, capability): shown in the project's tab bar when the URL exists
+    project_tabs = [("Rubrics", "rubric_list", "view"), ("Evaluations", "evaluation_list", "view"), ("Review queue", "review_queue", "review")]

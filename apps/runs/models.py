@@ -1,0 +1,110 @@
+"""Base models, fine-tuning runs and their metrics.
+
+The Run row is the truth about a run: status, heartbeat and attempts decide whether a (possibly
+redelivered) task may start or resume it.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from apps.accounts.models import Project, TimeStamped
+from apps.datasets.models import DatasetVersion
+
+
+class SourceKind(models.TextChoices):
+    LOCAL = "local", "Local directory (Hugging Face format)"
+    GGUF = "gguf", "GGUF file"
+    HUB = "hub", "Hugging Face Hub id (online servers only)"
+
+
+class BaseModel(TimeStamped):
+    """A registered base model any project may fine-tune."""
+
+    name = models.SlugField(max_length=80, unique=True)
+    display_name = models.CharField(max_length=120, blank=True)
+    source_kind = models.CharField(max_length=8, choices=SourceKind.choices)
+    source = models.CharField(max_length=500, help_text="directory, .gguf path, or Hub id")
+    revision = models.CharField(max_length=80, blank=True)
+    architecture = models.CharField(max_length=80, blank=True)
+    parameter_count = models.BigIntegerField(default=0)
+    context_length = models.PositiveIntegerField(default=2048)
+    has_chat_template = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.display_name or self.name
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Run(TimeStamped):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
+    name = models.CharField(max_length=120, blank=True)
+    dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="runs")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="runs")
+    preset = models.CharField(max_length=16, blank=True)
+    hyperparameters = models.JSONField(default=dict, help_text="the worker's TrainConfig fields")
+    seed = models.PositiveIntegerField(default=42)
+    estimate = models.JSONField(default=dict, blank=True, help_text="tokens, steps, seconds, memory before launch")
+
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    checkpoint_path = models.CharField(max_length=500, blank=True)
+    adapter_path = models.CharField(max_length=500, blank=True)
+    final_train_loss = models.FloatField(null=True, blank=True)
+    final_val_loss = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    log_tail = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "status", "-created_at"]), models.Index(fields=["status", "heartbeat_at"])]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(step__gte=0), name="run_step_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or f"Run #{self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("run_detail", kwargs={"slug": self.project.slug, "pk": self.pk})
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+
+
+class RunMetric(models.Model):
+    """One logged point of a run: training metrics at a step, or validation loss at an epoch end."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics")
+    step = models.PositiveIntegerField()
+    epoch = models.FloatField(default=0)
+    train_loss = models.FloatField(null=True, blank=True)
+    val_loss = models.FloatField(null=True, blank=True)
+    learning_rate = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "step"]
+        indexes = [models.Index(fields=["run", "step"])]

@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("apps.accounts.urls")),
+    path("p/<slug:slug>/data/", include("apps.datasets.urls")),
+    path("p/<slug:slug>/runs/", include("apps.runs.urls")),
+    path("p/<slug:slug>/evals/", include("apps.evaluations.urls")),
+]

