@@ -52,13 +52,12 @@ def password() -> str:
 
 
 @pytest.fixture(autouse=True)
-def eager_celery(settings):
+def eager_celery():
     """Tasks run inline in unit tests; tests that need a real worker start one themselves."""
     from ftstudio.celery import app
 
     app.conf.task_always_eager = True
     app.conf.task_eager_propagates = True
-    settings.CELERY_TASK_ALWAYS_EAGER = True
     yield
     app.conf.task_always_eager = False
 
