@@ -23,7 +23,7 @@ stop() {
 trap stop INT TERM EXIT
 
 .venv/bin/celery -A ftstudio worker -B -Q gpu,default --concurrency 1 --loglevel INFO \
-  --schedule var/celerybeat-schedule &
+  --schedule "${FTSTUDIO_VAR_DIR:-var}/celerybeat-schedule" &
 pids+=($!)
 $PY manage.py runserver --noreload "$HOST:$PORT" &
 pids+=($!)

@@ -9,7 +9,7 @@ from .permissions import project_view, projects_for
 
 @login_required
 def project_list(request):
-    projects = projects_for(request.user).prefetch_related("memberships")
+    projects = projects_for(request.user)
     roles = dict(request.user.memberships.values_list("project_id", "role"))
     rows = [(p, roles.get(p.id)) for p in projects]
     return render(request, "accounts/project_list.html", {"rows": rows})
