@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "apps.datasets",
     "apps.runs",
     "apps.evaluations",
+    "apps.demo",
 ]
 
 MIDDLEWARE = [
