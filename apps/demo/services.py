@@ -1,0 +1,159 @@
+"""Seeding the demo project: what `make run` shows a new user.
+
+Everything goes through the other apps' services, as a person would: accounts (project, members),
+datasets (import, splits, approval, freeze, quality report), runs (the shipped base model) and
+evaluations (the rubric). Nothing here writes another app's rows directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from apps.accounts.models import Project, Role
+from apps.accounts.services import create_project, set_member_role
+
+from . import generator
+
+log = logging.getLogger(__name__)
+
+DEMO_SLUG = "house-style"
+DEMO_NAME = "Support replies in house style"
+DEMO_DESCRIPTION = (
+    "Lumo's support team answers customers in one house style: 'Hi <name>,', one sentence from the facts, "
+    "'Warm regards, Lumo Care Team'. Can a 135M model learn it in minutes on a CPU, and does it beat prompting?"
+)
+# username -> role. The PM creates the project; two reviewers so the results page can show agreement.
+DEMO_USERS = {"pat": Role.PM, "dana": Role.DESIGNER, "rui": Role.REVIEWER, "sam": Role.REVIEWER}
+CLEAN_FILE = "lumo-support-replies.jsonl"
+FLAWED_FILE = "lumo-inbox-unreviewed.jsonl"
+
+
+class DemoError(RuntimeError):
+    """The demo could not be seeded; the message says which step failed and why."""
+
+
+@dataclass
+class SeedResult:
+    project: Project
+    created: bool
+    logins: dict[str, str] = field(default_factory=dict)  # username -> password, only for users created now
+    notes: list[str] = field(default_factory=list)
+
+
+def demo_exists() -> bool:
+    return Project.objects.filter(slug=DEMO_SLUG).exists()
+
+
+def to_jsonl(examples: list[generator.DemoExample], *, tags: list[str]) -> bytes:
+    lines = []
+    for example in examples:
+        metadata = {k: v for k, v in example.metadata.items() if k != "demo"}
+        lines.append(json.dumps({"messages": example.messages, "tags": tags, "metadata": metadata}, ensure_ascii=False))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _ensure_users() -> tuple[dict, dict[str, str]]:
+    """The demo's people, created once with random passwords (returned only when created)."""
+    User = get_user_model()
+    users, logins = {}, {}
+    for username in DEMO_USERS:
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            password = secrets.token_urlsafe(9)
+            user = User.objects.create_user(username=username, password=password)
+            logins[username] = password
+        users[username] = user
+    return users, logins
+
+
+def seed_demo(*, size: int = 300, seed: int = 7, quality_report: bool = True) -> SeedResult:
+    """Create the demo project once: members, examples (clean and flawed), splits, version 1, rubric, base model.
+
+    Idempotent: when the demo project exists nothing is changed and ``created`` is False.
+    ``size`` is the number of clean examples (the journey test uses a small one).
+    """
+    existing = Project.objects.filter(slug=DEMO_SLUG).first()
+    if existing is not None:
+        return SeedResult(project=existing, created=False)
+
+    from apps.datasets import services as datasets
+
+    base_model = _ensure_base_model()  # may convert the shipped GGUF once (tens of seconds): outside the transaction
+    clean = generator.generate_examples(size, seed=seed)
+    flawed = generator.flawed_examples(clean, seed=seed)
+    with transaction.atomic():
+        users, logins = _ensure_users()
+        pm = next(users[u] for u, role in DEMO_USERS.items() if role == Role.PM)
+        designer = next(users[u] for u, role in DEMO_USERS.items() if role == Role.DESIGNER)
+        project = create_project(name=DEMO_NAME, created_by=pm, description=DEMO_DESCRIPTION, slug=DEMO_SLUG)
+        for username, role in DEMO_USERS.items():
+            if users[username] != pm:
+                set_member_role(project=project, username=username, role=role)
+
+        for name, examples, tags in ((CLEAN_FILE, clean, ["demo"]), (FLAWED_FILE, flawed, ["demo", "inbox"])):
+            report = datasets.import_examples(project=project, path_or_file=io.BytesIO(to_jsonl(examples, tags=tags)),
+                                              file_format="openai", filename=name, user=designer)
+            if not report.ok:
+                raise DemoError(f"Importing {name} failed: {'; '.join(str(e) for e in report.errors[:5])}")
+        datasets.assign_splits(project=project, seed=seed)
+        _approve_clean(project=project, user=designer)
+        version = datasets.freeze_version(project=project, user=designer,
+                                          note=f"Demo: {size} approved house-style replies")
+        _ensure_rubric(project=project, user=designer)
+        if quality_report:
+            datasets.run_quality_report(project=project)
+    notes = [f"Dataset v{version.number}: {version.split_counts}."]
+    if base_model is not None:
+        notes.append(f"Base model: {base_model}.")
+    return SeedResult(project=project, created=True, logins=logins, notes=notes)
+
+
+def _approve_clean(*, project: Project, user) -> None:
+    """Approve every imported example that is not from the unreviewed inbox (those stay drafts to fix)."""
+    from apps.datasets import services as datasets
+    from apps.datasets.models import Example, ExampleStatus
+
+    for example in Example.objects.filter(project=project, status=ExampleStatus.DRAFT).exclude(
+            source__filename=FLAWED_FILE).order_by("id"):
+        datasets.set_status(example=example, status=ExampleStatus.APPROVED, user=user)
+
+
+def _ensure_base_model():
+    """Register the shipped SmolLM2-135M-Instruct (B's service); None when runs are not installed yet."""
+    try:
+        from apps.runs.services import ensure_shipped_base_model
+    except ImportError:
+        log.warning("apps.runs.services.ensure_shipped_base_model is missing: the demo has no base model yet")
+        return None
+    return ensure_shipped_base_model()
+
+
+def _ensure_rubric(*, project: Project, user):
+    """The demo's rubric, through the evaluations app's service."""
+    try:
+        from apps.evaluations import services as evaluations
+    except ImportError:
+        log.warning("apps.evaluations.services is missing: the demo has no rubric yet")
+        return None
+    create = getattr(evaluations, "create_rubric", None)
+    if create is None:
+        log.warning("apps.evaluations.services.create_rubric is missing: the demo has no rubric yet")
+        return None
+    return create(project=project, name=generator.RUBRIC_NAME, criteria=generator.RUBRIC_CRITERIA, user=user)
+
+
+def save_logins(logins: dict[str, str]) -> str:
+    """Write the demo logins next to the admin login (var/, mode 600) and return the path."""
+    note = settings.VAR_DIR / "demo-logins.txt"
+    lines = [f"{username} ({DEMO_USERS[username].label}): {password}" for username, password in logins.items()]
+    note.write_text("\n".join(lines) + "\n")
+    note.chmod(0o600)
+    return str(note)
