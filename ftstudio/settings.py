@@ -182,12 +182,13 @@ if _broker_scheme not in {"filesystem", "redis", "rediss", "amqp", "memory"}:
 if _broker_scheme in {"redis", "rediss"} and not urlparse(CELERY_BROKER_URL).hostname:
     raise ImproperlyConfigured(f"CELERY_BROKER_URL={CELERY_BROKER_URL!r} names no Redis host.")
 if _broker_scheme == "filesystem":
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:
