@@ -52,6 +52,7 @@ class Example(TimeStamped):
     content_hash = models.CharField(max_length=64, help_text="sha256 of the messages as imported (de-duplicates re-imports)")
     input_hash = models.CharField(max_length=64, blank=True, help_text="sha256 of the normalized input turns")
     revision = models.PositiveIntegerField(default=1, help_text="optimistic-locking counter, +1 on every save by a person")
+    token_count = models.PositiveIntegerField(default=0, help_text="tokens of the whole conversation (base model's tokenizer)")
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
@@ -156,3 +157,78 @@ class DatasetVersionItem(models.Model):
             if self.messages[i].get("role") == "assistant":
                 return self.messages[:i]
         return list(self.messages)
+
+
+class ReportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class FindingKind(models.TextChoices):
+    EXACT_DUPLICATE = "exact_duplicate", "Exact duplicates"
+    NEAR_DUPLICATE = "near_duplicate", "Near-duplicates"
+    CONFLICT = "conflict", "Conflicting ideal outputs"
+    EMPTY_OUTPUT = "empty_output", "Empty output"
+    SHORT_OUTPUT = "short_output", "Very short output"
+    TOO_LONG = "too_long", "Over the model's context"
+    PERSONAL_DATA = "personal_data", "Personal data"
+    LEAKAGE = "leakage", "Leakage between splits"
+
+
+class QualityReport(models.Model):
+    """One run of the quality checks over a project's examples (a Celery task on the `default` queue)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="quality_reports")
+    status = models.CharField(max_length=16, choices=ReportStatus.choices, default=ReportStatus.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="0-100")
+    stage = models.CharField(max_length=120, blank=True)
+    example_count = models.PositiveIntegerField(default=0)
+    summary = models.JSONField(default=dict, blank=True, help_text="{kind: number of open findings}")
+    error = models.TextField(blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["project", "status", "id"])]
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (ReportStatus.QUEUED, ReportStatus.RUNNING)
+
+
+class QualityFinding(models.Model):
+    """One problem found by a report, linking to the examples involved.
+
+    ``key`` fingerprints the finding (its kind and the content of its examples), so a dismissal
+    survives re-running the report and lapses once the examples change.
+    """
+
+    report = models.ForeignKey(QualityReport, on_delete=models.CASCADE, related_name="findings")
+    kind = models.CharField(max_length=32, choices=FindingKind.choices)
+    severity = models.CharField(max_length=8, default="warn", help_text="bad | warn")
+    detail = models.CharField(max_length=500)
+    key = models.CharField(max_length=64)
+    dismissed = models.BooleanField(default=False)
+    examples = models.ManyToManyField(Example, related_name="quality_findings")
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["report", "kind", "dismissed"]), models.Index(fields=["report", "key"])]
+
+
+class QualityDismissal(models.Model):
+    """A designer's decision that a finding is not a problem (kept across report runs)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="quality_dismissals")
+    key = models.CharField(max_length=64)
+    kind = models.CharField(max_length=32, choices=FindingKind.choices)
+    dismissed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "key"], name="one_dismissal_per_finding_key")]

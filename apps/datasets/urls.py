@@ -1,3 +1,16 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from . import views
+
+urlpatterns = [
+    path("", views.example_list, name="example_list"),
+    path("import/", views.example_import, name="example_import"),
+    path("export/", views.example_export, name="example_export"),
+    path("splits/", views.assign_splits, name="assign_splits"),
+    path("examples/<int:pk>/", views.example_label, name="example_label"),
+    path("examples/<int:pk>/save/", views.example_save, name="example_save"),
+    path("quality/", views.quality_report, name="quality_report"),
+    path("quality/findings/<int:pk>/dismiss/", views.finding_dismiss, name="finding_dismiss"),
+    path("versions/", views.version_list, name="version_list"),
+    path("versions/<int:number>/", views.version_detail, name="version_detail"),
+]

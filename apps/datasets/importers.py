@@ -1,0 +1,264 @@
+"""Parse and validate import files: OpenAI chat JSONL, Alpaca JSONL and CSV. No database here.
+
+Every problem is reported with its line number and a plain-language reason, the checks fine-tuning
+users know from the usual data-preparation scripts: not a JSON object, missing or empty messages list,
+a message without role or content, unknown keys in a message, unknown role, no assistant message,
+content not a string, empty content. A file with any problem imports nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+FORMATS = ("openai", "alpaca", "csv")
+ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = {"role", "content", "name", "weight"}
+OPENAI_EXTRA_KEYS = {"tags", "metadata"}
+ALPACA_KEYS = {"instruction", "input", "output", "system"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int  # 1-based; 0 for the file as a whole
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+@dataclass
+class Row:
+    line: int
+    messages: list[dict]
+    tags: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class Parsed:
+    file_format: str
+    rows: list[Row] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    # warnings that repeat are collected by reason, with the lines they concern
+    notes: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    def warnings(self) -> list[str]:
+        return [f"{reason} ({describe_lines(lines)})" for reason, lines in self.notes.items()]
+
+
+def describe_lines(lines: list[int], shown: int = 10) -> str:
+    head = ", ".join(str(n) for n in lines[:shown])
+    more = f" and {len(lines) - shown} more" if len(lines) > shown else ""
+    return f"line{'s' if len(lines) > 1 else ''} {head}{more}"
+
+
+def _type_name(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def content_hash(messages: list[dict]) -> str:
+    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    return _SPACE.sub(" ", text).strip().lower()
+
+
+def input_hash(messages: list[dict]) -> str:
+    """Hash of the turns before the ideal output, ignoring case and spacing (finds conflicting answers)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    blob = "\x1e".join(f"{m['role']}:{normalize_text(m['content'])}" for m in messages[:last])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def decode(data: bytes) -> tuple[str | None, Problem | None]:
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return None, Problem(line, f"the file is not UTF-8 text (byte {exc.start + 1} cannot be decoded); "
+                                   "save it as UTF-8 and upload it again")
+
+
+def detect_format(text: str, filename: str = "") -> str:
+    name = filename.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not first.startswith("{"):
+        return "csv" if not name.endswith((".jsonl", ".json")) else "openai"
+    try:
+        obj = json.loads(first)
+    except ValueError:
+        return "openai"
+    if isinstance(obj, dict) and "messages" not in obj and ("instruction" in obj or "output" in obj):
+        return "alpaca"
+    return "openai"
+
+
+def parse(text: str, file_format: str = "auto", filename: str = "") -> Parsed:
+    if file_format == "auto":
+        file_format = detect_format(text, filename)
+    if file_format not in FORMATS:
+        return Parsed(file_format, errors=[Problem(0, f"unknown format {file_format!r}: use auto, openai, alpaca or csv")])
+    parsed = Parsed(file_format)
+    if file_format == "csv":
+        _parse_csv(text, parsed)
+    else:
+        _parse_jsonl(text, parsed)
+    if not parsed.rows and not parsed.errors:
+        parsed.errors.append(Problem(0, "the file holds no examples"))
+    return parsed
+
+
+def _parse_jsonl(text: str, parsed: Parsed) -> None:
+    check = _check_openai if parsed.file_format == "openai" else _check_alpaca
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            msg = getattr(exc, "msg", str(exc))
+            parsed.errors.append(Problem(number, f"not valid JSON ({msg} at column {getattr(exc, 'colno', '?')})"))
+            continue
+        if not isinstance(obj, dict):
+            parsed.errors.append(Problem(number, f"not a JSON object: each line must be one object, found {_type_name(obj)}"))
+            continue
+        row = check(obj, number, parsed)
+        if row is not None:
+            parsed.rows.append(row)
+
+
+def _check_openai(obj: dict, line: int, parsed: Parsed) -> Row | None:
+    problems: list[str] = []
+    for key in sorted(set(obj) - {"messages"} - OPENAI_EXTRA_KEYS):
+        parsed.notes[f"ignored unknown key {key!r}"].append(line)
+    if "messages" not in obj:
+        parsed.errors.append(Problem(line, 'missing the "messages" list'))
+        return None
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        parsed.errors.append(Problem(line, f'"messages" must be a list, found {_type_name(messages)}'))
+        return None
+    if not messages:
+        parsed.errors.append(Problem(line, '"messages" is empty: an example needs at least a user and an assistant message'))
+        return None
+    clean: list[dict] = []
+    for i, m in enumerate(messages, 1):
+        if not isinstance(m, dict):
+            problems.append(f"message {i} is not an object (found {_type_name(m)})")
+            continue
+        role = m.get("role")
+        where = f"message {i}" + (f" ({role})" if role in ROLES else "")
+        unknown = sorted(set(m) - MESSAGE_KEYS)
+        if unknown:
+            problems.append(f"{where} has unknown key{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(repr(k) for k in unknown)}: a message may only have role, content, name and weight")
+        if "role" not in m:
+            problems.append(f'{where} has no "role"')
+        elif role not in ROLES:
+            problems.append(f"{where} has unknown role {role!r}: use system, user or assistant")
+        if "content" not in m:
+            problems.append(f'{where} has no "content"')
+        elif not isinstance(m["content"], str):
+            problems.append(f"{where}: content must be a string, found {_type_name(m['content'])}")
+        elif not m["content"].strip():
+            problems.append(f"{where} has empty content")
+        if isinstance(role, str) and role in ROLES and isinstance(m.get("content"), str):
+            clean.append({"role": role, "content": m["content"]})
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    if "assistant" not in roles:
+        problems.append("no assistant message: the last assistant turn is the ideal output the model learns")
+    elif roles and roles[-1] != "assistant" and roles[-1] in ROLES:
+        problems.append(f"the last message is from {roles[-1]!r}: it must be the assistant's ideal output")
+    if problems:
+        parsed.errors.extend(Problem(line, p) for p in problems)
+        return None
+    tags, metadata = obj.get("tags") or [], obj.get("metadata") or {}
+    if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        parsed.errors.append(Problem(line, '"tags" must be a list of strings'))
+        return None
+    if not isinstance(metadata, dict):
+        parsed.errors.append(Problem(line, f'"metadata" must be an object, found {_type_name(metadata)}'))
+        return None
+    return Row(line, clean, tags=tags, metadata=metadata)
+
+
+def _alpaca_messages(instruction: str, input_text: str, output: str, system: str) -> list[dict]:
+    user = instruction.strip() + (f"\n\n{input_text.strip()}" if input_text.strip() else "")
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _check_alpaca(obj: dict, line: int, parsed: Parsed) -> Row | None:
+    problems = []
+    for key in sorted(set(obj) - ALPACA_KEYS):
+        parsed.notes[f"ignored unknown key {key!r}"].append(line)
+    for key in ("instruction", "input", "output", "system"):
+        required = key in ("instruction", "output")
+        if key not in obj:
+            if required:
+                problems.append(f'missing "{key}"')
+            continue
+        if not isinstance(obj[key], str):
+            problems.append(f'"{key}" must be a string, found {_type_name(obj[key])}')
+        elif required and not obj[key].strip():
+            problems.append(f'"{key}" is empty')
+    if problems:
+        parsed.errors.extend(Problem(line, p) for p in problems)
+        return None
+    return Row(line, _alpaca_messages(obj["instruction"], obj.get("input", ""), obj["output"], obj.get("system", "")))
+
+
+def _parse_csv(text: str, parsed: Parsed) -> None:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        parsed.errors.append(Problem(1, f"not a readable CSV header ({exc})"))
+        return
+    columns = [h.strip().lower() for h in header]
+    missing = [c for c in ("input", "output") if c not in columns]
+    if missing:
+        parsed.errors.append(Problem(1, f"the header must name the columns input and output (optional: system); "
+                                        f"missing {', '.join(missing)}, found {', '.join(columns) or 'nothing'}"))
+        return
+    extra = [c for c in columns if c not in ("input", "output", "system")]
+    previous_end = reader.line_num
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            parsed.errors.append(Problem(previous_end + 1, f"not readable as CSV ({exc})"))
+            break
+        line = previous_end + 1
+        previous_end = reader.line_num
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(columns):
+            parsed.errors.append(Problem(line, f"has {len(values)} fields, the header has {len(columns)}"))
+            continue
+        record = dict(zip(columns, values, strict=True))
+        problems = [f'the "{c}" column is empty' for c in ("input", "output") if not record[c].strip()]
+        if problems:
+            parsed.errors.extend(Problem(line, p) for p in problems)
+            continue
+        metadata = {c: record[c] for c in extra if record[c] != ""}
+        parsed.rows.append(Row(line, _alpaca_messages(record["input"], "", record["output"], record.get("system", "")),
+                               metadata=metadata))

@@ -1,0 +1,245 @@
+"""Quality checks over a project's examples and the near-duplicate groups splits rely on. No database here.
+
+Near-duplicates: MinHash signatures of word 3-gram shingles (``datasketch.MinHash.bulk``), candidate
+pairs from ``MinHashLSH`` buckets, each candidate checked against its bucket's first member with the
+estimated Jaccard similarity, and connected components (``scipy.sparse.csgraph``) as groups. Every
+bucket is walked once, so the cost grows with the number of examples, not with the number of pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .importers import content_hash, normalize_text
+
+NEAR_DUPLICATE_THRESHOLD = 0.8
+NUM_PERM = 64
+SHORT_OUTPUT_CHARS = 10
+MAX_EXAMPLES_PER_FINDING = 50
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}[\s.-]\d{3,4}[\s.-]?\d{3,4}(?!\w)")
+CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+
+
+@dataclass
+class Item:
+    id: int
+    messages: list[dict]
+    split: str = ""
+    token_count: int = 0
+
+    @property
+    def output(self) -> str:
+        for m in reversed(self.messages):
+            if m["role"] == "assistant":
+                return m["content"]
+        return ""
+
+    @property
+    def input_text(self) -> str:
+        last = max((i for i, m in enumerate(self.messages) if m["role"] == "assistant"), default=len(self.messages))
+        return "\n".join(m["content"] for m in self.messages[:last] if m["role"] != "system")
+
+    @property
+    def full_text(self) -> str:
+        return "\n".join(m["content"] for m in self.messages if m["role"] != "system")
+
+
+@dataclass
+class Finding:
+    kind: str
+    detail: str
+    example_ids: list[int]
+    severity: str = "warn"
+    hashes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        blob = self.kind + "|" + "|".join(sorted(self.hashes))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def shingles(text: str, n: int = 3) -> set[bytes]:
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words).encode()} if words else {b""}
+    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[tuple[int, int]]:
+    """Index pairs (i, j) whose texts' estimated Jaccard similarity is at least ``threshold``."""
+    from datasketch import MinHash, MinHashLSH
+
+    if len(texts) < 2:
+        return []
+    signatures = MinHash.bulk([shingles(t) for t in texts], num_perm=NUM_PERM, seed=1)
+    values = np.vstack([s.hashvalues for s in signatures])
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    with lsh.insertion_session(buffer_size=len(texts)) as session:
+        for i, sig in enumerate(signatures):
+            session.insert(i, sig, check_duplication=False)
+    pairs = set()
+    for table in lsh.hashtables:
+        for bucket_key in table.keys():
+            members = table.get(bucket_key)
+            if len(members) < 2:
+                continue
+            members = sorted(members)
+            first = members[0]
+            others = np.array(members[1:])
+            similarity = (values[others] == values[first]).mean(axis=1)
+            pairs.update((first, int(j)) for j in others[similarity >= threshold])
+    return sorted(pairs)
+
+
+def groups_from_pairs(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Connected components: a group label per index."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = list(pairs)
+    if not pairs:
+        return np.arange(n)
+    rows, cols = zip(*pairs, strict=True)
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def similarity_groups(items: list[Item]) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Groups of examples that must stay together: same input, near-same input or near-same conversation.
+
+    Returns (group label per item, near-duplicate input pairs, near-duplicate conversation pairs).
+    """
+    input_pairs = near_duplicate_pairs([normalize_text(i.input_text) for i in items])
+    full_pairs = near_duplicate_pairs([normalize_text(i.full_text) for i in items])
+    same_input: dict[str, int] = {}
+    exact_pairs = []
+    for index, item in enumerate(items):
+        key = normalize_text(item.input_text)
+        if key in same_input:
+            exact_pairs.append((same_input[key], index))
+        else:
+            same_input[key] = index
+    return groups_from_pairs(len(items), input_pairs + full_pairs + exact_pairs), input_pairs, full_pairs
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def personal_data(text: str) -> list[str]:
+    """Kinds of personal data found in a text: email, phone number, card number (Luhn-checked)."""
+    found = []
+    if "@" in text and EMAIL.search(text):
+        found.append("an email address")
+    cards = [m for m in CARD.findall(text) if _luhn_ok(re.sub(r"\D", "", m))]
+    if cards:
+        found.append("a card number")
+    if any(not any(m in c for c in cards) for m in PHONE.findall(text)):
+        found.append("a phone number")
+    return found
+
+
+def _groups(labels: np.ndarray, members: Iterable[int] | None = None) -> list[list[int]]:
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for index in (members if members is not None else range(len(labels))):
+        by_label[int(labels[index])].append(index)
+    return [g for g in by_label.values() if len(g) > 1]
+
+
+def run_checks(items: list[Item], *, context_length: int, model_name: str,
+               progress: Callable[[int, str], None] | None = None) -> list[Finding]:
+    """Every check over ``items``; ``progress(percent, stage)`` is called between stages."""
+    def step(percent: int, stage: str) -> None:
+        if progress:
+            progress(percent, stage)
+
+    findings: list[Finding] = []
+    hashes = [content_hash(i.messages) for i in items]
+
+    def finding(kind: str, detail: str, indexes: list[int], severity: str = "warn") -> None:
+        indexes = sorted(indexes, key=lambda k: items[k].id)
+        findings.append(Finding(kind, detail, [items[k].id for k in indexes[:MAX_EXAMPLES_PER_FINDING]], severity,
+                                [hashes[k] for k in indexes]))
+
+    step(5, "Exact duplicates")
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for index, h in enumerate(hashes):
+        by_hash[h].append(index)
+    duplicate_of = {}
+    for group in by_hash.values():
+        if len(group) > 1:
+            finding("exact_duplicate", f"{len(group)} examples are identical: keep one, delete or reject the rest.", group, "bad")
+            duplicate_of.update({k: group[0] for k in group})
+
+    step(10, "Near-duplicates (MinHash)")
+    labels, input_pairs, full_pairs = similarity_groups(items)
+    step(60, "Near-duplicates and conflicts")
+    near = groups_from_pairs(len(items), full_pairs)
+    for group in _groups(near):
+        distinct = {hashes[k] for k in group}
+        if len(distinct) > 1:
+            finding("near_duplicate", f"{len(group)} examples are near-duplicates (≥{NEAR_DUPLICATE_THRESHOLD:.0%} similar): "
+                                      "they add little and can leak between splits.", group)
+
+    # Conflicts: the same or a near-same input with different ideal outputs.
+    same_input = groups_from_pairs(len(items), input_pairs + [
+        (a, b) for a, b in _exact_input_pairs(items)])
+    for group in _groups(same_input):
+        outputs = {normalize_text(items[k].output) for k in group}
+        if len(outputs) > 1:
+            finding("conflict", f"{len(group)} examples give the same or a near-same input {len(outputs)} different "
+                                "ideal outputs: the model cannot learn which is right.", group, "bad")
+
+    step(75, "Empty, short and long outputs")
+    for index, item in enumerate(items):
+        output = item.output.strip()
+        if not output:
+            finding("empty_output", "The ideal output is empty.", [index], "bad")
+        elif len(output) < SHORT_OUTPUT_CHARS:
+            finding("short_output", f"The ideal output is very short ({len(output)} characters): {output!r}.", [index])
+        if item.token_count > context_length:
+            finding("too_long", f"{item.token_count:,} tokens, over the {context_length:,}-token context of "
+                                f"{model_name}: training would cut it.", [index], "bad")
+
+    step(85, "Personal data")
+    for index, item in enumerate(items):
+        kinds = sorted({k for m in item.messages for k in personal_data(m["content"])})
+        if kinds:
+            finding("personal_data", f"Contains {', '.join(kinds)}: remove or mask it before training.", [index], "bad")
+
+    step(95, "Leakage between splits")
+    for group in _groups(labels):
+        splits = {items[k].split for k in group if items[k].split}
+        if "train" in splits and splits & {"val", "test"}:
+            held_out = sorted(splits - {"train"})
+            finding("leakage", f"{len(group)} near-identical examples sit in train and in {' and '.join(held_out)}: "
+                               "the held-out score would reward memorizing. Put them in one split.", group, "bad")
+    step(100, "Done")
+    return findings
+
+
+def _exact_input_pairs(items: list[Item]) -> list[tuple[int, int]]:
+    first: dict[str, int] = {}
+    pairs = []
+    for index, item in enumerate(items):
+        key = normalize_text(item.input_text)
+        if key in first:
+            pairs.append((first[key], index))
+        else:
+            first[key] = index
+    return pairs

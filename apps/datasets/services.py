@@ -1,0 +1,445 @@
+"""Curation: import and export examples, edit them with optimistic locking, assign splits, freeze
+versions and run the quality report. Plain functions with keyword arguments; views, commands and
+tasks call these and nothing else writes examples.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from . import importers, quality
+from .importers import Problem, content_hash, input_hash
+from .models import (
+    DatasetVersion,
+    DatasetVersionItem,
+    Example,
+    ExampleRevision,
+    ExampleStatus,
+    FindingKind,
+    ImportBatch,
+    QualityDismissal,
+    QualityFinding,
+    QualityReport,
+    ReportStatus,
+    Split,
+)
+from .tokens import get_token_counter
+
+SPLITS = (Split.TRAIN, Split.VAL, Split.TEST)
+
+
+class CurationError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+
+class FreezeError(CurationError):
+    pass
+
+
+class ExportError(CurationError):
+    pass
+
+
+class EditConflict(CurationError):
+    """Someone saved the example since this editor loaded it. Nothing was overwritten; both texts are kept."""
+
+    def __init__(self, *, example: Example, yours: str, theirs: str, changed_by: str):
+        self.example, self.yours, self.theirs, self.changed_by = example, yours, theirs, changed_by
+        super().__init__(
+            f"{changed_by} saved this example while you were editing it (it is now at revision {example.revision}). "
+            "Your text was not saved and nothing was overwritten: both texts are shown, keep one or merge them, then save again."
+        )
+
+
+# --- import ----------------------------------------------------------------------------------------
+@dataclass
+class ImportReport:
+    file_format: str = ""
+    imported: int = 0
+    skipped_duplicates: int = 0
+    warnings: list[str] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    batch: ImportBatch | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _read(path_or_file) -> tuple[bytes, str]:
+    limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
+    if isinstance(path_or_file, str | Path):
+        path = Path(path_or_file)
+        if path.stat().st_size > limit:
+            raise CurationError(f"{path.name} is {path.stat().st_size:,} bytes; the limit is {limit:,}.")
+        return path.read_bytes(), path.name
+    size = getattr(path_or_file, "size", None)
+    if size is not None and size > limit:
+        raise CurationError(f"The file is {size:,} bytes; the limit is {limit:,}.")
+    data = path_or_file.read(limit + 1)
+    if len(data) > limit:
+        raise CurationError(f"The file is over the {limit:,}-byte limit.")
+    if isinstance(data, str):
+        data = data.encode()
+    return data, getattr(path_or_file, "name", "") or ""
+
+
+def import_examples(*, project, path_or_file: str | Path | IO, file_format: str = "auto", user=None,
+                    filename: str | None = None, max_tokens: int | None = None) -> ImportReport:
+    """Validate a whole file, then import it in one transaction; a file with any error imports nothing.
+
+    Returns an ImportReport: counts, warnings (too many tokens for the base model, ignored keys) and
+    every error with its line number. Examples already in the project (same content hash) are skipped.
+    """
+    started = time.perf_counter()
+    try:
+        data, name = _read(path_or_file)
+    except (CurationError, OSError) as exc:
+        return ImportReport(file_format=file_format, errors=[Problem(0, str(exc))])
+    filename = filename or Path(name).name or "upload"
+    text, problem = importers.decode(data)
+    if problem:
+        return ImportReport(file_format=file_format, errors=[problem])
+    parsed = importers.parse(text, file_format, filename)
+    report = ImportReport(file_format=parsed.file_format, errors=parsed.errors, warnings=parsed.warnings())
+    if report.errors:
+        return report
+
+    rows = parsed.rows
+    counter = get_token_counter()
+    limit = max_tokens or counter.context_length
+    counts = counter.count_conversations([r.messages for r in rows])
+    too_long = [(r.line, n) for r, n in zip(rows, counts, strict=True) if n > limit]
+    if too_long:
+        shown = ", ".join(f"line {line}: {n:,} tokens" for line, n in too_long[:10])
+        more = f" and {len(too_long) - 10} more" if len(too_long) > 10 else ""
+        report.warnings.insert(0, f"{len(too_long)} example{'s' if len(too_long) > 1 else ''} over the {limit:,}-token "
+                                  f"context of {counter.model_name} ({shown}{more}); training would cut them")
+
+    existing = set(Example.objects.filter(project=project).values_list("content_hash", flat=True))
+    examples = []
+    for row, n in zip(rows, counts, strict=True):
+        h = content_hash(row.messages)
+        if h in existing:
+            report.skipped_duplicates += 1
+            continue
+        existing.add(h)
+        examples.append(Example(project=project, messages=row.messages, tags=row.tags, metadata=row.metadata,
+                                content_hash=h, input_hash=input_hash(row.messages), token_count=n, updated_by=user))
+    with transaction.atomic():
+        report.batch = ImportBatch.objects.create(
+            project=project, filename=filename[:255], file_format=parsed.file_format, created_by=user,
+            imported_count=len(examples), skipped_duplicates=report.skipped_duplicates, warnings=report.warnings[:50])
+        for example in examples:
+            example.source = report.batch
+        Example.objects.bulk_create(examples, batch_size=2000)
+    report.imported = len(examples)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# --- export ----------------------------------------------------------------------------------------
+EXPORT_FORMATS = ("openai", "alpaca", "csv")
+
+
+def _single_turn(messages: list[dict], where: str, file_format: str) -> tuple[str, str, str]:
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+    if len(users) != 1 or len(assistants) != 1 or len(system) > 1:
+        raise ExportError(f"{where} has {len(users)} user and {len(assistants)} assistant turns; {file_format} holds one "
+                          "input and one output per example. Export as openai to keep multi-turn conversations.")
+    return (system[0] if system else ""), users[0], assistants[0]
+
+
+def export_lines(*, project, file_format: str, version: int | None = None) -> Iterator[str]:
+    """The project's examples (or a frozen version's) as lines of the chosen format."""
+    if file_format not in EXPORT_FORMATS:
+        raise ExportError(f"Unknown export format {file_format!r}: use openai, alpaca or csv.")
+    if version is not None:
+        dv = DatasetVersion.objects.filter(project=project, number=version).first()
+        if dv is None:
+            raise ExportError(f"{project.name} has no version {version}.")
+        rows = ((f"v{version} item {pos}", msgs) for pos, msgs in
+                dv.items.order_by("position").values_list("position", "messages").iterator(chunk_size=2000))
+    else:
+        rows = ((f"Example #{pk}", msgs) for pk, msgs in
+                Example.objects.filter(project=project).order_by("id").values_list("id", "messages").iterator(chunk_size=2000))
+    if file_format == "openai":
+        for _, messages in rows:
+            yield json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+        return
+    if file_format == "alpaca":
+        for where, messages in rows:
+            system, user, output = _single_turn(messages, where, file_format)
+            record = {"instruction": user, "input": "", "output": output}
+            if system:
+                record["system"] = system
+            yield json.dumps(record, ensure_ascii=False) + "\n"
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["system", "input", "output"])
+    for where, messages in rows:
+        writer.writerow(_single_turn(messages, where, file_format))
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+# --- editing ---------------------------------------------------------------------------------------
+def _apply_change(*, example: Example, expected_revision: int | None, user, change: str, yours: str = "",
+                  **fields) -> Example:
+    """Save ``fields`` on the example if it is still at ``expected_revision``; keep the old state in history."""
+    with transaction.atomic():
+        current = Example.objects.select_for_update().select_related("updated_by").get(pk=example.pk)
+        if expected_revision is not None and current.revision != expected_revision:
+            who = current.updated_by.username if current.updated_by else "Someone"
+            raise EditConflict(example=current, yours=yours, theirs=current.ideal_output, changed_by=who)
+        ExampleRevision.objects.create(example=current, revision=current.revision, messages=current.messages,
+                                       status=current.status, split=current.split, changed_by=user, change=change[:200])
+        updated = Example.objects.filter(pk=current.pk, revision=current.revision).update(
+            revision=F("revision") + 1, updated_by=user, updated_at=timezone.now(), **fields)
+        if not updated:  # pragma: no cover - the row lock above makes this unreachable on PostgreSQL
+            raise EditConflict(example=current, yours=yours, theirs=current.ideal_output, changed_by="Someone")
+    return Example.objects.select_related("updated_by").get(pk=example.pk)
+
+
+def save_ideal_output(*, example: Example, text: str, expected_revision: int, user) -> Example:
+    """Replace the final assistant turn. Refused with EditConflict when the example changed since it was loaded."""
+    if not text.strip():
+        raise CurationError("The ideal output cannot be empty: write the answer the model should give, or reject the example.")
+    current = Example.objects.select_related("updated_by").get(pk=example.pk)
+    if current.revision != expected_revision:
+        who = current.updated_by.username if current.updated_by else "Someone"
+        raise EditConflict(example=current, yours=text, theirs=current.ideal_output, changed_by=who)
+    if text == current.ideal_output:
+        return current
+    messages = [dict(m) for m in current.messages]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    messages[last]["content"] = text
+    tokens = get_token_counter().count_conversations([messages])[0]
+    return _apply_change(example=example, expected_revision=expected_revision, user=user, change="edited the ideal output",
+                         yours=text, messages=messages, token_count=tokens, input_hash=input_hash(messages))
+
+
+def set_status(*, example: Example, status: str, user, expected_revision: int | None = None) -> Example:
+    if status not in ExampleStatus.values:
+        raise CurationError(f"Unknown status {status!r}: use {', '.join(ExampleStatus.values)}.")
+    if status == example.status and (expected_revision is None or expected_revision == example.revision):
+        return example
+    return _apply_change(example=example, expected_revision=expected_revision, user=user,
+                         change=f"marked {status}", yours=example.ideal_output, status=status)
+
+
+def set_tags(*, example: Example, tags: list[str], user, expected_revision: int | None = None) -> Example:
+    clean = sorted({t.strip().lower() for t in tags if t.strip()})
+    bad = [t for t in clean if not all(ch.isalnum() or ch in "-_" for ch in t)]
+    if bad:
+        raise CurationError(f"Tags may only hold letters, digits, - and _ (not {', '.join(bad)}).")
+    if clean == sorted(example.tags or []):
+        return example
+    return _apply_change(example=example, expected_revision=expected_revision, user=user,
+                         change=f"tags: {', '.join(clean) or 'none'}", yours=example.ideal_output, tags=clean)
+
+
+# --- splits ----------------------------------------------------------------------------------------
+def _items(project, **filters) -> list[quality.Item]:
+    rows = Example.objects.filter(project=project, **filters).order_by("id").values_list(
+        "id", "messages", "split", "token_count")
+    return [quality.Item(pk, messages, split, tokens) for pk, messages, split, tokens in rows.iterator(chunk_size=5000)]
+
+
+def assign_splits(*, project, seed: int = 0, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  reassign: bool = False) -> dict[str, int]:
+    """Assign train/val/test by ratio, deterministically for a given seed and set of examples.
+
+    Near-duplicates (same or near-same input, or near-same conversation) form one group and go to one
+    split, so nothing in val/test has a twin in train. Without ``reassign`` examples that already
+    have a split keep it (frozen versions and evaluations stay comparable) and new members of their
+    group join them. Returns the number of examples per split.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or not sum(ratios) > 0:
+        raise CurationError("Split ratios must be three non-negative numbers (train, val, test), e.g. 80/10/10.")
+    total = float(sum(ratios))
+    items = _items(project)
+    if not items:
+        return {s.value: 0 for s in SPLITS}
+    labels, _, _ = quality.similarity_groups(items)
+    current = {i: ("" if reassign else item.split) for i, item in enumerate(items)}
+    groups: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(int(label), []).append(index)
+    targets = {s.value: len(items) * r / total for s, r in zip(SPLITS, ratios, strict=True)}
+    counts = Counter(v for v in current.values() if v)
+    new: dict[int, str] = {}
+    pending = []
+    for members in groups.values():
+        held = Counter(current[k] for k in members if current[k])
+        if held:
+            split = held.most_common(1)[0][0]
+            for k in members:
+                if not current[k]:
+                    new[k] = split
+                    counts[split] += 1
+        else:
+            pending.append(members)
+    # Stable order independent of database ids, then a seeded shuffle.
+    pending.sort(key=lambda members: min(content_hash(items[k].messages) for k in members))
+    random.Random(seed).shuffle(pending)
+    for members in pending:
+        split = max(targets, key=lambda s: (targets[s] - counts[s]) / max(targets[s], 1e-9) if targets[s] else -1e9)
+        for k in members:
+            new[k] = split
+        counts[split] += len(members)
+    by_split: dict[str, list[int]] = {}
+    for k, split in new.items():
+        if items[k].split != split:
+            by_split.setdefault(split, []).append(items[k].id)
+    with transaction.atomic():
+        for split, ids in by_split.items():
+            for start in range(0, len(ids), 5000):
+                Example.objects.filter(project=project, id__in=ids[start:start + 5000]).update(split=split)
+    return {s.value: counts[s.value] for s in SPLITS}
+
+
+# --- versions --------------------------------------------------------------------------------------
+def _token_stats(counts: list[int]) -> dict:
+    if not counts:
+        return {"count": 0, "total": 0, "mean": 0, "p50": 0, "p95": 0, "max": 0}
+    arr = np.asarray(counts)
+    return {"count": len(counts), "total": int(arr.sum()), "mean": round(float(arr.mean()), 1),
+            "p50": int(np.percentile(arr, 50)), "p95": int(np.percentile(arr, 95)), "max": int(arr.max())}
+
+
+def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
+    """Freeze the approved examples into an immutable, numbered snapshot.
+
+    Refused (FreezeError) when no example is approved, when an approved example has no split (assign
+    splits first: a version is always fully split) or when the train split would be empty. Drafts and
+    rejected examples are left out.
+    """
+    approved = list(Example.objects.filter(project=project, status=ExampleStatus.APPROVED).order_by("id")
+                    .values_list("id", "messages", "split", "token_count"))
+    if not approved:
+        raise FreezeError("No approved examples to freeze: approve examples in the labelling view first.")
+    unsplit = [pk for pk, _, split, _ in approved if not split]
+    if unsplit:
+        shown = ", ".join(f"#{pk}" for pk in unsplit[:5])
+        raise FreezeError(f"{len(unsplit)} approved example{'s have' if len(unsplit) > 1 else ' has'} no split ({shown}"
+                          f"{'…' if len(unsplit) > 5 else ''}): assign splits first.")
+    order = {s.value: i for i, s in enumerate(SPLITS)}
+    approved.sort(key=lambda row: (order[row[2]], row[0]))
+    if not any(split == Split.TRAIN for _, _, split, _ in approved):
+        raise FreezeError("The train split has no approved examples: a version needs something to train on.")
+    hashes = [content_hash(messages) for _, messages, _, _ in approved]
+    version_hash = hashlib.sha256("\n".join(f"{row[2]}:{h}" for row, h in zip(approved, hashes, strict=True))
+                                  .encode()).hexdigest()
+    latest = DatasetVersion.objects.filter(project=project).order_by("-number").first()
+    if latest and latest.content_hash == version_hash:
+        raise FreezeError(f"Nothing changed since v{latest.number}: it already holds exactly these examples.")
+    split_counts = {s.value: 0 for s in SPLITS}
+    tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
+    for _, _, split, n in approved:
+        split_counts[split] += 1
+        tokens[split].append(n)
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                number = (DatasetVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
+                version = DatasetVersion.objects.create(
+                    project=project, number=number, content_hash=version_hash, note=note[:200], created_by=user,
+                    split_counts=split_counts, token_stats={s: _token_stats(c) for s, c in tokens.items()})
+                DatasetVersionItem.objects.bulk_create(
+                    [DatasetVersionItem(version=version, example_id=pk, position=position, split=split, messages=messages,
+                                        content_hash=h)
+                     for position, ((pk, messages, split, _), h) in enumerate(zip(approved, hashes, strict=True))],
+                    batch_size=2000)
+            return version
+        except IntegrityError:  # another freeze took the number: take the next one
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+# --- quality report --------------------------------------------------------------------------------
+def start_quality_report(*, project, user=None) -> QualityReport:
+    """Queue a report (Celery task `datasets.quality_report`, queue `default`) unless one is already running."""
+    from .tasks import quality_report_task
+
+    active = QualityReport.objects.filter(project=project, status__in=[ReportStatus.QUEUED, ReportStatus.RUNNING]).first()
+    if active:
+        return active
+    report = QualityReport.objects.create(project=project, created_by=user)
+    transaction.on_commit(lambda: quality_report_task.delay(report.pk))
+    return report
+
+
+def run_quality_report(*, project, report: QualityReport | None = None) -> QualityReport:
+    """Run every check over the project's examples and store the findings (dismissed ones stay dismissed)."""
+    report = report or QualityReport.objects.create(project=project)
+    started = time.perf_counter()
+    QualityReport.objects.filter(pk=report.pk).update(status=ReportStatus.RUNNING, progress=1, stage="Loading examples")
+
+    def progress(percent: int, stage: str) -> None:
+        QualityReport.objects.filter(pk=report.pk).update(progress=percent, stage=stage)
+
+    items = _items(project)
+    counter = get_token_counter()
+    found = quality.run_checks(items, context_length=counter.context_length, model_name=counter.model_name,
+                               progress=progress)
+    dismissed = set(QualityDismissal.objects.filter(project=project).values_list("key", flat=True))
+    with transaction.atomic():
+        report.findings.all().delete()
+        rows = [QualityFinding(report=report, kind=f.kind, severity=f.severity, detail=f.detail[:500], key=f.key,
+                               dismissed=f.key in dismissed) for f in found]
+        QualityFinding.objects.bulk_create(rows, batch_size=2000)
+        through = QualityFinding.examples.through
+        through.objects.bulk_create(
+            [through(qualityfinding_id=row.pk, example_id=pk) for row, f in zip(rows, found, strict=True)
+             for pk in f.example_ids], batch_size=5000)
+        summary = Counter(f.kind for f, row in zip(found, rows, strict=True) if not row.dismissed)
+        QualityReport.objects.filter(pk=report.pk).update(
+            status=ReportStatus.DONE, progress=100, stage="Done", example_count=len(items),
+            summary={k: summary.get(k, 0) for k in FindingKind.values},
+            seconds=round(time.perf_counter() - started, 2), finished_at=timezone.now())
+    report.refresh_from_db()
+    return report
+
+
+def latest_report(project) -> QualityReport | None:
+    return QualityReport.objects.filter(project=project, status=ReportStatus.DONE).order_by("-id").first()
+
+
+def dismiss_finding(*, finding: QualityFinding, user) -> QualityFinding:
+    """Mark a finding as not a problem; it stays dismissed in later reports until its examples change."""
+    project = finding.report.project
+    with transaction.atomic():
+        QualityDismissal.objects.get_or_create(project=project, key=finding.key,
+                                               defaults={"kind": finding.kind, "dismissed_by": user})
+        QualityFinding.objects.filter(report__project=project, key=finding.key).update(dismissed=True)
+        report = finding.report
+        summary = dict(report.summary)
+        if not finding.dismissed and summary.get(finding.kind):
+            summary[finding.kind] -= 1
+            QualityReport.objects.filter(pk=report.pk).update(summary=summary)
+    finding.refresh_from_db()
+    return finding

