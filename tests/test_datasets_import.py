@@ -193,3 +193,13 @@ def test_reviewer_cannot_import(team):
     with open(FIXTURES / "valid_openai.jsonl", "rb") as fh:
         response = team.client("reviewer").post("/p/support/data/import/", {"file": fh})
     assert response.status_code == 403 and Example.objects.count() == 0
+
+
+def test_token_counts_match_the_full_tokenizer_on_awkward_text(tiny_model_dir):
+    from tokenizers import Tokenizer
+
+    texts = ["Hi  there,\n\n  it's   done!!", "Prix: 12,50 € — ça va? 🙂🙂", "literal <|im_end|> and <|im_start|>user",
+             "don't won't I'll we've", "tabs\tand\r\nnewlines   ", "x" * 300, "日本語のテキスト 123456789", " "]
+    reference = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    expected = [len(e) for e in reference.encode_batch(texts, add_special_tokens=False)]
+    assert get_token_counter().count_texts(texts) == expected

@@ -63,9 +63,12 @@ def _type_name(value) -> str:
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
+def canonical_json(messages: list[dict]) -> str:
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def content_hash(messages: list[dict]) -> str:
-    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(messages).encode()).hexdigest()
 
 
 _SPACE = re.compile(r"\s+")

@@ -19,6 +19,8 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
+# The split pattern of the tokenizers library's ByteLevel pre-tokenizer (use_regex=True).
+GPT2_PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 @dataclass
@@ -28,12 +30,51 @@ class TokenCounter:
     tokenizer: object  # tokenizers.Tokenizer
     role_overhead: dict[str, int] = field(default_factory=dict)
     default_system_overhead: int = 0
+    _pieces: object = None  # the byte-level pre-tokenizer's regex, when the fast path applies
+    _special: object = None
+    _cache: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import regex
+
+        config = json.loads(self.tokenizer.to_str())
+        normalizer, pre = config.get("normalizer"), config.get("pre_tokenizer") or {}
+        plain = normalizer is None or (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers"))
+        if plain and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and config["model"]["type"] == "BPE":
+            self._pieces = regex.compile(GPT2_PRETOKENIZE)
+            specials = [t["content"] for t in config.get("added_tokens", [])]
+            self._special = regex.compile("|".join(regex.escape(t) for t in specials)) if specials else None
 
     def count_texts(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        return [len(e) for e in encodings]
+        if self._pieces is None:
+            return [len(e) for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        # Byte-level BPE without a normalizer: a text's count is the sum of its pre-tokens' counts, and the
+        # same words recur, so each distinct pre-token goes through the BPE model once. Texts holding a
+        # special token's literal text go through the full tokenizer, which splits those first.
+        counts: list[int] = [0] * len(texts)
+        special_rows = []
+        if len(self._cache) > 1_000_000:  # bounded memory in a long-lived worker
+            self._cache.clear()
+        cache, findall, special = self._cache, self._pieces.findall, self._special
+        for row, text in enumerate(texts):
+            if special is not None and special.search(text):
+                special_rows.append(row)
+                continue
+            n = 0
+            for piece in findall(text):
+                c = cache.get(piece)
+                if c is None:
+                    c = cache[piece] = sum(len(self.tokenizer.model.tokenize(p))
+                                           for p, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(piece))
+                n += c
+            counts[row] = n
+        if special_rows:
+            encodings = self.tokenizer.encode_batch_fast([texts[r] for r in special_rows], add_special_tokens=False)
+            for row, e in zip(special_rows, encodings, strict=True):
+                counts[row] = len(e)
+        return counts
 
     def count_conversations(self, conversations: list[list[dict]]) -> list[int]:
         """Tokens per conversation, batching every distinct message content through the tokenizer once."""
