@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -68,22 +69,24 @@ class Finding:
 
 
 def shingles(text: str, n: int = 3) -> set[bytes]:
+    """Word n-grams, lower-cased (punctuation and spacing ignored)."""
     words = _WORD.findall(text.lower())
     if len(words) < n:
         return {" ".join(words).encode()} if words else {b""}
     return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[tuple[int, int]]:
-    """Index pairs (i, j) whose texts' estimated Jaccard similarity is at least ``threshold``."""
+def near_duplicate_pairs(shingle_sets: list[set[bytes]], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[tuple[int, int]]:
+    """Index pairs (i, j) whose shingle sets' estimated Jaccard similarity is at least ``threshold``."""
     from datasketch import MinHash, MinHashLSH
 
-    if len(texts) < 2:
+    if len(shingle_sets) < 2:
         return []
-    signatures = MinHash.bulk([shingles(t) for t in texts], num_perm=NUM_PERM, seed=1)
+    # crc32 is deterministic across processes (splits depend on it) and far cheaper than the default sha1
+    signatures = MinHash.bulk(shingle_sets, num_perm=NUM_PERM, seed=1, hashfunc=zlib.crc32)
     values = np.vstack([s.hashvalues for s in signatures])
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-    with lsh.insertion_session(buffer_size=len(texts)) as session:
+    with lsh.insertion_session(buffer_size=len(shingle_sets)) as session:
         for i, sig in enumerate(signatures):
             session.insert(i, sig, check_duplication=False)
     pairs = set()
@@ -118,8 +121,10 @@ def similarity_groups(items: list[Item]) -> tuple[np.ndarray, list[tuple[int, in
 
     Returns (group label per item, near-duplicate input pairs, near-duplicate conversation pairs).
     """
-    input_pairs = near_duplicate_pairs([normalize_text(i.input_text) for i in items])
-    full_pairs = near_duplicate_pairs([normalize_text(i.full_text) for i in items])
+    inputs = [shingles(i.input_text) for i in items]
+    full = [shingle_set | shingles(i.output) for shingle_set, i in zip(inputs, items, strict=True)]
+    input_pairs = near_duplicate_pairs(inputs)
+    full_pairs = near_duplicate_pairs(full)
     same_input: dict[str, int] = {}
     exact_pairs = []
     for index, item in enumerate(items):
