@@ -1,1 +1,229 @@
-from django.db import models  # noqa: F401
+"""Rubrics, evaluations, their candidates and generations, blind comparisons and judgments.
+
+* A Rubric is versioned: editing one creates a new row (same ``name``, ``version`` + 1); evaluations
+  point at the exact version they were reviewed against.
+* An Evaluation generates every Candidate's output (a Generation) for every held-out item of a frozen
+  DatasetVersion, then pairs candidates per item (a Comparison).
+* A reviewer works on an Assignment: one comparison, with the sides randomized for that reviewer and an
+  opaque token in the URL; the review page never names the candidates. Their Judgment stores the winner
+  and per-criterion Scores against the candidates themselves (not against the shown sides).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from apps.accounts.models import Project, TimeStamped
+from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
+from apps.runs.models import BaseModel, Run
+
+
+class Scale(models.TextChoices):
+    PASS_FAIL = "pass_fail", "Pass / fail"
+    LIKERT5 = "likert5", "1-5"
+
+
+SCALE_VALUES = {Scale.PASS_FAIL: (0, 1), Scale.LIKERT5: (1, 2, 3, 4, 5)}
+
+
+class Rubric(TimeStamped):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rubrics")
+    name = models.CharField(max_length=120)
+    version = models.PositiveIntegerField(default=1)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [models.UniqueConstraint(fields=["project", "name", "version"], name="rubric_version_unique")]
+        indexes = [models.Index(fields=["project", "name", "-version"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("rubric_detail", kwargs={"slug": self.project.slug, "pk": self.pk})
+
+
+class Criterion(models.Model):
+    rubric = models.ForeignKey(Rubric, on_delete=models.CASCADE, related_name="criteria")
+    position = models.PositiveSmallIntegerField(default=0)
+    name = models.CharField(max_length=80)
+    description = models.TextField(blank=True)
+    scale = models.CharField(max_length=12, choices=Scale.choices, default=Scale.LIKERT5)
+    anchors = models.JSONField(default=dict, blank=True, help_text='what each level means: {"1": "...", ..., "5": "..."} or {"0": fail, "1": pass}')
+    good_example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    bad_example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["rubric", "position", "id"]
+        constraints = [models.UniqueConstraint(fields=["rubric", "name"], name="criterion_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def values(self) -> tuple[int, ...]:
+        return SCALE_VALUES[self.scale]
+
+    def levels(self) -> list[tuple[int, str, str]]:
+        """(value, short label, anchor text) for each level of the scale."""
+        if self.scale == Scale.PASS_FAIL:
+            return [(1, "Pass", self.anchors.get("1", "")), (0, "Fail", self.anchors.get("0", ""))]
+        return [(v, str(v), self.anchors.get(str(v), "")) for v in self.values]
+
+
+class EvaluationStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    GENERATING = "generating", "Generating outputs"
+    READY = "ready", "Ready for review"
+    FAILED = "failed", "Failed"
+
+
+class Evaluation(TimeStamped):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="evaluations")
+    name = models.CharField(max_length=120)
+    dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="evaluations")
+    include_val = models.BooleanField(default=False, help_text="also evaluate on the validation split")
+    rubric = models.ForeignKey(Rubric, on_delete=models.PROTECT, related_name="evaluations")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="evaluations")
+    max_new_tokens = models.PositiveIntegerField(default=96)
+    seed = models.PositiveIntegerField(default=0)
+    reviewers_per_pair = models.PositiveSmallIntegerField(default=2)
+    hide_results_until_reviewed = models.BooleanField(
+        default=True, help_text="reviewers see results only after submitting their own judgments")
+
+    status = models.CharField(max_length=12, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "-created_at"]), models.Index(fields=["status", "heartbeat_at"])]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(reviewers_per_pair__gte=1), name="evaluation_reviewers_positive"),
+            models.CheckConstraint(condition=models.Q(max_new_tokens__gte=1), name="evaluation_max_new_tokens_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or f"Evaluation #{self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("evaluation_detail", kwargs={"slug": self.project.slug, "pk": self.pk})
+
+    @property
+    def splits(self) -> list[str]:
+        return ["test", "val"] if self.include_val else ["test"]
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.done / self.total) if self.total else 0
+
+
+class CandidateKind(models.TextChoices):
+    BASE = "base", "Base model"
+    PROMPT = "prompt", "Base model + prompt"
+    RUN = "run", "Fine-tuned run"
+
+
+class Candidate(models.Model):
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="candidates")
+    position = models.PositiveSmallIntegerField(default=0)
+    kind = models.CharField(max_length=8, choices=CandidateKind.choices)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="eval_candidates")
+    system_prompt = models.TextField(blank=True)
+    few_shot = models.PositiveSmallIntegerField(default=0, help_text="examples from the train split shown before each input")
+    label = models.CharField(max_length=160)
+
+    class Meta:
+        ordering = ["evaluation", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["evaluation", "label"], name="candidate_label_unique"),
+            models.CheckConstraint(condition=~models.Q(kind="run") | models.Q(run__isnull=False), name="candidate_run_has_run"),
+        ]
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class Generation(models.Model):
+    candidate = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="generations")
+    item = models.ForeignKey(DatasetVersionItem, on_delete=models.CASCADE, related_name="+")
+    output = models.TextField()
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.FloatField(default=0)
+    similarity = models.FloatField(default=0, help_text="token F1 against the ideal output, 0-1")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["candidate", "item"], name="generation_unique")]
+
+
+class Comparison(models.Model):
+    """Two candidates' outputs for one item; ``candidate_1`` is the one listed first in the evaluation."""
+
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="comparisons")
+    item = models.ForeignKey(DatasetVersionItem, on_delete=models.CASCADE, related_name="+")
+    candidate_1 = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
+    candidate_2 = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
+    order_key = models.PositiveIntegerField(default=0, help_text="a seeded shuffle: the order pairs are handed out")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["evaluation", "item", "candidate_1", "candidate_2"], name="comparison_unique"),
+            models.CheckConstraint(condition=~models.Q(candidate_1=models.F("candidate_2")), name="comparison_two_candidates"),
+        ]
+        indexes = [models.Index(fields=["evaluation", "order_key"])]
+
+
+class Assignment(models.Model):
+    """One reviewer's copy of a comparison: its own side order and an opaque token for its URL."""
+
+    token = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="assignments")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_assignments")
+    swapped = models.BooleanField(help_text="side A shows candidate_2")
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["comparison", "reviewer"], name="assignment_once_per_reviewer")]
+        indexes = [models.Index(fields=["evaluation", "reviewer", "completed_at"])]
+
+
+class Judgment(models.Model):
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="judgment")
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="judgments")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_judgments")
+    winner = models.ForeignKey(Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+", help_text="empty: a tie")
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["comparison", "reviewer"], name="judgment_once_per_reviewer")]
+        indexes = [models.Index(fields=["evaluation", "created_at"])]
+
+
+class Score(models.Model):
+    judgment = models.ForeignKey(Judgment, on_delete=models.CASCADE, related_name="scores")
+    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="scores")
+    candidate = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="scores")
+    value = models.PositiveSmallIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["judgment", "criterion", "candidate"], name="score_unique"),
+            models.CheckConstraint(condition=models.Q(value__lte=5), name="score_at_most_5"),
+        ]

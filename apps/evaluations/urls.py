@@ -1,3 +1,19 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from . import views
+
+urlpatterns = [
+    path("rubrics/", views.rubric_list, name="rubric_list"),
+    path("rubrics/new/", views.rubric_create, name="rubric_create"),
+    path("rubrics/<int:pk>/", views.rubric_detail, name="rubric_detail"),
+    path("rubrics/<int:pk>/edit/", views.rubric_edit, name="rubric_edit"),
+    path("", views.evaluation_list, name="evaluation_list"),
+    path("new/", views.evaluation_create, name="evaluation_create"),
+    path("<int:pk>/", views.evaluation_detail, name="evaluation_detail"),
+    path("<int:pk>/resume/", views.evaluation_resume, name="evaluation_resume"),
+    path("<int:pk>/results/", views.evaluation_results, name="evaluation_results"),
+    path("<int:pk>/judgments.csv", views.evaluation_export, name="evaluation_export"),
+    path("review/", views.review_queue, name="review_queue"),
+    path("review/<int:pk>/next/", views.review_next, name="review_next"),
+    path("review/item/<uuid:token>/", views.review_item, name="review_item"),
+]

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from django import forms
+
+from apps.datasets.models import DatasetVersion
+from apps.runs.models import BaseModel, Run, RunStatus
+
+from .models import Rubric, Scale
+from .services import CandidateSpec, CriterionSpec
+
+
+class RubricForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+
+class CriterionForm(forms.Form):
+    name = forms.CharField(max_length=80, required=False)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    scale = forms.ChoiceField(choices=Scale.choices, initial=Scale.LIKERT5)
+    anchors = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5}), required=False,
+        help_text='One level per line, e.g. "5: greets by name, one sentence, sign-off". Pass/fail: "1: ..." and "0: ...".')
+    good_example = forms.IntegerField(required=False, min_value=1, help_text="example id (optional)")
+    bad_example = forms.IntegerField(required=False, min_value=1, help_text="example id (optional)")
+
+    def clean_anchors(self) -> dict:
+        anchors = {}
+        for n, line in enumerate(self.cleaned_data["anchors"].splitlines(), start=1):
+            if not line.strip():
+                continue
+            level, sep, text = line.partition(":")
+            if not sep or not level.strip().isdigit():
+                raise forms.ValidationError(f"Line {n}: write it as LEVEL: description (e.g. 3: partly in style).")
+            anchors[level.strip()] = text.strip()
+        return anchors
+
+    def spec(self) -> CriterionSpec | None:
+        d = self.cleaned_data
+        if not d.get("name"):
+            return None
+        return CriterionSpec(name=d["name"], description=d["description"], scale=d["scale"], anchors=d["anchors"],
+                             good_example_id=d.get("good_example"), bad_example_id=d.get("bad_example"))
+
+
+CriterionFormSet = forms.formset_factory(CriterionForm, extra=2, max_num=20)
+
+
+def anchors_text(anchors: dict) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in sorted(anchors.items(), key=lambda kv: -int(kv[0])))
+
+
+class EvaluationForm(forms.Form):
+    name = forms.CharField(max_length=120, required=False)
+    dataset_version = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), help_text="outputs are generated for its test split")
+    include_val = forms.BooleanField(required=False, label="Also evaluate on the validation split")
+    rubric = forms.ModelChoiceField(queryset=Rubric.objects.none())
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.all(), required=False,
+                                        help_text="for the base and prompt candidates (default: the runs' base model)")
+    include_base = forms.BooleanField(required=False, initial=True, label="Candidate: base model")
+    include_prompt = forms.BooleanField(required=False, initial=True, label="Candidate: base model + prompt (prompt-only baseline)")
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                    help_text="the prompt-only baseline's system prompt")
+    few_shot = forms.IntegerField(min_value=0, max_value=8, initial=2, help_text="examples from the train split shown to the prompt baseline")
+    runs = forms.ModelMultipleChoiceField(queryset=Run.objects.none(), required=False, widget=forms.CheckboxSelectMultiple,
+                                          label="Candidates: tuned runs")
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=2048, initial=96)
+    seed = forms.IntegerField(min_value=0, initial=0)
+    reviewers_per_pair = forms.IntegerField(min_value=1, max_value=10, initial=2)
+    hide_results_until_reviewed = forms.BooleanField(required=False, initial=True,
+                                                     label="Hide results from reviewers until they have judged")
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
+        self.fields["dataset_version"].label_from_instance = lambda v: f"v{v.number} ({v.split_counts.get('test', 0)} test examples)"
+        latest = {}
+        for r in Rubric.objects.filter(project=project).order_by("name", "-version"):
+            latest.setdefault(r.name, r.pk)
+        self.fields["rubric"].queryset = Rubric.objects.filter(pk__in=latest.values())
+        self.fields["runs"].queryset = (Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)
+                                        .exclude(adapter_path="").select_related("base_model"))
+        self.fields["runs"].label_from_instance = lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"
+
+    def candidates(self) -> list[CandidateSpec]:
+        d = self.cleaned_data
+        specs = []
+        if d.get("include_base"):
+            specs.append(CandidateSpec("base"))
+        if d.get("include_prompt"):
+            specs.append(CandidateSpec("prompt", system_prompt=d.get("system_prompt") or "", few_shot=d.get("few_shot") or 0))
+        specs += [CandidateSpec("run", run_id=r.pk) for r in d.get("runs") or []]
+        return specs
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors and len(self.candidates()) < 2:
+            raise forms.ValidationError("Pick at least two candidates to compare (e.g. the prompt baseline and a run).")
+        return data

@@ -1,0 +1,489 @@
+"""Evaluation services (writes): rubrics and their versions, creating and generating evaluations,
+handing out blind review pairs and recording judgments. Reads and statistics live in ``selectors.py``."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from apps.accounts.models import Membership
+from apps.accounts.permissions import role_can
+from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
+from apps.runs.models import BaseModel, Run, RunStatus
+
+from .models import (
+    SCALE_VALUES,
+    Assignment,
+    Candidate,
+    CandidateKind,
+    Comparison,
+    Criterion,
+    Evaluation,
+    EvaluationStatus,
+    Generation,
+    Judgment,
+    Rubric,
+    Scale,
+    Score,
+)
+from .statistics import token_f1
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = timedelta(minutes=5)  # a generating evaluation whose heartbeat is older than this may be resumed
+
+
+class EvaluationError(ValueError):
+    """Input a user can fix; the message says what and why."""
+
+
+# --- rubrics ------------------------------------------------------------------------------------------
+@dataclass
+class CriterionSpec:
+    name: str
+    description: str = ""
+    scale: str = Scale.LIKERT5
+    anchors: dict | None = None
+    good_example_id: int | None = None
+    bad_example_id: int | None = None
+
+
+def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
+    if not criteria:
+        raise EvaluationError("A rubric needs at least one criterion.")
+    seen: set[str] = set()
+    for n, spec in enumerate(criteria, start=1):
+        if not spec.name.strip():
+            raise EvaluationError(f"Criterion {n} has no name.")
+        if spec.name.strip().lower() in seen:
+            raise EvaluationError(f"Criterion {n}: the name {spec.name!r} is used twice.")
+        seen.add(spec.name.strip().lower())
+        if spec.scale not in Scale.values:
+            raise EvaluationError(f"Criterion {n} ({spec.name}): unknown scale {spec.scale!r}; use pass_fail or likert5.")
+        allowed = {str(v) for v in SCALE_VALUES[spec.scale]}
+        extra = set((spec.anchors or {}).keys()) - allowed
+        if extra:
+            raise EvaluationError(f"Criterion {n} ({spec.name}): anchor levels {sorted(extra)} are not on the "
+                                  f"{Scale(spec.scale).label} scale (levels {sorted(allowed)}).")
+        for field in ("good_example_id", "bad_example_id"):
+            pk = getattr(spec, field)
+            if pk is not None and not Example.objects.filter(project=project, pk=pk).exists():
+                raise EvaluationError(f"Criterion {n} ({spec.name}): example #{pk} ({field.split('_')[0]} example) "
+                                      "is not an example of this project.")
+
+
+def _save_criteria(rubric: Rubric, criteria: list[CriterionSpec]) -> None:
+    Criterion.objects.bulk_create([
+        Criterion(rubric=rubric, position=i, name=s.name.strip(), description=s.description.strip(), scale=s.scale,
+                  anchors={k: v.strip() for k, v in (s.anchors or {}).items() if v and v.strip()},
+                  good_example_id=s.good_example_id, bad_example_id=s.bad_example_id)
+        for i, s in enumerate(criteria)
+    ])
+
+
+@transaction.atomic
+def create_rubric(*, project, name: str, description: str = "", criteria: list[CriterionSpec], user=None) -> Rubric:
+    name = name.strip()
+    if not name:
+        raise EvaluationError("A rubric needs a name.")
+    if Rubric.objects.filter(project=project, name=name).exists():
+        raise EvaluationError(f"A rubric named {name!r} exists already; edit it to make a new version.")
+    _check_criteria(project, criteria)
+    rubric = Rubric.objects.create(project=project, name=name, version=1, description=description.strip(), created_by=user)
+    _save_criteria(rubric, criteria)
+    return rubric
+
+
+@transaction.atomic
+def revise_rubric(*, rubric: Rubric, description: str, criteria: list[CriterionSpec], user=None) -> Rubric:
+    """Editing never changes a version evaluations point at: it saves the next version."""
+    _check_criteria(rubric.project, criteria)
+    latest = Rubric.objects.select_for_update().filter(project=rubric.project, name=rubric.name).order_by("-version").first()
+    new = Rubric.objects.create(project=rubric.project, name=rubric.name, version=latest.version + 1,
+                                description=description.strip(), created_by=user)
+    _save_criteria(new, criteria)
+    return new
+
+
+def criteria_specs(rubric: Rubric) -> list[CriterionSpec]:
+    return [CriterionSpec(name=c.name, description=c.description, scale=c.scale, anchors=dict(c.anchors),
+                          good_example_id=c.good_example_id, bad_example_id=c.bad_example_id)
+            for c in rubric.criteria.all()]
+
+
+# --- creating an evaluation ---------------------------------------------------------------------------
+@dataclass
+class CandidateSpec:
+    kind: str
+    run_id: int | None = None
+    system_prompt: str = ""
+    few_shot: int = 0
+
+
+def parse_candidates(text: str) -> list[CandidateSpec]:
+    """``base,prompt,run:12`` -> candidate specs (the run_eval command's syntax)."""
+    specs = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        if part == "base":
+            specs.append(CandidateSpec("base"))
+        elif part == "prompt":
+            specs.append(CandidateSpec("prompt"))
+        elif part.startswith("run:") and part[4:].isdigit():
+            specs.append(CandidateSpec("run", run_id=int(part[4:])))
+        else:
+            raise EvaluationError(f"Unknown candidate {part!r}: use base, prompt or run:ID (e.g. base,prompt,run:3).")
+    return specs
+
+
+DEFAULT_PROMPT = "You are a helpful customer-support assistant. Reply in the house style shown in the examples."
+
+
+@transaction.atomic
+def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
+                      base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
+                      reviewers_per_pair: int = 2, include_val: bool = False, hide_results_until_reviewed: bool = True,
+                      user=None, enqueue: bool = True) -> Evaluation:
+    if dataset_version.project_id != project.pk:
+        raise EvaluationError("That dataset version belongs to another project.")
+    if rubric.project_id != project.pk:
+        raise EvaluationError("That rubric belongs to another project.")
+    if not dataset_version.items.filter(split="test").exists():
+        raise EvaluationError(f"Dataset version v{dataset_version.number} has no test examples to evaluate on.")
+    if len(candidates) < 2:
+        raise EvaluationError("Pick at least two candidates to compare.")
+    if not 1 <= max_new_tokens <= 2048:
+        raise EvaluationError("Max new tokens must be between 1 and 2048.")
+    if not 1 <= reviewers_per_pair <= 10:
+        raise EvaluationError("Reviewers per pair must be between 1 and 10.")
+    runs: dict[int, Run] = {}
+    for spec in candidates:
+        if spec.kind not in CandidateKind.values:
+            raise EvaluationError(f"Unknown candidate kind {spec.kind!r}.")
+        if spec.kind == CandidateKind.RUN:
+            run = Run.objects.select_related("base_model").filter(project=project, pk=spec.run_id).first()
+            if run is None:
+                raise EvaluationError(f"Run #{spec.run_id} is not a run of this project.")
+            if run.status != RunStatus.SUCCEEDED or not run.adapter_path:
+                raise EvaluationError(f"Run #{run.pk} has not succeeded (status {run.status}): only finished runs "
+                                      "with an adapter can be evaluated.")
+            if spec.run_id in runs:
+                raise EvaluationError(f"Run #{run.pk} is listed twice.")
+            runs[run.pk] = run
+    kinds = [s.kind for s in candidates]
+    if kinds.count("base") > 1:
+        raise EvaluationError("The base model is listed twice.")
+    if base_model is None:
+        base_model = next(iter(runs.values())).base_model if runs else None
+    if base_model is None:
+        base_model = BaseModel.objects.order_by("name").first()
+    if base_model is None:
+        raise EvaluationError("No base model is registered yet.")
+    evaluation = Evaluation.objects.create(
+        project=project, name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
+        dataset_version=dataset_version, rubric=rubric, base_model=base_model, max_new_tokens=max_new_tokens,
+        seed=seed, reviewers_per_pair=reviewers_per_pair, include_val=include_val,
+        hide_results_until_reviewed=hide_results_until_reviewed, created_by=user,
+    )
+    prompt_count = 0
+    for position, spec in enumerate(candidates):
+        if spec.kind == CandidateKind.BASE:
+            label = f"Base model ({base_model})"
+        elif spec.kind == CandidateKind.PROMPT:
+            prompt_count += 1
+            label = "Prompt-only baseline" + (f" {prompt_count}" if prompt_count > 1 else "")
+        else:
+            run = runs[spec.run_id]
+            label = f"Tuned run #{run.pk}" + (f" ({run.name})" if run.name else "")
+        Candidate.objects.create(
+            evaluation=evaluation, position=position, kind=spec.kind, run=runs.get(spec.run_id),
+            system_prompt=(spec.system_prompt.strip() or DEFAULT_PROMPT) if spec.kind == CandidateKind.PROMPT else "",
+            few_shot=spec.few_shot if spec.kind == CandidateKind.PROMPT else 0, label=label,
+        )
+    items = eval_items(evaluation).count()
+    evaluation.total = items * len(candidates)
+    evaluation.save(update_fields=["total"])
+    if enqueue:
+        from .tasks import generate_outputs
+
+        transaction.on_commit(lambda: generate_outputs.delay(evaluation.pk))
+    return evaluation
+
+
+def eval_items(evaluation: Evaluation):
+    return DatasetVersionItem.objects.filter(version=evaluation.dataset_version_id, split__in=evaluation.splits).order_by("position")
+
+
+# --- generation ---------------------------------------------------------------------------------------
+def _model_spec(base_model: BaseModel):
+    try:  # engineer B's single source of truth, when present
+        from apps.runs.services import model_spec_for
+    except ImportError:
+        model_spec_for = None
+    if model_spec_for is not None:
+        return model_spec_for(base_model)
+    from worker.models import ModelSpec
+
+    return ModelSpec(source_kind=base_model.source_kind, source=base_model.source,
+                     allowed_roots=tuple(str(r) for r in settings.FTSTUDIO_MODEL_ROOTS),
+                     cache_dir=str(settings.FTSTUDIO_MODEL_CACHE), allow_hub=settings.FTSTUDIO_ALLOW_HUB,
+                     revision=base_model.revision or None)
+
+
+def candidate_messages(candidate: Candidate, input_messages: list[dict], shots: list[list[dict]]) -> list[dict]:
+    """What a candidate is asked: the input as is, or (prompt baseline) system prompt + few-shot turns + input."""
+    if candidate.kind != CandidateKind.PROMPT:
+        return list(input_messages)
+    own_system = [m["content"] for m in input_messages if m.get("role") == "system"]
+    system = "\n\n".join([candidate.system_prompt, *own_system]).strip()
+    turns = [m for shot in shots[:candidate.few_shot] for m in shot if m.get("role") in ("user", "assistant")]
+    rest = [m for m in input_messages if m.get("role") != "system"]
+    return ([{"role": "system", "content": system}] if system else []) + turns + rest
+
+
+def claim_generation(evaluation_pk: int) -> Evaluation | None:
+    """Mark an evaluation as generating unless it is finished or another live worker holds it."""
+    with transaction.atomic():
+        evaluation = Evaluation.objects.select_for_update().filter(pk=evaluation_pk).first()
+        if evaluation is None or evaluation.status == EvaluationStatus.READY:
+            return None
+        now = timezone.now()
+        fresh = evaluation.heartbeat_at and now - evaluation.heartbeat_at < STALE_AFTER
+        if evaluation.status == EvaluationStatus.GENERATING and fresh:
+            log.info("Evaluation %s is being generated by another worker; skipping this delivery", evaluation_pk)
+            return None
+        evaluation.status = EvaluationStatus.GENERATING
+        evaluation.attempts += 1
+        evaluation.heartbeat_at = now
+        evaluation.error = ""
+        evaluation.save(update_fields=["status", "attempts", "heartbeat_at", "error", "updated_at"])
+        return evaluation
+
+
+def run_generation(evaluation_pk: int, *, batch_size: int = 16) -> Evaluation | None:
+    """Generate every missing output of an evaluation, saving after each batch; safe to run again.
+
+    Finished (candidate, item) rows are never generated twice: a resumed task starts from what is missing.
+    """
+    from worker.generate import GenerationConfig, generate, load_generator
+    from worker.models import resolve_model_dir
+
+    evaluation = claim_generation(evaluation_pk)
+    if evaluation is None:
+        return None
+    try:
+        items = list(eval_items(evaluation))
+        shots = evaluation.dataset_version.conversations("train")
+        config = GenerationConfig(max_new_tokens=evaluation.max_new_tokens, batch_size=batch_size, seed=evaluation.seed)
+        model_dir = None
+        for candidate in evaluation.candidates.select_related("run__base_model").order_by("position"):
+            have = set(candidate.generations.values_list("item_id", flat=True))
+            todo = [item for item in items if item.pk not in have]
+            if not todo:
+                continue
+            base = candidate.run.base_model if candidate.run_id else evaluation.base_model
+            model_dir = resolve_model_dir(_model_spec(base))
+            model, tokenizer = load_generator(model_dir, adapter_path=candidate.run.adapter_path if candidate.run_id else None)
+            prompts = [candidate_messages(candidate, item.input_messages, shots) for item in todo]
+
+            def save(indices, results, candidate=candidate, todo=todo):
+                Generation.objects.bulk_create([
+                    Generation(candidate=candidate, item=todo[i], output=r.text, prompt_tokens=r.prompt_tokens,
+                               output_tokens=r.output_tokens, latency_ms=r.latency_ms,
+                               similarity=token_f1(r.text, todo[i].ideal_output))
+                    for i, r in zip(indices, results, strict=True)
+                ], ignore_conflicts=True)
+                done = Generation.objects.filter(candidate__evaluation=evaluation).count()
+                Evaluation.objects.filter(pk=evaluation.pk).update(done=done, heartbeat_at=timezone.now())
+
+            generate(model, tokenizer, prompts, config, on_batch=save)
+            del model
+        build_comparisons(evaluation)
+        done = Generation.objects.filter(candidate__evaluation=evaluation).count()
+        Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=done,
+                                                         finished_at=timezone.now(), heartbeat_at=timezone.now())
+    except Exception as exc:  # noqa: BLE001 - recorded on the row for the PM, and logged with context
+        log.exception("Generation for evaluation %s failed", evaluation_pk)
+        Evaluation.objects.filter(pk=evaluation_pk).update(status=EvaluationStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
+    evaluation.refresh_from_db()
+    return evaluation
+
+
+def build_comparisons(evaluation: Evaluation) -> int:
+    """Every pair of candidates on every item, in a seeded order; idempotent."""
+    candidates = list(evaluation.candidates.order_by("position"))
+    items = list(eval_items(evaluation).values_list("pk", flat=True))
+    rows = [(item, a, b) for item in items for i, a in enumerate(candidates) for b in candidates[i + 1:]]
+    order = list(range(len(rows)))
+    random.Random(evaluation.seed).shuffle(order)
+    Comparison.objects.bulk_create([
+        Comparison(evaluation=evaluation, item_id=item, candidate_1=a, candidate_2=b, order_key=key)
+        for (item, a, b), key in zip(rows, order, strict=True)
+    ], ignore_conflicts=True)
+    return len(rows)
+
+
+def resume_evaluation(evaluation: Evaluation) -> None:
+    if evaluation.status == EvaluationStatus.READY:
+        raise EvaluationError("This evaluation has finished generating.")
+    fresh = evaluation.heartbeat_at and timezone.now() - evaluation.heartbeat_at < STALE_AFTER
+    if evaluation.status == EvaluationStatus.GENERATING and fresh:
+        raise EvaluationError("A worker is generating this evaluation right now.")
+    from .tasks import generate_outputs
+
+    generate_outputs.delay(evaluation.pk)
+
+
+# --- review -------------------------------------------------------------------------------------------
+def reviewer_ids(project) -> list[int]:
+    return [m.user_id for m in Membership.objects.filter(project=project) if role_can(m.role, "review")]
+
+
+def _pending(evaluation: Evaluation, reviewer):
+    return Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer, completed_at__isnull=True)
+
+
+def open_pairs(evaluation: Evaluation, reviewer):
+    """Comparisons that still need reviewers and that this reviewer has not been given."""
+    return (Comparison.objects.filter(evaluation=evaluation)
+            .annotate(n=Count("assignments"))
+            .filter(n__lt=evaluation.reviewers_per_pair)
+            .exclude(assignments__reviewer=reviewer)
+            .order_by("n", "order_key"))
+
+
+def remaining_for(evaluation: Evaluation, reviewer) -> int:
+    return _pending(evaluation, reviewer).count() + open_pairs(evaluation, reviewer).count()
+
+
+def next_assignment(*, evaluation: Evaluation, reviewer) -> Assignment | None:
+    """The reviewer's unfinished pair, or a new one: never a pair they already have.
+
+    Sides are randomized in permuted blocks of two per reviewer: the first of each block is a coin flip,
+    the second the opposite, so every reviewer sees each candidate on both sides while no single side is
+    predictable.
+    """
+    if evaluation.status != EvaluationStatus.READY:
+        return None
+    pending = _pending(evaluation, reviewer).order_by("created_at", "id").first()
+    if pending is not None:
+        return pending
+    for _ in range(5):  # another reviewer may take the last slot of a pair between our read and write
+        comparison = open_pairs(evaluation, reviewer).first()
+        if comparison is None:
+            return None
+        mine = Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer)
+        count = mine.count()
+        if count % 2 == 0:
+            swapped = random.SystemRandom().random() < 0.5
+        else:
+            swapped = not mine.order_by("-created_at", "-id").values_list("swapped", flat=True).first()
+        try:
+            with transaction.atomic():
+                Comparison.objects.select_for_update().filter(pk=comparison.pk).first()
+                if comparison.assignments.count() >= evaluation.reviewers_per_pair:
+                    continue
+                return Assignment.objects.create(comparison=comparison, evaluation=evaluation, reviewer=reviewer,
+                                                 swapped=swapped)
+        except IntegrityError:
+            continue
+    return None
+
+
+@dataclass
+class Side:
+    letter: str
+    candidate: Candidate
+    output: str
+
+
+def sides(assignment: Assignment) -> list[Side]:
+    c = assignment.comparison
+    first, second = (c.candidate_2, c.candidate_1) if assignment.swapped else (c.candidate_1, c.candidate_2)
+    outputs = dict(Generation.objects.filter(item_id=c.item_id, candidate__in=[first, second]).values_list("candidate_id", "output"))
+    return [Side("A", first, outputs.get(first.pk, "")), Side("B", second, outputs.get(second.pk, ""))]
+
+
+@transaction.atomic
+def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: dict[tuple[str, int], int],
+                    comment: str = "") -> Judgment:
+    """Record a reviewer's verdict. ``winner`` is "A", "B" or "tie" as shown; ``scores`` maps
+    (side letter, criterion id) to a value on that criterion's scale. Stored against the candidates."""
+    assignment = Assignment.objects.select_for_update().select_related("comparison").get(pk=assignment.pk)
+    if assignment.reviewer_id != reviewer.pk:
+        raise EvaluationError("This pair is assigned to another reviewer.")
+    if assignment.completed_at is not None or Judgment.objects.filter(comparison=assignment.comparison, reviewer=reviewer).exists():
+        raise EvaluationError("You have already judged this pair; a pair is judged once per reviewer.")
+    by_letter = {s.letter: s.candidate for s in sides(assignment)}
+    if winner not in ("A", "B", "tie"):
+        raise EvaluationError(f"Pick A, B or tie (got {winner!r}).")
+    criteria = list(assignment.evaluation.rubric.criteria.all())
+    rows = []
+    for criterion in criteria:
+        for letter in ("A", "B"):
+            value = scores.get((letter, criterion.pk))
+            if value is None:
+                raise EvaluationError(f"Score side {letter} on {criterion.name!r}.")
+            if value not in criterion.values:
+                raise EvaluationError(f"{value} is outside the {criterion.get_scale_display()} scale of "
+                                      f"{criterion.name!r} (side {letter}); allowed: {', '.join(map(str, criterion.values))}.")
+            rows.append((criterion, by_letter[letter], value))
+    unknown = {cid for _, cid in scores} - {c.pk for c in criteria}
+    if unknown:
+        raise EvaluationError(f"Criteria {sorted(unknown)} are not in this evaluation's rubric.")
+    judgment = Judgment.objects.create(
+        assignment=assignment, comparison=assignment.comparison, evaluation_id=assignment.evaluation_id,
+        reviewer=reviewer, winner=None if winner == "tie" else by_letter[winner], comment=comment.strip()[:4000],
+    )
+    Score.objects.bulk_create([Score(judgment=judgment, criterion=c, candidate=cand, value=v) for c, cand, v in rows])
+    assignment.completed_at = timezone.now()
+    assignment.save(update_fields=["completed_at"])
+    return judgment
+
+
+def can_see_results(*, evaluation: Evaluation, user, access) -> tuple[bool, str]:
+    """Reviewers (who do not run evaluations) see results once their own review work on it is done."""
+    if not evaluation.hide_results_until_reviewed or access.allows("evaluate") or not access.allows("review"):
+        return True, ""
+    judged = Judgment.objects.filter(evaluation=evaluation, reviewer=user).exists()
+    if evaluation.status == EvaluationStatus.READY and judged and remaining_for(evaluation, user) == 0:
+        return True, ""
+    return False, "Results stay hidden until you have submitted your own judgments on this evaluation."
+
+
+# --- export -------------------------------------------------------------------------------------------
+def _cell(value) -> str:
+    """CSV cells that a spreadsheet would run as a formula are prefixed with a quote."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def write_judgments_csv(evaluation: Evaluation, out) -> None:
+    criteria = list(evaluation.rubric.criteria.all())
+    writer = csv.writer(out)
+    writer.writerow(["judgment_id", "item_position", "split", "reviewer", "candidate_1", "candidate_2", "shown_as_A",
+                     "winner", *[f"{c.name} [{n}]" for c in criteria for n in ("candidate_1", "candidate_2")],
+                     "comment", "created_at"])
+    judgments = (Judgment.objects.filter(evaluation=evaluation)
+                 .select_related("comparison__item", "comparison__candidate_1", "comparison__candidate_2", "reviewer",
+                                 "winner", "assignment")
+                 .prefetch_related("scores").order_by("created_at", "id"))
+    for j in judgments:
+        c = j.comparison
+        values = {(s.criterion_id, s.candidate_id): s.value for s in j.scores.all()}
+        shown_a = c.candidate_2 if j.assignment.swapped else c.candidate_1
+        writer.writerow([_cell(v) for v in [
+            j.pk, c.item.position, c.item.split, j.reviewer.username, c.candidate_1.label, c.candidate_2.label,
+            shown_a.label, j.winner.label if j.winner else "tie",
+            *[values.get((cr.pk, cand.pk), "") for cr in criteria for cand in (c.candidate_1, c.candidate_2)],
+            j.comment, j.created_at.isoformat(),
+        ]])
+

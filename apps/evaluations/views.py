@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from apps.accounts.permissions import project_view
+
+from . import selectors, services
+from .forms import CriterionFormSet, EvaluationForm, RubricForm, anchors_text
+from .models import Assignment, Evaluation, EvaluationStatus, Rubric
+
+
+# --- rubrics ------------------------------------------------------------------------------------------
+@project_view("view")
+def rubric_list(request, project):
+    rubrics = Rubric.objects.filter(project=project).prefetch_related("criteria").order_by("name", "-version")
+    latest, older = {}, []
+    for r in rubrics:
+        if r.name in latest:
+            older.append(r)
+        else:
+            latest[r.name] = r
+    return render(request, "evaluations/rubric_list.html", {"rubrics": list(latest.values()), "older": older})
+
+
+def _criteria_from(formset) -> list[services.CriterionSpec]:
+    return [spec for form in formset.forms if form.is_valid() and (spec := form.spec()) is not None]
+
+
+@project_view("rubric")
+def rubric_create(request, project):
+    form = RubricForm(request.POST or None)
+    formset = CriterionFormSet(request.POST or None, prefix="c")
+    if request.method == "POST" and form.is_valid() and formset.is_valid():
+        try:
+            rubric = services.create_rubric(project=project, name=form.cleaned_data["name"],
+                                            description=form.cleaned_data["description"],
+                                            criteria=_criteria_from(formset), user=request.user)
+        except services.EvaluationError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Saved rubric {rubric}.")
+            return redirect(rubric)
+    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "rubric": None})
+
+
+@project_view("view")
+def rubric_detail(request, project, pk):
+    rubric = get_object_or_404(Rubric.objects.select_related("created_by"), project=project, pk=pk)
+    versions = Rubric.objects.filter(project=project, name=rubric.name).order_by("-version")
+    criteria = rubric.criteria.select_related("good_example", "bad_example")
+    return render(request, "evaluations/rubric_detail.html", {"rubric": rubric, "versions": versions, "criteria": criteria})
+
+
+@project_view("rubric")
+def rubric_edit(request, project, pk):
+    rubric = get_object_or_404(Rubric, project=project, pk=pk)
+    initial = [{"name": s.name, "description": s.description, "scale": s.scale, "anchors": anchors_text(s.anchors or {}),
+                "good_example": s.good_example_id, "bad_example": s.bad_example_id} for s in services.criteria_specs(rubric)]
+    form = RubricForm(request.POST or None, initial={"name": rubric.name, "description": rubric.description})
+    form.fields["name"].disabled = True
+    formset = CriterionFormSet(request.POST or None, prefix="c", initial=initial)
+    if request.method == "POST" and form.is_valid() and formset.is_valid():
+        try:
+            new = services.revise_rubric(rubric=rubric, description=form.cleaned_data["description"],
+                                         criteria=_criteria_from(formset), user=request.user)
+        except services.EvaluationError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Saved {new}; evaluations keep the version they used.")
+            return redirect(new)
+    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "rubric": rubric})
+
+
+# --- evaluations --------------------------------------------------------------------------------------
+@project_view("view")
+def evaluation_list(request, project):
+    evaluations = (Evaluation.objects.filter(project=project).select_related("dataset_version", "rubric", "base_model")
+                   .prefetch_related("candidates"))
+    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations})
+
+
+@project_view("evaluate")
+def evaluation_create(request, project):
+    form = EvaluationForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        d = form.cleaned_data
+        try:
+            evaluation = services.create_evaluation(
+                project=project, dataset_version=d["dataset_version"], rubric=d["rubric"], base_model=d["base_model"],
+                candidates=form.candidates(), name=d["name"], max_new_tokens=d["max_new_tokens"], seed=d["seed"],
+                reviewers_per_pair=d["reviewers_per_pair"], include_val=d["include_val"],
+                hide_results_until_reviewed=d["hide_results_until_reviewed"], user=request.user)
+        except services.EvaluationError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Evaluation {evaluation} queued: outputs are being generated.")
+            return redirect(evaluation)
+    return render(request, "evaluations/evaluation_form.html", {"form": form})
+
+
+def _get_evaluation(project, pk) -> Evaluation:
+    return get_object_or_404(Evaluation.objects.select_related("dataset_version", "rubric", "base_model", "created_by"),
+                             project=project, pk=pk)
+
+
+@project_view("view")
+def evaluation_detail(request, project, pk):
+    evaluation = _get_evaluation(project, pk)
+    context = {"evaluation": evaluation, "candidates": evaluation.candidates.select_related("run"),
+               "totals": selectors.review_totals(evaluation)}
+    if request.access.allows("evaluate"):
+        context["progress"] = selectors.reviewer_progress(evaluation)
+    if request.access.allows("review"):
+        context["my_remaining"] = services.remaining_for(evaluation, request.user)
+    template = "evaluations/evaluation_detail.html#status" if request.htmx else "evaluations/evaluation_detail.html"
+    return render(request, template, context)
+
+
+@require_POST
+@project_view("evaluate")
+def evaluation_resume(request, project, pk):
+    evaluation = _get_evaluation(project, pk)
+    try:
+        services.resume_evaluation(evaluation)
+    except services.EvaluationError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Generation resumed: finished outputs are kept.")
+    return redirect(evaluation)
+
+
+@project_view("view")
+def evaluation_results(request, project, pk):
+    evaluation = _get_evaluation(project, pk)
+    allowed, reason = services.can_see_results(evaluation=evaluation, user=request.user, access=request.access)
+    if not allowed:
+        return render(request, "evaluations/results_hidden.html", {"evaluation": evaluation, "reason": reason}, status=403)
+    show = request.GET.get("show", "")
+    if show not in selectors.FILTERS:
+        show = ""
+    candidates, items, verdicts = selectors.side_by_side(evaluation, show=show)
+    page = Paginator(items, 20).get_page(request.GET.get("page"))
+    context = {"evaluation": evaluation, "page": page, "rows": selectors.rows_for(page.object_list, candidates, verdicts),
+               "show": show, "filters": selectors.FILTERS.items(), "candidates": candidates}
+    if request.htmx and request.GET.get("fragment") == "examples":
+        return render(request, "evaluations/results.html#examples", context)
+    context["results"] = results = selectors.evaluation_results(evaluation)
+    context["ranking_height"] = 24 * len(results.ranking) + 24
+    return render(request, "evaluations/results.html", context)
+
+
+@project_view("view")
+def evaluation_export(request, project, pk):
+    evaluation = _get_evaluation(project, pk)
+    allowed, reason = services.can_see_results(evaluation=evaluation, user=request.user, access=request.access)
+    if not allowed:
+        return HttpResponse(reason, status=403, content_type="text/plain")
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}-judgments.csv"'
+    services.write_judgments_csv(evaluation, response)
+    return response
+
+
+# --- review -------------------------------------------------------------------------------------------
+@project_view("review")
+def review_queue(request, project):
+    return render(request, "evaluations/review_queue.html", {"queue": selectors.queue_for(project, request.user)})
+
+
+@project_view("review")
+def review_next(request, project, pk):
+    evaluation = get_object_or_404(Evaluation, project=project, pk=pk)
+    assignment = services.next_assignment(evaluation=evaluation, reviewer=request.user)
+    if assignment is None:
+        messages.info(request, f"Nothing left for you to review in {evaluation}. Thank you!")
+        return redirect("review_queue", slug=project.slug)
+    return redirect("review_item", slug=project.slug, token=assignment.token)
+
+
+@project_view("review")
+def review_item(request, project, token):
+    assignment = Assignment.objects.select_related("comparison__item", "evaluation__rubric").filter(
+        token=token, reviewer=request.user, evaluation__project=project).first()
+    if assignment is None:
+        raise Http404("No such review item")
+    evaluation = assignment.evaluation
+    if evaluation.status != EvaluationStatus.READY:
+        raise Http404("This evaluation is not ready for review")
+    criteria = list(evaluation.rubric.criteria.all())
+    errors: list[str] = []
+    if request.method == "POST":
+        scores = {}
+        for criterion in criteria:
+            for letter in ("A", "B"):
+                raw = request.POST.get(f"score_{letter}_{criterion.pk}", "").strip()
+                if raw == "":
+                    continue
+                try:
+                    scores[(letter, criterion.pk)] = int(raw)
+                except ValueError:
+                    errors.append(f"{criterion.name} (side {letter}): {raw!r} is not a number on the scale.")
+        if not errors:
+            try:
+                services.submit_judgment(assignment=assignment, reviewer=request.user, winner=request.POST.get("winner", ""),
+                                         scores=scores, comment=request.POST.get("comment", ""))
+            except services.EvaluationError as exc:
+                errors.append(str(exc))
+            else:
+                return redirect("review_next", slug=project.slug, pk=evaluation.pk)
+    done = assignment.completed_at is not None
+    item = assignment.comparison.item
+    context = {
+        "assignment": assignment, "item_input": item.input_messages, "ideal": item.ideal_output, "criteria": criteria,
+        "sides": services.sides(assignment), "errors": errors, "done": done,
+        "remaining": services.remaining_for(evaluation, request.user),
+        "next_url": reverse("review_next", kwargs={"slug": project.slug, "pk": evaluation.pk}),
+    }
+    return render(request, "evaluations/review_item.html", context, status=400 if errors else 200)
