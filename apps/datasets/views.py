@@ -42,20 +42,35 @@ def _queue(project, filters: dict[str, str]):
     return qs.order_by("id")
 
 
+def _preview(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 @project_view("view")
 def example_list(request, project):
     filters = _filters(request.GET)
-    qs = _queue(project, filters).only("id", "messages", "status", "split", "tags", "revision", "token_count")
-    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
-    status_counts = dict(Example.objects.filter(project=project).values_list("status").annotate(n=Count("id")).order_by())
-    split_counts = dict(Example.objects.filter(project=project).values_list("split").annotate(n=Count("id")).order_by())
+    queue = _queue(project, filters)
+    # Page through ids only (an index scan, however deep the page), then load the 50 rows by primary key.
+    page = Paginator(queue.values_list("id", flat=True), PAGE_SIZE).get_page(request.GET.get("page"))
+    ids = list(page.object_list)
+    by_id = {e.pk: e for e in Example.objects.filter(pk__in=ids).only(
+        "id", "messages", "status", "split", "tags", "revision", "token_count")}
+    rows = []
+    for pk in ids:
+        example = by_id[pk]
+        last_input = (example.input_messages or [{"content": ""}])[-1]["content"]
+        rows.append({"example": example, "input": _preview(last_input, 120), "output": _preview(example.ideal_output, 140)})
+    # two index-only counts ((project, status, id) and (project, split, id)); one GROUP BY on both would scan rows
+    everything = Example.objects.filter(project=project)
+    status_counts = dict(everything.values_list("status").annotate(n=Count("id")).order_by())
+    split_counts = dict(everything.values_list("split").annotate(n=Count("id")).order_by())
     context = {
-        "page": page, "filters": filters, "query": urlencode(filters),
+        "page": page, "rows": rows, "filters": filters, "query": urlencode(filters),
         "status_rows": [(v, label, status_counts.get(v, 0)) for v, label in ExampleStatus.choices],
         "split_rows": [(v, label, split_counts.get(v, 0)) for v, label in Split.choices] + [("none", "Unassigned", split_counts.get("", 0))],
         "total": sum(status_counts.values()),
         "statuses": ExampleStatus.choices, "splits": Split.choices, "kinds": FindingKind.choices,
-        "split_form": SplitForm(), "first": qs.values_list("id", flat=True).first(),
+        "split_form": SplitForm(), "first": ids[0] if ids and page.number == 1 else queue.values_list("id", flat=True).first(),
     }
     template = "datasets/example_list.html#queue" if request.htmx and not request.htmx.boosted else "datasets/example_list.html"
     return render(request, template, context)
