@@ -67,3 +67,24 @@ def bench_project(slug: str):
 
     Project.objects.filter(slug=slug).delete()
     return Project.objects.create(name=f"Benchmark {slug}", slug=slug)
+
+
+def write_flawed_jsonl(path: Path, n: int, seed: int = 0, clean_seed: int = 0) -> Path:
+    """``n`` rows with the problems the quality report looks for, made from the clean rows of ``clean_seed``:
+    near-duplicate twins, conflicting answers to the same input, personal data and very short answers."""
+    rng, clean = random.Random(seed), random.Random(clean_seed)
+    originals = [conversation(clean, i) for i in range(n)]
+    with open(path, "w") as fh:
+        for i, messages in enumerate(originals):
+            messages = [dict(m) for m in messages]
+            kind = i % 4
+            if kind == 0:
+                messages[1]["content"] += " Thanks a lot!"
+            elif kind == 1:
+                messages[2]["content"] = f"Hi, we cannot help with order #{100000 + i}. Regards, Support"
+            elif kind == 2:
+                messages[1]["content"] += f" Reach me at {rng.choice(NAMES).lower()}{i}@example.com or +44 20 7946 {1000 + i % 9000}."
+            else:
+                messages[2]["content"] = "OK."
+            fh.write(json.dumps({"messages": messages}) + "\n")
+    return path

@@ -76,15 +76,34 @@ def shingles(text: str, n: int = 3) -> set[bytes]:
     return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
 
 
+def minhash_signatures(shingle_sets: list[set[bytes]], chunk: int = 4000) -> np.ndarray:
+    """datasketch's MinHash signatures (same permutations, same arithmetic as ``MinHash.update_batch``) for many
+    sets at once: one numpy pass per chunk of sets instead of one Python object per set. Shingles are hashed
+    with crc32, which is deterministic across processes (splits depend on it) and cheaper than sha1."""
+    from datasketch import MinHash
+    from datasketch.minhash import _max_hash, _mersenne_prime
+
+    a, b = MinHash(num_perm=NUM_PERM, seed=1).permutations
+    out = np.empty((len(shingle_sets), NUM_PERM), dtype=np.uint64)
+    crc32 = zlib.crc32
+    for start in range(0, len(shingle_sets), chunk):
+        sets = shingle_sets[start:start + chunk]
+        sizes = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
+        hv = np.fromiter((crc32(x) for s in sets for x in s), dtype=np.uint64, count=int(sizes.sum()))
+        phv = ((hv[:, None] * a + b) % _mersenne_prime) & _max_hash
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        out[start:start + len(sets)] = np.minimum.reduceat(phv, offsets, axis=0)
+    return out
+
+
 def near_duplicate_pairs(shingle_sets: list[set[bytes]], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[tuple[int, int]]:
     """Index pairs (i, j) whose shingle sets' estimated Jaccard similarity is at least ``threshold``."""
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import LeanMinHash, MinHashLSH
 
     if len(shingle_sets) < 2:
         return []
-    # crc32 is deterministic across processes (splits depend on it) and far cheaper than the default sha1
-    signatures = MinHash.bulk(shingle_sets, num_perm=NUM_PERM, seed=1, hashfunc=zlib.crc32)
-    values = np.vstack([s.hashvalues for s in signatures])
+    values = minhash_signatures(shingle_sets)
+    signatures = [LeanMinHash(seed=1, hashvalues=row) for row in values]
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
     with lsh.insertion_session(buffer_size=len(shingle_sets)) as session:
         for i, sig in enumerate(signatures):
@@ -223,7 +242,7 @@ def run_checks(items: list[Item], *, context_length: int, model_name: str,
 
     step(85, "Personal data")
     for index, item in enumerate(items):
-        kinds = sorted({k for m in item.messages for k in personal_data(m["content"])})
+        kinds = personal_data("\n".join(m["content"] for m in item.messages))
         if kinds:
             finding("personal_data", f"Contains {', '.join(kinds)}: remove or mask it before training.", [index], "bad")
 
