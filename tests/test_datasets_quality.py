@@ -185,3 +185,13 @@ def test_the_task_is_idempotent(clean):
     assert quality_report_task(report.pk) == "done"
     assert quality_report_task(report.pk) == "already done"
     assert QualityReport.objects.filter(project=clean.project).count() == 1
+
+
+def test_a_running_report_shows_its_progress_and_is_not_started_twice(clean):
+    QualityReport.objects.create(project=clean.project, status="running", progress=40, stage="Near-duplicates (MinHash)")
+    client = clean.client("designer")
+    fragment = client.get("/p/support/data/quality/?poll=1", HTTP_HX_REQUEST="true").content.decode()
+    assert 'hx-trigger="every 1s"' in fragment and "Near-duplicates (MinHash) (40%)" in fragment
+    assert 'aria-valuenow="40"' in fragment and "<html" not in fragment
+    client.post("/p/support/data/quality/")
+    assert QualityReport.objects.filter(project=clean.project).count() == 1
