@@ -62,6 +62,8 @@ class Example(TimeStamped):
             models.Index(fields=["project", "split", "id"]),
             models.Index(fields=["project", "content_hash"]),
             models.Index(fields=["project", "input_hash"]),
+            # the labelling list's status and split counts, as an index-only scan
+            models.Index(fields=["project", "status", "split"], name="datasets_example_counts_idx"),
         ]
 
     def __str__(self) -> str:

@@ -2,7 +2,8 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count
+from django.db import connection
+from django.db.models import Count, Q
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -32,7 +33,9 @@ def _queue(project, filters: dict[str, str]):
     elif filters.get("split") in Split.values:
         qs = qs.filter(split=filters["split"])
     if filters.get("tag"):
-        qs = qs.filter(tags__icontains=f'"{filters["tag"].lower()}"')
+        tag = filters["tag"].lower()
+        # jsonb containment on PostgreSQL; SQLite has no JSON `contains`, so match the quoted tag in the JSON text
+        qs = qs.filter(tags__contains=[tag]) if connection.vendor == "postgresql" else qs.filter(tags__icontains=f'"{tag}"')
     if filters.get("flag") in FindingKind.values:
         report = services.latest_report(project)
         if report is None:
@@ -50,8 +53,21 @@ def _preview(text: str, limit: int) -> str:
 def example_list(request, project):
     filters = _filters(request.GET)
     queue = _queue(project, filters)
+    # Every count the page shows in one pass over the project's rows (conditional aggregates).
+    aggregates = {f"status_{v}": Count("status", filter=Q(status=v)) for v in ExampleStatus.values}
+    aggregates |= {f"split_{v or 'none'}": Count("split", filter=Q(split=v)) for v in [*Split.values, ""]}
+    counts = Example.objects.filter(project=project).aggregate(**aggregates)
+    status_counts = {v: counts[f"status_{v}"] for v in ExampleStatus.values}
+    split_counts = {v: counts[f"split_{v or 'none'}"] for v in [*Split.values, ""]}
     # Page through ids only (an index scan, however deep the page), then load the 50 rows by primary key.
-    page = Paginator(queue.values_list("id", flat=True), PAGE_SIZE).get_page(request.GET.get("page"))
+    paginator = Paginator(queue.values_list("id", flat=True), PAGE_SIZE)
+    if not filters:
+        paginator.__dict__["count"] = sum(status_counts.values())  # known already: skip COUNT(*)
+    elif set(filters) == {"status"} and filters["status"] in status_counts:
+        paginator.__dict__["count"] = status_counts[filters["status"]]
+    elif set(filters) == {"split"} and filters["split"] in Split.values:
+        paginator.__dict__["count"] = split_counts[filters["split"]]
+    page = paginator.get_page(request.GET.get("page"))
     ids = list(page.object_list)
     by_id = {e.pk: e for e in Example.objects.filter(pk__in=ids).only(
         "id", "messages", "status", "split", "tags", "revision", "token_count")}
@@ -60,10 +76,6 @@ def example_list(request, project):
         example = by_id[pk]
         last_input = (example.input_messages or [{"content": ""}])[-1]["content"]
         rows.append({"example": example, "input": _preview(last_input, 120), "output": _preview(example.ideal_output, 140)})
-    # two index-only counts ((project, status, id) and (project, split, id)); one GROUP BY on both would scan rows
-    everything = Example.objects.filter(project=project)
-    status_counts = dict(everything.values_list("status").annotate(n=Count("id")).order_by())
-    split_counts = dict(everything.values_list("split").annotate(n=Count("id")).order_by())
     context = {
         "page": page, "rows": rows, "filters": filters, "query": urlencode(filters),
         "status_rows": [(v, label, status_counts.get(v, 0)) for v, label in ExampleStatus.choices],
