@@ -1,3 +1,13 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from . import views
+
+urlpatterns = [
+    path("", views.run_list, name="run_list"),
+    path("new/", views.run_create, name="run_create"),
+    path("estimate/", views.run_estimate, name="run_estimate"),
+    path("compare/", views.run_compare, name="run_compare"),
+    path("<int:pk>/", views.run_detail, name="run_detail"),
+    path("<int:pk>/cancel/", views.run_cancel, name="run_cancel"),
+    path("<int:pk>/adapter.zip", views.run_adapter, name="run_adapter"),
+]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from django import forms
+
+from apps.datasets.models import DatasetVersion
+
+from .models import BaseModel
+from .services import PRESETS
+
+OVERRIDE_FIELDS = ("epochs", "max_steps", "learning_rate", "lora_r", "batch_size", "max_seq_length", "seed")
+
+
+class LaunchForm(forms.Form):
+    dataset_version = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), empty_label=None,
+                                             help_text="a frozen version; training reads its train and val splits")
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.all(), empty_label=None)
+    preset = forms.ChoiceField(choices=[(p, p.title()) for p in PRESETS], initial="quick",
+                               help_text="fills in the hyperparameters; the fields below override it")
+    epochs = forms.FloatField(required=False)
+    max_steps = forms.IntegerField(required=False, help_text="> 0 overrides epochs")
+    learning_rate = forms.FloatField(required=False)
+    lora_r = forms.IntegerField(required=False, label="LoRA rank")
+    batch_size = forms.IntegerField(required=False)
+    max_seq_length = forms.IntegerField(required=False, label="Max sequence length")
+    seed = forms.IntegerField(required=False)
+    name = forms.CharField(required=False, max_length=120)
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
+        self.fields["dataset_version"].label_from_instance = lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
+
+    def overrides(self) -> dict:
+        return {k: self.cleaned_data.get(k) for k in OVERRIDE_FIELDS if self.cleaned_data.get(k) is not None}
+
+    def add_launch_errors(self, errors: dict[str, str]) -> None:
+        for field, message in errors.items():
+            self.add_error(field if field in self.fields else None, message)

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+from django.contrib import messages
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+from apps.accounts.permissions import project_view
+
+from . import services
+from .forms import LaunchForm
+from .models import Run
+
+CHART_W, CHART_H = 600, 200
+
+
+def loss_chart(metrics) -> dict:
+    """SVG polylines of train and val loss over steps (server-rendered; htmx swaps it as the run goes)."""
+    points = [(m.step, m.train_loss, m.val_loss) for m in metrics]
+    values = [v for _, t, val in points for v in (t, val) if v is not None]
+    if not values:
+        return {"empty": True, "width": CHART_W, "height": CHART_H}
+    max_step = max(s for s, _, _ in points) or 1
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+
+    def xy(step, value):
+        return f"{step / max_step * (CHART_W - 20) + 10:.1f},{CHART_H - 10 - (value - low) / span * (CHART_H - 20):.1f}"
+
+    return {"empty": False, "width": CHART_W, "height": CHART_H, "low": low, "high": high, "max_step": max_step,
+            "train": " ".join(xy(s, t) for s, t, _ in points if t is not None),
+            "val": " ".join(xy(s, v) for s, _, v in points if v is not None),
+            "val_points": [xy(s, v).split(",") for s, _, v in points if v is not None]}
+
+
+def _run(project, pk) -> Run:
+    return get_object_or_404(Run.objects.select_related("base_model", "dataset_version", "created_by"),
+                             project=project, pk=pk)
+
+
+@project_view("view")
+def run_list(request, project):
+    runs = Run.objects.filter(project=project).select_related("base_model", "dataset_version")
+    return render(request, "runs/run_list.html", {"runs": runs})
+
+
+def _estimate_context(project, form) -> dict:
+    if not form.is_valid():
+        return {"estimate": None}
+    try:
+        _v, _m, hp, estimate = services.prepare_launch(
+            project=project, dataset_version=form.cleaned_data["dataset_version"],
+            base_model=form.cleaned_data["base_model"], preset=form.cleaned_data["preset"], overrides=form.overrides())
+    except services.LaunchError as exc:
+        return {"estimate": None, "estimate_errors": exc.errors}
+    return {"estimate": estimate, "hyperparameters": hp}
+
+
+@project_view("run", post_need="run")
+def run_create(request, project):
+    form = LaunchForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        try:
+            run = services.launch_run(project=project, dataset_version=form.cleaned_data["dataset_version"],
+                                      base_model=form.cleaned_data["base_model"], preset=form.cleaned_data["preset"],
+                                      overrides=form.overrides(), user=request.user, name=form.cleaned_data["name"])
+        except services.LaunchError as exc:
+            form.add_launch_errors(exc.errors)
+        else:
+            messages.success(request, f"Queued {run}.")
+            return redirect(run)
+    context = {"form": form, "presets": services.PRESETS}
+    if form.is_bound:
+        context.update(_estimate_context(project, LaunchForm(request.POST, project=project)))
+    return render(request, "runs/run_form.html", context)
+
+
+@project_view("run")
+def run_estimate(request, project):
+    form = LaunchForm(request.GET, project=project)
+    return render(request, "runs/run_form.html#estimate", _estimate_context(project, form))
+
+
+def _detail_context(run: Run) -> dict:
+    metrics = list(run.metrics.all())
+    percent = int(100 * run.step / run.total_steps) if run.total_steps else 0
+    return {"run": run, "metrics": metrics, "chart": loss_chart(metrics), "percent": min(percent, 100),
+            "eta": services.eta_seconds(run), "hyperparameters": sorted(run.hyperparameters.items())}
+
+
+@project_view("view")
+def run_detail(request, project, pk):
+    run = _run(project, pk)
+    template = "runs/run_detail.html#live" if request.htmx else "runs/run_detail.html"
+    return render(request, template, _detail_context(run))
+
+
+@project_view("view", post_need="run")
+def run_cancel(request, project, pk):
+    run = _run(project, pk)
+    if request.method != "POST":
+        return redirect(run)
+    run = services.cancel_run(run=run)
+    messages.info(request, f"{run}: cancel requested." if not run.is_finished or run.status == "cancelled"
+                  else f"{run} had already finished.")
+    return redirect(run)
+
+
+@project_view("view")
+def run_adapter(request, project, pk):
+    run = _run(project, pk)
+    folder = Path(run.adapter_path) if run.adapter_path else None
+    if folder is None or not (folder / "adapter_config.json").is_file():
+        raise Http404("This run has no adapter.")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            if (folder / name).is_file():
+                archive.write(folder / name, arcname=f"run-{run.pk}-adapter/{name}")
+    response = HttpResponse(buffer.getvalue(), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}-run-{run.pk}-adapter.zip"'
+    return response
+
+
+@project_view("view")
+def run_compare(request, project):
+    runs = Run.objects.filter(project=project).select_related("base_model", "dataset_version")
+    chosen = []
+    for key in ("a", "b"):
+        value = request.GET.get(key, "")
+        if value.isdigit():
+            run = runs.filter(pk=int(value)).first()
+            if run is not None:
+                chosen.append(run)
+    columns = [_detail_context(run) for run in chosen]
+    keys = sorted({k for c in columns for k, _ in c["hyperparameters"]})
+    rows = [(k, [dict(c["hyperparameters"]).get(k) for c in columns]) for k in keys]
+    return render(request, "runs/run_compare.html", {"runs": runs, "columns": columns, "rows": rows,
+                                                     "a": request.GET.get("a", ""), "b": request.GET.get("b", "")})

@@ -1,0 +1,115 @@
+"""worker/data.py and worker/train.py on the tiny random Llama: seconds each, no Django."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from worker.data import IGNORE_INDEX, DataError, encode_conversation, packed_collator, padded_collator
+from worker.models import load_model, load_tokenizer
+from worker.train import Hooks, TrainConfig, train
+
+
+def conv(i: int) -> list[dict]:
+    return [{"role": "system", "content": "You are Lumo's support desk."},
+            {"role": "user", "content": f"Where is order #{100 + i}? " + "Please check. " * (i % 5)},
+            {"role": "assistant", "content": f"Hi Ann,\nOrder #{100 + i} ships today.\nWarm regards"}]
+
+
+TRAIN = [conv(i) for i in range(12)]
+VAL = [conv(50), conv(51)]
+
+
+def config(tiny_model_dir, tmp_path, **kw) -> TrainConfig:
+    values = {"max_steps": 6, "batch_size": 4, "save_steps": 2, "learning_rate": 5e-3, "max_seq_length": 128, "seed": 7}
+    return TrainConfig(model_dir=str(tiny_model_dir), output_dir=str(tmp_path / "run"), **{**values, **kw})
+
+
+def test_loss_is_only_on_the_assistant_turn(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    messages = conv(3)
+    feature = encode_conversation(tokenizer, messages, max_length=256)
+    learned = tokenizer.decode([t for t, label in zip(feature.input_ids, feature.labels) if label != IGNORE_INDEX])
+    assert learned.startswith(messages[-1]["content"])
+    assert "Where is order" not in learned and "support desk" not in learned
+    assert learned[len(messages[-1]["content"]):].strip() in {tokenizer.eos_token, "<|im_end|>"}
+
+
+def test_a_conversation_without_an_assistant_turn_is_refused_with_the_reason(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    with pytest.raises(DataError, match="no assistant turn"):
+        encode_conversation(tokenizer, [{"role": "user", "content": "hello"}], max_length=64)
+
+
+def test_padding_free_batches_keep_examples_apart_and_give_the_padded_loss(tiny_model_dir):
+    """A packed row is one sequence of all the batch's tokens; attention must stay inside each example, so
+    each example's logits equal those it gets alone, and the loss equals the padded batch's loss."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), device="cpu").eval()
+    features = [encode_conversation(tokenizer, conv(i), 128) for i in (0, 4, 2)]
+    rows = [{"input_ids": f.input_ids, "labels": f.labels} for f in features]
+    packed = packed_collator()(rows)
+    padded = padded_collator(tokenizer)([dict(r) for r in rows])
+    assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] == sum(len(f.input_ids) for f in features)
+    assert padded["input_ids"].numel() > packed["input_ids"].numel()  # padding was needed
+    with torch.no_grad():
+        out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"],
+                    use_cache=False)
+        start = 0
+        for f in features:
+            alone = model(input_ids=torch.tensor([f.input_ids]), use_cache=False).logits[0]
+            assert torch.allclose(out.logits[0, start:start + len(f.input_ids)], alone, atol=1e-4)
+            start += len(f.input_ids)
+        padded_loss = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                            labels=padded["labels"], use_cache=False).loss
+    assert out.loss.item() == pytest.approx(padded_loss.item(), rel=1e-4)
+
+
+def test_training_saves_a_standard_peft_adapter_with_falling_loss_and_val_loss(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    progress, metrics = [], []
+    result = train(config(tiny_model_dir, tmp_path, max_steps=8), TRAIN, VAL,
+                   Hooks(on_progress=progress.append, on_metric=metrics.append))
+    assert result.status == "succeeded" and result.global_step == 8 == result.total_steps
+    losses = [m.train_loss for m in metrics if m.train_loss is not None]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert result.final_val_loss is not None and any(m.val_loss is not None for m in metrics)
+    assert progress[-1].step == 8 and progress[-1].tokens_per_second > 0
+    adapter = tmp_path / "run" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), use_safetensors=True)
+    tuned = PeftModel.from_pretrained(base, str(adapter))
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in tuned.named_parameters())
+
+
+def test_cancel_stops_within_one_step_and_leaves_no_adapter(tiny_model_dir, tmp_path):
+    steps = []
+    hooks = Hooks(on_progress=lambda p: steps.append(p.step), should_cancel=lambda: bool(steps) and steps[-1] >= 3)
+    result = train(config(tiny_model_dir, tmp_path, max_steps=10), TRAIN, VAL, hooks)
+    assert result.status == "cancelled" and result.global_step == 3
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_a_resumed_run_continues_from_its_checkpoint_to_the_same_result(tiny_model_dir, tmp_path):
+    """Stopped after step 5 (last checkpoint: step 4), then resumed: it trains steps 5-6 only, and ends at the
+    same total steps and (optimizer and scheduler state restored) the same validation loss as a run that was
+    never interrupted."""
+    straight = train(config(tiny_model_dir, tmp_path / "a"), TRAIN, VAL)
+
+    seen = []
+    first = train(config(tiny_model_dir, tmp_path / "b"), TRAIN, VAL,
+                  Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 5))
+    assert first.status == "cancelled"
+    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())[-1] == "checkpoint-4"
+    resumed = train(config(tiny_model_dir, tmp_path / "b"), TRAIN, VAL)
+    assert resumed.resumed_from.endswith("checkpoint-4")
+    assert resumed.status == "succeeded" and resumed.global_step == straight.global_step == 6
+    assert [m.step for m in resumed.history if m.train_loss is not None] == [5, 6]
+    assert resumed.history[0].learning_rate == pytest.approx(
+        next(m.learning_rate for m in straight.history if m.step == 5 and m.train_loss is not None))
+    assert resumed.final_val_loss == pytest.approx(straight.final_val_loss, rel=1e-3)

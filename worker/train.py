@@ -1,0 +1,233 @@
+"""LoRA fine-tuning with Hugging Face `Trainer` + `peft`. No Django here.
+
+Reads top to bottom: one `TrainConfig`, `train()` loads the model, adds LoRA, encodes the conversations
+(loss only on assistant turns, padding-free batches), and runs `Trainer` with one callback that reports
+progress and metrics, writes the heartbeat and stops within a step when cancel is asked. Checkpoints
+(adapter + optimizer + scheduler + RNG state) go to ``output_dir/checkpoints`` every ``save_steps``;
+calling `train()` again with the same ``output_dir`` resumes from the last one. The adapter is saved in
+standard PEFT format in ``output_dir/adapter``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from worker.data import encode_conversations, packed_collator, padded_collator, token_count
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class TrainConfig:
+    model_dir: str
+    output_dir: str
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    learning_rate: float = 1e-3
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_seq_length: int = 256
+    seed: int = 42
+    save_steps: int = 20
+    logging_steps: int = 1
+    packing: bool = True  # padding-free batches; False pads each batch to its longest example
+    device: str = ""  # "" picks cuda when present
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    tokens_per_second: float | None = None
+
+
+@dataclass
+class Metric:
+    step: int
+    epoch: float
+    train_loss: float | None = None
+    val_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+
+
+@dataclass
+class TrainResult:
+    status: str  # "succeeded" | "cancelled"
+    global_step: int
+    total_steps: int
+    adapter_dir: str = ""
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    tokens_per_second: float | None = None
+    trained_tokens: int = 0
+    resumed_from: str = ""
+    seconds: float = 0.0
+    history: list[Metric] = field(default_factory=list)
+
+
+class Hooks:
+    """What the caller (a Celery task, a test, the benchmark) hears from training. All optional."""
+
+    def __init__(self, on_progress: Callable[[Progress], None] | None = None,
+                 on_metric: Callable[[Metric], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None,
+                 on_log: Callable[[str], None] | None = None,
+                 on_checkpoint: Callable[[str], None] | None = None) -> None:
+        self.on_checkpoint = on_checkpoint or (lambda path: None)
+        self.on_progress = on_progress or (lambda p: None)
+        self.on_metric = on_metric or (lambda m: None)
+        self.should_cancel = should_cancel or (lambda: False)
+        self.on_log = on_log or (lambda line: None)
+
+
+def steps_per_epoch(examples: int, batch_size: int, grad_accum: int) -> int:
+    return max(1, math.ceil(math.ceil(examples / batch_size) / grad_accum))
+
+
+def _callback(hooks: Hooks, history: list[Metric], cancelled: list[bool]):
+    from transformers import TrainerCallback
+
+    class RunCallback(TrainerCallback):
+        """Progress + heartbeat each step, metrics each log, cancel within one step."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+            self.start_tokens = state.num_input_tokens_seen
+            self.rate = None
+            hooks.on_log(f"training: step {state.global_step} of {state.max_steps}")
+            hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            elapsed = time.perf_counter() - self.started
+            if elapsed > 0 and state.num_input_tokens_seen > self.start_tokens:
+                self.rate = (state.num_input_tokens_seen - self.start_tokens) / elapsed
+            hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0, self.rate))
+            if hooks.should_cancel():
+                cancelled[0] = True
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+                hooks.on_log(f"cancel requested: stopping at step {state.global_step}")
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            path = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            hooks.on_checkpoint(path)
+            hooks.on_log(f"checkpoint saved at step {state.global_step}")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs and "eval_loss" not in logs:
+                return
+            metric = Metric(step=state.global_step, epoch=round(state.epoch or 0.0, 4), train_loss=logs.get("loss"),
+                            val_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
+                            tokens_per_second=self.rate if "loss" in logs else None)
+            history.append(metric)
+            hooks.on_metric(metric)
+            hooks.on_log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in {"step": state.global_step, **logs}.items()))
+
+    return RunCallback()
+
+
+def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
+                  callbacks: list | None = None):
+    """The model with LoRA, the encoded splits and a configured `Trainer` (the benchmark reuses it)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from worker.models import load_model, load_tokenizer, pick_device
+
+    set_seed(config.seed)
+    device = config.device or pick_device()
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    tokenizer = load_tokenizer(config.model_dir)
+    model = load_model(config.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    model.config.use_cache = False
+    lora = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=list(config.target_modules))
+    model = get_peft_model(model, lora)
+
+    train_features = encode_conversations(tokenizer, train_conversations, config.max_seq_length)
+    val_features = encode_conversations(tokenizer, val_conversations, config.max_seq_length)
+    if not train_features:
+        raise ValueError("No training example has an assistant turn within max_seq_length tokens.")
+
+    args = TrainingArguments(
+        output_dir=str(Path(config.output_dir) / "checkpoints"),
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, num_train_epochs=config.epochs, max_steps=config.max_steps,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed,
+        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        eval_strategy="epoch" if val_features else "no", bf16=bf16, use_cpu=device == "cpu",
+        group_by_length=not config.packing, remove_unused_columns=False, report_to="none", disable_tqdm=True,
+        include_num_input_tokens_seen="all" if config.packing else "non_padding", dataloader_num_workers=0,
+    )
+    collator = packed_collator() if config.packing else padded_collator(tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=train_features, eval_dataset=val_features or None,
+                      data_collator=collator, callbacks=callbacks or [])
+    return trainer, tokenizer, train_features, val_features
+
+
+def last_checkpoint(output_dir: str) -> str:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(output_dir) / "checkpoints"
+    return (get_last_checkpoint(str(folder)) or "") if folder.is_dir() else ""
+
+
+def train(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
+          hooks: Hooks | None = None) -> TrainResult:
+    """Train (or resume) a LoRA adapter; returns what happened. Raises on errors the caller should record."""
+    hooks = hooks or Hooks()
+    history: list[Metric] = []
+    cancelled = [False]
+    started = time.perf_counter()
+    trainer, _tokenizer, train_features, _val = build_trainer(
+        config, train_conversations, val_conversations, callbacks=[_callback(hooks, history, cancelled)])
+    resume = last_checkpoint(config.output_dir)
+    if resume:
+        hooks.on_log(f"resuming from {resume}")
+    output = trainer.train(resume_from_checkpoint=resume or None)
+    state = trainer.state
+    result = TrainResult(status="cancelled" if cancelled[0] else "succeeded", global_step=state.global_step,
+                         total_steps=state.max_steps, resumed_from=resume, history=history,
+                         trained_tokens=token_count(train_features), seconds=time.perf_counter() - started)
+    losses = [m.train_loss for m in history if m.train_loss is not None]
+    result.final_train_loss = losses[-1] if losses else output.training_loss
+    rates = [m.tokens_per_second for m in history if m.tokens_per_second]
+    result.tokens_per_second = rates[-1] if rates else None
+    if cancelled[0]:
+        return result
+    if trainer.eval_dataset is not None:
+        evals = [m for m in history if m.val_loss is not None and m.step == state.global_step]
+        if not evals:
+            trainer.evaluate()  # the callback records it
+            evals = [m for m in history if m.val_loss is not None]
+        result.final_val_loss = evals[-1].val_loss
+    adapter_dir = Path(config.output_dir) / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    result.adapter_dir = str(adapter_dir)
+    hooks.on_log(f"saved adapter to {adapter_dir}")
+    return result
