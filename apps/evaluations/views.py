@@ -121,8 +121,8 @@ def evaluation_detail(request, project, pk):
     return render(request, template, context)
 
 
-@require_POST
 @project_view("evaluate")
+@require_POST
 def evaluation_resume(request, project, pk):
     evaluation = _get_evaluation(project, pk)
     try:
