@@ -148,3 +148,13 @@ def test_if_empty_leaves_a_database_that_already_has_projects_alone(team, capsys
 def test_too_small_a_demo_is_refused_with_the_reason(db):
     with pytest.raises(CommandError, match="too small"):
         call_command("seed_demo", "--size", "5")
+
+
+def test_seed_writes_the_house_style_rubric_with_four_criteria(seeded):
+    from apps.evaluations.models import Rubric
+
+    rubric = Rubric.objects.get(project=seeded.project)
+    criteria = list(rubric.criteria.order_by("position").values_list("name", "scale"))
+    assert criteria == [("Greets by name", "pass_fail"), ("House sign-off", "pass_fail"),
+                        ("Answers from the facts", "likert5"), ("One sentence, no padding", "likert5")]
+    assert rubric.criteria.get(name="Answers from the facts").anchors["1"].startswith("Ignores the facts")

@@ -389,16 +389,18 @@ RUBRIC_CRITERIA = [
         "name": "Greets by name",
         "description": "The reply opens with exactly 'Hi <customer name>,' on its own line, using the name given.",
         "scale": "pass_fail",
+        "anchors": {"0": "No greeting, another greeting, or the wrong name.", "1": "'Hi <name>,' with the customer's name."},
     },
     {
         "name": "House sign-off",
         "description": "The reply ends with 'Warm regards, Lumo Care Team' on its own line, and nothing after it.",
         "scale": "pass_fail",
+        "anchors": {"0": "Another sign-off, none, or text after it.", "1": "'Warm regards, Lumo Care Team' as the last line."},
     },
     {
         "name": "Answers from the facts",
         "description": "The answer uses the facts given (numbers, steps, places) and invents nothing.",
-        "scale": "1-5",
+        "scale": "likert5",
         "anchors": {
             "1": "Ignores the facts or contradicts them.",
             "2": "Mentions the topic but gets the key fact wrong or leaves it out.",
@@ -410,7 +412,7 @@ RUBRIC_CRITERIA = [
     {
         "name": "One sentence, no padding",
         "description": "Between greeting and sign-off there is one clear sentence: no apologies, no filler, no lists.",
-        "scale": "1-5",
+        "scale": "likert5",
         "anchors": {
             "1": "Long, rambling or several paragraphs.",
             "2": "Several sentences with filler.",

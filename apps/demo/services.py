@@ -137,17 +137,13 @@ def _ensure_base_model():
 
 
 def _ensure_rubric(*, project: Project, user):
-    """The demo's rubric, through the evaluations app's service."""
-    try:
-        from apps.evaluations import services as evaluations
-    except ImportError:
-        log.warning("apps.evaluations.services is missing: the demo has no rubric yet")
-        return None
-    create = getattr(evaluations, "create_rubric", None)
-    if create is None:
-        log.warning("apps.evaluations.services.create_rubric is missing: the demo has no rubric yet")
-        return None
-    return create(project=project, name=generator.RUBRIC_NAME, criteria=generator.RUBRIC_CRITERIA, user=user)
+    """The demo's rubric (four criteria: two pass/fail, two 1-5 with anchors), through the evaluations service."""
+    from apps.evaluations.services import CriterionSpec, create_rubric
+
+    criteria = [CriterionSpec(name=c["name"], description=c["description"], scale=c["scale"], anchors=c.get("anchors"))
+                for c in generator.RUBRIC_CRITERIA]
+    return create_rubric(project=project, name=generator.RUBRIC_NAME, criteria=criteria, user=user,
+                         description="What a good Lumo support reply is. Reviewers score each side on each criterion.")
 
 
 def save_logins(logins: dict[str, str]) -> str:
