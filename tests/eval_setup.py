@@ -70,18 +70,34 @@ def make_run(project, version, base_model, adapter_dir: Path, val_loss: float = 
                               status=RunStatus.SUCCEEDED, adapter_path=str(adapter_dir), final_val_loss=val_loss)
 
 
+def fake_outputs(evaluation) -> None:
+    """Outputs as the task would store them, without running a model (review tests need outputs, not a model)."""
+    from apps.evaluations.models import EvaluationStatus, Generation
+
+    Generation.objects.bulk_create([
+        Generation(candidate=c, item=item, output=f"Hi Cy, answer {item.position} from candidate {c.position}.",
+                   prompt_tokens=20, output_tokens=8, latency_ms=5.0, similarity=0.5)
+        for c in evaluation.candidates.all() for item in services.eval_items(evaluation)])
+    services.build_comparisons(evaluation)
+    type(evaluation).objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=evaluation.total)
+    evaluation.refresh_from_db()
+
+
 def make_evaluation(team, settings, tiny_model_dir, adapter_root: Path, *, generate: bool = True, test_count: int = 3,
-                    reviewers_per_pair: int = 2, **kwargs):
+                    reviewers_per_pair: int = 2, fake: bool = False, **kwargs):
     base = register_tiny_model(settings, tiny_model_dir)
     version = make_version(team.project, test_count)
     rubric = make_rubric(team.project)
-    run = make_run(team.project, version, base, save_adapter(tiny_model_dir, adapter_root / "adapter"))
+    adapter = adapter_root / "adapter" if fake else save_adapter(tiny_model_dir, adapter_root / "adapter")
+    run = make_run(team.project, version, base, adapter)
     evaluation = services.create_evaluation(
         project=team.project, dataset_version=version, rubric=rubric, base_model=base, enqueue=False,
         candidates=[services.CandidateSpec("base"), services.CandidateSpec("prompt", system_prompt="Be kind.", few_shot=1),
                     services.CandidateSpec("run", run_id=run.pk)],
         max_new_tokens=6, reviewers_per_pair=reviewers_per_pair, user=team.pm, **kwargs)
-    if generate:
+    if fake:
+        fake_outputs(evaluation)
+    elif generate:
         services.run_generation(evaluation.pk)
         evaluation.refresh_from_db()
     return evaluation, run

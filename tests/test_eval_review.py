@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def ready(team, settings, tiny_model_dir, tmp_path_factory):
-    return make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"))
+    return make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True)
 
 
 def test_reviewer_cannot_see_which_model_wrote_which_side(team, ready):

@@ -146,7 +146,7 @@ def bradley_terry_ranking(outcomes: Sequence[tuple[int, int, float]], k: int, *,
         arr = np.array(rows, dtype=float)
         for _ in range(bootstrap):
             pick = arr[rng.integers(0, len(arr), len(arr))]
-            samples.append(np.log(bradley_terry(table((int(a), int(b), s) for a, b, s in pick), prior=prior, iterations=2000, tol=1e-8)))
+            samples.append(np.log(bradley_terry(table((int(a), int(b), s) for a, b, s in pick), prior=prior, iterations=1000, tol=1e-6)))
     logs = np.array(samples) if samples else np.log(fit)[None, :]
     lows, highs = np.percentile(logs, 2.5, axis=0), np.percentile(logs, 97.5, axis=0)
     ranked = [Ranking(i, float(fit[i]), float(math.exp(lows[i])), float(math.exp(highs[i])), float(fit[i] / (fit[i] + 1)))
