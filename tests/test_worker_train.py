@@ -31,7 +31,7 @@ def test_loss_is_only_on_the_assistant_turn(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     messages = conv(3)
     feature = encode_conversation(tokenizer, messages, max_length=256)
-    learned = tokenizer.decode([t for t, label in zip(feature.input_ids, feature.labels) if label != IGNORE_INDEX])
+    learned = tokenizer.decode([t for t, label in zip(feature.input_ids, feature.labels, strict=True) if label != IGNORE_INDEX])
     assert learned.startswith(messages[-1]["content"])
     assert "Where is order" not in learned and "support desk" not in learned
     assert learned[len(messages[-1]["content"]):].strip() in {tokenizer.eos_token, "<|im_end|>"}

@@ -154,7 +154,7 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
     """The model with LoRA, the encoded splits and a configured `Trainer` (the benchmark reuses it)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
     from worker.models import load_model, load_tokenizer, pick_device
 
@@ -187,6 +187,7 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
     collator = packed_collator() if config.packing else padded_collator(tokenizer)
     trainer = Trainer(model=model, args=args, train_dataset=train_features, eval_dataset=val_features or None,
                       data_collator=collator, callbacks=callbacks or [])
+    trainer.remove_callback(PrinterCallback)  # progress goes through our callback, not stdout
     return trainer, tokenizer, train_features, val_features
 
 

@@ -1,0 +1,54 @@
+"""A PM launches a run from the browser and watches the loss curve grow without reloading the page; a real
+Celery worker subprocess trains it (the tiny model, so it takes seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apps.runs.models import Run, RunStatus
+from tests import runs_setup
+from tests.e2e.conftest import login, screenshot
+from tests.runs_setup import small_version
+from tests.worker_process import running_worker
+
+tiny_base_model = runs_setup.tiny_base_model
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def test_pm_launches_a_run_and_watches_the_loss_curve_update(new_page, password, team, tiny_base_model,
+                                                               tiny_model_dir, tmp_path, live_server):
+    version = small_version(team.project)
+    env = {"FTSTUDIO_MODEL_ROOTS": str(Path(tiny_model_dir).parent)}
+    with running_worker(tmp_path, queues="gpu,default", extra_env=env) as worker:
+        page = new_page()
+        login(page, "pm", password)
+        page.goto(f"{live_server.url}/p/support/runs/")
+        page.get_by_role("link", name="New run").click()
+        page.get_by_label("Dataset version").select_option(str(version.pk))
+        page.get_by_label("Preset").select_option("quick")
+        page.get_by_label("Max steps").fill("16")
+        page.get_by_label("Batch size").fill("2")
+        page.get_by_label("Max sequence length").fill("128")
+        page.get_by_label("Max sequence length").blur()
+        page.locator("#estimate-steps").filter(has_text="16").wait_for()  # the estimate followed the form
+        page.get_by_role("button", name="Launch run").click()
+        page.get_by_text("Queued Run").wait_for()
+        url = page.url
+
+        page.locator("#loss-chart").wait_for(timeout=120_000)
+        first = int(page.locator("#loss-chart").get_attribute("data-points"))
+        page.wait_for_function(
+            f"() => {{ const c = document.querySelector('#loss-chart');"
+            f" return c && Number(c.dataset.points) > {first}; }}", timeout=120_000)
+        assert page.url == url  # updated in place by htmx, not by reloading
+        screenshot(page, "runs-live-loss")
+        page.locator("#run-status", has_text="Succeeded").wait_for(timeout=180_000)
+        assert worker.process.poll() is None
+    run = Run.objects.get()
+    assert run.status == RunStatus.SUCCEEDED and run.step == 16
+    page.reload()
+    assert page.get_by_role("link", name="Download adapter").is_visible()
