@@ -30,7 +30,7 @@ def main() -> None:
     import torch
 
     from apps.demo.generator import generate_examples
-    from worker.generate import GenerationConfig, generate, load_generator, render_prompt
+    from worker.generate import GenerationConfig, _eos_ids, generate, load_generator, render_prompt
     from worker.models import ModelSpec, resolve_model_dir, shipped_gguf_path
 
     if args.threads:
@@ -47,14 +47,14 @@ def main() -> None:
 
     started = time.perf_counter()
     single_texts, single_tokens = [], 0
-    eos = tokenizer.eos_token_id
+    eos = _eos_ids(model, tokenizer)  # the same stop tokens the batched side cuts at
     for messages in prompts:
         ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
                                  pad_token_id=tokenizer.pad_token_id)
         new = out[0, ids["input_ids"].shape[1]:].tolist()
-        new = new[:new.index(eos)] if eos in new else new
+        new = new[:next((k for k, t in enumerate(new) if t in eos), len(new))]
         single_tokens += len(new)
         single_texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
     single_s = time.perf_counter() - started
