@@ -9,7 +9,6 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
@@ -223,18 +222,9 @@ def eval_items(evaluation: Evaluation):
 
 # --- generation ---------------------------------------------------------------------------------------
 def _model_spec(base_model: BaseModel):
-    try:  # engineer B's single source of truth, when present
-        from apps.runs.services import model_spec_for
-    except ImportError:
-        model_spec_for = None
-    if model_spec_for is not None:
-        return model_spec_for(base_model)
-    from worker.models import ModelSpec
+    from apps.runs.services import model_spec_for  # the one place that turns a BaseModel row into a ModelSpec
 
-    return ModelSpec(source_kind=base_model.source_kind, source=base_model.source,
-                     allowed_roots=tuple(str(r) for r in settings.FTSTUDIO_MODEL_ROOTS),
-                     cache_dir=str(settings.FTSTUDIO_MODEL_CACHE), allow_hub=settings.FTSTUDIO_ALLOW_HUB,
-                     revision=base_model.revision or None)
+    return model_spec_for(base_model)
 
 
 def candidate_messages(candidate: Candidate, input_messages: list[dict], shots: list[list[dict]]) -> list[dict]:
