@@ -100,6 +100,8 @@ def test_results_stay_hidden_from_a_reviewer_until_they_have_judged(team, ready)
     evaluation, _ = ready
     reviewer = team.client("reviewer")
     assert reviewer.get(f"/p/support/evals/{evaluation.pk}/results/").status_code == 403
+    early = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/results/")  # the PM who runs it always may
+    assert early.status_code == 200 and "No judgments yet" in early.content.decode()
     assert reviewer.get(f"/p/support/evals/{evaluation.pk}/judgments.csv").status_code == 403
     for _ in range(9):
         response, _ = judge(reviewer, "support", evaluation, winner="B")
