@@ -23,14 +23,14 @@ def test_the_shipped_model_learns_the_house_style_and_its_adapter_changes_its_ou
     base_model = services.ensure_shipped_base_model()
     assert base_model.name == "smollm2-135m-instruct" and base_model.has_chat_template
     assert 100_000_000 < base_model.parameter_count < 200_000_000 and base_model.context_length >= 2048
-    version = make_dataset_version(team.project, {"train": support_conversations(24), "val": support_conversations(4, 40),
+    version = make_dataset_version(team.project, {"train": support_conversations(16), "val": support_conversations(4, 40),
                                                   "test": support_conversations(2, 80)})
     run = services.launch_run(project=team.project, dataset_version=version, base_model=base_model, overrides={
-        "max_steps": 24, "batch_size": 4, "learning_rate": 0.002, "max_seq_length": 128, "save_steps": 100})
+        "max_steps": 16, "batch_size": 4, "learning_rate": 0.003, "max_seq_length": 128, "save_steps": 100})
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     run.refresh_from_db()
     losses = list(run.metrics.filter(train_loss__isnull=False).order_by("step").values_list("train_loss", flat=True))
-    assert len(losses) == 24
+    assert len(losses) == 16
     assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4, losses
     assert run.final_val_loss is not None and run.final_val_loss < losses[0]
 
@@ -39,8 +39,8 @@ def test_the_shipped_model_learns_the_house_style_and_its_adapter_changes_its_ou
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello, I'm Gus. Where is order #977?"}],
                                            add_generation_prompt=True, return_tensors="pt")
     with torch.no_grad():
-        tuned = tokenizer.decode(model.generate(prompt, max_new_tokens=16, do_sample=False)[0, prompt.shape[1]:])
+        tuned = tokenizer.decode(model.generate(prompt, max_new_tokens=10, do_sample=False)[0, prompt.shape[1]:])
         with model.disable_adapter():
-            base = tokenizer.decode(model.generate(prompt, max_new_tokens=16, do_sample=False)[0, prompt.shape[1]:])
+            base = tokenizer.decode(model.generate(prompt, max_new_tokens=10, do_sample=False)[0, prompt.shape[1]:])
     assert tuned != base
     assert tuned.startswith("Hi Gus"), tuned
