@@ -22,9 +22,9 @@ from tests.worker_process import purge_queues, start_worker, wait_for_ping
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-DEMO_SIZE = 40  # clean examples: 32 train / 4 val / 4 test, so the run and the evaluation take seconds
+DEMO_SIZE = 30  # clean examples: 24 train / 3 val / 3 test, so the run and the evaluation stay short
 RUN_STEPS = 2  # the quick preset cut to two optimizer steps of 4 examples: training shown, short enough for CI
-SLOW = 300_000  # ms: training and generation on a shared 2-core CPU
+SLOW = 420_000  # ms: training and generation on a shared 2-core CPU
 
 
 def fixed_reply(example: Example) -> str:
@@ -90,7 +90,7 @@ def pm_evaluates_base_prompt_and_tuned(page, slug: str, run: Run) -> Evaluation:
     page.get_by_label("System prompt").fill(generator.HOUSE_STYLE_PROMPT)
     page.get_by_label("Few shot").fill("0")
     page.get_by_label(f"{run} ·", exact=False).check()
-    page.get_by_label("Max new tokens").fill("40")
+    page.get_by_label("Max new tokens").fill("24")
     page.get_by_label("Reviewers per pair").fill("1")
     page.get_by_role("button", name="Generate outputs").click()
     page.locator("#status .badge", has_text=re.compile("Ready for review|Failed")).wait_for(timeout=SLOW)
