@@ -26,12 +26,12 @@ def test_the_shipped_model_learns_the_house_style_and_its_adapter_changes_its_ou
     version = make_dataset_version(team.project, {"train": support_conversations(16), "val": support_conversations(4, 40),
                                                   "test": support_conversations(2, 80)})
     run = services.launch_run(project=team.project, dataset_version=version, base_model=base_model, overrides={
-        "max_steps": 16, "batch_size": 4, "learning_rate": 0.003, "max_seq_length": 128, "save_steps": 100})
+        "max_steps": 12, "batch_size": 4, "learning_rate": 0.003, "max_seq_length": 128, "save_steps": 100})
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     run.refresh_from_db()
     losses = list(run.metrics.filter(train_loss__isnull=False).order_by("step").values_list("train_loss", flat=True))
-    assert len(losses) == 16
-    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4, losses
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
     assert run.final_val_loss is not None and run.final_val_loss < losses[0]
 
     tokenizer = load_tokenizer(str(shipped_model_dir))
