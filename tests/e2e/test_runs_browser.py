@@ -30,11 +30,11 @@ def test_pm_launches_a_run_and_watches_the_loss_curve_update(new_page, password,
         page.get_by_role("link", name="New run").click()
         page.get_by_label("Dataset version").select_option(str(version.pk))
         page.get_by_label("Preset").select_option("quick")
-        page.get_by_label("Max steps").fill("16")
+        page.get_by_label("Max steps").fill("160")
         page.get_by_label("Batch size").fill("2")
         page.get_by_label("Max sequence length").fill("128")
         page.get_by_label("Max sequence length").blur()
-        page.locator("#estimate-steps").filter(has_text="16").wait_for()  # the estimate followed the form
+        page.locator("#estimate-steps").filter(has_text="160").wait_for()  # the estimate followed the form
         page.get_by_role("button", name="Launch run").click()
         page.get_by_text("Queued Run").wait_for()
         url = page.url
@@ -49,6 +49,6 @@ def test_pm_launches_a_run_and_watches_the_loss_curve_update(new_page, password,
         page.locator("#run-status", has_text="Succeeded").wait_for(timeout=180_000)
         assert worker.process.poll() is None
     run = Run.objects.get()
-    assert run.status == RunStatus.SUCCEEDED and run.step == 16
+    assert run.status == RunStatus.SUCCEEDED and run.step == 160
     page.reload()
     assert page.get_by_role("link", name="Download adapter").is_visible()
