@@ -1,4 +1,4 @@
-"""Shared fixtures: the role matrix (one project, a user per role, an outsider), eager Celery,
+"""Shared fixtures: the role matrix (one project, a user per role, an outsider), inline Celery tasks,
 and the tiny random Llama that ML unit tests train in seconds."""
 
 from __future__ import annotations
@@ -52,14 +52,21 @@ def password() -> str:
 
 
 @pytest.fixture(autouse=True)
-def eager_celery():
-    """Tasks run inline in unit tests; tests that need a real worker start one themselves."""
+def fast_password_hashing(settings):
+    """Every test creates users; the production hasher would spend most of a unit test hashing passwords."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def eager():
+    """Tasks run inline for the tests that ask for it. Without it a task is only queued on this test process's
+    own broker folder, as it would be with no worker running; tests that need a real worker start one.
+    The key is the namespaced Django setting (ftstudio.celery reads settings with namespace CELERY)."""
     from ftstudio.celery import app
 
-    app.conf.task_always_eager = True
-    app.conf.task_eager_propagates = True
+    app.conf.CELERY_TASK_ALWAYS_EAGER = True
     yield
-    app.conf.task_always_eager = False
+    app.conf.CELERY_TASK_ALWAYS_EAGER = False
 
 
 @pytest.fixture(autouse=True)

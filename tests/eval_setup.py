@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from apps.evaluations import services
 from apps.evaluations.models import Scale
 from apps.runs.models import BaseModel, Run, RunStatus
@@ -14,17 +12,6 @@ from tests.factories import conversation, make_dataset_version
 
 MODEL_NAME = "tiny-secret-llama"
 RUN_NAME = "zebra-run"
-
-
-@pytest.fixture
-def eager():
-    """conftest's eager_celery sets `task_always_eager`, which the namespaced CELERY_TASK_ALWAYS_EAGER from the
-    Django settings shadows; set the namespaced key so tasks really run inline."""
-    from ftstudio.celery import app
-
-    app.conf.CELERY_TASK_ALWAYS_EAGER = True
-    yield
-    app.conf.CELERY_TASK_ALWAYS_EAGER = False
 
 
 def register_tiny_model(settings, tiny_model_dir: Path) -> BaseModel:

@@ -13,16 +13,6 @@ FAST = {"max_steps": 4, "batch_size": 4, "save_steps": 2, "learning_rate": 0.005
 
 
 @pytest.fixture
-def eager():
-    """Run tasks inline (the namespaced Django setting shadows conftest's `task_always_eager`)."""
-    from ftstudio.celery import app
-
-    app.conf.CELERY_TASK_ALWAYS_EAGER = True
-    yield
-    app.conf.CELERY_TASK_ALWAYS_EAGER = False
-
-
-@pytest.fixture
 def tiny_base_model(settings, tiny_model_dir) -> BaseModel:
     settings.FTSTUDIO_MODEL_ROOTS = [*settings.FTSTUDIO_MODEL_ROOTS, Path(tiny_model_dir).parent]
     from apps.runs.services import register_base_model

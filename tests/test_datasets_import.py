@@ -17,8 +17,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "imports"
 @pytest.fixture(autouse=True)
 def tokenizer(settings, tiny_model_dir):
     settings.FTSTUDIO_TOKENIZER_DIR = str(tiny_model_dir)
-    # the team fixture hashes five passwords; a fast hasher keeps this file's setup to milliseconds
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def _import(team, name, **kwargs):

@@ -13,7 +13,6 @@ from tests.factories import conversation
 @pytest.fixture(autouse=True)
 def tokenizer(settings, tiny_model_dir):
     settings.FTSTUDIO_TOKENIZER_DIR = str(tiny_model_dir)
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def add_examples(project, pairs, tags=None):

@@ -18,7 +18,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "imports"
 @pytest.fixture(autouse=True)
 def tokenizer(settings, tiny_model_dir):
     settings.FTSTUDIO_TOKENIZER_DIR = str(tiny_model_dir)
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def add(project, convs):
@@ -149,17 +148,6 @@ def test_reviewer_cannot_dismiss_findings(clean):
     finding = services.run_quality_report(project=clean.project).findings.get(kind="conflict")
     assert clean.client("reviewer").post(f"/p/support/data/quality/findings/{finding.pk}/dismiss/").status_code == 403
     assert not QualityFinding.objects.get(pk=finding.pk).dismissed
-
-
-@pytest.fixture
-def eager():
-    """conftest's eager_celery sets `task_always_eager`, which the namespaced CELERY_TASK_ALWAYS_EAGER from the
-    Django settings shadows; set the namespaced key so the task really runs inline here."""
-    from ftstudio.celery import app
-
-    app.conf.CELERY_TASK_ALWAYS_EAGER = True
-    yield
-    app.conf.CELERY_TASK_ALWAYS_EAGER = False
 
 
 def test_report_runs_as_a_task_from_the_page_and_flags_filter_the_queue(clean, eager, django_capture_on_commit_callbacks):

@@ -16,7 +16,6 @@ NAMES = ["Ana", "Sam", "Lee", "Kim", "Noor", "Raj", "Eva", "Tom", "Ola", "Max", 
 @pytest.fixture(autouse=True)
 def tokenizer(settings, tiny_model_dir):
     settings.FTSTUDIO_TOKENIZER_DIR = str(tiny_model_dir)
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def add(project, convs):

@@ -10,10 +10,9 @@ from django.utils import timezone
 from apps.evaluations import services
 from apps.evaluations.models import Candidate, Comparison, Evaluation, EvaluationStatus, Generation
 from apps.runs.models import RunStatus
-from tests.eval_setup import eager, make_evaluation, make_rubric, make_run, make_version, register_tiny_model
+from tests.eval_setup import make_evaluation, make_rubric, make_run, make_version, register_tiny_model
 
 pytestmark = pytest.mark.django_db
-__all__ = ["eager"]  # a fixture
 
 
 def test_generation_stores_every_candidates_output_for_every_test_example(team, settings, tiny_model_dir, tmp_path):

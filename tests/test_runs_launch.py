@@ -12,7 +12,6 @@ from tests import runs_setup
 from tests.factories import make_dataset_version
 from tests.runs_setup import small_version
 
-eager = runs_setup.eager
 tiny_base_model = runs_setup.tiny_base_model
 
 

@@ -15,7 +15,6 @@ from apps.runs.tasks import reap_stale_runs, train_run
 from tests import runs_setup
 from tests.runs_setup import FAST, small_version
 
-eager = runs_setup.eager
 tiny_base_model = runs_setup.tiny_base_model
 
 

@@ -7,11 +7,10 @@ import pytest
 from apps.accounts.models import Role
 from apps.evaluations.models import Evaluation, EvaluationStatus, Generation
 from tests.e2e.conftest import login, screenshot
-from tests.eval_setup import eager, make_rubric, make_run, make_version, register_tiny_model, save_adapter
+from tests.eval_setup import make_rubric, make_run, make_version, register_tiny_model, save_adapter
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-__all__ = ["eager"]  # a fixture
 
 SCRIPT = "<script>window.__pwned = 1</script>"
 
