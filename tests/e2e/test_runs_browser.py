@@ -46,9 +46,14 @@ def test_pm_launches_a_run_and_watches_the_loss_curve_update(new_page, password,
             f" return c && Number(c.dataset.points) > {first}; }}", timeout=120_000)
         assert page.url == url  # updated in place by htmx, not by reloading
         screenshot(page, "runs-live-loss")
+        assert page.get_by_role("button", name="Cancel run").is_visible()
         page.locator("#run-status", has_text="Succeeded").wait_for(timeout=180_000)
+        # the same htmx swap that finished the status retires Cancel and offers the adapter
+        assert page.get_by_role("button", name="Cancel run").count() == 0
+        assert page.get_by_role("link", name="Download adapter").is_visible()
         assert worker.process.poll() is None
     run = Run.objects.get()
     assert run.status == RunStatus.SUCCEEDED and run.step == 160
     page.reload()
     assert page.get_by_role("link", name="Download adapter").is_visible()
+    assert page.get_by_role("button", name="Cancel run").count() == 0
