@@ -2,10 +2,10 @@
 
 Both sides use the same model, greedy decoding and max_new_tokens; the single side calls
 ``model.generate`` once per prompt (no padding), the batched side is ``worker.generate.generate``
-(length grouping, left padding, KV cache). Outputs must be identical. Prints ``ratio=X`` last:
+(length grouping, left padding, KV cache, finished rows leave the batch). Outputs must be identical. Prints ``ratio=X`` last:
 batched new tokens/s divided by one-at-a-time new tokens/s.
 
-    .venv/bin/python bench/generate_throughput.py [--prompts 64] [--max-new-tokens 48] [--batch-size 32]
+    .venv/bin/python bench/generate_throughput.py [--prompts 64] [--max-new-tokens 64] [--batch-size 32]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()

@@ -3,7 +3,13 @@
 Prompts are chat message lists rendered with the tokenizer's chat template. Generation is batched with
 left padding (so every row's next token sits in the last column) and the KV cache on, greedy by
 default and seeded, so the same inputs give the same outputs. Prompts are grouped by length before
-batching (less padding, fewer wasted steps) and results come back in the caller's order.
+batching (less padding) and results come back in the caller's order.
+
+The decode loop is ours rather than ``model.generate`` for one reason: a row that reached its stop token
+leaves the batch (its KV cache rows are dropped with ``Cache.batch_select_indices``), where
+``generate`` keeps computing it until the longest row finishes. Positions follow ``generate``'s rule
+(cumulative sum of the attention mask), so greedy outputs are the ones ``generate`` gives;
+``tests/test_worker_generate.py`` checks them against one-at-a-time ``generate``.
 
 A LoRA adapter (the output of a fine-tuning run) is applied with plain ``PeftModel.from_pretrained``.
 """
@@ -102,19 +108,11 @@ def generate(
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, padding=True, return_tensors="pt")
         batch = {k: v.to(device) for k, v in batch.items()}
         torch.manual_seed(config.seed)
-        sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
         began = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                **batch, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, use_cache=True,
-                pad_token_id=tokenizer.pad_token_id, **sampling,
-            )
+        new = _decode(model, batch["input_ids"], batch["attention_mask"], config, eos)
         elapsed_ms = (time.perf_counter() - began) * 1000
-        new = out[:, batch["input_ids"].shape[1]:].tolist()
         batch_results = []
-        for i, tokens in zip(indices, new, strict=True):
-            cut = next((k for k, t in enumerate(tokens) if t in eos), len(tokens))
-            kept = tokens[:cut]
+        for i, kept in zip(indices, new, strict=True):
             result = GenerationResult(
                 text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
                 prompt_tokens=len(encoded[i]), output_tokens=len(kept), latency_ms=round(elapsed_ms, 1),
@@ -124,3 +122,64 @@ def generate(
         if on_batch is not None:
             on_batch(list(indices), batch_results)
     return [r for r in results if r is not None]
+
+
+def _decode(model, input_ids, attention_mask, config: GenerationConfig, eos: set[int]) -> list[list[int]]:
+    """New tokens for each row of a left-padded batch, up to (not including) its stop token.
+
+    Rows that stopped leave the batch and their cache, so each step computes only the rows still writing.
+    """
+    import torch
+    from transformers import DynamicCache
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList()
+    if config.do_sample:
+        if config.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(config.top_p))
+    cache = DynamicCache()
+    outputs: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    rows = torch.arange(input_ids.shape[0])  # which output each live row writes to
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions.masked_fill_(attention_mask == 0, 1)  # as generate does; padded positions are masked anyway
+    step_ids = input_ids
+    extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    with torch.inference_mode():
+        for step in range(config.max_new_tokens):
+            logits = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True, **extra).logits[:, -1, :].float()
+            if config.do_sample:
+                scores = warpers(step_ids, logits)
+                chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                chosen = logits.argmax(dim=-1)
+            live = []
+            for j, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist(), strict=True)):
+                if token not in eos:
+                    outputs[row].append(token)
+                    live.append(j)
+            if not live or step == config.max_new_tokens - 1:
+                break
+            if len(live) < len(rows):
+                keep = torch.tensor(live)
+                cache.batch_select_indices(keep)
+                rows, chosen, attention_mask = rows[keep], chosen[keep], attention_mask[keep]
+                positions = positions[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=-1)
+            positions = positions[:, -1:] + 1
+            step_ids = chosen.unsqueeze(1)
+    return outputs
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Only the last position's logits are needed; most causal LMs in transformers accept ``logits_to_keep``."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters

@@ -257,7 +257,7 @@ def claim_generation(evaluation_pk: int) -> Evaluation | None:
         return evaluation
 
 
-def run_generation(evaluation_pk: int, *, batch_size: int = 16) -> Evaluation | None:
+def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | None:
     """Generate every missing output of an evaluation, saving after each batch; safe to run again.
 
     Finished (candidate, item) rows are never generated twice: a resumed task starts from what is missing.
