@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import shutil
+from pathlib import Path
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from apps.runs import services
-from apps.runs.models import Run, RunStatus
+from apps.runs.models import BaseModel, Run, RunStatus
 from tests import runs_setup
 from tests.factories import make_dataset_version
 from tests.runs_setup import small_version
@@ -128,3 +132,19 @@ def test_launch_run_command_waits_for_the_run_and_prints_its_id(team, tiny_base_
     with pytest.raises(CommandError, match="no training examples"):
         make_dataset_version(team.project, {"train": [], "val": [], "test": []})
         call_command("launch_run", "--project", "support", "--dataset-version", "2", "--base-model", "tiny-llama")
+
+
+def test_register_model_command_reads_the_model_and_refuses_a_folder_outside_the_roots(settings, tiny_model_dir,
+                                                                                     tmp_path):
+    settings.FTSTUDIO_MODEL_ROOTS = [*settings.FTSTUDIO_MODEL_ROOTS, Path(tiny_model_dir).parent]
+    out = io.StringIO()
+    call_command("register_model", "tiny", str(tiny_model_dir), "--display-name", "Tiny", stdout=out)
+    model = BaseModel.objects.get(name="tiny")
+    assert model.source_kind == "local" and model.parameter_count > 0 and model.architecture
+    assert "tiny: " in out.getvalue() and "parameters" in out.getvalue()
+
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(tiny_model_dir, outside)
+    with pytest.raises(CommandError, match="Could not register 'rogue'"):
+        call_command("register_model", "rogue", str(outside))
+    assert not BaseModel.objects.filter(name="rogue").exists()

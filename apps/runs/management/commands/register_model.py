@@ -1,0 +1,43 @@
+"""`manage.py register_model NAME SOURCE [--kind local|gguf|hub] [--display-name TEXT] [--revision REV]`"""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.runs import services
+from apps.runs.models import SourceKind
+from worker.models import ModelSourceError
+
+
+class Command(BaseCommand):
+    help = ("Register (or refresh) a base model: a Hugging Face folder or a .gguf file under FTSTUDIO_MODEL_ROOTS, "
+            "or a Hub id where FTSTUDIO_ALLOW_HUB=1. Architecture, size, context and chat template are read from it.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="the name runs and evaluations use, e.g. qwen2.5-1.5b-instruct")
+        parser.add_argument("source", help="a folder, a .gguf file, or a Hub id")
+        parser.add_argument("--kind", choices=list(SourceKind.values), help="default: gguf for *.gguf, hub for "
+                            "an id like org/name that is not a path, local otherwise")
+        parser.add_argument("--display-name", default="")
+        parser.add_argument("--revision", default="", help="Hub revision (commit or tag)")
+
+    def handle(self, *args, name, source, kind, display_name, revision, **opts):
+        kind = kind or guess_kind(source)
+        try:
+            model = services.register_base_model(name=name, source_kind=kind, source=source,
+                                                 display_name=display_name, revision=revision)
+        except (ModelSourceError, OSError, ValueError) as exc:
+            raise CommandError(f"Could not register {name!r} from {source}: {exc}") from exc
+        self.stdout.write(f"{model.name}: {model.architecture}, {model.parameter_count:,} parameters, "
+                          f"context {model.context_length}, chat template {'yes' if model.has_chat_template else 'no'}")
+
+
+def guess_kind(source: str) -> str:
+    if source.endswith(".gguf"):
+        return SourceKind.GGUF
+    if not source.startswith(("/", ".", "~")) and source.count("/") == 1:
+        from pathlib import Path
+
+        if not Path(source).exists():
+            return SourceKind.HUB
+    return SourceKind.LOCAL
