@@ -65,6 +65,7 @@ def baseline(model_dir: str, features: list[dict], val: list[dict], args: argpar
                                  per_device_eval_batch_size=args.batch_size, max_steps=args.steps, learning_rate=1e-3,
                                  lr_scheduler_type="cosine", warmup_ratio=0.05, seed=args.seed, data_seed=args.seed,
                                  logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+                                 eval_strategy="epoch",  # ours validates at the end of each epoch too: same work timed
                                  remove_unused_columns=False, include_num_input_tokens_seen="non_padding")
     trainer = Trainer(model=model, args=training, train_dataset=features, eval_dataset=val,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))

@@ -43,25 +43,38 @@ def test_a_conversation_without_an_assistant_turn_is_refused_with_the_reason(tin
         encode_conversation(tokenizer, [{"role": "user", "content": "hello"}], max_length=64)
 
 
-def test_padding_free_batches_keep_examples_apart_and_give_the_padded_loss(tiny_model_dir):
-    """A packed row is one sequence of all the batch's tokens; attention must stay inside each example, so
-    each example's logits equal those it gets alone, and the loss equals the padded batch's loss."""
+@pytest.mark.parametrize("rows_wanted", [1, 2])
+def test_padding_free_batches_keep_examples_apart_and_give_the_padded_loss(tiny_model_dir, rows_wanted):
+    """Packed rows hold several examples end to end; attention must stay inside each example, so each
+    example's logits equal those it gets alone, and the loss equals the padded batch's loss, whether the batch
+    is one row or spread over two rows (the shorter one ending in filler)."""
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), device="cpu").eval()
-    features = [encode_conversation(tokenizer, conv(i), 128) for i in (0, 4, 2)]
+    features = [encode_conversation(tokenizer, conv(i), 128) for i in (0, 4, 2, 1)]
     rows = [{"input_ids": f.input_ids, "labels": f.labels} for f in features]
-    packed = packed_collator()(rows)
+    total = sum(len(f.input_ids) for f in features)
+    packed = packed_collator(10_000 if rows_wanted == 1 else -(-total // 2))(rows)
     padded = padded_collator(tokenizer)([dict(r) for r in rows])
-    assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] == sum(len(f.input_ids) for f in features)
-    assert padded["input_ids"].numel() > packed["input_ids"].numel()  # padding was needed
+    assert packed.pop("real_tokens") == total
+    assert packed["input_ids"].shape[0] == rows_wanted
+    assert padded["input_ids"].numel() > packed["input_ids"].numel()  # padding was needed, packing needs less
     with torch.no_grad():
         out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"],
                     use_cache=False)
-        start = 0
+        found = 0
         for f in features:
             alone = model(input_ids=torch.tensor([f.input_ids]), use_cache=False).logits[0]
-            assert torch.allclose(out.logits[0, start:start + len(f.input_ids)], alone, atol=1e-4)
-            start += len(f.input_ids)
+            n = len(f.input_ids)
+            for r in range(packed["input_ids"].shape[0]):  # find the example in its row
+                row = packed["input_ids"][r].tolist()
+                starts = [k for k in range(len(row) - n + 1) if row[k:k + n] == f.input_ids
+                          and packed["position_ids"][r, k] == 0]
+                if starts:
+                    k = starts[0]
+                    assert torch.allclose(out.logits[r, k:k + n], alone, atol=1e-4)
+                    found += 1
+                    break
+        assert found == len(features)
         padded_loss = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
                             labels=padded["labels"], use_cache=False).loss
     assert out.loss.item() == pytest.approx(padded_loss.item(), rel=1e-4)

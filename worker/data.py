@@ -3,13 +3,20 @@
 * The model's own chat template renders each conversation; labels are -100 everywhere except on the
   assistant turns (their content and the end-of-turn token), so the loss is only on what the model
   should learn to write.
-* Batches are padding-free: `DataCollatorWithFlattening` concatenates a batch's examples into one row
-  with restarting ``position_ids``; transformers then masks attention block-diagonally, so no compute is
-  spent on padding tokens. `padded_collator` is the plain alternative (pad to the longest in the batch).
+* Batches are (nearly) padding-free: `PackedRowsCollator` lays a batch's examples end to end in a few rows
+  of about ``row_tokens`` (768) tokens, with ``position_ids`` restarting at each example; transformers then masks
+  attention block-diagonally, so examples never see each other. Not one single row (as
+  `DataCollatorWithFlattening` does) because the block-diagonal mask is computed densely on CPUs and
+  without FlashAttention: a 1,300-token row spends a third of its forward pass on attention between
+  different examples; rows of ~768 keep that small and leave only a few filler slots at the end of rows
+  (measured on the shipped model, batch 8 of 75-238 tokens, forward + backward: one row 5.0 s, rows of
+  512 5.1 s, rows of 768 4.2 s, padded to the longest 6.2 s).
+  `padded_collator` is the plain alternative (pad to the longest in the batch).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
@@ -75,11 +82,46 @@ def token_count(features: list[dict]) -> int:
     return sum(len(f["input_ids"]) for f in features)
 
 
-def packed_collator():
-    """Padding-free batches: one row per batch, position ids restart at each example (block-diagonal attention)."""
-    from transformers import DataCollatorWithFlattening
+@dataclass
+class PackedRowsCollator:
+    """A batch's examples packed into ``ceil(tokens / row_tokens)`` rows (longest first, each into the row with
+    the fewest tokens so far), positions restarting per example. The first label of each example is ignored
+    (the previous example's last token must not learn to predict it), so the loss is the padded batch's loss.
+    The filler that evens out the rows is a sequence of its own with no loss. ``real_tokens`` in the batch
+    counts the examples' tokens (what throughput is measured in); `PackedTrainer` takes it out before the model
+    sees the batch."""
 
-    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+    row_tokens: int = 768
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        lengths = [len(f["input_ids"]) for f in features]
+        count = max(1, math.ceil(sum(lengths) / max(self.row_tokens, max(lengths))))
+        rows: list[list[int]] = [[] for _ in range(count)]
+        totals = [0] * count
+        for i in sorted(range(len(features)), key=lambda i: -lengths[i]):
+            r = totals.index(min(totals))
+            rows[r].append(i)
+            totals[r] += lengths[i]
+        width = max(totals)
+        input_ids = torch.zeros((count, width), dtype=torch.long)
+        labels = torch.full((count, width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((count, width), dtype=torch.long)
+        for r, members in enumerate(rows):
+            at = 0
+            for i in sorted(members):
+                n = lengths[i]
+                input_ids[r, at:at + n] = torch.tensor(features[i]["input_ids"])
+                labels[r, at + 1:at + n] = torch.tensor(features[i]["labels"][1:])
+                position_ids[r, at:at + n] = torch.arange(n)
+                at += n
+            position_ids[r, at:] = torch.arange(width - at)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "real_tokens": sum(lengths)}
+
+
+def packed_collator(row_tokens: int = 768) -> PackedRowsCollator:
+    return PackedRowsCollator(row_tokens=row_tokens)
 
 
 def padded_collator(tokenizer):

@@ -45,6 +45,7 @@ class TrainConfig:
     save_steps: int = 20
     logging_steps: int = 1
     packing: bool = True  # padding-free batches; False pads each batch to its longest example
+    pack_row_tokens: int = 768  # tokens per packed row (see worker.data.PackedRowsCollator)
     device: str = ""  # "" picks cuda when present
 
     def to_dict(self) -> dict:
@@ -182,13 +183,32 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         eval_strategy="epoch" if val_features else "no", bf16=bf16, use_cpu=device == "cpu",
         group_by_length=not config.packing, remove_unused_columns=False, report_to="none", disable_tqdm=True,
-        include_num_input_tokens_seen="all" if config.packing else "non_padding", dataloader_num_workers=0,
+        include_num_input_tokens_seen="no" if config.packing else "non_padding", dataloader_num_workers=0,
     )
-    collator = packed_collator() if config.packing else padded_collator(tokenizer)
-    trainer = Trainer(model=model, args=args, train_dataset=train_features, eval_dataset=val_features or None,
-                      data_collator=collator, callbacks=callbacks or [])
+    collator = packed_collator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
+    trainer_class = _packed_trainer_class() if config.packing else Trainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_features, eval_dataset=val_features or None,
+                            data_collator=collator, callbacks=callbacks or [])
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback, not stdout
     return trainer, tokenizer, train_features, val_features
+
+
+def _packed_trainer_class():
+    from transformers import Trainer
+
+    class PackedTrainer(Trainer):
+        """`Trainer` fed by `PackedRowsCollator`: counts the examples' real tokens as seen (not the filler)."""
+
+        def _prepare_inputs(self, inputs):
+            real = inputs.pop("real_tokens", None)
+            if real is not None and self.model.training:
+                import torch
+
+                seen = self.accelerator.gather(torch.tensor([real], device=self.args.device)).sum()
+                self.state.num_input_tokens_seen += int(seen)
+            return super()._prepare_inputs(inputs)
+
+    return PackedTrainer
 
 
 def last_checkpoint(output_dir: str) -> str:
