@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -119,10 +120,16 @@ def test_a_resumed_run_continues_from_its_checkpoint_to_the_same_result(tiny_mod
                   Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 5))
     assert first.status == "cancelled"
     assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())[-1] == "checkpoint-4"
+    # a worker killed while writing the next checkpoint leaves a folder without trainer_state.json (written last)
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-6")
+    (checkpoints / "checkpoint-6" / "trainer_state.json").unlink()
+    (checkpoints / "checkpoint-6" / "optimizer.pt").write_bytes(b"cut off")
     resumed = train(config(tiny_model_dir, tmp_path / "b"), TRAIN, VAL)
-    assert resumed.resumed_from.endswith("checkpoint-4")
+    assert resumed.resumed_from.endswith("checkpoint-4")  # the cut-off one was skipped
     assert resumed.status == "succeeded" and resumed.global_step == straight.global_step == 6
     assert [m.step for m in resumed.history if m.train_loss is not None] == [5, 6]
     assert resumed.history[0].learning_rate == pytest.approx(
         next(m.learning_rate for m in straight.history if m.step == 5 and m.train_loss is not None))
     assert resumed.final_val_loss == pytest.approx(straight.final_val_loss, rel=1e-3)
+    assert (checkpoints / "checkpoint-6" / "trainer_state.json").is_file()  # saved again, whole

@@ -10,8 +10,10 @@ standard PEFT format in ``output_dir/adapter``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -212,10 +214,23 @@ def _packed_trainer_class():
 
 
 def last_checkpoint(output_dir: str) -> str:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint, or "" if there is none.
 
+    `Trainer` writes ``trainer_state.json`` last, so a checkpoint folder without a readable one was cut off by
+    a worker that died while saving it: it is removed and the one before it is used.
+    """
     folder = Path(output_dir) / "checkpoints"
-    return (get_last_checkpoint(str(folder)) or "") if folder.is_dir() else ""
+    if not folder.is_dir():
+        return ""
+    numbered = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+    for path in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            log.warning("Removing %s: its worker stopped while writing it", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return ""
 
 
 def train(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
