@@ -47,8 +47,8 @@ def judge_all(evaluation) -> int:
                 attribute, passed, failed = CRITERION_CHECKS[criterion.name]
                 for letter, check in checks.items():
                     scores[(letter, criterion.pk)] = passed if getattr(check, attribute) else failed
-            passed = {letter: sum(getattr(c, a) for a, _, _ in CRITERION_CHECKS.values()) for letter, c in checks.items()}
-            winner = "tie" if passed["A"] == passed["B"] else max(passed, key=passed.get)
+            passes = {letter: sum(getattr(c, a) for a, _, _ in CRITERION_CHECKS.values()) for letter, c in checks.items()}
+            winner = "tie" if passes["A"] == passes["B"] else max(passes, key=passes.get)
             services.submit_judgment(assignment=assignment, reviewer=membership.user, winner=winner, scores=scores,
                                      comment="scored by the house-style checks (README screenshot script)")
             judged += 1

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from worker.data import IGNORE_INDEX, DataError, encode_conversation, packed_collator, padded_collator
+from worker.data import IGNORE_INDEX, DataError, PackedRowsCollator, encode_conversation, padded_collator
 from worker.models import load_model, load_tokenizer
 from worker.train import Hooks, TrainConfig, train
 
@@ -54,7 +54,7 @@ def test_padding_free_batches_keep_examples_apart_and_give_the_padded_loss(tiny_
     features = [encode_conversation(tokenizer, conv(i), 128) for i in (0, 4, 2, 1)]
     rows = [{"input_ids": f.input_ids, "labels": f.labels} for f in features]
     total = sum(len(f.input_ids) for f in features)
-    packed = packed_collator(10_000 if rows_wanted == 1 else -(-total // 2))(rows)
+    packed = PackedRowsCollator(10_000 if rows_wanted == 1 else -(-total // 2))(rows)
     padded = padded_collator(tokenizer)([dict(r) for r in rows])
     assert packed.pop("real_tokens") == total
     assert packed["input_ids"].shape[0] == rows_wanted

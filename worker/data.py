@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
+PACK_ROW_TOKENS = 768  # tokens per packed row; why 768: see the module docstring
 
 
 class DataError(ValueError):
@@ -91,7 +92,7 @@ class PackedRowsCollator:
     counts the examples' tokens (what throughput is measured in); `PackedTrainer` takes it out before the model
     sees the batch."""
 
-    row_tokens: int = 768
+    row_tokens: int = PACK_ROW_TOKENS
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -118,10 +119,6 @@ class PackedRowsCollator:
                 at += n
             position_ids[r, at:] = torch.arange(width - at)
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "real_tokens": sum(lengths)}
-
-
-def packed_collator(row_tokens: int = 768) -> PackedRowsCollator:
-    return PackedRowsCollator(row_tokens=row_tokens)
 
 
 def padded_collator(tokenizer):

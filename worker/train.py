@@ -19,7 +19,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from worker.data import encode_conversations, packed_collator, padded_collator, token_count
+from worker.data import (
+    PACK_ROW_TOKENS,
+    PackedRowsCollator,
+    encode_conversations,
+    padded_collator,
+    token_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ class TrainConfig:
     save_steps: int = 20
     logging_steps: int = 1
     packing: bool = True  # padding-free batches; False pads each batch to its longest example
-    pack_row_tokens: int = 768  # tokens per packed row (see worker.data.PackedRowsCollator)
+    pack_row_tokens: int = PACK_ROW_TOKENS  # tokens per packed row (see worker.data.PackedRowsCollator)
     device: str = ""  # "" picks cuda when present
 
     def to_dict(self) -> dict:
@@ -187,7 +193,7 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
         group_by_length=not config.packing, remove_unused_columns=False, report_to="none", disable_tqdm=True,
         include_num_input_tokens_seen="no" if config.packing else "non_padding", dataloader_num_workers=0,
     )
-    collator = packed_collator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
+    collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
     trainer_class = _packed_trainer_class() if config.packing else Trainer
     trainer = trainer_class(model=model, args=args, train_dataset=train_features, eval_dataset=val_features or None,
                             data_collator=collator, callbacks=callbacks or [])
@@ -213,6 +219,11 @@ def _packed_trainer_class():
     return PackedTrainer
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The global step a checkpoint folder (``checkpoint-<step>``) was saved at."""
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
 def last_checkpoint(output_dir: str) -> str:
     """The newest complete checkpoint, or "" if there is none.
 
@@ -223,7 +234,7 @@ def last_checkpoint(output_dir: str) -> str:
     if not folder.is_dir():
         return ""
     numbered = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
-    for path in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
+    for path in sorted(numbered, key=checkpoint_step, reverse=True):
         try:
             json.loads((path / "trainer_state.json").read_text())
             return str(path)

@@ -323,9 +323,9 @@ def execute_run(run_pk: int) -> str:
         train_data = run.dataset_version.conversations("train")
         val_data = run.dataset_version.conversations("val")
         # Metrics past the last checkpoint are logged again after a resume: drop them.
-        from worker.train import last_checkpoint
+        from worker.train import checkpoint_step, last_checkpoint
         resume = last_checkpoint(str(output_dir))
-        resume_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+        resume_step = checkpoint_step(resume) if resume else 0
         RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
         result = train(config, train_data, val_data, Hooks(on_progress=on_progress, on_metric=on_metric,
                                                            should_cancel=should_cancel, on_log=on_log,

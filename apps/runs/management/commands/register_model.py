@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.runs import services
 from apps.runs.models import SourceKind
-from worker.models import ModelSourceError
 
 
 class Command(BaseCommand):
@@ -26,7 +27,7 @@ class Command(BaseCommand):
         try:
             model = services.register_base_model(name=name, source_kind=kind, source=source,
                                                  display_name=display_name, revision=revision)
-        except (ModelSourceError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ModelSourceError is a ValueError
             raise CommandError(f"Could not register {name!r} from {source}: {exc}") from exc
         self.stdout.write(f"{model.name}: {model.architecture}, {model.parameter_count:,} parameters, "
                           f"context {model.context_length}, chat template {'yes' if model.has_chat_template else 'no'}")
@@ -36,8 +37,6 @@ def guess_kind(source: str) -> str:
     if source.endswith(".gguf"):
         return SourceKind.GGUF
     if not source.startswith(("/", ".", "~")) and source.count("/") == 1:
-        from pathlib import Path
-
         if not Path(source).exists():
             return SourceKind.HUB
     return SourceKind.LOCAL
