@@ -6,35 +6,65 @@ import krippendorff
 import numpy as np
 import pytest
 from scipy.optimize import minimize
+from scipy.stats import beta
 from sklearn.metrics import cohen_kappa_score
 
 from apps.evaluations import statistics as st
 
 
-def test_win_rate_counts_ties_in_the_denominator_with_a_wilson_interval():
-    # 7 wins, 2 losses, 1 tie: 7/10; Wilson by hand: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
-    r = st.win_rate(7, 2, 1)
-    assert r.rate == 0.7 and r.n == 10 and r.tie_rate == 0.1
-    assert r.low == pytest.approx(0.39678, abs=1e-5)
-    assert r.high == pytest.approx(0.89221, abs=1e-5)
-    # sign test on the 9 decisive judgments: 2 · P(X >= 7 | 9, 1/2) = 2 · (36 + 9 + 1) / 512
-    assert r.p_value == pytest.approx(92 / 512)
-    assert not r.significant
+def test_a_pair_is_counted_in_items_with_an_exact_interval_on_the_decided_share():
+    # 9 items: 6 to a (one of them split 2-1 between three reviewers), 2 to b, 1 tied (a split 1-1)
+    items = {1: [1.0, 1.0], 2: [1.0], 3: [1.0, 0.5], 4: [1.0], 5: [1.0], 6: [1.0, 1.0, 0.0],
+             7: [0.0, 0.0], 8: [0.0], 9: [1.0, 0.0]}
+    o = st.compare_pair(items)
+    assert (o.items_a, o.items_b, o.items_tied, o.items, o.judgments) == (6, 2, 1, 9, 15)
+    assert o.share == 6 / 8
+    # Clopper-Pearson, computed another way: beta quantiles
+    assert o.low == pytest.approx(beta.ppf(0.025, 6, 3)) and o.high == pytest.approx(beta.ppf(0.975, 7, 2))
+    assert o.p_value == pytest.approx(2 * (28 + 8 + 1) / 256)  # exact sign test on 8 decided items
+    assert o.better is None
 
 
-def test_a_clear_preference_is_significant_and_needs_no_more_judgments():
-    r = st.win_rate(18, 2, 0)
-    assert r.significant
-    assert st.judgments_needed(18, 2, 0) == 0
+def test_the_verdict_and_its_interval_never_disagree():
+    """"Better" exactly when the exact test rejects parity, and exactly when the printed interval excludes 50%,
+    over every outcome with up to 60 decided items (the old Wilson-vs-sign-test pair disagreed on 15,118)."""
+    for a in range(61):
+        for b in range(61 - a):
+            o = st.compare_pair({i: [1.0] for i in range(a)} | {a + i: [0.0] for i in range(b)})
+            excludes_parity = o.low > 0.5 or o.high < 0.5
+            assert (o.better is not None) == excludes_parity == (o.p_value < 0.05), (a, b)
+            if o.better == "a":
+                assert o.share > 0.5
+    # the cases from the issue: 0 wins, 6 losses, 16 ties is a clear loss; 5-0 is not yet settled
+    assert st.compare_pair({i: [0.0] for i in range(6)} | {10 + i: [0.5] for i in range(16)}).better == "b"
+    five_nil = st.compare_pair({i: [1.0] for i in range(5)})
+    assert five_nil.better is None and five_nil.low < 0.5
 
 
-def test_judgments_needed_for_a_60_40_split():
-    # p = 0.6: n_decisive = 1.96² · 0.6 · 0.4 / 0.1² = 92.2 -> 93 judgments, 10 already made
-    assert st.judgments_needed(6, 4, 0) == 83
-    # with a 50% tie rate twice as many judgments are needed: ceil(92.2 / 0.5) = 185, 20 already made
-    assert st.judgments_needed(6, 4, 10) == 165
-    assert st.judgments_needed(5, 5, 2) is None
-    assert st.judgments_needed(0, 0, 3) is None
+def test_no_judgments_one_judgment_all_ties_and_a_total_winner():
+    none = st.compare_pair({})
+    assert (none.items, none.share, none.better, none.low, none.high) == (0, None, None, 0.0, 1.0)
+    one = st.compare_pair({1: [1.0]})
+    assert (one.items_a, one.share, one.better) == (1, 1.0, None) and one.low == pytest.approx(0.025)
+    ties = st.compare_pair({i: [0.5, 0.5] for i in range(10)})
+    assert (ties.items_tied, ties.decisive, ties.share, ties.better) == (10, 0, None, None)
+    total = st.compare_pair({i: [1.0, 1.0] for i in range(30)})
+    assert total.better == "a" and total.high == 1.0
+    # items still needed: no division by zero, and derived from the same exact test
+    assert st.items_needed(1, 0, 0) == 5  # 6 of 6 is the first all-one-way split the exact test accepts
+    assert st.items_needed(5, 0, 0) == 1  # 5-0 is not significant (p = 0.0625), 6-0 is (p = 0.031)
+    assert st.items_needed(6, 0, 0) == 0
+    assert st.items_needed(0, 0, 3) is None and st.items_needed(5, 5, 2) is None
+
+
+def test_items_needed_for_a_60_40_split_comes_from_the_exact_test():
+    # the normal approximation said 83 more; the exact test needs 101 decided items at 60%: 91 more
+    assert st.items_needed(6, 4, 0) == 91
+    from scipy.stats import binomtest
+
+    assert binomtest(61, 101).pvalue < 0.05 and binomtest(60, 100).pvalue >= 0.05
+    # with half the items tied, twice as many items: ceil(101 / 0.5) = 202, 20 judged already
+    assert st.items_needed(6, 4, 10) == 182
 
 
 def test_bradley_terry_two_candidates_matches_the_odds():
@@ -64,7 +94,8 @@ def test_bradley_terry_matches_a_direct_likelihood_maximisation():
 
 
 def test_ranking_orders_candidates_with_bootstrap_intervals_around_the_fit():
-    outcomes = [(0, 1, 1.0)] * 8 + [(0, 1, 0.0)] * 2 + [(1, 2, 1.0)] * 7 + [(1, 2, 0.5)] * 3 + [(0, 2, 1.0)] * 9 + [(0, 2, 0.0)]
+    rows = [(0, 1, 1.0)] * 8 + [(0, 1, 0.0)] * 2 + [(1, 2, 1.0)] * 7 + [(1, 2, 0.5)] * 3 + [(0, 2, 1.0)] * 9 + [(0, 2, 0.0)]
+    outcomes = [(n, i, j, s) for n, (i, j, s) in enumerate(rows)]
     ranking = st.bradley_terry_ranking(outcomes, 3, bootstrap=100, seed=1)
     assert [r.index for r in ranking] == [0, 1, 2]
     for r in ranking:
@@ -73,12 +104,39 @@ def test_ranking_orders_candidates_with_bootstrap_intervals_around_the_fit():
     assert st.bradley_terry_ranking(outcomes, 3, bootstrap=100, seed=1) == ranking  # seeded: reproducible
 
 
-def test_mean_interval_is_a_t_interval():
-    m = st.mean_interval([1, 2, 3, 4, 5])
-    # mean 3, sd 1.5811, sem 0.7071, t(0.975, 4) = 2.7764 -> 3 ± 1.9632
-    assert (m.mean, m.n) == (3.0, 5)
-    assert m.low == pytest.approx(1.0368, abs=1e-4) and m.high == pytest.approx(4.9632, abs=1e-4)
-    assert st.mean_interval([]) is None
+def test_ranking_stays_finite_for_a_total_winner_and_for_no_judgments():
+    outcomes = [(item, 0, 1, 1.0) for item in range(20)] + [(item, 0, 2, 1.0) for item in range(20)]
+    ranking = st.bradley_terry_ranking(outcomes, 3, bootstrap=50)
+    assert ranking[0].index == 0 and all(math.isfinite(v) for r in ranking for v in (r.strength, r.low, r.high))
+    assert ranking[0].strength < 1e6
+    empty = st.bradley_terry_ranking([], 3)
+    assert [r.strength for r in empty] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_the_ranking_bootstrap_resamples_items_not_judgments():
+    # every item judged by four reviewers who always agree: 10 items are 10 pieces of evidence, not 40
+    items = [(item, 0, 1, 1.0 if item < 7 else 0.0) for item in range(10) for _ in range(4)]
+    clustered = st.bradley_terry_ranking(items, 2, bootstrap=400, seed=3)
+    once = st.bradley_terry_ranking([(item, 0, 1, 1.0 if item < 7 else 0.0) for item in range(10)], 2, bootstrap=400, seed=3)
+    top = next(r for r in clustered if r.index == 0)
+    top_once = next(r for r in once if r.index == 0)
+    # same evidence, same width of interval (up to the prior, which weighs less against 4x the judgments)
+    assert math.log(top.high / top.low) == pytest.approx(math.log(top_once.high / top_once.low), rel=0.35)
+
+
+def test_bounded_mean_interval_is_wilson_for_pass_rates_and_never_zero_width():
+    from scipy.stats import binomtest
+
+    m = st.bounded_mean_interval([1, 1, 0, 1, 0, 1, 1], 0, 1)
+    ci = binomtest(5, 7).proportion_ci(method="wilson")
+    assert m.mean == pytest.approx(5 / 7) and (m.low, m.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    one = st.bounded_mean_interval([4], 1, 5)
+    assert one.mean == 4 and one.low < 4 < one.high and one.n == 1
+    same = st.bounded_mean_interval([5, 5, 5], 1, 5)
+    assert same.high == 5 and same.low < 5  # three perfect scores do not prove the mean is exactly 5
+    likert = st.bounded_mean_interval([1, 2, 3, 4, 5], 1, 5)
+    assert likert.low < 3 < likert.high and 1 <= likert.low and likert.high <= 5
+    assert st.bounded_mean_interval([], 1, 5) is None
 
 
 def test_cohen_kappa_for_two_reviewers_by_hand_and_by_sklearn():
@@ -106,6 +164,14 @@ def test_krippendorff_alpha_for_three_reviewers_by_hand_and_by_the_library():
 def test_agreement_needs_pairs_judged_twice():
     assert st.agreement({1: {"x": "tie"}, 2: {"y": "first"}}).value is None
     assert st.describe_agreement(0.74) == "substantial"
+
+
+def test_agreement_is_undefined_not_perfect_when_every_verdict_is_the_same():
+    result = st.agreement({i: {"x": "first", "y": "first"} for i in range(5)})
+    assert result.value is None and result.observed == 1.0 and result.note.startswith("Not defined")
+    assert st.describe_agreement(result.value) == "not defined"
+    mixed = st.agreement({1: {"x": "first", "y": "first"}, 2: {"x": "tie", "y": "second"}})
+    assert mixed.observed == 0.5
 
 
 def test_token_f1_similarity():

@@ -13,19 +13,34 @@ from django.db.models import Avg, Count, Q
 
 from . import statistics as st
 from .models import Assignment, Candidate, CandidateKind, Comparison, Evaluation, Generation, Judgment, Score
-from .services import eval_items, remaining_for, reviewer_ids
+from .services import eval_items, has_seen_labels, remaining_for, reviewer_ids
 
 
 @dataclass
 class PairResult:
+    """Candidate a against candidate b (a is listed first in the evaluation), counted in items."""
+
     a: Candidate
     b: Candidate
-    result: st.WinRate  # from a's side
-    b_rate: float
-    b_low: float
-    b_high: float
-    needed: int | None
+    outcome: st.PairOutcome  # from a's side
+    needed: int | None  # more judged items that would settle a lead, if the split held (0: settled)
+    unjudged: int  # items of this pair nobody has judged yet
     bar: dict = field(default_factory=dict)  # chart geometry in a 300-unit-wide SVG
+
+    @property
+    def winner(self) -> Candidate | None:
+        return {"a": self.a, "b": self.b}.get(self.outcome.better)
+
+
+@dataclass
+class Verdict:
+    """One sentence a team can act on, with the pair and the numbers it came from."""
+
+    sentence: str
+    pair: PairResult | None
+    subject: Candidate | None  # the candidate the sentence is about (a tuned run, or the leader)
+    other: Candidate | None  # what it is measured against (the strongest baseline, or the runner-up)
+    settled: bool
 
 
 @dataclass
@@ -33,108 +48,111 @@ class Results:
     evaluation: Evaluation
     candidates: list[Candidate]
     judgment_count: int
+    item_count: int
     pairs: list[PairResult]
     ranking: list[dict]
     criteria: list[dict]
     agreement: st.Agreement
     agreement_words: str
     metrics: list[dict]
-    verdict: str
-    headline: PairResult | None
-    chart: dict = field(default_factory=dict)
+    verdicts: list[Verdict]
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def _verdict(pair: PairResult | None, judgment_count: int) -> str:
-    if pair is None or pair.result.n == 0:
-        return f"No judgments yet ({judgment_count} so far): the verdict appears once reviewers have judged pairs."
-    r = pair.result
-    leader, other, rate, low, high = (pair.a, pair.b, r.rate, r.low, r.high)
-    if r.losses > r.wins:
-        leader, other, rate, low, high = pair.b, pair.a, pair.b_rate, pair.b_low, pair.b_high
-    ties = f", {r.ties} tie{'s' if r.ties != 1 else ''}" if r.ties else ""
-    stats = f"(95% CI {100 * low:.0f}-{100 * high:.0f}%, {r.n} judgment{'s' if r.n != 1 else ''}{ties})"
-    if r.wins == r.losses:
-        return f"{pair.a.label} and {pair.b.label} are level: each wins {_pct(r.rate)} of comparisons {stats}."
-    if r.significant:
-        return f"{leader.label} beats {other.label} in {_pct(rate)} of comparisons {stats}."
-    more = f"; about {pair.needed} more judgments would settle it" if pair.needed else ""
-    return (f"{leader.label} leads {other.label}, winning {_pct(rate)} of comparisons {stats}, but the difference "
-            f"is not significant yet (sign test p = {r.p_value:.2f}){more}.")
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def evaluation_results(evaluation: Evaluation, *, bootstrap: int = 200) -> Results:
+def verdict_sentence(subject: Candidate, other: Candidate, pair: PairResult) -> tuple[str, bool]:
+    """The verdict on ``subject`` against ``other``: "better" only when the interval printed beside it
+    excludes 50%; the share and the interval are one quantity (decisive items won); n is always stated."""
+    o = pair.outcome if pair.a.pk == subject.pk else pair.outcome.flipped()
+    counts = f"{_plural(o.items, 'item')} judged, {_plural(o.judgments, 'judgment')}"
+    if o.items == 0:
+        return f"{subject.label} vs {other.label}: no judgments yet.", False
+    if o.decisive == 0:
+        return (f"{subject.label} and {other.label} are level: reviewers preferred neither on any item "
+                f"({counts}).", False)
+    ties = f"; {_plural(o.items_tied, 'item')} tied" if o.items_tied else ""
+    stats = (f"{subject.label} was preferred on {o.items_a} of {_plural(o.decisive, 'item')} where reviewers picked a "
+             f"side ({_pct(o.share)}, 95% CI {100 * o.low:.0f}-{100 * o.high:.0f}%){ties}; {counts}")
+    if o.better == "a":
+        return f"{subject.label} is better than {other.label}: {stats}.", True
+    if o.better == "b":
+        return f"{other.label} is better than {subject.label}: {stats}.", True
+    if pair.needed is None:
+        more = ""
+    elif pair.needed <= pair.unjudged:
+        more = f" About {_plural(pair.needed, 'more judged item')} would settle it if the split held."
+    else:
+        more = (f" Settling it at this split would take about {_plural(pair.needed, 'more judged item')}, more than the "
+                f"{pair.unjudged} left unjudged: add test examples or accept that the difference is small.")
+    return (f"No clear difference yet between {subject.label} and {other.label}: {stats}; the interval includes "
+            f"50%.{more}"), False
+
+
+def evaluation_results(evaluation: Evaluation, *, bootstrap: int = 400) -> Results:
     candidates = list(evaluation.candidates.select_related("run").order_by("position"))
     index = {c.pk: n for n, c in enumerate(candidates)}
     judgments = list(Judgment.objects.filter(evaluation=evaluation)
-                     .values_list("comparison_id", "comparison__candidate_1_id", "comparison__candidate_2_id",
-                                  "winner_id", "reviewer_id"))
-    tallies: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # (c1, c2) -> wins1, wins2, ties
+                     .values_list("comparison_id", "comparison__item_id", "comparison__candidate_1_id",
+                                  "comparison__candidate_2_id", "winner_id", "reviewer_id"))
+    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))  # (c1, c2) -> item -> [score of c1]
     outcomes = []
     labels: dict[int, dict[int, str]] = defaultdict(dict)
-    for comparison_id, c1, c2, winner, reviewer in judgments:
-        t = tallies[(c1, c2)]
-        if winner is None:
-            t[2] += 1
-            outcomes.append((index[c1], index[c2], 0.5))
-            labels[comparison_id][reviewer] = "tie"
-        else:
-            first = winner == c1
-            t[0 if first else 1] += 1
-            outcomes.append((index[c1], index[c2], 1.0 if first else 0.0))
-            labels[comparison_id][reviewer] = "first" if first else "second"
+    for comparison_id, item_id, c1, c2, winner, reviewer in judgments:
+        s = 0.5 if winner is None else 1.0 if winner == c1 else 0.0
+        scores[(c1, c2)][item_id].append(s)
+        outcomes.append((item_id, index[c1], index[c2], s))
+        labels[comparison_id][reviewer] = {0.5: "tie", 1.0: "first", 0.0: "second"}[s]
+    item_count = eval_items(evaluation).count()
 
     pairs = []
     for i, a in enumerate(candidates):
         for b in candidates[i + 1:]:
-            w1, w2, ties = tallies.get((a.pk, b.pk), [0, 0, 0])
-            r = st.win_rate(w1, w2, ties)
-            b_low, b_high = st.wilson_interval(w2, r.n)
-            pairs.append(PairResult(a, b, r, w2 / r.n if r.n else 0.0, b_low, b_high, st.judgments_needed(w1, w2, ties),
-                                    bar=_bar(w1, w2, ties, r)))
+            o = st.compare_pair(scores.get((a.pk, b.pk), {}))
+            pairs.append(PairResult(a, b, o, st.items_needed(o.items_a, o.items_b, o.items_tied),
+                                    unjudged=max(0, item_count - o.items), bar=_bar(o)))
 
     ranking_rows = st.bradley_terry_ranking(outcomes, len(candidates), bootstrap=bootstrap, seed=evaluation.seed) if candidates else []
-    ranking = _ranking_chart(ranking_rows, candidates)
-    headline = _headline(pairs, ranking_rows, candidates)
-    if headline is not None:
-        headline.needed = st.judgments_needed(headline.result.wins, headline.result.losses, headline.result.ties)
     agreement = st.agreement(labels)
     return Results(
-        evaluation=evaluation, candidates=candidates, judgment_count=len(judgments), pairs=pairs, ranking=ranking,
-        criteria=_criteria(evaluation, candidates), agreement=agreement,
+        evaluation=evaluation, candidates=candidates, judgment_count=len(judgments), item_count=item_count, pairs=pairs,
+        ranking=_ranking_chart(ranking_rows, candidates), criteria=_criteria(evaluation, candidates), agreement=agreement,
         agreement_words=st.describe_agreement(agreement.value), metrics=_metrics(evaluation, candidates),
-        verdict=_verdict(headline, len(judgments)), headline=headline,
+        verdicts=_verdicts(pairs, ranking_rows, candidates) if judgments else [],
     )
 
 
-def _bar(w1: int, w2: int, ties: int, r: st.WinRate, width: float = 300.0) -> dict:
-    n = (w1 + w2 + ties) or 1
-    a, t = width * w1 / n, width * ties / n
-    return {"a_w": round(a, 1), "tie_x": round(a, 1), "tie_w": round(t, 1), "b_x": round(a + t, 1),
-            "b_w": round(width - a - t, 1) if w1 + w2 + ties else 0, "lo": round(width * r.low, 1),
-            "hi": round(width * r.high, 1), "mid": width / 2}
+def _bar(o: st.PairOutcome, width: float = 300.0) -> dict:
+    """The decisive items split between a (left) and b (right), with the interval of a's share under it."""
+    if not o.decisive:
+        return {}
+    a = width * o.share
+    return {"a_w": round(a, 1), "b_x": round(a, 1), "b_w": round(width - a, 1), "lo": round(width * o.low, 1),
+            "hi": round(width * o.high, 1), "mid": width / 2}
 
 
-def _headline(pairs: list[PairResult], ranking: list[st.Ranking], candidates: list[Candidate]) -> PairResult | None:
-    """The comparison the product exists for: the best candidate against the prompt-only baseline (or the
-    base model, or the runner-up when neither applies)."""
-    judged = [p for p in pairs if p.result.n]
-    if not judged or not ranking:
-        return None
-    best = candidates[ranking[0].index]
-    for kind in (CandidateKind.PROMPT, CandidateKind.BASE):
-        for p in judged:
-            other = p.b if p.a.pk == best.pk else p.a if p.b.pk == best.pk else None
-            if other is not None and other.kind == kind:
-                return p
-    runner_up = candidates[ranking[1].index] if len(ranking) > 1 else None
-    for p in judged:
-        if runner_up is not None and {p.a.pk, p.b.pk} == {best.pk, runner_up.pk}:
-            return p
-    return max(judged, key=lambda p: p.result.n)
+def _verdicts(pairs: list[PairResult], ranking: list[st.Ranking], candidates: list[Candidate]) -> list[Verdict]:
+    """The question the team asks: did each tuned run beat the strongest baseline (the baseline the
+    Bradley-Terry fit ranks highest)? Without a tuned run or a baseline: the leader against the runner-up."""
+    if not ranking or len(candidates) < 2:
+        return []
+    strength = {r.index: r.strength for r in ranking}
+    # strongest first; between equals, the prompt-only baseline is the harder one to beat
+    by_rank = sorted(candidates, key=lambda c: (-round(strength[candidates.index(c)], 9), c.kind != CandidateKind.PROMPT))
+    runs = [c for c in by_rank if c.kind == CandidateKind.RUN]
+    baselines = [c for c in by_rank if c.kind != CandidateKind.RUN]
+    matchups = [(run, baselines[0]) for run in runs] if runs and baselines else [(by_rank[0], by_rank[1])]
+    verdicts = []
+    for subject, other in matchups:
+        pair = next(p for p in pairs if {p.a.pk, p.b.pk} == {subject.pk, other.pk})
+        sentence, settled = verdict_sentence(subject, other, pair)
+        verdicts.append(Verdict(sentence, pair, subject, other, settled))
+    return verdicts
 
 
 def _ranking_chart(rows: list[st.Ranking], candidates: list[Candidate]) -> list[dict]:
@@ -154,18 +172,21 @@ def _ranking_chart(rows: list[st.Ranking], candidates: list[Candidate]) -> list[
 
 
 def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]:
-    values: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for criterion_id, candidate_id, value in Score.objects.filter(judgment__evaluation=evaluation).values_list(
-            "criterion_id", "candidate_id", "value"):
-        values[(criterion_id, candidate_id)].append(value)
+    """Each output's score on each criterion is first averaged over every judgment that scored it (reviewers
+    and the comparisons it appeared in), so an output counts once; then a mean over outputs."""
+    per_output: dict[tuple[int, int], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for criterion_id, candidate_id, item_id, value in Score.objects.filter(judgment__evaluation=evaluation).values_list(
+            "criterion_id", "candidate_id", "judgment__comparison__item_id", "value"):
+        per_output[(criterion_id, candidate_id)][item_id].append(value)
     rows = []
     for criterion in evaluation.rubric.criteria.all():
-        top = max(criterion.values)
+        bottom, top = min(criterion.values), max(criterion.values)
         cells = []
         for c in candidates:
-            m = st.mean_interval(values.get((criterion.pk, c.pk), []))
+            outputs = per_output.get((criterion.pk, c.pk), {})
+            m = st.bounded_mean_interval([sum(v) / len(v) for v in outputs.values()], bottom, top)
             cells.append({"candidate": c, "m": m, "width": round(100 * m.mean / top, 1) if m else 0,
-                          "low": round(100 * m.low / top, 1) if m else 0, "high": round(100 * min(m.high, top) / top, 1) if m else 0})
+                          "low": round(100 * m.low / top, 1) if m else 0, "high": round(100 * m.high / top, 1) if m else 0})
         rows.append({"criterion": criterion, "cells": cells, "top": top})
     return rows
 
@@ -177,7 +198,7 @@ def _metrics(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]:
     stats = {row["candidate_id"]: row for row in Generation.objects.filter(candidate__evaluation=evaluation)
              .values("candidate_id").annotate(tokens=Avg("output_tokens"), latency=Avg("latency_ms"), n=Count("id"))}
     return [{"candidate": c, "val_loss": c.run.final_val_loss if c.run_id else None,
-             "similarity": st.mean_interval(sims.get(c.pk, [])), "tokens": stats.get(c.pk, {}).get("tokens"),
+             "similarity": st.bounded_mean_interval(sims.get(c.pk, []), 0.0, 1.0), "tokens": stats.get(c.pk, {}).get("tokens"),
              "latency": stats.get(c.pk, {}).get("latency"), "n": stats.get(c.pk, {}).get("n", 0)} for c in candidates]
 
 
@@ -261,5 +282,6 @@ def queue_for(project, user) -> list[dict]:
     rows = []
     for evaluation in Evaluation.objects.filter(project=project, status="ready").select_related("rubric").order_by("-created_at"):
         done = Judgment.objects.filter(evaluation=evaluation, reviewer=user).count()
-        rows.append({"evaluation": evaluation, "done": done, "remaining": remaining_for(evaluation, user)})
+        rows.append({"evaluation": evaluation, "done": done, "remaining": remaining_for(evaluation, user),
+                     "seen": has_seen_labels(evaluation, user)})
     return rows

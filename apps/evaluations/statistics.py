@@ -1,15 +1,28 @@
 """Statistics for evaluation results: plain functions on plain data (no ORM), tested against hand-computed
-values and the reference libraries.
+values, the reference libraries and simulated null data.
 
-* Win rates: the share of judgments a candidate won, ties counted in the denominator and reported on
-  their own; 95% Wilson score intervals (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``).
-  Significance of a difference: two-sided sign test on the decisive (non-tie) judgments.
+The unit of analysis is the **item** (one test example), not the judgment: two reviewers judging the same
+pair are not two independent pieces of evidence, so every test and every bootstrap below clusters by item.
+
+* Head to head (:func:`compare_pair`): each item goes to the candidate its judgments favoured (the mean of
+  1 for a win, 0 for a loss, 1/2 for a tie, over the reviewers who judged it); items whose judgments
+  balance out are tied. The quantity reported is the **share of decisive items** won, with a 95%
+  Clopper-Pearson interval (``scipy.stats.binomtest(...).proportion_ci(method="exact")``). A candidate is
+  called better only when that interval excludes 50%; that is exactly the two-sided exact sign test on the
+  decisive items at 5% (the interval is the inversion of that test), so the sentence and the interval can
+  never disagree.
+* How many more items would settle a lead (:func:`items_needed`): the smallest number of decisive items
+  at which the same exact test would reject parity if the observed split held, scaled up by the tie share.
 * Bradley-Terry: maximum likelihood strengths by Hunter's (2004) MM algorithm, a tie counting half a
-  win for each side; intervals from a seeded bootstrap over judgments.
-* Per-criterion scores: mean with a 95% t interval (``scipy.stats.t``); pass/fail criteria are 0/1, so
-  their mean is the pass rate.
+  win for each side; intervals from a seeded bootstrap that resamples items (all judgments of an item
+  together).
+* Per-criterion scores and similarity: averaged per output first (reviewers and comparisons of one output
+  pooled into one number), then a mean over outputs with a 95% Wilson score interval on the score rescaled
+  to 0-1 (:func:`bounded_mean_interval`): exact Wilson for pass/fail rates, conservative for 1-5 means,
+  and never zero-width for n = 1 or equal values.
 * Agreement: Cohen's kappa (``sklearn.metrics.cohen_kappa_score``) when exactly two reviewers judged the
-  same pairs, Krippendorff's alpha (``krippendorff.alpha``, nominal) for more.
+  same pairs, Krippendorff's alpha (``krippendorff.alpha``, nominal) for more; undefined (not 1.0) when
+  every reviewer gave the same verdict, since chance agreement is then total; raw agreement always.
 * Similarity to the ideal output: token F1, the harmonic mean of token precision and recall over
   lower-cased word tokens (the SQuAD answer metric): 1.0 for the same words, 0.0 for no word in common.
 """
@@ -19,76 +32,110 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 Z95 = 1.959963984540054
+PARITY = 0.5
 
 
-@dataclass(frozen=True)
-class WinRate:
-    wins: int
-    losses: int
-    ties: int
-    rate: float  # wins / all judgments (ties included in the denominator)
-    low: float
-    high: float
-    p_value: float  # sign test on decisive judgments, two-sided
-
-    @property
-    def n(self) -> int:
-        return self.wins + self.losses + self.ties
-
-    @property
-    def tie_rate(self) -> float:
-        return self.ties / self.n if self.n else 0.0
-
-    @property
-    def significant(self) -> bool:
-        return self.p_value < 0.05
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+# --- head to head, item by item -----------------------------------------------------------------------
+def exact_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval for a binomial share; (0, 1) when there is nothing to go on."""
     from scipy.stats import binomtest
 
     if n == 0:
         return 0.0, 1.0
-    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="exact")
     return float(ci.low), float(ci.high)
 
 
-def win_rate(wins: int, losses: int, ties: int) -> WinRate:
+@dataclass(frozen=True)
+class PairOutcome:
+    """Candidate a against candidate b, counted in items."""
+
+    items_a: int  # items whose judgments favoured a
+    items_b: int  # items whose judgments favoured b
+    items_tied: int  # items judged, but favouring neither
+    judgments: int
+    low: float  # 95% Clopper-Pearson interval of `share`
+    high: float
+    p_value: float  # exact two-sided sign test on the decisive items (the test the interval inverts)
+
+    @property
+    def decisive(self) -> int:
+        return self.items_a + self.items_b
+
+    @property
+    def items(self) -> int:
+        return self.decisive + self.items_tied
+
+    @property
+    def share(self) -> float | None:
+        """The share of decisive items that a won; None before any item was decided."""
+        return self.items_a / self.decisive if self.decisive else None
+
+    @property
+    def better(self) -> str | None:
+        """"a" or "b" when the interval excludes parity, else None."""
+        if self.low > PARITY:
+            return "a"
+        if self.high < PARITY:
+            return "b"
+        return None
+
+    def flipped(self) -> PairOutcome:
+        return PairOutcome(self.items_b, self.items_a, self.items_tied, self.judgments, 1 - self.high, 1 - self.low,
+                           self.p_value)
+
+
+def item_side(scores: Sequence[float]) -> str:
+    """Where one item's judgments point: "a", "b" or "tie" (scores are 1 win, 0 loss, 0.5 tie for a)."""
+    mean = sum(scores) / len(scores)
+    if math.isclose(mean, PARITY):
+        return "tie"
+    return "a" if mean > PARITY else "b"
+
+
+def compare_pair(item_scores: Mapping[Hashable, Sequence[float]]) -> PairOutcome:
+    """Head to head of a against b from ``{item: [score for a of each judgment of that item]}``."""
     from scipy.stats import binomtest
 
-    n = wins + losses + ties
-    low, high = wilson_interval(wins, n)
-    decisive = wins + losses
-    p = float(binomtest(wins, decisive, 0.5).pvalue) if decisive else 1.0
-    return WinRate(wins, losses, ties, wins / n if n else 0.0, low, high, p)
+    sides = Counter(item_side(scores) for scores in item_scores.values() if scores)
+    a, b, tied = sides["a"], sides["b"], sides["tie"]
+    low, high = exact_interval(a, a + b)
+    p = float(binomtest(a, a + b, PARITY).pvalue) if a + b else 1.0
+    return PairOutcome(a, b, tied, sum(len(s) for s in item_scores.values()), low, high, p)
 
 
-def judgments_needed(wins: int, losses: int, ties: int, z: float = Z95) -> int | None:
-    """About how many more judgments would make the observed preference significant at 95%.
+def items_needed(items_a: int, items_b: int, items_tied: int, *, limit: int = 100_000) -> int | None:
+    """About how many more judged items would make the observed lead significant, if the split held.
 
-    With p = wins / (wins + losses) the decisive share and t the tie share, a normal-approximation
-    sign test is significant once ``n_decisive >= z^2 p (1 - p) / (p - 0.5)^2``; total judgments are
-    ``n_decisive / (1 - t)``. None when there is no preference to confirm (p = 0.5, or no decisive
-    judgments yet). 0 when already significant.
+    From the same exact test as the verdict: the smallest count of decisive items n at which
+    ``round(share * n)`` wins reject parity, turned into items with the observed tie share. 0 when already
+    settled; None when there is no lead to confirm (no decisive item, or an even split).
     """
-    decisive = wins + losses
-    n = decisive + ties
-    if decisive == 0 or wins == losses:
+    from scipy.stats import binom
+
+    decisive = items_a + items_b
+    total = decisive + items_tied
+    if decisive == 0 or items_a == items_b:
         return None
-    p = wins / decisive
-    p = min(max(p, 0.5 / decisive), 1 - 0.5 / decisive)  # keep the variance positive at 0% / 100%
-    needed_decisive = z * z * p * (1 - p) / (p - 0.5) ** 2
-    tie_share = ties / n
-    needed_total = math.ceil(needed_decisive / (1 - tie_share)) if tie_share < 1 else None
-    if needed_total is None:
+    lead = max(items_a, items_b)
+    low, high = exact_interval(lead, decisive)
+    if low > PARITY:
+        return 0
+    share = lead / decisive
+    n = np.arange(decisive + 1, limit + 1)
+    k = np.rint(share * n)
+    # two-sided exact sign test at parity: p = 2 P(X >= k), X ~ Bin(n, 1/2), for the leading side
+    significant = 2 * binom.sf(k - 1, n, PARITY) < 0.05
+    if not significant.any():
         return None
-    return max(0, needed_total - n)
+    needed_decisive = int(n[np.argmax(significant)])
+    return max(0, math.ceil(needed_decisive * total / decisive) - total)
 
 
 # --- Bradley-Terry ------------------------------------------------------------------------------------
@@ -127,26 +174,23 @@ class Ranking:
     win_prob_vs_average: float  # p / (p + 1)
 
 
-def bradley_terry_ranking(outcomes: Sequence[tuple[int, int, float]], k: int, *, bootstrap: int = 200,
+def bradley_terry_ranking(outcomes: Sequence[tuple[Hashable, int, int, float]], k: int, *, bootstrap: int = 400,
                           seed: int = 0, prior: float = 0.1) -> list[Ranking]:
-    """Rank ``k`` candidates from outcomes ``(i, j, score_i)`` (1 win, 0 loss, 0.5 tie), best first,
-    with 95% percentile bootstrap intervals (judgments resampled with replacement)."""
-    def table(rows) -> np.ndarray:
-        w = np.zeros((k, k))
-        for i, j, s in rows:
-            w[i, j] += s
-            w[j, i] += 1 - s
-        return w
-
-    rows = list(outcomes)
-    fit = bradley_terry(table(rows), prior=prior)
+    """Rank ``k`` candidates from judgments ``(item, i, j, score_i)`` (1 win, 0 loss, 0.5 tie), best first,
+    with 95% percentile bootstrap intervals that resample items: an item's judgments stay together."""
+    by_item: dict[Hashable, np.ndarray] = {}
+    for item, i, j, s in outcomes:
+        by_item.setdefault(item, np.zeros((k, k)))
+        by_item[item][i, j] += s
+        by_item[item][j, i] += 1 - s
+    tables = np.array(list(by_item.values())) if by_item else np.zeros((0, k, k))
+    fit = bradley_terry(tables.sum(axis=0), prior=prior)
     samples = []
-    if rows and bootstrap:
+    if len(tables) and bootstrap:
         rng = np.random.default_rng(seed)
-        arr = np.array(rows, dtype=float)
         for _ in range(bootstrap):
-            pick = arr[rng.integers(0, len(arr), len(arr))]
-            samples.append(np.log(bradley_terry(table((int(a), int(b), s) for a, b, s in pick), prior=prior, iterations=1000, tol=1e-6)))
+            pick = tables[rng.integers(0, len(tables), len(tables))].sum(axis=0)
+            samples.append(np.log(bradley_terry(pick, prior=prior, iterations=1000, tol=1e-6)))
     logs = np.array(samples) if samples else np.log(fit)[None, :]
     lows, highs = np.percentile(logs, 2.5, axis=0), np.percentile(logs, 97.5, axis=0)
     ranked = [Ranking(i, float(fit[i]), float(math.exp(lows[i])), float(math.exp(highs[i])), float(fit[i] / (fit[i] + 1)))
@@ -163,44 +207,58 @@ class MeanInterval:
     n: int
 
 
-def mean_interval(values: Sequence[float]) -> MeanInterval | None:
-    from scipy import stats
+def bounded_mean_interval(values: Sequence[float], lowest: float, highest: float,
+                          confidence: float = 0.95) -> MeanInterval | None:
+    """Mean of values on a bounded scale with a Wilson score interval on the mean rescaled to 0-1.
+
+    For pass/fail values this is the Wilson interval of the pass rate; for a 1-5 scale it is conservative
+    (no distribution on [0, 1] has a larger variance than a 0/1 one of the same mean). Unlike a t interval
+    it is not zero-width at n = 1 or when every value is the same. None when there are no values.
+    """
+    from scipy.stats import norm
 
     if not values:
         return None
-    arr = np.asarray(values, dtype=float)
-    mean = float(arr.mean())
-    if len(arr) < 2 or float(arr.std(ddof=1)) == 0.0:
-        return MeanInterval(mean, mean, mean, len(arr))
-    low, high = stats.t.interval(0.95, len(arr) - 1, loc=mean, scale=stats.sem(arr))
-    return MeanInterval(mean, float(low), float(high), len(arr))
+    span = highest - lowest
+    n = len(values)
+    mean = float(np.mean(values))
+    p = (mean - lowest) / span if span else 1.0
+    z = float(norm.ppf(0.5 + confidence / 2))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return MeanInterval(mean, lowest + span * low, lowest + span * high, n)
 
 
 @dataclass(frozen=True)
 class Agreement:
     method: str  # "Cohen's kappa" | "Krippendorff's alpha" | ""
-    value: float | None
+    value: float | None  # None when undefined
     items: int  # pairs judged by two or more reviewers
     reviewers: int
+    observed: float | None = None  # share of those pairs on which every reviewer gave the same verdict
     note: str = ""
 
 
 def agreement(labels: dict[object, dict[object, str]]) -> Agreement:
-    """Agreement on the winner. ``labels[item][reviewer]`` is a label such as "1", "2" or "tie"."""
+    """Agreement on the winner. ``labels[item][reviewer]`` is a label such as "first", "second" or "tie"."""
     shared = {item: by for item, by in labels.items() if len(by) >= 2}
     reviewers = sorted({r for by in shared.values() for r in by}, key=str)
     if not shared:
-        return Agreement("", None, 0, 0, "No pair has two judgments yet.")
+        return Agreement("", None, 0, 0, None, "No pair has two judgments yet.")
+    observed = sum(len(set(by.values())) == 1 for by in shared.values()) / len(shared)
     categories = sorted({v for by in shared.values() for v in by.values()})
     if len(categories) == 1:
-        return Agreement("", 1.0, len(shared), len(reviewers), "Every reviewer gave every shared pair the same verdict.")
+        return Agreement("", None, len(shared), len(reviewers), observed,
+                         f"Not defined: every reviewer gave every shared pair the same verdict ({categories[0]}), so "
+                         "agreement beyond chance cannot be measured.")
     if len(reviewers) == 2:
         from sklearn.metrics import cohen_kappa_score
 
         a, b = reviewers
         both = [by for by in shared.values() if a in by and b in by]
         value = float(cohen_kappa_score([by[a] for by in both], [by[b] for by in both]))
-        return Agreement("Cohen's kappa", None if math.isnan(value) else value, len(both), 2)
+        return Agreement("Cohen's kappa", None if math.isnan(value) else value, len(both), 2, observed)
     import krippendorff
 
     code = {c: n for n, c in enumerate(categories)}
@@ -211,7 +269,7 @@ def agreement(labels: dict[object, dict[object, str]]) -> Agreement:
             if reviewer in shared[item]:
                 matrix[row, col] = code[shared[item][reviewer]]
     value = float(krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal"))
-    return Agreement("Krippendorff's alpha", None if math.isnan(value) else value, len(items), len(reviewers))
+    return Agreement("Krippendorff's alpha", None if math.isnan(value) else value, len(items), len(reviewers), observed)
 
 
 def describe_agreement(value: float | None) -> str:
