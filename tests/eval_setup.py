@@ -90,9 +90,17 @@ def make_evaluation(team, settings, tiny_model_dir, adapter_root: Path, *, gener
     return evaluation, run
 
 
+def add_reviewer(team, username: str):
+    """Another member with the reviewer role in the team's project."""
+    from apps.accounts.models import Role
+    from tests.factories import MembershipFactory, UserFactory
+
+    return MembershipFactory(project=team.project, role=Role.REVIEWER, user=UserFactory(username=username)).user
+
+
 def judge(client, slug: str, evaluation, winner: str = "A", scores: tuple[int, int] = (4, 1), comment: str = ""):
     """Open the next pair as this client's user and submit a verdict; returns the POST response."""
-    response = client.get(f"/p/{slug}/evals/review/{evaluation.pk}/next/")
+    response = client.post(f"/p/{slug}/evals/review/{evaluation.pk}/next/")
     assert response.status_code == 302, response
     url = response["Location"]
     criteria = list(evaluation.rubric.criteria.all())

@@ -5,12 +5,11 @@ import io
 import re
 
 import pytest
+from django.test import Client
 
-from apps.accounts.models import Role
 from apps.evaluations import services
 from apps.evaluations.models import Assignment, Comparison, Generation, Judgment, Rubric
-from tests.eval_setup import MODEL_NAME, RUN_NAME, judge, make_evaluation
-from tests.factories import MembershipFactory, UserFactory
+from tests.eval_setup import MODEL_NAME, RUN_NAME, add_reviewer, judge, make_evaluation
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +23,7 @@ def test_reviewer_cannot_see_which_model_wrote_which_side(team, ready):
     evaluation, run = ready
     Generation.objects.filter(candidate__evaluation=evaluation).update(output="Hi Cy, your order ships today.")
     client = team.client("reviewer")
-    response = client.get(f"/p/support/evals/review/{evaluation.pk}/next/")
+    response = client.post(f"/p/support/evals/review/{evaluation.pk}/next/")
     page = client.get(response["Location"])
     html = page.content.decode()
     assert page.status_code == 200 and "Answer A" in html and "Answer B" in html and "Hi Cy, your order ships today." in html
@@ -37,24 +36,12 @@ def test_reviewer_cannot_see_which_model_wrote_which_side(team, ready):
     assert html.count('type="hidden"') == html.count('name="csrfmiddlewaretoken"')  # no candidate ids in forms
 
 
-def test_sides_are_randomized_and_both_orders_occur_for_each_reviewer(team, ready):
-    evaluation, _ = ready
-    for role in ("reviewer", "pm"):
-        user = team.user(role)
-        while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
-            services.submit_judgment(assignment=a, reviewer=user, winner="tie",
-                                     scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()})
-        swapped = list(Assignment.objects.filter(reviewer=user).order_by("id").values_list("swapped", flat=True))
-        assert len(swapped) == 9 and set(swapped) == {True, False}
-        assert all(swapped[i] != swapped[i + 1] for i in range(0, 8, 2))  # permuted blocks of two
-
-
 def test_each_pair_gets_the_configured_reviewers_and_never_the_same_reviewer_twice(team, ready):
     evaluation, _ = ready
-    extra = UserFactory(username="second-reviewer")
-    MembershipFactory(project=team.project, user=extra, role=Role.REVIEWER)
+    extra = add_reviewer(team, "second-reviewer")
+    third = add_reviewer(team, "third-reviewer")
     claimed = {}
-    for user in (team.reviewer, team.pm, extra):
+    for user in (team.reviewer, extra, third, team.pm):
         claimed[user.username] = []
         while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
             claimed[user.username].append(a.comparison_id)
@@ -64,7 +51,8 @@ def test_each_pair_gets_the_configured_reviewers_and_never_the_same_reviewer_twi
         assert len(pairs) == len(set(pairs)), f"{name} got a pair twice"
     per_pair = Assignment.objects.filter(evaluation=evaluation).values_list("comparison_id", flat=True)
     assert sorted(per_pair) == sorted(list(Comparison.objects.filter(evaluation=evaluation).values_list("pk", flat=True)) * 2)
-    assert len(claimed["second-reviewer"]) == 0  # 9 pairs x 2 reviewers are all taken by the first two
+    assert len(claimed["third-reviewer"]) == 0  # 9 pairs x 2 reviewers are all taken by the first two
+    assert len(claimed["pm"]) == 0  # the PM launched it: they have seen what is compared, so they never judge it
     # the PM sees each reviewer's progress
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/").content.decode()
     assert "Reviewer progress" in page and "second-reviewer" in page
@@ -74,7 +62,7 @@ def test_a_pair_cannot_be_judged_twice_nor_scored_outside_its_scale(team, ready)
     evaluation, _ = ready
     client = team.client("reviewer")
     tone, correct = evaluation.rubric.criteria.all()
-    response = client.get(f"/p/support/evals/review/{evaluation.pk}/next/")
+    response = client.post(f"/p/support/evals/review/{evaluation.pk}/next/")
     url = response["Location"]
     bad = client.post(url, {"winner": "A", f"score_A_{tone.pk}": 7, f"score_B_{tone.pk}": 3,
                             f"score_A_{correct.pk}": 1, f"score_B_{correct.pk}": 0})
@@ -100,29 +88,27 @@ def test_results_stay_hidden_from_a_reviewer_until_they_have_judged(team, ready)
     evaluation, _ = ready
     reviewer = team.client("reviewer")
     assert reviewer.get(f"/p/support/evals/{evaluation.pk}/results/").status_code == 403
-    early = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/results/")  # the PM who runs it always may
-    assert early.status_code == 200 and "No judgments yet" in early.content.decode()
+    early = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/results/")  # the PM who launched it may
+    assert early.status_code == 200 and "No verdict yet" in early.content.decode()
     assert reviewer.get(f"/p/support/evals/{evaluation.pk}/judgments.csv").status_code == 403
     for _ in range(9):
         response, _ = judge(reviewer, "support", evaluation, winner="B")
         assert response.status_code == 302
     assert reviewer.get(f"/p/support/evals/{evaluation.pk}/results/").status_code == 200
-    evaluation.hide_results_until_reviewed = False
-    evaluation.save()
-    other = UserFactory(username="late-reviewer")
-    MembershipFactory(project=team.project, user=other, role=Role.REVIEWER)
-    from django.test import Client
-
     late = Client()
-    late.force_login(other)
-    assert late.get(f"/p/support/evals/{evaluation.pk}/results/").status_code == 200
+    late.force_login(add_reviewer(team, "late-reviewer"))  # 9 pairs still need a second reviewer: theirs
+    assert late.get(f"/p/support/evals/{evaluation.pk}/results/").status_code == 403
 
 
-def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready):
-    evaluation, run = ready
+@pytest.fixture
+def ready8(team, settings, tiny_model_dir, tmp_path_factory):
+    return make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, test_count=8)
+
+
+def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready8):
+    evaluation, run = ready8
     Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run").update(output="<script>alert('x')</script>")
-    for role in ("reviewer", "pm"):
-        user = team.user(role)
+    for user in (team.reviewer, add_reviewer(team, "second-reviewer")):
         while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
             letter = next(s.letter for s in services.sides(a) if s.candidate.kind == "run") if a.comparison.candidate_2.kind == "run" else "tie"
             services.submit_judgment(assignment=a, reviewer=user, winner=letter, comment="=HYPERLINK(\"x\")",
@@ -130,16 +116,20 @@ def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready
     response = team.client("designer").get(f"/p/support/evals/{evaluation.pk}/results/")
     html = response.content.decode()
     assert response.status_code == 200
-    # the run won all 6 judgments against each of the other two: 100%, Wilson 95% CI 61-100%
-    assert f"Tuned run #{run.pk} (zebra-run) beats Prompt-only baseline in 100% of comparisons (95% CI 61-100%, 6 judgments)" in html
-    assert "Bradley-Terry ranking" in html and "Cohen&#x27;s kappa" in html and "<svg" in html
+    # the run won every judgment of all 8 items against the strongest baseline (base and prompt tie: the
+    # prompt baseline counts as the stronger); exact 95% CI of 8/8: 63-100%
+    run_label = f"Tuned run #{run.pk} (zebra-run)"
+    assert (f"{run_label} is better than Prompt-only baseline: {run_label} was preferred on 8 of 8 items where "
+            "reviewers picked a side (100%, 95% CI 63-100%); 8 items judged, 16 judgments.") in html
+    assert "Bradley-Terry ranking" in html and "Cohen&#x27;s kappa = 1.00" in html and "<svg" in html
+    assert "same verdict on 100% of the 24 pairs judged more than once" in html
     assert "1.230" in html  # the run's validation loss
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html and "<script>alert" not in html
     disagree = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/results/?show=candidates").content.decode()
-    assert "3 examples." in disagree  # base vs prompt were ties on every example
+    assert "8 examples." in disagree  # base vs prompt were ties on every example
     export = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/judgments.csv")
     rows = list(csv.DictReader(io.StringIO(export.content.decode())))
-    assert len(rows) == 18 and {r["reviewer"] for r in rows} == {"pm", "reviewer"}
+    assert len(rows) == 48 and {r["reviewer"] for r in rows} == {"second-reviewer", "reviewer"}
     assert rows[0]["comment"].startswith("'=")  # no spreadsheet formulas
 
 

@@ -113,3 +113,62 @@ def project_view(need: str = "view", post_need: str | None = None) -> Callable:
         return wrapper
 
     return decorator
+
+
+# --- blind review -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sight:
+    """What one member may see of one evaluation's labels (which candidate wrote which output: the results,
+    the candidates' configuration, the judgments export)."""
+
+    labels: bool
+    examples: bool = False  # the labelled outputs example by example, not only aggregates
+    reveal: bool = False  # hidden, but theirs for one click that takes them off the evaluation's blind review
+    reason: str = ""
+
+
+def evaluation_sight(evaluation, user, access: Access) -> Sight:
+    """Blind for everyone who judges, whatever their role.
+
+    * Members who cannot review (designers) see everything: they never judge.
+    * Whoever has seen the labels (launched the evaluation, revealed them, or finished) sees them again and
+      is never handed its pairs (``apps.evaluations.services.next_assignment``).
+    * Whoever has started judging sees no labels until their own pairs are all judged: PMs and staff too.
+    * Reviewers are the evaluation's judges by role: they see nothing until it is ready and they have
+      nothing left to judge; then the aggregate results, and the labelled examples if the PM allowed it.
+    * A PM or staff member who has not started judging may reveal the labels, which ends their review of it.
+    """
+    from apps.evaluations import services
+    from apps.evaluations.models import EvaluationStatus
+
+    if not access.allows("review"):
+        return Sight(labels=True, examples=True)
+    examples = access.allows("evaluate") or evaluation.reviewers_see_examples
+    if services.has_seen_labels(evaluation, user):
+        return Sight(labels=True, examples=examples)
+    remaining = services.remaining_for(evaluation, user) if evaluation.status == EvaluationStatus.READY else 0
+    if access.allows("evaluate"):
+        if remaining and services.has_started_review(evaluation, user):
+            return Sight(labels=False, reason=f"You are reviewing this evaluation blind: its results and candidates stay "
+                                              f"hidden until you have judged your {remaining} remaining pair"
+                                              f"{'s' if remaining != 1 else ''}.")
+        if remaining:
+            return Sight(labels=False, reveal=True, reason=(
+                "You could still review this evaluation blind. Seeing its results or candidates shows which model "
+                "wrote which output, so you will not be handed its pairs afterwards."))
+        return Sight(labels=True, examples=examples)
+    if evaluation.status != EvaluationStatus.READY or remaining:
+        return Sight(labels=False, reason="Results and candidates stay hidden until you have judged your own pairs of "
+                                          "this evaluation.")
+    return Sight(labels=True, examples=examples)
+
+
+def judging_blind(project: Project, user, access: Access) -> bool:
+    """True while the user has blind review work ahead in any live evaluation of the project. Such a member
+    gets no adapter downloads and no run logs (they could tell a tuned model's outputs by running it)."""
+    from apps.evaluations.models import Evaluation, EvaluationStatus
+
+    if not access.allows("review") or not user.is_authenticated:
+        return False
+    live = Evaluation.objects.filter(project=project).exclude(status=EvaluationStatus.FAILED)
+    return any(not (s := evaluation_sight(e, user, access)).labels and not s.reveal for e in live)

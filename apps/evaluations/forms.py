@@ -67,8 +67,9 @@ class EvaluationForm(forms.Form):
     max_new_tokens = forms.IntegerField(min_value=1, max_value=2048, initial=96)
     seed = forms.IntegerField(min_value=0, initial=0)
     reviewers_per_pair = forms.IntegerField(min_value=1, max_value=10, initial=2)
-    hide_results_until_reviewed = forms.BooleanField(required=False, initial=True,
-                                                     label="Hide results from reviewers until they have judged")
+    reviewers_see_examples = forms.BooleanField(
+        required=False, initial=False, label="Reviewers who have finished may see the labelled outputs example by example",
+        help_text="they always see the aggregate results once their own pairs are judged")
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)

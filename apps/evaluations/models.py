@@ -94,8 +94,9 @@ class Evaluation(TimeStamped):
     max_new_tokens = models.PositiveIntegerField(default=96)
     seed = models.PositiveIntegerField(default=0)
     reviewers_per_pair = models.PositiveSmallIntegerField(default=2)
-    hide_results_until_reviewed = models.BooleanField(
-        default=True, help_text="reviewers see results only after submitting their own judgments")
+    reviewers_see_examples = models.BooleanField(
+        default=False, help_text="reviewers who have finished may see the labelled outputs example by example, "
+                                 "not only the aggregate results")
 
     status = models.CharField(max_length=12, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
     done = models.PositiveIntegerField(default=0)
@@ -127,6 +128,25 @@ class Evaluation(TimeStamped):
     @property
     def percent(self) -> int:
         return int(100 * self.done / self.total) if self.total else 0
+
+
+class UnblindingReason(models.TextChoices):
+    LAUNCHED = "launched", "launched the evaluation"
+    REVEALED = "revealed", "chose to see the results"
+    FINISHED = "finished", "saw the results after finishing their review"
+
+
+class Unblinding(models.Model):
+    """A member who has seen which candidate wrote which output (results, configuration, judgments) of an
+    evaluation. They are never handed its blind pairs from then on: see ``services.next_assignment``."""
+
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="unblindings")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=12, choices=UnblindingReason.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["evaluation", "user"], name="unblinding_once_per_user")]
 
 
 class CandidateKind(models.TextChoices):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -32,6 +33,8 @@ from .models import (
     Rubric,
     Scale,
     Score,
+    Unblinding,
+    UnblindingReason,
 )
 from .statistics import token_f1
 
@@ -148,7 +151,7 @@ DEFAULT_PROMPT = "You are a helpful customer-support assistant. Reply in the hou
 @transaction.atomic
 def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
                       base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
-                      reviewers_per_pair: int = 2, include_val: bool = False, hide_results_until_reviewed: bool = True,
+                      reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
                       user=None, enqueue: bool = True) -> Evaluation:
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
@@ -189,8 +192,10 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
         project=project, name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
         dataset_version=dataset_version, rubric=rubric, base_model=base_model, max_new_tokens=max_new_tokens,
         seed=seed, reviewers_per_pair=reviewers_per_pair, include_val=include_val,
-        hide_results_until_reviewed=hide_results_until_reviewed, created_by=user,
+        reviewers_see_examples=reviewers_see_examples, created_by=user,
     )
+    if user is not None:  # the launcher has seen the configuration: they never judge it blind
+        Unblinding.objects.create(evaluation=evaluation, user=user, reason=UnblindingReason.LAUNCHED)
     prompt_count = 0
     for position, spec in enumerate(candidates):
         if spec.kind == CandidateKind.BASE:
@@ -333,8 +338,29 @@ def resume_evaluation(evaluation: Evaluation) -> None:
 
 
 # --- review -------------------------------------------------------------------------------------------
+# Blind means: whoever judges a pair cannot have seen which candidate wrote which output. Two rules keep it:
+# nobody sees an evaluation's labels before finishing their own pairs (apps/accounts/permissions.py,
+# ``evaluation_sight``), and nobody who has seen them (an ``Unblinding``) is handed its pairs.
+side_rng = random.SystemRandom()  # the coin for sides; tests may swap in a seeded random.Random
+
+
 def reviewer_ids(project) -> list[int]:
     return [m.user_id for m in Membership.objects.filter(project=project) if role_can(m.role, "review")]
+
+
+def has_seen_labels(evaluation: Evaluation, user) -> bool:
+    return Unblinding.objects.filter(evaluation=evaluation, user=user).exists()
+
+
+def has_started_review(evaluation: Evaluation, user) -> bool:
+    return Assignment.objects.filter(evaluation=evaluation, reviewer=user).exists()
+
+
+def record_unblinding(*, evaluation: Evaluation, user, reason: str) -> None:
+    """Note that ``user`` has seen which candidate wrote what; any pair they hold unjudged goes back to the pool."""
+    with transaction.atomic():
+        Unblinding.objects.get_or_create(evaluation=evaluation, user=user, defaults={"reason": reason})
+        _pending(evaluation, user).delete()
 
 
 def _pending(evaluation: Evaluation, reviewer):
@@ -351,34 +377,56 @@ def open_pairs(evaluation: Evaluation, reviewer):
 
 
 def remaining_for(evaluation: Evaluation, reviewer) -> int:
+    if has_seen_labels(evaluation, reviewer):
+        return 0
     return _pending(evaluation, reviewer).count() + open_pairs(evaluation, reviewer).count()
 
 
-def next_assignment(*, evaluation: Evaluation, reviewer) -> Assignment | None:
-    """The reviewer's unfinished pair, or a new one: never a pair they already have.
+def _pick_pair_and_side(evaluation: Evaluation, reviewer) -> tuple[int, bool] | None:
+    """The next comparison for this reviewer and whether its sides are swapped.
 
-    Sides are randomized in permuted blocks of two per reviewer: the first of each block is a coin flip,
-    the second the opposite, so every reviewer sees each candidate on both sides while no single side is
-    predictable.
+    Balance: per candidate pair and reviewer, each candidate is shown on side A as often as on B, within
+    one. Unpredictability: when a candidate pair is balanced its side is a fair coin; pairs that are
+    balanced are handed out first, and an unbalanced pair (whose side is then fixed) is not handed out
+    right after a pair of the same two candidates when another is open, so the side just seen says nothing
+    about the next one. With only two candidates every second pair is fixed: balance within one allows
+    nothing else.
     """
-    if evaluation.status != EvaluationStatus.READY:
+    balance: dict[tuple[int, int], int] = defaultdict(int)  # > 0: candidate_1 was on side A more often
+    mine = (Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer).order_by("created_at", "id")
+            .values_list("comparison__candidate_1_id", "comparison__candidate_2_id", "swapped"))
+    last = None
+    for c1, c2, swapped in mine:
+        balance[(c1, c2)] += -1 if swapped else 1
+        last = (c1, c2)
+    rows = list(open_pairs(evaluation, reviewer).values_list("pk", "candidate_1_id", "candidate_2_id", "n")[:60])
+    if not rows:
+        return None
+    fewest = rows[0][3]  # pairs that have the fewest reviewers so far are filled first
+    rows = [r for r in rows if r[3] == fewest]
+    chosen = (next((r for r in rows if balance[(r[1], r[2])] == 0), None)
+              or next((r for r in rows if (r[1], r[2]) != last), None) or rows[0])
+    owed = balance[(chosen[1], chosen[2])]
+    swapped = side_rng.random() < 0.5 if owed == 0 else owed > 0
+    return chosen[0], swapped
+
+
+def next_assignment(*, evaluation: Evaluation, reviewer) -> Assignment | None:
+    """The reviewer's unfinished pair, or a new one: never a pair they already have, and nothing for a
+    member who has seen the evaluation's labels."""
+    if evaluation.status != EvaluationStatus.READY or has_seen_labels(evaluation, reviewer):
         return None
     pending = _pending(evaluation, reviewer).order_by("created_at", "id").first()
     if pending is not None:
         return pending
     for _ in range(5):  # another reviewer may take the last slot of a pair between our read and write
-        comparison = open_pairs(evaluation, reviewer).first()
-        if comparison is None:
+        picked = _pick_pair_and_side(evaluation, reviewer)
+        if picked is None:
             return None
-        mine = Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer)
-        count = mine.count()
-        if count % 2 == 0:
-            swapped = random.SystemRandom().random() < 0.5
-        else:
-            swapped = not mine.order_by("-created_at", "-id").values_list("swapped", flat=True).first()
+        comparison_pk, swapped = picked
         try:
             with transaction.atomic():
-                Comparison.objects.select_for_update().filter(pk=comparison.pk).first()
+                comparison = Comparison.objects.select_for_update().get(pk=comparison_pk)
                 if comparison.assignments.count() >= evaluation.reviewers_per_pair:
                     continue
                 return Assignment.objects.create(comparison=comparison, evaluation=evaluation, reviewer=reviewer,
@@ -437,16 +485,6 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     assignment.completed_at = timezone.now()
     assignment.save(update_fields=["completed_at"])
     return judgment
-
-
-def can_see_results(*, evaluation: Evaluation, user, access) -> tuple[bool, str]:
-    """Reviewers (who do not run evaluations) see results once their own review work on it is done."""
-    if not evaluation.hide_results_until_reviewed or access.allows("evaluate") or not access.allows("review"):
-        return True, ""
-    judged = Judgment.objects.filter(evaluation=evaluation, reviewer=user).exists()
-    if evaluation.status == EvaluationStatus.READY and judged and remaining_for(evaluation, user) == 0:
-        return True, ""
-    return False, "Results stay hidden until you have submitted your own judgments on this evaluation."
 
 
 # --- export -------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ urlpatterns = [
     path("new/", views.evaluation_create, name="evaluation_create"),
     path("<int:pk>/", views.evaluation_detail, name="evaluation_detail"),
     path("<int:pk>/resume/", views.evaluation_resume, name="evaluation_resume"),
+    path("<int:pk>/reveal/", views.evaluation_reveal, name="evaluation_reveal"),
     path("<int:pk>/results/", views.evaluation_results, name="evaluation_results"),
     path("<int:pk>/judgments.csv", views.evaluation_export, name="evaluation_export"),
     path("review/", views.review_queue, name="review_queue"),

@@ -7,11 +7,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.accounts.permissions import project_view
+from apps.accounts.permissions import evaluation_sight, project_view
 
 from . import selectors, services
 from .forms import CriterionFormSet, EvaluationForm, RubricForm, anchors_text
-from .models import Assignment, Evaluation, EvaluationStatus, Rubric
+from .models import Assignment, Evaluation, EvaluationStatus, Rubric, UnblindingReason
 
 
 # --- rubrics ------------------------------------------------------------------------------------------
@@ -79,9 +79,10 @@ def rubric_edit(request, project, pk):
 # --- evaluations --------------------------------------------------------------------------------------
 @project_view("view")
 def evaluation_list(request, project):
-    evaluations = (Evaluation.objects.filter(project=project).select_related("dataset_version", "rubric", "base_model")
-                   .prefetch_related("candidates"))
-    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations})
+    evaluations = list(Evaluation.objects.filter(project=project).select_related("dataset_version", "rubric", "base_model")
+                       .prefetch_related("candidates"))
+    blind = {e.pk for e in evaluations if not evaluation_sight(e, request.user, request.access).labels}
+    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations, "blind": blind})
 
 
 @project_view("evaluate")
@@ -94,7 +95,7 @@ def evaluation_create(request, project):
                 project=project, dataset_version=d["dataset_version"], rubric=d["rubric"], base_model=d["base_model"],
                 candidates=form.candidates(), name=d["name"], max_new_tokens=d["max_new_tokens"], seed=d["seed"],
                 reviewers_per_pair=d["reviewers_per_pair"], include_val=d["include_val"],
-                hide_results_until_reviewed=d["hide_results_until_reviewed"], user=request.user)
+                reviewers_see_examples=d["reviewers_see_examples"], user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
@@ -108,17 +109,40 @@ def _get_evaluation(project, pk) -> Evaluation:
                              project=project, pk=pk)
 
 
+def _sight(request, evaluation):
+    """What this member may see of the evaluation's labels; seeing them is recorded (see permissions)."""
+    sight = evaluation_sight(evaluation, request.user, request.access)
+    if sight.labels and request.access.allows("review"):
+        services.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.FINISHED)
+    return sight
+
+
 @project_view("view")
 def evaluation_detail(request, project, pk):
     evaluation = _get_evaluation(project, pk)
-    context = {"evaluation": evaluation, "candidates": evaluation.candidates.select_related("run"),
-               "totals": selectors.review_totals(evaluation)}
+    sight = _sight(request, evaluation)
+    context = {"evaluation": evaluation, "sight": sight, "totals": selectors.review_totals(evaluation)}
+    if sight.labels:
+        context["candidates"] = evaluation.candidates.select_related("run")
     if request.access.allows("evaluate"):
         context["progress"] = selectors.reviewer_progress(evaluation)
     if request.access.allows("review"):
         context["my_remaining"] = services.remaining_for(evaluation, request.user)
     template = "evaluations/evaluation_detail.html#status" if request.htmx else "evaluations/evaluation_detail.html"
     return render(request, template, context)
+
+
+@project_view("evaluate")
+@require_POST
+def evaluation_reveal(request, project, pk):
+    """A PM who could still review chooses to see the labels instead: their blind review of it ends."""
+    evaluation = _get_evaluation(project, pk)
+    sight = evaluation_sight(evaluation, request.user, request.access)
+    if not (sight.labels or sight.reveal):
+        messages.error(request, sight.reason)
+        return redirect(evaluation)
+    services.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.REVEALED)
+    return redirect("evaluation_results", slug=project.slug, pk=evaluation.pk)
 
 
 @project_view("evaluate")
@@ -137,18 +161,20 @@ def evaluation_resume(request, project, pk):
 @project_view("view")
 def evaluation_results(request, project, pk):
     evaluation = _get_evaluation(project, pk)
-    allowed, reason = services.can_see_results(evaluation=evaluation, user=request.user, access=request.access)
-    if not allowed:
-        return render(request, "evaluations/results_hidden.html", {"evaluation": evaluation, "reason": reason}, status=403)
-    show = request.GET.get("show", "")
-    if show not in selectors.FILTERS:
-        show = ""
-    candidates, items, verdicts = selectors.side_by_side(evaluation, show=show)
-    page = Paginator(items, 20).get_page(request.GET.get("page"))
-    context = {"evaluation": evaluation, "page": page, "rows": selectors.rows_for(page.object_list, candidates, verdicts),
-               "show": show, "filters": selectors.FILTERS.items(), "candidates": candidates}
-    if request.htmx and request.GET.get("fragment") == "examples":
-        return render(request, "evaluations/results.html#examples", context)
+    sight = _sight(request, evaluation)
+    if not sight.labels:
+        return render(request, "evaluations/results_hidden.html", {"evaluation": evaluation, "sight": sight}, status=403)
+    context = {"evaluation": evaluation, "sight": sight}
+    if sight.examples:
+        show = request.GET.get("show", "")
+        if show not in selectors.FILTERS:
+            show = ""
+        candidates, items, verdicts = selectors.side_by_side(evaluation, show=show)
+        page = Paginator(items, 20).get_page(request.GET.get("page"))
+        context.update({"page": page, "rows": selectors.rows_for(page.object_list, candidates, verdicts), "show": show,
+                        "filters": selectors.FILTERS.items(), "candidates": candidates})
+        if request.htmx and request.GET.get("fragment") == "examples":
+            return render(request, "evaluations/results.html#examples", context)
     context["results"] = results = selectors.evaluation_results(evaluation)
     context["ranking_height"] = 24 * len(results.ranking) + 24
     return render(request, "evaluations/results.html", context)
@@ -157,8 +183,9 @@ def evaluation_results(request, project, pk):
 @project_view("view")
 def evaluation_export(request, project, pk):
     evaluation = _get_evaluation(project, pk)
-    allowed, reason = services.can_see_results(evaluation=evaluation, user=request.user, access=request.access)
-    if not allowed:
+    sight = _sight(request, evaluation)
+    if not sight.examples:
+        reason = sight.reason or "The judgments export names the candidate of every output; the PM has not shared it with reviewers."
         return HttpResponse(reason, status=403, content_type="text/plain")
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}-judgments.csv"'
@@ -172,14 +199,19 @@ def review_queue(request, project):
     return render(request, "evaluations/review_queue.html", {"queue": selectors.queue_for(project, request.user)})
 
 
-@project_view("review")
-def review_next(request, project, pk):
-    evaluation = get_object_or_404(Evaluation, project=project, pk=pk)
+def _to_next_pair(request, project, evaluation):
     assignment = services.next_assignment(evaluation=evaluation, reviewer=request.user)
     if assignment is None:
         messages.info(request, f"Nothing left for you to review in {evaluation}. Thank you!")
         return redirect("review_queue", slug=project.slug)
     return redirect("review_item", slug=project.slug, token=assignment.token)
+
+
+@project_view("review")
+@require_POST
+def review_next(request, project, pk):
+    """Hand out the reviewer's next pair: a POST, since it assigns one (a link preview must not)."""
+    return _to_next_pair(request, project, get_object_or_404(Evaluation, project=project, pk=pk))
 
 
 @project_view("review")
@@ -211,7 +243,7 @@ def review_item(request, project, token):
             except services.EvaluationError as exc:
                 errors.append(str(exc))
             else:
-                return redirect("review_next", slug=project.slug, pk=evaluation.pk)
+                return _to_next_pair(request, project, evaluation)
     done = assignment.completed_at is not None
     item = assignment.comparison.item
     context = {

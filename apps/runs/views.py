@@ -5,10 +5,11 @@ import zipfile
 from pathlib import Path
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
-from apps.accounts.permissions import project_view
+from apps.accounts.permissions import judging_blind, project_view
 
 from . import services
 from .forms import LaunchForm
@@ -95,7 +96,9 @@ def _detail_context(run: Run) -> dict:
 def run_detail(request, project, pk):
     run = _run(project, pk)
     template = "runs/run_detail.html#live" if request.htmx else "runs/run_detail.html"
-    return render(request, template, _detail_context(run))
+    context = _detail_context(run)
+    context["blind"] = judging_blind(project, request.user, request.access)
+    return render(request, template, context)
 
 
 @project_view("view", post_need="run")
@@ -112,6 +115,9 @@ def run_cancel(request, project, pk):
 @project_view("view")
 def run_adapter(request, project, pk):
     run = _run(project, pk)
+    if judging_blind(project, request.user, request.access):
+        raise PermissionDenied("Adapters are not downloadable while you have blind review work in this project: "
+                               "running one would show which outputs it wrote.")
     folder = Path(run.adapter_path) if run.adapter_path else None
     if folder is None or not (folder / "adapter_config.json").is_file():
         raise Http404("This run has no adapter.")

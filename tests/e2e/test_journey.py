@@ -104,7 +104,7 @@ def pm_evaluates_base_prompt_and_tuned(page, slug: str, run: Run) -> Evaluation:
 def reviewer_judges_every_pair(page, slug: str) -> int:
     """Score each criterion, pick a side with a key (tie sometimes), submit with Ctrl+Enter."""
     page.goto(f"/p/{slug}/evals/review/")
-    page.get_by_role("link", name="Start").click()
+    page.get_by_role("button", name="Start").click()
     judged = 0
     while page.get_by_role("heading", name="Which answer is better?").count():
         if judged == 0:

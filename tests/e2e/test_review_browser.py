@@ -18,7 +18,7 @@ SCRIPT = "<script>window.__pwned = 1</script>"
 def review_all(page) -> int:
     """Judge every pair this reviewer is given: score each criterion, pick a side with a key, Ctrl+Enter."""
     page.get_by_role("navigation", name="Support replies").get_by_role("link", name="Review queue").click()
-    page.get_by_role("link", name="Start").click()
+    page.get_by_role("button", name="Start").click()
     judged = 0
     while page.get_by_role("heading", name="Which answer is better?").count():
         assert page.evaluate("window.__pwned") is None
@@ -74,9 +74,11 @@ def test_pm_evaluates_two_reviewers_judge_blind_and_everyone_reads_the_results(n
 
     pm.goto(f"/p/support/evals/{evaluation.pk}/results/")
     verdict = pm.locator("#verdict").inner_text()
-    assert "of comparisons (95% CI" in verdict and "judgments" in verdict
+    # two test items cannot settle anything: the verdict says so, with its interval and n
+    assert verdict.startswith(("Tuned run", "No clear difference yet between Tuned run")) and "2 items judged" in verdict
+    assert "is better than" not in verdict
     intervals = pm.locator("#win-rates .ci").all_inner_texts()
-    assert len(intervals) == 3 and all("(95% CI " in text for text in intervals)  # one interval per candidate pair
+    assert all("decided item" in text and "(95% CI " in text for text in intervals)
     assert pm.locator("#agreement").get_by_text("Cohen's kappa").count() == 1
     examples = pm.locator("#examples")
     assert examples.locator("article").count() == 2
