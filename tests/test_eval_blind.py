@@ -11,7 +11,7 @@ from django.test import Client
 from apps.accounts.models import Role
 from apps.evaluations import services
 from apps.evaluations.models import Assignment, Unblinding
-from tests.eval_setup import add_reviewer, make_evaluation
+from tests.eval_setup import add_reviewer, fake_outputs, make_evaluation
 from tests.factories import MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -156,3 +156,25 @@ def test_sides_are_balanced_per_candidate_pair_and_the_last_pair_gives_nothing_a
     assert abs(np.corrcoef(previous, nxt)[0, 1]) < 0.12  # 357 consecutive pairs: 2.3 standard errors
     # a candidate seen on one side stays there next time about half of the time, not never or always
     assert 0.4 < np.mean(same_candidate_same_side) < 0.6
+
+
+def test_blind_work_in_one_evaluation_hides_examples_and_prompts_of_the_others(team, ready):
+    """A reviewer done with one evaluation but not with another must not study labelled outputs or the
+    system prompt of the first: the same candidates may be in the second."""
+    first, _ = ready
+    first.reviewers_see_examples = True
+    first.save()
+    judge_all(first, team.reviewer)
+    second = services.create_evaluation(
+        project=team.project, dataset_version=first.dataset_version, rubric=first.rubric, base_model=first.base_model,
+        candidates=[services.CandidateSpec("base"), services.CandidateSpec("prompt", system_prompt="Be kind.")],
+        enqueue=False, user=team.pm)
+    fake_outputs(second)
+    client = team.client("reviewer")
+    page = client.get(f"/p/support/evals/{first.pk}/results/").content.decode()
+    assert "Head to head" in page and " from candidate " not in page
+    assert "Be kind." not in client.get(f"/p/support/evals/{first.pk}/").content.decode()
+    assert client.get(f"/p/support/evals/{first.pk}/judgments.csv").status_code == 403
+    judge_all(second, team.reviewer)
+    assert " from candidate " in client.get(f"/p/support/evals/{first.pk}/results/").content.decode()
+    assert "Be kind." in client.get(f"/p/support/evals/{first.pk}/").content.decode()

@@ -118,57 +118,75 @@ def project_view(need: str = "view", post_need: str | None = None) -> Callable:
 # --- blind review -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Sight:
-    """What one member may see of one evaluation's labels (which candidate wrote which output: the results,
-    the candidates' configuration, the judgments export)."""
+    """What one member may see of one evaluation's labels (which candidate wrote which output)."""
 
-    labels: bool
-    examples: bool = False  # the labelled outputs example by example, not only aggregates
+    labels: bool  # the results: verdicts, head to head, ranking, per-criterion scores
+    examples: bool = False  # the labelled outputs example by example, the judgments export, the candidates' setup
     reveal: bool = False  # hidden, but theirs for one click that takes them off the evaluation's blind review
     reason: str = ""
+
+
+def _blind_work_ahead(evaluation, user, access: Access) -> bool:
+    """Whether ``user`` still has pairs of this evaluation to judge blind (or will, as a reviewer)."""
+    from apps.evaluations import services
+    from apps.evaluations.models import EvaluationStatus
+
+    if evaluation.status == EvaluationStatus.FAILED or services.has_seen_labels(evaluation, user):
+        return False
+    if evaluation.status != EvaluationStatus.READY:
+        return not access.allows("evaluate")  # reviewers will judge it; PMs only if they choose to
+    remaining = services.remaining_for(evaluation, user)
+    if access.allows("evaluate"):
+        return bool(remaining) and services.has_started_review(evaluation, user)
+    return bool(remaining)
+
+
+def judging_blind(project: Project, user, access: Access, *, besides=None) -> bool:
+    """True while the user has blind review work ahead in any live evaluation of the project (other than
+    ``besides``). Such a member gets no adapter downloads, run logs, system prompts or labelled examples:
+    any of them could teach them to tell the candidates apart."""
+    from apps.evaluations.models import Evaluation
+
+    if not access.allows("review") or not user.is_authenticated:
+        return False
+    others = Evaluation.objects.filter(project=project).exclude(pk=getattr(besides, "pk", None))
+    return any(_blind_work_ahead(e, user, access) for e in others)
 
 
 def evaluation_sight(evaluation, user, access: Access) -> Sight:
     """Blind for everyone who judges, whatever their role.
 
     * Members who cannot review (designers) see everything: they never judge.
-    * Whoever has seen the labels (launched the evaluation, revealed them, or finished) sees them again and
-      is never handed its pairs (``apps.evaluations.services.next_assignment``).
     * Whoever has started judging sees no labels until their own pairs are all judged: PMs and staff too.
-    * Reviewers are the evaluation's judges by role: they see nothing until it is ready and they have
-      nothing left to judge; then the aggregate results, and the labelled examples if the PM allowed it.
+      Reviewers are judges by role: they see nothing until it is ready and they have nothing left.
+    * Whoever has seen the labels (launched the evaluation, revealed them, or finished) is never handed its
+      pairs again (``apps.evaluations.services.next_assignment``).
     * A PM or staff member who has not started judging may reveal the labels, which ends their review of it.
+    * Once allowed, everyone sees the aggregates; the labelled examples, the export and the candidates'
+      setup only if they may (PMs; reviewers if the PM allowed it) and have no blind work left elsewhere
+      in the project.
     """
     from apps.evaluations import services
     from apps.evaluations.models import EvaluationStatus
 
     if not access.allows("review"):
         return Sight(labels=True, examples=True)
-    examples = access.allows("evaluate") or evaluation.reviewers_see_examples
-    if services.has_seen_labels(evaluation, user):
-        return Sight(labels=True, examples=examples)
-    remaining = services.remaining_for(evaluation, user) if evaluation.status == EvaluationStatus.READY else 0
-    if access.allows("evaluate"):
-        if remaining and services.has_started_review(evaluation, user):
+    if _blind_work_ahead(evaluation, user, access):
+        if access.allows("evaluate"):
+            remaining = services.remaining_for(evaluation, user)
             return Sight(labels=False, reason=f"You are reviewing this evaluation blind: its results and candidates stay "
                                               f"hidden until you have judged your {remaining} remaining pair"
                                               f"{'s' if remaining != 1 else ''}.")
-        if remaining:
-            return Sight(labels=False, reveal=True, reason=(
-                "You could still review this evaluation blind. Seeing its results or candidates shows which model "
-                "wrote which output, so you will not be handed its pairs afterwards."))
-        return Sight(labels=True, examples=examples)
-    if evaluation.status != EvaluationStatus.READY or remaining:
         return Sight(labels=False, reason="Results and candidates stay hidden until you have judged your own pairs of "
                                           "this evaluation.")
+    may_reveal = (access.allows("evaluate") and evaluation.status == EvaluationStatus.READY
+                  and not services.has_seen_labels(evaluation, user) and services.remaining_for(evaluation, user))
+    if may_reveal:
+        return Sight(labels=False, reveal=True, reason=(
+            "You could still review this evaluation blind. Seeing its results or candidates shows which model "
+            "wrote which output, so you will not be handed its pairs afterwards."))
+    examples = access.allows("evaluate") or evaluation.reviewers_see_examples
+    if examples and judging_blind(evaluation.project, user, access, besides=evaluation):
+        return Sight(labels=True, examples=False, reason="Examples, candidates and exports stay hidden while you have "
+                                                         "blind review work in another evaluation of this project.")
     return Sight(labels=True, examples=examples)
-
-
-def judging_blind(project: Project, user, access: Access) -> bool:
-    """True while the user has blind review work ahead in any live evaluation of the project. Such a member
-    gets no adapter downloads and no run logs (they could tell a tuned model's outputs by running it)."""
-    from apps.evaluations.models import Evaluation, EvaluationStatus
-
-    if not access.allows("review") or not user.is_authenticated:
-        return False
-    live = Evaluation.objects.filter(project=project).exclude(status=EvaluationStatus.FAILED)
-    return any(not (s := evaluation_sight(e, user, access)).labels and not s.reveal for e in live)

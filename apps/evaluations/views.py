@@ -122,7 +122,7 @@ def evaluation_detail(request, project, pk):
     evaluation = _get_evaluation(project, pk)
     sight = _sight(request, evaluation)
     context = {"evaluation": evaluation, "sight": sight, "totals": selectors.review_totals(evaluation)}
-    if sight.labels:
+    if sight.examples:
         context["candidates"] = evaluation.candidates.select_related("run")
     if request.access.allows("evaluate"):
         context["progress"] = selectors.reviewer_progress(evaluation)
