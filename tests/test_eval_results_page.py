@@ -94,3 +94,15 @@ def test_random_judgment_sets_always_render_a_verdict_that_matches_its_interval(
                 assert verdict.pair.winner is None
             assert re.search(r"\d+ items? judged, \d+ judgments?", verdict.sentence) or "no judgments yet" in verdict.sentence
         assert "Head to head" in html
+
+
+def test_criterion_scores_count_each_output_once(team, ready):
+    """Two reviewers, and each output appears in two comparisons: four scores per output, one number."""
+    for user in (team.reviewer, add_reviewer(team, "r2")):
+        while judge(ready, user, lambda a: "tie"):
+            pass
+    results = selectors.evaluation_results(ready, bootstrap=10)
+    for row in results.criteria:
+        for cell in row["cells"]:
+            assert cell["m"].n == 4  # 4 test items: 4 outputs per candidate, not 16 scores
+            assert cell["m"].low < cell["m"].mean or cell["m"].mean == min(row["criterion"].values)
