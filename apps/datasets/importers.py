@@ -16,6 +16,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ftstudio import csv_cells
+
 FORMATS = ("openai", "alpaca", "csv")
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
@@ -257,7 +259,8 @@ def _parse_csv(text: str, parsed: Parsed) -> None:
         if len(values) != len(columns):
             parsed.errors.append(Problem(line, f"has {len(values)} fields, the header has {len(columns)}"))
             continue
-        record = dict(zip(columns, values, strict=True))
+        # cells the Studio's own export guarded against spreadsheet formulas come back as they were
+        record = dict(zip(columns, (csv_cells.unguard(v) for v in values), strict=True))
         problems = [f'the "{c}" column is empty' for c in ("input", "output") if not record[c].strip()]
         if problems:
             parsed.errors.extend(Problem(line, p) for p in problems)

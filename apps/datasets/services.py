@@ -5,7 +5,6 @@ tasks call these and nothing else writes examples.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -22,6 +21,8 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
+
+from ftstudio import csv_cells
 
 from . import importers, quality
 from .importers import Problem, canonical_json, content_hash, input_hash
@@ -220,7 +221,8 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
             yield json.dumps(record, ensure_ascii=False) + "\n"
         return
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: with "\n" alone, csv leaves a "\r" inside a cell unquoted and the file breaks
+    writer = csv_cells.writer(buffer)  # cells a spreadsheet would run are quoted
     writer.writerow(["system", "input", "output"])
     for where, messages in rows:
         writer.writerow(_single_turn(messages, where, file_format))
