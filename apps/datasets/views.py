@@ -7,6 +7,7 @@ from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import project_view
@@ -232,7 +233,15 @@ def finding_dismiss(request, project, pk):
     if request.htmx:
         return render(request, "datasets/quality_report.html#finding", {"finding": finding, "compact": request.POST.get("compact")})
     messages.success(request, "Finding dismissed: it stays dismissed until its examples change.")
-    return redirect(request.POST.get("next") or reverse("quality_report", kwargs={"slug": project.slug}))
+    return redirect(_safe_next(request, reverse("quality_report", kwargs={"slug": project.slug})))
+
+
+def _safe_next(request, fallback: str) -> str:
+    """The ``next`` the form carries when it points back into this site, else ``fallback`` (no open redirect)."""
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return target
+    return fallback
 
 
 @project_view("view", post_need="label")
