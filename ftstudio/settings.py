@@ -9,6 +9,7 @@ names the variable, rather than failing later in a request.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "axes",
     "apps.accounts",
     "apps.datasets",
     "apps.runs",
@@ -75,6 +77,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # last, as django-axes asks: it turns a locked-out log-in into the lockout page
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "ftstudio.urls"
@@ -132,6 +136,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Login throttling (django-axes): after FTSTUDIO_LOGIN_FAILURE_LIMIT wrong passwords for one username from one
+# address, that pair is locked out for FTSTUDIO_LOGIN_COOLOFF_MINUTES (log-in page and admin alike). Only the
+# axes backend sees passwords; `Client.force_login` in tests does not authenticate and is never throttled.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("FTSTUDIO_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = int(os.environ.get("FTSTUDIO_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("FTSTUDIO_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "apps.accounts.views.locked_out"
+# The address is REMOTE_ADDR (gunicorn serves clients directly in docker-compose; a reverse proxy in front would
+# make every client one address, then set AXES_CLIENT_IP_CALLABLE to read the header that proxy overwrites).
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "project_list"
 LOGOUT_REDIRECT_URL = "login"
