@@ -187,6 +187,14 @@ FTSTUDIO_MODEL_CACHE = Path(os.environ.get("FTSTUDIO_MODEL_CACHE", VAR_DIR / "mo
 FTSTUDIO_MODEL_ROOTS = [
     Path(p).resolve() for p in env_list("FTSTUDIO_MODEL_ROOTS", str(FTSTUDIO_MODEL_CACHE))
 ] + [FTSTUDIO_MODEL_CACHE]
+# The tokenizer that counts tokens in imports and the quality report (a folder with tokenizer.json);
+# empty: the shipped SmolLM2's.
+FTSTUDIO_TOKENIZER_DIR = os.environ.get("FTSTUDIO_TOKENIZER_DIR", "")
+if FTSTUDIO_TOKENIZER_DIR and not (Path(FTSTUDIO_TOKENIZER_DIR) / "tokenizer.json").is_file():
+    raise ImproperlyConfigured(
+        f"FTSTUDIO_TOKENIZER_DIR={FTSTUDIO_TOKENIZER_DIR!r} holds no tokenizer.json: "
+        "name a model folder in Hugging Face format, or leave it unset for the shipped model's tokenizer."
+    )
 # Hub ids are only resolved when the server is allowed online (never in tests or the demo).
 FTSTUDIO_ALLOW_HUB = env_bool("FTSTUDIO_ALLOW_HUB", False)
 
