@@ -178,6 +178,12 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 # Uploads: size-limited, validated by the importers.
 FTSTUDIO_MAX_UPLOAD_BYTES = int(os.environ.get("FTSTUDIO_MAX_UPLOAD_BYTES", str(200 * 1024 * 1024)))
+# Imports read the file as a stream, one line at a time: a line over this many bytes, or a message over this
+# many characters, is a line-numbered error (the long line is skipped, never held in memory).
+FTSTUDIO_IMPORT_MAX_LINE_BYTES = int(os.environ.get("FTSTUDIO_IMPORT_MAX_LINE_BYTES", str(4 * 1024 * 1024)))
+FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS = int(os.environ.get("FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS", "500000"))
+# Uploads up to this size import inside the request; larger ones run as a background task with a progress bar.
+FTSTUDIO_IMPORT_INLINE_BYTES = int(os.environ.get("FTSTUDIO_IMPORT_INLINE_BYTES", str(2 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -1,5 +1,6 @@
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import connection
@@ -14,7 +15,16 @@ from apps.accounts.permissions import project_view
 
 from . import services
 from .forms import FreezeForm, ImportForm, SplitForm
-from .models import DatasetVersion, Example, ExampleStatus, FindingKind, QualityFinding, QualityReport, Split
+from .models import (
+    DatasetVersion,
+    Example,
+    ExampleStatus,
+    FindingKind,
+    ImportJob,
+    QualityFinding,
+    QualityReport,
+    Split,
+)
 
 PAGE_SIZE = 50
 FILTERS = ("status", "split", "tag", "flag")
@@ -92,16 +102,26 @@ def example_list(request, project):
 
 @project_view("label")
 def example_import(request, project):
+    """Small uploads import inside the request; larger ones become a background job whose progress the page polls."""
     form = ImportForm(request.POST or None, request.FILES or None)
-    report = None
+    report = job = None
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
+        if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
+            job = services.start_import_job(project=project, upload=upload, file_format=form.cleaned_data["file_format"],
+                                            user=request.user)
+            return redirect(f"{reverse('example_import', kwargs={'slug': project.slug})}?job={job.pk}")
         report = services.import_examples(project=project, path_or_file=upload, file_format=form.cleaned_data["file_format"],
                                           user=request.user, filename=upload.name)
         if report.ok:
             messages.success(request, f"Imported {report.imported} examples from {upload.name}; skipped "
                                       f"{report.skipped_duplicates} already in the project.")
-    return render(request, "datasets/import.html", {"form": form, "report": report})
+    elif request.GET.get("job", "").isdigit():
+        job = get_object_or_404(ImportJob, project=project, pk=int(request.GET["job"]))
+    context = {"form": form, "report": report, "job": job, "limits": services.import_limits()}
+    if request.htmx and job is not None and request.GET.get("poll"):
+        return render(request, "datasets/import.html#job", context)
+    return render(request, "datasets/import.html", context)
 
 
 @project_view("view")
