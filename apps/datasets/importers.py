@@ -226,9 +226,9 @@ def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, lim
         if not isinstance(obj, dict):
             parsed.errors.append(Problem(number, f"not a JSON object: each line must be one object, found {_type_name(obj)}"))
             continue
-        if _too_deep(obj, limits.max_depth):
-            where = next((f'"{k}"' for k, v in obj.items() if _too_deep(v, limits.max_depth - 1)), "a value")
-            parsed.errors.append(Problem(number, f"{where} is nested too deeply: values may nest at most "
+        # Only "metadata" is stored as it comes (messages and tags are checked field by field): bound its depth.
+        if _too_deep(obj.get("metadata"), limits.max_depth):
+            parsed.errors.append(Problem(number, f'"metadata" is nested too deeply: values may nest at most '
                                                  f"{limits.max_depth} levels"))
             continue
         row = check(obj, number, parsed)

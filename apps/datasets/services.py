@@ -180,66 +180,62 @@ def _import_stream(*, project, stream: IO[bytes], size: int | None, file_format:
             raise CurationError(f"The file is over the {upload_limit:,}-byte limit.")
         return low + int((high - low) * min(1.0, done / size)) if size else low
 
-    # Pass 1: validate every line, count tokens, find duplicates. Keeps a token count per row, nothing else.
+    # Pass 1: validate every line and count tokens. Keeps one token count per row, nothing else.
     parsed = importers.Parsed(file_format)
     counter = get_token_counter()
     token_limit = max_tokens or counter.context_length
-    existing = set(Example.objects.filter(project=project).values_list("content_hash", flat=True))
-    plan = array("q")  # per valid row: its token count, or -1 for a duplicate to skip
+    counts = array("q")
     too_long: list[tuple[int, int]] = []
-    skipped = 0
     progress(1, "Checking every line")
     for chunk in _chunks(importers.parse_stream(stream, parsed, filename=filename, limits=limits), IMPORT_CHUNK_ROWS):
         if parsed.errors:  # the file will import nothing: keep reading only to report every problem
             continue
-        counts = counter.count_conversations([r.messages for r in chunk])
-        for row, n in zip(chunk, counts, strict=True):
-            h = content_hash(row.messages)
-            if h in existing:
-                skipped += 1
-                plan.append(-1)
-                continue
-            existing.add(h)
-            plan.append(n)
+        for row, n in zip(chunk, counter.count_conversations([r.messages for r in chunk]), strict=True):
+            counts.append(n)
             if n > token_limit:
                 too_long.append((row.line, n))
-        progress(percent(1, 60), f"Checked {len(plan):,} examples")
-    report = ImportReport(file_format=parsed.file_format, errors=parsed.errors, warnings=parsed.warnings(),
-                          skipped_duplicates=skipped)
+        progress(percent(1, 50), f"Checked {len(counts):,} examples")
+    report = ImportReport(file_format=parsed.file_format, errors=parsed.errors, warnings=parsed.warnings())
     if report.errors:
         return report
-    del existing
     if too_long:
         shown = ", ".join(f"line {line}: {n:,} tokens" for line, n in too_long[:10])
         more = f" and {len(too_long) - 10} more" if len(too_long) > 10 else ""
         report.warnings.insert(0, f"{len(too_long)} example{'s' if len(too_long) > 1 else ''} over the {token_limit:,}-token "
                                   f"context of {counter.model_name} ({shown}{more}); training would cut them")
 
-    # Pass 2: read the (unchanged) stream again and insert the new rows, chunk by chunk, in one transaction.
+    # Pass 2: read the (unchanged) stream again; skip rows already in the project, insert the others chunk by
+    # chunk, all in one transaction. A change to the file between the passes rolls everything back.
     stream.seek(start)
     again = importers.Parsed(parsed.file_format)
-    new_count = sum(1 for n in plan if n >= 0)
-    progress(60, f"Saving {new_count:,} new examples")
+    existing = set(Example.objects.filter(project=project).values_list("content_hash", flat=True))
+    progress(50, f"Saving {len(counts):,} examples (shown when all are saved)")
+    changed = CurationError("The file changed while it was being imported; nothing was imported.")
     with transaction.atomic():
-        report.batch = ImportBatch.objects.create(
-            project=project, filename=filename[:255], file_format=parsed.file_format, created_by=user,
-            imported_count=new_count, skipped_duplicates=skipped, warnings=report.warnings[:50])
+        report.batch = ImportBatch.objects.create(project=project, filename=filename[:255], file_format=parsed.file_format,
+                                                  created_by=user, warnings=report.warnings[:50])
         position = 0
         for chunk in _chunks(importers.parse_stream(stream, again, filename=filename, limits=limits), IMPORT_CHUNK_ROWS):
+            if again.errors or position + len(chunk) > len(counts):
+                raise changed
             new = []
             for row in chunk:
-                n = plan[position] if position < len(plan) else -2
+                blob = canonical_json(row.messages)
+                h = hashlib.sha256(blob.encode()).hexdigest()
+                if h in existing:
+                    report.skipped_duplicates += 1
+                else:
+                    existing.add(h)
+                    new.append((row, blob, h, counts[position]))
                 position += 1
-                if n >= 0:
-                    blob = canonical_json(row.messages)
-                    new.append((row, blob, hashlib.sha256(blob.encode()).hexdigest(), n))
-            if again.errors or position > len(plan):
-                raise CurationError("The file changed while it was being imported; nothing was imported.")
             _insert_examples(project=project, batch=report.batch, user=user, new=new)
-            percent(60, 99)  # enforces the size limit; progress inside the transaction would be invisible
-        if position != len(plan) or again.errors:
-            raise CurationError("The file changed while it was being imported; nothing was imported.")
-        report.imported = new_count
+            report.imported += len(new)
+            percent(50, 99)  # enforces the size limit; progress inside the transaction would be invisible
+        if position != len(counts) or again.errors:
+            raise changed
+        ImportBatch.objects.filter(pk=report.batch.pk).update(imported_count=report.imported,
+                                                              skipped_duplicates=report.skipped_duplicates)
+        report.batch.imported_count, report.batch.skipped_duplicates = report.imported, report.skipped_duplicates
         if on_commit_rows is not None:
             on_commit_rows(report)
     return report
