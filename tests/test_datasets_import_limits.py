@@ -171,3 +171,17 @@ def test_another_project_cannot_read_an_import_job(team, settings):
 
     job = services.start_import_job(project=team.other_project, upload=SimpleUploadedFile("a.jsonl", b"{}\n"))
     assert team.client("designer").get(f"/p/support/data/import/?job={job.pk}").status_code == 404
+
+
+@pytest.mark.parametrize("inline_bytes", [10**9, 100])
+def test_uploads_spooled_to_disk_import_inline_and_in_the_background(team, settings, eager, inline_bytes,
+                                                                      django_capture_on_commit_callbacks):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 10  # Django writes the upload to a temporary file, as for large ones
+    settings.FTSTUDIO_IMPORT_INLINE_BYTES = inline_bytes
+    client = team.client("designer")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/p/support/data/import/", {"file": _named("a.jsonl", (FIXTURES / "valid_openai.jsonl")
+                                                                          .read_bytes()), "file_format": "auto"})
+    page = client.get(response["Location"]) if response.status_code == 302 else response
+    assert "Imported 3 examples" in page.content.decode()
+    assert Example.objects.filter(project=team.project).count() == 3
