@@ -140,7 +140,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # address, that pair is locked out for FTSTUDIO_LOGIN_COOLOFF_MINUTES (log-in page and admin alike). Only the
 # axes backend sees passwords; `Client.force_login` in tests does not authenticate and is never throttled.
 AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
+    "apps.accounts.backends.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_ENABLED = env_bool("FTSTUDIO_LOGIN_THROTTLE", True)

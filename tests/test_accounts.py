@@ -123,3 +123,13 @@ def test_the_admin_login_is_throttled_too(client, team, password, settings):
     assert response.status_code == 429 and "Too many wrong passwords" in response.content.decode()
     right = client.post("/admin/login/", {"username": "designer", "password": password}, REMOTE_ADDR="10.0.0.1")
     assert right.status_code == 429
+
+
+def test_client_login_without_a_request_still_works_and_is_not_counted(team, password, settings):
+    from axes.models import AccessAttempt
+    from django.test import Client
+
+    for _ in range(settings.AXES_FAILURE_LIMIT + 1):
+        assert not Client().login(username="designer", password="wrong")
+    assert Client().login(username="designer", password=password)
+    assert not AccessAttempt.objects.exists()
