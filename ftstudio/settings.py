@@ -9,6 +9,7 @@ names the variable, rather than failing later in a request.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "axes",
     "apps.accounts",
     "apps.datasets",
     "apps.runs",
@@ -75,6 +77,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # last, as django-axes asks: it turns a locked-out log-in into the lockout page
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "ftstudio.urls"
@@ -132,6 +136,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Login throttling (django-axes): after FTSTUDIO_LOGIN_FAILURE_LIMIT wrong passwords for one username from one
+# address, that pair is locked out for FTSTUDIO_LOGIN_COOLOFF_MINUTES (log-in page and admin alike). Only the
+# axes backend sees passwords; `Client.force_login` in tests does not authenticate and is never throttled.
+AUTHENTICATION_BACKENDS = [
+    "apps.accounts.backends.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("FTSTUDIO_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = int(os.environ.get("FTSTUDIO_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("FTSTUDIO_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "apps.accounts.views.locked_out"
+# The address is REMOTE_ADDR (gunicorn serves clients directly in docker-compose; a reverse proxy in front would
+# make every client one address, then set AXES_CLIENT_IP_CALLABLE to read the header that proxy overwrites).
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "project_list"
 LOGOUT_REDIRECT_URL = "login"
@@ -159,6 +178,12 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 # Uploads: size-limited, validated by the importers.
 FTSTUDIO_MAX_UPLOAD_BYTES = int(os.environ.get("FTSTUDIO_MAX_UPLOAD_BYTES", str(200 * 1024 * 1024)))
+# Imports read the file as a stream, one line at a time: a line over this many bytes, or a message over this
+# many characters, is a line-numbered error (the long line is skipped, never held in memory).
+FTSTUDIO_IMPORT_MAX_LINE_BYTES = int(os.environ.get("FTSTUDIO_IMPORT_MAX_LINE_BYTES", str(4 * 1024 * 1024)))
+FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS = int(os.environ.get("FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS", "500000"))
+# Uploads up to this size import inside the request; larger ones run as a background task with a progress bar.
+FTSTUDIO_IMPORT_INLINE_BYTES = int(os.environ.get("FTSTUDIO_IMPORT_INLINE_BYTES", str(2 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
@@ -168,6 +193,14 @@ FTSTUDIO_MODEL_CACHE = Path(os.environ.get("FTSTUDIO_MODEL_CACHE", VAR_DIR / "mo
 FTSTUDIO_MODEL_ROOTS = [
     Path(p).resolve() for p in env_list("FTSTUDIO_MODEL_ROOTS", str(FTSTUDIO_MODEL_CACHE))
 ] + [FTSTUDIO_MODEL_CACHE]
+# The tokenizer that counts tokens in imports and the quality report (a folder with tokenizer.json);
+# empty: the shipped SmolLM2's.
+FTSTUDIO_TOKENIZER_DIR = os.environ.get("FTSTUDIO_TOKENIZER_DIR", "")
+if FTSTUDIO_TOKENIZER_DIR and not (Path(FTSTUDIO_TOKENIZER_DIR) / "tokenizer.json").is_file():
+    raise ImproperlyConfigured(
+        f"FTSTUDIO_TOKENIZER_DIR={FTSTUDIO_TOKENIZER_DIR!r} holds no tokenizer.json: "
+        "name a model folder in Hugging Face format, or leave it unset for the shipped model's tokenizer."
+    )
 # Hub ids are only resolved when the server is allowed online (never in tests or the demo).
 FTSTUDIO_ALLOW_HUB = env_bool("FTSTUDIO_ALLOW_HUB", False)
 

@@ -73,3 +73,63 @@ def test_htmx_requests_carry_the_csrf_token(team):
     page = team.client("pm").get(reverse("project_detail", args=[team.project.slug])).content.decode()
     assert 'hx-headers=\'{"X-CSRFToken":' in page
     assert "htmx" in page
+
+
+def test_login_ignores_a_next_that_leaves_the_site(client, team, password):
+    response = client.post(reverse("login"), {"username": "designer", "password": password,
+                                              "next": "https://elsewhere.example/phish"})
+    assert response.status_code == 302 and response["Location"] == reverse("project_list")
+
+
+def _wrong(client, url, username="designer", address="10.0.0.1"):
+    return client.post(url, {"username": username, "password": "wrong"}, REMOTE_ADDR=address)
+
+
+def test_repeated_wrong_passwords_lock_out_that_user_from_that_address(client, team, password, settings):
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert "didn't match" in _wrong(client, reverse("login")).content.decode()
+    locked = _wrong(client, reverse("login"))
+    assert locked.status_code == 429
+    assert "Too many wrong passwords for “designer” from this address" in locked.content.decode()
+    assert "locked for 15 minutes" in locked.content.decode()
+    # even the right password is refused while locked
+    right = client.post(reverse("login"), {"username": "designer", "password": password}, REMOTE_ADDR="10.0.0.1")
+    assert right.status_code == 429 and "_auth_user_id" not in client.session
+    # other users from that address, and that user from elsewhere, still log in
+    other = client.post(reverse("login"), {"username": "pm", "password": password}, REMOTE_ADDR="10.0.0.1")
+    assert other.status_code == 302
+    client.logout()
+    elsewhere = client.post(reverse("login"), {"username": "designer", "password": password}, REMOTE_ADDR="10.0.0.2")
+    assert elsewhere.status_code == 302
+    # tests that log in with force_login are never throttled
+    client.force_login(team.designer)
+    assert client.get(reverse("project_list")).status_code == 200
+
+
+def test_a_successful_login_resets_the_count(client, team, password, settings):
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        _wrong(client, reverse("login"))
+    assert client.post(reverse("login"), {"username": "designer", "password": password}, REMOTE_ADDR="10.0.0.1").status_code == 302
+    client.logout()
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert _wrong(client, reverse("login")).status_code == 200
+
+
+def test_the_admin_login_is_throttled_too(client, team, password, settings):
+    team.designer.is_staff = True
+    team.designer.save()
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        response = _wrong(client, "/admin/login/")
+    assert response.status_code == 429 and "Too many wrong passwords" in response.content.decode()
+    right = client.post("/admin/login/", {"username": "designer", "password": password}, REMOTE_ADDR="10.0.0.1")
+    assert right.status_code == 429
+
+
+def test_client_login_without_a_request_still_works_and_is_not_counted(team, password, settings):
+    from axes.models import AccessAttempt
+    from django.test import Client
+
+    for _ in range(settings.AXES_FAILURE_LIMIT + 1):
+        assert not Client().login(username="designer", password="wrong")
+    assert Client().login(username="designer", password=password)
+    assert not AccessAttempt.objects.exists()

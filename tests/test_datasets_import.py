@@ -201,3 +201,51 @@ def test_token_counts_match_the_full_tokenizer_on_awkward_text(tiny_model_dir):
     reference = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     expected = [len(e) for e in reference.encode_batch(texts, add_special_tokens=False)]
     assert get_token_counter().count_texts(texts) == expected
+
+
+def test_a_chat_template_cannot_run_code_when_tokens_are_counted(tiny_model_dir, tmp_path, caplog):
+    """A model folder's chat template is untrusted: rendered sandboxed, as transformers does."""
+    import shutil
+
+    folder = tmp_path / "hostile-model"
+    folder.mkdir()
+    shutil.copy(tiny_model_dir / "tokenizer.json", folder / "tokenizer.json")
+    marker = tmp_path / "pwned"
+    (folder / "chat_template.jinja").write_text(
+        "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}")
+    counter = get_token_counter(folder)
+    assert not marker.exists()
+    assert "Could not measure the chat template" in caplog.text
+    assert counter.count_conversations([[{"role": "user", "content": "hello there"}]]) == \
+        [len(counter.tokenizer.encode("hello there", add_special_tokens=False).ids)]
+
+
+def test_a_harmless_template_still_measures_the_same_overheads_as_transformers(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    counter = get_token_counter(tiny_model_dir)
+    hf = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is my parcel?"},
+                    {"role": "assistant", "content": "Hi Ana, it arrives Friday."}]
+    assert counter.count_conversations([conversation]) == [len(hf.apply_chat_template(conversation, tokenize=True))]
+
+
+def test_the_tokenizer_folder_comes_from_the_environment(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "from apps.datasets.tokens import get_token_counter as g; print(g().model_name)"
+    env = {**os.environ, "DJANGO_DEBUG": "1", "FTSTUDIO_TOKENIZER_DIR": str(tiny_model_dir)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == tiny_model_dir.name
+    env["FTSTUDIO_TOKENIZER_DIR"] = str(tmp_path)
+    bad = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "FTSTUDIO_TOKENIZER_DIR" in bad.stderr and "no tokenizer.json" in bad.stderr

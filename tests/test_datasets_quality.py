@@ -183,3 +183,16 @@ def test_a_running_report_shows_its_progress_and_is_not_started_twice(clean):
     assert 'aria-valuenow="40"' in fragment and "<html" not in fragment
     client.post("/p/support/data/quality/")
     assert QualityReport.objects.filter(project=clean.project).count() == 1
+
+
+@pytest.mark.parametrize("target,lands_on", [
+    ("https://elsewhere.example/phish", "/p/support/data/quality/"),
+    ("//elsewhere.example/phish", "/p/support/data/quality/"),
+    ("/p/support/data/examples/1/?status=draft", "/p/support/data/examples/1/?status=draft"),
+])
+def test_dismissing_a_finding_only_returns_to_pages_of_this_site(clean, target, lands_on):
+    add(clean.project, [conversation("Where is my parcel?", "Friday, Best"), conversation("Where is my parcel", "Monday, Best")])
+    finding = services.run_quality_report(project=clean.project).findings.get(kind="conflict")
+    response = clean.client("designer").post(f"/p/support/data/quality/findings/{finding.pk}/dismiss/", {"next": target})
+    assert response.status_code == 302 and response["Location"] == lands_on
+    assert QualityFinding.objects.get(pk=finding.pk).dismissed

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
@@ -50,3 +51,12 @@ def project_settings(request, project):
                 form.add_error(None, str(exc))
     members = project.memberships.select_related("user").order_by("user__username")
     return render(request, "accounts/project_settings.html", {"form": form, "members": members})
+
+
+def locked_out(request, original_response=None, credentials=None):
+    """django-axes' lockout answer: the log-in page again, saying why and for how long (HTTP 429)."""
+    minutes = max(1, int(settings.AXES_COOLOFF_TIME.total_seconds() // 60))
+    username = (credentials or {}).get("username") or request.POST.get("username", "")
+    return render(request, "accounts/login.html", {
+        "locked_out": True, "cooloff_minutes": minutes, "failure_limit": settings.AXES_FAILURE_LIMIT,
+        "username": username, "next": request.POST.get("next", "")}, status=429)

@@ -11,10 +11,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
+
+from ftstudio import csv_cells
 
 FORMATS = ("openai", "alpaca", "csv")
 ROLES = ("system", "user", "assistant")
@@ -85,49 +90,128 @@ def input_hash(messages: list[dict]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def decode(data: bytes) -> tuple[str | None, Problem | None]:
-    try:
-        return data.decode("utf-8-sig"), None
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        return None, Problem(line, f"the file is not UTF-8 text (byte {exc.start + 1} cannot be decoded); "
-                                   "save it as UTF-8 and upload it again")
+@dataclass(frozen=True)
+class Limits:
+    """What one line and one message may hold (settings ``FTSTUDIO_IMPORT_MAX_LINE_BYTES`` and
+    ``FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS``); nesting deeper than ``max_depth`` is refused too."""
+
+    max_line_bytes: int = 4 * 1024 * 1024
+    max_message_chars: int = 500_000
+    max_depth: int = 32
 
 
-def detect_format(text: str, filename: str = "") -> str:
+READ_CHUNK = 1024 * 1024
+
+
+def iter_lines(stream: IO[bytes], limits: Limits) -> Iterator[tuple[int, str | Problem]]:
+    """Physical lines of a binary stream, decoded, with their 1-based number (terminators kept).
+
+    A line over the byte limit is never held: it is skipped in ``READ_CHUNK`` pieces and reported
+    as a Problem, so a 50 MB single line costs one megabyte of memory and a few milliseconds.
+    """
+    number = 0
+    cap = limits.max_line_bytes
+    while True:
+        raw = stream.readline(cap + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > cap and not raw.endswith(b"\n"):
+            size = len(raw)
+            while not raw.endswith(b"\n"):
+                raw = stream.readline(READ_CHUNK)
+                if not raw:
+                    break
+                size += len(raw)
+            yield number, Problem(number, f"the line is {size:,} bytes, over the {cap:,}-byte limit for one line "
+                                          "(FTSTUDIO_IMPORT_MAX_LINE_BYTES): split it into one example per line")
+            continue
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, Problem(number, f"not UTF-8 text (byte {exc.start + 1} of the line cannot be decoded); "
+                                          "save the file as UTF-8 and upload it again")
+
+
+def detect_format(first_line: str, filename: str = "") -> str:
+    """The format from the file name, else from the first non-blank line."""
     name = filename.lower()
     if name.endswith(".csv"):
         return "csv"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first_line.strip()
     if not first.startswith("{"):
         return "csv" if not name.endswith((".jsonl", ".json")) else "openai"
     try:
         obj = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "openai"
     if isinstance(obj, dict) and "messages" not in obj and ("instruction" in obj or "output" in obj):
         return "alpaca"
     return "openai"
 
 
-def parse(text: str, file_format: str = "auto", filename: str = "") -> Parsed:
-    if file_format == "auto":
-        file_format = detect_format(text, filename)
-    if file_format not in FORMATS:
-        return Parsed(file_format, errors=[Problem(0, f"unknown format {file_format!r}: use auto, openai, alpaca or csv")])
+def parse(text: str, file_format: str = "auto", filename: str = "", limits: Limits | None = None) -> Parsed:
+    """Parse a whole text at once (small inputs, tests); imports use ``parse_stream``."""
     parsed = Parsed(file_format)
-    if file_format == "csv":
-        _parse_csv(text, parsed)
-    else:
-        _parse_jsonl(text, parsed)
-    if not parsed.rows and not parsed.errors:
-        parsed.errors.append(Problem(0, "the file holds no examples"))
+    parsed.rows.extend(parse_stream(io.BytesIO(text.encode()), parsed, filename=filename, limits=limits))
     return parsed
 
 
-def _parse_jsonl(text: str, parsed: Parsed) -> None:
+def parse_stream(stream: IO[bytes], parsed: Parsed, *, filename: str = "", limits: Limits | None = None) -> Iterator[Row]:
+    """Yield the valid rows of a binary stream one at a time; problems and notes go into ``parsed``.
+
+    ``parsed.file_format`` may be "auto": it is settled from the file name or the first non-blank line.
+    Memory stays bounded by one line (and one CSV record) whatever the file's size.
+    """
+    limits = limits or Limits()
+    lines = iter_lines(stream, limits)
+    if parsed.file_format == "auto":
+        head: list[tuple[int, str | Problem]] = []
+        first = ""
+        for item in lines:
+            head.append(item)
+            if isinstance(item[1], str) and item[1].strip():
+                first = item[1]
+                break
+        parsed.file_format = detect_format(first, filename)
+        lines = itertools.chain(head, lines)
+    if parsed.file_format not in FORMATS:
+        parsed.errors.append(Problem(0, f"unknown format {parsed.file_format!r}: use auto, openai, alpaca or csv"))
+        return
+    count = 0
+    rows = _parse_csv(lines, parsed, limits) if parsed.file_format == "csv" else _parse_jsonl(lines, parsed, limits)
+    for row in rows:
+        count += 1
+        yield row
+    if not count and not parsed.errors:
+        parsed.errors.append(Problem(0, "the file holds no examples"))
+
+
+def _too_deep(value, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, limits: Limits) -> Iterator[Row]:
     check = _check_openai if parsed.file_format == "openai" else _check_alpaca
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in lines:
+        if isinstance(line, Problem):
+            parsed.errors.append(line)
+            continue
         if not line.strip():
             continue
         try:
@@ -136,12 +220,30 @@ def _parse_jsonl(text: str, parsed: Parsed) -> None:
             msg = getattr(exc, "msg", str(exc))
             parsed.errors.append(Problem(number, f"not valid JSON ({msg} at column {getattr(exc, 'colno', '?')})"))
             continue
+        except RecursionError:
+            parsed.errors.append(Problem(number, f"nested too deeply: values may nest at most {limits.max_depth} levels"))
+            continue
         if not isinstance(obj, dict):
             parsed.errors.append(Problem(number, f"not a JSON object: each line must be one object, found {_type_name(obj)}"))
             continue
+        # Only "metadata" is stored as it comes (messages and tags are checked field by field): bound its depth.
+        if _too_deep(obj.get("metadata"), limits.max_depth):
+            parsed.errors.append(Problem(number, f'"metadata" is nested too deeply: values may nest at most '
+                                                 f"{limits.max_depth} levels"))
+            continue
         row = check(obj, number, parsed)
-        if row is not None:
-            parsed.rows.append(row)
+        if row is None:
+            continue
+        long = [(i, len(m["content"])) for i, m in enumerate(row.messages, 1) if len(m["content"]) > limits.max_message_chars]
+        if long:
+            parsed.errors.extend(_long_message(number, i, n, limits) for i, n in long)
+            continue
+        yield row
+
+
+def _long_message(line: int, index: int, chars: int, limits: Limits) -> Problem:
+    return Problem(line, f"message {index} is {chars:,} characters, over the {limits.max_message_chars:,}-character "
+                         "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)")
 
 
 def _check_openai(obj: dict, line: int, parsed: Parsed) -> Row | None:
@@ -225,8 +327,19 @@ def _check_alpaca(obj: dict, line: int, parsed: Parsed) -> Row | None:
     return Row(line, _alpaca_messages(obj["instruction"], obj.get("input", ""), obj["output"], obj.get("system", "")))
 
 
-def _parse_csv(text: str, parsed: Parsed) -> None:
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _parse_csv(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, limits: Limits) -> Iterator[Row]:
+    def physical():
+        for _, line in lines:
+            if isinstance(line, Problem):
+                parsed.errors.append(line)
+                yield "\n"  # keeps the reader's line count in step with the file
+            else:
+                yield line
+
+    # a cell may hold one message: the csv module's own cap (131,072 characters) becomes the message limit + 1,
+    # so a longer cell is reported below with the setting's name
+    csv.field_size_limit(max(limits.max_message_chars + 1, 131_072))
+    reader = csv.reader(physical())
     try:
         header = next(reader)
     except StopIteration:
@@ -257,11 +370,14 @@ def _parse_csv(text: str, parsed: Parsed) -> None:
         if len(values) != len(columns):
             parsed.errors.append(Problem(line, f"has {len(values)} fields, the header has {len(columns)}"))
             continue
-        record = dict(zip(columns, values, strict=True))
+        # cells the Studio's own export guarded against spreadsheet formulas come back as they were
+        record = dict(zip(columns, (csv_cells.unguard(v) for v in values), strict=True))
         problems = [f'the "{c}" column is empty' for c in ("input", "output") if not record[c].strip()]
+        problems += [f'the "{c}" column is {len(record[c]):,} characters, over the {limits.max_message_chars:,}-character '
+                     "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)"
+                     for c in ("system", "input", "output") if len(record.get(c, "")) > limits.max_message_chars]
         if problems:
             parsed.errors.extend(Problem(line, p) for p in problems)
             continue
         metadata = {c: record[c] for c in extra if record[c] != ""}
-        parsed.rows.append(Row(line, _alpaca_messages(record["input"], "", record["output"], record.get("system", "")),
-                               metadata=metadata))
+        yield Row(line, _alpaca_messages(record["input"], "", record["output"], record.get("system", "")), metadata=metadata)

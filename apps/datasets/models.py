@@ -234,3 +234,37 @@ class QualityDismissal(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "key"], name="one_dismissal_per_finding_key")]
+
+
+class ImportJob(models.Model):
+    """An upload too large to import inside the request: stored under MEDIA_ROOT, imported by the Celery
+    task ``datasets.import_file`` (queue `default`), its progress polled by the import page."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    filename = models.CharField(max_length=255)
+    file_format = models.CharField(max_length=16, default="auto")
+    upload = models.CharField(max_length=500, help_text="path of the stored upload, relative to MEDIA_ROOT")
+    size = models.PositiveBigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=ReportStatus.choices, default=ReportStatus.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="0-100")
+    stage = models.CharField(max_length=120, blank=True)
+    errors = models.JSONField(default=list, blank=True, help_text="[[line, message], ...] (the first 1000)")
+    error_count = models.PositiveIntegerField(default=0)
+    warnings = models.JSONField(default=list, blank=True)
+    imported = models.PositiveIntegerField(default=0)
+    skipped_duplicates = models.PositiveIntegerField(default=0)
+    batch = models.ForeignKey(ImportBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["project", "id"])]
+
+    def __str__(self) -> str:
+        return f"import of {self.filename} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (ReportStatus.QUEUED, ReportStatus.RUNNING)

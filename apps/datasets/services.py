@@ -5,23 +5,28 @@ tasks call these and nothing else writes examples.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
 import random
 import time
+import uuid
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
+
+from ftstudio import csv_cells
 
 from . import importers, quality
 from .importers import Problem, canonical_json, content_hash, input_hash
@@ -33,6 +38,7 @@ from .models import (
     ExampleStatus,
     FindingKind,
     ImportBatch,
+    ImportJob,
     QualityDismissal,
     QualityFinding,
     QualityReport,
@@ -82,75 +88,205 @@ class ImportReport:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def error_count(self) -> int:
+        return len(self.errors)
 
-def _read(path_or_file) -> tuple[bytes, str]:
-    limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
+
+def import_limits() -> importers.Limits:
+    return importers.Limits(max_line_bytes=settings.FTSTUDIO_IMPORT_MAX_LINE_BYTES,
+                            max_message_chars=settings.FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)
+
+
+@contextmanager
+def _open(path_or_file) -> Iterator[tuple[IO[bytes], str, int | None]]:
+    """A seekable binary stream over the input, its name and its size when known (never read whole)."""
     if isinstance(path_or_file, str | Path):
         path = Path(path_or_file)
-        if path.stat().st_size > limit:
-            raise CurationError(f"{path.name} is {path.stat().st_size:,} bytes; the limit is {limit:,}.")
-        return path.read_bytes(), path.name
+        with path.open("rb") as stream:
+            yield stream, path.name, path.stat().st_size
+        return
+    stream = path_or_file
+    name = getattr(path_or_file, "name", "") or ""
+    if hasattr(path_or_file, "open") and hasattr(path_or_file, "chunks"):  # a Django UploadedFile
+        path_or_file.open("rb")
+    sample = stream.read(0)
+    if isinstance(sample, str):  # a text stream: tests and scripts; small by nature
+        stream = io.BytesIO(stream.read().encode())
     size = getattr(path_or_file, "size", None)
-    if size is not None and size > limit:
-        raise CurationError(f"The file is {size:,} bytes; the limit is {limit:,}.")
-    data = path_or_file.read(limit + 1)
-    if len(data) > limit:
-        raise CurationError(f"The file is over the {limit:,}-byte limit.")
-    if isinstance(data, str):
-        data = data.encode()
-    return data, getattr(path_or_file, "name", "") or ""
+    if size is None and stream.seekable():
+        start = stream.tell()
+        size = stream.seek(0, io.SEEK_END) - start
+        stream.seek(start)
+    yield stream, name, size
+
+
+IMPORT_CHUNK_ROWS = 2000  # rows tokenized and inserted at a time: bounds memory whatever the file's size
 
 
 def import_examples(*, project, path_or_file: str | Path | IO, file_format: str = "auto", user=None,
-                    filename: str | None = None, max_tokens: int | None = None) -> ImportReport:
+                    filename: str | None = None, max_tokens: int | None = None,
+                    progress: Callable[[int, str], None] | None = None,
+                    on_commit_rows: Callable[[ImportReport], None] | None = None) -> ImportReport:
     """Validate a whole file, then import it in one transaction; a file with any error imports nothing.
+
+    The file is read as a stream twice, one line at a time: first to validate every line (limits on a
+    line's bytes, a message's characters and nesting depth; see ``importers.Limits``), count tokens and
+    find duplicates, keeping only a hash and a count per row; then, if nothing was wrong, to insert the
+    rows in chunks inside one transaction. Memory stays bounded by a chunk of rows, not the file.
 
     Returns an ImportReport: counts, warnings (too many tokens for the base model, ignored keys) and
     every error with its line number. Examples already in the project (same content hash) are skipped.
+    ``progress(percent, stage)`` is called as the file is read; ``on_commit_rows(report)`` runs inside
+    the import's transaction (a background job marks itself done there, atomically with the rows).
     """
     started = time.perf_counter()
+    limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
     try:
-        data, name = _read(path_or_file)
+        with _open(path_or_file) as (stream, name, size):
+            if size is not None and size > limit:
+                raise CurationError(f"The file is {size:,} bytes; the limit is {limit:,}.")
+            filename = filename or Path(name).name or "upload"
+            report = _import_stream(project=project, stream=stream, size=size, file_format=file_format, user=user,
+                                    filename=filename, max_tokens=max_tokens, progress=progress or (lambda p, s: None),
+                                    on_commit_rows=on_commit_rows)
     except (CurationError, OSError) as exc:
         return ImportReport(file_format=file_format, errors=[Problem(0, str(exc))])
-    filename = filename or Path(name).name or "upload"
-    text, problem = importers.decode(data)
-    if problem:
-        return ImportReport(file_format=file_format, errors=[problem])
-    parsed = importers.parse(text, file_format, filename)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _chunks(rows: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _import_stream(*, project, stream: IO[bytes], size: int | None, file_format: str, user, filename: str,
+                   max_tokens: int | None, progress: Callable[[int, str], None],
+                   on_commit_rows: Callable[[ImportReport], None] | None) -> ImportReport:
+    limits = import_limits()
+    upload_limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
+    start = stream.tell()
+
+    def percent(low: int, high: int) -> int:
+        done = stream.tell() - start
+        if done > upload_limit:
+            raise CurationError(f"The file is over the {upload_limit:,}-byte limit.")
+        return low + int((high - low) * min(1.0, done / size)) if size else low
+
+    # Pass 1: validate every line and count tokens. Keeps one token count per row, nothing else.
+    parsed = importers.Parsed(file_format)
+    counter = get_token_counter()
+    token_limit = max_tokens or counter.context_length
+    counts = array("q")
+    too_long: list[tuple[int, int]] = []
+    progress(1, "Checking every line")
+    for chunk in _chunks(importers.parse_stream(stream, parsed, filename=filename, limits=limits), IMPORT_CHUNK_ROWS):
+        if parsed.errors:  # the file will import nothing: keep reading only to report every problem
+            continue
+        for row, n in zip(chunk, counter.count_conversations([r.messages for r in chunk]), strict=True):
+            counts.append(n)
+            if n > token_limit:
+                too_long.append((row.line, n))
+        progress(percent(1, 50), f"Checked {len(counts):,} examples")
     report = ImportReport(file_format=parsed.file_format, errors=parsed.errors, warnings=parsed.warnings())
     if report.errors:
         return report
-
-    rows = parsed.rows
-    counter = get_token_counter()
-    limit = max_tokens or counter.context_length
-    counts = counter.count_conversations([r.messages for r in rows])
-    too_long = [(r.line, n) for r, n in zip(rows, counts, strict=True) if n > limit]
     if too_long:
         shown = ", ".join(f"line {line}: {n:,} tokens" for line, n in too_long[:10])
         more = f" and {len(too_long) - 10} more" if len(too_long) > 10 else ""
-        report.warnings.insert(0, f"{len(too_long)} example{'s' if len(too_long) > 1 else ''} over the {limit:,}-token "
+        report.warnings.insert(0, f"{len(too_long)} example{'s' if len(too_long) > 1 else ''} over the {token_limit:,}-token "
                                   f"context of {counter.model_name} ({shown}{more}); training would cut them")
 
+    # Pass 2: read the (unchanged) stream again; skip rows already in the project, insert the others chunk by
+    # chunk, all in one transaction. A change to the file between the passes rolls everything back.
+    stream.seek(start)
+    again = importers.Parsed(parsed.file_format)
     existing = set(Example.objects.filter(project=project).values_list("content_hash", flat=True))
-    new = []
-    for row, n in zip(rows, counts, strict=True):
-        blob = canonical_json(row.messages)
-        h = hashlib.sha256(blob.encode()).hexdigest()
-        if h in existing:
-            report.skipped_duplicates += 1
-            continue
-        existing.add(h)
-        new.append((row, blob, h, n))
+    progress(50, f"Saving {len(counts):,} examples (shown when all are saved)")
+    changed = CurationError("The file changed while it was being imported; nothing was imported.")
     with transaction.atomic():
-        report.batch = ImportBatch.objects.create(
-            project=project, filename=filename[:255], file_format=parsed.file_format, created_by=user,
-            imported_count=len(new), skipped_duplicates=report.skipped_duplicates, warnings=report.warnings[:50])
-        _insert_examples(project=project, batch=report.batch, user=user, new=new)
-    report.imported = len(new)
-    report.seconds = time.perf_counter() - started
+        report.batch = ImportBatch.objects.create(project=project, filename=filename[:255], file_format=parsed.file_format,
+                                                  created_by=user, warnings=report.warnings[:50])
+        position = 0
+        for chunk in _chunks(importers.parse_stream(stream, again, filename=filename, limits=limits), IMPORT_CHUNK_ROWS):
+            if again.errors or position + len(chunk) > len(counts):
+                raise changed
+            new = []
+            for row in chunk:
+                blob = canonical_json(row.messages)
+                h = hashlib.sha256(blob.encode()).hexdigest()
+                if h in existing:
+                    report.skipped_duplicates += 1
+                else:
+                    existing.add(h)
+                    new.append((row, blob, h, counts[position]))
+                position += 1
+            _insert_examples(project=project, batch=report.batch, user=user, new=new)
+            report.imported += len(new)
+            percent(50, 99)  # enforces the size limit; progress inside the transaction would be invisible
+        if position != len(counts) or again.errors:
+            raise changed
+        ImportBatch.objects.filter(pk=report.batch.pk).update(imported_count=report.imported,
+                                                              skipped_duplicates=report.skipped_duplicates)
+        report.batch.imported_count, report.batch.skipped_duplicates = report.imported, report.skipped_duplicates
+        if on_commit_rows is not None:
+            on_commit_rows(report)
     return report
+
+
+class AlreadyImported(Exception):
+    """Another delivery of the same import job committed first: this one rolls back."""
+
+
+def start_import_job(*, project, upload, file_format: str = "auto", user=None) -> ImportJob:
+    """Store a large upload and queue its import (task ``datasets.import_file``); the page polls the job."""
+    from .tasks import import_file_task
+
+    name = default_storage.save(f"imports/{project.pk}/{uuid.uuid4().hex}.upload", upload)
+    job = ImportJob.objects.create(project=project, filename=Path(upload.name or "upload").name[:255],
+                                   file_format=file_format, upload=name, size=upload.size or 0, created_by=user)
+    transaction.on_commit(lambda: import_file_task.delay(job.pk))
+    return job
+
+
+def run_import_job(*, job: ImportJob) -> ImportJob:
+    """Import a stored upload (safe to run twice: the rows and the job's "done" commit together)."""
+    ImportJob.objects.filter(pk=job.pk).exclude(status=ReportStatus.DONE).update(
+        status=ReportStatus.RUNNING, progress=1, stage="Starting")
+
+    def progress(percent: int, stage: str) -> None:
+        ImportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING).update(progress=percent, stage=stage[:120])
+
+    def finish(report: ImportReport) -> None:
+        if ImportJob.objects.select_for_update().get(pk=job.pk).status == ReportStatus.DONE:
+            raise AlreadyImported
+        _record(job, report)
+
+    try:
+        with default_storage.open(job.upload, "rb") as stream:
+            report = import_examples(project=job.project, path_or_file=stream, file_format=job.file_format,
+                                     user=job.created_by, filename=job.filename, progress=progress, on_commit_rows=finish)
+    except AlreadyImported:
+        return ImportJob.objects.get(pk=job.pk)
+    if report.errors:
+        _record(job, report)
+    default_storage.delete(job.upload)
+    return ImportJob.objects.get(pk=job.pk)
+
+
+def _record(job: ImportJob, report: ImportReport) -> None:
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=ReportStatus.DONE, progress=100, stage="Done", file_format=report.file_format,
+        errors=[str(e) for e in report.errors[:1000]], error_count=len(report.errors), warnings=report.warnings[:50],
+        imported=report.imported, skipped_duplicates=report.skipped_duplicates, batch=report.batch,
+        finished_at=timezone.now())
 
 
 def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
@@ -220,7 +356,8 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
             yield json.dumps(record, ensure_ascii=False) + "\n"
         return
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: with "\n" alone, csv leaves a "\r" inside a cell unquoted and the file breaks
+    writer = csv_cells.writer(buffer)  # cells a spreadsheet would run are quoted
     writer.writerow(["system", "input", "output"])
     for where, messages in rows:
         writer.writerow(_single_turn(messages, where, file_format))

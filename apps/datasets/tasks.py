@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 
-from .models import QualityReport, ReportStatus
+from .models import ImportJob, QualityReport, ReportStatus
 
 log = logging.getLogger(__name__)
 
@@ -27,3 +27,23 @@ def quality_report_task(report_id: int) -> str:
         QualityReport.objects.filter(pk=report_id).update(status=ReportStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     return "done"
+
+
+@shared_task(name="datasets.import_file", queue="default")
+def import_file_task(job_id: int) -> str:
+    """Import a large upload in the background (its page polls the job's progress)."""
+    from . import services
+
+    job = ImportJob.objects.select_related("project", "created_by").filter(pk=job_id).first()
+    if job is None:
+        return "missing"
+    if job.status == ReportStatus.DONE:
+        return "already done"
+    try:
+        job = services.run_import_job(job=job)
+    except Exception as exc:
+        log.exception("Import job %s of project %s failed", job_id, job.project.slug)
+        ImportJob.objects.filter(pk=job_id).exclude(status=ReportStatus.DONE).update(
+            status=ReportStatus.FAILED, stage=f"{type(exc).__name__}: {exc}"[:120])
+        raise
+    return f"imported {job.imported}" if not job.error_count else f"refused: {job.error_count} problems"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -105,15 +106,38 @@ def _chat_template(directory: Path) -> str | None:
     return None
 
 
+def _compile(template: str):
+    """Compile a chat template the way ``transformers`` renders it: a sandboxed, immutable Jinja environment.
+
+    The template comes from a model folder, so it is untrusted: the sandbox refuses attribute access to
+    internals (``__class__``, ``__globals__``...) and mutating calls, as ``apply_chat_template`` does.
+    """
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        from jinja2.exceptions import TemplateError
+
+        raise TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(format):
+        return datetime.now().strftime(format)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    return env.from_string(template)
+
+
 def _measure_overheads(counter: TokenCounter, template: str | None) -> None:
     """Tokens the chat template adds per message role, and for a default system prompt it inserts."""
     if not template:
         return
     try:
-        import jinja2
-
-        env = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)
-        compiled = env.from_string(template)
+        compiled = _compile(template)
 
         def n(messages: list[dict]) -> int:
             text = compiled.render(messages=messages, add_generation_prompt=False, bos_token="", eos_token="")
@@ -126,13 +150,13 @@ def _measure_overheads(counter: TokenCounter, template: str | None) -> None:
         for role in ("user", "assistant"):
             counter.role_overhead[role] = n([system, {"role": role, "content": "x"}]) - base - x
         counter.default_system_overhead = max(0, n([{"role": "user", "content": "x"}]) - counter.role_overhead["user"] - x)
-    except Exception:  # a template we cannot render: count contents only
+    except Exception:  # a template we cannot (or may not) render: count contents only
         log.warning("Could not measure the chat template's overhead; counting message contents only", exc_info=True)
 
 
 def tokenizer_dir() -> Path:
     """The default base model's tokenizer folder: ``FTSTUDIO_TOKENIZER_DIR`` if set, else the shipped SmolLM2 cache."""
-    override = getattr(settings, "FTSTUDIO_TOKENIZER_DIR", None)
+    override = settings.FTSTUDIO_TOKENIZER_DIR
     if override:
         return Path(override)
     from worker.models import ModelSpec, gguf_cache_dir, resolve_model_dir, shipped_gguf_path

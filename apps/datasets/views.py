@@ -1,5 +1,6 @@
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import connection
@@ -7,13 +8,23 @@ from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import project_view
 
 from . import services
 from .forms import FreezeForm, ImportForm, SplitForm
-from .models import DatasetVersion, Example, ExampleStatus, FindingKind, QualityFinding, QualityReport, Split
+from .models import (
+    DatasetVersion,
+    Example,
+    ExampleStatus,
+    FindingKind,
+    ImportJob,
+    QualityFinding,
+    QualityReport,
+    Split,
+)
 
 PAGE_SIZE = 50
 FILTERS = ("status", "split", "tag", "flag")
@@ -91,16 +102,26 @@ def example_list(request, project):
 
 @project_view("label")
 def example_import(request, project):
+    """Small uploads import inside the request; larger ones become a background job whose progress the page polls."""
     form = ImportForm(request.POST or None, request.FILES or None)
-    report = None
+    report = job = None
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
+        if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
+            job = services.start_import_job(project=project, upload=upload, file_format=form.cleaned_data["file_format"],
+                                            user=request.user)
+            return redirect(f"{reverse('example_import', kwargs={'slug': project.slug})}?job={job.pk}")
         report = services.import_examples(project=project, path_or_file=upload, file_format=form.cleaned_data["file_format"],
                                           user=request.user, filename=upload.name)
         if report.ok:
             messages.success(request, f"Imported {report.imported} examples from {upload.name}; skipped "
                                       f"{report.skipped_duplicates} already in the project.")
-    return render(request, "datasets/import.html", {"form": form, "report": report})
+    elif request.GET.get("job", "").isdigit():
+        job = get_object_or_404(ImportJob, project=project, pk=int(request.GET["job"]))
+    context = {"form": form, "report": report, "job": job, "limits": services.import_limits()}
+    if request.htmx and job is not None and request.GET.get("poll"):
+        return render(request, "datasets/import.html#job", context)
+    return render(request, "datasets/import.html", context)
 
 
 @project_view("view")
@@ -232,7 +253,15 @@ def finding_dismiss(request, project, pk):
     if request.htmx:
         return render(request, "datasets/quality_report.html#finding", {"finding": finding, "compact": request.POST.get("compact")})
     messages.success(request, "Finding dismissed: it stays dismissed until its examples change.")
-    return redirect(request.POST.get("next") or reverse("quality_report", kwargs={"slug": project.slug}))
+    return redirect(_safe_next(request, reverse("quality_report", kwargs={"slug": project.slug})))
+
+
+def _safe_next(request, fallback: str) -> str:
+    """The ``next`` the form carries when it points back into this site, else ``fallback`` (no open redirect)."""
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return target
+    return fallback
 
 
 @project_view("view", post_need="label")

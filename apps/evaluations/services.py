@@ -3,7 +3,6 @@ handing out blind review pairs and recording judgments. Reads and statistics liv
 
 from __future__ import annotations
 
-import csv
 import logging
 import random
 from collections import defaultdict
@@ -18,6 +17,7 @@ from apps.accounts.models import Membership
 from apps.accounts.permissions import role_can
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
 from apps.runs.models import BaseModel, Run, RunStatus
+from ftstudio import csv_cells
 
 from .models import (
     SCALE_VALUES,
@@ -488,15 +488,9 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
 
 
 # --- export -------------------------------------------------------------------------------------------
-def _cell(value) -> str:
-    """CSV cells that a spreadsheet would run as a formula are prefixed with a quote."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def write_judgments_csv(evaluation: Evaluation, out) -> None:
     criteria = list(evaluation.rubric.criteria.all())
-    writer = csv.writer(out)
+    writer = csv_cells.writer(out)
     writer.writerow(["judgment_id", "item_position", "split", "reviewer", "candidate_1", "candidate_2", "shown_as_A",
                      "winner", *[f"{c.name} [{n}]" for c in criteria for n in ("candidate_1", "candidate_2")],
                      "comment", "created_at"])
@@ -508,10 +502,10 @@ def write_judgments_csv(evaluation: Evaluation, out) -> None:
         c = j.comparison
         values = {(s.criterion_id, s.candidate_id): s.value for s in j.scores.all()}
         shown_a = c.candidate_2 if j.assignment.swapped else c.candidate_1
-        writer.writerow([_cell(v) for v in [
+        writer.writerow([
             j.pk, c.item.position, c.item.split, j.reviewer.username, c.candidate_1.label, c.candidate_2.label,
             shown_a.label, j.winner.label if j.winner else "tie",
             *[values.get((cr.pk, cand.pk), "") for cr in criteria for cand in (c.candidate_1, c.candidate_2)],
             j.comment, j.created_at.isoformat(),
-        ]])
+        ])
 
