@@ -284,3 +284,19 @@ def test_register_model_takes_a_public_id_and_the_shipped_model_has_one(db, sett
     call_command("register_model", "tiny2", str(tiny_model_dir), stdout=io.StringIO())
     assert BaseModel.objects.get(name="tiny2").portable_id == "tiny2"  # a name, never the server path
     assert services.ensure_shipped_base_model().public_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_gguf_base_models_export_keeps_the_tokenizer_settings_llama_cpp_wrote_for_it(tiny_model_dir, tmp_path):
+    """The safetensors cache of the shipped GGUF says eos <|im_start|> and add_bos on (a transformers round-trip
+    artefact); the export keeps what the original file says: eos <|im_end|>, no BOS, the smollm pre-tokenizer."""
+    import gguf
+
+    from worker.export import write_gguf
+    from worker.models import shipped_gguf_path
+
+    path = write_gguf(tiny_model_dir, tmp_path / "t.gguf", source_gguf=shipped_gguf_path())
+    mine, shipped = gguf.GGUFReader(str(path)).fields, gguf.GGUFReader(str(shipped_gguf_path())).fields
+    for key in ("tokenizer.ggml.pre", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id",
+                "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token"):
+        assert mine[key].contents() == shipped[key].contents(), key
+    assert mine["tokenizer.ggml.pre"].contents() == "smollm" and mine["tokenizer.ggml.eos_token_id"].contents() == 2

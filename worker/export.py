@@ -149,12 +149,26 @@ def permute_qk(weights, n_head: int, n_head_kv: int | None = None):
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def gguf_tokenizer_pre(gguf_path: str | Path) -> str | None:
-    """The ``tokenizer.ggml.pre`` of an existing GGUF file (the pre-tokenizer llama.cpp chose for that model)."""
+def gguf_tokenizer_settings(gguf_path: str | Path) -> dict:
+    """The tokenizer settings of the GGUF a base model came from: pre-tokenizer, special token ids, add_bos/add_eos.
+
+    A GGUF tokenizer that went through transformers (the safetensors cache of a GGUF base model) loses them:
+    SmolLM2's comes back with eos ``<|im_start|>`` and add_bos on, where llama.cpp's converter wrote eos
+    ``<|im_end|>`` and no BOS. An export of such a model keeps the original file's settings.
+    """
     import gguf
 
-    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.pre")
-    return field.contents() if field is not None else None
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+
+    def value(key: str):
+        return fields[key].contents() if key in fields else None
+
+    keys = gguf.Keys.Tokenizer
+    id_keys = {"bos": keys.BOS_ID, "eos": keys.EOS_ID, "unk": keys.UNK_ID, "sep": keys.SEP_ID, "pad": keys.PAD_ID,
+               "mask": keys.MASK_ID}
+    return {"pre": value(keys.PRE),
+            "ids": {t: value(key) for t, key in id_keys.items() if value(key) is not None},
+            "add": {t: value(key) for t, key in (("bos", keys.ADD_BOS), ("eos", keys.ADD_EOS)) if value(key) is not None}}
 
 
 def _vocab(model_dir: Path, vocab_size: int):
@@ -188,8 +202,13 @@ def _vocab(model_dir: Path, vocab_size: int):
 
 
 def write_gguf(model_dir: str | Path, out_file: str | Path, *, quant: str = "f16", name: str = "",
-               base_model_id: str = "", tokenizer_pre: str | None = None) -> Path:
-    """Write a Llama-architecture safetensors folder as GGUF (``quant``: f16 or q8_0; 1-D tensors stay f32)."""
+               base_model_id: str = "", source_gguf: str | Path | None = None) -> Path:
+    """Write a Llama-architecture safetensors folder as GGUF (``quant``: f16 or q8_0; 1-D tensors stay f32).
+
+    ``source_gguf``: the GGUF the base model was converted from, whose tokenizer settings win (see
+    `gguf_tokenizer_settings`). Without it the pre-tokenizer is llama.cpp's "default" and special tokens come from
+    tokenizer_config.json / config.json, as llama.cpp's converter reads them.
+    """
     import gguf
     import numpy as np
     from safetensors import safe_open
@@ -242,11 +261,14 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, *, quant: str = "f16
     writer.add_file_type(file_type)
     writer.add_vocab_size(vocab_size)
 
+    source = gguf_tokenizer_settings(source_gguf) if source_gguf else {}
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tokenizer_pre or "default")
+    writer.add_tokenizer_pre(source.get("pre") or "default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
+    if source:
+        special.special_token_ids, special.add_special_token = source["ids"], source["add"]
     if special.chat_template is None and getattr(tokenizer, "chat_template", None):
         special.chat_template = tokenizer.chat_template  # transformers >= 4.43 keeps it in chat_template.jinja
     special.add_to_gguf(writer, quiet=True)
@@ -322,7 +344,7 @@ def modelfile_text(gguf_name: str, tokenizer) -> str:
 
 
 def export_gguf(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, *, base_model_id: str,
-                quant: str = "f16", tokenizer_pre: str | None = None) -> ExportResult:
+                quant: str = "f16", source_gguf: str | Path | None = None) -> ExportResult:
     """Merge, then write ``<out>`` (a .gguf path, or a folder that gets ``model-<quant>.gguf``) and a Modelfile."""
     from worker.models import load_tokenizer
 
@@ -335,14 +357,14 @@ def export_gguf(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, 
     with tempfile.TemporaryDirectory(prefix="merge-", dir=gguf_file.parent) as tmp:
         merged = Path(tmp) / "merged"
         merge_adapter(base_dir, adapter_dir, merged, base_model_id=base_model_id)
-        write_gguf(merged, gguf_file, quant=quant, base_model_id=base_model_id, tokenizer_pre=tokenizer_pre)
+        write_gguf(merged, gguf_file, quant=quant, base_model_id=base_model_id, source_gguf=source_gguf)
         modelfile = gguf_file.parent / "Modelfile"
         modelfile.write_text(modelfile_text(gguf_file.name, load_tokenizer(str(merged))))
     return ExportResult(str(gguf_file), (str(gguf_file), str(modelfile)), base_model_id)
 
 
 def export(fmt: str, *, base_dir: str | Path, adapter_dir: str | Path, out: str | Path, base_model_id: str,
-           quant: str = "f16", tokenizer_pre: str | None = None) -> ExportResult:
+           quant: str = "f16", source_gguf: str | Path | None = None) -> ExportResult:
     """One entry point for the command and the task: ``fmt`` is adapter, merged or gguf."""
     if fmt == "adapter":
         return export_adapter(adapter_dir, out, base_model_id=base_model_id)
@@ -350,5 +372,5 @@ def export(fmt: str, *, base_dir: str | Path, adapter_dir: str | Path, out: str 
         return merge_adapter(base_dir, adapter_dir, out, base_model_id=base_model_id)
     if fmt == "gguf":
         return export_gguf(base_dir, adapter_dir, out, base_model_id=base_model_id, quant=quant,
-                           tokenizer_pre=tokenizer_pre)
+                           source_gguf=source_gguf)
     raise ExportError(f"Unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}.")

@@ -26,7 +26,6 @@ from worker.export import (
     ExportResult,
     check_adapter_dir,
     export,
-    gguf_tokenizer_pre,
 )
 
 from .models import ExportStatus, Run, RunExport, RunStatus, SourceKind
@@ -62,9 +61,9 @@ def export_run_to(*, run: Run, fmt: str, out: str | Path, quant: str = "") -> Ex
     quant = _check_request(run, fmt, quant)
     base = run.base_model
     base_dir = resolve_model_dir(model_spec_for(base)) if fmt != "adapter" else ""
-    pre = gguf_tokenizer_pre(base.source) if fmt == "gguf" and base.source_kind == SourceKind.GGUF else None
+    source_gguf = base.source if fmt == "gguf" and base.source_kind == SourceKind.GGUF else None
     return export(fmt, base_dir=base_dir, adapter_dir=run.adapter_path, out=out, base_model_id=base.portable_id,
-                  quant=quant or "f16", tokenizer_pre=pre)
+                  quant=quant or "f16", source_gguf=source_gguf)
 
 
 # --- from the run page: a RunExport row and a task ------------------------------------------------------
