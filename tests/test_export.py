@@ -258,6 +258,17 @@ def test_a_pm_exports_gguf_from_the_run_page_and_downloads_it_when_ready(run, te
     assert RunExport.objects.count() == 1
 
 
+def test_exports_run_on_the_default_queue_not_beside_training():
+    from ftstudio.celery import app
+
+    def queue(task: str) -> str:
+        return app.amqp.router.route({}, task, args=(1,), kwargs={})["queue"].name
+
+    app.loader.import_default_modules()
+    assert "runs.export_run" in app.tasks
+    assert queue("runs.export_run") == "default" and queue("runs.train_run") == "gpu"
+
+
 def test_an_export_that_fails_says_why_on_the_page_and_a_pending_one_polls(run, team, tmp_path):
     from apps.runs.exports import execute_export, request_export
 
