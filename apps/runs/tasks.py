@@ -18,3 +18,11 @@ def train_run(run_pk: int) -> str:
 def reap_stale_runs() -> list[int]:
     """Re-queue runs whose worker stopped sending heartbeats (resumed from their last checkpoint)."""
     return services.reap_stale_runs()
+
+
+@shared_task(name="runs.export_run", queue="default", acks_late=True, reject_on_worker_lost=True)
+def export_run(export_pk: int) -> str:
+    """Write one export of a run (adapter, merged model or GGUF) under MEDIA_ROOT; queue `default`."""
+    from . import exports
+
+    return exports.execute_export(export_pk)

@@ -10,4 +10,6 @@ urlpatterns = [
     path("<int:pk>/", views.run_detail, name="run_detail"),
     path("<int:pk>/cancel/", views.run_cancel, name="run_cancel"),
     path("<int:pk>/adapter.zip", views.run_adapter, name="run_adapter"),
+    path("<int:pk>/exports/", views.run_exports, name="run_exports"),
+    path("<int:pk>/exports/<int:export_pk>/download", views.run_export_download, name="run_export_download"),
 ]

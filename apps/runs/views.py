@@ -6,14 +6,15 @@ from pathlib import Path
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from apps.accounts.permissions import judging_blind, project_view
+from worker.export import ExportError, adapter_files
 
-from . import services
+from . import exports, services
 from .forms import LaunchForm
-from .models import Run
+from .models import ExportStatus, Run, RunExport
 
 CHART_W, CHART_H = 600, 200
 
@@ -95,10 +96,13 @@ def _detail_context(run: Run) -> dict:
 @project_view("view")
 def run_detail(request, project, pk):
     run = _run(project, pk)
-    template = "runs/run_detail.html#live" if request.htmx else "runs/run_detail.html"
     context = _detail_context(run)
     context["blind"] = judging_blind(project, request.user, request.access)
-    return render(request, template, context)
+    if request.htmx:
+        return render(request, "runs/run_detail.html#live", context)
+    if request.access.allows("run"):
+        context.update(_exports_context(run))
+    return render(request, "runs/run_detail.html", context)
 
 
 @project_view("view", post_need="run")
@@ -121,14 +125,52 @@ def run_adapter(request, project, pk):
     folder = Path(run.adapter_path) if run.adapter_path else None
     if folder is None or not (folder / "adapter_config.json").is_file():
         raise Http404("This run has no adapter.")
+    try:  # the config names the base model by its public id, not by this server's path
+        files = adapter_files(folder, run.base_model.portable_id)
+    except ExportError as exc:
+        raise Http404(str(exc)) from exc
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
-            if (folder / name).is_file():
-                archive.write(folder / name, arcname=f"run-{run.pk}-adapter/{name}")
+        for name, data in files.items():
+            archive.writestr(f"run-{run.pk}-adapter/{name}", data)
     response = HttpResponse(buffer.getvalue(), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{project.slug}-run-{run.pk}-adapter.zip"'
     return response
+
+
+def _exports_context(run: Run, error: str = "") -> dict:
+    jobs = exports.exports_for(run)
+    return {"exports": jobs, "exports_pending": any(j.is_pending for j in jobs), "export_error": error}
+
+
+@project_view("run", post_need="run")
+def run_exports(request, project, pk):
+    """The run page's Export section: POST queues an export (task on queue default), GET re-renders the list."""
+    run = _run(project, pk)
+    error = ""
+    if request.method == "POST":
+        try:
+            exports.request_export(run=run, fmt=request.POST.get("format", ""), quant=request.POST.get("quant", ""),
+                                   user=request.user)
+        except ExportError as exc:
+            error = str(exc)
+        if not request.htmx:
+            if error:
+                messages.error(request, error)
+            return redirect(run)
+    return render(request, "runs/run_detail.html#exports", {"run": run, **_exports_context(run, error)})
+
+
+@project_view("run")
+def run_export_download(request, project, pk, export_pk):
+    if judging_blind(project, request.user, request.access):
+        raise PermissionDenied("Exports are not downloadable while you have blind review work in this project.")
+    job = get_object_or_404(RunExport.objects.select_related("run"), run__project=project, run_id=pk, pk=export_pk,
+                            status=ExportStatus.SUCCEEDED)
+    path = Path(job.file_path)
+    if not path.is_file():
+        raise Http404("The export's file is gone: export it again.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
 
 
 @project_view("view")

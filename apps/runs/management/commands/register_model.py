@@ -1,4 +1,4 @@
-"""`manage.py register_model NAME SOURCE [--kind local|gguf|hub] [--display-name TEXT] [--revision REV]`"""
+"""`manage.py register_model NAME SOURCE [--kind local|gguf|hub] [--display-name TEXT] [--revision REV] [--public-id ID]`"""
 
 from __future__ import annotations
 
@@ -21,12 +21,15 @@ class Command(BaseCommand):
                             "an id like org/name that is not a path, local otherwise")
         parser.add_argument("--display-name", default="")
         parser.add_argument("--revision", default="", help="Hub revision (commit or tag)")
+        parser.add_argument("--public-id", default="", help="the model's Hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct): "
+                            "exported adapters, merged models and GGUF files name their base model by it")
 
-    def handle(self, *args, name, source, kind, display_name, revision, **opts):
+    def handle(self, *args, name, source, kind, display_name, revision, public_id, **opts):
         kind = kind or guess_kind(source)
         try:
             model = services.register_base_model(name=name, source_kind=kind, source=source,
-                                                 display_name=display_name, revision=revision)
+                                                 display_name=display_name, revision=revision,
+                                                 public_id=public_id)
         except (OSError, ValueError) as exc:  # ModelSourceError is a ValueError
             raise CommandError(f"Could not register {name!r} from {source}: {exc}") from exc
         self.stdout.write(f"{model.name}: {model.architecture}, {model.parameter_count:,} parameters, "

@@ -1,0 +1,143 @@
+"""Exports of a succeeded run: the portable adapter, the merged model, GGUF (+ Ollama Modelfile).
+
+`export_run_to` does one export synchronously (the `export_model` command); the run page asks for one with
+`request_export`, which records a `RunExport` row and queues task `runs.export_run` (queue `default`): a merge
+or a GGUF conversion takes longer than a request should. The task claims the row like `claim_run` does, writes a
+zip under MEDIA_ROOT/exports/ and marks it ready; a second delivery of the same message does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from worker.export import (
+    FORMATS,
+    QUANTS,
+    ExportError,
+    ExportResult,
+    check_adapter_dir,
+    export,
+)
+
+from .models import ExportStatus, Run, RunExport, RunStatus, SourceKind
+
+log = logging.getLogger(__name__)
+
+# A running export whose worker died is taken over by the next delivery after this long (a 135M GGUF takes ~1 min).
+EXPORT_STALE_AFTER = timedelta(minutes=30)
+
+
+def _check_request(run: Run, fmt: str, quant: str) -> str:
+    """The quantization to use; raises ExportError for a format, quantization or run that cannot be exported."""
+    if fmt not in FORMATS:
+        raise ExportError(f"Unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}.")
+    if fmt == "gguf":
+        quant = quant or "f16"
+        if quant not in QUANTS:
+            raise ExportError(f"Unknown GGUF quantization {quant!r}: choose one of {', '.join(QUANTS)}.")
+    elif quant:
+        raise ExportError(f"--quant applies to GGUF exports only, not to {fmt}.")
+    if run.status != RunStatus.SUCCEEDED:
+        raise ExportError(f"Run {run.pk} is {run.status}: only a succeeded run has an adapter to export.")
+    check_adapter_dir(run.adapter_path)
+    return quant
+
+
+def export_run_to(*, run: Run, fmt: str, out: str | Path, quant: str = "") -> ExportResult:
+    """Export a succeeded run now; raises ExportError (a message for the user) before any heavy work when it can."""
+    from worker.models import resolve_model_dir
+
+    from .services import model_spec_for
+
+    quant = _check_request(run, fmt, quant)
+    base = run.base_model
+    base_dir = resolve_model_dir(model_spec_for(base)) if fmt != "adapter" else ""
+    source_gguf = base.source if fmt == "gguf" and base.source_kind == SourceKind.GGUF else None
+    return export(fmt, base_dir=base_dir, adapter_dir=run.adapter_path, out=out, base_model_id=base.portable_id,
+                  quant=quant or "f16", source_gguf=source_gguf)
+
+
+# --- from the run page: a RunExport row and a task ------------------------------------------------------
+def request_export(*, run: Run, fmt: str, quant: str = "", user=None) -> RunExport:
+    """Queue an export (or return the same one already queued, running or ready: clicking twice is harmless)."""
+    from .tasks import export_run
+
+    quant = _check_request(run, fmt, quant)
+    with transaction.atomic():
+        same = RunExport.objects.select_for_update().filter(
+            run=run, format=fmt, quant=quant, status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING,
+                                                          ExportStatus.SUCCEEDED]).first()
+        if same is not None and (same.status != ExportStatus.SUCCEEDED or Path(same.file_path).is_file()):
+            return same
+        job = RunExport.objects.create(run=run, format=fmt, quant=quant,
+                                       created_by=user if getattr(user, "pk", None) else None)
+        transaction.on_commit(lambda: export_run.delay(job.pk))
+    return job
+
+
+def claim_export(export_pk: int) -> RunExport | None:
+    """Claim a queued export for this delivery (or a running one whose worker died); None otherwise."""
+    with transaction.atomic():
+        job = RunExport.objects.select_for_update().filter(pk=export_pk).first()
+        if job is None or job.status in {ExportStatus.SUCCEEDED, ExportStatus.FAILED}:
+            return None
+        if job.status == ExportStatus.RUNNING and job.started_at and timezone.now() - job.started_at < EXPORT_STALE_AFTER:
+            log.info("Export %s is already running: duplicate delivery ignored", export_pk)
+            return None
+        job.status, job.started_at = ExportStatus.RUNNING, timezone.now()
+        job.save(update_fields=["status", "started_at", "updated_at"])
+        return job
+
+
+def export_dir(job: RunExport) -> Path:
+    return Path(settings.MEDIA_ROOT) / "exports" / f"run-{job.run_id}" / str(job.pk)
+
+
+def _zip_name(job: RunExport) -> str:
+    run = job.run
+    return f"{run.project.slug}-run-{run.pk}-{job.format}{f'-{job.quant}' if job.quant else ''}.zip"
+
+
+def execute_export(export_pk: int) -> str:
+    """Do a claimed export: write it in a scratch folder, zip it under MEDIA_ROOT, record the file or the error."""
+    job = claim_export(export_pk)
+    if job is None:
+        return "skipped"
+    job = RunExport.objects.select_related("run__project", "run__base_model").get(pk=job.pk)
+    folder = export_dir(job)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    zip_path = folder / _zip_name(job)
+    try:
+        with tempfile.TemporaryDirectory(prefix="export-", dir=folder) as scratch:
+            top = Path(scratch) / zip_path.stem
+            result = export_run_to(run=job.run, fmt=job.format, out=top, quant=job.quant)
+            written = Path(result.path) if Path(result.path).is_dir() else Path(result.path).parent
+            with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as archive:  # weights do not compress
+                for path in sorted(written.rglob("*")):
+                    if path.is_file():
+                        archive.write(path, arcname=f"{zip_path.stem}/{path.relative_to(written)}")
+    except Exception as exc:  # recorded on the row; the page shows the reason
+        log.exception("Export %s of run %s failed", job.pk, job.run_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+        RunExport.objects.filter(pk=job.pk).update(status=ExportStatus.FAILED, error=message[:2000],
+                                                   finished_at=timezone.now())
+        return ExportStatus.FAILED
+    RunExport.objects.filter(pk=job.pk).update(status=ExportStatus.SUCCEEDED, file_path=str(zip_path),
+                                               size_bytes=zip_path.stat().st_size, finished_at=timezone.now())
+    return ExportStatus.SUCCEEDED
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+def exports_for(run: Run) -> list[RunExport]:
+    return list(run.exports.all()[:20])
