@@ -51,7 +51,7 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint_and_finishes_the_same
 
     with running_worker(tmp_path / "second", queues="gpu,default", extra_env=env) as worker:
         time.sleep(max(0.0, STALE_SECONDS + 1 - (time.time() - run.heartbeat_at.timestamp())))
-        assert services.reap_stale_runs() == [run.pk]
+        assert services.reap()["runs"] == [run.pk]
         wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 180, worker, "the resumed run to finish")
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error

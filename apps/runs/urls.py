@@ -9,5 +9,6 @@ urlpatterns = [
     path("compare/", views.run_compare, name="run_compare"),
     path("<int:pk>/", views.run_detail, name="run_detail"),
     path("<int:pk>/cancel/", views.run_cancel, name="run_cancel"),
+    path("<int:pk>/resume/", views.run_resume, name="run_resume"),
     path("<int:pk>/adapter.zip", views.run_adapter, name="run_adapter"),
 ]
