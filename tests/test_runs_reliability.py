@@ -106,6 +106,7 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again_and_a_recent_one_is_n
     waiting = launch(team, tiny_base_model)
     Run.objects.filter(pk=lost.pk).update(
         enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
+    assert 'id="resume-run"' in team.client("pm").get(lost.get_absolute_url()).content.decode()  # stranded
     result = reap()
     assert result["queued_runs"] == [lost.pk]
     lost.refresh_from_db()
@@ -151,6 +152,9 @@ def test_a_pm_resumes_a_failed_run_from_its_last_checkpoint(team, tiny_base_mode
 @pytest.mark.django_db
 def test_resume_is_refused_while_a_live_worker_holds_the_run_and_for_a_finished_run(team, tiny_base_model):
     run = launch(team, tiny_base_model)
+    with pytest.raises(services.RunError, match="waiting for a worker"):  # just queued: not stranded
+        services.resume_run(run=run)
+    assert 'id="resume-run"' not in team.client("pm").get(run.get_absolute_url()).content.decode()
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, worker_id=DEAD_OWNER, heartbeat_at=timezone.now())
     run.refresh_from_db()
     with pytest.raises(services.RunError, match="live worker"):

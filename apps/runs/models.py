@@ -107,8 +107,14 @@ class Run(TimeStamped):
         """Failed, or stranded (queued or running) with no live worker: may be resumed from its last checkpoint."""
         if self.status == RunStatus.FAILED:
             return True
-        if self.status == RunStatus.QUEUED:
-            return not self.cancel_requested and (self.worker_id == "" or self.owner_gone())
+        if self.status == RunStatus.QUEUED:  # stranded: its message is older than the re-send bound
+            from datetime import timedelta
+
+            from django.utils import timezone
+
+            sent = self.enqueued_at or self.created_at
+            bound = timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+            return not self.cancel_requested and sent is not None and timezone.now() - sent > bound
         return self.status == RunStatus.RUNNING and self.owner_gone()
 
 

@@ -263,6 +263,9 @@ def resume_run(*, run: Run, user=None) -> Run:
             if run.status == RunStatus.RUNNING:
                 raise RunError(f"{run} is being trained by a live worker right now (heartbeat "
                                f"{run.heartbeat_at:%H:%M:%S} UTC): nothing to resume.")
+            if run.status == RunStatus.QUEUED and not run.cancel_requested:
+                raise RunError(f"{run} was queued at {run.enqueued_at or run.created_at:%H:%M:%S} UTC and is waiting for a "
+                               "worker: nothing to resume yet.")
             raise RunError(f"{run} is {run.get_status_display().lower()}: only failed or stranded runs can be resumed.")
         checkpoint = Path(run.checkpoint_path).name if run.checkpoint_path else "the start (no checkpoint yet)"
         who = f" by {user}" if getattr(user, "pk", None) else ""
