@@ -232,3 +232,25 @@ def test_a_read_only_database_is_a_clear_page_and_a_clear_cli_error(team, tiny_b
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("Storage error: the database's disk is read-only") and "Traceback" not in err
+
+
+def test_an_owner_is_gone_only_when_its_heartbeat_is_stale_and_its_process_is_not_alive_here(settings):
+    import os
+
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 1)
+    fresh = now - timedelta(seconds=1)
+    parent = os.getppid()  # alive, on this host
+    alive = f"{leases._HOST}:{parent}:{leases._process_start(parent)}:cafe"
+    reused_pid = f"{leases._HOST}:{parent}:{leases._process_start(parent)}1:cafe"  # same pid, another process
+    assert not leases.owner_gone(DEAD_OWNER, fresh, now)  # a fresh heartbeat is enough, wherever the owner runs
+    assert leases.owner_gone(DEAD_OWNER, stale, now) and leases.owner_gone("", None, now)
+    assert not leases.owner_gone(alive, stale, now)  # stale, but its process still runs here: not taken over
+    assert leases.owner_gone(reused_pid, stale, now)
+    mine = leases.new_owner_id()
+    assert leases.owner_gone(mine, stale, now)  # this process, but no lease held under that id any more
+    leases._active.add(mine)
+    try:
+        assert not leases.owner_gone(mine, stale, now)
+    finally:
+        leases._active.discard(mine)
