@@ -160,43 +160,31 @@ def test_cancel_asked_while_the_model_loads_stops_before_the_first_step(tiny_mod
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "adapter").exists()
 
 
-def test_cancel_asked_as_a_validation_pass_starts_stops_within_one_batch(tiny_model_dir, tmp_path):
-    """12 examples in batches of 4: step 3 ends the epoch and validates (4 batches of 2). Cancel arrives as step 3's
+def test_cancel_asked_as_a_validation_pass_starts_stops_within_one_batch(tiny_model_dir, tmp_path, monkeypatch):
+    """12 examples in batches of 4: step 3 ends the epoch and validates (2 batches of 4). Cancel arrives as step 3's
     loss is logged, just before that pass: the pass stops after its first batch and no step 4 is trained."""
+    from transformers import TrainerCallback
+
+    import worker.train
+
     cancel, batches = [], []
-    val = [conv(50 + i) for i in range(8)]
+
+    class CountValidationBatches(TrainerCallback):
+        def on_prediction_step(self, args, state, control, **kwargs):
+            batches.append(state.global_step)
+
+    build_trainer = worker.train.build_trainer
+    monkeypatch.setattr(worker.train, "build_trainer", lambda *a, callbacks=(), **kw: build_trainer(
+        *a, callbacks=[CountValidationBatches(), *callbacks], **kw))
 
     def on_metric(m):
         if m.step == 3 and m.train_loss is not None:
             cancel.append(True)
 
-    class Counter:
-        def __init__(self):
-            from transformers import TrainerCallback
-
-            outer = self
-
-            class C(TrainerCallback):
-                def on_prediction_step(self, args, state, control, **kwargs):
-                    batches.append(state.global_step)
-
-            outer.callback = C()
-
-    hooks = Hooks(on_metric=on_metric, should_cancel=lambda: bool(cancel))
-    import worker.train as wt
-
-    original = wt.build_trainer
-
-    def counting(*args, callbacks=None, **kw):  # a second callback that counts validation batches
-        return original(*args, callbacks=[Counter().callback, *(callbacks or [])], **kw)
-
-    wt.build_trainer = counting
-    try:
-        result = train(config(tiny_model_dir, tmp_path, max_steps=6, batch_size=4), TRAIN, val, hooks)
-    finally:
-        wt.build_trainer = original
+    result = train(config(tiny_model_dir, tmp_path, max_steps=6, batch_size=4), TRAIN, [conv(50 + i) for i in range(8)],
+                   Hooks(on_metric=on_metric, should_cancel=lambda: bool(cancel)))
     assert result.status == "cancelled" and result.global_step == 3
-    assert batches == [3]  # one validation batch, not the pass of 2 (batch 4 over 8 examples)
+    assert batches == [3]  # one validation batch, not the whole pass
     assert not any(m.val_loss is not None for m in result.history)
     assert not (tmp_path / "run" / "adapter").exists()
 
