@@ -182,3 +182,32 @@ def test_a_generation_whose_evaluation_was_taken_over_stops_after_its_batch(team
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.GENERATING and evaluation.worker_id == DEAD_OWNER
     assert not Generation.objects.filter(candidate__evaluation=evaluation).exists()
+
+
+def test_a_warm_shutdown_hands_the_evaluation_back_after_its_batch_without_an_attempt(team, settings, tiny_model_dir,
+                                                                                       tmp_path, monkeypatch):
+    from celery.signals import worker_shutting_down
+
+    import worker.generate
+    from apps.runs import leases
+
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
+    original = worker.generate.generate
+
+    def generate_then_sigterm(model, tokenizer, prompts, config, on_batch=None):
+        worker_shutting_down.send(sender="test-worker", sig="SIGTERM", how="Warm", exitcode=0)
+        return original(model, tokenizer, prompts, config, on_batch=on_batch)
+
+    monkeypatch.setattr(worker.generate, "generate", generate_then_sigterm)
+    try:
+        services.run_generation(evaluation.pk)
+    finally:
+        leases.shutdown_requested.clear()
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.QUEUED and evaluation.attempts == 0 and evaluation.worker_id == ""
+    assert evaluation.enqueued_at is not None  # sent again for the restarted worker
+    assert evaluation.done == 3  # the batch that finished during the shutdown (3 items, one candidate) was kept
+    monkeypatch.setattr(worker.generate, "generate", original)
+    assert services.run_generation(evaluation.pk).status == EvaluationStatus.READY
+    evaluation.refresh_from_db()
+    assert evaluation.attempts == 1 and evaluation.done == 9

@@ -280,11 +280,11 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
     with leases.Lease(Evaluation, evaluation.pk, owner) as lease:
         mine = lease.rows()
 
-        def check() -> None:
+        def check(save_first: bool = False) -> None:
             if lease.lost.is_set() or not mine.exists():
                 lease.lost.set()
                 raise _Handback("lost")
-            if leases.shutdown_requested.is_set():
+            if leases.shutdown_requested.is_set() and not save_first:
                 raise _Handback("paused")
 
         try:
@@ -304,7 +304,7 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
                 prompts = [candidate_messages(candidate, item.input_messages, shots) for item in todo]
 
                 def save(indices, results, candidate=candidate, todo=todo):
-                    check()
+                    check(save_first=True)  # a batch finished during a shutdown is kept
                     Generation.objects.bulk_create([
                         Generation(candidate=candidate, item=todo[i], output=r.text, prompt_tokens=r.prompt_tokens,
                                    output_tokens=r.output_tokens, latency_ms=r.latency_ms,
@@ -313,6 +313,7 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
                     ], ignore_conflicts=True)
                     done = Generation.objects.filter(candidate__evaluation=evaluation).count()
                     mine.update(done=done, heartbeat_at=timezone.now())
+                    check()
 
                 generate(model, tokenizer, prompts, config, on_batch=save)
                 del model
