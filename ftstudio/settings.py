@@ -77,6 +77,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "ftstudio.storage.StorageErrorMiddleware",
     # last, as django-axes asks: it turns a locked-out log-in into the lockout page
     "axes.middleware.AxesMiddleware",
 ]
@@ -94,6 +95,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "apps.accounts.context_processors.project_nav",
+                "apps.runs.context_processors.reaper_alarm",
             ],
         },
     },
@@ -244,9 +246,22 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_EXPIRES = 3600
-# How often the reaper looks for runs whose worker died (seconds), and when a heartbeat is stale.
+# Long tasks (runs, evaluations) beat from a background thread every FTSTUDIO_HEARTBEAT_SECONDS for their whole
+# life; one with no beat for FTSTUDIO_HEARTBEAT_STALE_SECONDS (and no live process on this host) has lost its
+# worker and may be taken over. The reaper (`runs.reap`, scheduled only by the worker started with `-B`: the
+# embedded worker, `worker-cpu` in compose) runs every FTSTUDIO_REAPER_INTERVAL seconds; it re-sends queued
+# work whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message) and no worker holds.
 FTSTUDIO_REAPER_INTERVAL = int(os.environ.get("FTSTUDIO_REAPER_INTERVAL", "60"))
 FTSTUDIO_HEARTBEAT_STALE_SECONDS = int(os.environ.get("FTSTUDIO_HEARTBEAT_STALE_SECONDS", "300"))
+FTSTUDIO_HEARTBEAT_SECONDS = float(os.environ.get("FTSTUDIO_HEARTBEAT_SECONDS", "30"))
+FTSTUDIO_REQUEUE_AFTER_SECONDS = int(os.environ.get("FTSTUDIO_REQUEUE_AFTER_SECONDS", "900"))
+# Staff see an alarm when no reaper has run for this long (default: three missed intervals, at least 5 minutes).
+FTSTUDIO_REAPER_ALARM_SECONDS = int(os.environ.get("FTSTUDIO_REAPER_ALARM_SECONDS",
+                                                   str(max(300, 3 * FTSTUDIO_REAPER_INTERVAL))))
+if FTSTUDIO_HEARTBEAT_STALE_SECONDS < 2 * FTSTUDIO_HEARTBEAT_SECONDS and "FTSTUDIO_HEARTBEAT_SECONDS" in os.environ:
+    raise ImproperlyConfigured(
+        f"FTSTUDIO_HEARTBEAT_STALE_SECONDS={FTSTUDIO_HEARTBEAT_STALE_SECONDS} must be at least twice "
+        f"FTSTUDIO_HEARTBEAT_SECONDS={FTSTUDIO_HEARTBEAT_SECONDS:g}, or live workers look dead.")
 
 # --- Security (production) ------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

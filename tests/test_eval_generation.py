@@ -116,3 +116,98 @@ def test_run_eval_command_creates_and_generates_an_evaluation(team, settings, ti
         call_command("run_eval", "--project", "support", "--dataset-version", "99", "--candidates", "base,prompt")
     with pytest.raises(CommandError, match="Run #424242 is not a run of this project"):
         call_command("run_eval", "--project", "support", "--dataset-version", str(version.number), "--candidates", "base,run:424242")
+
+
+DEAD_OWNER = "node-that-died:4242:1:deadbeef"
+
+
+def test_the_reaper_resumes_a_generation_whose_worker_died_and_fails_it_after_the_attempt_limit(
+        team, eager, settings, tiny_model_dir, tmp_path):
+    from apps.runs.services import reap
+
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
+    stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
+    Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
+                                                       heartbeat_at=stale, attempts=1)
+    assert reap()["evaluations"] == [evaluation.pk]
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9 and evaluation.attempts == 2
+
+    Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
+                                                       heartbeat_at=stale, attempts=3)
+    assert reap()["evaluations"] == []
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.FAILED and "stopped 3 times" in evaluation.error
+
+
+def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(team, eager, settings, tiny_model_dir, tmp_path):
+    """No hard-coded five minutes: the staleness setting shared with runs decides (here 60 s; the heartbeat is 2 min
+    old and its worker is gone)."""
+    settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS = 60
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
+    Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
+                                                       heartbeat_at=timezone.now() - timedelta(minutes=2))
+    response = team.client("pm").post(f"/p/support/evals/{evaluation.pk}/resume/", follow=True)
+    assert "Generation resumed" in response.content.decode()
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9
+
+
+def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(team, eager, settings, tiny_model_dir, tmp_path):
+    from apps.runs.services import reap
+
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
+    Evaluation.objects.filter(pk=evaluation.pk).update(enqueued_at=timezone.now())
+    assert reap()["queued_evaluations"] == []  # its message may simply be waiting behind other work
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
+    assert reap()["queued_evaluations"] == [evaluation.pk]
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9
+
+
+def test_a_generation_whose_evaluation_was_taken_over_stops_after_its_batch(team, settings, tiny_model_dir, tmp_path,
+                                                                           monkeypatch):
+    import worker.generate
+
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
+    original = worker.generate.generate
+
+    def generate_then_lose_the_claim(model, tokenizer, prompts, config, on_batch=None):
+        Evaluation.objects.filter(pk=evaluation.pk).update(worker_id=DEAD_OWNER)  # another worker claimed it
+        return original(model, tokenizer, prompts, config, on_batch=on_batch)
+
+    monkeypatch.setattr(worker.generate, "generate", generate_then_lose_the_claim)
+    assert services.run_generation(evaluation.pk, batch_size=1) is not None
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.GENERATING and evaluation.worker_id == DEAD_OWNER
+    assert not Generation.objects.filter(candidate__evaluation=evaluation).exists()
+
+
+def test_a_warm_shutdown_hands_the_evaluation_back_after_its_batch_without_an_attempt(team, settings, tiny_model_dir,
+                                                                                       tmp_path, monkeypatch):
+    from celery.signals import worker_shutting_down
+
+    import worker.generate
+    from apps.runs import leases
+
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
+    original = worker.generate.generate
+
+    def generate_then_sigterm(model, tokenizer, prompts, config, on_batch=None):
+        worker_shutting_down.send(sender="test-worker", sig="SIGTERM", how="Warm", exitcode=0)
+        return original(model, tokenizer, prompts, config, on_batch=on_batch)
+
+    monkeypatch.setattr(worker.generate, "generate", generate_then_sigterm)
+    try:
+        services.run_generation(evaluation.pk)
+    finally:
+        leases.shutdown_requested.clear()
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.QUEUED and evaluation.attempts == 0 and evaluation.worker_id == ""
+    assert evaluation.enqueued_at is not None  # sent again for the restarted worker
+    assert evaluation.done == 3  # the batch that finished during the shutdown (3 items, one candidate) was kept
+    monkeypatch.setattr(worker.generate, "generate", original)
+    assert services.run_generation(evaluation.pk).status == EvaluationStatus.READY
+    evaluation.refresh_from_db()
+    assert evaluation.attempts == 1 and evaluation.done == 9

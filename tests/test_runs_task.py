@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.runs import services
 from apps.runs.models import Run, RunMetric, RunStatus
-from apps.runs.tasks import reap_stale_runs, train_run
+from apps.runs.tasks import reap, train_run
 from tests import runs_setup
 from tests.runs_setup import FAST, small_version
 
@@ -96,7 +96,7 @@ def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(ru
           Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 3))
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, attempts=1, heartbeat_at=stale, step=3)
-    assert reap_stale_runs() == [run.pk]
+    assert reap()["runs"] == [run.pk]
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.attempts == 2 and run.step == run.total_steps == 4
     assert "resuming from" in run.log_tail and "checkpoint-2" in run.log_tail
@@ -106,6 +106,6 @@ def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(ru
 def test_a_run_that_died_three_times_is_failed_with_the_reason(run, eager, settings):
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, attempts=3, heartbeat_at=stale)
-    assert reap_stale_runs() == []
+    assert reap()["runs"] == []
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED and "stopped 3 times" in run.error

@@ -133,3 +133,71 @@ def test_a_resumed_run_continues_from_its_checkpoint_to_the_same_result(tiny_mod
         next(m.learning_rate for m in straight.history if m.step == 5 and m.train_loss is not None))
     assert resumed.final_val_loss == pytest.approx(straight.final_val_loss, rel=1e-3)
     assert (checkpoints / "checkpoint-6" / "trainer_state.json").is_file()  # saved again, whole
+
+
+def test_a_run_resumed_from_its_final_checkpoint_finishes_without_training_another_step(tiny_model_dir, tmp_path):
+    """`Trainer` saves checkpoint-4 before the final validation; a worker killed during that validation leaves it
+    and no adapter. Resuming validates and saves the adapter from checkpoint-4: no step 5, no checkpoint-5."""
+    first = train(config(tiny_model_dir, tmp_path, max_steps=4), TRAIN, VAL)
+    shutil.rmtree(tmp_path / "run" / "adapter")  # killed after checkpoint-4, before the adapter was saved
+    phases = []
+    resumed = train(config(tiny_model_dir, tmp_path, max_steps=4), TRAIN, VAL, Hooks(on_phase=phases.append))
+    assert resumed.status == "succeeded" and resumed.resumed_from.endswith("checkpoint-4")
+    assert resumed.global_step == resumed.total_steps == 4
+    assert [m for m in resumed.history if m.train_loss is not None] == []  # nothing trained again
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == "checkpoint-4"
+    assert resumed.final_val_loss == pytest.approx(first.final_val_loss, rel=1e-4)  # the trained weights, restored
+    assert resumed.final_train_loss == pytest.approx(first.final_train_loss)
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert phases == ["loading", "validating", "saving"]
+
+
+def test_cancel_asked_while_the_model_loads_stops_before_the_first_step(tiny_model_dir, tmp_path):
+    asked = []
+    hooks = Hooks(should_cancel=lambda: asked.append(1) or len(asked) >= 2)  # asked once loading has begun
+    result = train(config(tiny_model_dir, tmp_path), TRAIN, VAL, hooks)
+    assert result.status == "cancelled" and result.global_step == 0 and result.history == []
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "adapter").exists()
+
+
+def test_cancel_asked_as_a_validation_pass_starts_stops_within_one_batch(tiny_model_dir, tmp_path, monkeypatch):
+    """12 examples in batches of 4: step 3 ends the epoch and validates (2 batches of 4). Cancel arrives as step 3's
+    loss is logged, just before that pass: the pass stops after its first batch and no step 4 is trained."""
+    from transformers import TrainerCallback
+
+    import worker.train
+
+    cancel, batches = [], []
+
+    class CountValidationBatches(TrainerCallback):
+        def on_prediction_step(self, args, state, control, **kwargs):
+            batches.append(state.global_step)
+
+    build_trainer = worker.train.build_trainer
+    monkeypatch.setattr(worker.train, "build_trainer", lambda *a, callbacks=(), **kw: build_trainer(
+        *a, callbacks=[CountValidationBatches(), *callbacks], **kw))
+
+    def on_metric(m):
+        if m.step == 3 and m.train_loss is not None:
+            cancel.append(True)
+
+    result = train(config(tiny_model_dir, tmp_path, max_steps=6, batch_size=4), TRAIN, [conv(50 + i) for i in range(8)],
+                   Hooks(on_metric=on_metric, should_cancel=lambda: bool(cancel)))
+    assert result.status == "cancelled" and result.global_step == 3
+    assert batches == [3]  # one validation batch, not the whole pass
+    assert not any(m.val_loss is not None for m in result.history)
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_a_pause_stops_at_a_checkpoint_of_that_step_and_a_second_call_finishes_the_run(tiny_model_dir, tmp_path):
+    """A worker shutting down: it stops at the end of step 3 with checkpoint-3 (saves are every 2 steps), without
+    validating; the next call resumes from checkpoint-3 and trains steps 4-6 only."""
+    seen = []
+    paused = train(config(tiny_model_dir, tmp_path), TRAIN, VAL,
+                   Hooks(on_progress=lambda p: seen.append(p.step), should_pause=lambda: bool(seen) and seen[-1] >= 3))
+    assert paused.status == "paused" and paused.global_step == 3
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
+    assert not (tmp_path / "run" / "adapter").exists() and not any(m.val_loss is not None for m in paused.history)
+    finished = train(config(tiny_model_dir, tmp_path), TRAIN, VAL)
+    assert finished.status == "succeeded" and finished.resumed_from.endswith("checkpoint-3")
+    assert [m.step for m in finished.history if m.train_loss is not None] == [4, 5, 6]

@@ -2,14 +2,17 @@
 
 Reads top to bottom: one `TrainConfig`, `train()` loads the model, adds LoRA, encodes the conversations
 (loss only on assistant turns, padding-free batches), and runs `Trainer` with one callback that reports
-progress and metrics, writes the heartbeat and stops within a step when cancel is asked. Checkpoints
-(adapter + optimizer + scheduler + RNG state) go to ``output_dir/checkpoints`` every ``save_steps``;
-calling `train()` again with the same ``output_dir`` resumes from the last one. The adapter is saved in
-standard PEFT format in ``output_dir/adapter``.
+progress, phases and metrics, and stops within one training step or one validation batch when cancel is
+asked (cancel is also checked between the stages of loading). A pause (the worker is shutting down) stops
+at the next step end with a checkpoint. Checkpoints (adapter + optimizer + scheduler + RNG state) go to
+``output_dir/checkpoints`` every ``save_steps``; calling `train()` again with the same ``output_dir`` resumes
+from the last one, and a checkpoint at the final step is finished (validated, adapter saved) without
+training again. The adapter is saved in standard PEFT format in ``output_dir/adapter``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -80,7 +83,7 @@ class Metric:
 
 @dataclass
 class TrainResult:
-    status: str  # "succeeded" | "cancelled"
+    status: str  # "succeeded" | "cancelled" | "paused" (stopped at a checkpoint: call train() again to go on)
     global_step: int
     total_steps: int
     adapter_dir: str = ""
@@ -94,36 +97,70 @@ class TrainResult:
 
 
 class Hooks:
-    """What the caller (a Celery task, a test, the benchmark) hears from training. All optional."""
+    """What the caller (a Celery task, a test, the benchmark) hears from training. All optional.
+
+    ``should_cancel``: stop now, save nothing. ``should_pause``: stop at the next step end with a checkpoint
+    (a worker shutting down). ``on_phase``: "loading", "training", "validating", "saving".
+    """
 
     def __init__(self, on_progress: Callable[[Progress], None] | None = None,
                  on_metric: Callable[[Metric], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None,
                  on_log: Callable[[str], None] | None = None,
-                 on_checkpoint: Callable[[str], None] | None = None) -> None:
+                 on_checkpoint: Callable[[str], None] | None = None,
+                 on_phase: Callable[[str], None] | None = None,
+                 should_pause: Callable[[], bool] | None = None) -> None:
         self.on_checkpoint = on_checkpoint or (lambda path: None)
         self.on_progress = on_progress or (lambda p: None)
         self.on_metric = on_metric or (lambda m: None)
         self.should_cancel = should_cancel or (lambda: False)
         self.on_log = on_log or (lambda line: None)
+        self.on_phase = on_phase or (lambda phase: None)
+        self.should_pause = should_pause or (lambda: False)
+
+
+class Stopped(Exception):
+    """Raised between two units of work (a loading stage, a validation batch) when cancel or a pause is asked."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def stop_point(hooks: Hooks) -> None:
+    if hooks.should_cancel():
+        raise Stopped("cancelled")
+    if hooks.should_pause():
+        raise Stopped("paused")
 
 
 def steps_per_epoch(examples: int, batch_size: int, grad_accum: int) -> int:
     return max(1, math.ceil(math.ceil(examples / batch_size) / grad_accum))
 
 
-def _callback(hooks: Hooks, history: list[Metric], cancelled: list[bool]):
+def _callback(hooks: Hooks, history: list[Metric], stop: dict):
     from transformers import TrainerCallback
 
     class RunCallback(TrainerCallback):
-        """Progress + heartbeat each step, metrics each log, cancel within one step."""
+        """Progress each step, metrics each log, phases; cancel within one step or one validation batch."""
+
+        def __init__(self):
+            self.started, self.start_tokens, self.rate, self.phase = time.perf_counter(), 0, None, ""
+
+        def _phase(self, phase: str) -> None:
+            if phase != self.phase:
+                self.phase = phase
+                hooks.on_phase(phase)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
             self.start_tokens = state.num_input_tokens_seen
-            self.rate = None
+            self._phase("training")
             hooks.on_log(f"training: step {state.global_step} of {state.max_steps}")
             hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0))
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._phase("training")
 
         def on_step_end(self, args, state, control, **kwargs):
             elapsed = time.perf_counter() - self.started
@@ -131,12 +168,27 @@ def _callback(hooks: Hooks, history: list[Metric], cancelled: list[bool]):
                 self.rate = (state.num_input_tokens_seen - self.start_tokens) / elapsed
             hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0, self.rate))
             if hooks.should_cancel():
-                cancelled[0] = True
+                stop["reason"] = "cancelled"
                 control.should_training_stop = True
                 control.should_save = False
                 control.should_evaluate = False
                 hooks.on_log(f"cancel requested: stopping at step {state.global_step}")
+            elif hooks.should_pause():
+                stop["reason"] = "paused"
+                control.should_training_stop = True
+                control.should_save = True  # a checkpoint at this step: the next attempt resumes here
+                control.should_evaluate = False
+                hooks.on_log(f"worker shutting down: checkpoint at step {state.global_step}, then stopping")
             return control
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if stop["reason"]:  # the epoch end would switch evaluation back on: a stopped run does not validate
+                control.should_evaluate = False
+            return control
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            self._phase("validating")
+            stop_point(hooks)  # within one validation batch
 
         def on_save(self, args, state, control, **kwargs):
             path = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
@@ -159,8 +211,12 @@ def _callback(hooks: Hooks, history: list[Metric], cancelled: list[bool]):
 
 
 def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
-                  callbacks: list | None = None):
-    """The model with LoRA, the encoded splits and a configured `Trainer` (the benchmark reuses it)."""
+                  callbacks: list | None = None, between: Callable[[], None] | None = None):
+    """The model with LoRA, the encoded splits and a configured `Trainer` (the benchmark reuses it).
+
+    ``between`` is called between the stages of loading (tokenizer, weights, LoRA, encoding): it may raise
+    `Stopped` so that cancel is seen while a model loads."""
+    between = between or (lambda: None)
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
@@ -171,14 +227,17 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
     device = config.device or pick_device()
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     tokenizer = load_tokenizer(config.model_dir)
+    between()
     model = load_model(config.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
     model.config.use_cache = False
+    between()
     lora = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout, target_modules=list(config.target_modules))
     model = get_peft_model(model, lora)
 
     train_features = encode_conversations(tokenizer, train_conversations, config.max_seq_length)
     val_features = encode_conversations(tokenizer, val_conversations, config.max_seq_length)
+    between()
     if not train_features:
         raise ValueError("No training example has an assistant turn within max_seq_length tokens.")
 
@@ -244,35 +303,79 @@ def last_checkpoint(output_dir: str) -> str:
     return ""
 
 
+def _is_final(checkpoint: str) -> bool:
+    """Was this checkpoint saved at the run's last step? (`Trainer` saves there before the final validation.)"""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def _load_final_checkpoint(trainer, checkpoint: str) -> None:
+    """The adapter weights and trainer state of a final checkpoint, without stepping the optimizer again."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_peft_weights(checkpoint, device=str(trainer.args.device)))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+
+
 def train(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
           hooks: Hooks | None = None) -> TrainResult:
     """Train (or resume) a LoRA adapter; returns what happened. Raises on errors the caller should record."""
-    hooks = hooks or Hooks()
+    hooks = copy.copy(hooks or Hooks())
+    report_phase, phase = hooks.on_phase, [""]
+
+    def on_phase(name: str) -> None:  # each change once, whether train() or the callback sees it first
+        if name != phase[0]:
+            phase[0] = name
+            report_phase(name)
+
+    hooks.on_phase = on_phase
     history: list[Metric] = []
-    cancelled = [False]
+    stop = {"reason": ""}
     started = time.perf_counter()
-    trainer, _tokenizer, train_features, _val = build_trainer(
-        config, train_conversations, val_conversations, callbacks=[_callback(hooks, history, cancelled)])
-    resume = last_checkpoint(config.output_dir)
-    if resume:
-        hooks.on_log(f"resuming from {resume}")
-    output = trainer.train(resume_from_checkpoint=resume or None)
-    state = trainer.state
-    result = TrainResult(status="cancelled" if cancelled[0] else "succeeded", global_step=state.global_step,
-                         total_steps=state.max_steps, resumed_from=resume, history=history,
-                         trained_tokens=token_count(train_features), seconds=time.perf_counter() - started)
+    trainer, train_features, resume, output = None, [], "", None
+    try:
+        hooks.on_phase("loading")
+        stop_point(hooks)
+        trainer, _tokenizer, train_features, _val = build_trainer(
+            config, train_conversations, val_conversations, callbacks=[_callback(hooks, history, stop)],
+            between=lambda: stop_point(hooks))
+        resume = last_checkpoint(config.output_dir)
+        if resume and _is_final(resume):
+            hooks.on_log(f"resuming from {resume}: the final step, so finishing without training")
+            _load_final_checkpoint(trainer, resume)
+        else:
+            if resume:
+                hooks.on_log(f"resuming from {resume}")
+            output = trainer.train(resume_from_checkpoint=resume or None)
+        final_val_loss = None
+        if not stop["reason"] and trainer.eval_dataset is not None:
+            evals = [m for m in history if m.val_loss is not None and m.step == trainer.state.global_step]
+            if not evals:
+                hooks.on_phase("validating")
+                trainer.evaluate()  # the callback records it
+                evals = [m for m in history if m.val_loss is not None]
+            final_val_loss = evals[-1].val_loss
+        if not stop["reason"]:
+            stop_point(hooks)
+    except Stopped as exc:
+        stop["reason"] = exc.reason
+        hooks.on_log(f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading"))
+    state = trainer.state if trainer is not None else None
+    result = TrainResult(status=stop["reason"] or "succeeded", global_step=state.global_step if state else 0,
+                         total_steps=state.max_steps if state else 0, resumed_from=resume, history=history,
+                         trained_tokens=token_count(train_features) if train_features else 0,
+                         seconds=time.perf_counter() - started)
     losses = [m.train_loss for m in history if m.train_loss is not None]
-    result.final_train_loss = losses[-1] if losses else output.training_loss
+    logged = [e["loss"] for e in (state.log_history if state else []) if "loss" in e]
+    result.final_train_loss = (losses or logged or [output.training_loss if output else None])[-1]
     rates = [m.tokens_per_second for m in history if m.tokens_per_second]
     result.tokens_per_second = rates[-1] if rates else None
-    if cancelled[0]:
+    if stop["reason"]:
         return result
-    if trainer.eval_dataset is not None:
-        evals = [m for m in history if m.val_loss is not None and m.step == state.global_step]
-        if not evals:
-            trainer.evaluate()  # the callback records it
-            evals = [m for m in history if m.val_loss is not None]
-        result.final_val_loss = evals[-1].val_loss
+    result.final_val_loss = final_val_loss
+    hooks.on_phase("saving")
     adapter_dir = Path(config.output_dir) / "adapter"
     trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
     result.adapter_dir = str(adapter_dir)

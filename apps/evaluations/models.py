@@ -103,13 +103,16 @@ class Evaluation(TimeStamped):
     total = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker_id = models.CharField(max_length=200, blank=True, help_text="the claim's owner (host:pid:start:token)")
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="when the last task message was sent")
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["project", "-created_at"]), models.Index(fields=["status", "heartbeat_at"])]
+        indexes = [models.Index(fields=["project", "-created_at"]), models.Index(fields=["status", "heartbeat_at"]),
+                   models.Index(fields=["status", "enqueued_at"])]
         constraints = [
             models.CheckConstraint(condition=models.Q(reviewers_per_pair__gte=1), name="evaluation_reviewers_positive"),
             models.CheckConstraint(condition=models.Q(max_new_tokens__gte=1), name="evaluation_max_new_tokens_positive"),
@@ -120,6 +123,12 @@ class Evaluation(TimeStamped):
 
     def get_absolute_url(self) -> str:
         return reverse("evaluation_detail", kwargs={"slug": self.project.slug, "pk": self.pk})
+
+    def owner_gone(self, now=None) -> bool:
+        """No live worker holds this evaluation (the same rule as runs: apps/runs/leases.py)."""
+        from apps.runs.leases import owner_gone
+
+        return owner_gone(self.worker_id, self.heartbeat_at, now)
 
     @property
     def splits(self) -> list[str]:

@@ -69,6 +69,9 @@ class Run(TimeStamped):
     cancel_requested = models.BooleanField(default=False)
     attempts = models.PositiveSmallIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker_id = models.CharField(max_length=200, blank=True, help_text="the claim's owner (host:pid:start:token)")
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="when the last task message was sent")
+    phase = models.CharField(max_length=24, blank=True, help_text="loading, training, validating, saving")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     step = models.PositiveIntegerField(default=0)
@@ -84,7 +87,8 @@ class Run(TimeStamped):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["project", "status", "-created_at"]), models.Index(fields=["status", "heartbeat_at"])]
+        indexes = [models.Index(fields=["project", "status", "-created_at"]), models.Index(fields=["status", "heartbeat_at"]),
+                   models.Index(fields=["status", "enqueued_at"])]
         constraints = [
             models.CheckConstraint(condition=models.Q(step__gte=0), name="run_step_non_negative"),
         ]
@@ -98,6 +102,27 @@ class Run(TimeStamped):
     @property
     def is_finished(self) -> bool:
         return self.status in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+
+    def owner_gone(self, now=None) -> bool:
+        """No live worker holds this run (stale heartbeat and no owner process alive on this host)."""
+        from .leases import owner_gone
+
+        return owner_gone(self.worker_id, self.heartbeat_at, now)
+
+    @property
+    def resumable(self) -> bool:
+        """Failed, or stranded (queued or running) with no live worker: may be resumed from its last checkpoint."""
+        if self.status == RunStatus.FAILED:
+            return True
+        if self.status == RunStatus.QUEUED:  # stranded: its message is older than the re-send bound
+            from datetime import timedelta
+
+            from django.utils import timezone
+
+            sent = self.enqueued_at or self.created_at
+            bound = timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+            return not self.cancel_requested and sent is not None and timezone.now() - sent > bound
+        return self.status == RunStatus.RUNNING and self.owner_gone()
 
 
 class RunMetric(models.Model):
@@ -163,3 +188,14 @@ class RunExport(TimeStamped):
     @property
     def file_name(self) -> str:
         return self.file_path.rsplit("/", 1)[-1] if self.file_path else ""
+
+
+class ReaperBeat(models.Model):
+    """When the periodic reaper last ran (one row per reaper name): the staff banner alarms when it is old."""
+
+    name = models.CharField(max_length=40, unique=True)
+    beat_at = models.DateTimeField()
+    requeued = models.JSONField(default=dict, blank=True, help_text="what the last pass re-sent")
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.beat_at:%Y-%m-%d %H:%M:%S}"

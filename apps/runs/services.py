@@ -2,8 +2,10 @@
 `worker.train` inside a Celery task, cancel, and the reaper that resumes runs whose worker died.
 
 The Run row is the truth: a delivery of `runs.train_run` first claims the run in a transaction (status +
-heartbeat + attempts); a second delivery of the same message finds it running with a fresh heartbeat
-(or finished) and does nothing.
+owner id + heartbeat + attempts); a second delivery of the same message finds it held by a live worker
+(or finished) and does nothing. The claim's heartbeat is renewed by a thread for the task's whole life
+(`apps/runs/leases.py`); every write of the task is filtered by its owner id, so a worker whose run was
+taken over writes nothing more.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Avg
+from django.db.models import Avg, F, Q
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion
 from worker.models import ModelSpec, describe_model, shipped_gguf_path
 from worker.train import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
-from .models import BaseModel, Run, RunMetric, RunStatus, SourceKind
+from . import leases
+from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,10 @@ RANGES: dict[str, tuple[float, float]] = {
 INTEGER_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "max_seq_length", "save_steps", "seed"}
 # Throughput assumed before any run of a model has finished: LoRA on a 2-core CPU, 135M params ≈ 200 tokens/s.
 CPU_TOKENS_PER_SECOND_AT_135M = 200.0
+
+
+class RunError(ValueError):
+    """A run action refused (resume while a worker holds it, ...); the message says why."""
 
 
 class LaunchError(ValueError):
@@ -231,7 +238,8 @@ def launch_run(*, project, dataset_version, base_model, preset: str = "quick", o
     with transaction.atomic():
         run = Run.objects.create(project=project, dataset_version=version, base_model=model, preset=preset,
                                  hyperparameters=hp, seed=hp["seed"], estimate=estimate, name=name,
-                                 total_steps=estimate["steps"], created_by=user if getattr(user, "pk", None) else None)
+                                 total_steps=estimate["steps"], created_by=user if getattr(user, "pk", None) else None,
+                                 enqueued_at=timezone.now())
         transaction.on_commit(lambda: train_run.delay(run.pk))
     return run
 
@@ -251,27 +259,49 @@ def cancel_run(*, run: Run) -> Run:
     return run
 
 
+def resume_run(*, run: Run, user=None) -> Run:
+    """Resume a failed or stranded run (queued with a lost message, or running with no live worker) from its
+    last checkpoint: it is queued again with a fresh attempt budget. Raises RunError saying why not."""
+    from .tasks import train_run
+
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if not run.resumable:
+            if run.status == RunStatus.RUNNING:
+                raise RunError(f"{run} is being trained by a live worker right now (heartbeat "
+                               f"{run.heartbeat_at:%H:%M:%S} UTC): nothing to resume.")
+            if run.status == RunStatus.QUEUED and not run.cancel_requested:
+                raise RunError(f"{run} was queued at {run.enqueued_at or run.created_at:%H:%M:%S} UTC and is waiting for a "
+                               "worker: nothing to resume yet.")
+            raise RunError(f"{run} is {run.get_status_display().lower()}: only failed or stranded runs can be resumed.")
+        checkpoint = Path(run.checkpoint_path).name if run.checkpoint_path else "the start (no checkpoint yet)"
+        who = f" by {user}" if getattr(user, "pk", None) else ""
+        line = (f"resume requested{who} on {timezone.now():%Y-%m-%d %H:%M:%S} UTC after {run.attempts} "
+                f"attempt(s): from {checkpoint}")
+        run.log_tail = "\n".join([*run.log_tail.splitlines()[-199:], line])
+        run.status, run.attempts, run.worker_id, run.phase = RunStatus.QUEUED, 0, "", ""
+        run.error, run.finished_at, run.cancel_requested, run.enqueued_at = "", None, False, timezone.now()
+        run.save(update_fields=["status", "attempts", "worker_id", "phase", "error", "finished_at", "cancel_requested",
+                                "enqueued_at", "log_tail", "updated_at"])
+        transaction.on_commit(lambda: train_run.delay(run.pk))
+    return run
+
+
 # --- execution (inside the Celery task) ---------------------------------------------------------------
 def run_dir(run: Run) -> Path:
     return Path(settings.MEDIA_ROOT) / "runs" / str(run.pk)
 
 
-def _heartbeat_stale(run: Run, now=None) -> bool:
-    now = now or timezone.now()
-    limit = timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS)
-    return run.heartbeat_at is None or now - run.heartbeat_at > limit
-
-
-def claim_run(run_pk: int) -> Run | None:
-    """Claim a run for this delivery, or None when another delivery owns it or it is finished."""
+def claim_run(run_pk: int, owner: str = "") -> Run | None:
+    """Claim a run for this delivery, or None when a live worker holds it or it is finished."""
     with transaction.atomic():
         run = Run.objects.select_for_update().filter(pk=run_pk).first()
         if run is None or run.is_finished:
             return None
-        if run.status == RunStatus.RUNNING and not _heartbeat_stale(run):
-            log.info("Run %s is already running (fresh heartbeat): duplicate delivery ignored", run_pk)
-            return None
         now = timezone.now()
+        if run.status == RunStatus.RUNNING and not run.owner_gone(now):
+            log.info("Run %s is held by live worker %s: duplicate delivery ignored", run_pk, run.worker_id)
+            return None
         if run.cancel_requested:
             run.status, run.finished_at = RunStatus.CANCELLED, now
             run.save(update_fields=["status", "finished_at", "updated_at"])
@@ -279,28 +309,36 @@ def claim_run(run_pk: int) -> Run | None:
         if run.attempts >= MAX_ATTEMPTS:
             run.status, run.finished_at = RunStatus.FAILED, now
             run.error = (f"The worker stopped {run.attempts} times (attempt limit {MAX_ATTEMPTS}); "
-                         f"last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC." if run.heartbeat_at else
+                         f"last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Resume it from its last "
+                         "checkpoint once the cause is fixed." if run.heartbeat_at else
                          f"The run did not finish in {MAX_ATTEMPTS} attempts.")
             run.save(update_fields=["status", "finished_at", "error", "updated_at"])
             return None
         run.attempts += 1
-        run.status, run.heartbeat_at = RunStatus.RUNNING, now
+        run.status, run.heartbeat_at, run.worker_id, run.phase = RunStatus.RUNNING, now, owner, "loading"
         run.started_at = run.started_at or now
-        run.save(update_fields=["attempts", "status", "heartbeat_at", "started_at", "updated_at"])
+        run.save(update_fields=["attempts", "status", "heartbeat_at", "worker_id", "phase", "started_at", "updated_at"])
         return run
 
 
 def execute_run(run_pk: int) -> str:
-    """Train a claimed run to the end (or resume it); returns the final status or "skipped"."""
-    from worker.models import resolve_model_dir
-    from worker.train import Hooks, train
-
-    run = claim_run(run_pk)
+    """Train a claimed run to the end (or resume it); returns the final status, "skipped", "released" (the worker
+    is shutting down: stopped at a checkpoint and re-queued) or "lost" (another worker took it over)."""
+    owner = leases.new_owner_id()
+    run = claim_run(run_pk, owner=owner)
     if run is None:
         return "skipped"
+    with leases.Lease(Run, run.pk, owner) as lease:
+        return _train_claimed(run, lease)
+
+
+def _train_claimed(run: Run, lease: leases.Lease) -> str:
+    from worker.models import resolve_model_dir
+    from worker.train import Hooks, Stopped, checkpoint_step, last_checkpoint, stop_point, train
+
     lines: deque[str] = deque(run.log_tail.splitlines()[-100:], maxlen=200)
     lines.append(f"attempt {run.attempts} started on {timezone.now():%Y-%m-%d %H:%M:%S} UTC")
-    runs = Run.objects.filter(pk=run.pk)
+    runs = lease.rows()  # every write below matches nothing once another worker owns the run
 
     def on_log(line: str) -> None:
         lines.append(line)
@@ -310,67 +348,164 @@ def execute_run(run_pk: int) -> str:
                   "log_tail": "\n".join(lines)}
         if p.tokens_per_second:
             values["tokens_per_second"] = p.tokens_per_second
-        runs.update(**values)
+        if not runs.update(**values):
+            lease.lost.set()
 
     def on_metric(m) -> None:
+        if lease.lost.is_set():
+            return
+        if m.val_loss is not None and m.train_loss is None:  # a validation pass repeated after a resume
+            RunMetric.objects.filter(run_id=run.pk, step=m.step, train_loss__isnull=True).delete()
         RunMetric.objects.create(run_id=run.pk, step=m.step, epoch=m.epoch, train_loss=m.train_loss,
                                  val_loss=m.val_loss, learning_rate=m.learning_rate, tokens_per_second=m.tokens_per_second)
 
     def on_checkpoint(path: str) -> None:
         runs.update(checkpoint_path=path, heartbeat_at=timezone.now())
 
-    def should_cancel() -> bool:
-        return runs.filter(cancel_requested=True).exists()
+    def on_phase(phase: str) -> None:
+        runs.update(phase=phase)
 
+    def should_cancel() -> bool:
+        row = Run.objects.filter(pk=run.pk).values_list("worker_id", "cancel_requested").first()
+        if row is None or row[0] != lease.owner_id:
+            lease.lost.set()
+        return lease.lost.is_set() or bool(row and row[1])
+
+    hooks = Hooks(on_progress=on_progress, on_metric=on_metric, should_cancel=should_cancel, on_log=on_log,
+                  on_checkpoint=on_checkpoint, on_phase=on_phase, should_pause=leases.shutdown_requested.is_set)
     output_dir = run_dir(run)
     hp = run.hyperparameters
     try:
+        stop_point(hooks)
         config = TrainConfig(model_dir=resolve_model_dir(model_spec_for(run.base_model)), output_dir=str(output_dir),
                              **{k: (tuple(v) if k == "target_modules" else v) for k, v in hp.items()})
         train_data = run.dataset_version.conversations("train")
         val_data = run.dataset_version.conversations("val")
         # Metrics past the last checkpoint are logged again after a resume: drop them.
-        from worker.train import checkpoint_step, last_checkpoint
         resume = last_checkpoint(str(output_dir))
         resume_step = checkpoint_step(resume) if resume else 0
-        RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
-        result = train(config, train_data, val_data, Hooks(on_progress=on_progress, on_metric=on_metric,
-                                                           should_cancel=should_cancel, on_log=on_log,
-                                                           on_checkpoint=on_checkpoint))
+        if not lease.lost.is_set():
+            RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
+        result = train(config, train_data, val_data, hooks)
+    except Stopped as exc:  # asked before training started (while the base model was being resolved)
+        result = None
+        reason = exc.reason
     except Exception as exc:  # recorded on the run; the user sees the reason and the log tail
+        if lease.lost.is_set():
+            log.warning("Run %s: failed after another worker took it over (%s); nothing recorded", run.pk, exc)
+            return "lost"
         log.exception("Run %s failed", run.pk)
         lines.extend(traceback.format_exc().splitlines()[-15:])
-        runs.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=f"{type(exc).__name__}: {exc}"[:2000],
-                    log_tail="\n".join(lines))
+        runs.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=failure_message(exc)[:2000],
+                    log_tail="\n".join(lines), phase="")
         return RunStatus.FAILED
+    else:
+        reason = result.status
     now = timezone.now()
-    if result.status == "cancelled":
+    if lease.lost.is_set():
+        log.warning("Run %s was taken over by another worker: this one stopped without writing", run.pk)
+        return "lost"
+    if reason == "paused":
+        return _release(run, runs, lines)
+    if reason == "cancelled":
         shutil.rmtree(output_dir / "adapter", ignore_errors=True)
-        runs.update(status=RunStatus.CANCELLED, finished_at=now, step=result.global_step, log_tail="\n".join(lines),
-                    adapter_path="")
+        runs.update(status=RunStatus.CANCELLED, finished_at=now, step=result.global_step if result else run.step,
+                    log_tail="\n".join(lines), adapter_path="", phase="")
         return RunStatus.CANCELLED
-    runs.update(status=RunStatus.SUCCEEDED, finished_at=now, step=result.global_step, total_steps=result.total_steps,
-                adapter_path=result.adapter_dir, final_train_loss=result.final_train_loss,
-                final_val_loss=result.final_val_loss, tokens_per_second=result.tokens_per_second,
-                heartbeat_at=now, log_tail="\n".join(lines))
+    values = {"status": RunStatus.SUCCEEDED, "finished_at": now, "step": result.global_step, "phase": "",
+              "total_steps": result.total_steps, "adapter_path": result.adapter_dir, "heartbeat_at": now,
+              "final_train_loss": result.final_train_loss, "final_val_loss": result.final_val_loss,
+              "log_tail": "\n".join(lines)}
+    if result.tokens_per_second:
+        values["tokens_per_second"] = result.tokens_per_second
+    runs.update(**values)
     return RunStatus.SUCCEEDED
 
 
-def reap_stale_runs() -> list[int]:
-    """Re-queue running runs whose heartbeat went stale (their worker died); give up after MAX_ATTEMPTS."""
+def _release(run: Run, runs, lines) -> str:
+    """The worker is shutting down (warm): hand the run back without spending an attempt and send it again."""
     from .tasks import train_run
 
-    cutoff = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS)
+    lines.append(f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC "
+                 "(this attempt is not counted)")
+    if runs.update(status=RunStatus.QUEUED, worker_id="", phase="", heartbeat_at=None, attempts=F("attempts") - 1,
+                   enqueued_at=timezone.now(), log_tail="\n".join(lines)):
+        train_run.delay(run.pk)
+    return "released"
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a PM reads on the run page and the CLI prints: a full or read-only disk said plainly."""
+    from ftstudio.storage import storage_problem
+
+    problem = storage_problem(exc)
+    return problem or f"{type(exc).__name__}: {exc}"
+
+
+def reap() -> dict[str, list[int]]:
+    """The periodic reaper: re-send runs and evaluations whose worker is gone (stale heartbeat, no live process)
+    and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give up after
+    MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
+    from apps.evaluations.services import reap_generations
+
+    now = timezone.now()
+    result = {"runs": reap_stale_runs(now), "queued_runs": resend_queued_runs(now), **reap_generations(now)}
+    ReaperBeat.objects.update_or_create(name="reaper", defaults={"beat_at": now, "requeued": result})
+    return result
+
+
+def send_run(run: Run) -> None:
+    from .tasks import train_run
+
+    Run.objects.filter(pk=run.pk).update(enqueued_at=timezone.now())
+    train_run.delay(run.pk)
+
+
+def reap_stale_runs(now=None) -> list[int]:
+    """Re-queue running runs whose worker is gone; mark them failed after MAX_ATTEMPTS."""
+    now = now or timezone.now()
+    cutoff = now - leases.stale_after()
     requeued = []
-    for run in Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).only("pk", "attempts"):
+    for run in Run.objects.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True), status=RunStatus.RUNNING):
+        if not run.owner_gone(now):
+            continue
         if run.attempts >= MAX_ATTEMPTS:
             claim_run(run.pk)  # marks it failed with the reason
             continue
-        log.warning("Run %s: heartbeat stale since %s; re-queuing (attempt %s of %s)", run.pk, cutoff,
+        log.warning("Run %s: no heartbeat since %s; re-queuing (attempt %s of %s)", run.pk, run.heartbeat_at,
                     run.attempts + 1, MAX_ATTEMPTS)
-        train_run.delay(run.pk)
+        send_run(run)
         requeued.append(run.pk)
     return requeued
+
+
+def resend_queued_runs(now=None) -> list[int]:
+    """Queued runs whose message is older than the bound and that no worker holds: the message was lost, send it again
+    (a duplicate is harmless: the claim lets one delivery run it)."""
+    now = now or timezone.now()
+    bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+    old = Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound)
+    resent = []
+    for run in Run.objects.filter(old, status=RunStatus.QUEUED, cancel_requested=False):
+        log.warning("Run %s: queued since %s with no worker: its message was lost, sending it again", run.pk,
+                    run.enqueued_at or run.created_at)
+        send_run(run)
+        resent.append(run.pk)
+    return resent
+
+
+def reaper_overdue(now=None) -> str:
+    """For staff: why the reaper looks stopped ("" when it ran recently)."""
+    beat = ReaperBeat.objects.filter(name="reaper").values_list("beat_at", flat=True).first()
+    now = now or timezone.now()
+    limit = settings.FTSTUDIO_REAPER_ALARM_SECONDS
+    if beat is None:
+        return ("No reaper has ever run: runs and evaluations whose worker dies will not resume by themselves. "
+                "Start the worker that runs the schedule (`celery -A ftstudio worker -B`, `worker-cpu` in compose).")
+    if (now - beat).total_seconds() > limit:
+        return (f"No reaper has run since {beat:%Y-%m-%d %H:%M} UTC (over {limit // 60} min): is the worker with "
+                "`-B` (`worker-cpu` in compose) running? Stranded runs and evaluations are not being resumed.")
+    return ""
 
 
 # --- reading ----------------------------------------------------------------------------------------

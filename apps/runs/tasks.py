@@ -1,5 +1,5 @@
-"""Celery tasks of runs. `runs.train_run` is routed to queue `gpu` (ftstudio/celery.py); `runs.reap_stale_runs`
-is scheduled periodically there."""
+"""Celery tasks of runs. `runs.train_run` is routed to queue `gpu` (ftstudio/celery.py); `runs.reap` (queue
+`default`) is scheduled every FTSTUDIO_REAPER_INTERVAL seconds by the one worker started with `-B`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from . import services
 
 @shared_task(name="runs.train_run", acks_late=True, reject_on_worker_lost=True)
 def train_run(run_pk: int) -> str:
-    """Train (or resume) one run; a duplicate delivery finds it running or finished and does nothing."""
+    """Train (or resume) one run; a duplicate delivery finds it held by a live worker or finished and does nothing."""
     return services.execute_run(run_pk)
 
 
-@shared_task(name="runs.reap_stale_runs")
-def reap_stale_runs() -> list[int]:
-    """Re-queue runs whose worker stopped sending heartbeats (resumed from their last checkpoint)."""
-    return services.reap_stale_runs()
+@shared_task(name="runs.reap")
+def reap() -> dict[str, list[int]]:
+    """Re-send runs and evaluations whose worker is gone, and queued ones whose message was lost."""
+    return services.reap()
 
 
 @shared_task(name="runs.export_run", queue="default", acks_late=True, reject_on_worker_lost=True)

@@ -9,6 +9,7 @@ urlpatterns = [
     path("compare/", views.run_compare, name="run_compare"),
     path("<int:pk>/", views.run_detail, name="run_detail"),
     path("<int:pk>/cancel/", views.run_cancel, name="run_cancel"),
+    path("<int:pk>/resume/", views.run_resume, name="run_resume"),
     path("<int:pk>/adapter.zip", views.run_adapter, name="run_adapter"),
     path("<int:pk>/exports/", views.run_exports, name="run_exports"),
     path("<int:pk>/exports/<int:export_pk>/download", views.run_export_download, name="run_export_download"),

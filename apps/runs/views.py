@@ -116,6 +116,20 @@ def run_cancel(request, project, pk):
     return redirect(run)
 
 
+@project_view("view", post_need="run")
+def run_resume(request, project, pk):
+    run = _run(project, pk)
+    if request.method != "POST":
+        return redirect(run)
+    try:
+        run = services.resume_run(run=run, user=request.user)
+    except services.RunError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{run} queued again: it resumes from its last checkpoint.")
+    return redirect(run)
+
+
 @project_view("view")
 def run_adapter(request, project, pk):
     run = _run(project, pk)

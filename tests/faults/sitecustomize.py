@@ -1,0 +1,38 @@
+"""Fault injection for real-worker tests, loaded only by a test's worker subprocess (whose PYTHONPATH starts with
+this folder). It makes chosen phases slow, as a final validation or a generation batch on a real model is (the
+issue measured 371-432 s of validation), so that a test can kill the worker in the middle of one.
+
+FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS: added to every validation batch of `Trainer`.
+FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS: added before each finished generation batch is handed back.
+"""
+
+import os
+import time
+
+_validation = float(os.environ.get("FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS", "0") or 0)
+_generation = float(os.environ.get("FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS", "0") or 0)
+
+if _validation:
+    from transformers import Trainer
+
+    _prediction_step = Trainer.prediction_step
+
+    def prediction_step(self, *args, **kwargs):
+        time.sleep(_validation)
+        return _prediction_step(self, *args, **kwargs)
+
+    Trainer.prediction_step = prediction_step
+
+if _generation:
+    import worker.generate
+
+    _generate = worker.generate.generate
+
+    def generate(model, tokenizer, prompts, config, *args, on_batch=None, **kwargs):
+        def slow(indices, results):
+            time.sleep(_generation)
+            on_batch(indices, results)
+
+        return _generate(model, tokenizer, prompts, config, *args, on_batch=slow if on_batch else None, **kwargs)
+
+    worker.generate.generate = generate
