@@ -3,6 +3,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("v1/", include("apps.api.urls")),
     path("", include("apps.accounts.urls")),
     path("p/<slug:slug>/data/", include("apps.datasets.urls")),
     path("p/<slug:slug>/runs/", include("apps.runs.urls")),
