@@ -158,14 +158,24 @@ class BatchRunner:
         return finished
 
     # --- decoding ---------------------------------------------------------------------------------
-    def _adapter_kwargs(self, requests: Sequence[Request]) -> dict:
-        if not self.named_adapters:
-            return {}
-        return {"adapter_names": [r.adapter or BASE_ADAPTER for r in requests]}
-
     def _forward(self, requests, input_ids, mask, positions, cache):
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                          use_cache=True, **self.extra, **self._adapter_kwargs(requests)).logits[:, -1, :].float()
+        def call(**adapters):
+            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                              use_cache=True, **self.extra, **adapters).logits[:, -1, :].float()
+
+        if not self.named_adapters:
+            return call()
+        names = {r.adapter for r in requests}
+        if len(names) > 1:  # a mixed batch: peft routes each row through its own adapter
+            return call(adapter_names=[r.adapter or BASE_ADAPTER for r in requests])
+        # One adapter (or none) for the whole batch: peft's plain path, without per-call hooks.
+        (name,) = names
+        if name is None:
+            with self.model.disable_adapter():
+                return call()
+        if self.model.active_adapter != name:
+            self.model.set_adapter(name)
+        return call()
 
     def _decode(self) -> list[Request]:
         import torch
@@ -262,6 +272,8 @@ class BatchRunner:
 
     def _update_text(self, r: Request) -> str | None:
         """Decode the row's text, deliver what is safe to show; a stop string ends the row there."""
+        if r.sink is None and not r.params.stop:
+            return None  # nobody streams it (generate() decodes once at the end)
         text = self.tokenizer.decode(r.output_ids, skip_special_tokens=True)
         for stop in r.params.stop:
             at = text.find(stop)
