@@ -8,4 +8,5 @@ urlpatterns = [
     path("p/<slug:slug>/data/", include("apps.datasets.urls")),
     path("p/<slug:slug>/runs/", include("apps.runs.urls")),
     path("p/<slug:slug>/evals/", include("apps.evaluations.urls")),
+    path("p/<slug:slug>/playground/", include("apps.api.playground_urls")),
 ]

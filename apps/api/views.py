@@ -53,26 +53,33 @@ def chat_completions(request):
         target = services.resolve_model(request.access.project, chat.model, servable=True)
     except services.UnknownModel as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-    key = request.api_key
-    forwarded = {**body, "ftstudio": {**services.inference_target(target), "client": f"key-{key.pk}",
-                                      "client_limit": settings.FTSTUDIO_API_MAX_CONCURRENT_PER_KEY}}
+    return forward_chat(body, chat, target, key=request.api_key)
+
+
+def forward_chat(body: dict, chat, target: services.ModelTarget, *, key=None, client: str | None = None):
+    """Send a checked request to the inference process and answer with what it says (JSON or SSE).
+    Used by /v1/ (``key``: usage is counted and the per-key limit applies) and by the playground."""
+    limit = settings.FTSTUDIO_API_MAX_CONCURRENT_PER_KEY
+    forwarded = {**body, "ftstudio": {**services.inference_target(target),
+                                      "client": f"key-{key.pk}" if key is not None else client, "client_limit": limit}}
     if chat.stream:
         forwarded["stream_options"] = {"include_usage": True}  # counted for the key; dropped below if not asked
-    client, upstream = open_chat(forwarded)
+    client_, upstream = open_chat(forwarded)
     if upstream.status_code != 200 or not chat.stream:
         try:
             payload = json.loads(upstream.read() or b"{}")
         finally:
             upstream.close()
-            client.close()
+            client_.close()
         if upstream.status_code == 200:
             usage = payload.get("usage") or {}
-            services.record_usage(key=key, prompt_tokens=usage.get("prompt_tokens", 0),
-                                  completion_tokens=usage.get("completion_tokens", 0))
+            if key is not None:
+                services.record_usage(key=key, prompt_tokens=usage.get("prompt_tokens", 0),
+                                      completion_tokens=usage.get("completion_tokens", 0))
         elif not isinstance(payload.get("error"), dict):
             return error_response(ApiError(502, "The inference process gave an unreadable answer.", kind="api_error"))
         return JsonResponse(payload, status=upstream.status_code)
-    response = StreamingHttpResponse(_relay(client, upstream, key, chat.include_usage), content_type="text/event-stream")
+    response = StreamingHttpResponse(_relay(client_, upstream, key, chat.include_usage), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -101,6 +108,6 @@ def _relay(client, upstream, key, include_usage: bool):
     finally:
         upstream.close()
         client.close()
-        if usage:
+        if usage and key is not None:
             services.record_usage(key=key, prompt_tokens=usage.get("prompt_tokens", 0),
                                   completion_tokens=usage.get("completion_tokens", 0))
