@@ -156,3 +156,14 @@ def test_a_key_of_a_user_who_left_the_project_gets_403(api, team):
     team.project.memberships.filter(user=team.designer).delete()
     with pytest.raises(openai.PermissionDeniedError):
         client.models.list()
+
+
+@pytest.mark.slow
+def test_the_shipped_model_answers_through_the_api_as_the_engine_does_in_process(api, shipped_model_dir):
+    from apps.runs.services import ensure_shipped_base_model
+
+    name = ensure_shipped_base_model().name
+    reply = api("pm").chat.completions.create(model=name, messages=HELLO, max_tokens=24, temperature=0)
+    text = reply.choices[0].message.content
+    assert len(text.split()) >= 3  # a real instruction-tuned model writes words
+    assert text.strip() == expected(shipped_model_dir, max_new_tokens=24)
