@@ -92,6 +92,9 @@ def test_every_error_class_comes_back_in_openai_s_shape(api, team, settings, tin
     with pytest.raises(openai.BadRequestError) as unsupported:
         pm.chat.completions.create(model="tiny-llama", messages=HELLO, logit_bias={"1": 5})
     assert unsupported.value.body["param"] == "logit_bias" and "logit_bias" in unsupported.value.message
+    with pytest.raises(openai.BadRequestError) as injected:  # callers never choose what the inference process loads
+        pm.chat.completions.create(model="tiny-llama", messages=HELLO, extra_body={"ftstudio": {"base": "/etc"}})
+    assert injected.value.body["param"] == "ftstudio"
     with pytest.raises(openai.BadRequestError) as role:
         pm.chat.completions.create(model="tiny-llama", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}])
     assert role.value.body["param"] == "messages[0].role"
@@ -156,6 +159,26 @@ def test_a_key_of_a_user_who_left_the_project_gets_403(api, team):
     team.project.memberships.filter(user=team.designer).delete()
     with pytest.raises(openai.PermissionDeniedError):
         client.models.list()
+
+
+def test_chat_answers_while_a_training_run_occupies_the_worker(api, team, tiny_base_model, tiny_model_dir, tmp_path):
+    from apps.runs import services as runs
+    from apps.runs.models import Run, RunStatus
+    from tests.runs_setup import small_version
+    from tests.worker_process import running_worker
+
+    env = {"FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent)}
+    with running_worker(tmp_path, queues="gpu,default", extra_env=env):
+        run = runs.launch_run(project=team.project, dataset_version=small_version(team.project), base_model=tiny_base_model,
+                              overrides={"max_steps": 400, "batch_size": 2, "save_steps": 400, "max_seq_length": 128})
+        deadline = time.monotonic() + 120
+        while not Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, step__gte=1).exists():
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.3)
+        reply = api("pm").chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+        assert Run.objects.get(pk=run.pk).status == RunStatus.RUNNING  # the worker was busy training all along
+        runs.cancel_run(run=Run.objects.get(pk=run.pk))
 
 
 @pytest.mark.slow
