@@ -146,6 +146,7 @@ def error_body(exc: EngineError) -> dict:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the listen backlog: a burst of clients must not be reset (the default is 5)
 
     def __init__(self, address, engine: Engine, *, max_tokens_cap: int, default_max_tokens: int):
         super().__init__(address, Handler)
