@@ -43,12 +43,22 @@ def test_the_command_prints_a_working_key_once(team, client):
 
 
 def test_a_key_only_reaches_its_own_project(team, client):
-    from apps.api.services import create_api_key
-    from apps.runs.models import BaseModel
+    from apps.api.services import create_api_key, run_model_id
+    from apps.runs.models import BaseModel, Run, RunStatus
+    from tests.runs_setup import small_version
 
-    BaseModel.objects.create(name="some-base", source_kind="local", source="/nowhere")
-    raw = create_api_key(project=team.other_project, user=team.outsider)[1]
-    listed = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {raw}").json()["data"]
+    base = BaseModel.objects.create(name="some-base", source_kind="local", source="/nowhere")
+    run = Run.objects.create(project=team.project, dataset_version=small_version(team.project), base_model=base,
+                             name="Secret tone", status=RunStatus.SUCCEEDED)
+    Run.objects.create(project=team.project, dataset_version=run.dataset_version, base_model=base, status=RunStatus.FAILED)
+    own = create_api_key(project=team.project, user=team.reviewer)[1]
+    listed = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {own}").json()["data"]
+    assert [m["id"] for m in listed] == ["some-base", f"ft:some-base:support:secret-tone:{run.pk}"]  # no failed run
+
+    other = create_api_key(project=team.other_project, user=team.outsider)[1]
+    listed = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {other}").json()["data"]
     assert [m["id"] for m in listed] == ["some-base"]
+    hidden = client.get(f"/v1/models/{run_model_id(run)}", HTTP_AUTHORIZATION=f"Bearer {other}")
+    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "model_not_found"
     bad = client.get("/v1/models", HTTP_AUTHORIZATION="Bearer nope")
     assert bad.status_code == 401 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
