@@ -1,16 +1,19 @@
-"""Batched generation vs one prompt at a time, on the shipped SmolLM2-135M-Instruct and 64 demo prompts.
+"""Engine generation vs one prompt at a time, on the shipped SmolLM2-135M-Instruct and 64 demo prompts.
 
 Both sides use the same model, greedy decoding and max_new_tokens; the single side calls
-``model.generate`` once per prompt (no padding), the batched side is ``worker.generate.generate``
-(length grouping, left padding, KV cache, finished rows leave the batch). Outputs must be identical. Prints ``ratio=X`` last:
-batched new tokens/s divided by one-at-a-time new tokens/s.
+``model.generate`` once per prompt (no padding), the engine side is ``worker.generate.generate``, which
+runs the inference process's engine (``worker.engine.BatchRunner``): continuous batching, so when a row
+finishes the next prompt takes its place and the batch stays full instead of draining. Outputs must be
+identical. Sides alternate for ``--rounds`` rounds; each round prints both rates, and the last line is
+``ratio=X``: the median of engine new tokens/s ÷ one-at-a-time new tokens/s (with min-max).
 
-    .venv/bin/python bench/generate_throughput.py [--prompts 64] [--max-new-tokens 64] [--batch-size 32]
+    .venv/bin/python bench/generate_throughput.py [--prompts 64] [--max-new-tokens 64] [--batch-size 32] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
 
@@ -41,38 +45,45 @@ def main() -> None:
     model, tokenizer = load_generator(model_dir, device="cpu")
     prompts = [e.messages[:-1] for e in generate_examples(args.prompts, seed=11)]
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    eos = _eos_ids(model, tokenizer)  # the same stop tokens the engine cuts at
 
     # Warm up both paths once (first-call allocations), untimed.
     generate(model, tokenizer, prompts[:2], GenerationConfig(max_new_tokens=4, batch_size=2))
 
-    started = time.perf_counter()
-    single_texts, single_tokens = [], 0
-    eos = _eos_ids(model, tokenizer)  # the same stop tokens the batched side cuts at
-    for messages in prompts:
-        ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id)
-        new = out[0, ids["input_ids"].shape[1]:].tolist()
-        new = new[:next((k for k, t in enumerate(new) if t in eos), len(new))]
-        single_tokens += len(new)
-        single_texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    single_s = time.perf_counter() - started
+    def one_at_a_time():
+        texts, tokens = [], 0
+        for messages in prompts:
+            ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
+            with torch.inference_mode():
+                out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id)
+            new = out[0, ids["input_ids"].shape[1]:].tolist()
+            new = new[:next((k for k, t in enumerate(new) if t in eos), len(new))]
+            tokens += len(new)
+            texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+        return texts, tokens
 
-    started = time.perf_counter()
-    results = generate(model, tokenizer, prompts, config)
-    batched_s = time.perf_counter() - started
-    batched_tokens = sum(r.output_tokens for r in results)
+    def engine():
+        results = generate(model, tokenizer, prompts, config)
+        return [r.text for r in results], sum(r.output_tokens for r in results)
 
-    mismatches = [i for i, (a, r) in enumerate(zip(single_texts, results, strict=True)) if a != r.text]
-    single_rate, batched_rate = single_tokens / single_s, batched_tokens / batched_s
     print(f"model={Path(model_dir).name} prompts={len(prompts)} max_new_tokens={args.max_new_tokens} "
-          f"batch_size={args.batch_size} threads={torch.get_num_threads()}")
-    print(f"one-at-a-time: {single_tokens} new tokens in {single_s:.1f}s = {single_rate:.1f} tokens/s")
-    print(f"batched:       {batched_tokens} new tokens in {batched_s:.1f}s = {batched_rate:.1f} tokens/s")
-    print(f"identical outputs: {len(prompts) - len(mismatches)}/{len(prompts)}"
-          + (f" (differ at {mismatches[:10]})" if mismatches else ""))
-    print(f"ratio={batched_rate / single_rate:.2f}")
+          f"batch_size={args.batch_size} threads={torch.get_num_threads()} rounds={args.rounds}")
+    ratios = []
+    for n in range(1, args.rounds + 1):
+        rates, outputs = {}, {}
+        for name, side in (("one-at-a-time", one_at_a_time), ("engine", engine)):
+            started = time.perf_counter()
+            outputs[name], tokens = side()
+            seconds = time.perf_counter() - started
+            rates[name] = tokens / seconds
+            print(f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {rates[name]:6.1f} tokens/s")
+        mismatches = [i for i, (a, b) in enumerate(zip(outputs["one-at-a-time"], outputs["engine"], strict=True)) if a != b]
+        print(f"round {n} identical outputs: {len(prompts) - len(mismatches)}/{len(prompts)}"
+              + (f" (differ at {mismatches[:10]})" if mismatches else ""))
+        ratios.append(rates["engine"] / rates["one-at-a-time"])
+        print(f"round {n} ratio {ratios[-1]:.2f}")
+    print(f"ratio={statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "apps.runs",
     "apps.evaluations",
     "apps.demo",
+    "apps.api",
 ]
 
 MIDDLEWARE = [
@@ -205,6 +206,16 @@ if FTSTUDIO_TOKENIZER_DIR and not (Path(FTSTUDIO_TOKENIZER_DIR) / "tokenizer.jso
     )
 # Hub ids are only resolved when the server is allowed online (never in tests or the demo).
 FTSTUDIO_ALLOW_HUB = env_bool("FTSTUDIO_ALLOW_HUB", False)
+
+# --- Inference (the /v1/ API and the playground) --------------------------------------------------------
+# The inference process (python -m worker.serve) the web process forwards chat requests to.
+FTSTUDIO_INFERENCE_URL = os.environ.get("FTSTUDIO_INFERENCE_URL", "http://127.0.0.1:8001").rstrip("/")
+if urlparse(FTSTUDIO_INFERENCE_URL).scheme not in {"http", "https"}:
+    raise ImproperlyConfigured(f"FTSTUDIO_INFERENCE_URL={FTSTUDIO_INFERENCE_URL!r} is not an http(s) URL.")
+FTSTUDIO_INFERENCE_TIMEOUT = float(os.environ.get("FTSTUDIO_INFERENCE_TIMEOUT", "300"))
+# Largest max_tokens a request may ask for, and how many requests one key may have running at once.
+FTSTUDIO_API_MAX_TOKENS = int(os.environ.get("FTSTUDIO_API_MAX_TOKENS", "1024"))
+FTSTUDIO_API_MAX_CONCURRENT_PER_KEY = int(os.environ.get("FTSTUDIO_API_MAX_CONCURRENT_PER_KEY", "8"))
 
 # --- Celery ---------------------------------------------------------------------------------------
 BROKER_DIR = Path(os.environ.get("FTSTUDIO_BROKER_DIR", VAR_DIR / "broker")).resolve()

@@ -3,8 +3,10 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("v1/", include("apps.api.urls")),
     path("", include("apps.accounts.urls")),
     path("p/<slug:slug>/data/", include("apps.datasets.urls")),
     path("p/<slug:slug>/runs/", include("apps.runs.urls")),
     path("p/<slug:slug>/evals/", include("apps.evaluations.urls")),
+    path("p/<slug:slug>/playground/", include("apps.api.playground_urls")),
 ]

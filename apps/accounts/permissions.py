@@ -12,6 +12,7 @@ Capabilities:
   run       launch, cancel and compare fine-tuning runs; register base models
   evaluate  create evaluations and assign reviews
   review    work through the blind review queue
+  playground  call models (playground, /v1/chat/completions); not reviewers, who keep the blind queue
   manage    project settings and members
 """
 
@@ -28,11 +29,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 
 from .models import Membership, Project, Role
 
-CAPABILITIES = ("view", "label", "rubric", "run", "evaluate", "review", "manage")
+CAPABILITIES = ("view", "label", "rubric", "run", "evaluate", "review", "manage", "playground")
 
 ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
-    Role.DESIGNER: frozenset({"view", "label", "rubric"}),
-    Role.PM: frozenset({"view", "label", "rubric", "run", "evaluate", "review", "manage"}),
+    Role.DESIGNER: frozenset({"view", "label", "rubric", "playground"}),
+    Role.PM: frozenset({"view", "label", "rubric", "run", "evaluate", "review", "manage", "playground"}),
     Role.REVIEWER: frozenset({"view", "review"}),
 }
 

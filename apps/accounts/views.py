@@ -35,6 +35,8 @@ def project_detail(request, project):
 def project_settings(request, project):
     form = MemberForm(request.POST or None)
     if request.method == "POST":
+        if "create_key" in request.POST or "revoke_key" in request.POST:
+            return _api_key_action(request, project)
         if "remove" in request.POST:
             try:
                 services.remove_member(project=project, membership_id=int(request.POST["remove"]))
@@ -50,7 +52,24 @@ def project_settings(request, project):
             except services.MembershipError as exc:
                 form.add_error(None, str(exc))
     members = project.memberships.select_related("user").order_by("user__username")
-    return render(request, "accounts/project_settings.html", {"form": form, "members": members})
+    keys = project.api_keys.select_related("user")
+    return render(request, "accounts/project_settings.html", {"form": form, "members": members, "api_keys": keys})
+
+
+def _api_key_action(request, project):
+    """Create (the key is shown once, in the message) or revoke one of the project's API keys."""
+    from apps.api import services as api_services
+
+    try:
+        if "create_key" in request.POST:
+            key, raw = api_services.create_api_key(project=project, user=request.user, name=request.POST.get("name", ""))
+            messages.success(request, f"New API key {key.name or key.prefix}: {raw}  (copy it now; it is not shown again)")
+        else:
+            key = api_services.revoke_api_key(project=project, key_id=int(request.POST["revoke_key"]))
+            messages.success(request, f"Revoked {key}. It stops working at once.")
+    except (api_services.ApiKeyError, ValueError) as exc:
+        messages.error(request, str(exc))
+    return redirect("project_settings", slug=project.slug)
 
 
 def locked_out(request, original_response=None, credentials=None):

@@ -1,0 +1,78 @@
+"""Key authentication for /v1/, in one place, and OpenAI's error shape.
+
+``@api_view("playground")`` reads ``Authorization: Bearer <key>``, finds the unrevoked key (401 otherwise),
+decides what its user may do in the key's project with the permission module (403 when the role lacks
+the capability or the user left the project) and turns :class:`ApiError` into
+``{"error": {"message", "type", "param", "code"}}`` with its status, so the openai SDK raises its usual
+exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.accounts.models import Membership
+from apps.accounts.permissions import CAPABILITIES, Access
+
+from . import services
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+               404: "invalid_request_error", 405: "invalid_request_error", 429: "rate_limit_error",
+               503: "service_unavailable"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or ERROR_TYPES.get(status, "api_error")
+
+
+def error_response(exc: ApiError) -> JsonResponse:
+    return JsonResponse({"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}},
+                        status=exc.status)
+
+
+def authenticate(request: HttpRequest, need: str) -> tuple[services.ApiKey, Access]:
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        raise ApiError(401, "No API key: send it as 'Authorization: Bearer <key>' (create one in the project's "
+                       "Settings).", code="invalid_api_key")
+    key = services.find_active_key(raw.strip())
+    if key is None or not key.user.is_active:
+        raise ApiError(401, "Incorrect or revoked API key.", code="invalid_api_key")
+    role = Membership.objects.filter(project=key.project, user=key.user).values_list("role", flat=True).first()
+    access = Access(project=key.project, role=role, is_admin=key.user.is_staff)
+    if role is None and not key.user.is_staff:
+        raise ApiError(403, f"This key's user is no longer a member of {key.project.slug}.", code="no_access")
+    if not access.allows(need):
+        raise ApiError(403, f"This key's user is a {role} in {key.project.slug}, which does not allow this ({need}).",
+                       code="no_access")
+    return key, access
+
+
+def api_view(need: str, methods: tuple[str, ...] = ("GET",)) -> Callable:
+    if need not in CAPABILITIES:
+        raise ValueError(f"unknown capability {need!r}")
+
+    def decorator(view: Callable) -> Callable:
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs):
+            try:
+                if request.method not in methods:
+                    raise ApiError(405, f"{request.method} is not allowed here; use {', '.join(methods)}.")
+                request.api_key, request.access = authenticate(request, need)
+                return view(request, *args, **kwargs)
+            except ApiError as exc:
+                return error_response(exc)
+
+        return wrapper
+
+    return decorator

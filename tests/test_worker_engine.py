@@ -1,0 +1,144 @@
+"""worker/engine.py on the tiny random Llama: continuous batching and mixed adapters never change greedy output."""
+
+import queue
+
+import pytest
+
+from tests.eval_setup import save_adapter
+from worker.engine import BatchRunner, Engine, EngineError, Request, SamplingParams
+from worker.generate import load_generator, render_prompt
+
+PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "My kettle will not turn on after I moved house, what now?"}],
+    [{"role": "user", "content": "Where is my order #12345? It was due on Monday and nothing arrived."}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_generator(str(tiny_model_dir), device="cpu")
+
+
+def ids(tokenizer, messages):
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def run_alone(model, tokenizer, messages, max_new_tokens=12):
+    runner = BatchRunner(model, tokenizer, max_batch=1)
+    request = Request(prompt_ids=ids(tokenizer, messages), params=SamplingParams(max_new_tokens=max_new_tokens))
+    runner.add(request)
+    while runner.busy:
+        runner.step()
+    return request.output_ids
+
+
+def test_a_request_that_joins_a_running_batch_writes_what_it_writes_alone(tiny):
+    model, tokenizer = tiny
+    alone = [run_alone(model, tokenizer, p) for p in PROMPTS]
+    runner = BatchRunner(model, tokenizer, max_batch=8)
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    runner.add(requests[0])
+    for _ in range(4):
+        runner.step()
+    assert len(requests[0].output_ids) == 4  # it is mid-way when the others arrive
+    runner.add(requests[1])
+    runner.step()
+    runner.add(requests[2])
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == alone
+    assert all(r.finish_reason in {"stop", "length"} for r in requests)
+
+
+def test_a_cancelled_row_leaves_the_batch_and_the_others_are_unchanged(tiny):
+    model, tokenizer = tiny
+    alone = run_alone(model, tokenizer, PROMPTS[2])
+    runner = BatchRunner(model, tokenizer, max_batch=8)
+    victim = Request(prompt_ids=ids(tokenizer, PROMPTS[1]), params=SamplingParams(max_new_tokens=12))
+    kept = Request(prompt_ids=ids(tokenizer, PROMPTS[2]), params=SamplingParams(max_new_tokens=12))
+    runner.add(victim)
+    runner.add(kept)
+    runner.step()
+    runner.step()
+    victim.cancel()
+    runner.step()
+    assert victim.finish_reason == "cancelled" and runner.rows == [kept]
+    while runner.busy:
+        runner.step()
+    assert kept.output_ids == alone
+
+
+def test_a_stop_string_ends_the_text_before_it(tiny):
+    model, tokenizer = tiny
+    full = tokenizer.decode(run_alone(model, tokenizer, PROMPTS[2], 16), skip_special_tokens=True)
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    assert len(stop) == 2, full
+    runner = BatchRunner(model, tokenizer)
+    sink = queue.SimpleQueue()
+    r = Request(prompt_ids=ids(tokenizer, PROMPTS[2]), params=SamplingParams(max_new_tokens=16, stop=(stop,)), sink=sink)
+    runner.add(r)
+    while runner.busy:
+        runner.step()
+    assert r.finish_reason == "stop" and r.text == full[:full.index(stop)]
+    events = []
+    while not sink.empty():
+        events.append(sink.get())
+    assert "".join(v for _, kind, v in events if kind == "delta") == r.text  # streamed text never shows the stop
+    assert events[-1] == (0, "done", "stop")
+
+
+def test_base_and_two_adapters_in_one_batch_write_what_each_writes_alone(tiny_model_dir, tmp_path):
+    first = save_adapter(tiny_model_dir, tmp_path / "first")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(9)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_safetensors=True)
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=64, target_modules=["k_proj", "o_proj"],
+                                    init_lora_weights=False)).save_pretrained(tmp_path / "second")
+    second = tmp_path / "second"
+    expected = {}
+    for adapter in (None, first, second):
+        model, tokenizer = load_generator(str(tiny_model_dir), adapter_path=str(adapter) if adapter else None)
+        expected[adapter] = [run_alone(model, tokenizer, p) for p in PROMPTS]
+    assert expected[None] != expected[first] != expected[second]
+
+    engine = Engine(max_batch=16, allowed_roots=[str(tiny_model_dir.parent), str(tmp_path)])
+    try:
+        sink = queue.SimpleQueue()
+        submitted = {}
+        for adapter in (None, first, second):
+            submitted[adapter] = [engine.submit(model_dir=str(tiny_model_dir), messages=p, sink=sink,
+                                                params=[SamplingParams(max_new_tokens=12)],
+                                                adapter_path=str(adapter) if adapter else None)[0] for p in PROMPTS]
+        done = 0
+        while done < 9:
+            if sink.get(timeout=60)[1] == "done":
+                done += 1
+        assert {a: [r.output_ids for r in rs] for a, rs in submitted.items()} == expected
+    finally:
+        engine.close()
+
+
+def test_the_engine_refuses_what_it_cannot_serve(tiny_model_dir, tmp_path):
+    engine = Engine(max_batch=4, max_queue=2, allowed_roots=[str(tiny_model_dir.parent), str(tmp_path)])
+    try:
+        hi = [{"role": "user", "content": "Hi"}]
+        with pytest.raises(EngineError) as too_long:
+            engine.submit(model_dir=str(tiny_model_dir), messages=hi, params=[SamplingParams(max_new_tokens=600)])
+        assert too_long.value.code == "context_length_exceeded" and "512" in too_long.value.message
+        (tmp_path / "broken").mkdir()
+        with pytest.raises(EngineError) as missing:
+            engine.submit(model_dir=str(tiny_model_dir), messages=hi, params=[SamplingParams()],
+                          adapter_path=str(tmp_path / "broken"))
+        assert missing.value.status == 404 and "adapter_model.safetensors" in missing.value.message
+        with pytest.raises(EngineError) as outside:
+            engine.submit(model_dir="/etc", messages=hi, params=[SamplingParams()])
+        assert outside.value.status == 403
+        with pytest.raises(EngineError) as full:
+            engine.submit(model_dir=str(tiny_model_dir), messages=hi, params=[SamplingParams()] * 3)
+        assert full.value.status == 429
+    finally:
+        engine.close()

@@ -1,0 +1,503 @@
+"""The generation engine: continuous batching over a loaded model, an LRU of LoRA adapters. No Django here.
+
+One decoder serves evaluations (``worker.generate.generate``), the inference process (``worker.serve``)
+and the benchmarks:
+
+* :class:`BatchRunner` holds the rows being written for one loaded model. Every :meth:`BatchRunner.step`
+  first feeds each running row its last token (one decode step, KV cache on), then admits waiting
+  requests (one prefill of the newcomers, left padded) and merges their cache into the running batch by
+  left-padding the shorter side. A row that finished (stop token, stop string, ``max_new_tokens``, or a
+  cancel) leaves the batch and its cache rows at once, and columns every remaining row masks are cut.
+  Positions are the count of real tokens before each token (``generate``'s rule), so padding never
+  changes what a row computes: greedy output is the same in a batch as alone.
+* Rows for different LoRA adapters of one base model share a batch through peft's ``adapter_names``
+  (``"__base__"`` for the bare base model).
+* Sampling draws from one ``torch.Generator`` per request, seeded by the request, so a seeded sample does
+  not depend on which other requests shared the batch.
+* :class:`Engine` is the long-lived service: base models stay loaded, adapters live in an LRU, and a
+  background thread steps every model that has work. Requests are admitted or refused up front
+  (:class:`EngineError` carries an HTTP status and an OpenAI error code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class EngineError(Exception):
+    """A request the engine refuses; ``status``/``code``/``param`` map onto OpenAI's error object."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message, self.status, self.code, self.param, self.kind = message, status, code, param, kind
+
+
+@dataclass(eq=False)
+class Request:
+    """One completion being written. Events go to ``sink`` as ``(index, "delta", text)`` and
+    ``(index, "done", finish_reason)``; ``cancel()`` makes the row leave the batch at the next step."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None = None  # peft adapter name; None: the model as loaded
+    index: int = 0
+    sink: queue.SimpleQueue | None = None
+    client: str | None = None
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    text: str = ""
+    sent: int = 0  # characters of ``text`` already delivered
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    cancelled: bool = False
+    generator: object = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def _emit(self, kind: str, value) -> None:
+        if self.sink is not None:
+            self.sink.put((self.index, kind, value))
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Only the last position's logits are needed; most causal LMs in transformers accept ``logits_to_keep``."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+class BatchRunner:
+    """Continuous batching over one loaded model (plain or a ``PeftModel`` holding several adapters)."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, named_adapters: bool = False) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch = max(1, max_batch)
+        self.named_adapters = named_adapters  # pass adapter_names (a PeftModel serving several adapters)
+        self.eos = eos_ids(model, tokenizer)
+        self.device = next(model.parameters()).device
+        self.extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.waiting: list[Request] = []
+        self.rows: list[Request] = []
+        self.cache = None  # DynamicCache of the running rows
+        self.mask = None  # [rows, cache columns] attention mask
+        self.last = None  # [rows] token each row feeds next
+
+    # --- public -----------------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        if not request.params.greedy and request.generator is None:
+            import torch
+
+            request.generator = torch.Generator(device="cpu").manual_seed(int(request.params.seed))
+        self.waiting.append(request)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    def step(self) -> list[Request]:
+        """One decode step for the running rows, then admit newcomers; returns the requests that finished."""
+        import torch
+
+        finished: list[Request] = []
+        finished += self._drop_cancelled()
+        with torch.inference_mode():
+            if self.rows:
+                finished += self._decode()
+            room = self.max_batch - len(self.rows)
+            if room > 0 and self.waiting:
+                newcomers, self.waiting = self.waiting[:room], self.waiting[room:]
+                finished += self._prefill([r for r in newcomers if not r.cancelled])
+                finished += [self._finish(r, "cancelled") for r in newcomers if r.cancelled]
+        return finished
+
+    # --- decoding ---------------------------------------------------------------------------------
+    def _forward(self, requests, input_ids, mask, positions, cache):
+        def call(**adapters):
+            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                              use_cache=True, **self.extra, **adapters).logits[:, -1, :].float()
+
+        if not self.named_adapters:
+            return call()
+        names = {r.adapter for r in requests}
+        if len(names) > 1:  # a mixed batch: peft routes each row through its own adapter
+            return call(adapter_names=[r.adapter or BASE_ADAPTER for r in requests])
+        # One adapter (or none) for the whole batch: peft's plain path, without per-call hooks.
+        (name,) = names
+        if name is None:
+            with self.model.disable_adapter():
+                return call()
+        if self.model.active_adapter != name:
+            self.model.set_adapter(name)
+        return call()
+
+    def _decode(self) -> list[Request]:
+        import torch
+
+        positions = self.mask.sum(-1, keepdim=True)  # real tokens before the one fed now
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
+        logits = self._forward(self.rows, self.last.unsqueeze(1), self.mask, positions, self.cache)
+        return self._advance(logits)
+
+    def _prefill(self, newcomers: list[Request]) -> list[Request]:
+        import torch
+        from transformers import DynamicCache
+
+        if not newcomers:
+            return []
+        width = max(len(r.prompt_ids) for r in newcomers)
+        ids = torch.full((len(newcomers), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(newcomers), width), dtype=torch.long)
+        for i, r in enumerate(newcomers):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, width - len(r.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = mask.cumsum(-1) - 1
+        positions.masked_fill_(mask == 0, 1)  # as generate does; padded positions are masked anyway
+        cache = DynamicCache()
+        logits = self._forward(newcomers, ids, mask, positions, cache)
+        self._merge(newcomers, cache, mask)
+        return self._advance(logits, only=range(len(self.rows) - len(newcomers), len(self.rows)))
+
+    def _merge(self, newcomers: list[Request], cache, mask) -> None:
+        """Append the newcomers' rows to the running batch, left-padding whichever side is shorter."""
+        import torch
+        from torch.nn.functional import pad
+        from transformers import DynamicCache
+
+        if not self.rows:
+            self.rows, self.cache, self.mask = list(newcomers), cache, mask
+            self.last = torch.zeros(len(newcomers), dtype=torch.long, device=self.device)
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        grow_old, grow_new = width - self.mask.shape[1], width - mask.shape[1]
+        layers = []
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            keys = torch.cat([pad(old.keys, (0, 0, grow_old, 0)), pad(new.keys, (0, 0, grow_new, 0))], dim=0)
+            values = torch.cat([pad(old.values, (0, 0, grow_old, 0)), pad(new.values, (0, 0, grow_new, 0))], dim=0)
+            layers.append((keys, values))
+        self.cache = DynamicCache(layers)
+        self.mask = torch.cat([pad(self.mask, (grow_old, 0)), pad(mask, (grow_new, 0))], dim=0)
+        self.last = torch.cat([self.last, self.last.new_zeros(len(newcomers))])
+        self.rows = self.rows + list(newcomers)
+
+    def _choose(self, logits) -> list[int]:
+        import torch
+        from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+        chosen = logits.argmax(dim=-1).tolist()
+        for j, r in enumerate(self.rows[-len(chosen):] if len(chosen) != len(self.rows) else self.rows):
+            if r.params.greedy:
+                continue
+            scores = logits[j:j + 1]
+            if r.params.temperature != 1.0:
+                scores = TemperatureLogitsWarper(r.params.temperature)(None, scores)
+            if r.params.top_p < 1.0:
+                scores = TopPLogitsWarper(r.params.top_p)(None, scores)
+            probs = torch.softmax(scores, dim=-1).cpu()
+            chosen[j] = int(torch.multinomial(probs, num_samples=1, generator=r.generator).item())
+        return chosen
+
+    def _advance(self, logits, only: range | None = None) -> list[Request]:
+        """Record each row's chosen token; finished rows leave the batch."""
+        rows = range(len(self.rows)) if only is None else only
+        chosen = self._choose(logits)
+        now = time.perf_counter()
+        finished, leaving = [], []
+        for j, token in zip(rows, chosen, strict=True):
+            r = self.rows[j]
+            self.last[j] = token
+            if r.first_token_at is None:
+                r.first_token_at = now
+            reason = None
+            if token in self.eos:
+                reason = "stop"
+            else:
+                r.output_ids.append(token)
+                reason = self._update_text(r)
+                if reason is None and len(r.output_ids) >= r.params.max_new_tokens:
+                    reason = "length"
+            if reason is not None:
+                finished.append(self._finish(r, reason))
+                leaving.append(j)
+        if leaving:
+            self._remove(leaving)
+        return finished
+
+    def _update_text(self, r: Request) -> str | None:
+        """Decode the row's text, deliver what is safe to show; a stop string ends the row there."""
+        if r.sink is None and not r.params.stop:
+            return None  # nobody streams it (generate() decodes once at the end)
+        text = self.tokenizer.decode(r.output_ids, skip_special_tokens=True)
+        for stop in r.params.stop:
+            at = text.find(stop)
+            if at >= 0:
+                r.text = text[:at]
+                return "stop"
+        r.text = text
+        hold = max((len(s) - 1 for s in r.params.stop), default=0)  # a stop string may be starting
+        safe = len(text) - hold
+        if text.endswith("\ufffd"):  # half of a multi-byte character
+            safe = min(safe, len(text) - 1)
+        if safe > r.sent:
+            r._emit("delta", text[r.sent:safe])
+            r.sent = safe
+        return None
+
+    def _finish(self, r: Request, reason: str) -> Request:
+        r.finish_reason = reason
+        r.finished_at = time.perf_counter()
+        if len(r.text) > r.sent and reason != "cancelled":
+            r._emit("delta", r.text[r.sent:])
+            r.sent = len(r.text)
+        r._emit("done", reason)
+        return r
+
+    def _drop_cancelled(self) -> list[Request]:
+        gone = [j for j, r in enumerate(self.rows) if r.cancelled]
+        finished = [self._finish(self.rows[j], "cancelled") for j in gone]
+        if gone:
+            self._remove(gone)
+        return finished
+
+    def _remove(self, leaving: list[int]) -> None:
+        import torch
+
+        keep = [j for j in range(len(self.rows)) if j not in set(leaving)]
+        if not keep:
+            self.rows, self.cache, self.mask, self.last = [], None, None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.rows = [self.rows[j] for j in keep]
+        self.mask, self.last = self.mask[index], self.last[index]
+        # Columns that every remaining row masks (padding for rows that left) are dropped.
+        used = self.mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        if first > 0:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:, :], layer.values[:, :, first:, :]
+
+
+# --- the long-lived service ---------------------------------------------------------------------------
+@dataclass
+class _Base:
+    runner: BatchRunner
+    tokenizer: object
+    context_length: int
+    adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter path -> peft adapter name (LRU order)
+
+
+def adapter_problem(path: str) -> str | None:
+    """Why an adapter folder cannot be served (None when it can)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"the adapter folder {folder.name} is missing"
+    missing = [n for n in ("adapter_config.json", "adapter_model.safetensors") if not (folder / n).is_file()]
+    if missing:
+        return f"the adapter folder {folder.name} has no {', '.join(missing)}"
+    return None
+
+
+class Engine:
+    """Keeps base models loaded and an LRU of adapters; one thread steps every model with work."""
+
+    def __init__(self, *, max_batch: int = 32, max_adapters: int = 8, max_queue: int = 256,
+                 allowed_roots: Sequence[str] = (), device: str = "cpu") -> None:
+        self.max_batch, self.max_adapters, self.max_queue = max_batch, max_adapters, max_queue
+        self.allowed_roots = tuple(str(Path(r).resolve()) for r in allowed_roots)
+        self.device = device
+        self._bases: dict[str, _Base] = {}
+        self._lock = threading.RLock()  # held while a step runs and while models or adapters load
+        self._wake = threading.Condition(self._lock)
+        self._active: dict[str | None, int] = {}  # client -> requests admitted and not finished
+        self.finished_count = 0
+        self.cancelled_count = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    # --- admission ----------------------------------------------------------------------------------
+    def _check_root(self, path: str, what: str) -> str:
+        resolved = Path(path).resolve()
+        if self.allowed_roots and not any(resolved.is_relative_to(root) for root in self.allowed_roots):
+            raise EngineError(f"The {what} lies outside this inference process's roots.", status=403,
+                              code="forbidden_path", kind="permission_error")
+        return str(resolved)
+
+    def _base(self, model_dir: str) -> _Base:
+        from worker.generate import load_generator
+
+        if model_dir not in self._bases:
+            model, tokenizer = load_generator(model_dir, device=self.device)
+            config = model.config
+            context = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length or 2048)
+            self._bases[model_dir] = _Base(BatchRunner(model, tokenizer, max_batch=self.max_batch), tokenizer, context)
+        return self._bases[model_dir]
+
+    def _adapter_name(self, base: _Base, adapter_path: str) -> str:
+        """Load an adapter into the base model's PeftModel (once), evicting the least recently used."""
+        if adapter_path in base.adapters:
+            base.adapters.move_to_end(adapter_path)
+            return base.adapters[adapter_path]
+        problem = adapter_problem(adapter_path)
+        if problem:
+            raise EngineError(f"This model cannot be served: {problem}.", status=404, code="model_not_found",
+                              param="model")
+        name = "a" + hashlib.sha1(adapter_path.encode()).hexdigest()[:12]
+        runner = base.runner
+        in_use = {r.adapter for r in runner.rows + runner.waiting}
+        while len(base.adapters) >= self.max_adapters:
+            victim = next((p for p, n in base.adapters.items() if n not in in_use), None)
+            if victim is None:
+                raise EngineError("Every adapter slot is busy; try again shortly.", status=429,
+                                  code="engine_busy", kind="rate_limit_error")
+            runner.model.delete_adapter(base.adapters.pop(victim))
+        if not runner.named_adapters:
+            from peft import PeftModel
+
+            runner.model = PeftModel.from_pretrained(runner.model, adapter_path, adapter_name=name, is_trainable=False)
+            runner.named_adapters = True
+        else:
+            runner.model.load_adapter(adapter_path, adapter_name=name, is_trainable=False)
+        runner.model.eval()
+        base.adapters[adapter_path] = name
+        return name
+
+    def prompt_ids(self, model_dir: str, messages: list[dict]) -> list[int]:
+        from worker.generate import render_prompt
+
+        with self._lock:
+            base = self._base(self._check_root(model_dir, "base model"))
+        text = render_prompt(base.tokenizer, messages)
+        return base.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def submit(self, *, model_dir: str, messages: list[dict], params: Sequence[SamplingParams],
+               adapter_path: str | None = None, client: str | None = None, client_limit: int = 0,
+               sink: queue.SimpleQueue | None = None) -> list[Request]:
+        """Admit one request per ``params`` (OpenAI's ``n``) or raise EngineError; they join the batch at once."""
+        from worker.generate import render_prompt
+
+        model_dir = self._check_root(model_dir, "base model")
+        if adapter_path:
+            adapter_path = self._check_root(adapter_path, "adapter")
+        sink = sink if sink is not None else queue.SimpleQueue()
+        with self._lock:
+            base = self._base(model_dir)
+            if client_limit and self._active.get(client, 0) + len(params) > client_limit:
+                raise EngineError(f"This key already has {self._active.get(client, 0)} requests running; "
+                                  f"the limit is {client_limit} at a time.", status=429,
+                                  code="rate_limit_exceeded", kind="rate_limit_error")
+            runner = base.runner
+            if len(runner.rows) + len(runner.waiting) + len(params) > self.max_queue:
+                raise EngineError("The inference queue is full; try again shortly.", status=429,
+                                  code="queue_full", kind="rate_limit_error")
+            ids = base.tokenizer(render_prompt(base.tokenizer, messages), add_special_tokens=False)["input_ids"]
+            longest = max(p.max_new_tokens for p in params)
+            if len(ids) + longest > base.context_length:
+                raise EngineError(
+                    f"This model's context is {base.context_length} tokens; the messages take {len(ids)} and "
+                    f"max_tokens asks for {longest} more. Shorten the messages or lower max_tokens.",
+                    code="context_length_exceeded", param="messages")
+            adapter = self._adapter_name(base, adapter_path) if adapter_path else None
+            requests = [Request(prompt_ids=list(ids), params=p, adapter=adapter, index=i, sink=sink, client=client)
+                        for i, p in enumerate(params)]
+            for r in requests:
+                runner.add(r)
+            self._active[client] = self._active.get(client, 0) + len(requests)
+            self._wake.notify()
+        return requests
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopped and not any(b.runner.busy for b in self._bases.values()):
+                    self._wake.wait()
+                if self._stopped:
+                    return
+                for base in list(self._bases.values()):
+                    if not base.runner.busy:
+                        continue
+                    try:
+                        finished = base.runner.step()
+                    except Exception as exc:  # noqa: BLE001 - every row of the batch is told, then it is reset
+                        log.exception("engine step failed")
+                        finished = self._fail_all(base.runner, exc)
+                    for r in finished:
+                        self._active[r.client] = max(0, self._active.get(r.client, 0) - 1)
+                        self.finished_count += 1
+                        self.cancelled_count += r.finish_reason == "cancelled"
+            time.sleep(0)  # let request threads take the lock between steps
+
+    def _fail_all(self, runner: BatchRunner, exc: Exception) -> list[Request]:
+        failed = runner.rows + runner.waiting
+        runner.rows, runner.waiting, runner.cache, runner.mask, runner.last = [], [], None, None, None
+        for r in failed:
+            r._emit("error", f"{type(exc).__name__}: {exc}")
+            r.finish_reason = "error"
+        return failed
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "models": {Path(k).name: {"running": len(b.runner.rows), "waiting": len(b.runner.waiting),
+                                          "adapters": len(b.adapters)} for k, b in self._bases.items()},
+                "running": sum(len(b.runner.rows) for b in self._bases.values()),
+                "waiting": sum(len(b.runner.waiting) for b in self._bases.values()),
+                "finished": self.finished_count,
+                "cancelled": self.cancelled_count,
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=5)

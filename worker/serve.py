@@ -1,0 +1,331 @@
+"""The inference process: the engine behind OpenAI's chat-completions wire format over HTTP. No Django here.
+
+    python -m worker.serve            # 127.0.0.1:$FTSTUDIO_INFERENCE_PORT (default 8001)
+
+It runs beside the web server and the Celery worker (``make run``; the ``inference`` service in
+docker-compose), so chat answers while a training run occupies the worker. The web process (``apps/api``)
+authenticates the caller, resolves the public model id and forwards the request here with one extension
+field, ``ftstudio``: ``{"base": model dir, "adapter": adapter dir or null, "client": key id,
+"client_limit": N}``. Paths must lie under this process's roots (``FTSTUDIO_INFERENCE_ROOTS``).
+
+``parse_chat_request`` is the one definition of which OpenAI fields are supported; the web process calls
+it too, so a field this engine cannot honour is a 400 naming it before anything is forwarded.
+
+Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with ``data: [DONE]``),
+``GET /health`` (queue figures). A client that disconnects mid-stream cancels its rows at the next token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from worker.engine import Engine, EngineError, SamplingParams
+
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+SUPPORTED = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
+             "n", "stream", "stream_options", "user"}
+# Fields accepted only at the value that leaves the output unchanged.
+NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False}
+MAX_N = 8
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict]
+    params: list[SamplingParams]  # one per choice (OpenAI's n)
+    stream: bool
+    include_usage: bool
+    extension: dict
+
+
+def _bad(message: str, param: str | None, code: str | None = None) -> EngineError:
+    return EngineError(message, status=400, param=param, code=code)
+
+
+def _number(body: dict, name: str, low: float, high: float, default: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _bad(f"{name} must be a number from {low} to {high}; got {value!r}.", name)
+    return float(value)
+
+
+def parse_chat_request(body, *, max_tokens_cap: int = 1024, default_max_tokens: int = 256,
+                       internal: bool = False) -> ChatRequest:
+    """Check an OpenAI chat-completions body; raises EngineError (400) naming the first bad field."""
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.", None)
+    allowed = SUPPORTED | ({"ftstudio"} if internal else set())
+    for name in body:
+        if name in NEUTRAL and body[name] in (NEUTRAL[name], None):
+            continue
+        if name not in allowed:
+            raise _bad(f"{name} is not supported by this server (supported: {', '.join(sorted(SUPPORTED))}).",
+                       name, code="unsupported_parameter")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required: a model id from GET /v1/models.", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages must be a non-empty list of {role, content} objects.", "messages")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}.", f"messages[{i}].role")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise _bad(f"messages[{i}].content: only text parts are supported.", f"messages[{i}].content")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise _bad(f"messages[{i}].content must be a string.", f"messages[{i}].content")
+        unknown = set(m) - {"role", "content", "name"}
+        if unknown:
+            raise _bad(f"messages[{i}].{sorted(unknown)[0]} is not supported.", f"messages[{i}].{sorted(unknown)[0]}",
+                       code="unsupported_parameter")
+        clean.append({"role": m["role"], "content": content})
+    if "max_tokens" in body and "max_completion_tokens" in body and body["max_tokens"] is not None \
+            and body["max_completion_tokens"] is not None:
+        raise _bad("Send max_tokens or max_completion_tokens, not both.", "max_tokens")
+    limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(limit_name)
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens, max_tokens_cap)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise _bad(f"{limit_name} must be a positive integer; got {max_tokens!r}.", limit_name)
+    if max_tokens > max_tokens_cap:
+        raise _bad(f"{limit_name}={max_tokens} is above this server's cap of {max_tokens_cap} tokens.", limit_name)
+    temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
+    top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
+    if top_p == 0.0:
+        raise _bad("top_p must be above 0.", "top_p")
+    n = body.get("n", 1) if body.get("n") is not None else 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise _bad(f"n must be an integer from 1 to {MAX_N}; got {n!r}.", "n")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _bad(f"seed must be an integer; got {seed!r}.", "seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else (stop or [])
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise _bad("stop must be a string or a list of up to 4 non-empty strings.", "stop")
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise _bad("stream must be true or false.", "stream")
+    options = body.get("stream_options") or {}
+    if options and not stream:
+        raise _bad("stream_options is only allowed when stream is true.", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise _bad("stream_options supports include_usage only.", "stream_options")
+    params = [SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed + i,
+                             stop=tuple(stop)) for i in range(n)]
+    extension = body.get("ftstudio") or {}
+    return ChatRequest(model=model, messages=clean, params=params, stream=stream,
+                       include_usage=bool(options.get("include_usage")), extension=extension)
+
+
+def error_body(exc: EngineError) -> dict:
+    return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256  # the listen backlog: a burst of clients must not be reset (the default is 5)
+
+    def __init__(self, address, engine: Engine, *, max_tokens_cap: int, default_max_tokens: int):
+        super().__init__(address, Handler)
+        self.engine, self.max_tokens_cap, self.default_max_tokens = engine, max_tokens_cap, default_max_tokens
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        if self.path == "/health":
+            return self._json(200, {"status": "ok", **self.server.engine.stats()})
+        return self._json(404, {"error": {"message": f"No route {self.path}", "type": "invalid_request_error",
+                                          "param": None, "code": None}})
+
+    def do_POST(self):  # noqa: N802
+        if self.path != "/v1/chat/completions":
+            return self._json(404, {"error": {"message": f"No route {self.path}", "type": "invalid_request_error",
+                                              "param": None, "code": None}})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"null")
+            except ValueError as exc:
+                raise _bad(f"The body is not valid JSON ({exc}).", None) from None
+            chat = parse_chat_request(body, max_tokens_cap=self.server.max_tokens_cap,
+                                      default_max_tokens=self.server.default_max_tokens, internal=True)
+            ext = chat.extension
+            if not isinstance(ext.get("base"), str):
+                raise _bad("ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio")
+            sink: queue.SimpleQueue = queue.SimpleQueue()
+            requests = self.server.engine.submit(
+                model_dir=ext["base"], adapter_path=ext.get("adapter"), messages=chat.messages, params=chat.params,
+                client=str(ext.get("client")) if ext.get("client") is not None else None,
+                client_limit=int(ext.get("client_limit") or 0), sink=sink)
+        except EngineError as exc:
+            return self._json(exc.status, error_body(exc))
+        if chat.stream:
+            self._stream(chat, requests, sink)
+        else:
+            self._complete(chat, requests, sink)
+
+    def _usage(self, requests) -> dict:
+        prompt = len(requests[0].prompt_ids)
+        completion = sum(len(r.output_ids) for r in requests)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _wait(self, requests, sink, on_delta=None) -> str | None:
+        """Deliver events until every choice is done; returns an error message if the engine failed."""
+        remaining = len(requests)
+        while remaining:
+            index, kind, value = sink.get()
+            if kind == "delta" and on_delta is not None:
+                on_delta(index, value)
+            elif kind == "done":
+                remaining -= 1
+            elif kind == "error":
+                return value
+        return None
+
+    def _complete(self, chat: ChatRequest, requests, sink) -> None:
+        error = self._wait(requests, sink)
+        if error:
+            return self._json(500, {"error": {"message": error, "type": "server_error", "param": None, "code": None}})
+        self._json(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": chat.model, "system_fingerprint": None,
+            "choices": [{"index": r.index, "message": {"role": "assistant", "content": r.text},
+                         "logprobs": None, "finish_reason": r.finish_reason} for r in requests],
+            "usage": self._usage(requests),
+        })
+
+    def _stream(self, chat: ChatRequest, requests, sink) -> None:
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(choices, usage=None) -> None:
+            payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": chat.model,
+                       "system_fingerprint": None, "choices": choices}
+            if chat.include_usage:
+                payload["usage"] = usage
+            self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+            self.wfile.flush()
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            chunk([{"index": r.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None} for r in requests])
+            remaining = len(requests)
+            while remaining:
+                index, kind, value = sink.get()
+                if kind == "delta":
+                    chunk([{"index": index, "delta": {"content": value}, "logprobs": None, "finish_reason": None}])
+                elif kind == "done":
+                    remaining -= 1
+                    chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": value}])
+                elif kind == "error":
+                    self.wfile.write(b"data: " + json.dumps({"error": {"message": value, "type": "server_error",
+                                                                       "param": None, "code": None}}).encode() + b"\n\n")
+                    return
+            if chat.include_usage:
+                chunk([], self._usage(requests))
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("client went away mid-stream; its rows leave the batch")
+            for r in requests:
+                r.cancel()
+
+
+def default_roots() -> list[str]:
+    """Model roots, the model cache and the media folder (adapters), as the web settings default them."""
+    if os.environ.get("FTSTUDIO_INFERENCE_ROOTS"):
+        return [p for p in os.environ["FTSTUDIO_INFERENCE_ROOTS"].split(",") if p.strip()]
+    var = Path(os.environ.get("FTSTUDIO_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+    cache = os.environ.get("FTSTUDIO_MODEL_CACHE", str(var / "models"))
+    roots = [p for p in os.environ.get("FTSTUDIO_MODEL_ROOTS", cache).split(",") if p.strip()]
+    return [*roots, cache, os.environ.get("FTSTUDIO_MEDIA_ROOT", str(var / "media"))]
+
+
+def make_server(host: str, port: int, *, roots: list[str], max_batch: int = 32, max_adapters: int = 8,
+                max_queue: int = 256, max_tokens_cap: int = 1024, default_max_tokens: int = 256) -> Server:
+    from worker.models import shipped_gguf_path
+
+    shipped = shipped_gguf_path()
+    engine = Engine(max_batch=max_batch, max_adapters=max_adapters, max_queue=max_queue,
+                    allowed_roots=[*roots, *([str(shipped.parent)] if shipped else [])])
+    return Server((host, port), engine, max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens)
+
+
+def main() -> None:
+    import argparse
+
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=env("FTSTUDIO_INFERENCE_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env("FTSTUDIO_INFERENCE_PORT", "8001")))
+    parser.add_argument("--max-batch", type=int, default=int(env("FTSTUDIO_INFERENCE_MAX_BATCH", "32")))
+    parser.add_argument("--max-adapters", type=int, default=int(env("FTSTUDIO_INFERENCE_MAX_ADAPTERS", "8")))
+    parser.add_argument("--max-queue", type=int, default=int(env("FTSTUDIO_INFERENCE_MAX_QUEUE", "256")))
+    parser.add_argument("--max-tokens-cap", type=int, default=int(env("FTSTUDIO_API_MAX_TOKENS", "1024")))
+    parser.add_argument("--threads", type=int, default=int(env("FTSTUDIO_INFERENCE_THREADS", "0")),
+                        help="torch threads (0: torch's default)")
+    parser.add_argument("--preload", action="append", default=[], help="a base model folder to load at start")
+    args = parser.parse_args()
+    logging.basicConfig(level=env("FTSTUDIO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    server = make_server(args.host, args.port, roots=default_roots(), max_batch=args.max_batch,
+                         max_adapters=args.max_adapters, max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap)
+    for folder in args.preload:
+        server.engine.prompt_ids(folder, [{"role": "user", "content": "warm up"}])
+    log.info("inference process listening on http://%s:%d", args.host, args.port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.engine.close()
+
+
+if __name__ == "__main__":
+    main()
