@@ -5,13 +5,16 @@ from django import forms
 from apps.datasets.models import DatasetVersion
 from apps.runs.models import BaseModel, Run, RunStatus
 
-from .models import Rubric, Scale
+from .models import ReviewMode, Rubric, Scale
 from .services import CandidateSpec, CriterionSpec
 
 
 class RubricForm(forms.Form):
     name = forms.CharField(max_length=120)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    review_mode = forms.ChoiceField(
+        choices=ReviewMode.choices, initial=ReviewMode.SCORES, required=False, label="Reviewers are asked for",
+        help_text="overall winner only is the fastest review; with scores, each score stays optional")
 
 
 class CriterionForm(forms.Form):
@@ -67,6 +70,13 @@ class EvaluationForm(forms.Form):
     max_new_tokens = forms.IntegerField(min_value=1, max_value=2048, initial=96)
     seed = forms.IntegerField(min_value=0, initial=0)
     reviewers_per_pair = forms.IntegerField(min_value=1, max_value=10, initial=2)
+    stop_when_settled = forms.BooleanField(
+        required=False, initial=True, label="Stop handing out a candidate pair once its 95% interval excludes 50%",
+        help_text="saves reviewers' time; checking after every judgment makes a false 'better' more likely than 5%")
+    pair_cap = forms.IntegerField(
+        min_value=1, required=False, label="Cap of judged items per candidate pair",
+        help_text="stop handing out a candidate pair once this many of its items are judged (empty: no cap); "
+                  "a pair also stops once its 95% interval excludes parity")
     reviewers_see_examples = forms.BooleanField(
         required=False, initial=False, label="Reviewers who have finished may see the labelled outputs example by example",
         help_text="they always see the aggregate results once their own pairs are judged")

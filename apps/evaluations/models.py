@@ -30,11 +30,20 @@ class Scale(models.TextChoices):
 SCALE_VALUES = {Scale.PASS_FAIL: (0, 1), Scale.LIKERT5: (1, 2, 3, 4, 5)}
 
 
+class ReviewMode(models.TextChoices):
+    """How much a reviewer is asked per pair: the overall winner only (fastest), or also per-criterion scores
+    (each score optional, per criterion and side)."""
+
+    WINNER = "winner", "Overall winner only"
+    SCORES = "scores", "Winner and per-criterion scores"
+
+
 class Rubric(TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rubrics")
     name = models.CharField(max_length=120)
     version = models.PositiveIntegerField(default=1)
     description = models.TextField(blank=True)
+    review_mode = models.CharField(max_length=8, choices=ReviewMode.choices, default=ReviewMode.SCORES)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
@@ -97,6 +106,11 @@ class Evaluation(TimeStamped):
     reviewers_see_examples = models.BooleanField(
         default=False, help_text="reviewers who have finished may see the labelled outputs example by example, "
                                  "not only the aggregate results")
+    stop_when_settled = models.BooleanField(
+        default=True, help_text="stop handing out a candidate pair once its 95% interval excludes parity")
+    pair_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="stop handing out a candidate pair once this many of its items are judged "
+                                         "(empty: no cap); a pair also stops once its 95% interval excludes parity")
 
     status = models.CharField(max_length=12, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
     done = models.PositiveIntegerField(default=0)
@@ -113,6 +127,8 @@ class Evaluation(TimeStamped):
         constraints = [
             models.CheckConstraint(condition=models.Q(reviewers_per_pair__gte=1), name="evaluation_reviewers_positive"),
             models.CheckConstraint(condition=models.Q(max_new_tokens__gte=1), name="evaluation_max_new_tokens_positive"),
+            models.CheckConstraint(condition=models.Q(pair_cap__isnull=True) | models.Q(pair_cap__gte=1),
+                                   name="evaluation_pair_cap_positive"),
         ]
 
     def __str__(self) -> str:
@@ -215,6 +231,7 @@ class Assignment(models.Model):
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_assignments")
     swapped = models.BooleanField(help_text="side A shows candidate_2")
     created_at = models.DateTimeField(auto_now_add=True)
+    shown_at = models.DateTimeField(null=True, blank=True, help_text="when the pair's page was first rendered to the reviewer")
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -229,6 +246,8 @@ class Judgment(models.Model):
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_judgments")
     winner = models.ForeignKey(Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+", help_text="empty: a tie")
     comment = models.TextField(blank=True)
+    seconds = models.FloatField(null=True, blank=True, help_text="time from the pair's page being shown (or handed "
+                                                                "out) to the judgment being submitted")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -5,6 +5,7 @@ Everything a chart needs is computed here as numbers (the templates draw inline 
 from __future__ import annotations
 
 import math
+import statistics as pystats
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from django.db.models import Avg, Count, Q
 
 from . import statistics as st
 from .models import Assignment, Candidate, CandidateKind, Comparison, Evaluation, Generation, Judgment, Score
-from .services import eval_items, has_seen_labels, remaining_for, reviewer_ids
+from .services import eval_items, has_seen_labels, pair_stops, remaining_for, reviewer_ids
 
 
 @dataclass
@@ -263,18 +264,51 @@ def rows_for(items, candidates, verdicts) -> list[dict]:
 
 
 # --- progress -----------------------------------------------------------------------------------------
+def judgment_seconds(evaluation: Evaluation) -> dict[int, list[float]]:
+    """Seconds each judgment took, by reviewer id (judgments recorded before timing existed are left out)."""
+    by_reviewer: dict[int, list[float]] = defaultdict(list)
+    for reviewer_id, seconds in Judgment.objects.filter(evaluation=evaluation, seconds__isnull=False).values_list(
+            "reviewer_id", "seconds"):
+        by_reviewer[reviewer_id].append(seconds)
+    return by_reviewer
+
+
+def _median(values: list[float]) -> float | None:
+    return float(pystats.median(values)) if values else None
+
+
 def reviewer_progress(evaluation: Evaluation) -> list[dict]:
     users = get_user_model().objects.filter(pk__in=reviewer_ids(evaluation.project)).order_by("username")
     counts = {row["reviewer_id"]: row for row in Assignment.objects.filter(evaluation=evaluation).values("reviewer_id")
               .annotate(done=Count("id", filter=Q(completed_at__isnull=False)), open=Count("id", filter=Q(completed_at__isnull=True)))}
+    seconds = judgment_seconds(evaluation)
     return [{"user": u, "done": counts.get(u.pk, {}).get("done", 0), "open": counts.get(u.pk, {}).get("open", 0),
-             "remaining": remaining_for(evaluation, u)} for u in users]
+             "remaining": remaining_for(evaluation, u), "median_seconds": _median(seconds.get(u.pk, []))} for u in users]
 
 
 def review_totals(evaluation: Evaluation) -> dict:
     pairs = Comparison.objects.filter(evaluation=evaluation).count()
+    everyone = [s for values in judgment_seconds(evaluation).values() for s in values]
     return {"pairs": pairs, "needed": pairs * evaluation.reviewers_per_pair,
-            "judged": Judgment.objects.filter(evaluation=evaluation).count()}
+            "judged": Judgment.objects.filter(evaluation=evaluation).count(),
+            "median_seconds": _median(everyone), "timed": len(everyone)}
+
+
+STOP_WORDS = {"settled": "stopped: its 95% interval excludes parity", "cap": "stopped: the cap of judged items is reached",
+              "": "still handed out"}
+
+
+def stopping(evaluation: Evaluation) -> list[dict]:
+    """Per candidate pair: judged items, the interval of the share of decided items, and whether (and why)
+    assignment has stopped handing it out. Names the candidates: only for members who may see the labels."""
+    labels = dict(evaluation.candidates.values_list("pk", "label"))
+    rows = []
+    for (c1, c2), stop in pair_stops(evaluation).items():
+        o = stop.outcome
+        rows.append({"a": labels[c1], "b": labels[c2], "outcome": o, "reason": stop.reason,
+                     "why": STOP_WORDS[stop.reason] if stop.reason != "cap" else
+                     f"stopped: the cap of {evaluation.pair_cap} judged items is reached"})
+    return rows
 
 
 def queue_for(project, user) -> list[dict]:

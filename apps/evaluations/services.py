@@ -30,13 +30,14 @@ from .models import (
     EvaluationStatus,
     Generation,
     Judgment,
+    ReviewMode,
     Rubric,
     Scale,
     Score,
     Unblinding,
     UnblindingReason,
 )
-from .statistics import token_f1
+from .statistics import PairOutcome, compare_pair, token_f1
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +92,37 @@ def _save_criteria(rubric: Rubric, criteria: list[CriterionSpec]) -> None:
     ])
 
 
+def _check_review_mode(review_mode: str) -> None:
+    if review_mode not in ReviewMode.values:
+        raise EvaluationError(f"Unknown review mode {review_mode!r}; use {' or '.join(ReviewMode.values)}.")
+
+
 @transaction.atomic
-def create_rubric(*, project, name: str, description: str = "", criteria: list[CriterionSpec], user=None) -> Rubric:
+def create_rubric(*, project, name: str, description: str = "", criteria: list[CriterionSpec],
+                  review_mode: str = ReviewMode.SCORES, user=None) -> Rubric:
     name = name.strip()
     if not name:
         raise EvaluationError("A rubric needs a name.")
     if Rubric.objects.filter(project=project, name=name).exists():
         raise EvaluationError(f"A rubric named {name!r} exists already; edit it to make a new version.")
     _check_criteria(project, criteria)
-    rubric = Rubric.objects.create(project=project, name=name, version=1, description=description.strip(), created_by=user)
+    _check_review_mode(review_mode)
+    rubric = Rubric.objects.create(project=project, name=name, version=1, description=description.strip(),
+                                   review_mode=review_mode, created_by=user)
     _save_criteria(rubric, criteria)
     return rubric
 
 
 @transaction.atomic
-def revise_rubric(*, rubric: Rubric, description: str, criteria: list[CriterionSpec], user=None) -> Rubric:
+def revise_rubric(*, rubric: Rubric, description: str, criteria: list[CriterionSpec], review_mode: str | None = None,
+                  user=None) -> Rubric:
     """Editing never changes a version evaluations point at: it saves the next version."""
     _check_criteria(rubric.project, criteria)
+    review_mode = review_mode or rubric.review_mode
+    _check_review_mode(review_mode)
     latest = Rubric.objects.select_for_update().filter(project=rubric.project, name=rubric.name).order_by("-version").first()
     new = Rubric.objects.create(project=rubric.project, name=rubric.name, version=latest.version + 1,
-                                description=description.strip(), created_by=user)
+                                description=description.strip(), review_mode=review_mode, created_by=user)
     _save_criteria(new, criteria)
     return new
 
@@ -152,7 +164,8 @@ DEFAULT_PROMPT = "You are a helpful customer-support assistant. Reply in the hou
 def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
                       base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
                       reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
-                      user=None, enqueue: bool = True) -> Evaluation:
+                      pair_cap: int | None = None, stop_when_settled: bool = True, user=None,
+                      enqueue: bool = True) -> Evaluation:
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
     if rubric.project_id != project.pk:
@@ -165,6 +178,8 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
         raise EvaluationError("Max new tokens must be between 1 and 2048.")
     if not 1 <= reviewers_per_pair <= 10:
         raise EvaluationError("Reviewers per pair must be between 1 and 10.")
+    if pair_cap is not None and pair_cap < 1:
+        raise EvaluationError("The cap of judged items per candidate pair must be at least 1 (or empty for no cap).")
     runs: dict[int, Run] = {}
     for spec in candidates:
         if spec.kind not in CandidateKind.values:
@@ -192,7 +207,8 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
         project=project, name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
         dataset_version=dataset_version, rubric=rubric, base_model=base_model, max_new_tokens=max_new_tokens,
         seed=seed, reviewers_per_pair=reviewers_per_pair, include_val=include_val,
-        reviewers_see_examples=reviewers_see_examples, created_by=user,
+        reviewers_see_examples=reviewers_see_examples, pair_cap=pair_cap,
+        stop_when_settled=stop_when_settled, created_by=user,
     )
     if user is not None:  # the launcher has seen the configuration: they never judge it blind
         Unblinding.objects.create(evaluation=evaluation, user=user, reason=UnblindingReason.LAUNCHED)
@@ -367,13 +383,54 @@ def _pending(evaluation: Evaluation, reviewer):
     return Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer, completed_at__isnull=True)
 
 
+@dataclass(frozen=True)
+class PairStop:
+    """Whether review of one candidate pair goes on: ``reason`` is "settled" (its 95% interval excludes
+    parity), "cap" (the evaluation's cap of judged items is reached) or "" (still handed out)."""
+
+    candidate_1_id: int
+    candidate_2_id: int
+    outcome: PairOutcome
+    reason: str
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.reason)
+
+
+def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
+    """The stopping rule per candidate pair, from the same item-level head to head as the results page
+    (``statistics.compare_pair`` on this evaluation's judgments)."""
+    candidates = list(evaluation.candidates.order_by("position").values_list("pk", flat=True))
+    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
+        scores[(c1, c2)][item_id].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+    stops = {}
+    for i, a in enumerate(candidates):
+        for b in candidates[i + 1:]:
+            outcome = compare_pair(scores.get((a, b), {}))
+            if evaluation.stop_when_settled and outcome.better is not None:
+                reason = "settled"
+            elif evaluation.pair_cap is not None and outcome.items >= evaluation.pair_cap:
+                reason = "cap"
+            else:
+                reason = ""
+            stops[(a, b)] = PairStop(a, b, outcome, reason)
+    return stops
+
+
 def open_pairs(evaluation: Evaluation, reviewer):
-    """Comparisons that still need reviewers and that this reviewer has not been given."""
-    return (Comparison.objects.filter(evaluation=evaluation)
-            .annotate(n=Count("assignments"))
-            .filter(n__lt=evaluation.reviewers_per_pair)
-            .exclude(assignments__reviewer=reviewer)
-            .order_by("n", "order_key"))
+    """Comparisons that still need reviewers, whose candidate pair has not stopped (settled or capped),
+    and that this reviewer has not been given."""
+    pairs = (Comparison.objects.filter(evaluation=evaluation)
+             .annotate(n=Count("assignments"))
+             .filter(n__lt=evaluation.reviewers_per_pair)
+             .exclude(assignments__reviewer=reviewer))
+    for (c1, c2), stop in pair_stops(evaluation).items():
+        if stop.stopped:
+            pairs = pairs.exclude(candidate_1_id=c1, candidate_2_id=c2)
+    return pairs.order_by("n", "order_key")
 
 
 def remaining_for(evaluation: Evaluation, reviewer) -> int:
@@ -436,6 +493,12 @@ def next_assignment(*, evaluation: Evaluation, reviewer) -> Assignment | None:
     return None
 
 
+def mark_shown(assignment: Assignment) -> None:
+    """The first time a reviewer's pair page is rendered: the start of the time the judgment takes."""
+    if assignment.shown_at is None and assignment.completed_at is None:
+        Assignment.objects.filter(pk=assignment.pk, shown_at__isnull=True).update(shown_at=timezone.now())
+
+
 @dataclass
 class Side:
     letter: str
@@ -454,7 +517,9 @@ def sides(assignment: Assignment) -> list[Side]:
 def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: dict[tuple[str, int], int],
                     comment: str = "") -> Judgment:
     """Record a reviewer's verdict. ``winner`` is "A", "B" or "tie" as shown; ``scores`` maps
-    (side letter, criterion id) to a value on that criterion's scale. Stored against the candidates."""
+    (side letter, criterion id) to a value on that criterion's scale, each one optional; a rubric that asks
+    for the overall winner only takes no scores. Stored against the candidates, with the seconds the
+    judgment took (from the page being shown, else from the pair being handed out)."""
     assignment = Assignment.objects.select_for_update().select_related("comparison").get(pk=assignment.pk)
     if assignment.reviewer_id != reviewer.pk:
         raise EvaluationError("This pair is assigned to another reviewer.")
@@ -463,13 +528,16 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     by_letter = {s.letter: s.candidate for s in sides(assignment)}
     if winner not in ("A", "B", "tie"):
         raise EvaluationError(f"Pick A, B or tie (got {winner!r}).")
-    criteria = list(assignment.evaluation.rubric.criteria.all())
+    rubric = assignment.evaluation.rubric
+    if rubric.review_mode == ReviewMode.WINNER and scores:
+        raise EvaluationError(f"Rubric {rubric} asks for the overall winner only; it takes no per-criterion scores.")
+    criteria = list(rubric.criteria.all())
     rows = []
     for criterion in criteria:
         for letter in ("A", "B"):
             value = scores.get((letter, criterion.pk))
             if value is None:
-                raise EvaluationError(f"Score side {letter} on {criterion.name!r}.")
+                continue
             if value not in criterion.values:
                 raise EvaluationError(f"{value} is outside the {criterion.get_scale_display()} scale of "
                                       f"{criterion.name!r} (side {letter}); allowed: {', '.join(map(str, criterion.values))}.")
@@ -477,12 +545,15 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     unknown = {cid for _, cid in scores} - {c.pk for c in criteria}
     if unknown:
         raise EvaluationError(f"Criteria {sorted(unknown)} are not in this evaluation's rubric.")
+    now = timezone.now()
+    started = assignment.shown_at or assignment.created_at
     judgment = Judgment.objects.create(
         assignment=assignment, comparison=assignment.comparison, evaluation_id=assignment.evaluation_id,
         reviewer=reviewer, winner=None if winner == "tie" else by_letter[winner], comment=comment.strip()[:4000],
+        seconds=max(0.0, (now - started).total_seconds()),
     )
     Score.objects.bulk_create([Score(judgment=judgment, criterion=c, candidate=cand, value=v) for c, cand, v in rows])
-    assignment.completed_at = timezone.now()
+    assignment.completed_at = now
     assignment.save(update_fields=["completed_at"])
     return judgment
 

@@ -11,7 +11,7 @@ from apps.accounts.permissions import evaluation_sight, project_view
 
 from . import selectors, services
 from .forms import CriterionFormSet, EvaluationForm, RubricForm, anchors_text
-from .models import Assignment, Evaluation, EvaluationStatus, Rubric, UnblindingReason
+from .models import Assignment, Evaluation, EvaluationStatus, ReviewMode, Rubric, UnblindingReason
 
 
 # --- rubrics ------------------------------------------------------------------------------------------
@@ -39,6 +39,7 @@ def rubric_create(request, project):
         try:
             rubric = services.create_rubric(project=project, name=form.cleaned_data["name"],
                                             description=form.cleaned_data["description"],
+                                            review_mode=form.cleaned_data["review_mode"] or ReviewMode.SCORES,
                                             criteria=_criteria_from(formset), user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
@@ -61,12 +62,14 @@ def rubric_edit(request, project, pk):
     rubric = get_object_or_404(Rubric, project=project, pk=pk)
     initial = [{"name": s.name, "description": s.description, "scale": s.scale, "anchors": anchors_text(s.anchors or {}),
                 "good_example": s.good_example_id, "bad_example": s.bad_example_id} for s in services.criteria_specs(rubric)]
-    form = RubricForm(request.POST or None, initial={"name": rubric.name, "description": rubric.description})
+    form = RubricForm(request.POST or None, initial={"name": rubric.name, "description": rubric.description,
+                                                     "review_mode": rubric.review_mode})
     form.fields["name"].disabled = True
     formset = CriterionFormSet(request.POST or None, prefix="c", initial=initial)
     if request.method == "POST" and form.is_valid() and formset.is_valid():
         try:
             new = services.revise_rubric(rubric=rubric, description=form.cleaned_data["description"],
+                                         review_mode=form.cleaned_data["review_mode"] or None,
                                          criteria=_criteria_from(formset), user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
@@ -95,7 +98,8 @@ def evaluation_create(request, project):
                 project=project, dataset_version=d["dataset_version"], rubric=d["rubric"], base_model=d["base_model"],
                 candidates=form.candidates(), name=d["name"], max_new_tokens=d["max_new_tokens"], seed=d["seed"],
                 reviewers_per_pair=d["reviewers_per_pair"], include_val=d["include_val"],
-                reviewers_see_examples=d["reviewers_see_examples"], user=request.user)
+                reviewers_see_examples=d["reviewers_see_examples"], pair_cap=d["pair_cap"],
+                stop_when_settled=d["stop_when_settled"], user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
@@ -126,6 +130,8 @@ def evaluation_detail(request, project, pk):
         context["candidates"] = evaluation.candidates.select_related("run")
     if request.access.allows("evaluate"):
         context["progress"] = selectors.reviewer_progress(evaluation)
+        if sight.labels:
+            context["stopping"] = selectors.stopping(evaluation)
     if request.access.allows("review"):
         context["my_remaining"] = services.remaining_for(evaluation, request.user)
     template = "evaluations/evaluation_detail.html#status" if request.htmx else "evaluations/evaluation_detail.html"
@@ -223,8 +229,10 @@ def review_item(request, project, token):
     evaluation = assignment.evaluation
     if evaluation.status != EvaluationStatus.READY:
         raise Http404("This evaluation is not ready for review")
-    criteria = list(evaluation.rubric.criteria.all())
+    criteria = list(evaluation.rubric.criteria.all())  # scores posted for a winner-only rubric are refused by the service
     errors: list[str] = []
+    if request.method == "GET":
+        services.mark_shown(assignment)
     if request.method == "POST":
         scores = {}
         for criterion in criteria:
@@ -247,7 +255,8 @@ def review_item(request, project, token):
     done = assignment.completed_at is not None
     item = assignment.comparison.item
     context = {
-        "assignment": assignment, "item_input": item.input_messages, "ideal": item.ideal_output, "criteria": criteria,
+        "assignment": assignment, "item_input": item.input_messages, "ideal": item.ideal_output,
+        "criteria": criteria if evaluation.rubric.review_mode == ReviewMode.SCORES else [],
         "sides": services.sides(assignment), "errors": errors, "done": done,
         "remaining": services.remaining_for(evaluation, request.user),
         "next_url": reverse("review_next", kwargs={"slug": project.slug, "pk": evaluation.pk}),
