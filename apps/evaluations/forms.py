@@ -4,9 +4,10 @@ from django import forms
 
 from apps.datasets.models import DatasetVersion
 from apps.runs.models import BaseModel, Run, RunStatus
+from worker.checks import CheckSpec
 
-from .models import ReviewMode, Rubric, Scale
-from .services import CandidateSpec, CriterionSpec
+from .models import CheckKind, ReviewMode, Rubric, Scale
+from .services import CandidateSpec, CriterionSpec, EvaluationError
 
 
 class RubricForm(forms.Form):
@@ -47,6 +48,50 @@ class CriterionForm(forms.Form):
 
 
 CriterionFormSet = forms.formset_factory(CriterionForm, extra=2, max_num=20)
+
+
+class CheckForm(forms.Form):
+    """One automatic check: which criterion it belongs to, what it tests, its text or number."""
+
+    criterion = forms.CharField(max_length=80, required=False, help_text="the criterion's name, as above")
+    kind = forms.ChoiceField(choices=CheckKind.choices, label="Check")
+    text = forms.CharField(
+        max_length=4000, required=False, widget=forms.Textarea(attrs={"rows": 1}),
+        help_text="text ({customer} etc. are filled from the example's input), a regular expression, or a JSON Schema")
+    number = forms.FloatField(required=False, help_text="N sentences or words, or the similarity threshold 0-1")
+
+    def spec(self) -> tuple[str, CheckSpec] | None:
+        d = self.cleaned_data
+        if not d.get("criterion", "").strip():
+            return None
+        return d["criterion"].strip(), CheckSpec(d["kind"], d.get("text") or "", d.get("number"))
+
+
+CheckFormSet = forms.formset_factory(CheckForm, extra=2, max_num=50)
+
+
+def attach_checks(criteria: list[CriterionSpec], check_formset, previous: list[CriterionSpec] = ()) -> list[CriterionSpec]:
+    """Give each criterion the checks that name it; a check naming no criterion of the rubric is an error.
+    Without a posted check formset (a client that only knows the criteria), a criterion keeps the checks it
+    had in ``previous`` (the version being edited)."""
+    by_name = {c.name.strip().lower(): c for c in criteria}
+    kept = {p.name.strip().lower(): p.checks for p in previous}
+    for c in criteria:
+        c.checks = [] if check_formset is not None else list(kept.get(c.name.strip().lower(), []))
+    for n, form in enumerate(check_formset.forms if check_formset is not None else [], start=1):
+        if not form.is_valid() or (found := form.spec()) is None:
+            continue
+        name, spec = found
+        if name.lower() not in by_name:
+            raise EvaluationError(f"Automatic check {n}: this rubric has no criterion named {name!r} "
+                                  f"(criteria: {', '.join(c.name for c in criteria) or 'none'}).")
+        by_name[name.lower()].checks.append(spec)
+    return criteria
+
+
+def checks_initial(criteria: list[CriterionSpec]) -> list[dict]:
+    return [{"criterion": c.name, "kind": check.kind, "text": check.text, "number": check.number}
+            for c in criteria for check in c.checks]
 
 
 def anchors_text(anchors: dict) -> str:

@@ -266,3 +266,60 @@ class Score(models.Model):
             models.UniqueConstraint(fields=["judgment", "criterion", "candidate"], name="score_unique"),
             models.CheckConstraint(condition=models.Q(value__lte=5), name="score_at_most_5"),
         ]
+
+
+class CheckKind(models.TextChoices):
+    """Automatic checks a designer adds to a criterion; ``worker/checks.py`` runs them."""
+
+    STARTS_WITH = "starts_with", "starts with"
+    ENDS_WITH = "ends_with", "ends with"
+    CONTAINS = "contains", "contains"
+    NOT_CONTAINS = "not_contains", "does not contain"
+    REGEX = "regex", "matches the regular expression"
+    MAX_SENTENCES = "max_sentences", "at most N sentences"
+    MAX_WORDS = "max_words", "at most N words"
+    VALID_JSON = "valid_json", "is valid JSON"
+    JSON_SCHEMA = "json_schema", "is JSON matching the schema"
+    SIMILARITY = "similarity", "similarity to the ideal at least"
+
+
+class AutoCheck(models.Model):
+    """An automatic check of one criterion, versioned with its rubric (a new rubric version copies them)."""
+
+    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="auto_checks")
+    position = models.PositiveSmallIntegerField(default=0)
+    kind = models.CharField(max_length=16, choices=CheckKind.choices)
+    text = models.TextField(blank=True, help_text="text with {field} placeholders, a regular expression or a JSON Schema")
+    number = models.FloatField(null=True, blank=True, help_text="N sentences or words, or the similarity threshold (0-1)")
+
+    class Meta:
+        ordering = ["criterion", "position", "id"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def spec(self):
+        from worker.checks import CheckSpec
+
+        return CheckSpec(self.kind, self.text, self.number)
+
+    @property
+    def label(self) -> str:
+        from worker.checks import describe
+
+        return describe(self.spec)
+
+
+class CheckResult(models.Model):
+    """One check's verdict on one output, computed on the worker (``evaluations.run_checks``)."""
+
+    generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="check_results")
+    check_def = models.ForeignKey(AutoCheck, on_delete=models.CASCADE, related_name="results")
+    passed = models.BooleanField()
+    detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["generation", "check_def"], name="check_result_unique")]
+        indexes = [models.Index(fields=["check_def", "passed"])]

@@ -13,7 +13,17 @@ from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Q
 
 from . import statistics as st
-from .models import Assignment, Candidate, CandidateKind, Comparison, Evaluation, Generation, Judgment, Score
+from .models import (
+    Assignment,
+    Candidate,
+    CandidateKind,
+    CheckResult,
+    Comparison,
+    Evaluation,
+    Generation,
+    Judgment,
+    Score,
+)
 from .services import eval_items, has_seen_labels, pair_stops, remaining_for, reviewer_ids
 
 
@@ -179,8 +189,12 @@ def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]
     for criterion_id, candidate_id, item_id, value in Score.objects.filter(judgment__evaluation=evaluation).values_list(
             "criterion_id", "candidate_id", "judgment__comparison__item_id", "value"):
         per_output[(criterion_id, candidate_id)][item_id].append(value)
+    passed: dict[tuple[int, int], list[int]] = defaultdict(list)  # (check, candidate) -> 1/0 per output
+    for check_id, candidate_id, ok in CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
+            "check_def_id", "generation__candidate_id", "passed"):
+        passed[(check_id, candidate_id)].append(int(ok))
     rows = []
-    for criterion in evaluation.rubric.criteria.all():
+    for criterion in evaluation.rubric.criteria.prefetch_related("auto_checks"):
         bottom, top = min(criterion.values), max(criterion.values)
         cells = []
         for c in candidates:
@@ -188,7 +202,10 @@ def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]
             m = st.bounded_mean_interval([sum(v) / len(v) for v in outputs.values()], bottom, top)
             cells.append({"candidate": c, "m": m, "width": round(100 * m.mean / top, 1) if m else 0,
                           "low": round(100 * m.low / top, 1) if m else 0, "high": round(100 * m.high / top, 1) if m else 0})
-        rows.append({"criterion": criterion, "cells": cells, "top": top})
+        checks = [{"check": check, "cells": [{"candidate": c, "m": st.bounded_mean_interval(passed.get((check.pk, c.pk), []), 0, 1)}
+                                             for c in candidates]}
+                  for check in criterion.auto_checks.all()]
+        rows.append({"criterion": criterion, "cells": cells, "top": top, "checks": checks})
     return rows
 
 

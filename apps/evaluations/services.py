@@ -4,6 +4,7 @@ handing out blind review pairs and recording judgments. Reads and statistics liv
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import random
 from collections import defaultdict
@@ -22,8 +23,10 @@ from apps.runs.models import BaseModel, Run, RunStatus
 from .models import (
     SCALE_VALUES,
     Assignment,
+    AutoCheck,
     Candidate,
     CandidateKind,
+    CheckResult,
     Comparison,
     Criterion,
     Evaluation,
@@ -57,6 +60,7 @@ class CriterionSpec:
     anchors: dict | None = None
     good_example_id: int | None = None
     bad_example_id: int | None = None
+    checks: list = dataclasses.field(default_factory=list)  # worker.checks.CheckSpec, run on every output of an evaluation
 
 
 def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
@@ -81,15 +85,23 @@ def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
             if pk is not None and not Example.objects.filter(project=project, pk=pk).exists():
                 raise EvaluationError(f"Criterion {n} ({spec.name}): example #{pk} ({field.split('_')[0]} example) "
                                       "is not an example of this project.")
+        for m, check in enumerate(spec.checks, start=1):
+            from worker.checks import CheckError, validate
+
+            try:
+                validate(check)
+            except CheckError as exc:
+                raise EvaluationError(f"Criterion {n} ({spec.name}), automatic check {m}: {exc}.") from exc
 
 
 def _save_criteria(rubric: Rubric, criteria: list[CriterionSpec]) -> None:
-    Criterion.objects.bulk_create([
-        Criterion(rubric=rubric, position=i, name=s.name.strip(), description=s.description.strip(), scale=s.scale,
-                  anchors={k: v.strip() for k, v in (s.anchors or {}).items() if v and v.strip()},
-                  good_example_id=s.good_example_id, bad_example_id=s.bad_example_id)
-        for i, s in enumerate(criteria)
-    ])
+    for i, s in enumerate(criteria):
+        criterion = Criterion.objects.create(
+            rubric=rubric, position=i, name=s.name.strip(), description=s.description.strip(), scale=s.scale,
+            anchors={k: v.strip() for k, v in (s.anchors or {}).items() if v and v.strip()},
+            good_example_id=s.good_example_id, bad_example_id=s.bad_example_id)
+        AutoCheck.objects.bulk_create([AutoCheck(criterion=criterion, position=j, kind=c.kind, text=c.text, number=c.number)
+                                       for j, c in enumerate(s.checks)])
 
 
 def _check_review_mode(review_mode: str) -> None:
@@ -129,8 +141,45 @@ def revise_rubric(*, rubric: Rubric, description: str, criteria: list[CriterionS
 
 def criteria_specs(rubric: Rubric) -> list[CriterionSpec]:
     return [CriterionSpec(name=c.name, description=c.description, scale=c.scale, anchors=dict(c.anchors),
-                          good_example_id=c.good_example_id, bad_example_id=c.bad_example_id)
-            for c in rubric.criteria.all()]
+                          good_example_id=c.good_example_id, bad_example_id=c.bad_example_id,
+                          checks=[check.spec for check in c.auto_checks.all()])
+            for c in rubric.criteria.prefetch_related("auto_checks")]
+
+
+# --- automatic checks ---------------------------------------------------------------------------------
+def schedule_checks(evaluation_pk: int) -> None:
+    """Queue the automatic checks of an evaluation (queue ``default``) once the current transaction commits."""
+    from .check_tasks import run_checks as task
+
+    transaction.on_commit(lambda: task.delay(evaluation_pk))
+
+
+def run_checks(evaluation_pk: int) -> int:
+    """Run every automatic check of the evaluation's rubric on every output that lacks its result; safe to run
+    again (existing results are kept, a second delivery finds nothing to do). Returns the results written."""
+    from worker.checks import input_fields, run_check
+
+    evaluation = Evaluation.objects.select_related("rubric").filter(pk=evaluation_pk).first()
+    if evaluation is None:
+        return 0
+    checks = list(AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id))
+    if not checks:
+        return 0
+    done = set(CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list("generation_id", "check_def_id"))
+    rows = []
+    generations = Generation.objects.filter(candidate__evaluation=evaluation).select_related("item__example").order_by("pk")
+    for generation in generations.iterator(chunk_size=500):
+        todo = [c for c in checks if (generation.pk, c.pk) not in done]
+        if not todo:
+            continue
+        item = generation.item
+        fields = input_fields(item.input_messages, item.example.metadata if item.example_id else None)
+        for check in todo:
+            result = run_check(check.spec, generation.output, fields=fields, ideal=item.ideal_output,
+                               similarity=generation.similarity)
+            rows.append(CheckResult(generation=generation, check_def=check, passed=result.passed, detail=result.detail[:300]))
+    CheckResult.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+    return len(rows)
 
 
 # --- creating an evaluation ---------------------------------------------------------------------------
@@ -320,6 +369,7 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
         done = Generation.objects.filter(candidate__evaluation=evaluation).count()
         Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=done,
                                                          finished_at=timezone.now(), heartbeat_at=timezone.now())
+        schedule_checks(evaluation.pk)
     except Exception as exc:  # noqa: BLE001 - recorded on the row for the PM, and logged with context
         log.exception("Generation for evaluation %s failed", evaluation_pk)
         Evaluation.objects.filter(pk=evaluation_pk).update(status=EvaluationStatus.FAILED, error=f"{type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:pk>/", views.evaluation_detail, name="evaluation_detail"),
     path("<int:pk>/resume/", views.evaluation_resume, name="evaluation_resume"),
     path("<int:pk>/reveal/", views.evaluation_reveal, name="evaluation_reveal"),
+    path("<int:pk>/checks/", views.evaluation_run_checks, name="evaluation_run_checks"),
     path("<int:pk>/results/", views.evaluation_results, name="evaluation_results"),
     path("<int:pk>/judgments.csv", views.evaluation_export, name="evaluation_export"),
     path("review/", views.review_queue, name="review_queue"),

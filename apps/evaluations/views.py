@@ -10,7 +10,15 @@ from django.views.decorators.http import require_POST
 from apps.accounts.permissions import evaluation_sight, project_view
 
 from . import selectors, services
-from .forms import CriterionFormSet, EvaluationForm, RubricForm, anchors_text
+from .forms import (
+    CheckFormSet,
+    CriterionFormSet,
+    EvaluationForm,
+    RubricForm,
+    anchors_text,
+    attach_checks,
+    checks_initial,
+)
 from .models import Assignment, Evaluation, EvaluationStatus, ReviewMode, Rubric, UnblindingReason
 
 
@@ -27,56 +35,67 @@ def rubric_list(request, project):
     return render(request, "evaluations/rubric_list.html", {"rubrics": list(latest.values()), "older": older})
 
 
-def _criteria_from(formset) -> list[services.CriterionSpec]:
-    return [spec for form in formset.forms if form.is_valid() and (spec := form.spec()) is not None]
+def _criteria_from(formset, checks, previous=()) -> list[services.CriterionSpec]:
+    """The criteria of the form, each with the automatic checks that name it (EvaluationError if one names none)."""
+    return attach_checks([spec for form in formset.forms if form.is_valid() and (spec := form.spec()) is not None],
+                         checks if checks.is_bound else None, previous)
+
+
+def _check_formset(request, initial=()):
+    """The automatic checks' formset; unbound when a POST carries none (then no checks change)."""
+    data = request.POST if request.method == "POST" and "k-TOTAL_FORMS" in request.POST else None
+    return CheckFormSet(data, prefix="k", initial=list(initial))
 
 
 @project_view("rubric")
 def rubric_create(request, project):
     form = RubricForm(request.POST or None)
     formset = CriterionFormSet(request.POST or None, prefix="c")
-    if request.method == "POST" and form.is_valid() and formset.is_valid():
+    checks = _check_formset(request)
+    if request.method == "POST" and form.is_valid() and formset.is_valid() and (checks.is_valid() or not checks.is_bound):
         try:
             rubric = services.create_rubric(project=project, name=form.cleaned_data["name"],
                                             description=form.cleaned_data["description"],
                                             review_mode=form.cleaned_data["review_mode"] or ReviewMode.SCORES,
-                                            criteria=_criteria_from(formset), user=request.user)
+                                            criteria=_criteria_from(formset, checks), user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Saved rubric {rubric}.")
             return redirect(rubric)
-    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "rubric": None})
+    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": None})
 
 
 @project_view("view")
 def rubric_detail(request, project, pk):
     rubric = get_object_or_404(Rubric.objects.select_related("created_by"), project=project, pk=pk)
     versions = Rubric.objects.filter(project=project, name=rubric.name).order_by("-version")
-    criteria = rubric.criteria.select_related("good_example", "bad_example")
+    criteria = rubric.criteria.select_related("good_example", "bad_example").prefetch_related("auto_checks")
     return render(request, "evaluations/rubric_detail.html", {"rubric": rubric, "versions": versions, "criteria": criteria})
 
 
 @project_view("rubric")
 def rubric_edit(request, project, pk):
     rubric = get_object_or_404(Rubric, project=project, pk=pk)
+    specs = services.criteria_specs(rubric)
     initial = [{"name": s.name, "description": s.description, "scale": s.scale, "anchors": anchors_text(s.anchors or {}),
-                "good_example": s.good_example_id, "bad_example": s.bad_example_id} for s in services.criteria_specs(rubric)]
+                "good_example": s.good_example_id, "bad_example": s.bad_example_id} for s in specs]
+    checks = _check_formset(request, checks_initial(specs))
     form = RubricForm(request.POST or None, initial={"name": rubric.name, "description": rubric.description,
                                                      "review_mode": rubric.review_mode})
     form.fields["name"].disabled = True
     formset = CriterionFormSet(request.POST or None, prefix="c", initial=initial)
-    if request.method == "POST" and form.is_valid() and formset.is_valid():
+    if request.method == "POST" and form.is_valid() and formset.is_valid() and (checks.is_valid() or not checks.is_bound):
         try:
             new = services.revise_rubric(rubric=rubric, description=form.cleaned_data["description"],
                                          review_mode=form.cleaned_data["review_mode"] or None,
-                                         criteria=_criteria_from(formset), user=request.user)
+                                         criteria=_criteria_from(formset, checks, specs), user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Saved {new}; evaluations keep the version they used.")
             return redirect(new)
-    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "rubric": rubric})
+    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": rubric})
 
 
 # --- evaluations --------------------------------------------------------------------------------------
@@ -161,6 +180,19 @@ def evaluation_resume(request, project, pk):
         messages.error(request, str(exc))
     else:
         messages.success(request, "Generation resumed: finished outputs are kept.")
+    return redirect(evaluation)
+
+
+@project_view("evaluate")
+@require_POST
+def evaluation_run_checks(request, project, pk):
+    """Run the rubric's automatic checks on an existing evaluation's outputs (those not checked yet)."""
+    evaluation = _get_evaluation(project, pk)
+    if evaluation.status != EvaluationStatus.READY:
+        messages.error(request, "The automatic checks run once every output is generated.")
+    else:
+        services.schedule_checks(evaluation.pk)
+        messages.success(request, "Automatic checks queued: results appear on the results page when the worker is done.")
     return redirect(evaluation)
 
 
