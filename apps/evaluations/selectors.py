@@ -15,6 +15,7 @@ from django.db.models import Avg, Count, Q
 from . import statistics as st
 from .models import (
     Assignment,
+    AutoCheck,
     Candidate,
     CandidateKind,
     CheckResult,
@@ -336,3 +337,49 @@ def queue_for(project, user) -> list[dict]:
         rows.append({"evaluation": evaluation, "done": done, "remaining": remaining_for(evaluation, user),
                      "seen": has_seen_labels(evaluation, user)})
     return rows
+
+
+# --- automatic checks against reviewers ---------------------------------------------------------------
+def check_calibrations(evaluation: Evaluation, *, bootstrap: int = 1000) -> list[dict]:
+    """Each automatic check of the rubric, and all of them together (the output passing more checks wins), as
+    a grader of the pairs reviewers judged: agreement with and without ties, Cohen's kappa with an item
+    bootstrap interval, and the confusion table. A pair's human verdict is the item-level one used for the
+    verdict (majority of its judgments, an even split a tie)."""
+    human: dict[int, tuple[int, int, int, list[float]]] = {}
+    for comparison_id, item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
+        human.setdefault(comparison_id, (item_id, c1, c2, []))[3].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+    passed: dict[tuple[int, int, int], bool] = {}  # (check, candidate, item) -> passed
+    for check_id, candidate_id, item_id, ok in CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
+            "check_def_id", "generation__candidate_id", "generation__item_id", "passed"):
+        passed[(check_id, candidate_id, item_id)] = ok
+    checks = list(AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id).select_related("criterion")
+                  .order_by("criterion__position", "position", "id"))
+    side = {"a": "first", "b": "second", "tie": "tie"}
+
+    def rows_for(verdict) -> list[tuple[int, str, str]]:
+        rows = []
+        for item_id, c1, c2, scores in human.values():
+            judged = verdict(c1, c2, item_id)
+            if judged is not None:
+                rows.append((item_id, side[st.item_side(scores)], judged))
+        return rows
+
+    def one(check):
+        def verdict(c1, c2, item):
+            first, second = passed.get((check.pk, c1, item)), passed.get((check.pk, c2, item))
+            return None if first is None or second is None else st.check_verdict(first, second)
+        return verdict
+
+    def together(c1, c2, item):
+        counts = [sum(passed.get((ch.pk, c, item), False) for ch in checks) for c in (c1, c2)]
+        if any((ch.pk, c, item) not in passed for ch in checks for c in (c1, c2)):
+            return None
+        return "tie" if counts[0] == counts[1] else "first" if counts[0] > counts[1] else "second"
+
+    out = [{"name": f"{check.criterion.name}: {check.label}", "check": check,
+            "calibration": st.calibrate(rows_for(one(check)), bootstrap=bootstrap, seed=evaluation.seed)} for check in checks]
+    if len(checks) > 1:
+        out.append({"name": "All automatic checks (the output passing more of them wins)", "check": None,
+                    "calibration": st.calibrate(rows_for(together), bootstrap=bootstrap, seed=evaluation.seed)})
+    return out

@@ -215,6 +215,7 @@ def evaluation_results(request, project, pk):
             return render(request, "evaluations/results.html#examples", context)
     context["results"] = results = selectors.evaluation_results(evaluation)
     context["ranking_height"] = 24 * len(results.ranking) + 24
+    context["calibrations"] = selectors.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
     return render(request, "evaluations/results.html", context)
 
 
