@@ -121,3 +121,28 @@ def test_an_edit_that_posts_only_the_criteria_keeps_their_checks(team):
     response = client.post(f"/p/support/evals/rubrics/{rubric.pk}/edit/", {**criteria_only, "c-INITIAL_FORMS": 2})
     assert response.status_code == 302
     assert AutoCheck.objects.filter(criterion__rubric__version=2).count() == 2
+
+
+def test_the_demo_rubrics_checks_pass_its_ideal_replies_and_agree_with_the_house_style_judge():
+    from apps.demo import generator
+    from apps.evaluations.statistics import token_f1
+    from worker.checks import input_fields, run_check, validate
+
+    checks = {c["name"]: [CheckSpec(*spec) for spec in c["checks"]] for c in generator.RUBRIC_CRITERIA}
+    for spec in (s for specs in checks.values() for s in specs):
+        validate(spec)
+    examples = generator.generate_examples(60)
+    for example in examples:
+        user = example.messages[0]["content"]
+        fields = input_fields(example.messages[:1], example.metadata)
+        ideal = example.ideal_output
+        assert all(run_check(s, ideal, fields=fields, ideal=ideal, similarity=1.0).passed
+                   for specs in checks.values() for s in specs), ideal
+        # a reply to someone else, and one without the sign-off, fail the checks the house-style judge fails
+        other = ideal.replace(f"Hi {example.metadata['customer']},", "Hi Zed,")
+        unsigned = ideal.replace(generator.SIGN_OFF, "Best")
+        for reply in (other, unsigned):
+            style = generator.check_reply(reply, user)
+            assert run_check(checks["Greets by name"][0], reply, fields=fields).passed == style.greets_by_name
+            assert run_check(checks["House sign-off"][0], reply, fields=fields).passed == style.signs_off
+        assert run_check(checks["Answers from the facts"][0], "Hello.", similarity=token_f1("Hello.", ideal)).passed is False
