@@ -154,3 +154,14 @@ class EvaluationForm(forms.Form):
         if not self.errors and len(self.candidates()) < 2:
             raise forms.ValidationError("Pick at least two candidates to compare (e.g. the prompt baseline and a run).")
         return data
+
+
+class JudgeSettingsForm(forms.Form):
+    base_url = forms.URLField(max_length=500, label="Endpoint URL", help_text="OpenAI-compatible, e.g. https://host/v1")
+    model = forms.CharField(max_length=200, help_text="the model name the endpoint expects")
+    api_key = forms.CharField(max_length=500, required=False, label="API key",
+                              widget=forms.PasswordInput(render_value=False),
+                              help_text="stored, never shown back; leave empty to keep the stored key")
+    timeout_s = forms.FloatField(min_value=0.1, max_value=600, initial=60, label="Timeout (seconds)")
+    min_human_pairs = forms.IntegerField(min_value=0, initial=30, label="Human-judged pairs needed before judge figures show")
+    min_kappa = forms.FloatField(min_value=-1, max_value=1, initial=0.6, label="Kappa needed before judge figures show")

@@ -323,3 +323,38 @@ class CheckResult(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["generation", "check_def"], name="check_result_unique")]
         indexes = [models.Index(fields=["check_def", "passed"])]
+
+
+class JudgeSettings(TimeStamped):
+    """A project's LLM judge: any OpenAI-compatible endpoint (the key is stored, never shown back), and when its
+    win rates may appear on a results page (enough human-judged pairs and agreement with the reviewers)."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="judge_settings")
+    base_url = models.URLField(max_length=500, help_text="OpenAI-compatible base URL, e.g. https://host/v1")
+    model = models.CharField(max_length=200)
+    api_key = models.CharField(max_length=500, blank=True)
+    timeout_s = models.FloatField(default=60)
+    min_human_pairs = models.PositiveIntegerField(default=30, help_text="human-judged pairs needed before judge figures show")
+    min_kappa = models.FloatField(default=0.6, help_text="Cohen's kappa with the reviewers needed before judge figures show")
+
+    def __str__(self) -> str:
+        return f"{self.model} at {self.base_url}"
+
+
+class JudgeVerdict(models.Model):
+    """The LLM judge's verdict on one comparison (both orders). ``judged`` False: no usable verdict yet
+    (``error`` says why); it is retried and never counted."""
+
+    comparison = models.OneToOneField(Comparison, on_delete=models.CASCADE, related_name="judge_verdict")
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="judge_verdicts")
+    judged = models.BooleanField(default=False)
+    winner = models.ForeignKey(Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+                               help_text="empty when judged: a tie (the orders disagreed, or both said tie)")
+    position_consistent = models.BooleanField(null=True)
+    reasoning = models.TextField(blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["evaluation", "judged"])]

@@ -383,3 +383,72 @@ def check_calibrations(evaluation: Evaluation, *, bootstrap: int = 1000) -> list
         out.append({"name": "All automatic checks (the output passing more of them wins)", "check": None,
                     "calibration": st.calibrate(rows_for(together), bootstrap=bootstrap, seed=evaluation.seed)})
     return out
+
+
+# --- the LLM judge ------------------------------------------------------------------------------------
+def _human_verdicts(evaluation: Evaluation) -> dict[int, tuple[int, str]]:
+    """comparison -> (item, the reviewers' item-level verdict "first" / "second" / "tie")."""
+    scores: dict[int, tuple[int, int, list[float]]] = {}
+    for comparison_id, item_id, c1, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "winner_id"):
+        scores.setdefault(comparison_id, (item_id, c1, []))[2].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+    side = {"a": "first", "b": "second", "tie": "tie"}
+    return {cid: (item, side[st.item_side(s)]) for cid, (item, _, s) in scores.items()}
+
+
+@dataclass
+class JudgeReport:
+    settings: object  # JudgeSettings
+    judged: int
+    unjudged: int
+    errors: list[str]
+    calibration: st.Calibration
+    position_consistency: float | None  # share of judged pairs where both orders picked the same
+    human_pairs: int
+    shown: bool
+    why_hidden: str
+    pairs: list[PairResult]
+
+
+def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeReport | None:
+    """The judge's verdicts, its calibration against the reviewers on the pairs they judged, and its win rates,
+    which are shown only with enough human-judged pairs and a kappa at or above the project's thresholds."""
+    from .models import JudgeSettings, JudgeVerdict
+
+    settings_row = JudgeSettings.objects.filter(project=evaluation.project_id).first()
+    verdicts = list(JudgeVerdict.objects.filter(evaluation=evaluation).select_related("comparison"))
+    if settings_row is None and not verdicts:
+        return None
+    judged = [v for v in verdicts if v.judged]
+    human = _human_verdicts(evaluation)
+    rows = []
+    for v in judged:
+        if v.comparison_id in human:
+            label = "tie" if v.winner_id is None else "first" if v.winner_id == v.comparison.candidate_1_id else "second"
+            item, people = human[v.comparison_id]
+            rows.append((item, people, label))
+    calibration = st.calibrate(rows, bootstrap=bootstrap, seed=evaluation.seed)
+    min_pairs = settings_row.min_human_pairs if settings_row else 30
+    min_kappa = settings_row.min_kappa if settings_row else 0.6
+    if len(human) < min_pairs:
+        why = f"{len(human)} human-judged pair{'s' * (len(human) != 1)} so far; judge figures show from {min_pairs}."
+    elif calibration.kappa is None or calibration.kappa < min_kappa:
+        shown_kappa = "not defined" if calibration.kappa is None else f"{calibration.kappa:.2f}"
+        why = f"the judge's kappa with the reviewers is {shown_kappa}; judge figures show from {min_kappa:g}."
+    else:
+        why = ""
+    candidates = list(evaluation.candidates.order_by("position"))
+    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for v in judged:
+        c = v.comparison
+        scores[(c.candidate_1_id, c.candidate_2_id)][c.item_id].append(
+            0.5 if v.winner_id is None else 1.0 if v.winner_id == c.candidate_1_id else 0.0)
+    pairs = []
+    for i, a in enumerate(candidates):
+        for b in candidates[i + 1:]:
+            o = st.compare_pair(scores.get((a.pk, b.pk), {}))
+            pairs.append(PairResult(a, b, o, None, unjudged=0, bar=_bar(o)))
+    consistent = [v.position_consistent for v in judged if v.position_consistent is not None]
+    return JudgeReport(settings_row, len(judged), len(verdicts) - len(judged),
+                       sorted({v.error for v in verdicts if not v.judged and v.error})[:5], calibration,
+                       sum(consistent) / len(consistent) if consistent else None, len(human), not why, why, pairs)

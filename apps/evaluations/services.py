@@ -32,6 +32,8 @@ from .models import (
     Evaluation,
     EvaluationStatus,
     Generation,
+    JudgeSettings,
+    JudgeVerdict,
     Judgment,
     ReviewMode,
     Rubric,
@@ -180,6 +182,71 @@ def run_checks(evaluation_pk: int) -> int:
             rows.append(CheckResult(generation=generation, check_def=check, passed=result.passed, detail=result.detail[:300]))
     CheckResult.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
     return len(rows)
+
+
+# --- the LLM judge ------------------------------------------------------------------------------------
+def save_judge_settings(*, project, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0,
+                        min_human_pairs: int = 30, min_kappa: float = 0.6) -> JudgeSettings:
+    """The project's judge endpoint; an empty ``api_key`` keeps the stored one (it is never shown back)."""
+    if not base_url.startswith(("http://", "https://")):
+        raise EvaluationError(f"The judge's URL must start with http:// or https:// (got {base_url!r}).")
+    if not model.strip():
+        raise EvaluationError("Name the judge's model (as the endpoint knows it).")
+    if not 0 < timeout_s <= 600:
+        raise EvaluationError("The judge's timeout must be between 0 and 600 seconds.")
+    if not -1 <= min_kappa <= 1:
+        raise EvaluationError("The kappa threshold must be between -1 and 1.")
+    settings_row, _ = JudgeSettings.objects.get_or_create(project=project, defaults={"base_url": base_url, "model": model})
+    settings_row.base_url, settings_row.model = base_url.strip(), model.strip()
+    if api_key:
+        settings_row.api_key = api_key
+    settings_row.timeout_s, settings_row.min_human_pairs, settings_row.min_kappa = timeout_s, min_human_pairs, min_kappa
+    settings_row.save()
+    return settings_row
+
+
+def judge_rubric_text(rubric: Rubric) -> str:
+    from worker.judge import rubric_text
+
+    return rubric_text([{"name": c.name, "description": c.description, "levels": [(label, text) for _, label, text in c.levels()],
+                         "good": c.good_example.ideal_output if c.good_example_id else "",
+                         "bad": c.bad_example.ideal_output if c.bad_example_id else ""}
+                        for c in rubric.criteria.select_related("good_example", "bad_example")], rubric.description)
+
+
+def schedule_judge(evaluation_pk: int) -> None:
+    from .check_tasks import run_judge as task
+
+    transaction.on_commit(lambda: task.delay(evaluation_pk))
+
+
+def run_judge(evaluation_pk: int, *, client=None) -> dict:
+    """Ask the project's judge about every comparison without a usable verdict (both orders each); safe to run
+    again: judged comparisons are skipped, unjudged ones (timeout, error, no verdict) are retried."""
+    from worker.judge import JudgeConfig, judge_pair
+
+    evaluation = Evaluation.objects.select_related("rubric", "project").get(pk=evaluation_pk)
+    settings_row = JudgeSettings.objects.filter(project=evaluation.project_id).first()
+    if settings_row is None:
+        raise EvaluationError("This project has no LLM judge configured.")
+    config = JudgeConfig(settings_row.base_url, settings_row.model, settings_row.api_key, timeout_s=settings_row.timeout_s)
+    rubric = judge_rubric_text(evaluation.rubric)
+    done = set(JudgeVerdict.objects.filter(evaluation=evaluation, judged=True).values_list("comparison_id", flat=True))
+    outputs = {(g.candidate_id, g.item_id): g.output for g in Generation.objects.filter(candidate__evaluation=evaluation)}
+    counts = {"judged": 0, "unjudged": 0}
+    for comparison in (Comparison.objects.filter(evaluation=evaluation).exclude(pk__in=done)
+                       .select_related("item").order_by("order_key")):
+        item = comparison.item
+        text = "\n\n".join(f"{m.get('role')}: {m.get('content', '')}" for m in item.input_messages)
+        verdict = judge_pair(config, rubric=rubric, input_text=text, first=outputs.get((comparison.candidate_1_id, item.pk), ""),
+                             second=outputs.get((comparison.candidate_2_id, item.pk), ""), client=client)
+        winner = {"first": comparison.candidate_1_id, "second": comparison.candidate_2_id}.get(verdict.winner or "")
+        row, _ = JudgeVerdict.objects.get_or_create(comparison=comparison, defaults={"evaluation": evaluation})
+        row.judged, row.winner_id, row.position_consistent = verdict.winner is not None, winner, verdict.position_consistent
+        row.reasoning, row.error, row.attempts = verdict.reasoning, verdict.error[:300], row.attempts + 1
+        row.save()
+        counts["judged" if row.judged else "unjudged"] += 1
+    return counts
 
 
 # --- creating an evaluation ---------------------------------------------------------------------------

@@ -14,12 +14,21 @@ from .forms import (
     CheckFormSet,
     CriterionFormSet,
     EvaluationForm,
+    JudgeSettingsForm,
     RubricForm,
     anchors_text,
     attach_checks,
     checks_initial,
 )
-from .models import Assignment, Evaluation, EvaluationStatus, ReviewMode, Rubric, UnblindingReason
+from .models import (
+    Assignment,
+    Evaluation,
+    EvaluationStatus,
+    JudgeSettings,
+    ReviewMode,
+    Rubric,
+    UnblindingReason,
+)
 
 
 # --- rubrics ------------------------------------------------------------------------------------------
@@ -196,6 +205,40 @@ def evaluation_run_checks(request, project, pk):
     return redirect(evaluation)
 
 
+@project_view("evaluate")
+@require_POST
+def evaluation_run_judge(request, project, pk):
+    """Ask the project's LLM judge about every pair of the evaluation that has no usable verdict yet."""
+    evaluation = _get_evaluation(project, pk)
+    if evaluation.status != EvaluationStatus.READY:
+        messages.error(request, "The judge runs once every output is generated.")
+    elif not JudgeSettings.objects.filter(project=project).exists():
+        messages.error(request, "Configure the project's LLM judge first.")
+    else:
+        services.schedule_judge(evaluation.pk)
+        messages.success(request, "LLM judge queued: each pair is judged in both orders; unjudged pairs are retried.")
+    return redirect(evaluation)
+
+
+@project_view("evaluate")
+def judge_settings(request, project):
+    """The project's judge endpoint. The key is write-only: the page says whether one is stored, never which."""
+    current = JudgeSettings.objects.filter(project=project).first()
+    initial = ({"base_url": current.base_url, "model": current.model, "timeout_s": current.timeout_s,
+                "min_human_pairs": current.min_human_pairs, "min_kappa": current.min_kappa} if current else None)
+    form = JudgeSettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.save_judge_settings(project=project, **form.cleaned_data)
+        except services.EvaluationError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "Saved the LLM judge's settings.")
+            return redirect("judge_settings", slug=project.slug)
+    return render(request, "evaluations/judge_settings.html",
+                  {"form": form, "has_key": bool(current and current.api_key)})
+
+
 @project_view("view")
 def evaluation_results(request, project, pk):
     evaluation = _get_evaluation(project, pk)
@@ -216,6 +259,11 @@ def evaluation_results(request, project, pk):
     context["results"] = results = selectors.evaluation_results(evaluation)
     context["ranking_height"] = 24 * len(results.ranking) + 24
     context["calibrations"] = selectors.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
+    context["judge"] = judge = selectors.judge_report(evaluation, bootstrap=400)
+    if judge and judge.judged:
+        context["judge_examples"] = (evaluation.judge_verdicts.filter(judged=True)
+                                     .select_related("comparison__item", "comparison__candidate_1", "comparison__candidate_2", "winner")
+                                     .order_by("comparison__order_key")[:20])
     return render(request, "evaluations/results.html", context)
 
 

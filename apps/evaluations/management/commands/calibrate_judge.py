@@ -1,11 +1,12 @@
 """How far an evaluation's automatic checks agree with its reviewers.
 
-    python manage.py calibrate_judge --evaluation ID [--bootstrap 1000]
+    python manage.py calibrate_judge --evaluation ID [--bootstrap 1000] [--judge]
 
 For each automatic check of the rubric (and all of them together when there are several), on the pairs
 reviewers judged: agreement with and without ties, Cohen's kappa with a 95% item bootstrap interval, and
-the confusion table. Checks not yet run on the outputs are run first. The last line is ``kappa=X``: the
-checks together when there are several, else the one check.
+the confusion table; the same for the project's LLM judge when it has verdicts, with its position
+consistency. Checks not yet run on the outputs are run first. The last line is ``kappa=X``: the LLM judge's
+with ``--judge``, else the checks together when there are several, else the one check.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--evaluation", type=int, required=True, help="evaluation id")
         parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of items for kappa's interval")
+        parser.add_argument("--judge", action="store_true", help="end with the LLM judge's kappa instead of the checks'")
 
     def handle(self, *args, **opts):
         evaluation = Evaluation.objects.select_related("rubric").filter(pk=opts["evaluation"]).first()
@@ -40,6 +42,13 @@ class Command(BaseCommand):
         if ran:
             self.stdout.write(f"Ran {ran} automatic check results that were missing.")
         rows = selectors.check_calibrations(evaluation, bootstrap=opts["bootstrap"])
+        judge = selectors.judge_report(evaluation, bootstrap=opts["bootstrap"])
+        if judge is not None and judge.judged:
+            rows.append({"name": f"LLM judge {judge.settings.model if judge.settings else ''} (both orders; position "
+                                 f"consistency {_f(judge.position_consistency, True)}; {judge.unjudged} pairs unjudged)",
+                         "calibration": judge.calibration, "judge": True})
+        elif opts["judge"]:
+            raise CommandError(f"The LLM judge has no verdicts on evaluation #{evaluation.pk} yet.")
         if not rows:
             raise CommandError(f"Rubric {evaluation.rubric} has no automatic checks: add some in the rubric form.")
         self.stdout.write(f"Evaluation #{evaluation.pk} ({evaluation}), rubric {evaluation.rubric}: automatic checks "
@@ -60,5 +69,6 @@ class Command(BaseCommand):
             for label, counts in zip(PAIR_LABELS, c.confusion, strict=True):
                 self.stdout.write("   " + label.ljust(16) + "".join(str(v).rjust(width) for v in counts))
             self.stdout.write("")
-        last = rows[-1]["calibration"]
+        headline = [r for r in rows if r.get("judge")] if opts["judge"] else [r for r in rows if not r.get("judge")]
+        last = (headline or rows)[-1]["calibration"]
         self.stdout.write(f"kappa={_f(last.kappa)}")
