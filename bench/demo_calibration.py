@@ -34,6 +34,7 @@ def main() -> None:
     from apps.evaluations.models import Evaluation
     from scripts.readme_screenshots import judge_all
 
+    call_command("migrate", verbosity=0)  # a demo kept from an older build
     evaluation = Evaluation.objects.order_by("-pk").first()
     started = time.perf_counter()
     print(f"evaluation #{evaluation.pk} ({evaluation}); check results written now: {services.run_checks(evaluation.pk)} "
