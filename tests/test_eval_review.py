@@ -102,7 +102,9 @@ def test_results_stay_hidden_from_a_reviewer_until_they_have_judged(team, ready)
 
 @pytest.fixture
 def ready8(team, settings, tiny_model_dir, tmp_path_factory):
-    return make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, test_count=8)
+    # reviewed to the end: a settled pair would otherwise stop after 6 items (see test_eval_lighter_review.py)
+    return make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, test_count=8,
+                           stop_when_settled=False)
 
 
 def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready8):

@@ -390,12 +390,15 @@ RUBRIC_CRITERIA = [
         "description": "The reply opens with exactly 'Hi <customer name>,' on its own line, using the name given.",
         "scale": "pass_fail",
         "anchors": {"0": "No greeting, another greeting, or the wrong name.", "1": "'Hi <name>,' with the customer's name."},
+        # automatic checks (worker/checks.py): kind, text ({customer} comes from the input's "Customer:" line), number
+        "checks": [("starts_with", GREETING.replace("{name}", "{customer}") + "\n", None)],
     },
     {
         "name": "House sign-off",
         "description": "The reply ends with 'Warm regards, Lumo Care Team' on its own line, and nothing after it.",
         "scale": "pass_fail",
         "anchors": {"0": "Another sign-off, none, or text after it.", "1": "'Warm regards, Lumo Care Team' as the last line."},
+        "checks": [("ends_with", "\n" + SIGN_OFF, None)],
     },
     {
         "name": "Answers from the facts",
@@ -408,6 +411,7 @@ RUBRIC_CRITERIA = [
             "4": "Correct and from the facts, with a small slip in wording.",
             "5": "Exactly the facts given, stated correctly.",
         },
+        "checks": [("similarity", "", 0.5)],
     },
     {
         "name": "One sentence, no padding",
@@ -420,5 +424,6 @@ RUBRIC_CRITERIA = [
             "4": "One sentence with a little filler.",
             "5": "One clear sentence.",
         },
+        "checks": [("max_sentences", "", 2), ("max_words", "", 40)],  # the sign-off line counts as a sentence
     },
 ]

@@ -139,8 +139,10 @@ def _ensure_base_model():
 def _ensure_rubric(*, project: Project, user):
     """The demo's rubric (four criteria: two pass/fail, two 1-5 with anchors), through the evaluations service."""
     from apps.evaluations.services import CriterionSpec, create_rubric
+    from worker.checks import CheckSpec
 
-    criteria = [CriterionSpec(name=c["name"], description=c["description"], scale=c["scale"], anchors=c.get("anchors"))
+    criteria = [CriterionSpec(name=c["name"], description=c["description"], scale=c["scale"], anchors=c.get("anchors"),
+                              checks=[CheckSpec(kind, text, number) for kind, text, number in c.get("checks", [])])
                 for c in generator.RUBRIC_CRITERIA]
     return create_rubric(project=project, name=generator.RUBRIC_NAME, criteria=criteria, user=user,
                          description="What a good Lumo support reply is. Reviewers score each side on each criterion.")

@@ -4,14 +4,18 @@ from django import forms
 
 from apps.datasets.models import DatasetVersion
 from apps.runs.models import BaseModel, Run, RunStatus
+from worker.checks import CheckSpec
 
-from .models import Rubric, Scale
-from .services import CandidateSpec, CriterionSpec
+from .models import CheckKind, ReviewMode, Rubric, Scale
+from .services import CandidateSpec, CriterionSpec, EvaluationError
 
 
 class RubricForm(forms.Form):
     name = forms.CharField(max_length=120)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    review_mode = forms.ChoiceField(
+        choices=ReviewMode.choices, initial=ReviewMode.SCORES, required=False, label="Reviewers are asked for",
+        help_text="overall winner only is the fastest review; with scores, each score stays optional")
 
 
 class CriterionForm(forms.Form):
@@ -46,6 +50,50 @@ class CriterionForm(forms.Form):
 CriterionFormSet = forms.formset_factory(CriterionForm, extra=2, max_num=20)
 
 
+class CheckForm(forms.Form):
+    """One automatic check: which criterion it belongs to, what it tests, its text or number."""
+
+    criterion = forms.CharField(max_length=80, required=False, help_text="the criterion's name, as above")
+    kind = forms.ChoiceField(choices=CheckKind.choices, label="Check")
+    text = forms.CharField(
+        max_length=4000, required=False, widget=forms.Textarea(attrs={"rows": 1}),
+        help_text="text ({customer} etc. are filled from the example's input), a regular expression, or a JSON Schema")
+    number = forms.FloatField(required=False, help_text="N sentences or words, or the similarity threshold 0-1")
+
+    def spec(self) -> tuple[str, CheckSpec] | None:
+        d = self.cleaned_data
+        if not d.get("criterion", "").strip():
+            return None
+        return d["criterion"].strip(), CheckSpec(d["kind"], d.get("text") or "", d.get("number"))
+
+
+CheckFormSet = forms.formset_factory(CheckForm, extra=2, max_num=50)
+
+
+def attach_checks(criteria: list[CriterionSpec], check_formset, previous: list[CriterionSpec] = ()) -> list[CriterionSpec]:
+    """Give each criterion the checks that name it; a check naming no criterion of the rubric is an error.
+    Without a posted check formset (a client that only knows the criteria), a criterion keeps the checks it
+    had in ``previous`` (the version being edited)."""
+    by_name = {c.name.strip().lower(): c for c in criteria}
+    kept = {p.name.strip().lower(): p.checks for p in previous}
+    for c in criteria:
+        c.checks = [] if check_formset is not None else list(kept.get(c.name.strip().lower(), []))
+    for n, form in enumerate(check_formset.forms if check_formset is not None else [], start=1):
+        if not form.is_valid() or (found := form.spec()) is None:
+            continue
+        name, spec = found
+        if name.lower() not in by_name:
+            raise EvaluationError(f"Automatic check {n}: this rubric has no criterion named {name!r} "
+                                  f"(criteria: {', '.join(c.name for c in criteria) or 'none'}).")
+        by_name[name.lower()].checks.append(spec)
+    return criteria
+
+
+def checks_initial(criteria: list[CriterionSpec]) -> list[dict]:
+    return [{"criterion": c.name, "kind": check.kind, "text": check.text, "number": check.number}
+            for c in criteria for check in c.checks]
+
+
 def anchors_text(anchors: dict) -> str:
     return "\n".join(f"{k}: {v}" for k, v in sorted(anchors.items(), key=lambda kv: -int(kv[0])))
 
@@ -67,6 +115,14 @@ class EvaluationForm(forms.Form):
     max_new_tokens = forms.IntegerField(min_value=1, max_value=2048, initial=96)
     seed = forms.IntegerField(min_value=0, initial=0)
     reviewers_per_pair = forms.IntegerField(min_value=1, max_value=10, initial=2)
+    stop_when_settled = forms.BooleanField(
+        required=False, initial=True, label="Stop handing out a candidate pair once its 95% interval excludes 50%",
+        help_text="saves reviewers' time (about 18 of 31 items for an 80/20 split), but checking after every item "
+                  "makes a false 'better' more likely than 5%: 11% on 31 items, 20% on 93 (bench/review_stopping.py)")
+    pair_cap = forms.IntegerField(
+        min_value=1, required=False, label="Cap of judged items per candidate pair",
+        help_text="stop handing out a candidate pair once this many of its items are judged (empty: no cap); "
+                  "a pair also stops once its 95% interval excludes parity")
     reviewers_see_examples = forms.BooleanField(
         required=False, initial=False, label="Reviewers who have finished may see the labelled outputs example by example",
         help_text="they always see the aggregate results once their own pairs are judged")
@@ -98,3 +154,14 @@ class EvaluationForm(forms.Form):
         if not self.errors and len(self.candidates()) < 2:
             raise forms.ValidationError("Pick at least two candidates to compare (e.g. the prompt baseline and a run).")
         return data
+
+
+class JudgeSettingsForm(forms.Form):
+    base_url = forms.URLField(max_length=500, label="Endpoint URL", help_text="OpenAI-compatible, e.g. https://host/v1")
+    model = forms.CharField(max_length=200, help_text="the model name the endpoint expects")
+    api_key = forms.CharField(max_length=500, required=False, label="API key",
+                              widget=forms.PasswordInput(render_value=False),
+                              help_text="stored, never shown back; leave empty to keep the stored key")
+    timeout_s = forms.FloatField(min_value=0.1, max_value=600, initial=60, label="Timeout (seconds)")
+    min_human_pairs = forms.IntegerField(min_value=0, initial=30, label="Human-judged pairs needed before judge figures show")
+    min_kappa = forms.FloatField(min_value=-1, max_value=1, initial=0.6, label="Kappa needed before judge figures show")

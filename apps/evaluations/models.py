@@ -30,11 +30,20 @@ class Scale(models.TextChoices):
 SCALE_VALUES = {Scale.PASS_FAIL: (0, 1), Scale.LIKERT5: (1, 2, 3, 4, 5)}
 
 
+class ReviewMode(models.TextChoices):
+    """How much a reviewer is asked per pair: the overall winner only (fastest), or also per-criterion scores
+    (each score optional, per criterion and side)."""
+
+    WINNER = "winner", "Overall winner only"
+    SCORES = "scores", "Winner and per-criterion scores"
+
+
 class Rubric(TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rubrics")
     name = models.CharField(max_length=120)
     version = models.PositiveIntegerField(default=1)
     description = models.TextField(blank=True)
+    review_mode = models.CharField(max_length=8, choices=ReviewMode.choices, default=ReviewMode.SCORES)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
@@ -97,6 +106,11 @@ class Evaluation(TimeStamped):
     reviewers_see_examples = models.BooleanField(
         default=False, help_text="reviewers who have finished may see the labelled outputs example by example, "
                                  "not only the aggregate results")
+    stop_when_settled = models.BooleanField(
+        default=True, help_text="stop handing out a candidate pair once its 95% interval excludes parity")
+    pair_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="stop handing out a candidate pair once this many of its items are judged "
+                                         "(empty: no cap); a pair also stops once its 95% interval excludes parity")
 
     status = models.CharField(max_length=12, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
     done = models.PositiveIntegerField(default=0)
@@ -116,6 +130,8 @@ class Evaluation(TimeStamped):
         constraints = [
             models.CheckConstraint(condition=models.Q(reviewers_per_pair__gte=1), name="evaluation_reviewers_positive"),
             models.CheckConstraint(condition=models.Q(max_new_tokens__gte=1), name="evaluation_max_new_tokens_positive"),
+            models.CheckConstraint(condition=models.Q(pair_cap__isnull=True) | models.Q(pair_cap__gte=1),
+                                   name="evaluation_pair_cap_positive"),
         ]
 
     def __str__(self) -> str:
@@ -224,6 +240,7 @@ class Assignment(models.Model):
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_assignments")
     swapped = models.BooleanField(help_text="side A shows candidate_2")
     created_at = models.DateTimeField(auto_now_add=True)
+    shown_at = models.DateTimeField(null=True, blank=True, help_text="when the pair's page was first rendered to the reviewer")
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -238,6 +255,8 @@ class Judgment(models.Model):
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_judgments")
     winner = models.ForeignKey(Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+", help_text="empty: a tie")
     comment = models.TextField(blank=True)
+    seconds = models.FloatField(null=True, blank=True, help_text="time from the pair's page being shown (or handed "
+                                                                "out) to the judgment being submitted")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -256,3 +275,95 @@ class Score(models.Model):
             models.UniqueConstraint(fields=["judgment", "criterion", "candidate"], name="score_unique"),
             models.CheckConstraint(condition=models.Q(value__lte=5), name="score_at_most_5"),
         ]
+
+
+class CheckKind(models.TextChoices):
+    """Automatic checks a designer adds to a criterion; ``worker/checks.py`` runs them."""
+
+    STARTS_WITH = "starts_with", "starts with"
+    ENDS_WITH = "ends_with", "ends with"
+    CONTAINS = "contains", "contains"
+    NOT_CONTAINS = "not_contains", "does not contain"
+    REGEX = "regex", "matches the regular expression"
+    MAX_SENTENCES = "max_sentences", "at most N sentences"
+    MAX_WORDS = "max_words", "at most N words"
+    VALID_JSON = "valid_json", "is valid JSON"
+    JSON_SCHEMA = "json_schema", "is JSON matching the schema"
+    SIMILARITY = "similarity", "similarity to the ideal at least"
+
+
+class AutoCheck(models.Model):
+    """An automatic check of one criterion, versioned with its rubric (a new rubric version copies them)."""
+
+    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="auto_checks")
+    position = models.PositiveSmallIntegerField(default=0)
+    kind = models.CharField(max_length=16, choices=CheckKind.choices)
+    text = models.TextField(blank=True, help_text="text with {field} placeholders, a regular expression or a JSON Schema")
+    number = models.FloatField(null=True, blank=True, help_text="N sentences or words, or the similarity threshold (0-1)")
+
+    class Meta:
+        ordering = ["criterion", "position", "id"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def spec(self):
+        from worker.checks import CheckSpec
+
+        return CheckSpec(self.kind, self.text, self.number)
+
+    @property
+    def label(self) -> str:
+        from worker.checks import describe
+
+        return describe(self.spec)
+
+
+class CheckResult(models.Model):
+    """One check's verdict on one output, computed on the worker (``evaluations.run_checks``)."""
+
+    generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="check_results")
+    check_def = models.ForeignKey(AutoCheck, on_delete=models.CASCADE, related_name="results")
+    passed = models.BooleanField()
+    detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["generation", "check_def"], name="check_result_unique")]
+        indexes = [models.Index(fields=["check_def", "passed"])]
+
+
+class JudgeSettings(TimeStamped):
+    """A project's LLM judge: any OpenAI-compatible endpoint (the key is stored, never shown back), and when its
+    win rates may appear on a results page (enough human-judged pairs and agreement with the reviewers)."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="judge_settings")
+    base_url = models.URLField(max_length=500, help_text="OpenAI-compatible base URL, e.g. https://host/v1")
+    model = models.CharField(max_length=200)
+    api_key = models.CharField(max_length=500, blank=True)
+    timeout_s = models.FloatField(default=60)
+    min_human_pairs = models.PositiveIntegerField(default=30, help_text="human-judged pairs needed before judge figures show")
+    min_kappa = models.FloatField(default=0.6, help_text="Cohen's kappa with the reviewers needed before judge figures show")
+
+    def __str__(self) -> str:
+        return f"{self.model} at {self.base_url}"
+
+
+class JudgeVerdict(models.Model):
+    """The LLM judge's verdict on one comparison (both orders). ``judged`` False: no usable verdict yet
+    (``error`` says why); it is retried and never counted."""
+
+    comparison = models.OneToOneField(Comparison, on_delete=models.CASCADE, related_name="judge_verdict")
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="judge_verdicts")
+    judged = models.BooleanField(default=False)
+    winner = models.ForeignKey(Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+                               help_text="empty when judged: a tie (the orders disagreed, or both said tie)")
+    position_consistent = models.BooleanField(null=True)
+    reasoning = models.TextField(blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["evaluation", "judged"])]

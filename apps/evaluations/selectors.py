@@ -5,6 +5,7 @@ Everything a chart needs is computed here as numbers (the templates draw inline 
 from __future__ import annotations
 
 import math
+import statistics as pystats
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -12,8 +13,19 @@ from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Q
 
 from . import statistics as st
-from .models import Assignment, Candidate, CandidateKind, Comparison, Evaluation, Generation, Judgment, Score
-from .services import eval_items, has_seen_labels, remaining_for, reviewer_ids
+from .models import (
+    Assignment,
+    AutoCheck,
+    Candidate,
+    CandidateKind,
+    CheckResult,
+    Comparison,
+    Evaluation,
+    Generation,
+    Judgment,
+    Score,
+)
+from .services import eval_items, has_seen_labels, pair_stops, remaining_for, reviewer_ids
 
 
 @dataclass
@@ -178,8 +190,12 @@ def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]
     for criterion_id, candidate_id, item_id, value in Score.objects.filter(judgment__evaluation=evaluation).values_list(
             "criterion_id", "candidate_id", "judgment__comparison__item_id", "value"):
         per_output[(criterion_id, candidate_id)][item_id].append(value)
+    passed: dict[tuple[int, int], list[int]] = defaultdict(list)  # (check, candidate) -> 1/0 per output
+    for check_id, candidate_id, ok in CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
+            "check_def_id", "generation__candidate_id", "passed"):
+        passed[(check_id, candidate_id)].append(int(ok))
     rows = []
-    for criterion in evaluation.rubric.criteria.all():
+    for criterion in evaluation.rubric.criteria.prefetch_related("auto_checks"):
         bottom, top = min(criterion.values), max(criterion.values)
         cells = []
         for c in candidates:
@@ -187,7 +203,10 @@ def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]
             m = st.bounded_mean_interval([sum(v) / len(v) for v in outputs.values()], bottom, top)
             cells.append({"candidate": c, "m": m, "width": round(100 * m.mean / top, 1) if m else 0,
                           "low": round(100 * m.low / top, 1) if m else 0, "high": round(100 * m.high / top, 1) if m else 0})
-        rows.append({"criterion": criterion, "cells": cells, "top": top})
+        checks = [{"check": check, "cells": [{"candidate": c, "m": st.bounded_mean_interval(passed.get((check.pk, c.pk), []), 0, 1)}
+                                             for c in candidates]}
+                  for check in criterion.auto_checks.all()]
+        rows.append({"criterion": criterion, "cells": cells, "top": top, "checks": checks})
     return rows
 
 
@@ -263,18 +282,51 @@ def rows_for(items, candidates, verdicts) -> list[dict]:
 
 
 # --- progress -----------------------------------------------------------------------------------------
+def judgment_seconds(evaluation: Evaluation) -> dict[int, list[float]]:
+    """Seconds each judgment took, by reviewer id (judgments recorded before timing existed are left out)."""
+    by_reviewer: dict[int, list[float]] = defaultdict(list)
+    for reviewer_id, seconds in Judgment.objects.filter(evaluation=evaluation, seconds__isnull=False).values_list(
+            "reviewer_id", "seconds"):
+        by_reviewer[reviewer_id].append(seconds)
+    return by_reviewer
+
+
+def _median(values: list[float]) -> float | None:
+    return float(pystats.median(values)) if values else None
+
+
 def reviewer_progress(evaluation: Evaluation) -> list[dict]:
     users = get_user_model().objects.filter(pk__in=reviewer_ids(evaluation.project)).order_by("username")
     counts = {row["reviewer_id"]: row for row in Assignment.objects.filter(evaluation=evaluation).values("reviewer_id")
               .annotate(done=Count("id", filter=Q(completed_at__isnull=False)), open=Count("id", filter=Q(completed_at__isnull=True)))}
+    seconds = judgment_seconds(evaluation)
     return [{"user": u, "done": counts.get(u.pk, {}).get("done", 0), "open": counts.get(u.pk, {}).get("open", 0),
-             "remaining": remaining_for(evaluation, u)} for u in users]
+             "remaining": remaining_for(evaluation, u), "median_seconds": _median(seconds.get(u.pk, []))} for u in users]
 
 
 def review_totals(evaluation: Evaluation) -> dict:
     pairs = Comparison.objects.filter(evaluation=evaluation).count()
+    everyone = [s for values in judgment_seconds(evaluation).values() for s in values]
     return {"pairs": pairs, "needed": pairs * evaluation.reviewers_per_pair,
-            "judged": Judgment.objects.filter(evaluation=evaluation).count()}
+            "judged": Judgment.objects.filter(evaluation=evaluation).count(),
+            "median_seconds": _median(everyone), "timed": len(everyone)}
+
+
+STOP_WORDS = {"settled": "stopped: its 95% interval excludes parity", "cap": "stopped: the cap of judged items is reached",
+              "": "still handed out"}
+
+
+def stopping(evaluation: Evaluation) -> list[dict]:
+    """Per candidate pair: judged items, the interval of the share of decided items, and whether (and why)
+    assignment has stopped handing it out. Names the candidates: only for members who may see the labels."""
+    labels = dict(evaluation.candidates.values_list("pk", "label"))
+    rows = []
+    for (c1, c2), stop in pair_stops(evaluation).items():
+        o = stop.outcome
+        rows.append({"a": labels[c1], "b": labels[c2], "outcome": o, "reason": stop.reason,
+                     "why": STOP_WORDS[stop.reason] if stop.reason != "cap" else
+                     f"stopped: the cap of {evaluation.pair_cap} judged items is reached"})
+    return rows
 
 
 def queue_for(project, user) -> list[dict]:
@@ -285,3 +337,118 @@ def queue_for(project, user) -> list[dict]:
         rows.append({"evaluation": evaluation, "done": done, "remaining": remaining_for(evaluation, user),
                      "seen": has_seen_labels(evaluation, user)})
     return rows
+
+
+# --- automatic checks against reviewers ---------------------------------------------------------------
+def check_calibrations(evaluation: Evaluation, *, bootstrap: int = 1000) -> list[dict]:
+    """Each automatic check of the rubric, and all of them together (the output passing more checks wins), as
+    a grader of the pairs reviewers judged: agreement with and without ties, Cohen's kappa with an item
+    bootstrap interval, and the confusion table. A pair's human verdict is the item-level one used for the
+    verdict (majority of its judgments, an even split a tie)."""
+    human: dict[int, tuple[int, int, int, list[float]]] = {}
+    for comparison_id, item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
+        human.setdefault(comparison_id, (item_id, c1, c2, []))[3].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+    passed: dict[tuple[int, int, int], bool] = {}  # (check, candidate, item) -> passed
+    for check_id, candidate_id, item_id, ok in CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
+            "check_def_id", "generation__candidate_id", "generation__item_id", "passed"):
+        passed[(check_id, candidate_id, item_id)] = ok
+    checks = list(AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id).select_related("criterion")
+                  .order_by("criterion__position", "position", "id"))
+    side = {"a": "first", "b": "second", "tie": "tie"}
+
+    def rows_for(verdict) -> list[tuple[int, str, str]]:
+        rows = []
+        for item_id, c1, c2, scores in human.values():
+            judged = verdict(c1, c2, item_id)
+            if judged is not None:
+                rows.append((item_id, side[st.item_side(scores)], judged))
+        return rows
+
+    def one(check):
+        def verdict(c1, c2, item):
+            first, second = passed.get((check.pk, c1, item)), passed.get((check.pk, c2, item))
+            return None if first is None or second is None else st.check_verdict(first, second)
+        return verdict
+
+    def together(c1, c2, item):
+        counts = [sum(passed.get((ch.pk, c, item), False) for ch in checks) for c in (c1, c2)]
+        if any((ch.pk, c, item) not in passed for ch in checks for c in (c1, c2)):
+            return None
+        return "tie" if counts[0] == counts[1] else "first" if counts[0] > counts[1] else "second"
+
+    out = [{"name": f"{check.criterion.name}: {check.label}", "check": check,
+            "calibration": st.calibrate(rows_for(one(check)), bootstrap=bootstrap, seed=evaluation.seed)} for check in checks]
+    if len(checks) > 1:
+        out.append({"name": "All automatic checks (the output passing more of them wins)", "check": None,
+                    "calibration": st.calibrate(rows_for(together), bootstrap=bootstrap, seed=evaluation.seed)})
+    return out
+
+
+# --- the LLM judge ------------------------------------------------------------------------------------
+def _human_verdicts(evaluation: Evaluation) -> dict[int, tuple[int, str]]:
+    """comparison -> (item, the reviewers' item-level verdict "first" / "second" / "tie")."""
+    scores: dict[int, tuple[int, int, list[float]]] = {}
+    for comparison_id, item_id, c1, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "winner_id"):
+        scores.setdefault(comparison_id, (item_id, c1, []))[2].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+    side = {"a": "first", "b": "second", "tie": "tie"}
+    return {cid: (item, side[st.item_side(s)]) for cid, (item, _, s) in scores.items()}
+
+
+@dataclass
+class JudgeReport:
+    settings: object  # JudgeSettings
+    judged: int
+    unjudged: int
+    errors: list[str]
+    calibration: st.Calibration
+    position_consistency: float | None  # share of judged pairs where both orders picked the same
+    human_pairs: int
+    shown: bool
+    why_hidden: str
+    pairs: list[PairResult]
+
+
+def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeReport | None:
+    """The judge's verdicts, its calibration against the reviewers on the pairs they judged, and its win rates,
+    which are shown only with enough human-judged pairs and a kappa at or above the project's thresholds."""
+    from .models import JudgeSettings, JudgeVerdict
+
+    settings_row = JudgeSettings.objects.filter(project=evaluation.project_id).first()
+    verdicts = list(JudgeVerdict.objects.filter(evaluation=evaluation).select_related("comparison"))
+    if settings_row is None and not verdicts:
+        return None
+    judged = [v for v in verdicts if v.judged]
+    human = _human_verdicts(evaluation)
+    rows = []
+    for v in judged:
+        if v.comparison_id in human:
+            label = "tie" if v.winner_id is None else "first" if v.winner_id == v.comparison.candidate_1_id else "second"
+            item, people = human[v.comparison_id]
+            rows.append((item, people, label))
+    calibration = st.calibrate(rows, bootstrap=bootstrap, seed=evaluation.seed)
+    min_pairs = settings_row.min_human_pairs if settings_row else 30
+    min_kappa = settings_row.min_kappa if settings_row else 0.6
+    if len(human) < min_pairs:
+        why = f"{len(human)} human-judged pair{'s' * (len(human) != 1)} so far; judge figures show from {min_pairs}."
+    elif calibration.kappa is None or calibration.kappa < min_kappa:
+        shown_kappa = "not defined" if calibration.kappa is None else f"{calibration.kappa:.2f}"
+        why = f"the judge's kappa with the reviewers is {shown_kappa}; judge figures show from {min_kappa:g}."
+    else:
+        why = ""
+    candidates = list(evaluation.candidates.order_by("position"))
+    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for v in judged:
+        c = v.comparison
+        scores[(c.candidate_1_id, c.candidate_2_id)][c.item_id].append(
+            0.5 if v.winner_id is None else 1.0 if v.winner_id == c.candidate_1_id else 0.0)
+    pairs = []
+    for i, a in enumerate(candidates):
+        for b in candidates[i + 1:]:
+            o = st.compare_pair(scores.get((a.pk, b.pk), {}))
+            pairs.append(PairResult(a, b, o, None, unjudged=0, bar=_bar(o)))
+    consistent = [v.position_consistent for v in judged if v.position_consistent is not None]
+    return JudgeReport(settings_row, len(judged), len(verdicts) - len(judged),
+                       sorted({v.error for v in verdicts if not v.judged and v.error})[:5], calibration,
+                       sum(consistent) / len(consistent) if consistent else None, len(human), not why, why, pairs)

@@ -3,6 +3,7 @@ handing out blind review pairs and recording judgments. Reads and statistics liv
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import defaultdict
@@ -22,21 +23,26 @@ from ftstudio import csv_cells
 from .models import (
     SCALE_VALUES,
     Assignment,
+    AutoCheck,
     Candidate,
     CandidateKind,
+    CheckResult,
     Comparison,
     Criterion,
     Evaluation,
     EvaluationStatus,
     Generation,
+    JudgeSettings,
+    JudgeVerdict,
     Judgment,
+    ReviewMode,
     Rubric,
     Scale,
     Score,
     Unblinding,
     UnblindingReason,
 )
-from .statistics import token_f1
+from .statistics import PairOutcome, compare_pair, token_f1
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ class CriterionSpec:
     anchors: dict | None = None
     good_example_id: int | None = None
     bad_example_id: int | None = None
+    checks: list = dataclasses.field(default_factory=list)  # worker.checks.CheckSpec, run on every output of an evaluation
 
 
 def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
@@ -78,45 +85,166 @@ def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
             if pk is not None and not Example.objects.filter(project=project, pk=pk).exists():
                 raise EvaluationError(f"Criterion {n} ({spec.name}): example #{pk} ({field.split('_')[0]} example) "
                                       "is not an example of this project.")
+        for m, check in enumerate(spec.checks, start=1):
+            from worker.checks import CheckError, validate
+
+            try:
+                validate(check)
+            except CheckError as exc:
+                raise EvaluationError(f"Criterion {n} ({spec.name}), automatic check {m}: {exc}.") from exc
 
 
 def _save_criteria(rubric: Rubric, criteria: list[CriterionSpec]) -> None:
-    Criterion.objects.bulk_create([
-        Criterion(rubric=rubric, position=i, name=s.name.strip(), description=s.description.strip(), scale=s.scale,
-                  anchors={k: v.strip() for k, v in (s.anchors or {}).items() if v and v.strip()},
-                  good_example_id=s.good_example_id, bad_example_id=s.bad_example_id)
-        for i, s in enumerate(criteria)
-    ])
+    for i, s in enumerate(criteria):
+        criterion = Criterion.objects.create(
+            rubric=rubric, position=i, name=s.name.strip(), description=s.description.strip(), scale=s.scale,
+            anchors={k: v.strip() for k, v in (s.anchors or {}).items() if v and v.strip()},
+            good_example_id=s.good_example_id, bad_example_id=s.bad_example_id)
+        AutoCheck.objects.bulk_create([AutoCheck(criterion=criterion, position=j, kind=c.kind, text=c.text, number=c.number)
+                                       for j, c in enumerate(s.checks)])
+
+
+def _check_review_mode(review_mode: str) -> None:
+    if review_mode not in ReviewMode.values:
+        raise EvaluationError(f"Unknown review mode {review_mode!r}; use {' or '.join(ReviewMode.values)}.")
 
 
 @transaction.atomic
-def create_rubric(*, project, name: str, description: str = "", criteria: list[CriterionSpec], user=None) -> Rubric:
+def create_rubric(*, project, name: str, description: str = "", criteria: list[CriterionSpec],
+                  review_mode: str = ReviewMode.SCORES, user=None) -> Rubric:
     name = name.strip()
     if not name:
         raise EvaluationError("A rubric needs a name.")
     if Rubric.objects.filter(project=project, name=name).exists():
         raise EvaluationError(f"A rubric named {name!r} exists already; edit it to make a new version.")
     _check_criteria(project, criteria)
-    rubric = Rubric.objects.create(project=project, name=name, version=1, description=description.strip(), created_by=user)
+    _check_review_mode(review_mode)
+    rubric = Rubric.objects.create(project=project, name=name, version=1, description=description.strip(),
+                                   review_mode=review_mode, created_by=user)
     _save_criteria(rubric, criteria)
     return rubric
 
 
 @transaction.atomic
-def revise_rubric(*, rubric: Rubric, description: str, criteria: list[CriterionSpec], user=None) -> Rubric:
+def revise_rubric(*, rubric: Rubric, description: str, criteria: list[CriterionSpec], review_mode: str | None = None,
+                  user=None) -> Rubric:
     """Editing never changes a version evaluations point at: it saves the next version."""
     _check_criteria(rubric.project, criteria)
+    review_mode = review_mode or rubric.review_mode
+    _check_review_mode(review_mode)
     latest = Rubric.objects.select_for_update().filter(project=rubric.project, name=rubric.name).order_by("-version").first()
     new = Rubric.objects.create(project=rubric.project, name=rubric.name, version=latest.version + 1,
-                                description=description.strip(), created_by=user)
+                                description=description.strip(), review_mode=review_mode, created_by=user)
     _save_criteria(new, criteria)
     return new
 
 
 def criteria_specs(rubric: Rubric) -> list[CriterionSpec]:
     return [CriterionSpec(name=c.name, description=c.description, scale=c.scale, anchors=dict(c.anchors),
-                          good_example_id=c.good_example_id, bad_example_id=c.bad_example_id)
-            for c in rubric.criteria.all()]
+                          good_example_id=c.good_example_id, bad_example_id=c.bad_example_id,
+                          checks=[check.spec for check in c.auto_checks.all()])
+            for c in rubric.criteria.prefetch_related("auto_checks")]
+
+
+# --- automatic checks ---------------------------------------------------------------------------------
+def schedule_checks(evaluation_pk: int) -> None:
+    """Queue the automatic checks of an evaluation (queue ``default``) once the current transaction commits."""
+    from .check_tasks import run_checks as task
+
+    transaction.on_commit(lambda: task.delay(evaluation_pk))
+
+
+def run_checks(evaluation_pk: int) -> int:
+    """Run every automatic check of the evaluation's rubric on every output that lacks its result; safe to run
+    again (existing results are kept, a second delivery finds nothing to do). Returns the results written."""
+    from worker.checks import input_fields, run_check
+
+    evaluation = Evaluation.objects.select_related("rubric").filter(pk=evaluation_pk).first()
+    if evaluation is None:
+        return 0
+    checks = list(AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id))
+    if not checks:
+        return 0
+    done = set(CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list("generation_id", "check_def_id"))
+    rows = []
+    generations = Generation.objects.filter(candidate__evaluation=evaluation).select_related("item__example").order_by("pk")
+    for generation in generations.iterator(chunk_size=500):
+        todo = [c for c in checks if (generation.pk, c.pk) not in done]
+        if not todo:
+            continue
+        item = generation.item
+        fields = input_fields(item.input_messages, item.example.metadata if item.example_id else None)
+        for check in todo:
+            result = run_check(check.spec, generation.output, fields=fields, ideal=item.ideal_output,
+                               similarity=generation.similarity)
+            rows.append(CheckResult(generation=generation, check_def=check, passed=result.passed, detail=result.detail[:300]))
+    CheckResult.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+    return len(rows)
+
+
+# --- the LLM judge ------------------------------------------------------------------------------------
+def save_judge_settings(*, project, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0,
+                        min_human_pairs: int = 30, min_kappa: float = 0.6) -> JudgeSettings:
+    """The project's judge endpoint; an empty ``api_key`` keeps the stored one (it is never shown back)."""
+    if not base_url.startswith(("http://", "https://")):
+        raise EvaluationError(f"The judge's URL must start with http:// or https:// (got {base_url!r}).")
+    if not model.strip():
+        raise EvaluationError("Name the judge's model (as the endpoint knows it).")
+    if not 0 < timeout_s <= 600:
+        raise EvaluationError("The judge's timeout must be between 0 and 600 seconds.")
+    if not -1 <= min_kappa <= 1:
+        raise EvaluationError("The kappa threshold must be between -1 and 1.")
+    settings_row, _ = JudgeSettings.objects.get_or_create(project=project, defaults={"base_url": base_url, "model": model})
+    settings_row.base_url, settings_row.model = base_url.strip(), model.strip()
+    if api_key:
+        settings_row.api_key = api_key
+    settings_row.timeout_s, settings_row.min_human_pairs, settings_row.min_kappa = timeout_s, min_human_pairs, min_kappa
+    settings_row.save()
+    return settings_row
+
+
+def judge_rubric_text(rubric: Rubric) -> str:
+    from worker.judge import rubric_text
+
+    return rubric_text([{"name": c.name, "description": c.description, "levels": [(label, text) for _, label, text in c.levels()],
+                         "good": c.good_example.ideal_output if c.good_example_id else "",
+                         "bad": c.bad_example.ideal_output if c.bad_example_id else ""}
+                        for c in rubric.criteria.select_related("good_example", "bad_example")], rubric.description)
+
+
+def schedule_judge(evaluation_pk: int) -> None:
+    from .check_tasks import run_judge as task
+
+    transaction.on_commit(lambda: task.delay(evaluation_pk))
+
+
+def run_judge(evaluation_pk: int, *, client=None) -> dict:
+    """Ask the project's judge about every comparison without a usable verdict (both orders each); safe to run
+    again: judged comparisons are skipped, unjudged ones (timeout, error, no verdict) are retried."""
+    from worker.judge import JudgeConfig, judge_pair
+
+    evaluation = Evaluation.objects.select_related("rubric", "project").get(pk=evaluation_pk)
+    settings_row = JudgeSettings.objects.filter(project=evaluation.project_id).first()
+    if settings_row is None:
+        raise EvaluationError("This project has no LLM judge configured.")
+    config = JudgeConfig(settings_row.base_url, settings_row.model, settings_row.api_key, timeout_s=settings_row.timeout_s)
+    rubric = judge_rubric_text(evaluation.rubric)
+    done = set(JudgeVerdict.objects.filter(evaluation=evaluation, judged=True).values_list("comparison_id", flat=True))
+    outputs = {(g.candidate_id, g.item_id): g.output for g in Generation.objects.filter(candidate__evaluation=evaluation)}
+    counts = {"judged": 0, "unjudged": 0}
+    for comparison in (Comparison.objects.filter(evaluation=evaluation).exclude(pk__in=done)
+                       .select_related("item").order_by("order_key")):
+        item = comparison.item
+        text = "\n\n".join(f"{m.get('role')}: {m.get('content', '')}" for m in item.input_messages)
+        verdict = judge_pair(config, rubric=rubric, input_text=text, first=outputs.get((comparison.candidate_1_id, item.pk), ""),
+                             second=outputs.get((comparison.candidate_2_id, item.pk), ""), client=client)
+        winner = {"first": comparison.candidate_1_id, "second": comparison.candidate_2_id}.get(verdict.winner or "")
+        row, _ = JudgeVerdict.objects.get_or_create(comparison=comparison, defaults={"evaluation": evaluation})
+        row.judged, row.winner_id, row.position_consistent = verdict.winner is not None, winner, verdict.position_consistent
+        row.reasoning, row.error, row.attempts = verdict.reasoning, verdict.error[:300], row.attempts + 1
+        row.save()
+        counts["judged" if row.judged else "unjudged"] += 1
+    return counts
 
 
 # --- creating an evaluation ---------------------------------------------------------------------------
@@ -150,7 +278,8 @@ DEFAULT_PROMPT = "You are a helpful customer-support assistant. Reply in the hou
 def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
                       base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
                       reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
-                      user=None, enqueue: bool = True) -> Evaluation:
+                      pair_cap: int | None = None, stop_when_settled: bool = True, user=None,
+                      enqueue: bool = True) -> Evaluation:
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
     if rubric.project_id != project.pk:
@@ -163,6 +292,8 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
         raise EvaluationError("Max new tokens must be between 1 and 2048.")
     if not 1 <= reviewers_per_pair <= 10:
         raise EvaluationError("Reviewers per pair must be between 1 and 10.")
+    if pair_cap is not None and pair_cap < 1:
+        raise EvaluationError("The cap of judged items per candidate pair must be at least 1 (or empty for no cap).")
     runs: dict[int, Run] = {}
     for spec in candidates:
         if spec.kind not in CandidateKind.values:
@@ -190,7 +321,8 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
         project=project, name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
         dataset_version=dataset_version, rubric=rubric, base_model=base_model, max_new_tokens=max_new_tokens,
         seed=seed, reviewers_per_pair=reviewers_per_pair, include_val=include_val,
-        reviewers_see_examples=reviewers_see_examples, created_by=user,
+        reviewers_see_examples=reviewers_see_examples, pair_cap=pair_cap,
+        stop_when_settled=stop_when_settled, created_by=user,
     )
     if user is not None:  # the launcher has seen the configuration: they never judge it blind
         Unblinding.objects.create(evaluation=evaluation, user=user, reason=UnblindingReason.LAUNCHED)
@@ -325,7 +457,9 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
             check()
             build_comparisons(evaluation)
             done = Generation.objects.filter(candidate__evaluation=evaluation).count()
-            mine.update(status=EvaluationStatus.READY, done=done, finished_at=timezone.now(), heartbeat_at=timezone.now())
+            if mine.update(status=EvaluationStatus.READY, done=done, finished_at=timezone.now(),
+                           heartbeat_at=timezone.now()):
+                schedule_checks(evaluation.pk)  # the rubric's automatic checks, on queue default
         except _Handback as stop:
             if str(stop) == "paused" and mine.update(status=EvaluationStatus.QUEUED, worker_id="", heartbeat_at=None,
                                                      attempts=F("attempts") - 1, enqueued_at=timezone.now()):
@@ -441,13 +575,54 @@ def _pending(evaluation: Evaluation, reviewer):
     return Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer, completed_at__isnull=True)
 
 
+@dataclass(frozen=True)
+class PairStop:
+    """Whether review of one candidate pair goes on: ``reason`` is "settled" (its 95% interval excludes
+    parity), "cap" (the evaluation's cap of judged items is reached) or "" (still handed out)."""
+
+    candidate_1_id: int
+    candidate_2_id: int
+    outcome: PairOutcome
+    reason: str
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.reason)
+
+
+def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
+    """The stopping rule per candidate pair, from the same item-level head to head as the results page
+    (``statistics.compare_pair`` on this evaluation's judgments)."""
+    candidates = list(evaluation.candidates.order_by("position").values_list("pk", flat=True))
+    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
+        scores[(c1, c2)][item_id].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+    stops = {}
+    for i, a in enumerate(candidates):
+        for b in candidates[i + 1:]:
+            outcome = compare_pair(scores.get((a, b), {}))
+            if evaluation.stop_when_settled and outcome.better is not None:
+                reason = "settled"
+            elif evaluation.pair_cap is not None and outcome.items >= evaluation.pair_cap:
+                reason = "cap"
+            else:
+                reason = ""
+            stops[(a, b)] = PairStop(a, b, outcome, reason)
+    return stops
+
+
 def open_pairs(evaluation: Evaluation, reviewer):
-    """Comparisons that still need reviewers and that this reviewer has not been given."""
-    return (Comparison.objects.filter(evaluation=evaluation)
-            .annotate(n=Count("assignments"))
-            .filter(n__lt=evaluation.reviewers_per_pair)
-            .exclude(assignments__reviewer=reviewer)
-            .order_by("n", "order_key"))
+    """Comparisons that still need reviewers, whose candidate pair has not stopped (settled or capped),
+    and that this reviewer has not been given."""
+    pairs = (Comparison.objects.filter(evaluation=evaluation)
+             .annotate(n=Count("assignments"))
+             .filter(n__lt=evaluation.reviewers_per_pair)
+             .exclude(assignments__reviewer=reviewer))
+    for (c1, c2), stop in pair_stops(evaluation).items():
+        if stop.stopped:
+            pairs = pairs.exclude(candidate_1_id=c1, candidate_2_id=c2)
+    return pairs.order_by("n", "order_key")
 
 
 def remaining_for(evaluation: Evaluation, reviewer) -> int:
@@ -510,6 +685,12 @@ def next_assignment(*, evaluation: Evaluation, reviewer) -> Assignment | None:
     return None
 
 
+def mark_shown(assignment: Assignment) -> None:
+    """The first time a reviewer's pair page is rendered: the start of the time the judgment takes."""
+    if assignment.shown_at is None and assignment.completed_at is None:
+        Assignment.objects.filter(pk=assignment.pk, shown_at__isnull=True).update(shown_at=timezone.now())
+
+
 @dataclass
 class Side:
     letter: str
@@ -528,7 +709,9 @@ def sides(assignment: Assignment) -> list[Side]:
 def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: dict[tuple[str, int], int],
                     comment: str = "") -> Judgment:
     """Record a reviewer's verdict. ``winner`` is "A", "B" or "tie" as shown; ``scores`` maps
-    (side letter, criterion id) to a value on that criterion's scale. Stored against the candidates."""
+    (side letter, criterion id) to a value on that criterion's scale, each one optional; a rubric that asks
+    for the overall winner only takes no scores. Stored against the candidates, with the seconds the
+    judgment took (from the page being shown, else from the pair being handed out)."""
     assignment = Assignment.objects.select_for_update().select_related("comparison").get(pk=assignment.pk)
     if assignment.reviewer_id != reviewer.pk:
         raise EvaluationError("This pair is assigned to another reviewer.")
@@ -537,13 +720,16 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     by_letter = {s.letter: s.candidate for s in sides(assignment)}
     if winner not in ("A", "B", "tie"):
         raise EvaluationError(f"Pick A, B or tie (got {winner!r}).")
-    criteria = list(assignment.evaluation.rubric.criteria.all())
+    rubric = assignment.evaluation.rubric
+    if rubric.review_mode == ReviewMode.WINNER and scores:
+        raise EvaluationError(f"Rubric {rubric} asks for the overall winner only; it takes no per-criterion scores.")
+    criteria = list(rubric.criteria.all())
     rows = []
     for criterion in criteria:
         for letter in ("A", "B"):
             value = scores.get((letter, criterion.pk))
             if value is None:
-                raise EvaluationError(f"Score side {letter} on {criterion.name!r}.")
+                continue
             if value not in criterion.values:
                 raise EvaluationError(f"{value} is outside the {criterion.get_scale_display()} scale of "
                                       f"{criterion.name!r} (side {letter}); allowed: {', '.join(map(str, criterion.values))}.")
@@ -551,12 +737,15 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     unknown = {cid for _, cid in scores} - {c.pk for c in criteria}
     if unknown:
         raise EvaluationError(f"Criteria {sorted(unknown)} are not in this evaluation's rubric.")
+    now = timezone.now()
+    started = assignment.shown_at or assignment.created_at
     judgment = Judgment.objects.create(
         assignment=assignment, comparison=assignment.comparison, evaluation_id=assignment.evaluation_id,
         reviewer=reviewer, winner=None if winner == "tie" else by_letter[winner], comment=comment.strip()[:4000],
+        seconds=max(0.0, (now - started).total_seconds()),
     )
     Score.objects.bulk_create([Score(judgment=judgment, criterion=c, candidate=cand, value=v) for c, cand, v in rows])
-    assignment.completed_at = timezone.now()
+    assignment.completed_at = now
     assignment.save(update_fields=["completed_at"])
     return judgment
 

@@ -297,3 +297,75 @@ def token_f1(output: str, ideal: str) -> float:
         return 0.0
     precision, recall = common / len(a), common / len(b)
     return 2 * precision * recall / (precision + recall)
+
+
+# --- automatic graders against people -----------------------------------------------------------------
+PAIR_LABELS = ("first", "tie", "second")  # a pair's verdict from its first candidate's side
+
+
+def kappa_from_confusion(table: np.ndarray) -> float | None:
+    """Cohen's kappa from a square confusion table (rows: people, columns: the grader); None when chance
+    agreement is total (every verdict in one category on both sides), where kappa is not defined."""
+    n = table.sum()
+    if n == 0:
+        return None
+    observed = np.trace(table) / n
+    expected = float((table.sum(axis=1) * table.sum(axis=0)).sum()) / (n * n)
+    if math.isclose(expected, 1.0):
+        return None
+    return float((observed - expected) / (1 - expected))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How often an automatic grader gives the verdict reviewers gave, over the pairs reviewers judged."""
+
+    pairs: int  # comparisons with a human verdict and a grader verdict
+    items: int  # distinct items among them (the bootstrap's unit)
+    agreement: float | None  # share of pairs with the same verdict, ties included
+    agreement_without_ties: float | None  # among pairs where both people and grader picked a side
+    decided_by_both: int
+    kappa: float | None
+    kappa_low: float | None  # 95% percentile bootstrap interval, resampling items
+    kappa_high: float | None
+    confusion: tuple[tuple[int, ...], ...]  # rows: people's verdict, columns: grader's (PAIR_LABELS order)
+
+
+def calibrate(rows: Sequence[tuple[Hashable, str, str]], *, bootstrap: int = 1000, seed: int = 0) -> Calibration:
+    """Agreement of a grader with people from ``(item, human verdict, grader verdict)`` per judged pair
+    (verdicts from PAIR_LABELS; the human verdict is the item-level one of :func:`item_side`). Kappa's
+    interval resamples items with all their pairs, like every other interval on the results page."""
+    code = {label: i for i, label in enumerate(PAIR_LABELS)}
+    k = len(PAIR_LABELS)
+    by_item: dict[Hashable, np.ndarray] = {}
+    for item, human, grader in rows:
+        by_item.setdefault(item, np.zeros((k, k), dtype=int))
+        by_item[item][code[human], code[grader]] += 1
+    tables = np.array(list(by_item.values())) if by_item else np.zeros((0, k, k), dtype=int)
+    table = tables.sum(axis=0) if len(tables) else np.zeros((k, k), dtype=int)
+    n = int(table.sum())
+    sides = [code["first"], code["second"]]
+    decided = table[np.ix_(sides, sides)]
+    kappa = kappa_from_confusion(table)
+    low = high = None
+    if kappa is not None and bootstrap and len(tables) > 1:
+        rng = np.random.default_rng(seed)
+        samples = []
+        for _ in range(bootstrap):
+            value = kappa_from_confusion(tables[rng.integers(0, len(tables), len(tables))].sum(axis=0))
+            if value is not None:
+                samples.append(value)
+        if samples:
+            low, high = float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
+    return Calibration(
+        pairs=n, items=len(tables), agreement=float(np.trace(table) / n) if n else None,
+        agreement_without_ties=float(np.trace(decided) / decided.sum()) if decided.sum() else None,
+        decided_by_both=int(decided.sum()), kappa=kappa, kappa_low=low, kappa_high=high,
+        confusion=tuple(tuple(int(v) for v in row) for row in table))
+
+
+def check_verdict(first_passed: bool, second_passed: bool) -> str:
+    """A check's pair preference: the output that passes beats the one that fails, else a tie."""
+    if first_passed == second_passed:
+        return "tie"
+    return "first" if first_passed else "second"

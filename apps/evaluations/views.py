@@ -10,8 +10,25 @@ from django.views.decorators.http import require_POST
 from apps.accounts.permissions import evaluation_sight, project_view
 
 from . import selectors, services
-from .forms import CriterionFormSet, EvaluationForm, RubricForm, anchors_text
-from .models import Assignment, Evaluation, EvaluationStatus, Rubric, UnblindingReason
+from .forms import (
+    CheckFormSet,
+    CriterionFormSet,
+    EvaluationForm,
+    JudgeSettingsForm,
+    RubricForm,
+    anchors_text,
+    attach_checks,
+    checks_initial,
+)
+from .models import (
+    Assignment,
+    Evaluation,
+    EvaluationStatus,
+    JudgeSettings,
+    ReviewMode,
+    Rubric,
+    UnblindingReason,
+)
 
 
 # --- rubrics ------------------------------------------------------------------------------------------
@@ -27,53 +44,67 @@ def rubric_list(request, project):
     return render(request, "evaluations/rubric_list.html", {"rubrics": list(latest.values()), "older": older})
 
 
-def _criteria_from(formset) -> list[services.CriterionSpec]:
-    return [spec for form in formset.forms if form.is_valid() and (spec := form.spec()) is not None]
+def _criteria_from(formset, checks, previous=()) -> list[services.CriterionSpec]:
+    """The criteria of the form, each with the automatic checks that name it (EvaluationError if one names none)."""
+    return attach_checks([spec for form in formset.forms if form.is_valid() and (spec := form.spec()) is not None],
+                         checks if checks.is_bound else None, previous)
+
+
+def _check_formset(request, initial=()):
+    """The automatic checks' formset; unbound when a POST carries none (then no checks change)."""
+    data = request.POST if request.method == "POST" and "k-TOTAL_FORMS" in request.POST else None
+    return CheckFormSet(data, prefix="k", initial=list(initial))
 
 
 @project_view("rubric")
 def rubric_create(request, project):
     form = RubricForm(request.POST or None)
     formset = CriterionFormSet(request.POST or None, prefix="c")
-    if request.method == "POST" and form.is_valid() and formset.is_valid():
+    checks = _check_formset(request)
+    if request.method == "POST" and form.is_valid() and formset.is_valid() and (checks.is_valid() or not checks.is_bound):
         try:
             rubric = services.create_rubric(project=project, name=form.cleaned_data["name"],
                                             description=form.cleaned_data["description"],
-                                            criteria=_criteria_from(formset), user=request.user)
+                                            review_mode=form.cleaned_data["review_mode"] or ReviewMode.SCORES,
+                                            criteria=_criteria_from(formset, checks), user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Saved rubric {rubric}.")
             return redirect(rubric)
-    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "rubric": None})
+    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": None})
 
 
 @project_view("view")
 def rubric_detail(request, project, pk):
     rubric = get_object_or_404(Rubric.objects.select_related("created_by"), project=project, pk=pk)
     versions = Rubric.objects.filter(project=project, name=rubric.name).order_by("-version")
-    criteria = rubric.criteria.select_related("good_example", "bad_example")
+    criteria = rubric.criteria.select_related("good_example", "bad_example").prefetch_related("auto_checks")
     return render(request, "evaluations/rubric_detail.html", {"rubric": rubric, "versions": versions, "criteria": criteria})
 
 
 @project_view("rubric")
 def rubric_edit(request, project, pk):
     rubric = get_object_or_404(Rubric, project=project, pk=pk)
+    specs = services.criteria_specs(rubric)
     initial = [{"name": s.name, "description": s.description, "scale": s.scale, "anchors": anchors_text(s.anchors or {}),
-                "good_example": s.good_example_id, "bad_example": s.bad_example_id} for s in services.criteria_specs(rubric)]
-    form = RubricForm(request.POST or None, initial={"name": rubric.name, "description": rubric.description})
+                "good_example": s.good_example_id, "bad_example": s.bad_example_id} for s in specs]
+    checks = _check_formset(request, checks_initial(specs))
+    form = RubricForm(request.POST or None, initial={"name": rubric.name, "description": rubric.description,
+                                                     "review_mode": rubric.review_mode})
     form.fields["name"].disabled = True
     formset = CriterionFormSet(request.POST or None, prefix="c", initial=initial)
-    if request.method == "POST" and form.is_valid() and formset.is_valid():
+    if request.method == "POST" and form.is_valid() and formset.is_valid() and (checks.is_valid() or not checks.is_bound):
         try:
             new = services.revise_rubric(rubric=rubric, description=form.cleaned_data["description"],
-                                         criteria=_criteria_from(formset), user=request.user)
+                                         review_mode=form.cleaned_data["review_mode"] or None,
+                                         criteria=_criteria_from(formset, checks, specs), user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Saved {new}; evaluations keep the version they used.")
             return redirect(new)
-    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "rubric": rubric})
+    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": rubric})
 
 
 # --- evaluations --------------------------------------------------------------------------------------
@@ -95,7 +126,8 @@ def evaluation_create(request, project):
                 project=project, dataset_version=d["dataset_version"], rubric=d["rubric"], base_model=d["base_model"],
                 candidates=form.candidates(), name=d["name"], max_new_tokens=d["max_new_tokens"], seed=d["seed"],
                 reviewers_per_pair=d["reviewers_per_pair"], include_val=d["include_val"],
-                reviewers_see_examples=d["reviewers_see_examples"], user=request.user)
+                reviewers_see_examples=d["reviewers_see_examples"], pair_cap=d["pair_cap"],
+                stop_when_settled=d["stop_when_settled"], user=request.user)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
@@ -126,6 +158,8 @@ def evaluation_detail(request, project, pk):
         context["candidates"] = evaluation.candidates.select_related("run")
     if request.access.allows("evaluate"):
         context["progress"] = selectors.reviewer_progress(evaluation)
+        if sight.labels:
+            context["stopping"] = selectors.stopping(evaluation)
     if request.access.allows("review"):
         context["my_remaining"] = services.remaining_for(evaluation, request.user)
     template = "evaluations/evaluation_detail.html#status" if request.htmx else "evaluations/evaluation_detail.html"
@@ -158,6 +192,53 @@ def evaluation_resume(request, project, pk):
     return redirect(evaluation)
 
 
+@project_view("evaluate")
+@require_POST
+def evaluation_run_checks(request, project, pk):
+    """Run the rubric's automatic checks on an existing evaluation's outputs (those not checked yet)."""
+    evaluation = _get_evaluation(project, pk)
+    if evaluation.status != EvaluationStatus.READY:
+        messages.error(request, "The automatic checks run once every output is generated.")
+    else:
+        services.schedule_checks(evaluation.pk)
+        messages.success(request, "Automatic checks queued: results appear on the results page when the worker is done.")
+    return redirect(evaluation)
+
+
+@project_view("evaluate")
+@require_POST
+def evaluation_run_judge(request, project, pk):
+    """Ask the project's LLM judge about every pair of the evaluation that has no usable verdict yet."""
+    evaluation = _get_evaluation(project, pk)
+    if evaluation.status != EvaluationStatus.READY:
+        messages.error(request, "The judge runs once every output is generated.")
+    elif not JudgeSettings.objects.filter(project=project).exists():
+        messages.error(request, "Configure the project's LLM judge first.")
+    else:
+        services.schedule_judge(evaluation.pk)
+        messages.success(request, "LLM judge queued: each pair is judged in both orders; unjudged pairs are retried.")
+    return redirect(evaluation)
+
+
+@project_view("evaluate")
+def judge_settings(request, project):
+    """The project's judge endpoint. The key is write-only: the page says whether one is stored, never which."""
+    current = JudgeSettings.objects.filter(project=project).first()
+    initial = ({"base_url": current.base_url, "model": current.model, "timeout_s": current.timeout_s,
+                "min_human_pairs": current.min_human_pairs, "min_kappa": current.min_kappa} if current else None)
+    form = JudgeSettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.save_judge_settings(project=project, **form.cleaned_data)
+        except services.EvaluationError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "Saved the LLM judge's settings.")
+            return redirect("judge_settings", slug=project.slug)
+    return render(request, "evaluations/judge_settings.html",
+                  {"form": form, "has_key": bool(current and current.api_key)})
+
+
 @project_view("view")
 def evaluation_results(request, project, pk):
     evaluation = _get_evaluation(project, pk)
@@ -177,6 +258,12 @@ def evaluation_results(request, project, pk):
             return render(request, "evaluations/results.html#examples", context)
     context["results"] = results = selectors.evaluation_results(evaluation)
     context["ranking_height"] = 24 * len(results.ranking) + 24
+    context["calibrations"] = selectors.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
+    context["judge"] = judge = selectors.judge_report(evaluation, bootstrap=400)
+    if judge and judge.judged:
+        context["judge_examples"] = (evaluation.judge_verdicts.filter(judged=True)
+                                     .select_related("comparison__item", "comparison__candidate_1", "comparison__candidate_2", "winner")
+                                     .order_by("comparison__order_key")[:20])
     return render(request, "evaluations/results.html", context)
 
 
@@ -223,8 +310,10 @@ def review_item(request, project, token):
     evaluation = assignment.evaluation
     if evaluation.status != EvaluationStatus.READY:
         raise Http404("This evaluation is not ready for review")
-    criteria = list(evaluation.rubric.criteria.all())
+    criteria = list(evaluation.rubric.criteria.all())  # scores posted for a winner-only rubric are refused by the service
     errors: list[str] = []
+    if request.method == "GET":
+        services.mark_shown(assignment)
     if request.method == "POST":
         scores = {}
         for criterion in criteria:
@@ -247,7 +336,8 @@ def review_item(request, project, token):
     done = assignment.completed_at is not None
     item = assignment.comparison.item
     context = {
-        "assignment": assignment, "item_input": item.input_messages, "ideal": item.ideal_output, "criteria": criteria,
+        "assignment": assignment, "item_input": item.input_messages, "ideal": item.ideal_output,
+        "criteria": criteria if evaluation.rubric.review_mode == ReviewMode.SCORES else [],
         "sides": services.sides(assignment), "errors": errors, "done": done,
         "remaining": services.remaining_for(evaluation, request.user),
         "next_url": reverse("review_next", kwargs={"slug": project.slug, "pk": evaluation.pk}),
