@@ -64,19 +64,20 @@ def test_scores_are_optional_per_criterion_and_side(team, settings, tiny_model_d
 
 
 def test_a_pair_whose_interval_excludes_parity_is_no_longer_handed_out(team, settings, tiny_model_dir, tmp_path_factory):
-    # 8 items, 3 candidates (24 comparisons), one reviewer per pair; the later candidate always wins.
-    # 6 of 6 decided items is the first split whose exact 95% interval excludes 50% (low = 0.54), so each of the
-    # three candidate pairs stops after 6 of its 8 items: 18 judgments instead of 24.
-    evaluation = _evaluation(team, settings, tiny_model_dir, tmp_path_factory, test_count=8, reviewers_per_pair=1)
-    assert _judge_everything(evaluation, team.reviewer, _later_candidate_wins) == 18
+    # 12 items, 3 candidates (36 comparisons), one reviewer per pair; the later candidate always wins.
+    # Stopping asks for the exact interval at 1 - 0.05/12 to exclude 50%: 9 of 9 (p = 0.0039 < 0.0042) is the
+    # first such split, so each candidate pair stops after 9 of its 12 items: 27 judgments instead of 36.
+    # (6 of 6 already excludes 50% at 95%; stopping there is what made false verdicts 11-20% likely.)
+    evaluation = _evaluation(team, settings, tiny_model_dir, tmp_path_factory, test_count=12, reviewers_per_pair=1)
+    assert _judge_everything(evaluation, team.reviewer, _later_candidate_wins) == 27
     stops = services.pair_stops(evaluation)
-    assert {s.reason for s in stops.values()} == {"settled"} and {s.outcome.items for s in stops.values()} == {6}
+    assert {s.reason for s in stops.values()} == {"settled"} and {s.outcome.items for s in stops.values()} == {9}
     assert all(s.outcome.high < 0.5 for s in stops.values())  # the later candidate (b) is better
     assert services.remaining_for(evaluation, team.reviewer) == 0
     # another reviewer joining later gets nothing either
     assert services.next_assignment(evaluation=evaluation, reviewer=add_reviewer(team, "late")) is None
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/").content.decode()
-    assert "When review stops" in page and page.count("stopped: its 95% interval excludes parity") == 3
+    assert "When review stops" in page and page.count("stopped: settled (its interval excludes parity even corrected for repeated looks)") == 3
 
 
 def test_an_undecided_pair_stops_at_the_cap_of_judged_items(team, settings, tiny_model_dir, tmp_path_factory):

@@ -179,3 +179,14 @@ def test_token_f1_similarity():
     assert st.token_f1("hi maria thanks", "Hi Maria, thank you") == pytest.approx(4 / 7)
     assert st.token_f1("Same words here", "same WORDS here") == 1.0
     assert st.token_f1("nothing", "in common") == 0.0
+
+
+def test_stopping_early_is_corrected_for_looking_after_every_item():
+    def one_way(n):
+        return st.compare_pair({i: [1.0] for i in range(n)})
+
+    assert one_way(6).better == "a"  # 6-0 excludes parity at 95%...
+    assert not st.settled_early(one_way(6), looks=8)  # ...but not at 1 - 0.05/8: not enough to stop looking
+    assert not st.settled_early(one_way(10), looks=31) and st.settled_early(one_way(11), looks=31)
+    assert not st.settled_early(st.compare_pair({i: [0.5] for i in range(40)}), looks=40)  # ties never settle
+    assert st.settled_early(st.compare_pair({i: [0.0] for i in range(12)}), looks=93)  # either direction

@@ -107,10 +107,10 @@ class Evaluation(TimeStamped):
         default=False, help_text="reviewers who have finished may see the labelled outputs example by example, "
                                  "not only the aggregate results")
     stop_when_settled = models.BooleanField(
-        default=True, help_text="stop handing out a candidate pair once its 95% interval excludes parity")
+        default=True, help_text="stop handing out a candidate pair once it is settled (statistics.settled_early)")
     pair_cap = models.PositiveIntegerField(
         null=True, blank=True, help_text="stop handing out a candidate pair once this many of its items are judged "
-                                         "(empty: no cap); a pair also stops once its 95% interval excludes parity")
+                                         "(empty: no cap); a pair also stops once it is settled")
 
     status = models.CharField(max_length=12, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
     done = models.PositiveIntegerField(default=0)

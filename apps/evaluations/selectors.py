@@ -312,7 +312,7 @@ def review_totals(evaluation: Evaluation) -> dict:
             "median_seconds": _median(everyone), "timed": len(everyone)}
 
 
-STOP_WORDS = {"settled": "stopped: its 95% interval excludes parity", "cap": "stopped: the cap of judged items is reached",
+STOP_WORDS = {"settled": "stopped: settled (its interval excludes parity even corrected for repeated looks)", "cap": "stopped: the cap of judged items is reached",
               "": "still handed out"}
 
 

@@ -42,7 +42,7 @@ from .models import (
     Unblinding,
     UnblindingReason,
 )
-from .statistics import PairOutcome, compare_pair, token_f1
+from .statistics import PairOutcome, compare_pair, settled_early, token_f1
 
 log = logging.getLogger(__name__)
 
@@ -598,11 +598,12 @@ def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
     for item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
             "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
         scores[(c1, c2)][item_id].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+    looks = eval_items(evaluation).count()
     stops = {}
     for i, a in enumerate(candidates):
         for b in candidates[i + 1:]:
             outcome = compare_pair(scores.get((a, b), {}))
-            if evaluation.stop_when_settled and outcome.better is not None:
+            if evaluation.stop_when_settled and settled_early(outcome, looks):
                 reason = "settled"
             elif evaluation.pair_cap is not None and outcome.items >= evaluation.pair_cap:
                 reason = "cap"

@@ -110,6 +110,22 @@ def compare_pair(item_scores: Mapping[Hashable, Sequence[float]]) -> PairOutcome
     return PairOutcome(a, b, tied, sum(len(s) for s in item_scores.values()), low, high, p)
 
 
+def settled_early(outcome: PairOutcome, looks: int, alpha: float = 0.05) -> bool:
+    """Whether review of a pair may stop before all its items are judged.
+
+    Looking after every judged item and stopping at the first 95% interval that excludes parity would call a
+    pair with no true difference "better" 11% of the time on 31 items and 20% on 93. So stopping early asks
+    for the exact interval at confidence ``1 - alpha / looks`` (``looks``: the items the pair can have) to
+    exclude parity: by the union bound, a pair with no true difference stops early at most ``alpha`` of the
+    time, and the 95% verdict read afterwards excludes parity as well (bench/review_stopping.py: 3-4% false
+    "better" for the whole design, against 5% with no stopping).
+    """
+    if outcome.decisive == 0:
+        return False
+    low, high = exact_interval(outcome.items_a, outcome.decisive, confidence=1 - alpha / max(1, looks))
+    return low > PARITY or high < PARITY
+
+
 def items_needed(items_a: int, items_b: int, items_tied: int, *, limit: int = 100_000) -> int | None:
     """About how many more judged items would make the observed lead significant, if the split held.
 
