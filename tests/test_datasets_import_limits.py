@@ -185,3 +185,21 @@ def test_uploads_spooled_to_disk_import_inline_and_in_the_background(team, setti
     page = client.get(response["Location"]) if response.status_code == 302 else response
     assert "Imported 3 examples" in page.content.decode()
     assert Example.objects.filter(project=team.project).count() == 3
+
+
+def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(team, settings, eager):
+    from datetime import timedelta
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.utils import timezone
+
+    from apps.runs.services import reap
+
+    data = (FIXTURES / "valid_openai.jsonl").read_bytes()
+    lost = services.start_import_job(project=team.project, upload=SimpleUploadedFile("a.jsonl", data), user=team.designer)
+    recent = services.start_import_job(project=team.project, upload=SimpleUploadedFile("b.jsonl", data))
+    ImportJob.objects.filter(pk=lost.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
+    assert reap()["queued_imports"] == [lost.pk]
+    assert ImportJob.objects.get(pk=lost.pk).status == "done" and Example.objects.count() > 0
+    assert ImportJob.objects.get(pk=recent.pk).status == "queued"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import random
 import time
 import uuid
@@ -16,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -46,6 +48,8 @@ from .models import (
     Split,
 )
 from .tokens import get_token_counter
+
+log = logging.getLogger(__name__)
 
 SPLITS = (Split.TRAIN, Split.VAL, Split.TEST)
 
@@ -254,6 +258,19 @@ def start_import_job(*, project, upload, file_format: str = "auto", user=None) -
                                    file_format=file_format, upload=name, size=upload.size or 0, created_by=user)
     transaction.on_commit(lambda: import_file_task.delay(job.pk))
     return job
+
+
+def resend_queued_imports(now=None) -> list[int]:
+    """Import jobs still queued after FTSTUDIO_REQUEUE_AFTER_SECONDS: their message was lost, send it again (the
+    task imports a job once, whatever the deliveries). Called by the periodic reaper."""
+    from .tasks import import_file_task
+
+    bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+    resent = list(ImportJob.objects.filter(status=ReportStatus.QUEUED, created_at__lt=bound).values_list("pk", flat=True))
+    for pk in resent:
+        log.warning("Import job %s: queued since before %s with no worker: sending it again", pk, bound)
+        import_file_task.delay(pk)
+    return resent
 
 
 def run_import_job(*, job: ImportJob) -> ImportJob:
