@@ -5,9 +5,12 @@
   if (!form) return;
   const answers = document.getElementById("answers");
   const example = document.getElementById("pg-example");
+  const message = document.getElementById("pg-message");
   example.addEventListener("change", () => {
-    if (example.value) document.getElementById("pg-message").value = example.value;
+    if (example.value) message.value = example.value;
   });
+  // an example picked before this script ran (a fast hand, or the browser restoring the form) still fills the box
+  if (example.value && !message.value) message.value = example.value;
 
   function column(label) {
     const card = document.createElement("section");
