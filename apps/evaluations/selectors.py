@@ -25,7 +25,7 @@ from .models import (
     Judgment,
     Score,
 )
-from .services import eval_items, has_seen_labels, pair_stops, remaining_for, reviewer_ids
+from .services import eval_items, first_score, has_seen_labels, pair_stops, remaining_for, reviewer_ids
 
 
 @dataclass
@@ -116,7 +116,7 @@ def evaluation_results(evaluation: Evaluation, *, bootstrap: int = 400) -> Resul
     outcomes = []
     labels: dict[int, dict[int, str]] = defaultdict(dict)
     for comparison_id, item_id, c1, c2, winner, reviewer in judgments:
-        s = 0.5 if winner is None else 1.0 if winner == c1 else 0.0
+        s = first_score(winner, c1)
         scores[(c1, c2)][item_id].append(s)
         outcomes.append((item_id, index[c1], index[c2], s))
         labels[comparison_id][reviewer] = {0.5: "tie", 1.0: "first", 0.0: "second"}[s]
@@ -348,7 +348,7 @@ def check_calibrations(evaluation: Evaluation, *, bootstrap: int = 1000) -> list
     human: dict[int, tuple[int, int, int, list[float]]] = {}
     for comparison_id, item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
             "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
-        human.setdefault(comparison_id, (item_id, c1, c2, []))[3].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+        human.setdefault(comparison_id, (item_id, c1, c2, []))[3].append(first_score(winner, c1))
     passed: dict[tuple[int, int, int], bool] = {}  # (check, candidate, item) -> passed
     for check_id, candidate_id, item_id, ok in CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
             "check_def_id", "generation__candidate_id", "generation__item_id", "passed"):
@@ -391,7 +391,7 @@ def _human_verdicts(evaluation: Evaluation) -> dict[int, tuple[int, str]]:
     scores: dict[int, tuple[int, int, list[float]]] = {}
     for comparison_id, item_id, c1, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
             "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "winner_id"):
-        scores.setdefault(comparison_id, (item_id, c1, []))[2].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+        scores.setdefault(comparison_id, (item_id, c1, []))[2].append(first_score(winner, c1))
     side = {"a": "first", "b": "second", "tie": "tie"}
     return {cid: (item, side[st.item_side(s)]) for cid, (item, _, s) in scores.items()}
 
@@ -441,8 +441,7 @@ def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeRepor
     scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for v in judged:
         c = v.comparison
-        scores[(c.candidate_1_id, c.candidate_2_id)][c.item_id].append(
-            0.5 if v.winner_id is None else 1.0 if v.winner_id == c.candidate_1_id else 0.0)
+        scores[(c.candidate_1_id, c.candidate_2_id)][c.item_id].append(first_score(v.winner_id, c.candidate_1_id))
     pairs = []
     for i, a in enumerate(candidates):
         for b in candidates[i + 1:]:

@@ -590,6 +590,11 @@ class PairStop:
         return bool(self.reason)
 
 
+def first_score(winner_id: int | None, candidate_1_id: int) -> float:
+    """One verdict as a score for the comparison's first candidate: 1 a win, 0 a loss, 0.5 a tie."""
+    return 0.5 if winner_id is None else 1.0 if winner_id == candidate_1_id else 0.0
+
+
 def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
     """The stopping rule per candidate pair, from the same item-level head to head as the results page
     (``statistics.compare_pair`` on this evaluation's judgments)."""
@@ -597,7 +602,7 @@ def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
     scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
             "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
-        scores[(c1, c2)][item_id].append(0.5 if winner is None else 1.0 if winner == c1 else 0.0)
+        scores[(c1, c2)][item_id].append(first_score(winner, c1))
     looks = eval_items(evaluation).count()
     stops = {}
     for i, a in enumerate(candidates):
