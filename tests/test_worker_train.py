@@ -189,6 +189,27 @@ def test_cancel_asked_as_a_validation_pass_starts_stops_within_one_batch(tiny_mo
     assert not (tmp_path / "run" / "adapter").exists()
 
 
+def test_a_pause_asked_as_a_validation_pass_starts_keeps_that_step_in_a_checkpoint(tiny_model_dir, tmp_path):
+    """A worker shutting down just as step 3's loss is logged (after the step-end check, before the epoch's
+    validation): the pass finishes, checkpoint-3 is written and training stops, so the next call resumes at
+    step 4 instead of starting over (a deploy during validation once threw the run's progress away)."""
+    pause = []
+
+    def on_metric(m):
+        if m.step == 3 and m.train_loss is not None:
+            pause.append(True)
+
+    val = [conv(50 + i) for i in range(8)]
+    paused = train(config(tiny_model_dir, tmp_path, save_steps=100), TRAIN, val,
+                   Hooks(on_metric=on_metric, should_pause=lambda: bool(pause)))
+    assert paused.status == "paused" and paused.global_step == 3
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
+    assert not (tmp_path / "run" / "adapter").exists()
+    finished = train(config(tiny_model_dir, tmp_path, save_steps=100), TRAIN, val)
+    assert finished.status == "succeeded" and finished.resumed_from.endswith("checkpoint-3")
+    assert [m.step for m in finished.history if m.train_loss is not None] == [4, 5, 6]
+
+
 def test_a_pause_stops_at_a_checkpoint_of_that_step_and_a_second_call_finishes_the_run(tiny_model_dir, tmp_path):
     """A worker shutting down: it stops at the end of step 3 with checkpoint-3 (saves are every 2 steps), without
     validating; the next call resumes from checkpoint-3 and trains steps 4-6 only."""

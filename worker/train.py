@@ -188,7 +188,16 @@ def _callback(hooks: Hooks, history: list[Metric], stop: dict):
 
         def on_prediction_step(self, args, state, control, **kwargs):
             self._phase("validating")
-            stop_point(hooks)  # within one validation batch
+            if hooks.should_cancel():  # within one validation batch; a pause waits for the pass to end
+                raise Stopped("cancelled")
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            if not stop["reason"] and state.global_step < state.max_steps and hooks.should_pause():
+                stop["reason"] = "paused"  # asked during the pass: keep this step in a checkpoint, then stop
+                control.should_training_stop = True
+                control.should_save = True
+                hooks.on_log(f"worker shutting down: checkpoint at step {state.global_step}, then stopping")
+            return control
 
         def on_save(self, args, state, control, **kwargs):
             path = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
