@@ -17,7 +17,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGM
 export DJANGO_DEBUG ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test install install-dev chromium lint migrate bench clean check-gguf
+.PHONY: run test test-fast install install-dev chromium lint migrate bench clean check-gguf
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (the Studio targets Python 3.11)"; exit 1; }
@@ -51,6 +51,10 @@ run: install
 
 test: install-dev chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The tests that need no model, no worker process and no browser: for the edit-test loop (well under a minute).
+test-fast: install-dev
+	$(VENV)/bin/pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

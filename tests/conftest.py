@@ -15,6 +15,17 @@ from tests.factories import PASSWORD, MembershipFactory, ProjectFactory, UserFac
 REPO = Path(__file__).resolve().parent.parent
 
 
+MODEL_FIXTURES = {"tiny_model_dir", "shipped_model_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs a model on disk (the tiny test Llama or the shipped 135M), and so loads one or starts a
+    worker that does, is `slow`: `make test-fast` leaves those out. Marked from the fixtures, so none is missed."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class Team:
     project: object

@@ -20,7 +20,7 @@ from django.db import connection
 from tests.conftest import REPO
 
 
-def test_database_url() -> str:
+def worker_database_url() -> str:
     sd = connection.settings_dict
     if sd["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{Path(sd['NAME']).resolve()}"
@@ -72,7 +72,7 @@ def start_worker(log_path: Path, queues: str = "gpu,default", extra_env: dict | 
 
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": worker_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "FTSTUDIO_BROKER_DIR": str(settings.BROKER_DIR),
         "FTSTUDIO_MEDIA_ROOT": str(settings.MEDIA_ROOT),
