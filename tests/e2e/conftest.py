@@ -61,3 +61,24 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def judge_every_pair(page, side_key, on_pair=lambda page, judged: None, score="first", limit: int = 50) -> int:
+    """The reviewer's loop on an opened review queue: press Start, then for each blind pair score every criterion
+    (its first or last option), press the side key ``side_key(judged)`` gives ("a", "b" or "t"), submit with
+    Ctrl+Enter; ``on_pair`` looks at each pair before it is judged. Returns how many pairs were judged."""
+    page.get_by_role("button", name="Start").click()
+    judged = 0
+    while page.get_by_role("heading", name="Which answer is better?").count():
+        on_pair(page, judged)
+        names = page.eval_on_selector_all('input[name^="score_"]', "els => [...new Set(els.map(e => e.name))]")
+        for name in names:
+            options = page.locator(f'input[name="{name}"]')
+            (options.first if score == "first" else options.last).check()
+        page.locator("body").press(side_key(judged))
+        with page.expect_navigation():
+            page.keyboard.press("Control+Enter")
+        judged += 1
+        assert judged < limit, "the queue never ends"
+    page.get_by_text("Nothing left for you to review").wait_for()
+    return judged

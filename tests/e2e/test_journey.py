@@ -17,7 +17,7 @@ from apps.datasets.models import DatasetVersion, Example
 from apps.demo import generator, services
 from apps.evaluations.models import Evaluation, Rubric
 from apps.runs.models import Run
-from tests.e2e.conftest import login, screenshot
+from tests.e2e.conftest import judge_every_pair, login, screenshot
 from tests.worker_process import purge_queues, start_worker, wait_for_ping
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -104,21 +104,13 @@ def pm_evaluates_base_prompt_and_tuned(page, slug: str, run: Run) -> Evaluation:
 def reviewer_judges_every_pair(page, slug: str) -> int:
     """Score each criterion, pick a side with a key (tie sometimes), submit with Ctrl+Enter."""
     page.goto(f"/p/{slug}/evals/review/")
-    page.get_by_role("button", name="Start").click()
-    judged = 0
-    while page.get_by_role("heading", name="Which answer is better?").count():
+
+    def first_pair_screenshot(page, judged):
         if judged == 0:
             screenshot(page, "journey-7-blind-pair")
-        names = page.eval_on_selector_all('input[name^="score_"]', "els => [...new Set(els.map(e => e.name))]")
-        for name in names:
-            page.locator(f'input[name="{name}"]').last.check()
-        page.locator("body").press("b" if judged % 4 else "t")
-        with page.expect_navigation():
-            page.keyboard.press("Control+Enter")
-        judged += 1
-        assert judged < 40
-    page.get_by_text("Nothing left for you to review").wait_for()
-    return judged
+
+    return judge_every_pair(page, lambda judged: "b" if judged % 4 else "t", on_pair=first_pair_screenshot,
+                            score="last", limit=40)
 
 
 def test_the_demo_loop_from_a_flagged_example_to_a_verdict(new_page, tmp_path):

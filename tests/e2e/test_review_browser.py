@@ -6,7 +6,7 @@ import pytest
 
 from apps.accounts.models import Role
 from apps.evaluations.models import Evaluation, EvaluationStatus, Generation
-from tests.e2e.conftest import login, screenshot
+from tests.e2e.conftest import judge_every_pair, login, screenshot
 from tests.eval_setup import make_rubric, make_run, make_version, register_tiny_model, save_adapter
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
@@ -16,24 +16,15 @@ SCRIPT = "<script>window.__pwned = 1</script>"
 
 
 def review_all(page) -> int:
-    """Judge every pair this reviewer is given: score each criterion, pick a side with a key, Ctrl+Enter."""
+    """Judge every pair this reviewer is given; on each, no injected script ran and the ideal output toggles."""
     page.get_by_role("navigation", name="Support replies").get_by_role("link", name="Review queue").click()
-    page.get_by_role("button", name="Start").click()
-    judged = 0
-    while page.get_by_role("heading", name="Which answer is better?").count():
+
+    def look(page, judged):
         assert page.evaluate("window.__pwned") is None
-        names = page.eval_on_selector_all('input[name^="score_"]', "els => [...new Set(els.map(e => e.name))]")
-        for name in names:
-            page.locator(f'input[name="{name}"]').first.check()
-        page.locator("body").press("i")  # the ideal output toggles
+        page.locator("body").press("i")
         assert page.locator("#ideal").is_visible()
-        page.locator("body").press("a" if judged % 3 else "t")
-        with page.expect_navigation():
-            page.keyboard.press("Control+Enter")
-        judged += 1
-        assert judged < 50
-    page.get_by_text("Nothing left for you to review").wait_for()
-    return judged
+
+    return judge_every_pair(page, lambda judged: "a" if judged % 3 else "t", on_pair=look)
 
 
 def test_pm_evaluates_two_reviewers_judge_blind_and_everyone_reads_the_results(new_page, password, settings, tiny_model_dir, tmp_path, eager):
