@@ -21,24 +21,12 @@ from tests.conftest import REPO
 from tests.eval_setup import make_evaluation
 from tests.factories import make_dataset_version
 from tests.runs_setup import small_version, support_conversations
-from tests.worker_process import purge_queues, running_worker, start_worker, wait_for_ping
+from tests.worker_process import purge_queues, running_worker, start_worker, wait_for, wait_for_ping
 
 tiny_base_model = runs_setup.tiny_base_model
 
 
 STALE_SECONDS = 4
-
-
-def wait_for(predicate, timeout: float, worker, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if worker.process.poll() is not None:
-            raise AssertionError(f"worker exited while waiting for {what}:\n{worker.log()[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}:\n{worker.log()[-3000:]}")
 
 
 def worker_env(tiny_model_dir, stale: int = STALE_SECONDS, **faults) -> dict:

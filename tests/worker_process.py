@@ -106,6 +106,35 @@ def wait_for_ping(worker: WorkerProcess, timeout: float = 90) -> str:
     raise AssertionError(f"no answer to ping within {timeout} s:\n{worker.log()[-3000:]}")
 
 
+def worker_progress(worker: WorkerProcess) -> tuple:
+    """What moves while a worker works: its log, and the steps, phases and counts it writes on runs and
+    evaluations."""
+    from apps.evaluations.models import Evaluation
+    from apps.runs.models import Run
+
+    return (worker.log_path.stat().st_size if worker.log_path.exists() else 0,
+            tuple(Run.objects.order_by("pk").values_list("status", "step", "phase")),
+            tuple(Evaluation.objects.order_by("pk").values_list("status", "done")))
+
+
+def wait_for(predicate, patience: float, worker: WorkerProcess, what: str):
+    """Poll ``predicate`` until it is truthy. Fails when nothing has moved for ``patience`` seconds (see
+    `worker_progress`) or the worker exits, not after a fixed time: on a loaded machine the work is slower,
+    and a test should wait for it as long as it goes on (the per-test timeout still bounds the whole test)."""
+    seen, last_move = worker_progress(worker), time.monotonic()
+    while time.monotonic() - last_move < patience:
+        value = predicate()
+        if value:
+            return value
+        if worker.process.poll() is not None:
+            raise AssertionError(f"worker exited while waiting for {what}:\n{worker.log()[-3000:]}")
+        time.sleep(0.2)
+        now = worker_progress(worker)
+        if now != seen:
+            seen, last_move = now, time.monotonic()
+    raise AssertionError(f"nothing moved for {patience} s while waiting for {what}:\n{worker.log()[-3000:]}")
+
+
 @contextmanager
 def running_worker(tmp_path: Path, queues: str = "gpu,default", extra_env: dict | None = None):
     purge_queues()
