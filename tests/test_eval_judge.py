@@ -159,7 +159,7 @@ def _humans_judge(evaluation, reviewer, prefer_greeting: bool):
 
 
 @pytest.mark.parametrize(("prefer_greeting", "min_pairs", "shown", "why"), [
-    (True, 30, False, "9 human-judged pairs so far; judge figures show from 30."),
+    (True, 30, False, "9 human-judged pairs so far on this rubric version; judge figures show from 30."),
     (True, 9, True, ""),
     # reviewers prefer the other side: the judge agrees only on the 3 ties, which chance alone would give: kappa 0
     (False, 9, False, "the judge&#x27;s kappa with the reviewers is 0.00; judge figures show from 0.6."),
@@ -191,3 +191,32 @@ def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(team, j
     lines = out.getvalue().strip().splitlines()
     assert any(line.startswith("== LLM judge judge-model (both orders; position consistency 67%") for line in lines)
     assert lines[-1] == ("kappa=1.00" if prefer_greeting else "kappa=0.00")
+
+
+def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluation_of_the_rubric(team, judged_setup):
+    """The threshold is the rubric's, not one evaluation's: 9 human-judged pairs here and 9 on a second evaluation
+    scored against the same rubric version reach a threshold of 18 that neither reaches alone."""
+    from apps.evaluations import selectors, services
+    from apps.evaluations.models import Generation, JudgeSettings
+    from tests.eval_setup import fake_outputs
+
+    first = judged_setup
+    JudgeSettings.objects.update(min_human_pairs=18)
+    Judge.mode = "greeting"
+    services.run_judge(first.pk)
+    _humans_judge(first, team.reviewer, prefer_greeting=True)
+    report = selectors.judge_report(first, bootstrap=0)
+    assert (report.human_pairs, report.shown) == (9, False)
+
+    second = services.create_evaluation(
+        project=team.project, dataset_version=first.dataset_version, rubric=first.rubric, base_model=first.base_model,
+        enqueue=False, candidates=[services.CandidateSpec(c.kind, run_id=c.run_id, system_prompt=c.system_prompt,
+                                                          few_shot=c.few_shot) for c in first.candidates.order_by("position")],
+        max_new_tokens=6, reviewers_per_pair=1, user=team.pm)
+    fake_outputs(second)
+    Generation.objects.filter(candidate__evaluation=second, candidate__position=1).update(output="Hello.")
+    services.run_judge(second.pk)
+    _humans_judge(second, team.reviewer, prefer_greeting=True)
+    report = selectors.judge_report(first, bootstrap=0)
+    assert (report.human_pairs, report.calibration.pairs, report.shown) == (18, 18, True)
+    assert report.calibration.kappa == 1.0

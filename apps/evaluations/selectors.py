@@ -420,18 +420,23 @@ def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeRepor
     if settings_row is None and not verdicts:
         return None
     judged = [v for v in verdicts if v.judged]
-    human = _human_verdicts(evaluation)
+    # Calibration is the rubric's: every evaluation scored against this rubric version adds its human-judged
+    # pairs and the judge's verdicts on them (an item is the evaluation's item, so the bootstrap keeps them apart).
+    same_rubric = Evaluation.objects.filter(project=evaluation.project_id, rubric=evaluation.rubric_id)
+    human = {cid: ((e.pk, item), people) for e in same_rubric for cid, (item, people) in _human_verdicts(e).items()}
     rows = []
-    for v in judged:
-        if v.comparison_id in human:
-            label = "tie" if v.winner_id is None else "first" if v.winner_id == v.comparison.candidate_1_id else "second"
-            item, people = human[v.comparison_id]
-            rows.append((item, people, label))
+    for v in JudgeVerdict.objects.filter(evaluation__in=same_rubric, judged=True, comparison__in=list(human)).values(
+            "comparison_id", "winner_id", "comparison__candidate_1_id"):
+        c1 = v["comparison__candidate_1_id"]
+        label = "tie" if v["winner_id"] is None else "first" if v["winner_id"] == c1 else "second"
+        item, people = human[v["comparison_id"]]
+        rows.append((item, people, label))
     calibration = st.calibrate(rows, bootstrap=bootstrap, seed=evaluation.seed)
     min_pairs = settings_row.min_human_pairs if settings_row else 30
     min_kappa = settings_row.min_kappa if settings_row else 0.6
     if len(human) < min_pairs:
-        why = f"{len(human)} human-judged pair{'s' * (len(human) != 1)} so far; judge figures show from {min_pairs}."
+        why = (f"{len(human)} human-judged pair{'s' * (len(human) != 1)} so far on this rubric version; "
+               f"judge figures show from {min_pairs}.")
     elif calibration.kappa is None or calibration.kappa < min_kappa:
         shown_kappa = "not defined" if calibration.kappa is None else f"{calibration.kappa:.2f}"
         why = f"the judge's kappa with the reviewers is {shown_kappa}; judge figures show from {min_kappa:g}."
