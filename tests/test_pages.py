@@ -10,6 +10,14 @@ from django.template import Context, Template
 from ftstudio.templatetags.studio import duration, status_badge
 
 
+def visible(html: str) -> str:
+    """The words a person reads: the page without its tags, attributes and scripts."""
+    import html as html_lib
+    import re
+
+    return html_lib.unescape(re.sub(r"<[^>]*>", " ", re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", html)))
+
+
 @pytest.mark.parametrize("seconds,words", [
     (0, "0 s"), (12, "12 s"), (59.6, "1 min"), (60, "1 min"), (200, "3 min 20 s"), (3599, "59 min 59 s"),
     (3600, "1 h"), (3900, "1 h 5 min"), (3929, "1 h 5 min"), (90061, "25 h 1 min"), ("42", "42 s"),
@@ -56,3 +64,90 @@ def test_pages_with_keyboard_shortcuts_load_them_from_static_files(team):
     html = team.client("designer").get(f"/p/support/data/examples/{example.pk}/").content.decode()
     assert 'src="/static/js/labelling.js"' in html
     assert "<script>" not in html and "addEventListener" not in html
+
+
+# --- runs in words ---------------------------------------------------------------------------------------
+def _base_model():
+    from apps.runs.models import BaseModel
+
+    return BaseModel.objects.get_or_create(name="house-llama", defaults=dict(
+        display_name="House Llama", source_kind="local", source="/srv/models/house-llama",
+        architecture="LlamaForCausalLM", parameter_count=135_000_000, context_length=2048, has_chat_template=True))[0]
+
+
+def _finished_run(team, **fields):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.runs import services
+    from apps.runs.models import Run
+    from tests.runs_setup import small_version
+
+    version = small_version(team.project)
+    model = _base_model()
+    hp = services.resolve_hyperparameters("quick", {"max_steps": 30})
+    started = timezone.now() - timedelta(minutes=10)
+    values = {"project": team.project, "name": "house-style", "dataset_version": version, "base_model": model,
+              "preset": "quick", "hyperparameters": hp, "status": "succeeded", "step": 30, "total_steps": 30,
+              "estimate": services.estimate_run(base_model=model, dataset_version=version, hyperparameters=hp),
+              "started_at": started, "finished_at": started + timedelta(seconds=200),
+              "adapter_path": "/srv/studio-media/runs/1/adapter", "checkpoint_path": "/srv/studio-media/runs/1/checkpoints/checkpoint-30",
+              "log_tail": "resuming from /srv/studio-media/runs/1/checkpoints/checkpoint-20\nsaved adapter to /srv/studio-media/runs/1/adapter",
+              "created_by": team.pm, **fields}
+    return Run.objects.create(**values)
+
+
+def test_the_run_page_shows_labels_units_minutes_and_no_server_path(team):
+    run = _finished_run(team)
+    html = team.client("pm").get(run.get_absolute_url()).content.decode()
+    assert "LoRA rank" in html and "Learning rate" in html and "Max sequence length" in html
+    assert "256 tokens" in html and "8 examples" in html and "attention query, attention key" in html
+    assert "took <span id=\"run-took\">3 min 20 s</span>" in html
+    assert "on this worker;" in html and "30</span> steps." in html
+    for internal in ("lora_r", "max_seq_length", "learning_rate", "q_proj", "memory_mb", "throughput_source",
+                     "/srv/", "studio-media"):
+        assert internal not in html, internal
+    assert "…/checkpoint-20" in html and "…/adapter" in html  # the log still says what happened
+
+
+def test_a_running_run_says_how_long_is_left_in_minutes(team):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    run = _finished_run(team, status="running", step=10, finished_at=None, started_at=now - timedelta(seconds=100),
+                        heartbeat_at=now, adapter_path="")
+    html = team.client("pm").get(run.get_absolute_url()).content.decode()
+    assert '<span id="run-eta">3 min 20 s left</span>' in html  # 10 s a step, 20 steps to go
+    assert " s</span>" not in html.replace("3 min 20 s</span>", "")
+
+
+def test_compare_labels_the_hyperparameters_and_marks_the_ones_that_differ(team):
+    first = _finished_run(team)
+    second = _finished_run(team, name="bigger", hyperparameters={**first.hyperparameters, "lora_r": 32})
+    html = team.client("designer").get("/p/support/runs/compare/", {"a": first.pk, "b": second.pk}).content.decode()
+    assert '<tr class="differs"><th scope="row" title="size of the adapter: larger learns more and trains slower">LoRA rank</th><td>8</td><td>32</td>' in html
+    assert "3 min 20 s" in html and "lora_r" not in html and "/var/" not in html
+
+
+def test_the_launch_form_shows_the_estimate_as_a_sentence_before_any_change(team):
+    from tests.factories import make_dataset_version
+    from tests.runs_setup import small_version, support_conversations
+
+    small_version(team.project)
+    newest = make_dataset_version(team.project, {"train": support_conversations(40)})
+    _base_model()
+    html = team.client("pm").get("/p/support/runs/new/").content.decode()
+    assert f'<option value="{newest.pk}" selected>' in html
+    assert "on this worker; <span id=\"estimate-steps\">5</span> steps." in html  # 40 examples, batch 8, 1 epoch
+    assert "40 training examples" in html and "tokens/s (assumed" in html
+    assert "About " in html or "Under a minute" in html
+    assert "LoRA rank" in html and "Max sequence length (tokens)" in html and "lora_r" not in visible(html)
+
+
+def test_the_launch_form_without_a_version_says_to_freeze_one(team):
+    _base_model()
+    html = team.client("pm").get("/p/support/runs/new/").content.decode()
+    assert "No frozen dataset version yet" in html and "freeze a version" in html

@@ -3,9 +3,12 @@
 * ``status_badge``: the badge colour of any state the Studio shows (runs, evaluations, examples, exports,
   reports, quality findings): ``<span class="badge {{ run.status|status_badge }}">``.
 * ``duration``: seconds in people's words: "12 s", "3 min 20 s", "1 h 5 min".
+* ``hide_paths``: a log or error without the server's folders ("…/adapter").
 """
 
 from __future__ import annotations
+
+import re
 
 from django import template
 
@@ -43,3 +46,14 @@ def duration(seconds) -> str:
     if minutes:
         return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     return f"{secs} s"
+
+
+# An absolute server path (two parts or more; not the path of a URL, which follows "host" or ":").
+_SERVER_PATH = re.compile(r"""(?<![\w:/.~-])/(?:[^\s/'"(),:;]+/)+([^\s/'"(),:;]+)""")
+
+
+@register.filter
+def hide_paths(text) -> str:
+    """Text from a worker (a log, an error) without this server's folders: "/srv/media/runs/3/adapter" reads
+    "…/adapter". Pages never show where the Studio keeps files."""
+    return _SERVER_PATH.sub(lambda m: f"…/{m.group(1)}", str(text or ""))
