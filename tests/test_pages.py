@@ -151,3 +151,31 @@ def test_the_launch_form_without_a_version_says_to_freeze_one(team):
     _base_model()
     html = team.client("pm").get("/p/support/runs/new/").content.decode()
     assert "No frozen dataset version yet" in html and "freeze a version" in html
+
+
+# --- forms start from the obvious choice -----------------------------------------------------------------
+def test_the_new_evaluation_form_preselects_the_newest_version_and_the_newest_rubric(team):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.evaluations import services
+    from apps.evaluations.models import Rubric, Scale
+    from tests.eval_setup import make_version
+
+    make_version(team.project)
+    newest_version = make_version(team.project)
+    criteria = [services.CriterionSpec("Tone", "Greets by name", Scale.PASS_FAIL, {"1": "yes", "0": "no"})]
+    older = services.create_rubric(project=team.project, name="Accuracy", criteria=criteria)
+    newest = services.create_rubric(project=team.project, name="House style", criteria=criteria)
+    Rubric.objects.filter(pk=older.pk).update(created_at=timezone.now() - timedelta(days=1))
+    html = team.client("pm").get("/p/support/evals/new/").content.decode()
+    assert f'<option value="{newest_version.pk}" selected>v{newest_version.number}' in html
+    assert f'<option value="{newest.pk}" selected>House style v1</option>' in html
+    assert "evaluation-prerequisites" not in html
+
+
+def test_the_new_evaluation_form_says_what_is_missing_first(team):
+    html = visible(team.client("pm").get("/p/support/evals/new/").content.decode())
+    assert "Before an evaluation: freeze a dataset version" in " ".join(html.split())
+    assert "write a rubric" in html
