@@ -179,3 +179,72 @@ def test_the_new_evaluation_form_says_what_is_missing_first(team):
     html = visible(team.client("pm").get("/p/support/evals/new/").content.decode())
     assert "Before an evaluation: freeze a dataset version" in " ".join(html.split())
     assert "write a rubric" in html
+
+
+# --- empty states say what to do next ---------------------------------------------------------------------
+@pytest.mark.parametrize("url,role,words", [
+    ("/p/support/runs/", "pm", "Launch one from a frozen dataset version"),
+    ("/p/support/runs/", "designer", "A PM launches runs from a frozen dataset version"),
+    ("/p/support/data/versions/", "designer", "Approve examples on the Examples page (each with a split), then freeze"),
+    ("/p/support/data/versions/", "reviewer", "A designer or PM freezes the approved examples into a version"),
+    ("/p/support/data/", "designer", "No examples yet: import a file (OpenAI chat JSONL"),
+    ("/p/support/evals/", "pm", "Once a run has finished, create one"),
+    ("/p/support/evals/", "reviewer", "your pairs will then wait in the review queue"),
+    ("/p/support/evals/rubrics/", "designer", "Write one : its criteria are what reviewers judge"),
+    ("/p/support/evals/review/", "reviewer", "Pairs appear here once a PM has created an evaluation"),
+    ("/p/support/runs/compare/", "designer", "No runs to compare yet."),
+])
+def test_empty_list_pages_say_what_to_do_next(team, url, role, words):
+    response = team.client(role).get(url)
+    assert response.status_code == 200
+    assert words in " ".join(visible(response.content.decode()).split())
+
+
+# --- the project overview: each role's next step ------------------------------------------------------------
+def _overview(team, role) -> str:
+    html = team.client(role).get("/p/support/").content.decode()
+    start = html.index('id="next-steps"')
+    return " ".join(visible(html[start:html.index("</section>", start)]).split())
+
+
+def test_an_empty_project_tells_the_designer_to_import_and_the_pm_what_comes_first(team):
+    assert "No examples yet: import a file of conversations to start. Import examples" in _overview(team, "designer")
+    assert "No approved examples yet: designers label and approve them" in _overview(team, "pm")
+    assert "No pairs waiting for you." in _overview(team, "reviewer")
+
+
+def test_the_designer_sees_examples_to_label_and_the_quality_report_to_run(team):
+    from apps.datasets.models import Example
+
+    for i in range(3):
+        Example.objects.create(project=team.project, messages=[{"role": "user", "content": f"Q{i}"},
+                                                               {"role": "assistant", "content": "A"}], content_hash=str(i))
+    html = team.client("designer").get("/p/support/").content.decode()
+    panel = _overview(team, "designer")
+    assert "3 examples to label" in panel and "Label examples" in panel
+    assert 'href="/p/support/data/?status=draft"' in html
+    assert "No quality report yet: run one" in panel and "No rubric yet" in panel
+
+
+def test_the_pm_sees_a_version_to_freeze_a_run_to_launch_and_an_evaluation_to_create(team):
+    from apps.datasets.models import Example
+
+    Example.objects.create(project=team.project, status="approved", split="train", content_hash="a",
+                           messages=[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}])
+    assert "1 approved example and no version yet: freeze them" in _overview(team, "pm")
+    run = _finished_run(team)  # freezes v1 (after the example) and finishes a run on it
+    panel = _overview(team, "pm")
+    assert "freeze" not in panel and "v1 has no run yet" not in panel
+    assert f"{run} has finished and is in no evaluation" in panel and "Create an evaluation" in panel
+
+
+def test_the_reviewer_sees_how_many_pairs_wait_and_nothing_of_what_is_behind_them(team, settings, tmp_path,
+                                                                                    tiny_model_dir):
+    from tests.eval_setup import RUN_NAME, make_evaluation
+
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, fake=True, test_count=2)
+    panel = _overview(team, "reviewer")
+    assert "6 pairs waiting for you to judge, blind. Start reviewing" in panel  # 2 items x 3 candidate pairs
+    html = team.client("reviewer").get("/p/support/").content.decode()
+    assert RUN_NAME not in html and "Tiny Secret Llama" not in html
+    assert "has finished and is in no evaluation" not in _overview(team, "pm")  # its run is a candidate
