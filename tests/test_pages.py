@@ -248,3 +248,14 @@ def test_the_reviewer_sees_how_many_pairs_wait_and_nothing_of_what_is_behind_the
     html = team.client("reviewer").get("/p/support/").content.decode()
     assert RUN_NAME not in html and "Tiny Secret Llama" not in html
     assert "has finished and is in no evaluation" not in _overview(team, "pm")  # its run is a candidate
+
+
+def test_a_refused_launch_names_the_hyperparameter_by_its_label(team):
+    from tests.runs_setup import small_version
+
+    version = small_version(team.project)
+    model = _base_model()
+    html = team.client("pm").post("/p/support/runs/new/", {"dataset_version": version.pk, "base_model": model.pk,
+                                                          "preset": "quick", "lora_r": 300}).content.decode()
+    assert "LoRA rank must be between 1 and 256; got 300." in html
+    assert "lora_r" not in visible(html)
