@@ -5,7 +5,7 @@ from django import forms
 from apps.datasets.models import DatasetVersion
 
 from .models import BaseModel
-from .presentation import HYPERPARAMETERS
+from .presentation import HYPERPARAMETERS, form_label
 from .services import PRESETS
 
 OVERRIDE_FIELDS = ("epochs", "max_steps", "learning_rate", "lora_r", "batch_size", "max_seq_length", "seed")
@@ -31,9 +31,8 @@ class LaunchForm(forms.Form):
         self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
         self.fields["dataset_version"].label_from_instance = lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
         for key in OVERRIDE_FIELDS:  # labels, units and help from the one mapping the run pages use too
-            spec = HYPERPARAMETERS[key]
-            self.fields[key].label = spec.label + (f" ({spec.unit})" if spec.unit else "")
-            self.fields[key].help_text = spec.help
+            self.fields[key].label = form_label(key)
+            self.fields[key].help_text = HYPERPARAMETERS[key].help
 
         # the form starts from the obvious choice: the newest version, the first registered model
         newest = self.fields["dataset_version"].queryset.values_list("pk", flat=True).first()

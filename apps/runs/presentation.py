@@ -18,7 +18,7 @@ class Hyperparameter:
 
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "epochs": Hyperparameter("Epochs", "", "passes over the training split"),
-    "max_steps": Hyperparameter("Stop after", "steps", "a number above 0 stops training there, whatever the epochs"),
+    "max_steps": Hyperparameter("Max steps", "steps", "a number above 0 stops training there, whatever the epochs"),
     "learning_rate": Hyperparameter("Learning rate", "", "how far each step moves the adapter; too high diverges"),
     "lr_scheduler": Hyperparameter("Learning-rate schedule", "", "how the learning rate changes over the run"),
     "warmup_ratio": Hyperparameter("Warm-up", "of the steps", "the learning rate rises from 0 over this share of steps"),
@@ -37,6 +37,12 @@ SCHEDULES = {"cosine": "cosine decay", "linear": "linear decay", "constant": "co
              "constant_with_warmup": "constant after warm-up"}
 LAYERS = {"q_proj": "attention query", "k_proj": "attention key", "v_proj": "attention value",
           "o_proj": "attention output", "gate_proj": "MLP gate", "up_proj": "MLP up", "down_proj": "MLP down"}
+
+
+def form_label(key: str) -> str:
+    """A form field's label: the label with its unit, unless the label already says it ("Max steps")."""
+    spec = HYPERPARAMETERS[key]
+    return f"{spec.label} ({spec.unit})" if spec.unit and spec.unit.split()[-1] not in spec.label.lower() else spec.label
 
 
 def label(key: str) -> str:

@@ -28,8 +28,8 @@ from worker.models import ModelSpec, describe_model, shipped_gguf_path
 from worker.train import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
 from . import leases
-from .presentation import label
 from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
+from .presentation import label
 
 log = logging.getLogger(__name__)
 
