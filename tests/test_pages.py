@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.template import Context, Template
 
-from ftstudio.templatetags.studio import duration, status_badge
+from ftstudio.templatetags.studio import duration, parameters, status_badge
 
 
 def visible(html: str) -> str:
@@ -24,6 +24,12 @@ def visible(html: str) -> str:
 ])
 def test_duration_says_seconds_in_minutes_and_hours(seconds, words):
     assert duration(seconds) == words
+
+
+@pytest.mark.parametrize("count,words", [(134_515_008, "135M parameters"), (1_543_714_304, "1.54B parameters"),
+                                         (7_000_000_000, "7B parameters"), (None, "")])
+def test_parameters_says_a_model_size_in_millions_and_billions(count, words):
+    assert parameters(count) == words
 
 
 @pytest.mark.parametrize("value", [None, "", "soon"])
@@ -102,6 +108,7 @@ def test_the_run_page_shows_labels_units_minutes_and_no_server_path(team):
     run = _finished_run(team)
     html = team.client("pm").get(run.get_absolute_url()).content.decode()
     assert "LoRA rank" in html and "Learning rate" in html and "Max sequence length" in html
+    assert "House Llama (135M parameters)" in html
     assert "256 tokens" in html and "8 examples" in html and "attention query, attention key" in html
     assert "took <span id=\"run-took\">3 min 20 s</span>" in html
     assert "on this worker;" in html and "30</span> steps." in html

@@ -57,3 +57,16 @@ def hide_paths(text) -> str:
     """Text from a worker (a log, an error) without this server's folders: "/srv/media/runs/3/adapter" reads
     "…/adapter". Pages never show where the Studio keeps files."""
     return _SERVER_PATH.sub(lambda m: f"…/{m.group(1)}", str(text or ""))
+
+
+@register.filter
+def parameters(count) -> str:
+    """A model's size as people say it: "135M parameters", "1.5B parameters"."""
+    try:
+        n = int(count)
+    except (TypeError, ValueError):
+        return ""
+    for size, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix} parameters"
+    return f"{n} parameters"
