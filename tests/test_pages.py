@@ -70,6 +70,10 @@ def test_pages_with_keyboard_shortcuts_load_them_from_static_files(team):
     html = team.client("designer").get(f"/p/support/data/examples/{example.pk}/").content.decode()
     assert 'src="/static/js/labelling.js"' in html
     assert "<script>" not in html and "addEventListener" not in html
+    from django.contrib.staticfiles import finders
+
+    for name in ("labelling.js", "review.js"):
+        assert "keydown" in open(finders.find(f"js/{name}")).read()
 
 
 # --- runs in words ---------------------------------------------------------------------------------------
