@@ -98,6 +98,7 @@ TEMPLATES = [
                 "apps.accounts.context_processors.project_nav",
                 "apps.runs.context_processors.reaper_alarm",
             ],
+            "libraries": {"studio": "ftstudio.templatetags.studio"},
         },
     },
 ]

@@ -117,9 +117,9 @@ def test_time_per_judgment_runs_from_the_page_being_shown_and_the_pm_sees_median
         assert Judgment.objects.get(assignment=assignment).seconds == pytest.approx(took, abs=2)
         Judgment.objects.filter(assignment=assignment).update(seconds=took)  # the page's medians, without the test's own delay
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/").content.decode()
-    assert 'median <span id="median-seconds">30.0</span> s per pair over 3 timed judgments' in page
-    assert "<td>reviewer</td><td>2</td>" in page and "<td>20.0</td>" in page  # reviewer's median of 10 and 30
-    assert "<td>50.0</td>" in page
+    assert 'median <span id="median-seconds">30 s</span> per pair over 3 timed judgments' in page
+    assert "<td>reviewer</td><td>2</td>" in page and "<td>20 s</td>" in page  # reviewer's median of 10 and 30
+    assert "<td>50 s</td>" in page
 
 
 def test_a_designer_chooses_winner_only_in_the_rubric_form_and_the_next_version_keeps_it(team):

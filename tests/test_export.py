@@ -279,7 +279,8 @@ def test_an_export_that_fails_says_why_on_the_page_and_a_pending_one_polls(run, 
     assert execute_export(job.pk) == ExportStatus.FAILED
     assert execute_export(job.pk) == "skipped"  # a second delivery of the message
     page = team.client("pm").get(run.get_absolute_url()).content.decode()
-    assert "Failed" in page and f"The adapter folder {tmp_path / 'deleted'} does not exist." in page
+    assert "Failed" in page and "The adapter folder …/deleted does not exist." in page
+    assert str(tmp_path) not in page  # the page never shows where the server keeps files
     bad = team.client("pm").post(f"/p/support/runs/{run.pk}/exports/", {"format": "onnx"},
                                  headers={"HX-Request": "true"}).content.decode()
     assert "Unknown export format &#x27;onnx&#x27;" in bad

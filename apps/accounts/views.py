@@ -5,6 +5,7 @@ from django.shortcuts import redirect, render
 
 from . import services
 from .forms import MemberForm, ProjectForm
+from .next_steps import next_steps
 from .permissions import project_view, projects_for
 
 
@@ -28,7 +29,8 @@ def project_create(request):
 
 @project_view("view")
 def project_detail(request, project):
-    return render(request, "accounts/project_detail.html", {})
+    return render(request, "accounts/project_detail.html",
+                  {"next": next_steps(project, request.user, request.access)})
 
 
 @project_view("manage")

@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
 from apps.accounts.permissions import project_view
 
@@ -23,6 +24,7 @@ from .models import (
     ImportJob,
     QualityFinding,
     QualityReport,
+    ReportStatus,
     Split,
 )
 
@@ -241,6 +243,8 @@ def quality_report(request, project):
     context = {"current": current, "report": report, "groups": groups,
                "dismissed_count": report.findings.filter(dismissed=True).count() if report else 0}
     if request.htmx and request.GET.get("poll"):
+        if current is not None and current.status == ReportStatus.DONE:
+            return HttpResponseClientRefresh()  # the finished report replaces the progress bar: reload the page
         return render(request, "datasets/quality_report.html#progress", context)
     return render(request, "datasets/quality_report.html", context)
 

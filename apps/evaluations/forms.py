@@ -136,6 +136,10 @@ class EvaluationForm(forms.Form):
         for r in Rubric.objects.filter(project=project).order_by("name", "-version"):
             latest.setdefault(r.name, r.pk)
         self.fields["rubric"].queryset = Rubric.objects.filter(pk__in=latest.values())
+        # start from the obvious choice, as the run form does: the newest version and the newest rubric
+        self.fields["dataset_version"].initial = self.fields["dataset_version"].queryset.values_list("pk", flat=True).first()
+        self.fields["rubric"].initial = (self.fields["rubric"].queryset.order_by("-created_at", "-pk")
+                                         .values_list("pk", flat=True).first())
         self.fields["runs"].queryset = (Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)
                                         .exclude(adapter_path="").select_related("base_model"))
         self.fields["runs"].label_from_instance = lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"

@@ -133,7 +133,9 @@ def evaluation_create(request, project):
         else:
             messages.success(request, f"Evaluation {evaluation} queued: outputs are being generated.")
             return redirect(evaluation)
-    return render(request, "evaluations/evaluation_form.html", {"form": form})
+    return render(request, "evaluations/evaluation_form.html", {
+        "form": form, "no_versions": not form.fields["dataset_version"].queryset.exists(),
+        "no_rubrics": not form.fields["rubric"].queryset.exists()})
 
 
 def _get_evaluation(project, pk) -> Evaluation:

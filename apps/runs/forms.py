@@ -5,6 +5,7 @@ from django import forms
 from apps.datasets.models import DatasetVersion
 
 from .models import BaseModel
+from .presentation import HYPERPARAMETERS, form_label
 from .services import PRESETS
 
 OVERRIDE_FIELDS = ("epochs", "max_steps", "learning_rate", "lora_r", "batch_size", "max_seq_length", "seed")
@@ -29,6 +30,19 @@ class LaunchForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
         self.fields["dataset_version"].label_from_instance = lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
+        for key in OVERRIDE_FIELDS:  # labels, units and help from the one mapping the run pages use too
+            self.fields[key].label = form_label(key)
+            self.fields[key].help_text = HYPERPARAMETERS[key].help
+
+        # the form starts from the obvious choice: the newest version, the first registered model
+        newest = self.fields["dataset_version"].queryset.values_list("pk", flat=True).first()
+        first_model = self.fields["base_model"].queryset.values_list("pk", flat=True).first()
+        self.fields["dataset_version"].initial = newest
+        self.fields["base_model"].initial = first_model
+
+    def opening_choices(self) -> dict:
+        """What the form shows before anyone changes it, as data: the estimate is rendered for it on the first GET."""
+        return {name: self.fields[name].initial or "" for name in ("dataset_version", "base_model", "preset")}
 
     def overrides(self) -> dict:
         return {k: self.cleaned_data.get(k) for k in OVERRIDE_FIELDS if self.cleaned_data.get(k) is not None}

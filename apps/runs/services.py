@@ -29,6 +29,7 @@ from worker.train import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
 from . import leases
 from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
+from .presentation import label
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +140,16 @@ def resolve_hyperparameters(preset: str, overrides: dict | None) -> dict:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            errors[key] = f"{key} must be a number, got {value!r}."
+            errors[key] = f"{label(key)} must be a number, got {value!r}."
             continue
         if key in INTEGER_FIELDS:
             if number != int(number):
-                errors[key] = f"{key} must be a whole number, got {value!r}."
+                errors[key] = f"{label(key)} must be a whole number, got {value!r}."
                 continue
             number = int(number)
         low, high = RANGES[key]
         if not low <= number <= high or (key == "max_steps" and number == 0):
-            errors[key] = f"{key} must be between {low:g} and {high:g}" + (" (-1 means: use epochs)" if key == "max_steps" else "") + f"; got {value}."
+            errors[key] = f"{label(key)} must be between {low:g} and {high:g}" + (" (-1 means: use epochs)" if key == "max_steps" else "") + f"; got {value}."
             continue
         hp[key] = number
     if errors:
@@ -221,7 +222,7 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
         errors.update(exc.errors)
         hp = None
     if hp is not None and model is not None and hp["max_seq_length"] > model.context_length:
-        errors["max_seq_length"] = (f"max_seq_length {hp['max_seq_length']} is over {model}'s context length "
+        errors["max_seq_length"] = (f"{label('max_seq_length')} {hp['max_seq_length']} is over {model}'s context length "
                                     f"of {model.context_length} tokens.")
     if errors:
         raise LaunchError(errors)

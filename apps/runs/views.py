@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from apps.accounts.permissions import judging_blind, project_view
 from worker.export import ExportError, adapter_files
 
-from . import exports, services
+from . import exports, presentation, services
 from .forms import LaunchForm
 from .models import ExportStatus, Run, RunExport
 
@@ -58,7 +58,7 @@ def _estimate_context(project, form) -> dict:
             base_model=form.cleaned_data["base_model"], preset=form.cleaned_data["preset"], overrides=form.overrides())
     except services.LaunchError as exc:
         return {"estimate": None, "estimate_errors": exc.errors}
-    return {"estimate": estimate, "hyperparameters": hp}
+    return {"estimate": estimate, "hyperparameters": hp, "estimate_words": presentation.estimate_words(estimate)}
 
 
 @project_view("run", post_need="run")
@@ -74,9 +74,12 @@ def run_create(request, project):
         else:
             messages.success(request, f"Queued {run}.")
             return redirect(run)
-    context = {"form": form, "presets": services.PRESETS}
+    context = {"form": form, "preset_table": presentation.preset_table(services.PRESETS),
+               "no_versions": not form.fields["dataset_version"].queryset.exists()}
     if form.is_bound:
         context.update(_estimate_context(project, LaunchForm(request.POST, project=project)))
+    else:  # the estimate of the choices the form opens with, before any change
+        context.update(_estimate_context(project, LaunchForm(form.opening_choices(), project=project)))
     return render(request, "runs/run_form.html", context)
 
 
@@ -90,7 +93,9 @@ def _detail_context(run: Run) -> dict:
     metrics = list(run.metrics.all())
     percent = int(100 * run.step / run.total_steps) if run.total_steps else 0
     return {"run": run, "metrics": metrics, "chart": loss_chart(metrics), "percent": min(percent, 100),
-            "eta": services.eta_seconds(run), "hyperparameters": sorted(run.hyperparameters.items())}
+            "eta": services.eta_seconds(run), "hyperparameters": presentation.describe(run.hyperparameters),
+            "estimate_words": presentation.estimate_words(run.estimate),
+            "took": (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None}
 
 
 @project_view("view")
@@ -198,7 +203,6 @@ def run_compare(request, project):
             if run is not None:
                 chosen.append(run)
     columns = [_detail_context(run) for run in chosen]
-    keys = sorted({k for c in columns for k, _ in c["hyperparameters"]})
-    rows = [(k, [dict(c["hyperparameters"]).get(k) for c in columns]) for k in keys]
+    rows = presentation.compare_rows([run.hyperparameters for run in chosen])
     return render(request, "runs/run_compare.html", {"runs": runs, "columns": columns, "rows": rows,
                                                      "a": request.GET.get("a", ""), "b": request.GET.get("b", "")})
