@@ -245,14 +245,14 @@ def launch_run(*, project, dataset_version, base_model, preset: str = "quick", o
 
 
 def cancel_run(*, run: Run) -> Run:
-    """Ask a run to stop: a queued run is cancelled now, a running one within one training step."""
+    """Ask a run to stop: a queued or paused run is cancelled now, a running one within one training step."""
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.is_finished:
             return run
         run.cancel_requested = True
         fields = ["cancel_requested", "updated_at"]
-        if run.status == RunStatus.QUEUED:
+        if run.status in {RunStatus.QUEUED, RunStatus.PAUSED}:
             run.status, run.finished_at = RunStatus.CANCELLED, timezone.now()
             fields += ["status", "finished_at"]
         run.save(update_fields=fields)
@@ -287,6 +287,43 @@ def resume_run(*, run: Run, user=None) -> Run:
     return run
 
 
+def pause_run(*, run: Run) -> Run:
+    """Pause a queued or running run: a queued one is paused now, a running one stops at its next step end with a
+    checkpoint of that step (status paused, its attempt given back). Raises RunError for any other status."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.status not in {RunStatus.QUEUED, RunStatus.RUNNING} or run.cancel_requested:
+            raise RunError(f"{run} is {run.get_status_display().lower()}: only a queued or running run can be paused.")
+        run.pause_requested = True
+        fields = ["pause_requested", "updated_at"]
+        if run.status == RunStatus.QUEUED:
+            run.status = RunStatus.PAUSED
+            fields.append("status")
+        run.save(update_fields=fields)
+    return run
+
+
+def resume_paused_run(*, run: Run) -> Run:
+    """Queue a paused run again (it goes on from its last checkpoint); a pause not yet reached is withdrawn.
+    Raises RunError when the run is neither paused nor pausing."""
+    from .tasks import train_run
+
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.status == RunStatus.RUNNING and run.pause_requested:
+            run.pause_requested = False
+            run.save(update_fields=["pause_requested", "updated_at"])
+            return run
+        if run.status != RunStatus.PAUSED:
+            raise RunError(f"{run} is {run.get_status_display().lower()}, not paused: only a paused run can be resumed.")
+        run.status, run.pause_requested, run.enqueued_at = RunStatus.QUEUED, False, timezone.now()
+        run.log_tail = "\n".join([*run.log_tail.splitlines()[-199:],
+                                  f"resumed on {timezone.now():%Y-%m-%d %H:%M:%S} UTC"])
+        run.save(update_fields=["status", "pause_requested", "enqueued_at", "log_tail", "updated_at"])
+        transaction.on_commit(lambda: train_run.delay(run.pk))
+    return run
+
+
 # --- execution (inside the Celery task) ---------------------------------------------------------------
 def run_dir(run: Run) -> Path:
     return Path(settings.MEDIA_ROOT) / "runs" / str(run.pk)
@@ -305,6 +342,8 @@ def claim_run(run_pk: int, owner: str = "") -> Run | None:
         if run.cancel_requested:
             run.status, run.finished_at = RunStatus.CANCELLED, now
             run.save(update_fields=["status", "finished_at", "updated_at"])
+            return None
+        if run.status == RunStatus.PAUSED:  # a delivery sent before the pause: the run waits for resume_paused_run
             return None
         if run.attempts >= MAX_ATTEMPTS:
             run.status, run.finished_at = RunStatus.FAILED, now
@@ -366,13 +405,19 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
         runs.update(phase=phase)
 
     def should_cancel() -> bool:
-        row = Run.objects.filter(pk=run.pk).values_list("worker_id", "cancel_requested").first()
+        row = Run.objects.filter(pk=run.pk).values_list("worker_id", "cancel_requested", "pause_requested").first()
         if row is None or row[0] != lease.owner_id:
             lease.lost.set()
+        pause["asked"] = bool(row and row[2])
         return lease.lost.is_set() or bool(row and row[1])
 
+    pause = {"asked": False}  # read with the cancel flag (asked first at every check)
+
+    def should_pause() -> bool:
+        return leases.shutdown_requested.is_set() or pause["asked"]
+
     hooks = Hooks(on_progress=on_progress, on_metric=on_metric, should_cancel=should_cancel, on_log=on_log,
-                  on_checkpoint=on_checkpoint, on_phase=on_phase, should_pause=leases.shutdown_requested.is_set)
+                  on_checkpoint=on_checkpoint, on_phase=on_phase, should_pause=should_pause)
     output_dir = run_dir(run)
     hp = run.hyperparameters
     try:
@@ -423,9 +468,16 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
 
 
 def _release(run: Run, runs, lines) -> str:
-    """The worker is shutting down (warm): hand the run back without spending an attempt and send it again."""
+    """The worker is shutting down (warm), or the run was paused: hand the run back at its checkpoint without
+    spending an attempt, and send it again (shutdown) or leave it paused until ``resume_paused_run``."""
     from .tasks import train_run
 
+    if Run.objects.filter(pk=run.pk, pause_requested=True).exists():
+        lines.append(f"paused on {timezone.now():%Y-%m-%d %H:%M:%S} UTC at a checkpoint (this attempt is not counted)")
+        if runs.update(status=RunStatus.PAUSED, worker_id="", phase="", heartbeat_at=None, attempts=F("attempts") - 1,
+                       log_tail="\n".join(lines)):
+            return RunStatus.PAUSED
+        return "lost"
     lines.append(f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC "
                  "(this attempt is not counted)")
     if runs.update(status=RunStatus.QUEUED, worker_id="", phase="", heartbeat_at=None, attempts=F("attempts") - 1,
