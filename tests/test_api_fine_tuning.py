@@ -1,0 +1,177 @@
+"""OpenAI's fine-tuning API (/v1/files, /v1/fine_tuning/jobs) driven by the official openai package against a live
+server; the end-to-end test trains with a real worker and answers through the real inference process."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import openai
+import pytest
+
+from apps.api import services as api_services
+from apps.api.models import FineTuningJob
+from apps.datasets.models import DatasetVersion, Example
+from apps.runs import services as runs
+from apps.runs.models import Run, RunStatus
+from tests import api_setup, runs_setup
+from tests.runs_setup import support_conversations
+
+inference = api_setup.inference
+tiny_base_model = runs_setup.tiny_base_model
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def jsonl(conversations) -> bytes:
+    return "".join(json.dumps({"messages": c}) + "\n" for c in conversations).encode()
+
+
+@pytest.fixture
+def api(settings, live_server, team, tiny_base_model):
+    def client(role: str = "pm", other_project: bool = False) -> openai.OpenAI:
+        project, user = (team.other_project, team.outsider) if other_project else (team.project, team.user(role))
+        key = api_services.create_api_key(project=project, user=user, name=role)[1]
+        return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+    return client
+
+
+def upload(client, conversations=None, name="train.jsonl", raw: bytes | None = None):
+    return client.files.create(file=(name, io.BytesIO(raw if raw is not None else jsonl(conversations))),
+                               purpose="fine-tune")
+
+
+def create_job(client, training_file, suffix="api", **kwargs):
+    return client.fine_tuning.jobs.create(model="tiny-llama", training_file=training_file, suffix=suffix, **kwargs)
+
+
+def test_files_are_uploaded_listed_read_back_and_deleted_within_their_project(api, media_root):
+    pm = api("pm")
+    data = jsonl(support_conversations(3))
+    made = upload(pm, raw=data)
+    assert made.id.startswith("file-") and made.bytes == len(data) and made.purpose == "fine-tune"
+    assert made.filename == "train.jsonl"
+    assert [f.id for f in api("designer").files.list()] == [made.id]
+    assert pm.files.retrieve(made.id).bytes == len(data)
+    assert pm.files.content(made.id).read() == data
+    assert len(list(media_root.glob("api-files/*/*"))) == 1  # kept under MEDIA_ROOT
+
+    with pytest.raises(openai.PermissionDeniedError):  # reviewers read, never add
+        upload(api("reviewer"), support_conversations(1))
+    with pytest.raises(openai.NotFoundError):  # another project's key does not see it
+        api(other_project=True).files.retrieve(made.id)
+    with pytest.raises(openai.BadRequestError) as purpose:
+        pm.files.create(file=("x.jsonl", io.BytesIO(data)), purpose="assistants")
+    assert purpose.value.body["param"] == "purpose"
+
+    assert pm.files.delete(made.id).deleted is True
+    assert not list(media_root.glob("api-files/*/*"))
+    with pytest.raises(openai.NotFoundError):
+        pm.files.retrieve(made.id)
+
+
+def test_a_bad_line_fails_the_job_naming_the_line_and_imports_nothing(api, team):
+    pm = api("pm")
+    good = jsonl(support_conversations(4))
+    bad = good + b'{"messages": [{"role": "user", "content": "hi"}]}\n' + jsonl(support_conversations(2, 10))
+    training = upload(pm, raw=bad)
+    validation = upload(pm, support_conversations(2, 50), name="val.jsonl")
+    job = create_job(pm, training.id, validation_file=validation.id)
+    assert job.status == "failed" and job.fine_tuned_model is None
+    assert "line 5" in job.error.message and job.error.param == "training_file"
+    assert pm.fine_tuning.jobs.retrieve(job.id).status == "failed"
+    assert not Example.objects.filter(project=team.project).exists()  # not the validation file either
+    assert not DatasetVersion.objects.exists() and not Run.objects.exists()
+    events = pm.fine_tuning.jobs.list_events(job.id).data
+    assert events[0].level == "error" and "line 5" in events[0].message  # newest first
+
+    training = upload(pm, raw=good)  # the fixed file goes through: examples, a frozen version, a queued run
+    job = create_job(pm, training.id, validation_file=validation.id)
+    assert job.status == "queued" and job.error is None
+    run = FineTuningJob.objects.get(public_id=job.id).run
+    assert run.dataset_version.split_counts == {"train": 4, "val": 2, "test": 0}
+    assert Example.objects.filter(project=team.project).count() == 6
+    again = create_job(pm, upload(pm, raw=good).id, suffix="again")  # the same lines: deduplicated as on import
+    assert again.status == "queued" and Example.objects.filter(project=team.project).count() == 6
+    assert FineTuningJob.objects.get(public_id=again.id).files_report["training_file"]["already_in_project"] == 4
+
+
+def test_each_error_class_comes_back_in_openai_s_shape(api, team):
+    pm = api("pm")
+    training = upload(pm, support_conversations(4))
+    with pytest.raises(openai.BadRequestError) as unknown:
+        create_job(pm, training.id, extra_body={"learning_rate": 0.1})
+    assert unknown.value.body["param"] == "learning_rate" and "learning_rate" in unknown.value.message
+    with pytest.raises(openai.BadRequestError) as dpo:
+        create_job(pm, training.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
+    assert dpo.value.body["param"] == "method.type" and "supervised" in dpo.value.message
+    with pytest.raises(openai.BadRequestError) as hp:
+        create_job(pm, training.id, method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}})
+    assert hp.value.body["param"] == "method.supervised.hyperparameters.n_epochs"
+    with pytest.raises(openai.BadRequestError) as hp:
+        create_job(pm, training.id, hyperparameters={"warmup": 3})
+    assert hp.value.body["param"] == "hyperparameters.warmup"
+    with pytest.raises(openai.NotFoundError) as model:
+        pm.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=training.id)
+    assert model.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as missing:
+        create_job(pm, "file-doesnotexist")
+    assert missing.value.body["param"] == "training_file"
+    other = api(other_project=True)
+    elsewhere = upload(other, support_conversations(4))
+    with pytest.raises(openai.NotFoundError):  # a file of another project
+        create_job(pm, elsewhere.id)
+    with pytest.raises(openai.NotFoundError):
+        pm.fine_tuning.jobs.retrieve("ftjob-nope")
+    with pytest.raises(openai.PermissionDeniedError):  # designers may not start runs
+        create_job(api("designer"), training.id)
+
+    job = create_job(pm, training.id, extra_headers={"Idempotency-Key": "abc"})
+    assert create_job(pm, training.id, extra_headers={"Idempotency-Key": "abc"}).id == job.id  # a retry
+    with pytest.raises(openai.ConflictError):
+        create_job(pm, training.id, suffix="other", extra_headers={"Idempotency-Key": "abc"})
+    assert create_job(pm, training.id, suffix="no-key").id == create_job(pm, training.id, suffix="no-key").id
+    assert Run.objects.count() == 2  # four creates, two runs
+
+    cancelled = pm.fine_tuning.jobs.cancel(job.id)  # queued: cancelled at once
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    with pytest.raises(openai.ConflictError) as finished:
+        pm.fine_tuning.jobs.cancel(job.id)
+    assert "cancelled" in finished.value.message
+    with pytest.raises(openai.ConflictError):
+        pm.fine_tuning.jobs.pause(job.id)
+
+
+def test_pause_and_resume_of_a_queued_job_and_conflicts(api, team):
+    pm = api("pm")
+    job = create_job(pm, upload(pm, support_conversations(4)).id)
+    with pytest.raises(openai.ConflictError) as not_paused:
+        pm.fine_tuning.jobs.resume(job.id)
+    assert "not paused" in not_paused.value.message
+    assert pm.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert "paused" in pm.fine_tuning.jobs.list_events(job.id).data[0].message
+    assert pm.fine_tuning.jobs.resume(job.id).status == "queued"
+    run = Run.objects.get(fine_tuning_job__public_id=job.id)
+    assert not run.pause_requested and "resumed" in run.log_tail
+    assert pm.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert pm.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # a paused job can still be cancelled
+
+
+def test_jobs_list_with_cursor_pagination_metadata_filter_and_browser_runs(api, team, tiny_base_model):
+    pm = api("pm")
+    training = upload(pm, support_conversations(4))
+    made = [create_job(pm, training.id, suffix=f"j{i}", metadata={"team": "a" if i % 2 else "b"}) for i in range(5)]
+    browser = runs.launch_run(project=team.project, dataset_version=runs_setup.small_version(team.project),
+                              base_model=tiny_base_model, overrides=runs_setup.FAST, user=team.pm, name="From the page")
+    first = pm.fine_tuning.jobs.list(limit=2)
+    assert first.has_more and len(first.data) == 2
+    assert first.data[0].user_provided_suffix == "From the page" and first.data[0].model == "tiny-llama"
+    assert first.data[0].status == "queued" and first.data[0].training_file is None
+    every = [j.id for j in pm.fine_tuning.jobs.list(limit=2)]  # the SDK follows the cursor page by page
+    assert every[1:] == [j.id for j in reversed(made)] and len(set(every)) == 6
+    assert FineTuningJob.objects.get(public_id=every[0]).run_id == browser.pk
+    team_a = pm.fine_tuning.jobs.list(metadata={"team": "a"})
+    assert [j.id for j in team_a.data] == [made[3].id, made[1].id] and not team_a.has_more
+    assert api("reviewer").fine_tuning.jobs.retrieve(made[0].id).metadata == {"team": "b"}  # reading is for members
