@@ -175,3 +175,76 @@ def test_jobs_list_with_cursor_pagination_metadata_filter_and_browser_runs(api, 
     team_a = pm.fine_tuning.jobs.list(metadata={"team": "a"})
     assert [j.id for j in team_a.data] == [made[3].id, made[1].id] and not team_a.has_more
     assert api("reviewer").fine_tuning.jobs.retrieve(made[0].id).metadata == {"team": "b"}  # reading is for members
+
+
+def wait_for(predicate, timeout: float, worker, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if worker.process.poll() is not None:
+            raise AssertionError(f"worker exited while waiting for {what}:\n{worker.log()[-3000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}:\n{worker.log()[-3000:]}")
+
+
+def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_tuned_model(
+        api, team, settings, inference, tiny_model_dir, tmp_path):
+    """The OpenAI script, unchanged but for base_url and api_key: upload, fine-tune (paused and resumed midway by a
+    real worker), follow the events until it succeeds, list the checkpoints and chat with the tuned model."""
+    from tests.test_api_openai import HELLO, expected
+    from tests.worker_process import running_worker
+
+    settings.FTSTUDIO_INFERENCE_URL = inference.url
+    client = api("pm")
+    env = {"FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent)}
+    with running_worker(tmp_path, queues="gpu,default", extra_env=env) as worker:
+        training = upload(client, support_conversations(12))
+        validation = upload(client, support_conversations(2, 50), name="val.jsonl")
+        job = client.fine_tuning.jobs.create(
+            model="tiny-llama", training_file=training.id, validation_file=validation.id, suffix="support tone",
+            seed=7, metadata={"ticket": "FT-1"},
+            method={"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 5}}})
+        assert job.status == "queued" and job.hyperparameters.n_epochs == 2 and job.seed == 7
+        run = Run.objects.get(fine_tuning_job__public_id=job.id)
+        assert run.total_steps == 12 and run.hyperparameters["learning_rate"] == pytest.approx(0.005)
+
+        wait_for(lambda: Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, step__gte=2).exists(), 180, worker,
+                 "two steps")
+        assert client.fine_tuning.jobs.pause(job.id).status == "running"  # stops at its next step end
+        wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "paused", 120, worker, "the pause")
+        run.refresh_from_db()
+        paused_at = run.step
+        assert 2 <= paused_at < 12 and run.checkpoint_path.endswith(f"checkpoint-{paused_at}") and run.attempts == 0
+        time.sleep(1)
+        assert Run.objects.get(pk=run.pk).step == paused_at  # nobody trains a paused run
+        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+
+        def finished():
+            newest = client.fine_tuning.jobs.list_events(job.id, limit=5).data[0]
+            return newest.message if newest.message.startswith(("The job has", "Fine-tuning job failed")) else None
+
+        assert wait_for(finished, 180, worker, "the job to succeed") == "The job has successfully completed"
+
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    run.refresh_from_db()
+    assert job.status == "succeeded" and job.finished_at and job.trained_tokens > 0
+    assert job.fine_tuned_model == f"ft:tiny-llama:support:support-tone:{run.pk}"
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+             if e.type == "metrics" and "train_loss" in e.data]
+    assert sorted(steps) == list(range(1, 13))  # every step once: the pause lost nothing and repeated nothing
+    assert any(e.message.startswith("Files validated") for e in client.fine_tuning.jobs.list_events(job.id, limit=100))
+    csv_text = client.files.content(job.result_files[0]).text.splitlines()
+    assert csv_text[0].startswith("step,train_loss,") and len(csv_text) == 13
+
+    checkpoint, = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoint.fine_tuned_model_checkpoint == job.fine_tuned_model and checkpoint.step_number == 12
+    assert checkpoint.metrics.valid_loss == pytest.approx(run.final_val_loss)
+
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=HELLO, max_tokens=12, temperature=0)
+    assert reply.model == job.fine_tuned_model
+    assert reply.choices[0].message.content.strip() == expected(tiny_model_dir, run.adapter_path)
+    page = team.client("pm").get(run.get_absolute_url()).content.decode()  # the studio sees the same run
+    assert "Succeeded" in page and "support tone" in page
