@@ -255,6 +255,7 @@ def cancel_run(*, run: Run) -> Run:
         if run.status in {RunStatus.QUEUED, RunStatus.PAUSED}:
             run.status, run.finished_at = RunStatus.CANCELLED, timezone.now()
             fields += ["status", "finished_at"]
+            announce(run.pk)
         run.save(update_fields=fields)
     return run
 
@@ -342,6 +343,7 @@ def claim_run(run_pk: int, owner: str = "") -> Run | None:
         if run.cancel_requested:
             run.status, run.finished_at = RunStatus.CANCELLED, now
             run.save(update_fields=["status", "finished_at", "updated_at"])
+            announce(run.pk)
             return None
         if run.status == RunStatus.PAUSED:  # a delivery sent before the pause: the run waits for resume_paused_run
             return None
@@ -352,6 +354,7 @@ def claim_run(run_pk: int, owner: str = "") -> Run | None:
                          "checkpoint once the cause is fixed." if run.heartbeat_at else
                          f"The run did not finish in {MAX_ATTEMPTS} attempts.")
             run.save(update_fields=["status", "finished_at", "error", "updated_at"])
+            announce(run.pk)
             return None
         run.attempts += 1
         run.status, run.heartbeat_at, run.worker_id, run.phase = RunStatus.RUNNING, now, owner, "loading"
@@ -441,8 +444,9 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
             return "lost"
         log.exception("Run %s failed", run.pk)
         lines.extend(traceback.format_exc().splitlines()[-15:])
-        runs.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=failure_message(exc)[:2000],
-                    log_tail="\n".join(lines), phase="")
+        if runs.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=failure_message(exc)[:2000],
+                       log_tail="\n".join(lines), phase=""):
+            announce(run.pk)
         return RunStatus.FAILED
     else:
         reason = result.status
@@ -454,8 +458,9 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
         return _release(run, runs, lines)
     if reason == "cancelled":
         shutil.rmtree(output_dir / "adapter", ignore_errors=True)
-        runs.update(status=RunStatus.CANCELLED, finished_at=now, step=result.global_step if result else run.step,
-                    log_tail="\n".join(lines), adapter_path="", phase="")
+        if runs.update(status=RunStatus.CANCELLED, finished_at=now, step=result.global_step if result else run.step,
+                       log_tail="\n".join(lines), adapter_path="", phase=""):
+            announce(run.pk)
         return RunStatus.CANCELLED
     values = {"status": RunStatus.SUCCEEDED, "finished_at": now, "step": result.global_step, "phase": "",
               "total_steps": result.total_steps, "adapter_path": result.adapter_dir, "heartbeat_at": now,
@@ -463,8 +468,16 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
               "log_tail": "\n".join(lines)}
     if result.tokens_per_second:
         values["tokens_per_second"] = result.tokens_per_second
-    runs.update(**values)
+    if runs.update(**values):
+        announce(run.pk)
     return RunStatus.SUCCEEDED
+
+
+def announce(run_pk: int) -> None:
+    """The run ended: once the transaction commits, ``fine_tuning.job.<status>`` goes to the project's webhooks."""
+    from apps.webhooks.services import announce_run
+
+    transaction.on_commit(lambda: announce_run(run_pk))
 
 
 def _release(run: Run, runs, lines) -> str:
