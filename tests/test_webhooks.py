@@ -9,6 +9,7 @@ import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openai
 import pytest
 from django.utils import timezone
 from standardwebhooks import Webhook
@@ -168,3 +169,4 @@ def test_the_payload_is_json_of_the_event(team, receiver):
     services.deliver(delivery.pk)
     headers, body = receiver.requests[-1]
     assert json.loads(body) == Webhook(secret).verify(body, headers) == delivery.payload
+    openai.OpenAI(api_key="unused").webhooks.verify_signature(body.decode(), headers, secret=secret)  # OpenAI's check too
