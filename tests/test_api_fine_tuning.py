@@ -98,6 +98,30 @@ def test_a_bad_line_fails_the_job_naming_the_line_and_imports_nothing(api, team)
     assert FineTuningJob.objects.get(public_id=again.id).files_report["training_file"]["already_in_project"] == 4
 
 
+def test_a_large_file_is_validated_by_the_task_while_the_job_says_validating_files(api, team, settings):
+    from apps.api.tasks import validate_fine_tuning_job
+
+    settings.FTSTUDIO_IMPORT_INLINE_BYTES = 10  # every file is "large" here
+    pm = api("pm")
+    job = create_job(pm, upload(pm, support_conversations(4)).id)
+    assert job.status == "validating_files" and not Run.objects.exists() and not Example.objects.exists()
+    assert pm.fine_tuning.jobs.retrieve(job.id).status == "validating_files"
+    pk = FineTuningJob.objects.get(public_id=job.id).pk
+    settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 0  # the task's message was lost: the reaper sends it again, once
+    assert runs.reap()["validating_jobs"] == [pk]
+    settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 600
+    assert runs.reap()["validating_jobs"] == []
+    assert validate_fine_tuning_job.apply(args=[pk]).get() == "launched"
+    assert validate_fine_tuning_job.apply(args=[pk]).get() == "launched"  # a second delivery changes nothing
+    assert Run.objects.count() == 1 and Example.objects.count() == 4
+    assert pm.fine_tuning.jobs.retrieve(job.id).status == "queued"
+
+    bad = create_job(pm, upload(pm, raw=b'{"messages": []}\n').id, suffix="bad")
+    assert validate_fine_tuning_job.apply(args=[FineTuningJob.objects.get(public_id=bad.id).pk]).get() == "failed"
+    failed = pm.fine_tuning.jobs.retrieve(bad.id)
+    assert failed.status == "failed" and "line 1" in failed.error.message and Run.objects.count() == 1
+
+
 def test_each_error_class_comes_back_in_openai_s_shape(api, team):
     pm = api("pm")
     training = upload(pm, support_conversations(4))

@@ -4,10 +4,12 @@ Writes and reads for ``apps/api/ft_views.py``; the JSON shapes are in ``apps/api
 :class:`ApiError` (OpenAI's error shape, the status and the parameter at fault).
 
 - A file (``POST /v1/files``) is kept as uploaded; nothing is imported until a job uses it.
-- ``POST /v1/fine_tuning/jobs`` is the ``validating_files`` step, in the request: the training (and validation)
-  file is imported into the key's project with the Studio's importer (deduplicated as any import), the file's
-  examples are frozen into a dataset version and a Run is launched on it, all in one transaction. A bad line
-  leaves nothing behind: the job is ``failed`` with an error naming the line.
+- ``POST /v1/fine_tuning/jobs`` starts OpenAI's ``validating_files`` step: the training (and validation) file is
+  imported into the key's project with the Studio's importer (deduplicated as any import), the file's examples
+  are frozen into a dataset version and a Run is launched on it, all in one transaction. A bad line leaves
+  nothing behind: the job is ``failed`` with an error naming the line. Files up to FTSTUDIO_IMPORT_INLINE_BYTES
+  (together) are validated in the request, as the import page does; larger ones by task
+  ``api.validate_fine_tuning_job`` (queue default), the job answering ``validating_files`` meanwhile.
 - The job's status is its run's (``job_status``, the one mapping); pause hands the run back at a checkpoint.
 - Checkpoints: the Studio serves a run's final adapter, so a job lists one checkpoint, the final one, whose model
   id is the job's ``fine_tuned_model`` (intermediate checkpoints are kept for resuming, not served).
@@ -122,7 +124,7 @@ def list_files(project, *, purpose: str = "", after: str = "", limit: int = 1000
     files = ApiFile.objects.filter(project=project)
     if purpose:
         files = files.filter(purpose=purpose)
-    return page(files, after, limit, ApiFile, "after")
+    return page(files, after, limit)
 
 
 def delete_file(project, file_id: str) -> str:
@@ -147,11 +149,11 @@ def page_limit(raw: str | None, default: int = 20) -> int:
     return value
 
 
-def page(queryset, after: str, limit: int, model, param: str = "after") -> tuple[list, bool]:
+def page(queryset, after: str, limit: int, param: str = "after") -> tuple[list, bool]:
     """Newest first; ``after`` is the public id of the last row the caller has. Returns (rows, has_more)."""
     queryset = queryset.order_by("-created_at", "-id")
     if after:
-        cursor = model.objects.filter(public_id=after).values_list("created_at", "id").first()
+        cursor = queryset.filter(public_id=after).values_list("created_at", "id").first()
         if cursor is None:
             raise ApiError(400, f"after={after!r} is not an id from this list.", param=param)
         queryset = queryset.filter(Q(created_at__lt=cursor[0]) | Q(created_at=cursor[0], id__lt=cursor[1]))
@@ -318,11 +320,16 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
         job = FineTuningJob.objects.create(
             project=project, created_by=user, api_key=key, model=base.name, training_file=body["training_file"],
             validation_file=body.get("validation_file") or "", suffix=body.get("suffix") or "",
-            seed=hp["seed"], metadata=body.get("metadata") or {}, method=resolved_method(hp),
+            seed=hp["seed"], metadata=body.get("metadata") or {}, method=resolved_method(hp), overrides=overrides,
             idempotency_key=idempotency_key[:255], request_hash=digest)
     except IntegrityError:  # the same Idempotency-Key, sent twice at once: the first one made the job
         return FineTuningJob.objects.get(project=project, idempotency_key=idempotency_key[:255])
-    return validate_and_launch(job=job, base=base, files=files, overrides=overrides)
+    if sum(f.bytes for f in files.values()) > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
+        from .tasks import validate_fine_tuning_job
+
+        transaction.on_commit(lambda: validate_fine_tuning_job.delay(job.pk))
+        return job
+    return validate_and_launch(job.pk)
 
 
 class _Invalid(Exception):
@@ -350,11 +357,28 @@ def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
                                                    "already_in_project": report.skipped_duplicates}
 
 
-def validate_and_launch(*, job: FineTuningJob, base: BaseModel, files: dict, overrides: dict) -> FineTuningJob:
-    """OpenAI's validating_files step: import, freeze and launch atomically; a problem fails the job, naming it."""
-    user = job.created_by
+def validate_and_launch(job_pk: int) -> FineTuningJob | None:
+    """OpenAI's validating_files step: import, freeze and launch atomically; a problem fails the job, naming it.
+    A job already validated (a second delivery of the task) is left as it is."""
     try:
         with transaction.atomic():
+            job = (FineTuningJob.objects.select_for_update().select_related("project", "created_by")
+                   .filter(pk=job_pk, stage=JobStage.VALIDATING).first())
+            if job is None:
+                return FineTuningJob.objects.filter(pk=job_pk).first()
+            user, overrides = job.created_by, job.overrides
+            base = BaseModel.objects.filter(name=job.model).first()
+            if base is None:
+                raise _Invalid({"code": "model_not_found", "param": "model",
+                                "message": f"The base model {job.model!r} was removed before the job started."})
+            files = {}
+            for param in ("training_file", "validation_file"):
+                file_id = getattr(job, param)
+                if file_id:
+                    files[param] = ApiFile.objects.filter(project=job.project, public_id=file_id).first()
+                    if files[param] is None:
+                        raise _Invalid({"code": "file_not_found", "param": param,
+                                        "message": f"{param} {file_id} was deleted before it was validated."})
             train_ids, train_report = _import(job, files["training_file"], "training_file", user)
             splits, report = {"train": train_ids}, {"training_file": train_report}
             if "validation_file" in files:
@@ -373,9 +397,22 @@ def validate_and_launch(*, job: FineTuningJob, base: BaseModel, files: dict, ove
             job.run, job.stage, job.files_report = run, JobStage.LAUNCHED, report
             job.save(update_fields=["run", "stage", "files_report", "updated_at"])
     except _Invalid as exc:
-        job.run, job.stage, job.error, job.finished_at = None, JobStage.FAILED, exc.error, timezone.now()
-        job.save(update_fields=["stage", "error", "finished_at", "updated_at"])
-    return job
+        FineTuningJob.objects.filter(pk=job_pk, stage=JobStage.VALIDATING).update(
+            stage=JobStage.FAILED, error=exc.error, finished_at=timezone.now(), updated_at=timezone.now())
+    return jobs_with_runs().get(pk=job_pk)
+
+
+def resend_validating_jobs(now=None) -> list[int]:
+    """For the reaper: jobs still validating after FTSTUDIO_REQUEUE_AFTER_SECONDS lost their task's message (or
+    its worker died); send it again (a job validated meanwhile is left alone by the task)."""
+    from .tasks import validate_fine_tuning_job
+
+    bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+    stale = list(FineTuningJob.objects.filter(stage=JobStage.VALIDATING, updated_at__lt=bound).values_list("pk", flat=True))
+    for pk in stale:
+        FineTuningJob.objects.filter(pk=pk).update(updated_at=timezone.now())
+        validate_fine_tuning_job.delay(pk)
+    return stale
 
 
 # --- jobs: read -------------------------------------------------------------------------------------------
@@ -394,8 +431,12 @@ def adopt_runs(project) -> None:
             pass
 
 
+def jobs_with_runs():
+    return FineTuningJob.objects.select_related("project", "run", "run__base_model", "run__project")
+
+
 def jobs(project):
-    return FineTuningJob.objects.filter(project=project).select_related("run", "run__base_model", "run__project")
+    return jobs_with_runs().filter(project=project)
 
 
 def list_jobs(project, *, after: str = "", limit: int = 20, metadata: dict | None = None):
@@ -403,7 +444,7 @@ def list_jobs(project, *, after: str = "", limit: int = 20, metadata: dict | Non
     queryset = jobs(project)
     for i, (k, v) in enumerate((metadata or {}).items()):
         queryset = queryset.alias(**{f"_meta{i}": KeyTransform(k, "metadata")}).filter(**{f"_meta{i}": v})
-    return page(queryset, after, limit, FineTuningJob)
+    return page(queryset, after, limit)
 
 
 def get_job(project, job_id: str) -> FineTuningJob:

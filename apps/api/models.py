@@ -105,6 +105,7 @@ class FineTuningJob(TimeStamped):
     method = models.JSONField(default=dict, blank=True, help_text="OpenAI's method object, hyperparameters resolved")
     error = models.JSONField(null=True, blank=True, help_text="{code, message, param} when validation failed")
     files_report = models.JSONField(default=dict, blank=True, help_text="what validating the files imported")
+    overrides = models.JSONField(default=dict, blank=True, help_text="the run's hyperparameter overrides (launch_run)")
     finished_at = models.DateTimeField(null=True, blank=True, help_text="validation failures only")
     idempotency_key = models.CharField(max_length=255, blank=True)
     request_hash = models.CharField(max_length=64, blank=True, help_text="sha256 of the request body, for retries")

@@ -511,12 +511,13 @@ def reap() -> dict[str, list[int]]:
     """The periodic reaper: re-send runs and evaluations whose worker is gone (stale heartbeat, no live process)
     and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give up after
     MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
+    from apps.api.fine_tuning import resend_validating_jobs
     from apps.datasets.services import resend_queued_imports
     from apps.evaluations.services import reap_generations
 
     now = timezone.now()
     result = {"runs": reap_stale_runs(now), "queued_runs": resend_queued_runs(now), **reap_generations(now),
-              "queued_imports": resend_queued_imports(now)}
+              "queued_imports": resend_queued_imports(now), "validating_jobs": resend_validating_jobs(now)}
     ReaperBeat.objects.update_or_create(name="reaper", defaults={"beat_at": now, "requeued": result})
     return result
 
