@@ -9,6 +9,7 @@ import time
 
 import openai
 import pytest
+from django.urls import reverse
 
 from apps.api import services as api_services
 from apps.api.models import FineTuningJob
@@ -179,6 +180,11 @@ def test_pause_and_resume_of_a_queued_job_and_conflicts(api, team):
     assert pm.fine_tuning.jobs.resume(job.id).status == "queued"
     run = Run.objects.get(fine_tuning_job__public_id=job.id)
     assert not run.pause_requested and "resumed" in run.log_tail
+    assert pm.fine_tuning.jobs.pause(job.id).status == "paused"
+    page = team.client("pm").get(run.get_absolute_url()).content.decode()  # the run page shows it and can resume it
+    assert "Paused" in page and 'id="resume-run"' in page
+    team.client("pm").post(reverse("run_resume", args=[team.project.slug, run.pk]))
+    assert pm.fine_tuning.jobs.retrieve(job.id).status == "queued"
     assert pm.fine_tuning.jobs.pause(job.id).status == "paused"
     assert pm.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # a paused job can still be cancelled
 

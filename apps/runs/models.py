@@ -114,8 +114,9 @@ class Run(TimeStamped):
 
     @property
     def resumable(self) -> bool:
-        """Failed, or stranded (queued or running) with no live worker: may be resumed from its last checkpoint."""
-        if self.status == RunStatus.FAILED:
+        """Failed, paused, or stranded (queued or running) with no live worker: may be resumed from its last
+        checkpoint."""
+        if self.status in {RunStatus.FAILED, RunStatus.PAUSED}:
             return True
         if self.status == RunStatus.QUEUED:  # stranded: its message is older than the re-send bound
             from datetime import timedelta

@@ -261,7 +261,7 @@ def cancel_run(*, run: Run) -> Run:
 
 
 def resume_run(*, run: Run, user=None) -> Run:
-    """Resume a failed or stranded run (queued with a lost message, or running with no live worker) from its
+    """Resume a failed, paused or stranded run (queued with a lost message, or running with no live worker) from its
     last checkpoint: it is queued again with a fresh attempt budget. Raises RunError saying why not."""
     from .tasks import train_run
 
@@ -282,8 +282,9 @@ def resume_run(*, run: Run, user=None) -> Run:
         run.log_tail = "\n".join([*run.log_tail.splitlines()[-199:], line])
         run.status, run.attempts, run.worker_id, run.phase = RunStatus.QUEUED, 0, "", ""
         run.error, run.finished_at, run.cancel_requested, run.enqueued_at = "", None, False, timezone.now()
+        run.pause_requested = False
         run.save(update_fields=["status", "attempts", "worker_id", "phase", "error", "finished_at", "cancel_requested",
-                                "enqueued_at", "log_tail", "updated_at"])
+                                "pause_requested", "enqueued_at", "log_tail", "updated_at"])
         transaction.on_commit(lambda: train_run.delay(run.pk))
     return run
 
