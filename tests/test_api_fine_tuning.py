@@ -223,12 +223,19 @@ def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_
         api, team, settings, inference, tiny_model_dir, tmp_path):
     """The OpenAI script, unchanged but for base_url and api_key: upload, fine-tune (paused and resumed midway by a
     real worker), follow the events until it succeeds, list the checkpoints and chat with the tuned model."""
+    from standardwebhooks import Webhook
+
+    from apps.webhooks import services as webhooks
     from tests.test_api_openai import HELLO, expected
+    from tests.webhook_receiver import Receiver
     from tests.worker_process import running_worker
 
     settings.FTSTUDIO_INFERENCE_URL = inference.url
+    settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = True  # the receiver is on loopback
+    receiver = Receiver([])
+    secret = webhooks.create_endpoint(project=team.project, url=receiver.url, events=["fine_tuning.job.succeeded"])[1]
     client = api("pm")
-    env = {"FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent)}
+    env = {"FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent), "FTSTUDIO_WEBHOOK_ALLOW_PRIVATE": "1"}
     with running_worker(tmp_path, queues="gpu,default", extra_env=env) as worker:
         training = upload(client, support_conversations(12))
         validation = upload(client, support_conversations(2, 50), name="val.jsonl")
@@ -257,6 +264,11 @@ def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_
             return newest.message if newest.message.startswith(("The job has", "Fine-tuning job failed")) else None
 
         assert wait_for(finished, 180, worker, "the job to succeed") == "The job has successfully completed"
+        wait_for(lambda: receiver.requests, 60, worker, "the worker's webhook delivery")
+    receiver.close()
+    headers, body = receiver.requests[0]
+    event = Webhook(secret).verify(body, headers)
+    assert event["type"] == "fine_tuning.job.succeeded" and event["data"]["id"] == job.id and len(receiver.requests) == 1
 
     job = client.fine_tuning.jobs.retrieve(job.id)
     run.refresh_from_db()

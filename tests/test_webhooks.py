@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
@@ -21,35 +19,10 @@ from apps.webhooks import services, tasks
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery
 from tests import runs_setup
 from tests.api_setup import trained_run
+from tests.webhook_receiver import Receiver
 
 tiny_base_model = runs_setup.tiny_base_model
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 that records every request and answers with the next status in ``answers``."""
-
-    def __init__(self, answers: list[int]) -> None:
-        self.answers, self.requests = list(answers), []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers.items()), body))
-                self.send_response(receiver.answers.pop(0) if receiver.answers else 200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -170,3 +143,22 @@ def test_the_payload_is_json_of_the_event(team, receiver):
     headers, body = receiver.requests[-1]
     assert json.loads(body) == Webhook(secret).verify(body, headers) == delivery.payload
     openai.OpenAI(api_key="unused").webhooks.verify_signature(body.decode(), headers, secret=secret)  # OpenAI's check too
+
+
+def test_evaluation_ready_and_reviewed_fire_from_generation_and_the_last_judgment(team, settings, tiny_model_dir,
+                                                                                   tmp_path, receiver):
+    from django.db import transaction
+
+    from apps.evaluations import services as evaluations
+    from tests.eval_setup import make_evaluation
+
+    add_endpoint(team, receiver.url, events=["evaluation.ready", "evaluation.reviewed"])
+    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, reviewers_per_pair=1)  # generates
+    ready = WebhookDelivery.objects.get()
+    assert ready.event_type == "evaluation.ready" and ready.payload["data"]["id"] == f"eval-{evaluation.pk}"
+    while (a := evaluations.next_assignment(evaluation=evaluation, reviewer=team.reviewer)) is not None:
+        assert not WebhookDelivery.objects.filter(event_type="evaluation.reviewed").exists()  # not before the last
+        with transaction.atomic():
+            evaluations.submit_judgment(assignment=a, reviewer=team.reviewer, winner="A", scores={})
+    reviewed = WebhookDelivery.objects.get(event_type="evaluation.reviewed")
+    assert reviewed.payload["data"] == {"id": f"eval-{evaluation.pk}", "name": evaluation.name, "reviewer": "reviewer"}
