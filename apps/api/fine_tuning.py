@@ -285,7 +285,7 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
     ``Idempotency-Key``, or the same body from the same key within FTSTUDIO_API_JOB_DEDUP_SECONDS, returns the
     job already made instead of starting a second run."""
     _check_body(body)
-    digest = request_hash(body)
+    digest, idempotency_key = request_hash(body), idempotency_key[:255]
     if idempotency_key:
         earlier = FineTuningJob.objects.filter(project=project, idempotency_key=idempotency_key).first()
         if earlier is not None:
@@ -317,13 +317,14 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
         reverse = {v: k for k, v in HYPERPARAMETERS.items()}
         raise ApiError(400, message, param=f"{where}.{reverse[field]}" if field in reverse else field) from None
     try:
-        job = FineTuningJob.objects.create(
-            project=project, created_by=user, api_key=key, model=base.name, training_file=body["training_file"],
-            validation_file=body.get("validation_file") or "", suffix=body.get("suffix") or "",
-            seed=hp["seed"], metadata=body.get("metadata") or {}, method=resolved_method(hp), overrides=overrides,
-            idempotency_key=idempotency_key[:255], request_hash=digest)
+        with transaction.atomic():
+            job = FineTuningJob.objects.create(
+                project=project, created_by=user, api_key=key, model=base.name, training_file=body["training_file"],
+                validation_file=body.get("validation_file") or "", suffix=body.get("suffix") or "",
+                seed=hp["seed"], metadata=body.get("metadata") or {}, method=resolved_method(hp), overrides=overrides,
+                idempotency_key=idempotency_key, request_hash=digest)
     except IntegrityError:  # the same Idempotency-Key, sent twice at once: the first one made the job
-        return FineTuningJob.objects.get(project=project, idempotency_key=idempotency_key[:255])
+        return FineTuningJob.objects.get(project=project, idempotency_key=idempotency_key)
     if sum(f.bytes for f in files.values()) > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
         from .tasks import validate_fine_tuning_job
 
@@ -362,7 +363,7 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
     A job already validated (a second delivery of the task) is left as it is."""
     try:
         with transaction.atomic():
-            job = (FineTuningJob.objects.select_for_update().select_related("project", "created_by")
+            job = (FineTuningJob.objects.select_for_update()
                    .filter(pk=job_pk, stage=JobStage.VALIDATING).first())
             if job is None:
                 return FineTuningJob.objects.filter(pk=job_pk).first()
