@@ -35,6 +35,8 @@ def _schedule_reaper(sender, **kwargs):
 
     sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("runs.reap", queue="default"),
                              name="reap stranded runs and evaluations")
+    sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("webhooks.send_due", queue="default"),
+                             name="send webhook deliveries that are due (retries)")
 
 
 @worker_shutting_down.connect

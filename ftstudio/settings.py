@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "apps.evaluations",
     "apps.demo",
     "apps.api",
+    "apps.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -217,6 +218,18 @@ FTSTUDIO_INFERENCE_TIMEOUT = float(os.environ.get("FTSTUDIO_INFERENCE_TIMEOUT", 
 # Largest max_tokens a request may ask for, and how many requests one key may have running at once.
 FTSTUDIO_API_MAX_TOKENS = int(os.environ.get("FTSTUDIO_API_MAX_TOKENS", "1024"))
 FTSTUDIO_API_MAX_CONCURRENT_PER_KEY = int(os.environ.get("FTSTUDIO_API_MAX_CONCURRENT_PER_KEY", "8"))
+# A fine-tuning job request repeated (same key, same body) within this many seconds returns the first job: the SDK
+# retries a POST on timeouts and sends no Idempotency-Key of its own.
+FTSTUDIO_API_JOB_DEDUP_SECONDS = int(os.environ.get("FTSTUDIO_API_JOB_DEDUP_SECONDS", "60"))
+
+# --- Webhooks (apps/webhooks/services.py) ----------------------------------------------------------
+# Private, loopback and reserved addresses are refused as webhook URLs (no SSRF into the Studio's network) unless 1.
+FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = os.environ.get("FTSTUDIO_WEBHOOK_ALLOW_PRIVATE", "0") == "1"
+FTSTUDIO_WEBHOOK_TIMEOUT = float(os.environ.get("FTSTUDIO_WEBHOOK_TIMEOUT", "10"))
+# Retries: the pause doubles from BASE seconds up to CAP seconds; a delivery is given up after RETRY_HOURS.
+FTSTUDIO_WEBHOOK_RETRY_BASE_SECONDS = float(os.environ.get("FTSTUDIO_WEBHOOK_RETRY_BASE_SECONDS", "30"))
+FTSTUDIO_WEBHOOK_RETRY_CAP_SECONDS = float(os.environ.get("FTSTUDIO_WEBHOOK_RETRY_CAP_SECONDS", str(4 * 3600)))
+FTSTUDIO_WEBHOOK_RETRY_HOURS = float(os.environ.get("FTSTUDIO_WEBHOOK_RETRY_HOURS", "25"))
 
 # --- Celery ---------------------------------------------------------------------------------------
 BROKER_DIR = Path(os.environ.get("FTSTUDIO_BROKER_DIR", VAR_DIR / "broker")).resolve()

@@ -55,7 +55,10 @@ def project_settings(request, project):
                 form.add_error(None, str(exc))
     members = project.memberships.select_related("user").order_by("user__username")
     keys = project.api_keys.select_related("user")
-    return render(request, "accounts/project_settings.html", {"form": form, "members": members, "api_keys": keys})
+    from apps.webhooks.views import section_context
+
+    return render(request, "accounts/project_settings.html", {"form": form, "members": members, "api_keys": keys,
+                                                              **section_context(project)})
 
 
 def _api_key_action(request, project):

@@ -21,7 +21,8 @@ from apps.accounts.permissions import CAPABILITIES, Access
 from . import services
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-               404: "invalid_request_error", 405: "invalid_request_error", 429: "rate_limit_error",
+               404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
+               429: "rate_limit_error",
                503: "service_unavailable"}
 
 
@@ -51,10 +52,16 @@ def authenticate(request: HttpRequest, need: str) -> tuple[services.ApiKey, Acce
     access = Access(project=key.project, role=role, is_admin=key.user.is_staff)
     if role is None and not key.user.is_staff:
         raise ApiError(403, f"This key's user is no longer a member of {key.project.slug}.", code="no_access")
-    if not access.allows(need):
-        raise ApiError(403, f"This key's user is a {role} in {key.project.slug}, which does not allow this ({need}).",
-                       code="no_access")
+    require(access, need)
     return key, access
+
+
+def require(access: Access, need: str) -> None:
+    """403 unless the key's user may do ``need`` in the key's project (views whose methods need more than the
+    capability ``api_view`` checked call it again)."""
+    if not access.allows(need):
+        raise ApiError(403, f"This key's user is a {access.role} in {access.project.slug}, which does not allow this "
+                       f"({need}).", code="no_access")
 
 
 def api_view(need: str, methods: tuple[str, ...] = ("GET",)) -> Callable:

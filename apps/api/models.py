@@ -39,3 +39,84 @@ class ApiKey(TimeStamped):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at", "updated_at"])
+
+
+def _public_id(prefix: str) -> str:
+    import secrets
+
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def new_file_id() -> str:
+    return _public_id("file")
+
+
+def new_job_id() -> str:
+    return _public_id("ftjob")
+
+
+class ApiFile(TimeStamped):
+    """A file uploaded through ``POST /v1/files`` (``purpose=fine-tune``): kept as uploaded under
+    MEDIA_ROOT/api-files/; its lines become examples of the project when a job uses it."""
+
+    public_id = models.CharField(max_length=40, unique=True, default=new_file_id)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_files")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    filename = models.CharField(max_length=255)
+    purpose = models.CharField(max_length=32)
+    bytes = models.BigIntegerField(default=0)
+    path = models.CharField(max_length=500, help_text="relative to MEDIA_ROOT")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["project", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.filename})"
+
+
+class JobStage(models.TextChoices):
+    """Where a job is before its run exists; afterwards its status is the run's (``fine_tuning.job_status``)."""
+
+    VALIDATING = "validating_files", "Validating files"
+    FAILED = "failed", "Failed validation"
+    LAUNCHED = "launched", "Launched (see the run)"
+
+
+class FineTuningJob(TimeStamped):
+    """An OpenAI fine-tuning job: the request as sent, and the Run it became. A run launched in the browser gets
+    one too the first time the API lists the project's jobs, so the API sees every run."""
+
+    public_id = models.CharField(max_length=40, unique=True, default=new_job_id)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="fine_tuning_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    run = models.OneToOneField("runs.Run", null=True, blank=True, on_delete=models.CASCADE,
+                               related_name="fine_tuning_job")
+    stage = models.CharField(max_length=20, choices=JobStage.choices, default=JobStage.VALIDATING)
+    model = models.CharField(max_length=200, help_text="the base model's name, as the request gave it")
+    training_file = models.CharField(max_length=40, blank=True)
+    validation_file = models.CharField(max_length=40, blank=True)
+    suffix = models.CharField(max_length=64, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    method = models.JSONField(default=dict, blank=True, help_text="OpenAI's method object, hyperparameters resolved")
+    error = models.JSONField(null=True, blank=True, help_text="{code, message, param} when validation failed")
+    files_report = models.JSONField(default=dict, blank=True, help_text="what validating the files imported")
+    overrides = models.JSONField(default=dict, blank=True, help_text="the run's hyperparameter overrides (launch_run)")
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="validation failures only")
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True, help_text="sha256 of the request body, for retries")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["project", "-created_at", "-id"]),
+                   models.Index(fields=["project", "request_hash", "created_at"])]
+        constraints = [models.UniqueConstraint(fields=["project", "idempotency_key"],
+                                               condition=~models.Q(idempotency_key=""),
+                                               name="one_job_per_idempotency_key")]
+
+    def __str__(self) -> str:
+        return self.public_id

@@ -1,9 +1,19 @@
 from django.urls import path
 
-from . import views
+from . import ft_views, views
 
 urlpatterns = [
     path("models", views.models_list, name="api_models"),
     path("models/<path:model_id>", views.model_detail, name="api_model_detail"),
     path("chat/completions", views.chat_completions, name="api_chat_completions"),
+    path("files", ft_views.files, name="api_files"),
+    path("files/<str:file_id>", ft_views.file_detail, name="api_file_detail"),
+    path("files/<str:file_id>/content", ft_views.file_content, name="api_file_content"),
+    path("fine_tuning/jobs", ft_views.jobs, name="api_jobs"),
+    path("fine_tuning/jobs/<str:job_id>", ft_views.job_detail, name="api_job_detail"),
+    path("fine_tuning/jobs/<str:job_id>/cancel", ft_views.cancel, name="api_job_cancel"),
+    path("fine_tuning/jobs/<str:job_id>/pause", ft_views.pause, name="api_job_pause"),
+    path("fine_tuning/jobs/<str:job_id>/resume", ft_views.resume, name="api_job_resume"),
+    path("fine_tuning/jobs/<str:job_id>/events", ft_views.job_events, name="api_job_events"),
+    path("fine_tuning/jobs/<str:job_id>/checkpoints", ft_views.job_checkpoints, name="api_job_checkpoints"),
 ]

@@ -559,6 +559,48 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     raise AssertionError("unreachable")
 
 
+def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: str = "") -> DatasetVersion:
+    """Freeze exactly these examples (ids per split, in order) into a new version, whatever their status: what a
+    fine-tuning job sent through /v1/ trains on. An id in two splits stays in the first (train before val before
+    test), so nothing evaluated has a twin in train. Raises FreezeError when train is empty."""
+    wanted: list[tuple[str, int]] = []
+    seen: set[int] = set()
+    for split in SPLITS:
+        for pk in splits.get(split.value, []):
+            if pk not in seen:
+                seen.add(pk)
+                wanted.append((split.value, pk))
+    rows = {pk: (messages, n) for pk, messages, n in
+            Example.objects.filter(project=project, pk__in=seen).values_list("id", "messages", "token_count")}
+    wanted = [(split, pk) for split, pk in wanted if pk in rows]
+    if not any(split == Split.TRAIN for split, _ in wanted):
+        raise FreezeError("The training file holds no examples: a version needs something to train on.")
+    hashes = [content_hash(rows[pk][0]) for _, pk in wanted]
+    version_hash = hashlib.sha256("\n".join(f"{split}:{h}" for (split, _), h in zip(wanted, hashes, strict=True))
+                                  .encode()).hexdigest()
+    split_counts = {s.value: 0 for s in SPLITS}
+    tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
+    for split, pk in wanted:
+        split_counts[split] += 1
+        tokens[split].append(rows[pk][1])
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                number = (DatasetVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
+                version = DatasetVersion.objects.create(
+                    project=project, number=number, content_hash=version_hash, note=note[:200], created_by=user,
+                    split_counts=split_counts, token_stats={s: _token_stats(c) for s, c in tokens.items()})
+                DatasetVersionItem.objects.bulk_create(
+                    [DatasetVersionItem(version=version, example_id=pk, position=position, split=split,
+                                        messages=rows[pk][0], content_hash=h)
+                     for position, ((split, pk), h) in enumerate(zip(wanted, hashes, strict=True))], batch_size=2000)
+            return version
+        except IntegrityError:  # another freeze took the number: take the next one
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 # --- quality report --------------------------------------------------------------------------------
 def start_quality_report(*, project, user=None) -> QualityReport:
     """Queue a report (Celery task `datasets.quality_report`, queue `default`) unless one is already running."""

@@ -460,6 +460,9 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
             if mine.update(status=EvaluationStatus.READY, done=done, finished_at=timezone.now(),
                            heartbeat_at=timezone.now()):
                 schedule_checks(evaluation.pk)  # the rubric's automatic checks, on queue default
+                from apps.webhooks.services import announce_evaluation_ready
+
+                transaction.on_commit(lambda: announce_evaluation_ready(evaluation.pk))
         except _Handback as stop:
             if str(stop) == "paused" and mine.update(status=EvaluationStatus.QUEUED, worker_id="", heartbeat_at=None,
                                                      attempts=F("attempts") - 1, enqueued_at=timezone.now()):
@@ -753,6 +756,9 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     Score.objects.bulk_create([Score(judgment=judgment, criterion=c, candidate=cand, value=v) for c, cand, v in rows])
     assignment.completed_at = now
     assignment.save(update_fields=["completed_at"])
+    from apps.webhooks.services import announce_evaluation_reviewed
+
+    transaction.on_commit(lambda: announce_evaluation_reviewed(assignment.evaluation_id, reviewer.pk))
     return judgment
 
 

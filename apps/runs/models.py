@@ -53,6 +53,7 @@ class RunStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+    PAUSED = "paused", "Paused"
 
 
 class Run(TimeStamped):
@@ -67,6 +68,8 @@ class Run(TimeStamped):
 
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     cancel_requested = models.BooleanField(default=False)
+    pause_requested = models.BooleanField(default=False, help_text="stop at the next step end with a checkpoint and "
+                                          "wait (status paused) until resumed; /v1/fine_tuning/jobs/{id}/pause")
     attempts = models.PositiveSmallIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker_id = models.CharField(max_length=200, blank=True, help_text="the claim's owner (host:pid:start:token)")
@@ -111,8 +114,9 @@ class Run(TimeStamped):
 
     @property
     def resumable(self) -> bool:
-        """Failed, or stranded (queued or running) with no live worker: may be resumed from its last checkpoint."""
-        if self.status == RunStatus.FAILED:
+        """Failed, paused, or stranded (queued or running) with no live worker: may be resumed from its last
+        checkpoint."""
+        if self.status in {RunStatus.FAILED, RunStatus.PAUSED}:
             return True
         if self.status == RunStatus.QUEUED:  # stranded: its message is older than the re-send bound
             from datetime import timedelta

@@ -246,22 +246,23 @@ def launch_run(*, project, dataset_version, base_model, preset: str = "quick", o
 
 
 def cancel_run(*, run: Run) -> Run:
-    """Ask a run to stop: a queued run is cancelled now, a running one within one training step."""
+    """Ask a run to stop: a queued or paused run is cancelled now, a running one within one training step."""
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.is_finished:
             return run
         run.cancel_requested = True
         fields = ["cancel_requested", "updated_at"]
-        if run.status == RunStatus.QUEUED:
+        if run.status in {RunStatus.QUEUED, RunStatus.PAUSED}:
             run.status, run.finished_at = RunStatus.CANCELLED, timezone.now()
             fields += ["status", "finished_at"]
+            announce(run.pk)
         run.save(update_fields=fields)
     return run
 
 
 def resume_run(*, run: Run, user=None) -> Run:
-    """Resume a failed or stranded run (queued with a lost message, or running with no live worker) from its
+    """Resume a failed, paused or stranded run (queued with a lost message, or running with no live worker) from its
     last checkpoint: it is queued again with a fresh attempt budget. Raises RunError saying why not."""
     from .tasks import train_run
 
@@ -282,8 +283,46 @@ def resume_run(*, run: Run, user=None) -> Run:
         run.log_tail = "\n".join([*run.log_tail.splitlines()[-199:], line])
         run.status, run.attempts, run.worker_id, run.phase = RunStatus.QUEUED, 0, "", ""
         run.error, run.finished_at, run.cancel_requested, run.enqueued_at = "", None, False, timezone.now()
+        run.pause_requested = False
         run.save(update_fields=["status", "attempts", "worker_id", "phase", "error", "finished_at", "cancel_requested",
-                                "enqueued_at", "log_tail", "updated_at"])
+                                "pause_requested", "enqueued_at", "log_tail", "updated_at"])
+        transaction.on_commit(lambda: train_run.delay(run.pk))
+    return run
+
+
+def pause_run(*, run: Run) -> Run:
+    """Pause a queued or running run: a queued one is paused now, a running one stops at its next step end with a
+    checkpoint of that step (status paused, its attempt given back). Raises RunError for any other status."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.status not in {RunStatus.QUEUED, RunStatus.RUNNING} or run.cancel_requested:
+            raise RunError(f"{run} is {run.get_status_display().lower()}: only a queued or running run can be paused.")
+        run.pause_requested = True
+        fields = ["pause_requested", "updated_at"]
+        if run.status == RunStatus.QUEUED:
+            run.status = RunStatus.PAUSED
+            fields.append("status")
+        run.save(update_fields=fields)
+    return run
+
+
+def resume_paused_run(*, run: Run) -> Run:
+    """Queue a paused run again (it goes on from its last checkpoint); a pause not yet reached is withdrawn.
+    Raises RunError when the run is neither paused nor pausing."""
+    from .tasks import train_run
+
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.status == RunStatus.RUNNING and run.pause_requested:
+            run.pause_requested = False
+            run.save(update_fields=["pause_requested", "updated_at"])
+            return run
+        if run.status != RunStatus.PAUSED:
+            raise RunError(f"{run} is {run.get_status_display().lower()}, not paused: only a paused run can be resumed.")
+        run.status, run.pause_requested, run.enqueued_at = RunStatus.QUEUED, False, timezone.now()
+        run.log_tail = "\n".join([*run.log_tail.splitlines()[-199:],
+                                  f"resumed on {timezone.now():%Y-%m-%d %H:%M:%S} UTC"])
+        run.save(update_fields=["status", "pause_requested", "enqueued_at", "log_tail", "updated_at"])
         transaction.on_commit(lambda: train_run.delay(run.pk))
     return run
 
@@ -306,6 +345,9 @@ def claim_run(run_pk: int, owner: str = "") -> Run | None:
         if run.cancel_requested:
             run.status, run.finished_at = RunStatus.CANCELLED, now
             run.save(update_fields=["status", "finished_at", "updated_at"])
+            announce(run.pk)
+            return None
+        if run.status == RunStatus.PAUSED:  # a delivery sent before the pause: the run waits for resume_paused_run
             return None
         if run.attempts >= MAX_ATTEMPTS:
             run.status, run.finished_at = RunStatus.FAILED, now
@@ -314,6 +356,7 @@ def claim_run(run_pk: int, owner: str = "") -> Run | None:
                          "checkpoint once the cause is fixed." if run.heartbeat_at else
                          f"The run did not finish in {MAX_ATTEMPTS} attempts.")
             run.save(update_fields=["status", "finished_at", "error", "updated_at"])
+            announce(run.pk)
             return None
         run.attempts += 1
         run.status, run.heartbeat_at, run.worker_id, run.phase = RunStatus.RUNNING, now, owner, "loading"
@@ -367,13 +410,19 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
         runs.update(phase=phase)
 
     def should_cancel() -> bool:
-        row = Run.objects.filter(pk=run.pk).values_list("worker_id", "cancel_requested").first()
+        row = Run.objects.filter(pk=run.pk).values_list("worker_id", "cancel_requested", "pause_requested").first()
         if row is None or row[0] != lease.owner_id:
             lease.lost.set()
+        pause["asked"] = bool(row and row[2])
         return lease.lost.is_set() or bool(row and row[1])
 
+    pause = {"asked": False}  # read with the cancel flag (asked first at every check)
+
+    def should_pause() -> bool:
+        return leases.shutdown_requested.is_set() or pause["asked"]
+
     hooks = Hooks(on_progress=on_progress, on_metric=on_metric, should_cancel=should_cancel, on_log=on_log,
-                  on_checkpoint=on_checkpoint, on_phase=on_phase, should_pause=leases.shutdown_requested.is_set)
+                  on_checkpoint=on_checkpoint, on_phase=on_phase, should_pause=should_pause)
     output_dir = run_dir(run)
     hp = run.hyperparameters
     try:
@@ -397,8 +446,9 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
             return "lost"
         log.exception("Run %s failed", run.pk)
         lines.extend(traceback.format_exc().splitlines()[-15:])
-        runs.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=failure_message(exc)[:2000],
-                    log_tail="\n".join(lines), phase="")
+        if runs.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=failure_message(exc)[:2000],
+                       log_tail="\n".join(lines), phase=""):
+            announce(run.pk)
         return RunStatus.FAILED
     else:
         reason = result.status
@@ -410,8 +460,9 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
         return _release(run, runs, lines)
     if reason == "cancelled":
         shutil.rmtree(output_dir / "adapter", ignore_errors=True)
-        runs.update(status=RunStatus.CANCELLED, finished_at=now, step=result.global_step if result else run.step,
-                    log_tail="\n".join(lines), adapter_path="", phase="")
+        if runs.update(status=RunStatus.CANCELLED, finished_at=now, step=result.global_step if result else run.step,
+                       log_tail="\n".join(lines), adapter_path="", phase=""):
+            announce(run.pk)
         return RunStatus.CANCELLED
     values = {"status": RunStatus.SUCCEEDED, "finished_at": now, "step": result.global_step, "phase": "",
               "total_steps": result.total_steps, "adapter_path": result.adapter_dir, "heartbeat_at": now,
@@ -419,14 +470,29 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
               "log_tail": "\n".join(lines)}
     if result.tokens_per_second:
         values["tokens_per_second"] = result.tokens_per_second
-    runs.update(**values)
+    if runs.update(**values):
+        announce(run.pk)
     return RunStatus.SUCCEEDED
 
 
+def announce(run_pk: int) -> None:
+    """The run ended: once the transaction commits, ``fine_tuning.job.<status>`` goes to the project's webhooks."""
+    from apps.webhooks.services import announce_run
+
+    transaction.on_commit(lambda: announce_run(run_pk))
+
+
 def _release(run: Run, runs, lines) -> str:
-    """The worker is shutting down (warm): hand the run back without spending an attempt and send it again."""
+    """The worker is shutting down (warm), or the run was paused: hand the run back at its checkpoint without
+    spending an attempt, and send it again (shutdown) or leave it paused until ``resume_paused_run``."""
     from .tasks import train_run
 
+    if Run.objects.filter(pk=run.pk, pause_requested=True).exists():
+        lines.append(f"paused on {timezone.now():%Y-%m-%d %H:%M:%S} UTC at a checkpoint (this attempt is not counted)")
+        if runs.update(status=RunStatus.PAUSED, worker_id="", phase="", heartbeat_at=None, attempts=F("attempts") - 1,
+                       log_tail="\n".join(lines)):
+            return RunStatus.PAUSED
+        return "lost"
     lines.append(f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC "
                  "(this attempt is not counted)")
     if runs.update(status=RunStatus.QUEUED, worker_id="", phase="", heartbeat_at=None, attempts=F("attempts") - 1,
@@ -447,12 +513,13 @@ def reap() -> dict[str, list[int]]:
     """The periodic reaper: re-send runs and evaluations whose worker is gone (stale heartbeat, no live process)
     and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give up after
     MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
+    from apps.api.fine_tuning import resend_validating_jobs
     from apps.datasets.services import resend_queued_imports
     from apps.evaluations.services import reap_generations
 
     now = timezone.now()
     result = {"runs": reap_stale_runs(now), "queued_runs": resend_queued_runs(now), **reap_generations(now),
-              "queued_imports": resend_queued_imports(now)}
+              "queued_imports": resend_queued_imports(now), "validating_jobs": resend_validating_jobs(now)}
     ReaperBeat.objects.update_or_create(name="reaper", defaults={"beat_at": now, "requeued": result})
     return result
 

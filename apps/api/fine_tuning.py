@@ -1,0 +1,593 @@
+"""OpenAI's fine-tuning API over the Studio's own objects: files, jobs (a job is a Run), events, checkpoints.
+
+Writes and reads for ``apps/api/ft_views.py``; the JSON shapes are in ``apps/api/shapes.py``. Errors are
+:class:`ApiError` (OpenAI's error shape, the status and the parameter at fault).
+
+- A file (``POST /v1/files``) is kept as uploaded; nothing is imported until a job uses it.
+- ``POST /v1/fine_tuning/jobs`` starts OpenAI's ``validating_files`` step: the training (and validation) file is
+  imported into the key's project with the Studio's importer (deduplicated as any import), the file's examples
+  are frozen into a dataset version and a Run is launched on it, all in one transaction. A bad line leaves
+  nothing behind: the job is ``failed`` with an error naming the line. Files up to FTSTUDIO_IMPORT_INLINE_BYTES
+  (together) are validated in the request, as the import page does; larger ones by task
+  ``api.validate_fine_tuning_job`` (queue default), the job answering ``validating_files`` meanwhile.
+- The job's status is its run's (``job_status``, the one mapping); pause hands the run back at a checkpoint.
+- Checkpoints: the Studio serves a run's final adapter, so a job lists one checkpoint, the final one, whose model
+  id is the job's ``fine_tuned_model`` (intermediate checkpoints are kept for resuming, not served).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
+
+from apps.datasets import importers
+from apps.datasets import services as datasets
+from apps.datasets.importers import content_hash
+from apps.datasets.models import Example
+from apps.runs import services as runs
+from apps.runs.models import BaseModel, Run, RunStatus
+
+from .auth import ApiError
+from .models import ApiFile, FineTuningJob, JobStage
+from .services import resolve_model, run_model_id
+
+FILE_PURPOSES = ("fine-tune",)
+RESULTS_PREFIX = "file-results-"
+JOB_FIELDS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "method", "hyperparameters",
+              "integrations"}
+HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "learning_rate"}
+PRESET = "quick"
+MAX_PAGE = 100
+
+
+# --- files ------------------------------------------------------------------------------------------------
+def create_file(*, project, user, upload, purpose: str) -> ApiFile:
+    if purpose not in FILE_PURPOSES:
+        raise ApiError(400, f"purpose must be 'fine-tune' (the Studio keeps fine-tuning files only); got {purpose!r}.",
+                       param="purpose")
+    if upload is None:
+        raise ApiError(400, "Send the file as the multipart field 'file'.", param="file")
+    limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
+    if upload.size > limit:
+        raise ApiError(400, f"The file is {upload.size:,} bytes; the limit is {limit:,}.", param="file",
+                       code="file_too_large")
+    if not upload.size:
+        raise ApiError(400, "The file is empty.", param="file")
+    record = ApiFile(project=project, created_by=user, filename=Path(upload.name or "upload.jsonl").name[:255],
+                     purpose=purpose, bytes=upload.size)
+    relative = Path("api-files") / str(project.pk) / record.public_id
+    target = Path(settings.MEDIA_ROOT) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    record.path = str(relative)
+    record.save()
+    return record
+
+
+def file_path(record: ApiFile) -> Path:
+    return Path(settings.MEDIA_ROOT) / record.path
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A job's metrics CSV, made from its run's metrics when asked for (``file-results-<job>``)."""
+
+    public_id: str
+    job: FineTuningJob
+    created_at: datetime
+    filename: str = "step_metrics.csv"
+    purpose: str = "fine-tune-results"
+
+    @property
+    def bytes(self) -> int:
+        return len(metrics_csv(self.job).encode())
+
+
+def results_file_id(job: FineTuningJob) -> str:
+    return RESULTS_PREFIX + job.public_id.removeprefix("ftjob-")
+
+
+def get_file(project, file_id: str, *, param: str | None = None) -> ApiFile | ResultFile:
+    if file_id.startswith(RESULTS_PREFIX):
+        job = FineTuningJob.objects.filter(project=project, public_id="ftjob-" + file_id.removeprefix(RESULTS_PREFIX),
+                                           run__status=RunStatus.SUCCEEDED).select_related("run").first()
+        if job is not None:
+            return ResultFile(public_id=file_id, job=job, created_at=job.run.finished_at or job.created_at)
+    else:
+        record = ApiFile.objects.filter(project=project, public_id=file_id).first()
+        if record is not None:
+            return record
+    raise ApiError(404, f"No file {file_id!r} in project {project.slug}: GET /v1/files lists this key's files.",
+                   param=param, code="file_not_found")
+
+
+def file_content(found: ApiFile | ResultFile) -> bytes:
+    if isinstance(found, ResultFile):
+        return metrics_csv(found.job).encode()
+    return file_path(found).read_bytes()
+
+
+def list_files(project, *, purpose: str = "", after: str = "", limit: int = 10000):
+    files = ApiFile.objects.filter(project=project)
+    if purpose:
+        files = files.filter(purpose=purpose)
+    return page(files, after, limit)
+
+
+def delete_file(project, file_id: str) -> str:
+    found = get_file(project, file_id)
+    if isinstance(found, ResultFile):
+        raise ApiError(400, "A job's result file cannot be deleted: it is made from the run's metrics.")
+    file_path(found).unlink(missing_ok=True)
+    found.delete()
+    return file_id
+
+
+# --- pagination -------------------------------------------------------------------------------------------
+def page_limit(raw: str | None, default: int = 20) -> int:
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"limit must be a whole number; got {raw!r}.", param="limit") from None
+    if not 1 <= value <= MAX_PAGE:
+        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}; got {value}.", param="limit")
+    return value
+
+
+def page(queryset, after: str, limit: int, param: str = "after") -> tuple[list, bool]:
+    """Newest first; ``after`` is the public id of the last row the caller has. Returns (rows, has_more)."""
+    queryset = queryset.order_by("-created_at", "-id")
+    if after:
+        cursor = queryset.filter(public_id=after).values_list("created_at", "id").first()
+        if cursor is None:
+            raise ApiError(400, f"after={after!r} is not an id from this list.", param=param)
+        queryset = queryset.filter(Q(created_at__lt=cursor[0]) | Q(created_at=cursor[0], id__lt=cursor[1]))
+    rows = list(queryset[:limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+# --- jobs: the one status mapping -------------------------------------------------------------------------
+RUN_STATUS = {RunStatus.QUEUED: "queued", RunStatus.RUNNING: "running", RunStatus.SUCCEEDED: "succeeded",
+              RunStatus.FAILED: "failed", RunStatus.CANCELLED: "cancelled", RunStatus.PAUSED: "paused"}
+
+
+def job_status(job: FineTuningJob) -> str:
+    """OpenAI's status of a job: its validation stage until it has a run, then the run's status."""
+    if job.run is None:
+        return "failed" if job.stage == JobStage.FAILED else "validating_files"
+    return RUN_STATUS[job.run.status]
+
+
+# --- jobs: create -----------------------------------------------------------------------------------------
+def _hyperparameters(body: dict) -> tuple[dict, str]:
+    """The requested hyperparameters (method.supervised.hyperparameters, or the older top-level field)."""
+    method = body.get("method")
+    top = body.get("hyperparameters")
+    if method is not None:
+        if not isinstance(method, dict):
+            raise ApiError(400, "method must be an object such as {\"type\": \"supervised\", \"supervised\": {...}}.",
+                           param="method")
+        kind = method.get("type")
+        if kind in {"dpo", "reinforcement"}:
+            raise ApiError(400, f"method.type {kind!r} is not supported yet: the Studio trains supervised (SFT) "
+                           "fine-tunes only. Send method.type 'supervised'.", param="method.type",
+                           code="unsupported_method")
+        if kind != "supervised":
+            raise ApiError(400, f"method.type must be 'supervised'; got {kind!r}.", param="method.type")
+        for key in set(method) - {"type", "supervised"}:
+            raise ApiError(400, f"Unknown field method.{key}.", param=f"method.{key}")
+        supervised = method.get("supervised") or {}
+        if not isinstance(supervised, dict):
+            raise ApiError(400, "method.supervised must be an object.", param="method.supervised")
+        for key in set(supervised) - {"hyperparameters"}:
+            raise ApiError(400, f"Unknown field method.supervised.{key}.", param=f"method.supervised.{key}")
+        if top is not None:
+            raise ApiError(400, "Give hyperparameters in method.supervised.hyperparameters or at the top level, "
+                           "not both.", param="hyperparameters")
+        return supervised.get("hyperparameters") or {}, "method.supervised.hyperparameters"
+    return top or {}, "hyperparameters"
+
+
+def _overrides(requested, where: str) -> dict:
+    if not isinstance(requested, dict):
+        raise ApiError(400, f"{where} must be an object.", param=where)
+    overrides = {}
+    base_lr = runs.PRESETS[PRESET]["learning_rate"]
+    for key, value in requested.items():
+        if key not in HYPERPARAMETERS:
+            raise ApiError(400, f"Unknown hyperparameter {where}.{key}: use n_epochs, batch_size or "
+                           "learning_rate_multiplier.", param=f"{where}.{key}")
+        if value == "auto" or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ApiError(400, f"{where}.{key} must be a number or \"auto\"; got {value!r}.", param=f"{where}.{key}")
+        if key == "learning_rate_multiplier":
+            if value <= 0:
+                raise ApiError(400, f"{where}.{key} must be above 0; got {value}.", param=f"{where}.{key}")
+            value = base_lr * value
+        overrides[HYPERPARAMETERS[key]] = value
+    return overrides
+
+
+def resolved_method(hp: dict, preset: str = PRESET) -> dict:
+    base_lr = runs.PRESETS.get(preset or PRESET, runs.PRESETS[PRESET])["learning_rate"]
+    epochs = hp.get("epochs", 1.0)
+    return {"type": "supervised", "supervised": {"hyperparameters": {
+        "n_epochs": int(epochs) if float(epochs).is_integer() else epochs, "batch_size": hp.get("batch_size"),
+        "learning_rate_multiplier": round(hp.get("learning_rate", base_lr) / base_lr, 6)}}}
+
+
+def _check_body(body) -> None:
+    if not isinstance(body, dict):
+        raise ApiError(400, "The body must be a JSON object.")
+    for key in sorted(set(body) - JOB_FIELDS):
+        raise ApiError(400, f"Unknown field {key!r}: the Studio takes {', '.join(sorted(JOB_FIELDS - {'integrations'}))}.",
+                       param=key)
+    if body.get("integrations"):
+        raise ApiError(400, "integrations (e.g. Weights & Biases) are not supported: the Studio shows the loss curve "
+                       "on the run page.", param="integrations")
+    for key in ("model", "training_file"):
+        if not isinstance(body.get(key), str) or not body.get(key):
+            raise ApiError(400, f"{key} is required (a string).", param=key)
+    suffix = body.get("suffix")
+    if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
+        raise ApiError(400, "suffix must be a string of at most 64 characters.", param="suffix")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1):
+        raise ApiError(400, f"seed must be a whole number from 0 to {2**31 - 1}; got {seed!r}.", param="seed")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict) or len(metadata) > 16:
+            raise ApiError(400, "metadata must be an object of at most 16 string pairs.", param="metadata")
+        for k, v in metadata.items():
+            if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
+                raise ApiError(400, f"metadata[{k!r}] must be a string of at most 512 characters (keys at most 64).",
+                               param="metadata")
+
+
+def _base_model(project, model_id: str) -> BaseModel:
+    if model_id.startswith("ft:"):
+        try:
+            resolve_model(project, model_id)
+        except LookupError:
+            pass
+        else:
+            raise ApiError(400, f"Fine-tuning {model_id!r} further is not supported yet: start from its base model.",
+                           param="model")
+    base = BaseModel.objects.filter(name=model_id).first()
+    if base is None:
+        raise ApiError(404, f"The model {model_id!r} is not a base model this Studio can fine-tune: GET /v1/models "
+                       "lists them (the ids without 'ft:').", param="model", code="model_not_found")
+    return base
+
+
+def request_hash(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTuningJob:
+    """Check the request, then validate the files and launch the run (see the module's docstring). The same
+    ``Idempotency-Key``, or the same body from the same key within FTSTUDIO_API_JOB_DEDUP_SECONDS, returns the
+    job already made instead of starting a second run."""
+    _check_body(body)
+    digest, idempotency_key = request_hash(body), idempotency_key[:255]
+    if idempotency_key:
+        earlier = FineTuningJob.objects.filter(project=project, idempotency_key=idempotency_key).first()
+        if earlier is not None:
+            if earlier.request_hash != digest:
+                raise ApiError(409, "This Idempotency-Key was used for a different request: use a new key for a new "
+                               "job.", code="idempotency_key_reused")
+            return earlier
+    else:
+        window = timezone.now() - timedelta(seconds=settings.FTSTUDIO_API_JOB_DEDUP_SECONDS)
+        earlier = (FineTuningJob.objects.filter(project=project, api_key=key, request_hash=digest,
+                                                created_at__gte=window).order_by("-created_at").first())
+        if earlier is not None:
+            return earlier
+    requested, where = _hyperparameters(body)
+    overrides = _overrides(requested, where)
+    if body.get("seed") is not None:
+        overrides["seed"] = body["seed"]
+    base = _base_model(project, body["model"])
+    files = {"training_file": get_file(project, body["training_file"], param="training_file")}
+    if body.get("validation_file"):
+        files["validation_file"] = get_file(project, body["validation_file"], param="validation_file")
+    for param, found in files.items():
+        if isinstance(found, ResultFile):
+            raise ApiError(400, f"{param} {found.public_id!r} is a job's result file, not training data.", param=param)
+    try:
+        hp = runs.resolve_hyperparameters(PRESET, overrides)
+    except runs.LaunchError as exc:
+        field, message = next(iter(exc.errors.items()))
+        reverse = {v: k for k, v in HYPERPARAMETERS.items()}
+        raise ApiError(400, message, param=f"{where}.{reverse[field]}" if field in reverse else field) from None
+    try:
+        with transaction.atomic():
+            job = FineTuningJob.objects.create(
+                project=project, created_by=user, api_key=key, model=base.name, training_file=body["training_file"],
+                validation_file=body.get("validation_file") or "", suffix=body.get("suffix") or "",
+                seed=hp["seed"], metadata=body.get("metadata") or {}, method=resolved_method(hp), overrides=overrides,
+                idempotency_key=idempotency_key, request_hash=digest)
+    except IntegrityError:  # the same Idempotency-Key, sent twice at once: the first one made the job
+        return FineTuningJob.objects.get(project=project, idempotency_key=idempotency_key)
+    if sum(f.bytes for f in files.values()) > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
+        from .tasks import validate_fine_tuning_job
+
+        transaction.on_commit(lambda: validate_fine_tuning_job.delay(job.pk))
+        return job
+    return validate_and_launch(job.pk)
+
+
+class _Invalid(Exception):
+    def __init__(self, error: dict) -> None:
+        super().__init__(error["message"])
+        self.error = error
+
+
+def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
+    report = datasets.import_examples(project=job.project, path_or_file=file_path(record), file_format="openai",
+                                      user=user, filename=f"{record.public_id} ({record.filename})")
+    if not report.ok:
+        first = report.errors[0]
+        more = f" (and {report.error_count - 1} more problem{'s' if report.error_count > 2 else ''})" \
+            if report.error_count > 1 else ""
+        raise _Invalid({"code": "invalid_" + param, "param": param,
+                        "message": f"{param} {record.public_id}: {first}{more}. Fix the file, upload it again and "
+                                   "create a new job; nothing was imported."})
+    hashes = []
+    with file_path(record).open("rb") as stream:
+        for row in importers.parse_stream(stream, importers.Parsed("openai"), limits=datasets.import_limits()):
+            hashes.append(content_hash(row.messages))
+    ids = dict(Example.objects.filter(project=job.project, content_hash__in=set(hashes)).values_list("content_hash", "id"))
+    return [ids[h] for h in hashes if h in ids], {"examples": len(hashes), "imported": report.imported,
+                                                   "already_in_project": report.skipped_duplicates}
+
+
+def validate_and_launch(job_pk: int) -> FineTuningJob | None:
+    """OpenAI's validating_files step: import, freeze and launch atomically; a problem fails the job, naming it.
+    A job already validated (a second delivery of the task) is left as it is."""
+    try:
+        with transaction.atomic():
+            job = (FineTuningJob.objects.select_for_update()
+                   .filter(pk=job_pk, stage=JobStage.VALIDATING).first())
+            if job is None:
+                return FineTuningJob.objects.filter(pk=job_pk).first()
+            user, overrides = job.created_by, job.overrides
+            base = BaseModel.objects.filter(name=job.model).first()
+            if base is None:
+                raise _Invalid({"code": "model_not_found", "param": "model",
+                                "message": f"The base model {job.model!r} was removed before the job started."})
+            files = {}
+            for param in ("training_file", "validation_file"):
+                file_id = getattr(job, param)
+                if file_id:
+                    files[param] = ApiFile.objects.filter(project=job.project, public_id=file_id).first()
+                    if files[param] is None:
+                        raise _Invalid({"code": "file_not_found", "param": param,
+                                        "message": f"{param} {file_id} was deleted before it was validated."})
+            train_ids, train_report = _import(job, files["training_file"], "training_file", user)
+            splits, report = {"train": train_ids}, {"training_file": train_report}
+            if "validation_file" in files:
+                splits["val"], report["validation_file"] = _import(job, files["validation_file"], "validation_file", user)
+            try:
+                version = datasets.freeze_selection(project=job.project, splits=splits, user=user,
+                                                    note=f"fine-tuning job {job.public_id}")
+            except datasets.FreezeError as exc:
+                raise _Invalid({"code": "invalid_training_file", "param": "training_file", "message": str(exc)}) from None
+            report["dataset_version"] = version.number
+            try:
+                run = runs.launch_run(project=job.project, dataset_version=version, base_model=base, preset=PRESET,
+                                      overrides=overrides, user=user, name=job.suffix)
+            except runs.LaunchError as exc:
+                raise _Invalid({"code": "invalid_request", "param": None, "message": str(exc)}) from None
+            job.run, job.stage, job.files_report = run, JobStage.LAUNCHED, report
+            job.save(update_fields=["run", "stage", "files_report", "updated_at"])
+    except _Invalid as exc:
+        FineTuningJob.objects.filter(pk=job_pk, stage=JobStage.VALIDATING).update(
+            stage=JobStage.FAILED, error=exc.error, finished_at=timezone.now(), updated_at=timezone.now())
+    return jobs_with_runs().get(pk=job_pk)
+
+
+def resend_validating_jobs(now=None) -> list[int]:
+    """For the reaper: jobs still validating after FTSTUDIO_REQUEUE_AFTER_SECONDS lost their task's message (or
+    its worker died); send it again (a job validated meanwhile is left alone by the task)."""
+    from .tasks import validate_fine_tuning_job
+
+    bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+    stale = list(FineTuningJob.objects.filter(stage=JobStage.VALIDATING, updated_at__lt=bound).values_list("pk", flat=True))
+    for pk in stale:
+        FineTuningJob.objects.filter(pk=pk).update(updated_at=timezone.now())
+        validate_fine_tuning_job.delay(pk)
+    return stale
+
+
+# --- jobs: read -------------------------------------------------------------------------------------------
+def adopt_runs(project) -> None:
+    """Give every run launched in the browser a job, so the API lists it (created when it is first listed)."""
+    orphans = Run.objects.filter(project=project, fine_tuning_job__isnull=True).select_related("base_model")
+    for run in orphans:
+        try:
+            with transaction.atomic():
+                job = FineTuningJob.objects.create(
+                    project=project, created_by=run.created_by, run=run, stage=JobStage.LAUNCHED,
+                    model=run.base_model.name, suffix=run.name[:64], seed=run.seed,
+                    method=resolved_method(run.hyperparameters, run.preset))
+                FineTuningJob.objects.filter(pk=job.pk).update(created_at=run.created_at)
+        except IntegrityError:  # adopted by a concurrent listing
+            pass
+
+
+def jobs_with_runs():
+    return FineTuningJob.objects.select_related("project", "run", "run__base_model", "run__project")
+
+
+def jobs(project):
+    return jobs_with_runs().filter(project=project)
+
+
+def list_jobs(project, *, after: str = "", limit: int = 20, metadata: dict | None = None):
+    adopt_runs(project)
+    queryset = jobs(project)
+    for i, (k, v) in enumerate((metadata or {}).items()):
+        queryset = queryset.alias(**{f"_meta{i}": KeyTransform(k, "metadata")}).filter(**{f"_meta{i}": v})
+    return page(queryset, after, limit)
+
+
+def get_job(project, job_id: str) -> FineTuningJob:
+    if job_id.startswith("ftjob-"):
+        if not FineTuningJob.objects.filter(public_id=job_id).exists():
+            adopt_runs(project)
+        job = jobs(project).filter(public_id=job_id).first()
+        if job is not None:
+            return job
+    raise ApiError(404, f"No fine-tuning job {job_id!r} in project {project.slug}: GET /v1/fine_tuning/jobs lists "
+                   "them.", param="fine_tuning_job_id", code="job_not_found")
+
+
+# --- jobs: cancel, pause, resume --------------------------------------------------------------------------
+def _finished(job: FineTuningJob, action: str) -> ApiError:
+    return ApiError(409, f"Job {job.public_id} is {job_status(job)}: a {job_status(job)} job cannot be {action}.",
+                    code="job_not_" + action.replace(" ", "_"))
+
+
+def cancel_job(job: FineTuningJob) -> FineTuningJob:
+    if job.run is None or job.run.is_finished:
+        raise _finished(job, "cancelled")
+    runs.cancel_run(run=job.run)
+    job.run.refresh_from_db()
+    return job
+
+
+def pause_job(job: FineTuningJob) -> FineTuningJob:
+    if job.run is None or job.run.status not in {RunStatus.QUEUED, RunStatus.RUNNING} or job.run.cancel_requested:
+        raise _finished(job, "paused")
+    try:
+        runs.pause_run(run=job.run)
+    except runs.RunError as exc:
+        raise ApiError(409, str(exc), code="job_not_paused") from None
+    job.run.refresh_from_db()
+    return job
+
+
+def resume_job(job: FineTuningJob) -> FineTuningJob:
+    if job.run is None or not (job.run.status == RunStatus.PAUSED or
+                               (job.run.status == RunStatus.RUNNING and job.run.pause_requested)):
+        raise ApiError(409, f"Job {job.public_id} is {job_status(job)}, not paused: only a paused job can be resumed.",
+                       code="job_not_paused")
+    runs.resume_paused_run(run=job.run)
+    job.run.refresh_from_db()
+    return job
+
+
+# --- events, checkpoints, metrics --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    id: str
+    at: datetime
+    message: str
+    level: str = "info"
+    type: str = "message"
+    data: dict | None = None
+
+
+def events(job: FineTuningJob) -> list[Event]:
+    """Message and metrics events, newest first: the job's stages and every metric its run logged."""
+    tag = job.public_id.removeprefix("ftjob-")
+    out = [Event(f"ftevent-{tag}-created", job.created_at, f"Created fine-tuning job: {job.public_id}")]
+    if job.training_file:
+        out.append(Event(f"ftevent-{tag}-validating", job.created_at, f"Validating training file: {job.training_file}"
+                         + (f" and validation file: {job.validation_file}" if job.validation_file else "")))
+    if job.error:
+        out.append(Event(f"ftevent-{tag}-invalid", job.finished_at or job.updated_at, job.error["message"], "error"))
+    run = job.run
+    if run is not None:
+        report = job.files_report or {}
+        if report:
+            parts = [f"{name.replace('_', ' ')}: {r['examples']} examples ({r['already_in_project']} already in the "
+                     "project)" for name, r in report.items() if isinstance(r, dict)]
+            out.append(Event(f"ftevent-{tag}-validated", run.created_at, "Files validated, moving job to queued state; "
+                             + "; ".join(parts) + f"; dataset version v{report.get('dataset_version')}"))
+        if run.started_at:
+            out.append(Event(f"ftevent-{tag}-started", run.started_at, "Fine-tuning job started"))
+        for m in run.metrics.order_by("step", "id"):
+            if m.train_loss is not None:
+                out.append(Event(f"ftevent-{tag}-m{m.pk}", m.created_at,
+                                 f"Step {m.step}/{run.total_steps}: training loss={m.train_loss:.4f}", type="metrics",
+                                 data={"step": m.step, "train_loss": m.train_loss, "total_steps": run.total_steps,
+                                       "learning_rate": m.learning_rate, "epoch": m.epoch}))
+            if m.val_loss is not None:
+                out.append(Event(f"ftevent-{tag}-v{m.pk}", m.created_at,
+                                 f"Step {m.step}/{run.total_steps}: validation loss={m.val_loss:.4f}", type="metrics",
+                                 data={"step": m.step, "valid_loss": m.val_loss, "total_steps": run.total_steps}))
+        end = run.finished_at or run.updated_at
+        if run.status == RunStatus.SUCCEEDED:
+            out.append(Event(f"ftevent-{tag}-model", end, f"New fine-tuned model created: {run_model_id(run)}"))
+            out.append(Event(f"ftevent-{tag}-succeeded", end, "The job has successfully completed"))
+        elif run.status == RunStatus.FAILED:
+            out.append(Event(f"ftevent-{tag}-failed", end, f"Fine-tuning job failed: {run.error}", "error"))
+        elif run.status == RunStatus.CANCELLED:
+            out.append(Event(f"ftevent-{tag}-cancelled", end, "Fine-tuning job cancelled"))
+        elif run.status == RunStatus.PAUSED:
+            out.append(Event(f"ftevent-{tag}-paused-{int(end.timestamp())}", end,
+                             f"Fine-tuning job paused at step {run.step}; resume it to go on from there"))
+    ordered = sorted(enumerate(out), key=lambda pair: (pair[1].at, pair[0]), reverse=True)
+    return [e for _, e in ordered]
+
+
+def slice_after(items: list, after: str, limit: int) -> tuple[list, bool]:
+    start = 0
+    if after:
+        ids = [item.id if hasattr(item, "id") else item["id"] for item in items]
+        if after not in ids:
+            raise ApiError(400, f"after={after!r} is not an id from this list.", param="after")
+        start = ids.index(after) + 1
+    return items[start:start + limit], len(items) > start + limit
+
+
+def checkpoints(job: FineTuningJob) -> list[dict]:
+    """The final checkpoint of a succeeded job: its model id is the one the inference process serves."""
+    run = job.run
+    if run is None or run.status != RunStatus.SUCCEEDED:
+        return []
+    tag = job.public_id.removeprefix("ftjob-")
+    return [{"id": f"ftckpt-{tag}-{run.step}", "object": "fine_tuning.job.checkpoint",
+             "created_at": int((run.finished_at or run.updated_at).timestamp()),
+             "fine_tuned_model_checkpoint": run_model_id(run), "fine_tuning_job_id": job.public_id,
+             "step_number": run.step,
+             "metrics": {"step": run.step, "train_loss": run.final_train_loss, "valid_loss": run.final_val_loss,
+                         "full_valid_loss": run.final_val_loss}}]
+
+
+def metrics_csv(job: FineTuningJob) -> str:
+    """One row per step, like OpenAI's step_metrics.csv (the Studio logs no token accuracy: those cells are empty)."""
+    rows: dict[int, dict] = {}
+    if job.run is not None:
+        for m in job.run.metrics.order_by("step", "id"):
+            row = rows.setdefault(m.step, {"step": m.step})
+            if m.train_loss is not None:
+                row.update(train_loss=m.train_loss, learning_rate=m.learning_rate, epoch=m.epoch)
+            if m.val_loss is not None:
+                row["valid_loss"] = m.val_loss
+    out = io.StringIO()
+    columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy", "learning_rate",
+               "epoch"]
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for step in sorted(rows):
+        writer.writerow(rows[step])
+    return out.getvalue()

@@ -1,0 +1,108 @@
+"""/v1/files and /v1/fine_tuning/jobs: OpenAI's fine-tuning API. Thin: authenticate (``api_view``), read the
+request, call ``fine_tuning`` (the logic) and answer with ``shapes`` (the JSON)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from django.http import HttpResponse, JsonResponse
+
+from . import fine_tuning as ft
+from . import shapes
+from .auth import ApiError, api_view, require
+
+METADATA_QUERY = re.compile(r"^metadata\[(.+)\]$")
+
+
+def _body(request) -> dict:
+    try:
+        return json.loads(request.body or b"null")
+    except ValueError as exc:
+        raise ApiError(400, f"The body is not valid JSON ({exc}).") from None
+
+
+def _query(request, allowed: set[str]) -> None:
+    for key in request.GET:
+        if key not in allowed and not ("metadata" in allowed and METADATA_QUERY.match(key)):
+            raise ApiError(400, f"Unknown query parameter {key!r}.", param=key)
+
+
+@api_view("view", methods=("GET", "POST"))
+def files(request):
+    project = request.access.project
+    if request.method == "POST":
+        require(request.access, "label")
+        for key in set(request.POST) - {"purpose"}:
+            raise ApiError(400, f"Unknown field {key!r}: send 'file' and 'purpose'.", param=key)
+        record = ft.create_file(project=project, user=request.api_key.user, upload=request.FILES.get("file"),
+                                purpose=request.POST.get("purpose", ""))
+        return JsonResponse(shapes.file(record))
+    _query(request, {"purpose", "after", "limit", "order"})
+    rows, more = ft.list_files(project, purpose=request.GET.get("purpose", ""), after=request.GET.get("after", ""),
+                               limit=ft.page_limit(request.GET.get("limit"), default=ft.MAX_PAGE))
+    return JsonResponse(shapes.page([shapes.file(f) for f in rows], more))
+
+
+@api_view("view", methods=("GET", "DELETE"))
+def file_detail(request, file_id: str):
+    project = request.access.project
+    if request.method == "DELETE":
+        require(request.access, "label")
+        return JsonResponse({"id": ft.delete_file(project, file_id), "object": "file", "deleted": True})
+    return JsonResponse(shapes.file(ft.get_file(project, file_id)))
+
+
+@api_view("view")
+def file_content(request, file_id: str):
+    found = ft.get_file(request.access.project, file_id)
+    kind = "text/csv" if isinstance(found, ft.ResultFile) else "application/octet-stream"
+    return HttpResponse(ft.file_content(found), content_type=kind)
+
+
+@api_view("view", methods=("GET", "POST"))
+def jobs(request):
+    project = request.access.project
+    if request.method == "POST":
+        require(request.access, "run")
+        job = ft.create_job(project=project, user=request.api_key.user, key=request.api_key, body=_body(request),
+                            idempotency_key=request.headers.get("Idempotency-Key", "").strip())
+        return JsonResponse(shapes.job(job))
+    _query(request, {"after", "limit", "metadata"})
+    metadata = {m.group(1): v for k, v in request.GET.items() if (m := METADATA_QUERY.match(k))}
+    rows, more = ft.list_jobs(project, after=request.GET.get("after", ""), metadata=metadata,
+                              limit=ft.page_limit(request.GET.get("limit")))
+    return JsonResponse(shapes.page([shapes.job(j) for j in rows], more))
+
+
+@api_view("view")
+def job_detail(request, job_id: str):
+    return JsonResponse(shapes.job(ft.get_job(request.access.project, job_id)))
+
+
+def _action(action):
+    @api_view("run", methods=("POST",))
+    def view(request, job_id: str):
+        return JsonResponse(shapes.job(action(ft.get_job(request.access.project, job_id))))
+
+    view.__name__ = view.__qualname__ = action.__name__.replace("_job", "")
+    return view
+
+
+cancel, pause, resume = _action(ft.cancel_job), _action(ft.pause_job), _action(ft.resume_job)
+
+
+@api_view("view")
+def job_events(request, job_id: str):
+    _query(request, {"after", "limit"})
+    items, more = ft.slice_after(ft.events(ft.get_job(request.access.project, job_id)), request.GET.get("after", ""),
+                                 ft.page_limit(request.GET.get("limit"), default=20))
+    return JsonResponse(shapes.page([shapes.event(e) for e in items], more))
+
+
+@api_view("view")
+def job_checkpoints(request, job_id: str):
+    _query(request, {"after", "limit"})
+    items, more = ft.slice_after(ft.checkpoints(ft.get_job(request.access.project, job_id)),
+                                 request.GET.get("after", ""), ft.page_limit(request.GET.get("limit"), default=10))
+    return JsonResponse(shapes.page(items, more))
