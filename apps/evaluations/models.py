@@ -17,9 +17,10 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
-from apps.accounts.models import Project, TimeStamped
+from apps.accounts.models import Project
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
 from apps.runs.models import BaseModel, Run
+from ftstudio.models import TimeStamped
 
 
 class Scale(models.TextChoices):

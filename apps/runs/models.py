@@ -10,8 +10,9 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
-from apps.accounts.models import Project, TimeStamped
+from apps.accounts.models import Project
 from apps.datasets.models import DatasetVersion
+from ftstudio.models import TimeStamped
 
 
 class SourceKind(models.TextChoices):
