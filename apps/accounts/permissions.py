@@ -163,7 +163,7 @@ def _blind_work_ahead(state: ReviewState, access: Access) -> bool:
     if evaluation.status != EvaluationStatus.READY:
         return not access.allows("evaluate")  # reviewers will judge it; PMs only if they choose to
     if access.allows("evaluate"):
-        return bool(state.remaining) and state.started
+        return state.started and bool(state.remaining)  # the cheap question first: the run page polls this
     return bool(state.remaining)
 
 
