@@ -3,7 +3,7 @@
 One candidate pair, one reviewer per pair, items judged one at a time up to the test split's size. "Fixed":
 the verdict is read once, after every item is judged. "Stopping": the pair stops being handed out as soon as
 ``statistics.settled_early`` says so (the exact interval at 1 - 0.05/items excludes parity: what
-``services.pair_stops`` does), and that verdict stands; otherwise it is read at the end. "Naive" shows what
+``selectors.pair_stops`` does), and that verdict stands; otherwise it is read at the end. "Naive" shows what
 stopping at the first 95% exclusion would cost. Under no true difference a "better" verdict is a false positive; with a true difference, the
 items judged are the reviewers' time saved. Both designs see the same simulated judgments, round by round.
 
@@ -28,7 +28,7 @@ from apps.evaluations.statistics import PairOutcome, compare_pair, settled_early
 
 def tables(n_max: int) -> tuple[np.ndarray, np.ndarray]:
     """better[a, d]: the 95% verdict on a of d decisive items (compare_pair); stop[a, d]: the stopping rule
-    of services.pair_stops (statistics.settled_early with n_max looks)."""
+    of selectors.pair_stops (statistics.settled_early with n_max looks)."""
     better = np.zeros((n_max + 1, n_max + 1), dtype=bool)
     stop = np.zeros_like(better)
     for d in range(1, n_max + 1):

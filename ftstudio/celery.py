@@ -13,6 +13,7 @@ worker's main process (`--pool solo`, as `worker-gpu` runs) stops at its next st
 hands its run back without spending an attempt; generation hands its evaluation back after the batch.
 """
 
+import functools
 import os
 
 from celery import Celery
@@ -27,6 +28,15 @@ app.conf.task_routes = {
     "evaluations.generate_outputs": {"queue": "gpu"},
 }
 app.autodiscover_tasks()
+
+
+def send_after_commit(task, *args) -> None:
+    """Send ``task(*args)`` once the current transaction commits (at once outside one): a worker never
+    reloads a row that is not committed yet, and a rolled-back write sends nothing. Every service enqueues
+    through this."""
+    from django.db import transaction
+
+    transaction.on_commit(functools.partial(task.delay, *args))
 
 
 @app.on_after_finalize.connect

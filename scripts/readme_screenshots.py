@@ -34,14 +34,14 @@ PASSWORD = "readme-screenshot"
 def judge_all(evaluation) -> int:
     from apps.accounts.models import Membership
     from apps.demo.generator import check_reply
-    from apps.evaluations import services
+    from apps.evaluations import selectors, services
 
     criteria = list(evaluation.rubric.criteria.all())
     judged = 0
     for membership in Membership.objects.filter(project=evaluation.project, role="reviewer").select_related("user"):
         while (assignment := services.next_assignment(evaluation=evaluation, reviewer=membership.user)) is not None:
             user_text = assignment.comparison.item.input_messages[-1]["content"]
-            checks = {side.letter: check_reply(side.output, user_text) for side in services.sides(assignment)}
+            checks = {side.letter: check_reply(side.output, user_text) for side in selectors.sides(assignment)}
             scores = {}
             for criterion in criteria:
                 attribute, passed, failed = CRITERION_CHECKS[criterion.name]

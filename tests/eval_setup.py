@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apps.evaluations import services
+from apps.evaluations import selectors, services
 from apps.evaluations.models import Scale
 from apps.runs.models import BaseModel, Run, RunStatus
 from tests.factories import conversation, make_dataset_version
@@ -64,7 +64,7 @@ def fake_outputs(evaluation) -> None:
     Generation.objects.bulk_create([
         Generation(candidate=c, item=item, output=f"Hi Cy, answer {item.position} from candidate {c.position}.",
                    prompt_tokens=20, output_tokens=8, latency_ms=5.0, similarity=0.5)
-        for c in evaluation.candidates.all() for item in services.eval_items(evaluation)])
+        for c in evaluation.candidates.all() for item in selectors.eval_items(evaluation)])
     services.build_comparisons(evaluation)
     type(evaluation).objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=evaluation.total)
     evaluation.refresh_from_db()

@@ -43,7 +43,8 @@ def test_the_command_prints_a_working_key_once(team, client):
 
 
 def test_a_key_only_reaches_its_own_project(team, client):
-    from apps.api.services import create_api_key, run_model_id
+    from apps.api.selectors import run_model_id
+    from apps.api.services import create_api_key
     from apps.runs.models import BaseModel, Run, RunStatus
     from tests.runs_setup import small_version
 

@@ -7,6 +7,7 @@ import time
 import openai
 import pytest
 
+from apps.api import selectors as api_selectors
 from apps.api import services as api_services
 from apps.api.models import ApiKey
 from tests import api_setup, runs_setup
@@ -110,7 +111,7 @@ def test_every_error_class_comes_back_in_openai_s_shape(api, team, settings, tin
     run = trained_run(team.project, tiny_base_model, team.pm)
     (__import__("pathlib").Path(run.adapter_path) / "adapter_model.safetensors").unlink()
     with pytest.raises(openai.NotFoundError) as missing:
-        pm.chat.completions.create(model=api_services.run_model_id(run), messages=HELLO)
+        pm.chat.completions.create(model=api_selectors.run_model_id(run), messages=HELLO)
     assert "adapter_model.safetensors" in missing.value.message
 
     settings.FTSTUDIO_API_MAX_CONCURRENT_PER_KEY = 1

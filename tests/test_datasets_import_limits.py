@@ -187,7 +187,7 @@ def test_uploads_spooled_to_disk_import_inline_and_in_the_background(team, setti
     assert Example.objects.filter(project=team.project).count() == 3
 
 
-def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(team, settings, eager):
+def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(team, settings, eager, django_capture_on_commit_callbacks):
     from datetime import timedelta
 
     from django.core.files.uploadedfile import SimpleUploadedFile
@@ -200,6 +200,8 @@ def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(team, 
     recent = services.start_import_job(project=team.project, upload=SimpleUploadedFile("b.jsonl", data))
     ImportJob.objects.filter(pk=lost.pk).update(
         created_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
-    assert reap()["queued_imports"] == [lost.pk]
+    with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
+        resent = reap()
+    assert resent["queued_imports"] == [lost.pk]
     assert ImportJob.objects.get(pk=lost.pk).status == "done" and Example.objects.count() > 0
     assert ImportJob.objects.get(pk=recent.pk).status == "queued"

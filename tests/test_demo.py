@@ -112,7 +112,7 @@ def test_seed_freezes_version_one_with_only_the_clean_examples_in_all_three_spli
 
 
 def test_the_quality_report_of_the_demo_flags_the_deliberate_flaws_and_nothing_else(seeded):
-    from apps.datasets.services import latest_report
+    from apps.datasets.selectors import latest_report
 
     report = latest_report(seeded.project)
     assert report is not None

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from apps.accounts.models import Role
-from apps.evaluations import services
+from apps.evaluations import selectors, services
 from apps.evaluations.models import Assignment, Unblinding
 from tests.eval_setup import add_reviewer, fake_outputs, make_evaluation
 from tests.factories import MembershipFactory, UserFactory
@@ -41,7 +41,7 @@ def test_the_pm_who_launched_an_evaluation_is_never_handed_its_pairs(team, ready
     evaluation, _ = ready
     assert Unblinding.objects.filter(evaluation=evaluation, user=team.pm, reason="launched").exists()
     assert services.next_assignment(evaluation=evaluation, reviewer=team.pm) is None
-    assert services.remaining_for(evaluation, team.pm) == 0
+    assert selectors.remaining_for(evaluation, team.pm) == 0
     client = team.client("pm")
     response = client.post(f"/p/support/evals/review/{evaluation.pk}/next/")
     assert response.status_code == 302 and response["Location"] == "/p/support/evals/review/"
@@ -82,12 +82,12 @@ def test_a_pm_who_reveals_the_results_is_taken_off_the_review(team, ready):
     client = client_for(pm2)
     hidden = client.get(f"/p/support/evals/{evaluation.pk}/results/")
     assert hidden.status_code == 403 and "stop reviewing this evaluation" in hidden.content.decode()
-    assert services.remaining_for(evaluation, pm2) == 9
+    assert selectors.remaining_for(evaluation, pm2) == 9
     response = client.post(f"/p/support/evals/{evaluation.pk}/reveal/")
     assert response.status_code == 302 and response["Location"].endswith(f"/evals/{evaluation.pk}/results/")
     assert client.get(response["Location"]).status_code == 200
     assert services.next_assignment(evaluation=evaluation, reviewer=pm2) is None
-    assert services.remaining_for(evaluation, pm2) == 0
+    assert selectors.remaining_for(evaluation, pm2) == 0
 
 
 def test_a_reviewer_gets_no_adapter_log_or_system_prompt_while_reviewing(team, ready):

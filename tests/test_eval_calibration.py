@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from apps.evaluations import services
+from apps.evaluations import selectors, services
 from apps.evaluations import statistics as st
 from apps.evaluations.models import AutoCheck, Generation
 from tests.eval_setup import add_reviewer, make_evaluation
@@ -64,7 +64,7 @@ def test_edge_cases_none_all_ties_and_one_item():
 @pytest.mark.django_db
 def test_calibrate_judge_prints_each_checks_table_and_kappa_last(team, settings, tiny_model_dir, tmp_path_factory):
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True)
-    for item in services.eval_items(evaluation):
+    for item in selectors.eval_items(evaluation):
         item.messages = [{"role": "user", "content": "Customer: Cy\nMessage: where is my order?"}, *item.messages[-1:]]
         item.save()
     Generation.objects.filter(candidate__position=1).update(output="Hello there.")
@@ -74,7 +74,7 @@ def test_calibrate_judge_prints_each_checks_table_and_kappa_last(team, settings,
     # reviewers prefer the output that greets Cy by name, else call a tie (like the greeting check)
     for reviewer in (team.reviewer, add_reviewer(team, "second")):
         while (a := services.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
-            greets = [s.letter for s in services.sides(a) if s.output.startswith("Hi Cy,")]
+            greets = [s.letter for s in selectors.sides(a) if s.output.startswith("Hi Cy,")]
             services.submit_judgment(assignment=a, reviewer=reviewer, winner=greets[0] if len(greets) == 1 else "tie", scores={})
     out = io.StringIO()
     call_command("calibrate_judge", "--evaluation", str(evaluation.pk), "--bootstrap", "200", stdout=out)

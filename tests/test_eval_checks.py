@@ -4,7 +4,7 @@ results page beside the reviewers' scores of their criterion."""
 
 import pytest
 
-from apps.evaluations import services
+from apps.evaluations import selectors, services
 from apps.evaluations.models import AutoCheck, CheckKind, CheckResult, Generation, Rubric
 from tests.eval_setup import make_evaluation
 from worker.checks import KINDS, CheckSpec
@@ -62,7 +62,7 @@ def test_a_check_that_could_never_run_is_refused_when_the_rubric_is_saved(team, 
 def checked(team, settings, tiny_model_dir, tmp_path_factory):
     """An evaluation (3 items x 3 candidates) whose inputs name the customer, with two checks on its rubric."""
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True)
-    for item in services.eval_items(evaluation):
+    for item in selectors.eval_items(evaluation):
         item.messages = [{"role": "user", "content": f"Customer: Cy\nMessage: where is order {item.position}?"},
                          *item.messages[-1:]]
         item.save()

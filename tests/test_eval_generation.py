@@ -122,14 +122,16 @@ DEAD_OWNER = "node-that-died:4242:1:deadbeef"
 
 
 def test_the_reaper_resumes_a_generation_whose_worker_died_and_fails_it_after_the_attempt_limit(
-        team, eager, settings, tiny_model_dir, tmp_path):
+        team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks):
     from apps.runs.services import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
     Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
                                                        heartbeat_at=stale, attempts=1)
-    assert reap()["evaluations"] == [evaluation.pk]
+    with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
+        resent = reap()
+    assert resent["evaluations"] == [evaluation.pk]
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9 and evaluation.attempts == 2
 
@@ -140,20 +142,21 @@ def test_the_reaper_resumes_a_generation_whose_worker_died_and_fails_it_after_th
     assert evaluation.status == EvaluationStatus.FAILED and "stopped 3 times" in evaluation.error
 
 
-def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(team, eager, settings, tiny_model_dir, tmp_path):
+def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks):
     """No hard-coded five minutes: the staleness setting shared with runs decides (here 60 s; the heartbeat is 2 min
     old and its worker is gone)."""
     settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS = 60
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
                                                        heartbeat_at=timezone.now() - timedelta(minutes=2))
-    response = team.client("pm").post(f"/p/support/evals/{evaluation.pk}/resume/", follow=True)
+    with django_capture_on_commit_callbacks(execute=True):  # the message is sent once the request's transaction commits
+        response = team.client("pm").post(f"/p/support/evals/{evaluation.pk}/resume/", follow=True)
     assert "Generation resumed" in response.content.decode()
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9
 
 
-def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(team, eager, settings, tiny_model_dir, tmp_path):
+def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks):
     from apps.runs.services import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
@@ -161,7 +164,9 @@ def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(team, eager, s
     assert reap()["queued_evaluations"] == []  # its message may simply be waiting behind other work
     Evaluation.objects.filter(pk=evaluation.pk).update(
         enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
-    assert reap()["queued_evaluations"] == [evaluation.pk]
+    with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
+        resent = reap()
+    assert resent["queued_evaluations"] == [evaluation.pk]
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9
 

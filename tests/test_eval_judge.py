@@ -149,10 +149,10 @@ def test_unjudged_pairs_keep_the_reason_are_never_counted_and_are_retried(team, 
 
 
 def _humans_judge(evaluation, reviewer, prefer_greeting: bool):
-    from apps.evaluations import services
+    from apps.evaluations import selectors, services
 
     while (a := services.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
-        greets = [s.letter for s in services.sides(a) if s.output.startswith("Hi Cy,")]
+        greets = [s.letter for s in selectors.sides(a) if s.output.startswith("Hi Cy,")]
         other = {"A": "B", "B": "A"}
         pick = "tie" if len(greets) != 1 else greets[0] if prefer_greeting else other[greets[0]]
         services.submit_judgment(assignment=a, reviewer=reviewer, winner=pick, scores={})

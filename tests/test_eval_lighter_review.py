@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.evaluations import services
+from apps.evaluations import selectors, services
 from apps.evaluations.models import Assignment, Judgment, ReviewMode, Score
 from tests.eval_setup import add_reviewer, make_evaluation
 
@@ -22,7 +22,7 @@ def _judge_everything(evaluation, reviewer, pick) -> int:
     """Judge every pair handed to ``reviewer``; ``pick(sides)`` returns "A", "B" or "tie"."""
     judged = 0
     while (assignment := services.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
-        services.submit_judgment(assignment=assignment, reviewer=reviewer, winner=pick(services.sides(assignment)), scores={})
+        services.submit_judgment(assignment=assignment, reviewer=reviewer, winner=pick(selectors.sides(assignment)), scores={})
         judged += 1
         assert judged < 100
     return judged
@@ -70,10 +70,10 @@ def test_a_pair_whose_interval_excludes_parity_is_no_longer_handed_out(team, set
     # (6 of 6 already excludes 50% at 95%; stopping there is what made false verdicts 11-20% likely.)
     evaluation = _evaluation(team, settings, tiny_model_dir, tmp_path_factory, test_count=12, reviewers_per_pair=1)
     assert _judge_everything(evaluation, team.reviewer, _later_candidate_wins) == 27
-    stops = services.pair_stops(evaluation)
+    stops = selectors.pair_stops(evaluation)
     assert {s.reason for s in stops.values()} == {"settled"} and {s.outcome.items for s in stops.values()} == {9}
     assert all(s.outcome.high < 0.5 for s in stops.values())  # the later candidate (b) is better
-    assert services.remaining_for(evaluation, team.reviewer) == 0
+    assert selectors.remaining_for(evaluation, team.reviewer) == 0
     # another reviewer joining later gets nothing either
     assert services.next_assignment(evaluation=evaluation, reviewer=add_reviewer(team, "late")) is None
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/").content.decode()
@@ -84,7 +84,7 @@ def test_an_undecided_pair_stops_at_the_cap_of_judged_items(team, settings, tiny
     evaluation = _evaluation(team, settings, tiny_model_dir, tmp_path_factory, test_count=8, reviewers_per_pair=1,
                              pair_cap=3)
     assert _judge_everything(evaluation, team.reviewer, lambda sides: "tie") == 9
-    assert {(s.reason, s.outcome.items) for s in services.pair_stops(evaluation).values()} == {("cap", 3)}
+    assert {(s.reason, s.outcome.items) for s in selectors.pair_stops(evaluation).values()} == {("cap", 3)}
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/").content.decode()
     assert page.count("stopped: the cap of 3 judged items is reached") == 3
 

@@ -33,7 +33,7 @@ def judge(evaluation, user, pick) -> bool:
 
 def run_side(a) -> str:
     """The tuned run's side where it is in the pair, else a tie."""
-    for side in services.sides(a):
+    for side in selectors.sides(a):
         if side.candidate.kind == "run":
             return side.letter
     return "tie"

@@ -7,7 +7,7 @@ import re
 import pytest
 from django.test import Client
 
-from apps.evaluations import services
+from apps.evaluations import selectors, services
 from apps.evaluations.models import Assignment, Comparison, Generation, Judgment, Rubric
 from tests.eval_setup import MODEL_NAME, RUN_NAME, add_reviewer, judge, make_evaluation
 
@@ -112,7 +112,7 @@ def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready
     Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run").update(output="<script>alert('x')</script>")
     for user in (team.reviewer, add_reviewer(team, "second-reviewer")):
         while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
-            letter = next(s.letter for s in services.sides(a) if s.candidate.kind == "run") if a.comparison.candidate_2.kind == "run" else "tie"
+            letter = next(s.letter for s in selectors.sides(a) if s.candidate.kind == "run") if a.comparison.candidate_2.kind == "run" else "tie"
             services.submit_judgment(assignment=a, reviewer=user, winner=letter, comment="=HYPERLINK(\"x\")",
                                      scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()})
     response = team.client("designer").get(f"/p/support/evals/{evaluation.pk}/results/")

@@ -101,13 +101,14 @@ def test_cancel_while_the_model_loads_stops_before_the_first_step(team, tiny_bas
 
 @pytest.mark.django_db
 def test_a_queued_run_whose_message_was_lost_is_sent_again_and_a_recent_one_is_not(team, tiny_base_model, eager,
-                                                                                    settings):
+                                                                                    settings, django_capture_on_commit_callbacks):
     lost = launch(team, tiny_base_model)
     waiting = launch(team, tiny_base_model)
     Run.objects.filter(pk=lost.pk).update(
         enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
     assert 'id="resume-run"' in team.client("pm").get(lost.get_absolute_url()).content.decode()  # stranded
-    result = reap()
+    with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
+        result = reap()
     assert result["queued_runs"] == [lost.pk]
     lost.refresh_from_db()
     waiting.refresh_from_db()

@@ -83,7 +83,7 @@ def test_a_failure_stores_the_error_and_the_log_tail(run, tiny_base_model):
     assert "ModelSourceError" in run.log_tail
 
 
-def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(run, eager, settings):
+def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(run, eager, settings, django_capture_on_commit_callbacks):
     """A worker died after the checkpoint at step 2: the reaper re-queues it; it resumes and finishes 4 steps."""
     from worker.models import resolve_model_dir
     from worker.train import Hooks, TrainConfig, train
@@ -96,7 +96,9 @@ def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(ru
           Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 3))
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, attempts=1, heartbeat_at=stale, step=3)
-    assert reap()["runs"] == [run.pk]
+    with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
+        resent = reap()
+    assert resent["runs"] == [run.pk]
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.attempts == 2 and run.step == run.total_steps == 4
     assert "resuming from" in run.log_tail and "checkpoint-2" in run.log_tail

@@ -13,210 +13,137 @@ training again. The adapter is saved in standard PEFT format in ``output_dir/ada
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from worker.data import (
-    PACK_ROW_TOKENS,
-    PackedRowsCollator,
-    encode_conversations,
-    padded_collator,
-    token_count,
+import torch
+from transformers import Trainer, TrainerCallback
+
+from worker.data import PackedRowsCollator, encode_conversations, padded_collator, token_count
+from worker.train_config import (  # noqa: F401 - re-exported: callers of train() import them from here
+    DEFAULT_TARGETS,
+    Hooks,
+    Metric,
+    Progress,
+    Stopped,
+    TrainConfig,
+    TrainResult,
+    steps_per_epoch,
+    stop_point,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
 @dataclass
-class TrainConfig:
-    model_dir: str
-    output_dir: str
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    learning_rate: float = 1e-3
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_seq_length: int = 256
-    seed: int = 42
-    save_steps: int = 20
-    logging_steps: int = 1
-    packing: bool = True  # padding-free batches; False pads each batch to its longest example
-    pack_row_tokens: int = PACK_ROW_TOKENS  # tokens per packed row (see worker.data.PackedRowsCollator)
-    device: str = ""  # "" picks cuda when present
+class StopState:
+    """Why training stopped early, shared by `train()` and its callback: "", "cancelled" or "paused"."""
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+    reason: str = ""
 
 
-@dataclass
-class Progress:
-    step: int
-    total_steps: int
-    epoch: float
-    tokens_per_second: float | None = None
+class PhaseOnce:
+    """Reports each change of phase once, whoever sees it first (`train()` or the callback)."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report, self.phase = report, ""
+
+    def __call__(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.report(phase)
 
 
-@dataclass
-class Metric:
-    step: int
-    epoch: float
-    train_loss: float | None = None
-    val_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_second: float | None = None
+class RunCallback(TrainerCallback):
+    """Progress each step, metrics each log, phases; cancel within one step or one validation batch.
+
+    ``history`` collects every metric logged and ``stop`` records why training stopped; `train()` reads both."""
+
+    def __init__(self, hooks: Hooks, history: list[Metric], stop: StopState) -> None:
+        self.hooks, self.history, self.stop = hooks, history, stop
+        self.started, self.start_tokens, self.rate = time.perf_counter(), 0, None
+        self._phase = PhaseOnce(hooks.on_phase)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+        self.start_tokens = state.num_input_tokens_seen
+        self._phase("training")
+        self.hooks.on_log(f"training: step {state.global_step} of {state.max_steps}")
+        self.hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._phase("training")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        hooks = self.hooks
+        elapsed = time.perf_counter() - self.started
+        if elapsed > 0 and state.num_input_tokens_seen > self.start_tokens:
+            self.rate = (state.num_input_tokens_seen - self.start_tokens) / elapsed
+        hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0, self.rate))
+        if hooks.should_cancel():
+            self.stop.reason = "cancelled"
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
+            hooks.on_log(f"cancel requested: stopping at step {state.global_step}")
+        elif hooks.should_pause():
+            self.stop.reason = "paused"
+            control.should_training_stop = True
+            control.should_save = True  # a checkpoint at this step: the next attempt resumes here
+            control.should_evaluate = False
+            hooks.on_log(f"worker shutting down: checkpoint at step {state.global_step}, then stopping")
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stop.reason:  # the epoch end would switch evaluation back on: a stopped run does not validate
+            control.should_evaluate = False
+        return control
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self._phase("validating")
+        if self.hooks.should_cancel():  # within one validation batch; a pause waits for the pass to end
+            raise Stopped("cancelled")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if not self.stop.reason and state.global_step < state.max_steps and self.hooks.should_pause():
+            self.stop.reason = "paused"  # asked during the pass: keep this step in a checkpoint, then stop
+            control.should_training_stop = True
+            control.should_save = True
+            self.hooks.on_log(f"worker shutting down: checkpoint at step {state.global_step}, then stopping")
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        path = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        self.hooks.on_checkpoint(path)
+        self.hooks.on_log(f"checkpoint saved at step {state.global_step}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs and "eval_loss" not in logs:
+            return
+        metric = Metric(step=state.global_step, epoch=round(state.epoch or 0.0, 4), train_loss=logs.get("loss"),
+                        val_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
+                        tokens_per_second=self.rate if "loss" in logs else None)
+        self.history.append(metric)
+        self.hooks.on_metric(metric)
+        self.hooks.on_log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in {"step": state.global_step, **logs}.items()))
 
 
-@dataclass
-class TrainResult:
-    status: str  # "succeeded" | "cancelled" | "paused" (stopped at a checkpoint: call train() again to go on)
-    global_step: int
-    total_steps: int
-    adapter_dir: str = ""
-    final_train_loss: float | None = None
-    final_val_loss: float | None = None
-    tokens_per_second: float | None = None
-    trained_tokens: int = 0
-    resumed_from: str = ""
-    seconds: float = 0.0
-    history: list[Metric] = field(default_factory=list)
+class PackedTrainer(Trainer):
+    """`Trainer` fed by `PackedRowsCollator`: counts the examples' real tokens as seen (not the filler)."""
 
-
-class Hooks:
-    """What the caller (a Celery task, a test, the benchmark) hears from training. All optional.
-
-    ``should_cancel``: stop now, save nothing. ``should_pause``: stop at the next step end with a checkpoint
-    (a worker shutting down). ``on_phase``: "loading", "training", "validating", "saving".
-    """
-
-    def __init__(self, on_progress: Callable[[Progress], None] | None = None,
-                 on_metric: Callable[[Metric], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None,
-                 on_log: Callable[[str], None] | None = None,
-                 on_checkpoint: Callable[[str], None] | None = None,
-                 on_phase: Callable[[str], None] | None = None,
-                 should_pause: Callable[[], bool] | None = None) -> None:
-        self.on_checkpoint = on_checkpoint or (lambda path: None)
-        self.on_progress = on_progress or (lambda p: None)
-        self.on_metric = on_metric or (lambda m: None)
-        self.should_cancel = should_cancel or (lambda: False)
-        self.on_log = on_log or (lambda line: None)
-        self.on_phase = on_phase or (lambda phase: None)
-        self.should_pause = should_pause or (lambda: False)
-
-
-class Stopped(Exception):
-    """Raised between two units of work (a loading stage, a validation batch) when cancel or a pause is asked."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-def stop_point(hooks: Hooks) -> None:
-    if hooks.should_cancel():
-        raise Stopped("cancelled")
-    if hooks.should_pause():
-        raise Stopped("paused")
-
-
-def steps_per_epoch(examples: int, batch_size: int, grad_accum: int) -> int:
-    return max(1, math.ceil(math.ceil(examples / batch_size) / grad_accum))
-
-
-def _callback(hooks: Hooks, history: list[Metric], stop: dict):
-    from transformers import TrainerCallback
-
-    class RunCallback(TrainerCallback):
-        """Progress each step, metrics each log, phases; cancel within one step or one validation batch."""
-
-        def __init__(self):
-            self.started, self.start_tokens, self.rate, self.phase = time.perf_counter(), 0, None, ""
-
-        def _phase(self, phase: str) -> None:
-            if phase != self.phase:
-                self.phase = phase
-                hooks.on_phase(phase)
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-            self.start_tokens = state.num_input_tokens_seen
-            self._phase("training")
-            hooks.on_log(f"training: step {state.global_step} of {state.max_steps}")
-            hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0))
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._phase("training")
-
-        def on_step_end(self, args, state, control, **kwargs):
-            elapsed = time.perf_counter() - self.started
-            if elapsed > 0 and state.num_input_tokens_seen > self.start_tokens:
-                self.rate = (state.num_input_tokens_seen - self.start_tokens) / elapsed
-            hooks.on_progress(Progress(state.global_step, state.max_steps, state.epoch or 0.0, self.rate))
-            if hooks.should_cancel():
-                stop["reason"] = "cancelled"
-                control.should_training_stop = True
-                control.should_save = False
-                control.should_evaluate = False
-                hooks.on_log(f"cancel requested: stopping at step {state.global_step}")
-            elif hooks.should_pause():
-                stop["reason"] = "paused"
-                control.should_training_stop = True
-                control.should_save = True  # a checkpoint at this step: the next attempt resumes here
-                control.should_evaluate = False
-                hooks.on_log(f"worker shutting down: checkpoint at step {state.global_step}, then stopping")
-            return control
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if stop["reason"]:  # the epoch end would switch evaluation back on: a stopped run does not validate
-                control.should_evaluate = False
-            return control
-
-        def on_prediction_step(self, args, state, control, **kwargs):
-            self._phase("validating")
-            if hooks.should_cancel():  # within one validation batch; a pause waits for the pass to end
-                raise Stopped("cancelled")
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            if not stop["reason"] and state.global_step < state.max_steps and hooks.should_pause():
-                stop["reason"] = "paused"  # asked during the pass: keep this step in a checkpoint, then stop
-                control.should_training_stop = True
-                control.should_save = True
-                hooks.on_log(f"worker shutting down: checkpoint at step {state.global_step}, then stopping")
-            return control
-
-        def on_save(self, args, state, control, **kwargs):
-            path = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-            hooks.on_checkpoint(path)
-            hooks.on_log(f"checkpoint saved at step {state.global_step}")
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            if "loss" not in logs and "eval_loss" not in logs:
-                return
-            metric = Metric(step=state.global_step, epoch=round(state.epoch or 0.0, 4), train_loss=logs.get("loss"),
-                            val_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
-                            tokens_per_second=self.rate if "loss" in logs else None)
-            history.append(metric)
-            hooks.on_metric(metric)
-            hooks.on_log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in {"step": state.global_step, **logs}.items()))
-
-    return RunCallback()
+    def _prepare_inputs(self, inputs):
+        real = inputs.pop("real_tokens", None)
+        if real is not None and self.model.training:
+            seen = self.accelerator.gather(torch.tensor([real], device=self.args.device)).sum()
+            self.state.num_input_tokens_seen += int(seen)
+        return super()._prepare_inputs(inputs)
 
 
 def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
@@ -226,9 +153,8 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
     ``between`` is called between the stages of loading (tokenizer, weights, LoRA, encoding): it may raise
     `Stopped` so that cancel is seen while a model loads."""
     between = between or (lambda: None)
-    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, TrainingArguments, set_seed
 
     from worker.models import load_model, load_tokenizer, pick_device
 
@@ -262,29 +188,11 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
         include_num_input_tokens_seen="no" if config.packing else "non_padding", dataloader_num_workers=0,
     )
     collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
-    trainer_class = _packed_trainer_class() if config.packing else Trainer
+    trainer_class = PackedTrainer if config.packing else Trainer
     trainer = trainer_class(model=model, args=args, train_dataset=train_features, eval_dataset=val_features or None,
                             data_collator=collator, callbacks=callbacks or [])
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback, not stdout
     return trainer, tokenizer, train_features, val_features
-
-
-def _packed_trainer_class():
-    from transformers import Trainer
-
-    class PackedTrainer(Trainer):
-        """`Trainer` fed by `PackedRowsCollator`: counts the examples' real tokens as seen (not the filler)."""
-
-        def _prepare_inputs(self, inputs):
-            real = inputs.pop("real_tokens", None)
-            if real is not None and self.model.training:
-                import torch
-
-                seen = self.accelerator.gather(torch.tensor([real], device=self.args.device)).sum()
-                self.state.num_input_tokens_seen += int(seen)
-            return super()._prepare_inputs(inputs)
-
-    return PackedTrainer
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -332,24 +240,17 @@ def train(config: TrainConfig, train_conversations: list[list[dict]], val_conver
           hooks: Hooks | None = None) -> TrainResult:
     """Train (or resume) a LoRA adapter; returns what happened. Raises on errors the caller should record."""
     hooks = copy.copy(hooks or Hooks())
-    report_phase, phase = hooks.on_phase, [""]
-
-    def on_phase(name: str) -> None:  # each change once, whether train() or the callback sees it first
-        if name != phase[0]:
-            phase[0] = name
-            report_phase(name)
-
-    hooks.on_phase = on_phase
+    hooks.on_phase = PhaseOnce(hooks.on_phase)  # each change once, whether train() or the callback sees it first
     history: list[Metric] = []
-    stop = {"reason": ""}
+    stop = StopState()
     started = time.perf_counter()
     trainer, train_features, resume, output = None, [], "", None
     try:
         hooks.on_phase("loading")
         stop_point(hooks)
         trainer, _tokenizer, train_features, _val = build_trainer(
-            config, train_conversations, val_conversations, callbacks=[_callback(hooks, history, stop)],
-            between=lambda: stop_point(hooks))
+            config, train_conversations, val_conversations, callbacks=[RunCallback(hooks, history, stop)],
+            between=functools.partial(stop_point, hooks))
         resume = last_checkpoint(config.output_dir)
         if resume and _is_final(resume):
             hooks.on_log(f"resuming from {resume}: the final step, so finishing without training")
@@ -359,20 +260,20 @@ def train(config: TrainConfig, train_conversations: list[list[dict]], val_conver
                 hooks.on_log(f"resuming from {resume}")
             output = trainer.train(resume_from_checkpoint=resume or None)
         final_val_loss = None
-        if not stop["reason"] and trainer.eval_dataset is not None:
+        if not stop.reason and trainer.eval_dataset is not None:
             evals = [m for m in history if m.val_loss is not None and m.step == trainer.state.global_step]
             if not evals:
                 hooks.on_phase("validating")
                 trainer.evaluate()  # the callback records it
                 evals = [m for m in history if m.val_loss is not None]
             final_val_loss = evals[-1].val_loss
-        if not stop["reason"]:
+        if not stop.reason:
             stop_point(hooks)
     except Stopped as exc:
-        stop["reason"] = exc.reason
+        stop.reason = exc.reason
         hooks.on_log(f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading"))
     state = trainer.state if trainer is not None else None
-    result = TrainResult(status=stop["reason"] or "succeeded", global_step=state.global_step if state else 0,
+    result = TrainResult(status=stop.reason or "succeeded", global_step=state.global_step if state else 0,
                          total_steps=state.max_steps if state else 0, resumed_from=resume, history=history,
                          trained_tokens=token_count(train_features) if train_features else 0,
                          seconds=time.perf_counter() - started)
@@ -381,7 +282,7 @@ def train(config: TrainConfig, train_conversations: list[list[dict]], val_conver
     result.final_train_loss = (losses or logged or [output.training_loss if output else None])[-1]
     rates = [m.tokens_per_second for m in history if m.tokens_per_second]
     result.tokens_per_second = rates[-1] if rates else None
-    if stop["reason"]:
+    if stop.reason:
         return result
     result.final_val_loss = final_val_loss
     hooks.on_phase("saving")

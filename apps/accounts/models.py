@@ -4,13 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
-
-class TimeStamped(models.Model):
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        abstract = True
+from ftstudio.models import TimeStamped
 
 
 class Role(models.TextChoices):

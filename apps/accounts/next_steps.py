@@ -105,7 +105,7 @@ def pm_steps(project) -> list[Step]:
 def pairs_waiting(project, user) -> int:
     """Pairs this member may still judge, over the project's ready evaluations (0 where they have seen labels)."""
     from apps.evaluations.models import Evaluation, EvaluationStatus
-    from apps.evaluations.services import remaining_for
+    from apps.evaluations.selectors import remaining_for
 
     return sum(remaining_for(e, user) for e in Evaluation.objects.filter(project=project, status=EvaluationStatus.READY))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import wraps
+from functools import cached_property, wraps
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -127,19 +127,44 @@ class Sight:
     reason: str = ""
 
 
-def _blind_work_ahead(evaluation, user, access: Access) -> bool:
-    """Whether ``user`` still has pairs of this evaluation to judge blind (or will, as a reviewer)."""
-    from apps.evaluations import services
+class ReviewState:
+    """One member's review state of one evaluation, each part read at most once (``remaining`` runs the stopping
+    rule over every judgment of the evaluation: one call of ``evaluation_sight`` used to compute it three times)."""
+
+    def __init__(self, evaluation, user) -> None:
+        self.evaluation, self.user = evaluation, user
+
+    @cached_property
+    def seen(self) -> bool:
+        from apps.evaluations.selectors import has_seen_labels
+
+        return has_seen_labels(self.evaluation, self.user)
+
+    @cached_property
+    def remaining(self) -> int:
+        from apps.evaluations.selectors import pairs_left
+
+        return 0 if self.seen else pairs_left(self.evaluation, self.user)
+
+    @cached_property
+    def started(self) -> bool:
+        from apps.evaluations.selectors import has_started_review
+
+        return has_started_review(self.evaluation, self.user)
+
+
+def _blind_work_ahead(state: ReviewState, access: Access) -> bool:
+    """Whether the member still has pairs of this evaluation to judge blind (or will, as a reviewer)."""
     from apps.evaluations.models import EvaluationStatus
 
-    if evaluation.status == EvaluationStatus.FAILED or services.has_seen_labels(evaluation, user):
+    evaluation = state.evaluation
+    if evaluation.status == EvaluationStatus.FAILED or state.seen:
         return False
     if evaluation.status != EvaluationStatus.READY:
         return not access.allows("evaluate")  # reviewers will judge it; PMs only if they choose to
-    remaining = services.remaining_for(evaluation, user)
     if access.allows("evaluate"):
-        return bool(remaining) and services.has_started_review(evaluation, user)
-    return bool(remaining)
+        return state.started and bool(state.remaining)  # the cheap question first: the run page polls this
+    return bool(state.remaining)
 
 
 def judging_blind(project: Project, user, access: Access, *, besides=None) -> bool:
@@ -151,7 +176,7 @@ def judging_blind(project: Project, user, access: Access, *, besides=None) -> bo
     if not access.allows("review") or not user.is_authenticated:
         return False
     others = Evaluation.objects.filter(project=project).exclude(pk=getattr(besides, "pk", None))
-    return any(_blind_work_ahead(e, user, access) for e in others)
+    return any(_blind_work_ahead(ReviewState(e, user), access) for e in others)
 
 
 def evaluation_sight(evaluation, user, access: Access) -> Sight:
@@ -167,21 +192,21 @@ def evaluation_sight(evaluation, user, access: Access) -> Sight:
       setup only if they may (PMs; reviewers if the PM allowed it) and have no blind work left elsewhere
       in the project.
     """
-    from apps.evaluations import services
     from apps.evaluations.models import EvaluationStatus
 
     if not access.allows("review"):
         return Sight(labels=True, examples=True)
-    if _blind_work_ahead(evaluation, user, access):
+    state = ReviewState(evaluation, user)
+    if _blind_work_ahead(state, access):
         if access.allows("evaluate"):
-            remaining = services.remaining_for(evaluation, user)
+            remaining = state.remaining
             return Sight(labels=False, reason=f"You are reviewing this evaluation blind: its results and candidates stay "
                                               f"hidden until you have judged your {remaining} remaining pair"
                                               f"{'s' if remaining != 1 else ''}.")
         return Sight(labels=False, reason="Results and candidates stay hidden until you have judged your own pairs of "
                                           "this evaluation.")
     may_reveal = (access.allows("evaluate") and evaluation.status == EvaluationStatus.READY
-                  and not services.has_seen_labels(evaluation, user) and services.remaining_for(evaluation, user))
+                  and not state.seen and state.remaining)
     if may_reveal:
         return Sight(labels=False, reveal=True, reason=(
             "You could still review this evaluation blind. Seeing its results or candidates shows which model "

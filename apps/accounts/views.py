@@ -3,7 +3,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
-from . import services
+from . import selectors, services
 from .forms import MemberForm, ProjectForm
 from .next_steps import next_steps
 from .permissions import project_view, projects_for
@@ -53,12 +53,11 @@ def project_settings(request, project):
                 return redirect("project_settings", slug=project.slug)
             except services.MembershipError as exc:
                 form.add_error(None, str(exc))
-    members = project.memberships.select_related("user").order_by("user__username")
-    keys = project.api_keys.select_related("user")
     from apps.webhooks.views import section_context
 
-    return render(request, "accounts/project_settings.html", {"form": form, "members": members, "api_keys": keys,
-                                                              **section_context(project)})
+    return render(request, "accounts/project_settings.html", {
+        "form": form, "members": selectors.project_members(project), "api_keys": selectors.project_api_keys(project),
+        **section_context(project)})
 
 
 def _api_key_action(request, project):

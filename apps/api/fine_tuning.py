@@ -37,10 +37,12 @@ from apps.datasets.importers import content_hash
 from apps.datasets.models import Example
 from apps.runs import services as runs
 from apps.runs.models import BaseModel, Run, RunStatus
+from ftstudio.celery import send_after_commit
 
 from .auth import ApiError
 from .models import ApiFile, FineTuningJob, JobStage
-from .services import resolve_model, run_model_id
+from .selectors import resolve_model, run_model_id
+from .tasks import validate_fine_tuning_job
 
 FILE_PURPOSES = ("fine-tune",)
 RESULTS_PREFIX = "file-results-"
@@ -326,9 +328,7 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
     except IntegrityError:  # the same Idempotency-Key, sent twice at once: the first one made the job
         return FineTuningJob.objects.get(project=project, idempotency_key=idempotency_key)
     if sum(f.bytes for f in files.values()) > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
-        from .tasks import validate_fine_tuning_job
-
-        transaction.on_commit(lambda: validate_fine_tuning_job.delay(job.pk))
+        send_after_commit(validate_fine_tuning_job, job.pk)
         return job
     return validate_and_launch(job.pk)
 
@@ -406,8 +406,6 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
 def resend_validating_jobs(now=None) -> list[int]:
     """For the reaper: jobs still validating after FTSTUDIO_REQUEUE_AFTER_SECONDS lost their task's message (or
     its worker died); send it again (a job validated meanwhile is left alone by the task)."""
-    from .tasks import validate_fine_tuning_job
-
     bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
     stale = list(FineTuningJob.objects.filter(stage=JobStage.VALIDATING, updated_at__lt=bound).values_list("pk", flat=True))
     for pk in stale:

@@ -6,7 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from apps.accounts.models import Project, TimeStamped
+from apps.accounts.models import Project
+from ftstudio.models import TimeStamped
 
 
 class ApiKey(TimeStamped):

@@ -17,7 +17,7 @@ from apps.evaluations.services import DEFAULT_PROMPT
 from worker.engine import EngineError
 from worker.serve import parse_chat_request
 
-from . import services
+from . import selectors
 from .auth import ApiError, error_response
 from .views import forward_chat
 
@@ -25,7 +25,7 @@ from .views import forward_chat
 def candidates_for(project) -> list[dict]:
     """Base models, each also with the prompt (the prompt-only baseline), and the project's succeeded runs."""
     options = []
-    for target in services.project_models(project):
+    for target in selectors.project_models(project):
         if target.run is None:
             label = str(target.base_model)
             options.append({"value": f"base:{target.id}", "label": f"{label} (base)"})
@@ -69,8 +69,8 @@ def playground_stream(request, project):
         except EngineError as exc:
             raise ApiError(exc.status, exc.message, param=exc.param, code=exc.code) from None
         try:
-            target = services.resolve_model(project, model_id, servable=True)
-        except services.UnknownModel as exc:
+            target = selectors.resolve_model(project, model_id, servable=True)
+        except selectors.UnknownModel as exc:
             raise ApiError(404, str(exc), param="candidate") from None
         return forward_chat(body, chat, target, client=f"user-{request.user.pk}")
     except ApiError as exc:

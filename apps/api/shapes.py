@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from apps.runs.models import RunStatus
-from apps.runs.services import eta_seconds
+from apps.runs.selectors import eta_seconds
 
 from . import fine_tuning as ft
-from .services import run_model_id
+from .selectors import run_model_id
 
 
 def _ts(value) -> int | None:

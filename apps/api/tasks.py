@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import fine_tuning
-
 
 @shared_task(name="api.validate_fine_tuning_job", queue="default", acks_late=True)
 def validate_fine_tuning_job(job_pk: int) -> str:
     """Validate a large job's files and launch its run; a job already validated is left alone."""
-    job = fine_tuning.validate_and_launch(job_pk)
+    from .fine_tuning import validate_and_launch
+
+    job = validate_and_launch(job_pk)
     return job.stage if job is not None else "missing"

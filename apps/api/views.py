@@ -15,27 +15,27 @@ from django.http import JsonResponse, StreamingHttpResponse
 from worker.engine import EngineError
 from worker.serve import parse_chat_request
 
-from . import services
+from . import selectors, services
 from .auth import ApiError, api_view, error_response
 from .inference import open_chat
 
 log = logging.getLogger(__name__)
 
 
-def _model_object(target: services.ModelTarget) -> dict:
+def _model_object(target: selectors.ModelTarget) -> dict:
     return {"id": target.id, "object": "model", "created": target.created, "owned_by": target.owned_by}
 
 
 @api_view("view")
 def models_list(request):
-    return JsonResponse({"object": "list", "data": [_model_object(t) for t in services.project_models(request.access.project)]})
+    return JsonResponse({"object": "list", "data": [_model_object(t) for t in selectors.project_models(request.access.project)]})
 
 
 @api_view("view")
 def model_detail(request, model_id: str):
     try:
-        return JsonResponse(_model_object(services.resolve_model(request.access.project, model_id)))
-    except services.UnknownModel as exc:
+        return JsonResponse(_model_object(selectors.resolve_model(request.access.project, model_id)))
+    except selectors.UnknownModel as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
 
 
@@ -50,17 +50,17 @@ def chat_completions(request):
     except EngineError as exc:
         raise ApiError(exc.status, exc.message, param=exc.param, code=exc.code) from None
     try:
-        target = services.resolve_model(request.access.project, chat.model, servable=True)
-    except services.UnknownModel as exc:
+        target = selectors.resolve_model(request.access.project, chat.model, servable=True)
+    except selectors.UnknownModel as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
     return forward_chat(body, chat, target, key=request.api_key)
 
 
-def forward_chat(body: dict, chat, target: services.ModelTarget, *, key=None, client: str | None = None):
+def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, key=None, client: str | None = None):
     """Send a checked request to the inference process and answer with what it says (JSON or SSE).
     Used by /v1/ (``key``: usage is counted and the per-key limit applies) and by the playground."""
     limit = settings.FTSTUDIO_API_MAX_CONCURRENT_PER_KEY
-    forwarded = {**body, "ftstudio": {**services.inference_target(target),
+    forwarded = {**body, "ftstudio": {**selectors.inference_target(target),
                                       "client": f"key-{key.pk}" if key is not None else client, "client_limit": limit}}
     if chat.stream:
         forwarded["stream_options"] = {"include_usage": True}  # counted for the key; dropped below if not asked

@@ -11,7 +11,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from apps.accounts.models import Project, TimeStamped
+from apps.accounts.models import Project
+from ftstudio.models import TimeStamped
 
 
 class ExampleStatus(models.TextChoices):

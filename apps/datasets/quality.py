@@ -185,76 +185,97 @@ def _groups(labels: np.ndarray, members: Iterable[int] | None = None) -> list[li
     return [g for g in by_label.values() if len(g) > 1]
 
 
+class Findings:
+    """The findings of one pass over ``items``, each naming its examples by id (at most MAX_EXAMPLES_PER_FINDING)
+    and keyed by the content hashes of all of them (a dismissal holds until one of them changes)."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self.hashes = [content_hash(i.messages) for i in items]
+        self.found: list[Finding] = []
+
+    def add(self, kind: str, detail: str, indexes: list[int], severity: str = "warn") -> None:
+        indexes = sorted(indexes, key=lambda k: self.items[k].id)
+        self.found.append(Finding(kind, detail, [self.items[k].id for k in indexes[:MAX_EXAMPLES_PER_FINDING]],
+                                  severity, [self.hashes[k] for k in indexes]))
+
+
+def check_exact_duplicates(f: Findings) -> None:
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for index, h in enumerate(f.hashes):
+        by_hash[h].append(index)
+    for group in by_hash.values():
+        if len(group) > 1:
+            f.add("exact_duplicate", f"{len(group)} examples are identical: keep one, delete or reject the rest.", group, "bad")
+
+
+def check_near_duplicates(f: Findings, full_pairs: list[tuple[int, int]]) -> None:
+    for group in _groups(groups_from_pairs(len(f.items), full_pairs)):
+        if len({f.hashes[k] for k in group}) > 1:
+            f.add("near_duplicate", f"{len(group)} examples are near-duplicates (≥{NEAR_DUPLICATE_THRESHOLD:.0%} similar): "
+                                    "they add little and can leak between splits.", group)
+
+
+def check_conflicts(f: Findings, input_pairs: list[tuple[int, int]]) -> None:
+    """The same or a near-same input with different ideal outputs."""
+    same_input = groups_from_pairs(len(f.items), input_pairs + _exact_input_pairs(f.items))
+    for group in _groups(same_input):
+        outputs = {normalize_text(f.items[k].output) for k in group}
+        if len(outputs) > 1:
+            f.add("conflict", f"{len(group)} examples give the same or a near-same input {len(outputs)} different "
+                              "ideal outputs: the model cannot learn which is right.", group, "bad")
+
+
+def check_lengths(f: Findings, *, context_length: int, model_name: str) -> None:
+    """Empty and very short ideal outputs; examples over the model's context."""
+    for index, item in enumerate(f.items):
+        output = item.output.strip()
+        if not output:
+            f.add("empty_output", "The ideal output is empty.", [index], "bad")
+        elif len(output) < SHORT_OUTPUT_CHARS:
+            f.add("short_output", f"The ideal output is very short ({len(output)} characters): {output!r}.", [index])
+        if item.token_count > context_length:
+            f.add("too_long", f"{item.token_count:,} tokens, over the {context_length:,}-token context of "
+                              f"{model_name}: training would cut it.", [index], "bad")
+
+
+def check_personal_data(f: Findings) -> None:
+    for index, item in enumerate(f.items):
+        kinds = personal_data("\n".join(m["content"] for m in item.messages))
+        if kinds:
+            f.add("personal_data", f"Contains {', '.join(kinds)}: remove or mask it before training.", [index], "bad")
+
+
+def check_leakage(f: Findings, labels: np.ndarray) -> None:
+    """Near-identical examples in train and in a held-out split."""
+    for group in _groups(labels):
+        splits = {f.items[k].split for k in group if f.items[k].split}
+        if "train" in splits and splits & {"val", "test"}:
+            held_out = sorted(splits - {"train"})
+            f.add("leakage", f"{len(group)} near-identical examples sit in train and in {' and '.join(held_out)}: "
+                             "the held-out score would reward memorizing. Put them in one split.", group, "bad")
+
+
 def run_checks(items: list[Item], *, context_length: int, model_name: str,
                progress: Callable[[int, str], None] | None = None) -> list[Finding]:
     """Every check over ``items``; ``progress(percent, stage)`` is called between stages."""
-    def step(percent: int, stage: str) -> None:
-        if progress:
-            progress(percent, stage)
-
-    findings: list[Finding] = []
-    hashes = [content_hash(i.messages) for i in items]
-
-    def finding(kind: str, detail: str, indexes: list[int], severity: str = "warn") -> None:
-        indexes = sorted(indexes, key=lambda k: items[k].id)
-        findings.append(Finding(kind, detail, [items[k].id for k in indexes[:MAX_EXAMPLES_PER_FINDING]], severity,
-                                [hashes[k] for k in indexes]))
-
+    step = progress or (lambda percent, stage: None)
+    f = Findings(items)
     step(5, "Exact duplicates")
-    by_hash: dict[str, list[int]] = defaultdict(list)
-    for index, h in enumerate(hashes):
-        by_hash[h].append(index)
-    duplicate_of = {}
-    for group in by_hash.values():
-        if len(group) > 1:
-            finding("exact_duplicate", f"{len(group)} examples are identical: keep one, delete or reject the rest.", group, "bad")
-            duplicate_of.update({k: group[0] for k in group})
-
+    check_exact_duplicates(f)
     step(10, "Near-duplicates (MinHash)")
     labels, input_pairs, full_pairs = similarity_groups(items)
     step(60, "Near-duplicates and conflicts")
-    near = groups_from_pairs(len(items), full_pairs)
-    for group in _groups(near):
-        distinct = {hashes[k] for k in group}
-        if len(distinct) > 1:
-            finding("near_duplicate", f"{len(group)} examples are near-duplicates (≥{NEAR_DUPLICATE_THRESHOLD:.0%} similar): "
-                                      "they add little and can leak between splits.", group)
-
-    # Conflicts: the same or a near-same input with different ideal outputs.
-    same_input = groups_from_pairs(len(items), input_pairs + [
-        (a, b) for a, b in _exact_input_pairs(items)])
-    for group in _groups(same_input):
-        outputs = {normalize_text(items[k].output) for k in group}
-        if len(outputs) > 1:
-            finding("conflict", f"{len(group)} examples give the same or a near-same input {len(outputs)} different "
-                                "ideal outputs: the model cannot learn which is right.", group, "bad")
-
+    check_near_duplicates(f, full_pairs)
+    check_conflicts(f, input_pairs)
     step(75, "Empty, short and long outputs")
-    for index, item in enumerate(items):
-        output = item.output.strip()
-        if not output:
-            finding("empty_output", "The ideal output is empty.", [index], "bad")
-        elif len(output) < SHORT_OUTPUT_CHARS:
-            finding("short_output", f"The ideal output is very short ({len(output)} characters): {output!r}.", [index])
-        if item.token_count > context_length:
-            finding("too_long", f"{item.token_count:,} tokens, over the {context_length:,}-token context of "
-                                f"{model_name}: training would cut it.", [index], "bad")
-
+    check_lengths(f, context_length=context_length, model_name=model_name)
     step(85, "Personal data")
-    for index, item in enumerate(items):
-        kinds = personal_data("\n".join(m["content"] for m in item.messages))
-        if kinds:
-            finding("personal_data", f"Contains {', '.join(kinds)}: remove or mask it before training.", [index], "bad")
-
+    check_personal_data(f)
     step(95, "Leakage between splits")
-    for group in _groups(labels):
-        splits = {items[k].split for k in group if items[k].split}
-        if "train" in splits and splits & {"val", "test"}:
-            held_out = sorted(splits - {"train"})
-            finding("leakage", f"{len(group)} near-identical examples sit in train and in {' and '.join(held_out)}: "
-                               "the held-out score would reward memorizing. Put them in one split.", group, "bad")
+    check_leakage(f, labels)
     step(100, "Done")
-    return findings
+    return f.found
 
 
 def _exact_input_pairs(items: list[Item]) -> list[tuple[int, int]]:

@@ -29,6 +29,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from ftstudio import csv_cells
+from ftstudio.celery import send_after_commit
 
 from . import importers, quality
 from .importers import Problem, canonical_json, content_hash, input_hash
@@ -47,6 +48,7 @@ from .models import (
     ReportStatus,
     Split,
 )
+from .tasks import import_file_task, quality_report_task
 from .tokens import get_token_counter
 
 log = logging.getLogger(__name__)
@@ -251,25 +253,21 @@ class AlreadyImported(Exception):
 
 def start_import_job(*, project, upload, file_format: str = "auto", user=None) -> ImportJob:
     """Store a large upload and queue its import (task ``datasets.import_file``); the page polls the job."""
-    from .tasks import import_file_task
-
     name = default_storage.save(f"imports/{project.pk}/{uuid.uuid4().hex}.upload", upload)
     job = ImportJob.objects.create(project=project, filename=Path(upload.name or "upload").name[:255],
                                    file_format=file_format, upload=name, size=upload.size or 0, created_by=user)
-    transaction.on_commit(lambda: import_file_task.delay(job.pk))
+    send_after_commit(import_file_task, job.pk)
     return job
 
 
 def resend_queued_imports(now=None) -> list[int]:
     """Import jobs still queued after FTSTUDIO_REQUEUE_AFTER_SECONDS: their message was lost, send it again (the
     task imports a job once, whatever the deliveries). Called by the periodic reaper."""
-    from .tasks import import_file_task
-
     bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
     resent = list(ImportJob.objects.filter(status=ReportStatus.QUEUED, created_at__lt=bound).values_list("pk", flat=True))
     for pk in resent:
         log.warning("Import job %s: queued since before %s with no worker: sending it again", pk, bound)
-        import_file_task.delay(pk)
+        send_after_commit(import_file_task, pk)
     return resent
 
 
@@ -440,6 +438,38 @@ def set_tags(*, example: Example, tags: list[str], user, expected_revision: int 
                          change=f"tags: {', '.join(clean) or 'none'}", yours=example.ideal_output, tags=clean)
 
 
+@dataclass
+class EditOutcome:
+    """What one autosave did: the example as it is now, whether anything was saved, and the refusal that stopped
+    it (an ``EditConflict`` carrying both texts, or a ``CurationError``'s message), if any."""
+
+    example: Example
+    saved: bool = False
+    conflict: EditConflict | None = None
+    error: str = ""
+
+
+def edit_example(*, example: Example, expected_revision: int, user, text: str | None = None,
+                 tags: list[str] | None = None, status: str | None = None) -> EditOutcome:
+    """The labelling view's autosave: the ideal output, then tags, then status (each only when given), all
+    against the revision the page loaded. Stops at the first refusal; what was saved before it stays saved."""
+    outcome = EditOutcome(example=example)
+    changes = [(save_ideal_output, {"text": text}) if text is not None else None,
+               (set_tags, {"tags": tags}) if tags is not None else None,
+               (set_status, {"status": status}) if status else None]
+    try:
+        for change, values in filter(None, changes):
+            revision = outcome.example.revision if outcome.saved else expected_revision
+            updated = change(example=outcome.example, expected_revision=revision, user=user, **values)
+            outcome.saved = outcome.saved or updated.revision != outcome.example.revision
+            outcome.example = updated
+    except EditConflict as exc:
+        outcome.conflict, outcome.example = exc, exc.example
+    except CurationError as exc:
+        outcome.error = str(exc)
+    return outcome
+
+
 # --- splits ----------------------------------------------------------------------------------------
 def _items(project, **filters) -> list[quality.Item]:
     rows = Example.objects.filter(project=project, **filters).order_by("id").values_list(
@@ -604,13 +634,11 @@ def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: 
 # --- quality report --------------------------------------------------------------------------------
 def start_quality_report(*, project, user=None) -> QualityReport:
     """Queue a report (Celery task `datasets.quality_report`, queue `default`) unless one is already running."""
-    from .tasks import quality_report_task
-
     active = QualityReport.objects.filter(project=project, status__in=[ReportStatus.QUEUED, ReportStatus.RUNNING]).first()
     if active:
         return active
     report = QualityReport.objects.create(project=project, created_by=user)
-    transaction.on_commit(lambda: quality_report_task.delay(report.pk))
+    send_after_commit(quality_report_task, report.pk)
     return report
 
 
@@ -644,10 +672,6 @@ def run_quality_report(*, project, report: QualityReport | None = None) -> Quali
             seconds=round(time.perf_counter() - started, 2), finished_at=timezone.now())
     report.refresh_from_db()
     return report
-
-
-def latest_report(project) -> QualityReport | None:
-    return QualityReport.objects.filter(project=project, status=ReportStatus.DONE).order_by("-id").first()
 
 
 def dismiss_finding(*, finding: QualityFinding, user) -> QualityFinding:

@@ -3,8 +3,6 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db import connection
-from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -13,8 +11,9 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from apps.accounts.permissions import project_view
+from ftstudio.pagination import CountedPaginator
 
-from . import services
+from . import selectors, services
 from .forms import FreezeForm, ImportForm, SplitForm
 from .models import (
     DatasetVersion,
@@ -36,28 +35,6 @@ def _filters(data) -> dict[str, str]:
     return {k: data.get(k, "").strip() for k in FILTERS if data.get(k, "").strip()}
 
 
-def _queue(project, filters: dict[str, str]):
-    """The examples a labelling queue walks through, in id order."""
-    qs = Example.objects.filter(project=project)
-    if filters.get("status") in ExampleStatus.values:
-        qs = qs.filter(status=filters["status"])
-    if filters.get("split") == "none":
-        qs = qs.filter(split="")
-    elif filters.get("split") in Split.values:
-        qs = qs.filter(split=filters["split"])
-    if filters.get("tag"):
-        tag = filters["tag"].lower()
-        # jsonb containment on PostgreSQL; SQLite has no JSON `contains`, so match the quoted tag in the JSON text
-        qs = qs.filter(tags__contains=[tag]) if connection.vendor == "postgresql" else qs.filter(tags__icontains=f'"{tag}"')
-    if filters.get("flag") in FindingKind.values:
-        report = services.latest_report(project)
-        if report is None:
-            return qs.none()
-        qs = qs.filter(quality_findings__report=report, quality_findings__kind=filters["flag"],
-                       quality_findings__dismissed=False).distinct()
-    return qs.order_by("id")
-
-
 def _preview(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
@@ -65,22 +42,12 @@ def _preview(text: str, limit: int) -> str:
 @project_view("view")
 def example_list(request, project):
     filters = _filters(request.GET)
-    queue = _queue(project, filters)
-    # Every count the page shows from one GROUP BY over the (project, status, split) index (index-only scan).
-    status_counts = dict.fromkeys(ExampleStatus.values, 0)
-    split_counts = dict.fromkeys([*Split.values, ""], 0)
-    for status, split, n in (Example.objects.filter(project=project).values_list("status", "split")
-                             .annotate(n=Count("status")).order_by()):
-        status_counts[status] = status_counts.get(status, 0) + n
-        split_counts[split] = split_counts.get(split, 0) + n
-    # Page through ids only (an index scan, however deep the page), then load the 50 rows by primary key.
-    paginator = Paginator(queue.values_list("id", flat=True), PAGE_SIZE)
-    if not filters:
-        paginator.__dict__["count"] = sum(status_counts.values())  # known already: skip COUNT(*)
-    elif set(filters) == {"status"} and filters["status"] in status_counts:
-        paginator.__dict__["count"] = status_counts[filters["status"]]
-    elif set(filters) == {"split"} and filters["split"] in Split.values:
-        paginator.__dict__["count"] = split_counts[filters["split"]]
+    queue = selectors.example_queue(project, filters)
+    status_counts, split_counts = selectors.example_counts(project)  # every count the page shows, one query
+    # Page through ids only (an index scan, however deep the page), then load the 50 rows by primary key; the
+    # total is known from the counts whenever it can be (no COUNT(*)).
+    paginator = CountedPaginator(queue.values_list("id", flat=True), PAGE_SIZE,
+                                 count=selectors.known_count(filters, status_counts, split_counts))
     page = paginator.get_page(request.GET.get("page"))
     ids = list(page.object_list)
     by_id = {e.pk: e for e in Example.objects.filter(pk__in=ids).only(
@@ -161,13 +128,9 @@ def assign_splits(request, project):
 
 
 def _label_context(project, example, filters: dict[str, str], **extra):
-    qs = _queue(project, filters)
     query = urlencode(filters)
-    nxt = qs.filter(id__gt=example.id).values_list("id", flat=True).first()
-    prev = qs.filter(id__lt=example.id).order_by("-id").values_list("id", flat=True).first()
-    report = services.latest_report(project)
-    findings = (QualityFinding.objects.filter(report=report, examples=example).order_by("dismissed", "id")
-                if report else QualityFinding.objects.none())
+    prev, nxt = selectors.neighbours(selectors.example_queue(project, filters), example)
+    findings = selectors.open_findings_of(project, example)
     revisions = example.revisions.select_related("changed_by")[:20]
     return {"example": example, "query": query, "filters": filters, "next_id": nxt, "prev_id": prev,
             "findings": findings, "revisions": revisions, "statuses": ExampleStatus.choices, **extra}
@@ -188,28 +151,10 @@ def example_save(request, project, pk):
         expected = int(request.POST.get("revision", ""))
     except ValueError:
         return HttpResponse("Missing or invalid revision.", status=400)
-    error = conflict = None
-    saved = False
-    try:
-        if "text" in request.POST:
-            updated = services.save_ideal_output(example=example, text=request.POST["text"], expected_revision=expected,
-                                                 user=request.user)
-            saved = saved or updated.revision != example.revision
-            example = updated
-        if "tags" in request.POST:
-            updated = services.set_tags(example=example, tags=request.POST["tags"].split(","), user=request.user,
-                                        expected_revision=example.revision if saved else expected)
-            saved = saved or updated.revision != example.revision
-            example = updated
-        if request.POST.get("status"):
-            updated = services.set_status(example=example, status=request.POST["status"], user=request.user,
-                                          expected_revision=example.revision if saved else expected)
-            saved = saved or updated.revision != example.revision
-            example = updated
-    except services.EditConflict as exc:
-        conflict, example = exc, exc.example
-    except services.CurationError as exc:
-        error = str(exc)
+    outcome = services.edit_example(
+        example=example, expected_revision=expected, user=request.user, text=request.POST.get("text"),
+        tags=request.POST["tags"].split(",") if "tags" in request.POST else None, status=request.POST.get("status"))
+    example, conflict, error, saved = outcome.example, outcome.conflict, outcome.error, outcome.saved
     if not request.htmx:
         if conflict:
             messages.error(request, str(conflict))
@@ -231,7 +176,7 @@ def quality_report(request, project):
         messages.info(request, "Quality report queued: it runs in the background; this page shows its progress.")
         return redirect("quality_report", slug=project.slug)
     current = QualityReport.objects.filter(project=project).order_by("-id").first()
-    report = services.latest_report(project)
+    report = selectors.latest_report(project)
     groups = []
     if report:
         open_findings = report.findings.filter(dismissed=False).prefetch_related("examples")

@@ -170,3 +170,38 @@ class JudgeSettingsForm(forms.Form):
     timeout_s = forms.FloatField(min_value=0.1, max_value=600, initial=60, label="Timeout (seconds)")
     min_human_pairs = forms.IntegerField(min_value=0, initial=30, label="Human-judged pairs needed before judge figures show")
     min_kappa = forms.FloatField(min_value=-1, max_value=1, initial=0.6, label="Kappa needed before judge figures show")
+
+
+class JudgmentForm(forms.Form):
+    """A reviewer's verdict on one pair as posted: the winner as shown ("A", "B" or "tie"; the service checks it),
+    a comment, and optional scores ``score_<side>_<criterion id>`` that must be whole numbers (the service checks
+    that each is on its criterion's scale, and refuses scores for a winner-only rubric)."""
+
+    winner = forms.CharField(required=False, strip=False)
+    comment = forms.CharField(required=False, strip=False)
+
+    def __init__(self, data, *, criteria) -> None:
+        super().__init__(data)
+        self.criteria = list(criteria)
+        for criterion in self.criteria:
+            for letter in ("A", "B"):
+                self.fields[f"score_{letter}_{criterion.pk}"] = forms.CharField(required=False)
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        scores: dict[tuple[str, int], int] = {}
+        for criterion in self.criteria:
+            for letter in ("A", "B"):
+                name = f"score_{letter}_{criterion.pk}"
+                raw = (cleaned.get(name) or "").strip()
+                if raw == "":
+                    continue
+                try:
+                    scores[(letter, criterion.pk)] = int(raw)
+                except ValueError:
+                    self.add_error(name, f"{criterion.name} (side {letter}): {raw!r} is not a number on the scale.")
+        cleaned["scores"] = scores
+        return cleaned
+
+    def messages(self) -> list[str]:
+        return [message for errors in self.errors.values() for message in errors]

@@ -15,11 +15,15 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F
 from django.urls import reverse
+from django.utils import timezone
 
-from apps.accounts.models import Project, TimeStamped
+from apps.accounts.models import Project
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
+from apps.runs.leases import LeaseHolder
 from apps.runs.models import BaseModel, Run
+from ftstudio.models import TimeStamped
 
 
 class Scale(models.TextChoices):
@@ -93,7 +97,7 @@ class EvaluationStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-class Evaluation(TimeStamped):
+class Evaluation(LeaseHolder, TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="evaluations")
     name = models.CharField(max_length=120)
     dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="evaluations")
@@ -140,12 +144,6 @@ class Evaluation(TimeStamped):
     def get_absolute_url(self) -> str:
         return reverse("evaluation_detail", kwargs={"slug": self.project.slug, "pk": self.pk})
 
-    def owner_gone(self, now=None) -> bool:
-        """No live worker holds this evaluation (the same rule as runs: apps/runs/leases.py)."""
-        from apps.runs.leases import owner_gone
-
-        return owner_gone(self.worker_id, self.heartbeat_at, now)
-
     @property
     def splits(self) -> list[str]:
         return ["test", "val"] if self.include_val else ["test"]
@@ -153,6 +151,26 @@ class Evaluation(TimeStamped):
     @property
     def percent(self) -> int:
         return int(100 * self.done / self.total) if self.total else 0
+
+    # --- state transitions (queued -> generating -> ready | failed) --------------------------------------
+    # ``rows`` as for ``Run``: the lease's owner-filtered queryset inside the task, so a worker that lost its
+    # claim writes nothing; without it, this row. Each returns whether the row was written.
+    def mark_generating(self, *, owner: str, now=None) -> bool:
+        """Claimed by ``owner``: one more attempt."""
+        return self.write(status=EvaluationStatus.GENERATING, attempts=self.attempts + 1,
+                          heartbeat_at=now or timezone.now(), worker_id=owner, error="")
+
+    def mark_ready(self, *, rows=None, done: int) -> bool:
+        now = timezone.now()
+        return self.write(rows, status=EvaluationStatus.READY, done=done, finished_at=now, heartbeat_at=now)
+
+    def mark_failed(self, error: str, *, rows=None) -> bool:
+        return self.write(rows, status=EvaluationStatus.FAILED, error=error)
+
+    def mark_handed_back(self, *, rows) -> bool:
+        """A worker shutting down stopped after a batch: queued again, and this attempt is not counted."""
+        return self.write(rows, status=EvaluationStatus.QUEUED, worker_id="", heartbeat_at=None,
+                          attempts=F("attempts") - 1, enqueued_at=timezone.now())
 
 
 class UnblindingReason(models.TextChoices):

@@ -1,4 +1,5 @@
-"""Reads for evaluation pages: results (aggregated by ``statistics``), reviewer progress, side-by-side rows.
+"""Evaluations: reads (no writes). Results (aggregated by ``statistics``), reviewer progress, side-by-side rows,
+and the review state services and permissions decide with (items, open pairs, the stopping rule, what is left).
 
 Everything a chart needs is computed here as numbers (the templates draw inline SVG from them)."""
 
@@ -12,6 +13,10 @@ from dataclasses import dataclass, field
 from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Q
 
+from apps.accounts.models import Membership
+from apps.accounts.permissions import role_can
+from apps.datasets.models import DatasetVersionItem
+
 from . import statistics as st
 from .models import (
     Assignment,
@@ -24,8 +29,109 @@ from .models import (
     Generation,
     Judgment,
     Score,
+    Unblinding,
 )
-from .services import eval_items, first_score, has_seen_labels, pair_stops, remaining_for, reviewer_ids
+
+
+# --- review state (services read these too) ------------------------------------------------------------
+def eval_items(evaluation: Evaluation):
+    return DatasetVersionItem.objects.filter(version=evaluation.dataset_version_id, split__in=evaluation.splits).order_by("position")
+
+
+def reviewer_ids(project) -> list[int]:
+    return [m.user_id for m in Membership.objects.filter(project=project) if role_can(m.role, "review")]
+
+
+def has_seen_labels(evaluation: Evaluation, user) -> bool:
+    return Unblinding.objects.filter(evaluation=evaluation, user=user).exists()
+
+
+def has_started_review(evaluation: Evaluation, user) -> bool:
+    return Assignment.objects.filter(evaluation=evaluation, reviewer=user).exists()
+
+
+def pending_assignments(evaluation: Evaluation, reviewer):
+    return Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer, completed_at__isnull=True)
+
+
+@dataclass(frozen=True)
+class PairStop:
+    """Whether review of one candidate pair goes on: ``reason`` is "settled" (its 95% interval excludes
+    parity), "cap" (the evaluation's cap of judged items is reached) or "" (still handed out)."""
+
+    candidate_1_id: int
+    candidate_2_id: int
+    outcome: st.PairOutcome
+    reason: str
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.reason)
+
+
+def first_score(winner_id: int | None, candidate_1_id: int) -> float:
+    """One verdict as a score for the comparison's first candidate: 1 a win, 0 a loss, 0.5 a tie."""
+    return 0.5 if winner_id is None else 1.0 if winner_id == candidate_1_id else 0.0
+
+
+def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
+    """The stopping rule per candidate pair, from the same item-level head to head as the results page
+    (``statistics.compare_pair`` on this evaluation's judgments)."""
+    candidates = list(evaluation.candidates.order_by("position").values_list("pk", flat=True))
+    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
+        scores[(c1, c2)][item_id].append(first_score(winner, c1))
+    looks = eval_items(evaluation).count()
+    stops = {}
+    for i, a in enumerate(candidates):
+        for b in candidates[i + 1:]:
+            outcome = st.compare_pair(scores.get((a, b), {}))
+            if evaluation.stop_when_settled and st.settled_early(outcome, looks):
+                reason = "settled"
+            elif evaluation.pair_cap is not None and outcome.items >= evaluation.pair_cap:
+                reason = "cap"
+            else:
+                reason = ""
+            stops[(a, b)] = PairStop(a, b, outcome, reason)
+    return stops
+
+
+def open_pairs(evaluation: Evaluation, reviewer):
+    """Comparisons that still need reviewers, whose candidate pair has not stopped (settled or capped),
+    and that this reviewer has not been given."""
+    pairs = (Comparison.objects.filter(evaluation=evaluation)
+             .annotate(n=Count("assignments"))
+             .filter(n__lt=evaluation.reviewers_per_pair)
+             .exclude(assignments__reviewer=reviewer))
+    for (c1, c2), stop in pair_stops(evaluation).items():
+        if stop.stopped:
+            pairs = pairs.exclude(candidate_1_id=c1, candidate_2_id=c2)
+    return pairs.order_by("n", "order_key")
+
+
+def pairs_left(evaluation: Evaluation, reviewer) -> int:
+    """Pairs this reviewer holds unjudged plus those still open to them (whether or not they have seen labels)."""
+    return pending_assignments(evaluation, reviewer).count() + open_pairs(evaluation, reviewer).count()
+
+
+def remaining_for(evaluation: Evaluation, reviewer) -> int:
+    """Pairs left for this reviewer: none once they have seen which candidate wrote what."""
+    return 0 if has_seen_labels(evaluation, reviewer) else pairs_left(evaluation, reviewer)
+
+
+@dataclass
+class Side:
+    letter: str
+    candidate: Candidate
+    output: str
+
+
+def sides(assignment: Assignment) -> list[Side]:
+    c = assignment.comparison
+    first, second = (c.candidate_2, c.candidate_1) if assignment.swapped else (c.candidate_1, c.candidate_2)
+    outputs = dict(Generation.objects.filter(item_id=c.item_id, candidate__in=[first, second]).values_list("candidate_id", "output"))
+    return [Side("A", first, outputs.get(first.pk, "")), Side("B", second, outputs.get(second.pk, ""))]
 
 
 @dataclass

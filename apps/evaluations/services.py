@@ -4,22 +4,26 @@ handing out blind review pairs and recording judgments. Reads and statistics liv
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Q
 from django.utils import timezone
 
-from apps.accounts.models import Membership
-from apps.accounts.permissions import role_can
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
+from apps.runs import leases
 from apps.runs.models import BaseModel, Run, RunStatus
+from apps.runs.services import MAX_ATTEMPTS, failure_message, model_spec_for
 from ftstudio import csv_cells
+from ftstudio.celery import send_after_commit
 
+from . import check_tasks
 from .models import (
     SCALE_VALUES,
     Assignment,
@@ -42,7 +46,9 @@ from .models import (
     Unblinding,
     UnblindingReason,
 )
-from .statistics import PairOutcome, compare_pair, settled_early, token_f1
+from .selectors import eval_items, has_seen_labels, open_pairs, pending_assignments, sides
+from .statistics import token_f1
+from .tasks import generate_outputs
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +155,7 @@ def criteria_specs(rubric: Rubric) -> list[CriterionSpec]:
 # --- automatic checks ---------------------------------------------------------------------------------
 def schedule_checks(evaluation_pk: int) -> None:
     """Queue the automatic checks of an evaluation (queue ``default``) once the current transaction commits."""
-    from .check_tasks import run_checks as task
-
-    transaction.on_commit(lambda: task.delay(evaluation_pk))
+    send_after_commit(check_tasks.run_checks, evaluation_pk)
 
 
 def run_checks(evaluation_pk: int) -> int:
@@ -213,9 +217,7 @@ def judge_rubric_text(rubric: Rubric) -> str:
 
 
 def schedule_judge(evaluation_pk: int) -> None:
-    from .check_tasks import run_judge as task
-
-    transaction.on_commit(lambda: task.delay(evaluation_pk))
+    send_after_commit(check_tasks.run_judge, evaluation_pk)
 
 
 def run_judge(evaluation_pk: int, *, client=None) -> dict:
@@ -274,12 +276,9 @@ def parse_candidates(text: str) -> list[CandidateSpec]:
 DEFAULT_PROMPT = "You are a helpful customer-support assistant. Reply in the house style shown in the examples."
 
 
-@transaction.atomic
-def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
-                      base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
-                      reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
-                      pair_cap: int | None = None, stop_when_settled: bool = True, user=None,
-                      enqueue: bool = True) -> Evaluation:
+def _check_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
+                      max_new_tokens: int, reviewers_per_pair: int, pair_cap: int | None) -> dict[int, Run]:
+    """Refuse what cannot be evaluated, saying why; returns the candidates' runs by id."""
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
     if rubric.project_id != project.pk:
@@ -308,28 +307,27 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
             if spec.run_id in runs:
                 raise EvaluationError(f"Run #{run.pk} is listed twice.")
             runs[run.pk] = run
-    kinds = [s.kind for s in candidates]
-    if kinds.count("base") > 1:
+    if [s.kind for s in candidates].count("base") > 1:
         raise EvaluationError("The base model is listed twice.")
+    return runs
+
+
+def _pick_base_model(base_model: BaseModel | None, runs: dict[int, Run]) -> BaseModel:
+    """The given base model, else the first tuned run's, else the first registered one."""
     if base_model is None:
         base_model = next(iter(runs.values())).base_model if runs else None
     if base_model is None:
         base_model = BaseModel.objects.order_by("name").first()
     if base_model is None:
         raise EvaluationError("No base model is registered yet.")
-    evaluation = Evaluation.objects.create(
-        project=project, name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
-        dataset_version=dataset_version, rubric=rubric, base_model=base_model, max_new_tokens=max_new_tokens,
-        seed=seed, reviewers_per_pair=reviewers_per_pair, include_val=include_val,
-        reviewers_see_examples=reviewers_see_examples, pair_cap=pair_cap,
-        stop_when_settled=stop_when_settled, created_by=user,
-    )
-    if user is not None:  # the launcher has seen the configuration: they never judge it blind
-        Unblinding.objects.create(evaluation=evaluation, user=user, reason=UnblindingReason.LAUNCHED)
+    return base_model
+
+
+def _create_candidates(evaluation: Evaluation, candidates: list[CandidateSpec], runs: dict[int, Run]) -> None:
     prompt_count = 0
     for position, spec in enumerate(candidates):
         if spec.kind == CandidateKind.BASE:
-            label = f"Base model ({base_model})"
+            label = f"Base model ({evaluation.base_model})"
         elif spec.kind == CandidateKind.PROMPT:
             prompt_count += 1
             label = "Prompt-only baseline" + (f" {prompt_count}" if prompt_count > 1 else "")
@@ -341,27 +339,37 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
             system_prompt=(spec.system_prompt.strip() or DEFAULT_PROMPT) if spec.kind == CandidateKind.PROMPT else "",
             few_shot=spec.few_shot if spec.kind == CandidateKind.PROMPT else 0, label=label,
         )
-    items = eval_items(evaluation).count()
-    evaluation.total = items * len(candidates)
+
+
+@transaction.atomic
+def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
+                      base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
+                      reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
+                      pair_cap: int | None = None, stop_when_settled: bool = True, user=None,
+                      enqueue: bool = True) -> Evaluation:
+    """Check, save the evaluation with its candidates, and queue its generation (task on queue gpu) on commit."""
+    runs = _check_evaluation(project=project, dataset_version=dataset_version, rubric=rubric, candidates=candidates,
+                             max_new_tokens=max_new_tokens, reviewers_per_pair=reviewers_per_pair, pair_cap=pair_cap)
+    base_model = _pick_base_model(base_model, runs)
+    kinds = [s.kind for s in candidates]
+    evaluation = Evaluation.objects.create(
+        project=project, name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
+        dataset_version=dataset_version, rubric=rubric, base_model=base_model, max_new_tokens=max_new_tokens,
+        seed=seed, reviewers_per_pair=reviewers_per_pair, include_val=include_val,
+        reviewers_see_examples=reviewers_see_examples, pair_cap=pair_cap,
+        stop_when_settled=stop_when_settled, created_by=user,
+    )
+    if user is not None:  # the launcher has seen the configuration: they never judge it blind
+        Unblinding.objects.create(evaluation=evaluation, user=user, reason=UnblindingReason.LAUNCHED)
+    _create_candidates(evaluation, candidates, runs)
+    evaluation.total = eval_items(evaluation).count() * len(candidates)
     evaluation.save(update_fields=["total"])
     if enqueue:
-        from .tasks import generate_outputs
-
-        transaction.on_commit(lambda: generate_outputs.delay(evaluation.pk))
+        send_after_commit(generate_outputs, evaluation.pk)
     return evaluation
 
 
-def eval_items(evaluation: Evaluation):
-    return DatasetVersionItem.objects.filter(version=evaluation.dataset_version_id, split__in=evaluation.splits).order_by("position")
-
-
 # --- generation ---------------------------------------------------------------------------------------
-def _model_spec(base_model: BaseModel):
-    from apps.runs.services import model_spec_for  # the one place that turns a BaseModel row into a ModelSpec
-
-    return model_spec_for(base_model)
-
-
 def candidate_messages(candidate: Candidate, input_messages: list[dict], shots: list[list[dict]]) -> list[dict]:
     """What a candidate is asked: the input as is, or (prompt baseline) system prompt + few-shot turns + input."""
     if candidate.kind != CandidateKind.PROMPT:
@@ -385,17 +393,66 @@ def claim_generation(evaluation_pk: int, owner: str = "") -> Evaluation | None:
             log.info("Evaluation %s is being generated by live worker %s; skipping this delivery", evaluation_pk,
                      evaluation.worker_id)
             return None
-        evaluation.status = EvaluationStatus.GENERATING
-        evaluation.attempts += 1
-        evaluation.heartbeat_at = now
-        evaluation.worker_id = owner
-        evaluation.error = ""
-        evaluation.save(update_fields=["status", "attempts", "heartbeat_at", "worker_id", "error", "updated_at"])
+        evaluation.mark_generating(owner=owner, now=now)
         return evaluation
 
 
 class _Handback(Exception):
     """Stops generation after a batch: ``lost`` (another worker took the evaluation over) or ``paused`` (shutdown)."""
+
+
+class Generating:
+    """One delivery's generation of an evaluation, written through the lease's owner-filtered rows.
+
+    ``check`` stops it after a batch: ``lost`` when another worker took the evaluation over, ``paused`` when this
+    worker is shutting down (a batch that finished during the shutdown is saved first)."""
+
+    def __init__(self, evaluation: Evaluation, lease: leases.Lease) -> None:
+        self.evaluation, self.lease, self.rows = evaluation, lease, lease.rows()
+
+    def check(self, save_first: bool = False) -> None:
+        if self.lease.lost.is_set() or not self.rows.exists():
+            self.lease.lost.set()
+            raise _Handback("lost")
+        if leases.shutdown_requested.is_set() and not save_first:
+            raise _Handback("paused")
+
+    def done(self) -> int:
+        return Generation.objects.filter(candidate__evaluation=self.evaluation).count()
+
+    def save(self, candidate: Candidate, todo: list[DatasetVersionItem], indices, results) -> None:
+        """A finished batch of one candidate's outputs (``on_batch`` of ``worker.generate.generate``)."""
+        self.check(save_first=True)  # a batch finished during a shutdown is kept
+        Generation.objects.bulk_create([
+            Generation(candidate=candidate, item=todo[i], output=r.text, prompt_tokens=r.prompt_tokens,
+                       output_tokens=r.output_tokens, latency_ms=r.latency_ms,
+                       similarity=token_f1(r.text, todo[i].ideal_output))
+            for i, r in zip(indices, results, strict=True)
+        ], ignore_conflicts=True)
+        self.rows.update(done=self.done(), heartbeat_at=timezone.now())
+        self.check()
+
+    def generate_missing(self, batch_size: int) -> None:
+        """Every candidate's outputs for the items it has none for yet, one loaded model at a time."""
+        from worker.generate import GenerationConfig, generate, load_generator
+        from worker.models import resolve_model_dir
+
+        evaluation = self.evaluation
+        items = list(eval_items(evaluation))
+        shots = evaluation.dataset_version.conversations("train")
+        config = GenerationConfig(max_new_tokens=evaluation.max_new_tokens, batch_size=batch_size, seed=evaluation.seed)
+        for candidate in evaluation.candidates.select_related("run__base_model").order_by("position"):
+            have = set(candidate.generations.values_list("item_id", flat=True))
+            todo = [item for item in items if item.pk not in have]
+            if not todo:
+                continue
+            self.check()
+            base = candidate.run.base_model if candidate.run_id else evaluation.base_model
+            model_dir = resolve_model_dir(model_spec_for(base))
+            model, tokenizer = load_generator(model_dir, adapter_path=candidate.run.adapter_path if candidate.run_id else None)
+            prompts = [candidate_messages(candidate, item.input_messages, shots) for item in todo]
+            generate(model, tokenizer, prompts, config, on_batch=functools.partial(self.save, candidate, todo))
+            del model
 
 
 def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | None:
@@ -405,71 +462,25 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
     A background thread keeps the heartbeat fresh while a model loads or a batch runs; a worker that lost its
     claim stops after its batch and writes nothing more; a worker shutting down hands the evaluation back.
     """
-    from apps.runs import leases
-    from apps.runs.services import failure_message
-    from worker.generate import GenerationConfig, generate, load_generator
-    from worker.models import resolve_model_dir
-
     owner = leases.new_owner_id()
     evaluation = claim_generation(evaluation_pk, owner=owner)
     if evaluation is None:
         return None
     with leases.Lease(Evaluation, evaluation.pk, owner) as lease:
-        mine = lease.rows()
-
-        def check(save_first: bool = False) -> None:
-            if lease.lost.is_set() or not mine.exists():
-                lease.lost.set()
-                raise _Handback("lost")
-            if leases.shutdown_requested.is_set() and not save_first:
-                raise _Handback("paused")
-
+        job = Generating(evaluation, lease)
         try:
-            items = list(eval_items(evaluation))
-            shots = evaluation.dataset_version.conversations("train")
-            config = GenerationConfig(max_new_tokens=evaluation.max_new_tokens, batch_size=batch_size, seed=evaluation.seed)
-            model_dir = None
-            for candidate in evaluation.candidates.select_related("run__base_model").order_by("position"):
-                have = set(candidate.generations.values_list("item_id", flat=True))
-                todo = [item for item in items if item.pk not in have]
-                if not todo:
-                    continue
-                check()
-                base = candidate.run.base_model if candidate.run_id else evaluation.base_model
-                model_dir = resolve_model_dir(_model_spec(base))
-                model, tokenizer = load_generator(model_dir, adapter_path=candidate.run.adapter_path if candidate.run_id else None)
-                prompts = [candidate_messages(candidate, item.input_messages, shots) for item in todo]
-
-                def save(indices, results, candidate=candidate, todo=todo):
-                    check(save_first=True)  # a batch finished during a shutdown is kept
-                    Generation.objects.bulk_create([
-                        Generation(candidate=candidate, item=todo[i], output=r.text, prompt_tokens=r.prompt_tokens,
-                                   output_tokens=r.output_tokens, latency_ms=r.latency_ms,
-                                   similarity=token_f1(r.text, todo[i].ideal_output))
-                        for i, r in zip(indices, results, strict=True)
-                    ], ignore_conflicts=True)
-                    done = Generation.objects.filter(candidate__evaluation=evaluation).count()
-                    mine.update(done=done, heartbeat_at=timezone.now())
-                    check()
-
-                generate(model, tokenizer, prompts, config, on_batch=save)
-                del model
-            check()
+            job.generate_missing(batch_size)
+            job.check()
             build_comparisons(evaluation)
-            done = Generation.objects.filter(candidate__evaluation=evaluation).count()
-            if mine.update(status=EvaluationStatus.READY, done=done, finished_at=timezone.now(),
-                           heartbeat_at=timezone.now()):
+            if evaluation.mark_ready(rows=job.rows, done=job.done()):
                 schedule_checks(evaluation.pk)  # the rubric's automatic checks, on queue default
                 from apps.webhooks.services import announce_evaluation_ready
 
                 transaction.on_commit(lambda: announce_evaluation_ready(evaluation.pk))
         except _Handback as stop:
-            if str(stop) == "paused" and mine.update(status=EvaluationStatus.QUEUED, worker_id="", heartbeat_at=None,
-                                                     attempts=F("attempts") - 1, enqueued_at=timezone.now()):
-                from .tasks import generate_outputs
-
+            if str(stop) == "paused" and evaluation.mark_handed_back(rows=job.rows):
                 log.info("Evaluation %s handed back: the worker is shutting down", evaluation_pk)
-                generate_outputs.delay(evaluation_pk)
+                send_after_commit(generate_outputs, evaluation_pk)
             else:
                 log.warning("Evaluation %s was taken over by another worker: this one stopped", evaluation_pk)
         except Exception as exc:  # noqa: BLE001 - recorded on the row for the PM, and logged with context
@@ -477,27 +488,20 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
                 log.warning("Evaluation %s failed after another worker took it over: %s", evaluation_pk, exc)
                 return None
             log.exception("Generation for evaluation %s failed", evaluation_pk)
-            mine.update(status=EvaluationStatus.FAILED, error=failure_message(exc))
+            evaluation.mark_failed(failure_message(exc), rows=job.rows)
             raise
     evaluation.refresh_from_db()
     return evaluation
 
 
 def send_generation(evaluation: Evaluation) -> None:
-    from .tasks import generate_outputs
-
     Evaluation.objects.filter(pk=evaluation.pk).update(enqueued_at=timezone.now())
-    generate_outputs.delay(evaluation.pk)
+    send_after_commit(generate_outputs, evaluation.pk)
 
 
 def reap_generations(now=None) -> dict[str, list[int]]:
     """The reaper's evaluation half (called by `runs.reap`): re-send generating evaluations whose worker is gone
     (failed after MAX_ATTEMPTS) and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS."""
-    from django.conf import settings
-
-    from apps.runs import leases
-    from apps.runs.services import MAX_ATTEMPTS
-
     now = now or timezone.now()
     cutoff = now - leases.stale_after()
     stale, queued = [], []
@@ -506,10 +510,10 @@ def reap_generations(now=None) -> dict[str, list[int]]:
         if not evaluation.owner_gone(now):
             continue
         if evaluation.attempts >= MAX_ATTEMPTS:
-            Evaluation.objects.filter(pk=evaluation.pk, status=EvaluationStatus.GENERATING).update(
-                status=EvaluationStatus.FAILED, error=(
-                    f"The worker stopped {evaluation.attempts} times (attempt limit {MAX_ATTEMPTS}); finished outputs "
-                    "are kept: resume generation once the cause is fixed."))
+            evaluation.mark_failed(
+                f"The worker stopped {evaluation.attempts} times (attempt limit {MAX_ATTEMPTS}); finished outputs "
+                "are kept: resume generation once the cause is fixed.",
+                rows=Evaluation.objects.filter(pk=evaluation.pk, status=EvaluationStatus.GENERATING))
             continue
         log.warning("Evaluation %s: no heartbeat since %s; re-queuing", evaluation.pk, evaluation.heartbeat_at)
         send_generation(evaluation)
@@ -539,13 +543,15 @@ def build_comparisons(evaluation: Evaluation) -> int:
 
 
 def resume_evaluation(evaluation: Evaluation) -> None:
-    """Send the evaluation's generation again, whenever no live worker holds it (finished outputs are kept)."""
-    evaluation.refresh_from_db()
-    if evaluation.status == EvaluationStatus.READY:
-        raise EvaluationError("This evaluation has finished generating.")
-    if evaluation.status == EvaluationStatus.GENERATING and not evaluation.owner_gone():
-        raise EvaluationError("A worker is generating this evaluation right now.")
-    send_generation(evaluation)
+    """Send the evaluation's generation again (once the transaction commits), whenever no live worker holds it
+    (finished outputs are kept)."""
+    with transaction.atomic():
+        evaluation = Evaluation.objects.select_for_update().get(pk=evaluation.pk)
+        if evaluation.status == EvaluationStatus.READY:
+            raise EvaluationError("This evaluation has finished generating.")
+        if evaluation.status == EvaluationStatus.GENERATING and not evaluation.owner_gone():
+            raise EvaluationError("A worker is generating this evaluation right now.")
+        send_generation(evaluation)
 
 
 # --- review -------------------------------------------------------------------------------------------
@@ -555,89 +561,11 @@ def resume_evaluation(evaluation: Evaluation) -> None:
 side_rng = random.SystemRandom()  # the coin for sides; tests may swap in a seeded random.Random
 
 
-def reviewer_ids(project) -> list[int]:
-    return [m.user_id for m in Membership.objects.filter(project=project) if role_can(m.role, "review")]
-
-
-def has_seen_labels(evaluation: Evaluation, user) -> bool:
-    return Unblinding.objects.filter(evaluation=evaluation, user=user).exists()
-
-
-def has_started_review(evaluation: Evaluation, user) -> bool:
-    return Assignment.objects.filter(evaluation=evaluation, reviewer=user).exists()
-
-
 def record_unblinding(*, evaluation: Evaluation, user, reason: str) -> None:
     """Note that ``user`` has seen which candidate wrote what; any pair they hold unjudged goes back to the pool."""
     with transaction.atomic():
         Unblinding.objects.get_or_create(evaluation=evaluation, user=user, defaults={"reason": reason})
-        _pending(evaluation, user).delete()
-
-
-def _pending(evaluation: Evaluation, reviewer):
-    return Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer, completed_at__isnull=True)
-
-
-@dataclass(frozen=True)
-class PairStop:
-    """Whether review of one candidate pair goes on: ``reason`` is "settled" (its 95% interval excludes
-    parity), "cap" (the evaluation's cap of judged items is reached) or "" (still handed out)."""
-
-    candidate_1_id: int
-    candidate_2_id: int
-    outcome: PairOutcome
-    reason: str
-
-    @property
-    def stopped(self) -> bool:
-        return bool(self.reason)
-
-
-def first_score(winner_id: int | None, candidate_1_id: int) -> float:
-    """One verdict as a score for the comparison's first candidate: 1 a win, 0 a loss, 0.5 a tie."""
-    return 0.5 if winner_id is None else 1.0 if winner_id == candidate_1_id else 0.0
-
-
-def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
-    """The stopping rule per candidate pair, from the same item-level head to head as the results page
-    (``statistics.compare_pair`` on this evaluation's judgments)."""
-    candidates = list(evaluation.candidates.order_by("position").values_list("pk", flat=True))
-    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
-            "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
-        scores[(c1, c2)][item_id].append(first_score(winner, c1))
-    looks = eval_items(evaluation).count()
-    stops = {}
-    for i, a in enumerate(candidates):
-        for b in candidates[i + 1:]:
-            outcome = compare_pair(scores.get((a, b), {}))
-            if evaluation.stop_when_settled and settled_early(outcome, looks):
-                reason = "settled"
-            elif evaluation.pair_cap is not None and outcome.items >= evaluation.pair_cap:
-                reason = "cap"
-            else:
-                reason = ""
-            stops[(a, b)] = PairStop(a, b, outcome, reason)
-    return stops
-
-
-def open_pairs(evaluation: Evaluation, reviewer):
-    """Comparisons that still need reviewers, whose candidate pair has not stopped (settled or capped),
-    and that this reviewer has not been given."""
-    pairs = (Comparison.objects.filter(evaluation=evaluation)
-             .annotate(n=Count("assignments"))
-             .filter(n__lt=evaluation.reviewers_per_pair)
-             .exclude(assignments__reviewer=reviewer))
-    for (c1, c2), stop in pair_stops(evaluation).items():
-        if stop.stopped:
-            pairs = pairs.exclude(candidate_1_id=c1, candidate_2_id=c2)
-    return pairs.order_by("n", "order_key")
-
-
-def remaining_for(evaluation: Evaluation, reviewer) -> int:
-    if has_seen_labels(evaluation, reviewer):
-        return 0
-    return _pending(evaluation, reviewer).count() + open_pairs(evaluation, reviewer).count()
+        pending_assignments(evaluation, user).delete()
 
 
 def _pick_pair_and_side(evaluation: Evaluation, reviewer) -> tuple[int, bool] | None:
@@ -674,7 +602,7 @@ def next_assignment(*, evaluation: Evaluation, reviewer) -> Assignment | None:
     member who has seen the evaluation's labels."""
     if evaluation.status != EvaluationStatus.READY or has_seen_labels(evaluation, reviewer):
         return None
-    pending = _pending(evaluation, reviewer).order_by("created_at", "id").first()
+    pending = pending_assignments(evaluation, reviewer).order_by("created_at", "id").first()
     if pending is not None:
         return pending
     for _ in range(5):  # another reviewer may take the last slot of a pair between our read and write
@@ -698,20 +626,6 @@ def mark_shown(assignment: Assignment) -> None:
     """The first time a reviewer's pair page is rendered: the start of the time the judgment takes."""
     if assignment.shown_at is None and assignment.completed_at is None:
         Assignment.objects.filter(pk=assignment.pk, shown_at__isnull=True).update(shown_at=timezone.now())
-
-
-@dataclass
-class Side:
-    letter: str
-    candidate: Candidate
-    output: str
-
-
-def sides(assignment: Assignment) -> list[Side]:
-    c = assignment.comparison
-    first, second = (c.candidate_2, c.candidate_1) if assignment.swapped else (c.candidate_1, c.candidate_2)
-    outputs = dict(Generation.objects.filter(item_id=c.item_id, candidate__in=[first, second]).values_list("candidate_id", "output"))
-    return [Side("A", first, outputs.get(first.pk, "")), Side("B", second, outputs.get(second.pk, ""))]
 
 
 @transaction.atomic

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import services
-
 
 @shared_task(name="evaluations.generate_outputs", acks_late=True, reject_on_worker_lost=True)
 def generate_outputs(evaluation_pk: int) -> str:
     """Generate the missing outputs of one evaluation; a second delivery finds nothing left to do."""
-    evaluation = services.run_generation(evaluation_pk)
+    from .services import run_generation
+
+    evaluation = run_generation(evaluation_pk)
     return evaluation.status if evaluation is not None else "skipped"

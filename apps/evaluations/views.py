@@ -15,6 +15,7 @@ from .forms import (
     CriterionFormSet,
     EvaluationForm,
     JudgeSettingsForm,
+    JudgmentForm,
     RubricForm,
     anchors_text,
     attach_checks,
@@ -163,7 +164,7 @@ def evaluation_detail(request, project, pk):
         if sight.labels:
             context["stopping"] = selectors.stopping(evaluation)
     if request.access.allows("review"):
-        context["my_remaining"] = services.remaining_for(evaluation, request.user)
+        context["my_remaining"] = selectors.remaining_for(evaluation, request.user)
     template = "evaluations/evaluation_detail.html#status" if request.htmx else "evaluations/evaluation_detail.html"
     return render(request, template, context)
 
@@ -317,20 +318,13 @@ def review_item(request, project, token):
     if request.method == "GET":
         services.mark_shown(assignment)
     if request.method == "POST":
-        scores = {}
-        for criterion in criteria:
-            for letter in ("A", "B"):
-                raw = request.POST.get(f"score_{letter}_{criterion.pk}", "").strip()
-                if raw == "":
-                    continue
-                try:
-                    scores[(letter, criterion.pk)] = int(raw)
-                except ValueError:
-                    errors.append(f"{criterion.name} (side {letter}): {raw!r} is not a number on the scale.")
-        if not errors:
+        form = JudgmentForm(request.POST, criteria=criteria)
+        if not form.is_valid():
+            errors = form.messages()
+        else:
             try:
-                services.submit_judgment(assignment=assignment, reviewer=request.user, winner=request.POST.get("winner", ""),
-                                         scores=scores, comment=request.POST.get("comment", ""))
+                services.submit_judgment(assignment=assignment, reviewer=request.user, winner=form.cleaned_data["winner"],
+                                         scores=form.cleaned_data["scores"], comment=form.cleaned_data["comment"])
             except services.EvaluationError as exc:
                 errors.append(str(exc))
             else:
@@ -340,8 +334,8 @@ def review_item(request, project, token):
     context = {
         "assignment": assignment, "item_input": item.input_messages, "ideal": item.ideal_output,
         "criteria": criteria if evaluation.rubric.review_mode == ReviewMode.SCORES else [],
-        "sides": services.sides(assignment), "errors": errors, "done": done,
-        "remaining": services.remaining_for(evaluation, request.user),
+        "sides": selectors.sides(assignment), "errors": errors, "done": done,
+        "remaining": selectors.remaining_for(evaluation, request.user),
         "next_url": reverse("review_next", kwargs={"slug": project.slug, "pk": evaluation.pk}),
     }
     return render(request, "evaluations/review_item.html", context, status=400 if errors else 200)

@@ -7,6 +7,6 @@ def reaper_alarm(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not user.is_staff:
         return {}
-    from .services import reaper_overdue
+    from .selectors import reaper_overdue
 
     return {"reaper_alarm": SimpleLazyObject(reaper_overdue)}

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from ftstudio.celery import send_after_commit
 from worker.export import (
     FORMATS,
     QUANTS,
@@ -29,6 +30,7 @@ from worker.export import (
 )
 
 from .models import ExportStatus, Run, RunExport, RunStatus, SourceKind
+from .tasks import export_run
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,6 @@ def export_run_to(*, run: Run, fmt: str, out: str | Path, quant: str = "") -> Ex
 # --- from the run page: a RunExport row and a task ------------------------------------------------------
 def request_export(*, run: Run, fmt: str, quant: str = "", user=None) -> RunExport:
     """Queue an export (or return the same one already queued, running or ready: clicking twice is harmless)."""
-    from .tasks import export_run
-
     quant = _check_request(run, fmt, quant)
     with transaction.atomic():
         same = RunExport.objects.select_for_update().filter(
@@ -80,7 +80,7 @@ def request_export(*, run: Run, fmt: str, quant: str = "", user=None) -> RunExpo
             return same
         job = RunExport.objects.create(run=run, format=fmt, quant=quant,
                                        created_by=user if getattr(user, "pk", None) else None)
-        transaction.on_commit(lambda: export_run.delay(job.pk))
+        send_after_commit(export_run, job.pk)
     return job
 
 

@@ -80,6 +80,14 @@ def owner_gone(owner_id: str, heartbeat_at: datetime | None, now: datetime | Non
     return True
 
 
+class LeaseHolder:
+    """Mixin of the rows a lease holds (``worker_id``, ``heartbeat_at``): runs and evaluations share one rule."""
+
+    def owner_gone(self, now: datetime | None = None) -> bool:
+        """No live worker holds this row (stale heartbeat and no owner process alive on this host)."""
+        return owner_gone(self.worker_id, self.heartbeat_at, now)
+
+
 class Lease:
     """Holds a claimed row: renews its heartbeat from a thread; ``lost`` is set when the row names another owner.
 

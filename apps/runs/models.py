@@ -6,12 +6,19 @@ redelivered) task may start or resume it.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
+from django.db.models import F
 from django.urls import reverse
+from django.utils import timezone
 
-from apps.accounts.models import Project, TimeStamped
+from apps.accounts.models import Project
 from apps.datasets.models import DatasetVersion
+from ftstudio.models import TimeStamped
+
+from .leases import LeaseHolder
 
 
 class SourceKind(models.TextChoices):
@@ -56,7 +63,7 @@ class RunStatus(models.TextChoices):
     PAUSED = "paused", "Paused"
 
 
-class Run(TimeStamped):
+class Run(LeaseHolder, TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
     name = models.CharField(max_length=120, blank=True)
     dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="runs")
@@ -106,12 +113,6 @@ class Run(TimeStamped):
     def is_finished(self) -> bool:
         return self.status in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
 
-    def owner_gone(self, now=None) -> bool:
-        """No live worker holds this run (stale heartbeat and no owner process alive on this host)."""
-        from .leases import owner_gone
-
-        return owner_gone(self.worker_id, self.heartbeat_at, now)
-
     @property
     def resumable(self) -> bool:
         """Failed, paused, or stranded (queued or running) with no live worker: may be resumed from its last
@@ -119,14 +120,45 @@ class Run(TimeStamped):
         if self.status in {RunStatus.FAILED, RunStatus.PAUSED}:
             return True
         if self.status == RunStatus.QUEUED:  # stranded: its message is older than the re-send bound
-            from datetime import timedelta
-
-            from django.utils import timezone
-
             sent = self.enqueued_at or self.created_at
             bound = timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
             return not self.cancel_requested and sent is not None and timezone.now() - sent > bound
         return self.status == RunStatus.RUNNING and self.owner_gone()
+
+    # --- state transitions (queued -> running -> succeeded | failed | cancelled) -------------------------
+    # ``rows``: the lease's owner-filtered queryset inside a task (``Lease.rows()``): a worker whose run was
+    # taken over writes nothing. Without it the write goes to this row (a claim under select_for_update, a
+    # page's cancel or resume). Each returns whether the row was written.
+    def mark_running(self, *, owner: str, now=None) -> bool:
+        """Claimed by ``owner``: one more attempt, loading first."""
+        now = now or timezone.now()
+        return self.write(status=RunStatus.RUNNING, attempts=self.attempts + 1, heartbeat_at=now, worker_id=owner,
+                          phase="loading", started_at=self.started_at or now)
+
+    def mark_succeeded(self, *, rows=None, **results) -> bool:
+        """Trained to the end: ``results`` are the final step, losses, adapter path, log tail."""
+        now = timezone.now()
+        return self.write(rows, status=RunStatus.SUCCEEDED, finished_at=now, heartbeat_at=now, phase="", **results)
+
+    def mark_failed(self, error: str, *, rows=None, **extra) -> bool:
+        return self.write(rows, status=RunStatus.FAILED, finished_at=timezone.now(), error=error[:2000], **extra)
+
+    def mark_cancelled(self, *, rows=None, **extra) -> bool:
+        return self.write(rows, status=RunStatus.CANCELLED, finished_at=timezone.now(), **extra)
+
+    def mark_queued(self, *, rows=None, **extra) -> bool:
+        """Waiting for a worker again (resumed by a PM, or handed back by a worker shutting down); a message is
+        sent by the caller."""
+        return self.write(rows, status=RunStatus.QUEUED, worker_id="", phase="", enqueued_at=timezone.now(), **extra)
+
+    def mark_paused(self, *, rows, log_tail: str) -> bool:
+        """Stopped at a checkpoint because a PM paused it: waits for ``resume_paused_run``; the attempt is not counted."""
+        return self.write(rows, status=RunStatus.PAUSED, worker_id="", phase="", heartbeat_at=None,
+                          attempts=F("attempts") - 1, log_tail=log_tail)
+
+    def mark_handed_back(self, *, rows, log_tail: str) -> bool:
+        """A worker shutting down stopped at a checkpoint: queued again, and this attempt is not counted."""
+        return self.mark_queued(rows=rows, heartbeat_at=None, attempts=F("attempts") - 1, log_tail=log_tail)
 
 
 class RunMetric(models.Model):

@@ -20,16 +20,19 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Avg, F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion
+from ftstudio.celery import send_after_commit
 from worker.models import ModelSpec, describe_model, shipped_gguf_path
-from worker.train import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
+from worker.train_config import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
 from . import leases
 from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
 from .presentation import label
+from .selectors import measured_throughput
+from .tasks import train_run
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +160,6 @@ def resolve_hyperparameters(preset: str, overrides: dict | None) -> dict:
     return hp
 
 
-def measured_throughput(base_model: BaseModel) -> float | None:
-    """Mean tokens/s of this model's finished runs on this deployment (refines the estimate)."""
-    value = Run.objects.filter(base_model=base_model, status=RunStatus.SUCCEEDED,
-                               tokens_per_second__isnull=False).aggregate(v=Avg("tokens_per_second"))["v"]
-    return float(value) if value else None
-
-
 def _train_tokens(version: DatasetVersion, max_seq_length: int) -> tuple[int, int]:
     """(examples, tokens) of the train split, from the version's token stats or a length estimate."""
     stats = (version.token_stats or {}).get("train") or {}
@@ -232,8 +228,6 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
 def launch_run(*, project, dataset_version, base_model, preset: str = "quick", overrides: dict | None = None,
                user=None, name: str = "") -> Run:
     """Validate and queue a run (task `runs.train_run` on queue gpu, after the transaction commits)."""
-    from .tasks import train_run
-
     version, model, hp, estimate = prepare_launch(project=project, dataset_version=dataset_version,
                                                   base_model=base_model, preset=preset, overrides=overrides)
     with transaction.atomic():
@@ -241,7 +235,7 @@ def launch_run(*, project, dataset_version, base_model, preset: str = "quick", o
                                  hyperparameters=hp, seed=hp["seed"], estimate=estimate, name=name,
                                  total_steps=estimate["steps"], created_by=user if getattr(user, "pk", None) else None,
                                  enqueued_at=timezone.now())
-        transaction.on_commit(lambda: train_run.delay(run.pk))
+        send_after_commit(train_run, run.pk)
     return run
 
 
@@ -251,21 +245,17 @@ def cancel_run(*, run: Run) -> Run:
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.is_finished:
             return run
-        run.cancel_requested = True
-        fields = ["cancel_requested", "updated_at"]
         if run.status in {RunStatus.QUEUED, RunStatus.PAUSED}:
-            run.status, run.finished_at = RunStatus.CANCELLED, timezone.now()
-            fields += ["status", "finished_at"]
-            announce(run.pk)
-        run.save(update_fields=fields)
+            if run.mark_cancelled(cancel_requested=True):
+                announce(run.pk)
+        else:
+            run.write(cancel_requested=True)
     return run
 
 
 def resume_run(*, run: Run, user=None) -> Run:
     """Resume a failed, paused or stranded run (queued with a lost message, or running with no live worker) from its
     last checkpoint: it is queued again with a fresh attempt budget. Raises RunError saying why not."""
-    from .tasks import train_run
-
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if not run.resumable:
@@ -280,13 +270,9 @@ def resume_run(*, run: Run, user=None) -> Run:
         who = f" by {user}" if getattr(user, "pk", None) else ""
         line = (f"resume requested{who} on {timezone.now():%Y-%m-%d %H:%M:%S} UTC after {run.attempts} "
                 f"attempt(s): from {checkpoint}")
-        run.log_tail = "\n".join([*run.log_tail.splitlines()[-199:], line])
-        run.status, run.attempts, run.worker_id, run.phase = RunStatus.QUEUED, 0, "", ""
-        run.error, run.finished_at, run.cancel_requested, run.enqueued_at = "", None, False, timezone.now()
-        run.pause_requested = False
-        run.save(update_fields=["status", "attempts", "worker_id", "phase", "error", "finished_at", "cancel_requested",
-                                "pause_requested", "enqueued_at", "log_tail", "updated_at"])
-        transaction.on_commit(lambda: train_run.delay(run.pk))
+        run.mark_queued(attempts=0, error="", finished_at=None, cancel_requested=False, pause_requested=False,
+                        log_tail="\n".join([*run.log_tail.splitlines()[-199:], line]))
+        send_after_commit(train_run, run.pk)
     return run
 
 
@@ -297,33 +283,26 @@ def pause_run(*, run: Run) -> Run:
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.status not in {RunStatus.QUEUED, RunStatus.RUNNING} or run.cancel_requested:
             raise RunError(f"{run} is {run.get_status_display().lower()}: only a queued or running run can be paused.")
-        run.pause_requested = True
-        fields = ["pause_requested", "updated_at"]
         if run.status == RunStatus.QUEUED:
-            run.status = RunStatus.PAUSED
-            fields.append("status")
-        run.save(update_fields=fields)
+            run.write(pause_requested=True, status=RunStatus.PAUSED)
+        else:
+            run.write(pause_requested=True)
     return run
 
 
 def resume_paused_run(*, run: Run) -> Run:
     """Queue a paused run again (it goes on from its last checkpoint); a pause not yet reached is withdrawn.
     Raises RunError when the run is neither paused nor pausing."""
-    from .tasks import train_run
-
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.status == RunStatus.RUNNING and run.pause_requested:
-            run.pause_requested = False
-            run.save(update_fields=["pause_requested", "updated_at"])
+            run.write(pause_requested=False)
             return run
         if run.status != RunStatus.PAUSED:
             raise RunError(f"{run} is {run.get_status_display().lower()}, not paused: only a paused run can be resumed.")
-        run.status, run.pause_requested, run.enqueued_at = RunStatus.QUEUED, False, timezone.now()
-        run.log_tail = "\n".join([*run.log_tail.splitlines()[-199:],
-                                  f"resumed on {timezone.now():%Y-%m-%d %H:%M:%S} UTC"])
-        run.save(update_fields=["status", "pause_requested", "enqueued_at", "log_tail", "updated_at"])
-        transaction.on_commit(lambda: train_run.delay(run.pk))
+        run.mark_queued(pause_requested=False, log_tail="\n".join([*run.log_tail.splitlines()[-199:],
+                                                                    f"resumed on {timezone.now():%Y-%m-%d %H:%M:%S} UTC"]))
+        send_after_commit(train_run, run.pk)
     return run
 
 
@@ -343,25 +322,19 @@ def claim_run(run_pk: int, owner: str = "") -> Run | None:
             log.info("Run %s is held by live worker %s: duplicate delivery ignored", run_pk, run.worker_id)
             return None
         if run.cancel_requested:
-            run.status, run.finished_at = RunStatus.CANCELLED, now
-            run.save(update_fields=["status", "finished_at", "updated_at"])
-            announce(run.pk)
+            if run.mark_cancelled():
+                announce(run.pk)
             return None
         if run.status == RunStatus.PAUSED:  # a delivery sent before the pause: the run waits for resume_paused_run
             return None
         if run.attempts >= MAX_ATTEMPTS:
-            run.status, run.finished_at = RunStatus.FAILED, now
-            run.error = (f"The worker stopped {run.attempts} times (attempt limit {MAX_ATTEMPTS}); "
-                         f"last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Resume it from its last "
-                         "checkpoint once the cause is fixed." if run.heartbeat_at else
-                         f"The run did not finish in {MAX_ATTEMPTS} attempts.")
-            run.save(update_fields=["status", "finished_at", "error", "updated_at"])
-            announce(run.pk)
+            if run.mark_failed(f"The worker stopped {run.attempts} times (attempt limit {MAX_ATTEMPTS}); "
+                               f"last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Resume it from its last "
+                               "checkpoint once the cause is fixed." if run.heartbeat_at else
+                               f"The run did not finish in {MAX_ATTEMPTS} attempts."):
+                announce(run.pk)
             return None
-        run.attempts += 1
-        run.status, run.heartbeat_at, run.worker_id, run.phase = RunStatus.RUNNING, now, owner, "loading"
-        run.started_at = run.started_at or now
-        run.save(update_fields=["attempts", "status", "heartbeat_at", "worker_id", "phase", "started_at", "updated_at"])
+        run.mark_running(owner=owner, now=now)
         return run
 
 
@@ -376,101 +349,125 @@ def execute_run(run_pk: int) -> str:
         return _train_claimed(run, lease)
 
 
-def _train_claimed(run: Run, lease: leases.Lease) -> str:
-    from worker.models import resolve_model_dir
-    from worker.train import Hooks, Stopped, checkpoint_step, last_checkpoint, stop_point, train
+class RunReporter:
+    """What training tells the run's row, written through the lease's owner-filtered rows: a worker whose run was
+    taken over writes nothing (and marks its lease lost)."""
 
-    lines: deque[str] = deque(run.log_tail.splitlines()[-100:], maxlen=200)
-    lines.append(f"attempt {run.attempts} started on {timezone.now():%Y-%m-%d %H:%M:%S} UTC")
-    runs = lease.rows()  # every write below matches nothing once another worker owns the run
+    def __init__(self, run: Run, lease: leases.Lease) -> None:
+        self.run, self.lease, self.rows = run, lease, lease.rows()
+        self.lines: deque[str] = deque(run.log_tail.splitlines()[-100:], maxlen=200)
 
-    def on_log(line: str) -> None:
-        lines.append(line)
+    @property
+    def log_tail(self) -> str:
+        return "\n".join(self.lines)
 
-    def on_progress(p) -> None:
-        values = {"heartbeat_at": timezone.now(), "step": p.step, "total_steps": p.total_steps,
-                  "log_tail": "\n".join(lines)}
+    def on_log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def on_progress(self, p) -> None:
+        values = {"heartbeat_at": timezone.now(), "step": p.step, "total_steps": p.total_steps, "log_tail": self.log_tail}
         if p.tokens_per_second:
             values["tokens_per_second"] = p.tokens_per_second
-        if not runs.update(**values):
-            lease.lost.set()
+        if not self.rows.update(**values):
+            self.lease.lost.set()
 
-    def on_metric(m) -> None:
-        if lease.lost.is_set():
+    def on_metric(self, m) -> None:
+        if self.lease.lost.is_set():
             return
         if m.val_loss is not None and m.train_loss is None:  # a validation pass repeated after a resume
-            RunMetric.objects.filter(run_id=run.pk, step=m.step, train_loss__isnull=True).delete()
-        RunMetric.objects.create(run_id=run.pk, step=m.step, epoch=m.epoch, train_loss=m.train_loss,
+            RunMetric.objects.filter(run_id=self.run.pk, step=m.step, train_loss__isnull=True).delete()
+        RunMetric.objects.create(run_id=self.run.pk, step=m.step, epoch=m.epoch, train_loss=m.train_loss,
                                  val_loss=m.val_loss, learning_rate=m.learning_rate, tokens_per_second=m.tokens_per_second)
 
-    def on_checkpoint(path: str) -> None:
-        runs.update(checkpoint_path=path, heartbeat_at=timezone.now())
+    def on_checkpoint(self, path: str) -> None:
+        self.rows.update(checkpoint_path=path, heartbeat_at=timezone.now())
 
-    def on_phase(phase: str) -> None:
-        runs.update(phase=phase)
+    def on_phase(self, phase: str) -> None:
+        self.rows.update(phase=phase)
 
-    def should_cancel() -> bool:
-        row = Run.objects.filter(pk=run.pk).values_list("worker_id", "cancel_requested", "pause_requested").first()
-        if row is None or row[0] != lease.owner_id:
-            lease.lost.set()
-        pause["asked"] = bool(row and row[2])
-        return lease.lost.is_set() or bool(row and row[1])
+    pause_asked = False  # read with the cancel flag (asked first at every check)
 
-    pause = {"asked": False}  # read with the cancel flag (asked first at every check)
+    def should_cancel(self) -> bool:
+        row = Run.objects.filter(pk=self.run.pk).values_list("worker_id", "cancel_requested", "pause_requested").first()
+        if row is None or row[0] != self.lease.owner_id:
+            self.lease.lost.set()
+        self.pause_asked = bool(row and row[2])
+        return self.lease.lost.is_set() or bool(row and row[1])
 
-    def should_pause() -> bool:
-        return leases.shutdown_requested.is_set() or pause["asked"]
+    def should_pause(self) -> bool:
+        """The worker is shutting down (warm) or a PM paused the run."""
+        return leases.shutdown_requested.is_set() or self.pause_asked
 
-    hooks = Hooks(on_progress=on_progress, on_metric=on_metric, should_cancel=should_cancel, on_log=on_log,
-                  on_checkpoint=on_checkpoint, on_phase=on_phase, should_pause=should_pause)
+    def hooks(self):
+        from worker.train_config import Hooks
+
+        return Hooks(on_progress=self.on_progress, on_metric=self.on_metric, should_cancel=self.should_cancel,
+                     on_log=self.on_log, on_checkpoint=self.on_checkpoint, on_phase=self.on_phase,
+                     should_pause=self.should_pause)
+
+
+def _train(run: Run, reporter: RunReporter, hooks):
+    """Resolve the base model (cancel is seen between its stages), then train or resume from the last checkpoint."""
+    from worker.models import resolve_model_dir
+    from worker.train import checkpoint_step, last_checkpoint, train
+    from worker.train_config import stop_point
+
     output_dir = run_dir(run)
-    hp = run.hyperparameters
+    stop_point(hooks)
+    config = TrainConfig(model_dir=resolve_model_dir(model_spec_for(run.base_model)), output_dir=str(output_dir),
+                         **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()})
+    train_data = run.dataset_version.conversations("train")
+    val_data = run.dataset_version.conversations("val")
+    # Metrics past the last checkpoint are logged again after a resume: drop them.
+    resume = last_checkpoint(str(output_dir))
+    resume_step = checkpoint_step(resume) if resume else 0
+    if not reporter.lease.lost.is_set():
+        RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
+    return train(config, train_data, val_data, hooks)
+
+
+def _train_claimed(run: Run, lease: leases.Lease) -> str:
+    from worker.train_config import Stopped
+
+    reporter = RunReporter(run, lease)
+    reporter.on_log(f"attempt {run.attempts} started on {timezone.now():%Y-%m-%d %H:%M:%S} UTC")
     try:
-        stop_point(hooks)
-        config = TrainConfig(model_dir=resolve_model_dir(model_spec_for(run.base_model)), output_dir=str(output_dir),
-                             **{k: (tuple(v) if k == "target_modules" else v) for k, v in hp.items()})
-        train_data = run.dataset_version.conversations("train")
-        val_data = run.dataset_version.conversations("val")
-        # Metrics past the last checkpoint are logged again after a resume: drop them.
-        resume = last_checkpoint(str(output_dir))
-        resume_step = checkpoint_step(resume) if resume else 0
-        if not lease.lost.is_set():
-            RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
-        result = train(config, train_data, val_data, hooks)
+        result = _train(run, reporter, reporter.hooks())
     except Stopped as exc:  # asked before training started (while the base model was being resolved)
-        result = None
-        reason = exc.reason
+        result, reason = None, exc.reason
     except Exception as exc:  # recorded on the run; the user sees the reason and the log tail
         if lease.lost.is_set():
             log.warning("Run %s: failed after another worker took it over (%s); nothing recorded", run.pk, exc)
             return "lost"
         log.exception("Run %s failed", run.pk)
-        lines.extend(traceback.format_exc().splitlines()[-15:])
-        if runs.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=failure_message(exc)[:2000],
-                       log_tail="\n".join(lines), phase=""):
+        reporter.lines.extend(traceback.format_exc().splitlines()[-15:])
+        if run.mark_failed(failure_message(exc), rows=reporter.rows, log_tail=reporter.log_tail, phase=""):
             announce(run.pk)
         return RunStatus.FAILED
     else:
         reason = result.status
-    now = timezone.now()
-    if lease.lost.is_set():
+    return _record_outcome(run, reporter, reason, result)
+
+
+def _record_outcome(run: Run, reporter: RunReporter, reason: str, result) -> str:
+    """Write how training ended (unless another worker owns the run now): handed back, cancelled or succeeded."""
+    if reporter.lease.lost.is_set():
         log.warning("Run %s was taken over by another worker: this one stopped without writing", run.pk)
         return "lost"
     if reason == "paused":
-        return _release(run, runs, lines)
+        return _release(run, reporter)
     if reason == "cancelled":
-        shutil.rmtree(output_dir / "adapter", ignore_errors=True)
-        if runs.update(status=RunStatus.CANCELLED, finished_at=now, step=result.global_step if result else run.step,
-                       log_tail="\n".join(lines), adapter_path="", phase=""):
+        shutil.rmtree(run_dir(run) / "adapter", ignore_errors=True)
+        if run.mark_cancelled(rows=reporter.rows, step=result.global_step if result else run.step,
+                              log_tail=reporter.log_tail, adapter_path="", phase=""):
             announce(run.pk)
         return RunStatus.CANCELLED
-    values = {"status": RunStatus.SUCCEEDED, "finished_at": now, "step": result.global_step, "phase": "",
-              "total_steps": result.total_steps, "adapter_path": result.adapter_dir, "heartbeat_at": now,
-              "final_train_loss": result.final_train_loss, "final_val_loss": result.final_val_loss,
-              "log_tail": "\n".join(lines)}
+    results = {"step": result.global_step, "total_steps": result.total_steps, "adapter_path": result.adapter_dir,
+               "final_train_loss": result.final_train_loss, "final_val_loss": result.final_val_loss,
+               "log_tail": reporter.log_tail}
     if result.tokens_per_second:
-        values["tokens_per_second"] = result.tokens_per_second
-    if runs.update(**values):
+        results["tokens_per_second"] = result.tokens_per_second
+    if run.mark_succeeded(rows=reporter.rows, **results):
         announce(run.pk)
     return RunStatus.SUCCEEDED
 
@@ -482,22 +479,16 @@ def announce(run_pk: int) -> None:
     transaction.on_commit(lambda: announce_run(run_pk))
 
 
-def _release(run: Run, runs, lines) -> str:
+def _release(run: Run, reporter: RunReporter) -> str:
     """The worker is shutting down (warm), or the run was paused: hand the run back at its checkpoint without
     spending an attempt, and send it again (shutdown) or leave it paused until ``resume_paused_run``."""
-    from .tasks import train_run
-
     if Run.objects.filter(pk=run.pk, pause_requested=True).exists():
-        lines.append(f"paused on {timezone.now():%Y-%m-%d %H:%M:%S} UTC at a checkpoint (this attempt is not counted)")
-        if runs.update(status=RunStatus.PAUSED, worker_id="", phase="", heartbeat_at=None, attempts=F("attempts") - 1,
-                       log_tail="\n".join(lines)):
-            return RunStatus.PAUSED
-        return "lost"
-    lines.append(f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC "
-                 "(this attempt is not counted)")
-    if runs.update(status=RunStatus.QUEUED, worker_id="", phase="", heartbeat_at=None, attempts=F("attempts") - 1,
-                   enqueued_at=timezone.now(), log_tail="\n".join(lines)):
-        train_run.delay(run.pk)
+        reporter.on_log(f"paused on {timezone.now():%Y-%m-%d %H:%M:%S} UTC at a checkpoint (this attempt is not counted)")
+        return RunStatus.PAUSED if run.mark_paused(rows=reporter.rows, log_tail=reporter.log_tail) else "lost"
+    reporter.on_log(f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC "
+                    "(this attempt is not counted)")
+    if run.mark_handed_back(rows=reporter.rows, log_tail=reporter.log_tail):
+        send_after_commit(train_run, run.pk)
     return "released"
 
 
@@ -525,10 +516,8 @@ def reap() -> dict[str, list[int]]:
 
 
 def send_run(run: Run) -> None:
-    from .tasks import train_run
-
     Run.objects.filter(pk=run.pk).update(enqueued_at=timezone.now())
-    train_run.delay(run.pk)
+    send_after_commit(train_run, run.pk)
 
 
 def reap_stale_runs(now=None) -> list[int]:
@@ -562,26 +551,3 @@ def resend_queued_runs(now=None) -> list[int]:
         send_run(run)
         resent.append(run.pk)
     return resent
-
-
-def reaper_overdue(now=None) -> str:
-    """For staff: why the reaper looks stopped ("" when it ran recently)."""
-    beat = ReaperBeat.objects.filter(name="reaper").values_list("beat_at", flat=True).first()
-    now = now or timezone.now()
-    limit = settings.FTSTUDIO_REAPER_ALARM_SECONDS
-    if beat is None:
-        return ("No reaper has ever run: runs and evaluations whose worker dies will not resume by themselves. "
-                "Start the worker that runs the schedule (`celery -A ftstudio worker -B`, `worker-cpu` in compose).")
-    if (now - beat).total_seconds() > limit:
-        return (f"No reaper has run since {beat:%Y-%m-%d %H:%M} UTC (over {limit // 60} min): is the worker with "
-                "`-B` (`worker-cpu` in compose) running? Stranded runs and evaluations are not being resumed.")
-    return ""
-
-
-# --- reading ----------------------------------------------------------------------------------------
-def eta_seconds(run: Run) -> int | None:
-    """Seconds left, from the pace so far (None until a step has finished)."""
-    if run.status != RunStatus.RUNNING or not run.step or not run.total_steps or not run.started_at or not run.heartbeat_at:
-        return None
-    per_step = (run.heartbeat_at - run.started_at).total_seconds() / run.step
-    return max(0, int(per_step * (run.total_steps - run.step)))

@@ -1,28 +1,32 @@
 """Celery tasks of runs. `runs.train_run` is routed to queue `gpu` (ftstudio/celery.py); `runs.reap` (queue
-`default`) is scheduled every FTSTUDIO_REAPER_INTERVAL seconds by the one worker started with `-B`."""
+`default`) is scheduled every FTSTUDIO_REAPER_INTERVAL seconds by the one worker started with `-B`.
+
+Tasks import their service inside the function (services import this module to enqueue)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from . import services
-
 
 @shared_task(name="runs.train_run", acks_late=True, reject_on_worker_lost=True)
 def train_run(run_pk: int) -> str:
     """Train (or resume) one run; a duplicate delivery finds it held by a live worker or finished and does nothing."""
-    return services.execute_run(run_pk)
+    from .services import execute_run
+
+    return execute_run(run_pk)
 
 
 @shared_task(name="runs.reap")
 def reap() -> dict[str, list[int]]:
     """Re-send runs and evaluations whose worker is gone, and queued ones whose message was lost."""
-    return services.reap()
+    from .services import reap as reap_now
+
+    return reap_now()
 
 
 @shared_task(name="runs.export_run", queue="default", acks_late=True, reject_on_worker_lost=True)
 def export_run(export_pk: int) -> str:
     """Write one export of a run (adapter, merged model or GGUF) under MEDIA_ROOT; queue `default`."""
-    from . import exports
+    from .exports import execute_export
 
-    return exports.execute_export(export_pk)
+    return execute_export(export_pk)

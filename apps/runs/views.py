@@ -12,30 +12,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from apps.accounts.permissions import judging_blind, project_view
 from worker.export import ExportError, adapter_files
 
-from . import exports, presentation, services
+from . import exports, presentation, selectors, services
 from .forms import LaunchForm
 from .models import ExportStatus, Run, RunExport
-
-CHART_W, CHART_H = 600, 200
-
-
-def loss_chart(metrics) -> dict:
-    """SVG polylines of train and val loss over steps (server-rendered; htmx swaps it as the run goes)."""
-    points = [(m.step, m.train_loss, m.val_loss) for m in metrics]
-    values = [v for _, t, val in points for v in (t, val) if v is not None]
-    if not values:
-        return {"empty": True, "width": CHART_W, "height": CHART_H}
-    max_step = max(s for s, _, _ in points) or 1
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-
-    def xy(step, value):
-        return f"{step / max_step * (CHART_W - 20) + 10:.1f},{CHART_H - 10 - (value - low) / span * (CHART_H - 20):.1f}"
-
-    return {"empty": False, "width": CHART_W, "height": CHART_H, "low": low, "high": high, "max_step": max_step,
-            "train": " ".join(xy(s, t) for s, t, _ in points if t is not None),
-            "val": " ".join(xy(s, v) for s, _, v in points if v is not None),
-            "val_points": [xy(s, v).split(",") for s, _, v in points if v is not None]}
 
 
 def _run(project, pk) -> Run:
@@ -45,8 +24,7 @@ def _run(project, pk) -> Run:
 
 @project_view("view")
 def run_list(request, project):
-    runs = Run.objects.filter(project=project).select_related("base_model", "dataset_version")
-    return render(request, "runs/run_list.html", {"runs": runs})
+    return render(request, "runs/run_list.html", {"runs": selectors.project_runs(project)})
 
 
 def _estimate_context(project, form) -> dict:
@@ -89,19 +67,10 @@ def run_estimate(request, project):
     return render(request, "runs/run_form.html#estimate", _estimate_context(project, form))
 
 
-def _detail_context(run: Run) -> dict:
-    metrics = list(run.metrics.all())
-    percent = int(100 * run.step / run.total_steps) if run.total_steps else 0
-    return {"run": run, "metrics": metrics, "chart": loss_chart(metrics), "percent": min(percent, 100),
-            "eta": services.eta_seconds(run), "hyperparameters": presentation.describe(run.hyperparameters),
-            "estimate_words": presentation.estimate_words(run.estimate),
-            "took": (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None}
-
-
 @project_view("view")
 def run_detail(request, project, pk):
     run = _run(project, pk)
-    context = _detail_context(run)
+    context = selectors.run_progress(run)
     context["blind"] = judging_blind(project, request.user, request.access)
     if request.htmx:
         return render(request, "runs/run_detail.html#live", context)
@@ -194,7 +163,7 @@ def run_export_download(request, project, pk, export_pk):
 
 @project_view("view")
 def run_compare(request, project):
-    runs = Run.objects.filter(project=project).select_related("base_model", "dataset_version")
+    runs = selectors.project_runs(project)
     chosen = []
     for key in ("a", "b"):
         value = request.GET.get(key, "")
@@ -202,7 +171,7 @@ def run_compare(request, project):
             run = runs.filter(pk=int(value)).first()
             if run is not None:
                 chosen.append(run)
-    columns = [_detail_context(run) for run in chosen]
+    columns = [selectors.run_progress(run) for run in chosen]
     rows = presentation.compare_rows([run.hyperparameters for run in chosen])
     return render(request, "runs/run_compare.html", {"runs": runs, "columns": columns, "rows": rows,
                                                      "a": request.GET.get("a", ""), "b": request.GET.get("b", "")})

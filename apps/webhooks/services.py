@@ -30,7 +30,10 @@ from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from ftstudio.celery import send_after_commit
+
 from .models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
+from .tasks import deliver as deliver_task
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,6 @@ def delete_endpoint(*, project, endpoint_id: int) -> WebhookEndpoint:
 def emit(*, project_id: int, event_type: str, event_key: str, data: dict) -> list[WebhookDelivery]:
     """One delivery per endpoint of the project that asked for this event (once per ``event_key``); each is sent
     when the transaction commits."""
-    from .tasks import deliver
-
     made = []
     for endpoint in WebhookEndpoint.objects.filter(project_id=project_id):
         if event_type not in endpoint.events:
@@ -109,7 +110,7 @@ def emit(*, project_id: int, event_type: str, event_key: str, data: dict) -> lis
         except IntegrityError:  # this event was already sent to this endpoint
             continue
         made.append(delivery)
-        transaction.on_commit(lambda pk=delivery.pk: deliver.delay(pk))
+        send_after_commit(deliver_task, delivery.pk)
     return made
 
 
@@ -160,7 +161,7 @@ def announce_evaluation_reviewed(evaluation_pk: int, reviewer_pk: int) -> None:
         from django.contrib.auth import get_user_model
 
         from apps.evaluations.models import Evaluation
-        from apps.evaluations.services import remaining_for
+        from apps.evaluations.selectors import remaining_for
 
         evaluation = Evaluation.objects.filter(pk=evaluation_pk).first()
         if evaluation is None or not WebhookEndpoint.objects.filter(project_id=evaluation.project_id).exists():
@@ -227,8 +228,6 @@ def deliver(delivery_pk: int) -> str:
 def send_due(now=None) -> list[int]:
     """The periodic sender: every pending delivery whose next try is due (retries, and first sends whose message
     was lost)."""
-    from .tasks import deliver as deliver_task
-
     now = now or timezone.now()
     due = list(WebhookDelivery.objects.filter(Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True),
                                               status=DeliveryStatus.PENDING).values_list("pk", flat=True)[:500])
@@ -239,12 +238,10 @@ def send_due(now=None) -> list[int]:
 
 def resend(*, project, delivery_id: int) -> WebhookDelivery:
     """Send a delivery again now (same event, same webhook-id), whatever happened to it before."""
-    from .tasks import deliver as deliver_task
-
     delivery = WebhookDelivery.objects.filter(endpoint__project=project, pk=delivery_id).first()
     if delivery is None:
         raise WebhookError("No such delivery in this project.")
     WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING, next_attempt_at=None,
                                                           updated_at=timezone.now())
-    transaction.on_commit(lambda: deliver_task.delay(delivery.pk))
+    send_after_commit(deliver_task, delivery.pk)
     return delivery

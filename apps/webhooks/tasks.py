@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import services
-
 
 @shared_task(name="webhooks.deliver", queue="default", acks_late=True)
 def deliver(delivery_pk: int) -> str:
     """Send one delivery if due; a duplicate message finds it sent, or being sent, and does nothing."""
-    return services.deliver(delivery_pk)
+    from .services import deliver as send_delivery
+
+    return send_delivery(delivery_pk)
 
 
 @shared_task(name="webhooks.send_due", queue="default")
 def send_due() -> list[int]:
-    return services.send_due()
+    from .services import send_due as send_due_deliveries
+
+    return send_due_deliveries()

@@ -1,0 +1,16 @@
+"""Accounts: reads (no writes). Which projects a user sees is an access rule and lives in ``permissions.py``
+(``projects_for``); these are the settings page's lists."""
+
+from __future__ import annotations
+
+from .models import Membership, Project
+
+
+def project_members(project: Project):
+    return Membership.objects.filter(project=project).select_related("user").order_by("user__username")
+
+
+def project_api_keys(project: Project):
+    from apps.api.models import ApiKey
+
+    return ApiKey.objects.filter(project=project).select_related("user")

@@ -1,0 +1,75 @@
+"""Datasets: reads (no writes). The example list's counts and queue, the labelling view's neighbours and findings,
+the latest quality report."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.db.models import Count
+
+from .models import Example, ExampleStatus, FindingKind, QualityFinding, QualityReport, ReportStatus, Split
+
+
+def latest_report(project) -> QualityReport | None:
+    """The newest finished quality report of the project (None before the first one)."""
+    return QualityReport.objects.filter(project=project, status=ReportStatus.DONE).order_by("-id").first()
+
+
+def example_counts(project) -> tuple[dict[str, int], dict[str, int]]:
+    """(examples per status, examples per split; "" unassigned) from one GROUP BY over the (project, status,
+    split) index (an index-only scan)."""
+    status_counts = dict.fromkeys(ExampleStatus.values, 0)
+    split_counts = dict.fromkeys([*Split.values, ""], 0)
+    for status, split, n in (Example.objects.filter(project=project).values_list("status", "split")
+                             .annotate(n=Count("status")).order_by()):
+        status_counts[status] = status_counts.get(status, 0) + n
+        split_counts[split] = split_counts.get(split, 0) + n
+    return status_counts, split_counts
+
+
+def known_count(filters: dict[str, str], status_counts: dict[str, int], split_counts: dict[str, int]) -> int | None:
+    """How many examples the queue holds when ``example_counts`` already says (no filter, or one status or split
+    filter); None when only a COUNT(*) can tell."""
+    if not filters:
+        return sum(status_counts.values())
+    if set(filters) == {"status"} and filters["status"] in status_counts:
+        return status_counts[filters["status"]]
+    if set(filters) == {"split"} and filters["split"] in Split.values:
+        return split_counts[filters["split"]]
+    return None
+
+
+def example_queue(project, filters: dict[str, str]):
+    """The examples a labelling queue walks through, in id order."""
+    qs = Example.objects.filter(project=project)
+    if filters.get("status") in ExampleStatus.values:
+        qs = qs.filter(status=filters["status"])
+    if filters.get("split") == "none":
+        qs = qs.filter(split="")
+    elif filters.get("split") in Split.values:
+        qs = qs.filter(split=filters["split"])
+    if filters.get("tag"):
+        tag = filters["tag"].lower()
+        # jsonb containment on PostgreSQL; SQLite has no JSON `contains`, so match the quoted tag in the JSON text
+        qs = qs.filter(tags__contains=[tag]) if connection.vendor == "postgresql" else qs.filter(tags__icontains=f'"{tag}"')
+    if filters.get("flag") in FindingKind.values:
+        report = latest_report(project)
+        if report is None:
+            return qs.none()
+        qs = qs.filter(quality_findings__report=report, quality_findings__kind=filters["flag"],
+                       quality_findings__dismissed=False).distinct()
+    return qs.order_by("id")
+
+
+def neighbours(queue, example: Example) -> tuple[int | None, int | None]:
+    """(previous id, next id) of the example in its queue."""
+    nxt = queue.filter(id__gt=example.id).values_list("id", flat=True).first()
+    prev = queue.filter(id__lt=example.id).order_by("-id").values_list("id", flat=True).first()
+    return prev, nxt
+
+
+def open_findings_of(project, example: Example):
+    """The latest report's findings about this example (dismissed last)."""
+    report = latest_report(project)
+    if report is None:
+        return QualityFinding.objects.none()
+    return QualityFinding.objects.filter(report=report, examples=example).order_by("dismissed", "id")

@@ -1,0 +1,74 @@
+"""Runs: reads (no writes). What the run pages, the launch estimate and the staff banner show."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import Avg
+from django.utils import timezone
+
+from . import presentation
+from .models import BaseModel, ReaperBeat, Run, RunStatus
+
+CHART_W, CHART_H = 600, 200
+
+
+def eta_seconds(run: Run) -> int | None:
+    """Seconds left, from the pace so far (None until a step has finished)."""
+    if run.status != RunStatus.RUNNING or not run.step or not run.total_steps or not run.started_at or not run.heartbeat_at:
+        return None
+    per_step = (run.heartbeat_at - run.started_at).total_seconds() / run.step
+    return max(0, int(per_step * (run.total_steps - run.step)))
+
+
+def _chart_point(step: int, value: float, max_step: int, low: float, span: float) -> str:
+    return f"{step / max_step * (CHART_W - 20) + 10:.1f},{CHART_H - 10 - (value - low) / span * (CHART_H - 20):.1f}"
+
+
+def loss_chart(metrics) -> dict:
+    """SVG polylines of train and val loss over steps (server-rendered; htmx swaps it as the run goes)."""
+    points = [(m.step, m.train_loss, m.val_loss) for m in metrics]
+    values = [v for _, t, val in points for v in (t, val) if v is not None]
+    if not values:
+        return {"empty": True, "width": CHART_W, "height": CHART_H}
+    max_step = max(s for s, _, _ in points) or 1
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    train = [_chart_point(s, t, max_step, low, span) for s, t, _ in points if t is not None]
+    val = [_chart_point(s, v, max_step, low, span) for s, _, v in points if v is not None]
+    return {"empty": False, "width": CHART_W, "height": CHART_H, "low": low, "high": high, "max_step": max_step,
+            "train": " ".join(train), "val": " ".join(val), "val_points": [p.split(",") for p in val]}
+
+
+def run_progress(run: Run) -> dict:
+    """What the run page's live part shows: metrics, the loss chart, percent done, ETA, hyperparameters."""
+    metrics = list(run.metrics.all())
+    percent = int(100 * run.step / run.total_steps) if run.total_steps else 0
+    return {"run": run, "metrics": metrics, "chart": loss_chart(metrics), "percent": min(percent, 100),
+            "eta": eta_seconds(run), "hyperparameters": presentation.describe(run.hyperparameters),
+            "estimate_words": presentation.estimate_words(run.estimate),
+            "took": (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None}
+
+
+def project_runs(project):
+    return Run.objects.filter(project=project).select_related("base_model", "dataset_version")
+
+
+def measured_throughput(base_model: BaseModel) -> float | None:
+    """Mean tokens/s of this model's finished runs on this deployment (refines the estimate)."""
+    value = Run.objects.filter(base_model=base_model, status=RunStatus.SUCCEEDED,
+                               tokens_per_second__isnull=False).aggregate(v=Avg("tokens_per_second"))["v"]
+    return float(value) if value else None
+
+
+def reaper_overdue(now=None) -> str:
+    """For staff: why the reaper looks stopped ("" when it ran recently)."""
+    beat = ReaperBeat.objects.filter(name="reaper").values_list("beat_at", flat=True).first()
+    now = now or timezone.now()
+    limit = settings.FTSTUDIO_REAPER_ALARM_SECONDS
+    if beat is None:
+        return ("No reaper has ever run: runs and evaluations whose worker dies will not resume by themselves. "
+                "Start the worker that runs the schedule (`celery -A ftstudio worker -B`, `worker-cpu` in compose).")
+    if (now - beat).total_seconds() > limit:
+        return (f"No reaper has run since {beat:%Y-%m-%d %H:%M} UTC (over {limit // 60} min): is the worker with "
+                "`-B` (`worker-cpu` in compose) running? Stranded runs and evaluations are not being resumed.")
+    return ""
