@@ -279,14 +279,16 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
                       base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
                       reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
                       pair_cap: int | None = None, stop_when_settled: bool = True, user=None,
-                      enqueue: bool = True) -> Evaluation:
+                      enqueue: bool = True, automatic_only: bool = False) -> Evaluation:
+    """``automatic_only``: scored by the automatic metrics alone (a data-scaling experiment's point), so one
+    candidate is enough and, with one, no pair goes to reviewers."""
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
     if rubric.project_id != project.pk:
         raise EvaluationError("That rubric belongs to another project.")
     if not dataset_version.items.filter(split="test").exists():
         raise EvaluationError(f"Dataset version v{dataset_version.number} has no test examples to evaluate on.")
-    if len(candidates) < 2:
+    if len(candidates) < (1 if automatic_only else 2):
         raise EvaluationError("Pick at least two candidates to compare.")
     if not 1 <= max_new_tokens <= 2048:
         raise EvaluationError("Max new tokens must be between 1 and 2048.")
