@@ -9,13 +9,12 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from apps.datasets.models import DatasetVersion
-from apps.evaluations import services as eval_services
-from apps.evaluations.models import CheckResult, EvaluationStatus, Generation, Scale
+from apps.evaluations.models import CheckResult
 from apps.experiments import selectors, services, statistics
 from apps.experiments.models import Experiment, ExperimentStatus, Point
-from apps.runs.models import BaseModel, Run, RunStatus
+from apps.runs.models import Run, RunStatus
+from tests.experiments_setup import experiment_setup, fake_scores, finish_runs
 from tests.factories import conversation, make_dataset_version
-from worker.checks import CheckSpec
 
 
 # --- the numbers --------------------------------------------------------------------------------------
@@ -45,7 +44,17 @@ def test_trend_slope_and_interval_match_a_hand_computation():
     # The intercept: mean score 0.28333 at mean log2 n 4.5.
     assert trend.intercept == pytest.approx((0.2 + 0.7 / 3 + 1 / 3 + 1.1 / 3) / 4 - 0.06 * 4.5)
     assert trend.items == 3 and not trend.helps
-    assert "unlikely to help" in statistics.trend_sentence("the pass rate", trend, 64)
+    assert statistics.trend_sentence("the pass rate", trend, 64) == (
+        "More data of this kind is not shown to help the pass rate (+6.0 points per doubling, 95 % CI -7.1 points to "
+        "+19.1 points, 3 test items): the interval includes no gain, so a larger test split or more sizes would settle it.")
+
+
+def test_a_flat_trend_reads_as_unlikely_to_help():
+    items = {i: [0.5 + 0.001 * i, 0.5 + 0.002 * i, 0.5 + 0.001 * i] for i in range(6)}
+    trend = statistics.fit_trend([10, 20, 40], items)
+    assert trend.high < statistics.SMALL_SLOPE
+    assert statistics.trend_sentence("similarity", trend, 40).startswith(
+        "More data of this kind is unlikely to help similarity (+0.0 points per doubling")
 
 
 def test_a_clear_positive_trend_reads_as_doubling_raises():
@@ -84,17 +93,7 @@ def test_paired_difference_matches_a_hand_computation():
 # --- launching ----------------------------------------------------------------------------------------
 @pytest.fixture
 def setup(team):
-    base = BaseModel.objects.create(name="tiny", display_name="Tiny", source_kind="local", source="/nowhere",
-                                    architecture="LlamaForCausalLM", context_length=512, has_chat_template=True)
-    rubric = eval_services.create_rubric(project=team.project, name="House style", criteria=[
-        eval_services.CriterionSpec("Facts", "States the facts", Scale.PASS_FAIL, {"1": "yes", "0": "no"},
-                                    checks=[CheckSpec("contains", "ships")])])
-    version = make_dataset_version(team.project, {
-        "train": [conversation(f"Question {i}", f"Hi,\nAnswer {i}.\nBye") for i in range(32)],
-        "val": [conversation("Val", "Hi,\nVal.\nBye")],
-        "test": [conversation(f"Where is #{i}?", f"Hi,\n#{i} ships today.\nBye") for i in range(4)],
-    })
-    return team, base, rubric, version
+    return experiment_setup(team)
 
 
 def launch(setup, **kwargs):
@@ -157,23 +156,6 @@ def test_the_form_shows_the_reason_and_launches_nothing(setup):
 
 
 # --- advancing ----------------------------------------------------------------------------------------
-def finish_runs(experiment, status=RunStatus.SUCCEEDED):
-    for point in Point.objects.filter(arm__experiment=experiment).select_related("run"):
-        Run.objects.filter(pk=point.run_id).update(status=status, adapter_path="/fake/adapter")
-
-
-def fake_scores(point, passing: int, similarity: float) -> None:
-    """Outputs as generation would store them: ``passing`` of the test items say 'ships', then the real checks."""
-    evaluation = point.evaluation
-    candidate = evaluation.candidates.get()
-    items = list(eval_services.eval_items(evaluation))
-    Generation.objects.bulk_create([
-        Generation(candidate=candidate, item=item, output="It ships today." if k < passing else "No idea.",
-                   similarity=similarity) for k, item in enumerate(items)])
-    type(evaluation).objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=len(items))
-    eval_services.run_checks(evaluation.pk)
-
-
 def test_the_experiment_advances_from_its_runs_outcomes(setup, django_capture_on_commit_callbacks):
     team, *_ = setup
     experiment = launch(setup)

@@ -118,7 +118,10 @@ def trend_sentence(metric: str, trend: Trend | None, largest: int) -> str:
     if trend.high < 0:
         return (f"More data of this kind lowered {metric} ({interval}): look at the data's quality before "
                 "adding more of it.")
-    return f"More data of this kind is unlikely to help {metric} ({interval})."
+    if trend.high < SMALL_SLOPE:
+        return f"More data of this kind is unlikely to help {metric} ({interval})."
+    return (f"More data of this kind is not shown to help {metric} ({interval}): the interval includes no gain, "
+            "so a larger test split or more sizes would settle it.")
 
 
 def difference_sentence(metric: str, first_label: str, second_label: str, diff: Difference | None) -> str:
