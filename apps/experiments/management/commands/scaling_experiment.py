@@ -63,7 +63,7 @@ class Command(BaseCommand):
                     break
                 if time.monotonic() - started > opts["timeout"]:
                     raise CommandError(f"Timed out after {opts['timeout']:.0f}s; the experiment goes on: {experiment.get_absolute_url()}")
-                stages = ", ".join(p.stage for p in selectors.experiment_result(experiment).arms[0].rows)
+                stages = ", ".join(r.point.stage for r in selectors.experiment_result(experiment).arms[0].rows)
                 if stages != last:
                     self.stdout.write(f"  [{time.monotonic() - started:.0f}s] {stages}")
                     last = stages
