@@ -285,3 +285,12 @@ def test_cli_bad_input_is_a_clear_error(setup):
     with pytest.raises(CommandError, match="no dataset version 99"):
         call_command("scaling_experiment", "--project", team.project.slug, "--dataset-version", "99")
     assert not Run.objects.exists()
+
+
+def test_forms_still_start_from_the_newest_real_version_not_a_subset(setup):
+    team, _, _, version = setup
+    launch(setup)
+    assert DatasetVersion.objects.filter(derived_from=version).count() == 2
+    for url in ("runs/new/", "evals/new/"):
+        page = team.client("pm").get(f"/p/{team.project.slug}/{url}").content.decode()
+        assert f'<option value="{version.pk}" selected>' in page, url
