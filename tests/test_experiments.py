@@ -19,14 +19,27 @@ from tests.factories import conversation, make_dataset_version
 
 # --- the numbers --------------------------------------------------------------------------------------
 def test_subsets_are_nested_prefixes_of_one_seeded_permutation():
-    positions = list(range(100, 180))
-    subsets = statistics.nested_subsets(positions, [0.125, 0.25, 0.5, 1.0], seed=7)
+    examples = [(100 + i, f"hash-{i}") for i in range(80)]
+    positions = [p for p, _ in examples]
+    subsets = statistics.nested_subsets(examples, [0.125, 0.25, 0.5, 1.0], seed=7)
     assert [len(subsets[f]) for f in (0.125, 0.25, 0.5, 1.0)] == [10, 20, 40, 80]
     assert set(subsets[0.125]) < set(subsets[0.25]) < set(subsets[0.5]) < set(subsets[1.0]) == set(positions)
-    assert subsets == statistics.nested_subsets(positions, [0.125, 0.25, 0.5, 1.0], seed=7)  # seeded: the same again
-    other = statistics.nested_subsets(positions, [0.125, 0.25, 0.5, 1.0], seed=8)
+    assert subsets == statistics.nested_subsets(examples, [0.125, 0.25, 0.5, 1.0], seed=7)  # seeded: the same again
+    other = statistics.nested_subsets(examples, [0.125, 0.25, 0.5, 1.0], seed=8)
     assert other[0.125] != subsets[0.125]  # another seed draws other examples
     assert subsets[0.25] != positions[:20]  # a draw, not the first rows of the split
+
+
+def test_two_versions_draw_the_examples_they_share_in_the_same_order():
+    curated = [(i, f"clean-{i}") for i in range(40)]
+    raw = [(i, f"clean-{i}") for i in range(20)] + [(20, "flawed-a"), (21, "flawed-b")] + \
+        [(i + 2, f"clean-{i}") for i in range(20, 40)]  # the same examples, two flawed ones in between
+    fractions = [0.25, 0.5, 1.0]
+    for fraction in fractions:
+        small = {h for p, h in curated if p in statistics.nested_subsets(curated, fractions, 3)[fraction]}
+        big = {dict((p, h) for p, h in raw)[p] for p in statistics.nested_subsets(raw, fractions, 3)[fraction]}
+        clean_in_raw = {h for h in big if h.startswith("clean")}
+        assert clean_in_raw <= small or small <= clean_in_raw  # one is a prefix of the other: no other draw
 
 
 def test_trend_slope_and_interval_match_a_hand_computation():

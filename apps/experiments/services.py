@@ -91,7 +91,7 @@ def launch_experiment(*, project, versions: list, fractions=DEFAULT_FRACTIONS, p
     plans = []
     for source, label in zip(sources, labels, strict=True):
         train = list(source.items.filter(split=Split.TRAIN).order_by("position").values_list("position", "content_hash"))
-        kept = [pos for pos, h in train if h not in test_hashes]  # an example in the shared test split never trains
+        kept = [(pos, h) for pos, h in train if h not in test_hashes]  # an example in the shared test split never trains
         subsets = statistics.nested_subsets(kept, fractions, seed)
         for fraction, chosen in subsets.items():
             if len(chosen) < minimum:

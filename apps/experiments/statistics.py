@@ -10,6 +10,7 @@ say how sure the test split makes us, not how much another seed would move a run
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,11 +25,19 @@ def subset_size(fraction: float, total: int) -> int:
     return max(1, math.floor(fraction * total + 0.5)) if total else 0
 
 
-def nested_subsets(positions: Sequence[int], fractions: Sequence[float], seed: int) -> dict[float, list[int]]:
-    """Each fraction's subset of ``positions``: prefixes of one seeded permutation, so each subset holds every
-    smaller one. Returned in the positions' own order (the order does not matter to training, which shuffles)."""
-    order = [positions[i] for i in np.random.default_rng(seed).permutation(len(positions))]
-    return {f: sorted(order[:subset_size(f, len(positions))]) for f in fractions}
+def nested_subsets(examples: Sequence[tuple[int, str]], fractions: Sequence[float], seed: int) -> dict[float, list[int]]:
+    """Each fraction's subset of ``examples`` ((position, content hash) pairs), as positions: prefixes of one
+    seeded permutation, so each subset holds every smaller one. The permutation orders examples by a seeded hash
+    of their content, so two versions that share examples (curated and raw) draw the shared ones in the same
+    order: at each size the arms differ by what the versions differ by, not by the luck of the draw."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for position, content in examples:
+        seen[content] = seen.get(content, 0) + 1  # a repeated example gets its own key
+        digest = hashlib.sha256(f"{seed}:{content}:{seen[content]}".encode()).hexdigest()
+        keyed.append((digest, position))
+    order = [position for _, position in sorted(keyed)]
+    return {f: sorted(order[:subset_size(f, len(order))]) for f in fractions}
 
 
 def _t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
