@@ -47,6 +47,8 @@ def _schedule_reaper(sender, **kwargs):
                              name="reap stranded runs and evaluations")
     sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("webhooks.send_due", queue="default"),
                              name="send webhook deliveries that are due (retries)")
+    sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("experiments.advance_open", queue="default"),
+                             name="advance running data experiments")
 
 
 @worker_shutting_down.connect

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "apps.demo",
     "apps.api",
     "apps.webhooks",
+    "apps.experiments",
 ]
 
 MIDDLEWARE = [
@@ -277,6 +278,9 @@ CELERY_RESULT_EXPIRES = 3600
 # embedded worker, `worker-cpu` in compose) runs every FTSTUDIO_REAPER_INTERVAL seconds; it re-sends queued
 # work whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message) and no worker holds.
 FTSTUDIO_REAPER_INTERVAL = int(os.environ.get("FTSTUDIO_REAPER_INTERVAL", "60"))
+# A data-scaling experiment refuses a subset with fewer training examples than this (a run on 3 examples
+# says nothing about the task); the same reaper interval drives `experiments.advance_open`.
+FTSTUDIO_EXPERIMENT_MIN_TRAIN = int(os.environ.get("FTSTUDIO_EXPERIMENT_MIN_TRAIN", "8"))
 FTSTUDIO_HEARTBEAT_STALE_SECONDS = int(os.environ.get("FTSTUDIO_HEARTBEAT_STALE_SECONDS", "300"))
 FTSTUDIO_HEARTBEAT_SECONDS = float(os.environ.get("FTSTUDIO_HEARTBEAT_SECONDS", "30"))
 FTSTUDIO_REQUEUE_AFTER_SECONDS = int(os.environ.get("FTSTUDIO_REQUEUE_AFTER_SECONDS", "900"))

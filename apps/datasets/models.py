@@ -115,6 +115,9 @@ class DatasetVersion(models.Model):
     token_stats = models.JSONField(default=dict, blank=True, help_text="per split: count, total, mean, p50, p95, max tokens")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    derived_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived_versions",
+        help_text="set on a subset frozen from another version (a data-scaling experiment's arm): not new data")
 
     class Meta:
         ordering = ["-number"]

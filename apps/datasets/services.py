@@ -631,6 +631,53 @@ def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: 
     raise AssertionError("unreachable")
 
 
+def freeze_subset(*, source: DatasetVersion, train_positions: list[int], test_items: list[DatasetVersionItem] | None = None,
+                  user=None, note: str = "") -> DatasetVersion:
+    """Freeze part of a frozen version as a new version derived from it (``derived_from``): the train items at
+    these positions, the source's validation split, and its test split or ``test_items`` (another version's
+    test split, so that two experiment arms are scored on the same examples). Copies the frozen items, never the
+    live examples: later edits do not leak in. The same subset frozen before is reused, not frozen twice.
+    Raises FreezeError when the train selection is empty."""
+    items = list(source.items.order_by("position"))
+    wanted = set(train_positions)
+    train = [i for i in items if i.split == Split.TRAIN and i.position in wanted]
+    if not train:
+        raise FreezeError(f"The subset of v{source.number} holds no training examples.")
+    val = [i for i in items if i.split == Split.VAL]
+    test = list(test_items) if test_items is not None else [i for i in items if i.split == Split.TEST]
+    chosen = [(Split.TRAIN.value, i) for i in train] + [(Split.VAL.value, i) for i in val] + [(Split.TEST.value, i) for i in test]
+    version_hash = hashlib.sha256("\n".join(f"{split}:{i.content_hash}" for split, i in chosen).encode()).hexdigest()
+    earlier = DatasetVersion.objects.filter(project=source.project_id, derived_from=source, content_hash=version_hash).first()
+    if earlier:
+        return earlier
+    counts = dict(Example.objects.filter(pk__in=[i.example_id for _, i in chosen if i.example_id])
+                  .values_list("id", "token_count"))
+    split_counts = {s.value: 0 for s in SPLITS}
+    tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
+    for split, item in chosen:
+        split_counts[split] += 1
+        if item.example_id in counts:
+            tokens[split].append(counts[item.example_id])
+    stats = {s: _token_stats(c) for s, c in tokens.items() if len(c) == split_counts[s]}  # only where every count is known
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                number = (DatasetVersion.objects.filter(project=source.project_id).aggregate(n=Max("number"))["n"] or 0) + 1
+                version = DatasetVersion.objects.create(
+                    project_id=source.project_id, number=number, content_hash=version_hash, note=note[:200],
+                    created_by=user if getattr(user, "pk", None) else None, derived_from=source,
+                    split_counts=split_counts, token_stats=stats)
+                DatasetVersionItem.objects.bulk_create(
+                    [DatasetVersionItem(version=version, example_id=item.example_id, position=position, split=split,
+                                        messages=item.messages, content_hash=item.content_hash)
+                     for position, (split, item) in enumerate(chosen)], batch_size=2000)
+            return version
+        except IntegrityError:  # another freeze took the number: take the next one
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 # --- quality report --------------------------------------------------------------------------------
 def start_quality_report(*, project, user=None) -> QualityReport:
     """Queue a report (Celery task `datasets.quality_report`, queue `default`) unless one is already running."""

@@ -137,7 +137,8 @@ class EvaluationForm(forms.Form):
             latest.setdefault(r.name, r.pk)
         self.fields["rubric"].queryset = Rubric.objects.filter(pk__in=latest.values())
         # start from the obvious choice, as the run form does: the newest version and the newest rubric
-        self.fields["dataset_version"].initial = self.fields["dataset_version"].queryset.values_list("pk", flat=True).first()
+        self.fields["dataset_version"].initial = (self.fields["dataset_version"].queryset.filter(derived_from__isnull=True)
+                                                  .values_list("pk", flat=True).first())  # not an experiment's subset
         self.fields["rubric"].initial = (self.fields["rubric"].queryset.order_by("-created_at", "-pk")
                                          .values_list("pk", flat=True).first())
         self.fields["runs"].queryset = (Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)

@@ -277,7 +277,8 @@ DEFAULT_PROMPT = "You are a helpful customer-support assistant. Reply in the hou
 
 
 def _check_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
-                      max_new_tokens: int, reviewers_per_pair: int, pair_cap: int | None) -> dict[int, Run]:
+                      max_new_tokens: int, reviewers_per_pair: int, pair_cap: int | None,
+                      automatic_only: bool = False) -> dict[int, Run]:
     """Refuse what cannot be evaluated, saying why; returns the candidates' runs by id."""
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
@@ -285,7 +286,7 @@ def _check_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
         raise EvaluationError("That rubric belongs to another project.")
     if not dataset_version.items.filter(split="test").exists():
         raise EvaluationError(f"Dataset version v{dataset_version.number} has no test examples to evaluate on.")
-    if len(candidates) < 2:
+    if len(candidates) < (1 if automatic_only else 2):
         raise EvaluationError("Pick at least two candidates to compare.")
     if not 1 <= max_new_tokens <= 2048:
         raise EvaluationError("Max new tokens must be between 1 and 2048.")
@@ -346,10 +347,14 @@ def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
                       base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
                       reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
                       pair_cap: int | None = None, stop_when_settled: bool = True, user=None,
-                      enqueue: bool = True) -> Evaluation:
-    """Check, save the evaluation with its candidates, and queue its generation (task on queue gpu) on commit."""
+                      enqueue: bool = True, automatic_only: bool = False) -> Evaluation:
+    """Check, save the evaluation with its candidates, and queue its generation (task on queue gpu) on commit.
+
+    ``automatic_only``: scored by the automatic metrics alone (a data-scaling experiment's point), so one
+    candidate is enough and, with one, no pair goes to reviewers."""
     runs = _check_evaluation(project=project, dataset_version=dataset_version, rubric=rubric, candidates=candidates,
-                             max_new_tokens=max_new_tokens, reviewers_per_pair=reviewers_per_pair, pair_cap=pair_cap)
+                             max_new_tokens=max_new_tokens, reviewers_per_pair=reviewers_per_pair, pair_cap=pair_cap,
+                             automatic_only=automatic_only)
     base_model = _pick_base_model(base_model, runs)
     kinds = [s.kind for s in candidates]
     evaluation = Evaluation.objects.create(

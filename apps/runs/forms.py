@@ -35,7 +35,7 @@ class LaunchForm(forms.Form):
             self.fields[key].help_text = HYPERPARAMETERS[key].help
 
         # the form starts from the obvious choice: the newest version, the first registered model
-        newest = self.fields["dataset_version"].queryset.values_list("pk", flat=True).first()
+        newest = self.fields["dataset_version"].queryset.filter(derived_from__isnull=True).values_list("pk", flat=True).first()
         first_model = self.fields["base_model"].queryset.values_list("pk", flat=True).first()
         self.fields["dataset_version"].initial = newest
         self.fields["base_model"].initial = first_model

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from django import forms
+
+from apps.datasets.models import DatasetVersion
+from apps.evaluations.models import Rubric
+from apps.runs.models import BaseModel
+from apps.runs.services import PRESETS
+
+
+class ExperimentForm(forms.Form):
+    dataset_version = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), label="Dataset version",
+                                             help_text="its train split is cut into nested subsets; its test split scores every point")
+    versus = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), required=False, label="Compare with (optional)",
+                                    help_text="a second version, e.g. the curated one: the same subsets, on one chart")
+    label = forms.CharField(max_length=80, required=False, help_text='what to call the first version, e.g. "raw"')
+    versus_label = forms.CharField(max_length=80, required=False, help_text='and the second, e.g. "curated"')
+    fractions = forms.CharField(initial="0.125,0.25,0.5,1", help_text="shares of the train split, comma-separated")
+    preset = forms.ChoiceField(choices=[(p, p.title()) for p in PRESETS], initial="quick")
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.order_by("name"))
+    rubric = forms.ModelChoiceField(queryset=Rubric.objects.none(), help_text="its automatic checks score every output")
+    seed = forms.IntegerField(min_value=0, initial=0)
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        versions = DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number")
+        self.fields["dataset_version"].queryset = versions
+        self.fields["versus"].queryset = versions
+        self.fields["rubric"].queryset = Rubric.objects.filter(project=project).order_by("-created_at", "-version")
+        self.fields["dataset_version"].initial = versions.first()
+        self.fields["rubric"].initial = self.fields["rubric"].queryset.first()
+        self.fields["base_model"].initial = BaseModel.objects.order_by("name").first()

@@ -1,0 +1,80 @@
+"""The demo's data experiments on this machine's CPU, through the product's own command and tasks.
+
+Seeds the demo (300 clean examples -> v1) in a temporary var dir, then builds the "raw" version the demo's
+inbox implies: the flawed examples (conflicting answer, near duplicate, "ok", personal data, rambling) approved
+as they are and split like the rest -> v2. Then one experiment, both curves on one chart:
+
+    python manage.py scaling_experiment --project <demo> --dataset-version 1 --versus 2 --labels curated,raw \
+        --fractions 0.125,0.25,0.5,1 --preset quick --wait
+
+(4 sizes x 2 versions = 8 quick runs on the shipped SmolLM2-135M, each scored on v1's 31 test examples by
+similarity and the demo rubric's automatic checks). Tasks run inline (CELERY_TASK_ALWAYS_EAGER).
+
+    .venv/bin/python bench/data_experiments.py [--fractions 0.125,0.25,0.5,1] [--scaling-only] [--keep DIR]
+
+Prints the command's table and sentences, the wall time, and last ``slope=X`` (the curated curve's share of
+replies passing every check per doubling of the training examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fractions", default="0.125,0.25,0.5,1")
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--scaling-only", action="store_true", help="only the curated (v1) curve: 4 runs, not 8")
+    parser.add_argument("--prepare-only", action="store_true", help="seed and freeze, print the command, train nothing")
+    parser.add_argument("--keep", default="", help="var dir to use and keep (default: a temporary one)")
+    args = parser.parse_args()
+
+    var_dir = args.keep or tempfile.mkdtemp(prefix="ftstudio-experiments-bench-")
+    os.environ.update({
+        "DJANGO_SETTINGS_MODULE": "ftstudio.settings", "DJANGO_DEBUG": "1", "FTSTUDIO_VAR_DIR": var_dir,
+        "FTSTUDIO_MODEL_CACHE": os.environ.get("FTSTUDIO_MODEL_CACHE", str(REPO / "var" / "models")),
+        "CELERY_TASK_ALWAYS_EAGER": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+        "FTSTUDIO_LOG_LEVEL": "WARNING",
+    })
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from apps.datasets import services as datasets
+    from apps.datasets.models import Example, ExampleStatus
+    from apps.demo import services as demo
+    from apps.runs.services import ensure_shipped_base_model
+
+    call_command("migrate", verbosity=0)
+    print(f"var dir: {var_dir}; load before: {os.getloadavg()[0]:.2f}")
+    seeded = demo.seed_demo()
+    project = seeded.project
+    base_model = ensure_shipped_base_model()
+    command = ["scaling_experiment", "--project", project.slug, "--dataset-version", "1", "--fractions", args.fractions,
+               "--preset", args.preset, "--base-model", base_model.name, "--wait"]
+    if not args.scaling_only:
+        flawed = Example.objects.filter(project=project, status=ExampleStatus.DRAFT).order_by("id")
+        print(f"raw: approving {flawed.count()} flawed inbox examples as they are")
+        for example in flawed:
+            datasets.set_status(example=example, status=ExampleStatus.APPROVED, user=None)
+        datasets.assign_splits(project=project)
+        raw = datasets.freeze_version(project=project, note="raw: the inbox approved without fixes")
+        print(f"raw = v{raw.number} {raw.split_counts}; curated = v1")
+        command += ["--versus", str(raw.number), "--labels", "curated,raw"]
+    print("python manage.py " + " ".join(command))
+    if args.prepare_only:
+        return
+    call_command(*command)  # its last lines: "status=finished took=N s", then "slope=X"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""Data experiments: nested seeded subsets, the trend and its interval against a hand computation, bad input,
+and an experiment advancing from its runs' outcomes (fake finished runs and outputs: no model needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from apps.datasets.models import DatasetVersion
+from apps.evaluations.models import CheckResult
+from apps.experiments import selectors, services, statistics
+from apps.experiments.models import Experiment, ExperimentStatus, Point
+from apps.runs.models import Run, RunStatus
+from tests.experiments_setup import experiment_setup, fake_scores, finish_runs
+from tests.factories import conversation, make_dataset_version
+
+
+# --- the numbers --------------------------------------------------------------------------------------
+def test_subsets_are_nested_prefixes_of_one_seeded_permutation():
+    examples = [(100 + i, f"hash-{i}") for i in range(80)]
+    positions = [p for p, _ in examples]
+    subsets = statistics.nested_subsets(examples, [0.125, 0.25, 0.5, 1.0], seed=7)
+    assert [len(subsets[f]) for f in (0.125, 0.25, 0.5, 1.0)] == [10, 20, 40, 80]
+    assert set(subsets[0.125]) < set(subsets[0.25]) < set(subsets[0.5]) < set(subsets[1.0]) == set(positions)
+    assert subsets == statistics.nested_subsets(examples, [0.125, 0.25, 0.5, 1.0], seed=7)  # seeded: the same again
+    other = statistics.nested_subsets(examples, [0.125, 0.25, 0.5, 1.0], seed=8)
+    assert other[0.125] != subsets[0.125]  # another seed draws other examples
+    assert subsets[0.25] != positions[:20]  # a draw, not the first rows of the split
+
+
+def test_two_versions_draw_the_examples_they_share_in_the_same_order():
+    curated = [(i, f"clean-{i}") for i in range(40)]
+    raw = [(i, f"clean-{i}") for i in range(20)] + [(20, "flawed-a"), (21, "flawed-b")] + \
+        [(i + 2, f"clean-{i}") for i in range(20, 40)]  # the same examples, two flawed ones in between
+    fractions = [0.25, 0.5, 1.0]
+    for fraction in fractions:
+        small = {h for p, h in curated if p in statistics.nested_subsets(curated, fractions, 3)[fraction]}
+        big = {dict((p, h) for p, h in raw)[p] for p in statistics.nested_subsets(raw, fractions, 3)[fraction]}
+        clean_in_raw = {h for h in big if h.startswith("clean")}
+        assert clean_in_raw <= small or small <= clean_in_raw  # one is a prefix of the other: no other draw
+
+
+def test_trend_slope_and_interval_match_a_hand_computation():
+    sizes = [8, 16, 32, 64]  # log2: 3, 4, 5, 6
+    items = {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.2, 0.2, 0.4, 0.4], "c": [0.3, 0.3, 0.3, 0.3]}
+    trend = statistics.fit_trend(sizes, items)
+    # Per item, slope = Sxy / Sxx with centred x (-1.5, -0.5, 0.5, 1.5), Sxx = 5: a 0.5/5, b 0.4/5, c 0.
+    slopes = [0.1, 0.08, 0.0]
+    mean = sum(slopes) / 3
+    sd = math.sqrt(sum((s - mean) ** 2 for s in slopes) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, df=2)
+    assert trend.slope == pytest.approx(0.06)
+    assert (trend.low, trend.high) == (pytest.approx(0.06 - half), pytest.approx(0.06 + half))
+    assert (round(trend.low, 4), round(trend.high, 4)) == (-0.0714, 0.1914)
+    # The intercept: mean score 0.28333 at mean log2 n 4.5.
+    assert trend.intercept == pytest.approx((0.2 + 0.7 / 3 + 1 / 3 + 1.1 / 3) / 4 - 0.06 * 4.5)
+    assert trend.items == 3 and not trend.helps
+    assert statistics.trend_sentence("the pass rate", trend, 64) == (
+        "More data of this kind is not shown to help the pass rate (+6.0 points per doubling, 95 % CI -7.1 points to "
+        "+19.1 points, 3 test items): the interval includes no gain, so a larger test split or more sizes would settle it.")
+
+
+def test_a_flat_trend_reads_as_unlikely_to_help():
+    items = {i: [0.5 + 0.001 * i, 0.5 + 0.002 * i, 0.5 + 0.001 * i] for i in range(6)}
+    trend = statistics.fit_trend([10, 20, 40], items)
+    assert trend.high < statistics.SMALL_SLOPE
+    assert statistics.trend_sentence("similarity", trend, 40).startswith(
+        "More data of this kind is unlikely to help similarity (+0.0 points per doubling")
+
+
+def test_a_clear_positive_trend_reads_as_doubling_raises():
+    sizes = [10, 20, 40]
+    items = {i: [0.2 + 0.01 * i, 0.4 + 0.01 * i, 0.6 + 0.02 * i] for i in range(5)}
+    trend = statistics.fit_trend(sizes, items)
+    assert trend.helps and trend.low > 0
+    sentence = statistics.trend_sentence("the pass rate", trend, 40)
+    assert sentence.startswith("Doubling the data from 40 to 80 examples is expected to raise the pass rate from ")
+    assert f"{trend.at(40) * 100:.0f} % to {min(1, trend.at(80)) * 100:.0f} %" in sentence
+    assert "5 test items" in sentence
+
+
+def test_trend_needs_two_sizes_and_complete_items():
+    assert statistics.fit_trend([10], {"a": [0.5]}) is None
+    assert statistics.fit_trend([10, 20], {"a": [0.5]}) is None  # incomplete items are left out
+    assert "Not enough" in statistics.trend_sentence("x", None, 0)
+
+
+def test_paired_difference_matches_a_hand_computation():
+    raw = {1: 0.0, 2: 1.0, 3: 0.0, 4: 1.0}
+    curated = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 0.0}  # item 5 has no pair: left out
+    diff = statistics.paired_difference(raw, curated)
+    # diffs 1, 0, 1, 0: mean 0.5, sd sqrt(1/3), t(0.975, 3) = 3.182446
+    half = 3.182446305284263 * math.sqrt(1 / 3) / 2
+    assert diff.items == 4 and diff.mean == pytest.approx(0.5)
+    assert (diff.low, diff.high) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    sentence = statistics.difference_sentence("the pass rate", "raw", "curated", diff)
+    assert "curated scores 100 % against 50 % for raw" in sentence and "4 test items" in sentence
+    assert sentence.endswith("no clear difference.")  # the interval includes 0
+    sure = statistics.paired_difference({i: 0.0 for i in range(30)}, {i: 1.0 for i in range(30)})
+    assert statistics.difference_sentence("x", "raw", "curated", sure).endswith("curated is better.")
+    assert statistics.paired_difference({1: 0.1}, {2: 0.2}) is None
+
+
+# --- launching ----------------------------------------------------------------------------------------
+@pytest.fixture
+def setup(team):
+    return experiment_setup(team)
+
+
+def launch(setup, **kwargs):
+    team, base, rubric, version = setup
+    return services.launch_experiment(project=team.project, versions=[version], fractions=[0.25, 0.5, 1.0],
+                                      base_model=base, rubric=rubric, seed=3, user=team.pm, **kwargs)
+
+
+def test_launch_freezes_nested_subsets_and_runs_them_alike(setup):
+    team, base, rubric, version = setup
+    experiment = launch(setup)
+    points = list(Point.objects.filter(arm__experiment=experiment).select_related("version", "run").order_by("n_train"))
+    assert [p.n_train for p in points] == [8, 16, 32]
+    trains = [set(p.version.items.filter(split="train").values_list("content_hash", flat=True)) for p in points]
+    assert trains[0] < trains[1] < trains[2]
+    assert points[2].version == version  # 100 % is the version itself, not a copy
+    assert points[0].version.derived_from == version and points[0].version.note == f"v{version.number} · 25 % (8 examples)"
+    tests = [list(p.version.items.filter(split="test").order_by("position").values_list("content_hash", flat=True))
+             for p in points]
+    assert tests[0] == tests[1] == tests[2]  # the same test split everywhere
+    assert {p.run.seed for p in points} == {3} and len({str(p.run.hyperparameters) for p in points}) == 1
+    assert points[0].run.name == "v1 · 25 % (8 examples)" and points[0].run.status == RunStatus.QUEUED
+    again = launch(setup)  # the same subsets frozen once, reused
+    assert set(Point.objects.filter(arm__experiment=again).values_list("version", flat=True)) == {p.version_id for p in points}
+
+
+@pytest.mark.parametrize("fractions,message", [
+    ([0.125, 1.0], "12.5 % of v1's 32 training examples is 4: a point needs at least 8"),
+    ([1.0], "at least two fractions"),
+    ([0.5, 1.5], "outside (0, 1]"),
+    ("a,b", "is not a number"),
+])
+def test_bad_fractions_launch_nothing(setup, fractions, message):
+    team, base, rubric, version = setup
+    versions_before = DatasetVersion.objects.count()
+    with pytest.raises(services.ExperimentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        services.launch_experiment(project=team.project, versions=[version], fractions=fractions, base_model=base,
+                                   rubric=rubric)
+    assert not Run.objects.exists() and not Experiment.objects.exists()
+    assert DatasetVersion.objects.count() == versions_before
+
+
+def test_a_version_without_a_test_split_launches_nothing(setup):
+    team, base, rubric, _ = setup
+    no_test = make_dataset_version(team.project, {"train": [conversation(f"Q{i}", f"A{i}") for i in range(20)]})
+    with pytest.raises(services.ExperimentError, match=f"v{no_test.number} has no test split"):
+        services.launch_experiment(project=team.project, versions=[no_test], base_model=base, rubric=rubric,
+                                   fractions=[0.5, 1.0])
+    assert not Run.objects.exists() and not Experiment.objects.exists()
+
+
+def test_the_form_shows_the_reason_and_launches_nothing(setup):
+    team, base, rubric, version = setup
+    response = team.client("pm").post(f"/p/{team.project.slug}/experiments/new/", {
+        "dataset_version": version.pk, "fractions": "0.1,1", "preset": "quick", "base_model": base.pk,
+        "rubric": rubric.pk, "seed": 0})
+    assert response.status_code == 200
+    assert "10 % of v1&#x27;s 32 training examples is 3: a point needs at least 8" in response.content.decode()
+    assert not Run.objects.exists()
+
+
+# --- advancing ----------------------------------------------------------------------------------------
+def test_the_experiment_advances_from_its_runs_outcomes(setup, django_capture_on_commit_callbacks):
+    team, *_ = setup
+    experiment = launch(setup)
+    assert services.advance_experiment(experiment.pk) == ExperimentStatus.RUNNING  # nothing trained yet
+    assert not Point.objects.filter(evaluation__isnull=False).exists()
+    finish_runs(experiment)
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.advance_experiment(experiment.pk)
+    assert len(callbacks) == 3  # one generation task per point
+    points = list(Point.objects.filter(arm__experiment=experiment).select_related("evaluation").order_by("n_train"))
+    assert all(p.evaluation and p.evaluation.candidates.count() == 1 for p in points)
+    assert not points[0].evaluation.comparisons.exists()  # nothing for reviewers
+    evaluations = [p.evaluation_id for p in points]
+    services.advance_experiment(experiment.pk)  # idempotent: no second evaluation
+    assert [p.evaluation_id for p in Point.objects.filter(arm__experiment=experiment).order_by("n_train")] == evaluations
+    for point, passing, sim in zip(points, (1, 2, 4), (0.3, 0.5, 0.7), strict=True):
+        fake_scores(point, passing, sim)
+    assert CheckResult.objects.count() == 12
+    assert services.advance_experiment(experiment.pk) == ExperimentStatus.FINISHED
+    result = selectors.experiment_result(Experiment.objects.get(pk=experiment.pk))
+    assert result.metrics == ["checks", "similarity"]
+    rows = result.arms[0].rows
+    assert [r.means["checks"].mean for r in rows] == [0.25, 0.5, 1.0]
+    assert result.slope == pytest.approx(0.375)  # 0.25 -> 0.5 -> 1.0 over log2 n = 3, 4, 5
+    assert result.arms[0].trends["similarity"].slope == pytest.approx(0.2)
+    page = team.client("reviewer").get(experiment.get_absolute_url()).content.decode()
+    assert 'class="experiment-chart"' in page and "per doubling" in page
+    assert page.count('<g class="point">') == 6  # three points on each metric's chart
+
+
+def test_a_failed_run_finishes_its_point_without_an_evaluation(setup):
+    experiment = launch(setup)
+    finish_runs(experiment, status=RunStatus.FAILED)
+    assert services.advance_experiment(experiment.pk) == ExperimentStatus.FINISHED
+    assert not Point.objects.filter(evaluation__isnull=False).exists()
+
+
+def test_a_run_ending_advances_its_experiment_through_the_task_signal(setup, monkeypatch,
+                                                                     django_capture_on_commit_callbacks):
+    from celery.signals import task_postrun
+
+    from apps.evaluations.check_tasks import run_checks
+    from apps.runs.tasks import train_run
+
+    sent = []
+    monkeypatch.setattr(services.advance_experiment_task, "delay", sent.append)
+    experiment = launch(setup)
+    other = launch(setup)
+    point = Point.objects.filter(arm__experiment=experiment).first()
+    with django_capture_on_commit_callbacks(execute=True):
+        task_postrun.send(sender=train_run, task_id="x", task=train_run, args=(point.run_id,), kwargs={}, retval="ok")
+    assert sent == [experiment.pk]  # only the experiment that holds the run
+    finish_runs(experiment)
+    services.advance_experiment(experiment.pk)
+    point.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        task_postrun.send(sender=run_checks, task_id="y", task=run_checks, args=(point.evaluation_id,), kwargs={}, retval=0)
+    assert sent == [experiment.pk, experiment.pk] and other.pk not in sent
+
+
+def test_cancel_stops_every_unfinished_run(setup):
+    team, *_ = setup
+    experiment = launch(setup)
+    first = Point.objects.filter(arm__experiment=experiment).order_by("n_train").first()
+    Run.objects.filter(pk=first.run_id).update(status=RunStatus.SUCCEEDED, adapter_path="/fake")
+    response = team.client("pm").post(f"/p/{team.project.slug}/experiments/{experiment.pk}/cancel/")
+    assert response.status_code == 302
+    experiment.refresh_from_db()
+    assert experiment.status == ExperimentStatus.CANCELLED
+    statuses = sorted(Run.objects.filter(experiment_points__arm__experiment=experiment).values_list("status", flat=True))
+    assert statuses == ["cancelled", "cancelled", "succeeded"]
+    assert team.client("designer").post(f"/p/{team.project.slug}/experiments/{experiment.pk}/cancel/").status_code == 403
+
+
+def test_curated_against_raw_is_scored_on_the_first_versions_test_split(setup):
+    team, base, rubric, raw = setup
+    curated = make_dataset_version(team.project, {
+        "train": [conversation(f"Question {i}", f"Hi,\nAnswer {i}.\nBye") for i in range(24)]
+        + [conversation("Where is #0?", "Hi,\n#0 ships today.\nBye")],  # a test example in its train split
+        "test": [conversation("Other test", "Hi,\nOther.\nBye")],
+    })
+    experiment = services.launch_experiment(project=team.project, versions=[raw, curated], fractions=[0.5, 1.0],
+                                            base_model=base, rubric=rubric, labels=["raw", "curated"])
+    arms = list(experiment.arms.order_by("position"))
+    assert [a.label for a in arms] == ["raw", "curated"] and arms[1].dropped == 1 and arms[1].train_total == 24
+    raw_test = list(raw.items.filter(split="test").order_by("position").values_list("content_hash", flat=True))
+    for point in Point.objects.filter(arm=arms[1]).select_related("version"):
+        assert list(point.version.items.filter(split="test").order_by("position")
+                    .values_list("content_hash", flat=True)) == raw_test
+    finish_runs(experiment)
+    services.advance_experiment(experiment.pk)
+    for point in Point.objects.filter(arm__experiment=experiment).select_related("evaluation", "arm"):
+        fake_scores(point, 4 if point.arm.label == "curated" else 1, 0.5)
+    result = selectors.experiment_result(experiment)
+    diff = result.differences["checks"]
+    assert (diff.items, diff.first, diff.second) == (4, 0.25, 1.0)
+    assert result.verdicts["checks"].startswith("On the share of replies passing every automatic check, "
+                                                "curated (24 examples) scores 100 % against 25 % for raw (32 examples)")
+
+
+def test_cli_prints_the_table_and_the_slope_last(setup, capsys):
+    team, base, rubric, version = setup
+    call_command("scaling_experiment", "--project", team.project.slug, "--dataset-version", str(version.number),
+                 "--fractions", "0.25,0.5,1", "--base-model", "tiny")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("Experiment #") and "3 runs queued" in lines[0]
+    assert lines[1].split()[:2] == ["data", "examples"] and "v1 25 %" in lines[2]
+    assert lines[-1] == "slope=pending"
+    experiment = Experiment.objects.get()
+    finish_runs(experiment)
+    services.advance_experiment(experiment.pk)
+    for point, passing in zip(Point.objects.filter(arm__experiment=experiment).select_related("evaluation")
+                              .order_by("n_train"), (1, 2, 4), strict=True):
+        fake_scores(point, passing, 0.5)
+    from apps.experiments.management.commands.scaling_experiment import Command
+
+    command = Command()
+    command.print_result(experiment, None)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "slope=0.3750"
+
+
+def test_cli_bad_input_is_a_clear_error(setup):
+    team, _, _, version = setup
+    with pytest.raises(CommandError, match="a point needs at least 8"):
+        call_command("scaling_experiment", "--project", team.project.slug, "--dataset-version", str(version.number),
+                     "--fractions", "0.125,1")
+    with pytest.raises(CommandError, match="no dataset version 99"):
+        call_command("scaling_experiment", "--project", team.project.slug, "--dataset-version", "99")
+    assert not Run.objects.exists()
+
+
+def test_forms_still_start_from_the_newest_real_version_not_a_subset(setup):
+    team, _, _, version = setup
+    launch(setup)
+    assert DatasetVersion.objects.filter(derived_from=version).count() == 2
+    for url in ("runs/new/", "evals/new/"):
+        page = team.client("pm").get(f"/p/{team.project.slug}/{url}").content.decode()
+        assert f'<option value="{version.pk}" selected>' in page, url
