@@ -16,7 +16,7 @@ hands its run back without spending an attempt; generation hands its evaluation 
 import os
 
 from celery import Celery
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ftstudio.settings")
 
@@ -37,6 +37,14 @@ def _schedule_reaper(sender, **kwargs):
                              name="reap stranded runs and evaluations")
     sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("webhooks.send_due", queue="default"),
                              name="send webhook deliveries that are due (retries)")
+
+
+@worker_init.connect
+def _check_artifact_store(**kwargs):
+    """Wrong credentials or a missing bucket stop the worker now, with the variable to fix (apps/runs/artifacts.py)."""
+    from apps.runs.artifacts import check_or_exit
+
+    check_or_exit("worker")
 
 
 @worker_shutting_down.connect

@@ -209,6 +209,18 @@ if FTSTUDIO_TOKENIZER_DIR and not (Path(FTSTUDIO_TOKENIZER_DIR) / "tokenizer.jso
 # Hub ids are only resolved when the server is allowed online (never in tests or the demo).
 FTSTUDIO_ALLOW_HUB = env_bool("FTSTUDIO_ALLOW_HUB", False)
 
+# --- Artifacts (worker/artifacts.py, apps/runs/artifacts.py) ----------------------------------------------
+# Where checkpoints and adapters are kept beyond the worker that wrote them: "" keeps them under MEDIA_ROOT on this
+# node (one machine, `make run`); s3://bucket/prefix stores them in an S3-compatible store (credentials and endpoint
+# from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION), so workers on several nodes
+# share no disk. Checked (bucket, credentials) when a worker or the web process starts.
+FTSTUDIO_ARTIFACTS_URL = os.environ.get("FTSTUDIO_ARTIFACTS_URL", "").strip()
+if FTSTUDIO_ARTIFACTS_URL and urlparse(FTSTUDIO_ARTIFACTS_URL).scheme not in {"s3", "file"}:
+    raise ImproperlyConfigured(f"FTSTUDIO_ARTIFACTS_URL={FTSTUDIO_ARTIFACTS_URL!r}: use s3://bucket/prefix or file:///path.")
+# A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).
+FTSTUDIO_ARTIFACT_CACHE = Path(os.environ.get("FTSTUDIO_ARTIFACT_CACHE", VAR_DIR / "artifact-cache")).resolve()
+FTSTUDIO_ARTIFACT_CACHE_BYTES = int(os.environ.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30)))
+
 # --- Inference (the /v1/ API and the playground) --------------------------------------------------------
 # The inference process (python -m worker.serve) the web process forwards chat requests to.
 FTSTUDIO_INFERENCE_URL = os.environ.get("FTSTUDIO_INFERENCE_URL", "http://127.0.0.1:8001").rstrip("/")

@@ -18,6 +18,7 @@ from apps.accounts.models import Membership
 from apps.accounts.permissions import role_can
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
 from apps.runs.models import BaseModel, Run, RunStatus
+from apps.runs.artifacts import local_adapter_dir
 from ftstudio import csv_cells
 
 from .models import (
@@ -437,7 +438,7 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
                 check()
                 base = candidate.run.base_model if candidate.run_id else evaluation.base_model
                 model_dir = resolve_model_dir(_model_spec(base))
-                model, tokenizer = load_generator(model_dir, adapter_path=candidate.run.adapter_path if candidate.run_id else None)
+                model, tokenizer = load_generator(model_dir, adapter_path=local_adapter_dir(candidate.run) if candidate.run_id else None)
                 prompts = [candidate_messages(candidate, item.input_messages, shots) for item in todo]
 
                 def save(indices, results, candidate=candidate, todo=todo):

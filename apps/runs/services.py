@@ -27,7 +27,7 @@ from apps.datasets.models import DatasetVersion
 from worker.models import ModelSpec, describe_model, shipped_gguf_path
 from worker.train import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
-from . import leases
+from . import artifacts, leases
 from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
 from .presentation import label
 
@@ -404,6 +404,7 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
                                  val_loss=m.val_loss, learning_rate=m.learning_rate, tokens_per_second=m.tokens_per_second)
 
     def on_checkpoint(path: str) -> None:
+        artifacts.store_checkpoint(run.pk, path)  # raises when the store stays down: the run fails, the folder stays
         runs.update(checkpoint_path=path, heartbeat_at=timezone.now())
 
     def on_phase(phase: str) -> None:
@@ -432,11 +433,14 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
         train_data = run.dataset_version.conversations("train")
         val_data = run.dataset_version.conversations("val")
         # Metrics past the last checkpoint are logged again after a resume: drop them.
+        artifacts.fetch_newest_checkpoint(run.pk, output_dir, on_log)  # another node's newer checkpoint, if any
         resume = last_checkpoint(str(output_dir))
         resume_step = checkpoint_step(resume) if resume else 0
         if not lease.lost.is_set():
             RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
         result = train(config, train_data, val_data, hooks)
+        if result.status == "succeeded":
+            artifacts.store_adapter(run.pk, result.adapter_dir)
     except Stopped as exc:  # asked before training started (while the base model was being resolved)
         result = None
         reason = exc.reason
