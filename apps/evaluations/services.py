@@ -17,8 +17,8 @@ from django.utils import timezone
 from apps.accounts.models import Membership
 from apps.accounts.permissions import role_can
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
-from apps.runs.models import BaseModel, Run, RunStatus
 from apps.runs.artifacts import local_adapter_dir
+from apps.runs.models import BaseModel, Run, RunStatus
 from ftstudio import csv_cells
 
 from .models import (
