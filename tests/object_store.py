@@ -68,12 +68,8 @@ class ObjectStore:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            self.process.kill()  # its data is a temporary folder: nothing to shut down cleanly
+            self.process.wait(timeout=30)
 
 
 def start_seaweedfs(folder: Path, timeout: float = 90) -> ObjectStore:
@@ -88,7 +84,7 @@ def start_seaweedfs(folder: Path, timeout: float = 90) -> ObjectStore:
         [weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
          f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-master.volumeSizeLimitMB=64",
          "-volume.max=0", "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
-         f"-s3.config={config}"],
+         f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
         stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
     store = ObjectStore(endpoint=f"http://127.0.0.1:{ports['s3']}", access_key=ACCESS_KEY, secret_key=SECRET_KEY,
                         process=process)
@@ -110,9 +106,16 @@ def start_seaweedfs(folder: Path, timeout: float = 90) -> ObjectStore:
 
 
 if __name__ == "__main__":  # `.ci/run`: python -m tests.object_store FOLDER  -> prints the endpoint, keeps running
+    import signal
+
     store = start_seaweedfs(Path(sys.argv[1]))
-    print(store.endpoint, flush=True)
-    try:
-        store.process.wait()
-    except KeyboardInterrupt:
+
+    def stop(*_):
         store.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(store.endpoint, flush=True)
+    while store.process.poll() is None:
+        time.sleep(1)
