@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "apps.demo",
     "apps.api",
     "apps.webhooks",
+    "apps.fleet",
 ]
 
 MIDDLEWARE = [
@@ -220,6 +221,12 @@ if FTSTUDIO_ARTIFACTS_URL and urlparse(FTSTUDIO_ARTIFACTS_URL).scheme not in {"s
 # A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).
 FTSTUDIO_ARTIFACT_CACHE = Path(os.environ.get("FTSTUDIO_ARTIFACT_CACHE", VAR_DIR / "artifact-cache")).resolve()
 FTSTUDIO_ARTIFACT_CACHE_BYTES = int(os.environ.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30)))
+
+# --- Workers and queues by hardware (apps/fleet) ---------------------------------------------------------
+# GPU memory tiers, GB: a base model needing N GB trains on queue gpu-<smallest tier >= N>g.
+FTSTUDIO_GPU_TIERS = [int(t) for t in env_list("FTSTUDIO_GPU_TIERS", "24,48,80")]
+# Every worker writes a WorkerBeat row this often; one silent for 3 beats is not counted as serving its queues.
+FTSTUDIO_WORKER_BEAT_SECONDS = float(os.environ.get("FTSTUDIO_WORKER_BEAT_SECONDS", "30"))
 
 # --- Inference (the /v1/ API and the playground) --------------------------------------------------------
 # The inference process (python -m worker.serve) the web process forwards chat requests to.

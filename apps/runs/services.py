@@ -24,6 +24,8 @@ from django.db.models import Avg, F, Q
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion
+from apps.fleet.queues import NoQueueError, queue_for
+from apps.fleet.selectors import queue_warning
 from worker.models import ModelSpec, describe_model, shipped_gguf_path
 from worker.train import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
@@ -82,7 +84,7 @@ def model_spec_for(base_model: BaseModel) -> ModelSpec:
 
 
 def register_base_model(*, name: str, source_kind: str, source: str, display_name: str = "", revision: str = "",
-                        public_id: str = "") -> BaseModel:
+                        public_id: str = "", min_gpu_gb: int | None = None) -> BaseModel:
     """Register (or refresh) a base model; its description is read from the model itself (raises ModelSourceError).
     ``public_id`` (a Hub id) is how exports name it; a Hub source is its own public id."""
     model = BaseModel(name=name, display_name=display_name, source_kind=source_kind, source=source, revision=revision)
@@ -91,6 +93,8 @@ def register_base_model(*, name: str, source_kind: str, source: str, display_nam
               "architecture": info.architecture, "parameter_count": info.parameter_count,
               "context_length": info.context_length, "has_chat_template": info.has_chat_template,
               "public_id": public_id or (source if source_kind == SourceKind.HUB else "")}
+    if min_gpu_gb is not None:  # what its training needs: picks the worker queue (apps/fleet/queues.py)
+        values["min_gpu_gb"] = min_gpu_gb
     return BaseModel.objects.update_or_create(name=name, defaults=values)[0]
 
 
@@ -189,9 +193,11 @@ def estimate_run(*, base_model: BaseModel, dataset_version: DatasetVersion, hype
     # fp32 weights + LoRA grads/optimizer (small) + activations of one packed batch (rough, per layer)
     tokens_per_batch = int(hp["batch_size"]) * min(int(hp["max_seq_length"]), max(1, tokens // max(examples, 1)))
     memory = params * 4 + tokens_per_batch * 34 * 4 * 1024 * max(1, params // 135_000_000) ** 0.5
+    queue = queue_for(base_model.min_gpu_gb)  # a base model needing more than any tier is refused by prepare_launch
     return {"examples": examples, "tokens": total_tokens, "steps": steps, "steps_per_epoch": per_epoch,
             "seconds": int(total_tokens / rate) + 30, "memory_mb": int(memory / 2**20),
-            "tokens_per_second": round(rate, 1), "throughput_source": "measured" if measured else "assumed"}
+            "tokens_per_second": round(rate, 1), "throughput_source": "measured" if measured else "assumed",
+            "queue": queue, "queue_warning": queue_warning(queue)}
 
 
 # --- launch, cancel ---------------------------------------------------------------------------------
@@ -216,6 +222,11 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
     model = _base_model_from(base_model)
     if model is None:
         errors["base_model"] = f"Unknown base model {base_model!r}: choose one from the registry."
+    else:
+        try:
+            queue_for(model.min_gpu_gb)
+        except NoQueueError as exc:
+            errors["base_model"] = f"{model} needs {model.min_gpu_gb} GB of GPU memory. {exc}"
     try:
         hp = resolve_hyperparameters(preset, overrides)
     except LaunchError as exc:
