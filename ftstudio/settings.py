@@ -218,6 +218,15 @@ FTSTUDIO_ALLOW_HUB = env_bool("FTSTUDIO_ALLOW_HUB", False)
 FTSTUDIO_ARTIFACTS_URL = os.environ.get("FTSTUDIO_ARTIFACTS_URL", "").strip()
 if FTSTUDIO_ARTIFACTS_URL and urlparse(FTSTUDIO_ARTIFACTS_URL).scheme not in {"s3", "file"}:
     raise ImproperlyConfigured(f"FTSTUDIO_ARTIFACTS_URL={FTSTUDIO_ARTIFACTS_URL!r}: use s3://bucket/prefix or file:///path.")
+if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
+    # Uploads waiting for a background import (and anything else saved through default_storage) go to the same
+    # bucket, under <prefix>/media/, so the worker that imports them needs no disk shared with the web process.
+    _artifacts = urlparse(FTSTUDIO_ARTIFACTS_URL)
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": _artifacts.netloc, "location": "/".join(p for p in (_artifacts.path.strip("/"), "media") if p),
+        "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None, "addressing_style": "path",
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID") or None, "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        "region_name": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", "file_overwrite": False}}
 # A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).
 FTSTUDIO_ARTIFACT_CACHE = Path(os.environ.get("FTSTUDIO_ARTIFACT_CACHE", VAR_DIR / "artifact-cache")).resolve()
 FTSTUDIO_ARTIFACT_CACHE_BYTES = int(os.environ.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30)))

@@ -149,3 +149,49 @@ def test_the_adapter_cache_keeps_the_most_recently_used_within_its_bound(tmp_pat
     cache.fetch(store, "runs/2/adapter")  # over 1000 bytes: the least recently used (run 1) goes
     assert sorted(p.parent.name for p in cache.entries()) == ["0", "2"]
     assert (first / "adapter_model.safetensors").stat().st_size == 400
+
+
+@pytest.mark.django_db
+def test_an_upload_imported_in_the_background_waits_in_the_object_store_not_on_the_web_node_s_disk(
+        team, settings, eager, s3_artifacts, object_store, django_capture_on_commit_callbacks):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from apps.datasets.models import Example, ImportJob
+
+    bucket, prefix = s3_artifacts["FTSTUDIO_ARTIFACTS_URL"][5:].split("/", 1)
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": bucket, "location": f"{prefix}/media", "endpoint_url": object_store.endpoint,
+        "access_key": object_store.access_key, "secret_key": object_store.secret_key, "addressing_style": "path"}}}
+    settings.FTSTUDIO_IMPORT_INLINE_BYTES = 100
+    data = (Path(__file__).parent / "fixtures" / "imports" / "valid_openai.jsonl").read_bytes()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        team.client("designer").post("/p/support/data/import/", {"file": SimpleUploadedFile("big.jsonl", data),
+                                                                 "file_format": "auto"})
+    job = ImportJob.objects.get()
+    stored = object_store.client().get_object(Bucket=bucket, Key=f"{prefix}/media/{job.upload}")["Body"].read()
+    assert stored == data and not (settings.MEDIA_ROOT / job.upload).exists()
+    for callback in callbacks:  # the worker, on another node, imports it from the store
+        callback()
+    job.refresh_from_db()
+    assert job.status == "done" and job.imported == 3 and Example.objects.filter(source=job.batch).count() == 3
+    listed = object_store.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/media/imports/")
+    assert listed.get("KeyCount", 0) == 0  # removed once imported
+
+
+def test_the_web_process_stops_at_start_on_a_bad_store_and_saves_uploads_in_the_bucket_on_a_good_one(object_store):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    object_store.create_bucket("web-start")
+    env = {**os.environ, **object_store.env("web-start", "studio"), "DJANGO_SETTINGS_MODULE": "ftstudio.settings"}
+    wrong = subprocess.run([sys.executable, "-c", "import ftstudio.wsgi"], cwd=REPO, capture_output=True, text=True,
+                           env={**env, "AWS_ACCESS_KEY_ID": "nobody"}, timeout=120)
+    assert wrong.returncode == 78
+    assert "ftstudio web: the artifact store is not usable: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY were refused" in wrong.stderr
+    good = subprocess.run([sys.executable, "-c", "import ftstudio.wsgi; from django.core.files.storage import "
+                           "default_storage as s; print(s.location, s.bucket_name, type(s._wrapped).__name__)"], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert good.stdout.split()[-3:] == ["studio/media", "web-start", "S3Storage"]
