@@ -195,3 +195,17 @@ def test_the_web_process_stops_at_start_on_a_bad_store_and_saves_uploads_in_the_
                            "default_storage as s; print(s.location, s.bucket_name, type(s._wrapped).__name__)"], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert good.returncode == 0, good.stderr[-2000:]
     assert good.stdout.split()[-3:] == ["studio/media", "web-start", "S3Storage"]
+
+
+@pytest.mark.django_db
+def test_the_adapter_download_on_a_node_without_the_training_disk_fetches_it_from_the_store(
+        team, tiny_base_model, s3_artifacts):
+    import shutil
+
+    run = services.launch_run(project=team.project, dataset_version=small_version(team.project),
+                              base_model=tiny_base_model, overrides=runs_setup.FAST)
+    assert train_run(run.pk) == RunStatus.SUCCEEDED
+    run.refresh_from_db()
+    shutil.rmtree(run.adapter_path)  # the web node is not the node that trained it
+    zipped = team.client("reviewer").get(f"/p/support/runs/{run.pk}/adapter.zip")
+    assert zipped.status_code == 200 and zipped["Content-Type"] == "application/zip" and len(zipped.content) > 1000
