@@ -17,16 +17,20 @@ import functools
 import os
 
 from celery import Celery
-from celery.signals import worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    worker_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ftstudio.settings")
 
 app = Celery("ftstudio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_routes = {
-    "runs.train_run": {"queue": "gpu"},
-    "evaluations.generate_outputs": {"queue": "gpu"},
-}
+# Training and generation go to `gpu`, or to the GPU tier their base model needs (`gpu-24g`, ...: apps/fleet/queues.py).
+app.conf.task_routes = ("apps.fleet.queues.route",)
 app.autodiscover_tasks()
 
 
@@ -49,6 +53,46 @@ def _schedule_reaper(sender, **kwargs):
                              name="send webhook deliveries that are due (retries)")
     sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("experiments.advance_open", queue="default"),
                              name="advance running data experiments")
+
+
+@worker_init.connect
+def _check_artifact_store(**kwargs):
+    """Wrong credentials or a missing bucket stop the worker now, with the variable to fix (apps/runs/artifacts.py)."""
+    from apps.runs.artifacts import check_or_exit
+
+    check_or_exit("worker")
+
+
+_beat: dict = {}
+
+
+@celeryd_after_setup.connect
+def _note_queues(sender, instance, **kwargs):
+    _beat["hostname"], _beat["queues"] = sender, sorted(instance.app.amqp.queues.consume_from)
+
+
+@worker_ready.connect
+def _start_beating(**kwargs):
+    """A WorkerBeat row (apps/fleet): which queues this worker serves, so a launch can warn when none serves its queue."""
+    from django.conf import settings
+
+    from apps.fleet.services import start_beating
+
+    if "hostname" in _beat:
+        _beat["stop"] = start_beating(hostname=_beat["hostname"], queues=_beat["queues"],
+                                      interval=settings.FTSTUDIO_WORKER_BEAT_SECONDS)
+
+
+@worker_shutdown.connect
+def _stop_beating(**kwargs):
+    from apps.fleet.services import forget
+
+    if "stop" in _beat:
+        _beat["stop"].set()
+        try:
+            forget(hostname=_beat["hostname"])
+        except Exception:  # the database is gone too: the row goes stale by itself
+            pass
 
 
 @worker_shutting_down.connect

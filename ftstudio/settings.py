@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "apps.api",
     "apps.webhooks",
     "apps.experiments",
+    "apps.fleet",
 ]
 
 MIDDLEWARE = [
@@ -209,6 +210,33 @@ if FTSTUDIO_TOKENIZER_DIR and not (Path(FTSTUDIO_TOKENIZER_DIR) / "tokenizer.jso
     )
 # Hub ids are only resolved when the server is allowed online (never in tests or the demo).
 FTSTUDIO_ALLOW_HUB = env_bool("FTSTUDIO_ALLOW_HUB", False)
+
+# --- Artifacts (worker/artifacts.py, apps/runs/artifacts.py) ----------------------------------------------
+# Where checkpoints and adapters are kept beyond the worker that wrote them: "" keeps them under MEDIA_ROOT on this
+# node (one machine, `make run`); s3://bucket/prefix stores them in an S3-compatible store (credentials and endpoint
+# from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION), so workers on several nodes
+# share no disk. Checked (bucket, credentials) when a worker or the web process starts.
+FTSTUDIO_ARTIFACTS_URL = os.environ.get("FTSTUDIO_ARTIFACTS_URL", "").strip()
+if FTSTUDIO_ARTIFACTS_URL and urlparse(FTSTUDIO_ARTIFACTS_URL).scheme not in {"s3", "file"}:
+    raise ImproperlyConfigured(f"FTSTUDIO_ARTIFACTS_URL={FTSTUDIO_ARTIFACTS_URL!r}: use s3://bucket/prefix or file:///path.")
+if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
+    # Uploads waiting for a background import (and anything else saved through default_storage) go to the same
+    # bucket, under <prefix>/media/, so the worker that imports them needs no disk shared with the web process.
+    _artifacts = urlparse(FTSTUDIO_ARTIFACTS_URL)
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": _artifacts.netloc, "location": "/".join(p for p in (_artifacts.path.strip("/"), "media") if p),
+        "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None, "addressing_style": "path",
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID") or None, "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        "region_name": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", "file_overwrite": False}}
+# A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).
+FTSTUDIO_ARTIFACT_CACHE = Path(os.environ.get("FTSTUDIO_ARTIFACT_CACHE", VAR_DIR / "artifact-cache")).resolve()
+FTSTUDIO_ARTIFACT_CACHE_BYTES = int(os.environ.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30)))
+
+# --- Workers and queues by hardware (apps/fleet) ---------------------------------------------------------
+# GPU memory tiers, GB: a base model needing N GB trains on queue gpu-<smallest tier >= N>g.
+FTSTUDIO_GPU_TIERS = [int(t) for t in env_list("FTSTUDIO_GPU_TIERS", "24,48,80")]
+# Every worker writes a WorkerBeat row this often; one silent for 3 beats is not counted as serving its queues.
+FTSTUDIO_WORKER_BEAT_SECONDS = float(os.environ.get("FTSTUDIO_WORKER_BEAT_SECONDS", "30"))
 
 # --- Inference (the /v1/ API and the playground) --------------------------------------------------------
 # The inference process (python -m worker.serve) the web process forwards chat requests to.

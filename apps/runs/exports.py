@@ -29,6 +29,7 @@ from worker.export import (
     export,
 )
 
+from . import artifacts
 from .models import ExportStatus, Run, RunExport, RunStatus, SourceKind
 from .tasks import export_run
 
@@ -50,7 +51,8 @@ def _check_request(run: Run, fmt: str, quant: str) -> str:
         raise ExportError(f"--quant applies to GGUF exports only, not to {fmt}.")
     if run.status != RunStatus.SUCCEEDED:
         raise ExportError(f"Run {run.pk} is {run.status}: only a succeeded run has an adapter to export.")
-    check_adapter_dir(run.adapter_path)
+    if not artifacts.remote():  # in a shared store the adapter is on another node: fetched when the export runs
+        check_adapter_dir(run.adapter_path)
     return quant
 
 
@@ -64,7 +66,7 @@ def export_run_to(*, run: Run, fmt: str, out: str | Path, quant: str = "") -> Ex
     base = run.base_model
     base_dir = resolve_model_dir(model_spec_for(base)) if fmt != "adapter" else ""
     source_gguf = base.source if fmt == "gguf" and base.source_kind == SourceKind.GGUF else None
-    return export(fmt, base_dir=base_dir, adapter_dir=run.adapter_path, out=out, base_model_id=base.portable_id,
+    return export(fmt, base_dir=base_dir, adapter_dir=artifacts.local_adapter_dir(run), out=out, base_model_id=base.portable_id,
                   quant=quant or "f16", source_gguf=source_gguf)
 
 

@@ -39,6 +39,8 @@ class BaseModel(TimeStamped):
     parameter_count = models.BigIntegerField(default=0)
     context_length = models.PositiveIntegerField(default=2048)
     has_chat_template = models.BooleanField(default=False)
+    min_gpu_gb = models.PositiveIntegerField(default=0, help_text="GPU memory its training needs, GB (0: any worker, "
+                                             "CPU included); picks the worker queue (apps/fleet/queues.py)")
     public_id = models.CharField(max_length=200, blank=True, help_text="the model's public id (a Hugging Face Hub id "
                                  "such as HuggingFaceTB/SmolLM2-135M-Instruct): exports name the base model by it")
 

@@ -131,4 +131,5 @@ def estimate_words(estimate: dict | None) -> dict | None:
                       else "assumed: no run of this model has finished here yet")
             basis += f" at {estimate['tokens_per_second']:g} tokens/s ({source})"
         words["basis"] = basis + "."
+    words["queue"], words["queue_warning"] = estimate.get("queue", ""), estimate.get("queue_warning", "")
     return words

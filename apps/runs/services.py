@@ -24,11 +24,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion
+from apps.fleet.queues import NoQueueError, queue_for
+from apps.fleet.selectors import queue_warning
 from ftstudio.celery import send_after_commit
 from worker.models import ModelSpec, describe_model, shipped_gguf_path
 from worker.train_config import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
-from . import leases
+from . import artifacts, leases
 from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
 from .presentation import label
 from .selectors import measured_throughput
@@ -85,7 +87,7 @@ def model_spec_for(base_model: BaseModel) -> ModelSpec:
 
 
 def register_base_model(*, name: str, source_kind: str, source: str, display_name: str = "", revision: str = "",
-                        public_id: str = "") -> BaseModel:
+                        public_id: str = "", min_gpu_gb: int | None = None) -> BaseModel:
     """Register (or refresh) a base model; its description is read from the model itself (raises ModelSourceError).
     ``public_id`` (a Hub id) is how exports name it; a Hub source is its own public id."""
     model = BaseModel(name=name, display_name=display_name, source_kind=source_kind, source=source, revision=revision)
@@ -94,6 +96,8 @@ def register_base_model(*, name: str, source_kind: str, source: str, display_nam
               "architecture": info.architecture, "parameter_count": info.parameter_count,
               "context_length": info.context_length, "has_chat_template": info.has_chat_template,
               "public_id": public_id or (source if source_kind == SourceKind.HUB else "")}
+    if min_gpu_gb is not None:  # what its training needs: picks the worker queue (apps/fleet/queues.py)
+        values["min_gpu_gb"] = min_gpu_gb
     return BaseModel.objects.update_or_create(name=name, defaults=values)[0]
 
 
@@ -185,9 +189,11 @@ def estimate_run(*, base_model: BaseModel, dataset_version: DatasetVersion, hype
     # fp32 weights + LoRA grads/optimizer (small) + activations of one packed batch (rough, per layer)
     tokens_per_batch = int(hp["batch_size"]) * min(int(hp["max_seq_length"]), max(1, tokens // max(examples, 1)))
     memory = params * 4 + tokens_per_batch * 34 * 4 * 1024 * max(1, params // 135_000_000) ** 0.5
+    queue = queue_for(base_model.min_gpu_gb)  # a base model needing more than any tier is refused by prepare_launch
     return {"examples": examples, "tokens": total_tokens, "steps": steps, "steps_per_epoch": per_epoch,
             "seconds": int(total_tokens / rate) + 30, "memory_mb": int(memory / 2**20),
-            "tokens_per_second": round(rate, 1), "throughput_source": "measured" if measured else "assumed"}
+            "tokens_per_second": round(rate, 1), "throughput_source": "measured" if measured else "assumed",
+            "queue": queue, "queue_warning": queue_warning(queue)}
 
 
 # --- launch, cancel ---------------------------------------------------------------------------------
@@ -212,6 +218,11 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
     model = _base_model_from(base_model)
     if model is None:
         errors["base_model"] = f"Unknown base model {base_model!r}: choose one from the registry."
+    else:
+        try:
+            queue_for(model.min_gpu_gb)
+        except NoQueueError as exc:
+            errors["base_model"] = f"{model} needs {model.min_gpu_gb} GB of GPU memory. {exc}"
     try:
         hp = resolve_hyperparameters(preset, overrides)
     except LaunchError as exc:
@@ -380,6 +391,7 @@ class RunReporter:
                                  val_loss=m.val_loss, learning_rate=m.learning_rate, tokens_per_second=m.tokens_per_second)
 
     def on_checkpoint(self, path: str) -> None:
+        artifacts.store_checkpoint(self.run.pk, path)  # raises when the store stays down: the run fails, the folder stays
         self.rows.update(checkpoint_path=path, heartbeat_at=timezone.now())
 
     def on_phase(self, phase: str) -> None:
@@ -418,6 +430,7 @@ def _train(run: Run, reporter: RunReporter, hooks):
                          **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()})
     train_data = run.dataset_version.conversations("train")
     val_data = run.dataset_version.conversations("val")
+    artifacts.fetch_newest_checkpoint(run.pk, output_dir, reporter.on_log)  # another node's newer checkpoint, if any
     # Metrics past the last checkpoint are logged again after a resume: drop them.
     resume = last_checkpoint(str(output_dir))
     resume_step = checkpoint_step(resume) if resume else 0
@@ -433,6 +446,8 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
     reporter.on_log(f"attempt {run.attempts} started on {timezone.now():%Y-%m-%d %H:%M:%S} UTC")
     try:
         result = _train(run, reporter, reporter.hooks())
+        if result.status == "succeeded":
+            artifacts.store_adapter(run.pk, result.adapter_dir)
     except Stopped as exc:  # asked before training started (while the base model was being resolved)
         result, reason = None, exc.reason
     except Exception as exc:  # recorded on the run; the user sees the reason and the log tail

@@ -10,9 +10,10 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from apps.accounts.permissions import judging_blind, project_view
+from worker.artifacts import ArtifactStoreError
 from worker.export import ExportError, adapter_files
 
-from . import exports, presentation, selectors, services
+from . import artifacts, exports, presentation, selectors, services
 from .forms import LaunchForm
 from .models import ExportStatus, Run, RunExport
 
@@ -110,7 +111,10 @@ def run_adapter(request, project, pk):
     if judging_blind(project, request.user, request.access):
         raise PermissionDenied("Adapters are not downloadable while you have blind review work in this project: "
                                "running one would show which outputs it wrote.")
-    folder = Path(run.adapter_path) if run.adapter_path else None
+    try:  # on another node than the one that trained it: fetched from the artifact store into this node's cache
+        folder = Path(artifacts.local_adapter_dir(run)) if run.adapter_path else None
+    except ArtifactStoreError as exc:
+        raise Http404("The adapter could not be fetched from the artifact store: try again shortly.") from exc
     if folder is None or not (folder / "adapter_config.json").is_file():
         raise Http404("This run has no adapter.")
     try:  # the config names the base model by its public id, not by this server's path

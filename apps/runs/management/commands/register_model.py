@@ -23,13 +23,15 @@ class Command(BaseCommand):
         parser.add_argument("--revision", default="", help="Hub revision (commit or tag)")
         parser.add_argument("--public-id", default="", help="the model's Hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct): "
                             "exported adapters, merged models and GGUF files name their base model by it")
+        parser.add_argument("--min-gpu-gb", type=int, default=None, help="GPU memory its training needs, GB: its runs "
+                            "go to the smallest GPU tier queue that has it (gpu-24g, gpu-80g...); 0: any worker")
 
-    def handle(self, *args, name, source, kind, display_name, revision, public_id, **opts):
+    def handle(self, *args, name, source, kind, display_name, revision, public_id, min_gpu_gb=None, **opts):
         kind = kind or guess_kind(source)
         try:
             model = services.register_base_model(name=name, source_kind=kind, source=source,
                                                  display_name=display_name, revision=revision,
-                                                 public_id=public_id)
+                                                 public_id=public_id, min_gpu_gb=min_gpu_gb)
         except (OSError, ValueError) as exc:  # ModelSourceError is a ValueError
             raise CommandError(f"Could not register {name!r} from {source}: {exc}") from exc
         self.stdout.write(f"{model.name}: {model.architecture}, {model.parameter_count:,} parameters, "
