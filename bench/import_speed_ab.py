@@ -37,7 +37,7 @@ def main() -> None:
     other = args.other.resolve()
     print(f"A={other} B={HERE} rows={args.rows} rounds={args.rounds}", flush=True)
     alternate(args.rounds, lambda n: run(other, args.rows), lambda n: run(HERE, args.rows),
-              ratio=lambda a, b: b / a, describe=lambda a, b: f"A {a:.1f} s, B {b:.1f} s, B/A {b / a:.2f}")
+              ratio=lambda a, b: b / a, describe=lambda a, b: f"A {a:.1f} s, B {b:.1f} s (ratio B/A)")
 
 
 if __name__ == "__main__":
