@@ -8,13 +8,12 @@ Each round runs both sides on the same data and seed, alternately:
   to the validation loss (its end);
 - cancel: the same run, cancelled at that same moment; seconds from the request until `train()` has returned.
 The tiny random Llama by default (seconds per round); --shipped uses SmolLM2-135M-Instruct (minutes).
-Prints every round, then `ratio=X (min-max)`: the median of pass / cancel.
+Prints every round, then `ratio=<median of pass / cancel> (min x, max y, rounds N)` (bench/_rounds.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _rounds import add_rounds_argument, alternate  # noqa: E402
 
 
 def conversations(count: int, offset: int = 0) -> list[list[dict]]:
@@ -64,19 +65,14 @@ def one(side: str, model: str, val: list[list[dict]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    add_rounds_argument(parser)
     parser.add_argument("--val", type=int, default=64, help="validation conversations (batches of 4)")
     parser.add_argument("--shipped", action="store_true", help="the shipped 135M model instead of the tiny one")
     args = parser.parse_args()
     model, val = model_dir(args.shipped), conversations(args.val, 500)
-    ratios = []
-    for r in range(1, args.rounds + 1):
-        full = one("pass", model, val)
-        cancel = one("cancel", model, val)
-        ratios.append(full / cancel)
-        print(f"round {r}: validation pass {full:.2f} s, cancel during it {cancel:.3f} s, ratio {full / cancel:.1f}",
-              flush=True)
-    print(f"ratio={statistics.median(ratios):.1f} ({min(ratios):.1f}-{max(ratios):.1f})")
+    alternate(args.rounds, lambda n: one("pass", model, val), lambda n: one("cancel", model, val),
+              ratio=lambda full, cancel: full / cancel, digits=1,
+              describe=lambda full, cancel: f"validation pass {full:.2f} s, cancel during it {cancel:.3f} s")
 
 
 if __name__ == "__main__":

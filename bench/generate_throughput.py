@@ -1,33 +1,34 @@
-"""Engine generation vs one prompt at a time, on the shipped SmolLM2-135M-Instruct and 64 demo prompts.
+"""Engine generation vs one prompt at a time, on the shipped SmolLM2-135M-Instruct and 32 demo prompts.
 
 Both sides use the same model, greedy decoding and max_new_tokens; the single side calls
 ``model.generate`` once per prompt (no padding), the engine side is ``worker.generate.generate``, which
 runs the inference process's engine (``worker.engine.BatchRunner``): continuous batching, so when a row
 finishes the next prompt takes its place and the batch stays full instead of draining. Outputs must be
 identical. Sides alternate for ``--rounds`` rounds; each round prints both rates, and the last line is
-``ratio=X``: the median of engine new tokens/s ÷ one-at-a-time new tokens/s (with min-max).
+``ratio=<median> (min x, max y, rounds N)`` of engine new tokens/s ÷ one-at-a-time new tokens/s (bench/_rounds.py).
 
-    .venv/bin/python bench/generate_throughput.py [--prompts 64] [--max-new-tokens 64] [--batch-size 32] [--rounds 3]
+    .venv/bin/python bench/generate_throughput.py [--prompts 32] [--max-new-tokens 64] [--batch-size 16] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _rounds import add_rounds_argument, alternate  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    add_rounds_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
 
@@ -69,21 +70,26 @@ def main() -> None:
 
     print(f"model={Path(model_dir).name} prompts={len(prompts)} max_new_tokens={args.max_new_tokens} "
           f"batch_size={args.batch_size} threads={torch.get_num_threads()} rounds={args.rounds}")
-    ratios = []
-    for n in range(1, args.rounds + 1):
-        rates, outputs = {}, {}
-        for name, side in (("one-at-a-time", one_at_a_time), ("engine", engine)):
+    first_texts: dict[int, list[str]] = {}
+
+    def measure(name, side):
+        def run(n):
             started = time.perf_counter()
-            outputs[name], tokens = side()
+            texts, tokens = side()
             seconds = time.perf_counter() - started
-            rates[name] = tokens / seconds
-            print(f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {rates[name]:6.1f} tokens/s")
-        mismatches = [i for i, (a, b) in enumerate(zip(outputs["one-at-a-time"], outputs["engine"], strict=True)) if a != b]
-        print(f"round {n} identical outputs: {len(prompts) - len(mismatches)}/{len(prompts)}"
-              + (f" (differ at {mismatches[:10]})" if mismatches else ""))
-        ratios.append(rates["engine"] / rates["one-at-a-time"])
-        print(f"round {n} ratio {ratios[-1]:.2f}")
-    print(f"ratio={statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+            print(f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {tokens / seconds:6.1f} tokens/s",
+                  flush=True)
+            if name == "one-at-a-time":
+                first_texts[n] = texts
+            else:
+                mismatches = [i for i, (a, b) in enumerate(zip(first_texts[n], texts, strict=True)) if a != b]
+                print(f"round {n} identical outputs: {len(prompts) - len(mismatches)}/{len(prompts)}"
+                      + (f" (differ at {mismatches[:10]})" if mismatches else ""), flush=True)
+            return tokens / seconds
+        return run
+
+    alternate(args.rounds, measure("one-at-a-time", one_at_a_time), measure("engine", engine),
+              ratio=lambda single, batched: batched / single)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ adapters (random weights, made once under var/bench-adapters); the 32 requests (
 messages' first 32) cycle base, adapter A, adapter B, greedy, streamed with the official ``openai`` client
 (usage included). Sides alternate for ``--rounds`` rounds: one at a time, then all 32 at once.
 Greedy outputs must be identical on both sides in every round. Each round prints new tokens/s and
-p50/p95 time to first token; the last line is ``ratio=X`` (median of concurrent ÷ sequential tokens/s,
-with min-max).
+p50/p95 time to first token; the last line is ``ratio=<median> (min x, max y, rounds N)`` of concurrent ÷
+sequential tokens/s (bench/_rounds.py).
 
     .venv/bin/python bench/serve_throughput.py [--requests 32] [--max-tokens 64] [--rounds 3] [--threads N]
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _rounds import add_rounds_argument, alternate  # noqa: E402
 
 
 def make_adapter(model_dir: str, target: Path, seed: int) -> Path:
@@ -56,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_rounds_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the inference process (0: default)")
     parser.add_argument("--port", type=int, default=8871)
     args = parser.parse_args()
@@ -128,23 +129,23 @@ def main() -> None:
 
         print(f"model={Path(model_dir).name} requests={len(jobs)} (base, adapter a, adapter b in turn) "
               f"max_tokens={args.max_tokens} rounds={args.rounds} threads={args.threads or torch.get_num_threads()}")
-        ratios, reference = [], None
-        for n in range(1, args.rounds + 1):
-            figures = {}
-            for concurrent in (False, True):
+        reference: list[str] = []
+
+        def measure(concurrent: bool):
+            def run(n):
                 texts, rate, tokens, seconds, ttft = side(concurrent)
-                reference = reference or texts
+                reference[:] = reference or texts
                 same = sum(a == b for a, b in zip(reference, texts, strict=True))
                 name = "concurrent" if concurrent else "one-at-a-time"
                 print(f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {rate:6.1f} tokens/s, "
                       f"TTFT p50 {percentile(ttft, 0.5):6.0f} ms p95 {percentile(ttft, 0.95):6.0f} ms, "
-                      f"identical to round 1 one-at-a-time: {same}/{len(texts)}")
+                      f"identical to round 1 one-at-a-time: {same}/{len(texts)}", flush=True)
                 if same != len(texts):
                     raise SystemExit("greedy outputs differ between sides")
-                figures[concurrent] = rate
-            ratios.append(figures[True] / figures[False])
-            print(f"round {n} ratio {ratios[-1]:.2f}")
-        print(f"ratio={statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+                return rate
+            return run
+
+        alternate(args.rounds, measure(False), measure(True), ratio=lambda single, concurrent: concurrent / single)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -135,8 +135,47 @@ class RunCallback(TrainerCallback):
                                    for k, v in {"step": state.global_step, **logs}.items()))
 
 
+# Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or logit scale), so the
+# loss may compute logits only where a label is learned (`labelled_loss`).
+LABELLED_LOGITS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def labelled_loss(model, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss, computing the vocabulary logits only at the positions that predict a label.
+
+    The model's own loss projects every position onto the whole vocabulary (49,152 entries for SmolLM2) and
+    takes a softmax over it, then throws away all but the assistant tokens: with the demo's conversations
+    about four positions in five are prompt. Here the decoder runs as usual, the hidden states that predict a
+    label (shifted by one, as the model's loss does) are picked out, and only those go through ``lm_head`` and
+    the cross-entropy: the same loss (sum over the labelled tokens ÷ ``num_items_in_batch``, or their mean) and
+    the same gradients, without the lm_head matmul, the logits and their backward for the prompt. Returns None
+    for a model not known to compute its logits that way (the caller falls back to the model's loss)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", "") not in LABELLED_LOGITS_MODEL_TYPES:
+        return None
+    labels = inputs["labels"]
+    decoder_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = base.get_decoder()(**decoder_inputs, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    if num_items_in_batch is None:
+        return loss / keep.sum()
+    return loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+
+
 class PackedTrainer(Trainer):
-    """`Trainer` fed by `PackedRowsCollator`: counts the examples' real tokens as seen (not the filler)."""
+    """`Trainer` fed by `PackedRowsCollator`: counts the examples' real tokens as seen (not the filler), and
+    computes the loss from the labelled positions' logits only (`labelled_loss`)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = None
+        if "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
+            loss = labelled_loss(model, inputs, num_items_in_batch)
+        if loss is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def _prepare_inputs(self, inputs):
         real = inputs.pop("real_tokens", None)
