@@ -4,6 +4,7 @@ stream side by side (a real inference process behind the live server)."""
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests import api_setup, runs_setup
 from tests.api_setup import trained_run
@@ -40,7 +41,8 @@ def test_two_candidates_stream_side_by_side(new_page, password, team, tiny_base_
     page.goto("/p/support/")
     page.get_by_role("link", name="Playground").first.click()
     page.get_by_label("Test example").select_option(label=f"#{Example.objects.get().pk}: Hello, I'm Dee. Where is order #171?")
-    assert page.get_by_label("Message").input_value() == "Hello, I'm Dee. Where is order #171?"
+    # the deferred script fills the box (at once, or as soon as it runs if the pick came first): wait for it
+    expect(page.get_by_label("Message")).to_have_value("Hello, I'm Dee. Where is order #171?")
     page.get_by_label("Tiny Llama (base)").check()
     page.get_by_label(f"House style (run #{run.pk})").check()
     page.locator("summary", has_text="Settings").click()
