@@ -25,6 +25,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_routes = {
     "runs.train_run": {"queue": "gpu"},
     "evaluations.generate_outputs": {"queue": "gpu"},
+    "prompts.score_prompt_version": {"queue": "gpu"},
 }
 app.autodiscover_tasks()
 
