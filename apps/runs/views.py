@@ -45,8 +45,10 @@ def _run(project, pk) -> Run:
 
 @project_view("view")
 def run_list(request, project):
-    runs = Run.objects.filter(project=project).select_related("base_model", "dataset_version")
-    return render(request, "runs/run_list.html", {"runs": runs})
+    from apps.freshness.selectors import stale_runs
+
+    runs = list(Run.objects.filter(project=project).select_related("base_model", "dataset_version"))
+    return render(request, "runs/run_list.html", {"runs": runs, "stale": stale_runs(project, runs)})
 
 
 def _estimate_context(project, form) -> dict:
