@@ -173,3 +173,16 @@ def test_a_member_reviewing_blind_does_not_see_the_comparison(team, tmp_path):
     fill(b, run, [0.5, 0.5], [1, 0])
     page = team.client("reviewer").get(f"/p/support/freshness/compare/?a={a.pk}&b={b.pk}").content.decode()
     assert "is hidden from you while blind review goes on" in page and "out run" not in page
+
+
+def test_the_pm_overview_asks_for_a_prompt_first_and_for_re_evaluation_once_data_moved_on(team, tmp_path):
+    project, pm = team.project, team.client("pm")
+    v1 = version(project, questions(2))
+    overview = pm.get("/p/support/").content.decode()
+    assert "No prompt has been tried yet: run one on v1&#x27;s validation split first" in overview
+    run = make_run(project, v1, model(), tmp_path / "adapter")
+    evaluate(project, v1, make_rubric(project), run)
+    version(project, questions(3))
+    overview = pm.get("/p/support/").content.decode()
+    assert "1 finished run not evaluated on current data (v2): re-evaluate them on it." in overview
+    assert 'href="/p/support/freshness/"' in overview
