@@ -166,3 +166,15 @@ def test_the_worker_task_generates_and_scores_every_validation_example_once(team
     assert all(0 <= o.similarity <= 1 and len(o.checks) == 3 for o in outputs)
     assert pv.mean_similarity == pytest.approx(sum(o.similarity for o in outputs) / 3)
     assert score_prompt_version.delay(pv.pk).get() == "scored" and pv.outputs.count() == 3  # a redelivery is a no-op
+
+
+def test_a_member_with_pairs_to_judge_blind_sees_no_prompt_or_output(team, settings, tiny_model_dir, tmp_path):
+    from tests.eval_setup import make_evaluation
+
+    make_evaluation(team, settings, tiny_model_dir, tmp_path, fake=True, test_count=2)  # ready, pairs to judge
+    version = house_version(team.project)
+    scored(team.project, version, ["Hi Cy, secret-style reply", "b", "c"], prompt="The secret house prompt.")
+    for path in ("/p/support/prompts/", "/p/support/prompts/v1/"):
+        html = team.client("reviewer").get(path).content.decode()
+        assert 'id="prompts-blind"' in html and "secret" not in html
+    assert "The secret house prompt." in team.client("designer").get("/p/support/prompts/v1/").content.decode()

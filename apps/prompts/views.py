@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django_htmx.http import HttpResponseClientRefresh
 
-from apps.accounts.permissions import project_view
+from apps.accounts.permissions import judging_blind, project_view
 from apps.datasets.models import DatasetVersion
 
 from . import selectors, services
@@ -21,9 +21,19 @@ def _chosen_version(project, request) -> DatasetVersion | None:
     return chosen or versions.first()
 
 
+BLIND = ("Prompts and their outputs are hidden while you have pairs to judge blind in this project: the best prompt "
+         "is the prompt-only baseline of evaluations, and seeing it could tell you which side wrote what.")
+
+
+def _blind(request, project) -> bool:
+    return judging_blind(project, request.user, request.access)
+
+
 @project_view("view", post_need="label")
 def prompt_workspace(request, project):
     """Write a prompt, pick few-shot examples, run it on the validation split; the numbered versions below."""
+    if _blind(request, project):
+        return render(request, "prompts/workspace.html", {"blind": BLIND})
     dataset_version = _chosen_version(project, request)
     train = list(selectors.train_items(dataset_version))
     start = {}
@@ -54,6 +64,8 @@ def prompt_workspace(request, project):
 
 @project_view("view")
 def prompt_version_detail(request, project, number):
+    if _blind(request, project):
+        return render(request, "prompts/workspace.html", {"blind": BLIND})
     version = get_object_or_404(selectors.prompt_versions(project), number=number)
     if request.htmx:
         if not version.is_active:
