@@ -186,3 +186,21 @@ def test_the_pm_overview_asks_for_a_prompt_first_and_for_re_evaluation_once_data
     overview = pm.get("/p/support/").content.decode()
     assert "1 finished run not evaluated on current data (v2): re-evaluate them on it." in overview
     assert 'href="/p/support/freshness/"' in overview
+
+
+def test_reevaluate_wait_generates_the_same_candidates_on_the_new_version_and_compares_them(team, settings, tiny_model_dir,
+                                                                                            tmp_path, eager, capsys):
+    from tests.eval_setup import make_evaluation
+
+    old, run = make_evaluation(team, settings, tiny_model_dir, tmp_path, test_count=2)  # generated on v1
+    v1 = old.dataset_version
+    version(team.project, [item.messages for item in eval_services.eval_items(old)] + questions(1, 70))
+    call_command("reevaluate", "--project", "support", "--dataset-version", "2", "--wait")
+    new = Evaluation.objects.get(dataset_version__number=2)
+    assert "Ready for review: 9 outputs." in capsys.readouterr().out  # 3 candidates x 3 test examples
+    assert new.max_new_tokens == old.max_new_tokens == 6 and v1.number == 1
+    diff = selectors.compare_evaluations(old, new)
+    assert diff.candidate_key == f"run:{run.pk}" and len(diff.rows) == 2 and diff.only_b == 1
+    # greedy and seeded: the same run on the same inputs writes the same replies, so nothing moved
+    assert diff.counts == {"improved": 0, "regressed": 0, "stayed": 2}
+    assert all(r.output_a == r.output_b for r in diff.rows) and diff.win is None
