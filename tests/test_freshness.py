@@ -204,3 +204,28 @@ def test_reevaluate_wait_generates_the_same_candidates_on_the_new_version_and_co
     # greedy and seeded: the same run on the same inputs writes the same replies, so nothing moved
     assert diff.counts == {"improved": 0, "regressed": 0, "stayed": 2}
     assert all(r.output_a == r.output_b for r in diff.rows) and diff.win is None
+
+
+def test_where_both_evaluations_ran_the_automatic_checks_they_decide_what_improved_or_regressed(team, tmp_path):
+    from tests.test_prompts import checked_rubric
+
+    project = team.project
+    shared = questions(3)
+    v1, v2 = version(project, shared), version(project, shared)
+    rubric = checked_rubric(project)  # three checks: starts "Hi ", ends "Warm regards", contains "Friday"
+    run = make_run(project, v1, model(), tmp_path / "adapter")
+    a, b = evaluate(project, v1, rubric, run, user=team.pm), evaluate(project, v2, rubric, run, user=team.pm)
+    fill(a, run, [0.5, 0.5, 0.5], [1, 0, 1])
+    fill(b, run, [0.5, 0.5, 0.5], [1, 0, 1])  # the same similarity everywhere: only the checks can tell
+    replies = {a: ["Hi A, Friday. Warm regards", "Hi B. Warm regards", "nothing"],
+               b: ["Hi A, Monday. Warm regards", "Hi B. Warm regards", "Hi C, Friday. Warm regards"]}
+    for evaluation, texts in replies.items():
+        for item, text in zip(eval_services.eval_items(evaluation), texts, strict=True):
+            Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run", item=item).update(output=text)
+        eval_services.run_checks(evaluation.pk)
+    diff = selectors.compare_evaluations(a, b, sort="position")
+    assert diff.measure == "checks"
+    assert [(r.score_a, r.score_b, r.outcome) for r in diff.rows] == [
+        (1.0, pytest.approx(2 / 3), "regressed"), (pytest.approx(2 / 3), pytest.approx(2 / 3), "stayed"),
+        (0.0, 1.0, "improved")]
+    assert diff.win.change == 0 and (diff.win.low, diff.win.high) == (0.0, 0.0)  # every example judged alike twice
