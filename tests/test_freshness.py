@@ -188,6 +188,7 @@ def test_the_pm_overview_asks_for_a_prompt_first_and_for_re_evaluation_once_data
     assert 'href="/p/support/freshness/"' in overview
 
 
+@pytest.mark.django_db(transaction=True)  # the task is queued on commit: a test transaction would never commit
 def test_reevaluate_wait_generates_the_same_candidates_on_the_new_version_and_compares_them(team, settings, tiny_model_dir,
                                                                                             tmp_path, eager, capsys):
     from tests.eval_setup import make_evaluation
@@ -195,7 +196,7 @@ def test_reevaluate_wait_generates_the_same_candidates_on_the_new_version_and_co
     old, run = make_evaluation(team, settings, tiny_model_dir, tmp_path, test_count=2)  # generated on v1
     v1 = old.dataset_version
     version(team.project, [item.messages for item in eval_services.eval_items(old)] + questions(1, 70))
-    call_command("reevaluate", "--project", "support", "--dataset-version", "2", "--wait")
+    call_command("reevaluate", "--project", "support", "--dataset-version", "2", "--wait", "--timeout", "300")
     new = Evaluation.objects.get(dataset_version__number=2)
     assert "Ready for review: 9 outputs." in capsys.readouterr().out  # 3 candidates x 3 test examples
     assert new.max_new_tokens == old.max_new_tokens == 6 and v1.number == 1
