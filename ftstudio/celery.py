@@ -29,8 +29,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ftstudio.settings")
 
 app = Celery("ftstudio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# Training and generation go to `gpu`, or to the GPU tier their base model needs (`gpu-24g`, ...: apps/fleet/queues.py).
-app.conf.task_routes = ("apps.fleet.queues.route",)
+# Training and generation go to `gpu`, or to the GPU tier their base model needs (`gpu-24g`, ...: apps/fleet/queues.py);
+# scoring a prompt version generates on the base model, on `gpu`.
+app.conf.task_routes = ("apps.fleet.queues.route", {"prompts.score_prompt_version": {"queue": "gpu"}})
 app.autodiscover_tasks()
 
 

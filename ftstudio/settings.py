@@ -64,6 +64,8 @@ INSTALLED_APPS = [
     "apps.datasets",
     "apps.runs",
     "apps.evaluations",
+    "apps.prompts",
+    "apps.freshness",
     "apps.demo",
     "apps.api",
     "apps.webhooks",

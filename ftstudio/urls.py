@@ -9,6 +9,8 @@ urlpatterns = [
     path("p/<slug:slug>/runs/", include("apps.runs.urls")),
     path("p/<slug:slug>/evals/", include("apps.evaluations.urls")),
     path("p/<slug:slug>/experiments/", include("apps.experiments.urls")),
+    path("p/<slug:slug>/prompts/", include("apps.prompts.urls")),
+    path("p/<slug:slug>/freshness/", include("apps.freshness.urls")),
     path("p/<slug:slug>/playground/", include("apps.api.playground_urls")),
     path("p/<slug:slug>/settings/webhooks/", include("apps.webhooks.urls")),
 ]

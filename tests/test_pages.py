@@ -267,6 +267,6 @@ def test_a_refused_launch_names_the_hyperparameter_by_its_label(team):
     version = small_version(team.project)
     model = _base_model()
     html = team.client("pm").post("/p/support/runs/new/", {"dataset_version": version.pk, "base_model": model.pk,
-                                                          "preset": "quick", "lora_r": 300}).content.decode()
+                                                          "preset": "quick", "lora_r": 300, "launch_without_prompt": "on"}).content.decode()
     assert "LoRA rank must be between 1 and 256; got 300." in html
     assert "lora_r" not in visible(html)

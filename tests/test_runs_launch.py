@@ -83,7 +83,7 @@ def test_the_launch_page_shows_form_errors_and_queues_nothing_on_bad_input(team,
     version = small_version(team.project)
     client = team.client("pm")
     page = client.post(f"/p/{team.project.slug}/runs/new/", {
-        "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "max_seq_length": 9999})
+        "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "max_seq_length": 9999, "launch_without_prompt": "on"})
     assert page.status_code == 200
     assert "over Tiny Llama&#x27;s context length of 512" in page.content.decode()
     assert not Run.objects.exists()
@@ -99,7 +99,7 @@ def test_the_launch_page_estimates_as_the_form_changes_and_launches_a_run(team, 
     assert 'id="estimate-steps">6<' in estimate.content.decode() and "<html" not in estimate.content.decode()
     with django_capture_on_commit_callbacks() as callbacks:
         response = client.post(f"/p/{team.project.slug}/runs/new/", {
-            "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "balanced", "epochs": 1})
+            "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "balanced", "epochs": 1, "launch_without_prompt": "on"})
     run = Run.objects.get()
     assert response.status_code == 302 and response["Location"] == run.get_absolute_url()
     assert run.preset == "balanced" and run.hyperparameters["epochs"] == 1 and run.created_by == team.pm

@@ -220,7 +220,7 @@ def test_a_read_only_database_is_a_clear_page_and_a_clear_cli_error(team, tiny_b
 
     monkeypatch.setattr(services, "launch_run", readonly)
     response = team.client("pm").post("/p/support/runs/new/", {
-        "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "name": "x"})
+        "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "name": "x", "launch_without_prompt": "on"})
     body = response.content.decode()
     assert response.status_code == 503 and "read-only" in body and "Traceback" not in body
 

@@ -83,6 +83,11 @@ def pm_steps(project) -> list[Step]:
         steps.append(Step(f"Examples changed since v{latest.number}: freeze a new version to train on them.",
                           reverse("version_list", kwargs=slug), "Freeze a version"))
     if latest is not None and not Run.objects.filter(project=project, dataset_version=latest).exists():
+        from apps.prompts.selectors import any_scored
+
+        if not any_scored(project):
+            steps.append(Step(f"No prompt has been tried yet: run one on v{latest.number}'s validation split first; "
+                              "prompting alone may be enough.", reverse("prompt_workspace", kwargs=slug), "Try a prompt"))
         steps.append(Step(f"v{latest.number} has no run yet: launch one (the form estimates time and memory).",
                           reverse("run_create", kwargs=slug), "Launch a run"))
     running = Run.objects.filter(project=project, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).order_by("-created_at")
@@ -90,6 +95,12 @@ def pm_steps(project) -> list[Step]:
         steps.append(Step(f"{run} is {run.get_status_display().lower()}"
                           + (f" (step {run.step} of {run.total_steps})." if run.total_steps else "."),
                           run.get_absolute_url(), "Watch it"))
+    from apps.freshness.selectors import stale_runs
+
+    stale = stale_runs(project)
+    if stale and latest is not None:
+        steps.append(Step(f"{_plural(len(stale), 'finished run')} not evaluated on current data (v{latest.number}): "
+                          "re-evaluate them on it.", reverse("freshness", kwargs=slug), "Re-evaluate"))
     unevaluated = (Run.objects.filter(project=project, status=RunStatus.SUCCEEDED).exclude(adapter_path="")
                    .exclude(pk__in=Candidate.objects.filter(run__isnull=False).values("run_id")).order_by("-created_at"))
     first = unevaluated.first()

@@ -107,6 +107,10 @@ class EvaluationForm(forms.Form):
                                         help_text="for the base and prompt candidates (default: the runs' base model)")
     include_base = forms.BooleanField(required=False, initial=True, label="Candidate: base model")
     include_prompt = forms.BooleanField(required=False, initial=True, label="Candidate: base model + prompt (prompt-only baseline)")
+    prompt_version = forms.ModelChoiceField(
+        queryset=None, required=False, label="Prompt-only baseline from the prompt workspace",
+        help_text="its system prompt and chosen few-shot examples (default: the best scored version); "
+                  "empty: the system prompt and number of examples below")
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
                                     help_text="the prompt-only baseline's system prompt")
     few_shot = forms.IntegerField(min_value=0, max_value=8, initial=2, help_text="examples from the train split shown to the prompt baseline")
@@ -143,6 +147,12 @@ class EvaluationForm(forms.Form):
                                          .values_list("pk", flat=True).first())
         self.fields["runs"].queryset = (Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)
                                         .exclude(adapter_path="").select_related("base_model"))
+        from apps.prompts import selectors as prompt_selectors
+
+        self.fields["prompt_version"].queryset = prompt_selectors.scored_versions(project).select_related("dataset_version")
+        self.fields["prompt_version"].label_from_instance = prompt_selectors.score_words
+        best = prompt_selectors.best_prompt_version(project)
+        self.fields["prompt_version"].initial = best.pk if best else None
         self.fields["runs"].label_from_instance = lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"
 
     def candidates(self) -> list[CandidateSpec]:
@@ -150,7 +160,11 @@ class EvaluationForm(forms.Form):
         specs = []
         if d.get("include_base"):
             specs.append(CandidateSpec("base"))
-        if d.get("include_prompt"):
+        if d.get("include_prompt") and d.get("prompt_version"):
+            pv = d["prompt_version"]
+            specs.append(CandidateSpec("prompt", system_prompt=pv.system_prompt, few_shot=len(pv.shot_messages),
+                                       shots=pv.shot_messages))
+        elif d.get("include_prompt"):
             specs.append(CandidateSpec("prompt", system_prompt=d.get("system_prompt") or "", few_shot=d.get("few_shot") or 0))
         specs += [CandidateSpec("run", run_id=r.pk) for r in d.get("runs") or []]
         return specs

@@ -205,6 +205,8 @@ class Candidate(models.Model):
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="eval_candidates")
     system_prompt = models.TextField(blank=True)
     few_shot = models.PositiveSmallIntegerField(default=0, help_text="examples from the train split shown before each input")
+    shot_messages = models.JSONField(default=list, blank=True, help_text="chosen few-shot conversations (a prompt "
+                                     "version's); empty: the first `few_shot` of the train split")
     label = models.CharField(max_length=160)
 
     class Meta:

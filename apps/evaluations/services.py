@@ -257,6 +257,7 @@ class CandidateSpec:
     run_id: int | None = None
     system_prompt: str = ""
     few_shot: int = 0
+    shots: list = dataclasses.field(default_factory=list)  # chosen conversations (a prompt version's); else the first few_shot
 
 
 def parse_candidates(text: str) -> list[CandidateSpec]:
@@ -340,6 +341,7 @@ def _create_candidates(evaluation: Evaluation, candidates: list[CandidateSpec], 
             evaluation=evaluation, position=position, kind=spec.kind, run=runs.get(spec.run_id),
             system_prompt=(spec.system_prompt.strip() or DEFAULT_PROMPT) if spec.kind == CandidateKind.PROMPT else "",
             few_shot=spec.few_shot if spec.kind == CandidateKind.PROMPT else 0, label=label,
+            shot_messages=list(spec.shots) if spec.kind == CandidateKind.PROMPT else [],
         )
 
 
@@ -382,7 +384,8 @@ def candidate_messages(candidate: Candidate, input_messages: list[dict], shots: 
         return list(input_messages)
     own_system = [m["content"] for m in input_messages if m.get("role") == "system"]
     system = "\n\n".join([candidate.system_prompt, *own_system]).strip()
-    turns = [m for shot in shots[:candidate.few_shot] for m in shot if m.get("role") in ("user", "assistant")]
+    pool = candidate.shot_messages or shots  # a prompt version's chosen examples, else the train split's first ones
+    turns = [m for shot in pool[:candidate.few_shot] for m in shot if m.get("role") in ("user", "assistant")]
     rest = [m for m in input_messages if m.get("role") != "system"]
     return ([{"role": "system", "content": system}] if system else []) + turns + rest
 

@@ -114,7 +114,10 @@ def evaluation_list(request, project):
     evaluations = list(Evaluation.objects.filter(project=project).select_related("dataset_version", "rubric", "base_model")
                        .prefetch_related("candidates"))
     blind = {e.pk for e in evaluations if not evaluation_sight(e, request.user, request.access).labels}
-    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations, "blind": blind})
+    from apps.freshness.selectors import stale_evaluations
+
+    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations, "blind": blind,
+                                                                "stale": stale_evaluations(project, evaluations)})
 
 
 @project_view("evaluate")

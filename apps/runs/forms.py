@@ -25,11 +25,22 @@ class LaunchForm(forms.Form):
     max_seq_length = forms.IntegerField(required=False, label="Max sequence length")
     seed = forms.IntegerField(required=False)
     name = forms.CharField(required=False, max_length=120)
+    launch_without_prompt = forms.BooleanField(
+        required=False, label="Launch without trying a prompt first",
+        help_text="asked only while no prompt version has been scored in this project")
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
-        self.fields["dataset_version"].label_from_instance = lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
+        from apps.prompts import selectors as prompt_selectors
+
+        best = prompt_selectors.best_by_dataset_version(project)  # the bar a run has to beat, beside each version
+        self.fields["dataset_version"].label_from_instance = lambda v: (
+            f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
+            + (f" · best {prompt_selectors.score_words(best[v.pk])}" if v.pk in best else " · no prompt scored"))
+        self.prompt_scored = bool(best)
+        if self.prompt_scored:
+            del self.fields["launch_without_prompt"]
         for key in OVERRIDE_FIELDS:  # labels, units and help from the one mapping the run pages use too
             self.fields[key].label = form_label(key)
             self.fields[key].help_text = HYPERPARAMETERS[key].help

@@ -25,7 +25,10 @@ def _run(project, pk) -> Run:
 
 @project_view("view")
 def run_list(request, project):
-    return render(request, "runs/run_list.html", {"runs": selectors.project_runs(project)})
+    from apps.freshness.selectors import stale_runs
+
+    runs = list(selectors.project_runs(project))
+    return render(request, "runs/run_list.html", {"runs": runs, "stale": stale_runs(project, runs)})
 
 
 def _estimate_context(project, form) -> dict:
@@ -43,6 +46,10 @@ def _estimate_context(project, form) -> dict:
 @project_view("run", post_need="run")
 def run_create(request, project):
     form = LaunchForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid() and not form.prompt_scored and not form.cleaned_data["launch_without_prompt"]:
+        form.add_error("launch_without_prompt", (
+            "No prompt version has been scored in this project yet. A fine-tune is worth its cost only when a good "
+            "prompt with examples falls short: try one in the prompt workspace first, or tick this box to launch anyway."))
     if request.method == "POST" and form.is_valid():
         try:
             run = services.launch_run(project=project, dataset_version=form.cleaned_data["dataset_version"],

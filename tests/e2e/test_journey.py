@@ -69,6 +69,7 @@ def pm_launches_a_short_run_and_watches_it_finish(page, slug: str) -> Run:
     page.get_by_label("Max steps").fill(str(RUN_STEPS))
     page.get_by_label("Batch size").fill("4")
     page.get_by_label("Max sequence length").fill("160")
+    page.get_by_label("Launch without trying a prompt first").check()  # the journey has no prompt version
     page.get_by_role("button", name="Launch run").click()
     page.locator("#run-status").wait_for()
     screenshot(page, "journey-4-run-started")

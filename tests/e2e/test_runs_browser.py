@@ -37,6 +37,7 @@ def test_pm_launches_a_run_and_watches_the_loss_curve_update(new_page, password,
         page.get_by_label("Max sequence length").fill("128")
         page.get_by_label("Max sequence length").blur()
         page.locator("#estimate-steps").filter(has_text="160").wait_for()  # the estimate followed the form
+        page.get_by_label("Launch without trying a prompt first").check()  # no prompt version in this project
         page.get_by_role("button", name="Launch run").click()
         page.get_by_text("Queued Run").wait_for()
         url = page.url

@@ -1,0 +1,180 @@
+"""The prompt workspace: numbered prompt versions scored on the validation split (outputs and scores stored per
+version), the best one as the evaluation form's prompt baseline, and the run form's "try a prompt first"."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.evaluations import services as eval_services
+from apps.evaluations.models import Candidate, Scale
+from apps.prompts import selectors, services
+from apps.prompts.models import PromptOutput, PromptStatus, PromptVersion
+from apps.runs.models import BaseModel, Run
+from tests.factories import conversation, make_dataset_version
+from worker.checks import CheckSpec
+
+pytestmark = pytest.mark.django_db
+
+
+def house_version(project):
+    """Train examples to pick from, three validation examples with a {customer} in the input, a test split."""
+    ask = "Customer: {name}\nFacts: order #{n} ships {day}.\nMessage: where is my order?"
+    return make_dataset_version(project, {
+        "train": [conversation(ask.format(name="Ann", n=1, day="today"), "Hi Ann,\nOrder #1 ships today.\nWarm regards"),
+                  conversation(ask.format(name="Bo", n=2, day="Monday"), "Hi Bo,\nOrder #2 ships Monday.\nWarm regards")],
+        "val": [conversation(ask.format(name=name, n=n, day="Friday"), f"Hi {name},\nOrder #{n} ships Friday.\nWarm regards")
+                for name, n in (("Cy", 3), ("Di", 4), ("Ed", 5))],
+        "test": [conversation(ask.format(name="Fay", n=6, day="today"), "Hi Fay,\nOrder #6 ships today.\nWarm regards")],
+    })
+
+
+def checked_rubric(project):
+    return eval_services.create_rubric(project=project, name="House style", criteria=[
+        eval_services.CriterionSpec("Format", "greeting and sign-off", Scale.PASS_FAIL,
+                                    checks=[CheckSpec("starts_with", "Hi "), CheckSpec("ends_with", "Warm regards")]),
+        eval_services.CriterionSpec("Facts", "states the day", Scale.PASS_FAIL, checks=[CheckSpec("contains", "Friday")]),
+    ])
+
+
+def model():
+    return BaseModel.objects.get_or_create(name="m", defaults={"display_name": "M", "source_kind": "local", "source": "/x"})[0]
+
+
+def scored(project, version, texts, *, prompt="Reply in house style.", shots=(0,), rubric=None):
+    """A prompt version scored on the given outputs, without a model (the scoring itself is what is tested)."""
+    pv = services.create_prompt_version(project=project, dataset_version=version, system_prompt=prompt,
+                                        shot_positions=list(shots), base_model=model(), rubric=rubric, enqueue=False)
+    items = list(version.items.filter(split="val").order_by("position"))
+    services.score_outputs(pv, items, texts)
+    return services.finish_scoring(pv)
+
+
+def test_scoring_stores_each_output_with_its_similarity_and_checks_and_the_version_totals(team):
+    version, rubric = house_version(team.project), checked_rubric(team.project)
+    pv = scored(team.project, version, ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards",  # all checks pass
+                                        "Hi Di,\nOrder #1 ships today.\nWarm regards",  # format right, facts copied
+                                        "order ships"], rubric=rubric)  # neither
+    assert pv.number == 1 and pv.status == PromptStatus.SCORED and pv.total == 3
+    outputs = list(PromptOutput.objects.filter(prompt_version=pv).order_by("item__position"))
+    assert [o.passed_all for o in outputs] == [True, False, False]
+    assert outputs[0].similarity == pytest.approx(1.0) and outputs[2].similarity < outputs[1].similarity < 1
+    assert [c["passed"] for c in outputs[1].checks] == [True, True, False]
+    assert pv.checks_passed == 1
+    assert pv.check_summary == {"Format": [4, 6], "Facts": [1, 3]}  # format on 2 of 3 outputs, facts on 1
+    assert pv.mean_similarity == pytest.approx(sum(o.similarity for o in outputs) / 3)
+    assert pv.shot_messages == [version.items.get(position=0).messages]  # the chosen train example, copied
+
+
+def test_versions_are_numbered_and_the_best_scored_one_is_the_evaluation_forms_default_baseline(team):
+    version, rubric = house_version(team.project), checked_rubric(team.project)
+    weak = scored(team.project, version, ["no", "no", "no"], prompt="Be brief.")
+    strong = scored(team.project, version, ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards"] * 3,
+                    prompt="Greet by name, state the facts, sign off.", shots=(1, 0))
+    assert (weak.number, strong.number) == (1, 2)
+    assert selectors.best_prompt_version(team.project) == strong
+    html = team.client("pm").get("/p/support/evals/new/").content.decode()
+    assert f'<option value="{strong.pk}" selected>Prompt v2: similarity' in html
+
+    from apps.evaluations.forms import EvaluationForm
+
+    form = EvaluationForm({"dataset_version": version.pk, "rubric": rubric.pk, "include_base": "on",
+                           "include_prompt": "on", "prompt_version": strong.pk, "few_shot": 2, "max_new_tokens": 32,
+                           "seed": 0, "reviewers_per_pair": 1}, project=team.project)
+    assert form.is_valid(), form.errors
+    evaluation = eval_services.create_evaluation(project=team.project, dataset_version=version, rubric=rubric,
+                                                 candidates=form.candidates(), base_model=model(), enqueue=False)
+    baseline = evaluation.candidates.get(kind="prompt")
+    assert baseline.system_prompt == strong.system_prompt and baseline.few_shot == 2
+    # the baseline is asked with the version's chosen examples, in its order, not the split's first ones
+    asked = eval_services.candidate_messages(baseline, [{"role": "user", "content": "Q"}],
+                                             version.conversations("train")[::-1])
+    assert [m["content"] for m in asked if m["role"] == "assistant"] == [
+        "Hi Bo,\nOrder #2 ships Monday.\nWarm regards", "Hi Ann,\nOrder #1 ships today.\nWarm regards"]
+    assert isinstance(baseline, Candidate)
+
+
+def test_bad_prompt_input_gets_a_clear_message_and_saves_nothing(team):
+    version = house_version(team.project)
+    no_val = make_dataset_version(team.project, {"train": [conversation("q", "a")], "test": [conversation("q2", "a2")]})
+    cases = [
+        (dict(dataset_version=version, system_prompt="  ", shot_positions=[]), "Write a system prompt"),
+        (dict(dataset_version=version, system_prompt="p", shot_positions=[2]), "not in the train split of v1"),
+        (dict(dataset_version=no_val, system_prompt="p", shot_positions=[]), "v2 has no validation examples"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(services.PromptError, match=message):
+            services.create_prompt_version(project=team.project, base_model=model(), enqueue=False, **kwargs)
+    assert not PromptVersion.objects.exists()
+    page = team.client("designer").post("/p/support/prompts/", {
+        "dataset_version": version.pk, "system_prompt": "p", "shots": [0, 1, 3], "base_model": model().pk})
+    assert page.status_code == 200 and "Select a valid choice. 3 is not one of the available choices." in page.content.decode()
+    assert not PromptVersion.objects.exists()
+
+
+def test_a_designer_runs_a_prompt_from_the_page_and_sees_outputs_escaped_beside_the_ideal(team, django_capture_on_commit_callbacks):
+    version = house_version(team.project)
+    client = team.client("designer")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post("/p/support/prompts/", {"dataset_version": version.pk, "system_prompt": "House style.",
+                                                        "shots": [1], "base_model": model().pk, "note": "first try"})
+    pv = PromptVersion.objects.get()
+    assert response.status_code == 302 and response["Location"] == "/p/support/prompts/v1/"
+    assert len(callbacks) == 1 and pv.shot_positions == [1] and pv.created_by == team.designer
+    assert 'hx-trigger="every 3s"' in client.get("/p/support/prompts/v1/").content.decode()  # polls while queued
+    services.score_outputs(pv, list(version.items.filter(split="val").order_by("position")),
+                           ["<script>alert(1)</script>", "Hi Di", "Hi Ed"])
+    services.finish_scoring(pv)
+    html = client.get("/p/support/prompts/v1/").content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+    assert "Hi Cy,\nOrder #3 ships Friday.\nWarm regards" in html  # the ideal beside the output
+    assert 'id="score-summary"' in html
+    assert client.get("/p/support/prompts/v1/", headers={"HX-Request": "true"})["HX-Refresh"] == "true"
+    # reviewers may look but not write prompts
+    assert team.client("reviewer").post("/p/support/prompts/", {"dataset_version": version.pk}).status_code == 403
+
+
+def test_the_run_form_shows_the_best_prompt_score_and_asks_before_a_run_when_no_prompt_was_scored(team):
+    from tests.runs_setup import small_version
+
+    run_version = small_version(team.project)
+    base = model()
+    client = team.client("pm")
+    post = {"dataset_version": run_version.pk, "base_model": base.pk, "preset": "quick", "name": "first"}
+    page = client.post("/p/support/runs/new/", post).content.decode()
+    assert "No prompt version has been scored in this project yet" in page and not Run.objects.exists()
+    assert 'id="no-prompt-note"' in page
+
+    prompt_version = house_version(team.project)
+    scored(team.project, prompt_version, ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards", "x", "y"])
+    page = client.get("/p/support/runs/new/").content.decode()
+    assert f"v{prompt_version.number} · 2 train / 3 val · best Prompt v1: similarity" in page
+    assert "Launch without trying a prompt first" not in page and 'id="no-prompt-note"' not in page
+
+
+def test_the_worker_task_generates_and_scores_every_validation_example_once(team, settings, tiny_model_dir, eager):
+    from apps.prompts.tasks import score_prompt_version
+    from tests.eval_setup import register_tiny_model
+
+    version, rubric = house_version(team.project), checked_rubric(team.project)
+    pv = services.create_prompt_version(project=team.project, dataset_version=version, system_prompt="House style.",
+                                        shot_positions=[0, 1], base_model=register_tiny_model(settings, tiny_model_dir),
+                                        rubric=rubric, max_new_tokens=6, enqueue=False)
+    assert score_prompt_version.delay(pv.pk).get() == "scored"
+    pv.refresh_from_db()
+    outputs = list(pv.outputs.all())
+    assert pv.status == PromptStatus.SCORED and pv.done == pv.total == len(outputs) == 3
+    assert all(0 <= o.similarity <= 1 and len(o.checks) == 3 for o in outputs)
+    assert pv.mean_similarity == pytest.approx(sum(o.similarity for o in outputs) / 3)
+    assert score_prompt_version.delay(pv.pk).get() == "scored" and pv.outputs.count() == 3  # a redelivery is a no-op
+
+
+def test_a_member_with_pairs_to_judge_blind_sees_no_prompt_or_output(team, settings, tiny_model_dir, tmp_path):
+    from tests.eval_setup import make_evaluation
+
+    make_evaluation(team, settings, tiny_model_dir, tmp_path, fake=True, test_count=2)  # ready, pairs to judge
+    version = house_version(team.project)
+    scored(team.project, version, ["Hi Cy, secret-style reply", "b", "c"], prompt="The secret house prompt.")
+    for path in ("/p/support/prompts/", "/p/support/prompts/v1/"):
+        html = team.client("reviewer").get(path).content.decode()
+        assert 'id="prompts-blind"' in html and "secret" not in html
+    assert "The secret house prompt." in team.client("designer").get("/p/support/prompts/v1/").content.decode()
