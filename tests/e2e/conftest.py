@@ -67,7 +67,8 @@ def judge_every_pair(page, side_key, on_pair=lambda page, judged: None, score="f
     """The reviewer's loop on an opened review queue: press Start, then for each blind pair score every criterion
     (its first or last option), press the side key ``side_key(judged)`` gives ("a", "b" or "t"), submit with
     Ctrl+Enter; ``on_pair`` looks at each pair before it is judged. Returns how many pairs were judged."""
-    page.get_by_role("button", name="Start").click()
+    with page.expect_navigation():  # waits for the pair page's load event: its shortcut script has run
+        page.get_by_role("button", name="Start").click()
     judged = 0
     while page.get_by_role("heading", name="Which answer is better?").count():
         on_pair(page, judged)

@@ -38,7 +38,8 @@ def test_designer_fixes_a_bad_import_labels_by_keyboard_and_freezes_a_version(ne
     page.get_by_role("heading", name="Imported 3 examples").wait_for()
 
     page.goto("/p/support/data/")
-    page.get_by_role("link", name="Start labelling").click()
+    with page.expect_navigation():  # waits for the page's load event: its shortcut script has run
+        page.get_by_role("link", name="Start labelling").click()
     page.get_by_text("Keyboard shortcuts").wait_for()
     first = Example.objects.order_by("id").first()
     page.keyboard.press("e")
@@ -56,8 +57,8 @@ def test_designer_fixes_a_bad_import_labels_by_keyboard_and_freezes_a_version(ne
     assert first.revisions.count() == 2
 
     for _ in range(2):  # the rest of the queue, by keyboard only
-        page.keyboard.press("j")
-        page.wait_for_load_state()
+        with page.expect_navigation():
+            page.keyboard.press("j")
         page.get_by_text("Keyboard shortcuts").wait_for()
         page.keyboard.press("a")
         page.locator("#status-badge", has_text="Approved").wait_for()
