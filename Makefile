@@ -58,6 +58,7 @@ test-fast: install-dev
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Runs our GGUF export in llama.cpp itself (not part of `make test`): builds llama-cpp-python from source the first
 # time (a few minutes; needs cmake and a C++ compiler), then scripts/check_gguf.py compares its greedy output with

@@ -11,15 +11,72 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-NAMES = ["Ana", "Sam", "Lee", "Kim", "Noor", "Raj", "Eva", "Tom", "Ola", "Max", "Ivy", "Ben", "Zoe", "Ali", "Mia", "Leo"]
-PRODUCTS = ["kettle", "toaster", "desk lamp", "office chair", "standing desk", "phone case", "backpack", "umbrella",
-            "blender", "mirror", "rice cooker", "monitor arm", "keyboard", "yoga mat", "water bottle", "headphones"]
-PROBLEMS = ["arrived broken", "is missing a part", "stopped working after a week", "was the wrong colour",
-            "never arrived", "was charged twice", "makes a loud noise", "arrived late", "does not fit", "leaks"]
-ASKS = ["Can you send a replacement?", "I would like a refund.", "What should I do now?", "Please help me quickly.",
-        "Is there a repair option?", "Can I exchange it?", "When will it be fixed?", "Who can I talk to?"]
-FIXES = ["a replacement ships today", "your refund of {amount} is on its way", "a courier collects it on {day}",
-         "we added a {amount} credit to your account", "the missing part ships on {day}", "a technician calls you on {day}"]
+NAMES = [
+    "Ana",
+    "Sam",
+    "Lee",
+    "Kim",
+    "Noor",
+    "Raj",
+    "Eva",
+    "Tom",
+    "Ola",
+    "Max",
+    "Ivy",
+    "Ben",
+    "Zoe",
+    "Ali",
+    "Mia",
+    "Leo",
+]
+PRODUCTS = [
+    "kettle",
+    "toaster",
+    "desk lamp",
+    "office chair",
+    "standing desk",
+    "phone case",
+    "backpack",
+    "umbrella",
+    "blender",
+    "mirror",
+    "rice cooker",
+    "monitor arm",
+    "keyboard",
+    "yoga mat",
+    "water bottle",
+    "headphones",
+]
+PROBLEMS = [
+    "arrived broken",
+    "is missing a part",
+    "stopped working after a week",
+    "was the wrong colour",
+    "never arrived",
+    "was charged twice",
+    "makes a loud noise",
+    "arrived late",
+    "does not fit",
+    "leaks",
+]
+ASKS = [
+    "Can you send a replacement?",
+    "I would like a refund.",
+    "What should I do now?",
+    "Please help me quickly.",
+    "Is there a repair option?",
+    "Can I exchange it?",
+    "When will it be fixed?",
+    "Who can I talk to?",
+]
+FIXES = [
+    "a replacement ships today",
+    "your refund of {amount} is on its way",
+    "a courier collects it on {day}",
+    "we added a {amount} credit to your account",
+    "the missing part ships on {day}",
+    "a technician calls you on {day}",
+]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
 SYSTEM = "You answer customer messages in the house style: greet by name, one sentence from the facts, sign off."
 
@@ -47,11 +104,18 @@ def conversation(rng: random.Random, i: int) -> list[dict]:
     order = 100000 + i
     amount = f"${rng.randint(5, 400)}.{rng.randint(0, 99):02d}"
     fix = rng.choice(FIXES).format(amount=amount, day=rng.choice(DAYS))
-    user = (f"Hello, this is {name}. My {product} from order #{order} {problem}. I bought it {rng.randint(2, 60)} days ago "
-            f"for {amount}. {rng.choice(ASKS)}")
-    assistant = f"Hi {name}, sorry that your {product} {problem}: {fix} for order #{order}. Best wishes, the Support team"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user},
-            {"role": "assistant", "content": assistant}]
+    user = (
+        f"Hello, this is {name}. My {product} from order #{order} {problem}. I bought it {rng.randint(2, 60)} days ago "
+        f"for {amount}. {rng.choice(ASKS)}"
+    )
+    assistant = (
+        f"Hi {name}, sorry that your {product} {problem}: {fix} for order #{order}. Best wishes, the Support team"
+    )
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+    ]
 
 
 def write_openai_jsonl(path: Path, n: int, seed: int = 0) -> Path:
@@ -83,7 +147,9 @@ def write_flawed_jsonl(path: Path, n: int, seed: int = 0, clean_seed: int = 0) -
             elif kind == 1:
                 messages[2]["content"] = f"Hi, we cannot help with order #{100000 + i}. Regards, Support"
             elif kind == 2:
-                messages[1]["content"] += f" Reach me at {rng.choice(NAMES).lower()}{i}@example.com or +44 20 7946 {1000 + i % 9000}."
+                messages[1]["content"] += (
+                    f" Reach me at {rng.choice(NAMES).lower()}{i}@example.com or +44 20 7946 {1000 + i % 9000}."
+                )
             else:
                 messages[2]["content"] = "OK."
             fh.write(json.dumps({"messages": messages}) + "\n")

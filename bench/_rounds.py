@@ -21,8 +21,12 @@ DEFAULT_ROUNDS = 3
 
 
 def add_rounds_argument(parser: argparse.ArgumentParser, default: int = DEFAULT_ROUNDS) -> None:
-    parser.add_argument("--rounds", type=_positive, default=default,
-                        help=f"alternating rounds of both sides (default {default}); the last line is their median")
+    parser.add_argument(
+        "--rounds",
+        type=_positive,
+        default=default,
+        help=f"alternating rounds of both sides (default {default}); the last line is their median",
+    )
 
 
 def _positive(text: str) -> int:
@@ -37,13 +41,18 @@ def ratio_line(ratios: list[float], digits: int = 2) -> str:
     if not ratios:
         raise ValueError("no rounds were measured")
     f = f".{digits}f"
-    return (f"ratio={statistics.median(ratios):{f}} (min {min(ratios):{f}}, max {max(ratios):{f}}, "
-            f"rounds {len(ratios)})")
+    return f"ratio={statistics.median(ratios):{f}} (min {min(ratios):{f}}, max {max(ratios):{f}}, rounds {len(ratios)})"
 
 
-def alternate(rounds: int, first: Callable[[int], Any], second: Callable[[int], Any],
-              ratio: Callable[[Any, Any], float], describe: Callable[[Any, Any], str] | None = None,
-              digits: int = 2, out: Callable[[str], None] | None = None) -> list[float]:
+def alternate(
+    rounds: int,
+    first: Callable[[int], Any],
+    second: Callable[[int], Any],
+    ratio: Callable[[Any, Any], float],
+    describe: Callable[[Any, Any], str] | None = None,
+    digits: int = 2,
+    out: Callable[[str], None] | None = None,
+) -> list[float]:
     """Run ``first(n)`` then ``second(n)`` for rounds n = 1..rounds; print each round and the ratio line last.
 
     ``ratio(a, b)`` turns a round's two measurements into its ratio; ``describe(a, b)`` words them for the

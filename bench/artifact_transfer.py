@@ -39,9 +39,18 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="artifact-bench-"))
     model_dir = resolve_model_dir(ModelSpec("gguf", str(shipped_gguf_path()), cache_dir=str(REPO / "var" / "models")))
-    config = TrainConfig(model_dir=model_dir, output_dir=str(work / "run"), lora_r=8, lora_alpha=16,
-                         target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), max_steps=2, save_steps=2,
-                         batch_size=4, max_seq_length=128, learning_rate=1e-3)
+    config = TrainConfig(
+        model_dir=model_dir,
+        output_dir=str(work / "run"),
+        lora_r=8,
+        lora_alpha=16,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+        max_steps=2,
+        save_steps=2,
+        batch_size=4,
+        max_seq_length=128,
+        learning_rate=1e-3,
+    )
     result = train(config, make_conversations(8), make_conversations(2, seed=1), Hooks())
     checkpoint = next((work / "run" / "checkpoints").glob("checkpoint-*"))
     adapter = Path(result.adapter_dir)
@@ -62,9 +71,11 @@ def main() -> None:
                 store.get_dir(key, work / "fetched" / f"{name}-{i}")
                 downs.append(time.perf_counter() - started)
             files = sum(1 for p in folder.rglob("*") if p.is_file())
-            print(f"{name}: {size_mb(folder):.2f} MB in {files} files; upload median {statistics.median(ups):.3f} s "
-                  f"(min {min(ups):.3f}, max {max(ups):.3f}); download median {statistics.median(downs):.3f} s "
-                  f"(min {min(downs):.3f}, max {max(downs):.3f}); {args.repeats} repeats")
+            print(
+                f"{name}: {size_mb(folder):.2f} MB in {files} files; upload median {statistics.median(ups):.3f} s "
+                f"(min {min(ups):.3f}, max {max(ups):.3f}); download median {statistics.median(downs):.3f} s "
+                f"(min {min(downs):.3f}, max {max(downs):.3f}); {args.repeats} repeats"
+            )
     finally:
         store_process.stop()
 

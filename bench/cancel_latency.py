@@ -26,10 +26,14 @@ from _rounds import add_rounds_argument, alternate  # noqa: E402
 
 
 def conversations(count: int, offset: int = 0) -> list[list[dict]]:
-    return [[{"role": "system", "content": "You answer for Lumo support."},
-             {"role": "user", "content": f"Hi, I'm Customer{i}. Where is order #{100 + i}? " + "It is late. " * (i % 5)},
-             {"role": "assistant", "content": f"Hi Customer{i},\nOrder #{100 + i} ships today.\nWarm regards, Lumo"}]
-            for i in range(offset, offset + count)]
+    return [
+        [
+            {"role": "system", "content": "You answer for Lumo support."},
+            {"role": "user", "content": f"Hi, I'm Customer{i}. Where is order #{100 + i}? " + "It is late. " * (i % 5)},
+            {"role": "assistant", "content": f"Hi Customer{i},\nOrder #{100 + i} ships today.\nWarm regards, Lumo"},
+        ]
+        for i in range(offset, offset + count)
+    ]
 
 
 def model_dir(shipped: bool) -> str:
@@ -53,8 +57,9 @@ def one(side: str, model: str, val: list[list[dict]]) -> float:
 
     hooks = Hooks(on_metric=on_metric, should_cancel=lambda: side == "cancel" and "asked" in marks)
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(model_dir=model, output_dir=out, max_steps=3, batch_size=4, save_steps=100,
-                             max_seq_length=256, seed=1)
+        config = TrainConfig(
+            model_dir=model, output_dir=out, max_steps=3, batch_size=4, save_steps=100, max_seq_length=256, seed=1
+        )
         result = train(config, conversations(12), val, hooks)
         ended = time.perf_counter()
     if side == "cancel":
@@ -70,9 +75,14 @@ def main() -> None:
     parser.add_argument("--shipped", action="store_true", help="the shipped 135M model instead of the tiny one")
     args = parser.parse_args()
     model, val = model_dir(args.shipped), conversations(args.val, 500)
-    alternate(args.rounds, lambda n: one("pass", model, val), lambda n: one("cancel", model, val),
-              ratio=lambda full, cancel: full / cancel, digits=1,
-              describe=lambda full, cancel: f"validation pass {full:.2f} s, cancel during it {cancel:.3f} s")
+    alternate(
+        args.rounds,
+        lambda n: one("pass", model, val),
+        lambda n: one("cancel", model, val),
+        ratio=lambda full, cancel: full / cancel,
+        digits=1,
+        describe=lambda full, cancel: f"validation pass {full:.2f} s, cancel during it {cancel:.3f} s",
+    )
 
 
 if __name__ == "__main__":

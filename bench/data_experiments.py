@@ -38,12 +38,18 @@ def main() -> None:
     args = parser.parse_args()
 
     var_dir = args.keep or tempfile.mkdtemp(prefix="ftstudio-experiments-bench-")
-    os.environ.update({
-        "DJANGO_SETTINGS_MODULE": "ftstudio.settings", "DJANGO_DEBUG": "1", "FTSTUDIO_VAR_DIR": var_dir,
-        "FTSTUDIO_MODEL_CACHE": os.environ.get("FTSTUDIO_MODEL_CACHE", str(REPO / "var" / "models")),
-        "CELERY_TASK_ALWAYS_EAGER": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-        "FTSTUDIO_LOG_LEVEL": "WARNING",
-    })
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "ftstudio.settings",
+            "DJANGO_DEBUG": "1",
+            "FTSTUDIO_VAR_DIR": var_dir,
+            "FTSTUDIO_MODEL_CACHE": os.environ.get("FTSTUDIO_MODEL_CACHE", str(REPO / "var" / "models")),
+            "CELERY_TASK_ALWAYS_EAGER": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "FTSTUDIO_LOG_LEVEL": "WARNING",
+        }
+    )
     import django
 
     django.setup()
@@ -59,8 +65,20 @@ def main() -> None:
     seeded = demo.seed_demo()
     project = seeded.project
     base_model = ensure_shipped_base_model()
-    command = ["scaling_experiment", "--project", project.slug, "--dataset-version", "1", "--fractions", args.fractions,
-               "--preset", args.preset, "--base-model", base_model.name, "--wait"]
+    command = [
+        "scaling_experiment",
+        "--project",
+        project.slug,
+        "--dataset-version",
+        "1",
+        "--fractions",
+        args.fractions,
+        "--preset",
+        args.preset,
+        "--base-model",
+        base_model.name,
+        "--wait",
+    ]
     if not args.scaling_only:
         flawed = Example.objects.filter(project=project, status=ExampleStatus.DRAFT).order_by("id")
         print(f"raw: approving {flawed.count()} flawed inbox examples as they are")

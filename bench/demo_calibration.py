@@ -23,8 +23,15 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     var_dir = sys.argv[1]
-    os.environ.update({"DJANGO_SETTINGS_MODULE": "ftstudio.settings", "DJANGO_DEBUG": "1", "FTSTUDIO_VAR_DIR": var_dir,
-                       "HF_HUB_OFFLINE": "1", "FTSTUDIO_LOG_LEVEL": "WARNING"})
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "ftstudio.settings",
+            "DJANGO_DEBUG": "1",
+            "FTSTUDIO_VAR_DIR": var_dir,
+            "HF_HUB_OFFLINE": "1",
+            "FTSTUDIO_LOG_LEVEL": "WARNING",
+        }
+    )
     import django
 
     django.setup()
@@ -37,12 +44,16 @@ def main() -> None:
     call_command("migrate", verbosity=0)  # a demo kept from an older build
     evaluation = Evaluation.objects.order_by("-pk").first()
     started = time.perf_counter()
-    print(f"evaluation #{evaluation.pk} ({evaluation}); check results written now: {services.run_checks(evaluation.pk)} "
-          f"({time.perf_counter() - started:.2f} s)")
+    print(
+        f"evaluation #{evaluation.pk} ({evaluation}); check results written now: {services.run_checks(evaluation.pk)} "
+        f"({time.perf_counter() - started:.2f} s)"
+    )
     judged = judge_all(evaluation)
     totals = selectors.review_totals(evaluation)
-    print(f"scripted judgments: {judged} of {totals['needed']} without the stopping rule "
-          f"({totals['pairs']} pairs x {evaluation.reviewers_per_pair} reviewers)")
+    print(
+        f"scripted judgments: {judged} of {totals['needed']} without the stopping rule "
+        f"({totals['pairs']} pairs x {evaluation.reviewers_per_pair} reviewers)"
+    )
     for row in selectors.stopping(evaluation):
         print(f"  {row['a']} vs {row['b']}: {row['outcome'].items} items judged; {row['why']}")
     call_command("calibrate_judge", "--evaluation", str(evaluation.pk))

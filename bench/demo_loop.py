@@ -34,12 +34,18 @@ def main() -> None:
     args = parser.parse_args()
 
     var_dir = args.keep or tempfile.mkdtemp(prefix="ftstudio-demo-bench-")
-    os.environ.update({
-        "DJANGO_SETTINGS_MODULE": "ftstudio.settings", "DJANGO_DEBUG": "1", "FTSTUDIO_VAR_DIR": var_dir,
-        "FTSTUDIO_MODEL_CACHE": os.environ.get("FTSTUDIO_MODEL_CACHE", str(REPO / "var" / "models")),
-        "CELERY_TASK_ALWAYS_EAGER": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-        "FTSTUDIO_LOG_LEVEL": "WARNING",
-    })
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "ftstudio.settings",
+            "DJANGO_DEBUG": "1",
+            "FTSTUDIO_VAR_DIR": var_dir,
+            "FTSTUDIO_MODEL_CACHE": os.environ.get("FTSTUDIO_MODEL_CACHE", str(REPO / "var" / "models")),
+            "CELERY_TASK_ALWAYS_EAGER": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "FTSTUDIO_LOG_LEVEL": "WARNING",
+        }
+    )
     import django
 
     django.setup()
@@ -63,8 +69,10 @@ def main() -> None:
     run = launch_run(project=project, dataset_version=version, base_model=base_model, preset=args.preset)
     run.refresh_from_db()
     run_seconds = time.perf_counter() - started
-    print(f"run #{run.pk} ({args.preset}): {run.status} in {run_seconds:.0f} s, {run.step} steps, "
-          f"train loss {run.final_train_loss}, val loss {run.final_val_loss}, {run.tokens_per_second or 0:.0f} tokens/s")
+    print(
+        f"run #{run.pk} ({args.preset}): {run.status} in {run_seconds:.0f} s, {run.step} steps, "
+        f"train loss {run.final_train_loss}, val loss {run.final_val_loss}, {run.tokens_per_second or 0:.0f} tokens/s"
+    )
     if run.status != "succeeded":
         print(run.error, run.log_tail[-2000:])
         raise SystemExit(1)
@@ -72,15 +80,24 @@ def main() -> None:
     rubric = Rubric.objects.filter(project=project).order_by("-version").first()
     started = time.perf_counter()
     evaluation = create_evaluation(
-        project=project, dataset_version=version, rubric=rubric, base_model=base_model,
-        candidates=[CandidateSpec("base"), CandidateSpec("prompt", system_prompt=generator.HOUSE_STYLE_PROMPT),
-                    CandidateSpec("run", run_id=run.pk)],
-        max_new_tokens=args.max_new_tokens, name="demo benchmark",
+        project=project,
+        dataset_version=version,
+        rubric=rubric,
+        base_model=base_model,
+        candidates=[
+            CandidateSpec("base"),
+            CandidateSpec("prompt", system_prompt=generator.HOUSE_STYLE_PROMPT),
+            CandidateSpec("run", run_id=run.pk),
+        ],
+        max_new_tokens=args.max_new_tokens,
+        name="demo benchmark",
     )
     evaluation.refresh_from_db()
     eval_seconds = time.perf_counter() - started
-    print(f"evaluation #{evaluation.pk}: {evaluation.status}, {evaluation.done} outputs "
-          f"({version.split_counts['test']} test examples x 3 candidates) in {eval_seconds:.0f} s")
+    print(
+        f"evaluation #{evaluation.pk}: {evaluation.status}, {evaluation.done} outputs "
+        f"({version.split_counts['test']} test examples x 3 candidates) in {eval_seconds:.0f} s"
+    )
 
     tuned_pass = 0.0
     print(f"{'candidate':<40} greets  signs  1-sent  facts  all    F1    tokens")
@@ -94,9 +111,11 @@ def main() -> None:
 
         similarity = sum(g.similarity for g in rows) / n
         tokens = sum(g.output_tokens for g in rows) / n
-        print(f"{candidate.label:<40} {share('greets_by_name'):.2f}   {share('signs_off'):.2f}   "
-              f"{share('one_sentence'):.2f}    {share('uses_facts'):.2f}   {share('all_pass'):.2f}   "
-              f"{similarity:.2f}  {tokens:.0f}")
+        print(
+            f"{candidate.label:<40} {share('greets_by_name'):.2f}   {share('signs_off'):.2f}   "
+            f"{share('one_sentence'):.2f}    {share('uses_facts'):.2f}   {share('all_pass'):.2f}   "
+            f"{similarity:.2f}  {tokens:.0f}"
+        )
         if candidate.kind == "run":
             tuned_pass = share("all_pass")
             example = rows[0]

@@ -56,10 +56,15 @@ def main() -> None:
         for messages in prompts:
             ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
             with torch.inference_mode():
-                out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
-                                     pad_token_id=tokenizer.pad_token_id)
-            new = out[0, ids["input_ids"].shape[1]:].tolist()
-            new = new[:next((k for k, t in enumerate(new) if t in eos), len(new))]
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new = out[0, ids["input_ids"].shape[1] :].tolist()
+            new = new[: next((k for k, t in enumerate(new) if t in eos), len(new))]
             tokens += len(new)
             texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
         return texts, tokens
@@ -68,8 +73,10 @@ def main() -> None:
         results = generate(model, tokenizer, prompts, config)
         return [r.text for r in results], sum(r.output_tokens for r in results)
 
-    print(f"model={Path(model_dir).name} prompts={len(prompts)} max_new_tokens={args.max_new_tokens} "
-          f"batch_size={args.batch_size} threads={torch.get_num_threads()} rounds={args.rounds}")
+    print(
+        f"model={Path(model_dir).name} prompts={len(prompts)} max_new_tokens={args.max_new_tokens} "
+        f"batch_size={args.batch_size} threads={torch.get_num_threads()} rounds={args.rounds}"
+    )
     first_texts: dict[int, list[str]] = {}
 
     def measure(name, side):
@@ -77,19 +84,29 @@ def main() -> None:
             started = time.perf_counter()
             texts, tokens = side()
             seconds = time.perf_counter() - started
-            print(f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {tokens / seconds:6.1f} tokens/s",
-                  flush=True)
+            print(
+                f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {tokens / seconds:6.1f} tokens/s",
+                flush=True,
+            )
             if name == "one-at-a-time":
                 first_texts[n] = texts
             else:
                 mismatches = [i for i, (a, b) in enumerate(zip(first_texts[n], texts, strict=True)) if a != b]
-                print(f"round {n} identical outputs: {len(prompts) - len(mismatches)}/{len(prompts)}"
-                      + (f" (differ at {mismatches[:10]})" if mismatches else ""), flush=True)
+                print(
+                    f"round {n} identical outputs: {len(prompts) - len(mismatches)}/{len(prompts)}"
+                    + (f" (differ at {mismatches[:10]})" if mismatches else ""),
+                    flush=True,
+                )
             return tokens / seconds
+
         return run
 
-    alternate(args.rounds, measure("one-at-a-time", one_at_a_time), measure("engine", engine),
-              ratio=lambda single, batched: batched / single)
+    alternate(
+        args.rounds,
+        measure("one-at-a-time", one_at_a_time),
+        measure("engine", engine),
+        ratio=lambda single, batched: batched / single,
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,14 @@ def child(kind: str, path: str) -> None:
         report = services.import_examples(project=project, path_or_file=path)
         seconds = time.perf_counter() - started
         peak = _status_kb("VmHWM")
-        result = {"kind": kind, "seconds": seconds, "growth_mb": (peak - before) / 1024, "rss_before_mb": before / 1024,
-                  "imported": report.imported, "errors": [str(e)[:120] for e in report.errors[:3]]}
+        result = {
+            "kind": kind,
+            "seconds": seconds,
+            "growth_mb": (peak - before) / 1024,
+            "rss_before_mb": before / 1024,
+            "imported": report.imported,
+            "errors": [str(e)[:120] for e in report.errors[:3]],
+        }
         print(json.dumps(result))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,8 +101,14 @@ def write_one_line(path: Path, size_mb: float) -> None:
 
 def measure(kind: str, path: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(path)], env=env, capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -110,8 +122,10 @@ def main() -> None:
         valid, one_line = work / "valid.jsonl", work / "one-line.jsonl"
         rows = write_valid(valid, SIZE_MB)
         write_one_line(one_line, 50)
-        print(f"valid file: {valid.stat().st_size / 1e6:.1f} MB, {rows:,} rows; one-line file: "
-              f"{one_line.stat().st_size / 1e6:.1f} MB")
+        print(
+            f"valid file: {valid.stat().st_size / 1e6:.1f} MB, {rows:,} rows; one-line file: "
+            f"{one_line.stat().st_size / 1e6:.1f} MB"
+        )
         growth, refuse = [], []
         for r in range(1, ROUNDS + 1):
             big = measure("valid", valid)
@@ -120,9 +134,11 @@ def main() -> None:
             assert bad["imported"] == 0 and bad["errors"] and "over the" in bad["errors"][0], bad
             growth.append(big["growth_mb"])
             refuse.append(bad["seconds"])
-            print(f"round {r}: valid {SIZE_MB:.0f} MB imported {big['imported']:,} rows in {big['seconds']:.1f} s, "
-                  f"peak RSS growth {big['growth_mb']:.0f} MB (from {big['rss_before_mb']:.0f} MB); "
-                  f"50 MB single line refused in {bad['seconds']:.3f} s ({bad['errors'][0][:60]}...)")
+            print(
+                f"round {r}: valid {SIZE_MB:.0f} MB imported {big['imported']:,} rows in {big['seconds']:.1f} s, "
+                f"peak RSS growth {big['growth_mb']:.0f} MB (from {big['rss_before_mb']:.0f} MB); "
+                f"50 MB single line refused in {bad['seconds']:.3f} s ({bad['errors'][0][:60]}...)"
+            )
         print(f"peak_growth_mb={summary(growth, '.0f')} refuse_s={summary(refuse, '.3f')}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

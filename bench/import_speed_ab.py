@@ -23,8 +23,14 @@ HERE = Path(__file__).resolve().parent.parent
 
 def run(repo: Path, rows: int) -> float:
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    out = subprocess.run([sys.executable, "bench/import_speed.py", str(rows)], cwd=repo, env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "bench/import_speed.py", str(rows)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1].split("=")[1])
 
 
@@ -36,8 +42,13 @@ def main() -> None:
     args = parser.parse_args()
     other = args.other.resolve()
     print(f"A={other} B={HERE} rows={args.rows} rounds={args.rounds}", flush=True)
-    alternate(args.rounds, lambda n: run(other, args.rows), lambda n: run(HERE, args.rows),
-              ratio=lambda a, b: b / a, describe=lambda a, b: f"A {a:.1f} s, B {b:.1f} s (ratio B/A)")
+    alternate(
+        args.rounds,
+        lambda n: run(other, args.rows),
+        lambda n: run(HERE, args.rows),
+        ratio=lambda a, b: b / a,
+        describe=lambda a, b: f"A {a:.1f} s, B {b:.1f} s (ratio B/A)",
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Latency of the labelling list with 100,000 examples in the project, over loopback HTTP.
 
 Imports 100k generated examples (a third approved, splits assigned by a bulk update), starts gunicorn on
-127.0.0.1 with production settings (DEBUG off), logs a designer in, and sends at least 200 GET requests (4 concurrent clients) over a mix of
+127.0.0.1 with production settings (DEBUG off), logs a designer in, and sends at least 200 GET requests (4 concurrent
+clients) over a mix of
 pages and filters. SQLite in a temp dir unless DATABASE_URL is set. Prints `p95_ms=X` last (budget: 300).
 """
 
@@ -30,7 +31,9 @@ def free_port() -> int:
 
 
 def main() -> None:
-    os.environ["DJANGO_SECRET_KEY"] = "bench-" + "x" * 50  # the same key here and in the server: the session stays valid
+    os.environ["DJANGO_SECRET_KEY"] = (
+        "bench-" + "x" * 50
+    )  # the same key here and in the server: the session stays valid
     tmp = setup_django()
     from django.db import connection
     from django.test import Client
@@ -61,11 +64,30 @@ def main() -> None:
 
     port = free_port()
     # served as in production (docker-compose): DEBUG off, static files collected, no SSL redirect on loopback
-    env = dict(os.environ, DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS="127.0.0.1",
-               DJANGO_SECURE_SSL_REDIRECT="0", DJANGO_SECURE_COOKIES="0")
-    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
-    server = subprocess.Popen([str(REPO / ".venv" / "bin" / "gunicorn"), "ftstudio.wsgi", "-b", f"127.0.0.1:{port}",
-                               "-w", "2", "--log-level", "warning"], cwd=REPO, env=env)
+    env = dict(
+        os.environ,
+        DJANGO_DEBUG="0",
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        DJANGO_SECURE_SSL_REDIRECT="0",
+        DJANGO_SECURE_COOKIES="0",
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
+    )
+    server = subprocess.Popen(
+        [
+            str(REPO / ".venv" / "bin" / "gunicorn"),
+            "ftstudio.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     try:
         base = f"http://127.0.0.1:{port}/p/{project.slug}/data/"
         for _ in range(100):
@@ -77,8 +99,15 @@ def main() -> None:
                 time.sleep(0.2)
         pages = N // 50
         rng = random.Random(0)
-        queries = ["", "status=approved", "status=draft", "split=train", "split=test&status=approved", "tag=refunds",
-                   "split=none"]
+        queries = [
+            "",
+            "status=approved",
+            "status=draft",
+            "split=train",
+            "split=test&status=approved",
+            "tag=refunds",
+            "split=none",
+        ]
         urls = []
         for _ in range(REQUESTS):
             query = rng.choice(queries)
@@ -100,8 +129,10 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=10)
     p50, p95 = timings[len(timings) // 2], timings[int(len(timings) * 0.95) - 1]
-    print(f"database={connection.vendor} examples={N} requests={len(timings)} concurrency={CONCURRENCY} "
-          f"p50_ms={p50:.0f} max_ms={timings[-1]:.0f}")
+    print(
+        f"database={connection.vendor} examples={N} requests={len(timings)} concurrency={CONCURRENCY} "
+        f"p50_ms={p50:.0f} max_ms={timings[-1]:.0f}"
+    )
     if connection.vendor != "sqlite" and not os.environ.get("BENCH_KEEP"):
         project.delete()
     print(f"p95_ms={p95:.0f}")

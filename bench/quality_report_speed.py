@@ -1,4 +1,5 @@
-"""The quality report over 100,000 generated examples, 2% of them flawed (every check: duplicates, MinHash near-duplicates,
+"""The quality report over 100,000 generated examples, 2% of them flawed (every check: duplicates, MinHash
+near-duplicates,
 conflicts, empty/short/long outputs, personal data, leakage). SQLite in a temp dir unless DATABASE_URL
 is set. Prints `seconds=X` last (budget: 60 s)."""
 
@@ -20,9 +21,13 @@ def main() -> None:
 
     project = bench_project("bench-quality")
     flawed = N // 50  # 2% of the examples carry a problem (twins, conflicts, personal data, short answers)
-    report = services.import_examples(project=project, path_or_file=write_openai_jsonl(Path(tmp) / "rows.jsonl", N - flawed))
+    report = services.import_examples(
+        project=project, path_or_file=write_openai_jsonl(Path(tmp) / "rows.jsonl", N - flawed)
+    )
     assert report.ok and report.imported == N - flawed
-    report = services.import_examples(project=project, path_or_file=write_flawed_jsonl(Path(tmp) / "flawed.jsonl", flawed))
+    report = services.import_examples(
+        project=project, path_or_file=write_flawed_jsonl(Path(tmp) / "flawed.jsonl", flawed)
+    )
     assert report.ok and report.imported == flawed
     started = time.perf_counter()
     counts = services.assign_splits(project=project, seed=0)

@@ -4,7 +4,8 @@ One candidate pair, one reviewer per pair, items judged one at a time up to the 
 the verdict is read once, after every item is judged. "Stopping": the pair stops being handed out as soon as
 ``statistics.settled_early`` says so (the exact interval at 1 - 0.05/items excludes parity: what
 ``selectors.pair_stops`` does), and that verdict stands; otherwise it is read at the end. "Naive" shows what
-stopping at the first 95% exclusion would cost. Under no true difference a "better" verdict is a false positive; with a true difference, the
+stopping at the first 95% exclusion would cost. Under no true difference a "better" verdict is a false positive; with
+a true difference, the
 items judged are the reviewers' time saved. Both designs see the same simulated judgments, round by round.
 
     .venv/bin/python bench/review_stopping.py [--items 31] [--ties 0.3] [--runs 4000] [--rounds 3]
@@ -51,8 +52,12 @@ def simulate(rng, better, stop, *, items: int, ties: float, p_first: float, runs
     final = better[a[:, -1], d[:, -1]]
     stop_at = np.where(stops, stopped.argmax(axis=1) + 1, items)
     # a stopped pair's verdict is read where it stopped (and stop implies a 95% "better"); others at the end
-    return {"stopping": float((stops | final).mean()), "fixed": float(final.mean()), "items": float(stop_at.mean()),
-            "naive": float(better[a, d].any(axis=1).mean())}
+    return {
+        "stopping": float((stops | final).mean()),
+        "fixed": float(final.mean()),
+        "items": float(stop_at.mean()),
+        "naive": float(better[a, d].any(axis=1).mean()),
+    }
 
 
 def main() -> None:
@@ -70,9 +75,12 @@ def main() -> None:
         real = simulate(rng, better, stop, items=args.items, ties=args.ties, p_first=0.8, runs=args.runs)
         null_stop.append(null["stopping"])
         null_fixed.append(null["fixed"])
-        print(f"round {r + 1}: no true difference: false 'better' {null['fixed']:.3f} fixed vs {null['stopping']:.3f} "
-              f"stopping (a naive stop at the first 95% exclusion: {null['naive']:.3f}); true 80/20 split: found {real['fixed']:.3f} fixed vs {real['stopping']:.3f} stopping, "
-              f"items judged {args.items} fixed vs {real['items']:.1f} stopping")
+        print(
+            f"round {r + 1}: no true difference: false 'better' {null['fixed']:.3f} fixed vs {null['stopping']:.3f} "
+            f"stopping (a naive stop at the first 95% exclusion: {null['naive']:.3f}); true 80/20 split: found "
+            f"{real['fixed']:.3f} fixed vs {real['stopping']:.3f} stopping, "
+            f"items judged {args.items} fixed vs {real['items']:.1f} stopping"
+        )
 
     def fmt(v):
         return f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"

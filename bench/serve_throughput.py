@@ -38,7 +38,9 @@ def make_adapter(model_dir: str, target: Path, seed: int) -> Path:
         return target
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    config = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
     model = get_peft_model(base, config)
     with torch.no_grad():  # small random updates: the adapters change outputs without wrecking the model
         for name, param in model.named_parameters():
@@ -78,9 +80,25 @@ def main() -> None:
 
     url = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "FTSTUDIO_INFERENCE_ROOTS": f"{Path(model_dir).parent},{adapters_dir}"}
-    server = subprocess.Popen([sys.executable, "-m", "worker.serve", "--port", str(args.port), "--max-batch", "32",
-                               "--threads", str(args.threads), "--preload", model_dir],
-                              cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker.serve",
+            "--port",
+            str(args.port),
+            "--max-batch",
+            "32",
+            "--threads",
+            str(args.threads),
+            "--preload",
+            model_dir,
+        ],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -98,9 +116,14 @@ def main() -> None:
             began = time.perf_counter()
             first, parts, tokens = None, [], 0
             stream = client.chat.completions.create(
-                model="bench", messages=messages, max_tokens=args.max_tokens, temperature=0, stream=True,
+                model="bench",
+                messages=messages,
+                max_tokens=args.max_tokens,
+                temperature=0,
+                stream=True,
                 stream_options={"include_usage": True},
-                extra_body={"ftstudio": {"base": model_dir, "adapter": adapter}})
+                extra_body={"ftstudio": {"base": model_dir, "adapter": adapter}},
+            )
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     first = first or time.perf_counter()
@@ -127,8 +150,10 @@ def main() -> None:
 
         import torch
 
-        print(f"model={Path(model_dir).name} requests={len(jobs)} (base, adapter a, adapter b in turn) "
-              f"max_tokens={args.max_tokens} rounds={args.rounds} threads={args.threads or torch.get_num_threads()}")
+        print(
+            f"model={Path(model_dir).name} requests={len(jobs)} (base, adapter a, adapter b in turn) "
+            f"max_tokens={args.max_tokens} rounds={args.rounds} threads={args.threads or torch.get_num_threads()}"
+        )
         reference: list[str] = []
 
         def measure(concurrent: bool):
@@ -137,12 +162,16 @@ def main() -> None:
                 reference[:] = reference or texts
                 same = sum(a == b for a, b in zip(reference, texts, strict=True))
                 name = "concurrent" if concurrent else "one-at-a-time"
-                print(f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {rate:6.1f} tokens/s, "
-                      f"TTFT p50 {percentile(ttft, 0.5):6.0f} ms p95 {percentile(ttft, 0.95):6.0f} ms, "
-                      f"identical to round 1 one-at-a-time: {same}/{len(texts)}", flush=True)
+                print(
+                    f"round {n} {name:13s}: {tokens} new tokens in {seconds:6.1f}s = {rate:6.1f} tokens/s, "
+                    f"TTFT p50 {percentile(ttft, 0.5):6.0f} ms p95 {percentile(ttft, 0.95):6.0f} ms, "
+                    f"identical to round 1 one-at-a-time: {same}/{len(texts)}",
+                    flush=True,
+                )
                 if same != len(texts):
                     raise SystemExit("greedy outputs differ between sides")
                 return rate
+
             return run
 
         alternate(args.rounds, measure(False), measure(True), ratio=lambda single, concurrent: concurrent / single)

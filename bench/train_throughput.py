@@ -31,9 +31,14 @@ CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
 PRODUCTS = ["kettle", "desk lamp", "backpack", "blender", "headphones", "router", "coffee grinder", "jacket"]
 PROBLEMS = ["arrived broken", "has not arrived", "was charged twice", "is the wrong colour", "stopped working"]
-FILLER = ["I ordered it three weeks ago for my sister's birthday.", "The tracking page has not changed for days.",
-          "I already tried restarting it and reading the manual.", "Your chat bot could not help me either.",
-          "This is the second time this has happened this year.", "I would really appreciate a quick answer."]
+FILLER = [
+    "I ordered it three weeks ago for my sister's birthday.",
+    "The tracking page has not changed for days.",
+    "I already tried restarting it and reading the manual.",
+    "Your chat bot could not help me either.",
+    "This is the second time this has happened this year.",
+    "I would really appreciate a quick answer.",
+]
 
 
 def make_conversations(count: int, seed: int = 0) -> list[list[dict]]:
@@ -44,11 +49,19 @@ def make_conversations(count: int, seed: int = 0) -> list[list[dict]]:
         name, product, problem = f"Customer{i}", rng.choice(PRODUCTS), rng.choice(PROBLEMS)
         extra = " ".join(rng.choice(FILLER) for _ in range(rng.randint(0, 14)))
         reply = " ".join(["We are sorry to hear that."] * rng.randint(1, 4))
-        conversations.append([
-            {"role": "system", "content": "You answer for Lumo support: greet by name, answer in one sentence, sign off."},
-            {"role": "user", "content": f"Hi, I'm {name}. My {product} {problem}. {extra}"},
-            {"role": "assistant", "content": f"Hi {name},\n{reply} A replacement {product} ships today.\nWarm regards, Lumo"},
-        ])
+        conversations.append(
+            [
+                {
+                    "role": "system",
+                    "content": "You answer for Lumo support: greet by name, answer in one sentence, sign off.",
+                },
+                {"role": "user", "content": f"Hi, I'm {name}. My {product} {problem}. {extra}"},
+                {
+                    "role": "assistant",
+                    "content": f"Hi {name},\n{reply} A replacement {product} ships today.\nWarm regards, Lumo",
+                },
+            ]
+        )
     return conversations
 
 
@@ -69,39 +82,82 @@ def baseline(model_dir: str, features: list[dict], val: list[dict], args: argpar
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
-                                                 attn_implementation=args.attn)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, use_safetensors=True, attn_implementation=args.attn
+    )
     model.config.use_cache = False
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.05,
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    training = TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch_size,
-                                 per_device_eval_batch_size=args.batch_size, max_steps=args.steps, learning_rate=1e-3,
-                                 lr_scheduler_type="cosine", warmup_ratio=0.05, seed=args.seed, data_seed=args.seed,
-                                 logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
-                                 eval_strategy="epoch",  # ours validates at the end of each epoch too: same work timed
-                                 remove_unused_columns=False, include_num_input_tokens_seen="non_padding")
-    trainer = Trainer(model=model, args=training, train_dataset=features, eval_dataset=val,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type="CAUSAL_LM",
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        ),
+    )
+    training = TrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+        seed=args.seed,
+        data_seed=args.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        eval_strategy="epoch",  # ours validates at the end of each epoch too: same work timed
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = Trainer(
+        model=model,
+        args=training,
+        train_dataset=features,
+        eval_dataset=val,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
+    )
     trainer.remove_callback(PrinterCallback)  # ours prints nothing per step either
     started = CLOCK[args.clock]()
     trainer.train()
     seconds = CLOCK[args.clock]() - started
-    return {"seconds": seconds, "tokens": trainer.state.num_input_tokens_seen, "val_loss": trainer.evaluate()["eval_loss"]}
+    return {
+        "seconds": seconds,
+        "tokens": trainer.state.num_input_tokens_seen,
+        "val_loss": trainer.evaluate()["eval_loss"],
+    }
 
 
 def ours(model_dir: str, train: list, val: list, args: argparse.Namespace, out: str) -> dict:
     from worker.train import TrainConfig, build_trainer
 
-    config = TrainConfig(model_dir=model_dir, output_dir=out, max_steps=args.steps, batch_size=args.batch_size,
-                         learning_rate=1e-3, max_seq_length=512, seed=args.seed, save_steps=10_000,
-                         pack_row_tokens=args.row_tokens)
+    config = TrainConfig(
+        model_dir=model_dir,
+        output_dir=out,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=1e-3,
+        max_seq_length=512,
+        seed=args.seed,
+        save_steps=10_000,
+        pack_row_tokens=args.row_tokens,
+    )
     trainer, _tok, _features, _val = build_trainer(config, train, val)
     if args.attn != "sdpa":
         trainer.model.get_base_model().set_attn_implementation(args.attn)
     started = CLOCK[args.clock]()
     trainer.train()
     seconds = CLOCK[args.clock]() - started
-    return {"seconds": seconds, "tokens": trainer.state.num_input_tokens_seen, "val_loss": trainer.evaluate()["eval_loss"]}
+    return {
+        "seconds": seconds,
+        "tokens": trainer.state.num_input_tokens_seen,
+        "val_loss": trainer.evaluate()["eval_loss"],
+    }
 
 
 def warm_up(model_dir: str, features: list[dict], args: argparse.Namespace) -> float:
@@ -114,12 +170,13 @@ def warm_up(model_dir: str, features: list[dict], args: argparse.Namespace) -> f
     from worker.models import load_tokenizer
 
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
-                                                 attn_implementation=args.attn)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, use_safetensors=True, attn_implementation=args.attn
+    )
     model.config.use_cache = False
     model.requires_grad_(False)
     model.enable_input_require_grads()  # backward through every layer, as with LoRA, without full weight gradients
-    batch = features[:args.batch_size]
+    batch = features[: args.batch_size]
     padded = padded_collator(load_tokenizer(model_dir))([dict(f) for f in batch])
     packed = PackedRowsCollator(args.row_tokens)(batch)
     packed.pop("real_tokens")
@@ -156,11 +213,14 @@ def main() -> None:
     features = encode_conversations(tokenizer, train, 512)
     val_features = encode_conversations(tokenizer, val, 512)
     lengths = sorted(len(f["input_ids"]) for f in features)
-    print(f"model {Path(model_dir).name}; {len(features)} examples, tokens min {lengths[0]} median "
-          f"{lengths[len(lengths) // 2]} max {lengths[-1]}; {args.steps} steps x batch {args.batch_size}; "
-          f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
-          f"{args.clock} clock; attention {args.attn}; our rows of {args.row_tokens} tokens; {args.first} first; "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"model {Path(model_dir).name}; {len(features)} examples, tokens min {lengths[0]} median "
+        f"{lengths[len(lengths) // 2]} max {lengths[-1]}; {args.steps} steps x batch {args.batch_size}; "
+        f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
+        f"{args.clock} clock; attention {args.attn}; our rows of {args.row_tokens} tokens; {args.first} first; "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     if args.warm_up:
         print(f"warm-up (untimed): {warm_up(model_dir, features, args):.1f} s", flush=True)
 
@@ -173,10 +233,14 @@ def main() -> None:
                     result = ours(model_dir, train, val, args, f"{tmp}/ours")
             result["rate"] = result["tokens"] / result["seconds"]
             label = "baseline (padded)" if name == "baseline" else "ours (padding-free)"
-            print(f"round {n} {label:19s}: {result['tokens']} real tokens in {result['seconds']:6.1f} s = "
-                  f"{result['rate']:6.1f} tokens/s, final val loss {result['val_loss']:.4f}, "
-                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"round {n} {label:19s}: {result['tokens']} real tokens in {result['seconds']:6.1f} s = "
+                f"{result['rate']:6.1f} tokens/s, final val loss {result['val_loss']:.4f}, "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
             return result
+
         return run
 
     def describe(a: dict, b: dict) -> str:

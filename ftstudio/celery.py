@@ -48,12 +48,21 @@ def send_after_commit(task, *args) -> None:
 def _schedule_reaper(sender, **kwargs):
     from django.conf import settings
 
-    sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("runs.reap", queue="default"),
-                             name="reap stranded runs and evaluations")
-    sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("webhooks.send_due", queue="default"),
-                             name="send webhook deliveries that are due (retries)")
-    sender.add_periodic_task(settings.FTSTUDIO_REAPER_INTERVAL, sender.signature("experiments.advance_open", queue="default"),
-                             name="advance running data experiments")
+    sender.add_periodic_task(
+        settings.FTSTUDIO_REAPER_INTERVAL,
+        sender.signature("runs.reap", queue="default"),
+        name="reap stranded runs and evaluations",
+    )
+    sender.add_periodic_task(
+        settings.FTSTUDIO_REAPER_INTERVAL,
+        sender.signature("webhooks.send_due", queue="default"),
+        name="send webhook deliveries that are due (retries)",
+    )
+    sender.add_periodic_task(
+        settings.FTSTUDIO_REAPER_INTERVAL,
+        sender.signature("experiments.advance_open", queue="default"),
+        name="advance running data experiments",
+    )
 
 
 @worker_init.connect
@@ -74,14 +83,16 @@ def _note_queues(sender, instance, **kwargs):
 
 @worker_ready.connect
 def _start_beating(**kwargs):
-    """A WorkerBeat row (apps/fleet): which queues this worker serves, so a launch can warn when none serves its queue."""
+    """A WorkerBeat row (apps/fleet): which queues this worker serves, so a launch can warn when none serves its
+    queue."""
     from django.conf import settings
 
     from apps.fleet.services import start_beating
 
     if "hostname" in _beat:
-        _beat["stop"] = start_beating(hostname=_beat["hostname"], queues=_beat["queues"],
-                                      interval=settings.FTSTUDIO_WORKER_BEAT_SECONDS)
+        _beat["stop"] = start_beating(
+            hostname=_beat["hostname"], queues=_beat["queues"], interval=settings.FTSTUDIO_WORKER_BEAT_SECONDS
+        )
 
 
 @worker_shutdown.connect

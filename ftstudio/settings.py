@@ -199,9 +199,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # --- Models ---------------------------------------------------------------------------------------
 # Weights are only loaded from directories under these roots (comma-separated absolute paths).
 FTSTUDIO_MODEL_CACHE = Path(os.environ.get("FTSTUDIO_MODEL_CACHE", VAR_DIR / "models")).resolve()
-FTSTUDIO_MODEL_ROOTS = [
-    Path(p).resolve() for p in env_list("FTSTUDIO_MODEL_ROOTS", str(FTSTUDIO_MODEL_CACHE))
-] + [FTSTUDIO_MODEL_CACHE]
+FTSTUDIO_MODEL_ROOTS = [Path(p).resolve() for p in env_list("FTSTUDIO_MODEL_ROOTS", str(FTSTUDIO_MODEL_CACHE))] + [
+    FTSTUDIO_MODEL_CACHE
+]
 # The tokenizer that counts tokens in imports and the quality report (a folder with tokenizer.json);
 # empty: the shipped SmolLM2's.
 FTSTUDIO_TOKENIZER_DIR = os.environ.get("FTSTUDIO_TOKENIZER_DIR", "")
@@ -220,16 +220,26 @@ FTSTUDIO_ALLOW_HUB = env_bool("FTSTUDIO_ALLOW_HUB", False)
 # share no disk. Checked (bucket, credentials) when a worker or the web process starts.
 FTSTUDIO_ARTIFACTS_URL = os.environ.get("FTSTUDIO_ARTIFACTS_URL", "").strip()
 if FTSTUDIO_ARTIFACTS_URL and urlparse(FTSTUDIO_ARTIFACTS_URL).scheme not in {"s3", "file"}:
-    raise ImproperlyConfigured(f"FTSTUDIO_ARTIFACTS_URL={FTSTUDIO_ARTIFACTS_URL!r}: use s3://bucket/prefix or file:///path.")
+    raise ImproperlyConfigured(
+        f"FTSTUDIO_ARTIFACTS_URL={FTSTUDIO_ARTIFACTS_URL!r}: use s3://bucket/prefix or file:///path."
+    )
 if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
     # Uploads waiting for a background import (and anything else saved through default_storage) go to the same
     # bucket, under <prefix>/media/, so the worker that imports them needs no disk shared with the web process.
     _artifacts = urlparse(FTSTUDIO_ARTIFACTS_URL)
-    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
-        "bucket_name": _artifacts.netloc, "location": "/".join(p for p in (_artifacts.path.strip("/"), "media") if p),
-        "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None, "addressing_style": "path",
-        "access_key": os.environ.get("AWS_ACCESS_KEY_ID") or None, "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-        "region_name": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", "file_overwrite": False}}
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": _artifacts.netloc,
+            "location": "/".join(p for p in (_artifacts.path.strip("/"), "media") if p),
+            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None,
+            "addressing_style": "path",
+            "access_key": os.environ.get("AWS_ACCESS_KEY_ID") or None,
+            "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            "region_name": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            "file_overwrite": False,
+        },
+    }
 # A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).
 FTSTUDIO_ARTIFACT_CACHE = Path(os.environ.get("FTSTUDIO_ARTIFACT_CACHE", VAR_DIR / "artifact-cache")).resolve()
 FTSTUDIO_ARTIFACT_CACHE_BYTES = int(os.environ.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30)))
@@ -315,12 +325,14 @@ FTSTUDIO_HEARTBEAT_STALE_SECONDS = int(os.environ.get("FTSTUDIO_HEARTBEAT_STALE_
 FTSTUDIO_HEARTBEAT_SECONDS = float(os.environ.get("FTSTUDIO_HEARTBEAT_SECONDS", "30"))
 FTSTUDIO_REQUEUE_AFTER_SECONDS = int(os.environ.get("FTSTUDIO_REQUEUE_AFTER_SECONDS", "900"))
 # Staff see an alarm when no reaper has run for this long (default: three missed intervals, at least 5 minutes).
-FTSTUDIO_REAPER_ALARM_SECONDS = int(os.environ.get("FTSTUDIO_REAPER_ALARM_SECONDS",
-                                                   str(max(300, 3 * FTSTUDIO_REAPER_INTERVAL))))
+FTSTUDIO_REAPER_ALARM_SECONDS = int(
+    os.environ.get("FTSTUDIO_REAPER_ALARM_SECONDS", str(max(300, 3 * FTSTUDIO_REAPER_INTERVAL)))
+)
 if FTSTUDIO_HEARTBEAT_STALE_SECONDS < 2 * FTSTUDIO_HEARTBEAT_SECONDS and "FTSTUDIO_HEARTBEAT_SECONDS" in os.environ:
     raise ImproperlyConfigured(
         f"FTSTUDIO_HEARTBEAT_STALE_SECONDS={FTSTUDIO_HEARTBEAT_STALE_SECONDS} must be at least twice "
-        f"FTSTUDIO_HEARTBEAT_SECONDS={FTSTUDIO_HEARTBEAT_SECONDS:g}, or live workers look dead.")
+        f"FTSTUDIO_HEARTBEAT_SECONDS={FTSTUDIO_HEARTBEAT_SECONDS:g}, or live workers look dead."
+    )
 
 # --- Security (production) ------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

@@ -33,14 +33,18 @@ def storage_problem(exc: BaseException | None) -> str:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _ERRNOS:
             where = f" ({exc.filename})" if exc.filename else ""
-            return (f"Storage error: {_ERRNOS[exc.errno]}{where}, so nothing more could be saved. Free space or make "
-                    "the volume writable, then try again (runs and evaluations resume from what was saved).")
+            return (
+                f"Storage error: {_ERRNOS[exc.errno]}{where}, so nothing more could be saved. Free space or make "
+                "the volume writable, then try again (runs and evaluations resume from what was saved)."
+            )
         if isinstance(exc, DatabaseError):
             text = str(exc).lower()
             for needle, what in _DATABASE_TEXTS.items():
                 if needle in text:
-                    return (f"Storage error: {what}, so the change was not saved. Free space or make the volume "
-                            "writable, then try again.")
+                    return (
+                        f"Storage error: {what}, so the change was not saved. Free space or make the volume "
+                        "writable, then try again."
+                    )
         exc = exc.__cause__ or exc.__context__
     return ""
 

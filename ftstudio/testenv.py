@@ -12,4 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Tests publish to, and their worker subprocesses consume from, a broker folder of their own, so a
 # `make run` worker on the same machine never steals a test's messages.
-os.environ.setdefault("FTSTUDIO_BROKER_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test-broker" / str(os.getpid())))
+os.environ.setdefault(
+    "FTSTUDIO_BROKER_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test-broker" / str(os.getpid()))
+)

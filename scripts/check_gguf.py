@@ -34,8 +34,10 @@ def make_adapter(base_dir: str, out: Path, scale: float = 0.1, seed: int = 0) ->
     from worker.models import load_model
 
     torch.manual_seed(seed)
-    model = get_peft_model(load_model(base_dir, device="cpu"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False))
+    model = get_peft_model(
+        load_model(base_dir, device="cpu"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False),
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -49,9 +51,10 @@ def hf_greedy(model, ids: list[int], tokens: int) -> list[int]:
 
     prompt = torch.tensor([ids])
     with torch.no_grad():
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens, do_sample=False,
-                             pad_token_id=0)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens, do_sample=False, pad_token_id=0
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def llama_cpp_greedy(llm, ids: list[int], tokens: int, prompt_text: str) -> tuple[list[int], list[int]]:
@@ -87,8 +90,13 @@ def main() -> int:
     # Past the 300 examples the demo seeds: held out.
     conversations = [e.messages[:-1] for e in generate_examples(300 + args.inputs, seed=7)[300:]]
     tokenizer = load_tokenizer(base_dir)
-    prompts = [(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
-                tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in conversations]
+    prompts = [
+        (
+            tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+            tokenizer.apply_chat_template(m, add_generation_prompt=True),
+        )
+        for m in conversations
+    ]
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="check-gguf-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -99,8 +107,9 @@ def main() -> int:
     expected = [hf_greedy(merged, ids, args.tokens) for _, ids in prompts]
     ok = True
     for quant in ("f16", "q8_0"):
-        path = write_gguf(work / "merged", work / f"tuned-{quant}.gguf", quant=quant, base_model_id=PUBLIC_ID,
-                          source_gguf=shipped)
+        path = write_gguf(
+            work / "merged", work / f"tuned-{quant}.gguf", quant=quant, base_model_id=PUBLIC_ID, source_gguf=shipped
+        )
         (work / f"Modelfile.{quant}").write_text(modelfile_text(path.name, tokenizer))
         llm = Llama(model_path=str(path), n_ctx=1024, n_threads=os.cpu_count() or 2, seed=0, verbose=False)
         same_outputs = same_prompts = 0
@@ -110,8 +119,10 @@ def main() -> int:
             same_outputs += got == want
             print(f"[{quant}] transformers (merged): {tokenizer.decode(want)!r}")
             print(f"[{quant}] llama.cpp (GGUF):      {tokenizer.decode(got)!r}  identical: {got == want}")
-        print(f"llama.cpp, GGUF {quant} ({path.stat().st_size / 2**20:.0f} MiB): prompts tokenized identically "
-              f"{same_prompts}/{len(prompts)}, greedy outputs identical {same_outputs}/{len(prompts)}")
+        print(
+            f"llama.cpp, GGUF {quant} ({path.stat().st_size / 2**20:.0f} MiB): prompts tokenized identically "
+            f"{same_prompts}/{len(prompts)}, greedy outputs identical {same_outputs}/{len(prompts)}"
+        )
         if quant == "f16":
             ok = ok and same_outputs == same_prompts == len(prompts)
     print(f"exports and checks took {time.perf_counter() - started:.0f} s; files in {work}")

@@ -47,18 +47,30 @@ def judge_all(evaluation) -> int:
                 attribute, passed, failed = CRITERION_CHECKS[criterion.name]
                 for letter, check in checks.items():
                     scores[(letter, criterion.pk)] = passed if getattr(check, attribute) else failed
-            passes = {letter: sum(getattr(c, a) for a, _, _ in CRITERION_CHECKS.values()) for letter, c in checks.items()}
+            passes = {
+                letter: sum(getattr(c, a) for a, _, _ in CRITERION_CHECKS.values()) for letter, c in checks.items()
+            }
             winner = "tie" if passes["A"] == passes["B"] else max(passes, key=passes.get)
-            services.submit_judgment(assignment=assignment, reviewer=membership.user, winner=winner, scores=scores,
-                                     comment="scored by the house-style checks (README screenshot script)")
+            services.submit_judgment(
+                assignment=assignment,
+                reviewer=membership.user,
+                winner=winner,
+                scores=scores,
+                comment="scored by the house-style checks (README screenshot script)",
+            )
             judged += 1
     return judged
 
 
 def main() -> None:
     var_dir = sys.argv[1]
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "ftstudio.settings", "DJANGO_DEBUG": "1",
-           "FTSTUDIO_VAR_DIR": var_dir, "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "ftstudio.settings",
+        "DJANGO_DEBUG": "1",
+        "FTSTUDIO_VAR_DIR": var_dir,
+        "HF_HUB_OFFLINE": "1",
+    }
     os.environ.update(env)
     import django
 
@@ -78,8 +90,13 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -36,9 +36,14 @@ class InferenceProcess:
         self.log_path = log_path
         env = {**os.environ, "FTSTUDIO_INFERENCE_ROOTS": ",".join(roots), "PYTHONUNBUFFERED": "1"}
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "worker.serve", "--port", str(self.port), *extra],
-                                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "worker.serve", "--port", str(self.port), *extra],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -68,8 +73,9 @@ class InferenceProcess:
 def inference(tiny_model_dir, tmp_path_factory):
     """One inference process for the session; it may read the tiny model and every test's media folder."""
     base = tmp_path_factory.getbasetemp()
-    process = InferenceProcess([str(Path(tiny_model_dir).parent), str(base), str(REPO / "var" / "models")],
-                               base / "inference.log")
+    process = InferenceProcess(
+        [str(Path(tiny_model_dir).parent), str(base), str(REPO / "var" / "models")], base / "inference.log"
+    )
     yield process
     process.stop()
 
@@ -80,8 +86,14 @@ def trained_run(project, base_model, user, name: str = ""):
     from apps.runs.models import Run
     from tests.runs_setup import FAST, small_version
 
-    run = services.launch_run(project=project, dataset_version=small_version(project), base_model=base_model,
-                              overrides=FAST, user=user, name=name)
+    run = services.launch_run(
+        project=project,
+        dataset_version=small_version(project),
+        base_model=base_model,
+        overrides=FAST,
+        user=user,
+        name=name,
+    )
     services.execute_run(run.pk)
     run = Run.objects.get(pk=run.pk)
     assert run.status == "succeeded", run.error

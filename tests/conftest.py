@@ -51,11 +51,19 @@ def team(db) -> Team:
     """One project with a designer, a PM and a reviewer; an outsider who is in another project only."""
     project = ProjectFactory(name="Support replies", slug="support")
     other = ProjectFactory(name="Other team", slug="other")
-    members = {role: MembershipFactory(project=project, role=role, user=UserFactory(username=role)).user
-               for role in (Role.DESIGNER, Role.PM, Role.REVIEWER)}
+    members = {
+        role: MembershipFactory(project=project, role=role, user=UserFactory(username=role)).user
+        for role in (Role.DESIGNER, Role.PM, Role.REVIEWER)
+    }
     outsider = MembershipFactory(project=other, role=Role.PM, user=UserFactory(username="outsider")).user
-    return Team(project=project, designer=members["designer"], pm=members["pm"], reviewer=members["reviewer"],
-                outsider=outsider, other_project=other)
+    return Team(
+        project=project,
+        designer=members["designer"],
+        pm=members["pm"],
+        reviewer=members["reviewer"],
+        outsider=outsider,
+        other_project=other,
+    )
 
 
 @pytest.fixture
@@ -113,8 +121,11 @@ def object_store(tmp_path_factory):
 
     endpoint = os.environ.get("FTSTUDIO_TEST_S3_ENDPOINT", "")
     if endpoint:
-        yield ObjectStore(endpoint=endpoint, access_key=os.environ.get("FTSTUDIO_TEST_S3_ACCESS_KEY", ACCESS_KEY),
-                          secret_key=os.environ.get("FTSTUDIO_TEST_S3_SECRET_KEY", SECRET_KEY))
+        yield ObjectStore(
+            endpoint=endpoint,
+            access_key=os.environ.get("FTSTUDIO_TEST_S3_ACCESS_KEY", ACCESS_KEY),
+            secret_key=os.environ.get("FTSTUDIO_TEST_S3_SECRET_KEY", SECRET_KEY),
+        )
         return
     store = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     yield store

@@ -15,16 +15,36 @@ from worker.checks import CheckSpec
 def experiment_setup(team):
     """A base model row (never loaded), a rubric whose one check passes replies that say 'ships', and v1: 32 train,
     1 val and 4 test examples."""
-    base = BaseModel.objects.create(name="tiny", display_name="Tiny", source_kind="local", source="/nowhere",
-                                    architecture="LlamaForCausalLM", context_length=512, has_chat_template=True)
-    rubric = eval_services.create_rubric(project=team.project, name="House style", criteria=[
-        eval_services.CriterionSpec("Facts", "States the facts", Scale.PASS_FAIL, {"1": "yes", "0": "no"},
-                                    checks=[CheckSpec("contains", "ships")])])
-    version = make_dataset_version(team.project, {
-        "train": [conversation(f"Question {i}", f"Hi,\nAnswer {i}.\nBye") for i in range(32)],
-        "val": [conversation("Val", "Hi,\nVal.\nBye")],
-        "test": [conversation(f"Where is #{i}?", f"Hi,\n#{i} ships today.\nBye") for i in range(4)],
-    })
+    base = BaseModel.objects.create(
+        name="tiny",
+        display_name="Tiny",
+        source_kind="local",
+        source="/nowhere",
+        architecture="LlamaForCausalLM",
+        context_length=512,
+        has_chat_template=True,
+    )
+    rubric = eval_services.create_rubric(
+        project=team.project,
+        name="House style",
+        criteria=[
+            eval_services.CriterionSpec(
+                "Facts",
+                "States the facts",
+                Scale.PASS_FAIL,
+                {"1": "yes", "0": "no"},
+                checks=[CheckSpec("contains", "ships")],
+            )
+        ],
+    )
+    version = make_dataset_version(
+        team.project,
+        {
+            "train": [conversation(f"Question {i}", f"Hi,\nAnswer {i}.\nBye") for i in range(32)],
+            "val": [conversation("Val", "Hi,\nVal.\nBye")],
+            "test": [conversation(f"Where is #{i}?", f"Hi,\n#{i} ships today.\nBye") for i in range(4)],
+        },
+    )
     return team, base, rubric, version
 
 
@@ -38,8 +58,16 @@ def fake_scores(point, passing: int, similarity: float) -> None:
     evaluation = point.evaluation
     candidate = evaluation.candidates.get()
     items = list(eval_selectors.eval_items(evaluation))
-    Generation.objects.bulk_create([
-        Generation(candidate=candidate, item=item, output="It ships today." if k < passing else "No idea.",
-                   similarity=similarity) for k, item in enumerate(items)])
+    Generation.objects.bulk_create(
+        [
+            Generation(
+                candidate=candidate,
+                item=item,
+                output="It ships today." if k < passing else "No idea.",
+                similarity=similarity,
+            )
+            for k, item in enumerate(items)
+        ]
+    )
     type(evaluation).objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=len(items))
     eval_services.run_checks(evaluation.pk)

@@ -21,8 +21,10 @@ def make_adapter(base_dir: str | Path, out: Path, *, seed: int = 0, scale: float
     if (out / "adapter_model.safetensors").is_file():
         return out
     torch.manual_seed(seed)
-    model = get_peft_model(load_model(str(base_dir), device="cpu"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False))
+    model = get_peft_model(
+        load_model(str(base_dir), device="cpu"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False),
+    )
     if scale is not None:
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -45,6 +47,7 @@ def greedy(model, ids, tokens: int = 24) -> list[int]:
     import torch
 
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
-                             pad_token_id=0)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False, pad_token_id=0
+        )
+    return out[0, ids.shape[1] :].tolist()

@@ -59,17 +59,25 @@ def make_dataset_version(project, splits: dict[str, list[list[dict]]], number: i
     number = number or (DatasetVersion.objects.filter(project=project).count() + 1)
     blob = json.dumps(splits, sort_keys=True).encode()
     version = DatasetVersion.objects.create(
-        project=project, number=number, content_hash=hashlib.sha256(blob).hexdigest(),
-        split_counts={k: len(v) for k, v in splits.items()}, created_by=user,
+        project=project,
+        number=number,
+        content_hash=hashlib.sha256(blob).hexdigest(),
+        split_counts={k: len(v) for k, v in splits.items()},
+        created_by=user,
     )
     position = 0
     items = []
     for split, conversations in splits.items():
         for messages in conversations:
-            items.append(DatasetVersionItem(
-                version=version, position=position, split=split, messages=messages,
-                content_hash=hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest(),
-            ))
+            items.append(
+                DatasetVersionItem(
+                    version=version,
+                    position=position,
+                    split=split,
+                    messages=messages,
+                    content_hash=hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest(),
+                )
+            )
             position += 1
     DatasetVersionItem.objects.bulk_create(items)
     return version

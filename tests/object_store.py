@@ -52,15 +52,24 @@ class ObjectStore:
 
     def env(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """The environment a web process or worker uses to store its artifacts here."""
-        return {"FTSTUDIO_ARTIFACTS_URL": f"s3://{bucket}/{prefix}".rstrip("/"), "AWS_ENDPOINT_URL": self.endpoint,
-                "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "FTSTUDIO_ARTIFACTS_URL": f"s3://{bucket}/{prefix}".rstrip("/"),
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+        )
 
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
@@ -76,18 +85,49 @@ def start_seaweedfs(folder: Path, timeout: float = 90) -> ObjectStore:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "data").mkdir(exist_ok=True)
     config = folder / "s3.json"
-    config.write_text(json.dumps({"identities": [{"name": "ftstudio", "credentials": [
-        {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "ftstudio",
+                        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
     log = open(folder / "weed.log", "wb")  # noqa: SIM115 (the process keeps writing to it)
     process = subprocess.Popen(
-        [weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
-         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-master.volumeSizeLimitMB=64",
-         "-volume.max=0", "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
-         f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
-    store = ObjectStore(endpoint=f"http://127.0.0.1:{ports['s3']}", access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-                        process=process)
+        [
+            weed_binary(),
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={folder / 'data'}",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+            "-filer",
+            f"-filer.port={ports['filer']}",
+            "-s3",
+            f"-s3.port={ports['s3']}",
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+        start_new_session=True,
+    )
+    store = ObjectStore(
+        endpoint=f"http://127.0.0.1:{ports['s3']}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, process=process
+    )
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -102,7 +142,9 @@ def start_seaweedfs(folder: Path, timeout: float = 90) -> ObjectStore:
             last = exc
             time.sleep(0.5)
     store.stop()
-    raise RuntimeError(f"SeaweedFS did not answer within {timeout} s ({last}):\n{(folder / 'weed.log').read_text()[-3000:]}")
+    raise RuntimeError(
+        f"SeaweedFS did not answer within {timeout} s ({last}):\n{(folder / 'weed.log').read_text()[-3000:]}"
+    )
 
 
 if __name__ == "__main__":  # `.ci/run`: python -m tests.object_store FOLDER  -> prints the endpoint, keeps running

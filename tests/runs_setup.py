@@ -17,16 +17,24 @@ def tiny_base_model(settings, tiny_model_dir) -> BaseModel:
     settings.FTSTUDIO_MODEL_ROOTS = [*settings.FTSTUDIO_MODEL_ROOTS, Path(tiny_model_dir).parent]
     from apps.runs.services import register_base_model
 
-    return register_base_model(name="tiny-llama", source_kind="local", source=str(tiny_model_dir), display_name="Tiny Llama")
+    return register_base_model(
+        name="tiny-llama", source_kind="local", source=str(tiny_model_dir), display_name="Tiny Llama"
+    )
 
 
 def support_conversations(count: int, offset: int = 0) -> list[list[dict]]:
     names = ["Ann", "Bo", "Cy", "Dee", "Eli", "Fay"]
-    return [conversation(f"Hello, I'm {names[i % 6]}. Where is order #{100 + i}?" + " It is late." * (i % 4),
-                         f"Hi {names[i % 6]},\nOrder #{100 + i} ships today.\nWarm regards, Lumo")
-            for i in range(offset, offset + count)]
+    return [
+        conversation(
+            f"Hello, I'm {names[i % 6]}. Where is order #{100 + i}?" + " It is late." * (i % 4),
+            f"Hi {names[i % 6]},\nOrder #{100 + i} ships today.\nWarm regards, Lumo",
+        )
+        for i in range(offset, offset + count)
+    ]
 
 
 def small_version(project):
-    return make_dataset_version(project, {"train": support_conversations(12), "val": support_conversations(2, 50),
-                                          "test": support_conversations(2, 70)})
+    return make_dataset_version(
+        project,
+        {"train": support_conversations(12), "val": support_conversations(2, 50), "test": support_conversations(2, 70)},
+    )

@@ -76,8 +76,9 @@ def test_htmx_requests_carry_the_csrf_token(team):
 
 
 def test_login_ignores_a_next_that_leaves_the_site(client, team, password):
-    response = client.post(reverse("login"), {"username": "designer", "password": password,
-                                              "next": "https://elsewhere.example/phish"})
+    response = client.post(
+        reverse("login"), {"username": "designer", "password": password, "next": "https://elsewhere.example/phish"}
+    )
     assert response.status_code == 302 and response["Location"] == reverse("project_list")
 
 
@@ -109,7 +110,12 @@ def test_repeated_wrong_passwords_lock_out_that_user_from_that_address(client, t
 def test_a_successful_login_resets_the_count(client, team, password, settings):
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         _wrong(client, reverse("login"))
-    assert client.post(reverse("login"), {"username": "designer", "password": password}, REMOTE_ADDR="10.0.0.1").status_code == 302
+    assert (
+        client.post(
+            reverse("login"), {"username": "designer", "password": password}, REMOTE_ADDR="10.0.0.1"
+        ).status_code
+        == 302
+    )
     client.logout()
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         assert _wrong(client, reverse("login")).status_code == 200

@@ -40,8 +40,9 @@ def api(settings, live_server, team, tiny_base_model):
 
 
 def upload(client, conversations=None, name="train.jsonl", raw: bytes | None = None):
-    return client.files.create(file=(name, io.BytesIO(raw if raw is not None else jsonl(conversations))),
-                               purpose="fine-tune")
+    return client.files.create(
+        file=(name, io.BytesIO(raw if raw is not None else jsonl(conversations))), purpose="fine-tune"
+    )
 
 
 def create_job(client, training_file, suffix="api", **kwargs):
@@ -193,8 +194,14 @@ def test_jobs_list_with_cursor_pagination_metadata_filter_and_browser_runs(api, 
     pm = api("pm")
     training = upload(pm, support_conversations(4))
     made = [create_job(pm, training.id, suffix=f"j{i}", metadata={"team": "a" if i % 2 else "b"}) for i in range(5)]
-    browser = runs.launch_run(project=team.project, dataset_version=runs_setup.small_version(team.project),
-                              base_model=tiny_base_model, overrides=runs_setup.FAST, user=team.pm, name="From the page")
+    browser = runs.launch_run(
+        project=team.project,
+        dataset_version=runs_setup.small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+        user=team.pm,
+        name="From the page",
+    )
     first = pm.fine_tuning.jobs.list(limit=2)
     assert first.has_more and len(first.data) == 2
     assert first.data[0].user_provided_suffix == "From the page" and first.data[0].model == "tiny-llama"
@@ -220,7 +227,8 @@ def wait_for(predicate, timeout: float, worker, what: str):
 
 
 def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_tuned_model(
-        api, team, settings, inference, tiny_model_dir, tmp_path):
+    api, team, settings, inference, tiny_model_dir, tmp_path
+):
     """The OpenAI script, unchanged but for base_url and api_key: upload, fine-tune (paused and resumed midway by a
     real worker), follow the events until it succeeds, list the checkpoints and chat with the tuned model."""
     from standardwebhooks import Webhook
@@ -240,16 +248,27 @@ def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_
         training = upload(client, support_conversations(12))
         validation = upload(client, support_conversations(2, 50), name="val.jsonl")
         job = client.fine_tuning.jobs.create(
-            model="tiny-llama", training_file=training.id, validation_file=validation.id, suffix="support tone",
-            seed=7, metadata={"ticket": "FT-1"},
-            method={"type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 5}}})
+            model="tiny-llama",
+            training_file=training.id,
+            validation_file=validation.id,
+            suffix="support tone",
+            seed=7,
+            metadata={"ticket": "FT-1"},
+            method={
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 5}},
+            },
+        )
         assert job.status == "queued" and job.hyperparameters.n_epochs == 2 and job.seed == 7
         run = Run.objects.get(fine_tuning_job__public_id=job.id)
         assert run.total_steps == 12 and run.hyperparameters["learning_rate"] == pytest.approx(0.005)
 
-        wait_for(lambda: Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, step__gte=2).exists(), 180, worker,
-                 "two steps")
+        wait_for(
+            lambda: Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, step__gte=2).exists(),
+            180,
+            worker,
+            "two steps",
+        )
         assert client.fine_tuning.jobs.pause(job.id).status == "running"  # stops at its next step end
         wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "paused", 120, worker, "the pause")
         run.refresh_from_db()
@@ -268,20 +287,25 @@ def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_
     receiver.close()
     headers, body = receiver.requests[0]
     event = Webhook(secret).verify(body, headers)
-    assert event["type"] == "fine_tuning.job.succeeded" and event["data"]["id"] == job.id and len(receiver.requests) == 1
+    assert (
+        event["type"] == "fine_tuning.job.succeeded" and event["data"]["id"] == job.id and len(receiver.requests) == 1
+    )
 
     job = client.fine_tuning.jobs.retrieve(job.id)
     run.refresh_from_db()
     assert job.status == "succeeded" and job.finished_at and job.trained_tokens > 0
     assert job.fine_tuned_model == f"ft:tiny-llama:support:support-tone:{run.pk}"
-    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-             if e.type == "metrics" and "train_loss" in e.data]
+    steps = [
+        e.data["step"]
+        for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+        if e.type == "metrics" and "train_loss" in e.data
+    ]
     assert sorted(steps) == list(range(1, 13))  # every step once: the pause lost nothing and repeated nothing
     assert any(e.message.startswith("Files validated") for e in client.fine_tuning.jobs.list_events(job.id, limit=100))
     csv_text = client.files.content(job.result_files[0]).text.splitlines()
     assert csv_text[0].startswith("step,train_loss,") and len(csv_text) == 13
 
-    checkpoint, = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    (checkpoint,) = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoint.fine_tuned_model_checkpoint == job.fine_tuned_model and checkpoint.step_number == 12
     assert checkpoint.metrics.valid_loss == pytest.approx(run.final_val_loss)
 

@@ -34,7 +34,9 @@ def test_designers_cannot_manage_keys(team):
 
 def test_the_command_prints_a_working_key_once(team, client):
     out = StringIO()
-    call_command("create_api_key", "--project", "support", "--user", "designer", "--name", "ci", stdout=out, stderr=StringIO())
+    call_command(
+        "create_api_key", "--project", "support", "--user", "designer", "--name", "ci", stdout=out, stderr=StringIO()
+    )
     raw = out.getvalue().strip()
     models = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert models.status_code == 200 and models.json()["object"] == "list"
@@ -49,9 +51,16 @@ def test_a_key_only_reaches_its_own_project(team, client):
     from tests.runs_setup import small_version
 
     base = BaseModel.objects.create(name="some-base", source_kind="local", source="/nowhere")
-    run = Run.objects.create(project=team.project, dataset_version=small_version(team.project), base_model=base,
-                             name="Secret tone", status=RunStatus.SUCCEEDED)
-    Run.objects.create(project=team.project, dataset_version=run.dataset_version, base_model=base, status=RunStatus.FAILED)
+    run = Run.objects.create(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=base,
+        name="Secret tone",
+        status=RunStatus.SUCCEEDED,
+    )
+    Run.objects.create(
+        project=team.project, dataset_version=run.dataset_version, base_model=base, status=RunStatus.FAILED
+    )
     own = create_api_key(project=team.project, user=team.reviewer)[1]
     listed = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {own}").json()["data"]
     assert [m["id"] for m in listed] == ["some-base", f"ft:some-base:support:secret-tone:{run.pk}"]  # no failed run

@@ -38,7 +38,9 @@ def expected(model_dir, adapter=None, max_new_tokens=12) -> str:
     return generate(model, tokenizer, [HELLO], GenerationConfig(max_new_tokens=max_new_tokens))[0].text
 
 
-def test_models_and_chat_with_the_base_model_and_a_tuned_run_streaming_and_not(api, team, tiny_base_model, tiny_model_dir):
+def test_models_and_chat_with_the_base_model_and_a_tuned_run_streaming_and_not(
+    api, team, tiny_base_model, tiny_model_dir
+):
     run = trained_run(team.project, tiny_base_model, team.pm, name="Support tone v1")
     client = api("pm")
     run_id = f"ft:tiny-llama:support:support-tone-v1:{run.pk}"
@@ -50,16 +52,29 @@ def test_models_and_chat_with_the_base_model_and_a_tuned_run_streaming_and_not(a
         choice = reply.choices[0]
         assert reply.model == model and choice.finish_reason in {"stop", "length"}
         assert choice.message.content.strip() == expected(tiny_model_dir, adapter)  # the engine's greedy output
-        assert reply.usage.completion_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+        assert (
+            reply.usage.completion_tokens > 0
+            and reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+        )
 
-        chunks = list(client.chat.completions.create(model=model, messages=HELLO, max_tokens=12, temperature=0,
-                                                     stream=True, stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model=model,
+                messages=HELLO,
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == choice.message.content
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
         assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
 
-    plain = list(client.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=3, temperature=0, stream=True))
+    plain = list(
+        client.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=3, temperature=0, stream=True)
+    )
     assert all(c.usage is None for c in plain)  # usage only when asked for
     key = ApiKey.objects.get(project=team.project, name="pm")
     assert key.requests == 7 and key.completion_tokens > 0 and key.last_used_at is not None
@@ -67,14 +82,22 @@ def test_models_and_chat_with_the_base_model_and_a_tuned_run_streaming_and_not(a
 
 def test_n_choices_seeded_sampling_and_stop(api):
     client = api("designer")
-    reply = client.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=8, temperature=1.5, seed=5, n=2)
-    again = client.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=8, temperature=1.5, seed=5, n=2)
+    reply = client.chat.completions.create(
+        model="tiny-llama", messages=HELLO, max_tokens=8, temperature=1.5, seed=5, n=2
+    )
+    again = client.chat.completions.create(
+        model="tiny-llama", messages=HELLO, max_tokens=8, temperature=1.5, seed=5, n=2
+    )
     assert [c.index for c in reply.choices] == [0, 1]
     assert [c.message.content for c in reply.choices] == [c.message.content for c in again.choices]
-    full = client.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=12, temperature=0).choices[0].message.content
+    full = (
+        client.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=12, temperature=0)
+        .choices[0]
+        .message.content
+    )
     stop = full[4:6]
     cut = client.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=12, temperature=0, stop=[stop])
-    assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == full[:full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == full[: full.index(stop)]
 
 
 def test_every_error_class_comes_back_in_openai_s_shape(api, team, settings, tiny_base_model, live_server):
@@ -105,7 +128,9 @@ def test_every_error_class_comes_back_in_openai_s_shape(api, team, settings, tin
     assert cap.value.body["param"] == "max_tokens" and "64" in cap.value.message
     settings.FTSTUDIO_API_MAX_TOKENS = 1024
     with pytest.raises(openai.BadRequestError) as overflow:  # the tiny Llama's context is 512 tokens
-        pm.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "order " * 600}], max_tokens=8)
+        pm.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "order " * 600}], max_tokens=8
+        )
     assert overflow.value.body["code"] == "context_length_exceeded" and "512" in overflow.value.message
 
     run = trained_run(team.project, tiny_base_model, team.pm)
@@ -130,8 +155,9 @@ def test_every_error_class_comes_back_in_openai_s_shape(api, team, settings, tin
 
 def test_a_client_that_disconnects_mid_stream_frees_its_row(api, inference):
     before = health(inference.url)["cancelled"]
-    stream = api("pm").chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=450, temperature=0,
-                                               stream=True)
+    stream = api("pm").chat.completions.create(
+        model="tiny-llama", messages=HELLO, max_tokens=450, temperature=0, stream=True
+    )
     chunks = iter(stream)
     for _ in range(3):
         next(chunks)
@@ -170,8 +196,12 @@ def test_chat_answers_while_a_training_run_occupies_the_worker(api, team, tiny_b
 
     env = {"FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent)}
     with running_worker(tmp_path, queues="gpu,default", extra_env=env):
-        run = runs.launch_run(project=team.project, dataset_version=small_version(team.project), base_model=tiny_base_model,
-                              overrides={"max_steps": 400, "batch_size": 2, "save_steps": 400, "max_seq_length": 128})
+        run = runs.launch_run(
+            project=team.project,
+            dataset_version=small_version(team.project),
+            base_model=tiny_base_model,
+            overrides={"max_steps": 400, "batch_size": 2, "save_steps": 400, "max_seq_length": 128},
+        )
         deadline = time.monotonic() + 120
         while not Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, step__gte=1).exists():
             assert time.monotonic() < deadline, "the run never started"

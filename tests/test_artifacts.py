@@ -38,17 +38,21 @@ def closed_port() -> int:
 def test_a_folder_round_trips_and_only_complete_folders_are_listed(object_store, tmp_path):
     bucket = object_store.create_bucket("roundtrip")
     store = open_store("s3://roundtrip/some/prefix", default_root=tmp_path, env=object_store.env("roundtrip"))
-    make_folder(tmp_path / "ck", {"adapter_model.safetensors": b"w" * 70_000, "trainer_state.json": b"{}",
-                                  "sub/rng.pth": b"r"})
+    make_folder(
+        tmp_path / "ck", {"adapter_model.safetensors": b"w" * 70_000, "trainer_state.json": b"{}", "sub/rng.pth": b"r"}
+    )
     store.put_dir(tmp_path / "ck", "runs/1/checkpoints/checkpoint-2")
     # a folder cut off mid-upload (no marker) is never taken
-    object_store.client().put_object(Bucket=bucket, Key="some/prefix/runs/1/checkpoints/checkpoint-4/adapter_model.safetensors",
-                                     Body=b"half")
+    object_store.client().put_object(
+        Bucket=bucket, Key="some/prefix/runs/1/checkpoints/checkpoint-4/adapter_model.safetensors", Body=b"half"
+    )
     assert store.complete_dirs("runs/1/checkpoints") == ["runs/1/checkpoints/checkpoint-2"]
     keys = [o["Key"] for o in object_store.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert "some/prefix/runs/1/checkpoints/checkpoint-2/sub/rng.pth" in keys
     got = store.get_dir("runs/1/checkpoints/checkpoint-2", tmp_path / "back")
-    assert (got / "adapter_model.safetensors").read_bytes() == b"w" * 70_000 and (got / "sub" / "rng.pth").read_bytes() == b"r"
+    assert (got / "adapter_model.safetensors").read_bytes() == b"w" * 70_000 and (
+        got / "sub" / "rng.pth"
+    ).read_bytes() == b"r"
     assert not (got / ".complete").exists()
     store.delete_prefix("runs/1")
     assert store.complete_dirs("runs/1/checkpoints") == []
@@ -84,8 +88,15 @@ def test_a_worker_with_a_wrong_secret_stops_at_start_naming_the_variable(object_
 
 def test_a_store_that_stays_down_fails_after_its_retries_with_what_failed(tmp_path):
     pauses = []
-    store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{closed_port()}", access_key="a", secret_key="b",
-                    tries=3, pause=0.25, sleep=pauses.append)
+    store = S3Store(
+        "bucket",
+        endpoint_url=f"http://127.0.0.1:{closed_port()}",
+        access_key="a",
+        secret_key="b",
+        tries=3,
+        pause=0.25,
+        sleep=pauses.append,
+    )
     make_folder(tmp_path / "ck", {"trainer_state.json": b"{}"})
     with pytest.raises(ArtifactStoreError, match=r"did not answer after 3 tries"):
         store.put_dir(tmp_path / "ck", "runs/9/checkpoints/checkpoint-1")
@@ -94,24 +105,37 @@ def test_a_store_that_stays_down_fails_after_its_retries_with_what_failed(tmp_pa
 
 @pytest.mark.django_db
 def test_a_run_uploads_its_checkpoints_and_adapter_as_it_writes_them(team, tiny_base_model, s3_artifacts, object_store):
-    run = services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                              base_model=tiny_base_model, overrides=runs_setup.FAST)
+    run = services.launch_run(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+    )
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     store = artifacts.store()
     assert store.complete_dirs(f"runs/{run.pk}/checkpoints") == [
-        f"runs/{run.pk}/checkpoints/checkpoint-2", f"runs/{run.pk}/checkpoints/checkpoint-4"]
+        f"runs/{run.pk}/checkpoints/checkpoint-2",
+        f"runs/{run.pk}/checkpoints/checkpoint-4",
+    ]
     assert store.complete_dirs(f"runs/{run.pk}") == [f"runs/{run.pk}/adapter"]
     bucket = s3_artifacts["FTSTUDIO_ARTIFACTS_URL"].split("/")[2]
-    head = object_store.client().head_object(Bucket=bucket, Key=f"studio/runs/{run.pk}/adapter/adapter_model.safetensors")
+    head = object_store.client().head_object(
+        Bucket=bucket, Key=f"studio/runs/{run.pk}/adapter/adapter_model.safetensors"
+    )
     run.refresh_from_db()
     assert head["ContentLength"] == Path(run.adapter_path, "adapter_model.safetensors").stat().st_size
 
 
 @pytest.mark.django_db
 def test_a_store_down_mid_run_fails_the_run_clearly_keeping_the_local_checkpoint_and_a_resume_goes_on(
-        team, tiny_base_model, s3_artifacts, settings, monkeypatch):
-    run = services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                              base_model=tiny_base_model, overrides=runs_setup.FAST)
+    team, tiny_base_model, s3_artifacts, settings, monkeypatch
+):
+    run = services.launch_run(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+    )
     fetch = artifacts.fetch_newest_checkpoint
 
     def fetch_then_go_down(*args, **kwargs):  # the store answers at the start, then goes away mid-run
@@ -124,7 +148,10 @@ def test_a_store_down_mid_run_fails_the_run_clearly_keeping_the_local_checkpoint
     assert train_run(run.pk) == RunStatus.FAILED
     run.refresh_from_db()
     local = services.run_dir(run) / "checkpoints" / "checkpoint-2"
-    assert "Could not store checkpoint-2 in the artifact store" in run.error and "did not answer after 4 tries" in run.error
+    assert (
+        "Could not store checkpoint-2 in the artifact store" in run.error
+        and "did not answer after 4 tries" in run.error
+    )
     assert f"The local checkpoint is kept at {local}" in run.error
     assert (local / "trainer_state.json").is_file() and not run.adapter_path
     monkeypatch.setattr(artifacts, "fetch_newest_checkpoint", fetch)
@@ -153,20 +180,33 @@ def test_the_adapter_cache_keeps_the_most_recently_used_within_its_bound(tmp_pat
 
 @pytest.mark.django_db
 def test_an_upload_imported_in_the_background_waits_in_the_object_store_not_on_the_web_node_s_disk(
-        team, settings, eager, s3_artifacts, object_store, django_capture_on_commit_callbacks):
+    team, settings, eager, s3_artifacts, object_store, django_capture_on_commit_callbacks
+):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from apps.datasets.models import Example, ImportJob
 
     bucket, prefix = s3_artifacts["FTSTUDIO_ARTIFACTS_URL"][5:].split("/", 1)
-    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
-        "bucket_name": bucket, "location": f"{prefix}/media", "endpoint_url": object_store.endpoint,
-        "access_key": object_store.access_key, "secret_key": object_store.secret_key, "addressing_style": "path"}}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": bucket,
+                "location": f"{prefix}/media",
+                "endpoint_url": object_store.endpoint,
+                "access_key": object_store.access_key,
+                "secret_key": object_store.secret_key,
+                "addressing_style": "path",
+            },
+        },
+    }
     settings.FTSTUDIO_IMPORT_INLINE_BYTES = 100
     data = (Path(__file__).parent / "fixtures" / "imports" / "valid_openai.jsonl").read_bytes()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        team.client("designer").post("/p/support/data/import/", {"file": SimpleUploadedFile("big.jsonl", data),
-                                                                 "file_format": "auto"})
+        team.client("designer").post(
+            "/p/support/data/import/", {"file": SimpleUploadedFile("big.jsonl", data), "file_format": "auto"}
+        )
     job = ImportJob.objects.get()
     stored = object_store.client().get_object(Bucket=bucket, Key=f"{prefix}/media/{job.upload}")["Body"].read()
     assert stored == data and not (settings.MEDIA_ROOT / job.upload).exists()
@@ -187,23 +227,48 @@ def test_the_web_process_stops_at_start_on_a_bad_store_and_saves_uploads_in_the_
 
     object_store.create_bucket("web-start")
     env = {**os.environ, **object_store.env("web-start", "studio"), "DJANGO_SETTINGS_MODULE": "ftstudio.settings"}
-    wrong = subprocess.run([sys.executable, "-c", "import ftstudio.wsgi"], cwd=REPO, capture_output=True, text=True,
-                           env={**env, "AWS_ACCESS_KEY_ID": "nobody"}, timeout=120)
+    wrong = subprocess.run(
+        [sys.executable, "-c", "import ftstudio.wsgi"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**env, "AWS_ACCESS_KEY_ID": "nobody"},
+        timeout=120,
+    )
     assert wrong.returncode == 78
-    assert "ftstudio web: the artifact store is not usable: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY were refused" in wrong.stderr
-    good = subprocess.run([sys.executable, "-c", "import ftstudio.wsgi; from django.core.files.storage import "
-                           "default_storage as s; print(s.location, s.bucket_name, type(s._wrapped).__name__)"], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert (
+        "ftstudio web: the artifact store is not usable: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY were refused"
+        in wrong.stderr
+    )
+    good = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import ftstudio.wsgi; from django.core.files.storage import "
+            "default_storage as s; print(s.location, s.bucket_name, type(s._wrapped).__name__)",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert good.returncode == 0, good.stderr[-2000:]
     assert good.stdout.split()[-3:] == ["studio/media", "web-start", "S3Storage"]
 
 
 @pytest.mark.django_db
 def test_the_adapter_download_on_a_node_without_the_training_disk_fetches_it_from_the_store(
-        team, tiny_base_model, s3_artifacts):
+    team, tiny_base_model, s3_artifacts
+):
     import shutil
 
-    run = services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                              base_model=tiny_base_model, overrides=runs_setup.FAST)
+    run = services.launch_run(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+    )
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     run.refresh_from_db()
     shutil.rmtree(run.adapter_path)  # the web node is not the node that trained it

@@ -20,14 +20,25 @@ def test_sides_alternate_every_round_is_printed_and_the_last_line_is_the_median_
         def run(n):
             calls.append(f"{name}{n}")
             return times[name][n - 1]
+
         return run
 
-    ratios = alternate(4, side("a"), side("b"), ratio=lambda a, b: a / b,
-                       describe=lambda a, b: f"A {a:.0f} s, B {b:.0f} s", out=lines.append)
+    ratios = alternate(
+        4,
+        side("a"),
+        side("b"),
+        ratio=lambda a, b: a / b,
+        describe=lambda a, b: f"A {a:.0f} s, B {b:.0f} s",
+        out=lines.append,
+    )
     assert calls == ["a1", "b1", "a2", "b2", "a3", "b3", "a4", "b4"]
     assert ratios == [2.0, 3.0, 5.0, 2.5]
-    assert lines[:4] == ["round 1: A 10 s, B 5 s, ratio 2.00", "round 2: A 30 s, B 10 s, ratio 3.00",
-                         "round 3: A 10 s, B 2 s, ratio 5.00", "round 4: A 10 s, B 4 s, ratio 2.50"]
+    assert lines[:4] == [
+        "round 1: A 10 s, B 5 s, ratio 2.00",
+        "round 2: A 30 s, B 10 s, ratio 3.00",
+        "round 3: A 10 s, B 2 s, ratio 5.00",
+        "round 4: A 10 s, B 4 s, ratio 2.50",
+    ]
     assert lines[-1] == "ratio=2.75 (min 2.00, max 5.00, rounds 4)"
 
 

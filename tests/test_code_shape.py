@@ -37,14 +37,16 @@ def test_tasks_import_their_service_inside_the_task_function(path):
     imported = _module_level_imports(path)
     assert not {n for n in imported if n.endswith("services") or n.endswith(".exports")}, (
         f"{path.relative_to(REPO)} imports a service at module level; services import tasks, so import it inside "
-        "the task function")
+        "the task function"
+    )
 
 
 @pytest.mark.parametrize("path", SELECTOR_MODULES, ids=lambda p: str(p.relative_to(REPO)))
 def test_selectors_never_import_their_own_app_services(path):
     imported = _module_level_imports(path)
     assert not {n for n in imported if n == ".services" or n == f"apps.{path.parent.name}.services"}, (
-        f"{path.relative_to(REPO)} imports its app's services: services read through selectors, not the reverse")
+        f"{path.relative_to(REPO)} imports its app's services: services read through selectors, not the reverse"
+    )
 
 
 def test_every_app_with_pages_has_selectors():
@@ -53,9 +55,11 @@ def test_every_app_with_pages_has_selectors():
 
 
 def test_the_web_process_imports_no_torch():
-    code = ("import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'ftstudio.settings'); "
-            "django.setup(); import ftstudio.urls, apps.runs.services, apps.evaluations.services, "
-            "apps.datasets.services, apps.api.views, apps.runs.views, apps.evaluations.views; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    code = (
+        "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'ftstudio.settings'); "
+        "django.setup(); import ftstudio.urls, apps.runs.services, apps.evaluations.services, "
+        "apps.datasets.services, apps.api.views, apps.runs.views, apps.evaluations.views; "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

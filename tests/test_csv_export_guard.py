@@ -13,7 +13,7 @@ from tests.eval_setup import make_evaluation
 
 pytestmark = pytest.mark.django_db
 
-ATTACKS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1"]
+ATTACKS = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,13 +35,14 @@ def test_no_exported_cell_starts_a_formula_and_the_export_imports_back_unchanged
     cells = [cell for row in csv.reader(io.StringIO(response.content.decode(), newline="")) for cell in row]
     assert len(cells) == 3 * (len(ATTACKS) + 1)
     assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
-    assert "'=HYPERLINK(\"http://evil\",\"x\")" in cells
+    assert '\'=HYPERLINK("http://evil","x")' in cells
 
     back = tmp_path / "back.csv"
     back.write_bytes(response.content)
     assert services.import_examples(project=team.other_project, path_or_file=back).imported == len(ATTACKS)
-    assert sorted(Example.objects.filter(project=team.other_project).values_list("content_hash", flat=True)) == \
-        sorted(Example.objects.filter(project=team.project).values_list("content_hash", flat=True))
+    assert sorted(Example.objects.filter(project=team.other_project).values_list("content_hash", flat=True)) == sorted(
+        Example.objects.filter(project=team.project).values_list("content_hash", flat=True)
+    )
 
 
 def test_judgments_csv_guards_its_header_as_well_as_its_body(team, settings, tiny_model_dir, tmp_path):

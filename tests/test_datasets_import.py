@@ -23,23 +23,26 @@ def _import(team, name, **kwargs):
     return services.import_examples(project=team.project, path_or_file=FIXTURES / name, user=team.designer, **kwargs)
 
 
-@pytest.mark.parametrize("name,line,reason", [
-    ("error_invalid_json.jsonl", 2, "not valid JSON"),
-    ("error_not_object.jsonl", 2, "not a JSON object"),
-    ("error_missing_messages.jsonl", 2, 'missing the "messages" list'),
-    ("error_empty_messages.jsonl", 2, '"messages" is empty'),
-    ("error_message_missing_role.jsonl", 2, 'message 1 has no "role"'),
-    ("error_message_missing_content.jsonl", 2, 'message 1 (user) has no "content"'),
-    ("error_unknown_message_key.jsonl", 2, "message 1 (user) has unknown key 'mood'"),
-    ("error_unknown_role.jsonl", 2, "message 1 has unknown role 'customer': use system, user or assistant"),
-    ("error_no_assistant.jsonl", 2, "no assistant message"),
-    ("error_content_not_string.jsonl", 2, "message 1 (user): content must be a string, found a number"),
-    ("error_empty_content.jsonl", 2, "message 2 (assistant) has empty content"),
-    ("error_last_not_assistant.jsonl", 2, "the last message is from 'user'"),
-    ("error_alpaca_missing_output.jsonl", 2, 'missing "output"'),
-    ("error_csv_missing_column.csv", 1, "the header must name the columns input and output"),
-    ("error_csv_empty_output.csv", 3, 'the "output" column is empty'),
-])
+@pytest.mark.parametrize(
+    "name,line,reason",
+    [
+        ("error_invalid_json.jsonl", 2, "not valid JSON"),
+        ("error_not_object.jsonl", 2, "not a JSON object"),
+        ("error_missing_messages.jsonl", 2, 'missing the "messages" list'),
+        ("error_empty_messages.jsonl", 2, '"messages" is empty'),
+        ("error_message_missing_role.jsonl", 2, 'message 1 has no "role"'),
+        ("error_message_missing_content.jsonl", 2, 'message 1 (user) has no "content"'),
+        ("error_unknown_message_key.jsonl", 2, "message 1 (user) has unknown key 'mood'"),
+        ("error_unknown_role.jsonl", 2, "message 1 has unknown role 'customer': use system, user or assistant"),
+        ("error_no_assistant.jsonl", 2, "no assistant message"),
+        ("error_content_not_string.jsonl", 2, "message 1 (user): content must be a string, found a number"),
+        ("error_empty_content.jsonl", 2, "message 2 (assistant) has empty content"),
+        ("error_last_not_assistant.jsonl", 2, "the last message is from 'user'"),
+        ("error_alpaca_missing_output.jsonl", 2, 'missing "output"'),
+        ("error_csv_missing_column.csv", 1, "the header must name the columns input and output"),
+        ("error_csv_empty_output.csv", 3, 'the "output" column is empty'),
+    ],
+)
 def test_an_invalid_file_imports_nothing_and_names_the_line_and_the_reason(team, name, line, reason):
     report = _import(team, name)
     assert not report.ok and report.imported == 0
@@ -53,8 +56,12 @@ def test_every_problem_of_a_file_is_reported_not_just_the_first(team, tmp_path):
     path.write_text('{"messages": []}\n\n[1]\n{"messages": [{"role": "bot", "content": ""}]}\n')
     report = services.import_examples(project=team.project, path_or_file=path)
     assert [(e.line, e.message.split(":")[0]) for e in report.errors] == [
-        (1, '"messages" is empty'), (3, "not a JSON object"), (4, "message 1 has unknown role 'bot'"),
-        (4, "message 1 has empty content"), (4, "no assistant message")]
+        (1, '"messages" is empty'),
+        (3, "not a JSON object"),
+        (4, "message 1 has unknown role 'bot'"),
+        (4, "message 1 has empty content"),
+        (4, "no assistant message"),
+    ]
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_the_line(team, tmp_path):
@@ -102,8 +109,10 @@ def test_alpaca_and_csv_become_conversations(team):
     csv_report = services.import_examples(project=team.other_project, path_or_file=FIXTURES / "valid.csv")
     assert csv_report.file_format == "csv" and csv_report.imported == 2, csv_report.errors
     multiline = Example.objects.get(project=team.other_project, metadata={})
-    assert multiline.messages == [{"role": "user", "content": "Can I pay\nby card?"},
-                                  {"role": "assistant", "content": "Hi Lee, yes, we take cards. Best, Support"}]
+    assert multiline.messages == [
+        {"role": "user", "content": "Can I pay\nby card?"},
+        {"role": "assistant", "content": "Hi Lee, yes, we take cards. Best, Support"},
+    ]
     assert Example.objects.filter(metadata__product="parcel").count() == 1
 
 
@@ -126,7 +135,15 @@ def test_command_exits_non_zero_and_prints_every_error(team):
     assert "error: line 2: message 1 has unknown role 'customer'" in err.getvalue()
     assert Example.objects.count() == 0
     out = io.StringIO()
-    call_command("import_examples", str(FIXTURES / "valid_openai.jsonl"), "--project", "support", "--format", "openai", stdout=out)
+    call_command(
+        "import_examples",
+        str(FIXTURES / "valid_openai.jsonl"),
+        "--project",
+        "support",
+        "--format",
+        "openai",
+        stdout=out,
+    )
     assert "Imported 3 examples" in out.getvalue()
 
 
@@ -140,14 +157,27 @@ def test_exported_openai_jsonl_reimports_to_the_same_examples(team, tmp_path):
     report = services.import_examples(project=team.other_project, path_or_file=path)
     assert report.imported == 5
     original = list(Example.objects.filter(project=team.project).order_by("id").values_list("messages", "content_hash"))
-    copied = list(Example.objects.filter(project=team.other_project).order_by("id").values_list("messages", "content_hash"))
+    copied = list(
+        Example.objects.filter(project=team.other_project).order_by("id").values_list("messages", "content_hash")
+    )
     assert original == copied
 
 
 def test_alpaca_export_refuses_multi_turn_conversations_by_name(team, tmp_path):
     path = tmp_path / "multi.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                                             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                    {"role": "assistant", "content": "d"},
+                ]
+            }
+        )
+        + "\n"
+    )
     services.import_examples(project=team.project, path_or_file=path)
     pk = Example.objects.get().pk
     with pytest.raises(CommandError, match=f"Example #{pk} has 2 user and 2 assistant turns"):
@@ -162,8 +192,9 @@ def test_csv_export_round_trips_through_the_importer(team, tmp_path):
     path.write_bytes(response.content)
     report = services.import_examples(project=team.other_project, path_or_file=path)
     assert report.imported == 2
-    assert sorted(Example.objects.filter(project=team.other_project).values_list("content_hash", flat=True)) == \
-        sorted(Example.objects.filter(project=team.project).values_list("content_hash", flat=True))
+    assert sorted(Example.objects.filter(project=team.other_project).values_list("content_hash", flat=True)) == sorted(
+        Example.objects.filter(project=team.project).values_list("content_hash", flat=True)
+    )
 
 
 def test_upload_page_shows_line_errors_and_imports_nothing(team):
@@ -196,8 +227,16 @@ def test_reviewer_cannot_import(team):
 def test_token_counts_match_the_full_tokenizer_on_awkward_text(tiny_model_dir):
     from tokenizers import Tokenizer
 
-    texts = ["Hi  there,\n\n  it's   done!!", "Prix: 12,50 € — ça va? 🙂🙂", "literal <|im_end|> and <|im_start|>user",
-             "don't won't I'll we've", "tabs\tand\r\nnewlines   ", "x" * 300, "日本語のテキスト 123456789", " "]
+    texts = [
+        "Hi  there,\n\n  it's   done!!",
+        "Prix: 12,50 € — ça va? 🙂🙂",
+        "literal <|im_end|> and <|im_start|>user",
+        "don't won't I'll we've",
+        "tabs\tand\r\nnewlines   ",
+        "x" * 300,
+        "日本語のテキスト 123456789",
+        " ",
+    ]
     reference = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     expected = [len(e) for e in reference.encode_batch(texts, add_special_tokens=False)]
     assert get_token_counter().count_texts(texts) == expected
@@ -213,12 +252,14 @@ def test_a_chat_template_cannot_run_code_when_tokens_are_counted(tiny_model_dir,
     marker = tmp_path / "pwned"
     (folder / "chat_template.jinja").write_text(
         "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
-        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}")
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+    )
     counter = get_token_counter(folder)
     assert not marker.exists()
     assert "Could not measure the chat template" in caplog.text
-    assert counter.count_conversations([[{"role": "user", "content": "hello there"}]]) == \
-        [len(counter.tokenizer.encode("hello there", add_special_tokens=False).ids)]
+    assert counter.count_conversations([[{"role": "user", "content": "hello there"}]]) == [
+        len(counter.tokenizer.encode("hello there", add_special_tokens=False).ids)
+    ]
 
 
 def test_a_harmless_template_still_measures_the_same_overheads_as_transformers(tiny_model_dir):
@@ -226,8 +267,11 @@ def test_a_harmless_template_still_measures_the_same_overheads_as_transformers(t
 
     counter = get_token_counter(tiny_model_dir)
     hf = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is my parcel?"},
-                    {"role": "assistant", "content": "Hi Ana, it arrives Friday."}]
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is my parcel?"},
+        {"role": "assistant", "content": "Hi Ana, it arrives Friday."},
+    ]
     assert counter.count_conversations([conversation]) == [len(hf.apply_chat_template(conversation, tokenize=True))]
 
 
@@ -241,11 +285,18 @@ def test_the_tokenizer_folder_comes_from_the_environment(tiny_model_dir, tmp_pat
     code = "from apps.datasets.tokens import get_token_counter as g; print(g().model_name)"
     env = {**os.environ, "DJANGO_DEBUG": "1", "FTSTUDIO_TOKENIZER_DIR": str(tiny_model_dir)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == tiny_model_dir.name
     env["FTSTUDIO_TOKENIZER_DIR"] = str(tmp_path)
-    bad = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode != 0 and "FTSTUDIO_TOKENIZER_DIR" in bad.stderr and "no tokenizer.json" in bad.stderr

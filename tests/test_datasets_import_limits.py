@@ -21,8 +21,10 @@ def tokenizer(settings, tiny_model_dir):
 
 
 def line(user: str, answer: str = "Hi Ana, it arrives Friday. Best, Support", **extra) -> str:
-    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-                       **extra}) + "\n"
+    return (
+        json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], **extra})
+        + "\n"
+    )
 
 
 def nested(depth: int):
@@ -55,7 +57,9 @@ def test_a_line_over_the_limit_is_a_numbered_error_found_without_reading_the_lin
     stream = ReadRecorder(data)
     report = services.import_examples(project=team.project, path_or_file=stream)
     assert [(e.line, e.message.split(", ")[0]) for e in report.errors] == [
-        (2, f"the line is {len(long.encode()):,} bytes"), (4, '"messages" must be a list')]
+        (2, f"the line is {len(long.encode()):,} bytes"),
+        (4, '"messages" must be a list'),
+    ]
     assert "over the 10,000-byte limit for one line (FTSTUDIO_IMPORT_MAX_LINE_BYTES)" in report.errors[0].message
     assert stream.largest <= 1024 * 1024, "the long line was read in bounded pieces"
     assert Example.objects.count() == 0 and ImportBatch.objects.count() == 0
@@ -67,7 +71,8 @@ def test_a_message_over_the_limit_is_a_numbered_error(team, settings):
     report = services.import_examples(project=team.project, path_or_file=io.BytesIO(data))
     assert [str(e) for e in report.errors] == [
         "line 2: message 1 is 1,001 characters, over the 1,000-character limit for one message "
-        "(FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)"]
+        "(FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)"
+    ]
     assert Example.objects.count() == 0
 
 
@@ -81,8 +86,9 @@ def test_a_csv_cell_over_the_message_limit_is_a_numbered_error(team, settings):
 
 @pytest.mark.parametrize("depth", [40, 100_000])
 def test_deeply_nested_metadata_is_a_numbered_error_not_a_crash(team, depth):
-    hostile = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
-                          "metadata": nested(1)})
+    hostile = json.dumps(
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "metadata": nested(1)}
+    )
     hostile = hostile.replace('{"k": "leaf"}', '{"k": ' * depth + '"leaf"' + "}" * depth)
     data = (line("first") + hostile + "\n").encode()
     report = services.import_examples(project=team.project, path_or_file=io.BytesIO(data))
@@ -93,8 +99,9 @@ def test_deeply_nested_metadata_is_a_numbered_error_not_a_crash(team, depth):
 
 def test_deeply_nested_messages_on_the_upload_page_are_an_error_in_the_page(team):
     data = line("first") + '{"messages": ' + "[" * 50_000 + "]" * 50_000 + "}\n"
-    response = team.client("designer").post("/p/support/data/import/",
-                                            {"file": io.BytesIO(data.encode()), "file_format": "auto"})
+    response = team.client("designer").post(
+        "/p/support/data/import/", {"file": io.BytesIO(data.encode()), "file_format": "auto"}
+    )
     page = response.content.decode()
     assert response.status_code == 200 and "Nothing was imported" in page
     assert "line 2: nested too deeply" in page
@@ -119,8 +126,9 @@ def _named(name: str, data: bytes):
     return SimpleUploadedFile(name, data)
 
 
-def test_a_large_upload_imports_in_the_background_with_a_progress_bar(team, settings, eager,
-                                                                      django_capture_on_commit_callbacks):
+def test_a_large_upload_imports_in_the_background_with_a_progress_bar(
+    team, settings, eager, django_capture_on_commit_callbacks
+):
     settings.FTSTUDIO_IMPORT_INLINE_BYTES = 100
     client = team.client("designer")
     data = (FIXTURES / "valid_openai.jsonl").read_bytes()
@@ -130,7 +138,7 @@ def test_a_large_upload_imports_in_the_background_with_a_progress_bar(team, sett
     assert response.status_code == 302 and response["Location"] == f"/p/support/data/import/?job={job.pk}"
     assert Example.objects.count() == 0
     waiting = client.get(f"/p/support/data/import/?job={job.pk}&poll=1", HTTP_HX_REQUEST="true").content.decode()
-    assert 'role="progressbar"' in waiting and "hx-trigger=\"every 1s\"" in waiting and "big.jsonl" in waiting
+    assert 'role="progressbar"' in waiting and 'hx-trigger="every 1s"' in waiting and "big.jsonl" in waiting
     for callback in callbacks:  # the worker picks the task up
         callback()
     job.refresh_from_db()
@@ -142,8 +150,9 @@ def test_a_large_upload_imports_in_the_background_with_a_progress_bar(team, sett
     assert import_file_task(job.pk) == "already done" and Example.objects.count() == 3
 
 
-def test_a_background_import_with_a_bad_line_imports_nothing_and_lists_the_lines(team, settings, eager,
-                                                                                  django_capture_on_commit_callbacks):
+def test_a_background_import_with_a_bad_line_imports_nothing_and_lists_the_lines(
+    team, settings, eager, django_capture_on_commit_callbacks
+):
     settings.FTSTUDIO_IMPORT_INLINE_BYTES = 100
     client = team.client("designer")
     data = (FIXTURES / "one_bad_line.jsonl").read_bytes()
@@ -158,7 +167,9 @@ def test_a_second_delivery_of_an_import_job_never_imports_twice(team):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     data = (FIXTURES / "valid_openai.jsonl").read_bytes()
-    job = services.start_import_job(project=team.project, upload=SimpleUploadedFile("a.jsonl", data), user=team.designer)
+    job = services.start_import_job(
+        project=team.project, upload=SimpleUploadedFile("a.jsonl", data), user=team.designer
+    )
     stale = ImportJob.objects.get(pk=job.pk)
     ImportJob.objects.filter(pk=job.pk).update(status="done")  # another delivery committed while this one read
     services.run_import_job(job=stale)
@@ -174,20 +185,25 @@ def test_another_project_cannot_read_an_import_job(team, settings):
 
 
 @pytest.mark.parametrize("inline_bytes", [10**9, 100])
-def test_uploads_spooled_to_disk_import_inline_and_in_the_background(team, settings, eager, inline_bytes,
-                                                                      django_capture_on_commit_callbacks):
+def test_uploads_spooled_to_disk_import_inline_and_in_the_background(
+    team, settings, eager, inline_bytes, django_capture_on_commit_callbacks
+):
     settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 10  # Django writes the upload to a temporary file, as for large ones
     settings.FTSTUDIO_IMPORT_INLINE_BYTES = inline_bytes
     client = team.client("designer")
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post("/p/support/data/import/", {"file": _named("a.jsonl", (FIXTURES / "valid_openai.jsonl")
-                                                                          .read_bytes()), "file_format": "auto"})
+        response = client.post(
+            "/p/support/data/import/",
+            {"file": _named("a.jsonl", (FIXTURES / "valid_openai.jsonl").read_bytes()), "file_format": "auto"},
+        )
     page = client.get(response["Location"]) if response.status_code == 302 else response
     assert "Imported 3 examples" in page.content.decode()
     assert Example.objects.filter(project=team.project).count() == 3
 
 
-def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(team, settings, eager, django_capture_on_commit_callbacks):
+def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(
+    team, settings, eager, django_capture_on_commit_callbacks
+):
     from datetime import timedelta
 
     from django.core.files.uploadedfile import SimpleUploadedFile
@@ -196,10 +212,13 @@ def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(team, 
     from apps.runs.services import reap
 
     data = (FIXTURES / "valid_openai.jsonl").read_bytes()
-    lost = services.start_import_job(project=team.project, upload=SimpleUploadedFile("a.jsonl", data), user=team.designer)
+    lost = services.start_import_job(
+        project=team.project, upload=SimpleUploadedFile("a.jsonl", data), user=team.designer
+    )
     recent = services.start_import_job(project=team.project, upload=SimpleUploadedFile("b.jsonl", data))
     ImportJob.objects.filter(pk=lost.pk).update(
-        created_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
+        created_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60)
+    )
     with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
         resent = reap()
     assert resent["queued_imports"] == [lost.pk]

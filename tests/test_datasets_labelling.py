@@ -23,8 +23,11 @@ def add_examples(project, pairs, tags=None):
 
 
 def save(client, example, text, revision, **extra):
-    return client.post(f"/p/support/data/examples/{example.pk}/save/", {"text": text, "revision": revision, **extra},
-                       HTTP_HX_REQUEST="true")
+    return client.post(
+        f"/p/support/data/examples/{example.pk}/save/",
+        {"text": text, "revision": revision, **extra},
+        HTTP_HX_REQUEST="true",
+    )
 
 
 def test_second_designer_saving_a_stale_revision_is_refused_and_both_texts_are_kept(team):
@@ -61,7 +64,10 @@ def test_each_save_keeps_the_previous_text_in_the_history(team):
     assert (example.ideal_output, example.status, example.revision) == ("Version three", "approved", 4)
     history = list(ExampleRevision.objects.filter(example=example).order_by("revision"))
     assert [(h.revision, h.messages[-1]["content"], h.status) for h in history] == [
-        (1, "It ships Friday.", "draft"), (2, "Version two", "draft"), (3, "Version three", "draft")]
+        (1, "It ships Friday.", "draft"),
+        (2, "Version two", "draft"),
+        (3, "Version three", "draft"),
+    ]
     assert [h.changed_by.username for h in history] == ["designer"] * 3
     page = client.get(f"/p/support/data/examples/{example.pk}/").content.decode()
     assert "History (3 changes)" in page and "It ships Friday." in page and "marked approved" in page
@@ -69,8 +75,9 @@ def test_each_save_keeps_the_previous_text_in_the_history(team):
 
 def test_approving_through_htmx_updates_the_badge_and_revision(team):
     (example,) = add_examples(team.project, [("Where is my parcel?", "It ships Friday.")])
-    response = team.client("designer").post(f"/p/support/data/examples/{example.pk}/save/",
-                                            {"revision": 1, "status": "approved"}, HTTP_HX_REQUEST="true")
+    response = team.client("designer").post(
+        f"/p/support/data/examples/{example.pk}/save/", {"revision": 1, "status": "approved"}, HTTP_HX_REQUEST="true"
+    )
     page = response.content.decode()
     assert 'id="status-badge" class="badge ok" hx-swap-oob="true">Approved' in page
     assert 'id="revision" name="revision" value="2" hx-swap-oob="true"' in page
@@ -89,7 +96,10 @@ def test_reviewer_can_read_but_not_edit_examples(team):
     page = reviewer.get(f"/p/support/data/examples/{example.pk}/").content.decode()
     assert "It ships Friday." in page and "<textarea" not in page and "can read examples but not edit" in page
     assert save(reviewer, example, "Hacked", 1).status_code == 403
-    assert reviewer.post(f"/p/support/data/examples/{example.pk}/save/", {"revision": 1, "status": "approved"}).status_code == 403
+    assert (
+        reviewer.post(f"/p/support/data/examples/{example.pk}/save/", {"revision": 1, "status": "approved"}).status_code
+        == 403
+    )
     assert Example.objects.get().ideal_output == "It ships Friday." and Example.objects.get().status == "draft"
 
 
@@ -105,7 +115,13 @@ def test_labelling_page_shows_shortcuts_and_walks_the_filtered_queue(team):
     services.set_tags(example=examples[3], tags=["refunds"], user=team.designer)
     client = team.client("designer")
     page = client.get(f"/p/support/data/examples/{examples[0].pk}/?status=draft").content.decode()
-    for shortcut in ("<kbd>a</kbd> approve", "<kbd>r</kbd> reject", "<kbd>j</kbd> next", "<kbd>k</kbd> previous", "<kbd>e</kbd> edit"):
+    for shortcut in (
+        "<kbd>a</kbd> approve",
+        "<kbd>r</kbd> reject",
+        "<kbd>j</kbd> next",
+        "<kbd>k</kbd> previous",
+        "<kbd>e</kbd> edit",
+    ):
         assert shortcut in page
     assert f'href="/p/support/data/examples/{examples[2].pk}/?status=draft"' in page, "next skips the approved one"
     listing = client.get("/p/support/data/?tag=refunds").content.decode()

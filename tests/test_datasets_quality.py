@@ -65,18 +65,34 @@ def test_near_duplicates_are_found_and_distinct_examples_are_not(clean):
 
 
 def test_conflicting_outputs_for_the_same_or_near_same_input_are_found(clean):
-    add(clean.project, [
-        conversation("Where is my parcel?", "Hi, it arrives Friday. Best, Support"),
-        conversation("where is my  parcel?", "Hi, it arrived yesterday already. Best, Support"),
-        conversation("My blue kettle from order 777 leaks water everywhere, what should I do now please", "Hi, return it. Best"),
-        conversation("My blue kettle from order 777 leaks water everywhere, what should I do now please?!", "Hi, we refund you. Best"),
-    ])
+    add(
+        clean.project,
+        [
+            conversation("Where is my parcel?", "Hi, it arrives Friday. Best, Support"),
+            conversation("where is my  parcel?", "Hi, it arrived yesterday already. Best, Support"),
+            conversation(
+                "My blue kettle from order 777 leaks water everywhere, what should I do now please",
+                "Hi, return it. Best",
+            ),
+            conversation(
+                "My blue kettle from order 777 leaks water everywhere, what should I do now please?!",
+                "Hi, we refund you. Best",
+            ),
+        ],
+    )
     report = services.run_quality_report(project=clean.project)
     conflicts = flagged(report, "conflict")
-    assert sorted(conflicts) == sorted([
-        [pk("Where is my parcel?"), pk("where is my  parcel?")],
-        sorted([pk("My blue kettle from order 777 leaks water everywhere, what should I do now please"),
-                pk("My blue kettle from order 777 leaks water everywhere, what should I do now please?!")])])
+    assert sorted(conflicts) == sorted(
+        [
+            [pk("Where is my parcel?"), pk("where is my  parcel?")],
+            sorted(
+                [
+                    pk("My blue kettle from order 777 leaks water everywhere, what should I do now please"),
+                    pk("My blue kettle from order 777 leaks water everywhere, what should I do now please?!"),
+                ]
+            ),
+        ]
+    )
 
 
 def test_empty_and_very_short_outputs_are_found(clean):
@@ -96,20 +112,26 @@ def test_outputs_over_the_models_context_are_found(clean):
     assert "over the 512-token context" in report.findings.get(kind="too_long").detail
 
 
-@pytest.mark.parametrize("text,found", [
-    ("Write to ana.silva@example.com for help", ["an email address"]),
-    ("Call me on +44 20 7946 0958 tomorrow", ["a phone number"]),
-    ("Call 555-123-4567", ["a phone number"]),
-    ("My card is 4111 1111 1111 1111, charge it", ["a card number"]),
-    ("Order 1000 arrived on 2024-05-01 and cost $12.50", []),
-    ("The tracking code is AB123456789CD and the ticket #4532", []),
-])
+@pytest.mark.parametrize(
+    "text,found",
+    [
+        ("Write to ana.silva@example.com for help", ["an email address"]),
+        ("Call me on +44 20 7946 0958 tomorrow", ["a phone number"]),
+        ("Call 555-123-4567", ["a phone number"]),
+        ("My card is 4111 1111 1111 1111, charge it", ["a card number"]),
+        ("Order 1000 arrived on 2024-05-01 and cost $12.50", []),
+        ("The tracking code is AB123456789CD and the ticket #4532", []),
+    ],
+)
 def test_personal_data_patterns(text, found):
     assert personal_data(text) == found
 
 
 def test_personal_data_is_found_in_any_turn(clean):
-    add(clean.project, [conversation("Hi it is ana.silva@example.com here, my order is late", "Hi Ana, it ships Friday. Best")])
+    add(
+        clean.project,
+        [conversation("Hi it is ana.silva@example.com here, my order is late", "Hi Ana, it ships Friday. Best")],
+    )
     report = services.run_quality_report(project=clean.project)
     assert flagged(report, "personal_data") == [[pk("Hi it is ana.silva@example.com here, my order is late")]]
 
@@ -127,31 +149,50 @@ def test_leakage_between_train_and_test_is_found(clean):
 
 
 def test_a_dismissed_finding_stays_dismissed_until_its_examples_change(clean):
-    add(clean.project, [conversation("Where is my parcel?", "Hi, it arrives Friday. Best, Support"),
-                        conversation("Where is my parcel", "Hi, it arrived yesterday. Best, Support")])
+    add(
+        clean.project,
+        [
+            conversation("Where is my parcel?", "Hi, it arrives Friday. Best, Support"),
+            conversation("Where is my parcel", "Hi, it arrived yesterday. Best, Support"),
+        ],
+    )
     report = services.run_quality_report(project=clean.project)
     finding = report.findings.get(kind="conflict")
-    response = clean.client("designer").post(f"/p/support/data/quality/findings/{finding.pk}/dismiss/", HTTP_HX_REQUEST="true")
+    response = clean.client("designer").post(
+        f"/p/support/data/quality/findings/{finding.pk}/dismiss/", HTTP_HX_REQUEST="true"
+    )
     assert response.status_code == 200 and "Dismissed" in response.content.decode()
     report.refresh_from_db()
     assert report.summary["conflict"] == 0
     again = services.run_quality_report(project=clean.project)
     assert again.summary["conflict"] == 0 and again.findings.get(kind="conflict").dismissed
     example = Example.objects.get(pk=pk("Where is my parcel"))
-    services.save_ideal_output(example=example, text="Hi, it arrives Monday. Best, Support",
-                               expected_revision=example.revision, user=clean.designer)
+    services.save_ideal_output(
+        example=example,
+        text="Hi, it arrives Monday. Best, Support",
+        expected_revision=example.revision,
+        user=clean.designer,
+    )
     assert services.run_quality_report(project=clean.project).summary["conflict"] == 1
 
 
 def test_reviewer_cannot_dismiss_findings(clean):
-    add(clean.project, [conversation("Where is my parcel?", "Friday, Best"), conversation("Where is my parcel", "Monday, Best")])
+    add(
+        clean.project,
+        [conversation("Where is my parcel?", "Friday, Best"), conversation("Where is my parcel", "Monday, Best")],
+    )
     finding = services.run_quality_report(project=clean.project).findings.get(kind="conflict")
     assert clean.client("reviewer").post(f"/p/support/data/quality/findings/{finding.pk}/dismiss/").status_code == 403
     assert not QualityFinding.objects.get(pk=finding.pk).dismissed
 
 
-def test_report_runs_as_a_task_from_the_page_and_flags_filter_the_queue(clean, eager, django_capture_on_commit_callbacks):
-    add(clean.project, [conversation("Where is my parcel?", "Friday, Best"), conversation("Where is my parcel", "Monday, Best")])
+def test_report_runs_as_a_task_from_the_page_and_flags_filter_the_queue(
+    clean, eager, django_capture_on_commit_callbacks
+):
+    add(
+        clean.project,
+        [conversation("Where is my parcel?", "Friday, Best"), conversation("Where is my parcel", "Monday, Best")],
+    )
     client = clean.client("designer")
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/p/support/data/quality/")
@@ -176,7 +217,9 @@ def test_the_task_is_idempotent(clean):
 
 
 def test_a_running_report_shows_its_progress_and_is_not_started_twice(clean):
-    QualityReport.objects.create(project=clean.project, status="running", progress=40, stage="Near-duplicates (MinHash)")
+    QualityReport.objects.create(
+        project=clean.project, status="running", progress=40, stage="Near-duplicates (MinHash)"
+    )
     client = clean.client("designer")
     fragment = client.get("/p/support/data/quality/?poll=1", HTTP_HX_REQUEST="true").content.decode()
     assert 'hx-trigger="every 1s"' in fragment and "Near-duplicates (MinHash) (40%)" in fragment
@@ -185,14 +228,22 @@ def test_a_running_report_shows_its_progress_and_is_not_started_twice(clean):
     assert QualityReport.objects.filter(project=clean.project).count() == 1
 
 
-@pytest.mark.parametrize("target,lands_on", [
-    ("https://elsewhere.example/phish", "/p/support/data/quality/"),
-    ("//elsewhere.example/phish", "/p/support/data/quality/"),
-    ("/p/support/data/examples/1/?status=draft", "/p/support/data/examples/1/?status=draft"),
-])
+@pytest.mark.parametrize(
+    "target,lands_on",
+    [
+        ("https://elsewhere.example/phish", "/p/support/data/quality/"),
+        ("//elsewhere.example/phish", "/p/support/data/quality/"),
+        ("/p/support/data/examples/1/?status=draft", "/p/support/data/examples/1/?status=draft"),
+    ],
+)
 def test_dismissing_a_finding_only_returns_to_pages_of_this_site(clean, target, lands_on):
-    add(clean.project, [conversation("Where is my parcel?", "Friday, Best"), conversation("Where is my parcel", "Monday, Best")])
+    add(
+        clean.project,
+        [conversation("Where is my parcel?", "Friday, Best"), conversation("Where is my parcel", "Monday, Best")],
+    )
     finding = services.run_quality_report(project=clean.project).findings.get(kind="conflict")
-    response = clean.client("designer").post(f"/p/support/data/quality/findings/{finding.pk}/dismiss/", {"next": target})
+    response = clean.client("designer").post(
+        f"/p/support/data/quality/findings/{finding.pk}/dismiss/", {"next": target}
+    )
     assert response.status_code == 302 and response["Location"] == lands_on
     assert QualityFinding.objects.get(pk=finding.pk).dismissed

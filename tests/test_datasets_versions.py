@@ -25,10 +25,14 @@ def add(project, convs):
 
 
 def varied(n, offset=0):
-    return [conversation(f"My {PRODUCTS[i % 10]} number {i + offset} from order {1000 + i + offset} is broken, {NAMES[i % 12]} here "
-                         f"and I bought it in week {i % 52}",
-                         f"Hi {NAMES[i % 12]}, a new {PRODUCTS[i % 10]} ships today for order {1000 + i + offset}. Best, Support")
-            for i in range(n)]
+    return [
+        conversation(
+            f"My {PRODUCTS[i % 10]} number {i + offset} from order {1000 + i + offset} is broken, {NAMES[i % 12]} here "
+            f"and I bought it in week {i % 52}",
+            f"Hi {NAMES[i % 12]}, a new {PRODUCTS[i % 10]} ships today for order {1000 + i + offset}. Best, Support",
+        )
+        for i in range(n)
+    ]
 
 
 def splits(project):
@@ -67,8 +71,11 @@ def test_existing_splits_are_kept_and_new_twins_join_them(team):
     services.assign_splits(project=team.project, seed=1)
     before = splits(team.project)
     test_example = Example.objects.filter(split="test").first()
-    add(team.project, [conversation(test_example.messages[0]["content"] + " Please help.", test_example.ideal_output)]
-        + varied(10, offset=500))
+    add(
+        team.project,
+        [conversation(test_example.messages[0]["content"] + " Please help.", test_example.ideal_output)]
+        + varied(10, offset=500),
+    )
     services.assign_splits(project=team.project, seed=1)
     after = splits(team.project)
     assert all(after[h] == s for h, s in before.items())
@@ -107,8 +114,9 @@ def test_a_frozen_version_never_changes_when_examples_are_edited(team):
     with pytest.raises(services.FreezeError, match="Nothing changed since v1"):
         services.freeze_version(project=team.project)
     edited = Example.objects.get(pk=v1.items.get(position=0).example_id)
-    services.save_ideal_output(example=edited, text="Changed after freezing", expected_revision=edited.revision,
-                               user=team.designer)
+    services.save_ideal_output(
+        example=edited, text="Changed after freezing", expected_revision=edited.revision, user=team.designer
+    )
     v1.refresh_from_db()
     assert v1.conversations("train") == train and "Changed after freezing" not in json.dumps(train)
     services.set_status(example=examples[35], status="approved", user=team.designer)

@@ -69,7 +69,8 @@ def test_flawed_examples_carry_each_kind_of_mistake_once():
     clean = generate_examples(60)
     flawed = flawed_examples(clean)
     assert sorted(f.flaw for f in flawed) == sorted(
-        ["conflicting_answer", "near_duplicate", "too_short", "personal_data", "rambling", "off_style"])
+        ["conflicting_answer", "near_duplicate", "too_short", "personal_data", "rambling", "off_style"]
+    )
     by_flaw = {f.flaw: f for f in flawed}
     clean_inputs = {e.messages[0]["content"]: e.ideal_output for e in clean}
     conflicting = by_flaw["conflicting_answer"]
@@ -155,6 +156,10 @@ def test_seed_writes_the_house_style_rubric_with_four_criteria(seeded):
 
     rubric = Rubric.objects.get(project=seeded.project)
     criteria = list(rubric.criteria.order_by("position").values_list("name", "scale"))
-    assert criteria == [("Greets by name", "pass_fail"), ("House sign-off", "pass_fail"),
-                        ("Answers from the facts", "likert5"), ("One sentence, no padding", "likert5")]
+    assert criteria == [
+        ("Greets by name", "pass_fail"),
+        ("House sign-off", "pass_fail"),
+        ("Answers from the facts", "likert5"),
+        ("One sentence, no padding", "likert5"),
+    ]
     assert rubric.criteria.get(name="Answers from the facts").anchors["1"].startswith("Ignores the facts")

@@ -31,8 +31,12 @@ def client_for(user) -> Client:
 def judge_all(evaluation, user, winner="tie") -> int:
     n = 0
     while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
-        services.submit_judgment(assignment=a, reviewer=user, winner=winner,
-                                 scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()})
+        services.submit_judgment(
+            assignment=a,
+            reviewer=user,
+            winner=winner,
+            scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()},
+        )
         n += 1
     return n
 
@@ -128,20 +132,25 @@ def test_handing_out_a_pair_is_a_post_so_a_link_preview_cannot_claim_one(team, r
 
 
 def test_sides_are_balanced_per_candidate_pair_and_the_last_pair_gives_nothing_away(
-        team, settings, tiny_model_dir, tmp_path, monkeypatch):
+    team, settings, tiny_model_dir, tmp_path, monkeypatch
+):
     """Over 360 assignments (3 reviewers x 40 items x 3 candidate pairs): each reviewer sees each candidate
     of a pair on side A as often as on B (within one), and whether the last pair was swapped does not
     predict the next (the old permuted blocks of two made every second pair the opposite of the first)."""
     monkeypatch.setattr(services, "side_rng", random.Random(11))
-    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, fake=True, test_count=40,
-                                    reviewers_per_pair=3)
+    evaluation, _ = make_evaluation(
+        team, settings, tiny_model_dir, tmp_path, fake=True, test_count=40, reviewers_per_pair=3
+    )
     reviewers = [team.reviewer, add_reviewer(team, "r2"), add_reviewer(team, "r3")]
     for user in reviewers:
         assert judge_all(evaluation, user) == 120
     follows, same_candidate_same_side = [], []
     for user in reviewers:
-        rows = list(Assignment.objects.filter(reviewer=user).order_by("created_at", "id")
-                    .values_list("comparison__candidate_1_id", "comparison__candidate_2_id", "swapped"))
+        rows = list(
+            Assignment.objects.filter(reviewer=user)
+            .order_by("created_at", "id")
+            .values_list("comparison__candidate_1_id", "comparison__candidate_2_id", "swapped")
+        )
         balance = {}
         for c1, c2, swapped in rows:
             balance[(c1, c2)] = balance.get((c1, c2), 0) + (-1 if swapped else 1)
@@ -166,9 +175,14 @@ def test_blind_work_in_one_evaluation_hides_examples_and_prompts_of_the_others(t
     first.save()
     judge_all(first, team.reviewer)
     second = services.create_evaluation(
-        project=team.project, dataset_version=first.dataset_version, rubric=first.rubric, base_model=first.base_model,
+        project=team.project,
+        dataset_version=first.dataset_version,
+        rubric=first.rubric,
+        base_model=first.base_model,
         candidates=[services.CandidateSpec("base"), services.CandidateSpec("prompt", system_prompt="Be kind.")],
-        enqueue=False, user=team.pm)
+        enqueue=False,
+        user=team.pm,
+    )
     fake_outputs(second)
     client = team.client("reviewer")
     page = client.get(f"/p/support/evals/{first.pk}/results/").content.decode()

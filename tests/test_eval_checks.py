@@ -11,11 +11,26 @@ from worker.checks import KINDS, CheckSpec
 
 pytestmark = pytest.mark.django_db
 
-FORM = {"c-TOTAL_FORMS": 2, "c-INITIAL_FORMS": 0, "c-MIN_NUM_FORMS": 0, "c-MAX_NUM_FORMS": 20,
-        "c-0-name": "Greeting", "c-0-scale": "pass_fail", "c-1-name": "Brevity", "c-1-scale": "likert5",
-        "k-TOTAL_FORMS": 2, "k-INITIAL_FORMS": 0, "k-MIN_NUM_FORMS": 0, "k-MAX_NUM_FORMS": 50,
-        "k-0-criterion": "Greeting", "k-0-kind": "starts_with", "k-0-text": "Hi {customer},",
-        "k-1-criterion": "Brevity", "k-1-kind": "max_words", "k-1-number": "30"}
+FORM = {
+    "c-TOTAL_FORMS": 2,
+    "c-INITIAL_FORMS": 0,
+    "c-MIN_NUM_FORMS": 0,
+    "c-MAX_NUM_FORMS": 20,
+    "c-0-name": "Greeting",
+    "c-0-scale": "pass_fail",
+    "c-1-name": "Brevity",
+    "c-1-scale": "likert5",
+    "k-TOTAL_FORMS": 2,
+    "k-INITIAL_FORMS": 0,
+    "k-MIN_NUM_FORMS": 0,
+    "k-MAX_NUM_FORMS": 50,
+    "k-0-criterion": "Greeting",
+    "k-0-kind": "starts_with",
+    "k-0-text": "Hi {customer},",
+    "k-1-criterion": "Brevity",
+    "k-1-kind": "max_words",
+    "k-1-number": "30",
+}
 
 
 def test_the_check_kinds_of_the_form_are_the_ones_the_worker_runs():
@@ -27,8 +42,9 @@ def test_a_designer_adds_checks_in_the_rubric_form_and_a_new_version_keeps_them(
     response = client.post("/p/support/evals/rubrics/new/", {**FORM, "name": "Style"})
     assert response.status_code == 302
     rubric = Rubric.objects.get(name="Style")
-    assert [(c.criterion.name, c.kind, c.text, c.number) for c in AutoCheck.objects.order_by("criterion__position")] == [
-        ("Greeting", "starts_with", "Hi {customer},", None), ("Brevity", "max_words", "", 30.0)]
+    assert [
+        (c.criterion.name, c.kind, c.text, c.number) for c in AutoCheck.objects.order_by("criterion__position")
+    ] == [("Greeting", "starts_with", "Hi {customer},", None), ("Brevity", "max_words", "", 30.0)]
     page = client.get(response["Location"]).content.decode()
     assert "starts with &quot;Hi {customer},&quot;" in page and "at most 30 words" in page
     edit = client.get(f"/p/support/evals/rubrics/{rubric.pk}/edit/").content.decode()
@@ -37,23 +53,36 @@ def test_a_designer_adds_checks_in_the_rubric_form_and_a_new_version_keeps_them(
     assert client.post(f"/p/support/evals/rubrics/{rubric.pk}/edit/", data).status_code == 302
     v2 = Rubric.objects.get(name="Style", version=2)
     assert [c.spec for c in AutoCheck.objects.filter(criterion__rubric=v2).order_by("criterion__position")] == [
-        CheckSpec("starts_with", "Hi {customer},"), CheckSpec("max_words", "", 20.0)]
+        CheckSpec("starts_with", "Hi {customer},"),
+        CheckSpec("max_words", "", 20.0),
+    ]
     # version 1 still has its own checks, unchanged
     assert AutoCheck.objects.get(criterion__rubric=rubric, kind="max_words").number == 30.0
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"k-1-kind": "regex", "k-1-text": "Hi (", "k-1-number": ""},
-     "Criterion 2 (Brevity), automatic check 1: the regular expression &#x27;Hi (&#x27; does not compile: missing ) at position 4."),
-    ({"k-1-kind": "json_schema", "k-1-text": '{"type": 5}', "k-1-number": ""},
-     "automatic check 1: the schema is not a valid JSON Schema"),
-    ({"k-1-criterion": "Tone"}, "Automatic check 2: this rubric has no criterion named &#x27;Tone&#x27; (criteria: Greeting, Brevity)."),
-    ({"k-1-number": ""}, "automatic check 1: &#x27;at most N words&#x27; needs a number."),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"k-1-kind": "regex", "k-1-text": "Hi (", "k-1-number": ""},
+            "Criterion 2 (Brevity), automatic check 1: the regular expression &#x27;Hi (&#x27; does not compile: "
+            "missing ) at position 4.",
+        ),
+        (
+            {"k-1-kind": "json_schema", "k-1-text": '{"type": 5}', "k-1-number": ""},
+            "automatic check 1: the schema is not a valid JSON Schema",
+        ),
+        (
+            {"k-1-criterion": "Tone"},
+            "Automatic check 2: this rubric has no criterion named &#x27;Tone&#x27; (criteria: Greeting, Brevity).",
+        ),
+        ({"k-1-number": ""}, "automatic check 1: &#x27;at most N words&#x27; needs a number."),
+    ],
+)
 def test_a_check_that_could_never_run_is_refused_when_the_rubric_is_saved(team, change, message):
     response = team.client("designer").post("/p/support/evals/rubrics/new/", {**FORM, "name": "Style", **change})
     html = response.content.decode()
-    assert response.status_code == 200 and message in html, html[html.find("message error"):][:600]
+    assert response.status_code == 200 and message in html, html[html.find("message error") :][:600]
     assert not Rubric.objects.exists() and not AutoCheck.objects.exists()
     assert 'value="Style"' in html  # the designer's input is kept
 
@@ -63,8 +92,10 @@ def checked(team, settings, tiny_model_dir, tmp_path_factory):
     """An evaluation (3 items x 3 candidates) whose inputs name the customer, with two checks on its rubric."""
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True)
     for item in selectors.eval_items(evaluation):
-        item.messages = [{"role": "user", "content": f"Customer: Cy\nMessage: where is order {item.position}?"},
-                         *item.messages[-1:]]
+        item.messages = [
+            {"role": "user", "content": f"Customer: Cy\nMessage: where is order {item.position}?"},
+            *item.messages[-1:],
+        ]
         item.save()
     tone, correct = evaluation.rubric.criteria.all()
     AutoCheck.objects.create(criterion=tone, kind="starts_with", text="Hi {customer},")
@@ -77,7 +108,9 @@ def test_checks_run_on_every_output_once_and_fill_placeholders_from_the_input(ch
     Generation.objects.filter(candidate__position=1).update(output="Hello Cy, from candidate 1.")
     assert services.run_checks(evaluation.pk) == 18  # 9 outputs x 2 checks
     assert services.run_checks(evaluation.pk) == 0  # a second delivery finds nothing to do
-    greeting = {(r.generation.candidate.position, r.passed) for r in CheckResult.objects.filter(check_def__kind="starts_with")}
+    greeting = {
+        (r.generation.candidate.position, r.passed) for r in CheckResult.objects.filter(check_def__kind="starts_with")
+    }
     assert greeting == {(0, True), (1, False), (2, True)}
     failed = CheckResult.objects.filter(check_def__kind="starts_with", passed=False).first()
     assert failed.detail == "starts with 'Hi Cy,': no"
@@ -92,13 +125,17 @@ def test_the_results_page_shows_each_checks_pass_rate_beside_the_reviewers_score
     correct_row = page.index("<strong>Correct</strong>")
     assert tone_row < check_row < correct_row  # the check sits under its own criterion
     # every output of every candidate starts "Hi Cy,": 3 of 3, Wilson 95% CI 44-100%
-    assert page[check_row:correct_row].count("100% <span class=\"muted\">(44-100%, n=3)</span>") == 3
-    regex_row = page[page.index("matches the regular expression"):]
-    assert "100% <span class=\"muted\">(44-100%, n=3)</span>" in regex_row and "0% <span class=\"muted\">(0-56%, n=3)</span>" in regex_row
+    assert page[check_row:correct_row].count('100% <span class="muted">(44-100%, n=3)</span>') == 3
+    regex_row = page[page.index("matches the regular expression") :]
+    assert (
+        '100% <span class="muted">(44-100%, n=3)</span>' in regex_row
+        and '0% <span class="muted">(0-56%, n=3)</span>' in regex_row
+    )
 
 
-def test_checks_are_queued_when_generation_finishes(team, settings, tiny_model_dir, tmp_path, eager,
-                                                     django_capture_on_commit_callbacks):
+def test_checks_are_queued_when_generation_finishes(
+    team, settings, tiny_model_dir, tmp_path, eager, django_capture_on_commit_callbacks
+):
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False, test_count=1)
     AutoCheck.objects.create(criterion=evaluation.rubric.criteria.first(), kind="max_words", number=1000)
     with django_capture_on_commit_callbacks(execute=True):
@@ -136,8 +173,11 @@ def test_the_demo_rubrics_checks_pass_its_ideal_replies_and_agree_with_the_house
         user = example.messages[0]["content"]
         fields = input_fields(example.messages[:1], example.metadata)
         ideal = example.ideal_output
-        assert all(run_check(s, ideal, fields=fields, ideal=ideal, similarity=1.0).passed
-                   for specs in checks.values() for s in specs), ideal
+        assert all(
+            run_check(s, ideal, fields=fields, ideal=ideal, similarity=1.0).passed
+            for specs in checks.values()
+            for s in specs
+        ), ideal
         # a reply to someone else, and one without the sign-off, fail the checks the house-style judge fails
         other = ideal.replace(f"Hi {example.metadata['customer']},", "Hi Zed,")
         unsigned = ideal.replace(generator.SIGN_OFF, "Best")
@@ -145,4 +185,7 @@ def test_the_demo_rubrics_checks_pass_its_ideal_replies_and_agree_with_the_house
             style = generator.check_reply(reply, user)
             assert run_check(checks["Greets by name"][0], reply, fields=fields).passed == style.greets_by_name
             assert run_check(checks["House sign-off"][0], reply, fields=fields).passed == style.signs_off
-        assert run_check(checks["Answers from the facts"][0], "Hello.", similarity=token_f1("Hello.", ideal)).passed is False
+        assert (
+            run_check(checks["Answers from the facts"][0], "Hello.", similarity=token_f1("Hello.", ideal)).passed
+            is False
+        )

@@ -35,31 +35,52 @@ def test_generation_stores_every_candidates_output_for_every_test_example(team, 
 
 def test_prompt_baseline_gets_its_system_prompt_and_train_examples_before_the_input():
     candidate = Candidate(kind="prompt", system_prompt="Answer in house style.", few_shot=1)
-    shots = [[{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}],
-             [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]]
-    messages = services.candidate_messages(candidate, [{"role": "system", "content": "Facts: X"}, {"role": "user", "content": "Q"}], shots)
-    assert messages == [{"role": "system", "content": "Answer in house style.\n\nFacts: X"},
-                        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "Q"}]
-    assert services.candidate_messages(Candidate(kind="base"), [{"role": "user", "content": "Q"}], shots) == [{"role": "user", "content": "Q"}]
+    shots = [
+        [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}],
+        [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}],
+    ]
+    messages = services.candidate_messages(
+        candidate, [{"role": "system", "content": "Facts: X"}, {"role": "user", "content": "Q"}], shots
+    )
+    assert messages == [
+        {"role": "system", "content": "Answer in house style.\n\nFacts: X"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "Q"},
+    ]
+    assert services.candidate_messages(Candidate(kind="base"), [{"role": "user", "content": "Q"}], shots) == [
+        {"role": "user", "content": "Q"}
+    ]
 
 
-def test_a_generation_that_died_resumes_without_regenerating_finished_rows(team, eager, settings, tiny_model_dir, tmp_path):
+def test_a_generation_that_died_resumes_without_regenerating_finished_rows(
+    team, eager, settings, tiny_model_dir, tmp_path
+):
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path)
-    kept = {g.pk: (g.candidate_id, g.item_id, g.created_at) for g in Generation.objects.filter(candidate__evaluation=evaluation)}
+    kept = {
+        g.pk: (g.candidate_id, g.item_id, g.created_at)
+        for g in Generation.objects.filter(candidate__evaluation=evaluation)
+    }
     lost = Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run")
     lost_keys = set(lost.values_list("candidate_id", "item_id"))
     lost_ids = set(lost.values_list("pk", flat=True))
     lost.delete()
     # the worker died mid-way: status still "generating", heartbeat gone stale
-    Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, done=6,
-                                                       heartbeat_at=timezone.now() - timedelta(hours=1))
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        status=EvaluationStatus.GENERATING, done=6, heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
     from apps.evaluations.tasks import generate_outputs
 
     assert generate_outputs.delay(evaluation.pk).get() == EvaluationStatus.READY
     evaluation.refresh_from_db()
     assert evaluation.attempts == 2 and evaluation.done == 9
-    after = {g.pk: (g.candidate_id, g.item_id, g.created_at) for g in Generation.objects.filter(candidate__evaluation=evaluation)}
-    assert {k: v for k, v in after.items() if k in kept and k not in lost_ids} == {k: v for k, v in kept.items() if k not in lost_ids}
+    after = {
+        g.pk: (g.candidate_id, g.item_id, g.created_at)
+        for g in Generation.objects.filter(candidate__evaluation=evaluation)
+    }
+    assert {k: v for k, v in after.items() if k in kept and k not in lost_ids} == {
+        k: v for k, v in kept.items() if k not in lost_ids
+    }
     assert {(c, i) for k, (c, i, _) in after.items() if k not in kept} == lost_keys
 
 
@@ -93,12 +114,16 @@ def test_bad_evaluation_input_gets_specific_errors(team, settings, tiny_model_di
     running.save()
     create = dict(project=team.project, dataset_version=version, rubric=rubric, base_model=base, enqueue=False)
     with pytest.raises(services.EvaluationError, match=f"Run #{running.pk} has not succeeded"):
-        services.create_evaluation(candidates=[services.CandidateSpec("base"), services.CandidateSpec("run", run_id=running.pk)], **create)
+        services.create_evaluation(
+            candidates=[services.CandidateSpec("base"), services.CandidateSpec("run", run_id=running.pk)], **create
+        )
     with pytest.raises(services.EvaluationError, match="at least two candidates"):
         services.create_evaluation(candidates=[services.CandidateSpec("base")], **create)
     no_test = make_version(team.project, test_count=0)
     with pytest.raises(services.EvaluationError, match="no test examples"):
-        services.create_evaluation(**{**create, "dataset_version": no_test}, candidates=services.parse_candidates("base,prompt"))
+        services.create_evaluation(
+            **{**create, "dataset_version": no_test}, candidates=services.parse_candidates("base,prompt")
+        )
     with pytest.raises(services.EvaluationError, match="Unknown candidate 'tuned'"):
         services.parse_candidates("base,tuned")
 
@@ -107,48 +132,74 @@ def test_run_eval_command_creates_and_generates_an_evaluation(team, settings, ti
     base = register_tiny_model(settings, tiny_model_dir)
     version = make_version(team.project, test_count=2)
     make_rubric(team.project)
-    call_command("run_eval", "--project", "support", "--dataset-version", str(version.number), "--candidates", "base,prompt",
-                 "--base-model", base.name, "--max-new-tokens", "4", "--inline")
+    call_command(
+        "run_eval",
+        "--project",
+        "support",
+        "--dataset-version",
+        str(version.number),
+        "--candidates",
+        "base,prompt",
+        "--base-model",
+        base.name,
+        "--max-new-tokens",
+        "4",
+        "--inline",
+    )
     evaluation = Evaluation.objects.get(project=team.project)
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == 4
     assert "Ready for review: 4 outputs" in capsys.readouterr().out
     with pytest.raises(CommandError, match="no dataset version 99"):
         call_command("run_eval", "--project", "support", "--dataset-version", "99", "--candidates", "base,prompt")
     with pytest.raises(CommandError, match="Run #424242 is not a run of this project"):
-        call_command("run_eval", "--project", "support", "--dataset-version", str(version.number), "--candidates", "base,run:424242")
+        call_command(
+            "run_eval",
+            "--project",
+            "support",
+            "--dataset-version",
+            str(version.number),
+            "--candidates",
+            "base,run:424242",
+        )
 
 
 DEAD_OWNER = "node-that-died:4242:1:deadbeef"
 
 
 def test_the_reaper_resumes_a_generation_whose_worker_died_and_fails_it_after_the_attempt_limit(
-        team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks):
+    team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
+):
     from apps.runs.services import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
-    Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
-                                                       heartbeat_at=stale, attempts=1)
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER, heartbeat_at=stale, attempts=1
+    )
     with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
         resent = reap()
     assert resent["evaluations"] == [evaluation.pk]
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9 and evaluation.attempts == 2
 
-    Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
-                                                       heartbeat_at=stale, attempts=3)
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER, heartbeat_at=stale, attempts=3
+    )
     assert reap()["evaluations"] == []
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.FAILED and "stopped 3 times" in evaluation.error
 
 
-def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks):
+def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(
+    team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
+):
     """No hard-coded five minutes: the staleness setting shared with runs decides (here 60 s; the heartbeat is 2 min
     old and its worker is gone)."""
     settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS = 60
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
-    Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER,
-                                                       heartbeat_at=timezone.now() - timedelta(minutes=2))
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        status=EvaluationStatus.GENERATING, worker_id=DEAD_OWNER, heartbeat_at=timezone.now() - timedelta(minutes=2)
+    )
     with django_capture_on_commit_callbacks(execute=True):  # the message is sent once the request's transaction commits
         response = team.client("pm").post(f"/p/support/evals/{evaluation.pk}/resume/", follow=True)
     assert "Generation resumed" in response.content.decode()
@@ -156,14 +207,17 @@ def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(team, eager
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9
 
 
-def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks):
+def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(
+    team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
+):
     from apps.runs.services import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     Evaluation.objects.filter(pk=evaluation.pk).update(enqueued_at=timezone.now())
     assert reap()["queued_evaluations"] == []  # its message may simply be waiting behind other work
     Evaluation.objects.filter(pk=evaluation.pk).update(
-        enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
+        enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60)
+    )
     with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
         resent = reap()
     assert resent["queued_evaluations"] == [evaluation.pk]
@@ -171,8 +225,9 @@ def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(team, eager, s
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == 9
 
 
-def test_a_generation_whose_evaluation_was_taken_over_stops_after_its_batch(team, settings, tiny_model_dir, tmp_path,
-                                                                           monkeypatch):
+def test_a_generation_whose_evaluation_was_taken_over_stops_after_its_batch(
+    team, settings, tiny_model_dir, tmp_path, monkeypatch
+):
     import worker.generate
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
@@ -189,8 +244,9 @@ def test_a_generation_whose_evaluation_was_taken_over_stops_after_its_batch(team
     assert not Generation.objects.filter(candidate__evaluation=evaluation).exists()
 
 
-def test_a_warm_shutdown_hands_the_evaluation_back_after_its_batch_without_an_attempt(team, settings, tiny_model_dir,
-                                                                                       tmp_path, monkeypatch):
+def test_a_warm_shutdown_hands_the_evaluation_back_after_its_batch_without_an_attempt(
+    team, settings, tiny_model_dir, tmp_path, monkeypatch
+):
     from celery.signals import worker_shutting_down
 
     import worker.generate

@@ -11,8 +11,16 @@ import pytest
 
 from worker.judge import JudgeConfig, judge_pair, parse_pick, rubric_text
 
-RUBRIC = rubric_text([{"name": "Greets by name", "description": "opens with Hi <name>,",
-                       "levels": [("Pass", "Hi <name>,"), ("Fail", "no greeting")], "good": "Hi Cy,\nOk.\nBye"}])
+RUBRIC = rubric_text(
+    [
+        {
+            "name": "Greets by name",
+            "description": "opens with Hi <name>,",
+            "levels": [("Pass", "Hi <name>,"), ("Fail", "no greeting")],
+            "good": "Hi Cy,\nOk.\nBye",
+        }
+    ]
+)
 
 
 class Judge(BaseHTTPRequestHandler):
@@ -37,13 +45,20 @@ class Judge(BaseHTTPRequestHandler):
             time.sleep(2)
         content = {
             "first": '{"reasoning": "A reads better.", "winner": "A"}',
-            "greeting": json.dumps({"reasoning": "one greets by name", "winner": "A" if a.startswith("Hi Cy,") else "B"}),
+            "greeting": json.dumps(
+                {"reasoning": "one greets by name", "winner": "A" if a.startswith("Hi Cy,") else "B"}
+            ),
             "garbage": "I'm sorry, I can't compare these answers.",
             "slow": '{"winner": "A"}',
         }[self.mode]
-        payload = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        payload = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -65,8 +80,13 @@ def endpoint():
 
 def verdict(endpoint, mode, first="Hi Cy,\nIt ships today.\nBye", second="Hello.", timeout=10.0):
     Judge.mode = mode
-    return judge_pair(JudgeConfig(endpoint, "judge-model", "sk-test", timeout_s=timeout), rubric=RUBRIC,
-                      input_text="Customer: Cy", first=first, second=second)
+    return judge_pair(
+        JudgeConfig(endpoint, "judge-model", "sk-test", timeout_s=timeout),
+        rubric=RUBRIC,
+        input_text="Customer: Cy",
+        first=first,
+        second=second,
+    )
 
 
 def test_a_judge_that_always_prefers_answer_a_yields_only_ties(endpoint):
@@ -84,11 +104,14 @@ def test_a_judge_that_agrees_in_both_orders_gives_a_win_with_its_reasoning(endpo
     assert verdict(endpoint, "greeting", first="Hello.", second="Hi Cy,\nOk.").winner == "second"
 
 
-@pytest.mark.parametrize(("mode", "reason"), [
-    ("garbage", "no verdict in the judge's reply"),
-    ("slow", "timed out after 0.5 s"),
-    ("error", "HTTP 500"),
-])
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("garbage", "no verdict in the judge's reply"),
+        ("slow", "timed out after 0.5 s"),
+        ("error", "HTTP 500"),
+    ],
+)
 def test_timeouts_errors_and_refusals_leave_the_pair_unjudged_with_the_reason(endpoint, mode, reason):
     v = verdict(endpoint, mode, timeout=0.5)
     assert v.winner is None and reason in v.error and v.position_consistent is None
@@ -106,11 +129,13 @@ def judged_setup(db, team, settings, tiny_model_dir, tmp_path_factory, endpoint)
     from apps.evaluations.models import Generation
     from tests.eval_setup import make_evaluation
 
-    evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True,
-                                    reviewers_per_pair=1)
+    evaluation, _ = make_evaluation(
+        team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, reviewers_per_pair=1
+    )
     Generation.objects.filter(candidate__position=1).update(output="Hello.")
-    services.save_judge_settings(project=team.project, base_url=endpoint, model="judge-model", api_key="sk-secret-123",
-                                 timeout_s=0.5)
+    services.save_judge_settings(
+        project=team.project, base_url=endpoint, model="judge-model", api_key="sk-secret-123", timeout_s=0.5
+    )
     return evaluation
 
 
@@ -120,7 +145,14 @@ def test_the_key_is_stored_but_never_shown_back(team, judged_setup, endpoint):
     client = team.client("pm")
     page = client.get("/p/support/evals/judge/").content.decode()
     assert "sk-secret-123" not in page and "An API key is stored." in page and endpoint in page
-    data = {"base_url": endpoint, "model": "other-model", "api_key": "", "timeout_s": 5, "min_human_pairs": 10, "min_kappa": 0.5}
+    data = {
+        "base_url": endpoint,
+        "model": "other-model",
+        "api_key": "",
+        "timeout_s": 5,
+        "min_human_pairs": 10,
+        "min_kappa": 0.5,
+    }
     assert client.post("/p/support/evals/judge/", data).status_code == 302
     row = JudgeSettings.objects.get()
     assert (row.model, row.api_key, row.min_human_pairs) == ("other-model", "sk-secret-123", 10)  # empty key keeps it
@@ -136,15 +168,18 @@ def test_unjudged_pairs_keep_the_reason_are_never_counted_and_are_retried(team, 
     Judge.mode = "garbage"
     assert services.run_judge(evaluation.pk) == {"judged": 0, "unjudged": 9}
     assert set(JudgeVerdict.objects.values_list("judged", "winner", "error")) == {
-        (False, None, "no verdict in the judge's reply: \"I'm sorry, I can't compare these answers.\"")}
+        (False, None, "no verdict in the judge's reply: \"I'm sorry, I can't compare these answers.\"")
+    }
     report = selectors.judge_report(evaluation, bootstrap=0)
     assert report.judged == 0 and report.unjudged == 9 and all(p.outcome.items == 0 for p in report.pairs)
     Judge.mode = "greeting"
     assert services.run_judge(evaluation.pk) == {"judged": 9, "unjudged": 0}
     assert services.run_judge(evaluation.pk) == {"judged": 0, "unjudged": 0}  # nothing left: judged pairs are kept
     assert set(JudgeVerdict.objects.values_list("attempts", flat=True)) == {2}
-    labels = {(v.comparison.candidate_1.position, v.comparison.candidate_2.position, v.winner.position if v.winner else None)
-              for v in JudgeVerdict.objects.select_related("comparison__candidate_1", "comparison__candidate_2", "winner")}
+    labels = {
+        (v.comparison.candidate_1.position, v.comparison.candidate_2.position, v.winner.position if v.winner else None)
+        for v in JudgeVerdict.objects.select_related("comparison__candidate_1", "comparison__candidate_2", "winner")
+    }
     assert labels == {(0, 1, 0), (0, 2, None), (1, 2, 2)}
 
 
@@ -158,14 +193,18 @@ def _humans_judge(evaluation, reviewer, prefer_greeting: bool):
         services.submit_judgment(assignment=a, reviewer=reviewer, winner=pick, scores={})
 
 
-@pytest.mark.parametrize(("prefer_greeting", "min_pairs", "shown", "why"), [
-    (True, 30, False, "9 human-judged pairs so far on this rubric version; judge figures show from 30."),
-    (True, 9, True, ""),
-    # reviewers prefer the other side: the judge agrees only on the 3 ties, which chance alone would give: kappa 0
-    (False, 9, False, "the judge&#x27;s kappa with the reviewers is 0.00; judge figures show from 0.6."),
-])
-def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(team, judged_setup, prefer_greeting, min_pairs,
-                                                                         shown, why):
+@pytest.mark.parametrize(
+    ("prefer_greeting", "min_pairs", "shown", "why"),
+    [
+        (True, 30, False, "9 human-judged pairs so far on this rubric version; judge figures show from 30."),
+        (True, 9, True, ""),
+        # reviewers prefer the other side: the judge agrees only on the 3 ties, which chance alone would give: kappa 0
+        (False, 9, False, "the judge&#x27;s kappa with the reviewers is 0.00; judge figures show from 0.6."),
+    ],
+)
+def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(
+    team, judged_setup, prefer_greeting, min_pairs, shown, why
+):
     from apps.evaluations import services
     from apps.evaluations.models import JudgeSettings
 
@@ -179,7 +218,10 @@ def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(team, j
     assert ('id="judge-win-rates"' in page) is shown
     if shown:
         at = page.index("Position consistency")
-        assert "Cohen's kappa <span id=\"judge-kappa\">1.00</span> (95% CI 1.00 to 1.00)" in page and "Position consistency: 67%" in page, page[at:at + 600]
+        assert (
+            'Cohen\'s kappa <span id="judge-kappa">1.00</span> (95% CI 1.00 to 1.00)' in page
+            and "Position consistency: 67%" in page
+        ), page[at : at + 600]
     else:
         assert f"Judge-based win rates are hidden: {why}" in page
     import io
@@ -209,10 +251,19 @@ def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluat
     assert (report.human_pairs, report.shown) == (9, False)
 
     second = services.create_evaluation(
-        project=team.project, dataset_version=first.dataset_version, rubric=first.rubric, base_model=first.base_model,
-        enqueue=False, candidates=[services.CandidateSpec(c.kind, run_id=c.run_id, system_prompt=c.system_prompt,
-                                                          few_shot=c.few_shot) for c in first.candidates.order_by("position")],
-        max_new_tokens=6, reviewers_per_pair=1, user=team.pm)
+        project=team.project,
+        dataset_version=first.dataset_version,
+        rubric=first.rubric,
+        base_model=first.base_model,
+        enqueue=False,
+        candidates=[
+            services.CandidateSpec(c.kind, run_id=c.run_id, system_prompt=c.system_prompt, few_shot=c.few_shot)
+            for c in first.candidates.order_by("position")
+        ],
+        max_new_tokens=6,
+        reviewers_per_pair=1,
+        user=team.pm,
+    )
     fake_outputs(second)
     Generation.objects.filter(candidate__evaluation=second, candidate__position=1).update(output="Hello.")
     services.run_judge(second.pk)

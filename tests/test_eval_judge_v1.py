@@ -21,8 +21,15 @@ def test_the_studios_own_v1_endpoint_serves_as_the_judge(settings, live_server, 
     settings.FTSTUDIO_INFERENCE_URL = inference.url
     key, raw = api_services.create_api_key(project=team.project, user=team.pm, name="judge")
     config = JudgeConfig(f"{live_server.url}/v1", tiny_base_model.name, raw, timeout_s=120, max_tokens=8)
-    rubric = rubric_text([{"name": "Greets by name", "description": "opens with Hi <name>,",
-                           "levels": [("Pass", "greets"), ("Fail", "does not")]}])
+    rubric = rubric_text(
+        [
+            {
+                "name": "Greets by name",
+                "description": "opens with Hi <name>,",
+                "levels": [("Pass", "greets"), ("Fail", "does not")],
+            }
+        ]
+    )
     verdict = judge_pair(config, rubric=rubric, input_text="Customer: Cy", first="Hi Cy,\nOk.", second="Hello.")
     assert verdict.winner is None and verdict.error  # no verdict in a random model's words: unjudged, with why
     used = ApiKey.objects.get(pk=key.pk)

@@ -20,8 +20,10 @@ def null_evaluation(rng: np.random.Generator) -> dict[int, list[float]]:
     judgments = {}
     for item in range(ITEMS):
         latent = rng.choice(labels, p=[(1 - TIE_SHARE) / 2, (1 - TIE_SHARE) / 2, TIE_SHARE])
-        seen = [latent if rng.random() < AGREEMENT else rng.choice([x for x in labels if x != latent])
-                for _ in range(REVIEWERS)]
+        seen = [
+            latent if rng.random() < AGREEMENT else rng.choice([x for x in labels if x != latent])
+            for _ in range(REVIEWERS)
+        ]
         judgments[item] = [SCORE[v] for v in seen]
     return judgments
 

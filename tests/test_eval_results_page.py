@@ -16,8 +16,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def ready(team, settings, tiny_model_dir, tmp_path_factory):
-    evaluation, run = make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True,
-                                      test_count=4)
+    evaluation, run = make_evaluation(
+        team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, test_count=4
+    )
     return evaluation
 
 
@@ -26,8 +27,12 @@ def judge(evaluation, user, pick) -> bool:
     a = services.next_assignment(evaluation=evaluation, reviewer=user)
     if a is None:
         return False
-    services.submit_judgment(assignment=a, reviewer=user, winner=pick(a),
-                             scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()})
+    services.submit_judgment(
+        assignment=a,
+        reviewer=user,
+        winner=pick(a),
+        scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()},
+    )
     return True
 
 
@@ -81,7 +86,15 @@ def test_random_judgment_sets_always_render_a_verdict_that_matches_its_interval(
         bias = rng.choice([0.0, 0.5, 0.9, 1.0])
         for user in reviewers[: ready.reviewers_per_pair]:
             for _ in range(rng.randint(0, 12)):
-                if not judge(ready, user, lambda a, bias=bias: run_side(a) if rng.random() < bias else rng.choice("AB") if rng.random() < 0.7 else "tie"):
+                if not judge(
+                    ready,
+                    user,
+                    lambda a, bias=bias: run_side(a)
+                    if rng.random() < bias
+                    else rng.choice("AB")
+                    if rng.random() < 0.7
+                    else "tie",
+                ):
                     break
         html = results_page(team, ready)
         for verdict in selectors.evaluation_results(ready, bootstrap=20).verdicts:
@@ -92,7 +105,10 @@ def test_random_judgment_sets_always_render_a_verdict_that_matches_its_interval(
                 assert verdict.pair.winner is not None
             else:
                 assert verdict.pair.winner is None
-            assert re.search(r"\d+ items? judged, \d+ judgments?", verdict.sentence) or "no judgments yet" in verdict.sentence
+            assert (
+                re.search(r"\d+ items? judged, \d+ judgments?", verdict.sentence)
+                or "no judgments yet" in verdict.sentence
+            )
         assert "Head to head" in html
 
 

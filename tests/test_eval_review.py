@@ -26,9 +26,24 @@ def test_reviewer_cannot_see_which_model_wrote_which_side(team, ready):
     response = client.post(f"/p/support/evals/review/{evaluation.pk}/next/")
     page = client.get(response["Location"])
     html = page.content.decode()
-    assert page.status_code == 200 and "Answer A" in html and "Answer B" in html and "Hi Cy, your order ships today." in html
-    secrets = [MODEL_NAME, "Tiny Secret Llama", RUN_NAME, f"run:{run.pk}", f"run #{run.pk}", "Prompt-only", "baseline",
-               "Base model", "prompt", *evaluation.candidates.values_list("label", flat=True)]
+    assert (
+        page.status_code == 200
+        and "Answer A" in html
+        and "Answer B" in html
+        and "Hi Cy, your order ships today." in html
+    )
+    secrets = [
+        MODEL_NAME,
+        "Tiny Secret Llama",
+        RUN_NAME,
+        f"run:{run.pk}",
+        f"run #{run.pk}",
+        "Prompt-only",
+        "baseline",
+        "Base model",
+        "prompt",
+        *evaluation.candidates.values_list("label", flat=True),
+    ]
     for secret in secrets:
         assert secret.lower() not in html.lower(), f"{secret!r} leaks into the review page"
     # the URL is an opaque token, not a candidate, run or comparison id
@@ -45,12 +60,18 @@ def test_each_pair_gets_the_configured_reviewers_and_never_the_same_reviewer_twi
         claimed[user.username] = []
         while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
             claimed[user.username].append(a.comparison_id)
-            services.submit_judgment(assignment=a, reviewer=user, winner="A",
-                                     scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()})
+            services.submit_judgment(
+                assignment=a,
+                reviewer=user,
+                winner="A",
+                scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()},
+            )
     for name, pairs in claimed.items():
         assert len(pairs) == len(set(pairs)), f"{name} got a pair twice"
     per_pair = Assignment.objects.filter(evaluation=evaluation).values_list("comparison_id", flat=True)
-    assert sorted(per_pair) == sorted(list(Comparison.objects.filter(evaluation=evaluation).values_list("pk", flat=True)) * 2)
+    assert sorted(per_pair) == sorted(
+        list(Comparison.objects.filter(evaluation=evaluation).values_list("pk", flat=True)) * 2
+    )
     assert len(claimed["third-reviewer"]) == 0  # 9 pairs x 2 reviewers are all taken by the first two
     assert len(claimed["pm"]) == 0  # the PM launched it: they have seen what is compared, so they never judge it
     # the PM sees each reviewer's progress
@@ -64,16 +85,41 @@ def test_a_pair_cannot_be_judged_twice_nor_scored_outside_its_scale(team, ready)
     tone, correct = evaluation.rubric.criteria.all()
     response = client.post(f"/p/support/evals/review/{evaluation.pk}/next/")
     url = response["Location"]
-    bad = client.post(url, {"winner": "A", f"score_A_{tone.pk}": 7, f"score_B_{tone.pk}": 3,
-                            f"score_A_{correct.pk}": 1, f"score_B_{correct.pk}": 0})
+    bad = client.post(
+        url,
+        {
+            "winner": "A",
+            f"score_A_{tone.pk}": 7,
+            f"score_B_{tone.pk}": 3,
+            f"score_A_{correct.pk}": 1,
+            f"score_B_{correct.pk}": 0,
+        },
+    )
     assert bad.status_code == 400
     assert "7 is outside the 1-5 scale of &#x27;Tone&#x27; (side A)" in bad.content.decode()
     assert not Judgment.objects.exists()
-    good = client.post(url, {"winner": "B", f"score_A_{tone.pk}": 2, f"score_B_{tone.pk}": 5,
-                             f"score_A_{correct.pk}": 0, f"score_B_{correct.pk}": 1, "comment": "B greets by name"})
+    good = client.post(
+        url,
+        {
+            "winner": "B",
+            f"score_A_{tone.pk}": 2,
+            f"score_B_{tone.pk}": 5,
+            f"score_A_{correct.pk}": 0,
+            f"score_B_{correct.pk}": 1,
+            "comment": "B greets by name",
+        },
+    )
     assert good.status_code == 302
-    again = client.post(url, {"winner": "A", f"score_A_{tone.pk}": 5, f"score_B_{tone.pk}": 5,
-                              f"score_A_{correct.pk}": 1, f"score_B_{correct.pk}": 1})
+    again = client.post(
+        url,
+        {
+            "winner": "A",
+            f"score_A_{tone.pk}": 5,
+            f"score_B_{tone.pk}": 5,
+            f"score_A_{correct.pk}": 1,
+            f"score_B_{correct.pk}": 1,
+        },
+    )
     assert again.status_code == 400 and "already judged this pair" in again.content.decode()
     judgment = Judgment.objects.get()
     assignment = judgment.assignment
@@ -103,26 +149,46 @@ def test_results_stay_hidden_from_a_reviewer_until_they_have_judged(team, ready)
 @pytest.fixture
 def ready8(team, settings, tiny_model_dir, tmp_path_factory):
     # reviewed to the end: a settled pair would otherwise stop after 6 items (see test_eval_lighter_review.py)
-    return make_evaluation(team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, test_count=8,
-                           stop_when_settled=False)
+    return make_evaluation(
+        team,
+        settings,
+        tiny_model_dir,
+        tmp_path_factory.mktemp("adapter"),
+        fake=True,
+        test_count=8,
+        stop_when_settled=False,
+    )
 
 
 def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready8):
     evaluation, run = ready8
-    Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run").update(output="<script>alert('x')</script>")
+    Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run").update(
+        output="<script>alert('x')</script>"
+    )
     for user in (team.reviewer, add_reviewer(team, "second-reviewer")):
         while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
-            letter = next(s.letter for s in selectors.sides(a) if s.candidate.kind == "run") if a.comparison.candidate_2.kind == "run" else "tie"
-            services.submit_judgment(assignment=a, reviewer=user, winner=letter, comment="=HYPERLINK(\"x\")",
-                                     scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()})
+            letter = (
+                next(s.letter for s in selectors.sides(a) if s.candidate.kind == "run")
+                if a.comparison.candidate_2.kind == "run"
+                else "tie"
+            )
+            services.submit_judgment(
+                assignment=a,
+                reviewer=user,
+                winner=letter,
+                comment='=HYPERLINK("x")',
+                scores={(s, c.pk): 1 for s in "AB" for c in evaluation.rubric.criteria.all()},
+            )
     response = team.client("designer").get(f"/p/support/evals/{evaluation.pk}/results/")
     html = response.content.decode()
     assert response.status_code == 200
     # the run won every judgment of all 8 items against the strongest baseline (base and prompt tie: the
     # prompt baseline counts as the stronger); exact 95% CI of 8/8: 63-100%
     run_label = f"Tuned run #{run.pk} (zebra-run)"
-    assert (f"{run_label} is better than Prompt-only baseline: {run_label} was preferred on 8 of 8 items where "
-            "reviewers picked a side (100%, 95% CI 63-100%); 8 items judged, 16 judgments.") in html
+    assert (
+        f"{run_label} is better than Prompt-only baseline: {run_label} was preferred on 8 of 8 items where "
+        "reviewers picked a side (100%, 95% CI 63-100%); 8 items judged, 16 judgments."
+    ) in html
     assert "Bradley-Terry ranking" in html and "Cohen&#x27;s kappa = 1.00" in html and "<svg" in html
     assert "same verdict on 100% of the 24 pairs judged more than once" in html
     assert "1.230" in html  # the run's validation loss
@@ -139,8 +205,18 @@ def test_editing_a_rubric_makes_a_new_version_and_evaluations_keep_theirs(team, 
     evaluation, _ = ready
     rubric = evaluation.rubric
     client = team.client("designer")
-    data = {"description": "stricter", "c-TOTAL_FORMS": 2, "c-INITIAL_FORMS": 0, "c-MIN_NUM_FORMS": 0, "c-MAX_NUM_FORMS": 20,
-            "c-0-name": "Tone", "c-0-scale": "likert5", "c-0-anchors": "5: perfect\n1: off", "c-1-name": "", "c-1-scale": "likert5"}
+    data = {
+        "description": "stricter",
+        "c-TOTAL_FORMS": 2,
+        "c-INITIAL_FORMS": 0,
+        "c-MIN_NUM_FORMS": 0,
+        "c-MAX_NUM_FORMS": 20,
+        "c-0-name": "Tone",
+        "c-0-scale": "likert5",
+        "c-0-anchors": "5: perfect\n1: off",
+        "c-1-name": "",
+        "c-1-scale": "likert5",
+    }
     response = client.post(f"/p/support/evals/rubrics/{rubric.pk}/edit/", data)
     assert response.status_code == 302
     new = Rubric.objects.get(project=team.project, name="House style", version=2)
@@ -153,7 +229,9 @@ def test_editing_a_rubric_makes_a_new_version_and_evaluations_keep_theirs(team, 
     assert team.client("reviewer").post("/p/support/evals/rubrics/new/", data).status_code == 403
 
 
-def test_pm_creates_an_evaluation_from_the_form(team, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks):
+def test_pm_creates_an_evaluation_from_the_form(
+    team, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
+):
     from tests.eval_setup import make_rubric, make_version, register_tiny_model
 
     base = register_tiny_model(settings, tiny_model_dir)
@@ -161,8 +239,16 @@ def test_pm_creates_an_evaluation_from_the_form(team, settings, tiny_model_dir, 
     rubric = make_rubric(team.project)
     client = team.client("pm")
     assert client.get("/p/support/evals/new/").status_code == 200
-    form = {"dataset_version": version.pk, "rubric": rubric.pk, "base_model": base.pk, "include_base": "on",
-            "max_new_tokens": 4, "seed": 0, "few_shot": 0, "reviewers_per_pair": 1}
+    form = {
+        "dataset_version": version.pk,
+        "rubric": rubric.pk,
+        "base_model": base.pk,
+        "include_base": "on",
+        "max_new_tokens": 4,
+        "seed": 0,
+        "few_shot": 0,
+        "reviewers_per_pair": 1,
+    }
     lonely = client.post("/p/support/evals/new/", form)
     assert "Pick at least two candidates" in lonely.content.decode()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:

@@ -14,8 +14,17 @@ from apps.evaluations import statistics as st
 
 def test_a_pair_is_counted_in_items_with_an_exact_interval_on_the_decided_share():
     # 9 items: 6 to a (one of them split 2-1 between three reviewers), 2 to b, 1 tied (a split 1-1)
-    items = {1: [1.0, 1.0], 2: [1.0], 3: [1.0, 0.5], 4: [1.0], 5: [1.0], 6: [1.0, 1.0, 0.0],
-             7: [0.0, 0.0], 8: [0.0], 9: [1.0, 0.0]}
+    items = {
+        1: [1.0, 1.0],
+        2: [1.0],
+        3: [1.0, 0.5],
+        4: [1.0],
+        5: [1.0],
+        6: [1.0, 1.0, 0.0],
+        7: [0.0, 0.0],
+        8: [0.0],
+        9: [1.0, 0.0],
+    }
     o = st.compare_pair(items)
     assert (o.items_a, o.items_b, o.items_tied, o.items, o.judgments) == (6, 2, 1, 9, 15)
     assert o.share == 6 / 8
@@ -26,7 +35,7 @@ def test_a_pair_is_counted_in_items_with_an_exact_interval_on_the_decided_share(
 
 
 def test_the_verdict_and_its_interval_never_disagree():
-    """"Better" exactly when the exact test rejects parity, and exactly when the printed interval excludes 50%,
+    """ "Better" exactly when the exact test rejects parity, and exactly when the printed interval excludes 50%,
     over every outcome with up to 60 decided items (the old Wilson-vs-sign-test pair disagreed on 15,118)."""
     for a in range(61):
         for b in range(61 - a):
@@ -94,7 +103,14 @@ def test_bradley_terry_matches_a_direct_likelihood_maximisation():
 
 
 def test_ranking_orders_candidates_with_bootstrap_intervals_around_the_fit():
-    rows = [(0, 1, 1.0)] * 8 + [(0, 1, 0.0)] * 2 + [(1, 2, 1.0)] * 7 + [(1, 2, 0.5)] * 3 + [(0, 2, 1.0)] * 9 + [(0, 2, 0.0)]
+    rows = (
+        [(0, 1, 1.0)] * 8
+        + [(0, 1, 0.0)] * 2
+        + [(1, 2, 1.0)] * 7
+        + [(1, 2, 0.5)] * 3
+        + [(0, 2, 1.0)] * 9
+        + [(0, 2, 0.0)]
+    )
     outcomes = [(n, i, j, s) for n, (i, j, s) in enumerate(rows)]
     ranking = st.bradley_terry_ranking(outcomes, 3, bootstrap=100, seed=1)
     assert [r.index for r in ranking] == [0, 1, 2]
@@ -117,7 +133,9 @@ def test_the_ranking_bootstrap_resamples_items_not_judgments():
     # every item judged by four reviewers who always agree: 10 items are 10 pieces of evidence, not 40
     items = [(item, 0, 1, 1.0 if item < 7 else 0.0) for item in range(10) for _ in range(4)]
     clustered = st.bradley_terry_ranking(items, 2, bootstrap=400, seed=3)
-    once = st.bradley_terry_ranking([(item, 0, 1, 1.0 if item < 7 else 0.0) for item in range(10)], 2, bootstrap=400, seed=3)
+    once = st.bradley_terry_ranking(
+        [(item, 0, 1, 1.0 if item < 7 else 0.0) for item in range(10)], 2, bootstrap=400, seed=3
+    )
     top = next(r for r in clustered if r.index == 0)
     top_once = next(r for r in once if r.index == 0)
     # same evidence, same width of interval (up to the prior, which weighs less against 4x the judgments)

@@ -32,8 +32,11 @@ def test_subsets_are_nested_prefixes_of_one_seeded_permutation():
 
 def test_two_versions_draw_the_examples_they_share_in_the_same_order():
     curated = [(i, f"clean-{i}") for i in range(40)]
-    raw = [(i, f"clean-{i}") for i in range(20)] + [(20, "flawed-a"), (21, "flawed-b")] + \
-        [(i + 2, f"clean-{i}") for i in range(20, 40)]  # the same examples, two flawed ones in between
+    raw = (
+        [(i, f"clean-{i}") for i in range(20)]
+        + [(20, "flawed-a"), (21, "flawed-b")]
+        + [(i + 2, f"clean-{i}") for i in range(20, 40)]
+    )  # the same examples, two flawed ones in between
     fractions = [0.25, 0.5, 1.0]
     for fraction in fractions:
         small = {h for p, h in curated if p in statistics.nested_subsets(curated, fractions, 3)[fraction]}
@@ -59,7 +62,9 @@ def test_trend_slope_and_interval_match_a_hand_computation():
     assert trend.items == 3 and not trend.helps
     assert statistics.trend_sentence("the pass rate", trend, 64) == (
         "More data of this kind is not shown to help the pass rate (+6.0 points per doubling, 95 % CI -7.1 points to "
-        "+19.1 points, 3 test items): the interval includes no gain, so a larger test split or more sizes would settle it.")
+        "+19.1 points, 3 test items): the interval includes no gain, so a larger test split or more sizes would "
+        "settle it."
+    )
 
 
 def test_a_flat_trend_reads_as_unlikely_to_help():
@@ -67,7 +72,8 @@ def test_a_flat_trend_reads_as_unlikely_to_help():
     trend = statistics.fit_trend([10, 20, 40], items)
     assert trend.high < statistics.SMALL_SLOPE
     assert statistics.trend_sentence("similarity", trend, 40).startswith(
-        "More data of this kind is unlikely to help similarity (+0.0 points per doubling")
+        "More data of this kind is unlikely to help similarity (+0.0 points per doubling"
+    )
 
 
 def test_a_clear_positive_trend_reads_as_doubling_raises():
@@ -111,8 +117,16 @@ def setup(team):
 
 def launch(setup, **kwargs):
     team, base, rubric, version = setup
-    return services.launch_experiment(project=team.project, versions=[version], fractions=[0.25, 0.5, 1.0],
-                                      base_model=base, rubric=rubric, seed=3, user=team.pm, **kwargs)
+    return services.launch_experiment(
+        project=team.project,
+        versions=[version],
+        fractions=[0.25, 0.5, 1.0],
+        base_model=base,
+        rubric=rubric,
+        seed=3,
+        user=team.pm,
+        **kwargs,
+    )
 
 
 def test_launch_freezes_nested_subsets_and_runs_them_alike(setup):
@@ -123,28 +137,38 @@ def test_launch_freezes_nested_subsets_and_runs_them_alike(setup):
     trains = [set(p.version.items.filter(split="train").values_list("content_hash", flat=True)) for p in points]
     assert trains[0] < trains[1] < trains[2]
     assert points[2].version == version  # 100 % is the version itself, not a copy
-    assert points[0].version.derived_from == version and points[0].version.note == f"v{version.number} · 25 % (8 examples)"
-    tests = [list(p.version.items.filter(split="test").order_by("position").values_list("content_hash", flat=True))
-             for p in points]
+    assert (
+        points[0].version.derived_from == version and points[0].version.note == f"v{version.number} · 25 % (8 examples)"
+    )
+    tests = [
+        list(p.version.items.filter(split="test").order_by("position").values_list("content_hash", flat=True))
+        for p in points
+    ]
     assert tests[0] == tests[1] == tests[2]  # the same test split everywhere
     assert {p.run.seed for p in points} == {3} and len({str(p.run.hyperparameters) for p in points}) == 1
     assert points[0].run.name == "v1 · 25 % (8 examples)" and points[0].run.status == RunStatus.QUEUED
     again = launch(setup)  # the same subsets frozen once, reused
-    assert set(Point.objects.filter(arm__experiment=again).values_list("version", flat=True)) == {p.version_id for p in points}
+    assert set(Point.objects.filter(arm__experiment=again).values_list("version", flat=True)) == {
+        p.version_id for p in points
+    }
 
 
-@pytest.mark.parametrize("fractions,message", [
-    ([0.125, 1.0], "12.5 % of v1's 32 training examples is 4: a point needs at least 8"),
-    ([1.0], "at least two fractions"),
-    ([0.5, 1.5], "outside (0, 1]"),
-    ("a,b", "is not a number"),
-])
+@pytest.mark.parametrize(
+    "fractions,message",
+    [
+        ([0.125, 1.0], "12.5 % of v1's 32 training examples is 4: a point needs at least 8"),
+        ([1.0], "at least two fractions"),
+        ([0.5, 1.5], "outside (0, 1]"),
+        ("a,b", "is not a number"),
+    ],
+)
 def test_bad_fractions_launch_nothing(setup, fractions, message):
     team, base, rubric, version = setup
     versions_before = DatasetVersion.objects.count()
     with pytest.raises(services.ExperimentError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        services.launch_experiment(project=team.project, versions=[version], fractions=fractions, base_model=base,
-                                   rubric=rubric)
+        services.launch_experiment(
+            project=team.project, versions=[version], fractions=fractions, base_model=base, rubric=rubric
+        )
     assert not Run.objects.exists() and not Experiment.objects.exists()
     assert DatasetVersion.objects.count() == versions_before
 
@@ -153,16 +177,25 @@ def test_a_version_without_a_test_split_launches_nothing(setup):
     team, base, rubric, _ = setup
     no_test = make_dataset_version(team.project, {"train": [conversation(f"Q{i}", f"A{i}") for i in range(20)]})
     with pytest.raises(services.ExperimentError, match=f"v{no_test.number} has no test split"):
-        services.launch_experiment(project=team.project, versions=[no_test], base_model=base, rubric=rubric,
-                                   fractions=[0.5, 1.0])
+        services.launch_experiment(
+            project=team.project, versions=[no_test], base_model=base, rubric=rubric, fractions=[0.5, 1.0]
+        )
     assert not Run.objects.exists() and not Experiment.objects.exists()
 
 
 def test_the_form_shows_the_reason_and_launches_nothing(setup):
     team, base, rubric, version = setup
-    response = team.client("pm").post(f"/p/{team.project.slug}/experiments/new/", {
-        "dataset_version": version.pk, "fractions": "0.1,1", "preset": "quick", "base_model": base.pk,
-        "rubric": rubric.pk, "seed": 0})
+    response = team.client("pm").post(
+        f"/p/{team.project.slug}/experiments/new/",
+        {
+            "dataset_version": version.pk,
+            "fractions": "0.1,1",
+            "preset": "quick",
+            "base_model": base.pk,
+            "rubric": rubric.pk,
+            "seed": 0,
+        },
+    )
     assert response.status_code == 200
     assert "10 % of v1&#x27;s 32 training examples is 3: a point needs at least 8" in response.content.decode()
     assert not Run.objects.exists()
@@ -183,7 +216,9 @@ def test_the_experiment_advances_from_its_runs_outcomes(setup, django_capture_on
     assert not points[0].evaluation.comparisons.exists()  # nothing for reviewers
     evaluations = [p.evaluation_id for p in points]
     services.advance_experiment(experiment.pk)  # idempotent: no second evaluation
-    assert [p.evaluation_id for p in Point.objects.filter(arm__experiment=experiment).order_by("n_train")] == evaluations
+    assert [
+        p.evaluation_id for p in Point.objects.filter(arm__experiment=experiment).order_by("n_train")
+    ] == evaluations
     for point, passing, sim in zip(points, (1, 2, 4), (0.3, 0.5, 0.7), strict=True):
         fake_scores(point, passing, sim)
     assert CheckResult.objects.count() == 12
@@ -206,8 +241,9 @@ def test_a_failed_run_finishes_its_point_without_an_evaluation(setup):
     assert not Point.objects.filter(evaluation__isnull=False).exists()
 
 
-def test_a_run_ending_advances_its_experiment_through_the_task_signal(setup, monkeypatch,
-                                                                     django_capture_on_commit_callbacks):
+def test_a_run_ending_advances_its_experiment_through_the_task_signal(
+    setup, monkeypatch, django_capture_on_commit_callbacks
+):
     from celery.signals import task_postrun
 
     from apps.evaluations.check_tasks import run_checks
@@ -225,7 +261,9 @@ def test_a_run_ending_advances_its_experiment_through_the_task_signal(setup, mon
     services.advance_experiment(experiment.pk)
     point.refresh_from_db()
     with django_capture_on_commit_callbacks(execute=True):
-        task_postrun.send(sender=run_checks, task_id="y", task=run_checks, args=(point.evaluation_id,), kwargs={}, retval=0)
+        task_postrun.send(
+            sender=run_checks, task_id="y", task=run_checks, args=(point.evaluation_id,), kwargs={}, retval=0
+        )
     assert sent == [experiment.pk, experiment.pk] and other.pk not in sent
 
 
@@ -238,26 +276,41 @@ def test_cancel_stops_every_unfinished_run(setup):
     assert response.status_code == 302
     experiment.refresh_from_db()
     assert experiment.status == ExperimentStatus.CANCELLED
-    statuses = sorted(Run.objects.filter(experiment_points__arm__experiment=experiment).values_list("status", flat=True))
+    statuses = sorted(
+        Run.objects.filter(experiment_points__arm__experiment=experiment).values_list("status", flat=True)
+    )
     assert statuses == ["cancelled", "cancelled", "succeeded"]
-    assert team.client("designer").post(f"/p/{team.project.slug}/experiments/{experiment.pk}/cancel/").status_code == 403
+    assert (
+        team.client("designer").post(f"/p/{team.project.slug}/experiments/{experiment.pk}/cancel/").status_code == 403
+    )
 
 
 def test_curated_against_raw_is_scored_on_the_first_versions_test_split(setup):
     team, base, rubric, raw = setup
-    curated = make_dataset_version(team.project, {
-        "train": [conversation(f"Question {i}", f"Hi,\nAnswer {i}.\nBye") for i in range(24)]
-        + [conversation("Where is #0?", "Hi,\n#0 ships today.\nBye")],  # a test example in its train split
-        "test": [conversation("Other test", "Hi,\nOther.\nBye")],
-    })
-    experiment = services.launch_experiment(project=team.project, versions=[raw, curated], fractions=[0.5, 1.0],
-                                            base_model=base, rubric=rubric, labels=["raw", "curated"])
+    curated = make_dataset_version(
+        team.project,
+        {
+            "train": [conversation(f"Question {i}", f"Hi,\nAnswer {i}.\nBye") for i in range(24)]
+            + [conversation("Where is #0?", "Hi,\n#0 ships today.\nBye")],  # a test example in its train split
+            "test": [conversation("Other test", "Hi,\nOther.\nBye")],
+        },
+    )
+    experiment = services.launch_experiment(
+        project=team.project,
+        versions=[raw, curated],
+        fractions=[0.5, 1.0],
+        base_model=base,
+        rubric=rubric,
+        labels=["raw", "curated"],
+    )
     arms = list(experiment.arms.order_by("position"))
     assert [a.label for a in arms] == ["raw", "curated"] and arms[1].dropped == 1 and arms[1].train_total == 24
     raw_test = list(raw.items.filter(split="test").order_by("position").values_list("content_hash", flat=True))
     for point in Point.objects.filter(arm=arms[1]).select_related("version"):
-        assert list(point.version.items.filter(split="test").order_by("position")
-                    .values_list("content_hash", flat=True)) == raw_test
+        assert (
+            list(point.version.items.filter(split="test").order_by("position").values_list("content_hash", flat=True))
+            == raw_test
+        )
     finish_runs(experiment)
     services.advance_experiment(experiment.pk)
     for point in Point.objects.filter(arm__experiment=experiment).select_related("evaluation", "arm"):
@@ -265,14 +318,25 @@ def test_curated_against_raw_is_scored_on_the_first_versions_test_split(setup):
     result = selectors.experiment_result(experiment)
     diff = result.differences["checks"]
     assert (diff.items, diff.first, diff.second) == (4, 0.25, 1.0)
-    assert result.verdicts["checks"].startswith("On the share of replies passing every automatic check, "
-                                                "curated (24 examples) scores 100 % against 25 % for raw (32 examples)")
+    assert result.verdicts["checks"].startswith(
+        "On the share of replies passing every automatic check, "
+        "curated (24 examples) scores 100 % against 25 % for raw (32 examples)"
+    )
 
 
 def test_cli_prints_the_table_and_the_slope_last(setup, capsys):
     team, base, rubric, version = setup
-    call_command("scaling_experiment", "--project", team.project.slug, "--dataset-version", str(version.number),
-                 "--fractions", "0.25,0.5,1", "--base-model", "tiny")
+    call_command(
+        "scaling_experiment",
+        "--project",
+        team.project.slug,
+        "--dataset-version",
+        str(version.number),
+        "--fractions",
+        "0.25,0.5,1",
+        "--base-model",
+        "tiny",
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("Experiment #") and "3 runs queued" in lines[0]
     assert lines[1].split()[:2] == ["data", "examples"] and "v1 25 %" in lines[2]
@@ -280,8 +344,11 @@ def test_cli_prints_the_table_and_the_slope_last(setup, capsys):
     experiment = Experiment.objects.get()
     finish_runs(experiment)
     services.advance_experiment(experiment.pk)
-    for point, passing in zip(Point.objects.filter(arm__experiment=experiment).select_related("evaluation")
-                              .order_by("n_train"), (1, 2, 4), strict=True):
+    for point, passing in zip(
+        Point.objects.filter(arm__experiment=experiment).select_related("evaluation").order_by("n_train"),
+        (1, 2, 4),
+        strict=True,
+    ):
         fake_scores(point, passing, 0.5)
     from apps.experiments.management.commands.scaling_experiment import Command
 
@@ -293,8 +360,15 @@ def test_cli_prints_the_table_and_the_slope_last(setup, capsys):
 def test_cli_bad_input_is_a_clear_error(setup):
     team, _, _, version = setup
     with pytest.raises(CommandError, match="a point needs at least 8"):
-        call_command("scaling_experiment", "--project", team.project.slug, "--dataset-version", str(version.number),
-                     "--fractions", "0.125,1")
+        call_command(
+            "scaling_experiment",
+            "--project",
+            team.project.slug,
+            "--dataset-version",
+            str(version.number),
+            "--fractions",
+            "0.125,1",
+        )
     with pytest.raises(CommandError, match="no dataset version 99"):
         call_command("scaling_experiment", "--project", team.project.slug, "--dataset-version", "99")
     assert not Run.objects.exists()

@@ -30,8 +30,13 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 def run(db, team, tiny_base_model, tiny_adapter) -> Run:
     tiny_base_model.public_id = PUBLIC_ID
     tiny_base_model.save()
-    return Run.objects.create(project=team.project, dataset_version=small_version(team.project),
-                              base_model=tiny_base_model, status=RunStatus.SUCCEEDED, adapter_path=str(tiny_adapter))
+    return Run.objects.create(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=tiny_base_model,
+        status=RunStatus.SUCCEEDED,
+        adapter_path=str(tiny_adapter),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +60,21 @@ def _logits(model, ids):
 
 # --- the adapter ----------------------------------------------------------------------------------------------
 def test_the_exported_adapter_names_the_public_id_and_loads_with_peft_on_a_base_given_by_path(
-        run, tmp_path, reference, tiny_model_dir):
+    run, tmp_path, reference, tiny_model_dir
+):
     import torch
     from peft import PeftModel
 
     from worker.models import load_model
 
-    call_command("export_model", run=run.pk, format="adapter", out=str(tmp_path / "tuned.zip"), stdout=io.StringIO(),
-                 stderr=io.StringIO())
+    call_command(
+        "export_model",
+        run=run.pk,
+        format="adapter",
+        out=str(tmp_path / "tuned.zip"),
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
     with zipfile.ZipFile(tmp_path / "tuned.zip") as archive:
         archive.extractall(tmp_path / "unzipped")
         text = "".join(archive.read(n).decode() for n in archive.namelist() if not n.endswith(".safetensors"))
@@ -82,12 +94,19 @@ def test_the_run_pages_adapter_zip_names_the_public_id_too(run, team):
 
 # --- merged -------------------------------------------------------------------------------------------------
 def test_the_merged_folder_loads_with_plain_transformers_and_writes_what_base_plus_adapter_writes(
-        run, tmp_path, reference):
+    run, tmp_path, reference
+):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    call_command("export_model", run=run.pk, format="merged", out=str(tmp_path / "merged"), stdout=io.StringIO(),
-                 stderr=io.StringIO())
+    call_command(
+        "export_model",
+        run=run.pk,
+        format="merged",
+        out=str(tmp_path / "merged"),
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
     names = {p.name for p in (tmp_path / "merged").iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= names
     assert not any(n.endswith((".bin", ".pt")) for n in names) and "adapter_config.json" not in names
@@ -109,14 +128,17 @@ def _load_gguf(path: Path):
 
 
 def test_gguf_f16_has_llama_cpps_names_and_tokenizer_and_transformers_reads_back_the_merged_model(
-        run, tmp_path, reference):
+    run, tmp_path, reference
+):
     import gguf
     import torch
 
     from worker.models import shipped_gguf_path
 
     out = io.StringIO()
-    call_command("export_model", run=run.pk, format="gguf", out=str(tmp_path / "gguf"), stdout=out, stderr=io.StringIO())
+    call_command(
+        "export_model", run=run.pk, format="gguf", out=str(tmp_path / "gguf"), stdout=out, stderr=io.StringIO()
+    )
     path = tmp_path / "gguf" / "model-f16.gguf"
     assert out.getvalue().split() == [str(path), str(tmp_path / "gguf" / "Modelfile")]
 
@@ -129,8 +151,14 @@ def test_gguf_f16_has_llama_cpps_names_and_tokenizer_and_transformers_reads_back
     assert fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
     # The tokenizer section equals what llama.cpp's converter wrote for the same tokenizer (the shipped SmolLM2 GGUF).
     shipped = gguf.GGUFReader(str(shipped_gguf_path()))
-    for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "tokenizer.ggml.bos_token_id", "tokenizer.chat_template"):
+    for key in (
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.chat_template",
+    ):
         assert fields[key] == shipped.fields[key].contents(), key
     # llama.cpp's tensor names; norms stay f32, matrices f16; tied embeddings: no output.weight (as llama.cpp does).
     types = {t.name: t.tensor_type.name for t in mine.tensors}
@@ -166,8 +194,15 @@ def test_gguf_q8_0_loads_and_runs_close_to_the_merged_model(run, tmp_path, refer
     import gguf
     import torch
 
-    call_command("export_model", run=run.pk, format="gguf", quant="q8_0", out=str(tmp_path / "tuned-q8.gguf"),
-                 stdout=io.StringIO(), stderr=io.StringIO())
+    call_command(
+        "export_model",
+        run=run.pk,
+        format="gguf",
+        quant="q8_0",
+        out=str(tmp_path / "tuned-q8.gguf"),
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
     path = tmp_path / "tuned-q8.gguf"
     tensors = gguf.GGUFReader(str(path)).tensors
     types = {t.name: t.tensor_type.name for t in tensors}
@@ -183,15 +218,19 @@ def test_gguf_q8_0_loads_and_runs_close_to_the_merged_model(run, tmp_path, refer
 
 
 def test_the_modelfile_points_at_the_gguf_and_speaks_the_chat_template(run, tmp_path, reference):
-    call_command("export_model", run=run.pk, format="gguf", out=str(tmp_path / "g"), stdout=io.StringIO(),
-                 stderr=io.StringIO())
+    call_command(
+        "export_model", run=run.pk, format="gguf", out=str(tmp_path / "g"), stdout=io.StringIO(), stderr=io.StringIO()
+    )
     text = (tmp_path / "g" / "Modelfile").read_text()
     assert "FROM ./model-f16.gguf\n" in text
     assert 'PARAMETER stop "<|im_end|>"' in text
     # The ChatML turns the HF template renders, in Ollama's template: system, each turn, then the assistant's cue.
     tokenizer = reference["tokenizer"]
-    rendered = tokenizer.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
-                                             tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert rendered == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
     assert "<|im_start|>system\n{{ .System }}<|im_end|>\n" in text
     assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n" in text and text.count("<|im_start|>assistant\n") == 1
@@ -208,7 +247,9 @@ def test_export_model_says_what_is_wrong(run, tmp_path):
 
     assert "No run with id 999999" in export(run=999999, format="adapter", out=str(tmp_path / "a"))
     Run.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)
-    assert f"Run {run.pk} is failed: only a succeeded run" in export(run=run.pk, format="merged", out=str(tmp_path / "m"))
+    assert f"Run {run.pk} is failed: only a succeeded run" in export(
+        run=run.pk, format="merged", out=str(tmp_path / "m")
+    )
     Run.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, adapter_path=str(tmp_path / "gone"))
     assert "does not exist" in export(run=run.pk, format="gguf", out=str(tmp_path / "g"))
     (tmp_path / "partial").mkdir()
@@ -219,8 +260,9 @@ def test_export_model_says_what_is_wrong(run, tmp_path):
     (tmp_path / "a-file").write_text("x")
     message = export(run=run.pk, format="merged", out=str(tmp_path / "a-file" / "merged"))
     assert "Cannot write" in message and "is a file, not a folder" in message
-    assert "--quant applies to GGUF exports only" in export(run=run.pk, format="merged", quant="q8_0",
-                                                           out=str(tmp_path / "m2"))
+    assert "--quant applies to GGUF exports only" in export(
+        run=run.pk, format="merged", quant="q8_0", out=str(tmp_path / "m2")
+    )
     assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
 
 
@@ -235,12 +277,14 @@ def test_only_pms_see_and_use_the_export_section(run, team):
     assert not RunExport.objects.exists()
 
 
-def test_a_pm_exports_gguf_from_the_run_page_and_downloads_it_when_ready(run, team, eager,
-                                                                        django_capture_on_commit_callbacks):
+def test_a_pm_exports_gguf_from_the_run_page_and_downloads_it_when_ready(
+    run, team, eager, django_capture_on_commit_callbacks
+):
     client = team.client("pm")
     with django_capture_on_commit_callbacks(execute=True):
-        fragment = client.post(f"/p/support/runs/{run.pk}/exports/", {"format": "gguf", "quant": "q8_0"},
-                               headers={"HX-Request": "true"}).content.decode()
+        fragment = client.post(
+            f"/p/support/runs/{run.pk}/exports/", {"format": "gguf", "quant": "q8_0"}, headers={"HX-Request": "true"}
+        ).content.decode()
     assert 'id="run-exports"' in fragment and "<html" not in fragment
     job = RunExport.objects.get()
     assert (job.format, job.quant, job.status) == ("gguf", "q8_0", ExportStatus.SUCCEEDED), job.error
@@ -282,8 +326,11 @@ def test_an_export_that_fails_says_why_on_the_page_and_a_pending_one_polls(run, 
     page = team.client("pm").get(run.get_absolute_url()).content.decode()
     assert "Failed" in page and "The adapter folder …/deleted does not exist." in page
     assert str(tmp_path) not in page  # the page never shows where the server keeps files
-    bad = team.client("pm").post(f"/p/support/runs/{run.pk}/exports/", {"format": "onnx"},
-                                 headers={"HX-Request": "true"}).content.decode()
+    bad = (
+        team.client("pm")
+        .post(f"/p/support/runs/{run.pk}/exports/", {"format": "onnx"}, headers={"HX-Request": "true"})
+        .content.decode()
+    )
     assert "Unknown export format &#x27;onnx&#x27;" in bad
 
 
@@ -309,7 +356,12 @@ def test_a_gguf_base_models_export_keeps_the_tokenizer_settings_llama_cpp_wrote_
 
     path = write_gguf(tiny_model_dir, tmp_path / "t.gguf", source_gguf=shipped_gguf_path())
     mine, shipped = gguf.GGUFReader(str(path)).fields, gguf.GGUFReader(str(shipped_gguf_path())).fields
-    for key in ("tokenizer.ggml.pre", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id",
-                "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token"):
+    for key in (
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.add_bos_token",
+    ):
         assert mine[key].contents() == shipped[key].contents(), key
     assert mine["tokenizer.ggml.pre"].contents() == "smollm" and mine["tokenizer.ggml.eos_token_id"].contents() == 2

@@ -33,7 +33,12 @@ def test_merged_and_f16_gguf_of_the_shipped_model_answer_like_base_plus_adapter(
     assert greedy(merged, ids, tokens=40) == tuned
     del merged
 
-    path = write_gguf(tmp_path / "merged", tmp_path / "tuned-f16.gguf", quant="f16", base_model_id=PUBLIC_ID,
-                      source_gguf=shipped_gguf_path())  # export_gguf = merge_adapter + this + a Modelfile
+    path = write_gguf(
+        tmp_path / "merged",
+        tmp_path / "tuned-f16.gguf",
+        quant="f16",
+        base_model_id=PUBLIC_ID,
+        source_gguf=shipped_gguf_path(),
+    )  # export_gguf = merge_adapter + this + a Modelfile
     gguf_model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name).eval()
     assert greedy(gguf_model, ids, tokens=40) == tuned, tokenizer.decode(tuned)

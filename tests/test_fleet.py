@@ -23,14 +23,18 @@ tiny_base_model = runs_setup.tiny_base_model
 
 
 @pytest.mark.django_db
-def test_a_model_s_gpu_need_picks_the_smallest_tier_and_a_need_over_every_tier_is_refused(team, tiny_base_model, settings):
+def test_a_model_s_gpu_need_picks_the_smallest_tier_and_a_need_over_every_tier_is_refused(
+    team, tiny_base_model, settings
+):
     settings.FTSTUDIO_GPU_TIERS = [24, 80]
     version = small_version(team.project)
     cases = {0: "gpu", 8: "gpu-24g", 24: "gpu-24g", 40: "gpu-80g"}
     for need, queue in cases.items():
         tiny_base_model.min_gpu_gb = need
         tiny_base_model.save()
-        *_, estimate = services.prepare_launch(project=team.project, dataset_version=version, base_model=tiny_base_model)
+        *_, estimate = services.prepare_launch(
+            project=team.project, dataset_version=version, base_model=tiny_base_model
+        )
         assert estimate["queue"] == queue
     run = services.launch_run(project=team.project, dataset_version=version, base_model=tiny_base_model)
     assert route("runs.train_run", (run.pk,), {}, {}) == {"queue": "gpu-80g"} and run.estimate["queue"] == "gpu-80g"
@@ -38,7 +42,9 @@ def test_a_model_s_gpu_need_picks_the_smallest_tier_and_a_need_over_every_tier_i
     tiny_base_model.save()
     with pytest.raises(services.LaunchError) as refused:
         services.prepare_launch(project=team.project, dataset_version=version, base_model=tiny_base_model)
-    assert refused.value.errors["base_model"].startswith("Tiny Llama needs 160 GB of GPU memory. No GPU tier has 160 GB")
+    assert refused.value.errors["base_model"].startswith(
+        "Tiny Llama needs 160 GB of GPU memory. No GPU tier has 160 GB"
+    )
 
 
 @pytest.mark.django_db
@@ -60,15 +66,23 @@ def test_the_launch_estimate_names_the_queue_and_warns_until_a_live_worker_serve
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_on_a_tier_queue_beats_and_trains_the_runs_routed_there(team, tiny_base_model, tiny_model_dir, tmp_path):
+def test_a_worker_on_a_tier_queue_beats_and_trains_the_runs_routed_there(
+    team, tiny_base_model, tiny_model_dir, tmp_path
+):
     tiny_base_model.min_gpu_gb = 20
     tiny_base_model.save()
     env = {**worker_env(tiny_model_dir), "FTSTUDIO_WORKER_BEAT_SECONDS": "1"}
     with running_worker(tmp_path, queues="gpu-24g,default", extra_env=env) as worker:
-        beat = wait_for(lambda: next((w for w in WorkerBeat.objects.all() if "gpu-24g" in w.queues), None), 60, worker, "its beat")
+        beat = wait_for(
+            lambda: next((w for w in WorkerBeat.objects.all() if "gpu-24g" in w.queues), None), 60, worker, "its beat"
+        )
         assert beat.queues == ["default", "gpu-24g"] and beat.gpu_count == 0
-        run = services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                                  base_model=tiny_base_model, overrides=runs_setup.FAST)
+        run = services.launch_run(
+            project=team.project,
+            dataset_version=small_version(team.project),
+            base_model=tiny_base_model,
+            overrides=runs_setup.FAST,
+        )
         assert run.estimate["queue"] == "gpu-24g" and run.estimate["queue_warning"] == ""
         wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 180, worker, "the run on queue gpu-24g")
     run.refresh_from_db()

@@ -20,11 +20,16 @@ STALE = '<span class="badge warn stale"'  # the marker: "not evaluated on curren
 
 
 def model():
-    return BaseModel.objects.get_or_create(name="m", defaults={"display_name": "M", "source_kind": "local", "source": "/x"})[0]
+    return BaseModel.objects.get_or_create(
+        name="m", defaults={"display_name": "M", "source_kind": "local", "source": "/x"}
+    )[0]
 
 
 def questions(n, start=0):
-    return [conversation(f"Where is order #{i}?", f"Hi,\nOrder #{i} ships today.\nWarm regards") for i in range(start, start + n)]
+    return [
+        conversation(f"Where is order #{i}?", f"Hi,\nOrder #{i} ships today.\nWarm regards")
+        for i in range(start, start + n)
+    ]
 
 
 def version(project, test, train=None):
@@ -33,9 +38,18 @@ def version(project, test, train=None):
 
 def evaluate(project, dv, rubric, run, **kwargs):
     return eval_services.create_evaluation(
-        project=project, dataset_version=dv, rubric=rubric, base_model=model(), enqueue=False,
-        candidates=[eval_services.CandidateSpec("base"), eval_services.CandidateSpec("prompt", system_prompt="Be kind.", few_shot=1),
-                    eval_services.CandidateSpec("run", run_id=run.pk)], **kwargs)
+        project=project,
+        dataset_version=dv,
+        rubric=rubric,
+        base_model=model(),
+        enqueue=False,
+        candidates=[
+            eval_services.CandidateSpec("base"),
+            eval_services.CandidateSpec("prompt", system_prompt="Be kind.", few_shot=1),
+            eval_services.CandidateSpec("run", run_id=run.pk),
+        ],
+        **kwargs,
+    )
 
 
 def stale_marks(client, path):
@@ -60,12 +74,17 @@ def test_the_stale_marker_appears_when_data_moves_on_and_disappears_once_re_eval
     new = services.reevaluate(project=project, dataset_version=v2, user=team.pm, enqueue=False)  # default: stale runs
     assert new.dataset_version == v2 and new.rubric == rubric and new.name == "Re-evaluation on v2"
     assert [(c.kind, c.run_id, c.system_prompt, c.few_shot) for c in new.candidates.order_by("position")] == [
-        ("base", None, "", 0), ("prompt", None, "Be kind.", 1), ("run", run.pk, "", 0)]  # same candidates
+        ("base", None, "", 0),
+        ("prompt", None, "Be kind.", 1),
+        ("run", run.pk, "", 0),
+    ]  # same candidates
     assert selectors.stale_runs(project) == {}
     assert stale_marks(pm, "/p/support/runs/") == 0
     assert stale_marks(pm, "/p/support/evals/") == 1  # the old evaluation stays on old data; the new one is current
 
-    rubric_v2 = eval_services.revise_rubric(rubric=rubric, description="stricter", criteria=eval_services.criteria_specs(rubric))
+    rubric_v2 = eval_services.revise_rubric(
+        rubric=rubric, description="stricter", criteria=eval_services.criteria_specs(rubric)
+    )
     assert selectors.stale_evaluations(project)[new.pk] == "rubric House style v1; v2 is newer"
     assert run.pk in selectors.stale_runs(project)
     again = services.reevaluate(project=project, dataset_version=v2, run_ids=[run.pk], enqueue=False)
@@ -85,7 +104,9 @@ def test_re_evaluating_on_a_version_without_a_test_split_says_so_and_launches_no
         call_command("reevaluate", "--project", "support", "--dataset-version", "2", "--runs", str(run.pk))
     with pytest.raises(CommandError, match="run ids separated by commas"):
         call_command("reevaluate", "--project", "support", "--dataset-version", "1", "--runs", "three")
-    page = team.client("pm").post("/p/support/freshness/", {"dataset_version": no_test.pk, "runs": [run.pk]}, follow=True)
+    page = team.client("pm").post(
+        "/p/support/freshness/", {"dataset_version": no_test.pk, "runs": [run.pk]}, follow=True
+    )
     assert "v2 has no test split" in page.content.decode()
     assert Evaluation.objects.count() == before
 
@@ -109,15 +130,26 @@ def fill(evaluation, run, similarities, run_wins):
     items = list(eval_selectors.eval_items(evaluation))
     for c in evaluation.candidates.all():
         sims = similarities if c.run_id == run.pk else [0.5] * len(items)
-        Generation.objects.bulk_create([Generation(candidate=c, item=item, output=f"out {c.kind} {item.position} <b>x</b>",
-                                                   similarity=s) for item, s in zip(items, sims, strict=True)])
+        Generation.objects.bulk_create(
+            [
+                Generation(candidate=c, item=item, output=f"out {c.kind} {item.position} <b>x</b>", similarity=s)
+                for item, s in zip(items, sims, strict=True)
+            ]
+        )
     eval_services.build_comparisons(evaluation)
     base, tuned = evaluation.candidates.get(kind="base"), evaluation.candidates.get(kind="run")
     for item, won in zip(items, run_wins, strict=True):
         comparison = Comparison.objects.get(evaluation=evaluation, item=item, candidate_1=base, candidate_2=tuned)
-        assignment = Assignment.objects.create(comparison=comparison, evaluation=evaluation, reviewer=evaluation.created_by, swapped=False)
-        Judgment.objects.create(assignment=assignment, comparison=comparison, evaluation=evaluation,
-                                reviewer=evaluation.created_by, winner=tuned if won else base)
+        assignment = Assignment.objects.create(
+            comparison=comparison, evaluation=evaluation, reviewer=evaluation.created_by, swapped=False
+        )
+        Judgment.objects.create(
+            assignment=assignment,
+            comparison=comparison,
+            evaluation=evaluation,
+            reviewer=evaluation.created_by,
+            winner=tuned if won else base,
+        )
 
 
 def test_two_evaluations_compare_example_by_example_with_the_change_in_win_rate_and_its_interval(team, tmp_path):
@@ -127,7 +159,10 @@ def test_two_evaluations_compare_example_by_example_with_the_change_in_win_rate_
     v2 = version(project, questions(2, 60) + shared)  # the shared ones at other positions, two new ones
     rubric = make_rubric(project)
     run = make_run(project, v1, model(), tmp_path / "adapter")
-    a, b = evaluate(project, v1, rubric, run, user=team.designer), evaluate(project, v2, rubric, run, user=team.designer)
+    a, b = (
+        evaluate(project, v1, rubric, run, user=team.designer),
+        evaluate(project, v2, rubric, run, user=team.designer),
+    )
     fill(a, run, [0.9, 0.5, 0.5, 0.2, 0.3], [1, 1, 0, 0, 1])
     fill(b, run, [0.1, 0.2, 0.9, 0.8, 0.1, 0.21], [0, 0, 1, 1, 1, 0])
     # shared items: #0 0.9 -> 0.9 stayed, #1 0.5 -> 0.8 improved, #2 0.5 -> 0.1 regressed, #3 0.2 -> 0.21 stayed
@@ -136,13 +171,18 @@ def test_two_evaluations_compare_example_by_example_with_the_change_in_win_rate_
     assert diff.candidate_key == f"run:{run.pk}" and diff.measure == "similarity"
     assert diff.counts == {"improved": 1, "regressed": 1, "stayed": 2} and (diff.only_a, diff.only_b) == (1, 2)
     assert [(r.input_text, r.outcome) for r in diff.rows] == [  # worst regression first
-        ("Where is order #2?", "regressed"), ("Where is order #0?", "stayed"), ("Where is order #3?", "stayed"),
-        ("Where is order #1?", "improved")]
+        ("Where is order #2?", "regressed"),
+        ("Where is order #0?", "stayed"),
+        ("Where is order #3?", "stayed"),
+        ("Where is order #1?", "improved"),
+    ]
     # wins on the shared items: before 1,1,0,0 (0.5); after 1,1,1,0 (0.75). Paired differences 0,0,1,0: a bootstrap
     # mean is k/4 with k ~ Binomial(4, 1/4), P(k=0) = 0.32 > 2.5% and P(k<=2) = 0.95 < 97.5% <= P(k<=3): 0 to 0.75.
     assert (diff.win.a, diff.win.b, diff.win.n) == (0.5, 0.75, 4)
     assert diff.win.change == pytest.approx(0.25) and (diff.win.low, diff.win.high) == (0.0, 0.75)
-    assert [r.position for r in selectors.compare_evaluations(a, b, sort="improvement").rows][0] == 6  # #1 in v2: after 2 train, 1 val, 2 new
+    assert [r.position for r in selectors.compare_evaluations(a, b, sort="improvement").rows][
+        0
+    ] == 6  # #1 in v2: after 2 train, 1 val, 2 new
 
     page = team.client("designer").get(f"/p/support/freshness/compare/?a={a.pk}&b={b.pk}").content.decode()
     assert 'id="count-regressed">1<' in page and "a change of <strong>0.25</strong>" in page
@@ -190,8 +230,9 @@ def test_the_pm_overview_asks_for_a_prompt_first_and_for_re_evaluation_once_data
 
 
 @pytest.mark.django_db(transaction=True)  # the task is queued on commit: a test transaction would never commit
-def test_reevaluate_wait_generates_the_same_candidates_on_the_new_version_and_compares_them(team, settings, tiny_model_dir,
-                                                                                            tmp_path, eager, capsys):
+def test_reevaluate_wait_generates_the_same_candidates_on_the_new_version_and_compares_them(
+    team, settings, tiny_model_dir, tmp_path, eager, capsys
+):
     from tests.eval_setup import make_evaluation
 
     old, run = make_evaluation(team, settings, tiny_model_dir, tmp_path, test_count=2)  # generated on v1
@@ -219,15 +260,21 @@ def test_where_both_evaluations_ran_the_automatic_checks_they_decide_what_improv
     a, b = evaluate(project, v1, rubric, run, user=team.pm), evaluate(project, v2, rubric, run, user=team.pm)
     fill(a, run, [0.5, 0.5, 0.5], [1, 0, 1])
     fill(b, run, [0.5, 0.5, 0.5], [1, 0, 1])  # the same similarity everywhere: only the checks can tell
-    replies = {a: ["Hi A, Friday. Warm regards", "Hi B. Warm regards", "nothing"],
-               b: ["Hi A, Monday. Warm regards", "Hi B. Warm regards", "Hi C, Friday. Warm regards"]}
+    replies = {
+        a: ["Hi A, Friday. Warm regards", "Hi B. Warm regards", "nothing"],
+        b: ["Hi A, Monday. Warm regards", "Hi B. Warm regards", "Hi C, Friday. Warm regards"],
+    }
     for evaluation, texts in replies.items():
         for item, text in zip(eval_selectors.eval_items(evaluation), texts, strict=True):
-            Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run", item=item).update(output=text)
+            Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run", item=item).update(
+                output=text
+            )
         eval_services.run_checks(evaluation.pk)
     diff = selectors.compare_evaluations(a, b, sort="position")
     assert diff.measure == "checks"
     assert [(r.score_a, r.score_b, r.outcome) for r in diff.rows] == [
-        (1.0, pytest.approx(2 / 3), "regressed"), (pytest.approx(2 / 3), pytest.approx(2 / 3), "stayed"),
-        (0.0, 1.0, "improved")]
+        (1.0, pytest.approx(2 / 3), "regressed"),
+        (pytest.approx(2 / 3), pytest.approx(2 / 3), "stayed"),
+        (0.0, 1.0, "improved"),
+    ]
     assert diff.win.change == 0 and (diff.win.low, diff.win.high) == (0.0, 0.0)  # every example judged alike twice

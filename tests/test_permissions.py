@@ -32,7 +32,9 @@ def _fill(route: str, slug: str) -> str:
         converter, name = match.group(1) or "str", match.group(2)
         if name == "slug":
             return slug
-        return "999999" if converter == "int" else ("00000000-0000-0000-0000-000000000000" if converter == "uuid" else "x")
+        return (
+            "999999" if converter == "int" else ("00000000-0000-0000-0000-000000000000" if converter == "uuid" else "x")
+        )
 
     return "/" + re.sub(r"<(?:(\w+):)?(\w+)>", sub, route)
 
@@ -62,8 +64,12 @@ def test_role_matrix(team, route, pattern):
         status = client.get(url).status_code
         if role_can(role, view.required_capability):
             assert status != 403, f"{role} should be allowed to GET {url}"
-            if re.fullmatch(r"/p/[\w-]+/(?:[\w-]+/)*", url) and url.count("999999") == 0 and "/x/" not in url \
-                    and "00000000-0000-0000-0000-000000000000" not in url:
+            if (
+                re.fullmatch(r"/p/[\w-]+/(?:[\w-]+/)*", url)
+                and url.count("999999") == 0
+                and "/x/" not in url
+                and "00000000-0000-0000-0000-000000000000" not in url
+            ):
                 assert status in (200, 302, 405), f"{role} GET {url} -> {status}"
         else:
             assert status == 403, f"{role} should get 403 on GET {url}, got {status}"

@@ -19,31 +19,61 @@ pytestmark = pytest.mark.django_db
 def house_version(project):
     """Train examples to pick from, three validation examples with a {customer} in the input, a test split."""
     ask = "Customer: {name}\nFacts: order #{n} ships {day}.\nMessage: where is my order?"
-    return make_dataset_version(project, {
-        "train": [conversation(ask.format(name="Ann", n=1, day="today"), "Hi Ann,\nOrder #1 ships today.\nWarm regards"),
-                  conversation(ask.format(name="Bo", n=2, day="Monday"), "Hi Bo,\nOrder #2 ships Monday.\nWarm regards")],
-        "val": [conversation(ask.format(name=name, n=n, day="Friday"), f"Hi {name},\nOrder #{n} ships Friday.\nWarm regards")
-                for name, n in (("Cy", 3), ("Di", 4), ("Ed", 5))],
-        "test": [conversation(ask.format(name="Fay", n=6, day="today"), "Hi Fay,\nOrder #6 ships today.\nWarm regards")],
-    })
+    return make_dataset_version(
+        project,
+        {
+            "train": [
+                conversation(ask.format(name="Ann", n=1, day="today"), "Hi Ann,\nOrder #1 ships today.\nWarm regards"),
+                conversation(ask.format(name="Bo", n=2, day="Monday"), "Hi Bo,\nOrder #2 ships Monday.\nWarm regards"),
+            ],
+            "val": [
+                conversation(
+                    ask.format(name=name, n=n, day="Friday"), f"Hi {name},\nOrder #{n} ships Friday.\nWarm regards"
+                )
+                for name, n in (("Cy", 3), ("Di", 4), ("Ed", 5))
+            ],
+            "test": [
+                conversation(ask.format(name="Fay", n=6, day="today"), "Hi Fay,\nOrder #6 ships today.\nWarm regards")
+            ],
+        },
+    )
 
 
 def checked_rubric(project):
-    return eval_services.create_rubric(project=project, name="House style", criteria=[
-        eval_services.CriterionSpec("Format", "greeting and sign-off", Scale.PASS_FAIL,
-                                    checks=[CheckSpec("starts_with", "Hi "), CheckSpec("ends_with", "Warm regards")]),
-        eval_services.CriterionSpec("Facts", "states the day", Scale.PASS_FAIL, checks=[CheckSpec("contains", "Friday")]),
-    ])
+    return eval_services.create_rubric(
+        project=project,
+        name="House style",
+        criteria=[
+            eval_services.CriterionSpec(
+                "Format",
+                "greeting and sign-off",
+                Scale.PASS_FAIL,
+                checks=[CheckSpec("starts_with", "Hi "), CheckSpec("ends_with", "Warm regards")],
+            ),
+            eval_services.CriterionSpec(
+                "Facts", "states the day", Scale.PASS_FAIL, checks=[CheckSpec("contains", "Friday")]
+            ),
+        ],
+    )
 
 
 def model():
-    return BaseModel.objects.get_or_create(name="m", defaults={"display_name": "M", "source_kind": "local", "source": "/x"})[0]
+    return BaseModel.objects.get_or_create(
+        name="m", defaults={"display_name": "M", "source_kind": "local", "source": "/x"}
+    )[0]
 
 
 def scored(project, version, texts, *, prompt="Reply in house style.", shots=(0,), rubric=None):
     """A prompt version scored on the given outputs, without a model (the scoring itself is what is tested)."""
-    pv = services.create_prompt_version(project=project, dataset_version=version, system_prompt=prompt,
-                                        shot_positions=list(shots), base_model=model(), rubric=rubric, enqueue=False)
+    pv = services.create_prompt_version(
+        project=project,
+        dataset_version=version,
+        system_prompt=prompt,
+        shot_positions=list(shots),
+        base_model=model(),
+        rubric=rubric,
+        enqueue=False,
+    )
     items = list(version.items.filter(split="val").order_by("position"))
     services.score_outputs(pv, items, texts)
     return services.finish_scoring(pv)
@@ -51,9 +81,16 @@ def scored(project, version, texts, *, prompt="Reply in house style.", shots=(0,
 
 def test_scoring_stores_each_output_with_its_similarity_and_checks_and_the_version_totals(team):
     version, rubric = house_version(team.project), checked_rubric(team.project)
-    pv = scored(team.project, version, ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards",  # all checks pass
-                                        "Hi Di,\nOrder #1 ships today.\nWarm regards",  # format right, facts copied
-                                        "order ships"], rubric=rubric)  # neither
+    pv = scored(
+        team.project,
+        version,
+        [
+            "Hi Cy,\nOrder #3 ships Friday.\nWarm regards",  # all checks pass
+            "Hi Di,\nOrder #1 ships today.\nWarm regards",  # format right, facts copied
+            "order ships",
+        ],
+        rubric=rubric,
+    )  # neither
     assert pv.number == 1 and pv.status == PromptStatus.SCORED and pv.total == 3
     outputs = list(PromptOutput.objects.filter(prompt_version=pv).order_by("item__position"))
     assert [o.passed_all for o in outputs] == [True, False, False]
@@ -68,8 +105,13 @@ def test_scoring_stores_each_output_with_its_similarity_and_checks_and_the_versi
 def test_versions_are_numbered_and_the_best_scored_one_is_the_evaluation_forms_default_baseline(team):
     version, rubric = house_version(team.project), checked_rubric(team.project)
     weak = scored(team.project, version, ["no", "no", "no"], prompt="Be brief.")
-    strong = scored(team.project, version, ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards"] * 3,
-                    prompt="Greet by name, state the facts, sign off.", shots=(1, 0))
+    strong = scored(
+        team.project,
+        version,
+        ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards"] * 3,
+        prompt="Greet by name, state the facts, sign off.",
+        shots=(1, 0),
+    )
     assert (weak.number, strong.number) == (1, 2)
     assert selectors.best_prompt_version(team.project) == strong
     html = team.client("pm").get("/p/support/evals/new/").content.decode()
@@ -77,19 +119,39 @@ def test_versions_are_numbered_and_the_best_scored_one_is_the_evaluation_forms_d
 
     from apps.evaluations.forms import EvaluationForm
 
-    form = EvaluationForm({"dataset_version": version.pk, "rubric": rubric.pk, "include_base": "on",
-                           "include_prompt": "on", "prompt_version": strong.pk, "few_shot": 2, "max_new_tokens": 32,
-                           "seed": 0, "reviewers_per_pair": 1}, project=team.project)
+    form = EvaluationForm(
+        {
+            "dataset_version": version.pk,
+            "rubric": rubric.pk,
+            "include_base": "on",
+            "include_prompt": "on",
+            "prompt_version": strong.pk,
+            "few_shot": 2,
+            "max_new_tokens": 32,
+            "seed": 0,
+            "reviewers_per_pair": 1,
+        },
+        project=team.project,
+    )
     assert form.is_valid(), form.errors
-    evaluation = eval_services.create_evaluation(project=team.project, dataset_version=version, rubric=rubric,
-                                                 candidates=form.candidates(), base_model=model(), enqueue=False)
+    evaluation = eval_services.create_evaluation(
+        project=team.project,
+        dataset_version=version,
+        rubric=rubric,
+        candidates=form.candidates(),
+        base_model=model(),
+        enqueue=False,
+    )
     baseline = evaluation.candidates.get(kind="prompt")
     assert baseline.system_prompt == strong.system_prompt and baseline.few_shot == 2
     # the baseline is asked with the version's chosen examples, in its order, not the split's first ones
-    asked = eval_services.candidate_messages(baseline, [{"role": "user", "content": "Q"}],
-                                             version.conversations("train")[::-1])
+    asked = eval_services.candidate_messages(
+        baseline, [{"role": "user", "content": "Q"}], version.conversations("train")[::-1]
+    )
     assert [m["content"] for m in asked if m["role"] == "assistant"] == [
-        "Hi Bo,\nOrder #2 ships Monday.\nWarm regards", "Hi Ann,\nOrder #1 ships today.\nWarm regards"]
+        "Hi Bo,\nOrder #2 ships Monday.\nWarm regards",
+        "Hi Ann,\nOrder #1 ships today.\nWarm regards",
+    ]
     assert isinstance(baseline, Candidate)
 
 
@@ -105,24 +167,42 @@ def test_bad_prompt_input_gets_a_clear_message_and_saves_nothing(team):
         with pytest.raises(services.PromptError, match=message):
             services.create_prompt_version(project=team.project, base_model=model(), enqueue=False, **kwargs)
     assert not PromptVersion.objects.exists()
-    page = team.client("designer").post("/p/support/prompts/", {
-        "dataset_version": version.pk, "system_prompt": "p", "shots": [0, 1, 3], "base_model": model().pk})
-    assert page.status_code == 200 and "Select a valid choice. 3 is not one of the available choices." in page.content.decode()
+    page = team.client("designer").post(
+        "/p/support/prompts/",
+        {"dataset_version": version.pk, "system_prompt": "p", "shots": [0, 1, 3], "base_model": model().pk},
+    )
+    assert (
+        page.status_code == 200
+        and "Select a valid choice. 3 is not one of the available choices." in page.content.decode()
+    )
     assert not PromptVersion.objects.exists()
 
 
-def test_a_designer_runs_a_prompt_from_the_page_and_sees_outputs_escaped_beside_the_ideal(team, django_capture_on_commit_callbacks):
+def test_a_designer_runs_a_prompt_from_the_page_and_sees_outputs_escaped_beside_the_ideal(
+    team, django_capture_on_commit_callbacks
+):
     version = house_version(team.project)
     client = team.client("designer")
     with django_capture_on_commit_callbacks() as callbacks:
-        response = client.post("/p/support/prompts/", {"dataset_version": version.pk, "system_prompt": "House style.",
-                                                        "shots": [1], "base_model": model().pk, "note": "first try"})
+        response = client.post(
+            "/p/support/prompts/",
+            {
+                "dataset_version": version.pk,
+                "system_prompt": "House style.",
+                "shots": [1],
+                "base_model": model().pk,
+                "note": "first try",
+            },
+        )
     pv = PromptVersion.objects.get()
     assert response.status_code == 302 and response["Location"] == "/p/support/prompts/v1/"
     assert len(callbacks) == 1 and pv.shot_positions == [1] and pv.created_by == team.designer
     assert 'hx-trigger="every 3s"' in client.get("/p/support/prompts/v1/").content.decode()  # polls while queued
-    services.score_outputs(pv, list(version.items.filter(split="val").order_by("position")),
-                           ["<script>alert(1)</script>", "Hi Di", "Hi Ed"])
+    services.score_outputs(
+        pv,
+        list(version.items.filter(split="val").order_by("position")),
+        ["<script>alert(1)</script>", "Hi Di", "Hi Ed"],
+    )
     services.finish_scoring(pv)
     html = client.get("/p/support/prompts/v1/").content.decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
@@ -156,9 +236,16 @@ def test_the_worker_task_generates_and_scores_every_validation_example_once(team
     from tests.eval_setup import register_tiny_model
 
     version, rubric = house_version(team.project), checked_rubric(team.project)
-    pv = services.create_prompt_version(project=team.project, dataset_version=version, system_prompt="House style.",
-                                        shot_positions=[0, 1], base_model=register_tiny_model(settings, tiny_model_dir),
-                                        rubric=rubric, max_new_tokens=6, enqueue=False)
+    pv = services.create_prompt_version(
+        project=team.project,
+        dataset_version=version,
+        system_prompt="House style.",
+        shot_positions=[0, 1],
+        base_model=register_tiny_model(settings, tiny_model_dir),
+        rubric=rubric,
+        max_new_tokens=6,
+        enqueue=False,
+    )
     assert score_prompt_version.delay(pv.pk).get() == "scored"
     pv.refresh_from_db()
     outputs = list(pv.outputs.all())

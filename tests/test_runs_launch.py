@@ -26,17 +26,21 @@ def launch(team, version, model, **kw):
     return services.launch_run(project=team.project, dataset_version=version, base_model=model, **kw)
 
 
-@pytest.mark.parametrize("overrides, field, message", [
-    ({"learning_rate": 5}, "learning_rate", "between"),
-    ({"lora_r": 0}, "lora_r", "between"),
-    ({"batch_size": 2.5}, "batch_size", "whole number"),
-    ({"epochs": "many"}, "epochs", "must be a number"),
-    ({"max_seq_length": 4096}, "max_seq_length", "over Tiny Llama's context length of 512"),
-    ({"target_modules": "q_proj,banana"}, "target_modules", "unknown: banana"),
-    ({"warp_speed": 9}, "warp_speed", "not a hyperparameter"),
-])
+@pytest.mark.parametrize(
+    "overrides, field, message",
+    [
+        ({"learning_rate": 5}, "learning_rate", "between"),
+        ({"lora_r": 0}, "lora_r", "between"),
+        ({"batch_size": 2.5}, "batch_size", "whole number"),
+        ({"epochs": "many"}, "epochs", "must be a number"),
+        ({"max_seq_length": 4096}, "max_seq_length", "over Tiny Llama's context length of 512"),
+        ({"target_modules": "q_proj,banana"}, "target_modules", "unknown: banana"),
+        ({"warp_speed": 9}, "warp_speed", "not a hyperparameter"),
+    ],
+)
 def test_out_of_range_hyperparameters_are_refused_naming_the_field_and_nothing_is_queued(
-        team, tiny_base_model, overrides, field, message):
+    team, tiny_base_model, overrides, field, message
+):
     version = small_version(team.project)
     with pytest.raises(services.LaunchError) as caught:
         launch(team, version, tiny_base_model, overrides=overrides)
@@ -82,24 +86,43 @@ def test_the_estimate_uses_the_measured_throughput_of_earlier_runs(team, tiny_ba
 def test_the_launch_page_shows_form_errors_and_queues_nothing_on_bad_input(team, tiny_base_model):
     version = small_version(team.project)
     client = team.client("pm")
-    page = client.post(f"/p/{team.project.slug}/runs/new/", {
-        "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "max_seq_length": 9999, "launch_without_prompt": "on"})
+    page = client.post(
+        f"/p/{team.project.slug}/runs/new/",
+        {
+            "dataset_version": version.pk,
+            "base_model": tiny_base_model.pk,
+            "preset": "quick",
+            "max_seq_length": 9999,
+            "launch_without_prompt": "on",
+        },
+    )
     assert page.status_code == 200
     assert "over Tiny Llama&#x27;s context length of 512" in page.content.decode()
     assert not Run.objects.exists()
 
 
-def test_the_launch_page_estimates_as_the_form_changes_and_launches_a_run(team, tiny_base_model,
-                                                                          django_capture_on_commit_callbacks):
+def test_the_launch_page_estimates_as_the_form_changes_and_launches_a_run(
+    team, tiny_base_model, django_capture_on_commit_callbacks
+):
     version = small_version(team.project)
     client = team.client("pm")
-    estimate = client.get(f"/p/{team.project.slug}/runs/estimate/", {
-        "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "epochs": 3},
-        headers={"HX-Request": "true"})
+    estimate = client.get(
+        f"/p/{team.project.slug}/runs/estimate/",
+        {"dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "epochs": 3},
+        headers={"HX-Request": "true"},
+    )
     assert 'id="estimate-steps">6<' in estimate.content.decode() and "<html" not in estimate.content.decode()
     with django_capture_on_commit_callbacks() as callbacks:
-        response = client.post(f"/p/{team.project.slug}/runs/new/", {
-            "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "balanced", "epochs": 1, "launch_without_prompt": "on"})
+        response = client.post(
+            f"/p/{team.project.slug}/runs/new/",
+            {
+                "dataset_version": version.pk,
+                "base_model": tiny_base_model.pk,
+                "preset": "balanced",
+                "epochs": 1,
+                "launch_without_prompt": "on",
+            },
+        )
     run = Run.objects.get()
     assert response.status_code == 302 and response["Location"] == run.get_absolute_url()
     assert run.preset == "balanced" and run.hyperparameters["epochs"] == 1 and run.created_by == team.pm
@@ -123,8 +146,20 @@ def test_only_a_pm_may_launch_or_cancel(team, tiny_base_model):
 @pytest.mark.django_db(transaction=True)
 def test_launch_run_command_waits_for_the_run_and_prints_its_id(team, tiny_base_model, eager, capsys):
     small_version(team.project)
-    call_command("launch_run", "--project", "support", "--dataset-version", "1", "--base-model", "tiny-llama",
-                 "--max-steps", "2", "--wait", "--poll", "0")
+    call_command(
+        "launch_run",
+        "--project",
+        "support",
+        "--dataset-version",
+        "1",
+        "--base-model",
+        "tiny-llama",
+        "--max-steps",
+        "2",
+        "--wait",
+        "--poll",
+        "0",
+    )
     out = capsys.readouterr()
     run = Run.objects.get()
     assert out.out.strip() == str(run.pk)
@@ -134,8 +169,9 @@ def test_launch_run_command_waits_for_the_run_and_prints_its_id(team, tiny_base_
         call_command("launch_run", "--project", "support", "--dataset-version", "2", "--base-model", "tiny-llama")
 
 
-def test_register_model_command_reads_the_model_and_refuses_a_folder_outside_the_roots(settings, tiny_model_dir,
-                                                                                     tmp_path):
+def test_register_model_command_reads_the_model_and_refuses_a_folder_outside_the_roots(
+    settings, tiny_model_dir, tmp_path
+):
     settings.FTSTUDIO_MODEL_ROOTS = [*settings.FTSTUDIO_MODEL_ROOTS, Path(tiny_model_dir).parent]
     out = io.StringIO()
     call_command("register_model", "tiny", str(tiny_model_dir), "--display-name", "Tiny", stdout=out)

@@ -26,8 +26,13 @@ DEAD_OWNER = "node-that-died:4242:1:deadbeef"
 
 
 def launch(team, tiny_base_model, **overrides):
-    return services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                               base_model=tiny_base_model, overrides={**FAST, **overrides}, user=team.pm)
+    return services.launch_run(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=tiny_base_model,
+        overrides={**FAST, **overrides},
+        user=team.pm,
+    )
 
 
 @pytest.fixture
@@ -50,14 +55,18 @@ def slow_model_load(monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_model_load_longer_than_the_staleness_limit_is_not_taken_over(team, tiny_base_model, settings,
-                                                                          slow_model_load):
+def test_a_model_load_longer_than_the_staleness_limit_is_not_taken_over(
+    team, tiny_base_model, settings, slow_model_load
+):
     """The issue's fault: loading took longer than the staleness limit and the reaper re-queued a live run."""
     settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS, settings.FTSTUDIO_HEARTBEAT_SECONDS = 2, 0.25
     run = launch(team, tiny_base_model)
     slow_model_load["seconds"] = 3.5
-    slow_model_load["during"] = lambda: (services.reap_stale_runs(), services.claim_run(run.pk, owner=DEAD_OWNER),
-                                         Run.objects.get(pk=run.pk).heartbeat_at)
+    slow_model_load["during"] = lambda: (
+        services.reap_stale_runs(),
+        services.claim_run(run.pk, owner=DEAD_OWNER),
+        Run.objects.get(pk=run.pk).heartbeat_at,
+    )
     started = timezone.now()
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     requeued, second_claim, heartbeat = slow_model_load["seen"]
@@ -100,12 +109,14 @@ def test_cancel_while_the_model_loads_stops_before_the_first_step(team, tiny_bas
 
 
 @pytest.mark.django_db
-def test_a_queued_run_whose_message_was_lost_is_sent_again_and_a_recent_one_is_not(team, tiny_base_model, eager,
-                                                                                    settings, django_capture_on_commit_callbacks):
+def test_a_queued_run_whose_message_was_lost_is_sent_again_and_a_recent_one_is_not(
+    team, tiny_base_model, eager, settings, django_capture_on_commit_callbacks
+):
     lost = launch(team, tiny_base_model)
     waiting = launch(team, tiny_base_model)
     Run.objects.filter(pk=lost.pk).update(
-        enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60))
+        enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60)
+    )
     assert 'id="resume-run"' in team.client("pm").get(lost.get_absolute_url()).content.decode()  # stranded
     with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits
         result = reap()
@@ -117,8 +128,9 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again_and_a_recent_one_is_n
 
 
 @pytest.mark.django_db
-def test_a_pm_resumes_a_failed_run_from_its_last_checkpoint(team, tiny_base_model, eager,
-                                                             django_capture_on_commit_callbacks):
+def test_a_pm_resumes_a_failed_run_from_its_last_checkpoint(
+    team, tiny_base_model, eager, django_capture_on_commit_callbacks
+):
     """The disk filled up after checkpoint-2: the run fails with a plain message; once space is freed the PM resumes
     it from the page and it finishes the same 4 steps."""
     run = launch(team, tiny_base_model)
@@ -219,15 +231,34 @@ def test_a_read_only_database_is_a_clear_page_and_a_clear_cli_error(team, tiny_b
         raise OperationalError("attempt to write a readonly database")
 
     monkeypatch.setattr(services, "launch_run", readonly)
-    response = team.client("pm").post("/p/support/runs/new/", {
-        "dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick", "name": "x", "launch_without_prompt": "on"})
+    response = team.client("pm").post(
+        "/p/support/runs/new/",
+        {
+            "dataset_version": version.pk,
+            "base_model": tiny_base_model.pk,
+            "preset": "quick",
+            "name": "x",
+            "launch_without_prompt": "on",
+        },
+    )
     body = response.content.decode()
     assert response.status_code == 503 and "read-only" in body and "Traceback" not in body
 
     import manage
 
-    monkeypatch.setattr("sys.argv", ["manage.py", "launch_run", "--project", "support", "--dataset-version",
-                                     str(version.number), "--base-model", tiny_base_model.name])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "manage.py",
+            "launch_run",
+            "--project",
+            "support",
+            "--dataset-version",
+            str(version.number),
+            "--base-model",
+            tiny_base_model.name,
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         manage.main()
     assert exit_info.value.code == 1

@@ -25,8 +25,12 @@ def test_the_shipped_model_learns_the_house_style_and_its_adapter_changes_its_ou
     assert 100_000_000 < base_model.parameter_count < 200_000_000 and base_model.context_length >= 2048
     demo = [e.messages for e in generate_examples(110, seed=3)]
     version = make_dataset_version(team.project, {"train": demo[:96], "val": demo[96:104], "test": demo[104:]})
-    run = services.launch_run(project=team.project, dataset_version=version, base_model=base_model, overrides={
-        "max_steps": 24, "batch_size": 4, "learning_rate": 0.002, "max_seq_length": 192, "save_steps": 100})
+    run = services.launch_run(
+        project=team.project,
+        dataset_version=version,
+        base_model=base_model,
+        overrides={"max_steps": 24, "batch_size": 4, "learning_rate": 0.002, "max_seq_length": 192, "save_steps": 100},
+    )
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     run.refresh_from_db()
     losses = list(run.metrics.filter(train_loss__isnull=False).order_by("step").values_list("train_loss", flat=True))
@@ -39,11 +43,14 @@ def test_the_shipped_model_learns_the_house_style_and_its_adapter_changes_its_ou
     held_out = demo[104]  # a test example: never trained on
     prompt = tokenizer.apply_chat_template(held_out[:-1], add_generation_prompt=True, return_tensors="pt")
     with torch.no_grad():
-        tuned = tokenizer.decode(model.generate(prompt, max_new_tokens=48, do_sample=False)[0, prompt.shape[1]:],
-                                 skip_special_tokens=True)
+        tuned = tokenizer.decode(
+            model.generate(prompt, max_new_tokens=48, do_sample=False)[0, prompt.shape[1] :], skip_special_tokens=True
+        )
         with model.disable_adapter():
-            base = tokenizer.decode(model.generate(prompt, max_new_tokens=48, do_sample=False)[0, prompt.shape[1]:],
-                                    skip_special_tokens=True)
+            base = tokenizer.decode(
+                model.generate(prompt, max_new_tokens=48, do_sample=False)[0, prompt.shape[1] :],
+                skip_special_tokens=True,
+            )
     assert tuned != base
     user = held_out[0]["content"]
     assert check_reply(tuned, user).greets_by_name, tuned  # "Hi <name>," as the house style says

@@ -23,8 +23,13 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def run(team, tiny_base_model):
-    return services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                               base_model=tiny_base_model, overrides=FAST, user=team.pm)
+    return services.launch_run(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=FAST,
+        user=team.pm,
+    )
 
 
 def test_a_run_trains_records_metrics_and_a_second_delivery_does_not_start_it_again(run, team):
@@ -32,7 +37,7 @@ def test_a_run_trains_records_metrics_and_a_second_delivery_does_not_start_it_ag
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.attempts == 1 and run.step == run.total_steps == 4
     assert run.heartbeat_at and run.tokens_per_second > 0 and run.final_val_loss is not None
-    assert (run.adapter_path and (services.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file())
+    assert run.adapter_path and (services.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
     steps = list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True))
     assert steps == [1, 2, 3, 4] and run.metrics.filter(val_loss__isnull=False).exists()
     assert train_run(run.pk) == "skipped"  # the duplicated message
@@ -83,17 +88,25 @@ def test_a_failure_stores_the_error_and_the_log_tail(run, tiny_base_model):
     assert "ModelSourceError" in run.log_tail
 
 
-def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(run, eager, settings, django_capture_on_commit_callbacks):
+def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(
+    run, eager, settings, django_capture_on_commit_callbacks
+):
     """A worker died after the checkpoint at step 2: the reaper re-queues it; it resumes and finishes 4 steps."""
     from worker.models import resolve_model_dir
     from worker.train import Hooks, TrainConfig, train
 
-    config = TrainConfig(model_dir=resolve_model_dir(services.model_spec_for(run.base_model)),
-                         output_dir=str(services.run_dir(run)), **{k: v for k, v in run.hyperparameters.items()
-                                                                   if k != "target_modules"})
+    config = TrainConfig(
+        model_dir=resolve_model_dir(services.model_spec_for(run.base_model)),
+        output_dir=str(services.run_dir(run)),
+        **{k: v for k, v in run.hyperparameters.items() if k != "target_modules"},
+    )
     seen = []
-    train(config, run.dataset_version.conversations("train"), [],
-          Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 3))
+    train(
+        config,
+        run.dataset_version.conversations("train"),
+        [],
+        Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 3),
+    )
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, attempts=1, heartbeat_at=stale, step=3)
     with django_capture_on_commit_callbacks(execute=True):  # the reaper sends once its transaction commits

@@ -30,8 +30,11 @@ STALE_SECONDS = 4
 
 
 def worker_env(tiny_model_dir, stale: int = STALE_SECONDS, **faults) -> dict:
-    env = {"FTSTUDIO_MODEL_ROOTS": str(Path(tiny_model_dir).parent), "FTSTUDIO_HEARTBEAT_STALE_SECONDS": str(stale),
-           "FTSTUDIO_HEARTBEAT_SECONDS": str(stale / 8)}
+    env = {
+        "FTSTUDIO_MODEL_ROOTS": str(Path(tiny_model_dir).parent),
+        "FTSTUDIO_HEARTBEAT_STALE_SECONDS": str(stale),
+        "FTSTUDIO_HEARTBEAT_SECONDS": str(stale / 8),
+    }
     if faults:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", str(REPO))])
         env.update({f"FTSTUDIO_FAULT_{k.upper()}": str(v) for k, v in faults.items()})
@@ -44,15 +47,24 @@ def wait_until_stale(heartbeat_at, stale: int = STALE_SECONDS) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_worker_s_run_resumes_from_its_checkpoint_and_finishes_the_same_steps(
-        team, tiny_base_model, tiny_model_dir, settings, tmp_path):
+    team, tiny_base_model, tiny_model_dir, settings, tmp_path
+):
     settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS = STALE_SECONDS
     env = worker_env(tiny_model_dir)
     version = small_version(team.project)
     with running_worker(tmp_path / "first", queues="gpu,default", extra_env=env) as worker:
-        run = services.launch_run(project=team.project, dataset_version=version, base_model=tiny_base_model,
-                                  overrides={"max_steps": 12, "batch_size": 4, "save_steps": 3, "max_seq_length": 128})
-        wait_for(lambda: Run.objects.filter(pk=run.pk, step__gte=4).exclude(checkpoint_path="").exists(), 180,
-                 worker, "a checkpoint")
+        run = services.launch_run(
+            project=team.project,
+            dataset_version=version,
+            base_model=tiny_base_model,
+            overrides={"max_steps": 12, "batch_size": 4, "save_steps": 3, "max_seq_length": 128},
+        )
+        wait_for(
+            lambda: Run.objects.filter(pk=run.pk, step__gte=4).exclude(checkpoint_path="").exists(),
+            180,
+            worker,
+            "a checkpoint",
+        )
         worker.kill()
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING and run.attempts == 1 and 4 <= run.step < 12
@@ -75,20 +87,35 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint_and_finishes_the_same
 
 @pytest.mark.django_db(transaction=True)
 def test_a_live_run_in_a_long_final_validation_is_not_taken_over_and_killed_there_finishes_without_training(
-        team, tiny_base_model, tiny_model_dir, settings, tmp_path):
+    team, tiny_base_model, tiny_model_dir, settings, tmp_path
+):
     """The issue's fault: the final validation lasted longer than the staleness limit, the reaper re-queued a live
     run and a second worker trained it alongside (5 steps of 4, checkpoint-5). Here the validation takes 8 batches
     of over a second with a 4 s limit: the heartbeat thread keeps the run fresh and the reaper leaves it alone.
     Killed there, it is resumed from checkpoint-4 and finished without training a fifth step."""
     settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS = STALE_SECONDS
-    version = make_dataset_version(team.project, {"train": support_conversations(16), "val": support_conversations(32, 50),
-                                                  "test": support_conversations(2, 90)})
+    version = make_dataset_version(
+        team.project,
+        {
+            "train": support_conversations(16),
+            "val": support_conversations(32, 50),
+            "test": support_conversations(2, 90),
+        },
+    )
     slow = worker_env(tiny_model_dir, validation_batch_seconds=1.2)
     with running_worker(tmp_path / "first", queues="gpu,default", extra_env=slow) as worker:
-        run = services.launch_run(project=team.project, dataset_version=version, base_model=tiny_base_model,
-                                  overrides={"max_steps": 4, "batch_size": 4, "save_steps": 2, "max_seq_length": 128})
-        wait_for(lambda: Run.objects.filter(pk=run.pk, step=4, phase="validating").exists(), 180, worker,
-                 "the final validation")
+        run = services.launch_run(
+            project=team.project,
+            dataset_version=version,
+            base_model=tiny_base_model,
+            overrides={"max_steps": 4, "batch_size": 4, "save_steps": 2, "max_seq_length": 128},
+        )
+        wait_for(
+            lambda: Run.objects.filter(pk=run.pk, step=4, phase="validating").exists(),
+            180,
+            worker,
+            "the final validation",
+        )
         validating_since = Run.objects.get(pk=run.pk).heartbeat_at
         time.sleep(STALE_SECONDS + 1)
         run.refresh_from_db()
@@ -116,10 +143,15 @@ def test_a_live_run_in_a_long_final_validation_is_not_taken_over_and_killed_ther
 
 @pytest.mark.django_db(transaction=True)
 def test_a_queued_run_whose_message_the_broker_lost_is_sent_again_by_the_reaper(
-        team, tiny_base_model, tiny_model_dir, settings, tmp_path):
+    team, tiny_base_model, tiny_model_dir, settings, tmp_path
+):
     settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 1
-    run = services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                              base_model=tiny_base_model, overrides=runs_setup.FAST)
+    run = services.launch_run(
+        project=team.project,
+        dataset_version=small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+    )
     purge_queues()  # the broker lost the message
     with running_worker(tmp_path / "worker", queues="gpu,default", extra_env=worker_env(tiny_model_dir)) as worker:
         time.sleep(1.5)
@@ -132,14 +164,19 @@ def test_a_queued_run_whose_message_the_broker_lost_is_sent_again_by_the_reaper(
 
 @pytest.mark.django_db(transaction=True)
 def test_an_evaluation_killed_mid_generation_is_resumed_by_the_reaper_keeping_finished_outputs(
-        team, tiny_model_dir, settings, tmp_path):
+    team, tiny_model_dir, settings, tmp_path
+):
     settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS = STALE_SECONDS
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     slow = worker_env(tiny_model_dir, generation_batch_seconds=3)
     with running_worker(tmp_path / "first", queues="gpu,default", extra_env=slow) as worker:
         eval_services.send_generation(evaluation)
-        wait_for(lambda: Evaluation.objects.filter(pk=evaluation.pk, done__gte=3).exists(), 180, worker,
-                 "the first candidate's outputs")
+        wait_for(
+            lambda: Evaluation.objects.filter(pk=evaluation.pk, done__gte=3).exists(),
+            180,
+            worker,
+            "the first candidate's outputs",
+        )
         worker.kill()  # during the second candidate's batch
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.GENERATING and evaluation.done == 3 and evaluation.attempts == 1
@@ -148,8 +185,12 @@ def test_an_evaluation_killed_mid_generation_is_resumed_by_the_reaper_keeping_fi
     with running_worker(tmp_path / "second", queues="gpu,default", extra_env=worker_env(tiny_model_dir)) as worker:
         wait_until_stale(evaluation.heartbeat_at)
         assert services.reap()["evaluations"] == [evaluation.pk]
-        wait_for(lambda: Evaluation.objects.get(pk=evaluation.pk).status != EvaluationStatus.GENERATING, 180, worker,
-                 "the resumed generation")
+        wait_for(
+            lambda: Evaluation.objects.get(pk=evaluation.pk).status != EvaluationStatus.GENERATING,
+            180,
+            worker,
+            "the resumed generation",
+        )
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.READY and evaluation.done == evaluation.total == 9
     assert evaluation.attempts == 2
@@ -159,7 +200,8 @@ def test_an_evaluation_killed_mid_generation_is_resumed_by_the_reaper_keeping_fi
 
 @pytest.mark.django_db(transaction=True)
 def test_a_deploy_s_sigterm_stops_the_run_at_a_checkpoint_and_the_next_worker_finishes_it_without_an_attempt(
-        team, tiny_base_model, tiny_model_dir, settings, tmp_path):
+    team, tiny_base_model, tiny_model_dir, settings, tmp_path
+):
     """`docker compose stop` sends SIGTERM: the run stops at the end of its step with a checkpoint of that step (no
     regular save is due), goes back to the queue with its attempt given back, and its message is sent again."""
     env = worker_env(tiny_model_dir)
@@ -167,9 +209,12 @@ def test_a_deploy_s_sigterm_stops_the_run_at_a_checkpoint_and_the_next_worker_fi
     worker = start_worker(tmp_path / "first" / "worker.log", extra_env=env)
     try:
         wait_for_ping(worker)
-        run = services.launch_run(project=team.project, dataset_version=small_version(team.project),
-                                  base_model=tiny_base_model,
-                                  overrides={"max_steps": 12, "batch_size": 4, "save_steps": 100, "max_seq_length": 128})
+        run = services.launch_run(
+            project=team.project,
+            dataset_version=small_version(team.project),
+            base_model=tiny_base_model,
+            overrides={"max_steps": 12, "batch_size": 4, "save_steps": 100, "max_seq_length": 128},
+        )
         wait_for(lambda: Run.objects.filter(pk=run.pk, step__gte=2).exists(), 180, worker, "two steps")
     finally:
         worker.stop()  # SIGTERM, then waits for the warm shutdown

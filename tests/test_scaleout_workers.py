@@ -27,23 +27,37 @@ tiny_base_model = runs_setup.tiny_base_model
 
 def node_env(node: Path, tiny_model_dir) -> dict:
     """A node's own disk: var dir (model cache, artifact cache) and media root; the rest is shared."""
-    return {**worker_env(tiny_model_dir), "FTSTUDIO_VAR_DIR": str(node / "var"), "FTSTUDIO_MEDIA_ROOT": str(node / "media"),
-            "CELERY_RESULT_BACKEND": django_settings.CELERY_RESULT_BACKEND}
+    return {
+        **worker_env(tiny_model_dir),
+        "FTSTUDIO_VAR_DIR": str(node / "var"),
+        "FTSTUDIO_MEDIA_ROOT": str(node / "media"),
+        "CELERY_RESULT_BACKEND": django_settings.CELERY_RESULT_BACKEND,
+    }
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_run_killed_on_one_node_is_finished_on_another_from_the_stored_checkpoint_and_its_adapter_is_evaluated_there(
-        team, tiny_base_model, tiny_model_dir, s3_artifacts, settings, tmp_path):
+    team, tiny_base_model, tiny_model_dir, s3_artifacts, settings, tmp_path
+):
     settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS = STALE_SECONDS
     first, second = tmp_path / "node-a", tmp_path / "node-b"
     version = small_version(team.project)
     with running_worker(first, extra_env=node_env(first, tiny_model_dir)) as worker:
-        short = services.launch_run(project=team.project, dataset_version=version, base_model=tiny_base_model,
-                                    overrides=runs_setup.FAST)
-        run = services.launch_run(project=team.project, dataset_version=version, base_model=tiny_base_model,
-                                  overrides={"max_steps": 12, "batch_size": 4, "save_steps": 3, "max_seq_length": 128})
-        wait_for(lambda: Run.objects.filter(pk=run.pk, step__gte=4).exclude(checkpoint_path="").exists(), 240,
-                 worker, "a stored checkpoint")
+        short = services.launch_run(
+            project=team.project, dataset_version=version, base_model=tiny_base_model, overrides=runs_setup.FAST
+        )
+        run = services.launch_run(
+            project=team.project,
+            dataset_version=version,
+            base_model=tiny_base_model,
+            overrides={"max_steps": 12, "batch_size": 4, "save_steps": 3, "max_seq_length": 128},
+        )
+        wait_for(
+            lambda: Run.objects.filter(pk=run.pk, step__gte=4).exclude(checkpoint_path="").exists(),
+            240,
+            worker,
+            "a stored checkpoint",
+        )
         worker.kill()
     short.refresh_from_db()
     run.refresh_from_db()
@@ -68,13 +82,23 @@ def test_a_run_killed_on_one_node_is_finished_on_another_from_the_stored_checkpo
         assert Path(run.adapter_path).is_relative_to(second / "media")
 
         evaluation = eval_services.create_evaluation(
-            project=team.project, dataset_version=make_version(team.project, 3), rubric=make_rubric(team.project),
-            base_model=tiny_base_model, enqueue=False, max_new_tokens=4, user=team.pm,
-            candidates=[eval_services.CandidateSpec("base"), eval_services.CandidateSpec("run", run_id=short.pk)])
+            project=team.project,
+            dataset_version=make_version(team.project, 3),
+            rubric=make_rubric(team.project),
+            base_model=tiny_base_model,
+            enqueue=False,
+            max_new_tokens=4,
+            user=team.pm,
+            candidates=[eval_services.CandidateSpec("base"), eval_services.CandidateSpec("run", run_id=short.pk)],
+        )
         eval_services.send_generation(evaluation)
-        wait_for(lambda: Evaluation.objects.get(pk=evaluation.pk).status not in {
-            EvaluationStatus.QUEUED, EvaluationStatus.GENERATING}, 240, worker,
-                 "the evaluation's outputs")
+        wait_for(
+            lambda: Evaluation.objects.get(pk=evaluation.pk).status
+            not in {EvaluationStatus.QUEUED, EvaluationStatus.GENERATING},
+            240,
+            worker,
+            "the evaluation's outputs",
+        )
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.READY, evaluation.error
     assert Generation.objects.filter(candidate__evaluation=evaluation, candidate__run=short).count() == 3

@@ -9,8 +9,14 @@ from tests.conftest import REPO
 
 def _check(env: dict, *args: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "CELERY_"))}
-    return subprocess.run([sys.executable, "manage.py", "check", *args], cwd=REPO, env={**base, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", *args],
+        cwd=REPO,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_debug_off_without_secret_key_refuses_to_start():
@@ -37,8 +43,11 @@ def test_bad_boolean_names_the_variable():
 
 
 def test_deploy_check_is_clean_with_production_settings():
-    env = {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "x" * 30 + "-a-long-random-production-secret-Q9z!",
-           "DJANGO_ALLOWED_HOSTS": "studio.example.com"}
+    env = {
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "x" * 30 + "-a-long-random-production-secret-Q9z!",
+        "DJANGO_ALLOWED_HOSTS": "studio.example.com",
+    }
     result = _check(env, "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNINGS" not in result.stdout + result.stderr

@@ -34,8 +34,11 @@ def receiver(settings):
 
 
 def add_endpoint(team, url: str, events=("fine_tuning.job.succeeded", "fine_tuning.job.cancelled")) -> str:
-    page = team.client("pm").post(f"/p/{team.project.slug}/settings/webhooks/", {"url": url, "events": list(events)},
-                                  follow=True).content.decode()
+    page = (
+        team.client("pm")
+        .post(f"/p/{team.project.slug}/settings/webhooks/", {"url": url, "events": list(events)}, follow=True)
+        .content.decode()
+    )
     found = re.search(r"signing secret: (whsec_[A-Za-z0-9+/=]+)", page)
     assert found, page
     return found.group(1)
@@ -43,8 +46,12 @@ def add_endpoint(team, url: str, events=("fine_tuning.job.succeeded", "fine_tuni
 
 def test_a_cancelled_job_is_delivered_signed_retried_after_a_500_and_resent(team, tiny_base_model, receiver, settings):
     secret = add_endpoint(team, receiver.url)
-    run = runs.launch_run(project=team.project, dataset_version=runs_setup.small_version(team.project),
-                          base_model=tiny_base_model, overrides=runs_setup.FAST)
+    run = runs.launch_run(
+        project=team.project,
+        dataset_version=runs_setup.small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+    )
     runs.cancel_run(run=run)  # queued: cancelled at once, the event fires when that commits
     delivery = WebhookDelivery.objects.get()
     assert tasks.deliver.apply(args=[delivery.pk]).get() == "pending"  # the receiver answered 500
@@ -101,7 +108,7 @@ def test_backoff_doubles_and_a_delivery_is_given_up_after_the_retry_window(team,
 
     receiver.answers = [503] * 5
     endpoint, _ = services.create_endpoint(project=team.project, url=receiver.url, events=["evaluation.ready"])
-    delivery, = services.emit(project_id=team.project.pk, event_type="evaluation.ready", event_key="e1", data={})
+    (delivery,) = services.emit(project_id=team.project.pk, event_type="evaluation.ready", event_key="e1", data={})
     WebhookDelivery.objects.filter(pk=delivery.pk).update(created_at=timezone.now() - timedelta(hours=25))
     assert tasks.deliver.apply(args=[delivery.pk]).get() == DeliveryStatus.FAILED
     delivery.refresh_from_db()
@@ -111,24 +118,34 @@ def test_backoff_doubles_and_a_delivery_is_given_up_after_the_retry_window(team,
 
 def test_only_public_http_urls_are_accepted_unless_private_ones_are_allowed(team, settings):
     settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = False
-    for url, why in (("ftp://example.com/x", "not an http(s) URL"), ("http://127.0.0.1:8000/admin", "127.0.0.1"),
-                     ("http://10.1.2.3/hook", "private"), ("http://169.254.169.254/latest/meta-data", "169.254"),
-                     ("http://[::1]/hook", "::1"), ("http://localhost/hook", "loopback"),
-                     ("https://user:pw@93.184.216.34/", "password")):
+    for url, why in (
+        ("ftp://example.com/x", "not an http(s) URL"),
+        ("http://127.0.0.1:8000/admin", "127.0.0.1"),
+        ("http://10.1.2.3/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data", "169.254"),
+        ("http://[::1]/hook", "::1"),
+        ("http://localhost/hook", "loopback"),
+        ("https://user:pw@93.184.216.34/", "password"),
+    ):
         with pytest.raises(services.WebhookError) as refused:
             services.check_url(url)
         assert why in str(refused.value), url
     assert services.check_url("https://93.184.216.34/hooks") == "https://93.184.216.34/hooks"
-    page = team.client("pm").post(f"/p/{team.project.slug}/settings/webhooks/",
-                                  {"url": "http://127.0.0.1/", "events": ["evaluation.ready"]}, follow=True)
+    page = team.client("pm").post(
+        f"/p/{team.project.slug}/settings/webhooks/",
+        {"url": "http://127.0.0.1/", "events": ["evaluation.ready"]},
+        follow=True,
+    )
     assert "private, loopback or reserved" in page.content.decode() and not team.project.webhook_endpoints.exists()
     with pytest.raises(services.WebhookError):
         services.create_endpoint(project=team.project, url="https://93.184.216.34/", events=["nope"])
 
-    endpoint, _ = services.create_endpoint(project=team.project, url="https://93.184.216.34/", events=["evaluation.ready"])
+    endpoint, _ = services.create_endpoint(
+        project=team.project, url="https://93.184.216.34/", events=["evaluation.ready"]
+    )
     endpoint.url = "http://127.0.0.1:9/"  # e.g. DNS now points inside: checked again before every send
     endpoint.save()
-    delivery, = services.emit(project_id=team.project.pk, event_type="evaluation.ready", event_key="e2", data={})
+    (delivery,) = services.emit(project_id=team.project.pk, event_type="evaluation.ready", event_key="e2", data={})
     assert services.deliver(delivery.pk) == DeliveryStatus.PENDING
     delivery.refresh_from_db()
     assert "private, loopback or reserved" in delivery.last_error and delivery.last_status_code is None
@@ -136,17 +153,24 @@ def test_only_public_http_urls_are_accepted_unless_private_ones_are_allowed(team
 
 def test_the_payload_is_json_of_the_event(team, receiver):
     secret = add_endpoint(team, receiver.url, events=["evaluation.reviewed"])
-    delivery, = services.emit(project_id=team.project.pk, event_type="evaluation.reviewed", event_key="r1",
-                              data={"id": "eval-1", "reviewer": "reviewer"})
+    (delivery,) = services.emit(
+        project_id=team.project.pk,
+        event_type="evaluation.reviewed",
+        event_key="r1",
+        data={"id": "eval-1", "reviewer": "reviewer"},
+    )
     receiver.answers = []
     services.deliver(delivery.pk)
     headers, body = receiver.requests[-1]
     assert json.loads(body) == Webhook(secret).verify(body, headers) == delivery.payload
-    openai.OpenAI(api_key="unused").webhooks.verify_signature(body.decode(), headers, secret=secret)  # OpenAI's check too
+    openai.OpenAI(api_key="unused").webhooks.verify_signature(
+        body.decode(), headers, secret=secret
+    )  # OpenAI's check too
 
 
-def test_evaluation_ready_and_reviewed_fire_from_generation_and_the_last_judgment(team, settings, tiny_model_dir,
-                                                                                   tmp_path, receiver):
+def test_evaluation_ready_and_reviewed_fire_from_generation_and_the_last_judgment(
+    team, settings, tiny_model_dir, tmp_path, receiver
+):
     from django.db import transaction
 
     from apps.evaluations import services as evaluations

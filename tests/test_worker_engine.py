@@ -72,15 +72,17 @@ def test_a_cancelled_row_leaves_the_batch_and_the_others_are_unchanged(tiny):
 def test_a_stop_string_ends_the_text_before_it(tiny):
     model, tokenizer = tiny
     full = tokenizer.decode(run_alone(model, tokenizer, PROMPTS[2], 16), skip_special_tokens=True)
-    stop = full[len(full) // 2:len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert len(stop) == 2, full
     runner = BatchRunner(model, tokenizer)
     sink = queue.SimpleQueue()
-    r = Request(prompt_ids=ids(tokenizer, PROMPTS[2]), params=SamplingParams(max_new_tokens=16, stop=(stop,)), sink=sink)
+    r = Request(
+        prompt_ids=ids(tokenizer, PROMPTS[2]), params=SamplingParams(max_new_tokens=16, stop=(stop,)), sink=sink
+    )
     runner.add(r)
     while runner.busy:
         runner.step()
-    assert r.finish_reason == "stop" and r.text == full[:full.index(stop)]
+    assert r.finish_reason == "stop" and r.text == full[: full.index(stop)]
     events = []
     while not sink.empty():
         events.append(sink.get())
@@ -96,8 +98,9 @@ def test_base_and_two_adapters_in_one_batch_write_what_each_writes_alone(tiny_mo
 
     torch.manual_seed(9)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_safetensors=True)
-    get_peft_model(base, LoraConfig(r=4, lora_alpha=64, target_modules=["k_proj", "o_proj"],
-                                    init_lora_weights=False)).save_pretrained(tmp_path / "second")
+    get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=64, target_modules=["k_proj", "o_proj"], init_lora_weights=False)
+    ).save_pretrained(tmp_path / "second")
     second = tmp_path / "second"
     expected = {}
     for adapter in (None, first, second):
@@ -110,9 +113,16 @@ def test_base_and_two_adapters_in_one_batch_write_what_each_writes_alone(tiny_mo
         sink = queue.SimpleQueue()
         submitted = {}
         for adapter in (None, first, second):
-            submitted[adapter] = [engine.submit(model_dir=str(tiny_model_dir), messages=p, sink=sink,
-                                                params=[SamplingParams(max_new_tokens=12)],
-                                                adapter_path=str(adapter) if adapter else None)[0] for p in PROMPTS]
+            submitted[adapter] = [
+                engine.submit(
+                    model_dir=str(tiny_model_dir),
+                    messages=p,
+                    sink=sink,
+                    params=[SamplingParams(max_new_tokens=12)],
+                    adapter_path=str(adapter) if adapter else None,
+                )[0]
+                for p in PROMPTS
+            ]
         done = 0
         while done < 9:
             if sink.get(timeout=60)[1] == "done":
@@ -131,8 +141,12 @@ def test_the_engine_refuses_what_it_cannot_serve(tiny_model_dir, tmp_path):
         assert too_long.value.code == "context_length_exceeded" and "512" in too_long.value.message
         (tmp_path / "broken").mkdir()
         with pytest.raises(EngineError) as missing:
-            engine.submit(model_dir=str(tiny_model_dir), messages=hi, params=[SamplingParams()],
-                          adapter_path=str(tmp_path / "broken"))
+            engine.submit(
+                model_dir=str(tiny_model_dir),
+                messages=hi,
+                params=[SamplingParams()],
+                adapter_path=str(tmp_path / "broken"),
+            )
         assert missing.value.status == 404 and "adapter_model.safetensors" in missing.value.message
         with pytest.raises(EngineError) as outside:
             engine.submit(model_dir="/etc", messages=hi, params=[SamplingParams()])

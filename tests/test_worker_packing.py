@@ -31,7 +31,9 @@ def test_an_example_packed_after_another_has_the_logits_it_has_alone(tiny_model_
     at = 0
     for feature, expected in zip(features, alone, strict=True):
         n = len(feature["input_ids"])
-        assert torch.allclose(packed[at:at + n], expected, atol=1e-4), float((packed[at:at + n] - expected).abs().max())
+        assert torch.allclose(packed[at : at + n], expected, atol=1e-4), float(
+            (packed[at : at + n] - expected).abs().max()
+        )
         at += n
 
 
@@ -43,11 +45,13 @@ def test_with_the_cache_on_packed_examples_would_see_each_other(tiny_model_dir, 
     features = train_features[:2]
     packed, alone = logits_packed_and_alone(trainer, features)
     first = len(features[0]["input_ids"])
-    second = packed[first:first + len(features[1]["input_ids"])]
+    second = packed[first : first + len(features[1]["input_ids"])]
     assert not torch.allclose(second, alone[1], atol=1e-4)
 
 
-def test_the_loss_from_the_labelled_positions_alone_is_the_models_loss_with_the_same_gradients(tiny_model_dir, tmp_path):
+def test_the_loss_from_the_labelled_positions_alone_is_the_models_loss_with_the_same_gradients(
+    tiny_model_dir, tmp_path
+):
     """Training computes vocabulary logits only where a label is learned (`worker.train.labelled_loss`): the loss
     and the LoRA gradients must equal those of the model's own loss over every position, and lm_head must see
     only the labelled positions (not the prompt, not the filler)."""
@@ -66,8 +70,11 @@ def test_the_loss_from_the_labelled_positions_alone_is_the_models_loss_with_the_
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     seen = []
-    hook = model.get_base_model().get_output_embeddings().register_forward_hook(
-        lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    hook = (
+        model.get_base_model()
+        .get_output_embeddings()
+        .register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    )
     try:
         ours, our_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=learned))
         assert seen == [learned]

@@ -14,9 +14,11 @@ from worker.train import Hooks, TrainConfig, train
 
 
 def conv(i: int) -> list[dict]:
-    return [{"role": "system", "content": "You are Lumo's support desk."},
-            {"role": "user", "content": f"Where is order #{100 + i}? " + "Please check. " * (i % 5)},
-            {"role": "assistant", "content": f"Hi Ann,\nOrder #{100 + i} ships today.\nWarm regards"}]
+    return [
+        {"role": "system", "content": "You are Lumo's support desk."},
+        {"role": "user", "content": f"Where is order #{100 + i}? " + "Please check. " * (i % 5)},
+        {"role": "assistant", "content": f"Hi Ann,\nOrder #{100 + i} ships today.\nWarm regards"},
+    ]
 
 
 TRAIN = [conv(i) for i in range(12)]
@@ -32,10 +34,12 @@ def test_loss_is_only_on_the_assistant_turn(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     messages = conv(3)
     feature = encode_conversation(tokenizer, messages, max_length=256)
-    learned = tokenizer.decode([t for t, label in zip(feature.input_ids, feature.labels, strict=True) if label != IGNORE_INDEX])
+    learned = tokenizer.decode(
+        [t for t, label in zip(feature.input_ids, feature.labels, strict=True) if label != IGNORE_INDEX]
+    )
     assert learned.startswith(messages[-1]["content"])
     assert "Where is order" not in learned and "support desk" not in learned
-    assert learned[len(messages[-1]["content"]):].strip() in {tokenizer.eos_token, "<|im_end|>"}
+    assert learned[len(messages[-1]["content"]) :].strip() in {tokenizer.eos_token, "<|im_end|>"}
 
 
 def test_a_conversation_without_an_assistant_turn_is_refused_with_the_reason(tiny_model_dir):
@@ -60,24 +64,32 @@ def test_padding_free_batches_keep_examples_apart_and_give_the_padded_loss(tiny_
     assert packed["input_ids"].shape[0] == rows_wanted
     assert padded["input_ids"].numel() > packed["input_ids"].numel()  # padding was needed, packing needs less
     with torch.no_grad():
-        out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"],
-                    use_cache=False)
+        out = model(
+            input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"], use_cache=False
+        )
         found = 0
         for f in features:
             alone = model(input_ids=torch.tensor([f.input_ids]), use_cache=False).logits[0]
             n = len(f.input_ids)
             for r in range(packed["input_ids"].shape[0]):  # find the example in its row
                 row = packed["input_ids"][r].tolist()
-                starts = [k for k in range(len(row) - n + 1) if row[k:k + n] == f.input_ids
-                          and packed["position_ids"][r, k] == 0]
+                starts = [
+                    k
+                    for k in range(len(row) - n + 1)
+                    if row[k : k + n] == f.input_ids and packed["position_ids"][r, k] == 0
+                ]
                 if starts:
                     k = starts[0]
-                    assert torch.allclose(out.logits[r, k:k + n], alone, atol=1e-4)
+                    assert torch.allclose(out.logits[r, k : k + n], alone, atol=1e-4)
                     found += 1
                     break
         assert found == len(features)
-        padded_loss = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
-                            labels=padded["labels"], use_cache=False).loss
+        padded_loss = model(
+            input_ids=padded["input_ids"],
+            attention_mask=padded["attention_mask"],
+            labels=padded["labels"],
+            use_cache=False,
+        ).loss
     assert out.loss.item() == pytest.approx(padded_loss.item(), rel=1e-4)
 
 
@@ -86,8 +98,12 @@ def test_training_saves_a_standard_peft_adapter_with_falling_loss_and_val_loss(t
     from transformers import AutoModelForCausalLM
 
     progress, metrics = [], []
-    result = train(config(tiny_model_dir, tmp_path, max_steps=8), TRAIN, VAL,
-                   Hooks(on_progress=progress.append, on_metric=metrics.append))
+    result = train(
+        config(tiny_model_dir, tmp_path, max_steps=8),
+        TRAIN,
+        VAL,
+        Hooks(on_progress=progress.append, on_metric=metrics.append),
+    )
     assert result.status == "succeeded" and result.global_step == 8 == result.total_steps
     losses = [m.train_loss for m in metrics if m.train_loss is not None]
     assert len(losses) == 8 and losses[-1] < losses[0]
@@ -116,8 +132,12 @@ def test_a_resumed_run_continues_from_its_checkpoint_to_the_same_result(tiny_mod
     straight = train(config(tiny_model_dir, tmp_path / "a"), TRAIN, VAL)
 
     seen = []
-    first = train(config(tiny_model_dir, tmp_path / "b"), TRAIN, VAL,
-                  Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 5))
+    first = train(
+        config(tiny_model_dir, tmp_path / "b"),
+        TRAIN,
+        VAL,
+        Hooks(on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 5),
+    )
     assert first.status == "cancelled"
     assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())[-1] == "checkpoint-4"
     # a worker killed while writing the next checkpoint leaves a folder without trainer_state.json (written last)
@@ -130,7 +150,8 @@ def test_a_resumed_run_continues_from_its_checkpoint_to_the_same_result(tiny_mod
     assert resumed.status == "succeeded" and resumed.global_step == straight.global_step == 6
     assert [m.step for m in resumed.history if m.train_loss is not None] == [5, 6]
     assert resumed.history[0].learning_rate == pytest.approx(
-        next(m.learning_rate for m in straight.history if m.step == 5 and m.train_loss is not None))
+        next(m.learning_rate for m in straight.history if m.step == 5 and m.train_loss is not None)
+    )
     assert resumed.final_val_loss == pytest.approx(straight.final_val_loss, rel=1e-3)
     assert (checkpoints / "checkpoint-6" / "trainer_state.json").is_file()  # saved again, whole
 
@@ -174,15 +195,22 @@ def test_cancel_asked_as_a_validation_pass_starts_stops_within_one_batch(tiny_mo
             batches.append(state.global_step)
 
     build_trainer = worker.train.build_trainer
-    monkeypatch.setattr(worker.train, "build_trainer", lambda *a, callbacks=(), **kw: build_trainer(
-        *a, callbacks=[CountValidationBatches(), *callbacks], **kw))
+    monkeypatch.setattr(
+        worker.train,
+        "build_trainer",
+        lambda *a, callbacks=(), **kw: build_trainer(*a, callbacks=[CountValidationBatches(), *callbacks], **kw),
+    )
 
     def on_metric(m):
         if m.step == 3 and m.train_loss is not None:
             cancel.append(True)
 
-    result = train(config(tiny_model_dir, tmp_path, max_steps=6, batch_size=4), TRAIN, [conv(50 + i) for i in range(8)],
-                   Hooks(on_metric=on_metric, should_cancel=lambda: bool(cancel)))
+    result = train(
+        config(tiny_model_dir, tmp_path, max_steps=6, batch_size=4),
+        TRAIN,
+        [conv(50 + i) for i in range(8)],
+        Hooks(on_metric=on_metric, should_cancel=lambda: bool(cancel)),
+    )
     assert result.status == "cancelled" and result.global_step == 3
     assert batches == [3]  # one validation batch, not the whole pass
     assert not any(m.val_loss is not None for m in result.history)
@@ -200,8 +228,12 @@ def test_a_pause_asked_as_a_validation_pass_starts_keeps_that_step_in_a_checkpoi
             pause.append(True)
 
     val = [conv(50 + i) for i in range(8)]
-    paused = train(config(tiny_model_dir, tmp_path, save_steps=100), TRAIN, val,
-                   Hooks(on_metric=on_metric, should_pause=lambda: bool(pause)))
+    paused = train(
+        config(tiny_model_dir, tmp_path, save_steps=100),
+        TRAIN,
+        val,
+        Hooks(on_metric=on_metric, should_pause=lambda: bool(pause)),
+    )
     assert paused.status == "paused" and paused.global_step == 3
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
     assert not (tmp_path / "run" / "adapter").exists()
@@ -214,8 +246,12 @@ def test_a_pause_stops_at_a_checkpoint_of_that_step_and_a_second_call_finishes_t
     """A worker shutting down: it stops at the end of step 3 with checkpoint-3 (saves are every 2 steps), without
     validating; the next call resumes from checkpoint-3 and trains steps 4-6 only."""
     seen = []
-    paused = train(config(tiny_model_dir, tmp_path), TRAIN, VAL,
-                   Hooks(on_progress=lambda p: seen.append(p.step), should_pause=lambda: bool(seen) and seen[-1] >= 3))
+    paused = train(
+        config(tiny_model_dir, tmp_path),
+        TRAIN,
+        VAL,
+        Hooks(on_progress=lambda p: seen.append(p.step), should_pause=lambda: bool(seen) and seen[-1] >= 3),
+    )
     assert paused.status == "paused" and paused.global_step == 3
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
     assert not (tmp_path / "run" / "adapter").exists() and not any(m.val_loss is not None for m in paused.history)

@@ -84,9 +84,28 @@ def start_worker(log_path: Path, queues: str = "gpu,default", extra_env: dict | 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "ftstudio", "worker", "-Q", queues, "--pool", "solo",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "ftstudio",
+                "worker",
+                "-Q",
+                queues,
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return WorkerProcess(process=process, log_path=log_path)
 
@@ -112,9 +131,11 @@ def worker_progress(worker: WorkerProcess) -> tuple:
     from apps.evaluations.models import Evaluation
     from apps.runs.models import Run
 
-    return (worker.log_path.stat().st_size if worker.log_path.exists() else 0,
-            tuple(Run.objects.order_by("pk").values_list("status", "step", "phase")),
-            tuple(Evaluation.objects.order_by("pk").values_list("status", "done")))
+    return (
+        worker.log_path.stat().st_size if worker.log_path.exists() else 0,
+        tuple(Run.objects.order_by("pk").values_list("status", "step", "phase")),
+        tuple(Evaluation.objects.order_by("pk").values_list("status", "done")),
+    )
 
 
 def wait_for(predicate, patience: float, worker: WorkerProcess, what: str):

@@ -55,7 +55,9 @@ class LocalStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ArtifactStoreConfigError(f"FTSTUDIO_ARTIFACTS_URL: cannot create the folder {self.root}: {exc}") from exc
+            raise ArtifactStoreConfigError(
+                f"FTSTUDIO_ARTIFACTS_URL: cannot create the folder {self.root}: {exc}"
+            ) from exc
 
     def put_dir(self, local: str | Path, key: str) -> None:
         target = self._path(key)
@@ -83,19 +85,37 @@ class LocalStore:
 class S3Store:
     """A bucket (and a key prefix in it) of an S3-compatible store, through boto3."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
-                 tries: int = 4, pause: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str | None = None,
+        tries: int = 4,
+        pause: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.endpoint_url, self.tries, self.pause, self.sleep = endpoint_url, tries, pause, sleep
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint_url or None, aws_access_key_id=access_key or None,
-            aws_secret_access_key=secret_key or None, region_name=region or "us-east-1",
-            config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                          s3={"addressing_style": "path"}))
+            "s3",
+            endpoint_url=endpoint_url or None,
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None,
+            region_name=region or "us-east-1",
+            config=Config(
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+            ),
+        )
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -123,8 +143,10 @@ class S3Store:
                 last = exc
             if attempt + 1 < self.tries:
                 self.sleep(self.pause * 2**attempt)
-        raise ArtifactStoreError(f"{what}: the store at {self.describe()} did not answer after {self.tries} tries "
-                                 f"({type(last).__name__}: {last})") from last
+        raise ArtifactStoreError(
+            f"{what}: the store at {self.describe()} did not answer after {self.tries} tries "
+            f"({type(last).__name__}: {last})"
+        ) from last
 
     def check(self) -> None:
         """Can this process read and write the bucket? Raises ArtifactStoreConfigError naming the variable."""
@@ -136,22 +158,28 @@ class S3Store:
         except NoCredentialsError as exc:
             raise ArtifactStoreConfigError(
                 "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set: the artifact store "
-                f"{self.describe()} (FTSTUDIO_ARTIFACTS_URL) needs credentials.") from exc
+                f"{self.describe()} (FTSTUDIO_ARTIFACTS_URL) needs credentials."
+            ) from exc
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if status == 404 or code in {"NoSuchBucket", "404"}:
                 raise ArtifactStoreConfigError(
                     f"FTSTUDIO_ARTIFACTS_URL names the bucket {self.bucket!r}, which does not exist at "
-                    f"{self.endpoint_url or 'AWS'}: create it or fix the URL.") from exc
+                    f"{self.endpoint_url or 'AWS'}: create it or fix the URL."
+                ) from exc
             if status in {401, 403} or code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}:
                 raise ArtifactStoreConfigError(
                     f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY were refused by {self.endpoint_url or 'AWS'} for the "
-                    f"bucket {self.bucket!r} ({code or status}): check the key pair and its rights on the bucket.") from exc
-            raise ArtifactStoreConfigError(f"FTSTUDIO_ARTIFACTS_URL: {self.describe()} answered {code or status}: {exc}") from exc
+                    f"bucket {self.bucket!r} ({code or status}): check the key pair and its rights on the bucket."
+                ) from exc
+            raise ArtifactStoreConfigError(
+                f"FTSTUDIO_ARTIFACTS_URL: {self.describe()} answered {code or status}: {exc}"
+            ) from exc
         except (BotoCoreError, OSError) as exc:
             raise ArtifactStoreConfigError(
-                f"AWS_ENDPOINT_URL: the artifact store {self.describe()} cannot be reached ({exc}).") from exc
+                f"AWS_ENDPOINT_URL: the artifact store {self.describe()} cannot be reached ({exc})."
+            ) from exc
 
     def put_dir(self, local: str | Path, key: str) -> None:
         local = Path(local)
@@ -160,10 +188,14 @@ class S3Store:
         files.sort(key=lambda p: p.name == "trainer_state.json")
         for path in files:
             name = f"{key}/{path.relative_to(local).as_posix()}"
-            self._retry(f"Uploading {path} to {name}",
-                        lambda path=path, name=name: self.client.upload_file(str(path), self.bucket, self._key(name)))
-        self._retry(f"Marking {key} complete",
-                    lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(f"{key}/{COMPLETE}"), Body=b""))
+            self._retry(
+                f"Uploading {path} to {name}",
+                lambda path=path, name=name: self.client.upload_file(str(path), self.bucket, self._key(name)),
+            )
+        self._retry(
+            f"Marking {key} complete",
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(f"{key}/{COMPLETE}"), Body=b""),
+        )
 
     def _list(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -172,7 +204,7 @@ class S3Store:
         def page():
             keys.clear()
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
-                keys.extend(item["Key"][len(base):] for item in page.get("Contents", []))
+                keys.extend(item["Key"][len(base) :] for item in page.get("Contents", []))
             return keys
 
         return list(self._retry(f"Listing {prefix}", page))
@@ -187,8 +219,12 @@ class S3Store:
         for name in names:
             target = partial / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._retry(f"Downloading {key}/{name}", lambda name=name, target=target: self.client.download_file(
-                self.bucket, self._key(f"{key}/{name}"), str(target)))
+            self._retry(
+                f"Downloading {key}/{name}",
+                lambda name=name, target=target: self.client.download_file(
+                    self.bucket, self._key(f"{key}/{name}"), str(target)
+                ),
+            )
         shutil.rmtree(local, ignore_errors=True)
         local.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, local)
@@ -196,15 +232,24 @@ class S3Store:
 
     def complete_dirs(self, prefix: str) -> list[str]:
         prefix = prefix.rstrip("/")
-        return sorted({f"{prefix}/{name.split('/')[0]}" for name in self._list(prefix)
-                       if name.count("/") == 1 and name.endswith("/" + COMPLETE)})
+        return sorted(
+            {
+                f"{prefix}/{name.split('/')[0]}"
+                for name in self._list(prefix)
+                if name.count("/") == 1 and name.endswith("/" + COMPLETE)
+            }
+        )
 
     def delete_prefix(self, prefix: str) -> None:
         keys = [self._key(f"{prefix.rstrip('/')}/{name}") for name in self._list(prefix)]
         for start in range(0, len(keys), 1000):
-            chunk = keys[start:start + 1000]
-            self._retry(f"Deleting {prefix}", lambda chunk=chunk: self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]}))
+            chunk = keys[start : start + 1000]
+            self._retry(
+                f"Deleting {prefix}",
+                lambda chunk=chunk: self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]}
+                ),
+            )
 
 
 Store = LocalStore | S3Store
@@ -228,9 +273,15 @@ def open_store(url: str, *, default_root: str | Path, env: Mapping[str, str] | N
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         if endpoint and urlparse(endpoint).scheme not in {"http", "https"}:
             raise ArtifactStoreConfigError(f"AWS_ENDPOINT_URL={endpoint!r} is not an http(s) URL.")
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint, access_key=env.get("AWS_ACCESS_KEY_ID"),
-                       secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                       region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"), **options)
+        return S3Store(
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=endpoint,
+            access_key=env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
+            **options,
+        )
     raise ArtifactStoreConfigError(f"FTSTUDIO_ARTIFACTS_URL={url!r}: use s3://bucket/prefix or file:///path.")
 
 

@@ -88,7 +88,9 @@ def placeholders(text: str) -> list[str]:
     try:
         return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
     except ValueError as exc:
-        raise CheckError(f"the braces in {text!r} do not parse ({exc}); write {{{{ and }}}} for literal braces") from exc
+        raise CheckError(
+            f"the braces in {text!r} do not parse ({exc}); write {{{{ and }}}} for literal braces"
+        ) from exc
 
 
 def validate(spec: CheckSpec) -> None:
@@ -133,8 +135,11 @@ def input_fields(messages: list[dict], metadata: Mapping | None = None) -> dict[
     """Fields for ``{field}`` placeholders: the example's metadata (text and number values), then every
     ``Key: value`` line of the input's user turns (keys lower-cased, spaces as underscores), which win.
     The demo's input carries ``Customer: Ann`` and its metadata ``{"customer": "Ann"}``: ``{customer}``."""
-    fields = {str(k).lower(): str(v) for k, v in (metadata or {}).items()
-              if isinstance(v, str | int | float) and not isinstance(v, bool)}
+    fields = {
+        str(k).lower(): str(v)
+        for k, v in (metadata or {}).items()
+        if isinstance(v, str | int | float) and not isinstance(v, bool)
+    }
     for message in messages:
         if message.get("role") != "user":
             continue
@@ -153,8 +158,14 @@ def fill(text: str, fields: Mapping[str, str]) -> str:
     return text.format_map(dict(fields))
 
 
-def run_check(spec: CheckSpec, output: str, *, fields: Mapping[str, str] | None = None, ideal: str = "",
-              similarity: float | None = None) -> CheckResult:
+def run_check(
+    spec: CheckSpec,
+    output: str,
+    *,
+    fields: Mapping[str, str] | None = None,
+    ideal: str = "",
+    similarity: float | None = None,
+) -> CheckResult:
     """Run one check on one output. ``similarity`` is the output's token F1 against ``ideal`` (required
     for the similarity check). A check that cannot be evaluated on this output (a placeholder the input
     lacks, a regex timeout) fails, with the reason."""
@@ -163,8 +174,12 @@ def run_check(spec: CheckSpec, output: str, *, fields: Mapping[str, str] | None 
     try:
         if spec.kind in ("starts_with", "ends_with", "contains", "not_contains"):
             wanted = fill(spec.text, fields)
-            found = {"starts_with": text.startswith(wanted), "ends_with": text.endswith(wanted),
-                     "contains": wanted in text, "not_contains": wanted not in text}[spec.kind]
+            found = {
+                "starts_with": text.startswith(wanted),
+                "ends_with": text.endswith(wanted),
+                "contains": wanted in text,
+                "not_contains": wanted not in text,
+            }[spec.kind]
             return CheckResult(found, f"{KINDS[spec.kind]} {wanted!r}: {'yes' if found else 'no'}")
         if spec.kind == "regex":
             try:
@@ -173,7 +188,9 @@ def run_check(spec: CheckSpec, output: str, *, fields: Mapping[str, str] | None 
                 return CheckResult(False, f"the regular expression took over {REGEX_TIMEOUT_S:g} s on this output")
             return CheckResult(match is not None, f"matched {match.group(0)[:60]!r}" if match else "no match")
         if spec.kind == "max_sentences":
-            n = len(_SENTENCE_END.findall(text)) + (1 if text and text[-1] not in ".!?" else 0)  # a trailing fragment counts
+            n = len(_SENTENCE_END.findall(text)) + (
+                1 if text and text[-1] not in ".!?" else 0
+            )  # a trailing fragment counts
             return CheckResult(n <= spec.number, f"{n} sentence{'s' * (n != 1)} (at most {spec.number:g})")
         if spec.kind == "max_words":
             n = len(text.split())

@@ -57,8 +57,9 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> Fea
     if not any(m.get("role") == "assistant" and (m.get("content") or "").strip() for m in messages):
         raise DataError("has no assistant turn to learn from")
     text, spans = assistant_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
-                        max_length=max_length)
+    encoded = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length
+    )
     labels = []
     for token_id, (start, _end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
         inside = any(a <= start < b for a, b in spans)
@@ -113,9 +114,9 @@ class PackedRowsCollator:
             at = 0
             for i in sorted(members):
                 n = lengths[i]
-                input_ids[r, at:at + n] = torch.tensor(features[i]["input_ids"])
-                labels[r, at + 1:at + n] = torch.tensor(features[i]["labels"][1:])
-                position_ids[r, at:at + n] = torch.arange(n)
+                input_ids[r, at : at + n] = torch.tensor(features[i]["input_ids"])
+                labels[r, at + 1 : at + n] = torch.tensor(features[i]["labels"][1:])
+                position_ids[r, at : at + n] = torch.arange(n)
                 at += n
             position_ids[r, at:] = torch.arange(width - at)
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "real_tokens": sum(lengths)}

@@ -52,8 +52,15 @@ class SamplingParams:
 class EngineError(Exception):
     """A request the engine refuses; ``status``/``code``/``param`` map onto OpenAI's error object."""
 
-    def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        code: str | None = None,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.message, self.status, self.code, self.param, self.kind = message, status, code, param, kind
 
@@ -160,8 +167,19 @@ class BatchRunner:
     # --- decoding ---------------------------------------------------------------------------------
     def _forward(self, requests, input_ids, mask, positions, cache):
         def call(**adapters):
-            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                              use_cache=True, **self.extra, **adapters).logits[:, -1, :].float()
+            return (
+                self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **self.extra,
+                    **adapters,
+                )
+                .logits[:, -1, :]
+                .float()
+            )
 
         if not self.named_adapters:
             return call()
@@ -195,8 +213,8 @@ class BatchRunner:
         ids = torch.full((len(newcomers), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(newcomers), width), dtype=torch.long)
         for i, r in enumerate(newcomers):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            mask[i, width - len(r.prompt_ids):] = 1
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, width - len(r.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = mask.cumsum(-1) - 1
         positions.masked_fill_(mask == 0, 1)  # as generate does; padded positions are masked anyway
@@ -232,10 +250,10 @@ class BatchRunner:
         from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
         chosen = logits.argmax(dim=-1).tolist()
-        for j, r in enumerate(self.rows[-len(chosen):] if len(chosen) != len(self.rows) else self.rows):
+        for j, r in enumerate(self.rows[-len(chosen) :] if len(chosen) != len(self.rows) else self.rows):
             if r.params.greedy:
                 continue
-            scores = logits[j:j + 1]
+            scores = logits[j : j + 1]
             if r.params.temperature != 1.0:
                 scores = TemperatureLogitsWarper(r.params.temperature)(None, scores)
             if r.params.top_p < 1.0:
@@ -286,7 +304,7 @@ class BatchRunner:
         if text.endswith("\ufffd"):  # half of a multi-byte character
             safe = min(safe, len(text) - 1)
         if safe > r.sent:
-            r._emit("delta", text[r.sent:safe])
+            r._emit("delta", text[r.sent : safe])
             r.sent = safe
         return None
 
@@ -294,7 +312,7 @@ class BatchRunner:
         r.finish_reason = reason
         r.finished_at = time.perf_counter()
         if len(r.text) > r.sent and reason != "cancelled":
-            r._emit("delta", r.text[r.sent:])
+            r._emit("delta", r.text[r.sent :])
             r.sent = len(r.text)
         r._emit("done", reason)
         return r
@@ -349,8 +367,15 @@ def adapter_problem(path: str) -> str | None:
 class Engine:
     """Keeps base models loaded and an LRU of adapters; one thread steps every model with work."""
 
-    def __init__(self, *, max_batch: int = 32, max_adapters: int = 8, max_queue: int = 256,
-                 allowed_roots: Sequence[str] = (), device: str = "cpu") -> None:
+    def __init__(
+        self,
+        *,
+        max_batch: int = 32,
+        max_adapters: int = 8,
+        max_queue: int = 256,
+        allowed_roots: Sequence[str] = (),
+        device: str = "cpu",
+    ) -> None:
         self.max_batch, self.max_adapters, self.max_queue = max_batch, max_adapters, max_queue
         self.allowed_roots = tuple(str(Path(r).resolve()) for r in allowed_roots)
         self.device = device
@@ -368,8 +393,12 @@ class Engine:
     def _check_root(self, path: str, what: str) -> str:
         resolved = Path(path).resolve()
         if self.allowed_roots and not any(resolved.is_relative_to(root) for root in self.allowed_roots):
-            raise EngineError(f"The {what} lies outside this inference process's roots.", status=403,
-                              code="forbidden_path", kind="permission_error")
+            raise EngineError(
+                f"The {what} lies outside this inference process's roots.",
+                status=403,
+                code="forbidden_path",
+                kind="permission_error",
+            )
         return str(resolved)
 
     def _base(self, model_dir: str) -> _Base:
@@ -389,16 +418,21 @@ class Engine:
             return base.adapters[adapter_path]
         problem = adapter_problem(adapter_path)
         if problem:
-            raise EngineError(f"This model cannot be served: {problem}.", status=404, code="model_not_found",
-                              param="model")
+            raise EngineError(
+                f"This model cannot be served: {problem}.", status=404, code="model_not_found", param="model"
+            )
         name = "a" + hashlib.sha1(adapter_path.encode()).hexdigest()[:12]
         runner = base.runner
         in_use = {r.adapter for r in runner.rows + runner.waiting}
         while len(base.adapters) >= self.max_adapters:
             victim = next((p for p, n in base.adapters.items() if n not in in_use), None)
             if victim is None:
-                raise EngineError("Every adapter slot is busy; try again shortly.", status=429,
-                                  code="engine_busy", kind="rate_limit_error")
+                raise EngineError(
+                    "Every adapter slot is busy; try again shortly.",
+                    status=429,
+                    code="engine_busy",
+                    kind="rate_limit_error",
+                )
             runner.model.delete_adapter(base.adapters.pop(victim))
         if not runner.named_adapters:
             from peft import PeftModel
@@ -419,9 +453,17 @@ class Engine:
         text = render_prompt(base.tokenizer, messages)
         return base.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def submit(self, *, model_dir: str, messages: list[dict], params: Sequence[SamplingParams],
-               adapter_path: str | None = None, client: str | None = None, client_limit: int = 0,
-               sink: queue.SimpleQueue | None = None) -> list[Request]:
+    def submit(
+        self,
+        *,
+        model_dir: str,
+        messages: list[dict],
+        params: Sequence[SamplingParams],
+        adapter_path: str | None = None,
+        client: str | None = None,
+        client_limit: int = 0,
+        sink: queue.SimpleQueue | None = None,
+    ) -> list[Request]:
         """Admit one request per ``params`` (OpenAI's ``n``) or raise EngineError; they join the batch at once."""
         from worker.generate import render_prompt
 
@@ -432,23 +474,35 @@ class Engine:
         with self._lock:
             base = self._base(model_dir)
             if client_limit and self._active.get(client, 0) + len(params) > client_limit:
-                raise EngineError(f"This key already has {self._active.get(client, 0)} requests running; "
-                                  f"the limit is {client_limit} at a time.", status=429,
-                                  code="rate_limit_exceeded", kind="rate_limit_error")
+                raise EngineError(
+                    f"This key already has {self._active.get(client, 0)} requests running; "
+                    f"the limit is {client_limit} at a time.",
+                    status=429,
+                    code="rate_limit_exceeded",
+                    kind="rate_limit_error",
+                )
             runner = base.runner
             if len(runner.rows) + len(runner.waiting) + len(params) > self.max_queue:
-                raise EngineError("The inference queue is full; try again shortly.", status=429,
-                                  code="queue_full", kind="rate_limit_error")
+                raise EngineError(
+                    "The inference queue is full; try again shortly.",
+                    status=429,
+                    code="queue_full",
+                    kind="rate_limit_error",
+                )
             ids = base.tokenizer(render_prompt(base.tokenizer, messages), add_special_tokens=False)["input_ids"]
             longest = max(p.max_new_tokens for p in params)
             if len(ids) + longest > base.context_length:
                 raise EngineError(
                     f"This model's context is {base.context_length} tokens; the messages take {len(ids)} and "
                     f"max_tokens asks for {longest} more. Shorten the messages or lower max_tokens.",
-                    code="context_length_exceeded", param="messages")
+                    code="context_length_exceeded",
+                    param="messages",
+                )
             adapter = self._adapter_name(base, adapter_path) if adapter_path else None
-            requests = [Request(prompt_ids=list(ids), params=p, adapter=adapter, index=i, sink=sink, client=client)
-                        for i, p in enumerate(params)]
+            requests = [
+                Request(prompt_ids=list(ids), params=p, adapter=adapter, index=i, sink=sink, client=client)
+                for i, p in enumerate(params)
+            ]
             for r in requests:
                 runner.add(r)
             self._active[client] = self._active.get(client, 0) + len(requests)
@@ -488,8 +542,14 @@ class Engine:
     def stats(self) -> dict:
         with self._lock:
             return {
-                "models": {Path(k).name: {"running": len(b.runner.rows), "waiting": len(b.runner.waiting),
-                                          "adapters": len(b.adapters)} for k, b in self._bases.items()},
+                "models": {
+                    Path(k).name: {
+                        "running": len(b.runner.rows),
+                        "waiting": len(b.runner.waiting),
+                        "adapters": len(b.adapters),
+                    }
+                    for k, b in self._bases.items()
+                },
                 "running": sum(len(b.runner.rows) for b in self._bases.values()),
                 "waiting": sum(len(b.runner.waiting) for b in self._bases.values()),
                 "finished": self.finished_count,

@@ -75,19 +75,23 @@ def portable_adapter_config(adapter_dir: str | Path, base_model_id: str) -> dict
 
 
 def _adapter_readme(base_model_id: str) -> str:
-    return (f"---\nbase_model: {base_model_id}\nlibrary_name: peft\n---\n\n"
-            f"# LoRA adapter for {base_model_id}\n\nExported by Fine-Tuning Studio.\n\n```python\n"
-            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
-            f"base = AutoModelForCausalLM.from_pretrained({base_model_id!r})\n"
-            "model = PeftModel.from_pretrained(base, 'path/to/this/folder')\n```\n")
+    return (
+        f"---\nbase_model: {base_model_id}\nlibrary_name: peft\n---\n\n"
+        f"# LoRA adapter for {base_model_id}\n\nExported by Fine-Tuning Studio.\n\n```python\n"
+        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+        f"base = AutoModelForCausalLM.from_pretrained({base_model_id!r})\n"
+        "model = PeftModel.from_pretrained(base, 'path/to/this/folder')\n```\n"
+    )
 
 
 def adapter_files(adapter_dir: str | Path, base_model_id: str) -> dict[str, bytes]:
     """The portable adapter's files by name: the rewritten config, the weights as they are, a model card."""
     folder = check_adapter_dir(adapter_dir)
-    return {"adapter_config.json": json.dumps(portable_adapter_config(folder, base_model_id), indent=2).encode(),
-            "adapter_model.safetensors": (folder / "adapter_model.safetensors").read_bytes(),
-            "README.md": _adapter_readme(base_model_id).encode()}
+    return {
+        "adapter_config.json": json.dumps(portable_adapter_config(folder, base_model_id), indent=2).encode(),
+        "adapter_model.safetensors": (folder / "adapter_model.safetensors").read_bytes(),
+        "README.md": _adapter_readme(base_model_id).encode(),
+    }
 
 
 def export_adapter(adapter_dir: str | Path, out: str | Path, *, base_model_id: str) -> ExportResult:
@@ -107,7 +111,9 @@ def export_adapter(adapter_dir: str | Path, out: str | Path, *, base_model_id: s
 
 
 # --- (b) merged safetensors --------------------------------------------------------------------------
-def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, *, base_model_id: str) -> ExportResult:
+def merge_adapter(
+    base_dir: str | Path, adapter_dir: str | Path, out: str | Path, *, base_model_id: str
+) -> ExportResult:
     """Merge the adapter into the base weights; write a safetensors HF folder (model, tokenizer, generation config)."""
     import torch
     from peft import PeftModel
@@ -129,7 +135,8 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(
         f"---\nbase_model: {base_model_id}\nlibrary_name: transformers\n---\n\n# {base_model_id} + LoRA (merged)\n\n"
-        "Exported by Fine-Tuning Studio: the fine-tuned adapter merged into the base model's weights.\n")
+        "Exported by Fine-Tuning Studio: the fine-tuned adapter merged into the base model's weights.\n"
+    )
     if target.exists():
         target.rmdir()
     tmp.rename(target)
@@ -145,8 +152,11 @@ def permute_qk(weights, n_head: int, n_head_kv: int | None = None):
     K uses the number of KV heads (grouped-query attention). transformers' GGUF loader applies the inverse.
     """
     heads = n_head_kv if n_head_kv is not None and n_head != n_head_kv else n_head
-    return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def gguf_tokenizer_settings(gguf_path: str | Path) -> dict:
@@ -164,11 +174,19 @@ def gguf_tokenizer_settings(gguf_path: str | Path) -> dict:
         return fields[key].contents() if key in fields else None
 
     keys = gguf.Keys.Tokenizer
-    id_keys = {"bos": keys.BOS_ID, "eos": keys.EOS_ID, "unk": keys.UNK_ID, "sep": keys.SEP_ID, "pad": keys.PAD_ID,
-               "mask": keys.MASK_ID}
-    return {"pre": value(keys.PRE),
-            "ids": {t: value(key) for t, key in id_keys.items() if value(key) is not None},
-            "add": {t: value(key) for t, key in (("bos", keys.ADD_BOS), ("eos", keys.ADD_EOS)) if value(key) is not None}}
+    id_keys = {
+        "bos": keys.BOS_ID,
+        "eos": keys.EOS_ID,
+        "unk": keys.UNK_ID,
+        "sep": keys.SEP_ID,
+        "pad": keys.PAD_ID,
+        "mask": keys.MASK_ID,
+    }
+    return {
+        "pre": value(keys.PRE),
+        "ids": {t: value(key) for t, key in id_keys.items() if value(key) is not None},
+        "add": {t: value(key) for t, key in (("bos", keys.ADD_BOS), ("eos", keys.ADD_EOS)) if value(key) is not None},
+    }
 
 
 def _vocab(model_dir: Path, vocab_size: int):
@@ -181,9 +199,11 @@ def _vocab(model_dir: Path, vocab_size: int):
         raise ExportError(f"{model_dir} has no tokenizer.json: GGUF export needs a fast (tokenizers) tokenizer.")
     kind = json.loads(tokenizer_json.read_text()).get("model", {}).get("type")
     if kind != "BPE":
-        raise ExportError(f"GGUF export supports byte-level BPE tokenizers (GPT-2 style); {model_dir.name} uses "
-                          f"{kind or 'an unknown'} tokenizer. Export the merged folder and convert it with llama.cpp's "
-                          "convert_hf_to_gguf.py instead.")
+        raise ExportError(
+            f"GGUF export supports byte-level BPE tokenizers (GPT-2 style); {model_dir.name} uses "
+            f"{kind or 'an unknown'} tokenizer. Export the merged folder and convert it with llama.cpp's "
+            "convert_hf_to_gguf.py instead."
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     by_id = {i: token for token, i in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder
@@ -201,8 +221,15 @@ def _vocab(model_dir: Path, vocab_size: int):
     return tokenizer, tokens, types
 
 
-def write_gguf(model_dir: str | Path, out_file: str | Path, *, quant: str = "f16", name: str = "",
-               base_model_id: str = "", source_gguf: str | Path | None = None) -> Path:
+def write_gguf(
+    model_dir: str | Path,
+    out_file: str | Path,
+    *,
+    quant: str = "f16",
+    name: str = "",
+    base_model_id: str = "",
+    source_gguf: str | Path | None = None,
+) -> Path:
     """Write a Llama-architecture safetensors folder as GGUF (``quant``: f16 or q8_0; 1-D tensors stay f32).
 
     ``source_gguf``: the GGUF the base model was converted from, whose tokenizer settings win (see
@@ -218,8 +245,10 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, *, quant: str = "f16
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     if config.get("model_type") != "llama":
-        raise ExportError(f"GGUF export supports Llama-architecture models; this one is {config.get('model_type')!r}. "
-                          "Export the merged folder and convert it with llama.cpp's convert_hf_to_gguf.py.")
+        raise ExportError(
+            f"GGUF export supports Llama-architecture models; this one is {config.get('model_type')!r}. "
+            "Export the merged folder and convert it with llama.cpp's convert_hf_to_gguf.py."
+        )
     rope_scaling = config.get("rope_scaling")
     if rope_scaling and (rope_scaling.get("rope_type") or rope_scaling.get("type")) != "linear":
         raise ExportError(f"GGUF export does not handle rope_scaling {rope_scaling!r} yet (only linear).")
@@ -292,8 +321,11 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, *, quant: str = "f16
                 if data.ndim == 1:
                     writer.add_tensor(gguf_name, data)
                 elif quant == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
-                    writer.add_tensor(gguf_name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                    writer.add_tensor(
+                        gguf_name,
+                        gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
+                        raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+                    )
                 else:  # f16, and rows that do not divide into q8_0 blocks of 32 (as llama.cpp's converter does)
                     writer.add_tensor(gguf_name, data.astype(np.float16))
     writer.write_header_to_file()
@@ -307,7 +339,7 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, *, quant: str = "f16
 # --- the Ollama Modelfile -------------------------------------------------------------------------------
 CHATML_TEMPLATE = (
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-    "{{- range .Messages }}{{- if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+    '{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
     "{{ end }}{{- end }}<|im_start|>assistant\n"
 )
 
@@ -315,12 +347,13 @@ CHATML_TEMPLATE = (
 def default_system_prompt(tokenizer) -> str | None:
     """The system turn a ChatML template inserts when a conversation has none (SmolLM2 adds one)."""
     marker = "\x00user\x00"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+    )
     head = "<|im_start|>system\n"
     if not text.startswith(head):
         return None
-    return text[len(head):text.index("<|im_end|>")]
+    return text[len(head) : text.index("<|im_end|>")]
 
 
 def modelfile_text(gguf_name: str, tokenizer) -> str:
@@ -343,8 +376,15 @@ def modelfile_text(gguf_name: str, tokenizer) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_gguf(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, *, base_model_id: str,
-                quant: str = "f16", source_gguf: str | Path | None = None) -> ExportResult:
+def export_gguf(
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out: str | Path,
+    *,
+    base_model_id: str,
+    quant: str = "f16",
+    source_gguf: str | Path | None = None,
+) -> ExportResult:
     """Merge, then write ``<out>`` (a .gguf path, or a folder that gets ``model-<quant>.gguf``) and a Modelfile."""
     from worker.models import load_tokenizer
 
@@ -363,14 +403,23 @@ def export_gguf(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, 
     return ExportResult(str(gguf_file), (str(gguf_file), str(modelfile)), base_model_id)
 
 
-def export(fmt: str, *, base_dir: str | Path, adapter_dir: str | Path, out: str | Path, base_model_id: str,
-           quant: str = "f16", source_gguf: str | Path | None = None) -> ExportResult:
+def export(
+    fmt: str,
+    *,
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out: str | Path,
+    base_model_id: str,
+    quant: str = "f16",
+    source_gguf: str | Path | None = None,
+) -> ExportResult:
     """One entry point for the command and the task: ``fmt`` is adapter, merged or gguf."""
     if fmt == "adapter":
         return export_adapter(adapter_dir, out, base_model_id=base_model_id)
     if fmt == "merged":
         return merge_adapter(base_dir, adapter_dir, out, base_model_id=base_model_id)
     if fmt == "gguf":
-        return export_gguf(base_dir, adapter_dir, out, base_model_id=base_model_id, quant=quant,
-                           source_gguf=source_gguf)
+        return export_gguf(
+            base_dir, adapter_dir, out, base_model_id=base_model_id, quant=quant, source_gguf=source_gguf
+        )
     raise ExportError(f"Unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}.")

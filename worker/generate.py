@@ -91,13 +91,16 @@ def generate(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     texts = [render_prompt(tokenizer, list(m)) for m in prompts]
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][-config.max_input_tokens:] for t in texts]
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][-config.max_input_tokens :] for t in texts]
     # Length grouping: rows admitted together pad less; a stable sort keeps ties in input order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     runner = BatchRunner(model, tokenizer, max_batch=config.batch_size)
-    params = SamplingParams(max_new_tokens=config.max_new_tokens,
-                            temperature=config.temperature if config.do_sample else 0.0,
-                            top_p=config.top_p, seed=config.seed)
+    params = SamplingParams(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature if config.do_sample else 0.0,
+        top_p=config.top_p,
+        seed=config.seed,
+    )
     requests = {}
     for i in order:
         requests[i] = Request(prompt_ids=encoded[i], params=params, index=i)
@@ -110,7 +113,10 @@ def generate(
             elapsed_ms = ((r.finished_at or time.perf_counter()) - r.submitted_at) * 1000
             results[r.index] = GenerationResult(
                 text=tokenizer.decode(r.output_ids, skip_special_tokens=True).strip(),
-                prompt_tokens=len(r.prompt_ids), output_tokens=len(r.output_ids), latency_ms=round(elapsed_ms, 1))
+                prompt_tokens=len(r.prompt_ids),
+                output_tokens=len(r.output_ids),
+                latency_ms=round(elapsed_ms, 1),
+            )
             done.append(r.index)
         if done and on_batch is not None:
             on_batch(done, [results[i] for i in done])

@@ -14,9 +14,11 @@ import json
 import re
 from dataclasses import dataclass
 
-SYSTEM = ("You are a strict, impartial reviewer. You compare two answers to the same input against a rubric. "
-          "The order of the answers says nothing about their quality. Reply with JSON only: "
-          '{"reasoning": "<two or three sentences>", "winner": "A" or "B" or "tie"}.')
+SYSTEM = (
+    "You are a strict, impartial reviewer. You compare two answers to the same input against a rubric. "
+    "The order of the answers says nothing about their quality. Reply with JSON only: "
+    '{"reasoning": "<two or three sentences>", "winner": "A" or "B" or "tie"}.'
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,10 @@ def rubric_text(criteria: list[dict], description: str = "") -> str:
 
 
 def prompt(rubric: str, input_text: str, answer_a: str, answer_b: str) -> list[dict]:
-    user = (f"Rubric:\n{rubric}\n\nInput:\n{input_text}\n\nAnswer A:\n{answer_a}\n\nAnswer B:\n{answer_b}\n\n"
-            "Which answer is better overall under the rubric? Reply with the JSON object only.")
+    user = (
+        f"Rubric:\n{rubric}\n\nInput:\n{input_text}\n\nAnswer A:\n{answer_a}\n\nAnswer B:\n{answer_b}\n\n"
+        "Which answer is better overall under the rubric? Reply with the JSON object only."
+    )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -94,8 +98,9 @@ def _ask(client, config: JudgeConfig, messages: list[dict]) -> str:
     import openai
 
     try:
-        response = client.chat.completions.create(model=config.model, messages=messages, temperature=0,
-                                                  max_tokens=config.max_tokens)
+        response = client.chat.completions.create(
+            model=config.model, messages=messages, temperature=0, max_tokens=config.max_tokens
+        )
     except openai.APITimeoutError as exc:
         raise JudgeError(f"the judge timed out after {config.timeout_s:g} s") from exc
     except openai.APIStatusError as exc:
@@ -110,11 +115,14 @@ def _ask(client, config: JudgeConfig, messages: list[dict]) -> str:
 def client_for(config: JudgeConfig):
     import openai
 
-    return openai.OpenAI(base_url=config.base_url, api_key=config.api_key or "none", timeout=config.timeout_s,
-                         max_retries=0)
+    return openai.OpenAI(
+        base_url=config.base_url, api_key=config.api_key or "none", timeout=config.timeout_s, max_retries=0
+    )
 
 
-def judge_pair(config: JudgeConfig, *, rubric: str, input_text: str, first: str, second: str, client=None) -> JudgeVerdict:
+def judge_pair(
+    config: JudgeConfig, *, rubric: str, input_text: str, first: str, second: str, client=None
+) -> JudgeVerdict:
     """Judge ``first`` against ``second`` in both orders; a win only when both orders agree."""
     client = client or client_for(config)
     picks: list[str | None] = []

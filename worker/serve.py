@@ -33,8 +33,20 @@ from worker.engine import Engine, EngineError, SamplingParams
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
-SUPPORTED = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-             "n", "stream", "stream_options", "user"}
+SUPPORTED = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "stream",
+    "stream_options",
+    "user",
+}
 # Fields accepted only at the value that leaves the output unchanged.
 NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False}
 MAX_N = 8
@@ -63,8 +75,9 @@ def _number(body: dict, name: str, low: float, high: float, default: float) -> f
     return float(value)
 
 
-def parse_chat_request(body, *, max_tokens_cap: int = 1024, default_max_tokens: int = 256,
-                       internal: bool = False) -> ChatRequest:
+def parse_chat_request(
+    body, *, max_tokens_cap: int = 1024, default_max_tokens: int = 256, internal: bool = False
+) -> ChatRequest:
     """Check an OpenAI chat-completions body; raises EngineError (400) naming the first bad field."""
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", None)
@@ -73,8 +86,11 @@ def parse_chat_request(body, *, max_tokens_cap: int = 1024, default_max_tokens: 
         if name in NEUTRAL and body[name] in (NEUTRAL[name], None):
             continue
         if name not in allowed:
-            raise _bad(f"{name} is not supported by this server (supported: {', '.join(sorted(SUPPORTED))}).",
-                       name, code="unsupported_parameter")
+            raise _bad(
+                f"{name} is not supported by this server (supported: {', '.join(sorted(SUPPORTED))}).",
+                name,
+                code="unsupported_parameter",
+            )
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model is required: a model id from GET /v1/models.", "model")
@@ -87,18 +103,27 @@ def parse_chat_request(body, *, max_tokens_cap: int = 1024, default_max_tokens: 
             raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}.", f"messages[{i}].role")
         content = m.get("content")
         if isinstance(content, list):  # content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
                 raise _bad(f"messages[{i}].content: only text parts are supported.", f"messages[{i}].content")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise _bad(f"messages[{i}].content must be a string.", f"messages[{i}].content")
         unknown = set(m) - {"role", "content", "name"}
         if unknown:
-            raise _bad(f"messages[{i}].{sorted(unknown)[0]} is not supported.", f"messages[{i}].{sorted(unknown)[0]}",
-                       code="unsupported_parameter")
+            raise _bad(
+                f"messages[{i}].{sorted(unknown)[0]} is not supported.",
+                f"messages[{i}].{sorted(unknown)[0]}",
+                code="unsupported_parameter",
+            )
         clean.append({"role": m["role"], "content": content})
-    if "max_tokens" in body and "max_completion_tokens" in body and body["max_tokens"] is not None \
-            and body["max_completion_tokens"] is not None:
+    if (
+        "max_tokens" in body
+        and "max_completion_tokens" in body
+        and body["max_tokens"] is not None
+        and body["max_completion_tokens"] is not None
+    ):
         raise _bad("Send max_tokens or max_completion_tokens, not both.", "max_tokens")
     limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(limit_name)
@@ -132,11 +157,19 @@ def parse_chat_request(body, *, max_tokens_cap: int = 1024, default_max_tokens: 
         raise _bad("stream_options is only allowed when stream is true.", "stream_options")
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
         raise _bad("stream_options supports include_usage only.", "stream_options")
-    params = [SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed + i,
-                             stop=tuple(stop)) for i in range(n)]
+    params = [
+        SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed + i, stop=tuple(stop))
+        for i in range(n)
+    ]
     extension = body.get("ftstudio") or {}
-    return ChatRequest(model=model, messages=clean, params=params, stream=stream,
-                       include_usage=bool(options.get("include_usage")), extension=extension)
+    return ChatRequest(
+        model=model,
+        messages=clean,
+        params=params,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        extension=extension,
+    )
 
 
 def error_body(exc: EngineError) -> dict:
@@ -171,29 +204,56 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - the stdlib's name
         if self.path == "/health":
             return self._json(200, {"status": "ok", **self.server.engine.stats()})
-        return self._json(404, {"error": {"message": f"No route {self.path}", "type": "invalid_request_error",
-                                          "param": None, "code": None}})
+        return self._json(
+            404,
+            {
+                "error": {
+                    "message": f"No route {self.path}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        )
 
     def do_POST(self):  # noqa: N802
         if self.path != "/v1/chat/completions":
-            return self._json(404, {"error": {"message": f"No route {self.path}", "type": "invalid_request_error",
-                                              "param": None, "code": None}})
+            return self._json(
+                404,
+                {
+                    "error": {
+                        "message": f"No route {self.path}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
         try:
             length = int(self.headers.get("Content-Length") or 0)
             try:
                 body = json.loads(self.rfile.read(length) or b"null")
             except ValueError as exc:
                 raise _bad(f"The body is not valid JSON ({exc}).", None) from None
-            chat = parse_chat_request(body, max_tokens_cap=self.server.max_tokens_cap,
-                                      default_max_tokens=self.server.default_max_tokens, internal=True)
+            chat = parse_chat_request(
+                body,
+                max_tokens_cap=self.server.max_tokens_cap,
+                default_max_tokens=self.server.default_max_tokens,
+                internal=True,
+            )
             ext = chat.extension
             if not isinstance(ext.get("base"), str):
                 raise _bad("ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio")
             sink: queue.SimpleQueue = queue.SimpleQueue()
             requests = self.server.engine.submit(
-                model_dir=ext["base"], adapter_path=ext.get("adapter"), messages=chat.messages, params=chat.params,
+                model_dir=ext["base"],
+                adapter_path=ext.get("adapter"),
+                messages=chat.messages,
+                params=chat.params,
                 client=str(ext.get("client")) if ext.get("client") is not None else None,
-                client_limit=int(ext.get("client_limit") or 0), sink=sink)
+                client_limit=int(ext.get("client_limit") or 0),
+                sink=sink,
+            )
         except EngineError as exc:
             return self._json(exc.status, error_body(exc))
         if chat.stream:
@@ -223,20 +283,39 @@ class Handler(BaseHTTPRequestHandler):
         error = self._wait(requests, sink)
         if error:
             return self._json(500, {"error": {"message": error, "type": "server_error", "param": None, "code": None}})
-        self._json(200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": chat.model, "system_fingerprint": None,
-            "choices": [{"index": r.index, "message": {"role": "assistant", "content": r.text},
-                         "logprobs": None, "finish_reason": r.finish_reason} for r in requests],
-            "usage": self._usage(requests),
-        })
+        self._json(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": chat.model,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": r.index,
+                        "message": {"role": "assistant", "content": r.text},
+                        "logprobs": None,
+                        "finish_reason": r.finish_reason,
+                    }
+                    for r in requests
+                ],
+                "usage": self._usage(requests),
+            },
+        )
 
     def _stream(self, chat: ChatRequest, requests, sink) -> None:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices, usage=None) -> None:
-            payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": chat.model,
-                       "system_fingerprint": None, "choices": choices}
+            payload = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chat.model,
+                "system_fingerprint": None,
+                "choices": choices,
+            }
             if chat.include_usage:
                 payload["usage"] = usage
             self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
@@ -249,8 +328,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         try:
-            chunk([{"index": r.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                    "finish_reason": None} for r in requests])
+            chunk(
+                [
+                    {
+                        "index": r.index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    for r in requests
+                ]
+            )
             remaining = len(requests)
             while remaining:
                 index, kind, value = sink.get()
@@ -260,8 +348,13 @@ class Handler(BaseHTTPRequestHandler):
                     remaining -= 1
                     chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": value}])
                 elif kind == "error":
-                    self.wfile.write(b"data: " + json.dumps({"error": {"message": value, "type": "server_error",
-                                                                       "param": None, "code": None}}).encode() + b"\n\n")
+                    self.wfile.write(
+                        b"data: "
+                        + json.dumps(
+                            {"error": {"message": value, "type": "server_error", "param": None, "code": None}}
+                        ).encode()
+                        + b"\n\n"
+                    )
                     return
             if chat.include_usage:
                 chunk([], self._usage(requests))
@@ -283,13 +376,26 @@ def default_roots() -> list[str]:
     return [*roots, cache, os.environ.get("FTSTUDIO_MEDIA_ROOT", str(var / "media"))]
 
 
-def make_server(host: str, port: int, *, roots: list[str], max_batch: int = 32, max_adapters: int = 8,
-                max_queue: int = 256, max_tokens_cap: int = 1024, default_max_tokens: int = 256) -> Server:
+def make_server(
+    host: str,
+    port: int,
+    *,
+    roots: list[str],
+    max_batch: int = 32,
+    max_adapters: int = 8,
+    max_queue: int = 256,
+    max_tokens_cap: int = 1024,
+    default_max_tokens: int = 256,
+) -> Server:
     from worker.models import shipped_gguf_path
 
     shipped = shipped_gguf_path()
-    engine = Engine(max_batch=max_batch, max_adapters=max_adapters, max_queue=max_queue,
-                    allowed_roots=[*roots, *([str(shipped.parent)] if shipped else [])])
+    engine = Engine(
+        max_batch=max_batch,
+        max_adapters=max_adapters,
+        max_queue=max_queue,
+        allowed_roots=[*roots, *([str(shipped.parent)] if shipped else [])],
+    )
     return Server((host, port), engine, max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens)
 
 
@@ -304,17 +410,30 @@ def main() -> None:
     parser.add_argument("--max-adapters", type=int, default=int(env("FTSTUDIO_INFERENCE_MAX_ADAPTERS", "8")))
     parser.add_argument("--max-queue", type=int, default=int(env("FTSTUDIO_INFERENCE_MAX_QUEUE", "256")))
     parser.add_argument("--max-tokens-cap", type=int, default=int(env("FTSTUDIO_API_MAX_TOKENS", "1024")))
-    parser.add_argument("--threads", type=int, default=int(env("FTSTUDIO_INFERENCE_THREADS", "0")),
-                        help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(env("FTSTUDIO_INFERENCE_THREADS", "0")),
+        help="torch threads (0: torch's default)",
+    )
     parser.add_argument("--preload", action="append", default=[], help="a base model folder to load at start")
     args = parser.parse_args()
-    logging.basicConfig(level=env("FTSTUDIO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=env("FTSTUDIO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    server = make_server(args.host, args.port, roots=default_roots(), max_batch=args.max_batch,
-                         max_adapters=args.max_adapters, max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap)
+    server = make_server(
+        args.host,
+        args.port,
+        roots=default_roots(),
+        max_batch=args.max_batch,
+        max_adapters=args.max_adapters,
+        max_queue=args.max_queue,
+        max_tokens_cap=args.max_tokens_cap,
+    )
     for folder in args.preload:
         server.engine.prompt_ids(folder, [{"role": "user", "content": "warm up"}])
     log.info("inference process listening on http://%s:%d", args.host, args.port)

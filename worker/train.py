@@ -40,6 +40,7 @@ from worker.train_config import (  # noqa: F401 - re-exported: callers of train(
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class StopState:
     """Why training stopped early, shared by `train()` and its callback: "", "cancelled" or "paused"."""
@@ -126,13 +127,22 @@ class RunCallback(TrainerCallback):
         logs = logs or {}
         if "loss" not in logs and "eval_loss" not in logs:
             return
-        metric = Metric(step=state.global_step, epoch=round(state.epoch or 0.0, 4), train_loss=logs.get("loss"),
-                        val_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
-                        tokens_per_second=self.rate if "loss" in logs else None)
+        metric = Metric(
+            step=state.global_step,
+            epoch=round(state.epoch or 0.0, 4),
+            train_loss=logs.get("loss"),
+            val_loss=logs.get("eval_loss"),
+            learning_rate=logs.get("learning_rate"),
+            tokens_per_second=self.rate if "loss" in logs else None,
+        )
         self.history.append(metric)
         self.hooks.on_metric(metric)
-        self.hooks.on_log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in {"step": state.global_step, **logs}.items()))
+        self.hooks.on_log(
+            " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in {"step": state.global_step, **logs}.items()
+            )
+        )
 
 
 # Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or logit scale), so the
@@ -185,8 +195,13 @@ class PackedTrainer(Trainer):
         return super()._prepare_inputs(inputs)
 
 
-def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
-                  callbacks: list | None = None, between: Callable[[], None] | None = None):
+def build_trainer(
+    config: TrainConfig,
+    train_conversations: list[list[dict]],
+    val_conversations: list[list[dict]],
+    callbacks: list | None = None,
+    between: Callable[[], None] | None = None,
+):
     """The model with LoRA, the encoded splits and a configured `Trainer` (the benchmark reuses it).
 
     ``between`` is called between the stages of loading (tokenizer, weights, LoRA, encoding): it may raise
@@ -205,8 +220,13 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
     model = load_model(config.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
     model.config.use_cache = False
     between()
-    lora = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=list(config.target_modules))
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+    )
     model = get_peft_model(model, lora)
 
     train_features = encode_conversations(tokenizer, train_conversations, config.max_seq_length)
@@ -217,19 +237,41 @@ def build_trainer(config: TrainConfig, train_conversations: list[list[dict]], va
 
     args = TrainingArguments(
         output_dir=str(Path(config.output_dir) / "checkpoints"),
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, num_train_epochs=config.epochs, max_steps=config.max_steps,
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed,
-        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        eval_strategy="epoch" if val_features else "no", bf16=bf16, use_cpu=device == "cpu",
-        group_by_length=not config.packing, remove_unused_columns=False, report_to="none", disable_tqdm=True,
-        include_num_input_tokens_seen="no" if config.packing else "non_padding", dataloader_num_workers=0,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        eval_strategy="epoch" if val_features else "no",
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        group_by_length=not config.packing,
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="no" if config.packing else "non_padding",
+        dataloader_num_workers=0,
     )
     collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
     trainer_class = PackedTrainer if config.packing else Trainer
-    trainer = trainer_class(model=model, args=args, train_dataset=train_features, eval_dataset=val_features or None,
-                            data_collator=collator, callbacks=callbacks or [])
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_features,
+        eval_dataset=val_features or None,
+        data_collator=collator,
+        callbacks=callbacks or [],
+    )
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback, not stdout
     return trainer, tokenizer, train_features, val_features
 
@@ -275,8 +317,12 @@ def _load_final_checkpoint(trainer, checkpoint: str) -> None:
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
 
-def train(config: TrainConfig, train_conversations: list[list[dict]], val_conversations: list[list[dict]],
-          hooks: Hooks | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    train_conversations: list[list[dict]],
+    val_conversations: list[list[dict]],
+    hooks: Hooks | None = None,
+) -> TrainResult:
     """Train (or resume) a LoRA adapter; returns what happened. Raises on errors the caller should record."""
     hooks = copy.copy(hooks or Hooks())
     hooks.on_phase = PhaseOnce(hooks.on_phase)  # each change once, whether train() or the callback sees it first
@@ -288,8 +334,12 @@ def train(config: TrainConfig, train_conversations: list[list[dict]], val_conver
         hooks.on_phase("loading")
         stop_point(hooks)
         trainer, _tokenizer, train_features, _val = build_trainer(
-            config, train_conversations, val_conversations, callbacks=[RunCallback(hooks, history, stop)],
-            between=functools.partial(stop_point, hooks))
+            config,
+            train_conversations,
+            val_conversations,
+            callbacks=[RunCallback(hooks, history, stop)],
+            between=functools.partial(stop_point, hooks),
+        )
         resume = last_checkpoint(config.output_dir)
         if resume and _is_final(resume):
             hooks.on_log(f"resuming from {resume}: the final step, so finishing without training")
@@ -310,12 +360,19 @@ def train(config: TrainConfig, train_conversations: list[list[dict]], val_conver
             stop_point(hooks)
     except Stopped as exc:
         stop.reason = exc.reason
-        hooks.on_log(f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading"))
+        hooks.on_log(
+            f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading")
+        )
     state = trainer.state if trainer is not None else None
-    result = TrainResult(status=stop.reason or "succeeded", global_step=state.global_step if state else 0,
-                         total_steps=state.max_steps if state else 0, resumed_from=resume, history=history,
-                         trained_tokens=token_count(train_features) if train_features else 0,
-                         seconds=time.perf_counter() - started)
+    result = TrainResult(
+        status=stop.reason or "succeeded",
+        global_step=state.global_step if state else 0,
+        total_steps=state.max_steps if state else 0,
+        resumed_from=resume,
+        history=history,
+        trained_tokens=token_count(train_features) if train_features else 0,
+        seconds=time.perf_counter() - started,
+    )
     losses = [m.train_loss for m in history if m.train_loss is not None]
     logged = [e["loss"] for e in (state.log_history if state else []) if "loss" in e]
     result.final_train_loss = (losses or logged or [output.training_loss if output else None])[-1]

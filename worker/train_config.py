@@ -80,13 +80,16 @@ class Hooks:
     (a worker shutting down). ``on_phase``: "loading", "training", "validating", "saving".
     """
 
-    def __init__(self, on_progress: Callable[[Progress], None] | None = None,
-                 on_metric: Callable[[Metric], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None,
-                 on_log: Callable[[str], None] | None = None,
-                 on_checkpoint: Callable[[str], None] | None = None,
-                 on_phase: Callable[[str], None] | None = None,
-                 should_pause: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_metric: Callable[[Metric], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        on_log: Callable[[str], None] | None = None,
+        on_checkpoint: Callable[[str], None] | None = None,
+        on_phase: Callable[[str], None] | None = None,
+        should_pause: Callable[[], bool] | None = None,
+    ) -> None:
         self.on_checkpoint = on_checkpoint or (lambda path: None)
         self.on_progress = on_progress or (lambda p: None)
         self.on_metric = on_metric or (lambda m: None)

@@ -4,7 +4,9 @@ from .models import Role
 
 
 class ProjectForm(forms.Form):
-    name = forms.CharField(max_length=120, help_text="What the tuned model should do, e.g. “Support replies in house style”.")
+    name = forms.CharField(
+        max_length=120, help_text="What the tuned model should do, e.g. “Support replies in house style”."
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
 
 

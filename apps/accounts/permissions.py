@@ -200,19 +200,34 @@ def evaluation_sight(evaluation, user, access: Access) -> Sight:
     if _blind_work_ahead(state, access):
         if access.allows("evaluate"):
             remaining = state.remaining
-            return Sight(labels=False, reason=f"You are reviewing this evaluation blind: its results and candidates stay "
-                                              f"hidden until you have judged your {remaining} remaining pair"
-                                              f"{'s' if remaining != 1 else ''}.")
-        return Sight(labels=False, reason="Results and candidates stay hidden until you have judged your own pairs of "
-                                          "this evaluation.")
-    may_reveal = (access.allows("evaluate") and evaluation.status == EvaluationStatus.READY
-                  and not state.seen and state.remaining)
+            return Sight(
+                labels=False,
+                reason=f"You are reviewing this evaluation blind: its results and candidates stay "
+                f"hidden until you have judged your {remaining} remaining pair"
+                f"{'s' if remaining != 1 else ''}.",
+            )
+        return Sight(
+            labels=False,
+            reason="Results and candidates stay hidden until you have judged your own pairs of this evaluation.",
+        )
+    may_reveal = (
+        access.allows("evaluate") and evaluation.status == EvaluationStatus.READY and not state.seen and state.remaining
+    )
     if may_reveal:
-        return Sight(labels=False, reveal=True, reason=(
-            "You could still review this evaluation blind. Seeing its results or candidates shows which model "
-            "wrote which output, so you will not be handed its pairs afterwards."))
+        return Sight(
+            labels=False,
+            reveal=True,
+            reason=(
+                "You could still review this evaluation blind. Seeing its results or candidates shows which model "
+                "wrote which output, so you will not be handed its pairs afterwards."
+            ),
+        )
     examples = access.allows("evaluate") or evaluation.reviewers_see_examples
     if examples and judging_blind(evaluation.project, user, access, besides=evaluation):
-        return Sight(labels=True, examples=False, reason="Examples, candidates and exports stay hidden while you have "
-                                                         "blind review work in another evaluation of this project.")
+        return Sight(
+            labels=True,
+            examples=False,
+            reason="Examples, candidates and exports stay hidden while you have "
+            "blind review work in another evaluation of this project.",
+        )
     return Sight(labels=True, examples=examples)

@@ -29,8 +29,7 @@ def project_create(request):
 
 @project_view("view")
 def project_detail(request, project):
-    return render(request, "accounts/project_detail.html",
-                  {"next": next_steps(project, request.user, request.access)})
+    return render(request, "accounts/project_detail.html", {"next": next_steps(project, request.user, request.access)})
 
 
 @project_view("manage")
@@ -55,9 +54,16 @@ def project_settings(request, project):
                 form.add_error(None, str(exc))
     from apps.webhooks.views import section_context
 
-    return render(request, "accounts/project_settings.html", {
-        "form": form, "members": selectors.project_members(project), "api_keys": selectors.project_api_keys(project),
-        **section_context(project)})
+    return render(
+        request,
+        "accounts/project_settings.html",
+        {
+            "form": form,
+            "members": selectors.project_members(project),
+            "api_keys": selectors.project_api_keys(project),
+            **section_context(project),
+        },
+    )
 
 
 def _api_key_action(request, project):
@@ -66,8 +72,12 @@ def _api_key_action(request, project):
 
     try:
         if "create_key" in request.POST:
-            key, raw = api_services.create_api_key(project=project, user=request.user, name=request.POST.get("name", ""))
-            messages.success(request, f"New API key {key.name or key.prefix}: {raw}  (copy it now; it is not shown again)")
+            key, raw = api_services.create_api_key(
+                project=project, user=request.user, name=request.POST.get("name", "")
+            )
+            messages.success(
+                request, f"New API key {key.name or key.prefix}: {raw}  (copy it now; it is not shown again)"
+            )
         else:
             key = api_services.revoke_api_key(project=project, key_id=int(request.POST["revoke_key"]))
             messages.success(request, f"Revoked {key}. It stops working at once.")
@@ -80,6 +90,15 @@ def locked_out(request, original_response=None, credentials=None):
     """django-axes' lockout answer: the log-in page again, saying why and for how long (HTTP 429)."""
     minutes = max(1, int(settings.AXES_COOLOFF_TIME.total_seconds() // 60))
     username = (credentials or {}).get("username") or request.POST.get("username", "")
-    return render(request, "accounts/login.html", {
-        "locked_out": True, "cooloff_minutes": minutes, "failure_limit": settings.AXES_FAILURE_LIMIT,
-        "username": username, "next": request.POST.get("next", "")}, status=429)
+    return render(
+        request,
+        "accounts/login.html",
+        {
+            "locked_out": True,
+            "cooloff_minutes": minutes,
+            "failure_limit": settings.AXES_FAILURE_LIMIT,
+            "username": username,
+            "next": request.POST.get("next", ""),
+        },
+        status=429,
+    )

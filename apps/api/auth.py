@@ -20,31 +20,42 @@ from apps.accounts.permissions import CAPABILITIES, Access
 
 from . import services
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-               404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
-               429: "rate_limit_error",
-               503: "service_unavailable"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.kind = kind or ERROR_TYPES.get(status, "api_error")
 
 
 def error_response(exc: ApiError) -> JsonResponse:
-    return JsonResponse({"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}},
-                        status=exc.status)
+    return JsonResponse(
+        {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}, status=exc.status
+    )
 
 
 def authenticate(request: HttpRequest, need: str) -> tuple[services.ApiKey, Access]:
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
-        raise ApiError(401, "No API key: send it as 'Authorization: Bearer <key>' (create one in the project's "
-                       "Settings).", code="invalid_api_key")
+        raise ApiError(
+            401,
+            "No API key: send it as 'Authorization: Bearer <key>' (create one in the project's Settings).",
+            code="invalid_api_key",
+        )
     key = services.find_active_key(raw.strip())
     if key is None or not key.user.is_active:
         raise ApiError(401, "Incorrect or revoked API key.", code="invalid_api_key")
@@ -60,8 +71,11 @@ def require(access: Access, need: str) -> None:
     """403 unless the key's user may do ``need`` in the key's project (views whose methods need more than the
     capability ``api_view`` checked call it again)."""
     if not access.allows(need):
-        raise ApiError(403, f"This key's user is a {access.role} in {access.project.slug}, which does not allow this "
-                       f"({need}).", code="no_access")
+        raise ApiError(
+            403,
+            f"This key's user is a {access.role} in {access.project.slug}, which does not allow this ({need}).",
+            code="no_access",
+        )
 
 
 def api_view(need: str, methods: tuple[str, ...] = ("GET",)) -> Callable:

@@ -46,8 +46,17 @@ from .tasks import validate_fine_tuning_job
 
 FILE_PURPOSES = ("fine-tune",)
 RESULTS_PREFIX = "file-results-"
-JOB_FIELDS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "method", "hyperparameters",
-              "integrations"}
+JOB_FIELDS = {
+    "model",
+    "training_file",
+    "validation_file",
+    "suffix",
+    "seed",
+    "metadata",
+    "method",
+    "hyperparameters",
+    "integrations",
+}
 HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "learning_rate"}
 PRESET = "quick"
 MAX_PAGE = 100
@@ -56,18 +65,27 @@ MAX_PAGE = 100
 # --- files ------------------------------------------------------------------------------------------------
 def create_file(*, project, user, upload, purpose: str) -> ApiFile:
     if purpose not in FILE_PURPOSES:
-        raise ApiError(400, f"purpose must be 'fine-tune' (the Studio keeps fine-tuning files only); got {purpose!r}.",
-                       param="purpose")
+        raise ApiError(
+            400,
+            f"purpose must be 'fine-tune' (the Studio keeps fine-tuning files only); got {purpose!r}.",
+            param="purpose",
+        )
     if upload is None:
         raise ApiError(400, "Send the file as the multipart field 'file'.", param="file")
     limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
     if upload.size > limit:
-        raise ApiError(400, f"The file is {upload.size:,} bytes; the limit is {limit:,}.", param="file",
-                       code="file_too_large")
+        raise ApiError(
+            400, f"The file is {upload.size:,} bytes; the limit is {limit:,}.", param="file", code="file_too_large"
+        )
     if not upload.size:
         raise ApiError(400, "The file is empty.", param="file")
-    record = ApiFile(project=project, created_by=user, filename=Path(upload.name or "upload.jsonl").name[:255],
-                     purpose=purpose, bytes=upload.size)
+    record = ApiFile(
+        project=project,
+        created_by=user,
+        filename=Path(upload.name or "upload.jsonl").name[:255],
+        purpose=purpose,
+        bytes=upload.size,
+    )
     relative = Path("api-files") / str(project.pk) / record.public_id
     target = Path(settings.MEDIA_ROOT) / relative
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,16 +122,27 @@ def results_file_id(job: FineTuningJob) -> str:
 
 def get_file(project, file_id: str, *, param: str | None = None) -> ApiFile | ResultFile:
     if file_id.startswith(RESULTS_PREFIX):
-        job = FineTuningJob.objects.filter(project=project, public_id="ftjob-" + file_id.removeprefix(RESULTS_PREFIX),
-                                           run__status=RunStatus.SUCCEEDED).select_related("run").first()
+        job = (
+            FineTuningJob.objects.filter(
+                project=project,
+                public_id="ftjob-" + file_id.removeprefix(RESULTS_PREFIX),
+                run__status=RunStatus.SUCCEEDED,
+            )
+            .select_related("run")
+            .first()
+        )
         if job is not None:
             return ResultFile(public_id=file_id, job=job, created_at=job.run.finished_at or job.created_at)
     else:
         record = ApiFile.objects.filter(project=project, public_id=file_id).first()
         if record is not None:
             return record
-    raise ApiError(404, f"No file {file_id!r} in project {project.slug}: GET /v1/files lists this key's files.",
-                   param=param, code="file_not_found")
+    raise ApiError(
+        404,
+        f"No file {file_id!r} in project {project.slug}: GET /v1/files lists this key's files.",
+        param=param,
+        code="file_not_found",
+    )
 
 
 def file_content(found: ApiFile | ResultFile) -> bytes:
@@ -159,13 +188,19 @@ def page(queryset, after: str, limit: int, param: str = "after") -> tuple[list, 
         if cursor is None:
             raise ApiError(400, f"after={after!r} is not an id from this list.", param=param)
         queryset = queryset.filter(Q(created_at__lt=cursor[0]) | Q(created_at=cursor[0], id__lt=cursor[1]))
-    rows = list(queryset[:limit + 1])
+    rows = list(queryset[: limit + 1])
     return rows[:limit], len(rows) > limit
 
 
 # --- jobs: the one status mapping -------------------------------------------------------------------------
-RUN_STATUS = {RunStatus.QUEUED: "queued", RunStatus.RUNNING: "running", RunStatus.SUCCEEDED: "succeeded",
-              RunStatus.FAILED: "failed", RunStatus.CANCELLED: "cancelled", RunStatus.PAUSED: "paused"}
+RUN_STATUS = {
+    RunStatus.QUEUED: "queued",
+    RunStatus.RUNNING: "running",
+    RunStatus.SUCCEEDED: "succeeded",
+    RunStatus.FAILED: "failed",
+    RunStatus.CANCELLED: "cancelled",
+    RunStatus.PAUSED: "paused",
+}
 
 
 def job_status(job: FineTuningJob) -> str:
@@ -182,13 +217,18 @@ def _hyperparameters(body: dict) -> tuple[dict, str]:
     top = body.get("hyperparameters")
     if method is not None:
         if not isinstance(method, dict):
-            raise ApiError(400, "method must be an object such as {\"type\": \"supervised\", \"supervised\": {...}}.",
-                           param="method")
+            raise ApiError(
+                400, 'method must be an object such as {"type": "supervised", "supervised": {...}}.', param="method"
+            )
         kind = method.get("type")
         if kind in {"dpo", "reinforcement"}:
-            raise ApiError(400, f"method.type {kind!r} is not supported yet: the Studio trains supervised (SFT) "
-                           "fine-tunes only. Send method.type 'supervised'.", param="method.type",
-                           code="unsupported_method")
+            raise ApiError(
+                400,
+                f"method.type {kind!r} is not supported yet: the Studio trains supervised (SFT) "
+                "fine-tunes only. Send method.type 'supervised'.",
+                param="method.type",
+                code="unsupported_method",
+            )
         if kind != "supervised":
             raise ApiError(400, f"method.type must be 'supervised'; got {kind!r}.", param="method.type")
         for key in set(method) - {"type", "supervised"}:
@@ -199,8 +239,11 @@ def _hyperparameters(body: dict) -> tuple[dict, str]:
         for key in set(supervised) - {"hyperparameters"}:
             raise ApiError(400, f"Unknown field method.supervised.{key}.", param=f"method.supervised.{key}")
         if top is not None:
-            raise ApiError(400, "Give hyperparameters in method.supervised.hyperparameters or at the top level, "
-                           "not both.", param="hyperparameters")
+            raise ApiError(
+                400,
+                "Give hyperparameters in method.supervised.hyperparameters or at the top level, not both.",
+                param="hyperparameters",
+            )
         return supervised.get("hyperparameters") or {}, "method.supervised.hyperparameters"
     return top or {}, "hyperparameters"
 
@@ -212,12 +255,15 @@ def _overrides(requested, where: str) -> dict:
     base_lr = runs.PRESETS[PRESET]["learning_rate"]
     for key, value in requested.items():
         if key not in HYPERPARAMETERS:
-            raise ApiError(400, f"Unknown hyperparameter {where}.{key}: use n_epochs, batch_size or "
-                           "learning_rate_multiplier.", param=f"{where}.{key}")
+            raise ApiError(
+                400,
+                f"Unknown hyperparameter {where}.{key}: use n_epochs, batch_size or learning_rate_multiplier.",
+                param=f"{where}.{key}",
+            )
         if value == "auto" or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ApiError(400, f"{where}.{key} must be a number or \"auto\"; got {value!r}.", param=f"{where}.{key}")
+            raise ApiError(400, f'{where}.{key} must be a number or "auto"; got {value!r}.', param=f"{where}.{key}")
         if key == "learning_rate_multiplier":
             if value <= 0:
                 raise ApiError(400, f"{where}.{key} must be above 0; got {value}.", param=f"{where}.{key}")
@@ -229,20 +275,33 @@ def _overrides(requested, where: str) -> dict:
 def resolved_method(hp: dict, preset: str = PRESET) -> dict:
     base_lr = runs.PRESETS.get(preset or PRESET, runs.PRESETS[PRESET])["learning_rate"]
     epochs = hp.get("epochs", 1.0)
-    return {"type": "supervised", "supervised": {"hyperparameters": {
-        "n_epochs": int(epochs) if float(epochs).is_integer() else epochs, "batch_size": hp.get("batch_size"),
-        "learning_rate_multiplier": round(hp.get("learning_rate", base_lr) / base_lr, 6)}}}
+    return {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": {
+                "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
+                "batch_size": hp.get("batch_size"),
+                "learning_rate_multiplier": round(hp.get("learning_rate", base_lr) / base_lr, 6),
+            }
+        },
+    }
 
 
 def _check_body(body) -> None:
     if not isinstance(body, dict):
         raise ApiError(400, "The body must be a JSON object.")
     for key in sorted(set(body) - JOB_FIELDS):
-        raise ApiError(400, f"Unknown field {key!r}: the Studio takes {', '.join(sorted(JOB_FIELDS - {'integrations'}))}.",
-                       param=key)
+        raise ApiError(
+            400,
+            f"Unknown field {key!r}: the Studio takes {', '.join(sorted(JOB_FIELDS - {'integrations'}))}.",
+            param=key,
+        )
     if body.get("integrations"):
-        raise ApiError(400, "integrations (e.g. Weights & Biases) are not supported: the Studio shows the loss curve "
-                       "on the run page.", param="integrations")
+        raise ApiError(
+            400,
+            "integrations (e.g. Weights & Biases) are not supported: the Studio shows the loss curve on the run page.",
+            param="integrations",
+        )
     for key in ("model", "training_file"):
         if not isinstance(body.get(key), str) or not body.get(key):
             raise ApiError(400, f"{key} is required (a string).", param=key)
@@ -258,8 +317,11 @@ def _check_body(body) -> None:
             raise ApiError(400, "metadata must be an object of at most 16 string pairs.", param="metadata")
         for k, v in metadata.items():
             if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
-                raise ApiError(400, f"metadata[{k!r}] must be a string of at most 512 characters (keys at most 64).",
-                               param="metadata")
+                raise ApiError(
+                    400,
+                    f"metadata[{k!r}] must be a string of at most 512 characters (keys at most 64).",
+                    param="metadata",
+                )
 
 
 def _base_model(project, model_id: str) -> BaseModel:
@@ -269,12 +331,18 @@ def _base_model(project, model_id: str) -> BaseModel:
         except LookupError:
             pass
         else:
-            raise ApiError(400, f"Fine-tuning {model_id!r} further is not supported yet: start from its base model.",
-                           param="model")
+            raise ApiError(
+                400, f"Fine-tuning {model_id!r} further is not supported yet: start from its base model.", param="model"
+            )
     base = BaseModel.objects.filter(name=model_id).first()
     if base is None:
-        raise ApiError(404, f"The model {model_id!r} is not a base model this Studio can fine-tune: GET /v1/models "
-                       "lists them (the ids without 'ft:').", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model {model_id!r} is not a base model this Studio can fine-tune: GET /v1/models "
+            "lists them (the ids without 'ft:').",
+            param="model",
+            code="model_not_found",
+        )
     return base
 
 
@@ -292,13 +360,19 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
         earlier = FineTuningJob.objects.filter(project=project, idempotency_key=idempotency_key).first()
         if earlier is not None:
             if earlier.request_hash != digest:
-                raise ApiError(409, "This Idempotency-Key was used for a different request: use a new key for a new "
-                               "job.", code="idempotency_key_reused")
+                raise ApiError(
+                    409,
+                    "This Idempotency-Key was used for a different request: use a new key for a new job.",
+                    code="idempotency_key_reused",
+                )
             return earlier
     else:
         window = timezone.now() - timedelta(seconds=settings.FTSTUDIO_API_JOB_DEDUP_SECONDS)
-        earlier = (FineTuningJob.objects.filter(project=project, api_key=key, request_hash=digest,
-                                                created_at__gte=window).order_by("-created_at").first())
+        earlier = (
+            FineTuningJob.objects.filter(project=project, api_key=key, request_hash=digest, created_at__gte=window)
+            .order_by("-created_at")
+            .first()
+        )
         if earlier is not None:
             return earlier
     requested, where = _hyperparameters(body)
@@ -321,10 +395,20 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
     try:
         with transaction.atomic():
             job = FineTuningJob.objects.create(
-                project=project, created_by=user, api_key=key, model=base.name, training_file=body["training_file"],
-                validation_file=body.get("validation_file") or "", suffix=body.get("suffix") or "",
-                seed=hp["seed"], metadata=body.get("metadata") or {}, method=resolved_method(hp), overrides=overrides,
-                idempotency_key=idempotency_key, request_hash=digest)
+                project=project,
+                created_by=user,
+                api_key=key,
+                model=base.name,
+                training_file=body["training_file"],
+                validation_file=body.get("validation_file") or "",
+                suffix=body.get("suffix") or "",
+                seed=hp["seed"],
+                metadata=body.get("metadata") or {},
+                method=resolved_method(hp),
+                overrides=overrides,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+            )
     except IntegrityError:  # the same Idempotency-Key, sent twice at once: the first one made the job
         return FineTuningJob.objects.get(project=project, idempotency_key=idempotency_key)
     if sum(f.bytes for f in files.values()) > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
@@ -340,22 +424,40 @@ class _Invalid(Exception):
 
 
 def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
-    report = datasets.import_examples(project=job.project, path_or_file=file_path(record), file_format="openai",
-                                      user=user, filename=f"{record.public_id} ({record.filename})")
+    report = datasets.import_examples(
+        project=job.project,
+        path_or_file=file_path(record),
+        file_format="openai",
+        user=user,
+        filename=f"{record.public_id} ({record.filename})",
+    )
     if not report.ok:
         first = report.errors[0]
-        more = f" (and {report.error_count - 1} more problem{'s' if report.error_count > 2 else ''})" \
-            if report.error_count > 1 else ""
-        raise _Invalid({"code": "invalid_" + param, "param": param,
-                        "message": f"{param} {record.public_id}: {first}{more}. Fix the file, upload it again and "
-                                   "create a new job; nothing was imported."})
+        more = (
+            f" (and {report.error_count - 1} more problem{'s' if report.error_count > 2 else ''})"
+            if report.error_count > 1
+            else ""
+        )
+        raise _Invalid(
+            {
+                "code": "invalid_" + param,
+                "param": param,
+                "message": f"{param} {record.public_id}: {first}{more}. Fix the file, upload it again and "
+                "create a new job; nothing was imported.",
+            }
+        )
     hashes = []
     with file_path(record).open("rb") as stream:
         for row in importers.parse_stream(stream, importers.Parsed("openai"), limits=datasets.import_limits()):
             hashes.append(content_hash(row.messages))
-    ids = dict(Example.objects.filter(project=job.project, content_hash__in=set(hashes)).values_list("content_hash", "id"))
-    return [ids[h] for h in hashes if h in ids], {"examples": len(hashes), "imported": report.imported,
-                                                   "already_in_project": report.skipped_duplicates}
+    ids = dict(
+        Example.objects.filter(project=job.project, content_hash__in=set(hashes)).values_list("content_hash", "id")
+    )
+    return [ids[h] for h in hashes if h in ids], {
+        "examples": len(hashes),
+        "imported": report.imported,
+        "already_in_project": report.skipped_duplicates,
+    }
 
 
 def validate_and_launch(job_pk: int) -> FineTuningJob | None:
@@ -363,43 +465,65 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
     A job already validated (a second delivery of the task) is left as it is."""
     try:
         with transaction.atomic():
-            job = (FineTuningJob.objects.select_for_update()
-                   .filter(pk=job_pk, stage=JobStage.VALIDATING).first())
+            job = FineTuningJob.objects.select_for_update().filter(pk=job_pk, stage=JobStage.VALIDATING).first()
             if job is None:
                 return FineTuningJob.objects.filter(pk=job_pk).first()
             user, overrides = job.created_by, job.overrides
             base = BaseModel.objects.filter(name=job.model).first()
             if base is None:
-                raise _Invalid({"code": "model_not_found", "param": "model",
-                                "message": f"The base model {job.model!r} was removed before the job started."})
+                raise _Invalid(
+                    {
+                        "code": "model_not_found",
+                        "param": "model",
+                        "message": f"The base model {job.model!r} was removed before the job started.",
+                    }
+                )
             files = {}
             for param in ("training_file", "validation_file"):
                 file_id = getattr(job, param)
                 if file_id:
                     files[param] = ApiFile.objects.filter(project=job.project, public_id=file_id).first()
                     if files[param] is None:
-                        raise _Invalid({"code": "file_not_found", "param": param,
-                                        "message": f"{param} {file_id} was deleted before it was validated."})
+                        raise _Invalid(
+                            {
+                                "code": "file_not_found",
+                                "param": param,
+                                "message": f"{param} {file_id} was deleted before it was validated.",
+                            }
+                        )
             train_ids, train_report = _import(job, files["training_file"], "training_file", user)
             splits, report = {"train": train_ids}, {"training_file": train_report}
             if "validation_file" in files:
-                splits["val"], report["validation_file"] = _import(job, files["validation_file"], "validation_file", user)
+                splits["val"], report["validation_file"] = _import(
+                    job, files["validation_file"], "validation_file", user
+                )
             try:
-                version = datasets.freeze_selection(project=job.project, splits=splits, user=user,
-                                                    note=f"fine-tuning job {job.public_id}")
+                version = datasets.freeze_selection(
+                    project=job.project, splits=splits, user=user, note=f"fine-tuning job {job.public_id}"
+                )
             except datasets.FreezeError as exc:
-                raise _Invalid({"code": "invalid_training_file", "param": "training_file", "message": str(exc)}) from None
+                raise _Invalid(
+                    {"code": "invalid_training_file", "param": "training_file", "message": str(exc)}
+                ) from None
             report["dataset_version"] = version.number
             try:
-                run = runs.launch_run(project=job.project, dataset_version=version, base_model=base, preset=PRESET,
-                                      overrides=overrides, user=user, name=job.suffix)
+                run = runs.launch_run(
+                    project=job.project,
+                    dataset_version=version,
+                    base_model=base,
+                    preset=PRESET,
+                    overrides=overrides,
+                    user=user,
+                    name=job.suffix,
+                )
             except runs.LaunchError as exc:
                 raise _Invalid({"code": "invalid_request", "param": None, "message": str(exc)}) from None
             job.run, job.stage, job.files_report = run, JobStage.LAUNCHED, report
             job.save(update_fields=["run", "stage", "files_report", "updated_at"])
     except _Invalid as exc:
         FineTuningJob.objects.filter(pk=job_pk, stage=JobStage.VALIDATING).update(
-            stage=JobStage.FAILED, error=exc.error, finished_at=timezone.now(), updated_at=timezone.now())
+            stage=JobStage.FAILED, error=exc.error, finished_at=timezone.now(), updated_at=timezone.now()
+        )
     return jobs_with_runs().get(pk=job_pk)
 
 
@@ -407,7 +531,9 @@ def resend_validating_jobs(now=None) -> list[int]:
     """For the reaper: jobs still validating after FTSTUDIO_REQUEUE_AFTER_SECONDS lost their task's message (or
     its worker died); send it again (a job validated meanwhile is left alone by the task)."""
     bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
-    stale = list(FineTuningJob.objects.filter(stage=JobStage.VALIDATING, updated_at__lt=bound).values_list("pk", flat=True))
+    stale = list(
+        FineTuningJob.objects.filter(stage=JobStage.VALIDATING, updated_at__lt=bound).values_list("pk", flat=True)
+    )
     for pk in stale:
         FineTuningJob.objects.filter(pk=pk).update(updated_at=timezone.now())
         validate_fine_tuning_job.delay(pk)
@@ -422,9 +548,15 @@ def adopt_runs(project) -> None:
         try:
             with transaction.atomic():
                 job = FineTuningJob.objects.create(
-                    project=project, created_by=run.created_by, run=run, stage=JobStage.LAUNCHED,
-                    model=run.base_model.name, suffix=run.name[:64], seed=run.seed,
-                    method=resolved_method(run.hyperparameters, run.preset))
+                    project=project,
+                    created_by=run.created_by,
+                    run=run,
+                    stage=JobStage.LAUNCHED,
+                    model=run.base_model.name,
+                    suffix=run.name[:64],
+                    seed=run.seed,
+                    method=resolved_method(run.hyperparameters, run.preset),
+                )
                 FineTuningJob.objects.filter(pk=job.pk).update(created_at=run.created_at)
         except IntegrityError:  # adopted by a concurrent listing
             pass
@@ -453,14 +585,21 @@ def get_job(project, job_id: str) -> FineTuningJob:
         job = jobs(project).filter(public_id=job_id).first()
         if job is not None:
             return job
-    raise ApiError(404, f"No fine-tuning job {job_id!r} in project {project.slug}: GET /v1/fine_tuning/jobs lists "
-                   "them.", param="fine_tuning_job_id", code="job_not_found")
+    raise ApiError(
+        404,
+        f"No fine-tuning job {job_id!r} in project {project.slug}: GET /v1/fine_tuning/jobs lists them.",
+        param="fine_tuning_job_id",
+        code="job_not_found",
+    )
 
 
 # --- jobs: cancel, pause, resume --------------------------------------------------------------------------
 def _finished(job: FineTuningJob, action: str) -> ApiError:
-    return ApiError(409, f"Job {job.public_id} is {job_status(job)}: a {job_status(job)} job cannot be {action}.",
-                    code="job_not_" + action.replace(" ", "_"))
+    return ApiError(
+        409,
+        f"Job {job.public_id} is {job_status(job)}: a {job_status(job)} job cannot be {action}.",
+        code="job_not_" + action.replace(" ", "_"),
+    )
 
 
 def cancel_job(job: FineTuningJob) -> FineTuningJob:
@@ -483,10 +622,14 @@ def pause_job(job: FineTuningJob) -> FineTuningJob:
 
 
 def resume_job(job: FineTuningJob) -> FineTuningJob:
-    if job.run is None or not (job.run.status == RunStatus.PAUSED or
-                               (job.run.status == RunStatus.RUNNING and job.run.pause_requested)):
-        raise ApiError(409, f"Job {job.public_id} is {job_status(job)}, not paused: only a paused job can be resumed.",
-                       code="job_not_paused")
+    if job.run is None or not (
+        job.run.status == RunStatus.PAUSED or (job.run.status == RunStatus.RUNNING and job.run.pause_requested)
+    ):
+        raise ApiError(
+            409,
+            f"Job {job.public_id} is {job_status(job)}, not paused: only a paused job can be resumed.",
+            code="job_not_paused",
+        )
     runs.resume_paused_run(run=job.run)
     job.run.refresh_from_db()
     return job
@@ -508,30 +651,63 @@ def events(job: FineTuningJob) -> list[Event]:
     tag = job.public_id.removeprefix("ftjob-")
     out = [Event(f"ftevent-{tag}-created", job.created_at, f"Created fine-tuning job: {job.public_id}")]
     if job.training_file:
-        out.append(Event(f"ftevent-{tag}-validating", job.created_at, f"Validating training file: {job.training_file}"
-                         + (f" and validation file: {job.validation_file}" if job.validation_file else "")))
+        out.append(
+            Event(
+                f"ftevent-{tag}-validating",
+                job.created_at,
+                f"Validating training file: {job.training_file}"
+                + (f" and validation file: {job.validation_file}" if job.validation_file else ""),
+            )
+        )
     if job.error:
         out.append(Event(f"ftevent-{tag}-invalid", job.finished_at or job.updated_at, job.error["message"], "error"))
     run = job.run
     if run is not None:
         report = job.files_report or {}
         if report:
-            parts = [f"{name.replace('_', ' ')}: {r['examples']} examples ({r['already_in_project']} already in the "
-                     "project)" for name, r in report.items() if isinstance(r, dict)]
-            out.append(Event(f"ftevent-{tag}-validated", run.created_at, "Files validated, moving job to queued state; "
-                             + "; ".join(parts) + f"; dataset version v{report.get('dataset_version')}"))
+            parts = [
+                f"{name.replace('_', ' ')}: {r['examples']} examples ({r['already_in_project']} already in the project)"
+                for name, r in report.items()
+                if isinstance(r, dict)
+            ]
+            out.append(
+                Event(
+                    f"ftevent-{tag}-validated",
+                    run.created_at,
+                    "Files validated, moving job to queued state; "
+                    + "; ".join(parts)
+                    + f"; dataset version v{report.get('dataset_version')}",
+                )
+            )
         if run.started_at:
             out.append(Event(f"ftevent-{tag}-started", run.started_at, "Fine-tuning job started"))
         for m in run.metrics.order_by("step", "id"):
             if m.train_loss is not None:
-                out.append(Event(f"ftevent-{tag}-m{m.pk}", m.created_at,
-                                 f"Step {m.step}/{run.total_steps}: training loss={m.train_loss:.4f}", type="metrics",
-                                 data={"step": m.step, "train_loss": m.train_loss, "total_steps": run.total_steps,
-                                       "learning_rate": m.learning_rate, "epoch": m.epoch}))
+                out.append(
+                    Event(
+                        f"ftevent-{tag}-m{m.pk}",
+                        m.created_at,
+                        f"Step {m.step}/{run.total_steps}: training loss={m.train_loss:.4f}",
+                        type="metrics",
+                        data={
+                            "step": m.step,
+                            "train_loss": m.train_loss,
+                            "total_steps": run.total_steps,
+                            "learning_rate": m.learning_rate,
+                            "epoch": m.epoch,
+                        },
+                    )
+                )
             if m.val_loss is not None:
-                out.append(Event(f"ftevent-{tag}-v{m.pk}", m.created_at,
-                                 f"Step {m.step}/{run.total_steps}: validation loss={m.val_loss:.4f}", type="metrics",
-                                 data={"step": m.step, "valid_loss": m.val_loss, "total_steps": run.total_steps}))
+                out.append(
+                    Event(
+                        f"ftevent-{tag}-v{m.pk}",
+                        m.created_at,
+                        f"Step {m.step}/{run.total_steps}: validation loss={m.val_loss:.4f}",
+                        type="metrics",
+                        data={"step": m.step, "valid_loss": m.val_loss, "total_steps": run.total_steps},
+                    )
+                )
         end = run.finished_at or run.updated_at
         if run.status == RunStatus.SUCCEEDED:
             out.append(Event(f"ftevent-{tag}-model", end, f"New fine-tuned model created: {run_model_id(run)}"))
@@ -541,8 +717,13 @@ def events(job: FineTuningJob) -> list[Event]:
         elif run.status == RunStatus.CANCELLED:
             out.append(Event(f"ftevent-{tag}-cancelled", end, "Fine-tuning job cancelled"))
         elif run.status == RunStatus.PAUSED:
-            out.append(Event(f"ftevent-{tag}-paused-{int(end.timestamp())}", end,
-                             f"Fine-tuning job paused at step {run.step}; resume it to go on from there"))
+            out.append(
+                Event(
+                    f"ftevent-{tag}-paused-{int(end.timestamp())}",
+                    end,
+                    f"Fine-tuning job paused at step {run.step}; resume it to go on from there",
+                )
+            )
     ordered = sorted(enumerate(out), key=lambda pair: (pair[1].at, pair[0]), reverse=True)
     return [e for _, e in ordered]
 
@@ -554,7 +735,7 @@ def slice_after(items: list, after: str, limit: int) -> tuple[list, bool]:
         if after not in ids:
             raise ApiError(400, f"after={after!r} is not an id from this list.", param="after")
         start = ids.index(after) + 1
-    return items[start:start + limit], len(items) > start + limit
+    return items[start : start + limit], len(items) > start + limit
 
 
 def checkpoints(job: FineTuningJob) -> list[dict]:
@@ -563,12 +744,22 @@ def checkpoints(job: FineTuningJob) -> list[dict]:
     if run is None or run.status != RunStatus.SUCCEEDED:
         return []
     tag = job.public_id.removeprefix("ftjob-")
-    return [{"id": f"ftckpt-{tag}-{run.step}", "object": "fine_tuning.job.checkpoint",
-             "created_at": int((run.finished_at or run.updated_at).timestamp()),
-             "fine_tuned_model_checkpoint": run_model_id(run), "fine_tuning_job_id": job.public_id,
-             "step_number": run.step,
-             "metrics": {"step": run.step, "train_loss": run.final_train_loss, "valid_loss": run.final_val_loss,
-                         "full_valid_loss": run.final_val_loss}}]
+    return [
+        {
+            "id": f"ftckpt-{tag}-{run.step}",
+            "object": "fine_tuning.job.checkpoint",
+            "created_at": int((run.finished_at or run.updated_at).timestamp()),
+            "fine_tuned_model_checkpoint": run_model_id(run),
+            "fine_tuning_job_id": job.public_id,
+            "step_number": run.step,
+            "metrics": {
+                "step": run.step,
+                "train_loss": run.final_train_loss,
+                "valid_loss": run.final_val_loss,
+                "full_valid_loss": run.final_val_loss,
+            },
+        }
+    ]
 
 
 def metrics_csv(job: FineTuningJob) -> str:
@@ -582,8 +773,15 @@ def metrics_csv(job: FineTuningJob) -> str:
             if m.val_loss is not None:
                 row["valid_loss"] = m.val_loss
     out = io.StringIO()
-    columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy", "learning_rate",
-               "epoch"]
+    columns = [
+        "step",
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+        "learning_rate",
+        "epoch",
+    ]
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for step in sorted(rows):

@@ -35,12 +35,20 @@ def files(request):
         require(request.access, "label")
         for key in set(request.POST) - {"purpose"}:
             raise ApiError(400, f"Unknown field {key!r}: send 'file' and 'purpose'.", param=key)
-        record = ft.create_file(project=project, user=request.api_key.user, upload=request.FILES.get("file"),
-                                purpose=request.POST.get("purpose", ""))
+        record = ft.create_file(
+            project=project,
+            user=request.api_key.user,
+            upload=request.FILES.get("file"),
+            purpose=request.POST.get("purpose", ""),
+        )
         return JsonResponse(shapes.file(record))
     _query(request, {"purpose", "after", "limit", "order"})
-    rows, more = ft.list_files(project, purpose=request.GET.get("purpose", ""), after=request.GET.get("after", ""),
-                               limit=ft.page_limit(request.GET.get("limit"), default=ft.MAX_PAGE))
+    rows, more = ft.list_files(
+        project,
+        purpose=request.GET.get("purpose", ""),
+        after=request.GET.get("after", ""),
+        limit=ft.page_limit(request.GET.get("limit"), default=ft.MAX_PAGE),
+    )
     return JsonResponse(shapes.page([shapes.file(f) for f in rows], more))
 
 
@@ -65,13 +73,19 @@ def jobs(request):
     project = request.access.project
     if request.method == "POST":
         require(request.access, "run")
-        job = ft.create_job(project=project, user=request.api_key.user, key=request.api_key, body=_body(request),
-                            idempotency_key=request.headers.get("Idempotency-Key", "").strip())
+        job = ft.create_job(
+            project=project,
+            user=request.api_key.user,
+            key=request.api_key,
+            body=_body(request),
+            idempotency_key=request.headers.get("Idempotency-Key", "").strip(),
+        )
         return JsonResponse(shapes.job(job))
     _query(request, {"after", "limit", "metadata"})
     metadata = {m.group(1): v for k, v in request.GET.items() if (m := METADATA_QUERY.match(k))}
-    rows, more = ft.list_jobs(project, after=request.GET.get("after", ""), metadata=metadata,
-                              limit=ft.page_limit(request.GET.get("limit")))
+    rows, more = ft.list_jobs(
+        project, after=request.GET.get("after", ""), metadata=metadata, limit=ft.page_limit(request.GET.get("limit"))
+    )
     return JsonResponse(shapes.page([shapes.job(j) for j in rows], more))
 
 
@@ -95,14 +109,20 @@ cancel, pause, resume = _action(ft.cancel_job), _action(ft.pause_job), _action(f
 @api_view("view")
 def job_events(request, job_id: str):
     _query(request, {"after", "limit"})
-    items, more = ft.slice_after(ft.events(ft.get_job(request.access.project, job_id)), request.GET.get("after", ""),
-                                 ft.page_limit(request.GET.get("limit"), default=20))
+    items, more = ft.slice_after(
+        ft.events(ft.get_job(request.access.project, job_id)),
+        request.GET.get("after", ""),
+        ft.page_limit(request.GET.get("limit"), default=20),
+    )
     return JsonResponse(shapes.page([shapes.event(e) for e in items], more))
 
 
 @api_view("view")
 def job_checkpoints(request, job_id: str):
     _query(request, {"after", "limit"})
-    items, more = ft.slice_after(ft.checkpoints(ft.get_job(request.access.project, job_id)),
-                                 request.GET.get("after", ""), ft.page_limit(request.GET.get("limit"), default=10))
+    items, more = ft.slice_after(
+        ft.checkpoints(ft.get_job(request.access.project, job_id)),
+        request.GET.get("after", ""),
+        ft.page_limit(request.GET.get("limit"), default=10),
+    )
     return JsonResponse(shapes.page(items, more))

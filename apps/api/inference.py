@@ -11,12 +11,18 @@ from .auth import ApiError
 
 def open_chat(body: dict) -> tuple[httpx.Client, httpx.Response]:
     """POST to the inference process and return the (unread, streaming) response; the caller closes both."""
-    client = httpx.Client(base_url=settings.FTSTUDIO_INFERENCE_URL,
-                          timeout=httpx.Timeout(settings.FTSTUDIO_INFERENCE_TIMEOUT, connect=5.0))
+    client = httpx.Client(
+        base_url=settings.FTSTUDIO_INFERENCE_URL,
+        timeout=httpx.Timeout(settings.FTSTUDIO_INFERENCE_TIMEOUT, connect=5.0),
+    )
     try:
         request = client.build_request("POST", "/v1/chat/completions", json=body)
         return client, client.send(request, stream=True)
     except httpx.TransportError as exc:
         client.close()
-        raise ApiError(503, "No inference process is answering at the moment; start it with `make run` (or the "
-                       f"`inference` service) and try again. ({type(exc).__name__})", code="inference_unavailable") from None
+        raise ApiError(
+            503,
+            "No inference process is answering at the moment; start it with `make run` (or the "
+            f"`inference` service) and try again. ({type(exc).__name__})",
+            code="inference_unavailable",
+        ) from None

@@ -62,8 +62,9 @@ class ApiFile(TimeStamped):
 
     public_id = models.CharField(max_length=40, unique=True, default=new_file_id)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_files")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     filename = models.CharField(max_length=255)
     purpose = models.CharField(max_length=32)
     bytes = models.BigIntegerField(default=0)
@@ -91,11 +92,13 @@ class FineTuningJob(TimeStamped):
 
     public_id = models.CharField(max_length=40, unique=True, default=new_job_id)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="fine_tuning_jobs")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    run = models.OneToOneField("runs.Run", null=True, blank=True, on_delete=models.CASCADE,
-                               related_name="fine_tuning_job")
+    run = models.OneToOneField(
+        "runs.Run", null=True, blank=True, on_delete=models.CASCADE, related_name="fine_tuning_job"
+    )
     stage = models.CharField(max_length=20, choices=JobStage.choices, default=JobStage.VALIDATING)
     model = models.CharField(max_length=200, help_text="the base model's name, as the request gave it")
     training_file = models.CharField(max_length=40, blank=True)
@@ -113,11 +116,17 @@ class FineTuningJob(TimeStamped):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["project", "-created_at", "-id"]),
-                   models.Index(fields=["project", "request_hash", "created_at"])]
-        constraints = [models.UniqueConstraint(fields=["project", "idempotency_key"],
-                                               condition=~models.Q(idempotency_key=""),
-                                               name="one_job_per_idempotency_key")]
+        indexes = [
+            models.Index(fields=["project", "-created_at", "-id"]),
+            models.Index(fields=["project", "request_hash", "created_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="one_job_per_idempotency_key",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.public_id

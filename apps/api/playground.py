@@ -37,14 +37,17 @@ def candidates_for(project) -> list[dict]:
 
 @project_view("playground")
 def playground(request, project):
-    examples = (Example.objects.filter(project=project, split="test").order_by("id").only("id", "messages")[:50])
+    examples = Example.objects.filter(project=project, split="test").order_by("id").only("id", "messages")[:50]
     picks = []
     for e in examples:
         turns = [m for m in e.input_messages if m.get("role") == "user"]
         if turns:
             picks.append({"id": e.pk, "text": turns[-1]["content"]})
-    return render(request, "api/playground.html", {"candidates": candidates_for(project), "examples": picks,
-                                                   "default_prompt": DEFAULT_PROMPT})
+    return render(
+        request,
+        "api/playground.html",
+        {"candidates": candidates_for(project), "examples": picks, "default_prompt": DEFAULT_PROMPT},
+    )
 
 
 @project_view("playground")
@@ -59,11 +62,15 @@ def playground_stream(request, project):
         if not message:
             raise ApiError(400, "Type a message or pick a test example.", param="message")
         system = request.POST.get("system", "").strip()
-        messages = ([{"role": "system", "content": system}] if kind == "prompt" and system else [])
+        messages = [{"role": "system", "content": system}] if kind == "prompt" and system else []
         messages.append({"role": "user", "content": message})
-        body = {"model": model_id, "messages": messages, "stream": True,
-                "temperature": _number(request.POST.get("temperature"), 0.0, "temperature"),
-                "max_tokens": int(_number(request.POST.get("max_tokens"), 128, "max_tokens"))}
+        body = {
+            "model": model_id,
+            "messages": messages,
+            "stream": True,
+            "temperature": _number(request.POST.get("temperature"), 0.0, "temperature"),
+            "max_tokens": int(_number(request.POST.get("max_tokens"), 128, "max_tokens")),
+        }
         try:
             chat = parse_chat_request(body, max_tokens_cap=settings.FTSTUDIO_API_MAX_TOKENS)
         except EngineError as exc:

@@ -35,12 +35,25 @@ class UnknownModel(LookupError):
 
 def project_models(project: Project) -> list[ModelTarget]:
     """What a project's keys may call: every registered base model and the project's succeeded runs."""
-    bases = [ModelTarget(id=b.name, created=int(b.created_at.timestamp()), owned_by="ftstudio", base_model=b)
-             for b in BaseModel.objects.order_by("name")]
-    runs = (Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)
-            .select_related("base_model", "project").order_by("-created_at"))
-    return bases + [ModelTarget(id=run_model_id(r), created=int(r.created_at.timestamp()), owned_by=project.slug,
-                                base_model=r.base_model, run=r) for r in runs]
+    bases = [
+        ModelTarget(id=b.name, created=int(b.created_at.timestamp()), owned_by="ftstudio", base_model=b)
+        for b in BaseModel.objects.order_by("name")
+    ]
+    runs = (
+        Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)
+        .select_related("base_model", "project")
+        .order_by("-created_at")
+    )
+    return bases + [
+        ModelTarget(
+            id=run_model_id(r),
+            created=int(r.created_at.timestamp()),
+            owned_by=project.slug,
+            base_model=r.base_model,
+            run=r,
+        )
+        for r in runs
+    ]
 
 
 def resolve_model(project: Project, model_id: str, *, servable: bool = False) -> ModelTarget:
@@ -49,18 +62,32 @@ def resolve_model(project: Project, model_id: str, *, servable: bool = False) ->
     target = None
     if model_id.startswith("ft:"):
         run_pk = model_id.rsplit(":", 1)[-1]
-        run = (Run.objects.filter(project=project, pk=int(run_pk), status=RunStatus.SUCCEEDED)
-               .select_related("base_model", "project").first() if run_pk.isdigit() else None)
+        run = (
+            Run.objects.filter(project=project, pk=int(run_pk), status=RunStatus.SUCCEEDED)
+            .select_related("base_model", "project")
+            .first()
+            if run_pk.isdigit()
+            else None
+        )
         if run is not None and run_model_id(run) == model_id:
-            target = ModelTarget(id=model_id, created=int(run.created_at.timestamp()), owned_by=project.slug,
-                                 base_model=run.base_model, run=run)
+            target = ModelTarget(
+                id=model_id,
+                created=int(run.created_at.timestamp()),
+                owned_by=project.slug,
+                base_model=run.base_model,
+                run=run,
+            )
     else:
         base = BaseModel.objects.filter(name=model_id).first()
         if base is not None:
-            target = ModelTarget(id=base.name, created=int(base.created_at.timestamp()), owned_by="ftstudio", base_model=base)
+            target = ModelTarget(
+                id=base.name, created=int(base.created_at.timestamp()), owned_by="ftstudio", base_model=base
+            )
     if target is None:
-        raise UnknownModel(f"The model {model_id!r} does not exist in project {project.slug}, or it is not a "
-                           "succeeded run: GET /v1/models lists what this key may call.")
+        raise UnknownModel(
+            f"The model {model_id!r} does not exist in project {project.slug}, or it is not a "
+            "succeeded run: GET /v1/models lists what this key may call."
+        )
     if servable and target.run is not None:
         problem = adapter_problem(target.run.adapter_path) if target.run.adapter_path else "the run has no adapter"
         if problem:
@@ -72,5 +99,7 @@ def inference_target(target: ModelTarget) -> dict:
     """The inference process's extension field: where the base model and the adapter are on disk."""
     from worker.models import resolve_model_dir
 
-    return {"base": resolve_model_dir(model_spec_for(target.base_model)),
-            "adapter": target.run.adapter_path if target.run is not None else None}
+    return {
+        "base": resolve_model_dir(model_spec_for(target.base_model)),
+        "adapter": target.run.adapter_path if target.run is not None else None,
+    }

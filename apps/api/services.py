@@ -30,7 +30,9 @@ def create_api_key(*, project: Project, user, name: str = "") -> tuple[ApiKey, s
     if not user.is_staff and not Membership.objects.filter(project=project, user=user).exists():
         raise ApiKeyError(f"{user.username} is not a member of {project.name}: a key acts with its user's role there.")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey.objects.create(project=project, user=user, name=name.strip()[:80], prefix=raw[:12], hashed=hash_key(raw))
+    key = ApiKey.objects.create(
+        project=project, user=user, name=name.strip()[:80], prefix=raw[:12], hashed=hash_key(raw)
+    )
     return key, raw
 
 
@@ -61,5 +63,6 @@ def find_active_key(raw: str) -> ApiKey | None:
 
 
 def record_usage(*, key: ApiKey, prompt_tokens: int, completion_tokens: int) -> None:
-    ApiKey.objects.filter(pk=key.pk).update(prompt_tokens=F("prompt_tokens") + prompt_tokens,
-                                            completion_tokens=F("completion_tokens") + completion_tokens)
+    ApiKey.objects.filter(pk=key.pk).update(
+        prompt_tokens=F("prompt_tokens") + prompt_tokens, completion_tokens=F("completion_tokens") + completion_tokens
+    )

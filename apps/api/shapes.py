@@ -14,14 +14,27 @@ def _ts(value) -> int | None:
 
 
 def page(data: list[dict], has_more: bool) -> dict:
-    return {"object": "list", "data": data, "has_more": has_more,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 def file(found) -> dict:
-    return {"id": found.public_id, "object": "file", "bytes": found.bytes, "created_at": _ts(found.created_at),
-            "filename": found.filename, "purpose": found.purpose, "status": "processed", "status_details": None,
-            "expires_at": None}
+    return {
+        "id": found.public_id,
+        "object": "file",
+        "bytes": found.bytes,
+        "created_at": _ts(found.created_at),
+        "filename": found.filename,
+        "purpose": found.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
 
 
 def job(j) -> dict:
@@ -34,21 +47,43 @@ def job(j) -> dict:
     if run is not None and run.status == RunStatus.FAILED:
         error = {"code": "training_failed", "message": run.error or "The run failed.", "param": None}
     hyperparameters = (j.method.get("supervised") or {}).get("hyperparameters") or {}
-    return {"id": j.public_id, "object": "fine_tuning.job", "created_at": _ts(j.created_at),
-            "finished_at": _ts(finished), "status": status, "model": j.model,
-            "fine_tuned_model": run_model_id(run) if succeeded else None, "organization_id": j.project.slug,
-            "training_file": j.training_file or None, "validation_file": j.validation_file or None,
-            "hyperparameters": hyperparameters, "method": j.method,
-            "trained_tokens": int((run.estimate or {}).get("tokens", 0)) if succeeded else None,
-            "estimated_finish": _ts(run.heartbeat_at) + eta if eta is not None and run.heartbeat_at else None,
-            "error": error, "result_files": [ft.results_file_id(j)] if succeeded else [], "seed": j.seed,
-            "metadata": j.metadata or None, "integrations": [], "user_provided_suffix": j.suffix or None,
-            "ftstudio": {"run_id": run.pk if run is not None else None,
-                         "run_url": run.get_absolute_url() if run is not None else None,
-                         "step": run.step if run is not None else 0,
-                         "total_steps": run.total_steps if run is not None else 0}}
+    return {
+        "id": j.public_id,
+        "object": "fine_tuning.job",
+        "created_at": _ts(j.created_at),
+        "finished_at": _ts(finished),
+        "status": status,
+        "model": j.model,
+        "fine_tuned_model": run_model_id(run) if succeeded else None,
+        "organization_id": j.project.slug,
+        "training_file": j.training_file or None,
+        "validation_file": j.validation_file or None,
+        "hyperparameters": hyperparameters,
+        "method": j.method,
+        "trained_tokens": int((run.estimate or {}).get("tokens", 0)) if succeeded else None,
+        "estimated_finish": _ts(run.heartbeat_at) + eta if eta is not None and run.heartbeat_at else None,
+        "error": error,
+        "result_files": [ft.results_file_id(j)] if succeeded else [],
+        "seed": j.seed,
+        "metadata": j.metadata or None,
+        "integrations": [],
+        "user_provided_suffix": j.suffix or None,
+        "ftstudio": {
+            "run_id": run.pk if run is not None else None,
+            "run_url": run.get_absolute_url() if run is not None else None,
+            "step": run.step if run is not None else 0,
+            "total_steps": run.total_steps if run is not None else 0,
+        },
+    }
 
 
 def event(e: ft.Event) -> dict:
-    return {"id": e.id, "object": "fine_tuning.job.event", "created_at": _ts(e.at), "level": e.level,
-            "message": e.message, "type": e.type, "data": e.data or {}}
+    return {
+        "id": e.id,
+        "object": "fine_tuning.job.event",
+        "created_at": _ts(e.at),
+        "level": e.level,
+        "message": e.message,
+        "type": e.type,
+        "data": e.data or {},
+    }

@@ -28,7 +28,9 @@ def _model_object(target: selectors.ModelTarget) -> dict:
 
 @api_view("view")
 def models_list(request):
-    return JsonResponse({"object": "list", "data": [_model_object(t) for t in selectors.project_models(request.access.project)]})
+    return JsonResponse(
+        {"object": "list", "data": [_model_object(t) for t in selectors.project_models(request.access.project)]}
+    )
 
 
 @api_view("view")
@@ -60,8 +62,14 @@ def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, key=None, c
     """Send a checked request to the inference process and answer with what it says (JSON or SSE).
     Used by /v1/ (``key``: usage is counted and the per-key limit applies) and by the playground."""
     limit = settings.FTSTUDIO_API_MAX_CONCURRENT_PER_KEY
-    forwarded = {**body, "ftstudio": {**selectors.inference_target(target),
-                                      "client": f"key-{key.pk}" if key is not None else client, "client_limit": limit}}
+    forwarded = {
+        **body,
+        "ftstudio": {
+            **selectors.inference_target(target),
+            "client": f"key-{key.pk}" if key is not None else client,
+            "client_limit": limit,
+        },
+    }
     if chat.stream:
         forwarded["stream_options"] = {"include_usage": True}  # counted for the key; dropped below if not asked
     client_, upstream = open_chat(forwarded)
@@ -74,12 +82,17 @@ def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, key=None, c
         if upstream.status_code == 200:
             usage = payload.get("usage") or {}
             if key is not None:
-                services.record_usage(key=key, prompt_tokens=usage.get("prompt_tokens", 0),
-                                      completion_tokens=usage.get("completion_tokens", 0))
+                services.record_usage(
+                    key=key,
+                    prompt_tokens=usage.get("prompt_tokens", 0),
+                    completion_tokens=usage.get("completion_tokens", 0),
+                )
         elif not isinstance(payload.get("error"), dict):
             return error_response(ApiError(502, "The inference process gave an unreadable answer.", kind="api_error"))
         return JsonResponse(payload, status=upstream.status_code)
-    response = StreamingHttpResponse(_relay(client_, upstream, key, chat.include_usage), content_type="text/event-stream")
+    response = StreamingHttpResponse(
+        _relay(client_, upstream, key, chat.include_usage), content_type="text/event-stream"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -93,7 +106,7 @@ def _relay(client, upstream, key, include_usage: bool):
         for line in upstream.iter_lines():
             if not line.startswith("data: "):
                 continue
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             if data == "[DONE]":
                 yield b"data: [DONE]\n\n"
                 break
@@ -109,5 +122,8 @@ def _relay(client, upstream, key, include_usage: bool):
         upstream.close()
         client.close()
         if usage and key is not None:
-            services.record_usage(key=key, prompt_tokens=usage.get("prompt_tokens", 0),
-                                  completion_tokens=usage.get("completion_tokens", 0))
+            services.record_usage(
+                key=key,
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+            )

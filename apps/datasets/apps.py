@@ -6,4 +6,8 @@ class DatasetsConfig(AppConfig):
     name = "apps.datasets"
     label = "datasets"
     # (label, url name taking `slug`, capability): shown in the project's tab bar when the URL exists
-    project_tabs = [("Examples", "example_list", "view"), ("Quality", "quality_report", "view"), ("Versions", "version_list", "view")]
+    project_tabs = [
+        ("Examples", "example_list", "view"),
+        ("Quality", "quality_report", "view"),
+        ("Versions", "version_list", "view"),
+    ]

@@ -1,12 +1,18 @@
 from django import forms
 from django.conf import settings
 
-FORMAT_CHOICES = [("auto", "Detect from the file"), ("openai", "OpenAI chat JSONL"), ("alpaca", "Alpaca JSONL"),
-                  ("csv", "CSV (input, output, optional system)")]
+FORMAT_CHOICES = [
+    ("auto", "Detect from the file"),
+    ("openai", "OpenAI chat JSONL"),
+    ("alpaca", "Alpaca JSONL"),
+    ("csv", "CSV (input, output, optional system)"),
+]
 
 
 class ImportForm(forms.Form):
-    file = forms.FileField(help_text="One example per line (JSONL) or per row (CSV). Nothing is imported if any line has a problem.")
+    file = forms.FileField(
+        help_text="One example per line (JSONL) or per row (CSV). Nothing is imported if any line has a problem."
+    )
     file_format = forms.ChoiceField(label="Format", choices=FORMAT_CHOICES, initial="auto")
 
     def clean_file(self):

@@ -64,8 +64,15 @@ def describe_lines(lines: list[int], shown: int = 10) -> str:
 
 
 def _type_name(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def canonical_json(messages: list[dict]) -> str:
@@ -123,16 +130,28 @@ def iter_lines(stream: IO[bytes], limits: Limits) -> Iterator[tuple[int, str | P
                 if not raw:
                     break
                 size += len(raw)
-            yield number, Problem(number, f"the line is {size:,} bytes, over the {cap:,}-byte limit for one line "
-                                          "(FTSTUDIO_IMPORT_MAX_LINE_BYTES): split it into one example per line")
+            yield (
+                number,
+                Problem(
+                    number,
+                    f"the line is {size:,} bytes, over the {cap:,}-byte limit for one line "
+                    "(FTSTUDIO_IMPORT_MAX_LINE_BYTES): split it into one example per line",
+                ),
+            )
             continue
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield number, Problem(number, f"not UTF-8 text (byte {exc.start + 1} of the line cannot be decoded); "
-                                          "save the file as UTF-8 and upload it again")
+            yield (
+                number,
+                Problem(
+                    number,
+                    f"not UTF-8 text (byte {exc.start + 1} of the line cannot be decoded); "
+                    "save the file as UTF-8 and upload it again",
+                ),
+            )
 
 
 def detect_format(first_line: str, filename: str = "") -> str:
@@ -159,7 +178,9 @@ def parse(text: str, file_format: str = "auto", filename: str = "", limits: Limi
     return parsed
 
 
-def parse_stream(stream: IO[bytes], parsed: Parsed, *, filename: str = "", limits: Limits | None = None) -> Iterator[Row]:
+def parse_stream(
+    stream: IO[bytes], parsed: Parsed, *, filename: str = "", limits: Limits | None = None
+) -> Iterator[Row]:
     """Yield the valid rows of a binary stream one at a time; problems and notes go into ``parsed``.
 
     ``parsed.file_format`` may be "auto": it is settled from the file name or the first non-blank line.
@@ -221,20 +242,29 @@ def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, lim
             parsed.errors.append(Problem(number, f"not valid JSON ({msg} at column {getattr(exc, 'colno', '?')})"))
             continue
         except RecursionError:
-            parsed.errors.append(Problem(number, f"nested too deeply: values may nest at most {limits.max_depth} levels"))
+            parsed.errors.append(
+                Problem(number, f"nested too deeply: values may nest at most {limits.max_depth} levels")
+            )
             continue
         if not isinstance(obj, dict):
-            parsed.errors.append(Problem(number, f"not a JSON object: each line must be one object, found {_type_name(obj)}"))
+            parsed.errors.append(
+                Problem(number, f"not a JSON object: each line must be one object, found {_type_name(obj)}")
+            )
             continue
         # Only "metadata" is stored as it comes (messages and tags are checked field by field): bound its depth.
         if _too_deep(obj.get("metadata"), limits.max_depth):
-            parsed.errors.append(Problem(number, f'"metadata" is nested too deeply: values may nest at most '
-                                                 f"{limits.max_depth} levels"))
+            parsed.errors.append(
+                Problem(number, f'"metadata" is nested too deeply: values may nest at most {limits.max_depth} levels')
+            )
             continue
         row = check(obj, number, parsed)
         if row is None:
             continue
-        long = [(i, len(m["content"])) for i, m in enumerate(row.messages, 1) if len(m["content"]) > limits.max_message_chars]
+        long = [
+            (i, len(m["content"]))
+            for i, m in enumerate(row.messages, 1)
+            if len(m["content"]) > limits.max_message_chars
+        ]
         if long:
             parsed.errors.extend(_long_message(number, i, n, limits) for i, n in long)
             continue
@@ -242,8 +272,11 @@ def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, lim
 
 
 def _long_message(line: int, index: int, chars: int, limits: Limits) -> Problem:
-    return Problem(line, f"message {index} is {chars:,} characters, over the {limits.max_message_chars:,}-character "
-                         "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)")
+    return Problem(
+        line,
+        f"message {index} is {chars:,} characters, over the {limits.max_message_chars:,}-character "
+        "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)",
+    )
 
 
 def _check_openai(obj: dict, line: int, parsed: Parsed) -> Row | None:
@@ -258,7 +291,9 @@ def _check_openai(obj: dict, line: int, parsed: Parsed) -> Row | None:
         parsed.errors.append(Problem(line, f'"messages" must be a list, found {_type_name(messages)}'))
         return None
     if not messages:
-        parsed.errors.append(Problem(line, '"messages" is empty: an example needs at least a user and an assistant message'))
+        parsed.errors.append(
+            Problem(line, '"messages" is empty: an example needs at least a user and an assistant message')
+        )
         return None
     clean: list[dict] = []
     for i, m in enumerate(messages, 1):
@@ -269,8 +304,10 @@ def _check_openai(obj: dict, line: int, parsed: Parsed) -> Row | None:
         where = f"message {i}" + (f" ({role})" if role in ROLES else "")
         unknown = sorted(set(m) - MESSAGE_KEYS)
         if unknown:
-            problems.append(f"{where} has unknown key{'s' if len(unknown) > 1 else ''} "
-                            f"{', '.join(repr(k) for k in unknown)}: a message may only have role, content, name and weight")
+            problems.append(
+                f"{where} has unknown key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(k) for k in unknown)}: a message may only have role, content, name and weight"
+            )
         if "role" not in m:
             problems.append(f'{where} has no "role"')
         elif role not in ROLES:
@@ -350,8 +387,13 @@ def _parse_csv(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, limit
     columns = [h.strip().lower() for h in header]
     missing = [c for c in ("input", "output") if c not in columns]
     if missing:
-        parsed.errors.append(Problem(1, f"the header must name the columns input and output (optional: system); "
-                                        f"missing {', '.join(missing)}, found {', '.join(columns) or 'nothing'}"))
+        parsed.errors.append(
+            Problem(
+                1,
+                f"the header must name the columns input and output (optional: system); "
+                f"missing {', '.join(missing)}, found {', '.join(columns) or 'nothing'}",
+            )
+        )
         return
     extra = [c for c in columns if c not in ("input", "output", "system")]
     previous_end = reader.line_num
@@ -373,11 +415,16 @@ def _parse_csv(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, limit
         # cells the Studio's own export guarded against spreadsheet formulas come back as they were
         record = dict(zip(columns, (csv_cells.unguard(v) for v in values), strict=True))
         problems = [f'the "{c}" column is empty' for c in ("input", "output") if not record[c].strip()]
-        problems += [f'the "{c}" column is {len(record[c]):,} characters, over the {limits.max_message_chars:,}-character '
-                     "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)"
-                     for c in ("system", "input", "output") if len(record.get(c, "")) > limits.max_message_chars]
+        problems += [
+            f'the "{c}" column is {len(record[c]):,} characters, over the {limits.max_message_chars:,}-character '
+            "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)"
+            for c in ("system", "input", "output")
+            if len(record.get(c, "")) > limits.max_message_chars
+        ]
         if problems:
             parsed.errors.extend(Problem(line, p) for p in problems)
             continue
         metadata = {c: record[c] for c in extra if record[c] != ""}
-        yield Row(line, _alpaca_messages(record["input"], "", record["output"], record.get("system", "")), metadata=metadata)
+        yield Row(
+            line, _alpaca_messages(record["input"], "", record["output"], record.get("system", "")), metadata=metadata
+        )

@@ -33,7 +33,9 @@ class ImportBatch(TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
     filename = models.CharField(max_length=255)
     file_format = models.CharField(max_length=16)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     imported_count = models.PositiveIntegerField(default=0)
     skipped_duplicates = models.PositiveIntegerField(default=0)
     warnings = models.JSONField(default=list, blank=True)
@@ -50,11 +52,19 @@ class Example(TimeStamped):
     tags = models.JSONField(default=list, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     source = models.ForeignKey(ImportBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="examples")
-    content_hash = models.CharField(max_length=64, help_text="sha256 of the messages as imported (de-duplicates re-imports)")
+    content_hash = models.CharField(
+        max_length=64, help_text="sha256 of the messages as imported (de-duplicates re-imports)"
+    )
     input_hash = models.CharField(max_length=64, blank=True, help_text="sha256 of the normalized input turns")
-    revision = models.PositiveIntegerField(default=1, help_text="optimistic-locking counter, +1 on every save by a person")
-    token_count = models.PositiveIntegerField(default=0, help_text="tokens of the whole conversation (base model's tokenizer)")
-    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    revision = models.PositiveIntegerField(
+        default=1, help_text="optimistic-locking counter, +1 on every save by a person"
+    )
+    token_count = models.PositiveIntegerField(
+        default=0, help_text="tokens of the whole conversation (base model's tokenizer)"
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["id"]
@@ -95,7 +105,9 @@ class ExampleRevision(models.Model):
     messages = models.JSONField()
     status = models.CharField(max_length=16, choices=ExampleStatus.choices)
     split = models.CharField(max_length=8, choices=Split.choices, blank=True, default="")
-    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     change = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -112,12 +124,21 @@ class DatasetVersion(models.Model):
     content_hash = models.CharField(max_length=64)
     note = models.CharField(max_length=200, blank=True)
     split_counts = models.JSONField(default=dict, help_text='{"train": n, "val": n, "test": n}')
-    token_stats = models.JSONField(default=dict, blank=True, help_text="per split: count, total, mean, p50, p95, max tokens")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    token_stats = models.JSONField(
+        default=dict, blank=True, help_text="per split: count, total, mean, p50, p95, max tokens"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     derived_from = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived_versions",
-        help_text="set on a subset frozen from another version (a data-scaling experiment's arm): not new data")
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="derived_versions",
+        help_text="set on a subset frozen from another version (a data-scaling experiment's arm): not new data",
+    )
 
     class Meta:
         ordering = ["-number"]
@@ -194,7 +215,9 @@ class QualityReport(models.Model):
     summary = models.JSONField(default=dict, blank=True, help_text="{kind: number of open findings}")
     error = models.TextField(blank=True)
     seconds = models.FloatField(null=True, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -233,7 +256,9 @@ class QualityDismissal(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="quality_dismissals")
     key = models.CharField(max_length=64)
     kind = models.CharField(max_length=32, choices=FindingKind.choices)
-    dismissed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    dismissed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -258,7 +283,9 @@ class ImportJob(models.Model):
     imported = models.PositiveIntegerField(default=0)
     skipped_duplicates = models.PositiveIntegerField(default=0)
     batch = models.ForeignKey(ImportBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -73,7 +73,7 @@ def shingles(text: str, n: int = 3) -> set[bytes]:
     words = _WORD.findall(text.lower())
     if len(words) < n:
         return {" ".join(words).encode()} if words else {b""}
-    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
 
 
 def minhash_signatures(shingle_sets: list[set[bytes]], chunk: int = 4000) -> np.ndarray:
@@ -87,16 +87,18 @@ def minhash_signatures(shingle_sets: list[set[bytes]], chunk: int = 4000) -> np.
     out = np.empty((len(shingle_sets), NUM_PERM), dtype=np.uint64)
     crc32 = zlib.crc32
     for start in range(0, len(shingle_sets), chunk):
-        sets = shingle_sets[start:start + chunk]
+        sets = shingle_sets[start : start + chunk]
         sizes = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
         hv = np.fromiter((crc32(x) for s in sets for x in s), dtype=np.uint64, count=int(sizes.sum()))
         phv = ((hv[:, None] * a + b) % _mersenne_prime) & _max_hash
         offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        out[start:start + len(sets)] = np.minimum.reduceat(phv, offsets, axis=0)
+        out[start : start + len(sets)] = np.minimum.reduceat(phv, offsets, axis=0)
     return out
 
 
-def near_duplicate_pairs(shingle_sets: list[set[bytes]], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[tuple[int, int]]:
+def near_duplicate_pairs(
+    shingle_sets: list[set[bytes]], threshold: float = NEAR_DUPLICATE_THRESHOLD
+) -> list[tuple[int, int]]:
     """Index pairs (i, j) whose shingle sets' estimated Jaccard similarity is at least ``threshold``."""
     from datasketch import LeanMinHash, MinHashLSH
 
@@ -180,7 +182,7 @@ def personal_data(text: str) -> list[str]:
 
 def _groups(labels: np.ndarray, members: Iterable[int] | None = None) -> list[list[int]]:
     by_label: dict[int, list[int]] = defaultdict(list)
-    for index in (members if members is not None else range(len(labels))):
+    for index in members if members is not None else range(len(labels)):
         by_label[int(labels[index])].append(index)
     return [g for g in by_label.values() if len(g) > 1]
 
@@ -196,8 +198,15 @@ class Findings:
 
     def add(self, kind: str, detail: str, indexes: list[int], severity: str = "warn") -> None:
         indexes = sorted(indexes, key=lambda k: self.items[k].id)
-        self.found.append(Finding(kind, detail, [self.items[k].id for k in indexes[:MAX_EXAMPLES_PER_FINDING]],
-                                  severity, [self.hashes[k] for k in indexes]))
+        self.found.append(
+            Finding(
+                kind,
+                detail,
+                [self.items[k].id for k in indexes[:MAX_EXAMPLES_PER_FINDING]],
+                severity,
+                [self.hashes[k] for k in indexes],
+            )
+        )
 
 
 def check_exact_duplicates(f: Findings) -> None:
@@ -206,14 +215,23 @@ def check_exact_duplicates(f: Findings) -> None:
         by_hash[h].append(index)
     for group in by_hash.values():
         if len(group) > 1:
-            f.add("exact_duplicate", f"{len(group)} examples are identical: keep one, delete or reject the rest.", group, "bad")
+            f.add(
+                "exact_duplicate",
+                f"{len(group)} examples are identical: keep one, delete or reject the rest.",
+                group,
+                "bad",
+            )
 
 
 def check_near_duplicates(f: Findings, full_pairs: list[tuple[int, int]]) -> None:
     for group in _groups(groups_from_pairs(len(f.items), full_pairs)):
         if len({f.hashes[k] for k in group}) > 1:
-            f.add("near_duplicate", f"{len(group)} examples are near-duplicates (≥{NEAR_DUPLICATE_THRESHOLD:.0%} similar): "
-                                    "they add little and can leak between splits.", group)
+            f.add(
+                "near_duplicate",
+                f"{len(group)} examples are near-duplicates (≥{NEAR_DUPLICATE_THRESHOLD:.0%} similar): "
+                "they add little and can leak between splits.",
+                group,
+            )
 
 
 def check_conflicts(f: Findings, input_pairs: list[tuple[int, int]]) -> None:
@@ -222,8 +240,13 @@ def check_conflicts(f: Findings, input_pairs: list[tuple[int, int]]) -> None:
     for group in _groups(same_input):
         outputs = {normalize_text(f.items[k].output) for k in group}
         if len(outputs) > 1:
-            f.add("conflict", f"{len(group)} examples give the same or a near-same input {len(outputs)} different "
-                              "ideal outputs: the model cannot learn which is right.", group, "bad")
+            f.add(
+                "conflict",
+                f"{len(group)} examples give the same or a near-same input {len(outputs)} different "
+                "ideal outputs: the model cannot learn which is right.",
+                group,
+                "bad",
+            )
 
 
 def check_lengths(f: Findings, *, context_length: int, model_name: str) -> None:
@@ -235,8 +258,13 @@ def check_lengths(f: Findings, *, context_length: int, model_name: str) -> None:
         elif len(output) < SHORT_OUTPUT_CHARS:
             f.add("short_output", f"The ideal output is very short ({len(output)} characters): {output!r}.", [index])
         if item.token_count > context_length:
-            f.add("too_long", f"{item.token_count:,} tokens, over the {context_length:,}-token context of "
-                              f"{model_name}: training would cut it.", [index], "bad")
+            f.add(
+                "too_long",
+                f"{item.token_count:,} tokens, over the {context_length:,}-token context of "
+                f"{model_name}: training would cut it.",
+                [index],
+                "bad",
+            )
 
 
 def check_personal_data(f: Findings) -> None:
@@ -252,12 +280,18 @@ def check_leakage(f: Findings, labels: np.ndarray) -> None:
         splits = {f.items[k].split for k in group if f.items[k].split}
         if "train" in splits and splits & {"val", "test"}:
             held_out = sorted(splits - {"train"})
-            f.add("leakage", f"{len(group)} near-identical examples sit in train and in {' and '.join(held_out)}: "
-                             "the held-out score would reward memorizing. Put them in one split.", group, "bad")
+            f.add(
+                "leakage",
+                f"{len(group)} near-identical examples sit in train and in {' and '.join(held_out)}: "
+                "the held-out score would reward memorizing. Put them in one split.",
+                group,
+                "bad",
+            )
 
 
-def run_checks(items: list[Item], *, context_length: int, model_name: str,
-               progress: Callable[[int, str], None] | None = None) -> list[Finding]:
+def run_checks(
+    items: list[Item], *, context_length: int, model_name: str, progress: Callable[[int, str], None] | None = None
+) -> list[Finding]:
     """Every check over ``items``; ``progress(percent, stage)`` is called between stages."""
     step = progress or (lambda percent, stage: None)
     f = Findings(items)

@@ -19,8 +19,9 @@ def example_counts(project) -> tuple[dict[str, int], dict[str, int]]:
     split) index (an index-only scan)."""
     status_counts = dict.fromkeys(ExampleStatus.values, 0)
     split_counts = dict.fromkeys([*Split.values, ""], 0)
-    for status, split, n in (Example.objects.filter(project=project).values_list("status", "split")
-                             .annotate(n=Count("status")).order_by()):
+    for status, split, n in (
+        Example.objects.filter(project=project).values_list("status", "split").annotate(n=Count("status")).order_by()
+    ):
         status_counts[status] = status_counts.get(status, 0) + n
         split_counts[split] = split_counts.get(split, 0) + n
     return status_counts, split_counts
@@ -50,13 +51,18 @@ def example_queue(project, filters: dict[str, str]):
     if filters.get("tag"):
         tag = filters["tag"].lower()
         # jsonb containment on PostgreSQL; SQLite has no JSON `contains`, so match the quoted tag in the JSON text
-        qs = qs.filter(tags__contains=[tag]) if connection.vendor == "postgresql" else qs.filter(tags__icontains=f'"{tag}"')
+        qs = (
+            qs.filter(tags__contains=[tag])
+            if connection.vendor == "postgresql"
+            else qs.filter(tags__icontains=f'"{tag}"')
+        )
     if filters.get("flag") in FindingKind.values:
         report = latest_report(project)
         if report is None:
             return qs.none()
-        qs = qs.filter(quality_findings__report=report, quality_findings__kind=filters["flag"],
-                       quality_findings__dismissed=False).distinct()
+        qs = qs.filter(
+            quality_findings__report=report, quality_findings__kind=filters["flag"], quality_findings__dismissed=False
+        ).distinct()
     return qs.order_by("id")
 
 

@@ -75,7 +75,8 @@ class EditConflict(CurationError):
         self.example, self.yours, self.theirs, self.changed_by = example, yours, theirs, changed_by
         super().__init__(
             f"{changed_by} saved this example while you were editing it (it is now at revision {example.revision}). "
-            "Your text was not saved and nothing was overwritten: both texts are shown, keep one or merge them, then save again."
+            "Your text was not saved and nothing was overwritten: both texts are shown, keep one or merge them, then "
+            "save again."
         )
 
 
@@ -100,8 +101,10 @@ class ImportReport:
 
 
 def import_limits() -> importers.Limits:
-    return importers.Limits(max_line_bytes=settings.FTSTUDIO_IMPORT_MAX_LINE_BYTES,
-                            max_message_chars=settings.FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)
+    return importers.Limits(
+        max_line_bytes=settings.FTSTUDIO_IMPORT_MAX_LINE_BYTES,
+        max_message_chars=settings.FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS,
+    )
 
 
 @contextmanager
@@ -130,10 +133,17 @@ def _open(path_or_file) -> Iterator[tuple[IO[bytes], str, int | None]]:
 IMPORT_CHUNK_ROWS = 2000  # rows tokenized and inserted at a time: bounds memory whatever the file's size
 
 
-def import_examples(*, project, path_or_file: str | Path | IO, file_format: str = "auto", user=None,
-                    filename: str | None = None, max_tokens: int | None = None,
-                    progress: Callable[[int, str], None] | None = None,
-                    on_commit_rows: Callable[[ImportReport], None] | None = None) -> ImportReport:
+def import_examples(
+    *,
+    project,
+    path_or_file: str | Path | IO,
+    file_format: str = "auto",
+    user=None,
+    filename: str | None = None,
+    max_tokens: int | None = None,
+    progress: Callable[[int, str], None] | None = None,
+    on_commit_rows: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
     """Validate a whole file, then import it in one transaction; a file with any error imports nothing.
 
     The file is read as a stream twice, one line at a time: first to validate every line (limits on a
@@ -153,9 +163,17 @@ def import_examples(*, project, path_or_file: str | Path | IO, file_format: str 
             if size is not None and size > limit:
                 raise CurationError(f"The file is {size:,} bytes; the limit is {limit:,}.")
             filename = filename or Path(name).name or "upload"
-            report = _import_stream(project=project, stream=stream, size=size, file_format=file_format, user=user,
-                                    filename=filename, max_tokens=max_tokens, progress=progress or (lambda p, s: None),
-                                    on_commit_rows=on_commit_rows)
+            report = _import_stream(
+                project=project,
+                stream=stream,
+                size=size,
+                file_format=file_format,
+                user=user,
+                filename=filename,
+                max_tokens=max_tokens,
+                progress=progress or (lambda p, s: None),
+                on_commit_rows=on_commit_rows,
+            )
     except (CurationError, OSError) as exc:
         return ImportReport(file_format=file_format, errors=[Problem(0, str(exc))])
     report.seconds = time.perf_counter() - started
@@ -173,9 +191,18 @@ def _chunks(rows: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _import_stream(*, project, stream: IO[bytes], size: int | None, file_format: str, user, filename: str,
-                   max_tokens: int | None, progress: Callable[[int, str], None],
-                   on_commit_rows: Callable[[ImportReport], None] | None) -> ImportReport:
+def _import_stream(
+    *,
+    project,
+    stream: IO[bytes],
+    size: int | None,
+    file_format: str,
+    user,
+    filename: str,
+    max_tokens: int | None,
+    progress: Callable[[int, str], None],
+    on_commit_rows: Callable[[ImportReport], None] | None,
+) -> ImportReport:
     limits = import_limits()
     upload_limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
     start = stream.tell()
@@ -207,8 +234,11 @@ def _import_stream(*, project, stream: IO[bytes], size: int | None, file_format:
     if too_long:
         shown = ", ".join(f"line {line}: {n:,} tokens" for line, n in too_long[:10])
         more = f" and {len(too_long) - 10} more" if len(too_long) > 10 else ""
-        report.warnings.insert(0, f"{len(too_long)} example{'s' if len(too_long) > 1 else ''} over the {token_limit:,}-token "
-                                  f"context of {counter.model_name} ({shown}{more}); training would cut them")
+        report.warnings.insert(
+            0,
+            f"{len(too_long)} example{'s' if len(too_long) > 1 else ''} over the {token_limit:,}-token "
+            f"context of {counter.model_name} ({shown}{more}); training would cut them",
+        )
 
     # Pass 2: read the (unchanged) stream again; skip rows already in the project, insert the others chunk by
     # chunk, all in one transaction. A change to the file between the passes rolls everything back.
@@ -218,10 +248,17 @@ def _import_stream(*, project, stream: IO[bytes], size: int | None, file_format:
     progress(50, f"Saving {len(counts):,} examples (shown when all are saved)")
     changed = CurationError("The file changed while it was being imported; nothing was imported.")
     with transaction.atomic():
-        report.batch = ImportBatch.objects.create(project=project, filename=filename[:255], file_format=parsed.file_format,
-                                                  created_by=user, warnings=report.warnings[:50])
+        report.batch = ImportBatch.objects.create(
+            project=project,
+            filename=filename[:255],
+            file_format=parsed.file_format,
+            created_by=user,
+            warnings=report.warnings[:50],
+        )
         position = 0
-        for chunk in _chunks(importers.parse_stream(stream, again, filename=filename, limits=limits), IMPORT_CHUNK_ROWS):
+        for chunk in _chunks(
+            importers.parse_stream(stream, again, filename=filename, limits=limits), IMPORT_CHUNK_ROWS
+        ):
             if again.errors or position + len(chunk) > len(counts):
                 raise changed
             new = []
@@ -239,8 +276,9 @@ def _import_stream(*, project, stream: IO[bytes], size: int | None, file_format:
             percent(50, 99)  # enforces the size limit; progress inside the transaction would be invisible
         if position != len(counts) or again.errors:
             raise changed
-        ImportBatch.objects.filter(pk=report.batch.pk).update(imported_count=report.imported,
-                                                              skipped_duplicates=report.skipped_duplicates)
+        ImportBatch.objects.filter(pk=report.batch.pk).update(
+            imported_count=report.imported, skipped_duplicates=report.skipped_duplicates
+        )
         report.batch.imported_count, report.batch.skipped_duplicates = report.imported, report.skipped_duplicates
         if on_commit_rows is not None:
             on_commit_rows(report)
@@ -254,8 +292,14 @@ class AlreadyImported(Exception):
 def start_import_job(*, project, upload, file_format: str = "auto", user=None) -> ImportJob:
     """Store a large upload and queue its import (task ``datasets.import_file``); the page polls the job."""
     name = default_storage.save(f"imports/{project.pk}/{uuid.uuid4().hex}.upload", upload)
-    job = ImportJob.objects.create(project=project, filename=Path(upload.name or "upload").name[:255],
-                                   file_format=file_format, upload=name, size=upload.size or 0, created_by=user)
+    job = ImportJob.objects.create(
+        project=project,
+        filename=Path(upload.name or "upload").name[:255],
+        file_format=file_format,
+        upload=name,
+        size=upload.size or 0,
+        created_by=user,
+    )
     send_after_commit(import_file_task, job.pk)
     return job
 
@@ -264,7 +308,9 @@ def resend_queued_imports(now=None) -> list[int]:
     """Import jobs still queued after FTSTUDIO_REQUEUE_AFTER_SECONDS: their message was lost, send it again (the
     task imports a job once, whatever the deliveries). Called by the periodic reaper."""
     bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
-    resent = list(ImportJob.objects.filter(status=ReportStatus.QUEUED, created_at__lt=bound).values_list("pk", flat=True))
+    resent = list(
+        ImportJob.objects.filter(status=ReportStatus.QUEUED, created_at__lt=bound).values_list("pk", flat=True)
+    )
     for pk in resent:
         log.warning("Import job %s: queued since before %s with no worker: sending it again", pk, bound)
         send_after_commit(import_file_task, pk)
@@ -274,7 +320,8 @@ def resend_queued_imports(now=None) -> list[int]:
 def run_import_job(*, job: ImportJob) -> ImportJob:
     """Import a stored upload (safe to run twice: the rows and the job's "done" commit together)."""
     ImportJob.objects.filter(pk=job.pk).exclude(status=ReportStatus.DONE).update(
-        status=ReportStatus.RUNNING, progress=1, stage="Starting")
+        status=ReportStatus.RUNNING, progress=1, stage="Starting"
+    )
 
     def progress(percent: int, stage: str) -> None:
         ImportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING).update(progress=percent, stage=stage[:120])
@@ -286,8 +333,15 @@ def run_import_job(*, job: ImportJob) -> ImportJob:
 
     try:
         with default_storage.open(job.upload, "rb") as stream:
-            report = import_examples(project=job.project, path_or_file=stream, file_format=job.file_format,
-                                     user=job.created_by, filename=job.filename, progress=progress, on_commit_rows=finish)
+            report = import_examples(
+                project=job.project,
+                path_or_file=stream,
+                file_format=job.file_format,
+                user=job.created_by,
+                filename=job.filename,
+                progress=progress,
+                on_commit_rows=finish,
+            )
     except AlreadyImported:
         return ImportJob.objects.get(pk=job.pk)
     if report.errors:
@@ -298,10 +352,18 @@ def run_import_job(*, job: ImportJob) -> ImportJob:
 
 def _record(job: ImportJob, report: ImportReport) -> None:
     ImportJob.objects.filter(pk=job.pk).update(
-        status=ReportStatus.DONE, progress=100, stage="Done", file_format=report.file_format,
-        errors=[str(e) for e in report.errors[:1000]], error_count=len(report.errors), warnings=report.warnings[:50],
-        imported=report.imported, skipped_duplicates=report.skipped_duplicates, batch=report.batch,
-        finished_at=timezone.now())
+        status=ReportStatus.DONE,
+        progress=100,
+        stage="Done",
+        file_format=report.file_format,
+        errors=[str(e) for e in report.errors[:1000]],
+        error_count=len(report.errors),
+        warnings=report.warnings[:50],
+        imported=report.imported,
+        skipped_duplicates=report.skipped_duplicates,
+        batch=report.batch,
+        finished_at=timezone.now(),
+    )
 
 
 def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
@@ -312,14 +374,47 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
     (validated messages, hashes), so they go to the database as they are.
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    columns = ["project_id", "messages", "status", "split", "tags", "metadata", "source_id", "content_hash",
-               "input_hash", "revision", "token_count", "updated_by_id", "created_at", "updated_at"]
-    sql = (f"INSERT INTO {connection.ops.quote_name(Example._meta.db_table)} "
-           f"({', '.join(connection.ops.quote_name(c) for c in columns)}) VALUES ({', '.join(['%s'] * len(columns))})")
+    columns = [
+        "project_id",
+        "messages",
+        "status",
+        "split",
+        "tags",
+        "metadata",
+        "source_id",
+        "content_hash",
+        "input_hash",
+        "revision",
+        "token_count",
+        "updated_by_id",
+        "created_at",
+        "updated_at",
+    ]
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(Example._meta.db_table)} "
+        f"({', '.join(connection.ops.quote_name(c) for c in columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    )
     user_id = getattr(user, "pk", None)
     dumps = json.dumps
-    values = [(project.pk, blob, ExampleStatus.DRAFT, "", dumps(row.tags), dumps(row.metadata), batch.pk,
-               h, input_hash(row.messages), 1, n, user_id, now, now) for row, blob, h, n in new]
+    values = [
+        (
+            project.pk,
+            blob,
+            ExampleStatus.DRAFT,
+            "",
+            dumps(row.tags),
+            dumps(row.metadata),
+            batch.pk,
+            h,
+            input_hash(row.messages),
+            1,
+            n,
+            user_id,
+            now,
+            now,
+        )
+        for row, blob, h, n in new
+    ]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":  # COPY: one round trip for the whole file
             copy_sql = sql.split(" VALUES ")[0].replace("INSERT INTO", "COPY", 1) + " FROM STDIN"
@@ -328,7 +423,7 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
                     copy.write_row(value)
             return
         for start in range(0, len(values), 5000):
-            cursor.executemany(sql, values[start:start + 5000])
+            cursor.executemany(sql, values[start : start + 5000])
 
 
 # --- export ----------------------------------------------------------------------------------------
@@ -340,8 +435,10 @@ def _single_turn(messages: list[dict], where: str, file_format: str) -> tuple[st
     users = [m["content"] for m in messages if m["role"] == "user"]
     assistants = [m["content"] for m in messages if m["role"] == "assistant"]
     if len(users) != 1 or len(assistants) != 1 or len(system) > 1:
-        raise ExportError(f"{where} has {len(users)} user and {len(assistants)} assistant turns; {file_format} holds one "
-                          "input and one output per example. Export as openai to keep multi-turn conversations.")
+        raise ExportError(
+            f"{where} has {len(users)} user and {len(assistants)} assistant turns; {file_format} holds one "
+            "input and one output per example. Export as openai to keep multi-turn conversations."
+        )
     return (system[0] if system else ""), users[0], assistants[0]
 
 
@@ -353,11 +450,18 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
         dv = DatasetVersion.objects.filter(project=project, number=version).first()
         if dv is None:
             raise ExportError(f"{project.name} has no version {version}.")
-        rows = ((f"v{version} item {pos}", msgs) for pos, msgs in
-                dv.items.order_by("position").values_list("position", "messages").iterator(chunk_size=2000))
+        rows = (
+            (f"v{version} item {pos}", msgs)
+            for pos, msgs in dv.items.order_by("position").values_list("position", "messages").iterator(chunk_size=2000)
+        )
     else:
-        rows = ((f"Example #{pk}", msgs) for pk, msgs in
-                Example.objects.filter(project=project).order_by("id").values_list("id", "messages").iterator(chunk_size=2000))
+        rows = (
+            (f"Example #{pk}", msgs)
+            for pk, msgs in Example.objects.filter(project=project)
+            .order_by("id")
+            .values_list("id", "messages")
+            .iterator(chunk_size=2000)
+        )
     if file_format == "openai":
         for _, messages in rows:
             yield json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
@@ -383,18 +487,27 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
 
 
 # --- editing ---------------------------------------------------------------------------------------
-def _apply_change(*, example: Example, expected_revision: int | None, user, change: str, yours: str = "",
-                  **fields) -> Example:
+def _apply_change(
+    *, example: Example, expected_revision: int | None, user, change: str, yours: str = "", **fields
+) -> Example:
     """Save ``fields`` on the example if it is still at ``expected_revision``; keep the old state in history."""
     with transaction.atomic():
         current = Example.objects.select_for_update(of=("self",)).select_related("updated_by").get(pk=example.pk)
         if expected_revision is not None and current.revision != expected_revision:
             who = current.updated_by.username if current.updated_by else "Someone"
             raise EditConflict(example=current, yours=yours, theirs=current.ideal_output, changed_by=who)
-        ExampleRevision.objects.create(example=current, revision=current.revision, messages=current.messages,
-                                       status=current.status, split=current.split, changed_by=user, change=change[:200])
+        ExampleRevision.objects.create(
+            example=current,
+            revision=current.revision,
+            messages=current.messages,
+            status=current.status,
+            split=current.split,
+            changed_by=user,
+            change=change[:200],
+        )
         updated = Example.objects.filter(pk=current.pk, revision=current.revision).update(
-            revision=F("revision") + 1, updated_by=user, updated_at=timezone.now(), **fields)
+            revision=F("revision") + 1, updated_by=user, updated_at=timezone.now(), **fields
+        )
         if not updated:  # pragma: no cover - the row lock above makes this unreachable on PostgreSQL
             raise EditConflict(example=current, yours=yours, theirs=current.ideal_output, changed_by="Someone")
     return Example.objects.select_related("updated_by").get(pk=example.pk)
@@ -403,7 +516,9 @@ def _apply_change(*, example: Example, expected_revision: int | None, user, chan
 def save_ideal_output(*, example: Example, text: str, expected_revision: int, user) -> Example:
     """Replace the final assistant turn. Refused with EditConflict when the example changed since it was loaded."""
     if not text.strip():
-        raise CurationError("The ideal output cannot be empty: write the answer the model should give, or reject the example.")
+        raise CurationError(
+            "The ideal output cannot be empty: write the answer the model should give, or reject the example."
+        )
     current = Example.objects.select_related("updated_by").get(pk=example.pk)
     if current.revision != expected_revision:
         who = current.updated_by.username if current.updated_by else "Someone"
@@ -414,8 +529,16 @@ def save_ideal_output(*, example: Example, text: str, expected_revision: int, us
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     messages[last]["content"] = text
     tokens = get_token_counter().count_conversations([messages])[0]
-    return _apply_change(example=example, expected_revision=expected_revision, user=user, change="edited the ideal output",
-                         yours=text, messages=messages, token_count=tokens, input_hash=input_hash(messages))
+    return _apply_change(
+        example=example,
+        expected_revision=expected_revision,
+        user=user,
+        change="edited the ideal output",
+        yours=text,
+        messages=messages,
+        token_count=tokens,
+        input_hash=input_hash(messages),
+    )
 
 
 def set_status(*, example: Example, status: str, user, expected_revision: int | None = None) -> Example:
@@ -423,8 +546,14 @@ def set_status(*, example: Example, status: str, user, expected_revision: int | 
         raise CurationError(f"Unknown status {status!r}: use {', '.join(ExampleStatus.values)}.")
     if status == example.status and (expected_revision is None or expected_revision == example.revision):
         return example
-    return _apply_change(example=example, expected_revision=expected_revision, user=user,
-                         change=f"marked {status}", yours=example.ideal_output, status=status)
+    return _apply_change(
+        example=example,
+        expected_revision=expected_revision,
+        user=user,
+        change=f"marked {status}",
+        yours=example.ideal_output,
+        status=status,
+    )
 
 
 def set_tags(*, example: Example, tags: list[str], user, expected_revision: int | None = None) -> Example:
@@ -434,8 +563,14 @@ def set_tags(*, example: Example, tags: list[str], user, expected_revision: int 
         raise CurationError(f"Tags may only hold letters, digits, - and _ (not {', '.join(bad)}).")
     if clean == sorted(example.tags or []):
         return example
-    return _apply_change(example=example, expected_revision=expected_revision, user=user,
-                         change=f"tags: {', '.join(clean) or 'none'}", yours=example.ideal_output, tags=clean)
+    return _apply_change(
+        example=example,
+        expected_revision=expected_revision,
+        user=user,
+        change=f"tags: {', '.join(clean) or 'none'}",
+        yours=example.ideal_output,
+        tags=clean,
+    )
 
 
 @dataclass
@@ -449,14 +584,23 @@ class EditOutcome:
     error: str = ""
 
 
-def edit_example(*, example: Example, expected_revision: int, user, text: str | None = None,
-                 tags: list[str] | None = None, status: str | None = None) -> EditOutcome:
+def edit_example(
+    *,
+    example: Example,
+    expected_revision: int,
+    user,
+    text: str | None = None,
+    tags: list[str] | None = None,
+    status: str | None = None,
+) -> EditOutcome:
     """The labelling view's autosave: the ideal output, then tags, then status (each only when given), all
     against the revision the page loaded. Stops at the first refusal; what was saved before it stays saved."""
     outcome = EditOutcome(example=example)
-    changes = [(save_ideal_output, {"text": text}) if text is not None else None,
-               (set_tags, {"tags": tags}) if tags is not None else None,
-               (set_status, {"status": status}) if status else None]
+    changes = [
+        (save_ideal_output, {"text": text}) if text is not None else None,
+        (set_tags, {"tags": tags}) if tags is not None else None,
+        (set_status, {"status": status}) if status else None,
+    ]
     try:
         for change, values in filter(None, changes):
             revision = outcome.example.revision if outcome.saved else expected_revision
@@ -472,13 +616,17 @@ def edit_example(*, example: Example, expected_revision: int, user, text: str | 
 
 # --- splits ----------------------------------------------------------------------------------------
 def _items(project, **filters) -> list[quality.Item]:
-    rows = Example.objects.filter(project=project, **filters).order_by("id").values_list(
-        "id", "messages", "split", "token_count")
+    rows = (
+        Example.objects.filter(project=project, **filters)
+        .order_by("id")
+        .values_list("id", "messages", "split", "token_count")
+    )
     return [quality.Item(pk, messages, split, tokens) for pk, messages, split, tokens in rows.iterator(chunk_size=5000)]
 
 
-def assign_splits(*, project, seed: int = 0, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                  reassign: bool = False) -> dict[str, int]:
+def assign_splits(
+    *, project, seed: int = 0, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), reassign: bool = False
+) -> dict[str, int]:
     """Assign train/val/test by ratio, deterministically for a given seed and set of examples.
 
     Near-duplicates (same or near-same input, or near-same conversation) form one group and go to one
@@ -526,7 +674,7 @@ def assign_splits(*, project, seed: int = 0, ratios: tuple[float, float, float] 
     with transaction.atomic():
         for split, ids in by_split.items():
             for start in range(0, len(ids), 5000):
-                Example.objects.filter(project=project, id__in=ids[start:start + 5000]).update(split=split)
+                Example.objects.filter(project=project, id__in=ids[start : start + 5000]).update(split=split)
     return {s.value: counts[s.value] for s in SPLITS}
 
 
@@ -535,8 +683,14 @@ def _token_stats(counts: list[int]) -> dict:
     if not counts:
         return {"count": 0, "total": 0, "mean": 0, "p50": 0, "p95": 0, "max": 0}
     arr = np.asarray(counts)
-    return {"count": len(counts), "total": int(arr.sum()), "mean": round(float(arr.mean()), 1),
-            "p50": int(np.percentile(arr, 50)), "p95": int(np.percentile(arr, 95)), "max": int(arr.max())}
+    return {
+        "count": len(counts),
+        "total": int(arr.sum()),
+        "mean": round(float(arr.mean()), 1),
+        "p50": int(np.percentile(arr, 50)),
+        "p95": int(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+    }
 
 
 def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
@@ -546,22 +700,28 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     splits first: a version is always fully split) or when the train split would be empty. Drafts and
     rejected examples are left out.
     """
-    approved = list(Example.objects.filter(project=project, status=ExampleStatus.APPROVED).order_by("id")
-                    .values_list("id", "messages", "split", "token_count"))
+    approved = list(
+        Example.objects.filter(project=project, status=ExampleStatus.APPROVED)
+        .order_by("id")
+        .values_list("id", "messages", "split", "token_count")
+    )
     if not approved:
         raise FreezeError("No approved examples to freeze: approve examples in the labelling view first.")
     unsplit = [pk for pk, _, split, _ in approved if not split]
     if unsplit:
         shown = ", ".join(f"#{pk}" for pk in unsplit[:5])
-        raise FreezeError(f"{len(unsplit)} approved example{'s have' if len(unsplit) > 1 else ' has'} no split ({shown}"
-                          f"{'…' if len(unsplit) > 5 else ''}): assign splits first.")
+        raise FreezeError(
+            f"{len(unsplit)} approved example{'s have' if len(unsplit) > 1 else ' has'} no split ({shown}"
+            f"{'…' if len(unsplit) > 5 else ''}): assign splits first."
+        )
     order = {s.value: i for i, s in enumerate(SPLITS)}
     approved.sort(key=lambda row: (order[row[2]], row[0]))
     if not any(split == Split.TRAIN for _, _, split, _ in approved):
         raise FreezeError("The train split has no approved examples: a version needs something to train on.")
     hashes = [content_hash(messages) for _, messages, _, _ in approved]
-    version_hash = hashlib.sha256("\n".join(f"{row[2]}:{h}" for row, h in zip(approved, hashes, strict=True))
-                                  .encode()).hexdigest()
+    version_hash = hashlib.sha256(
+        "\n".join(f"{row[2]}:{h}" for row, h in zip(approved, hashes, strict=True)).encode()
+    ).hexdigest()
     latest = DatasetVersion.objects.filter(project=project).order_by("-number").first()
     if latest and latest.content_hash == version_hash:
         raise FreezeError(f"Nothing changed since v{latest.number}: it already holds exactly these examples.")
@@ -575,13 +735,28 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
             with transaction.atomic():
                 number = (DatasetVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
                 version = DatasetVersion.objects.create(
-                    project=project, number=number, content_hash=version_hash, note=note[:200], created_by=user,
-                    split_counts=split_counts, token_stats={s: _token_stats(c) for s, c in tokens.items()})
+                    project=project,
+                    number=number,
+                    content_hash=version_hash,
+                    note=note[:200],
+                    created_by=user,
+                    split_counts=split_counts,
+                    token_stats={s: _token_stats(c) for s, c in tokens.items()},
+                )
                 DatasetVersionItem.objects.bulk_create(
-                    [DatasetVersionItem(version=version, example_id=pk, position=position, split=split, messages=messages,
-                                        content_hash=h)
-                     for position, ((pk, messages, split, _), h) in enumerate(zip(approved, hashes, strict=True))],
-                    batch_size=2000)
+                    [
+                        DatasetVersionItem(
+                            version=version,
+                            example_id=pk,
+                            position=position,
+                            split=split,
+                            messages=messages,
+                            content_hash=h,
+                        )
+                        for position, ((pk, messages, split, _), h) in enumerate(zip(approved, hashes, strict=True))
+                    ],
+                    batch_size=2000,
+                )
             return version
         except IntegrityError:  # another freeze took the number: take the next one
             if attempt == 2:
@@ -600,14 +775,19 @@ def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: 
             if pk not in seen:
                 seen.add(pk)
                 wanted.append((split.value, pk))
-    rows = {pk: (messages, n) for pk, messages, n in
-            Example.objects.filter(project=project, pk__in=seen).values_list("id", "messages", "token_count")}
+    rows = {
+        pk: (messages, n)
+        for pk, messages, n in Example.objects.filter(project=project, pk__in=seen).values_list(
+            "id", "messages", "token_count"
+        )
+    }
     wanted = [(split, pk) for split, pk in wanted if pk in rows]
     if not any(split == Split.TRAIN for split, _ in wanted):
         raise FreezeError("The training file holds no examples: a version needs something to train on.")
     hashes = [content_hash(rows[pk][0]) for _, pk in wanted]
-    version_hash = hashlib.sha256("\n".join(f"{split}:{h}" for (split, _), h in zip(wanted, hashes, strict=True))
-                                  .encode()).hexdigest()
+    version_hash = hashlib.sha256(
+        "\n".join(f"{split}:{h}" for (split, _), h in zip(wanted, hashes, strict=True)).encode()
+    ).hexdigest()
     split_counts = {s.value: 0 for s in SPLITS}
     tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
     for split, pk in wanted:
@@ -618,12 +798,28 @@ def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: 
             with transaction.atomic():
                 number = (DatasetVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
                 version = DatasetVersion.objects.create(
-                    project=project, number=number, content_hash=version_hash, note=note[:200], created_by=user,
-                    split_counts=split_counts, token_stats={s: _token_stats(c) for s, c in tokens.items()})
+                    project=project,
+                    number=number,
+                    content_hash=version_hash,
+                    note=note[:200],
+                    created_by=user,
+                    split_counts=split_counts,
+                    token_stats={s: _token_stats(c) for s, c in tokens.items()},
+                )
                 DatasetVersionItem.objects.bulk_create(
-                    [DatasetVersionItem(version=version, example_id=pk, position=position, split=split,
-                                        messages=rows[pk][0], content_hash=h)
-                     for position, ((split, pk), h) in enumerate(zip(wanted, hashes, strict=True))], batch_size=2000)
+                    [
+                        DatasetVersionItem(
+                            version=version,
+                            example_id=pk,
+                            position=position,
+                            split=split,
+                            messages=rows[pk][0],
+                            content_hash=h,
+                        )
+                        for position, ((split, pk), h) in enumerate(zip(wanted, hashes, strict=True))
+                    ],
+                    batch_size=2000,
+                )
             return version
         except IntegrityError:  # another freeze took the number: take the next one
             if attempt == 2:
@@ -631,8 +827,14 @@ def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: 
     raise AssertionError("unreachable")
 
 
-def freeze_subset(*, source: DatasetVersion, train_positions: list[int], test_items: list[DatasetVersionItem] | None = None,
-                  user=None, note: str = "") -> DatasetVersion:
+def freeze_subset(
+    *,
+    source: DatasetVersion,
+    train_positions: list[int],
+    test_items: list[DatasetVersionItem] | None = None,
+    user=None,
+    note: str = "",
+) -> DatasetVersion:
     """Freeze part of a frozen version as a new version derived from it (``derived_from``): the train items at
     these positions, the source's validation split, and its test split or ``test_items`` (another version's
     test split, so that two experiment arms are scored on the same examples). Copies the frozen items, never the
@@ -645,32 +847,61 @@ def freeze_subset(*, source: DatasetVersion, train_positions: list[int], test_it
         raise FreezeError(f"The subset of v{source.number} holds no training examples.")
     val = [i for i in items if i.split == Split.VAL]
     test = list(test_items) if test_items is not None else [i for i in items if i.split == Split.TEST]
-    chosen = [(Split.TRAIN.value, i) for i in train] + [(Split.VAL.value, i) for i in val] + [(Split.TEST.value, i) for i in test]
+    chosen = (
+        [(Split.TRAIN.value, i) for i in train]
+        + [(Split.VAL.value, i) for i in val]
+        + [(Split.TEST.value, i) for i in test]
+    )
     version_hash = hashlib.sha256("\n".join(f"{split}:{i.content_hash}" for split, i in chosen).encode()).hexdigest()
-    earlier = DatasetVersion.objects.filter(project=source.project_id, derived_from=source, content_hash=version_hash).first()
+    earlier = DatasetVersion.objects.filter(
+        project=source.project_id, derived_from=source, content_hash=version_hash
+    ).first()
     if earlier:
         return earlier
-    counts = dict(Example.objects.filter(pk__in=[i.example_id for _, i in chosen if i.example_id])
-                  .values_list("id", "token_count"))
+    counts = dict(
+        Example.objects.filter(pk__in=[i.example_id for _, i in chosen if i.example_id]).values_list(
+            "id", "token_count"
+        )
+    )
     split_counts = {s.value: 0 for s in SPLITS}
     tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
     for split, item in chosen:
         split_counts[split] += 1
         if item.example_id in counts:
             tokens[split].append(counts[item.example_id])
-    stats = {s: _token_stats(c) for s, c in tokens.items() if len(c) == split_counts[s]}  # only where every count is known
+    stats = {
+        s: _token_stats(c) for s, c in tokens.items() if len(c) == split_counts[s]
+    }  # only where every count is known
     for attempt in range(3):
         try:
             with transaction.atomic():
-                number = (DatasetVersion.objects.filter(project=source.project_id).aggregate(n=Max("number"))["n"] or 0) + 1
+                number = (
+                    DatasetVersion.objects.filter(project=source.project_id).aggregate(n=Max("number"))["n"] or 0
+                ) + 1
                 version = DatasetVersion.objects.create(
-                    project_id=source.project_id, number=number, content_hash=version_hash, note=note[:200],
-                    created_by=user if getattr(user, "pk", None) else None, derived_from=source,
-                    split_counts=split_counts, token_stats=stats)
+                    project_id=source.project_id,
+                    number=number,
+                    content_hash=version_hash,
+                    note=note[:200],
+                    created_by=user if getattr(user, "pk", None) else None,
+                    derived_from=source,
+                    split_counts=split_counts,
+                    token_stats=stats,
+                )
                 DatasetVersionItem.objects.bulk_create(
-                    [DatasetVersionItem(version=version, example_id=item.example_id, position=position, split=split,
-                                        messages=item.messages, content_hash=item.content_hash)
-                     for position, (split, item) in enumerate(chosen)], batch_size=2000)
+                    [
+                        DatasetVersionItem(
+                            version=version,
+                            example_id=item.example_id,
+                            position=position,
+                            split=split,
+                            messages=item.messages,
+                            content_hash=item.content_hash,
+                        )
+                        for position, (split, item) in enumerate(chosen)
+                    ],
+                    batch_size=2000,
+                )
             return version
         except IntegrityError:  # another freeze took the number: take the next one
             if attempt == 2:
@@ -681,7 +912,9 @@ def freeze_subset(*, source: DatasetVersion, train_positions: list[int], test_it
 # --- quality report --------------------------------------------------------------------------------
 def start_quality_report(*, project, user=None) -> QualityReport:
     """Queue a report (Celery task `datasets.quality_report`, queue `default`) unless one is already running."""
-    active = QualityReport.objects.filter(project=project, status__in=[ReportStatus.QUEUED, ReportStatus.RUNNING]).first()
+    active = QualityReport.objects.filter(
+        project=project, status__in=[ReportStatus.QUEUED, ReportStatus.RUNNING]
+    ).first()
     if active:
         return active
     report = QualityReport.objects.create(project=project, created_by=user)
@@ -700,23 +933,43 @@ def run_quality_report(*, project, report: QualityReport | None = None) -> Quali
 
     items = _items(project)
     counter = get_token_counter()
-    found = quality.run_checks(items, context_length=counter.context_length, model_name=counter.model_name,
-                               progress=progress)
+    found = quality.run_checks(
+        items, context_length=counter.context_length, model_name=counter.model_name, progress=progress
+    )
     dismissed = set(QualityDismissal.objects.filter(project=project).values_list("key", flat=True))
     with transaction.atomic():
         report.findings.all().delete()
-        rows = [QualityFinding(report=report, kind=f.kind, severity=f.severity, detail=f.detail[:500], key=f.key,
-                               dismissed=f.key in dismissed) for f in found]
+        rows = [
+            QualityFinding(
+                report=report,
+                kind=f.kind,
+                severity=f.severity,
+                detail=f.detail[:500],
+                key=f.key,
+                dismissed=f.key in dismissed,
+            )
+            for f in found
+        ]
         QualityFinding.objects.bulk_create(rows, batch_size=2000)
         through = QualityFinding.examples.through
         through.objects.bulk_create(
-            [through(qualityfinding_id=row.pk, example_id=pk) for row, f in zip(rows, found, strict=True)
-             for pk in f.example_ids], batch_size=5000)
+            [
+                through(qualityfinding_id=row.pk, example_id=pk)
+                for row, f in zip(rows, found, strict=True)
+                for pk in f.example_ids
+            ],
+            batch_size=5000,
+        )
         summary = Counter(f.kind for f, row in zip(found, rows, strict=True) if not row.dismissed)
         QualityReport.objects.filter(pk=report.pk).update(
-            status=ReportStatus.DONE, progress=100, stage="Done", example_count=len(items),
+            status=ReportStatus.DONE,
+            progress=100,
+            stage="Done",
+            example_count=len(items),
             summary={k: summary.get(k, 0) for k in FindingKind.values},
-            seconds=round(time.perf_counter() - started, 2), finished_at=timezone.now())
+            seconds=round(time.perf_counter() - started, 2),
+            finished_at=timezone.now(),
+        )
     report.refresh_from_db()
     return report
 
@@ -725,8 +978,9 @@ def dismiss_finding(*, finding: QualityFinding, user) -> QualityFinding:
     """Mark a finding as not a problem; it stays dismissed in later reports until its examples change."""
     project = finding.report.project
     with transaction.atomic():
-        QualityDismissal.objects.get_or_create(project=project, key=finding.key,
-                                               defaults={"kind": finding.kind, "dismissed_by": user})
+        QualityDismissal.objects.get_or_create(
+            project=project, key=finding.key, defaults={"kind": finding.kind, "dismissed_by": user}
+        )
         QualityFinding.objects.filter(report__project=project, key=finding.key).update(dismissed=True)
         report = finding.report
         summary = dict(report.summary)

@@ -24,7 +24,9 @@ def quality_report_task(report_id: int) -> str:
         services.run_quality_report(project=report.project, report=report)
     except Exception as exc:
         log.exception("Quality report %s of project %s failed", report_id, report.project.slug)
-        QualityReport.objects.filter(pk=report_id).update(status=ReportStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        QualityReport.objects.filter(pk=report_id).update(
+            status=ReportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
+        )
         raise
     return "done"
 
@@ -44,6 +46,7 @@ def import_file_task(job_id: int) -> str:
     except Exception as exc:
         log.exception("Import job %s of project %s failed", job_id, job.project.slug)
         ImportJob.objects.filter(pk=job_id).exclude(status=ReportStatus.DONE).update(
-            status=ReportStatus.FAILED, stage=f"{type(exc).__name__}: {exc}"[:120])
+            status=ReportStatus.FAILED, stage=f"{type(exc).__name__}: {exc}"[:120]
+        )
         raise
     return f"imported {job.imported}" if not job.error_count else f"refused: {job.error_count} problems"

@@ -67,8 +67,10 @@ class TokenCounter:
             for piece in findall(text):
                 c = cache.get(piece)
                 if c is None:
-                    c = cache[piece] = sum(len(self.tokenizer.model.tokenize(p))
-                                           for p, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(piece))
+                    c = cache[piece] = sum(
+                        len(self.tokenizer.model.tokenize(p))
+                        for p, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(piece)
+                    )
                 n += c
             counts[row] = n
         if special_rows:
@@ -149,7 +151,9 @@ def _measure_overheads(counter: TokenCounter, template: str | None) -> None:
         counter.role_overhead["system"] = base - x
         for role in ("user", "assistant"):
             counter.role_overhead[role] = n([system, {"role": role, "content": "x"}]) - base - x
-        counter.default_system_overhead = max(0, n([{"role": "user", "content": "x"}]) - counter.role_overhead["user"] - x)
+        counter.default_system_overhead = max(
+            0, n([{"role": "user", "content": "x"}]) - counter.role_overhead["user"] - x
+        )
     except Exception:  # a template we cannot (or may not) render: count contents only
         log.warning("Could not measure the chat template's overhead; counting message contents only", exc_info=True)
 

@@ -46,26 +46,44 @@ def example_list(request, project):
     status_counts, split_counts = selectors.example_counts(project)  # every count the page shows, one query
     # Page through ids only (an index scan, however deep the page), then load the 50 rows by primary key; the
     # total is known from the counts whenever it can be (no COUNT(*)).
-    paginator = CountedPaginator(queue.values_list("id", flat=True), PAGE_SIZE,
-                                 count=selectors.known_count(filters, status_counts, split_counts))
+    paginator = CountedPaginator(
+        queue.values_list("id", flat=True), PAGE_SIZE, count=selectors.known_count(filters, status_counts, split_counts)
+    )
     page = paginator.get_page(request.GET.get("page"))
     ids = list(page.object_list)
-    by_id = {e.pk: e for e in Example.objects.filter(pk__in=ids).only(
-        "id", "messages", "status", "split", "tags", "revision", "token_count")}
+    by_id = {
+        e.pk: e
+        for e in Example.objects.filter(pk__in=ids).only(
+            "id", "messages", "status", "split", "tags", "revision", "token_count"
+        )
+    }
     rows = []
     for pk in ids:
         example = by_id[pk]
         last_input = (example.input_messages or [{"content": ""}])[-1]["content"]
-        rows.append({"example": example, "input": _preview(last_input, 120), "output": _preview(example.ideal_output, 140)})
+        rows.append(
+            {"example": example, "input": _preview(last_input, 120), "output": _preview(example.ideal_output, 140)}
+        )
     context = {
-        "page": page, "rows": rows, "filters": filters, "query": urlencode(filters),
+        "page": page,
+        "rows": rows,
+        "filters": filters,
+        "query": urlencode(filters),
         "status_rows": [(v, label, status_counts.get(v, 0)) for v, label in ExampleStatus.choices],
-        "split_rows": [(v, label, split_counts.get(v, 0)) for v, label in Split.choices] + [("none", "Unassigned", split_counts.get("", 0))],
+        "split_rows": [(v, label, split_counts.get(v, 0)) for v, label in Split.choices]
+        + [("none", "Unassigned", split_counts.get("", 0))],
         "total": sum(status_counts.values()),
-        "statuses": ExampleStatus.choices, "splits": Split.choices, "kinds": FindingKind.choices,
-        "split_form": SplitForm(), "first": ids[0] if ids and page.number == 1 else queue.values_list("id", flat=True).first(),
+        "statuses": ExampleStatus.choices,
+        "splits": Split.choices,
+        "kinds": FindingKind.choices,
+        "split_form": SplitForm(),
+        "first": ids[0] if ids and page.number == 1 else queue.values_list("id", flat=True).first(),
     }
-    template = "datasets/example_list.html#queue" if request.htmx and not request.htmx.boosted else "datasets/example_list.html"
+    template = (
+        "datasets/example_list.html#queue"
+        if request.htmx and not request.htmx.boosted
+        else "datasets/example_list.html"
+    )
     return render(request, template, context)
 
 
@@ -77,14 +95,23 @@ def example_import(request, project):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
-            job = services.start_import_job(project=project, upload=upload, file_format=form.cleaned_data["file_format"],
-                                            user=request.user)
+            job = services.start_import_job(
+                project=project, upload=upload, file_format=form.cleaned_data["file_format"], user=request.user
+            )
             return redirect(f"{reverse('example_import', kwargs={'slug': project.slug})}?job={job.pk}")
-        report = services.import_examples(project=project, path_or_file=upload, file_format=form.cleaned_data["file_format"],
-                                          user=request.user, filename=upload.name)
+        report = services.import_examples(
+            project=project,
+            path_or_file=upload,
+            file_format=form.cleaned_data["file_format"],
+            user=request.user,
+            filename=upload.name,
+        )
         if report.ok:
-            messages.success(request, f"Imported {report.imported} examples from {upload.name}; skipped "
-                                      f"{report.skipped_duplicates} already in the project.")
+            messages.success(
+                request,
+                f"Imported {report.imported} examples from {upload.name}; skipped "
+                f"{report.skipped_duplicates} already in the project.",
+            )
     elif request.GET.get("job", "").isdigit():
         job = get_object_or_404(ImportJob, project=project, pk=int(request.GET["job"]))
     context = {"form": form, "report": report, "job": job, "limits": services.import_limits()}
@@ -118,10 +145,15 @@ def assign_splits(request, project):
     form = SplitForm(request.POST)
     if form.is_valid():
         d = form.cleaned_data
-        counts = services.assign_splits(project=project, seed=d["seed"], ratios=(d["train"], d["val"], d["test"]),
-                                        reassign=d["reassign"])
-        messages.success(request, "Splits assigned (near-duplicates kept together): "
-                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+        counts = services.assign_splits(
+            project=project, seed=d["seed"], ratios=(d["train"], d["val"], d["test"]), reassign=d["reassign"]
+        )
+        messages.success(
+            request,
+            "Splits assigned (near-duplicates kept together): "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + ".",
+        )
     else:
         messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
     return redirect("example_list", slug=project.slug)
@@ -132,8 +164,17 @@ def _label_context(project, example, filters: dict[str, str], **extra):
     prev, nxt = selectors.neighbours(selectors.example_queue(project, filters), example)
     findings = selectors.open_findings_of(project, example)
     revisions = example.revisions.select_related("changed_by")[:20]
-    return {"example": example, "query": query, "filters": filters, "next_id": nxt, "prev_id": prev,
-            "findings": findings, "revisions": revisions, "statuses": ExampleStatus.choices, **extra}
+    return {
+        "example": example,
+        "query": query,
+        "filters": filters,
+        "next_id": nxt,
+        "prev_id": prev,
+        "findings": findings,
+        "revisions": revisions,
+        "statuses": ExampleStatus.choices,
+        **extra,
+    }
 
 
 @project_view("view")
@@ -152,8 +193,13 @@ def example_save(request, project, pk):
     except ValueError:
         return HttpResponse("Missing or invalid revision.", status=400)
     outcome = services.edit_example(
-        example=example, expected_revision=expected, user=request.user, text=request.POST.get("text"),
-        tags=request.POST["tags"].split(",") if "tags" in request.POST else None, status=request.POST.get("status"))
+        example=example,
+        expected_revision=expected,
+        user=request.user,
+        text=request.POST.get("text"),
+        tags=request.POST["tags"].split(",") if "tags" in request.POST else None,
+        status=request.POST.get("status"),
+    )
     example, conflict, error, saved = outcome.example, outcome.conflict, outcome.error, outcome.saved
     if not request.htmx:
         if conflict:
@@ -183,10 +229,15 @@ def quality_report(request, project):
         for kind, label in FindingKind.choices:
             count = report.summary.get(kind, 0)
             if count:
-                groups.append({"kind": kind, "label": label, "count": count,
-                               "findings": open_findings.filter(kind=kind)[:20]})
-    context = {"current": current, "report": report, "groups": groups,
-               "dismissed_count": report.findings.filter(dismissed=True).count() if report else 0}
+                groups.append(
+                    {"kind": kind, "label": label, "count": count, "findings": open_findings.filter(kind=kind)[:20]}
+                )
+    context = {
+        "current": current,
+        "report": report,
+        "groups": groups,
+        "dismissed_count": report.findings.filter(dismissed=True).count() if report else 0,
+    }
     if request.htmx and request.GET.get("poll"):
         if current is not None and current.status == ReportStatus.DONE:
             return HttpResponseClientRefresh()  # the finished report replaces the progress bar: reload the page
@@ -200,7 +251,11 @@ def finding_dismiss(request, project, pk):
     finding = get_object_or_404(QualityFinding.objects.select_related("report"), report__project=project, pk=pk)
     services.dismiss_finding(finding=finding, user=request.user)
     if request.htmx:
-        return render(request, "datasets/quality_report.html#finding", {"finding": finding, "compact": request.POST.get("compact")})
+        return render(
+            request,
+            "datasets/quality_report.html#finding",
+            {"finding": finding, "compact": request.POST.get("compact")},
+        )
     messages.success(request, "Finding dismissed: it stays dismissed until its examples change.")
     return redirect(_safe_next(request, reverse("quality_report", kwargs={"slug": project.slug})))
 
@@ -219,8 +274,11 @@ def version_list(request, project):
     if request.method == "POST" and form.is_valid():
         try:
             version = services.freeze_version(project=project, user=request.user, note=form.cleaned_data["note"])
-            messages.success(request, f"Froze v{version.number}: {version.example_count} approved examples "
-                                      f"({', '.join(f'{k} {v}' for k, v in version.split_counts.items())}).")
+            messages.success(
+                request,
+                f"Froze v{version.number}: {version.example_count} approved examples "
+                f"({', '.join(f'{k} {v}' for k, v in version.split_counts.items())}).",
+            )
             return redirect("version_list", slug=project.slug)
         except services.FreezeError as exc:
             form.add_error(None, str(exc))

@@ -33,18 +33,70 @@ HOUSE_STYLE_PROMPT = (
 )
 
 NAMES = [
-    "Maria", "James", "Aisha", "Chen", "Olga", "Tomas", "Priya", "Lucas", "Fatima", "Noah", "Ingrid", "Kenji",
-    "Zara", "Mateo", "Hannah", "Omar", "Sofia", "Arjun", "Elena", "Kwame", "Yuki", "Daniel", "Leila", "Pedro",
-    "Grace", "Ivan", "Amara", "Felix", "Mei", "Samuel", "Nadia", "Hugo", "Chloe", "Ravi", "Anna", "Diego",
-    "Freya", "Tariq", "Lina", "Oscar", "Ines", "Kofi", "Emma", "Bilal", "Rosa", "Viktor", "Julia", "Sipho",
+    "Maria",
+    "James",
+    "Aisha",
+    "Chen",
+    "Olga",
+    "Tomas",
+    "Priya",
+    "Lucas",
+    "Fatima",
+    "Noah",
+    "Ingrid",
+    "Kenji",
+    "Zara",
+    "Mateo",
+    "Hannah",
+    "Omar",
+    "Sofia",
+    "Arjun",
+    "Elena",
+    "Kwame",
+    "Yuki",
+    "Daniel",
+    "Leila",
+    "Pedro",
+    "Grace",
+    "Ivan",
+    "Amara",
+    "Felix",
+    "Mei",
+    "Samuel",
+    "Nadia",
+    "Hugo",
+    "Chloe",
+    "Ravi",
+    "Anna",
+    "Diego",
+    "Freya",
+    "Tariq",
+    "Lina",
+    "Oscar",
+    "Ines",
+    "Kofi",
+    "Emma",
+    "Bilal",
+    "Rosa",
+    "Viktor",
+    "Julia",
+    "Sipho",
 ]
 
 # (product, a part of it that a customer might mention)
 PRODUCTS = [
-    ("Aurora Kettle", "lid"), ("Nimbus Headphones", "ear cushion"), ("Glow Desk Lamp", "lamp arm"),
-    ("Breeze Fan", "front grille"), ("Pico Speaker", "charging port"), ("Orbit Robot Vacuum", "side brush"),
-    ("Crema Coffee Grinder", "bean hopper"), ("Tide Water Bottle", "cap"), ("Ember Toaster", "crumb tray"),
-    ("Halo Smart Bulb", "base"), ("Drift Backpack", "zip"), ("Pulse Fitness Band", "strap"),
+    ("Aurora Kettle", "lid"),
+    ("Nimbus Headphones", "ear cushion"),
+    ("Glow Desk Lamp", "lamp arm"),
+    ("Breeze Fan", "front grille"),
+    ("Pico Speaker", "charging port"),
+    ("Orbit Robot Vacuum", "side brush"),
+    ("Crema Coffee Grinder", "bean hopper"),
+    ("Tide Water Bottle", "cap"),
+    ("Ember Toaster", "crumb tray"),
+    ("Halo Smart Bulb", "base"),
+    ("Drift Backpack", "zip"),
+    ("Pulse Fitness Band", "strap"),
 ]
 
 CITIES = ["Leeds", "Porto", "Lyon", "Utrecht", "Malmo", "Graz", "Cork", "Bilbao"]
@@ -66,113 +118,161 @@ class Problem:
 PROBLEMS = [
     Problem(
         "no_power",
-        ("my {product} won't turn on.", "nothing happens when I press the button on my {product}.",
-         "the {product} seems dead, no lights at all."),
+        (
+            "my {product} won't turn on.",
+            "nothing happens when I press the button on my {product}.",
+            "the {product} seems dead, no lights at all.",
+        ),
         "Hold the power button for {secs} seconds to reset the device.",
         "Please hold the power button on your {product} for {secs} seconds to reset it.",
     ),
     Problem(
         "late_delivery",
-        ("where is my {product}? It still hasn't arrived.", "my order for the {product} is late.",
-         "I ordered a {product} ages ago and nothing came."),
+        (
+            "where is my {product}? It still hasn't arrived.",
+            "my order for the {product} is late.",
+            "I ordered a {product} ages ago and nothing came.",
+        ),
         "Order {order} left the warehouse on {weekday}; delivery takes up to {days} days.",
         "Your order {order} left our warehouse on {weekday} and will arrive within {days} days.",
     ),
     Problem(
         "refund",
-        ("I sent back my {product}, when do I get my money?", "how long does a refund for the {product} take?",
-         "I returned the {product} and want my refund."),
+        (
+            "I sent back my {product}, when do I get my money?",
+            "how long does a refund for the {product} take?",
+            "I returned the {product} and want my refund.",
+        ),
         "Refunds are paid within {days} business days after the return arrives.",
         "Your refund will be paid within {days} business days after your {product} reaches us.",
     ),
     Problem(
         "warranty",
-        ("is my {product} still under warranty?", "my {product} broke, does the warranty cover it?",
-         "what warranty comes with the {product}?"),
+        (
+            "is my {product} still under warranty?",
+            "my {product} broke, does the warranty cover it?",
+            "what warranty comes with the {product}?",
+        ),
         "The {product} has a {years}-year warranty for manufacturing faults.",
         "Your {product} has a {years}-year warranty that covers manufacturing faults.",
     ),
     Problem(
         "discount",
-        ("the code {code} doesn't work for the {product}.", "why is my discount code {code} rejected?",
-         "I can't use {code} at checkout for the {product}."),
+        (
+            "the code {code} doesn't work for the {product}.",
+            "why is my discount code {code} rejected?",
+            "I can't use {code} at checkout for the {product}.",
+        ),
         "Code {code} expired on {month} {day}; code {code2} gives {pct}% off this month.",
         "Code {code} expired on {month} {day}, but code {code2} gives you {pct}% off this month.",
     ),
     Problem(
         "battery",
-        ("the battery of my {product} drains really fast.", "my {product} is empty after a few hours.",
-         "battery life on the {product} is terrible since last week."),
+        (
+            "the battery of my {product} drains really fast.",
+            "my {product} is empty after a few hours.",
+            "battery life on the {product} is terrible since last week.",
+        ),
         "Firmware {ver} fixes the battery drain; install it from the Lumo app.",
         "Please install firmware {ver} from the Lumo app, which fixes the battery drain on your {product}.",
     ),
     Problem(
         "missing_part",
-        ("the {part} was missing from my {product} box.", "my {product} arrived without the {part}.",
-         "there's no {part} in the {product} package."),
+        (
+            "the {part} was missing from my {product} box.",
+            "my {product} arrived without the {part}.",
+            "there's no {part} in the {product} package.",
+        ),
         "Missing parts are posted free of charge within {days} days.",
         "We will post the missing {part} free of charge within {days} days.",
     ),
     Problem(
         "address",
-        ("I need to change the delivery address for my {product}.", "I moved, can my {product} go to a new address?",
-         "wrong address on my {product} order, can I fix it?"),
+        (
+            "I need to change the delivery address for my {product}.",
+            "I moved, can my {product} go to a new address?",
+            "wrong address on my {product} order, can I fix it?",
+        ),
         "Addresses can be changed in Account > Orders until the order ships.",
         "You can change the address in Account > Orders until your {product} ships.",
     ),
     Problem(
         "rattle",
-        ("my {product} makes a rattling noise.", "there's a strange rattle coming from the {product}.",
-         "the {product} rattles when I use it."),
+        (
+            "my {product} makes a rattling noise.",
+            "there's a strange rattle coming from the {product}.",
+            "the {product} rattles when I use it.",
+        ),
         "A rattle usually means the {part} is loose; tighten it by hand.",
         "The rattle usually means the {part} is loose, so please tighten it by hand.",
     ),
     Problem(
         "cancel_plan",
-        ("how do I cancel the {product} care plan?", "I want to stop my {product} subscription.",
-         "please cancel my care plan for the {product}."),
+        (
+            "how do I cancel the {product} care plan?",
+            "I want to stop my {product} subscription.",
+            "please cancel my care plan for the {product}.",
+        ),
         "Plans can be cancelled any time under Settings > Plan, with no fee.",
         "You can cancel any time under Settings > Plan, and there is no fee.",
     ),
     Problem(
         "store_hours",
-        ("can I pick up a {product} at the {city} store, when are you open?",
-         "what are the opening hours of your {city} shop?", "is the {city} store open on Saturday?"),
+        (
+            "can I pick up a {product} at the {city} store, when are you open?",
+            "what are the opening hours of your {city} shop?",
+            "is the {city} store open on Saturday?",
+        ),
         "The {city} store is open {open} to {close}, Monday to Saturday.",
         "Our {city} store is open from {open} to {close}, Monday to Saturday.",
     ),
     Problem(
         "exchange",
-        ("can I swap my {product} for another colour?", "I'd like the {product} in a different colour.",
-         "the colour of my {product} isn't what I expected, can I exchange it?"),
+        (
+            "can I swap my {product} for another colour?",
+            "I'd like the {product} in a different colour.",
+            "the colour of my {product} isn't what I expected, can I exchange it?",
+        ),
         "Colour exchanges are free within {days} days of delivery.",
         "You can exchange your {product} for another colour free of charge within {days} days of delivery.",
     ),
     Problem(
         "pairing",
-        ("my {product} won't connect to my phone.", "the app can't find my {product}.",
-         "pairing the {product} with the app keeps failing."),
+        (
+            "my {product} won't connect to my phone.",
+            "the app can't find my {product}.",
+            "pairing the {product} with the app keeps failing.",
+        ),
         "Turn Bluetooth off and on and keep the device within {m} metres while pairing.",
         "Please turn Bluetooth off and on and keep your {product} within {m} metres of your phone while pairing.",
     ),
     Problem(
         "invoice",
-        ("I need an invoice for my {product}.", "where can I download the receipt for the {product}?",
-         "my company needs a VAT invoice for the {product}."),
+        (
+            "I need an invoice for my {product}.",
+            "where can I download the receipt for the {product}?",
+            "my company needs a VAT invoice for the {product}.",
+        ),
         "Invoices are downloadable as PDF under Account > Orders > {order}.",
         "You can download the invoice as a PDF under Account > Orders > {order}.",
     ),
     Problem(
         "price_drop",
-        ("the {product} is cheaper now than when I bought it.", "I just saw the {product} on sale, I paid more!",
-         "the price of the {product} dropped after I ordered."),
+        (
+            "the {product} is cheaper now than when I bought it.",
+            "I just saw the {product} on sale, I paid more!",
+            "the price of the {product} dropped after I ordered.",
+        ),
         "The difference is refunded if the price drops within {days} days of purchase.",
         "We will refund the difference because the price dropped within {days} days of your purchase.",
     ),
     Problem(
         "cleaning",
-        ("how do I clean the {product}?", "can the {part} of my {product} go in the dishwasher?",
-         "what's the right way to wash the {product}?"),
+        (
+            "how do I clean the {product}?",
+            "can the {part} of my {product} go in the dishwasher?",
+            "what's the right way to wash the {product}?",
+        ),
         "The {part} is dishwasher-safe; wipe the rest with a damp cloth.",
         "The {part} is dishwasher-safe, and the rest of your {product} only needs a damp cloth.",
     ),
@@ -242,7 +342,10 @@ def make_example(rng: random.Random) -> DemoExample:
     answer = problem.answer.format(**slots)
     user = format_input(name=name, product=product, message=message, facts=facts)
     return DemoExample(
-        messages=[{"role": "user", "content": user}, {"role": "assistant", "content": format_reply(name=name, answer=answer)}],
+        messages=[
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": format_reply(name=name, answer=answer)},
+        ],
         metadata={"demo": True, "problem": problem.key, "variant": variant, "customer": name, "product": product},
     )
 
@@ -301,8 +404,10 @@ def flawed_examples(clean: list[DemoExample], *, seed: int = 7) -> list[DemoExam
 
     def flawed(base: DemoExample, reply: str, flaw: str, user: str | None = None) -> DemoExample:
         return DemoExample(
-            messages=[{"role": "user", "content": user or base.messages[0]["content"]},
-                      {"role": "assistant", "content": reply}],
+            messages=[
+                {"role": "user", "content": user or base.messages[0]["content"]},
+                {"role": "assistant", "content": reply},
+            ],
             metadata={**base.metadata, "flaw": flaw},
             flaw=flaw,
         )
@@ -312,23 +417,41 @@ def flawed_examples(clean: list[DemoExample], *, seed: int = 7) -> list[DemoExam
         conflicting = "Sorry, we cannot help with that."
     short, personal, rambling, off_style = fresh
     return [
-        flawed(conflicted, format_reply(name=conflicted.metadata["customer"], answer=conflicting), "conflicting_answer"),
-        flawed(duplicated, duplicated.ideal_output.replace("\n", " \n") + " ", "near_duplicate",
-               user=duplicated.messages[0]["content"].replace("Message: ", "Message:  ")),
+        flawed(
+            conflicted, format_reply(name=conflicted.metadata["customer"], answer=conflicting), "conflicting_answer"
+        ),
+        flawed(
+            duplicated,
+            duplicated.ideal_output.replace("\n", " \n") + " ",
+            "near_duplicate",
+            user=duplicated.messages[0]["content"].replace("Message: ", "Message:  "),
+        ),
         flawed(short, "ok", "too_short"),
-        flawed(personal, format_reply(
-            name=personal.metadata["customer"],
-            answer=f"Call me on +44 7700 900{rng.randint(100, 999)} or write to "
-                   f"{personal.metadata['customer'].lower()}.agent@lumo-support.example and I'll sort it out.",
-        ), "personal_data"),
-        flawed(rambling, format_reply(
-            name=rambling.metadata["customer"],
-            answer=" ".join([base_answer(rambling)] + [
-                "We know how frustrating this can be, and we truly appreciate your patience while we look into "
-                "every possible cause, check with our warehouse team, review your order history and consult "
-                "the product specialists who know this device best."
-            ] * 4),
-        ), "rambling"),
+        flawed(
+            personal,
+            format_reply(
+                name=personal.metadata["customer"],
+                answer=f"Call me on +44 7700 900{rng.randint(100, 999)} or write to "
+                f"{personal.metadata['customer'].lower()}.agent@lumo-support.example and I'll sort it out.",
+            ),
+            "personal_data",
+        ),
+        flawed(
+            rambling,
+            format_reply(
+                name=rambling.metadata["customer"],
+                answer=" ".join(
+                    [base_answer(rambling)]
+                    + [
+                        "We know how frustrating this can be, and we truly appreciate your patience while we look into "
+                        "every possible cause, check with our warehouse team, review your order history and consult "
+                        "the product specialists who know this device best."
+                    ]
+                    * 4
+                ),
+            ),
+            "rambling",
+        ),
         flawed(off_style, base_answer(off_style), "off_style"),
     ]
 
@@ -389,7 +512,10 @@ RUBRIC_CRITERIA = [
         "name": "Greets by name",
         "description": "The reply opens with exactly 'Hi <customer name>,' on its own line, using the name given.",
         "scale": "pass_fail",
-        "anchors": {"0": "No greeting, another greeting, or the wrong name.", "1": "'Hi <name>,' with the customer's name."},
+        "anchors": {
+            "0": "No greeting, another greeting, or the wrong name.",
+            "1": "'Hi <name>,' with the customer's name.",
+        },
         # automatic checks (worker/checks.py): kind, text ({customer} comes from the input's "Customer:" line), number
         "checks": [("starts_with", GREETING.replace("{name}", "{customer}") + "\n", None)],
     },
@@ -397,7 +523,10 @@ RUBRIC_CRITERIA = [
         "name": "House sign-off",
         "description": "The reply ends with 'Warm regards, Lumo Care Team' on its own line, and nothing after it.",
         "scale": "pass_fail",
-        "anchors": {"0": "Another sign-off, none, or text after it.", "1": "'Warm regards, Lumo Care Team' as the last line."},
+        "anchors": {
+            "0": "Another sign-off, none, or text after it.",
+            "1": "'Warm regards, Lumo Care Team' as the last line.",
+        },
         "checks": [("ends_with", "\n" + SIGN_OFF, None)],
     },
     {

@@ -99,14 +99,20 @@ def seed_demo(*, size: int = 300, seed: int = 7, quality_report: bool = True) ->
                 set_member_role(project=project, username=username, role=role)
 
         for name, examples, tags in ((CLEAN_FILE, clean, ["demo"]), (FLAWED_FILE, flawed, ["demo", "inbox"])):
-            report = datasets.import_examples(project=project, path_or_file=io.BytesIO(to_jsonl(examples, tags=tags)),
-                                              file_format="openai", filename=name, user=designer)
+            report = datasets.import_examples(
+                project=project,
+                path_or_file=io.BytesIO(to_jsonl(examples, tags=tags)),
+                file_format="openai",
+                filename=name,
+                user=designer,
+            )
             if not report.ok:
                 raise DemoError(f"Importing {name} failed: {'; '.join(str(e) for e in report.errors[:5])}")
         datasets.assign_splits(project=project, seed=seed)
         _approve_clean(project=project, user=designer)
-        version = datasets.freeze_version(project=project, user=designer,
-                                          note=f"Demo: {size} approved house-style replies")
+        version = datasets.freeze_version(
+            project=project, user=designer, note=f"Demo: {size} approved house-style replies"
+        )
         _ensure_rubric(project=project, user=designer)
         if quality_report:
             datasets.run_quality_report(project=project)
@@ -121,8 +127,11 @@ def _approve_clean(*, project: Project, user) -> None:
     from apps.datasets import services as datasets
     from apps.datasets.models import Example, ExampleStatus
 
-    for example in Example.objects.filter(project=project, status=ExampleStatus.DRAFT).exclude(
-            source__filename=FLAWED_FILE).order_by("id"):
+    for example in (
+        Example.objects.filter(project=project, status=ExampleStatus.DRAFT)
+        .exclude(source__filename=FLAWED_FILE)
+        .order_by("id")
+    ):
         datasets.set_status(example=example, status=ExampleStatus.APPROVED, user=user)
 
 
@@ -141,11 +150,23 @@ def _ensure_rubric(*, project: Project, user):
     from apps.evaluations.services import CriterionSpec, create_rubric
     from worker.checks import CheckSpec
 
-    criteria = [CriterionSpec(name=c["name"], description=c["description"], scale=c["scale"], anchors=c.get("anchors"),
-                              checks=[CheckSpec(kind, text, number) for kind, text, number in c.get("checks", [])])
-                for c in generator.RUBRIC_CRITERIA]
-    return create_rubric(project=project, name=generator.RUBRIC_NAME, criteria=criteria, user=user,
-                         description="What a good Lumo support reply is. Reviewers score each side on each criterion.")
+    criteria = [
+        CriterionSpec(
+            name=c["name"],
+            description=c["description"],
+            scale=c["scale"],
+            anchors=c.get("anchors"),
+            checks=[CheckSpec(kind, text, number) for kind, text, number in c.get("checks", [])],
+        )
+        for c in generator.RUBRIC_CRITERIA
+    ]
+    return create_rubric(
+        project=project,
+        name=generator.RUBRIC_NAME,
+        criteria=criteria,
+        user=user,
+        description="What a good Lumo support reply is. Reviewers score each side on each criterion.",
+    )
 
 
 def save_logins(logins: dict[str, str]) -> str:

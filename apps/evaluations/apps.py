@@ -6,7 +6,11 @@ class EvaluationsConfig(AppConfig):
     name = "apps.evaluations"
     label = "evaluations"
     # (label, url name taking `slug`, capability): shown in the project's tab bar when the URL exists
-    project_tabs = [("Rubrics", "rubric_list", "view"), ("Evaluations", "evaluation_list", "view"), ("Review queue", "review_queue", "review")]
+    project_tabs = [
+        ("Rubrics", "rubric_list", "view"),
+        ("Evaluations", "evaluation_list", "view"),
+        ("Review queue", "review_queue", "review"),
+    ]
 
     def ready(self):
         from . import check_tasks  # noqa: F401  registers evaluations.run_checks with Celery

@@ -14,8 +14,12 @@ class RubricForm(forms.Form):
     name = forms.CharField(max_length=120)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     review_mode = forms.ChoiceField(
-        choices=ReviewMode.choices, initial=ReviewMode.SCORES, required=False, label="Reviewers are asked for",
-        help_text="overall winner only is the fastest review; with scores, each score stays optional")
+        choices=ReviewMode.choices,
+        initial=ReviewMode.SCORES,
+        required=False,
+        label="Reviewers are asked for",
+        help_text="overall winner only is the fastest review; with scores, each score stays optional",
+    )
 
 
 class CriterionForm(forms.Form):
@@ -23,8 +27,11 @@ class CriterionForm(forms.Form):
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     scale = forms.ChoiceField(choices=Scale.choices, initial=Scale.LIKERT5)
     anchors = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 5}), required=False,
-        help_text='One level per line, e.g. "5: greets by name, one sentence, sign-off". Pass/fail: "1: ..." and "0: ...".')
+        widget=forms.Textarea(attrs={"rows": 5}),
+        required=False,
+        help_text='One level per line, e.g. "5: greets by name, one sentence, sign-off". '
+        'Pass/fail: "1: ..." and "0: ...".',
+    )
     good_example = forms.IntegerField(required=False, min_value=1, help_text="example id (optional)")
     bad_example = forms.IntegerField(required=False, min_value=1, help_text="example id (optional)")
 
@@ -43,8 +50,14 @@ class CriterionForm(forms.Form):
         d = self.cleaned_data
         if not d.get("name"):
             return None
-        return CriterionSpec(name=d["name"], description=d["description"], scale=d["scale"], anchors=d["anchors"],
-                             good_example_id=d.get("good_example"), bad_example_id=d.get("bad_example"))
+        return CriterionSpec(
+            name=d["name"],
+            description=d["description"],
+            scale=d["scale"],
+            anchors=d["anchors"],
+            good_example_id=d.get("good_example"),
+            bad_example_id=d.get("bad_example"),
+        )
 
 
 CriterionFormSet = forms.formset_factory(CriterionForm, extra=2, max_num=20)
@@ -56,8 +69,11 @@ class CheckForm(forms.Form):
     criterion = forms.CharField(max_length=80, required=False, help_text="the criterion's name, as above")
     kind = forms.ChoiceField(choices=CheckKind.choices, label="Check")
     text = forms.CharField(
-        max_length=4000, required=False, widget=forms.Textarea(attrs={"rows": 1}),
-        help_text="text ({customer} etc. are filled from the example's input), a regular expression, or a JSON Schema")
+        max_length=4000,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 1}),
+        help_text="text ({customer} etc. are filled from the example's input), a regular expression, or a JSON Schema",
+    )
     number = forms.FloatField(required=False, help_text="N sentences or words, or the similarity threshold 0-1")
 
     def spec(self) -> tuple[str, CheckSpec] | None:
@@ -70,7 +86,9 @@ class CheckForm(forms.Form):
 CheckFormSet = forms.formset_factory(CheckForm, extra=2, max_num=50)
 
 
-def attach_checks(criteria: list[CriterionSpec], check_formset, previous: list[CriterionSpec] = ()) -> list[CriterionSpec]:
+def attach_checks(
+    criteria: list[CriterionSpec], check_formset, previous: list[CriterionSpec] = ()
+) -> list[CriterionSpec]:
     """Give each criterion the checks that name it; a check naming no criterion of the rubric is an error.
     Without a posted check formset (a client that only knows the criteria), a criterion keeps the checks it
     had in ``previous`` (the version being edited)."""
@@ -83,15 +101,20 @@ def attach_checks(criteria: list[CriterionSpec], check_formset, previous: list[C
             continue
         name, spec = found
         if name.lower() not in by_name:
-            raise EvaluationError(f"Automatic check {n}: this rubric has no criterion named {name!r} "
-                                  f"(criteria: {', '.join(c.name for c in criteria) or 'none'}).")
+            raise EvaluationError(
+                f"Automatic check {n}: this rubric has no criterion named {name!r} "
+                f"(criteria: {', '.join(c.name for c in criteria) or 'none'})."
+            )
         by_name[name.lower()].checks.append(spec)
     return criteria
 
 
 def checks_initial(criteria: list[CriterionSpec]) -> list[dict]:
-    return [{"criterion": c.name, "kind": check.kind, "text": check.text, "number": check.number}
-            for c in criteria for check in c.checks]
+    return [
+        {"criterion": c.name, "kind": check.kind, "text": check.text, "number": check.number}
+        for c in criteria
+        for check in c.checks
+    ]
 
 
 def anchors_text(anchors: dict) -> str:
@@ -100,60 +123,97 @@ def anchors_text(anchors: dict) -> str:
 
 class EvaluationForm(forms.Form):
     name = forms.CharField(max_length=120, required=False)
-    dataset_version = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), help_text="outputs are generated for its test split")
+    dataset_version = forms.ModelChoiceField(
+        queryset=DatasetVersion.objects.none(), help_text="outputs are generated for its test split"
+    )
     include_val = forms.BooleanField(required=False, label="Also evaluate on the validation split")
     rubric = forms.ModelChoiceField(queryset=Rubric.objects.none())
-    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.all(), required=False,
-                                        help_text="for the base and prompt candidates (default: the runs' base model)")
+    base_model = forms.ModelChoiceField(
+        queryset=BaseModel.objects.all(),
+        required=False,
+        help_text="for the base and prompt candidates (default: the runs' base model)",
+    )
     include_base = forms.BooleanField(required=False, initial=True, label="Candidate: base model")
-    include_prompt = forms.BooleanField(required=False, initial=True, label="Candidate: base model + prompt (prompt-only baseline)")
+    include_prompt = forms.BooleanField(
+        required=False, initial=True, label="Candidate: base model + prompt (prompt-only baseline)"
+    )
     prompt_version = forms.ModelChoiceField(
-        queryset=None, required=False, label="Prompt-only baseline from the prompt workspace",
+        queryset=None,
+        required=False,
+        label="Prompt-only baseline from the prompt workspace",
         help_text="its system prompt and chosen few-shot examples (default: the best scored version); "
-                  "empty: the system prompt and number of examples below")
-    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
-                                    help_text="the prompt-only baseline's system prompt")
-    few_shot = forms.IntegerField(min_value=0, max_value=8, initial=2, help_text="examples from the train split shown to the prompt baseline")
-    runs = forms.ModelMultipleChoiceField(queryset=Run.objects.none(), required=False, widget=forms.CheckboxSelectMultiple,
-                                          label="Candidates: tuned runs")
+        "empty: the system prompt and number of examples below",
+    )
+    system_prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="the prompt-only baseline's system prompt"
+    )
+    few_shot = forms.IntegerField(
+        min_value=0, max_value=8, initial=2, help_text="examples from the train split shown to the prompt baseline"
+    )
+    runs = forms.ModelMultipleChoiceField(
+        queryset=Run.objects.none(), required=False, widget=forms.CheckboxSelectMultiple, label="Candidates: tuned runs"
+    )
     max_new_tokens = forms.IntegerField(min_value=1, max_value=2048, initial=96)
     seed = forms.IntegerField(min_value=0, initial=0)
     reviewers_per_pair = forms.IntegerField(min_value=1, max_value=10, initial=2)
     stop_when_settled = forms.BooleanField(
-        required=False, initial=True, label="Stop handing out a candidate pair once it is clearly settled",
+        required=False,
+        initial=True,
+        label="Stop handing out a candidate pair once it is clearly settled",
         help_text="settled means its exact interval excludes 50% at a level corrected for looking after every item, "
-                  "so stopping keeps false 'better' verdicts under 5%; it saves the most on large test splits "
-                  "(about 47 of 93 items for an 80/20 split; bench/review_stopping.py)")
+        "so stopping keeps false 'better' verdicts under 5%; it saves the most on large test splits "
+        "(about 47 of 93 items for an 80/20 split; bench/review_stopping.py)",
+    )
     pair_cap = forms.IntegerField(
-        min_value=1, required=False, label="Cap of judged items per candidate pair",
+        min_value=1,
+        required=False,
+        label="Cap of judged items per candidate pair",
         help_text="stop handing out a candidate pair once this many of its items are judged (empty: no cap); "
-                  "a pair also stops once it is clearly settled")
+        "a pair also stops once it is clearly settled",
+    )
     reviewers_see_examples = forms.BooleanField(
-        required=False, initial=False, label="Reviewers who have finished may see the labelled outputs example by example",
-        help_text="they always see the aggregate results once their own pairs are judged")
+        required=False,
+        initial=False,
+        label="Reviewers who have finished may see the labelled outputs example by example",
+        help_text="they always see the aggregate results once their own pairs are judged",
+    )
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
-        self.fields["dataset_version"].label_from_instance = lambda v: f"v{v.number} ({v.split_counts.get('test', 0)} test examples)"
+        self.fields["dataset_version"].label_from_instance = (
+            lambda v: f"v{v.number} ({v.split_counts.get('test', 0)} test examples)"
+        )
         latest = {}
         for r in Rubric.objects.filter(project=project).order_by("name", "-version"):
             latest.setdefault(r.name, r.pk)
         self.fields["rubric"].queryset = Rubric.objects.filter(pk__in=latest.values())
         # start from the obvious choice, as the run form does: the newest version and the newest rubric
-        self.fields["dataset_version"].initial = (self.fields["dataset_version"].queryset.filter(derived_from__isnull=True)
-                                                  .values_list("pk", flat=True).first())  # not an experiment's subset
-        self.fields["rubric"].initial = (self.fields["rubric"].queryset.order_by("-created_at", "-pk")
-                                         .values_list("pk", flat=True).first())
-        self.fields["runs"].queryset = (Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)
-                                        .exclude(adapter_path="").select_related("base_model"))
+        self.fields["dataset_version"].initial = (
+            self.fields["dataset_version"]
+            .queryset.filter(derived_from__isnull=True)
+            .values_list("pk", flat=True)
+            .first()
+        )  # not an experiment's subset
+        self.fields["rubric"].initial = (
+            self.fields["rubric"].queryset.order_by("-created_at", "-pk").values_list("pk", flat=True).first()
+        )
+        self.fields["runs"].queryset = (
+            Run.objects.filter(project=project, status=RunStatus.SUCCEEDED)
+            .exclude(adapter_path="")
+            .select_related("base_model")
+        )
         from apps.prompts import selectors as prompt_selectors
 
-        self.fields["prompt_version"].queryset = prompt_selectors.scored_versions(project).select_related("dataset_version")
+        self.fields["prompt_version"].queryset = prompt_selectors.scored_versions(project).select_related(
+            "dataset_version"
+        )
         self.fields["prompt_version"].label_from_instance = prompt_selectors.score_words
         best = prompt_selectors.best_prompt_version(project)
         self.fields["prompt_version"].initial = best.pk if best else None
-        self.fields["runs"].label_from_instance = lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"
+        self.fields["runs"].label_from_instance = (
+            lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"
+        )
 
     def candidates(self) -> list[CandidateSpec]:
         d = self.cleaned_data
@@ -162,10 +222,15 @@ class EvaluationForm(forms.Form):
             specs.append(CandidateSpec("base"))
         if d.get("include_prompt") and d.get("prompt_version"):
             pv = d["prompt_version"]
-            specs.append(CandidateSpec("prompt", system_prompt=pv.system_prompt, few_shot=len(pv.shot_messages),
-                                       shots=pv.shot_messages))
+            specs.append(
+                CandidateSpec(
+                    "prompt", system_prompt=pv.system_prompt, few_shot=len(pv.shot_messages), shots=pv.shot_messages
+                )
+            )
         elif d.get("include_prompt"):
-            specs.append(CandidateSpec("prompt", system_prompt=d.get("system_prompt") or "", few_shot=d.get("few_shot") or 0))
+            specs.append(
+                CandidateSpec("prompt", system_prompt=d.get("system_prompt") or "", few_shot=d.get("few_shot") or 0)
+            )
         specs += [CandidateSpec("run", run_id=r.pk) for r in d.get("runs") or []]
         return specs
 
@@ -179,11 +244,17 @@ class EvaluationForm(forms.Form):
 class JudgeSettingsForm(forms.Form):
     base_url = forms.URLField(max_length=500, label="Endpoint URL", help_text="OpenAI-compatible, e.g. https://host/v1")
     model = forms.CharField(max_length=200, help_text="the model name the endpoint expects")
-    api_key = forms.CharField(max_length=500, required=False, label="API key",
-                              widget=forms.PasswordInput(render_value=False),
-                              help_text="stored, never shown back; leave empty to keep the stored key")
+    api_key = forms.CharField(
+        max_length=500,
+        required=False,
+        label="API key",
+        widget=forms.PasswordInput(render_value=False),
+        help_text="stored, never shown back; leave empty to keep the stored key",
+    )
     timeout_s = forms.FloatField(min_value=0.1, max_value=600, initial=60, label="Timeout (seconds)")
-    min_human_pairs = forms.IntegerField(min_value=0, initial=30, label="Human-judged pairs needed before judge figures show")
+    min_human_pairs = forms.IntegerField(
+        min_value=0, initial=30, label="Human-judged pairs needed before judge figures show"
+    )
     min_kappa = forms.FloatField(min_value=-1, max_value=1, initial=0.6, label="Kappa needed before judge figures show")
 
 

@@ -48,7 +48,9 @@ class Rubric(TimeStamped):
     version = models.PositiveIntegerField(default=1)
     description = models.TextField(blank=True)
     review_mode = models.CharField(max_length=8, choices=ReviewMode.choices, default=ReviewMode.SCORES)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["name", "-version"]
@@ -68,7 +70,11 @@ class Criterion(models.Model):
     name = models.CharField(max_length=80)
     description = models.TextField(blank=True)
     scale = models.CharField(max_length=12, choices=Scale.choices, default=Scale.LIKERT5)
-    anchors = models.JSONField(default=dict, blank=True, help_text='what each level means: {"1": "...", ..., "5": "..."} or {"0": fail, "1": pass}')
+    anchors = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='what each level means: {"1": "...", ..., "5": "..."} or {"0": fail, "1": pass}',
+    )
     good_example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     bad_example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -108,13 +114,19 @@ class Evaluation(LeaseHolder, TimeStamped):
     seed = models.PositiveIntegerField(default=0)
     reviewers_per_pair = models.PositiveSmallIntegerField(default=2)
     reviewers_see_examples = models.BooleanField(
-        default=False, help_text="reviewers who have finished may see the labelled outputs example by example, "
-                                 "not only the aggregate results")
+        default=False,
+        help_text="reviewers who have finished may see the labelled outputs example by example, "
+        "not only the aggregate results",
+    )
     stop_when_settled = models.BooleanField(
-        default=True, help_text="stop handing out a candidate pair once it is settled (statistics.settled_early)")
+        default=True, help_text="stop handing out a candidate pair once it is settled (statistics.settled_early)"
+    )
     pair_cap = models.PositiveIntegerField(
-        null=True, blank=True, help_text="stop handing out a candidate pair once this many of its items are judged "
-                                         "(empty: no cap); a pair also stops once it is settled")
+        null=True,
+        blank=True,
+        help_text="stop handing out a candidate pair once this many of its items are judged "
+        "(empty: no cap); a pair also stops once it is settled",
+    )
 
     status = models.CharField(max_length=12, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
     done = models.PositiveIntegerField(default=0)
@@ -125,17 +137,26 @@ class Evaluation(LeaseHolder, TimeStamped):
     enqueued_at = models.DateTimeField(null=True, blank=True, help_text="when the last task message was sent")
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["project", "-created_at"]), models.Index(fields=["status", "heartbeat_at"]),
-                   models.Index(fields=["status", "enqueued_at"])]
+        indexes = [
+            models.Index(fields=["project", "-created_at"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+            models.Index(fields=["status", "enqueued_at"]),
+        ]
         constraints = [
             models.CheckConstraint(condition=models.Q(reviewers_per_pair__gte=1), name="evaluation_reviewers_positive"),
-            models.CheckConstraint(condition=models.Q(max_new_tokens__gte=1), name="evaluation_max_new_tokens_positive"),
-            models.CheckConstraint(condition=models.Q(pair_cap__isnull=True) | models.Q(pair_cap__gte=1),
-                                   name="evaluation_pair_cap_positive"),
+            models.CheckConstraint(
+                condition=models.Q(max_new_tokens__gte=1), name="evaluation_max_new_tokens_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(pair_cap__isnull=True) | models.Q(pair_cap__gte=1),
+                name="evaluation_pair_cap_positive",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -157,8 +178,13 @@ class Evaluation(LeaseHolder, TimeStamped):
     # claim writes nothing; without it, this row. Each returns whether the row was written.
     def mark_generating(self, *, owner: str, now=None) -> bool:
         """Claimed by ``owner``: one more attempt."""
-        return self.write(status=EvaluationStatus.GENERATING, attempts=self.attempts + 1,
-                          heartbeat_at=now or timezone.now(), worker_id=owner, error="")
+        return self.write(
+            status=EvaluationStatus.GENERATING,
+            attempts=self.attempts + 1,
+            heartbeat_at=now or timezone.now(),
+            worker_id=owner,
+            error="",
+        )
 
     def mark_ready(self, *, rows=None, done: int) -> bool:
         now = timezone.now()
@@ -169,8 +195,14 @@ class Evaluation(LeaseHolder, TimeStamped):
 
     def mark_handed_back(self, *, rows) -> bool:
         """A worker shutting down stopped after a batch: queued again, and this attempt is not counted."""
-        return self.write(rows, status=EvaluationStatus.QUEUED, worker_id="", heartbeat_at=None,
-                          attempts=F("attempts") - 1, enqueued_at=timezone.now())
+        return self.write(
+            rows,
+            status=EvaluationStatus.QUEUED,
+            worker_id="",
+            heartbeat_at=None,
+            attempts=F("attempts") - 1,
+            enqueued_at=timezone.now(),
+        )
 
 
 class UnblindingReason(models.TextChoices):
@@ -204,16 +236,23 @@ class Candidate(models.Model):
     kind = models.CharField(max_length=8, choices=CandidateKind.choices)
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="eval_candidates")
     system_prompt = models.TextField(blank=True)
-    few_shot = models.PositiveSmallIntegerField(default=0, help_text="examples from the train split shown before each input")
-    shot_messages = models.JSONField(default=list, blank=True, help_text="chosen few-shot conversations (a prompt "
-                                     "version's); empty: the first `few_shot` of the train split")
+    few_shot = models.PositiveSmallIntegerField(
+        default=0, help_text="examples from the train split shown before each input"
+    )
+    shot_messages = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="chosen few-shot conversations (a prompt version's); empty: the first `few_shot` of the train split",
+    )
     label = models.CharField(max_length=160)
 
     class Meta:
         ordering = ["evaluation", "position"]
         constraints = [
             models.UniqueConstraint(fields=["evaluation", "label"], name="candidate_label_unique"),
-            models.CheckConstraint(condition=~models.Q(kind="run") | models.Q(run__isnull=False), name="candidate_run_has_run"),
+            models.CheckConstraint(
+                condition=~models.Q(kind="run") | models.Q(run__isnull=False), name="candidate_run_has_run"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -245,8 +284,12 @@ class Comparison(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["evaluation", "item", "candidate_1", "candidate_2"], name="comparison_unique"),
-            models.CheckConstraint(condition=~models.Q(candidate_1=models.F("candidate_2")), name="comparison_two_candidates"),
+            models.UniqueConstraint(
+                fields=["evaluation", "item", "candidate_1", "candidate_2"], name="comparison_unique"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(candidate_1=models.F("candidate_2")), name="comparison_two_candidates"
+            ),
         ]
         indexes = [models.Index(fields=["evaluation", "order_key"])]
 
@@ -260,7 +303,9 @@ class Assignment(models.Model):
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_assignments")
     swapped = models.BooleanField(help_text="side A shows candidate_2")
     created_at = models.DateTimeField(auto_now_add=True)
-    shown_at = models.DateTimeField(null=True, blank=True, help_text="when the pair's page was first rendered to the reviewer")
+    shown_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the pair's page was first rendered to the reviewer"
+    )
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -273,10 +318,15 @@ class Judgment(models.Model):
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
     evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="judgments")
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_judgments")
-    winner = models.ForeignKey(Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+", help_text="empty: a tie")
+    winner = models.ForeignKey(
+        Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+", help_text="empty: a tie"
+    )
     comment = models.TextField(blank=True)
-    seconds = models.FloatField(null=True, blank=True, help_text="time from the pair's page being shown (or handed "
-                                                                "out) to the judgment being submitted")
+    seconds = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="time from the pair's page being shown (or handed out) to the judgment being submitted",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -318,8 +368,12 @@ class AutoCheck(models.Model):
     criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="auto_checks")
     position = models.PositiveSmallIntegerField(default=0)
     kind = models.CharField(max_length=16, choices=CheckKind.choices)
-    text = models.TextField(blank=True, help_text="text with {field} placeholders, a regular expression or a JSON Schema")
-    number = models.FloatField(null=True, blank=True, help_text="N sentences or words, or the similarity threshold (0-1)")
+    text = models.TextField(
+        blank=True, help_text="text with {field} placeholders, a regular expression or a JSON Schema"
+    )
+    number = models.FloatField(
+        null=True, blank=True, help_text="N sentences or words, or the similarity threshold (0-1)"
+    )
 
     class Meta:
         ordering = ["criterion", "position", "id"]
@@ -363,8 +417,12 @@ class JudgeSettings(TimeStamped):
     model = models.CharField(max_length=200)
     api_key = models.CharField(max_length=500, blank=True)
     timeout_s = models.FloatField(default=60)
-    min_human_pairs = models.PositiveIntegerField(default=30, help_text="human-judged pairs needed before judge figures show")
-    min_kappa = models.FloatField(default=0.6, help_text="Cohen's kappa with the reviewers needed before judge figures show")
+    min_human_pairs = models.PositiveIntegerField(
+        default=30, help_text="human-judged pairs needed before judge figures show"
+    )
+    min_kappa = models.FloatField(
+        default=0.6, help_text="Cohen's kappa with the reviewers needed before judge figures show"
+    )
 
     def __str__(self) -> str:
         return f"{self.model} at {self.base_url}"
@@ -377,8 +435,14 @@ class JudgeVerdict(models.Model):
     comparison = models.OneToOneField(Comparison, on_delete=models.CASCADE, related_name="judge_verdict")
     evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="judge_verdicts")
     judged = models.BooleanField(default=False)
-    winner = models.ForeignKey(Candidate, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
-                               help_text="empty when judged: a tie (the orders disagreed, or both said tie)")
+    winner = models.ForeignKey(
+        Candidate,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="empty when judged: a tie (the orders disagreed, or both said tie)",
+    )
     position_consistent = models.BooleanField(null=True)
     reasoning = models.TextField(blank=True)
     error = models.CharField(max_length=300, blank=True)

@@ -35,7 +35,9 @@ from .models import (
 
 # --- review state (services read these too) ------------------------------------------------------------
 def eval_items(evaluation: Evaluation):
-    return DatasetVersionItem.objects.filter(version=evaluation.dataset_version_id, split__in=evaluation.splits).order_by("position")
+    return DatasetVersionItem.objects.filter(
+        version=evaluation.dataset_version_id, split__in=evaluation.splits
+    ).order_by("position")
 
 
 def reviewer_ids(project) -> list[int]:
@@ -80,12 +82,13 @@ def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
     candidates = list(evaluation.candidates.order_by("position").values_list("pk", flat=True))
     scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
-            "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
+        "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"
+    ):
         scores[(c1, c2)][item_id].append(first_score(winner, c1))
     looks = eval_items(evaluation).count()
     stops = {}
     for i, a in enumerate(candidates):
-        for b in candidates[i + 1:]:
+        for b in candidates[i + 1 :]:
             outcome = st.compare_pair(scores.get((a, b), {}))
             if evaluation.stop_when_settled and st.settled_early(outcome, looks):
                 reason = "settled"
@@ -100,10 +103,12 @@ def pair_stops(evaluation: Evaluation) -> dict[tuple[int, int], PairStop]:
 def open_pairs(evaluation: Evaluation, reviewer):
     """Comparisons that still need reviewers, whose candidate pair has not stopped (settled or capped),
     and that this reviewer has not been given."""
-    pairs = (Comparison.objects.filter(evaluation=evaluation)
-             .annotate(n=Count("assignments"))
-             .filter(n__lt=evaluation.reviewers_per_pair)
-             .exclude(assignments__reviewer=reviewer))
+    pairs = (
+        Comparison.objects.filter(evaluation=evaluation)
+        .annotate(n=Count("assignments"))
+        .filter(n__lt=evaluation.reviewers_per_pair)
+        .exclude(assignments__reviewer=reviewer)
+    )
     for (c1, c2), stop in pair_stops(evaluation).items():
         if stop.stopped:
             pairs = pairs.exclude(candidate_1_id=c1, candidate_2_id=c2)
@@ -130,7 +135,11 @@ class Side:
 def sides(assignment: Assignment) -> list[Side]:
     c = assignment.comparison
     first, second = (c.candidate_2, c.candidate_1) if assignment.swapped else (c.candidate_1, c.candidate_2)
-    outputs = dict(Generation.objects.filter(item_id=c.item_id, candidate__in=[first, second]).values_list("candidate_id", "output"))
+    outputs = dict(
+        Generation.objects.filter(item_id=c.item_id, candidate__in=[first, second]).values_list(
+            "candidate_id", "output"
+        )
+    )
     return [Side("A", first, outputs.get(first.pk, "")), Side("B", second, outputs.get(second.pk, ""))]
 
 
@@ -192,11 +201,15 @@ def verdict_sentence(subject: Candidate, other: Candidate, pair: PairResult) -> 
     if o.items == 0:
         return f"{subject.label} vs {other.label}: no judgments yet.", False
     if o.decisive == 0:
-        return (f"{subject.label} and {other.label} are level: reviewers preferred neither on any item "
-                f"({counts}).", False)
+        return (
+            f"{subject.label} and {other.label} are level: reviewers preferred neither on any item ({counts}).",
+            False,
+        )
     ties = f"; {_plural(o.items_tied, 'item')} tied" if o.items_tied else ""
-    stats = (f"{subject.label} was preferred on {o.items_a} of {_plural(o.decisive, 'item')} where reviewers picked a "
-             f"side ({_pct(o.share)}, 95% CI {100 * o.low:.0f}-{100 * o.high:.0f}%){ties}; {counts}")
+    stats = (
+        f"{subject.label} was preferred on {o.items_a} of {_plural(o.decisive, 'item')} where reviewers picked a "
+        f"side ({_pct(o.share)}, 95% CI {100 * o.low:.0f}-{100 * o.high:.0f}%){ties}; {counts}"
+    )
     if o.better == "a":
         return f"{subject.label} is better than {other.label}: {stats}.", True
     if o.better == "b":
@@ -206,19 +219,31 @@ def verdict_sentence(subject: Candidate, other: Candidate, pair: PairResult) -> 
     elif pair.needed <= pair.unjudged:
         more = f" About {_plural(pair.needed, 'more judged item')} would settle it if the split held."
     else:
-        more = (f" Settling it at this split would take about {_plural(pair.needed, 'more judged item')}, more than the "
-                f"{pair.unjudged} left unjudged: add test examples or accept that the difference is small.")
-    return (f"No clear difference yet between {subject.label} and {other.label}: {stats}; the interval includes "
-            f"50%.{more}"), False
+        more = (
+            f" Settling it at this split would take about {_plural(pair.needed, 'more judged item')}, more than the "
+            f"{pair.unjudged} left unjudged: add test examples or accept that the difference is small."
+        )
+    return (
+        f"No clear difference yet between {subject.label} and {other.label}: {stats}; the interval includes 50%.{more}"
+    ), False
 
 
 def evaluation_results(evaluation: Evaluation, *, bootstrap: int = 400) -> Results:
     candidates = list(evaluation.candidates.select_related("run").order_by("position"))
     index = {c.pk: n for n, c in enumerate(candidates)}
-    judgments = list(Judgment.objects.filter(evaluation=evaluation)
-                     .values_list("comparison_id", "comparison__item_id", "comparison__candidate_1_id",
-                                  "comparison__candidate_2_id", "winner_id", "reviewer_id"))
-    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))  # (c1, c2) -> item -> [score of c1]
+    judgments = list(
+        Judgment.objects.filter(evaluation=evaluation).values_list(
+            "comparison_id",
+            "comparison__item_id",
+            "comparison__candidate_1_id",
+            "comparison__candidate_2_id",
+            "winner_id",
+            "reviewer_id",
+        )
+    )
+    scores: dict[tuple[int, int], dict[int, list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )  # (c1, c2) -> item -> [score of c1]
     outcomes = []
     labels: dict[int, dict[int, str]] = defaultdict(dict)
     for comparison_id, item_id, c1, c2, winner, reviewer in judgments:
@@ -230,17 +255,36 @@ def evaluation_results(evaluation: Evaluation, *, bootstrap: int = 400) -> Resul
 
     pairs = []
     for i, a in enumerate(candidates):
-        for b in candidates[i + 1:]:
+        for b in candidates[i + 1 :]:
             o = st.compare_pair(scores.get((a.pk, b.pk), {}))
-            pairs.append(PairResult(a, b, o, st.items_needed(o.items_a, o.items_b, o.items_tied),
-                                    unjudged=max(0, item_count - o.items), bar=_bar(o)))
+            pairs.append(
+                PairResult(
+                    a,
+                    b,
+                    o,
+                    st.items_needed(o.items_a, o.items_b, o.items_tied),
+                    unjudged=max(0, item_count - o.items),
+                    bar=_bar(o),
+                )
+            )
 
-    ranking_rows = st.bradley_terry_ranking(outcomes, len(candidates), bootstrap=bootstrap, seed=evaluation.seed) if candidates else []
+    ranking_rows = (
+        st.bradley_terry_ranking(outcomes, len(candidates), bootstrap=bootstrap, seed=evaluation.seed)
+        if candidates
+        else []
+    )
     agreement = st.agreement(labels)
     return Results(
-        evaluation=evaluation, candidates=candidates, judgment_count=len(judgments), item_count=item_count, pairs=pairs,
-        ranking=_ranking_chart(ranking_rows, candidates), criteria=_criteria(evaluation, candidates), agreement=agreement,
-        agreement_words=st.describe_agreement(agreement.value), metrics=_metrics(evaluation, candidates),
+        evaluation=evaluation,
+        candidates=candidates,
+        judgment_count=len(judgments),
+        item_count=item_count,
+        pairs=pairs,
+        ranking=_ranking_chart(ranking_rows, candidates),
+        criteria=_criteria(evaluation, candidates),
+        agreement=agreement,
+        agreement_words=st.describe_agreement(agreement.value),
+        metrics=_metrics(evaluation, candidates),
         verdicts=_verdicts(pairs, ranking_rows, candidates) if judgments else [],
     )
 
@@ -250,8 +294,14 @@ def _bar(o: st.PairOutcome, width: float = 300.0) -> dict:
     if not o.decisive:
         return {}
     a = width * o.share
-    return {"a_w": round(a, 1), "b_x": round(a, 1), "b_w": round(width - a, 1), "lo": round(width * o.low, 1),
-            "hi": round(width * o.high, 1), "mid": width / 2}
+    return {
+        "a_w": round(a, 1),
+        "b_x": round(a, 1),
+        "b_w": round(width - a, 1),
+        "lo": round(width * o.low, 1),
+        "hi": round(width * o.high, 1),
+        "mid": width / 2,
+    }
 
 
 def _verdicts(pairs: list[PairResult], ranking: list[st.Ranking], candidates: list[Candidate]) -> list[Verdict]:
@@ -261,7 +311,9 @@ def _verdicts(pairs: list[PairResult], ranking: list[st.Ranking], candidates: li
         return []
     strength = {r.index: r.strength for r in ranking}
     # strongest first; between equals, the prompt-only baseline is the harder one to beat
-    by_rank = sorted(candidates, key=lambda c: (-round(strength[candidates.index(c)], 9), c.kind != CandidateKind.PROMPT))
+    by_rank = sorted(
+        candidates, key=lambda c: (-round(strength[candidates.index(c)], 9), c.kind != CandidateKind.PROMPT)
+    )
     runs = [c for c in by_rank if c.kind == CandidateKind.RUN]
     baselines = [c for c in by_rank if c.kind != CandidateKind.RUN]
     matchups = [(run, baselines[0]) for run in runs] if runs and baselines else [(by_rank[0], by_rank[1])]
@@ -284,9 +336,22 @@ def _ranking_chart(rows: list[st.Ranking], candidates: list[Candidate]) -> list[
     def x(v: float) -> float:
         return round(180 + 230 * (math.log2(v) - lo) / span, 1)
 
-    return [{"rank": n + 1, "candidate": candidates[r.index], "strength": r.strength, "low": r.low, "high": r.high,
-             "win_prob": r.win_prob_vs_average, "x": x(r.strength), "x_low": x(r.low), "x_high": x(r.high), "x_one": x(1.0), "y": 24 * n + 16}
-            for n, r in enumerate(rows)]
+    return [
+        {
+            "rank": n + 1,
+            "candidate": candidates[r.index],
+            "strength": r.strength,
+            "low": r.low,
+            "high": r.high,
+            "win_prob": r.win_prob_vs_average,
+            "x": x(r.strength),
+            "x_low": x(r.low),
+            "x_high": x(r.high),
+            "x_one": x(1.0),
+            "y": 24 * n + 16,
+        }
+        for n, r in enumerate(rows)
+    ]
 
 
 def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]:
@@ -294,11 +359,13 @@ def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]
     and the comparisons it appeared in), so an output counts once; then a mean over outputs."""
     per_output: dict[tuple[int, int], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for criterion_id, candidate_id, item_id, value in Score.objects.filter(judgment__evaluation=evaluation).values_list(
-            "criterion_id", "candidate_id", "judgment__comparison__item_id", "value"):
+        "criterion_id", "candidate_id", "judgment__comparison__item_id", "value"
+    ):
         per_output[(criterion_id, candidate_id)][item_id].append(value)
     passed: dict[tuple[int, int], list[int]] = defaultdict(list)  # (check, candidate) -> 1/0 per output
-    for check_id, candidate_id, ok in CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
-            "check_def_id", "generation__candidate_id", "passed"):
+    for check_id, candidate_id, ok in CheckResult.objects.filter(
+        generation__candidate__evaluation=evaluation
+    ).values_list("check_def_id", "generation__candidate_id", "passed"):
         passed[(check_id, candidate_id)].append(int(ok))
     rows = []
     for criterion in evaluation.rubric.criteria.prefetch_related("auto_checks"):
@@ -307,24 +374,52 @@ def _criteria(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]
         for c in candidates:
             outputs = per_output.get((criterion.pk, c.pk), {})
             m = st.bounded_mean_interval([sum(v) / len(v) for v in outputs.values()], bottom, top)
-            cells.append({"candidate": c, "m": m, "width": round(100 * m.mean / top, 1) if m else 0,
-                          "low": round(100 * m.low / top, 1) if m else 0, "high": round(100 * m.high / top, 1) if m else 0})
-        checks = [{"check": check, "cells": [{"candidate": c, "m": st.bounded_mean_interval(passed.get((check.pk, c.pk), []), 0, 1)}
-                                             for c in candidates]}
-                  for check in criterion.auto_checks.all()]
+            cells.append(
+                {
+                    "candidate": c,
+                    "m": m,
+                    "width": round(100 * m.mean / top, 1) if m else 0,
+                    "low": round(100 * m.low / top, 1) if m else 0,
+                    "high": round(100 * m.high / top, 1) if m else 0,
+                }
+            )
+        checks = [
+            {
+                "check": check,
+                "cells": [
+                    {"candidate": c, "m": st.bounded_mean_interval(passed.get((check.pk, c.pk), []), 0, 1)}
+                    for c in candidates
+                ],
+            }
+            for check in criterion.auto_checks.all()
+        ]
         rows.append({"criterion": criterion, "cells": cells, "top": top, "checks": checks})
     return rows
 
 
 def _metrics(evaluation: Evaluation, candidates: list[Candidate]) -> list[dict]:
     sims: dict[int, list[float]] = defaultdict(list)
-    for candidate_id, similarity in Generation.objects.filter(candidate__evaluation=evaluation).values_list("candidate_id", "similarity"):
+    for candidate_id, similarity in Generation.objects.filter(candidate__evaluation=evaluation).values_list(
+        "candidate_id", "similarity"
+    ):
         sims[candidate_id].append(similarity)
-    stats = {row["candidate_id"]: row for row in Generation.objects.filter(candidate__evaluation=evaluation)
-             .values("candidate_id").annotate(tokens=Avg("output_tokens"), latency=Avg("latency_ms"), n=Count("id"))}
-    return [{"candidate": c, "val_loss": c.run.final_val_loss if c.run_id else None,
-             "similarity": st.bounded_mean_interval(sims.get(c.pk, []), 0.0, 1.0), "tokens": stats.get(c.pk, {}).get("tokens"),
-             "latency": stats.get(c.pk, {}).get("latency"), "n": stats.get(c.pk, {}).get("n", 0)} for c in candidates]
+    stats = {
+        row["candidate_id"]: row
+        for row in Generation.objects.filter(candidate__evaluation=evaluation)
+        .values("candidate_id")
+        .annotate(tokens=Avg("output_tokens"), latency=Avg("latency_ms"), n=Count("id"))
+    }
+    return [
+        {
+            "candidate": c,
+            "val_loss": c.run.final_val_loss if c.run_id else None,
+            "similarity": st.bounded_mean_interval(sims.get(c.pk, []), 0.0, 1.0),
+            "tokens": stats.get(c.pk, {}).get("tokens"),
+            "latency": stats.get(c.pk, {}).get("latency"),
+            "n": stats.get(c.pk, {}).get("n", 0),
+        }
+        for c in candidates
+    ]
 
 
 # --- side by side -------------------------------------------------------------------------------------
@@ -338,7 +433,8 @@ def side_by_side(evaluation: Evaluation, *, show: str = ""):
     candidates = list(evaluation.candidates.order_by("position"))
     verdicts: dict[int, list[tuple[int, int | None, int, int]]] = defaultdict(list)
     for item_id, comparison_id, winner, c1, c2 in Judgment.objects.filter(evaluation=evaluation).values_list(
-            "comparison__item_id", "comparison_id", "winner_id", "comparison__candidate_1_id", "comparison__candidate_2_id"):
+        "comparison__item_id", "comparison_id", "winner_id", "comparison__candidate_1_id", "comparison__candidate_2_id"
+    ):
         verdicts[item_id].append((comparison_id, winner, c1, c2))
     items = eval_items(evaluation)
     if show == "reviewers":
@@ -367,7 +463,9 @@ def rows_for(items, candidates, verdicts) -> list[dict]:
     """Outputs per item for one page of items (two queries, whatever the page size)."""
     items = list(items)
     outputs = defaultdict(dict)
-    for g in Generation.objects.filter(item__in=items, candidate__in=candidates).only("item_id", "candidate_id", "output", "similarity"):
+    for g in Generation.objects.filter(item__in=items, candidate__in=candidates).only(
+        "item_id", "candidate_id", "output", "similarity"
+    ):
         outputs[g.item_id][g.candidate_id] = g
     labels = {c.pk: c.label for c in candidates}
     rows = []
@@ -382,8 +480,13 @@ def rows_for(items, candidates, verdicts) -> list[dict]:
         summary = ", ".join(f"{labels[c]} won {n}" for c, n in sorted(wins.items(), key=lambda kv: -kv[1]))
         if ties:
             summary += (", " if summary else "") + f"{ties} tie{'s' if ties != 1 else ''}"
-        rows.append({"item": item, "outputs": [(c, outputs[item.pk].get(c.pk)) for c in candidates],
-                     "summary": summary or "not judged yet"})
+        rows.append(
+            {
+                "item": item,
+                "outputs": [(c, outputs[item.pk].get(c.pk)) for c in candidates],
+                "summary": summary or "not judged yet",
+            }
+        )
     return rows
 
 
@@ -392,7 +495,8 @@ def judgment_seconds(evaluation: Evaluation) -> dict[int, list[float]]:
     """Seconds each judgment took, by reviewer id (judgments recorded before timing existed are left out)."""
     by_reviewer: dict[int, list[float]] = defaultdict(list)
     for reviewer_id, seconds in Judgment.objects.filter(evaluation=evaluation, seconds__isnull=False).values_list(
-            "reviewer_id", "seconds"):
+        "reviewer_id", "seconds"
+    ):
         by_reviewer[reviewer_id].append(seconds)
     return by_reviewer
 
@@ -403,23 +507,45 @@ def _median(values: list[float]) -> float | None:
 
 def reviewer_progress(evaluation: Evaluation) -> list[dict]:
     users = get_user_model().objects.filter(pk__in=reviewer_ids(evaluation.project)).order_by("username")
-    counts = {row["reviewer_id"]: row for row in Assignment.objects.filter(evaluation=evaluation).values("reviewer_id")
-              .annotate(done=Count("id", filter=Q(completed_at__isnull=False)), open=Count("id", filter=Q(completed_at__isnull=True)))}
+    counts = {
+        row["reviewer_id"]: row
+        for row in Assignment.objects.filter(evaluation=evaluation)
+        .values("reviewer_id")
+        .annotate(
+            done=Count("id", filter=Q(completed_at__isnull=False)),
+            open=Count("id", filter=Q(completed_at__isnull=True)),
+        )
+    }
     seconds = judgment_seconds(evaluation)
-    return [{"user": u, "done": counts.get(u.pk, {}).get("done", 0), "open": counts.get(u.pk, {}).get("open", 0),
-             "remaining": remaining_for(evaluation, u), "median_seconds": _median(seconds.get(u.pk, []))} for u in users]
+    return [
+        {
+            "user": u,
+            "done": counts.get(u.pk, {}).get("done", 0),
+            "open": counts.get(u.pk, {}).get("open", 0),
+            "remaining": remaining_for(evaluation, u),
+            "median_seconds": _median(seconds.get(u.pk, [])),
+        }
+        for u in users
+    ]
 
 
 def review_totals(evaluation: Evaluation) -> dict:
     pairs = Comparison.objects.filter(evaluation=evaluation).count()
     everyone = [s for values in judgment_seconds(evaluation).values() for s in values]
-    return {"pairs": pairs, "needed": pairs * evaluation.reviewers_per_pair,
-            "judged": Judgment.objects.filter(evaluation=evaluation).count(),
-            "median_seconds": _median(everyone), "timed": len(everyone)}
+    return {
+        "pairs": pairs,
+        "needed": pairs * evaluation.reviewers_per_pair,
+        "judged": Judgment.objects.filter(evaluation=evaluation).count(),
+        "median_seconds": _median(everyone),
+        "timed": len(everyone),
+    }
 
 
-STOP_WORDS = {"settled": "stopped: settled (its interval excludes parity even corrected for repeated looks)", "cap": "stopped: the cap of judged items is reached",
-              "": "still handed out"}
+STOP_WORDS = {
+    "settled": "stopped: settled (its interval excludes parity even corrected for repeated looks)",
+    "cap": "stopped: the cap of judged items is reached",
+    "": "still handed out",
+}
 
 
 def stopping(evaluation: Evaluation) -> list[dict]:
@@ -429,19 +555,35 @@ def stopping(evaluation: Evaluation) -> list[dict]:
     rows = []
     for (c1, c2), stop in pair_stops(evaluation).items():
         o = stop.outcome
-        rows.append({"a": labels[c1], "b": labels[c2], "outcome": o, "reason": stop.reason,
-                     "why": STOP_WORDS[stop.reason] if stop.reason != "cap" else
-                     f"stopped: the cap of {evaluation.pair_cap} judged items is reached"})
+        rows.append(
+            {
+                "a": labels[c1],
+                "b": labels[c2],
+                "outcome": o,
+                "reason": stop.reason,
+                "why": STOP_WORDS[stop.reason]
+                if stop.reason != "cap"
+                else f"stopped: the cap of {evaluation.pair_cap} judged items is reached",
+            }
+        )
     return rows
 
 
 def queue_for(project, user) -> list[dict]:
     """Ready evaluations of a project with how much review work is left for this user."""
     rows = []
-    for evaluation in Evaluation.objects.filter(project=project, status="ready").select_related("rubric").order_by("-created_at"):
+    for evaluation in (
+        Evaluation.objects.filter(project=project, status="ready").select_related("rubric").order_by("-created_at")
+    ):
         done = Judgment.objects.filter(evaluation=evaluation, reviewer=user).count()
-        rows.append({"evaluation": evaluation, "done": done, "remaining": remaining_for(evaluation, user),
-                     "seen": has_seen_labels(evaluation, user)})
+        rows.append(
+            {
+                "evaluation": evaluation,
+                "done": done,
+                "remaining": remaining_for(evaluation, user),
+                "seen": has_seen_labels(evaluation, user),
+            }
+        )
     return rows
 
 
@@ -453,14 +595,19 @@ def check_calibrations(evaluation: Evaluation, *, bootstrap: int = 1000) -> list
     verdict (majority of its judgments, an even split a tie)."""
     human: dict[int, tuple[int, int, int, list[float]]] = {}
     for comparison_id, item_id, c1, c2, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
-            "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"):
+        "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "comparison__candidate_2_id", "winner_id"
+    ):
         human.setdefault(comparison_id, (item_id, c1, c2, []))[3].append(first_score(winner, c1))
     passed: dict[tuple[int, int, int], bool] = {}  # (check, candidate, item) -> passed
-    for check_id, candidate_id, item_id, ok in CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
-            "check_def_id", "generation__candidate_id", "generation__item_id", "passed"):
+    for check_id, candidate_id, item_id, ok in CheckResult.objects.filter(
+        generation__candidate__evaluation=evaluation
+    ).values_list("check_def_id", "generation__candidate_id", "generation__item_id", "passed"):
         passed[(check_id, candidate_id, item_id)] = ok
-    checks = list(AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id).select_related("criterion")
-                  .order_by("criterion__position", "position", "id"))
+    checks = list(
+        AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id)
+        .select_related("criterion")
+        .order_by("criterion__position", "position", "id")
+    )
     side = {"a": "first", "b": "second", "tie": "tie"}
 
     def rows_for(verdict) -> list[tuple[int, str, str]]:
@@ -475,6 +622,7 @@ def check_calibrations(evaluation: Evaluation, *, bootstrap: int = 1000) -> list
         def verdict(c1, c2, item):
             first, second = passed.get((check.pk, c1, item)), passed.get((check.pk, c2, item))
             return None if first is None or second is None else st.check_verdict(first, second)
+
         return verdict
 
     def together(c1, c2, item):
@@ -483,11 +631,22 @@ def check_calibrations(evaluation: Evaluation, *, bootstrap: int = 1000) -> list
             return None
         return "tie" if counts[0] == counts[1] else "first" if counts[0] > counts[1] else "second"
 
-    out = [{"name": f"{check.criterion.name}: {check.label}", "check": check,
-            "calibration": st.calibrate(rows_for(one(check)), bootstrap=bootstrap, seed=evaluation.seed)} for check in checks]
+    out = [
+        {
+            "name": f"{check.criterion.name}: {check.label}",
+            "check": check,
+            "calibration": st.calibrate(rows_for(one(check)), bootstrap=bootstrap, seed=evaluation.seed),
+        }
+        for check in checks
+    ]
     if len(checks) > 1:
-        out.append({"name": "All automatic checks (the output passing more of them wins)", "check": None,
-                    "calibration": st.calibrate(rows_for(together), bootstrap=bootstrap, seed=evaluation.seed)})
+        out.append(
+            {
+                "name": "All automatic checks (the output passing more of them wins)",
+                "check": None,
+                "calibration": st.calibrate(rows_for(together), bootstrap=bootstrap, seed=evaluation.seed),
+            }
+        )
     return out
 
 
@@ -496,7 +655,8 @@ def _human_verdicts(evaluation: Evaluation) -> dict[int, tuple[int, str]]:
     """comparison -> (item, the reviewers' item-level verdict "first" / "second" / "tie")."""
     scores: dict[int, tuple[int, int, list[float]]] = {}
     for comparison_id, item_id, c1, winner in Judgment.objects.filter(evaluation=evaluation).values_list(
-            "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "winner_id"):
+        "comparison_id", "comparison__item_id", "comparison__candidate_1_id", "winner_id"
+    ):
         scores.setdefault(comparison_id, (item_id, c1, []))[2].append(first_score(winner, c1))
     side = {"a": "first", "b": "second", "tie": "tie"}
     return {cid: (item, side[st.item_side(s)]) for cid, (item, _, s) in scores.items()}
@@ -532,7 +692,8 @@ def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeRepor
     human = {cid: ((e.pk, item), people) for e in same_rubric for cid, (item, people) in _human_verdicts(e).items()}
     rows = []
     for v in JudgeVerdict.objects.filter(evaluation__in=same_rubric, judged=True, comparison__in=list(human)).values(
-            "comparison_id", "winner_id", "comparison__candidate_1_id"):
+        "comparison_id", "winner_id", "comparison__candidate_1_id"
+    ):
         c1 = v["comparison__candidate_1_id"]
         label = "tie" if v["winner_id"] is None else "first" if v["winner_id"] == c1 else "second"
         item, people = human[v["comparison_id"]]
@@ -541,8 +702,10 @@ def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeRepor
     min_pairs = settings_row.min_human_pairs if settings_row else 30
     min_kappa = settings_row.min_kappa if settings_row else 0.6
     if len(human) < min_pairs:
-        why = (f"{len(human)} human-judged pair{'s' * (len(human) != 1)} so far on this rubric version; "
-               f"judge figures show from {min_pairs}.")
+        why = (
+            f"{len(human)} human-judged pair{'s' * (len(human) != 1)} so far on this rubric version; "
+            f"judge figures show from {min_pairs}."
+        )
     elif calibration.kappa is None or calibration.kappa < min_kappa:
         shown_kappa = "not defined" if calibration.kappa is None else f"{calibration.kappa:.2f}"
         why = f"the judge's kappa with the reviewers is {shown_kappa}; judge figures show from {min_kappa:g}."
@@ -555,10 +718,19 @@ def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeRepor
         scores[(c.candidate_1_id, c.candidate_2_id)][c.item_id].append(first_score(v.winner_id, c.candidate_1_id))
     pairs = []
     for i, a in enumerate(candidates):
-        for b in candidates[i + 1:]:
+        for b in candidates[i + 1 :]:
             o = st.compare_pair(scores.get((a.pk, b.pk), {}))
             pairs.append(PairResult(a, b, o, None, unjudged=0, bar=_bar(o)))
     consistent = [v.position_consistent for v in judged if v.position_consistent is not None]
-    return JudgeReport(settings_row, len(judged), len(verdicts) - len(judged),
-                       sorted({v.error for v in verdicts if not v.judged and v.error})[:5], calibration,
-                       sum(consistent) / len(consistent) if consistent else None, len(human), not why, why, pairs)
+    return JudgeReport(
+        settings_row,
+        len(judged),
+        len(verdicts) - len(judged),
+        sorted({v.error for v in verdicts if not v.judged and v.error})[:5],
+        calibration,
+        sum(consistent) / len(consistent) if consistent else None,
+        len(human),
+        not why,
+        why,
+        pairs,
+    )

@@ -67,7 +67,9 @@ class CriterionSpec:
     anchors: dict | None = None
     good_example_id: int | None = None
     bad_example_id: int | None = None
-    checks: list = dataclasses.field(default_factory=list)  # worker.checks.CheckSpec, run on every output of an evaluation
+    checks: list = dataclasses.field(
+        default_factory=list
+    )  # worker.checks.CheckSpec, run on every output of an evaluation
 
 
 def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
@@ -81,17 +83,23 @@ def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
             raise EvaluationError(f"Criterion {n}: the name {spec.name!r} is used twice.")
         seen.add(spec.name.strip().lower())
         if spec.scale not in Scale.values:
-            raise EvaluationError(f"Criterion {n} ({spec.name}): unknown scale {spec.scale!r}; use pass_fail or likert5.")
+            raise EvaluationError(
+                f"Criterion {n} ({spec.name}): unknown scale {spec.scale!r}; use pass_fail or likert5."
+            )
         allowed = {str(v) for v in SCALE_VALUES[spec.scale]}
         extra = set((spec.anchors or {}).keys()) - allowed
         if extra:
-            raise EvaluationError(f"Criterion {n} ({spec.name}): anchor levels {sorted(extra)} are not on the "
-                                  f"{Scale(spec.scale).label} scale (levels {sorted(allowed)}).")
+            raise EvaluationError(
+                f"Criterion {n} ({spec.name}): anchor levels {sorted(extra)} are not on the "
+                f"{Scale(spec.scale).label} scale (levels {sorted(allowed)})."
+            )
         for field in ("good_example_id", "bad_example_id"):
             pk = getattr(spec, field)
             if pk is not None and not Example.objects.filter(project=project, pk=pk).exists():
-                raise EvaluationError(f"Criterion {n} ({spec.name}): example #{pk} ({field.split('_')[0]} example) "
-                                      "is not an example of this project.")
+                raise EvaluationError(
+                    f"Criterion {n} ({spec.name}): example #{pk} ({field.split('_')[0]} example) "
+                    "is not an example of this project."
+                )
         for m, check in enumerate(spec.checks, start=1):
             from worker.checks import CheckError, validate
 
@@ -104,11 +112,21 @@ def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
 def _save_criteria(rubric: Rubric, criteria: list[CriterionSpec]) -> None:
     for i, s in enumerate(criteria):
         criterion = Criterion.objects.create(
-            rubric=rubric, position=i, name=s.name.strip(), description=s.description.strip(), scale=s.scale,
+            rubric=rubric,
+            position=i,
+            name=s.name.strip(),
+            description=s.description.strip(),
+            scale=s.scale,
             anchors={k: v.strip() for k, v in (s.anchors or {}).items() if v and v.strip()},
-            good_example_id=s.good_example_id, bad_example_id=s.bad_example_id)
-        AutoCheck.objects.bulk_create([AutoCheck(criterion=criterion, position=j, kind=c.kind, text=c.text, number=c.number)
-                                       for j, c in enumerate(s.checks)])
+            good_example_id=s.good_example_id,
+            bad_example_id=s.bad_example_id,
+        )
+        AutoCheck.objects.bulk_create(
+            [
+                AutoCheck(criterion=criterion, position=j, kind=c.kind, text=c.text, number=c.number)
+                for j, c in enumerate(s.checks)
+            ]
+        )
 
 
 def _check_review_mode(review_mode: str) -> None:
@@ -117,8 +135,15 @@ def _check_review_mode(review_mode: str) -> None:
 
 
 @transaction.atomic
-def create_rubric(*, project, name: str, description: str = "", criteria: list[CriterionSpec],
-                  review_mode: str = ReviewMode.SCORES, user=None) -> Rubric:
+def create_rubric(
+    *,
+    project,
+    name: str,
+    description: str = "",
+    criteria: list[CriterionSpec],
+    review_mode: str = ReviewMode.SCORES,
+    user=None,
+) -> Rubric:
     name = name.strip()
     if not name:
         raise EvaluationError("A rubric needs a name.")
@@ -126,31 +151,49 @@ def create_rubric(*, project, name: str, description: str = "", criteria: list[C
         raise EvaluationError(f"A rubric named {name!r} exists already; edit it to make a new version.")
     _check_criteria(project, criteria)
     _check_review_mode(review_mode)
-    rubric = Rubric.objects.create(project=project, name=name, version=1, description=description.strip(),
-                                   review_mode=review_mode, created_by=user)
+    rubric = Rubric.objects.create(
+        project=project, name=name, version=1, description=description.strip(), review_mode=review_mode, created_by=user
+    )
     _save_criteria(rubric, criteria)
     return rubric
 
 
 @transaction.atomic
-def revise_rubric(*, rubric: Rubric, description: str, criteria: list[CriterionSpec], review_mode: str | None = None,
-                  user=None) -> Rubric:
+def revise_rubric(
+    *, rubric: Rubric, description: str, criteria: list[CriterionSpec], review_mode: str | None = None, user=None
+) -> Rubric:
     """Editing never changes a version evaluations point at: it saves the next version."""
     _check_criteria(rubric.project, criteria)
     review_mode = review_mode or rubric.review_mode
     _check_review_mode(review_mode)
-    latest = Rubric.objects.select_for_update().filter(project=rubric.project, name=rubric.name).order_by("-version").first()
-    new = Rubric.objects.create(project=rubric.project, name=rubric.name, version=latest.version + 1,
-                                description=description.strip(), review_mode=review_mode, created_by=user)
+    latest = (
+        Rubric.objects.select_for_update().filter(project=rubric.project, name=rubric.name).order_by("-version").first()
+    )
+    new = Rubric.objects.create(
+        project=rubric.project,
+        name=rubric.name,
+        version=latest.version + 1,
+        description=description.strip(),
+        review_mode=review_mode,
+        created_by=user,
+    )
     _save_criteria(new, criteria)
     return new
 
 
 def criteria_specs(rubric: Rubric) -> list[CriterionSpec]:
-    return [CriterionSpec(name=c.name, description=c.description, scale=c.scale, anchors=dict(c.anchors),
-                          good_example_id=c.good_example_id, bad_example_id=c.bad_example_id,
-                          checks=[check.spec for check in c.auto_checks.all()])
-            for c in rubric.criteria.prefetch_related("auto_checks")]
+    return [
+        CriterionSpec(
+            name=c.name,
+            description=c.description,
+            scale=c.scale,
+            anchors=dict(c.anchors),
+            good_example_id=c.good_example_id,
+            bad_example_id=c.bad_example_id,
+            checks=[check.spec for check in c.auto_checks.all()],
+        )
+        for c in rubric.criteria.prefetch_related("auto_checks")
+    ]
 
 
 # --- automatic checks ---------------------------------------------------------------------------------
@@ -170,9 +213,15 @@ def run_checks(evaluation_pk: int) -> int:
     checks = list(AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id))
     if not checks:
         return 0
-    done = set(CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list("generation_id", "check_def_id"))
+    done = set(
+        CheckResult.objects.filter(generation__candidate__evaluation=evaluation).values_list(
+            "generation_id", "check_def_id"
+        )
+    )
     rows = []
-    generations = Generation.objects.filter(candidate__evaluation=evaluation).select_related("item__example").order_by("pk")
+    generations = (
+        Generation.objects.filter(candidate__evaluation=evaluation).select_related("item__example").order_by("pk")
+    )
     for generation in generations.iterator(chunk_size=500):
         todo = [c for c in checks if (generation.pk, c.pk) not in done]
         if not todo:
@@ -180,16 +229,27 @@ def run_checks(evaluation_pk: int) -> int:
         item = generation.item
         fields = input_fields(item.input_messages, item.example.metadata if item.example_id else None)
         for check in todo:
-            result = run_check(check.spec, generation.output, fields=fields, ideal=item.ideal_output,
-                               similarity=generation.similarity)
-            rows.append(CheckResult(generation=generation, check_def=check, passed=result.passed, detail=result.detail[:300]))
+            result = run_check(
+                check.spec, generation.output, fields=fields, ideal=item.ideal_output, similarity=generation.similarity
+            )
+            rows.append(
+                CheckResult(generation=generation, check_def=check, passed=result.passed, detail=result.detail[:300])
+            )
     CheckResult.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
     return len(rows)
 
 
 # --- the LLM judge ------------------------------------------------------------------------------------
-def save_judge_settings(*, project, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0,
-                        min_human_pairs: int = 30, min_kappa: float = 0.6) -> JudgeSettings:
+def save_judge_settings(
+    *,
+    project,
+    base_url: str,
+    model: str,
+    api_key: str = "",
+    timeout_s: float = 60.0,
+    min_human_pairs: int = 30,
+    min_kappa: float = 0.6,
+) -> JudgeSettings:
     """The project's judge endpoint; an empty ``api_key`` keeps the stored one (it is never shown back)."""
     if not base_url.startswith(("http://", "https://")):
         raise EvaluationError(f"The judge's URL must start with http:// or https:// (got {base_url!r}).")
@@ -199,7 +259,9 @@ def save_judge_settings(*, project, base_url: str, model: str, api_key: str = ""
         raise EvaluationError("The judge's timeout must be between 0 and 600 seconds.")
     if not -1 <= min_kappa <= 1:
         raise EvaluationError("The kappa threshold must be between -1 and 1.")
-    settings_row, _ = JudgeSettings.objects.get_or_create(project=project, defaults={"base_url": base_url, "model": model})
+    settings_row, _ = JudgeSettings.objects.get_or_create(
+        project=project, defaults={"base_url": base_url, "model": model}
+    )
     settings_row.base_url, settings_row.model = base_url.strip(), model.strip()
     if api_key:
         settings_row.api_key = api_key
@@ -211,10 +273,19 @@ def save_judge_settings(*, project, base_url: str, model: str, api_key: str = ""
 def judge_rubric_text(rubric: Rubric) -> str:
     from worker.judge import rubric_text
 
-    return rubric_text([{"name": c.name, "description": c.description, "levels": [(label, text) for _, label, text in c.levels()],
-                         "good": c.good_example.ideal_output if c.good_example_id else "",
-                         "bad": c.bad_example.ideal_output if c.bad_example_id else ""}
-                        for c in rubric.criteria.select_related("good_example", "bad_example")], rubric.description)
+    return rubric_text(
+        [
+            {
+                "name": c.name,
+                "description": c.description,
+                "levels": [(label, text) for _, label, text in c.levels()],
+                "good": c.good_example.ideal_output if c.good_example_id else "",
+                "bad": c.bad_example.ideal_output if c.bad_example_id else "",
+            }
+            for c in rubric.criteria.select_related("good_example", "bad_example")
+        ],
+        rubric.description,
+    )
 
 
 def schedule_judge(evaluation_pk: int) -> None:
@@ -230,20 +301,38 @@ def run_judge(evaluation_pk: int, *, client=None) -> dict:
     settings_row = JudgeSettings.objects.filter(project=evaluation.project_id).first()
     if settings_row is None:
         raise EvaluationError("This project has no LLM judge configured.")
-    config = JudgeConfig(settings_row.base_url, settings_row.model, settings_row.api_key, timeout_s=settings_row.timeout_s)
+    config = JudgeConfig(
+        settings_row.base_url, settings_row.model, settings_row.api_key, timeout_s=settings_row.timeout_s
+    )
     rubric = judge_rubric_text(evaluation.rubric)
     done = set(JudgeVerdict.objects.filter(evaluation=evaluation, judged=True).values_list("comparison_id", flat=True))
-    outputs = {(g.candidate_id, g.item_id): g.output for g in Generation.objects.filter(candidate__evaluation=evaluation)}
+    outputs = {
+        (g.candidate_id, g.item_id): g.output for g in Generation.objects.filter(candidate__evaluation=evaluation)
+    }
     counts = {"judged": 0, "unjudged": 0}
-    for comparison in (Comparison.objects.filter(evaluation=evaluation).exclude(pk__in=done)
-                       .select_related("item").order_by("order_key")):
+    for comparison in (
+        Comparison.objects.filter(evaluation=evaluation)
+        .exclude(pk__in=done)
+        .select_related("item")
+        .order_by("order_key")
+    ):
         item = comparison.item
         text = "\n\n".join(f"{m.get('role')}: {m.get('content', '')}" for m in item.input_messages)
-        verdict = judge_pair(config, rubric=rubric, input_text=text, first=outputs.get((comparison.candidate_1_id, item.pk), ""),
-                             second=outputs.get((comparison.candidate_2_id, item.pk), ""), client=client)
+        verdict = judge_pair(
+            config,
+            rubric=rubric,
+            input_text=text,
+            first=outputs.get((comparison.candidate_1_id, item.pk), ""),
+            second=outputs.get((comparison.candidate_2_id, item.pk), ""),
+            client=client,
+        )
         winner = {"first": comparison.candidate_1_id, "second": comparison.candidate_2_id}.get(verdict.winner or "")
         row, _ = JudgeVerdict.objects.get_or_create(comparison=comparison, defaults={"evaluation": evaluation})
-        row.judged, row.winner_id, row.position_consistent = verdict.winner is not None, winner, verdict.position_consistent
+        row.judged, row.winner_id, row.position_consistent = (
+            verdict.winner is not None,
+            winner,
+            verdict.position_consistent,
+        )
         row.reasoning, row.error, row.attempts = verdict.reasoning, verdict.error[:300], row.attempts + 1
         row.save()
         counts["judged" if row.judged else "unjudged"] += 1
@@ -257,7 +346,9 @@ class CandidateSpec:
     run_id: int | None = None
     system_prompt: str = ""
     few_shot: int = 0
-    shots: list = dataclasses.field(default_factory=list)  # chosen conversations (a prompt version's); else the first few_shot
+    shots: list = dataclasses.field(
+        default_factory=list
+    )  # chosen conversations (a prompt version's); else the first few_shot
 
 
 def parse_candidates(text: str) -> list[CandidateSpec]:
@@ -278,9 +369,17 @@ def parse_candidates(text: str) -> list[CandidateSpec]:
 DEFAULT_PROMPT = "You are a helpful customer-support assistant. Reply in the house style shown in the examples."
 
 
-def _check_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
-                      max_new_tokens: int, reviewers_per_pair: int, pair_cap: int | None,
-                      automatic_only: bool = False) -> dict[int, Run]:
+def _check_evaluation(
+    *,
+    project,
+    dataset_version: DatasetVersion,
+    rubric: Rubric,
+    candidates: list[CandidateSpec],
+    max_new_tokens: int,
+    reviewers_per_pair: int,
+    pair_cap: int | None,
+    automatic_only: bool = False,
+) -> dict[int, Run]:
     """Refuse what cannot be evaluated, saying why; returns the candidates' runs by id."""
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
@@ -305,8 +404,10 @@ def _check_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubri
             if run is None:
                 raise EvaluationError(f"Run #{spec.run_id} is not a run of this project.")
             if run.status != RunStatus.SUCCEEDED or not run.adapter_path:
-                raise EvaluationError(f"Run #{run.pk} has not succeeded (status {run.status}): only finished runs "
-                                      "with an adapter can be evaluated.")
+                raise EvaluationError(
+                    f"Run #{run.pk} has not succeeded (status {run.status}): only finished runs "
+                    "with an adapter can be evaluated."
+                )
             if spec.run_id in runs:
                 raise EvaluationError(f"Run #{run.pk} is listed twice.")
             runs[run.pk] = run
@@ -338,34 +439,67 @@ def _create_candidates(evaluation: Evaluation, candidates: list[CandidateSpec], 
             run = runs[spec.run_id]
             label = f"Tuned run #{run.pk}" + (f" ({run.name})" if run.name else "")
         Candidate.objects.create(
-            evaluation=evaluation, position=position, kind=spec.kind, run=runs.get(spec.run_id),
+            evaluation=evaluation,
+            position=position,
+            kind=spec.kind,
+            run=runs.get(spec.run_id),
             system_prompt=(spec.system_prompt.strip() or DEFAULT_PROMPT) if spec.kind == CandidateKind.PROMPT else "",
-            few_shot=spec.few_shot if spec.kind == CandidateKind.PROMPT else 0, label=label,
+            few_shot=spec.few_shot if spec.kind == CandidateKind.PROMPT else 0,
+            label=label,
             shot_messages=list(spec.shots) if spec.kind == CandidateKind.PROMPT else [],
         )
 
 
 @transaction.atomic
-def create_evaluation(*, project, dataset_version: DatasetVersion, rubric: Rubric, candidates: list[CandidateSpec],
-                      base_model: BaseModel | None = None, name: str = "", max_new_tokens: int = 96, seed: int = 0,
-                      reviewers_per_pair: int = 2, include_val: bool = False, reviewers_see_examples: bool = False,
-                      pair_cap: int | None = None, stop_when_settled: bool = True, user=None,
-                      enqueue: bool = True, automatic_only: bool = False) -> Evaluation:
+def create_evaluation(
+    *,
+    project,
+    dataset_version: DatasetVersion,
+    rubric: Rubric,
+    candidates: list[CandidateSpec],
+    base_model: BaseModel | None = None,
+    name: str = "",
+    max_new_tokens: int = 96,
+    seed: int = 0,
+    reviewers_per_pair: int = 2,
+    include_val: bool = False,
+    reviewers_see_examples: bool = False,
+    pair_cap: int | None = None,
+    stop_when_settled: bool = True,
+    user=None,
+    enqueue: bool = True,
+    automatic_only: bool = False,
+) -> Evaluation:
     """Check, save the evaluation with its candidates, and queue its generation (task on queue gpu) on commit.
 
     ``automatic_only``: scored by the automatic metrics alone (a data-scaling experiment's point), so one
     candidate is enough and, with one, no pair goes to reviewers."""
-    runs = _check_evaluation(project=project, dataset_version=dataset_version, rubric=rubric, candidates=candidates,
-                             max_new_tokens=max_new_tokens, reviewers_per_pair=reviewers_per_pair, pair_cap=pair_cap,
-                             automatic_only=automatic_only)
+    runs = _check_evaluation(
+        project=project,
+        dataset_version=dataset_version,
+        rubric=rubric,
+        candidates=candidates,
+        max_new_tokens=max_new_tokens,
+        reviewers_per_pair=reviewers_per_pair,
+        pair_cap=pair_cap,
+        automatic_only=automatic_only,
+    )
     base_model = _pick_base_model(base_model, runs)
     kinds = [s.kind for s in candidates]
     evaluation = Evaluation.objects.create(
-        project=project, name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
-        dataset_version=dataset_version, rubric=rubric, base_model=base_model, max_new_tokens=max_new_tokens,
-        seed=seed, reviewers_per_pair=reviewers_per_pair, include_val=include_val,
-        reviewers_see_examples=reviewers_see_examples, pair_cap=pair_cap,
-        stop_when_settled=stop_when_settled, created_by=user,
+        project=project,
+        name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
+        dataset_version=dataset_version,
+        rubric=rubric,
+        base_model=base_model,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        reviewers_per_pair=reviewers_per_pair,
+        include_val=include_val,
+        reviewers_see_examples=reviewers_see_examples,
+        pair_cap=pair_cap,
+        stop_when_settled=stop_when_settled,
+        created_by=user,
     )
     if user is not None:  # the launcher has seen the configuration: they never judge it blind
         Unblinding.objects.create(evaluation=evaluation, user=user, reason=UnblindingReason.LAUNCHED)
@@ -385,7 +519,7 @@ def candidate_messages(candidate: Candidate, input_messages: list[dict], shots: 
     own_system = [m["content"] for m in input_messages if m.get("role") == "system"]
     system = "\n\n".join([candidate.system_prompt, *own_system]).strip()
     pool = candidate.shot_messages or shots  # a prompt version's chosen examples, else the train split's first ones
-    turns = [m for shot in pool[:candidate.few_shot] for m in shot if m.get("role") in ("user", "assistant")]
+    turns = [m for shot in pool[: candidate.few_shot] for m in shot if m.get("role") in ("user", "assistant")]
     rest = [m for m in input_messages if m.get("role") != "system"]
     return ([{"role": "system", "content": system}] if system else []) + turns + rest
 
@@ -399,8 +533,11 @@ def claim_generation(evaluation_pk: int, owner: str = "") -> Evaluation | None:
             return None
         now = timezone.now()
         if evaluation.status == EvaluationStatus.GENERATING and not evaluation.owner_gone(now):
-            log.info("Evaluation %s is being generated by live worker %s; skipping this delivery", evaluation_pk,
-                     evaluation.worker_id)
+            log.info(
+                "Evaluation %s is being generated by live worker %s; skipping this delivery",
+                evaluation_pk,
+                evaluation.worker_id,
+            )
             return None
         evaluation.mark_generating(owner=owner, now=now)
         return evaluation
@@ -432,12 +569,21 @@ class Generating:
     def save(self, candidate: Candidate, todo: list[DatasetVersionItem], indices, results) -> None:
         """A finished batch of one candidate's outputs (``on_batch`` of ``worker.generate.generate``)."""
         self.check(save_first=True)  # a batch finished during a shutdown is kept
-        Generation.objects.bulk_create([
-            Generation(candidate=candidate, item=todo[i], output=r.text, prompt_tokens=r.prompt_tokens,
-                       output_tokens=r.output_tokens, latency_ms=r.latency_ms,
-                       similarity=token_f1(r.text, todo[i].ideal_output))
-            for i, r in zip(indices, results, strict=True)
-        ], ignore_conflicts=True)
+        Generation.objects.bulk_create(
+            [
+                Generation(
+                    candidate=candidate,
+                    item=todo[i],
+                    output=r.text,
+                    prompt_tokens=r.prompt_tokens,
+                    output_tokens=r.output_tokens,
+                    latency_ms=r.latency_ms,
+                    similarity=token_f1(r.text, todo[i].ideal_output),
+                )
+                for i, r in zip(indices, results, strict=True)
+            ],
+            ignore_conflicts=True,
+        )
         self.rows.update(done=self.done(), heartbeat_at=timezone.now())
         self.check()
 
@@ -458,7 +604,9 @@ class Generating:
             self.check()
             base = candidate.run.base_model if candidate.run_id else evaluation.base_model
             model_dir = resolve_model_dir(model_spec_for(base))
-            model, tokenizer = load_generator(model_dir, adapter_path=local_adapter_dir(candidate.run) if candidate.run_id else None)
+            model, tokenizer = load_generator(
+                model_dir, adapter_path=local_adapter_dir(candidate.run) if candidate.run_id else None
+            )
             prompts = [candidate_messages(candidate, item.input_messages, shots) for item in todo]
             generate(model, tokenizer, prompts, config, on_batch=functools.partial(self.save, candidate, todo))
             del model
@@ -514,15 +662,17 @@ def reap_generations(now=None) -> dict[str, list[int]]:
     now = now or timezone.now()
     cutoff = now - leases.stale_after()
     stale, queued = [], []
-    for evaluation in Evaluation.objects.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True),
-                                                status=EvaluationStatus.GENERATING):
+    for evaluation in Evaluation.objects.filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True), status=EvaluationStatus.GENERATING
+    ):
         if not evaluation.owner_gone(now):
             continue
         if evaluation.attempts >= MAX_ATTEMPTS:
             evaluation.mark_failed(
                 f"The worker stopped {evaluation.attempts} times (attempt limit {MAX_ATTEMPTS}); finished outputs "
                 "are kept: resume generation once the cause is fixed.",
-                rows=Evaluation.objects.filter(pk=evaluation.pk, status=EvaluationStatus.GENERATING))
+                rows=Evaluation.objects.filter(pk=evaluation.pk, status=EvaluationStatus.GENERATING),
+            )
             continue
         log.warning("Evaluation %s: no heartbeat since %s; re-queuing", evaluation.pk, evaluation.heartbeat_at)
         send_generation(evaluation)
@@ -530,8 +680,11 @@ def reap_generations(now=None) -> dict[str, list[int]]:
     bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
     old = Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound)
     for evaluation in Evaluation.objects.filter(old, status=EvaluationStatus.QUEUED):
-        log.warning("Evaluation %s: queued since %s with no worker: sending its message again", evaluation.pk,
-                    evaluation.enqueued_at or evaluation.created_at)
+        log.warning(
+            "Evaluation %s: queued since %s with no worker: sending its message again",
+            evaluation.pk,
+            evaluation.enqueued_at or evaluation.created_at,
+        )
         send_generation(evaluation)
         queued.append(evaluation.pk)
     return {"evaluations": stale, "queued_evaluations": queued}
@@ -541,13 +694,16 @@ def build_comparisons(evaluation: Evaluation) -> int:
     """Every pair of candidates on every item, in a seeded order; idempotent."""
     candidates = list(evaluation.candidates.order_by("position"))
     items = list(eval_items(evaluation).values_list("pk", flat=True))
-    rows = [(item, a, b) for item in items for i, a in enumerate(candidates) for b in candidates[i + 1:]]
+    rows = [(item, a, b) for item in items for i, a in enumerate(candidates) for b in candidates[i + 1 :]]
     order = list(range(len(rows)))
     random.Random(evaluation.seed).shuffle(order)
-    Comparison.objects.bulk_create([
-        Comparison(evaluation=evaluation, item_id=item, candidate_1=a, candidate_2=b, order_key=key)
-        for (item, a, b), key in zip(rows, order, strict=True)
-    ], ignore_conflicts=True)
+    Comparison.objects.bulk_create(
+        [
+            Comparison(evaluation=evaluation, item_id=item, candidate_1=a, candidate_2=b, order_key=key)
+            for (item, a, b), key in zip(rows, order, strict=True)
+        ],
+        ignore_conflicts=True,
+    )
     return len(rows)
 
 
@@ -588,8 +744,11 @@ def _pick_pair_and_side(evaluation: Evaluation, reviewer) -> tuple[int, bool] | 
     nothing else.
     """
     balance: dict[tuple[int, int], int] = defaultdict(int)  # > 0: candidate_1 was on side A more often
-    mine = (Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer).order_by("created_at", "id")
-            .values_list("comparison__candidate_1_id", "comparison__candidate_2_id", "swapped"))
+    mine = (
+        Assignment.objects.filter(evaluation=evaluation, reviewer=reviewer)
+        .order_by("created_at", "id")
+        .values_list("comparison__candidate_1_id", "comparison__candidate_2_id", "swapped")
+    )
     last = None
     for c1, c2, swapped in mine:
         balance[(c1, c2)] += -1 if swapped else 1
@@ -599,8 +758,11 @@ def _pick_pair_and_side(evaluation: Evaluation, reviewer) -> tuple[int, bool] | 
         return None
     fewest = rows[0][3]  # pairs that have the fewest reviewers so far are filled first
     rows = [r for r in rows if r[3] == fewest]
-    chosen = (next((r for r in rows if balance[(r[1], r[2])] == 0), None)
-              or next((r for r in rows if (r[1], r[2]) != last), None) or rows[0])
+    chosen = (
+        next((r for r in rows if balance[(r[1], r[2])] == 0), None)
+        or next((r for r in rows if (r[1], r[2]) != last), None)
+        or rows[0]
+    )
     owed = balance[(chosen[1], chosen[2])]
     swapped = side_rng.random() < 0.5 if owed == 0 else owed > 0
     return chosen[0], swapped
@@ -624,8 +786,9 @@ def next_assignment(*, evaluation: Evaluation, reviewer) -> Assignment | None:
                 comparison = Comparison.objects.select_for_update().get(pk=comparison_pk)
                 if comparison.assignments.count() >= evaluation.reviewers_per_pair:
                     continue
-                return Assignment.objects.create(comparison=comparison, evaluation=evaluation, reviewer=reviewer,
-                                                 swapped=swapped)
+                return Assignment.objects.create(
+                    comparison=comparison, evaluation=evaluation, reviewer=reviewer, swapped=swapped
+                )
         except IntegrityError:
             continue
     return None
@@ -638,8 +801,9 @@ def mark_shown(assignment: Assignment) -> None:
 
 
 @transaction.atomic
-def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: dict[tuple[str, int], int],
-                    comment: str = "") -> Judgment:
+def submit_judgment(
+    *, assignment: Assignment, reviewer, winner: str, scores: dict[tuple[str, int], int], comment: str = ""
+) -> Judgment:
     """Record a reviewer's verdict. ``winner`` is "A", "B" or "tie" as shown; ``scores`` maps
     (side letter, criterion id) to a value on that criterion's scale, each one optional; a rubric that asks
     for the overall winner only takes no scores. Stored against the candidates, with the seconds the
@@ -647,7 +811,10 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     assignment = Assignment.objects.select_for_update().select_related("comparison").get(pk=assignment.pk)
     if assignment.reviewer_id != reviewer.pk:
         raise EvaluationError("This pair is assigned to another reviewer.")
-    if assignment.completed_at is not None or Judgment.objects.filter(comparison=assignment.comparison, reviewer=reviewer).exists():
+    if (
+        assignment.completed_at is not None
+        or Judgment.objects.filter(comparison=assignment.comparison, reviewer=reviewer).exists()
+    ):
         raise EvaluationError("You have already judged this pair; a pair is judged once per reviewer.")
     by_letter = {s.letter: s.candidate for s in sides(assignment)}
     if winner not in ("A", "B", "tie"):
@@ -663,8 +830,10 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
             if value is None:
                 continue
             if value not in criterion.values:
-                raise EvaluationError(f"{value} is outside the {criterion.get_scale_display()} scale of "
-                                      f"{criterion.name!r} (side {letter}); allowed: {', '.join(map(str, criterion.values))}.")
+                raise EvaluationError(
+                    f"{value} is outside the {criterion.get_scale_display()} scale of "
+                    f"{criterion.name!r} (side {letter}); allowed: {', '.join(map(str, criterion.values))}."
+                )
             rows.append((criterion, by_letter[letter], value))
     unknown = {cid for _, cid in scores} - {c.pk for c in criteria}
     if unknown:
@@ -672,8 +841,12 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
     now = timezone.now()
     started = assignment.shown_at or assignment.created_at
     judgment = Judgment.objects.create(
-        assignment=assignment, comparison=assignment.comparison, evaluation_id=assignment.evaluation_id,
-        reviewer=reviewer, winner=None if winner == "tie" else by_letter[winner], comment=comment.strip()[:4000],
+        assignment=assignment,
+        comparison=assignment.comparison,
+        evaluation_id=assignment.evaluation_id,
+        reviewer=reviewer,
+        winner=None if winner == "tie" else by_letter[winner],
+        comment=comment.strip()[:4000],
         seconds=max(0.0, (now - started).total_seconds()),
     )
     Score.objects.bulk_create([Score(judgment=judgment, criterion=c, candidate=cand, value=v) for c, cand, v in rows])
@@ -689,21 +862,45 @@ def submit_judgment(*, assignment: Assignment, reviewer, winner: str, scores: di
 def write_judgments_csv(evaluation: Evaluation, out) -> None:
     criteria = list(evaluation.rubric.criteria.all())
     writer = csv_cells.writer(out)
-    writer.writerow(["judgment_id", "item_position", "split", "reviewer", "candidate_1", "candidate_2", "shown_as_A",
-                     "winner", *[f"{c.name} [{n}]" for c in criteria for n in ("candidate_1", "candidate_2")],
-                     "comment", "created_at"])
-    judgments = (Judgment.objects.filter(evaluation=evaluation)
-                 .select_related("comparison__item", "comparison__candidate_1", "comparison__candidate_2", "reviewer",
-                                 "winner", "assignment")
-                 .prefetch_related("scores").order_by("created_at", "id"))
+    writer.writerow(
+        [
+            "judgment_id",
+            "item_position",
+            "split",
+            "reviewer",
+            "candidate_1",
+            "candidate_2",
+            "shown_as_A",
+            "winner",
+            *[f"{c.name} [{n}]" for c in criteria for n in ("candidate_1", "candidate_2")],
+            "comment",
+            "created_at",
+        ]
+    )
+    judgments = (
+        Judgment.objects.filter(evaluation=evaluation)
+        .select_related(
+            "comparison__item", "comparison__candidate_1", "comparison__candidate_2", "reviewer", "winner", "assignment"
+        )
+        .prefetch_related("scores")
+        .order_by("created_at", "id")
+    )
     for j in judgments:
         c = j.comparison
         values = {(s.criterion_id, s.candidate_id): s.value for s in j.scores.all()}
         shown_a = c.candidate_2 if j.assignment.swapped else c.candidate_1
-        writer.writerow([
-            j.pk, c.item.position, c.item.split, j.reviewer.username, c.candidate_1.label, c.candidate_2.label,
-            shown_a.label, j.winner.label if j.winner else "tie",
-            *[values.get((cr.pk, cand.pk), "") for cr in criteria for cand in (c.candidate_1, c.candidate_2)],
-            j.comment, j.created_at.isoformat(),
-        ])
-
+        writer.writerow(
+            [
+                j.pk,
+                c.item.position,
+                c.item.split,
+                j.reviewer.username,
+                c.candidate_1.label,
+                c.candidate_2.label,
+                shown_a.label,
+                j.winner.label if j.winner else "tie",
+                *[values.get((cr.pk, cand.pk), "") for cr in criteria for cand in (c.candidate_1, c.candidate_2)],
+                j.comment,
+                j.created_at.isoformat(),
+            ]
+        )

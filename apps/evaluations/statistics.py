@@ -79,7 +79,7 @@ class PairOutcome:
 
     @property
     def better(self) -> str | None:
-        """"a" or "b" when the interval excludes parity, else None."""
+        """ "a" or "b" when the interval excludes parity, else None."""
         if self.low > PARITY:
             return "a"
         if self.high < PARITY:
@@ -87,8 +87,9 @@ class PairOutcome:
         return None
 
     def flipped(self) -> PairOutcome:
-        return PairOutcome(self.items_b, self.items_a, self.items_tied, self.judgments, 1 - self.high, 1 - self.low,
-                           self.p_value)
+        return PairOutcome(
+            self.items_b, self.items_a, self.items_tied, self.judgments, 1 - self.high, 1 - self.low, self.p_value
+        )
 
 
 def item_side(scores: Sequence[float]) -> str:
@@ -190,8 +191,14 @@ class Ranking:
     win_prob_vs_average: float  # p / (p + 1)
 
 
-def bradley_terry_ranking(outcomes: Sequence[tuple[Hashable, int, int, float]], k: int, *, bootstrap: int = 400,
-                          seed: int = 0, prior: float = 0.1) -> list[Ranking]:
+def bradley_terry_ranking(
+    outcomes: Sequence[tuple[Hashable, int, int, float]],
+    k: int,
+    *,
+    bootstrap: int = 400,
+    seed: int = 0,
+    prior: float = 0.1,
+) -> list[Ranking]:
     """Rank ``k`` candidates from judgments ``(item, i, j, score_i)`` (1 win, 0 loss, 0.5 tie), best first,
     with 95% percentile bootstrap intervals that resample items: an item's judgments stay together."""
     by_item: dict[Hashable, np.ndarray] = {}
@@ -209,8 +216,10 @@ def bradley_terry_ranking(outcomes: Sequence[tuple[Hashable, int, int, float]], 
             samples.append(np.log(bradley_terry(pick, prior=prior, iterations=1000, tol=1e-6)))
     logs = np.array(samples) if samples else np.log(fit)[None, :]
     lows, highs = np.percentile(logs, 2.5, axis=0), np.percentile(logs, 97.5, axis=0)
-    ranked = [Ranking(i, float(fit[i]), float(math.exp(lows[i])), float(math.exp(highs[i])), float(fit[i] / (fit[i] + 1)))
-              for i in range(k)]
+    ranked = [
+        Ranking(i, float(fit[i]), float(math.exp(lows[i])), float(math.exp(highs[i])), float(fit[i] / (fit[i] + 1)))
+        for i in range(k)
+    ]
     return sorted(ranked, key=lambda r: -r.strength)
 
 
@@ -223,8 +232,9 @@ class MeanInterval:
     n: int
 
 
-def bounded_mean_interval(values: Sequence[float], lowest: float, highest: float,
-                          confidence: float = 0.95) -> MeanInterval | None:
+def bounded_mean_interval(
+    values: Sequence[float], lowest: float, highest: float, confidence: float = 0.95
+) -> MeanInterval | None:
     """Mean of values on a bounded scale with a Wilson score interval on the mean rescaled to 0-1.
 
     For pass/fail values this is the Wilson interval of the pass rate; for a 1-5 scale it is conservative
@@ -265,9 +275,15 @@ def agreement(labels: dict[object, dict[object, str]]) -> Agreement:
     observed = sum(len(set(by.values())) == 1 for by in shared.values()) / len(shared)
     categories = sorted({v for by in shared.values() for v in by.values()})
     if len(categories) == 1:
-        return Agreement("", None, len(shared), len(reviewers), observed,
-                         f"Not defined: every reviewer gave every shared pair the same verdict ({categories[0]}), so "
-                         "agreement beyond chance cannot be measured.")
+        return Agreement(
+            "",
+            None,
+            len(shared),
+            len(reviewers),
+            observed,
+            f"Not defined: every reviewer gave every shared pair the same verdict ({categories[0]}), so "
+            "agreement beyond chance cannot be measured.",
+        )
     if len(reviewers) == 2:
         from sklearn.metrics import cohen_kappa_score
 
@@ -374,10 +390,16 @@ def calibrate(rows: Sequence[tuple[Hashable, str, str]], *, bootstrap: int = 100
         if samples:
             low, high = float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
     return Calibration(
-        pairs=n, items=len(tables), agreement=float(np.trace(table) / n) if n else None,
+        pairs=n,
+        items=len(tables),
+        agreement=float(np.trace(table) / n) if n else None,
         agreement_without_ties=float(np.trace(decided) / decided.sum()) if decided.sum() else None,
-        decided_by_both=int(decided.sum()), kappa=kappa, kappa_low=low, kappa_high=high,
-        confusion=tuple(tuple(int(v) for v in row) for row in table))
+        decided_by_both=int(decided.sum()),
+        kappa=kappa,
+        kappa_low=low,
+        kappa_high=high,
+        confusion=tuple(tuple(int(v) for v in row) for row in table),
+    )
 
 
 def check_verdict(first_passed: bool, second_passed: bool) -> str:

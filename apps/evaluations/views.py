@@ -47,8 +47,11 @@ def rubric_list(request, project):
 
 def _criteria_from(formset, checks, previous=()) -> list[services.CriterionSpec]:
     """The criteria of the form, each with the automatic checks that name it (EvaluationError if one names none)."""
-    return attach_checks([spec for form in formset.forms if form.is_valid() and (spec := form.spec()) is not None],
-                         checks if checks.is_bound else None, previous)
+    return attach_checks(
+        [spec for form in formset.forms if form.is_valid() and (spec := form.spec()) is not None],
+        checks if checks.is_bound else None,
+        previous,
+    )
 
 
 def _check_formset(request, initial=()):
@@ -62,18 +65,29 @@ def rubric_create(request, project):
     form = RubricForm(request.POST or None)
     formset = CriterionFormSet(request.POST or None, prefix="c")
     checks = _check_formset(request)
-    if request.method == "POST" and form.is_valid() and formset.is_valid() and (checks.is_valid() or not checks.is_bound):
+    if (
+        request.method == "POST"
+        and form.is_valid()
+        and formset.is_valid()
+        and (checks.is_valid() or not checks.is_bound)
+    ):
         try:
-            rubric = services.create_rubric(project=project, name=form.cleaned_data["name"],
-                                            description=form.cleaned_data["description"],
-                                            review_mode=form.cleaned_data["review_mode"] or ReviewMode.SCORES,
-                                            criteria=_criteria_from(formset, checks), user=request.user)
+            rubric = services.create_rubric(
+                project=project,
+                name=form.cleaned_data["name"],
+                description=form.cleaned_data["description"],
+                review_mode=form.cleaned_data["review_mode"] or ReviewMode.SCORES,
+                criteria=_criteria_from(formset, checks),
+                user=request.user,
+            )
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Saved rubric {rubric}.")
             return redirect(rubric)
-    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": None})
+    return render(
+        request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": None}
+    )
 
 
 @project_view("view")
@@ -81,43 +95,73 @@ def rubric_detail(request, project, pk):
     rubric = get_object_or_404(Rubric.objects.select_related("created_by"), project=project, pk=pk)
     versions = Rubric.objects.filter(project=project, name=rubric.name).order_by("-version")
     criteria = rubric.criteria.select_related("good_example", "bad_example").prefetch_related("auto_checks")
-    return render(request, "evaluations/rubric_detail.html", {"rubric": rubric, "versions": versions, "criteria": criteria})
+    return render(
+        request, "evaluations/rubric_detail.html", {"rubric": rubric, "versions": versions, "criteria": criteria}
+    )
 
 
 @project_view("rubric")
 def rubric_edit(request, project, pk):
     rubric = get_object_or_404(Rubric, project=project, pk=pk)
     specs = services.criteria_specs(rubric)
-    initial = [{"name": s.name, "description": s.description, "scale": s.scale, "anchors": anchors_text(s.anchors or {}),
-                "good_example": s.good_example_id, "bad_example": s.bad_example_id} for s in specs]
+    initial = [
+        {
+            "name": s.name,
+            "description": s.description,
+            "scale": s.scale,
+            "anchors": anchors_text(s.anchors or {}),
+            "good_example": s.good_example_id,
+            "bad_example": s.bad_example_id,
+        }
+        for s in specs
+    ]
     checks = _check_formset(request, checks_initial(specs))
-    form = RubricForm(request.POST or None, initial={"name": rubric.name, "description": rubric.description,
-                                                     "review_mode": rubric.review_mode})
+    form = RubricForm(
+        request.POST or None,
+        initial={"name": rubric.name, "description": rubric.description, "review_mode": rubric.review_mode},
+    )
     form.fields["name"].disabled = True
     formset = CriterionFormSet(request.POST or None, prefix="c", initial=initial)
-    if request.method == "POST" and form.is_valid() and formset.is_valid() and (checks.is_valid() or not checks.is_bound):
+    if (
+        request.method == "POST"
+        and form.is_valid()
+        and formset.is_valid()
+        and (checks.is_valid() or not checks.is_bound)
+    ):
         try:
-            new = services.revise_rubric(rubric=rubric, description=form.cleaned_data["description"],
-                                         review_mode=form.cleaned_data["review_mode"] or None,
-                                         criteria=_criteria_from(formset, checks, specs), user=request.user)
+            new = services.revise_rubric(
+                rubric=rubric,
+                description=form.cleaned_data["description"],
+                review_mode=form.cleaned_data["review_mode"] or None,
+                criteria=_criteria_from(formset, checks, specs),
+                user=request.user,
+            )
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Saved {new}; evaluations keep the version they used.")
             return redirect(new)
-    return render(request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": rubric})
+    return render(
+        request, "evaluations/rubric_form.html", {"form": form, "formset": formset, "checks": checks, "rubric": rubric}
+    )
 
 
 # --- evaluations --------------------------------------------------------------------------------------
 @project_view("view")
 def evaluation_list(request, project):
-    evaluations = list(Evaluation.objects.filter(project=project).select_related("dataset_version", "rubric", "base_model")
-                       .prefetch_related("candidates"))
+    evaluations = list(
+        Evaluation.objects.filter(project=project)
+        .select_related("dataset_version", "rubric", "base_model")
+        .prefetch_related("candidates")
+    )
     blind = {e.pk for e in evaluations if not evaluation_sight(e, request.user, request.access).labels}
     from apps.freshness.selectors import stale_evaluations
 
-    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations, "blind": blind,
-                                                                "stale": stale_evaluations(project, evaluations)})
+    return render(
+        request,
+        "evaluations/evaluation_list.html",
+        {"evaluations": evaluations, "blind": blind, "stale": stale_evaluations(project, evaluations)},
+    )
 
 
 @project_view("evaluate")
@@ -127,24 +171,43 @@ def evaluation_create(request, project):
         d = form.cleaned_data
         try:
             evaluation = services.create_evaluation(
-                project=project, dataset_version=d["dataset_version"], rubric=d["rubric"], base_model=d["base_model"],
-                candidates=form.candidates(), name=d["name"], max_new_tokens=d["max_new_tokens"], seed=d["seed"],
-                reviewers_per_pair=d["reviewers_per_pair"], include_val=d["include_val"],
-                reviewers_see_examples=d["reviewers_see_examples"], pair_cap=d["pair_cap"],
-                stop_when_settled=d["stop_when_settled"], user=request.user)
+                project=project,
+                dataset_version=d["dataset_version"],
+                rubric=d["rubric"],
+                base_model=d["base_model"],
+                candidates=form.candidates(),
+                name=d["name"],
+                max_new_tokens=d["max_new_tokens"],
+                seed=d["seed"],
+                reviewers_per_pair=d["reviewers_per_pair"],
+                include_val=d["include_val"],
+                reviewers_see_examples=d["reviewers_see_examples"],
+                pair_cap=d["pair_cap"],
+                stop_when_settled=d["stop_when_settled"],
+                user=request.user,
+            )
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Evaluation {evaluation} queued: outputs are being generated.")
             return redirect(evaluation)
-    return render(request, "evaluations/evaluation_form.html", {
-        "form": form, "no_versions": not form.fields["dataset_version"].queryset.exists(),
-        "no_rubrics": not form.fields["rubric"].queryset.exists()})
+    return render(
+        request,
+        "evaluations/evaluation_form.html",
+        {
+            "form": form,
+            "no_versions": not form.fields["dataset_version"].queryset.exists(),
+            "no_rubrics": not form.fields["rubric"].queryset.exists(),
+        },
+    )
 
 
 def _get_evaluation(project, pk) -> Evaluation:
-    return get_object_or_404(Evaluation.objects.select_related("dataset_version", "rubric", "base_model", "created_by"),
-                             project=project, pk=pk)
+    return get_object_or_404(
+        Evaluation.objects.select_related("dataset_version", "rubric", "base_model", "created_by"),
+        project=project,
+        pk=pk,
+    )
 
 
 def _sight(request, evaluation):
@@ -207,7 +270,9 @@ def evaluation_run_checks(request, project, pk):
         messages.error(request, "The automatic checks run once every output is generated.")
     else:
         services.schedule_checks(evaluation.pk)
-        messages.success(request, "Automatic checks queued: results appear on the results page when the worker is done.")
+        messages.success(
+            request, "Automatic checks queued: results appear on the results page when the worker is done."
+        )
     return redirect(evaluation)
 
 
@@ -230,8 +295,17 @@ def evaluation_run_judge(request, project, pk):
 def judge_settings(request, project):
     """The project's judge endpoint. The key is write-only: the page says whether one is stored, never which."""
     current = JudgeSettings.objects.filter(project=project).first()
-    initial = ({"base_url": current.base_url, "model": current.model, "timeout_s": current.timeout_s,
-                "min_human_pairs": current.min_human_pairs, "min_kappa": current.min_kappa} if current else None)
+    initial = (
+        {
+            "base_url": current.base_url,
+            "model": current.model,
+            "timeout_s": current.timeout_s,
+            "min_human_pairs": current.min_human_pairs,
+            "min_kappa": current.min_kappa,
+        }
+        if current
+        else None
+    )
     form = JudgeSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -241,8 +315,9 @@ def judge_settings(request, project):
         else:
             messages.success(request, "Saved the LLM judge's settings.")
             return redirect("judge_settings", slug=project.slug)
-    return render(request, "evaluations/judge_settings.html",
-                  {"form": form, "has_key": bool(current and current.api_key)})
+    return render(
+        request, "evaluations/judge_settings.html", {"form": form, "has_key": bool(current and current.api_key)}
+    )
 
 
 @project_view("view")
@@ -250,7 +325,9 @@ def evaluation_results(request, project, pk):
     evaluation = _get_evaluation(project, pk)
     sight = _sight(request, evaluation)
     if not sight.labels:
-        return render(request, "evaluations/results_hidden.html", {"evaluation": evaluation, "sight": sight}, status=403)
+        return render(
+            request, "evaluations/results_hidden.html", {"evaluation": evaluation, "sight": sight}, status=403
+        )
     context = {"evaluation": evaluation, "sight": sight}
     if sight.examples:
         show = request.GET.get("show", "")
@@ -258,8 +335,15 @@ def evaluation_results(request, project, pk):
             show = ""
         candidates, items, verdicts = selectors.side_by_side(evaluation, show=show)
         page = Paginator(items, 20).get_page(request.GET.get("page"))
-        context.update({"page": page, "rows": selectors.rows_for(page.object_list, candidates, verdicts), "show": show,
-                        "filters": selectors.FILTERS.items(), "candidates": candidates})
+        context.update(
+            {
+                "page": page,
+                "rows": selectors.rows_for(page.object_list, candidates, verdicts),
+                "show": show,
+                "filters": selectors.FILTERS.items(),
+                "candidates": candidates,
+            }
+        )
         if request.htmx and request.GET.get("fragment") == "examples":
             return render(request, "evaluations/results.html#examples", context)
     context["results"] = results = selectors.evaluation_results(evaluation)
@@ -267,9 +351,11 @@ def evaluation_results(request, project, pk):
     context["calibrations"] = selectors.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
     context["judge"] = judge = selectors.judge_report(evaluation, bootstrap=400)
     if judge and judge.judged:
-        context["judge_examples"] = (evaluation.judge_verdicts.filter(judged=True)
-                                     .select_related("comparison__item", "comparison__candidate_1", "comparison__candidate_2", "winner")
-                                     .order_by("comparison__order_key")[:20])
+        context["judge_examples"] = (
+            evaluation.judge_verdicts.filter(judged=True)
+            .select_related("comparison__item", "comparison__candidate_1", "comparison__candidate_2", "winner")
+            .order_by("comparison__order_key")[:20]
+        )
     return render(request, "evaluations/results.html", context)
 
 
@@ -278,7 +364,10 @@ def evaluation_export(request, project, pk):
     evaluation = _get_evaluation(project, pk)
     sight = _sight(request, evaluation)
     if not sight.examples:
-        reason = sight.reason or "The judgments export names the candidate of every output; the PM has not shared it with reviewers."
+        reason = (
+            sight.reason
+            or "The judgments export names the candidate of every output; the PM has not shared it with reviewers."
+        )
         return HttpResponse(reason, status=403, content_type="text/plain")
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}-judgments.csv"'
@@ -309,14 +398,19 @@ def review_next(request, project, pk):
 
 @project_view("review")
 def review_item(request, project, token):
-    assignment = Assignment.objects.select_related("comparison__item", "evaluation__rubric").filter(
-        token=token, reviewer=request.user, evaluation__project=project).first()
+    assignment = (
+        Assignment.objects.select_related("comparison__item", "evaluation__rubric")
+        .filter(token=token, reviewer=request.user, evaluation__project=project)
+        .first()
+    )
     if assignment is None:
         raise Http404("No such review item")
     evaluation = assignment.evaluation
     if evaluation.status != EvaluationStatus.READY:
         raise Http404("This evaluation is not ready for review")
-    criteria = list(evaluation.rubric.criteria.all())  # scores posted for a winner-only rubric are refused by the service
+    criteria = list(
+        evaluation.rubric.criteria.all()
+    )  # scores posted for a winner-only rubric are refused by the service
     errors: list[str] = []
     if request.method == "GET":
         services.mark_shown(assignment)
@@ -326,8 +420,13 @@ def review_item(request, project, token):
             errors = form.messages()
         else:
             try:
-                services.submit_judgment(assignment=assignment, reviewer=request.user, winner=form.cleaned_data["winner"],
-                                         scores=form.cleaned_data["scores"], comment=form.cleaned_data["comment"])
+                services.submit_judgment(
+                    assignment=assignment,
+                    reviewer=request.user,
+                    winner=form.cleaned_data["winner"],
+                    scores=form.cleaned_data["scores"],
+                    comment=form.cleaned_data["comment"],
+                )
             except services.EvaluationError as exc:
                 errors.append(str(exc))
             else:
@@ -335,9 +434,13 @@ def review_item(request, project, token):
     done = assignment.completed_at is not None
     item = assignment.comparison.item
     context = {
-        "assignment": assignment, "item_input": item.input_messages, "ideal": item.ideal_output,
+        "assignment": assignment,
+        "item_input": item.input_messages,
+        "ideal": item.ideal_output,
         "criteria": criteria if evaluation.rubric.review_mode == ReviewMode.SCORES else [],
-        "sides": selectors.sides(assignment), "errors": errors, "done": done,
+        "sides": selectors.sides(assignment),
+        "errors": errors,
+        "done": done,
         "remaining": selectors.remaining_for(evaluation, request.user),
         "next_url": reverse("review_next", kwargs={"slug": project.slug, "pk": evaluation.pk}),
     }

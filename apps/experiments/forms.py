@@ -9,10 +9,17 @@ from apps.runs.services import PRESETS
 
 
 class ExperimentForm(forms.Form):
-    dataset_version = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), label="Dataset version",
-                                             help_text="its train split is cut into nested subsets; its test split scores every point")
-    versus = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), required=False, label="Compare with (optional)",
-                                    help_text="a second version, e.g. the curated one: the same subsets, on one chart")
+    dataset_version = forms.ModelChoiceField(
+        queryset=DatasetVersion.objects.none(),
+        label="Dataset version",
+        help_text="its train split is cut into nested subsets; its test split scores every point",
+    )
+    versus = forms.ModelChoiceField(
+        queryset=DatasetVersion.objects.none(),
+        required=False,
+        label="Compare with (optional)",
+        help_text="a second version, e.g. the curated one: the same subsets, on one chart",
+    )
     label = forms.CharField(max_length=80, required=False, help_text='what to call the first version, e.g. "raw"')
     versus_label = forms.CharField(max_length=80, required=False, help_text='and the second, e.g. "curated"')
     fractions = forms.CharField(initial="0.125,0.25,0.5,1", help_text="shares of the train split, comma-separated")

@@ -35,11 +35,17 @@ class Experiment(TimeStamped):
     seed = models.PositiveIntegerField(default=0, help_text="the subsets' permutation and every run's seed")
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="+")
     rubric = models.ForeignKey(Rubric, on_delete=models.PROTECT, related_name="+")
-    test_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="+",
-                                     help_text="whose test split every point is scored on")
+    test_version = models.ForeignKey(
+        DatasetVersion,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="whose test split every point is scored on",
+    )
     status = models.CharField(max_length=10, choices=ExperimentStatus.choices, default=ExperimentStatus.RUNNING)
     finished_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -70,7 +76,9 @@ class Arm(models.Model):
     label = models.CharField(max_length=80)
     source_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="+")
     train_total = models.PositiveIntegerField(help_text="train examples available to this arm (after leakage removal)")
-    dropped = models.PositiveIntegerField(default=0, help_text="train examples left out: they are in the shared test split")
+    dropped = models.PositiveIntegerField(
+        default=0, help_text="train examples left out: they are in the shared test split"
+    )
 
     class Meta:
         ordering = ["experiment", "position"]
@@ -86,7 +94,9 @@ class Point(models.Model):
     n_train = models.PositiveIntegerField()
     version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="+")
     run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="experiment_points")
-    evaluation = models.ForeignKey(Evaluation, null=True, blank=True, on_delete=models.PROTECT, related_name="experiment_points")
+    evaluation = models.ForeignKey(
+        Evaluation, null=True, blank=True, on_delete=models.PROTECT, related_name="experiment_points"
+    )
 
     class Meta:
         ordering = ["arm", "n_train"]
@@ -107,7 +117,8 @@ class Point(models.Model):
         if self.evaluation_id is None:
             return False
         return self.evaluation.status == EvaluationStatus.FAILED or (
-            self.evaluation.status == EvaluationStatus.READY and self.checks_done)
+            self.evaluation.status == EvaluationStatus.READY and self.checks_done
+        )
 
     @property
     def checks_done(self) -> bool:
@@ -117,7 +128,9 @@ class Point(models.Model):
         if not checks:
             return True
         outputs = Generation.objects.filter(candidate__evaluation=self.evaluation_id).count()
-        return CheckResult.objects.filter(generation__candidate__evaluation=self.evaluation_id).count() >= outputs * checks
+        return (
+            CheckResult.objects.filter(generation__candidate__evaluation=self.evaluation_id).count() >= outputs * checks
+        )
 
     @property
     def stage(self) -> str:

@@ -13,18 +13,27 @@ from apps.evaluations.statistics import MeanInterval, bounded_mean_interval
 from . import statistics
 from .models import Arm, Experiment, Point
 
-METRICS = {"checks": "the share of replies passing every automatic check", "similarity": "similarity to the ideal reply"}
+METRICS = {
+    "checks": "the share of replies passing every automatic check",
+    "similarity": "similarity to the ideal reply",
+}
 SHORT = {"checks": "all checks pass", "similarity": "similarity"}
 
 
 def experiments_for(project):
-    return (Experiment.objects.filter(project=project).select_related("base_model", "test_version")
-            .prefetch_related("arms__source_version"))
+    return (
+        Experiment.objects.filter(project=project)
+        .select_related("base_model", "test_version")
+        .prefetch_related("arms__source_version")
+    )
 
 
 def experiment_for(project, pk: int) -> Experiment | None:
-    return (Experiment.objects.filter(project=project, pk=pk)
-            .select_related("base_model", "rubric", "test_version", "created_by").first())
+    return (
+        Experiment.objects.filter(project=project, pk=pk)
+        .select_related("base_model", "rubric", "test_version", "created_by")
+        .first()
+    )
 
 
 def item_scores(point: Point) -> dict[str, dict[int, float]]:
@@ -32,13 +41,22 @@ def item_scores(point: Point) -> dict[str, dict[int, float]]:
     evaluation = point.evaluation
     if evaluation is None or evaluation.status != EvaluationStatus.READY:
         return {}
-    ranks = {pk: rank for rank, pk in enumerate(
-        point.version.items.filter(split="test").order_by("position").values_list("pk", flat=True))}
-    generations = list(Generation.objects.filter(candidate__evaluation=evaluation).values_list("pk", "item_id", "similarity"))
+    ranks = {
+        pk: rank
+        for rank, pk in enumerate(
+            point.version.items.filter(split="test").order_by("position").values_list("pk", flat=True)
+        )
+    }
+    generations = list(
+        Generation.objects.filter(candidate__evaluation=evaluation).values_list("pk", "item_id", "similarity")
+    )
     scores: dict[str, dict[int, float]] = {"similarity": {ranks[i]: s for _, i, s in generations if i in ranks}}
     if AutoCheck.objects.filter(criterion__rubric=evaluation.rubric_id).exists() and point.checks_done:
-        failed = set(CheckResult.objects.filter(generation__candidate__evaluation=evaluation, passed=False)
-                     .values_list("generation_id", flat=True))
+        failed = set(
+            CheckResult.objects.filter(generation__candidate__evaluation=evaluation, passed=False).values_list(
+                "generation_id", flat=True
+            )
+        )
         scores["checks"] = {ranks[i]: float(g not in failed) for g, i, _ in generations if i in ranks}
     return scores
 
@@ -72,9 +90,16 @@ class Result:
     @property
     def panels(self) -> list[dict]:
         """One card per metric: its chart, each arm's trend sentence and the verdict (two arms)."""
-        return [{"metric": m, "title": SHORT[m], "chart": self.charts[m],
-                 "sentences": [(a.arm.label if len(self.arms) > 1 else "", a.sentences[m]) for a in self.arms],
-                 "verdict": self.verdicts.get(m)} for m in self.metrics]
+        return [
+            {
+                "metric": m,
+                "title": SHORT[m],
+                "chart": self.charts[m],
+                "sentences": [(a.arm.label if len(self.arms) > 1 else "", a.sentences[m]) for a in self.arms],
+                "verdict": self.verdicts.get(m),
+            }
+            for m in self.metrics
+        ]
 
     @property
     def headers(self) -> list[str]:
@@ -94,8 +119,11 @@ class Result:
 def experiment_result(experiment: Experiment) -> Result:
     has_checks = AutoCheck.objects.filter(criterion__rubric=experiment.rubric_id).exists()
     metrics = ["checks", "similarity"] if has_checks else ["similarity"]
-    points = list(Point.objects.filter(arm__experiment=experiment)
-                  .select_related("arm", "run", "evaluation", "version").order_by("arm__position", "n_train"))
+    points = list(
+        Point.objects.filter(arm__experiment=experiment)
+        .select_related("arm", "run", "evaluation", "version")
+        .order_by("arm__position", "n_train")
+    )
     by_arm: dict[int, list[Point]] = defaultdict(list)
     for p in points:
         by_arm[p.arm_id].append(p)
@@ -109,8 +137,9 @@ def experiment_result(experiment: Experiment) -> Result:
                 row.means[metric] = bounded_mean_interval(values, 0.0, 1.0) if values else None
             scored = [r for r in rows if r.scores.get(metric)]
             items = set.intersection(*(set(r.scores[metric]) for r in scored)) if scored else set()
-            trends[metric] = statistics.fit_trend([r.point.n_train for r in scored],
-                                                  {i: [r.scores[metric][i] for r in scored] for i in items})
+            trends[metric] = statistics.fit_trend(
+                [r.point.n_train for r in scored], {i: [r.scores[metric][i] for r in scored] for i in items}
+            )
             largest = max((r.point.n_train for r in scored), default=0)
             sentences[metric] = statistics.trend_sentence(METRICS[metric], trends[metric], largest)
         for row in rows:
@@ -129,8 +158,7 @@ def experiment_result(experiment: Experiment) -> Result:
             second = f"{arms[1].arm.label} ({last[1].point.n_train} examples)"
             verdicts[metric] = statistics.difference_sentence(METRICS[metric], first, second, differences[metric])
     test_items = experiment.test_version.items.filter(split="test").count()
-    return Result(experiment, metrics, arms, differences, verdicts,
-                  {m: chart(arms, m) for m in metrics}, test_items)
+    return Result(experiment, metrics, arms, differences, verdicts, {m: chart(arms, m) for m in metrics}, test_items)
 
 
 CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 280, 48, 16, 16, 36
@@ -154,15 +182,33 @@ def chart(arms: list[ArmResult], metric: str) -> dict:
 
     series = []
     for index, a in enumerate(arms):
-        marks = [{"x": x(r.point.n_train), "y": y(m.mean), "low": y(m.low), "high": y(m.high), "n": r.point.n_train,
-                  "label": f"{r.point.n_train} examples: {m.mean * 100:.0f} % (95 % CI {m.low * 100:.0f}-{m.high * 100:.0f} %)"}
-                 for r in a.rows if (m := r.means.get(metric))]
+        marks = [
+            {
+                "x": x(r.point.n_train),
+                "y": y(m.mean),
+                "low": y(m.low),
+                "high": y(m.high),
+                "n": r.point.n_train,
+                "label": f"{r.point.n_train} examples: {m.mean * 100:.0f} % "
+                f"(95 % CI {m.low * 100:.0f}-{m.high * 100:.0f} %)",
+            }
+            for r in a.rows
+            if (m := r.means.get(metric))
+        ]
         trend = a.trends.get(metric)
         line = None
         if trend is not None:
             line = {"x1": x(sizes[0]), "y1": y(trend.at(sizes[0])), "x2": x(sizes[-1]), "y2": y(trend.at(sizes[-1]))}
         series.append({"label": a.arm.label, "colour": COLOURS[index % len(COLOURS)], "marks": marks, "trend": line})
-    return {"empty": False, "width": CHART_W, "height": CHART_H, "series": series, "metric": SHORT[metric],
-            "x_ticks": [{"x": x(n), "label": n} for n in sizes], "axis_y": CHART_H - PAD_B,
-            "y_ticks": [{"y": y(v), "label": f"{v * 100:.0f} %"} for v in (0, 0.25, 0.5, 0.75, 1.0)],
-            "left": PAD_L, "right": CHART_W - PAD_R}
+    return {
+        "empty": False,
+        "width": CHART_W,
+        "height": CHART_H,
+        "series": series,
+        "metric": SHORT[metric],
+        "x_ticks": [{"x": x(n), "label": n} for n in sizes],
+        "axis_y": CHART_H - PAD_B,
+        "y_ticks": [{"y": y(v), "label": f"{v * 100:.0f} %"} for v in (0, 0.25, 0.5, 0.75, 1.0)],
+        "left": PAD_L,
+        "right": CHART_W - PAD_R,
+    }

@@ -30,7 +30,7 @@ class ExperimentError(ValueError):
 
 
 def parse_fractions(text: str | list | tuple) -> list[float]:
-    """"0.125,0.25,0.5,1" (or "12.5%,25%,...") -> ascending distinct fractions in (0, 1]; ExperimentError if not."""
+    """ "0.125,0.25,0.5,1" (or "12.5%,25%,...") -> ascending distinct fractions in (0, 1]; ExperimentError if not."""
     parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else [str(p) for p in text]
     values = []
     for part in [p for p in parts if p]:
@@ -58,9 +58,19 @@ def _version(project, version) -> DatasetVersion:
 
 
 @transaction.atomic
-def launch_experiment(*, project, versions: list, fractions=DEFAULT_FRACTIONS, preset: str = "quick",
-                      base_model: BaseModel | str | None = None, rubric: Rubric | None = None, seed: int = 0,
-                      labels: list[str] | None = None, name: str = "", user=None) -> Experiment:
+def launch_experiment(
+    *,
+    project,
+    versions: list,
+    fractions=DEFAULT_FRACTIONS,
+    preset: str = "quick",
+    base_model: BaseModel | str | None = None,
+    rubric: Rubric | None = None,
+    seed: int = 0,
+    labels: list[str] | None = None,
+    name: str = "",
+    user=None,
+) -> Experiment:
     """Freeze each arm's nested train subsets as versions derived from it, all with the first version's test
     split, and launch one run per subset (same preset and seed). One version: a data-scaling curve; two: the
     same curve for each (e.g. raw, then curated) on one chart. Raises ExperimentError; nothing is saved then."""
@@ -72,54 +82,92 @@ def launch_experiment(*, project, versions: list, fractions=DEFAULT_FRACTIONS, p
     fractions = parse_fractions(fractions)
     test_items = list(sources[0].items.filter(split=Split.TEST).order_by("position"))
     if not test_items:
-        raise ExperimentError(f"Dataset version v{sources[0].number} has no test split: every point is scored on "
-                              "held-out test examples. Assign a test split and freeze a new version.")
+        raise ExperimentError(
+            f"Dataset version v{sources[0].number} has no test split: every point is scored on "
+            "held-out test examples. Assign a test split and freeze a new version."
+        )
     if rubric is None:
         rubric = Rubric.objects.filter(project=project).order_by("-created_at", "-version").first()
     if rubric is None or rubric.project_id != project.pk:
         raise ExperimentError("Write a rubric first (Rubrics tab): its automatic checks score every point.")
     if base_model is None or isinstance(base_model, str):
-        found = BaseModel.objects.filter(name=base_model).first() if base_model else BaseModel.objects.order_by("name").first()
+        found = (
+            BaseModel.objects.filter(name=base_model).first()
+            if base_model
+            else BaseModel.objects.order_by("name").first()
+        )
         if found is None:
-            raise ExperimentError(f"Unknown base model {base_model!r}: register one first." if base_model
-                                  else "No base model is registered yet.")
+            raise ExperimentError(
+                f"Unknown base model {base_model!r}: register one first."
+                if base_model
+                else "No base model is registered yet."
+            )
         base_model = found
     labels = list(labels or [])
-    labels += [f"v{v.number}" for v in sources[len(labels):]]
+    labels += [f"v{v.number}" for v in sources[len(labels) :]]
     minimum = settings.FTSTUDIO_EXPERIMENT_MIN_TRAIN
     test_hashes = {i.content_hash for i in test_items}
     plans = []
     for source, label in zip(sources, labels, strict=True):
-        train = list(source.items.filter(split=Split.TRAIN).order_by("position").values_list("position", "content_hash"))
-        kept = [(pos, h) for pos, h in train if h not in test_hashes]  # an example in the shared test split never trains
+        train = list(
+            source.items.filter(split=Split.TRAIN).order_by("position").values_list("position", "content_hash")
+        )
+        kept = [
+            (pos, h) for pos, h in train if h not in test_hashes
+        ]  # an example in the shared test split never trains
         subsets = statistics.nested_subsets(kept, fractions, seed)
         for fraction, chosen in subsets.items():
             if len(chosen) < minimum:
                 raise ExperimentError(
-                    f"{fraction * 100:g} % of {label}'s {len(kept)} training examples is {len(chosen)}: a point needs at "
-                    f"least {minimum} (FTSTUDIO_EXPERIMENT_MIN_TRAIN). Drop that fraction or add examples.")
+                    f"{fraction * 100:g} % of {label}'s {len(kept)} training examples is {len(chosen)}: a point "
+                    f"needs at least {minimum} (FTSTUDIO_EXPERIMENT_MIN_TRAIN). Drop that fraction or add examples."
+                )
         plans.append((source, label, kept, len(train) - len(kept), subsets))
     experiment = Experiment.objects.create(
-        project=project, name=name.strip() or " vs ".join(labels) + f" · {', '.join(f'{f * 100:g} %' for f in fractions)}",
-        fractions=fractions, preset=preset, seed=seed, base_model=base_model, rubric=rubric, test_version=sources[0],
-        created_by=user if getattr(user, "pk", None) else None)
+        project=project,
+        name=name.strip() or " vs ".join(labels) + f" · {', '.join(f'{f * 100:g} %' for f in fractions)}",
+        fractions=fractions,
+        preset=preset,
+        seed=seed,
+        base_model=base_model,
+        rubric=rubric,
+        test_version=sources[0],
+        created_by=user if getattr(user, "pk", None) else None,
+    )
     for position, (source, label, kept, dropped, subsets) in enumerate(plans):
-        arm = Arm.objects.create(experiment=experiment, position=position, label=label[:80], source_version=source,
-                                 train_total=len(kept), dropped=dropped)
+        arm = Arm.objects.create(
+            experiment=experiment,
+            position=position,
+            label=label[:80],
+            source_version=source,
+            train_total=len(kept),
+            dropped=dropped,
+        )
         for fraction, chosen in subsets.items():
             whole = fraction == 1.0 and not dropped and position == 0  # the source itself: nothing to freeze
             if whole:
                 version = source
             else:
                 try:
-                    version = freeze_subset(source=source, train_positions=chosen, test_items=test_items, user=user,
-                                            note=f"v{source.number} · {fraction * 100:g} % ({len(chosen)} examples)")
+                    version = freeze_subset(
+                        source=source,
+                        train_positions=chosen,
+                        test_items=test_items,
+                        user=user,
+                        note=f"v{source.number} · {fraction * 100:g} % ({len(chosen)} examples)",
+                    )
                 except FreezeError as exc:
                     raise ExperimentError(str(exc)) from exc
             try:
-                run = launch_run(project=project, dataset_version=version, base_model=base_model, preset=preset,
-                                 overrides={"seed": seed}, user=user,
-                                 name=f"{label} · {fraction * 100:g} % ({len(chosen)} examples)"[:120])
+                run = launch_run(
+                    project=project,
+                    dataset_version=version,
+                    base_model=base_model,
+                    preset=preset,
+                    overrides={"seed": seed},
+                    user=user,
+                    name=f"{label} · {fraction * 100:g} % ({len(chosen)} examples)"[:120],
+                )
             except LaunchError as exc:
                 raise ExperimentError("; ".join(exc.errors.values())) from exc
             Point.objects.create(arm=arm, fraction=fraction, n_train=len(chosen), version=version, run=run)
@@ -136,16 +184,23 @@ def advance_experiment(experiment_pk: int) -> str:
             return "missing"
         if experiment.is_finished:
             return experiment.status
-        points = list(Point.objects.filter(arm__experiment=experiment)
-                      .select_related("run", "evaluation", "arm", "version"))
+        points = list(
+            Point.objects.filter(arm__experiment=experiment).select_related("run", "evaluation", "arm", "version")
+        )
         for point in points:
             if point.evaluation_id is None and point.run.status == "succeeded":
                 try:
                     point.evaluation = create_evaluation(
-                        project=experiment.project, dataset_version=point.version, rubric=experiment.rubric,
-                        candidates=[CandidateSpec("run", run_id=point.run_id)], base_model=experiment.base_model,
-                        name=f"{experiment.name[:60]} · {point}"[:120], max_new_tokens=EVAL_MAX_NEW_TOKENS,
-                        seed=experiment.seed, automatic_only=True)
+                        project=experiment.project,
+                        dataset_version=point.version,
+                        rubric=experiment.rubric,
+                        candidates=[CandidateSpec("run", run_id=point.run_id)],
+                        base_model=experiment.base_model,
+                        name=f"{experiment.name[:60]} · {point}"[:120],
+                        max_new_tokens=EVAL_MAX_NEW_TOKENS,
+                        seed=experiment.seed,
+                        automatic_only=True,
+                    )
                 except EvaluationError:
                     log.exception("Experiment %s: could not evaluate run %s", experiment.pk, point.run_id)
                     continue

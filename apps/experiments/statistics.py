@@ -21,11 +21,14 @@ SMALL_SLOPE = 0.01  # per doubling: under one point of a 0-1 score, "more data o
 
 
 def subset_size(fraction: float, total: int) -> int:
-    """Examples in a fraction of ``total`` (rounded half up, so 12.5 % of 20 is 3, never 0 when any fraction is asked)."""
+    """Examples in a fraction of ``total`` (rounded half up, so 12.5 % of 20 is 3, never 0 when any fraction is
+    asked)."""
     return max(1, math.floor(fraction * total + 0.5)) if total else 0
 
 
-def nested_subsets(examples: Sequence[tuple[int, str]], fractions: Sequence[float], seed: int) -> dict[float, list[int]]:
+def nested_subsets(
+    examples: Sequence[tuple[int, str]], fractions: Sequence[float], seed: int
+) -> dict[float, list[int]]:
     """Each fraction's subset of ``examples`` ((position, content hash) pairs), as positions: prefixes of one
     seeded permutation, so each subset holds every smaller one. The permutation orders examples by a seeded hash
     of their content, so two versions that share examples (curated and raw) draw the shared ones in the same
@@ -37,7 +40,7 @@ def nested_subsets(examples: Sequence[tuple[int, str]], fractions: Sequence[floa
         digest = hashlib.sha256(f"{seed}:{content}:{seen[content]}".encode()).hexdigest()
         keyed.append((digest, position))
     order = [position for _, position in sorted(keyed)]
-    return {f: sorted(order[:subset_size(f, len(order))]) for f in fractions}
+    return {f: sorted(order[: subset_size(f, len(order))]) for f in fractions}
 
 
 def _t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -103,8 +106,14 @@ def paired_difference(first: Mapping[object, float], second: Mapping[object, flo
         return None
     diffs = [second[k] - first[k] for k in common]
     low, high = _t_interval(diffs)
-    return Difference(float(np.mean(diffs)), low, high, len(common),
-                      float(np.mean([first[k] for k in common])), float(np.mean([second[k] for k in common])))
+    return Difference(
+        float(np.mean(diffs)),
+        low,
+        high,
+        len(common),
+        float(np.mean([first[k] for k in common])),
+        float(np.mean([second[k] for k in common])),
+    )
 
 
 def pct(value: float) -> str:
@@ -119,18 +128,26 @@ def trend_sentence(metric: str, trend: Trend | None, largest: int) -> str:
     """The plain sentence under the chart, from the same numbers as the printed slope and interval."""
     if trend is None:
         return f"Not enough scored sizes yet to fit a trend of {metric}."
-    interval = f"{pts(trend.slope)} per doubling, 95 % CI {pts(trend.low)} to {pts(trend.high)}, {trend.items} test items"
+    interval = (
+        f"{pts(trend.slope)} per doubling, 95 % CI {pts(trend.low)} to {pts(trend.high)}, {trend.items} test items"
+    )
     if trend.helps:
         now, then = (min(1.0, max(0.0, trend.at(n))) for n in (largest, 2 * largest))
-        return (f"Doubling the data from {largest} to {2 * largest} examples is expected to raise {metric} "
-                f"from {pct(now)} to {pct(then)} ({interval}).")
+        return (
+            f"Doubling the data from {largest} to {2 * largest} examples is expected to raise {metric} "
+            f"from {pct(now)} to {pct(then)} ({interval})."
+        )
     if trend.high < 0:
-        return (f"More data of this kind lowered {metric} ({interval}): look at the data's quality before "
-                "adding more of it.")
+        return (
+            f"More data of this kind lowered {metric} ({interval}): look at the data's quality before "
+            "adding more of it."
+        )
     if trend.high < SMALL_SLOPE:
         return f"More data of this kind is unlikely to help {metric} ({interval})."
-    return (f"More data of this kind is not shown to help {metric} ({interval}): the interval includes no gain, "
-            "so a larger test split or more sizes would settle it.")
+    return (
+        f"More data of this kind is not shown to help {metric} ({interval}): the interval includes no gain, "
+        "so a larger test split or more sizes would settle it."
+    )
 
 
 def difference_sentence(metric: str, first_label: str, second_label: str, diff: Difference | None) -> str:
@@ -138,7 +155,10 @@ def difference_sentence(metric: str, first_label: str, second_label: str, diff: 
     if diff is None:
         return f"No test item was scored in both {first_label} and {second_label} yet."
     interval = f"{pts(diff.mean)}, 95 % CI {pts(diff.low)} to {pts(diff.high)}, {diff.items} test items"
-    head = f"On {metric}, {second_label} scores {pct(diff.second)} against {pct(diff.first)} for {first_label} ({interval})"
+    head = (
+        f"On {metric}, {second_label} scores {pct(diff.second)} against {pct(diff.first)} "
+        f"for {first_label} ({interval})"
+    )
     if diff.low > 0:
         return f"{head}: {second_label} is better."
     if diff.high < 0:

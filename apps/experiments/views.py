@@ -26,12 +26,22 @@ def experiment_create(request, project):
             labels.append(data["versus_label"] or f"v{data['versus'].number}")
         try:
             experiment = services.launch_experiment(
-                project=project, versions=versions, fractions=data["fractions"], preset=data["preset"],
-                base_model=data["base_model"], rubric=data["rubric"], seed=data["seed"], labels=labels, user=request.user)
+                project=project,
+                versions=versions,
+                fractions=data["fractions"],
+                preset=data["preset"],
+                base_model=data["base_model"],
+                rubric=data["rubric"],
+                seed=data["seed"],
+                labels=labels,
+                user=request.user,
+            )
         except services.ExperimentError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Launched {experiment}: {experiment.arms.count() * len(experiment.fractions)} runs queued.")
+            messages.success(
+                request, f"Launched {experiment}: {experiment.arms.count() * len(experiment.fractions)} runs queued."
+            )
             return redirect(experiment.get_absolute_url())
     return render(request, "experiments/experiment_form.html", {"form": form})
 
@@ -42,8 +52,11 @@ def experiment_detail(request, project, pk):
     if experiment is None:
         raise Http404("No such experiment")
     blind = judging_blind(project, request.user, request.access)
-    context = {"experiment": experiment, "blind": blind,
-               "result": None if blind else selectors.experiment_result(experiment)}
+    context = {
+        "experiment": experiment,
+        "blind": blind,
+        "result": None if blind else selectors.experiment_result(experiment),
+    }
     if request.htmx:
         return render(request, "experiments/experiment_detail.html#progress", context)
     return render(request, "experiments/experiment_detail.html", context)

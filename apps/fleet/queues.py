@@ -22,8 +22,10 @@ def queue_for(min_gpu_gb: int) -> str:
     for tier in sorted(settings.FTSTUDIO_GPU_TIERS):
         if tier >= min_gpu_gb:
             return f"gpu-{tier}g"
-    raise NoQueueError(f"No GPU tier has {min_gpu_gb} GB (tiers: {', '.join(f'{t} GB' for t in settings.FTSTUDIO_GPU_TIERS)}); "
-                       "add a larger one to FTSTUDIO_GPU_TIERS and run a worker for it.")
+    raise NoQueueError(
+        f"No GPU tier has {min_gpu_gb} GB (tiers: {', '.join(f'{t} GB' for t in settings.FTSTUDIO_GPU_TIERS)}); "
+        "add a larger one to FTSTUDIO_GPU_TIERS and run a worker for it."
+    )
 
 
 def run_queue(run_pk) -> str:

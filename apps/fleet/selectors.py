@@ -18,8 +18,10 @@ def workers_serving(queue: str, now=None) -> list[WorkerBeat]:
 
 
 def queue_warning(queue: str, now=None) -> str:
-    """"" when a live worker consumes ``queue``, else what to do about it (shown with the launch estimate)."""
+    """ "" when a live worker consumes ``queue``, else what to do about it (shown with the launch estimate)."""
     if workers_serving(queue, now):
         return ""
-    return (f"No running worker serves queue {queue}: the run will wait in the queue until one starts "
-            f"(`celery -A ftstudio worker -Q {queue} ...` on a node with enough GPU memory).")
+    return (
+        f"No running worker serves queue {queue}: the run will wait in the queue until one starts "
+        f"(`celery -A ftstudio worker -Q {queue} ...` on a node with enough GPU memory)."
+    )

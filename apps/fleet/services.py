@@ -31,9 +31,16 @@ def gpu_memory() -> tuple[int, int]:
 def beat(*, hostname: str, queues: list[str], gpus: tuple[int, int] | None = None, started=None) -> WorkerBeat:
     count, memory = gpus if gpus is not None else gpu_memory()
     now = timezone.now()
-    return WorkerBeat.objects.update_or_create(hostname=hostname, defaults={
-        "queues": sorted(queues), "gpu_count": count, "gpu_memory_gb": memory, "beat_at": now,
-        "started_at": started or now})[0]
+    return WorkerBeat.objects.update_or_create(
+        hostname=hostname,
+        defaults={
+            "queues": sorted(queues),
+            "gpu_count": count,
+            "gpu_memory_gb": memory,
+            "beat_at": now,
+            "started_at": started or now,
+        },
+    )[0]
 
 
 def forget(*, hostname: str) -> None:

@@ -65,8 +65,10 @@ def evaluation_staleness(evaluation: Evaluation, current: CurrentData) -> str:
     if newest is not None and evaluation.dataset_version.number < newest.number:
         reasons.append(f"made on v{evaluation.dataset_version.number}; v{newest.number} is newer")
     if not current.rubric_is_current(evaluation.rubric):
-        reasons.append(f"rubric {evaluation.rubric.name} v{evaluation.rubric.version}; "
-                       f"v{current.rubric_versions[evaluation.rubric.name]} is newer")
+        reasons.append(
+            f"rubric {evaluation.rubric.name} v{evaluation.rubric.version}; "
+            f"v{current.rubric_versions[evaluation.rubric.name]} is newer"
+        )
     return "; ".join(reasons)
 
 
@@ -82,10 +84,13 @@ def runs_evaluated_on(project, current: CurrentData) -> set[int]:
     """Runs that are a candidate of a (not failed) evaluation on the newest version with a current rubric."""
     if current.dataset_version is None:
         return set()
-    rows = (Candidate.objects.filter(evaluation__project=project, evaluation__dataset_version=current.dataset_version,
-                                     kind=CandidateKind.RUN)
-            .exclude(evaluation__status=EvaluationStatus.FAILED)
-            .values_list("run_id", "evaluation__rubric__name", "evaluation__rubric__version"))
+    rows = (
+        Candidate.objects.filter(
+            evaluation__project=project, evaluation__dataset_version=current.dataset_version, kind=CandidateKind.RUN
+        )
+        .exclude(evaluation__status=EvaluationStatus.FAILED)
+        .values_list("run_id", "evaluation__rubric__name", "evaluation__rubric__version")
+    )
     return {run_id for run_id, name, version in rows if version >= current.rubric_versions.get(name, version)}
 
 
@@ -98,9 +103,11 @@ def stale_runs(project, runs=None) -> dict[int, str]:
     if runs is None:
         runs = Run.objects.filter(project=project).select_related("dataset_version")
     evaluated = runs_evaluated_on(project, current)
-    return {r.pk: f"trained on v{r.dataset_version.number}; not evaluated on v{newest.number}"
-            for r in runs if r.status == RunStatus.SUCCEEDED and r.dataset_version.number < newest.number
-            and r.pk not in evaluated}
+    return {
+        r.pk: f"trained on v{r.dataset_version.number}; not evaluated on v{newest.number}"
+        for r in runs
+        if r.status == RunStatus.SUCCEEDED and r.dataset_version.number < newest.number and r.pk not in evaluated
+    }
 
 
 # --- comparing two evaluations ------------------------------------------------------------------------
@@ -175,18 +182,23 @@ def _item_scores(evaluation: Evaluation, candidate: Candidate) -> dict[int, tupl
     outputs = {g.item_id: g for g in Generation.objects.filter(candidate=candidate)}
     checks: dict[int, list[bool]] = defaultdict(list)
     for item_id, passed in CheckResult.objects.filter(generation__candidate=candidate).values_list(
-            "generation__item_id", "passed"):
+        "generation__item_id", "passed"
+    ):
         checks[item_id].append(passed)
-    return {item_id: (g.output, g.similarity, (sum(checks[item_id]) / len(checks[item_id])) if checks[item_id] else None)
-            for item_id, g in outputs.items()}
+    return {
+        item_id: (g.output, g.similarity, (sum(checks[item_id]) / len(checks[item_id])) if checks[item_id] else None)
+        for item_id, g in outputs.items()
+    }
 
 
 def _item_wins(evaluation: Evaluation, candidate: Candidate) -> dict[int, float]:
     """{item pk: 1 won, 0 lost, 0.5 tied}: where the item's judgments involving the candidate point."""
     scores: dict[int, list[float]] = defaultdict(list)
-    rows = (Judgment.objects.filter(evaluation=evaluation)
-            .filter(Q(comparison__candidate_1=candidate) | Q(comparison__candidate_2=candidate))
-            .values_list("comparison__item_id", "comparison__candidate_1_id", "winner_id"))
+    rows = (
+        Judgment.objects.filter(evaluation=evaluation)
+        .filter(Q(comparison__candidate_1=candidate) | Q(comparison__candidate_2=candidate))
+        .values_list("comparison__item_id", "comparison__candidate_1_id", "winner_id")
+    )
     for item_id, c1, winner in rows:
         score = first_score(winner, c1)
         scores[item_id].append(score if c1 == candidate.pk else 1 - score)
@@ -207,8 +219,14 @@ def win_change(pairs: list[tuple[float, float]], *, seed: int = 0) -> WinChange 
         if np.ptp(diffs) == 0:  # every example changed alike: no spread to resample
             low = high = float(diffs[0])
         else:
-            ci = bootstrap((diffs,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
-                           random_state=np.random.default_rng(seed)).confidence_interval
+            ci = bootstrap(
+                (diffs,),
+                np.mean,
+                confidence_level=0.95,
+                n_resamples=2000,
+                method="percentile",
+                random_state=np.random.default_rng(seed),
+            ).confidence_interval
             low, high = float(ci.low), float(ci.high)
     return WinChange(float(a.mean()), float(b.mean()), low, high, len(pairs))
 
@@ -222,11 +240,16 @@ def classify(change: ExampleChange, measure: str) -> str:
     return "stayed"
 
 
-SORTS = {"regression": lambda r: (r.delta, r.position), "improvement": lambda r: (-r.delta, r.position),
-         "position": lambda r: r.position}
+SORTS = {
+    "regression": lambda r: (r.delta, r.position),
+    "improvement": lambda r: (-r.delta, r.position),
+    "position": lambda r: r.position,
+}
 
 
-def compare_evaluations(a: Evaluation, b: Evaluation, *, candidate: str = "", sort: str = "regression") -> EvaluationDiff:
+def compare_evaluations(
+    a: Evaluation, b: Evaluation, *, candidate: str = "", sort: str = "regression"
+) -> EvaluationDiff:
     """Example by example, how one candidate did in ``b`` against ``a`` (see the module docstring)."""
     if a.project_id != b.project_id:
         raise CompareError("Both evaluations must belong to this project.")
@@ -241,15 +264,20 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, candidate: str = "", so
     items_b = {item_key(i): i for i in eval_items(b)}
     matched = [k for k in items_b if k in items_a]
     if not matched:
-        raise CompareError(f"{a} (v{a.dataset_version.number}) and {b} (v{b.dataset_version.number}) have no examples "
-                           "in common: nothing to compare example by example.")
+        raise CompareError(
+            f"{a} (v{a.dataset_version.number}) and {b} (v{b.dataset_version.number}) have no examples "
+            "in common: nothing to compare example by example."
+        )
     scores_a, scores_b = _item_scores(a, keys_a[key]), _item_scores(b, keys_b[key])
     wins_a, wins_b = _item_wins(a, keys_a[key]), _item_wins(b, keys_b[key])
-    pairs = [(items_a[k].pk, items_b[k].pk) for k in matched
-             if items_a[k].pk in scores_a and items_b[k].pk in scores_b]
+    pairs = [(items_a[k].pk, items_b[k].pk) for k in matched if items_a[k].pk in scores_a and items_b[k].pk in scores_b]
     if not pairs:
         raise CompareError(f"{keys_b[key]} has no outputs on the examples the two evaluations share yet.")
-    measure = "checks" if all(scores_a[pa][2] is not None and scores_b[pb][2] is not None for pa, pb in pairs) else "similarity"
+    measure = (
+        "checks"
+        if all(scores_a[pa][2] is not None and scores_b[pb][2] is not None for pa, pb in pairs)
+        else "similarity"
+    )
     pick = 2 if measure == "checks" else 1
     by_pk_b = {i.pk: i for i in items_b.values()}
     changes = []
@@ -258,13 +286,30 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, candidate: str = "", so
         change = ExampleChange(
             position=item.position,
             input_text="\n".join(m.get("content", "") for m in item.input_messages if m.get("role") == "user"),
-            ideal=item.ideal_output, output_a=scores_a[pa][0], output_b=scores_b[pb][0],
-            score_a=scores_a[pa][pick], score_b=scores_b[pb][pick], win_a=wins_a.get(pa), win_b=wins_b.get(pb))
+            ideal=item.ideal_output,
+            output_a=scores_a[pa][0],
+            output_b=scores_b[pb][0],
+            score_a=scores_a[pa][pick],
+            score_b=scores_b[pb][pick],
+            win_a=wins_a.get(pa),
+            win_b=wins_b.get(pb),
+        )
         change.outcome = classify(change, measure)
         changes.append(change)
     changes.sort(key=SORTS.get(sort, SORTS["regression"]))
     counts = {k: sum(1 for c in changes if c.outcome == k) for k in ("improved", "regressed", "stayed")}
     judged = [(c.win_a, c.win_b) for c in changes if c.win_a is not None and c.win_b is not None]
     choices = [(k, str(keys_b[k])) for k in common]
-    return EvaluationDiff(a, b, key, str(keys_b[key]), choices, measure, changes, counts, win_change(judged),
-                          only_a=len(items_a) - len(matched), only_b=len(items_b) - len(matched))
+    return EvaluationDiff(
+        a,
+        b,
+        key,
+        str(keys_b[key]),
+        choices,
+        measure,
+        changes,
+        counts,
+        win_change(judged),
+        only_a=len(items_a) - len(matched),
+        only_b=len(items_b) - len(matched),
+    )

@@ -28,15 +28,26 @@ def freshness(request, project):
                 raise services.ReevaluateError("Pick the dataset version to re-evaluate on.")
             if not run_ids:
                 raise services.ReevaluateError("Pick at least one run to re-evaluate.")
-            evaluation = services.reevaluate(project=project, dataset_version=version, run_ids=run_ids, user=request.user)
+            evaluation = services.reevaluate(
+                project=project, dataset_version=version, run_ids=run_ids, user=request.user
+            )
         except services.EvaluationError as exc:  # ReevaluateError, or create_evaluation's own checks
             messages.error(request, str(exc))
         else:
             messages.success(request, f"Queued {evaluation}: the same candidates on v{version.number}'s test split.")
             return redirect(evaluation)
-    return render(request, "freshness/freshness.html", {
-        "current": current, "versions": versions, "runs": runs, "stale_runs": stale_runs,
-        "evaluations": evaluations, "stale_evaluations": selectors.stale_evaluations(project, evaluations)})
+    return render(
+        request,
+        "freshness/freshness.html",
+        {
+            "current": current,
+            "versions": versions,
+            "runs": runs,
+            "stale_runs": stale_runs,
+            "evaluations": evaluations,
+            "stale_evaluations": selectors.stale_evaluations(project, evaluations),
+        },
+    )
 
 
 @project_view("view")
@@ -53,12 +64,15 @@ def compare(request, project):
         return render(request, "freshness/compare.html", context)
     hidden = [e for e in (a, b) if not evaluation_sight(e, request.user, request.access).examples]
     if hidden:
-        context["error"] = (f"{hidden[0]} is hidden from you while blind review goes on (or its examples are not "
-                            "shared with reviewers): the comparison shows which candidate wrote each output.")
+        context["error"] = (
+            f"{hidden[0]} is hidden from you while blind review goes on (or its examples are not "
+            "shared with reviewers): the comparison shows which candidate wrote each output."
+        )
         return render(request, "freshness/compare.html", context)
     try:
-        context["diff"] = selectors.compare_evaluations(a, b, candidate=request.GET.get("candidate", ""),
-                                                        sort=context["sort"])
+        context["diff"] = selectors.compare_evaluations(
+            a, b, candidate=request.GET.get("candidate", ""), sort=context["sort"]
+        )
     except selectors.CompareError as exc:
         context["error"] = str(exc)
     return render(request, "freshness/compare.html", context)

@@ -10,15 +10,24 @@ from .services import MAX_SHOTS, latest_rubric
 
 
 class PromptVersionForm(forms.Form):
-    dataset_version = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), empty_label=None,
-                                             help_text="few-shot examples come from its train split; the prompt is "
-                                                       "scored on its validation split")
+    dataset_version = forms.ModelChoiceField(
+        queryset=DatasetVersion.objects.none(),
+        empty_label=None,
+        help_text="few-shot examples come from its train split; the prompt is scored on its validation split",
+    )
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 6}), max_length=8000)
-    shots = forms.TypedMultipleChoiceField(coerce=int, required=False, widget=forms.CheckboxSelectMultiple,
-                                           label="Few-shot examples (train split)",
-                                           help_text=f"shown before each input, in this order; at most {MAX_SHOTS}")
-    rubric = forms.ModelChoiceField(queryset=Rubric.objects.none(), required=False,
-                                    help_text="its automatic checks score each output (empty: similarity only)")
+    shots = forms.TypedMultipleChoiceField(
+        coerce=int,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Few-shot examples (train split)",
+        help_text=f"shown before each input, in this order; at most {MAX_SHOTS}",
+    )
+    rubric = forms.ModelChoiceField(
+        queryset=Rubric.objects.none(),
+        required=False,
+        help_text="its automatic checks score each output (empty: similarity only)",
+    )
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.all(), empty_label=None)
     note = forms.CharField(max_length=200, required=False, help_text="what this version tries")
 
@@ -27,7 +36,8 @@ class PromptVersionForm(forms.Form):
         self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
         self.fields["dataset_version"].initial = dataset_version.pk if dataset_version else None
         self.fields["dataset_version"].label_from_instance = (
-            lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val")
+            lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
+        )
         self.fields["shots"].choices = [(i.position, _shot_label(i)) for i in train_items]
         latest = {}
         for r in Rubric.objects.filter(project=project).order_by("name", "-version"):
@@ -35,7 +45,9 @@ class PromptVersionForm(forms.Form):
         self.fields["rubric"].queryset = Rubric.objects.filter(pk__in=latest.values())
         rubric = latest_rubric(project)
         self.fields["rubric"].initial = rubric.pk if rubric else None
-        self.fields["base_model"].initial = self.fields["base_model"].queryset.order_by("name").values_list("pk", flat=True).first()
+        self.fields["base_model"].initial = (
+            self.fields["base_model"].queryset.order_by("name").values_list("pk", flat=True).first()
+        )
 
 
 def _shot_label(item) -> str:

@@ -27,11 +27,21 @@ class PromptStatus(models.TextChoices):
 class PromptVersion(TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompt_versions")
     number = models.PositiveIntegerField()
-    dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="prompt_versions",
-                                        help_text="few-shot examples come from its train split; scored on its val split")
+    dataset_version = models.ForeignKey(
+        DatasetVersion,
+        on_delete=models.PROTECT,
+        related_name="prompt_versions",
+        help_text="few-shot examples come from its train split; scored on its val split",
+    )
     base_model = models.ForeignKey("runs.BaseModel", on_delete=models.PROTECT, related_name="+")
-    rubric = models.ForeignKey("evaluations.Rubric", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-                               help_text="whose automatic checks score the outputs (empty: similarity only)")
+    rubric = models.ForeignKey(
+        "evaluations.Rubric",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="whose automatic checks score the outputs (empty: similarity only)",
+    )
     system_prompt = models.TextField()
     shot_positions = models.JSONField(default=list, blank=True, help_text="positions of the chosen train items")
     shot_messages = models.JSONField(default=list, blank=True, help_text="the chosen conversations, copied")
@@ -44,9 +54,13 @@ class PromptVersion(TimeStamped):
     error = models.TextField(blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     mean_similarity = models.FloatField(null=True, blank=True, help_text="mean token F1 against the ideal outputs")
-    checks_passed = models.PositiveIntegerField(null=True, blank=True, help_text="outputs passing every automatic check")
+    checks_passed = models.PositiveIntegerField(
+        null=True, blank=True, help_text="outputs passing every automatic check"
+    )
     check_summary = models.JSONField(default=dict, blank=True, help_text='{"criterion": [passed, checked]}')
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-number"]
@@ -79,8 +93,17 @@ class PromptVersion(TimeStamped):
     def mark_scored(self, *, mean_similarity: float, checks_passed: int | None, check_summary: dict, done: int) -> None:
         self.status, self.finished_at, self.done = PromptStatus.SCORED, timezone.now(), done
         self.mean_similarity, self.checks_passed, self.check_summary = mean_similarity, checks_passed, check_summary
-        self.save(update_fields=["status", "finished_at", "done", "mean_similarity", "checks_passed", "check_summary",
-                                 "updated_at"])
+        self.save(
+            update_fields=[
+                "status",
+                "finished_at",
+                "done",
+                "mean_similarity",
+                "checks_passed",
+                "check_summary",
+                "updated_at",
+            ]
+        )
 
     def mark_failed(self, error: str) -> None:
         self.status, self.error, self.finished_at = PromptStatus.FAILED, error, timezone.now()

@@ -15,8 +15,11 @@ from .models import PromptOutput, PromptStatus, PromptVersion
 
 
 def prompt_versions(project):
-    return (PromptVersion.objects.filter(project=project)
-            .select_related("dataset_version", "base_model", "rubric", "created_by").order_by("-number"))
+    return (
+        PromptVersion.objects.filter(project=project)
+        .select_related("dataset_version", "base_model", "rubric", "created_by")
+        .order_by("-number")
+    )
 
 
 def scored_versions(project):

@@ -40,9 +40,19 @@ def latest_rubric(project) -> Rubric | None:
 
 
 @transaction.atomic
-def create_prompt_version(*, project, dataset_version: DatasetVersion, system_prompt: str, shot_positions: list[int],
-                          base_model: BaseModel | None = None, rubric: Rubric | None = None, note: str = "",
-                          max_new_tokens: int = 96, user=None, enqueue: bool = True) -> PromptVersion:
+def create_prompt_version(
+    *,
+    project,
+    dataset_version: DatasetVersion,
+    system_prompt: str,
+    shot_positions: list[int],
+    base_model: BaseModel | None = None,
+    rubric: Rubric | None = None,
+    note: str = "",
+    max_new_tokens: int = 96,
+    user=None,
+    enqueue: bool = True,
+) -> PromptVersion:
     """Save the next numbered prompt version and queue its scoring on ``dataset_version``'s validation split."""
     if dataset_version.project_id != project.pk:
         raise PromptError("That dataset version belongs to another project.")
@@ -51,17 +61,23 @@ def create_prompt_version(*, project, dataset_version: DatasetVersion, system_pr
         raise PromptError("Write a system prompt: it is what this version tries.")
     positions = list(dict.fromkeys(int(p) for p in shot_positions))
     if len(positions) > MAX_SHOTS:
-        raise PromptError(f"Pick at most {MAX_SHOTS} few-shot examples (you picked {len(positions)}): "
-                          "each one lengthens every prompt.")
+        raise PromptError(
+            f"Pick at most {MAX_SHOTS} few-shot examples (you picked {len(positions)}): "
+            "each one lengthens every prompt."
+        )
     val_count = dataset_version.items.filter(split="val").count()
     if not val_count:
-        raise PromptError(f"Dataset version v{dataset_version.number} has no validation examples to score a prompt on; "
-                          "freeze a version with a validation split.")
+        raise PromptError(
+            f"Dataset version v{dataset_version.number} has no validation examples to score a prompt on; "
+            "freeze a version with a validation split."
+        )
     shots = {i.position: i.messages for i in dataset_version.items.filter(split="train", position__in=positions)}
     missing = [p for p in positions if p not in shots]
     if missing:
-        raise PromptError(f"Example #{missing[0]} is not in the train split of v{dataset_version.number}: few-shot "
-                          "examples come from the train split only (never from what the prompt is scored on).")
+        raise PromptError(
+            f"Example #{missing[0]} is not in the train split of v{dataset_version.number}: few-shot "
+            "examples come from the train split only (never from what the prompt is scored on)."
+        )
     if rubric is not None and rubric.project_id != project.pk:
         raise PromptError("That rubric belongs to another project.")
     if not 1 <= max_new_tokens <= 2048:
@@ -69,11 +85,23 @@ def create_prompt_version(*, project, dataset_version: DatasetVersion, system_pr
     base_model = base_model or BaseModel.objects.order_by("name").first()
     if base_model is None:
         raise PromptError("No base model is registered yet.")
-    number = (PromptVersion.objects.select_for_update().filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
+    number = (
+        PromptVersion.objects.select_for_update().filter(project=project).aggregate(n=Max("number"))["n"] or 0
+    ) + 1
     version = PromptVersion.objects.create(
-        project=project, number=number, dataset_version=dataset_version, base_model=base_model, rubric=rubric,
-        system_prompt=system_prompt, shot_positions=positions, shot_messages=[shots[p] for p in positions],
-        note=note.strip()[:200], max_new_tokens=max_new_tokens, total=val_count, created_by=user)
+        project=project,
+        number=number,
+        dataset_version=dataset_version,
+        base_model=base_model,
+        rubric=rubric,
+        system_prompt=system_prompt,
+        shot_positions=positions,
+        shot_messages=[shots[p] for p in positions],
+        note=note.strip()[:200],
+        max_new_tokens=max_new_tokens,
+        total=val_count,
+        created_by=user,
+    )
     if enqueue:
         send_after_commit(score_task, version.pk)
     return version
@@ -83,20 +111,32 @@ def prompt_messages(version: PromptVersion, input_messages: list[dict]) -> list[
     """What the model is asked: the evaluations' prompt-baseline conversation, with this version's shots."""
     from apps.evaluations.services import candidate_messages
 
-    candidate = Candidate(kind=CandidateKind.PROMPT, system_prompt=version.system_prompt,
-                          few_shot=len(version.shot_messages), shot_messages=version.shot_messages)
+    candidate = Candidate(
+        kind=CandidateKind.PROMPT,
+        system_prompt=version.system_prompt,
+        few_shot=len(version.shot_messages),
+        shot_messages=version.shot_messages,
+    )
     return candidate_messages(candidate, input_messages, version.shot_messages)
 
 
-def score_outputs(version: PromptVersion, items: list[DatasetVersionItem], texts: list[str],
-                  latencies: list[float] | None = None) -> list[PromptOutput]:
+def score_outputs(
+    version: PromptVersion, items: list[DatasetVersionItem], texts: list[str], latencies: list[float] | None = None
+) -> list[PromptOutput]:
     """Score outputs against their items (similarity and the rubric's automatic checks) and store them;
     outputs stored already are kept."""
     from apps.evaluations.statistics import token_f1
     from worker.checks import input_fields, run_check
 
-    checks = list(AutoCheck.objects.filter(criterion__rubric=version.rubric_id).select_related("criterion")
-                  .order_by("criterion__position", "position")) if version.rubric_id else []
+    checks = (
+        list(
+            AutoCheck.objects.filter(criterion__rubric=version.rubric_id)
+            .select_related("criterion")
+            .order_by("criterion__position", "position")
+        )
+        if version.rubric_id
+        else []
+    )
     rows = []
     for n, (item, text) in enumerate(zip(items, texts, strict=True)):
         similarity = token_f1(text, item.ideal_output)
@@ -104,11 +144,20 @@ def score_outputs(version: PromptVersion, items: list[DatasetVersionItem], texts
         results = []
         for check in checks:
             r = run_check(check.spec, text, fields=fields, ideal=item.ideal_output, similarity=similarity)
-            results.append({"criterion": check.criterion.name, "check": check.label, "passed": r.passed,
-                            "detail": r.detail[:300]})
-        rows.append(PromptOutput(prompt_version=version, item=item, output=text, similarity=similarity, checks=results,
-                                 passed_all=all(r["passed"] for r in results) if results else None,
-                                 latency_ms=latencies[n] if latencies else 0))
+            results.append(
+                {"criterion": check.criterion.name, "check": check.label, "passed": r.passed, "detail": r.detail[:300]}
+            )
+        rows.append(
+            PromptOutput(
+                prompt_version=version,
+                item=item,
+                output=text,
+                similarity=similarity,
+                checks=results,
+                passed_all=all(r["passed"] for r in results) if results else None,
+                latency_ms=latencies[n] if latencies else 0,
+            )
+        )
     PromptOutput.objects.bulk_create(rows, ignore_conflicts=True)
     return rows
 
@@ -125,7 +174,9 @@ def finish_scoring(version: PromptVersion) -> PromptVersion:
     version.mark_scored(
         mean_similarity=sum(o.similarity for o in outputs) / len(outputs) if outputs else 0.0,
         checks_passed=sum(1 for o in outputs if o.passed_all) if has_checks else None,
-        check_summary=summary, done=len(outputs))
+        check_summary=summary,
+        done=len(outputs),
+    )
     return version
 
 
@@ -137,8 +188,12 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
     from worker.models import resolve_model_dir
 
     with transaction.atomic():
-        version = (PromptVersion.objects.select_for_update().select_related("base_model", "dataset_version")
-                   .filter(pk=version_pk).first())
+        version = (
+            PromptVersion.objects.select_for_update()
+            .select_related("base_model", "dataset_version")
+            .filter(pk=version_pk)
+            .first()
+        )
         if version is None or version.status == PromptStatus.SCORED:
             return version
         version.mark_running()
@@ -151,11 +206,14 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
             config = GenerationConfig(max_new_tokens=version.max_new_tokens, batch_size=batch_size, seed=0)
 
             def save(indices, results):
-                score_outputs(version, [todo[i] for i in indices], [r.text for r in results],
-                              [r.latency_ms for r in results])
+                score_outputs(
+                    version, [todo[i] for i in indices], [r.text for r in results], [r.latency_ms for r in results]
+                )
                 PromptVersion.objects.filter(pk=version.pk).update(done=version.outputs.count())
 
-            generate(model, tokenizer, [prompt_messages(version, i.input_messages) for i in todo], config, on_batch=save)
+            generate(
+                model, tokenizer, [prompt_messages(version, i.input_messages) for i in todo], config, on_batch=save
+            )
         return finish_scoring(version)
     except Exception as exc:  # noqa: BLE001 - shown on the version's page, logged with context
         log.exception("Scoring prompt version %s failed", version_pk)

@@ -21,8 +21,10 @@ def _chosen_version(project, request) -> DatasetVersion | None:
     return chosen or versions.first()
 
 
-BLIND = ("Prompts and their outputs are hidden while you have pairs to judge blind in this project: the best prompt "
-         "is the prompt-only baseline of evaluations, and seeing it could tell you which side wrote what.")
+BLIND = (
+    "Prompts and their outputs are hidden while you have pairs to judge blind in this project: the best prompt "
+    "is the prompt-only baseline of evaluations, and seeing it could tell you which side wrote what."
+)
 
 
 def _blind(request, project) -> bool:
@@ -42,24 +44,38 @@ def prompt_workspace(request, project):
         earlier = PromptVersion.objects.filter(project=project, number=int(copy_of)).first()
         if earlier is not None and earlier.dataset_version_id == getattr(dataset_version, "pk", None):
             start = {"system_prompt": earlier.system_prompt, "shots": earlier.shot_positions, "note": earlier.note}
-    form = PromptVersionForm(request.POST or None, initial=start, project=project, dataset_version=dataset_version,
-                             train_items=train)
+    form = PromptVersionForm(
+        request.POST or None, initial=start, project=project, dataset_version=dataset_version, train_items=train
+    )
     if request.method == "POST" and form.is_valid():
         d = form.cleaned_data
         try:
             version = services.create_prompt_version(
-                project=project, dataset_version=d["dataset_version"], system_prompt=d["system_prompt"],
-                shot_positions=d["shots"], base_model=d["base_model"], rubric=d["rubric"], note=d["note"],
-                user=request.user)
+                project=project,
+                dataset_version=d["dataset_version"],
+                system_prompt=d["system_prompt"],
+                shot_positions=d["shots"],
+                base_model=d["base_model"],
+                rubric=d["rubric"],
+                note=d["note"],
+                user=request.user,
+            )
         except services.PromptError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Saved {version}; it is being run on the validation split.")
             return redirect(version)
-    return render(request, "prompts/workspace.html", {
-        "form": form, "dataset_version": dataset_version, "versions": selectors.prompt_versions(project),
-        "best": selectors.best_by_dataset_version(project),
-        "dataset_versions": DatasetVersion.objects.filter(project=project).order_by("-number")})
+    return render(
+        request,
+        "prompts/workspace.html",
+        {
+            "form": form,
+            "dataset_version": dataset_version,
+            "versions": selectors.prompt_versions(project),
+            "best": selectors.best_by_dataset_version(project),
+            "dataset_versions": DatasetVersion.objects.filter(project=project).order_by("-number"),
+        },
+    )
 
 
 @project_view("view")
@@ -72,5 +88,12 @@ def prompt_version_detail(request, project, number):
             return HttpResponseClientRefresh()
         return render(request, "prompts/version_detail.html#progress", {"version": version})
     best = selectors.best_prompt_version(project, version.dataset_version)
-    return render(request, "prompts/version_detail.html", {
-        "version": version, "rows": selectors.output_rows(version), "is_best": best is not None and best.pk == version.pk})
+    return render(
+        request,
+        "prompts/version_detail.html",
+        {
+            "version": version,
+            "rows": selectors.output_rows(version),
+            "is_best": best is not None and best.pk == version.pk,
+        },
+    )

@@ -26,8 +26,13 @@ _stores: dict[tuple, object] = {}
 
 def store():
     """The configured store (built once per configuration; the environment supplies the S3 credentials)."""
-    config = (settings.FTSTUDIO_ARTIFACTS_URL, str(settings.MEDIA_ROOT), os.environ.get("AWS_ENDPOINT_URL", ""),
-              os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    config = (
+        settings.FTSTUDIO_ARTIFACTS_URL,
+        str(settings.MEDIA_ROOT),
+        os.environ.get("AWS_ENDPOINT_URL", ""),
+        os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+    )
     if config not in _stores:
         _stores[config] = open_store(settings.FTSTUDIO_ARTIFACTS_URL, default_root=settings.MEDIA_ROOT)
     return _stores[config]
@@ -67,8 +72,10 @@ def store_checkpoint(run_pk: int, path: str) -> None:
     try:
         store().put_dir(path, f"runs/{run_pk}/checkpoints/{name}")
     except ArtifactStoreError as exc:
-        raise ArtifactStoreError(f"Could not store {name} in the artifact store ({exc}). The local checkpoint is kept "
-                                 f"at {path}: resume the run once the store answers.") from exc
+        raise ArtifactStoreError(
+            f"Could not store {name} in the artifact store ({exc}). The local checkpoint is kept "
+            f"at {path}: resume the run once the store answers."
+        ) from exc
 
 
 def fetch_newest_checkpoint(run_pk: int, output_dir: str | Path, on_log: Callable[[str], None] = log.info) -> str:

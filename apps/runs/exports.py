@@ -66,8 +66,15 @@ def export_run_to(*, run: Run, fmt: str, out: str | Path, quant: str = "") -> Ex
     base = run.base_model
     base_dir = resolve_model_dir(model_spec_for(base)) if fmt != "adapter" else ""
     source_gguf = base.source if fmt == "gguf" and base.source_kind == SourceKind.GGUF else None
-    return export(fmt, base_dir=base_dir, adapter_dir=artifacts.local_adapter_dir(run), out=out, base_model_id=base.portable_id,
-                  quant=quant or "f16", source_gguf=source_gguf)
+    return export(
+        fmt,
+        base_dir=base_dir,
+        adapter_dir=artifacts.local_adapter_dir(run),
+        out=out,
+        base_model_id=base.portable_id,
+        quant=quant or "f16",
+        source_gguf=source_gguf,
+    )
 
 
 # --- from the run page: a RunExport row and a task ------------------------------------------------------
@@ -75,13 +82,21 @@ def request_export(*, run: Run, fmt: str, quant: str = "", user=None) -> RunExpo
     """Queue an export (or return the same one already queued, running or ready: clicking twice is harmless)."""
     quant = _check_request(run, fmt, quant)
     with transaction.atomic():
-        same = RunExport.objects.select_for_update().filter(
-            run=run, format=fmt, quant=quant, status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING,
-                                                          ExportStatus.SUCCEEDED]).first()
+        same = (
+            RunExport.objects.select_for_update()
+            .filter(
+                run=run,
+                format=fmt,
+                quant=quant,
+                status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING, ExportStatus.SUCCEEDED],
+            )
+            .first()
+        )
         if same is not None and (same.status != ExportStatus.SUCCEEDED or Path(same.file_path).is_file()):
             return same
-        job = RunExport.objects.create(run=run, format=fmt, quant=quant,
-                                       created_by=user if getattr(user, "pk", None) else None)
+        job = RunExport.objects.create(
+            run=run, format=fmt, quant=quant, created_by=user if getattr(user, "pk", None) else None
+        )
         send_after_commit(export_run, job.pk)
     return job
 
@@ -92,7 +107,11 @@ def claim_export(export_pk: int) -> RunExport | None:
         job = RunExport.objects.select_for_update().filter(pk=export_pk).first()
         if job is None or job.status in {ExportStatus.SUCCEEDED, ExportStatus.FAILED}:
             return None
-        if job.status == ExportStatus.RUNNING and job.started_at and timezone.now() - job.started_at < EXPORT_STALE_AFTER:
+        if (
+            job.status == ExportStatus.RUNNING
+            and job.started_at
+            and timezone.now() - job.started_at < EXPORT_STALE_AFTER
+        ):
             log.info("Export %s is already running: duplicate delivery ignored", export_pk)
             return None
         job.status, job.started_at = ExportStatus.RUNNING, timezone.now()
@@ -132,11 +151,16 @@ def execute_export(export_pk: int) -> str:
         log.exception("Export %s of run %s failed", job.pk, job.run_id)
         shutil.rmtree(folder, ignore_errors=True)
         message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
-        RunExport.objects.filter(pk=job.pk).update(status=ExportStatus.FAILED, error=message[:2000],
-                                                   finished_at=timezone.now())
+        RunExport.objects.filter(pk=job.pk).update(
+            status=ExportStatus.FAILED, error=message[:2000], finished_at=timezone.now()
+        )
         return ExportStatus.FAILED
-    RunExport.objects.filter(pk=job.pk).update(status=ExportStatus.SUCCEEDED, file_path=str(zip_path),
-                                               size_bytes=zip_path.stat().st_size, finished_at=timezone.now())
+    RunExport.objects.filter(pk=job.pk).update(
+        status=ExportStatus.SUCCEEDED,
+        file_path=str(zip_path),
+        size_bytes=zip_path.stat().st_size,
+        finished_at=timezone.now(),
+    )
     return ExportStatus.SUCCEEDED
 
 

@@ -12,11 +12,17 @@ OVERRIDE_FIELDS = ("epochs", "max_steps", "learning_rate", "lora_r", "batch_size
 
 
 class LaunchForm(forms.Form):
-    dataset_version = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), empty_label=None,
-                                             help_text="a frozen version; training reads its train and val splits")
+    dataset_version = forms.ModelChoiceField(
+        queryset=DatasetVersion.objects.none(),
+        empty_label=None,
+        help_text="a frozen version; training reads its train and val splits",
+    )
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.all(), empty_label=None)
-    preset = forms.ChoiceField(choices=[(p, p.title()) for p in PRESETS], initial="quick",
-                               help_text="fills in the hyperparameters; the fields below override it")
+    preset = forms.ChoiceField(
+        choices=[(p, p.title()) for p in PRESETS],
+        initial="quick",
+        help_text="fills in the hyperparameters; the fields below override it",
+    )
     epochs = forms.FloatField(required=False)
     max_steps = forms.IntegerField(required=False, help_text="> 0 overrides epochs")
     learning_rate = forms.FloatField(required=False)
@@ -26,8 +32,10 @@ class LaunchForm(forms.Form):
     seed = forms.IntegerField(required=False)
     name = forms.CharField(required=False, max_length=120)
     launch_without_prompt = forms.BooleanField(
-        required=False, label="Launch without trying a prompt first",
-        help_text="asked only while no prompt version has been scored in this project")
+        required=False,
+        label="Launch without trying a prompt first",
+        help_text="asked only while no prompt version has been scored in this project",
+    )
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
@@ -37,7 +45,8 @@ class LaunchForm(forms.Form):
         best = prompt_selectors.best_by_dataset_version(project)  # the bar a run has to beat, beside each version
         self.fields["dataset_version"].label_from_instance = lambda v: (
             f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
-            + (f" · best {prompt_selectors.score_words(best[v.pk])}" if v.pk in best else " · no prompt scored"))
+            + (f" · best {prompt_selectors.score_words(best[v.pk])}" if v.pk in best else " · no prompt scored")
+        )
         self.prompt_scored = bool(best)
         if self.prompt_scored:
             del self.fields["launch_without_prompt"]
@@ -46,7 +55,12 @@ class LaunchForm(forms.Form):
             self.fields[key].help_text = HYPERPARAMETERS[key].help
 
         # the form starts from the obvious choice: the newest version, the first registered model
-        newest = self.fields["dataset_version"].queryset.filter(derived_from__isnull=True).values_list("pk", flat=True).first()
+        newest = (
+            self.fields["dataset_version"]
+            .queryset.filter(derived_from__isnull=True)
+            .values_list("pk", flat=True)
+            .first()
+        )
         first_model = self.fields["base_model"].queryset.values_list("pk", flat=True).first()
         self.fields["dataset_version"].initial = newest
         self.fields["base_model"].initial = first_model

@@ -75,7 +75,9 @@ def owner_gone(owner_id: str, heartbeat_at: datetime | None, now: datetime | Non
     if heartbeat_at is not None and now - heartbeat_at <= stale_after():
         return False
     if owner_id and _owner_process_alive(owner_id):
-        log.warning("Owner %s has not beaten since %s but its process is alive: not taking over", owner_id, heartbeat_at)
+        log.warning(
+            "Owner %s has not beaten since %s but its process is alive: not taking over", owner_id, heartbeat_at
+        )
         return False
     return True
 

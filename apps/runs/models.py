@@ -39,10 +39,17 @@ class BaseModel(TimeStamped):
     parameter_count = models.BigIntegerField(default=0)
     context_length = models.PositiveIntegerField(default=2048)
     has_chat_template = models.BooleanField(default=False)
-    min_gpu_gb = models.PositiveIntegerField(default=0, help_text="GPU memory its training needs, GB (0: any worker, "
-                                             "CPU included); picks the worker queue (apps/fleet/queues.py)")
-    public_id = models.CharField(max_length=200, blank=True, help_text="the model's public id (a Hugging Face Hub id "
-                                 "such as HuggingFaceTB/SmolLM2-135M-Instruct): exports name the base model by it")
+    min_gpu_gb = models.PositiveIntegerField(
+        default=0,
+        help_text="GPU memory its training needs, GB (0: any worker, "
+        "CPU included); picks the worker queue (apps/fleet/queues.py)",
+    )
+    public_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="the model's public id (a Hugging Face Hub id "
+        "such as HuggingFaceTB/SmolLM2-135M-Instruct): exports name the base model by it",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -77,8 +84,11 @@ class Run(LeaseHolder, TimeStamped):
 
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     cancel_requested = models.BooleanField(default=False)
-    pause_requested = models.BooleanField(default=False, help_text="stop at the next step end with a checkpoint and "
-                                          "wait (status paused) until resumed; /v1/fine_tuning/jobs/{id}/pause")
+    pause_requested = models.BooleanField(
+        default=False,
+        help_text="stop at the next step end with a checkpoint and "
+        "wait (status paused) until resumed; /v1/fine_tuning/jobs/{id}/pause",
+    )
     attempts = models.PositiveSmallIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker_id = models.CharField(max_length=200, blank=True, help_text="the claim's owner (host:pid:start:token)")
@@ -95,12 +105,17 @@ class Run(LeaseHolder, TimeStamped):
     tokens_per_second = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
     log_tail = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["project", "status", "-created_at"]), models.Index(fields=["status", "heartbeat_at"]),
-                   models.Index(fields=["status", "enqueued_at"])]
+        indexes = [
+            models.Index(fields=["project", "status", "-created_at"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+            models.Index(fields=["status", "enqueued_at"]),
+        ]
         constraints = [
             models.CheckConstraint(condition=models.Q(step__gte=0), name="run_step_non_negative"),
         ]
@@ -134,8 +149,14 @@ class Run(LeaseHolder, TimeStamped):
     def mark_running(self, *, owner: str, now=None) -> bool:
         """Claimed by ``owner``: one more attempt, loading first."""
         now = now or timezone.now()
-        return self.write(status=RunStatus.RUNNING, attempts=self.attempts + 1, heartbeat_at=now, worker_id=owner,
-                          phase="loading", started_at=self.started_at or now)
+        return self.write(
+            status=RunStatus.RUNNING,
+            attempts=self.attempts + 1,
+            heartbeat_at=now,
+            worker_id=owner,
+            phase="loading",
+            started_at=self.started_at or now,
+        )
 
     def mark_succeeded(self, *, rows=None, **results) -> bool:
         """Trained to the end: ``results`` are the final step, losses, adapter path, log tail."""
@@ -154,9 +175,17 @@ class Run(LeaseHolder, TimeStamped):
         return self.write(rows, status=RunStatus.QUEUED, worker_id="", phase="", enqueued_at=timezone.now(), **extra)
 
     def mark_paused(self, *, rows, log_tail: str) -> bool:
-        """Stopped at a checkpoint because a PM paused it: waits for ``resume_paused_run``; the attempt is not counted."""
-        return self.write(rows, status=RunStatus.PAUSED, worker_id="", phase="", heartbeat_at=None,
-                          attempts=F("attempts") - 1, log_tail=log_tail)
+        """Stopped at a checkpoint because a PM paused it: waits for ``resume_paused_run``; the attempt is not
+        counted."""
+        return self.write(
+            rows,
+            status=RunStatus.PAUSED,
+            worker_id="",
+            phase="",
+            heartbeat_at=None,
+            attempts=F("attempts") - 1,
+            log_tail=log_tail,
+        )
 
     def mark_handed_back(self, *, rows, log_tail: str) -> bool:
         """A worker shutting down stopped at a checkpoint: queued again, and this attempt is not counted."""
@@ -206,14 +235,18 @@ class RunExport(TimeStamped):
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["run", "format", "quant", "status"])]
         constraints = [
             models.CheckConstraint(condition=models.Q(quant__in=["", "f16", "q8_0"]), name="run_export_known_quant"),
-            models.CheckConstraint(condition=models.Q(format="gguf") | models.Q(quant=""), name="run_export_quant_gguf_only"),
+            models.CheckConstraint(
+                condition=models.Q(format="gguf") | models.Q(quant=""), name="run_export_quant_gguf_only"
+            ),
         ]
 
     def __str__(self) -> str:

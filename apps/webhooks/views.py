@@ -24,10 +24,15 @@ def endpoints(request, project):
             endpoint = services.delete_endpoint(project=project, endpoint_id=int(request.POST["delete"]))
             messages.success(request, f"Deleted the webhook endpoint {endpoint.url}.")
         else:
-            endpoint, secret = services.create_endpoint(project=project, url=request.POST.get("url", ""),
-                                                        events=request.POST.getlist("events"), user=request.user)
-            messages.success(request, f"Added {endpoint.url}. Its signing secret: {secret}  (copy it now; it is not "
-                             "shown again)")
+            endpoint, secret = services.create_endpoint(
+                project=project,
+                url=request.POST.get("url", ""),
+                events=request.POST.getlist("events"),
+                user=request.user,
+            )
+            messages.success(
+                request, f"Added {endpoint.url}. Its signing secret: {secret}  (copy it now; it is not shown again)"
+            )
     except (services.WebhookError, ValueError) as exc:
         messages.error(request, str(exc))
     return _back(project)
@@ -38,8 +43,9 @@ def resend(request, project, pk: int):
     if request.method == "POST":
         try:
             delivery = services.resend(project=project, delivery_id=pk)
-            messages.success(request, f"Sending {delivery.get_event_type_display().lower()} to {delivery.endpoint.url} "
-                             "again.")
+            messages.success(
+                request, f"Sending {delivery.get_event_type_display().lower()} to {delivery.endpoint.url} again."
+            )
         except services.WebhookError as exc:
             messages.error(request, str(exc))
     return _back(project)
@@ -48,6 +54,8 @@ def resend(request, project, pk: int):
 def section_context(project) -> dict:
     from .models import WebhookDelivery
 
-    return {"webhook_endpoints": project.webhook_endpoints.all(), "webhook_events": EventType.choices,
-            "webhook_deliveries": WebhookDelivery.objects.filter(endpoint__project=project)
-            .select_related("endpoint")[:50]}
+    return {
+        "webhook_endpoints": project.webhook_endpoints.all(),
+        "webhook_events": EventType.choices,
+        "webhook_deliveries": WebhookDelivery.objects.filter(endpoint__project=project).select_related("endpoint")[:50],
+    }

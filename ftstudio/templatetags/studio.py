@@ -17,9 +17,20 @@ register = template.Library()
 # One mapping for every state: finished well -> "ok", finished badly -> "bad", in progress -> "warn";
 # a state that is neither (a draft example) gets the plain badge.
 BADGE_CLASSES: dict[str, str] = {
-    "succeeded": "ok", "ready": "ok", "finished": "ok", "approved": "ok", "done": "ok", "scored": "ok",
-    "failed": "bad", "cancelled": "bad", "rejected": "bad", "bad": "bad",
-    "queued": "warn", "running": "warn", "generating": "warn", "warn": "warn",
+    "succeeded": "ok",
+    "ready": "ok",
+    "finished": "ok",
+    "approved": "ok",
+    "done": "ok",
+    "scored": "ok",
+    "failed": "bad",
+    "cancelled": "bad",
+    "rejected": "bad",
+    "bad": "bad",
+    "queued": "warn",
+    "running": "warn",
+    "generating": "warn",
+    "warn": "warn",
     "draft": "",
 }
 

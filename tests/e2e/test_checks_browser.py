@@ -13,7 +13,9 @@ from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_designer_adds_a_check_and_the_results_page_shows_it_beside_the_scores(new_page, password, settings, tiny_model_dir):
+def test_designer_adds_a_check_and_the_results_page_shows_it_beside_the_scores(
+    new_page, password, settings, tiny_model_dir
+):
     project = ProjectFactory(name="Support replies", slug="support")
     for name, role in (("dee", Role.DESIGNER), ("pat", Role.PM)):
         MembershipFactory(project=project, role=role, user=UserFactory(username=name))
@@ -43,8 +45,14 @@ def test_designer_adds_a_check_and_the_results_page_shows_it_beside_the_scores(n
     rubric = Rubric.objects.get(project=project, name="House style")
     pm_user = project.memberships.get(role=Role.PM).user
     evaluation = services.create_evaluation(
-        project=project, dataset_version=version, rubric=rubric, base_model=base, enqueue=False, user=pm_user,
-        candidates=[services.CandidateSpec("base"), services.CandidateSpec("prompt")])
+        project=project,
+        dataset_version=version,
+        rubric=rubric,
+        base_model=base,
+        enqueue=False,
+        user=pm_user,
+        candidates=[services.CandidateSpec("base"), services.CandidateSpec("prompt")],
+    )
     fake_outputs(evaluation)
     for item in selectors.eval_items(evaluation):
         item.messages = [{"role": "user", "content": "Customer: Cy\nMessage: where is my order?"}, *item.messages[-1:]]

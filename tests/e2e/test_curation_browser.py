@@ -80,5 +80,8 @@ def test_designer_fixes_a_bad_import_labels_by_keyboard_and_freezes_a_version(ne
     screenshot(page, "curation-versions")
     version = DatasetVersion.objects.get(project=project)
     assert version.number == 1 and version.example_count == 3 and version.note == "First house-style set"
-    assert any(conv[-1]["content"].startswith("Hi Sam, sorry it arrived broken")
-               for split in ("train", "val", "test") for conv in version.conversations(split))
+    assert any(
+        conv[-1]["content"].startswith("Hi Sam, sorry it arrived broken")
+        for split in ("train", "val", "test")
+        for conv in version.conversations(split)
+    )

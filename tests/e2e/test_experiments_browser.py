@@ -56,8 +56,9 @@ def test_pm_launches_an_experiment_and_sees_the_curve(new_page, password, team, 
 
 def test_pm_cancels_an_experiment_and_every_queued_run_stops(new_page, password, team, live_server):
     _, base, rubric, version = experiment_setup(team)
-    experiment = services.launch_experiment(project=team.project, versions=[version], fractions=[0.5, 1.0],
-                                            base_model=base, rubric=rubric)
+    experiment = services.launch_experiment(
+        project=team.project, versions=[version], fractions=[0.5, 1.0], base_model=base, rubric=rubric
+    )
     page = new_page()
     login(page, "pm", password)
     page.goto(f"{live_server.url}{experiment.get_absolute_url()}")

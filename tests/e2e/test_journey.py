@@ -110,8 +110,9 @@ def reviewer_judges_every_pair(page, slug: str) -> int:
         if judged == 0:
             screenshot(page, "journey-7-blind-pair")
 
-    return judge_every_pair(page, lambda judged: "b" if judged % 4 else "t", on_pair=first_pair_screenshot,
-                            score="last", limit=40)
+    return judge_every_pair(
+        page, lambda judged: "b" if judged % 4 else "t", on_pair=first_pair_screenshot, score="last", limit=40
+    )
 
 
 def test_the_demo_loop_from_a_flagged_example_to_a_verdict(new_page, tmp_path):

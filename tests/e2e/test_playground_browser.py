@@ -25,22 +25,32 @@ WATCH = """() => {
       window.seen.push([card.getAttribute('aria-label'), card.dataset.state,
                         card.querySelector('.answer-text').textContent.length]);
     }
-  }).observe(document.getElementById('answers'), {subtree: true, childList: true, characterData: true, attributes: true});
+  }).observe(document.getElementById('answers'), {subtree: true, childList: true, characterData: true, attributes:
+  true});
 }"""
 
 
-def test_two_candidates_stream_side_by_side(new_page, password, team, tiny_base_model, inference, settings, live_server):
+def test_two_candidates_stream_side_by_side(
+    new_page, password, team, tiny_base_model, inference, settings, live_server
+):
     from apps.datasets.models import Example
 
     settings.FTSTUDIO_INFERENCE_URL = inference.url
     run = trained_run(team.project, tiny_base_model, team.pm, name="House style")
-    Example.objects.create(project=team.project, split="test", status="approved", content_hash="x",
-                           messages=conversation("Hello, I'm Dee. Where is order #171?", "Hi Dee, ..."))
+    Example.objects.create(
+        project=team.project,
+        split="test",
+        status="approved",
+        content_hash="x",
+        messages=conversation("Hello, I'm Dee. Where is order #171?", "Hi Dee, ..."),
+    )
     page = new_page()
     login(page, "pm", password)
     page.goto("/p/support/")
     page.get_by_role("link", name="Playground").first.click()
-    page.get_by_label("Test example").select_option(label=f"#{Example.objects.get().pk}: Hello, I'm Dee. Where is order #171?")
+    page.get_by_label("Test example").select_option(
+        label=f"#{Example.objects.get().pk}: Hello, I'm Dee. Where is order #171?"
+    )
     # the deferred script fills the box (at once, or as soon as it runs if the pick came first): wait for it
     expect(page.get_by_label("Message")).to_have_value("Hello, I'm Dee. Where is order #171?")
     page.get_by_label("Tiny Llama (base)").check()
@@ -54,7 +64,8 @@ def test_two_candidates_stream_side_by_side(new_page, password, team, tiny_base_
     tuned = page.get_by_role("region", name=f"House style (run #{run.pk})")
     for column in (base, tuned):
         column.locator(".answer-status").filter(has_text="stopped at max tokens").or_(
-            column.locator(".answer-status").filter(has_text="finished")).wait_for(timeout=60_000)
+            column.locator(".answer-status").filter(has_text="finished")
+        ).wait_for(timeout=60_000)
         assert column.locator(".answer-text").text_content()
     left, right = base.bounding_box(), tuned.bounding_box()
     assert abs(left["y"] - right["y"]) < 2 and right["x"] >= left["x"] + left["width"]  # side by side

@@ -25,8 +25,9 @@ def team_of(*members):
     return project, users
 
 
-def test_designer_runs_a_prompt_on_the_validation_split_and_reads_the_scored_outputs(new_page, password, settings,
-                                                                                    tiny_model_dir, eager):
+def test_designer_runs_a_prompt_on_the_validation_split_and_reads_the_scored_outputs(
+    new_page, password, settings, tiny_model_dir, eager
+):
     project, _ = team_of(("dee", Role.DESIGNER))
     register_tiny_model(settings, tiny_model_dir)
     house_version(project)
@@ -55,8 +56,9 @@ def test_designer_runs_a_prompt_on_the_validation_split_and_reads_the_scored_out
     assert page.locator("#prompt-versions").get_by_text("best").is_visible()
 
 
-def test_pm_sees_stale_work_and_compares_two_evaluations_sorted_by_regression(new_page, password, tmp_path, settings,
-                                                                              tiny_model_dir):
+def test_pm_sees_stale_work_and_compares_two_evaluations_sorted_by_regression(
+    new_page, password, tmp_path, settings, tiny_model_dir
+):
     project, users = team_of(("pat", Role.PM), ("dee", Role.DESIGNER))
     register_tiny_model(settings, tiny_model_dir)
     shared = questions(4)

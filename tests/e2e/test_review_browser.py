@@ -27,7 +27,9 @@ def review_all(page) -> int:
     return judge_every_pair(page, lambda judged: "a" if judged % 3 else "t", on_pair=look)
 
 
-def test_pm_evaluates_two_reviewers_judge_blind_and_everyone_reads_the_results(new_page, password, settings, tiny_model_dir, tmp_path, eager):
+def test_pm_evaluates_two_reviewers_judge_blind_and_everyone_reads_the_results(
+    new_page, password, settings, tiny_model_dir, tmp_path, eager
+):
     project = ProjectFactory(name="Support replies", slug="support")
     users = {}
     for name, role in (("pat", Role.PM), ("rev1", Role.REVIEWER), ("rev2", Role.REVIEWER)):
@@ -66,7 +68,9 @@ def test_pm_evaluates_two_reviewers_judge_blind_and_everyone_reads_the_results(n
     pm.goto(f"/p/support/evals/{evaluation.pk}/results/")
     verdict = pm.locator("#verdict").inner_text()
     # two test items cannot settle anything: the verdict says so, with its interval and n
-    assert verdict.startswith(("Tuned run", "No clear difference yet between Tuned run")) and "2 items judged" in verdict
+    assert (
+        verdict.startswith(("Tuned run", "No clear difference yet between Tuned run")) and "2 items judged" in verdict
+    )
     assert "is better than" not in verdict
     intervals = pm.locator("#win-rates .ci").all_inner_texts()
     assert all("decided item" in text and "(95% CI " in text for text in intervals)

@@ -21,8 +21,9 @@ UPDATE_MS = 30_000  # the run page polls every 2 s; a loaded machine may render 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_pm_launches_a_run_and_watches_the_loss_curve_update(new_page, password, team, tiny_base_model,
-                                                               tiny_model_dir, tmp_path, live_server):
+def test_pm_launches_a_run_and_watches_the_loss_curve_update(
+    new_page, password, team, tiny_base_model, tiny_model_dir, tmp_path, live_server
+):
     version = small_version(team.project)
     env = {"FTSTUDIO_MODEL_ROOTS": str(Path(tiny_model_dir).parent)}
     with running_worker(tmp_path, queues="gpu,default", extra_env=env) as worker:
@@ -50,7 +51,9 @@ def test_pm_launches_a_run_and_watches_the_loss_curve_update(new_page, password,
         wait_for(lambda: RunMetric.objects.count() > first, 120, worker, "more losses")
         page.wait_for_function(
             f"() => {{ const c = document.querySelector('#loss-chart');"
-            f" return c && Number(c.dataset.points) > {first}; }}", timeout=UPDATE_MS)
+            f" return c && Number(c.dataset.points) > {first}; }}",
+            timeout=UPDATE_MS,
+        )
         assert page.url == url  # updated in place by htmx, not by reloading
         screenshot(page, "runs-live-loss")
         assert page.get_by_role("button", name="Cancel run").is_visible()

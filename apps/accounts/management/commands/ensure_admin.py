@@ -21,7 +21,9 @@ class Command(BaseCommand):
         note = settings.VAR_DIR / "admin-login.txt"
         note.write_text(f"username: {username}\npassword: {password}\n")
         note.chmod(0o600)
-        self.stdout.write(self.style.SUCCESS(
-            f"Created the local admin account. Log in as  {username} / {password}  "
-            f"(also saved in {note}; change it under /admin/)."
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Created the local admin account. Log in as  {username} / {password}  "
+                f"(also saved in {note}; change it under /admin/)."
+            )
+        )

@@ -13,5 +13,7 @@ class Command(BaseCommand):
         try:
             answer = ping.apply_async(queue="default").get(timeout=timeout)
         except Exception as exc:  # timeout or broker error: say which
-            raise CommandError(f"No worker answered the ping within {timeout:.0f} s ({type(exc).__name__}: {exc}).") from exc
+            raise CommandError(
+                f"No worker answered the ping within {timeout:.0f} s ({type(exc).__name__}: {exc})."
+            ) from exc
         self.stdout.write(f"worker answered: {answer}")

@@ -21,7 +21,9 @@ class Command(BaseCommand):
         if project is None:
             raise CommandError(f"No project with slug {options['project']!r}.")
         try:
-            for line in services.export_lines(project=project, file_format=options["format"], version=options["version"]):
+            for line in services.export_lines(
+                project=project, file_format=options["format"], version=options["version"]
+            ):
                 self.stdout.write(line, ending="")
         except services.ExportError as exc:
             raise CommandError(str(exc)) from exc

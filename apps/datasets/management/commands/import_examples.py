@@ -24,14 +24,23 @@ class Command(BaseCommand):
             user = get_user_model().objects.filter(username=options["user"]).first()
             if user is None:
                 raise CommandError(f"No user {options['user']!r}.")
-        report = services.import_examples(project=project, path_or_file=options["path"], file_format=options["format"],
-                                          user=user, max_tokens=options["max_tokens"])
+        report = services.import_examples(
+            project=project,
+            path_or_file=options["path"],
+            file_format=options["format"],
+            user=user,
+            max_tokens=options["max_tokens"],
+        )
         for warning in report.warnings:
             self.stderr.write(f"warning: {warning}")
         if report.errors:
             for error in report.errors:
                 self.stderr.write(f"error: {error}")
-            raise CommandError(f"{len(report.errors)} problem{'s' if len(report.errors) > 1 else ''} in "
-                               f"{options['path']}: nothing was imported.")
-        self.stdout.write(f"Imported {report.imported} examples ({report.file_format}); skipped "
-                          f"{report.skipped_duplicates} already in {project.slug}; {len(report.warnings)} warnings.")
+            raise CommandError(
+                f"{len(report.errors)} problem{'s' if len(report.errors) > 1 else ''} in "
+                f"{options['path']}: nothing was imported."
+            )
+        self.stdout.write(
+            f"Imported {report.imported} examples ({report.file_format}); skipped "
+            f"{report.skipped_duplicates} already in {project.slug}; {len(report.warnings)} warnings."
+        )

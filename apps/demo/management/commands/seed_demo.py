@@ -5,12 +5,17 @@ from apps.demo import services
 
 
 class Command(BaseCommand):
-    help = ("Create the demo project (house-style support replies): members for each role, generated examples "
-            "with a few flawed ones, splits, a frozen version, a rubric and the shipped base model. Safe to run twice.")
+    help = (
+        "Create the demo project (house-style support replies): members for each role, generated examples "
+        "with a few flawed ones, splits, a frozen version, a rubric and the shipped base model. Safe to run twice."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--if-empty", action="store_true",
-                            help="only seed when the database has no project yet (what `make run` uses)")
+        parser.add_argument(
+            "--if-empty",
+            action="store_true",
+            help="only seed when the database has no project yet (what `make run` uses)",
+        )
         parser.add_argument("--size", type=int, default=300, help="number of clean examples (default 300)")
         parser.add_argument("--seed", type=int, default=7, help="random seed of the generator (default 7)")
 
@@ -26,8 +31,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         project = result.project
         if not result.created:
-            self.stdout.write(f"The demo project '{project.name}' exists (/p/{project.slug}/); nothing changed. "
-                              "Its logins were printed when it was created.")
+            self.stdout.write(
+                f"The demo project '{project.name}' exists (/p/{project.slug}/); nothing changed. "
+                "Its logins were printed when it was created."
+            )
             return
         self.stdout.write(self.style.SUCCESS(f"Seeded the demo project '{project.name}' at /p/{project.slug}/."))
         for note in result.notes:

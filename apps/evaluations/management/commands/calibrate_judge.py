@@ -29,30 +29,43 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--evaluation", type=int, required=True, help="evaluation id")
-        parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of items for kappa's interval")
-        parser.add_argument("--judge", action="store_true", help="end with the LLM judge's kappa instead of the checks'")
+        parser.add_argument(
+            "--bootstrap", type=int, default=1000, help="bootstrap resamples of items for kappa's interval"
+        )
+        parser.add_argument(
+            "--judge", action="store_true", help="end with the LLM judge's kappa instead of the checks'"
+        )
 
     def handle(self, *args, **opts):
         evaluation = Evaluation.objects.select_related("rubric").filter(pk=opts["evaluation"]).first()
         if evaluation is None:
             raise CommandError(f"No evaluation #{opts['evaluation']}.")
         if evaluation.status != EvaluationStatus.READY:
-            raise CommandError(f"Evaluation #{evaluation.pk} is {evaluation.status}: its outputs are not all generated yet.")
+            raise CommandError(
+                f"Evaluation #{evaluation.pk} is {evaluation.status}: its outputs are not all generated yet."
+            )
         ran = services.run_checks(evaluation.pk)
         if ran:
             self.stdout.write(f"Ran {ran} automatic check results that were missing.")
         rows = selectors.check_calibrations(evaluation, bootstrap=opts["bootstrap"])
         judge = selectors.judge_report(evaluation, bootstrap=opts["bootstrap"])
         if judge is not None and judge.judged:
-            rows.append({"name": f"LLM judge {judge.settings.model if judge.settings else ''} (both orders; position "
-                                 f"consistency {_f(judge.position_consistency, True)}; {judge.unjudged} pairs unjudged)",
-                         "calibration": judge.calibration, "judge": True})
+            rows.append(
+                {
+                    "name": f"LLM judge {judge.settings.model if judge.settings else ''} (both orders; position "
+                    f"consistency {_f(judge.position_consistency, True)}; {judge.unjudged} pairs unjudged)",
+                    "calibration": judge.calibration,
+                    "judge": True,
+                }
+            )
         elif opts["judge"]:
             raise CommandError(f"The LLM judge has no verdicts on evaluation #{evaluation.pk} yet.")
         if not rows:
             raise CommandError(f"Rubric {evaluation.rubric} has no automatic checks: add some in the rubric form.")
-        self.stdout.write(f"Evaluation #{evaluation.pk} ({evaluation}), rubric {evaluation.rubric}: automatic checks "
-                          "against the reviewers' item-level verdicts on the pairs they judged.")
+        self.stdout.write(
+            f"Evaluation #{evaluation.pk} ({evaluation}), rubric {evaluation.rubric}: automatic checks "
+            "against the reviewers' item-level verdicts on the pairs they judged."
+        )
         self.stdout.write("A check prefers the output that passes over the one that fails, else a tie.\n")
         for row in rows:
             c = row["calibration"]
@@ -61,11 +74,15 @@ class Command(BaseCommand):
                 self.stdout.write("   no judged pair has results for this check\n")
                 continue
             interval = f" (95% CI {_f(c.kappa_low)} to {_f(c.kappa_high)})" if c.kappa_low is not None else ""
-            self.stdout.write(f"   {c.pairs} pairs on {c.items} items; agreement {_f(c.agreement, True)} with ties, "
-                              f"{_f(c.agreement_without_ties, True)} without ties ({c.decided_by_both} pairs where both "
-                              f"picked a side); Cohen's kappa {_f(c.kappa)}{interval}")
+            self.stdout.write(
+                f"   {c.pairs} pairs on {c.items} items; agreement {_f(c.agreement, True)} with ties, "
+                f"{_f(c.agreement_without_ties, True)} without ties ({c.decided_by_both} pairs where both "
+                f"picked a side); Cohen's kappa {_f(c.kappa)}{interval}"
+            )
             width = max(len(x) for x in PAIR_LABELS) + 2
-            self.stdout.write("   " + "people \\ check".ljust(16) + "".join(label.rjust(width) for label in PAIR_LABELS))
+            self.stdout.write(
+                "   " + "people \\ check".ljust(16) + "".join(label.rjust(width) for label in PAIR_LABELS)
+            )
             for label, counts in zip(PAIR_LABELS, c.confusion, strict=True):
                 self.stdout.write("   " + label.ljust(16) + "".join(str(v).rjust(width) for v in counts))
             self.stdout.write("")

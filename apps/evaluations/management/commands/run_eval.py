@@ -1,6 +1,6 @@
 """Create an evaluation from the command line and (optionally) wait for its outputs.
 
-    python manage.py run_eval --project support --dataset-version 1 --candidates base,prompt,run:3 [--wait]
+python manage.py run_eval --project support --dataset-version 1 --candidates base,prompt,run:3 [--wait]
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ class Command(BaseCommand):
         parser.add_argument("--project", required=True, help="project slug")
         parser.add_argument("--dataset-version", type=int, required=True, help="version number")
         parser.add_argument("--candidates", required=True, help="comma-separated: base, prompt, run:ID")
-        parser.add_argument("--rubric", help="rubric name (default: the project's most recent rubric); its latest version is used")
+        parser.add_argument(
+            "--rubric", help="rubric name (default: the project's most recent rubric); its latest version is used"
+        )
         parser.add_argument("--base-model", help="base model name for base/prompt (default: the runs' base model)")
         parser.add_argument("--system-prompt", default="", help="system prompt of the prompt-only baseline")
         parser.add_argument("--few-shot", type=int, default=2, help="train examples shown to the prompt baseline")
@@ -31,7 +33,9 @@ class Command(BaseCommand):
         parser.add_argument("--reviewers-per-pair", type=int, default=2)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--name", default="")
-        parser.add_argument("--wait", action="store_true", help="wait until the outputs are generated (a worker must be running)")
+        parser.add_argument(
+            "--wait", action="store_true", help="wait until the outputs are generated (a worker must be running)"
+        )
         parser.add_argument("--inline", action="store_true", help="generate in this process instead of a worker")
         parser.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
 
@@ -43,7 +47,11 @@ class Command(BaseCommand):
         if version is None:
             raise CommandError(f"Project {project.slug} has no dataset version {opts['dataset_version']}.")
         rubrics = Rubric.objects.filter(project=project)
-        rubric = (rubrics.filter(name=opts["rubric"]) if opts["rubric"] else rubrics).order_by("-created_at", "-version").first()
+        rubric = (
+            (rubrics.filter(name=opts["rubric"]) if opts["rubric"] else rubrics)
+            .order_by("-created_at", "-version")
+            .first()
+        )
         if rubric is None:
             raise CommandError("No such rubric in this project: write one first (Rubrics tab), or pass --rubric NAME.")
         if opts["rubric"]:
@@ -59,9 +67,17 @@ class Command(BaseCommand):
                 if spec.kind == "prompt":
                     spec.system_prompt, spec.few_shot = opts["system_prompt"], opts["few_shot"]
             evaluation = services.create_evaluation(
-                project=project, dataset_version=version, rubric=rubric, candidates=candidates, base_model=base_model,
-                name=opts["name"], max_new_tokens=opts["max_new_tokens"], seed=opts["seed"],
-                reviewers_per_pair=opts["reviewers_per_pair"], enqueue=not opts["inline"])
+                project=project,
+                dataset_version=version,
+                rubric=rubric,
+                candidates=candidates,
+                base_model=base_model,
+                name=opts["name"],
+                max_new_tokens=opts["max_new_tokens"],
+                seed=opts["seed"],
+                reviewers_per_pair=opts["reviewers_per_pair"],
+                enqueue=not opts["inline"],
+            )
         except services.EvaluationError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Evaluation #{evaluation.pk} ({evaluation}): {evaluation.total} outputs to generate.")
@@ -72,7 +88,9 @@ class Command(BaseCommand):
             last = -1
             while evaluation.status not in (EvaluationStatus.READY, EvaluationStatus.FAILED):
                 if time.monotonic() > deadline:
-                    raise CommandError(f"Timed out after {opts['timeout']:.0f}s at {evaluation.done}/{evaluation.total}.")
+                    raise CommandError(
+                        f"Timed out after {opts['timeout']:.0f}s at {evaluation.done}/{evaluation.total}."
+                    )
                 if evaluation.done != last:
                     self.stdout.write(f"  {evaluation.done}/{evaluation.total} generated")
                     last = evaluation.done
@@ -82,4 +100,6 @@ class Command(BaseCommand):
             return
         if evaluation.status == EvaluationStatus.FAILED:
             raise CommandError(f"Generation failed: {evaluation.error}")
-        self.stdout.write(self.style.SUCCESS(f"Ready for review: {evaluation.done} outputs. {evaluation.get_absolute_url()}"))
+        self.stdout.write(
+            self.style.SUCCESS(f"Ready for review: {evaluation.done} outputs. {evaluation.get_absolute_url()}")
+        )

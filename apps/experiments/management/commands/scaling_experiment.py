@@ -30,7 +30,9 @@ class Command(BaseCommand):
         parser.add_argument("--fractions", default="0.125,0.25,0.5,1", help="shares of the train split")
         parser.add_argument("--preset", default="quick")
         parser.add_argument("--base-model", help="base model name (default: the first registered)")
-        parser.add_argument("--rubric", help="rubric name (default: the project's most recent); its automatic checks score")
+        parser.add_argument(
+            "--rubric", help="rubric name (default: the project's most recent); its automatic checks score"
+        )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--wait", action="store_true", help="wait until every point is scored (a worker must run)")
         parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds --wait waits at most")
@@ -48,12 +50,21 @@ class Command(BaseCommand):
         labels = [s.strip() for s in opts["labels"].split(",") if s.strip()]
         try:
             experiment = services.launch_experiment(
-                project=project, versions=versions, fractions=opts["fractions"], preset=opts["preset"],
-                base_model=opts["base_model"], rubric=rubric, seed=opts["seed"], labels=labels)
+                project=project,
+                versions=versions,
+                fractions=opts["fractions"],
+                preset=opts["preset"],
+                base_model=opts["base_model"],
+                rubric=rubric,
+                seed=opts["seed"],
+                labels=labels,
+            )
         except services.ExperimentError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"Experiment #{experiment.pk} ({experiment}): "
-                          f"{experiment.arms.count() * len(experiment.fractions)} runs queued.")
+        self.stdout.write(
+            f"Experiment #{experiment.pk} ({experiment}): "
+            f"{experiment.arms.count() * len(experiment.fractions)} runs queued."
+        )
         started = time.monotonic()
         if opts["wait"]:
             last = ""
@@ -62,13 +73,18 @@ class Command(BaseCommand):
                 if status != "running":
                     break
                 if time.monotonic() - started > opts["timeout"]:
-                    raise CommandError(f"Timed out after {opts['timeout']:.0f}s; the experiment goes on: {experiment.get_absolute_url()}")
+                    raise CommandError(
+                        f"Timed out after {opts['timeout']:.0f}s; the experiment goes on: "
+                        f"{experiment.get_absolute_url()}"
+                    )
                 stages = ", ".join(r.point.stage for r in selectors.experiment_result(experiment).arms[0].rows)
                 if stages != last:
                     self.stdout.write(f"  [{time.monotonic() - started:.0f}s] {stages}")
                     last = stages
                 time.sleep(5)
-        self.print_result(Experiment.objects.get(pk=experiment.pk), time.monotonic() - started if opts["wait"] else None)
+        self.print_result(
+            Experiment.objects.get(pk=experiment.pk), time.monotonic() - started if opts["wait"] else None
+        )
 
     def print_result(self, experiment: Experiment, seconds: float | None) -> None:
         result = selectors.experiment_result(experiment)
@@ -77,8 +93,16 @@ class Command(BaseCommand):
         for arm in result.arms:
             for row in arm.rows:
                 cells = [f"{m.mean:.3f} ({m.low:.3f}-{m.high:.3f})" if m else "-" for m in row.cells]
-                rows.append([f"{arm.arm.label} {row.point.share}", str(row.point.n_train), f"v{row.point.version.number}",
-                             f"#{row.point.run_id}", row.point.stage, *cells])
+                rows.append(
+                    [
+                        f"{arm.arm.label} {row.point.share}",
+                        str(row.point.n_train),
+                        f"v{row.point.version.number}",
+                        f"#{row.point.run_id}",
+                        row.point.stage,
+                        *cells,
+                    ]
+                )
         widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
         for line in [headers, *rows]:
             self.stdout.write("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())

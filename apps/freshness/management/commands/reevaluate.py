@@ -1,6 +1,6 @@
 """Re-evaluate runs (and the baselines of their latest evaluation) on a newer dataset version's test split.
 
-    python manage.py reevaluate --project support --dataset-version 2 [--runs 3,4] [--wait]
+python manage.py reevaluate --project support --dataset-version 2 [--runs 3,4] [--wait]
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="project slug")
         parser.add_argument("--dataset-version", type=int, required=True, help="version number to evaluate on")
-        parser.add_argument("--runs", default="", help="comma-separated run ids (default: every finished run not "
-                                                       "yet evaluated on that version)")
-        parser.add_argument("--wait", action="store_true", help="wait until the outputs are generated (a worker must be running)")
+        parser.add_argument(
+            "--runs",
+            default="",
+            help="comma-separated run ids (default: every finished run not yet evaluated on that version)",
+        )
+        parser.add_argument(
+            "--wait", action="store_true", help="wait until the outputs are generated (a worker must be running)"
+        )
         parser.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
 
     def handle(self, *args, **opts):
@@ -45,8 +50,10 @@ class Command(BaseCommand):
         except services.EvaluationError as exc:  # ReevaluateError, or create_evaluation's own checks
             raise CommandError(str(exc)) from exc
         labels = ", ".join(evaluation.candidates.order_by("position").values_list("label", flat=True))
-        self.stdout.write(f"Evaluation #{evaluation.pk} ({evaluation}) on v{version.number}: {labels}; "
-                          f"{evaluation.total} outputs to generate.")
+        self.stdout.write(
+            f"Evaluation #{evaluation.pk} ({evaluation}) on v{version.number}: {labels}; "
+            f"{evaluation.total} outputs to generate."
+        )
         if not opts["wait"]:
             return
         deadline = time.monotonic() + opts["timeout"]
@@ -61,4 +68,6 @@ class Command(BaseCommand):
             evaluation.refresh_from_db()
         if evaluation.status == EvaluationStatus.FAILED:
             raise CommandError(f"Generation failed: {evaluation.error}")
-        self.stdout.write(self.style.SUCCESS(f"Ready for review: {evaluation.done} outputs. {evaluation.get_absolute_url()}"))
+        self.stdout.write(
+            self.style.SUCCESS(f"Ready for review: {evaluation.done} outputs. {evaluation.get_absolute_url()}")
+        )

@@ -13,10 +13,12 @@ from worker.models import ModelSourceError
 
 
 class Command(BaseCommand):
-    help = ("Export a succeeded run: its LoRA adapter (a folder, or a zip when PATH ends in .zip), the adapter merged "
-            "into its base model (a safetensors folder for transformers), or GGUF for llama.cpp (a .gguf path, or a "
-            "folder that gets model-<quant>.gguf) with an Ollama Modelfile beside it. Every export names the base "
-            "model by its public id.")
+    help = (
+        "Export a succeeded run: its LoRA adapter (a folder, or a zip when PATH ends in .zip), the adapter merged "
+        "into its base model (a safetensors folder for transformers), or GGUF for llama.cpp (a .gguf path, or a "
+        "folder that gets model-<quant>.gguf) with an Ollama Modelfile beside it. Every export names the base "
+        "model by its public id."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--run", required=True, type=int, help="the run's id")
@@ -35,7 +37,9 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot export run {run} as {format}: {exc}") from exc
         except OSError as exc:
             raise CommandError(f"Cannot export run {run} as {format}: {exc}") from exc
-        self.stderr.write(f"exported run {run} ({format}{f' {quant}' if quant else ''}) in "
-                          f"{time.perf_counter() - started:.1f} s; base model {result.base_model_id}")
+        self.stderr.write(
+            f"exported run {run} ({format}{f' {quant}' if quant else ''}) in "
+            f"{time.perf_counter() - started:.1f} s; base model {result.base_model_id}"
+        )
         for path in result.files:
             self.stdout.write(path)

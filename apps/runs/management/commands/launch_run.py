@@ -32,9 +32,13 @@ class Command(BaseCommand):
             services.ensure_shipped_base_model()
         overrides = {"epochs": opts["epochs"], "max_steps": opts["max_steps"]}
         try:
-            run = services.launch_run(project=project, dataset_version=opts["dataset_version"],
-                                      base_model=opts["base_model"], preset=opts["preset"],
-                                      overrides={k: v for k, v in overrides.items() if v is not None})
+            run = services.launch_run(
+                project=project,
+                dataset_version=opts["dataset_version"],
+                base_model=opts["base_model"],
+                preset=opts["preset"],
+                overrides={k: v for k, v in overrides.items() if v is not None},
+            )
         except services.LaunchError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(str(run.pk))
