@@ -693,6 +693,68 @@ def _token_stats(counts: list[int]) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class FrozenItem:
+    """One example as a version holds it."""
+
+    split: str
+    example_id: int | None
+    messages: list
+    content_hash: str
+    tokens: int | None  # None: not known (the version's token stats leave that split out)
+
+
+def _version_hash(items: list[FrozenItem]) -> str:
+    return hashlib.sha256("\n".join(f"{i.split}:{i.content_hash}" for i in items).encode()).hexdigest()
+
+
+def _save_version(
+    *, project_id: int, items: list[FrozenItem], note: str, user, derived_from: DatasetVersion | None = None
+) -> DatasetVersion:
+    """Write a new numbered version holding ``items`` in order (every freeze ends here). Two freezes at once
+    race for the next number: the loser takes the one after."""
+    split_counts = {s.value: 0 for s in SPLITS}
+    tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
+    for item in items:
+        split_counts[item.split] += 1
+        if item.tokens is not None:
+            tokens[item.split].append(item.tokens)
+    stats = {s: _token_stats(c) for s, c in tokens.items() if len(c) == split_counts[s]}  # where every count is known
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                number = (DatasetVersion.objects.filter(project=project_id).aggregate(n=Max("number"))["n"] or 0) + 1
+                version = DatasetVersion.objects.create(
+                    project_id=project_id,
+                    number=number,
+                    content_hash=_version_hash(items),
+                    note=note[:200],
+                    created_by=user if getattr(user, "pk", None) else None,
+                    derived_from=derived_from,
+                    split_counts=split_counts,
+                    token_stats=stats,
+                )
+                DatasetVersionItem.objects.bulk_create(
+                    [
+                        DatasetVersionItem(
+                            version=version,
+                            example_id=item.example_id,
+                            position=position,
+                            split=item.split,
+                            messages=item.messages,
+                            content_hash=item.content_hash,
+                        )
+                        for position, item in enumerate(items)
+                    ],
+                    batch_size=2000,
+                )
+            return version
+        except IntegrityError:  # another freeze took the number: take the next one
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     """Freeze the approved examples into an immutable, numbered snapshot.
 
@@ -718,50 +780,11 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     approved.sort(key=lambda row: (order[row[2]], row[0]))
     if not any(split == Split.TRAIN for _, _, split, _ in approved):
         raise FreezeError("The train split has no approved examples: a version needs something to train on.")
-    hashes = [content_hash(messages) for _, messages, _, _ in approved]
-    version_hash = hashlib.sha256(
-        "\n".join(f"{row[2]}:{h}" for row, h in zip(approved, hashes, strict=True)).encode()
-    ).hexdigest()
+    items = [FrozenItem(split, pk, messages, content_hash(messages), n) for pk, messages, split, n in approved]
     latest = DatasetVersion.objects.filter(project=project).order_by("-number").first()
-    if latest and latest.content_hash == version_hash:
+    if latest and latest.content_hash == _version_hash(items):
         raise FreezeError(f"Nothing changed since v{latest.number}: it already holds exactly these examples.")
-    split_counts = {s.value: 0 for s in SPLITS}
-    tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
-    for _, _, split, n in approved:
-        split_counts[split] += 1
-        tokens[split].append(n)
-    for attempt in range(3):
-        try:
-            with transaction.atomic():
-                number = (DatasetVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
-                version = DatasetVersion.objects.create(
-                    project=project,
-                    number=number,
-                    content_hash=version_hash,
-                    note=note[:200],
-                    created_by=user,
-                    split_counts=split_counts,
-                    token_stats={s: _token_stats(c) for s, c in tokens.items()},
-                )
-                DatasetVersionItem.objects.bulk_create(
-                    [
-                        DatasetVersionItem(
-                            version=version,
-                            example_id=pk,
-                            position=position,
-                            split=split,
-                            messages=messages,
-                            content_hash=h,
-                        )
-                        for position, ((pk, messages, split, _), h) in enumerate(zip(approved, hashes, strict=True))
-                    ],
-                    batch_size=2000,
-                )
-            return version
-        except IntegrityError:  # another freeze took the number: take the next one
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return _save_version(project_id=project.pk, items=items, note=note, user=user)
 
 
 def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: str = "") -> DatasetVersion:
@@ -781,50 +804,12 @@ def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: 
             "id", "messages", "token_count"
         )
     }
-    wanted = [(split, pk) for split, pk in wanted if pk in rows]
-    if not any(split == Split.TRAIN for split, _ in wanted):
+    items = [
+        FrozenItem(split, pk, rows[pk][0], content_hash(rows[pk][0]), rows[pk][1]) for split, pk in wanted if pk in rows
+    ]
+    if not any(item.split == Split.TRAIN for item in items):
         raise FreezeError("The training file holds no examples: a version needs something to train on.")
-    hashes = [content_hash(rows[pk][0]) for _, pk in wanted]
-    version_hash = hashlib.sha256(
-        "\n".join(f"{split}:{h}" for (split, _), h in zip(wanted, hashes, strict=True)).encode()
-    ).hexdigest()
-    split_counts = {s.value: 0 for s in SPLITS}
-    tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
-    for split, pk in wanted:
-        split_counts[split] += 1
-        tokens[split].append(rows[pk][1])
-    for attempt in range(3):
-        try:
-            with transaction.atomic():
-                number = (DatasetVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
-                version = DatasetVersion.objects.create(
-                    project=project,
-                    number=number,
-                    content_hash=version_hash,
-                    note=note[:200],
-                    created_by=user,
-                    split_counts=split_counts,
-                    token_stats={s: _token_stats(c) for s, c in tokens.items()},
-                )
-                DatasetVersionItem.objects.bulk_create(
-                    [
-                        DatasetVersionItem(
-                            version=version,
-                            example_id=pk,
-                            position=position,
-                            split=split,
-                            messages=rows[pk][0],
-                            content_hash=h,
-                        )
-                        for position, ((split, pk), h) in enumerate(zip(wanted, hashes, strict=True))
-                    ],
-                    batch_size=2000,
-                )
-            return version
-        except IntegrityError:  # another freeze took the number: take the next one
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return _save_version(project_id=project.pk, items=items, note=note, user=user)
 
 
 def freeze_subset(
@@ -840,73 +825,32 @@ def freeze_subset(
     test split, so that two experiment arms are scored on the same examples). Copies the frozen items, never the
     live examples: later edits do not leak in. The same subset frozen before is reused, not frozen twice.
     Raises FreezeError when the train selection is empty."""
-    items = list(source.items.order_by("position"))
+    frozen = list(source.items.order_by("position"))
     wanted = set(train_positions)
-    train = [i for i in items if i.split == Split.TRAIN and i.position in wanted]
+    train = [i for i in frozen if i.split == Split.TRAIN and i.position in wanted]
     if not train:
         raise FreezeError(f"The subset of v{source.number} holds no training examples.")
-    val = [i for i in items if i.split == Split.VAL]
-    test = list(test_items) if test_items is not None else [i for i in items if i.split == Split.TEST]
+    val = [i for i in frozen if i.split == Split.VAL]
+    test = list(test_items) if test_items is not None else [i for i in frozen if i.split == Split.TEST]
     chosen = (
         [(Split.TRAIN.value, i) for i in train]
         + [(Split.VAL.value, i) for i in val]
         + [(Split.TEST.value, i) for i in test]
     )
-    version_hash = hashlib.sha256("\n".join(f"{split}:{i.content_hash}" for split, i in chosen).encode()).hexdigest()
-    earlier = DatasetVersion.objects.filter(
-        project=source.project_id, derived_from=source, content_hash=version_hash
-    ).first()
-    if earlier:
-        return earlier
     counts = dict(
         Example.objects.filter(pk__in=[i.example_id for _, i in chosen if i.example_id]).values_list(
             "id", "token_count"
         )
     )
-    split_counts = {s.value: 0 for s in SPLITS}
-    tokens: dict[str, list[int]] = {s.value: [] for s in SPLITS}
-    for split, item in chosen:
-        split_counts[split] += 1
-        if item.example_id in counts:
-            tokens[split].append(counts[item.example_id])
-    stats = {
-        s: _token_stats(c) for s, c in tokens.items() if len(c) == split_counts[s]
-    }  # only where every count is known
-    for attempt in range(3):
-        try:
-            with transaction.atomic():
-                number = (
-                    DatasetVersion.objects.filter(project=source.project_id).aggregate(n=Max("number"))["n"] or 0
-                ) + 1
-                version = DatasetVersion.objects.create(
-                    project_id=source.project_id,
-                    number=number,
-                    content_hash=version_hash,
-                    note=note[:200],
-                    created_by=user if getattr(user, "pk", None) else None,
-                    derived_from=source,
-                    split_counts=split_counts,
-                    token_stats=stats,
-                )
-                DatasetVersionItem.objects.bulk_create(
-                    [
-                        DatasetVersionItem(
-                            version=version,
-                            example_id=item.example_id,
-                            position=position,
-                            split=split,
-                            messages=item.messages,
-                            content_hash=item.content_hash,
-                        )
-                        for position, (split, item) in enumerate(chosen)
-                    ],
-                    batch_size=2000,
-                )
-            return version
-        except IntegrityError:  # another freeze took the number: take the next one
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    items = [
+        FrozenItem(split, i.example_id, i.messages, i.content_hash, counts.get(i.example_id)) for split, i in chosen
+    ]
+    earlier = DatasetVersion.objects.filter(
+        project=source.project_id, derived_from=source, content_hash=_version_hash(items)
+    ).first()
+    if earlier:
+        return earlier
+    return _save_version(project_id=source.project_id, items=items, note=note, user=user, derived_from=source)
 
 
 # --- quality report --------------------------------------------------------------------------------
