@@ -74,7 +74,7 @@ check-gguf: install
 	$(PY) scripts/check_gguf.py
 
 bench: install-dev
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf var/broker var/celery-results var/screenshots

@@ -19,13 +19,13 @@ replies passing every check per doubling of the training examples).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench._demo_env import setup_django  # noqa: E402
 
 
 def main() -> None:
@@ -37,22 +37,7 @@ def main() -> None:
     parser.add_argument("--keep", default="", help="var dir to use and keep (default: a temporary one)")
     args = parser.parse_args()
 
-    var_dir = args.keep or tempfile.mkdtemp(prefix="ftstudio-experiments-bench-")
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "ftstudio.settings",
-            "DJANGO_DEBUG": "1",
-            "FTSTUDIO_VAR_DIR": var_dir,
-            "FTSTUDIO_MODEL_CACHE": os.environ.get("FTSTUDIO_MODEL_CACHE", str(REPO / "var" / "models")),
-            "CELERY_TASK_ALWAYS_EAGER": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "FTSTUDIO_LOG_LEVEL": "WARNING",
-        }
-    )
-    import django
-
-    django.setup()
+    setup_django(args.keep, "ftstudio-experiments-bench-")
     from django.core.management import call_command
 
     from apps.datasets import services as datasets
@@ -60,8 +45,6 @@ def main() -> None:
     from apps.demo import services as demo
     from apps.runs.services import ensure_shipped_base_model
 
-    call_command("migrate", verbosity=0)
-    print(f"var dir: {var_dir}; load before: {os.getloadavg()[0]:.2f}")
     seeded = demo.seed_demo()
     project = seeded.project
     base_model = ensure_shipped_base_model()

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench._demo_env import setup_django  # noqa: E402
 
 
 def main() -> None:
@@ -33,31 +34,12 @@ def main() -> None:
     parser.add_argument("--keep", default="", help="var dir to use and keep (default: a temporary one)")
     args = parser.parse_args()
 
-    var_dir = args.keep or tempfile.mkdtemp(prefix="ftstudio-demo-bench-")
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "ftstudio.settings",
-            "DJANGO_DEBUG": "1",
-            "FTSTUDIO_VAR_DIR": var_dir,
-            "FTSTUDIO_MODEL_CACHE": os.environ.get("FTSTUDIO_MODEL_CACHE", str(REPO / "var" / "models")),
-            "CELERY_TASK_ALWAYS_EAGER": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "FTSTUDIO_LOG_LEVEL": "WARNING",
-        }
-    )
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    setup_django(args.keep, "ftstudio-demo-bench-")
     from apps.demo import generator, services
     from apps.evaluations.models import Generation, Rubric
     from apps.evaluations.services import CandidateSpec, create_evaluation
     from apps.runs.services import ensure_shipped_base_model, launch_run
 
-    call_command("migrate", verbosity=0)
-    print(f"var dir: {var_dir}; load before: {os.getloadavg()[0]:.2f}")
     started = time.perf_counter()
     seeded = services.seed_demo(size=args.size)
     project = seeded.project
