@@ -38,7 +38,8 @@ def designer_fixes_a_flagged_example_and_freezes_a_version(page, slug: str) -> N
     personal = page.locator("section", has=page.get_by_role("heading", name=re.compile("Personal data")))
     personal.wait_for()
     screenshot(page, "journey-1-quality-report")
-    personal.locator("a[href*='/examples/']").first.click()
+    with page.expect_navigation():  # the load event: htmx (deferred) is watching the editor before we type
+        personal.locator("a[href*='/examples/']").first.click()
     page.get_by_role("heading", name=re.compile(r"Example #\d+")).wait_for()
     pk = int(re.search(r"/examples/(\d+)/", page.url).group(1))
     example = Example.objects.get(pk=pk)
