@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.models import Project
 from apps.datasets import services
+from ftstudio.commands import project_from
 
 
 class Command(BaseCommand):
@@ -17,9 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", default="openai", choices=list(services.EXPORT_FORMATS))
 
     def handle(self, *args, **options):
-        project = Project.objects.filter(slug=options["project"]).first()
-        if project is None:
-            raise CommandError(f"No project with slug {options['project']!r}.")
+        project = project_from(options["project"])
         try:
             for line in services.export_lines(
                 project=project, file_format=options["format"], version=options["version"]

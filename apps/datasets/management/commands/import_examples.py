@@ -1,8 +1,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.models import Project
 from apps.datasets import services
+from ftstudio.commands import project_from
 
 
 class Command(BaseCommand):
@@ -16,9 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--max-tokens", type=int, help="warn above this many tokens (default: the model's context)")
 
     def handle(self, *args, **options):
-        project = Project.objects.filter(slug=options["project"]).first()
-        if project is None:
-            raise CommandError(f"No project with slug {options['project']!r}.")
+        project = project_from(options["project"])
         user = None
         if options["user"]:
             user = get_user_model().objects.filter(username=options["user"]).first()

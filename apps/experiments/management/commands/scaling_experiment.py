@@ -13,10 +13,10 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.models import Project
 from apps.evaluations.models import Rubric
 from apps.experiments import selectors, services
 from apps.experiments.models import Experiment
+from ftstudio.commands import project_from
 
 
 class Command(BaseCommand):
@@ -38,9 +38,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds --wait waits at most")
 
     def handle(self, *args, **opts):
-        project = Project.objects.filter(slug=opts["project"]).first()
-        if project is None:
-            raise CommandError(f"No project with slug {opts['project']!r}.")
+        project = project_from(opts["project"])
         rubric = None
         if opts["rubric"]:
             rubric = Rubric.objects.filter(project=project, name=opts["rubric"]).order_by("-version").first()

@@ -9,10 +9,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.models import Project
-from apps.datasets.models import DatasetVersion
 from apps.evaluations.models import EvaluationStatus
 from apps.freshness import services
+from ftstudio.commands import project_from, version_from
 
 
 class Command(BaseCommand):
@@ -32,12 +31,8 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
 
     def handle(self, *args, **opts):
-        project = Project.objects.filter(slug=opts["project"]).first()
-        if project is None:
-            raise CommandError(f"No project with slug {opts['project']!r}.")
-        version = DatasetVersion.objects.filter(project=project, number=opts["dataset_version"]).first()
-        if version is None:
-            raise CommandError(f"Project {project.slug} has no dataset version {opts['dataset_version']}.")
+        project = project_from(opts["project"])
+        version = version_from(project, opts["dataset_version"])
         run_ids = None
         if opts["runs"].strip():
             parts = [p.strip() for p in opts["runs"].split(",") if p.strip()]

@@ -6,9 +6,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.accounts.models import Project
 from apps.runs import services
 from apps.runs.models import Run, RunStatus
+from ftstudio.commands import project_from
 
 
 class Command(BaseCommand):
@@ -25,9 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--poll", type=float, default=2.0, help="seconds between progress lines with --wait")
 
     def handle(self, *args, **opts):
-        project = Project.objects.filter(slug=opts["project"]).first()
-        if project is None:
-            raise CommandError(f"No project with slug {opts['project']!r}.")
+        project = project_from(opts["project"])
         if opts["base_model"] == services.SHIPPED_MODEL_NAME:
             services.ensure_shipped_base_model()
         overrides = {"epochs": opts["epochs"], "max_steps": opts["max_steps"]}
