@@ -47,6 +47,7 @@ class Command(BaseCommand):
         versions = [opts["dataset_version"]] + ([opts["versus"]] if opts["versus"] else [])
         labels = [s.strip() for s in opts["labels"].split(",") if s.strip()]
         try:
+            started = time.monotonic()  # before the launch: with inline tasks the whole experiment runs inside it
             experiment = services.launch_experiment(
                 project=project,
                 versions=versions,
@@ -63,7 +64,6 @@ class Command(BaseCommand):
             f"Experiment #{experiment.pk} ({experiment}): "
             f"{experiment.arms.count() * len(experiment.fractions)} runs queued."
         )
-        started = time.monotonic()
         if opts["wait"]:
             last = ""
             while True:
