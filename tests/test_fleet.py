@@ -53,7 +53,7 @@ def test_the_launch_estimate_names_the_queue_and_warns_until_a_live_worker_serve
     tiny_base_model.save()
     version = small_version(team.project)
     url = f"/p/{team.project.slug}/runs/estimate/"
-    params = {"dataset_version": version.number, "base_model": tiny_base_model.pk, "preset": "quick"}
+    params = {"dataset_version": version.pk, "base_model": tiny_base_model.pk, "preset": "quick"}
     page = team.client("pm").get(url, params, headers={"HX-Request": "true"}).content.decode()
     assert "Worker queue: <code>gpu-24g</code>" in page
     assert "No running worker serves queue gpu-24g" in page
