@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 
 import openai
@@ -17,6 +18,7 @@ from apps.datasets.models import DatasetVersion, Example
 from apps.runs import services as runs
 from apps.runs.models import Run, RunStatus
 from tests import api_setup, runs_setup
+from tests.conftest import REPO
 from tests.runs_setup import support_conversations
 
 inference = api_setup.inference
@@ -243,7 +245,13 @@ def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_
     receiver = Receiver([])
     secret = webhooks.create_endpoint(project=team.project, url=receiver.url, events=["fine_tuning.job.succeeded"])[1]
     client = api("pm")
-    env = {"FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent), "FTSTUDIO_WEBHOOK_ALLOW_PRIVATE": "1"}
+    env = {
+        "FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent),
+        "FTSTUDIO_WEBHOOK_ALLOW_PRIVATE": "1",
+        # a step of at least 0.5 s, so the pause is asked while the run is still training on an idle machine
+        "FTSTUDIO_FAULT_TRAINING_STEP_SECONDS": "0.5",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", str(REPO))]),
+    }
     with running_worker(tmp_path, queues="gpu,default", extra_env=env) as worker:
         training = upload(client, support_conversations(12))
         validation = upload(client, support_conversations(2, 50), name="val.jsonl")

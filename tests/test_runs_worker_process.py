@@ -35,6 +35,9 @@ def worker_env(tiny_model_dir, stale: int = STALE_SECONDS, **faults) -> dict:
         "FTSTUDIO_HEARTBEAT_STALE_SECONDS": str(stale),
         "FTSTUDIO_HEARTBEAT_SECONDS": str(stale / 8),
     }
+    # Every step takes at least 0.2 s: on an idle machine the tiny model trains 12 steps in under 3 s, and a test
+    # that stops or kills the worker midway must find it still training.
+    faults = {"training_step_seconds": 0.2, **faults}
     if faults:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", str(REPO))])
         env.update({f"FTSTUDIO_FAULT_{k.upper()}": str(v) for k, v in faults.items()})

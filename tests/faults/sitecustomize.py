@@ -4,6 +4,8 @@ issue measured 371-432 s of validation), so that a test can kill the worker in t
 
 FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS: added to every validation batch of `Trainer`.
 FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS: added before each finished generation batch is handed back.
+FTSTUDIO_FAULT_TRAINING_STEP_SECONDS: added to every training step of `Trainer` (the tiny model trains 12 steps in
+under 3 s on an idle machine: a test that acts midway needs steps it can catch).
 """
 
 import os
@@ -11,6 +13,18 @@ import time
 
 _validation = float(os.environ.get("FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS", "0") or 0)
 _generation = float(os.environ.get("FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS", "0") or 0)
+_step = float(os.environ.get("FTSTUDIO_FAULT_TRAINING_STEP_SECONDS", "0") or 0)
+
+if _step:
+    from transformers import Trainer
+
+    _training_step = Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        time.sleep(_step)
+        return _training_step(self, *args, **kwargs)
+
+    Trainer.training_step = training_step
 
 if _validation:
     from transformers import Trainer
