@@ -16,6 +16,7 @@ import copy
 import functools
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -181,7 +182,10 @@ class PackedTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = None
-        if "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
+        # Under DDP the forward must go through the wrapper (it prepares the gradients' all-reduce), so the
+        # labelled-logits shortcut, which calls the decoder directly, is for one process only.
+        one_process = self.accelerator.num_processes == 1
+        if one_process and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
             loss = labelled_loss(model, inputs, num_items_in_batch)
         if loss is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -261,6 +265,9 @@ def build_trainer(
         disable_tqdm=True,
         include_num_input_tokens_seen="no" if config.packing else "non_padding",
         dataloader_num_workers=0,
+        # several nodes: each node keeps its own checkpoints (the rendezvous may make any node rank 0)
+        save_on_each_node=distributed_nodes() > 1,
+        ddp_find_unused_parameters=False,  # LoRA's trainable weights all take part in every step
     )
     collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
     trainer_class = PackedTrainer if config.packing else Trainer
@@ -274,6 +281,13 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback, not stdout
     return trainer, tokenizer, train_features, val_features
+
+
+def distributed_nodes() -> int:
+    """How many nodes this process's torchrun launch spans (1 outside torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return max(1, world // max(1, local))
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -383,7 +397,8 @@ def train(
     result.final_val_loss = final_val_loss
     hooks.on_phase("saving")
     adapter_dir = Path(config.output_dir) / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    if trainer.args.should_save:  # one process per run (DDP: local rank 0 of each node, as for checkpoints)
+        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
     result.adapter_dir = str(adapter_dir)
     hooks.on_log(f"saved adapter to {adapter_dir}")
     return result
