@@ -176,7 +176,28 @@ def labelled_loss(model, inputs: dict, num_items_in_batch=None):
     return loss / torch.as_tensor(num_items_in_batch, device=loss.device)
 
 
-class PackedTrainer(Trainer):
+class RunTrainer(Trainer):
+    """`Trainer`, resuming under DDP on CPU too: transformers maps the optimizer state to ``args.device``, which is
+    ``cpu:0`` in a gloo process group, a location `torch.load` refuses; it is loaded to the CPU instead."""
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if not checkpoint or self.args.world_size == 1 or self.args.device.type != "cpu":
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load = torch.load
+
+        def load_on_cpu(*args, **kwargs):
+            if "map_location" in kwargs:
+                kwargs["map_location"] = "cpu"
+            return load(*args, **kwargs)
+
+        torch.load = load_on_cpu
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            torch.load = load
+
+
+class PackedTrainer(RunTrainer):
     """`Trainer` fed by `PackedRowsCollator`: counts the examples' real tokens as seen (not the filler), and
     computes the loss from the labelled positions' logits only (`labelled_loss`)."""
 
@@ -270,7 +291,7 @@ def build_trainer(
         ddp_find_unused_parameters=False,  # LoRA's trainable weights all take part in every step
     )
     collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
-    trainer_class = PackedTrainer if config.packing else Trainer
+    trainer_class = PackedTrainer if config.packing else RunTrainer
     trainer = trainer_class(
         model=model,
         args=args,
