@@ -84,6 +84,16 @@ def per_device_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
+def check_devices(config: TrainConfig, launch: Launch) -> None:
+    """A GPU node needs one GPU per process (ValueError saying so); a CPU launch runs its processes on the cores."""
+    import torch
+
+    if config.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() < launch.devices:
+        raise ValueError(
+            f"The run asks for {launch.devices} devices per node but this node has {torch.cuda.device_count()} GPUs."
+        )
+
+
 def node_address() -> str:
     """This node's address for the rendezvous: FTSTUDIO_NODE_ADDRESS, else its hostname."""
     return os.environ.get("FTSTUDIO_NODE_ADDRESS") or socket.gethostname()
@@ -128,7 +138,13 @@ def write_job(job_dir: Path, config: TrainConfig, launch: Launch, train_conversa
         ack.unlink(missing_ok=True)
     (job_dir / "acks").mkdir(exist_ok=True)
     rank_config = config.to_dict() | {"batch_size": per_device_batch(config.batch_size, launch.world_size)}
-    job = {"config": rank_config, "train": train_conversations, "val": val_conversations, "host": launch.host}
+    job = {
+        "config": rank_config,
+        "train": train_conversations,
+        "val": val_conversations,
+        "host": launch.host,
+        "launcher_pid": os.getpid(),  # the ranks stop (as cancelled) when their launcher is gone
+    }
     job_file = job_dir / "job.json"
     job_file.write_text(json.dumps(job))
     return job_file
@@ -214,6 +230,7 @@ def run_distributed(
     `DistributedError` when a rank fails (the run's error), ValueError for a launch that cannot be."""
     hooks = hooks or Hooks()
     launch.check()
+    check_devices(config, launch)
     job_dir = Path(job_dir or Path(config.output_dir) / "ddp")
     job_file = write_job(job_dir, config, launch, train_conversations, val_conversations)
     reader = EventReader(job_dir, hooks if launch.host else _quiet(hooks))

@@ -21,8 +21,8 @@ ACK_TIMEOUT_SECONDS = 900  # a checkpoint not stored by then: training goes on (
 class RankHooks:
     """The `Hooks` of one rank: events to the launcher (the reporting rank only), stop flags synchronised."""
 
-    def __init__(self, job_dir: Path, reporting: bool) -> None:
-        self.job_dir, self.reporting, self.seq = job_dir, reporting, 0
+    def __init__(self, job_dir: Path, reporting: bool, launcher_pid: int = 0) -> None:
+        self.job_dir, self.reporting, self.seq, self.launcher_pid = job_dir, reporting, 0, launcher_pid
         self.events = open(job_dir / "events.jsonl", "a", encoding="utf-8") if reporting else None  # noqa: SIM115
 
     def emit(self, event: str, **values) -> int:
@@ -41,12 +41,25 @@ class RankHooks:
             asked = (self.job_dir / "control").read_text().strip()
         except OSError:
             asked = ""
+        if not self.launcher_alive():
+            asked = "cancel"  # the Celery worker that launched this node was killed: nobody hears this run
         flags = torch.tensor([asked == "cancel", asked == "pause"], dtype=torch.int32)
         if dist.is_initialized():
             if dist.get_backend() == "nccl":
                 flags = flags.cuda()
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])
+
+    def launcher_alive(self) -> bool:
+        if not self.launcher_pid:
+            return True
+        try:
+            os.kill(self.launcher_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def should_cancel(self) -> bool:
         return self._flags()[0]
@@ -107,7 +120,9 @@ def main(job_file: str) -> int:
             torch.cuda.set_device(local_rank)
         config.device = "cuda" if cuda else "cpu"
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-        reporter = RankHooks(job_dir, reporting=local_rank == 0 and bool(job.get("host", True)))
+        reporter = RankHooks(
+            job_dir, reporting=local_rank == 0 and bool(job.get("host", True)), launcher_pid=job.get("launcher_pid", 0)
+        )
         result = train(config, job["train"], job["val"], reporter.hooks())
         if reporter.reporting:
             reporter.emit("result", **asdict(result))
