@@ -22,6 +22,10 @@ from worker.train import Hooks, TrainConfig, train
 # ~10.8 on the random model: 2e-5 relative), unrounded values (validation loss, adapter weights) within 1e-5.
 LOGGED_LOSS_ATOL = 2e-4
 RTOL = 1e-5
+# The adapter's B matrices start at 0 and grow to ~1e-2 in 4 steps at this learning rate; elements near 0 differ by
+# up to ~5e-8 (bench/ddp_loss.py measured 5.2e-8), so they are compared with an absolute 1e-6 (1e-4 of the largest
+# values).
+ADAPTER_ATOL = 1e-6
 
 
 def config(tiny_model_dir, out, **kw) -> TrainConfig:
@@ -88,7 +92,7 @@ def test_two_processes_give_the_loss_curve_of_one_process_with_the_same_global_b
     b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=RTOL, atol=1e-7)
+        torch.testing.assert_close(b[key], a[key], rtol=RTOL, atol=ADAPTER_ATOL)
     # the launcher's caller heard what the in-process path tells it
     assert [p.step for p in seen["progress"]][-1] == 4
     assert [m.train_loss for m in seen["metrics"] if m.train_loss is not None] == [loss for _, loss in losses(two)]
