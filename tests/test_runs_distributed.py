@@ -152,3 +152,10 @@ def test_a_run_on_two_nodes_asks_another_worker_to_join_and_trains_with_it(team,
     assert list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True)) == [1, 2, 3, 4]
     assert (services.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
     assert not list((services.run_dir(run) / "nodes").glob("*"))  # the joining node's scratch folder is gone
+    assert services.execute_join(run.pk, "127.0.0.1:1", f"run-{run.pk}-1") == "skipped"  # finished: nothing to join
+
+
+def test_a_join_message_of_an_earlier_attempt_is_skipped(team, tiny_base_model):
+    run = launch(team, tiny_base_model, nodes=2)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, attempts=2)
+    assert services.execute_join(run.pk, "127.0.0.1:1", f"run-{run.pk}-1") == "skipped"

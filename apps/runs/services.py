@@ -670,13 +670,18 @@ def _train_distributed(run: Run, config: TrainConfig, train_data, val_data, hook
     launch = Launch(devices=run.devices, nodes=run.nodes)
     if run.nodes > 1:
         launch.endpoint = f"{node_address()}:{free_port()}"
-        launch.rdzv_id = f"run-{run.pk}-{run.attempts}"
+        launch.rdzv_id = rendezvous_id(run)
         hooks.on_log(f"hosting the rendezvous at {launch.endpoint} for {run.nodes} nodes x {run.devices} device(s)")
         for _ in range(run.nodes - 1):
             send_after_commit(join_distributed_run, run.pk, launch.endpoint, launch.rdzv_id, resume_step)
     else:
         hooks.on_log(f"training on {run.devices} devices (DDP)")
     return run_distributed(config, train_data, val_data, hooks, launch=launch)
+
+
+def rendezvous_id(run: Run) -> str:
+    """The same on every node of one attempt; a new attempt (resume, re-send) meets under a new one."""
+    return f"run-{run.pk}-{run.attempts}"
 
 
 def execute_join(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0) -> str:
@@ -692,8 +697,8 @@ def execute_join(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0)
     from worker.train_config import Hooks
 
     run = Run.objects.select_related("base_model", "dataset_version").filter(pk=run_pk).first()
-    if run is None or run.status != RunStatus.RUNNING:
-        return "skipped"
+    if run is None or run.status != RunStatus.RUNNING or rdzv_id != rendezvous_id(run):
+        return "skipped"  # finished, or a message of an earlier attempt (its rendezvous is gone)
     output_dir = run_dir(run) / "nodes" / f"{socket.gethostname()}-{leases.new_owner_id().rsplit(':', 1)[-1]}"
     try:
         config = train_config(run, resolve_model_dir(model_spec_for(run.base_model)), output_dir)
