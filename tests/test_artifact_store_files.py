@@ -283,3 +283,27 @@ def test_a_base_model_registered_on_one_node_is_fetched_into_another_node_s_boun
     assert artifacts.base_model_key(again) != artifacts.base_model_key(bases["tiny-a"])
     assert artifacts.base_model_dir(again) == str(moved)  # on this disk: used in place (and stored for others)
     assert store.has_complete(artifacts.base_model_key(again))
+
+
+def test_the_inference_process_stops_at_start_on_a_wrong_secret_naming_the_variable(object_store):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    object_store.create_bucket("inference-start")
+    env = {**os.environ, **object_store.env("inference-start", "studio"), "AWS_SECRET_ACCESS_KEY": "wrong"}
+    started = subprocess.run(
+        [sys.executable, "-m", "worker.serve", "--port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert started.returncode == 78
+    assert (
+        "ftstudio inference: the artifact store is not usable: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY were refused"
+        in started.stderr
+    )
