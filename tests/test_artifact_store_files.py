@@ -24,7 +24,7 @@ from apps.runs.models import ExportStatus, Run, RunStatus
 from tests import runs_setup
 from tests.export_setup import make_adapter
 from tests.runs_setup import small_version
-from worker.artifacts import LocalCache, open_store
+from worker.artifacts import ArtifactStoreError, LocalCache, open_store
 from worker.engine import EngineError
 from worker.serve import Resolver
 
@@ -307,3 +307,32 @@ def test_the_inference_process_stops_at_start_on_a_wrong_secret_naming_the_varia
         "ftstudio inference: the artifact store is not usable: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY were refused"
         in started.stderr
     )
+
+
+def test_a_fetch_cut_off_midway_leaves_nothing_in_the_cache_and_a_later_fetch_completes(object_store, tmp_path):
+    from botocore.exceptions import EndpointConnectionError
+
+    bucket = object_store.create_bucket("cut-off")
+    env = object_store.env(bucket, "studio")
+    store = open_store(env["FTSTUDIO_ARTIFACTS_URL"], default_root=tmp_path, env=env, tries=2, sleep=lambda s: None)
+    (tmp_path / "model").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "model" / name).write_bytes(name.encode() * 1000)
+    store.put_dir(tmp_path / "model", "base-models/m-1")
+    download, calls = store.client.download_file, []
+
+    def second_file_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1:
+            raise EndpointConnectionError(endpoint_url=store.endpoint_url)
+        return download(*args, **kwargs)
+
+    store.client.download_file = second_file_fails
+    cache = LocalCache(tmp_path / "cache", 10**9)
+    with pytest.raises(ArtifactStoreError, match="Downloading base-models/m-1/model.safetensors.*after 2 tries"):
+        cache.fetch(store, "base-models/m-1")
+    assert not (tmp_path / "cache" / "base-models").exists() or not any((tmp_path / "cache" / "base-models").iterdir())
+    store.client.download_file = download
+    fetched = cache.fetch(store, "base-models/m-1")
+    assert (fetched / "model.safetensors").read_bytes() == b"model.safetensors" * 1000
+    assert cache.entries() == [fetched]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -238,17 +239,21 @@ class S3Store:
         names = [n for n in self._list(key) if n != COMPLETE]
         if not names:
             raise ArtifactStoreError(f"Nothing stored under {key} in {self.describe()}")
-        partial = local.with_name(local.name + ".partial")
+        partial = local.with_name(f"{local.name}.partial-{os.getpid()}-{threading.get_ident()}")  # one per fetcher
         shutil.rmtree(partial, ignore_errors=True)
-        for name in names:
-            target = partial / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._retry(
-                f"Downloading {key}/{name}",
-                lambda name=name, target=target: self.client.download_file(
-                    self.bucket, self._key(f"{key}/{name}"), str(target)
-                ),
-            )
+        try:
+            for name in names:
+                target = partial / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._retry(
+                    f"Downloading {key}/{name}",
+                    lambda name=name, target=target: self.client.download_file(
+                        self.bucket, self._key(f"{key}/{name}"), str(target)
+                    ),
+                )
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a download cut off leaves nothing on the disk
+            raise
         shutil.rmtree(local, ignore_errors=True)
         local.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, local)
