@@ -27,7 +27,7 @@ from apps.datasets.models import DatasetVersion
 from apps.fleet.queues import NoQueueError, queue_for
 from apps.fleet.selectors import queue_warning
 from ftstudio.celery import send_after_commit
-from worker.models import ModelSpec, describe_model, shipped_gguf_path
+from worker.models import ModelSpec, describe_model, resolve_model_dir, shipped_gguf_path
 from worker.train_config import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
 from . import artifacts, leases
@@ -171,7 +171,10 @@ def register_base_model(
     }
     if min_gpu_gb is not None:  # what its training needs: picks the worker queue (apps/fleet/queues.py)
         values["min_gpu_gb"] = min_gpu_gb
-    return BaseModel.objects.update_or_create(name=name, defaults=values)[0]
+    registered = BaseModel.objects.update_or_create(name=name, defaults=values)[0]
+    if artifacts.remote() and source_kind != SourceKind.HUB:  # workers on other nodes fetch it from the store
+        artifacts.publish_base_model(registered, resolve_model_dir(model_spec_for(registered)))
+    return registered
 
 
 def ensure_shipped_base_model() -> BaseModel:
@@ -572,14 +575,13 @@ class RunReporter:
 
 def _train(run: Run, reporter: RunReporter, hooks):
     """Resolve the base model (cancel is seen between its stages), then train or resume from the last checkpoint."""
-    from worker.models import resolve_model_dir
     from worker.train import checkpoint_step, last_checkpoint, train
     from worker.train_config import stop_point
 
     output_dir = run_dir(run)
     stop_point(hooks)
     config = TrainConfig(
-        model_dir=resolve_model_dir(model_spec_for(run.base_model)),
+        model_dir=artifacts.base_model_dir(run.base_model),
         output_dir=str(output_dir),
         **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()},
     )
