@@ -1,7 +1,9 @@
 """Checkpoint upload/download through the artifact store: a real checkpoint of the demo model (the shipped
 SmolLM2-135M-Instruct, LoRA with the "quick" preset's settings: r 8 on q/k/v/o) written by `worker.train`, then
 stored in and fetched from a local SeaweedFS S3 gateway (tests/object_store.py) with `worker/artifacts.py`, as a
-worker does after each save and before a resume. Also the final adapter folder alone.
+worker does after each save and before a resume. Also the final adapter folder alone, and the base model folder
+(the shipped model's safetensors conversion) as a node without it fetches it into its bounded cache
+(`LocalCache.fetch`, what `apps.runs.artifacts.base_model_dir` and the inference process's `Resolver` do).
 
     .venv/bin/python bench/artifact_transfer.py [--repeats 5]
 
@@ -12,6 +14,7 @@ client's and the store's work, not a network.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,7 +36,7 @@ def main() -> None:
 
     from bench.train_throughput import make_conversations
     from tests.object_store import start_seaweedfs
-    from worker.artifacts import open_store
+    from worker.artifacts import LocalCache, open_store
     from worker.models import ModelSpec, resolve_model_dir, shipped_gguf_path
     from worker.train import Hooks, TrainConfig, train
 
@@ -60,16 +63,19 @@ def main() -> None:
         store_process.create_bucket("bench")
         store = open_store("s3://bench/studio", default_root=work, env=store_process.env("bench"))
         store.check()
-        for name, folder in (("checkpoint", checkpoint), ("adapter", adapter)):
+        cache = LocalCache(work / "cache", max_bytes=2 * 2**30)
+        for name, folder in (("checkpoint", checkpoint), ("adapter", adapter), ("base model", Path(model_dir))):
             ups, downs = [], []
             for i in range(args.repeats):
-                key = f"runs/1/{name}-{i}"
+                key = f"runs/1/{name.replace(' ', '-')}-{i}"
                 started = time.perf_counter()
                 store.put_dir(folder, key)
                 ups.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                store.get_dir(key, work / "fetched" / f"{name}-{i}")
+                fetched = cache.fetch(store, key)
                 downs.append(time.perf_counter() - started)
+                shutil.rmtree(fetched)  # the disk: a base model is 600 MB
+                store.delete_prefix(key)
             files = sum(1 for p in folder.rglob("*") if p.is_file())
             print(
                 f"{name}: {size_mb(folder):.2f} MB in {files} files; upload median {statistics.median(ups):.3f} s "

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 COMPLETE = ".complete"
@@ -80,6 +82,29 @@ class LocalStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def has_complete(self, key: str) -> bool:
+        return (self._path(key) / COMPLETE).is_file()
+
+    def put_file(self, local: str | Path, key: str) -> None:
+        target = self._path(key)
+        if Path(local).resolve() != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(local, partial)
+            os.replace(partial, target)
+
+    def open_file(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise ArtifactStoreError(f"Nothing stored under {key} in {self.describe()}") from exc
+
+    def file_exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete_file(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 class S3Store:
@@ -214,17 +239,21 @@ class S3Store:
         names = [n for n in self._list(key) if n != COMPLETE]
         if not names:
             raise ArtifactStoreError(f"Nothing stored under {key} in {self.describe()}")
-        partial = local.with_name(local.name + ".partial")
+        partial = local.with_name(f"{local.name}.partial-{os.getpid()}-{threading.get_ident()}")  # one per fetcher
         shutil.rmtree(partial, ignore_errors=True)
-        for name in names:
-            target = partial / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._retry(
-                f"Downloading {key}/{name}",
-                lambda name=name, target=target: self.client.download_file(
-                    self.bucket, self._key(f"{key}/{name}"), str(target)
-                ),
-            )
+        try:
+            for name in names:
+                target = partial / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._retry(
+                    f"Downloading {key}/{name}",
+                    lambda name=name, target=target: self.client.download_file(
+                        self.bucket, self._key(f"{key}/{name}"), str(target)
+                    ),
+                )
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a download cut off leaves nothing on the disk
+            raise
         shutil.rmtree(local, ignore_errors=True)
         local.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, local)
@@ -250,6 +279,48 @@ class S3Store:
                     Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]}
                 ),
             )
+
+    def has_complete(self, key: str) -> bool:
+        return self.file_exists(f"{key}/{COMPLETE}")
+
+    def put_file(self, local: str | Path, key: str) -> None:
+        """One object: S3 makes it visible only once the whole upload (multipart included) is done."""
+        self._retry(
+            f"Uploading {local} to {key}", lambda: self.client.upload_file(str(local), self.bucket, self._key(key))
+        )
+
+    def open_file(self, key: str) -> BinaryIO:
+        """A stream of the object's bytes (read in chunks; nothing is buffered whole)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._retry(
+                f"Reading {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            )
+        except ArtifactStoreError as exc:
+            if isinstance(exc.__cause__, ClientError) and exc.__cause__.response.get("Error", {}).get("Code") in {
+                "NoSuchKey",
+                "404",
+            }:
+                raise ArtifactStoreError(f"Nothing stored under {key} in {self.describe()}") from exc
+            raise
+
+    def file_exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        def head():
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+                return True
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+
+        return self._retry(f"Looking for {key}", head)
+
+    def delete_file(self, key: str) -> None:
+        self._retry(f"Deleting {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
 
 Store = LocalStore | S3Store
@@ -303,6 +374,8 @@ class LocalCache:
 
     def fetch(self, store: Store, key: str) -> Path:
         target = self.root / key
+        if ".." in Path(key).parts or Path(key).is_absolute():
+            raise ArtifactStoreError(f"artifact key {key!r} is outside the cache {self.root}")
         if target.is_dir() and (target / ".cached").is_file():
             os.utime(target)
             return target

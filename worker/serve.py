@@ -6,7 +6,10 @@ It runs beside the web server and the Celery worker (``make run``; the ``inferen
 docker-compose), so chat answers while a training run occupies the worker. The web process (``apps/api``)
 authenticates the caller, resolves the public model id and forwards the request here with one extension
 field, ``ftstudio``: ``{"base": model dir, "adapter": adapter dir or null, "client": key id,
-"client_limit": N}``. Paths must lie under this process's roots (``FTSTUDIO_INFERENCE_ROOTS``).
+"client_limit": N}``, plus ``base_key``/``adapter_key`` (keys in the artifact store) when one is configured.
+Paths must lie under this process's roots (``FTSTUDIO_INFERENCE_ROOTS``). A folder that is not on this node's
+disk (trained on another node) is fetched by its key from the artifact store (``FTSTUDIO_ARTIFACTS_URL``) into
+this node's bounded cache (``FTSTUDIO_ARTIFACT_CACHE``, ``FTSTUDIO_ARTIFACT_CACHE_BYTES``): `Resolver`.
 
 ``parse_chat_request`` is the one definition of which OpenAI fields are supported; the web process calls
 it too, so a field this engine cannot honour is a 400 naming it before anything is forwarded.
@@ -22,12 +25,15 @@ import logging
 import os
 import queue
 import random
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from worker.artifacts import ArtifactStoreConfigError, ArtifactStoreError, LocalCache, Store, from_env
 from worker.engine import Engine, EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -172,6 +178,40 @@ def parse_chat_request(
     )
 
 
+class Resolver:
+    """Where this process finds a folder the web process names: the path itself when it is on this node's disk,
+    else a copy fetched by its store key into this node's bounded cache (one fetch at a time)."""
+
+    def __init__(self, store: Store | None, cache: LocalCache) -> None:
+        self.store, self.cache = store, cache
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> Resolver:
+        var = Path(env.get("FTSTUDIO_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+        media = env.get("FTSTUDIO_MEDIA_ROOT", str(var / "media"))
+        cache = LocalCache(
+            Path(env.get("FTSTUDIO_ARTIFACT_CACHE", var / "artifact-cache")).resolve(),
+            int(env.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30))),
+        )
+        return cls(from_env(media, env) if env.get("FTSTUDIO_ARTIFACTS_URL") else None, cache)
+
+    def __call__(self, path: str | None, key: str | None, what: str) -> str | None:
+        here = bool(path) and any(Path(path, n).is_file() for n in ("config.json", "adapter_config.json"))
+        if here or not key or self.store is None:
+            return path
+        try:
+            with self._lock:
+                return str(self.cache.fetch(self.store, key))
+        except ArtifactStoreError as exc:
+            raise EngineError(
+                f"The {what} is not on this node and could not be fetched from the artifact store: {exc}",
+                status=503,
+                code="artifact_store_unavailable",
+                kind="server_error",
+            ) from exc
+
+
 def error_body(exc: EngineError) -> dict:
     return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
 
@@ -181,9 +221,18 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256  # the listen backlog: a burst of clients must not be reset (the default is 5)
 
-    def __init__(self, address, engine: Engine, *, max_tokens_cap: int, default_max_tokens: int):
+    def __init__(
+        self,
+        address,
+        engine: Engine,
+        *,
+        max_tokens_cap: int,
+        default_max_tokens: int,
+        resolve: Resolver | None = None,
+    ):
         super().__init__(address, Handler)
         self.engine, self.max_tokens_cap, self.default_max_tokens = engine, max_tokens_cap, default_max_tokens
+        self.resolve = resolve or Resolver(None, LocalCache("/nonexistent", 0))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -246,8 +295,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise _bad("ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio")
             sink: queue.SimpleQueue = queue.SimpleQueue()
             requests = self.server.engine.submit(
-                model_dir=ext["base"],
-                adapter_path=ext.get("adapter"),
+                model_dir=self.server.resolve(ext["base"], ext.get("base_key"), "base model"),
+                adapter_path=self.server.resolve(ext.get("adapter"), ext.get("adapter_key"), "adapter"),
                 messages=chat.messages,
                 params=chat.params,
                 client=str(ext.get("client")) if ext.get("client") is not None else None,
@@ -386,17 +435,22 @@ def make_server(
     max_queue: int = 256,
     max_tokens_cap: int = 1024,
     default_max_tokens: int = 256,
+    resolve: Resolver | None = None,
 ) -> Server:
     from worker.models import shipped_gguf_path
 
     shipped = shipped_gguf_path()
+    resolve = resolve or Resolver.from_env()
+    cache = [str(resolve.cache.root)] if resolve.store is not None else []
     engine = Engine(
         max_batch=max_batch,
         max_adapters=max_adapters,
         max_queue=max_queue,
-        allowed_roots=[*roots, *([str(shipped.parent)] if shipped else [])],
+        allowed_roots=[*roots, *([str(shipped.parent)] if shipped else []), *cache],
     )
-    return Server((host, port), engine, max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens)
+    return Server(
+        (host, port), engine, max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens, resolve=resolve
+    )
 
 
 def main() -> None:
@@ -421,6 +475,13 @@ def main() -> None:
     logging.basicConfig(
         level=env("FTSTUDIO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    resolve = Resolver.from_env()
+    if resolve.store is not None:
+        try:  # wrong credentials or no bucket: stop now, naming the variable (like the web process and workers)
+            resolve.store.check()
+        except ArtifactStoreConfigError as exc:
+            sys.stderr.write(f"ftstudio inference: the artifact store is not usable: {exc}\n")
+            raise SystemExit(78) from exc
     if args.threads:
         import torch
 
@@ -433,6 +494,7 @@ def main() -> None:
         max_adapters=args.max_adapters,
         max_queue=args.max_queue,
         max_tokens_cap=args.max_tokens_cap,
+        resolve=resolve,
     )
     for folder in args.preload:
         server.engine.prompt_ids(folder, [{"role": "user", "content": "warm up"}])

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.db.models.fields.json import KeyTransform
@@ -86,19 +87,16 @@ def create_file(*, project, user, upload, purpose: str) -> ApiFile:
         purpose=purpose,
         bytes=upload.size,
     )
-    relative = Path("api-files") / str(project.pk) / record.public_id
-    target = Path(settings.MEDIA_ROOT) / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("wb") as out:
-        for chunk in upload.chunks():
-            out.write(chunk)
-    record.path = str(relative)
+    # Through default_storage: MEDIA_ROOT by default, the artifact bucket (<prefix>/media/) with an s3:// store, so
+    # the worker that validates a job reads the file on whichever node it runs.
+    record.path = default_storage.save(f"api-files/{project.pk}/{record.public_id}", upload)
     record.save()
     return record
 
 
-def file_path(record: ApiFile) -> Path:
-    return Path(settings.MEDIA_ROOT) / record.path
+def open_file(record: ApiFile):
+    """The stored file's bytes (a binary, seekable File; close it)."""
+    return default_storage.open(record.path, "rb")
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,8 @@ def get_file(project, file_id: str, *, param: str | None = None) -> ApiFile | Re
 def file_content(found: ApiFile | ResultFile) -> bytes:
     if isinstance(found, ResultFile):
         return metrics_csv(found.job).encode()
-    return file_path(found).read_bytes()
+    with open_file(found) as stream:
+        return stream.read()
 
 
 def list_files(project, *, purpose: str = "", after: str = "", limit: int = 10000):
@@ -162,7 +161,7 @@ def delete_file(project, file_id: str) -> str:
     found = get_file(project, file_id)
     if isinstance(found, ResultFile):
         raise ApiError(400, "A job's result file cannot be deleted: it is made from the run's metrics.")
-    file_path(found).unlink(missing_ok=True)
+    default_storage.delete(found.path)
     found.delete()
     return file_id
 
@@ -424,13 +423,14 @@ class _Invalid(Exception):
 
 
 def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
-    report = datasets.import_examples(
-        project=job.project,
-        path_or_file=file_path(record),
-        file_format="openai",
-        user=user,
-        filename=f"{record.public_id} ({record.filename})",
-    )
+    with open_file(record) as stream:
+        report = datasets.import_examples(
+            project=job.project,
+            path_or_file=stream,
+            file_format="openai",
+            user=user,
+            filename=f"{record.public_id} ({record.filename})",
+        )
     if not report.ok:
         first = report.errors[0]
         more = (
@@ -447,7 +447,7 @@ def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
             }
         )
     hashes = []
-    with file_path(record).open("rb") as stream:
+    with open_file(record) as stream:
         for row in importers.parse_stream(stream, importers.Parsed("openai"), limits=datasets.import_limits()):
             hashes.append(content_hash(row.messages))
     ids = dict(

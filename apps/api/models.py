@@ -57,8 +57,8 @@ def new_job_id() -> str:
 
 
 class ApiFile(TimeStamped):
-    """A file uploaded through ``POST /v1/files`` (``purpose=fine-tune``): kept as uploaded under
-    MEDIA_ROOT/api-files/; its lines become examples of the project when a job uses it."""
+    """A file uploaded through ``POST /v1/files`` (``purpose=fine-tune``): kept as uploaded in default_storage
+    (MEDIA_ROOT/api-files/, or the artifact bucket); its lines become examples of the project when a job uses it."""
 
     public_id = models.CharField(max_length=40, unique=True, default=new_file_id)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_files")

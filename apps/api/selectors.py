@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from django.utils.text import slugify
 
 from apps.accounts.models import Project
+from apps.runs import artifacts
 from apps.runs.models import BaseModel, Run, RunStatus
-from apps.runs.services import model_spec_for
 from worker.engine import adapter_problem
 
 
@@ -90,16 +90,19 @@ def resolve_model(project: Project, model_id: str, *, servable: bool = False) ->
         )
     if servable and target.run is not None:
         problem = adapter_problem(target.run.adapter_path) if target.run.adapter_path else "the run has no adapter"
+        if problem and target.run.adapter_path and artifacts.adapter_available(target.run):
+            problem = None  # trained on another node: in the shared store, fetched by the inference process
         if problem:
             raise UnknownModel(f"The model {model_id!r} cannot be served: {problem}.")
     return target
 
 
 def inference_target(target: ModelTarget) -> dict:
-    """The inference process's extension field: where the base model and the adapter are on disk."""
-    from worker.models import resolve_model_dir
-
-    return {
-        "base": resolve_model_dir(model_spec_for(target.base_model)),
-        "adapter": target.run.adapter_path if target.run is not None else None,
-    }
+    """The inference process's extension field: where the base model and the adapter are on disk, and (with a shared
+    artifact store) their keys there, for an inference process on a node whose disk does not have them."""
+    base, base_key = artifacts.base_model_location(target.base_model)
+    found = {"base": base, "adapter": target.run.adapter_path if target.run is not None else None}
+    if artifacts.remote():
+        found["base_key"] = base_key
+        found["adapter_key"] = artifacts.adapter_key(target.run.pk) if target.run is not None else None
+    return found

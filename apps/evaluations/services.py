@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
 from apps.runs import leases
-from apps.runs.artifacts import local_adapter_dir
+from apps.runs.artifacts import base_model_dir, local_adapter_dir
 from apps.runs.models import BaseModel, Run, RunStatus
-from apps.runs.services import MAX_ATTEMPTS, failure_message, model_spec_for
+from apps.runs.services import MAX_ATTEMPTS, failure_message
 from ftstudio import csv_cells
 from ftstudio.celery import send_after_commit
 
@@ -590,7 +590,6 @@ class Generating:
     def generate_missing(self, batch_size: int) -> None:
         """Every candidate's outputs for the items it has none for yet, one loaded model at a time."""
         from worker.generate import GenerationConfig, generate, load_generator
-        from worker.models import resolve_model_dir
 
         evaluation = self.evaluation
         items = list(eval_items(evaluation))
@@ -603,7 +602,7 @@ class Generating:
                 continue
             self.check()
             base = candidate.run.base_model if candidate.run_id else evaluation.base_model
-            model_dir = resolve_model_dir(model_spec_for(base))
+            model_dir = base_model_dir(base)  # fetched from the artifact store when another node registered it
             model, tokenizer = load_generator(
                 model_dir, adapter_path=local_adapter_dir(candidate.run) if candidate.run_id else None
             )

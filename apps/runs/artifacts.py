@@ -5,11 +5,19 @@ uploaded, and a node that needs another node's adapter fetches it into its bound
 With FTSTUDIO_ARTIFACTS_URL unset the store is MEDIA_ROOT itself: every call here is a no-op and paths stay what
 they were (one machine, `make run`).
 
-Keys: ``runs/<pk>/checkpoints/checkpoint-<step>/...`` and ``runs/<pk>/adapter/...``.
+Base models: a model registered from a folder (or the GGUF shipped with the package, once converted) is uploaded
+as ``base-models/<name>-<digest of its source>/``; a node that has no copy of it fetches it into the same bounded
+cache as adapters (`base_model_dir`). Hub ids keep using the Hugging Face cache.
+
+Exports (`apps/runs/exports.py`) are single files under ``runs/<pk>/exports/<export pk>/<name>.zip``.
+
+Keys: ``runs/<pk>/checkpoints/checkpoint-<step>/...``, ``runs/<pk>/adapter/...``, ``runs/<pk>/exports/...`` and
+``base-models/...``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -104,6 +112,21 @@ def store_adapter(run_pk: int, adapter_dir: str) -> None:
         store().put_dir(adapter_dir, adapter_key(run_pk))
 
 
+def cache() -> LocalCache:
+    return LocalCache(settings.FTSTUDIO_ARTIFACT_CACHE, settings.FTSTUDIO_ARTIFACT_CACHE_BYTES)
+
+
+def adapter_available(run) -> bool:
+    """Is the run's adapter on this node's disk, or complete in the shared store (fetched when it is used)?"""
+    if Path(run.adapter_path, "adapter_config.json").is_file():
+        return True
+    try:
+        return remote() and store().has_complete(adapter_key(run.pk))
+    except ArtifactStoreError:
+        log.warning("The artifact store did not answer about run %s's adapter", run.pk, exc_info=True)
+        return False
+
+
 def local_adapter_dir(run) -> str:
     """A folder on this node holding the run's adapter: where it was written when that is here, else a copy
     fetched from the store into the bounded cache (FTSTUDIO_ARTIFACT_CACHE, FTSTUDIO_ARTIFACT_CACHE_BYTES)."""
@@ -111,10 +134,82 @@ def local_adapter_dir(run) -> str:
         return ""
     if Path(run.adapter_path, "adapter_config.json").is_file() or not remote():
         return run.adapter_path
-    cache = LocalCache(settings.FTSTUDIO_ARTIFACT_CACHE, settings.FTSTUDIO_ARTIFACT_CACHE_BYTES)
-    return str(cache.fetch(store(), adapter_key(run.pk)))
+    return str(cache().fetch(store(), adapter_key(run.pk)))
 
 
 def delete_run_artifacts(run_pk: int) -> None:
     if remote():
         store().delete_prefix(f"runs/{run_pk}")
+
+
+# --- base models -----------------------------------------------------------------------------------------------
+def base_model_key(base_model) -> str:
+    """Its source in the key: a name registered again from another folder is another entry, never a stale copy."""
+    digest = hashlib.sha1(f"{base_model.source_kind}:{base_model.source}:{base_model.revision}".encode()).hexdigest()[
+        :10
+    ]
+    return f"base-models/{base_model.name}-{digest}"
+
+
+def _on_this_node(spec) -> bool:
+    """Is the folder a worker loads already on this disk (a local folder, or a GGUF file's converted copy)?"""
+    from worker.models import gguf_cache_dir
+
+    source = Path(spec.source)
+    if spec.source_kind == "local":
+        return source.is_dir()
+    if spec.source_kind == "gguf" and source.is_file() and spec.cache_dir:
+        return (gguf_cache_dir(source, spec.cache_dir) / "config.json").is_file()
+    return False
+
+
+def publish_base_model(base_model, folder: str) -> None:
+    """Upload a base model's folder once (when the store has no complete copy), so nodes without it can fetch it.
+    A store that fails here is logged, not fatal: this node has its copy, and the next node to load it tries again."""
+    if not remote() or not Path(folder).is_dir():
+        return
+    key = base_model_key(base_model)
+    try:
+        if not store().has_complete(key):
+            store().put_dir(folder, key)
+            log.info("stored base model %s as %s in %s", base_model.name, key, store().describe())
+    except ArtifactStoreError:
+        log.warning("Could not store base model %s in the artifact store", base_model.name, exc_info=True)
+
+
+def base_model_dir(base_model) -> str:
+    """The folder on this node to load a base model from (a Hub id when it is one): its own folder or converted
+    GGUF when this node has it (uploaded to the store if the store lacks it), else a copy fetched from the store
+    into the bounded cache. Neither: resolve_model_dir's usual error (ModelSourceError)."""
+    from worker.models import _check_safetensors_dir, resolve_model_dir
+
+    from .services import model_spec_for
+
+    spec = model_spec_for(base_model)
+    if not remote() or spec.source_kind == "hub":
+        return resolve_model_dir(spec)
+    key = base_model_key(base_model)
+    if not _on_this_node(spec) and store().has_complete(key):
+        folder = cache().fetch(store(), key)
+        _check_safetensors_dir(folder)
+        return str(folder)
+    folder = resolve_model_dir(spec)
+    publish_base_model(base_model, folder)
+    return folder
+
+
+def base_model_location(base_model) -> tuple[str, str]:
+    """For a process on another node (the inference process): the folder as this node resolves it, and its store
+    key when a shared store is configured (that process fetches it when the folder is not on its disk). Nothing is
+    downloaded or uploaded here."""
+    from worker.models import resolve_model_dir
+
+    from .services import model_spec_for
+
+    spec = model_spec_for(base_model)
+    if not remote() or spec.source_kind == "hub":
+        return resolve_model_dir(spec), ""
+    key = base_model_key(base_model)
+    if not _on_this_node(spec) and store().has_complete(key):
+        return str(cache().root / key), key
+    return resolve_model_dir(spec), key

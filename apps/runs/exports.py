@@ -3,7 +3,10 @@
 `export_run_to` does one export synchronously (the `export_model` command); the run page asks for one with
 `request_export`, which records a `RunExport` row and queues task `runs.export_run` (queue `default`): a merge
 or a GGUF conversion takes longer than a request should. The task claims the row like `claim_run` does, writes a
-zip under MEDIA_ROOT/exports/ and marks it ready; a second delivery of the same message does nothing.
+zip and stores it in the artifact store as ``runs/<pk>/exports/<export pk>/<name>.zip`` (MEDIA_ROOT itself when
+FTSTUDIO_ARTIFACTS_URL is unset; then the zip is written in place), and marks it ready with that key in
+``file_path``; a second delivery of the same message does nothing. The run page's download streams it from the
+store (`open_export`), on whichever node serves the page. Rows from before the store hold an absolute path.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import tempfile
 import zipfile
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from ftstudio.celery import send_after_commit
+from worker.artifacts import ArtifactStoreError, LocalStore
 from worker.export import (
     FORMATS,
     QUANTS,
@@ -58,13 +63,9 @@ def _check_request(run: Run, fmt: str, quant: str) -> str:
 
 def export_run_to(*, run: Run, fmt: str, out: str | Path, quant: str = "") -> ExportResult:
     """Export a succeeded run now; raises ExportError (a message for the user) before any heavy work when it can."""
-    from worker.models import resolve_model_dir
-
-    from .services import model_spec_for
-
     quant = _check_request(run, fmt, quant)
     base = run.base_model
-    base_dir = resolve_model_dir(model_spec_for(base)) if fmt != "adapter" else ""
+    base_dir = artifacts.base_model_dir(base) if fmt != "adapter" else ""
     source_gguf = base.source if fmt == "gguf" and base.source_kind == SourceKind.GGUF else None
     return export(
         fmt,
@@ -92,7 +93,7 @@ def request_export(*, run: Run, fmt: str, quant: str = "", user=None) -> RunExpo
             )
             .first()
         )
-        if same is not None and (same.status != ExportStatus.SUCCEEDED or Path(same.file_path).is_file()):
+        if same is not None and (same.status != ExportStatus.SUCCEEDED or export_file_exists(same)):
             return same
         job = RunExport.objects.create(
             run=run, format=fmt, quant=quant, created_by=user if getattr(user, "pk", None) else None
@@ -119,8 +120,8 @@ def claim_export(export_pk: int) -> RunExport | None:
         return job
 
 
-def export_dir(job: RunExport) -> Path:
-    return Path(settings.MEDIA_ROOT) / "exports" / f"run-{job.run_id}" / str(job.pk)
+def export_key(job: RunExport, name: str = "") -> str:
+    return f"runs/{job.run_id}/exports/{job.pk}" + (f"/{name}" if name else "")
 
 
 def _zip_name(job: RunExport) -> str:
@@ -129,12 +130,15 @@ def _zip_name(job: RunExport) -> str:
 
 
 def execute_export(export_pk: int) -> str:
-    """Do a claimed export: write it in a scratch folder, zip it under MEDIA_ROOT, record the file or the error."""
+    """Do a claimed export: write it in a scratch folder, zip it, store the zip, record its key or the error.
+    A failure (the store down after its retries included) records the error and no file: nothing half-written."""
     job = claim_export(export_pk)
     if job is None:
         return "skipped"
     job = RunExport.objects.select_related("run__project", "run__base_model").get(pk=job.pk)
-    folder = export_dir(job)
+    key = export_key(job, _zip_name(job))
+    # Written where a local store keeps it (MEDIA_ROOT/<key>); with a remote store, a scratch copy removed once stored.
+    folder = Path(settings.MEDIA_ROOT) / export_key(job)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     zip_path = folder / _zip_name(job)
@@ -147,6 +151,14 @@ def execute_export(export_pk: int) -> str:
                 for path in sorted(written.rglob("*")):
                     if path.is_file():
                         archive.write(path, arcname=f"{zip_path.stem}/{path.relative_to(written)}")
+        size = zip_path.stat().st_size
+        try:
+            artifacts.store().put_file(zip_path, key)
+        except ArtifactStoreError as exc:
+            raise ExportError(f"The export was made but could not be stored: {exc}. Export it again later.") from exc
+        store = artifacts.store()
+        if not (isinstance(store, LocalStore) and store.root / key == zip_path.resolve()):
+            shutil.rmtree(folder, ignore_errors=True)  # stored elsewhere: this node keeps no copy
     except Exception as exc:  # recorded on the row; the page shows the reason
         log.exception("Export %s of run %s failed", job.pk, job.run_id)
         shutil.rmtree(folder, ignore_errors=True)
@@ -156,12 +168,30 @@ def execute_export(export_pk: int) -> str:
         )
         return ExportStatus.FAILED
     RunExport.objects.filter(pk=job.pk).update(
-        status=ExportStatus.SUCCEEDED,
-        file_path=str(zip_path),
-        size_bytes=zip_path.stat().st_size,
-        finished_at=timezone.now(),
+        status=ExportStatus.SUCCEEDED, file_path=key, size_bytes=size, finished_at=timezone.now()
     )
     return ExportStatus.SUCCEEDED
+
+
+def export_file_exists(job: RunExport) -> bool:
+    if not job.file_path:
+        return False
+    if Path(job.file_path).is_absolute():  # written before exports went through the store
+        return Path(job.file_path).is_file()
+    try:
+        return artifacts.store().file_exists(job.file_path)
+    except ArtifactStoreError:
+        return True  # the store is down: keep the row; its download says so
+
+
+def open_export(job: RunExport) -> BinaryIO:
+    """The export's bytes as a stream, from the store (or the old absolute path); raises ArtifactStoreError."""
+    if Path(job.file_path).is_absolute():
+        try:
+            return Path(job.file_path).open("rb")
+        except OSError as exc:
+            raise ArtifactStoreError(f"{job.file_path} is gone") from exc
+    return artifacts.store().open_file(job.file_path)
 
 
 # --- reading ----------------------------------------------------------------------------------------------

@@ -231,8 +231,9 @@ class ExportStatus(models.TextChoices):
 
 
 class RunExport(TimeStamped):
-    """One export of a succeeded run's adapter (task ``runs.export_run`` on queue ``default``); the file lies under
-    MEDIA_ROOT and is downloaded through the run page."""
+    """One export of a succeeded run's adapter (task ``runs.export_run`` on queue ``default``); the zip lies in the
+    artifact store (``file_path``: its key; an absolute path for rows from before) and is downloaded through the
+    run page."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="exports")
     format = models.CharField(max_length=8, choices=ExportFormat.choices)

@@ -27,7 +27,7 @@ from apps.datasets.models import DatasetVersion
 from apps.fleet.queues import NoQueueError, queue_for
 from apps.fleet.selectors import queue_warning, scale_warning
 from ftstudio.celery import send_after_commit
-from worker.models import ModelSpec, describe_model, shipped_gguf_path
+from worker.models import ModelSpec, describe_model, resolve_model_dir, shipped_gguf_path
 from worker.train_config import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
 from . import artifacts, leases
@@ -176,7 +176,10 @@ def register_base_model(
     }
     if min_gpu_gb is not None:  # what its training needs: picks the worker queue (apps/fleet/queues.py)
         values["min_gpu_gb"] = min_gpu_gb
-    return BaseModel.objects.update_or_create(name=name, defaults=values)[0]
+    registered = BaseModel.objects.update_or_create(name=name, defaults=values)[0]
+    if artifacts.remote() and source_kind != SourceKind.HUB:  # workers on other nodes fetch it from the store
+        artifacts.publish_base_model(registered, resolve_model_dir(model_spec_for(registered)))
+    return registered
 
 
 def ensure_shipped_base_model() -> BaseModel:
@@ -634,13 +637,12 @@ class RunReporter:
 
 def _train(run: Run, reporter: RunReporter, hooks):
     """Resolve the base model (cancel is seen between its stages), then train or resume from the last checkpoint."""
-    from worker.models import resolve_model_dir
     from worker.train import checkpoint_step, last_checkpoint, train
     from worker.train_config import stop_point
 
     output_dir = run_dir(run)
     stop_point(hooks)
-    config = train_config(run, resolve_model_dir(model_spec_for(run.base_model)), output_dir)
+    config = train_config(run, artifacts.base_model_dir(run.base_model), output_dir)
     train_data = run.dataset_version.conversations("train")
     val_data = run.dataset_version.conversations("val")
     artifacts.fetch_newest_checkpoint(run.pk, output_dir, reporter.on_log)  # another node's newer checkpoint, if any
@@ -692,7 +694,6 @@ def execute_join(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0)
     import socket
 
     from worker.distributed import Launch, run_distributed
-    from worker.models import resolve_model_dir
     from worker.train import last_checkpoint
     from worker.train_config import Hooks
 
@@ -701,7 +702,7 @@ def execute_join(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0)
         return "skipped"  # finished, or a message of an earlier attempt (its rendezvous is gone)
     output_dir = run_dir(run) / "nodes" / f"{socket.gethostname()}-{leases.new_owner_id().rsplit(':', 1)[-1]}"
     try:
-        config = train_config(run, resolve_model_dir(model_spec_for(run.base_model)), output_dir)
+        config = train_config(run, artifacts.base_model_dir(run.base_model), output_dir)
         if resume_step:
             _joiner_checkpoint(run, output_dir, resume_step)
             if not last_checkpoint(str(output_dir)).endswith(f"checkpoint-{resume_step}"):

@@ -34,7 +34,7 @@ def reap() -> dict[str, list[int]]:
 
 @shared_task(name="runs.export_run", queue="default", acks_late=True, reject_on_worker_lost=True)
 def export_run(export_pk: int) -> str:
-    """Write one export of a run (adapter, merged model or GGUF) under MEDIA_ROOT; queue `default`."""
+    """Write one export of a run (adapter, merged model or GGUF) into the artifact store; queue `default`."""
     from .exports import execute_export
 
     return execute_export(export_pk)

@@ -202,10 +202,15 @@ def run_export_download(request, project, pk, export_pk):
         pk=export_pk,
         status=ExportStatus.SUCCEEDED,
     )
-    path = Path(job.file_path)
-    if not path.is_file():
-        raise Http404("The export's file is gone: export it again.")
-    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+    # Streamed from the artifact store through this view (not a presigned redirect): the same login and role checks
+    # hold for every byte, and the browser never needs to reach the store's endpoint (often an internal address).
+    try:
+        stream = exports.open_export(job)
+    except ArtifactStoreError as exc:
+        raise Http404(f"The export's file could not be read ({exc}): export it again, or retry shortly.") from exc
+    response = FileResponse(stream, as_attachment=True, filename=job.file_name)
+    response["Content-Length"] = str(job.size_bytes)
+    return response
 
 
 @project_view("view")
