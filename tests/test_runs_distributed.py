@@ -113,6 +113,36 @@ def test_cancel_stops_a_run_on_two_devices_without_an_adapter(team, tiny_base_mo
     assert not (services.run_dir(run) / "adapter").exists()
 
 
+def test_a_paused_run_on_two_devices_resumes_from_its_checkpoint_to_the_last_step(team, tiny_base_model, monkeypatch):
+    for key, value in fault_env(training_step_seconds=0.3).items():
+        monkeypatch.setenv(key, value)
+    run = launch(team, tiny_base_model, devices=2, max_steps=12, save_steps=100)
+
+    def pause_after_first_loss(sender, instance, created, **kwargs):
+        if instance.train_loss is not None and not Run.objects.get(pk=instance.run_id).pause_requested:
+            services.pause_run(run=Run.objects.get(pk=instance.run_id))
+
+    post_save.connect(pause_after_first_loss, sender=RunMetric, dispatch_uid="ddp-pause-test")
+    try:
+        assert train_run(run.pk) == RunStatus.PAUSED
+    finally:
+        post_save.disconnect(dispatch_uid="ddp-pause-test", sender=RunMetric)
+    run.refresh_from_db()
+    paused_at = run.step
+    assert 1 <= paused_at < 12 and run.checkpoint_path.endswith(f"checkpoint-{paused_at}")
+    monkeypatch.delenv("FTSTUDIO_FAULT_TRAINING_STEP_SECONDS")
+    services.resume_paused_run(run=run)
+    assert train_run(run.pk) == RunStatus.SUCCEEDED
+    run.refresh_from_db()
+    assert run.step == run.total_steps == 12
+    assert any(
+        line.startswith("resuming from") and line.endswith(f"checkpoint-{paused_at}")
+        for line in run.log_tail.splitlines()
+    )
+    steps = list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True))
+    assert steps == list(range(1, 13))  # each step once: the metrics past the checkpoint were logged again
+
+
 def test_a_failing_rank_fails_the_run_with_its_error(team, tiny_base_model, monkeypatch):
     for key, value in fault_env(rank_fails="1:1").items():
         monkeypatch.setenv(key, value)
