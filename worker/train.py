@@ -16,6 +16,7 @@ import copy
 import functools
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -175,13 +176,37 @@ def labelled_loss(model, inputs: dict, num_items_in_batch=None):
     return loss / torch.as_tensor(num_items_in_batch, device=loss.device)
 
 
-class PackedTrainer(Trainer):
+class RunTrainer(Trainer):
+    """`Trainer`, resuming under DDP on CPU too: transformers maps the optimizer state to ``args.device``, which is
+    ``cpu:0`` in a gloo process group, a location `torch.load` refuses; it is loaded to the CPU instead."""
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if not checkpoint or self.args.world_size == 1 or self.args.device.type != "cpu":
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load = torch.load
+
+        def load_on_cpu(*args, **kwargs):
+            if "map_location" in kwargs:
+                kwargs["map_location"] = "cpu"
+            return load(*args, **kwargs)
+
+        torch.load = load_on_cpu
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            torch.load = load
+
+
+class PackedTrainer(RunTrainer):
     """`Trainer` fed by `PackedRowsCollator`: counts the examples' real tokens as seen (not the filler), and
     computes the loss from the labelled positions' logits only (`labelled_loss`)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = None
-        if "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
+        # Under DDP the forward must go through the wrapper (it prepares the gradients' all-reduce), so the
+        # labelled-logits shortcut, which calls the decoder directly, is for one process only.
+        one_process = self.accelerator.num_processes == 1
+        if one_process and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
             loss = labelled_loss(model, inputs, num_items_in_batch)
         if loss is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -261,9 +286,12 @@ def build_trainer(
         disable_tqdm=True,
         include_num_input_tokens_seen="no" if config.packing else "non_padding",
         dataloader_num_workers=0,
+        # several nodes: each node keeps its own checkpoints (the rendezvous may make any node rank 0)
+        save_on_each_node=distributed_nodes() > 1,
+        ddp_find_unused_parameters=False,  # LoRA's trainable weights all take part in every step
     )
     collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
-    trainer_class = PackedTrainer if config.packing else Trainer
+    trainer_class = PackedTrainer if config.packing else RunTrainer
     trainer = trainer_class(
         model=model,
         args=args,
@@ -274,6 +302,13 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback, not stdout
     return trainer, tokenizer, train_features, val_features
+
+
+def distributed_nodes() -> int:
+    """How many nodes this process's torchrun launch spans (1 outside torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return max(1, world // max(1, local))
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -383,7 +418,8 @@ def train(
     result.final_val_loss = final_val_loss
     hooks.on_phase("saving")
     adapter_dir = Path(config.output_dir) / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    if trainer.args.should_save:  # one process per run (DDP: local rank 0 of each node, as for checkpoints)
+        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
     result.adapter_dir = str(adapter_dir)
     hooks.on_log(f"saved adapter to {adapter_dir}")
     return result

@@ -49,10 +49,11 @@ def evaluation_queue(evaluation_pk) -> str:
 
 def route(name, args, kwargs, options, task=None, **kw):
     """Celery router (ftstudio/celery.py): training and generation go to the queue their model's hardware needs."""
-    if name in {"runs.train_run", "evaluations.generate_outputs"} and not options.get("queue"):
+    run_tasks = {"runs.train_run", "runs.join_distributed_run"}
+    if name in run_tasks | {"evaluations.generate_outputs"} and not options.get("queue"):
         pk = args[0] if args else next(iter(kwargs.values()), None)
         try:
-            return {"queue": run_queue(pk) if name == "runs.train_run" else evaluation_queue(pk)}
+            return {"queue": run_queue(pk) if name in run_tasks else evaluation_queue(pk)}
         except NoQueueError:
             return {"queue": DEFAULT_QUEUE}  # refused at launch; an old row keeps its old route
     return None

@@ -5,7 +5,7 @@ from django import forms
 from apps.datasets.models import DatasetVersion
 
 from .models import BaseModel
-from .presentation import HYPERPARAMETERS, form_label
+from .presentation import HYPERPARAMETERS, SCALE, form_label
 from .services import PRESETS
 
 OVERRIDE_FIELDS = ("epochs", "max_steps", "learning_rate", "lora_r", "batch_size", "max_seq_length", "seed")
@@ -30,6 +30,10 @@ class LaunchForm(forms.Form):
     batch_size = forms.IntegerField(required=False)
     max_seq_length = forms.IntegerField(required=False, label="Max sequence length")
     seed = forms.IntegerField(required=False)
+    devices = forms.IntegerField(
+        required=False, min_value=1, label=SCALE["devices"].label, help_text=SCALE["devices"].help
+    )
+    nodes = forms.IntegerField(required=False, min_value=1, label=SCALE["nodes"].label, help_text=SCALE["nodes"].help)
     name = forms.CharField(required=False, max_length=120)
     launch_without_prompt = forms.BooleanField(
         required=False,
@@ -70,7 +74,8 @@ class LaunchForm(forms.Form):
         return {name: self.fields[name].initial or "" for name in ("dataset_version", "base_model", "preset")}
 
     def overrides(self) -> dict:
-        return {k: self.cleaned_data.get(k) for k in OVERRIDE_FIELDS if self.cleaned_data.get(k) is not None}
+        fields = (*OVERRIDE_FIELDS, *SCALE)  # devices and nodes ride along; prepare_launch takes them out
+        return {k: self.cleaned_data.get(k) for k in fields if self.cleaned_data.get(k) is not None}
 
     def add_launch_errors(self, errors: dict[str, str]) -> None:
         for field, message in errors.items():

@@ -81,6 +81,14 @@ class Run(LeaseHolder, TimeStamped):
     hyperparameters = models.JSONField(default=dict, help_text="the worker's TrainConfig fields")
     seed = models.PositiveIntegerField(default=42)
     estimate = models.JSONField(default=dict, blank=True, help_text="tokens, steps, seconds, memory before launch")
+    devices = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="processes per node: GPUs (DDP with nccl), or CPU processes (gloo) on a CPU worker; "
+        "the batch size is split evenly over devices x nodes (worker/distributed.py)",
+    )
+    nodes = models.PositiveSmallIntegerField(
+        default=1, help_text="workers of the run's queue that train it together (torchrun c10d rendezvous)"
+    )
 
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     cancel_requested = models.BooleanField(default=False)

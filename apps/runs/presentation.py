@@ -34,6 +34,13 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "save_steps": Hyperparameter("Checkpoint every", "steps", "a stopped run resumes from its last checkpoint"),
     "seed": Hyperparameter("Seed", "", "the same seed and data give the same run"),
 }
+# How wide a run trains (Run.devices, Run.nodes): not hyperparameters (the same run on more devices learns the same).
+SCALE = {
+    "devices": Hyperparameter(
+        "Devices per node", "", "GPUs (or CPU processes) training the run together; the batch is split over them"
+    ),
+    "nodes": Hyperparameter("Nodes", "", "workers of the queue training the run together"),
+}
 
 SCHEDULES = {
     "cosine": "cosine decay",
@@ -171,4 +178,19 @@ def estimate_words(estimate: dict | None) -> dict | None:
             basis += f" at {estimate['tokens_per_second']:g} tokens/s ({source})"
         words["basis"] = basis + "."
     words["queue"], words["queue_warning"] = estimate.get("queue", ""), estimate.get("queue_warning", "")
+    words["scale"], words["scale_warning"] = scale_text(estimate), estimate.get("scale_warning", "")
     return words
+
+
+def scale_text(estimate: dict) -> str:
+    """ "" for one device on one node, else "2 devices x 2 nodes (DDP), 2 examples per device per batch"."""
+    devices, nodes = int(estimate.get("devices") or 1), int(estimate.get("nodes") or 1)
+    if devices * nodes == 1:
+        return ""
+    text = f"{devices} device{'s' if devices != 1 else ''}" + (f" x {nodes} nodes" if nodes > 1 else "")
+    per_device = estimate.get("per_device_batch")
+    return (
+        text
+        + " (DDP)"
+        + (f", {per_device} example{'s' if per_device != 1 else ''} per device per batch" if per_device else "")
+    )

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion
 from apps.fleet.queues import NoQueueError, queue_for
-from apps.fleet.selectors import queue_warning
+from apps.fleet.selectors import queue_warning, scale_warning
 from ftstudio.celery import send_after_commit
 from worker.models import ModelSpec, describe_model, resolve_model_dir, shipped_gguf_path
 from worker.train_config import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
@@ -34,7 +34,7 @@ from . import artifacts, leases
 from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
 from .presentation import label
 from .selectors import measured_throughput
-from .tasks import train_run
+from .tasks import join_distributed_run, train_run
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,11 @@ INTEGER_FIELDS = {
     "save_steps",
     "seed",
 }
+# One run on several devices / nodes (worker/distributed.py): more than this is a typo, not a cluster we run.
+MAX_DEVICES = 16
+MAX_NODES = 8
+SCALE_FIELDS = ("devices", "nodes")
+
 # Throughput assumed before any run of a model has finished: LoRA on a 2-core CPU, 135M params ≈ 200 tokens/s.
 CPU_TOKENS_PER_SECOND_AT_135M = 200.0
 
@@ -250,6 +255,38 @@ def resolve_hyperparameters(preset: str, overrides: dict | None) -> dict:
     return hp
 
 
+def resolve_scale(overrides: dict | None, batch_size: int) -> tuple[int, int]:
+    """(devices, nodes) asked in the overrides (1 each when not), checked: whole numbers in range, and a batch size
+    that splits evenly over devices x nodes (the run's batch is the global batch, one share per device)."""
+    errors: dict[str, str] = {}
+    values = {}
+    limits = {"devices": MAX_DEVICES, "nodes": MAX_NODES}
+    for key in SCALE_FIELDS:
+        value = (overrides or {}).get(key)
+        if value is None or value == "":
+            values[key] = 1
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            errors[key] = f"{key.title()} must be a whole number, got {value!r}."
+            continue
+        if number != int(number) or not 1 <= number <= limits[key]:
+            errors[key] = f"{key.title()} must be a whole number from 1 to {limits[key]}; got {value}."
+            continue
+        values[key] = int(number)
+    if not errors:
+        world = values["devices"] * values["nodes"]
+        if batch_size % world:
+            errors["batch_size"] = (
+                f"Batch size {batch_size} does not split evenly over {world} devices ({values['devices']} per node x "
+                f"{values['nodes']} node(s)): choose a multiple of {world}, each device trains on an equal share."
+            )
+    if errors:
+        raise LaunchError(errors)
+    return values["devices"], values["nodes"]
+
+
 def _train_tokens(version: DatasetVersion, max_seq_length: int) -> tuple[int, int]:
     """(examples, tokens) of the train split, from the version's token stats or a length estimate."""
     stats = (version.token_stats or {}).get("train") or {}
@@ -261,8 +298,12 @@ def _train_tokens(version: DatasetVersion, max_seq_length: int) -> tuple[int, in
     return count, int(min(chars / 4 + 40 * count, max_seq_length * count))
 
 
-def estimate_run(*, base_model: BaseModel, dataset_version: DatasetVersion, hyperparameters: dict) -> dict:
-    """Tokens, optimizer steps, seconds and peak memory of a run, before it is launched."""
+def estimate_run(
+    *, base_model: BaseModel, dataset_version: DatasetVersion, hyperparameters: dict, devices: int = 1, nodes: int = 1
+) -> dict:
+    """Tokens, optimizer steps, seconds and peak memory of a run, before it is launched. With several devices the
+    steps are the same (the batch is global); the seconds assume the measured single-worker rate (no speed-up is
+    promised before one is measured) and the memory is one device's (its share of the batch)."""
     hp = hyperparameters
     examples, tokens = _train_tokens(dataset_version, int(hp["max_seq_length"]))
     per_epoch = steps_per_epoch(examples, int(hp["batch_size"]), int(hp["grad_accum"])) if examples else 0
@@ -273,7 +314,9 @@ def estimate_run(*, base_model: BaseModel, dataset_version: DatasetVersion, hype
     params = base_model.parameter_count or 135_000_000
     rate = measured or CPU_TOKENS_PER_SECOND_AT_135M * 135_000_000 / params
     # fp32 weights + LoRA grads/optimizer (small) + activations of one packed batch (rough, per layer)
-    tokens_per_batch = int(hp["batch_size"]) * min(int(hp["max_seq_length"]), max(1, tokens // max(examples, 1)))
+    tokens_per_batch = max(1, int(hp["batch_size"]) // (devices * nodes)) * min(
+        int(hp["max_seq_length"]), max(1, tokens // max(examples, 1))
+    )
     memory = params * 4 + tokens_per_batch * 34 * 4 * 1024 * max(1, params // 135_000_000) ** 0.5
     queue = queue_for(base_model.min_gpu_gb)  # a base model needing more than any tier is refused by prepare_launch
     return {
@@ -287,6 +330,10 @@ def estimate_run(*, base_model: BaseModel, dataset_version: DatasetVersion, hype
         "throughput_source": "measured" if measured else "assumed",
         "queue": queue,
         "queue_warning": queue_warning(queue),
+        "devices": devices,
+        "nodes": nodes,
+        "per_device_batch": int(hp["batch_size"]) // (devices * nodes),
+        "scale_warning": scale_warning(queue, devices, nodes),
     }
 
 
@@ -317,11 +364,19 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
             queue_for(model.min_gpu_gb)
         except NoQueueError as exc:
             errors["base_model"] = f"{model} needs {model.min_gpu_gb} GB of GPU memory. {exc}"
+    overrides = dict(overrides or {})
+    scale = {key: overrides.pop(key, None) for key in SCALE_FIELDS}
+    devices = nodes = 1
     try:
         hp = resolve_hyperparameters(preset, overrides)
     except LaunchError as exc:
         errors.update(exc.errors)
         hp = None
+    if hp is not None:
+        try:
+            devices, nodes = resolve_scale(scale, int(hp["batch_size"]))
+        except LaunchError as exc:
+            errors.update(exc.errors)
     if hp is not None and model is not None and hp["max_seq_length"] > model.context_length:
         errors["max_seq_length"] = (
             f"{label('max_seq_length')} {hp['max_seq_length']} is over {model}'s context length "
@@ -329,7 +384,12 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
         )
     if errors:
         raise LaunchError(errors)
-    return version, model, hp, estimate_run(base_model=model, dataset_version=version, hyperparameters=hp)
+    return (
+        version,
+        model,
+        hp,
+        estimate_run(base_model=model, dataset_version=version, hyperparameters=hp, devices=devices, nodes=nodes),
+    )
 
 
 def launch_run(
@@ -355,6 +415,8 @@ def launch_run(
             hyperparameters=hp,
             seed=hp["seed"],
             estimate=estimate,
+            devices=estimate["devices"],
+            nodes=estimate["nodes"],
             name=name,
             total_steps=estimate["steps"],
             created_by=user if getattr(user, "pk", None) else None,
@@ -580,11 +642,7 @@ def _train(run: Run, reporter: RunReporter, hooks):
 
     output_dir = run_dir(run)
     stop_point(hooks)
-    config = TrainConfig(
-        model_dir=artifacts.base_model_dir(run.base_model),
-        output_dir=str(output_dir),
-        **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()},
-    )
+    config = train_config(run, artifacts.base_model_dir(run.base_model), output_dir)
     train_data = run.dataset_version.conversations("train")
     val_data = run.dataset_version.conversations("val")
     artifacts.fetch_newest_checkpoint(run.pk, output_dir, reporter.on_log)  # another node's newer checkpoint, if any
@@ -593,7 +651,92 @@ def _train(run: Run, reporter: RunReporter, hooks):
     resume_step = checkpoint_step(resume) if resume else 0
     if not reporter.lease.lost.is_set():
         RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
+    if run.devices * run.nodes > 1:
+        return _train_distributed(run, config, train_data, val_data, hooks, resume_step)
     return train(config, train_data, val_data, hooks)
+
+
+def train_config(run: Run, model_dir: str, output_dir: Path) -> TrainConfig:
+    return TrainConfig(
+        model_dir=model_dir,
+        output_dir=str(output_dir),
+        **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()},
+    )
+
+
+def _train_distributed(run: Run, config: TrainConfig, train_data, val_data, hooks, resume_step: int):
+    """Train with torchrun on this node's devices; with several nodes this node hosts the rendezvous and asks
+    ``nodes - 1`` more workers of the run's queue to join (`runs.join_distributed_run`)."""
+    from worker.distributed import Launch, free_port, node_address, run_distributed
+
+    launch = Launch(devices=run.devices, nodes=run.nodes)
+    if run.nodes > 1:
+        launch.endpoint = f"{node_address()}:{free_port()}"
+        launch.rdzv_id = rendezvous_id(run)
+        hooks.on_log(f"hosting the rendezvous at {launch.endpoint} for {run.nodes} nodes x {run.devices} device(s)")
+        for _ in range(run.nodes - 1):
+            send_after_commit(join_distributed_run, run.pk, launch.endpoint, launch.rdzv_id, resume_step)
+    else:
+        hooks.on_log(f"training on {run.devices} devices (DDP)")
+    return run_distributed(config, train_data, val_data, hooks, launch=launch)
+
+
+def rendezvous_id(run: Run) -> str:
+    """The same on every node of one attempt; a new attempt (resume, re-send) meets under a new one."""
+    return f"run-{run.pk}-{run.attempts}"
+
+
+def execute_join(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0) -> str:
+    """Take part in a run hosted by another worker (several nodes): train with torchrun against the host's
+    rendezvous. This node writes nothing on the run (the host reports); it stops when the run is cancelled, paused
+    or no longer running. Its files (the checkpoint it resumes from, its own checkpoints) go to a scratch folder
+    under the run's, removed at the end. Returns "skipped", "joined" or "failed"."""
+    import socket
+
+    from worker.distributed import Launch, run_distributed
+    from worker.train import last_checkpoint
+    from worker.train_config import Hooks
+
+    run = Run.objects.select_related("base_model", "dataset_version").filter(pk=run_pk).first()
+    if run is None or run.status != RunStatus.RUNNING or rdzv_id != rendezvous_id(run):
+        return "skipped"  # finished, or a message of an earlier attempt (its rendezvous is gone)
+    output_dir = run_dir(run) / "nodes" / f"{socket.gethostname()}-{leases.new_owner_id().rsplit(':', 1)[-1]}"
+    try:
+        config = train_config(run, artifacts.base_model_dir(run.base_model), output_dir)
+        if resume_step:
+            _joiner_checkpoint(run, output_dir, resume_step)
+            if not last_checkpoint(str(output_dir)).endswith(f"checkpoint-{resume_step}"):
+                raise RunError(f"This node has no checkpoint-{resume_step} of run {run.pk} to resume from.")
+
+        def stopped() -> tuple[bool, bool]:
+            row = Run.objects.filter(pk=run_pk).values_list("status", "cancel_requested", "pause_requested").first()
+            gone = row is None or row[0] != RunStatus.RUNNING
+            return gone or bool(row[1]), bool(row and row[2]) or leases.shutdown_requested.is_set()
+
+        launch = Launch(devices=run.devices, nodes=run.nodes, endpoint=endpoint, rdzv_id=rdzv_id, host=False)
+        run_distributed(
+            config,
+            run.dataset_version.conversations("train"),
+            run.dataset_version.conversations("val"),
+            Hooks(should_cancel=lambda: stopped()[0], should_pause=lambda: stopped()[1]),
+            launch=launch,
+        )
+    except Exception:  # the host's torchrun fails too, and the host records the run's failure
+        log.exception("Run %s: this node's part failed", run_pk)
+        return "failed"
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return "joined"
+
+
+def _joiner_checkpoint(run: Run, output_dir: Path, step: int) -> None:
+    """The checkpoint the host resumes from, on this node: from the artifact store, else from the run's folder
+    when this node shares it (one machine, or a shared media volume)."""
+    artifacts.fetch_newest_checkpoint(run.pk, output_dir)
+    target = output_dir / "checkpoints" / f"checkpoint-{step}"
+    source = run_dir(run) / "checkpoints" / f"checkpoint-{step}"
+    if not target.is_dir() and source.is_dir():
+        shutil.copytree(source, target)
 
 
 def _train_claimed(run: Run, lease: leases.Lease) -> str:

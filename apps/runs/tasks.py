@@ -16,6 +16,14 @@ def train_run(run_pk: int) -> str:
     return execute_run(run_pk)
 
 
+@shared_task(name="runs.join_distributed_run", acks_late=False)
+def join_distributed_run(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0) -> str:
+    """Take part in a run on several nodes hosted by another worker (routed to the run's queue)."""
+    from .services import execute_join
+
+    return execute_join(run_pk, endpoint, rdzv_id, resume_step)
+
+
 @shared_task(name="runs.reap")
 def reap() -> dict[str, list[int]]:
     """Re-send runs and evaluations whose worker is gone, and queued ones whose message was lost."""

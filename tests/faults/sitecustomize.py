@@ -6,6 +6,8 @@ FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS: added to every validation batch of `Tra
 FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS: added before each finished generation batch is handed back.
 FTSTUDIO_FAULT_TRAINING_STEP_SECONDS: added to every training step of `Trainer` (the tiny model trains 12 steps in
 under 3 s on an idle machine: a test that acts midway needs steps it can catch).
+FTSTUDIO_FAULT_RANK_FAILS="R:S": the distributed rank R (torchrun's RANK) raises at the start of its step S + 1,
+as a rank whose device fails does.
 """
 
 import os
@@ -14,6 +16,7 @@ import time
 _validation = float(os.environ.get("FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS", "0") or 0)
 _generation = float(os.environ.get("FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS", "0") or 0)
 _step = float(os.environ.get("FTSTUDIO_FAULT_TRAINING_STEP_SECONDS", "0") or 0)
+_rank_fails = os.environ.get("FTSTUDIO_FAULT_RANK_FAILS", "")
 
 if _step:
     from transformers import Trainer
@@ -50,3 +53,15 @@ if _generation:
         return _generate(model, tokenizer, prompts, config, *args, on_batch=slow if on_batch else None, **kwargs)
 
     worker.generate.generate = generate
+
+if _rank_fails and os.environ.get("RANK") == _rank_fails.split(":")[0]:
+    from transformers import Trainer
+
+    _failing_step, _fails_at = Trainer.training_step, int(_rank_fails.split(":")[1])
+
+    def failing_step(self, *args, **kwargs):
+        if self.state.global_step >= _fails_at:
+            raise RuntimeError(f"injected fault: rank {os.environ['RANK']} lost its device at step {_fails_at + 1}")
+        return _failing_step(self, *args, **kwargs)
+
+    Trainer.training_step = failing_step
