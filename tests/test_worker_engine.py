@@ -5,7 +5,7 @@ import queue
 import pytest
 
 from tests.eval_setup import save_adapter
-from worker.engine import BatchRunner, Engine, EngineError, Request, SamplingParams
+from worker.engine import BatchRunner, Engine, EngineError, Request, SamplingParams, prefill_chunk_tokens
 from worker.generate import load_generator, render_prompt
 
 PROMPTS = [
@@ -49,6 +49,56 @@ def test_a_request_that_joins_a_running_batch_writes_what_it_writes_alone(tiny):
         runner.step()
     assert [r.output_ids for r in requests] == alone
     assert all(r.finish_reason in {"stop", "length"} for r in requests)
+
+
+def test_newcomers_are_prefilled_in_chunks_while_running_rows_keep_decoding(tiny):
+    model, tokenizer = tiny
+    alone = [run_alone(model, tokenizer, p) for p in PROMPTS]
+    lengths = [len(ids(tokenizer, p)) for p in PROMPTS]
+    # A budget that fits the two shorter prompts together but not all three: chunks of 2, then 1.
+    budget = 2 * max(lengths[:2])
+    assert 3 * max(lengths) > budget
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=budget)
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    for r in requests:
+        runner.add(r)
+    runner.step()
+    assert runner.rows == requests[:2] and runner.waiting == [requests[2]]
+    assert [len(r.output_ids) for r in requests] == [1, 1, 0]
+    runner.step()  # the first two decode one more token while the third is prefilled
+    assert runner.rows == requests and [len(r.output_ids) for r in requests] == [2, 2, 1]
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == alone
+
+
+def test_one_newcomer_per_step_joining_mid_decode_writes_what_it_writes_alone(tiny):
+    model, tokenizer = tiny
+    alone = [run_alone(model, tokenizer, p) for p in PROMPTS]
+    # A budget smaller than any prompt admits exactly one newcomer per step (never none: long prompts are served).
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=1)
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    runner.add(requests[2])
+    runner.add(requests[0])
+    runner.step()
+    runner.step()
+    assert runner.rows == [requests[2], requests[0]] and len(requests[2].output_ids) == 2
+    runner.step()
+    runner.add(requests[1])  # joins a batch that is mid-way, rows of different lengths
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == alone
+
+
+def test_the_prefill_budget_comes_from_the_environment_and_bad_values_are_refused(monkeypatch):
+    monkeypatch.setenv("FTSTUDIO_PREFILL_CHUNK_TOKENS", "128")
+    assert prefill_chunk_tokens() == 128
+    monkeypatch.setenv("FTSTUDIO_PREFILL_CHUNK_TOKENS", "0")
+    assert prefill_chunk_tokens() == 0  # no limit: every newcomer that fits the batch at once
+    for bad, message in (("lots", "whole number"), ("-5", r"0 \(no limit\) or more")):
+        monkeypatch.setenv("FTSTUDIO_PREFILL_CHUNK_TOKENS", bad)
+        with pytest.raises(ValueError, match=message):
+            prefill_chunk_tokens()
 
 
 def test_a_cancelled_row_leaves_the_batch_and_the_others_are_unchanged(tiny):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -34,6 +35,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+DEFAULT_PREFILL_CHUNK_TOKENS = 512
+
+
+def prefill_chunk_tokens() -> int:
+    """Token budget of one step's prefill (``FTSTUDIO_PREFILL_CHUNK_TOKENS``; 0: admit every newcomer at once)."""
+    raw = os.environ.get("FTSTUDIO_PREFILL_CHUNK_TOKENS", "").strip()
+    if not raw:
+        return DEFAULT_PREFILL_CHUNK_TOKENS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"FTSTUDIO_PREFILL_CHUNK_TOKENS must be a whole number of tokens, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"FTSTUDIO_PREFILL_CHUNK_TOKENS must be 0 (no limit) or more, not {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -122,9 +138,20 @@ def _takes_logits_to_keep(model) -> bool:
 class BatchRunner:
     """Continuous batching over one loaded model (plain or a ``PeftModel`` holding several adapters)."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 32, named_adapters: bool = False) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch: int = 32,
+        named_adapters: bool = False,
+        prefill_tokens: int | None = None,
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max(1, max_batch)
+        # Newcomers are prefilled in chunks of about this many (padded) tokens, one chunk per step, so running
+        # rows keep decoding and the first newcomers get their first token early. 0: no limit.
+        self.prefill_tokens = prefill_chunk_tokens() if prefill_tokens is None else max(0, prefill_tokens)
         self.named_adapters = named_adapters  # pass adapter_names (a PeftModel serving several adapters)
         self.eos = eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
@@ -149,7 +176,8 @@ class BatchRunner:
         return bool(self.rows or self.waiting)
 
     def step(self) -> list[Request]:
-        """One decode step for the running rows, then admit newcomers; returns the requests that finished."""
+        """One decode step for the running rows, then admit one chunk of newcomers; returns the requests that
+        finished."""
         import torch
 
         finished: list[Request] = []
@@ -157,12 +185,26 @@ class BatchRunner:
         with torch.inference_mode():
             if self.rows:
                 finished += self._decode()
-            room = self.max_batch - len(self.rows)
-            if room > 0 and self.waiting:
-                newcomers, self.waiting = self.waiting[:room], self.waiting[room:]
-                finished += self._prefill([r for r in newcomers if not r.cancelled])
-                finished += [self._finish(r, "cancelled") for r in newcomers if r.cancelled]
+            finished += [self._finish(r, "cancelled") for r in self.waiting if r.cancelled]
+            self.waiting = [r for r in self.waiting if not r.cancelled]
+            newcomers = self._admit(self.max_batch - len(self.rows))
+            if newcomers:
+                finished += self._prefill(newcomers)
         return finished
+
+    def _admit(self, room: int) -> list[Request]:
+        """Take the next waiting requests, in order, whose left-padded prefill stays within the token budget
+        (always at least one, so a prompt longer than the budget is still served)."""
+        chosen: list[Request] = []
+        width = 0
+        for r in self.waiting[: max(0, room)]:
+            wider = max(width, len(r.prompt_ids))
+            if chosen and self.prefill_tokens and wider * (len(chosen) + 1) > self.prefill_tokens:
+                break
+            chosen.append(r)
+            width = wider
+        self.waiting = self.waiting[len(chosen) :]
+        return chosen
 
     # --- decoding ---------------------------------------------------------------------------------
     def _forward(self, requests, input_ids, mask, positions, cache):
