@@ -182,6 +182,40 @@ def test_base_and_two_adapters_in_one_batch_write_what_each_writes_alone(tiny_mo
         engine.close()
 
 
+def test_batches_that_switch_between_base_and_adapters_write_what_each_writes_alone(tiny_model_dir, tmp_path):
+    """The runner switches the LoRA layers off for a base-only batch and back on for an adapter's, only when
+    the state changes; every switch must take effect."""
+    from peft import PeftModel
+
+    first = save_adapter(tiny_model_dir, tmp_path / "first")
+    model, tokenizer = load_generator(str(tiny_model_dir))
+    expected = {None: run_alone(model, tokenizer, PROMPTS[1])}
+    model = PeftModel.from_pretrained(model, str(first), adapter_name="first", is_trainable=False)
+    expected["first"] = run_alone(model, tokenizer, PROMPTS[1])
+    assert expected[None] != expected["first"]
+    runner = BatchRunner(model, tokenizer, named_adapters=True)
+    order = [None, "first", None, "first", None]
+    requests = [
+        Request(prompt_ids=ids(tokenizer, PROMPTS[1]), params=SamplingParams(max_new_tokens=12), adapter=name)
+        for name in order
+    ]
+    for r in requests:  # one at a time: each batch is base-only or one adapter's
+        runner.add(r)
+        while runner.busy:
+            runner.step()
+    assert [r.output_ids for r in requests] == [expected[name] for name in order]
+    both = [
+        Request(prompt_ids=ids(tokenizer, PROMPTS[1]), params=SamplingParams(max_new_tokens=12), adapter=n)
+        for n in order[:2]
+    ]
+    for r in both:
+        runner.add(r)
+    runner.step()  # a mixed batch (peft's adapter_names), then the base row's batch after "first" leaves
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in both] == [expected[None], expected["first"]]
+
+
 def test_the_engine_refuses_what_it_cannot_serve(tiny_model_dir, tmp_path):
     engine = Engine(max_batch=4, max_queue=2, allowed_roots=[str(tiny_model_dir.parent), str(tmp_path)])
     try:
