@@ -5,7 +5,15 @@ import queue
 import pytest
 
 from tests.eval_setup import save_adapter
-from worker.engine import BatchRunner, Engine, EngineError, Request, SamplingParams, prefill_chunk_tokens
+from worker.engine import (
+    GQA_SDPA,
+    BatchRunner,
+    Engine,
+    EngineError,
+    Request,
+    SamplingParams,
+    prefill_chunk_tokens,
+)
 from worker.generate import load_generator, render_prompt
 
 PROMPTS = [
@@ -99,6 +107,30 @@ def test_the_prefill_budget_comes_from_the_environment_and_bad_values_are_refuse
         monkeypatch.setenv("FTSTUDIO_PREFILL_CHUNK_TOKENS", bad)
         with pytest.raises(ValueError, match=message):
             prefill_chunk_tokens()
+
+
+def test_a_padded_batch_writes_what_stock_transformers_generate_writes_one_at_a_time(tiny_model_dir):
+    """The runner's attention (grouped-query heads through SDPA as they are, mask or not) gives the numbers of
+    transformers' own ``sdpa`` path: a left-padded batch equals ``model.generate`` on a separately loaded model."""
+    import torch
+
+    stock, tokenizer = load_generator(str(tiny_model_dir))
+    assert stock.config.num_key_value_heads < stock.config.num_attention_heads  # the test model groups its heads
+    expected = []
+    for p in PROMPTS:
+        prompt = torch.tensor([ids(tokenizer, p)])
+        out = stock.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        expected.append(out[0, prompt.shape[1] :].tolist())
+    model, _ = load_generator(str(tiny_model_dir))
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=0)
+    assert model.config._attn_implementation == GQA_SDPA and stock.config._attn_implementation == "sdpa"
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    for r in requests:
+        runner.add(r)
+    while runner.busy:
+        runner.step()
+    eos = tokenizer.eos_token_id
+    assert [r.output_ids for r in requests] == [e[: e.index(eos)] if eos in e else e for e in expected]
 
 
 def test_a_cancelled_row_leaves_the_batch_and_the_others_are_unchanged(tiny):

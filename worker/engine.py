@@ -135,6 +135,47 @@ def _takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+GQA_SDPA = "ftstudio_sdpa"
+
+
+def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **_):
+    """transformers' ``sdpa`` attention, except that grouped-query heads go to SDPA as they are
+    (``enable_gqa``) also when there is a mask. transformers copies every layer's keys and values
+    ``num_heads / num_kv_heads`` times (``repeat_kv``) whenever a mask is given, which a batch with
+    left padding always has: at batch 32 that copy cost more than the attention itself. Same numbers
+    (SDPA repeats the heads internally); greedy outputs stay identical."""
+    import torch
+
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+    if is_causal is None:
+        is_causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=is_causal,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _use_gqa_sdpa(model) -> None:
+    """Switch a model that runs transformers' ``sdpa`` attention to :func:`_sdpa_gqa_attention`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(inner.config, "_attn_implementation", None) != "sdpa":
+        return  # eager, flash attention on a GPU, or already switched: left as it is
+    AttentionInterface.register(GQA_SDPA, _sdpa_gqa_attention)
+    AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
+    inner.set_attn_implementation(GQA_SDPA)
+
+
 class BatchRunner:
     """Continuous batching over one loaded model (plain or a ``PeftModel`` holding several adapters)."""
 
@@ -155,6 +196,7 @@ class BatchRunner:
         self.named_adapters = named_adapters  # pass adapter_names (a PeftModel serving several adapters)
         self.eos = eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
+        _use_gqa_sdpa(model)
         self.extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._layers_on: bool | None = None  # LoRA layers enabled (None: unknown, set at the next step)
