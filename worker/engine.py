@@ -510,6 +510,10 @@ class Engine:
             )
         return str(resolved)
 
+    def check_root(self, path: str, what: str) -> str:
+        """The resolved path, or EngineError 403 when it lies outside this process's roots."""
+        return self._check_root(path, what)
+
     def _base(self, model_dir: str) -> _Base:
         from worker.generate import load_generator
 
