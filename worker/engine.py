@@ -173,7 +173,10 @@ def _use_gqa_sdpa(model) -> None:
         return  # eager, flash attention on a GPU, or already switched: left as it is
     AttentionInterface.register(GQA_SDPA, _sdpa_gqa_attention)
     AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
-    inner.set_attn_implementation(GQA_SDPA)
+    try:
+        inner.set_attn_implementation(GQA_SDPA)
+    except ValueError as exc:  # a model class that refuses registered attention keeps transformers' sdpa
+        log.info("%s keeps transformers' sdpa attention: %s", type(inner).__name__, exc)
 
 
 class BatchRunner:
