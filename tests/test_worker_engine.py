@@ -5,7 +5,15 @@ import queue
 import pytest
 
 from tests.eval_setup import save_adapter
-from worker.engine import BatchRunner, Engine, EngineError, Request, SamplingParams
+from worker.engine import (
+    GQA_SDPA,
+    BatchRunner,
+    Engine,
+    EngineError,
+    Request,
+    SamplingParams,
+    prefill_chunk_tokens,
+)
 from worker.generate import load_generator, render_prompt
 
 PROMPTS = [
@@ -49,6 +57,80 @@ def test_a_request_that_joins_a_running_batch_writes_what_it_writes_alone(tiny):
         runner.step()
     assert [r.output_ids for r in requests] == alone
     assert all(r.finish_reason in {"stop", "length"} for r in requests)
+
+
+def test_newcomers_are_prefilled_in_chunks_while_running_rows_keep_decoding(tiny):
+    model, tokenizer = tiny
+    alone = [run_alone(model, tokenizer, p) for p in PROMPTS]
+    lengths = [len(ids(tokenizer, p)) for p in PROMPTS]
+    # A budget that fits the two shorter prompts together but not all three: chunks of 2, then 1.
+    budget = 2 * max(lengths[:2])
+    assert 3 * max(lengths) > budget
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=budget)
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    for r in requests:
+        runner.add(r)
+    runner.step()
+    assert runner.rows == requests[:2] and runner.waiting == [requests[2]]
+    assert [len(r.output_ids) for r in requests] == [1, 1, 0]
+    runner.step()  # the first two decode one more token while the third is prefilled
+    assert runner.rows == requests and [len(r.output_ids) for r in requests] == [2, 2, 1]
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == alone
+
+
+def test_one_newcomer_per_step_joining_mid_decode_writes_what_it_writes_alone(tiny):
+    model, tokenizer = tiny
+    alone = [run_alone(model, tokenizer, p) for p in PROMPTS]
+    # A budget smaller than any prompt admits exactly one newcomer per step (never none: long prompts are served).
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=1)
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    runner.add(requests[2])
+    runner.add(requests[0])
+    runner.step()
+    runner.step()
+    assert runner.rows == [requests[2], requests[0]] and len(requests[2].output_ids) == 2
+    runner.step()
+    runner.add(requests[1])  # joins a batch that is mid-way, rows of different lengths
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == alone
+
+
+def test_the_prefill_budget_comes_from_the_environment_and_bad_values_are_refused(monkeypatch):
+    monkeypatch.setenv("FTSTUDIO_PREFILL_CHUNK_TOKENS", "128")
+    assert prefill_chunk_tokens() == 128
+    monkeypatch.setenv("FTSTUDIO_PREFILL_CHUNK_TOKENS", "0")
+    assert prefill_chunk_tokens() == 0  # no limit: every newcomer that fits the batch at once
+    for bad, message in (("lots", "whole number"), ("-5", r"0 \(no limit\) or more")):
+        monkeypatch.setenv("FTSTUDIO_PREFILL_CHUNK_TOKENS", bad)
+        with pytest.raises(ValueError, match=message):
+            prefill_chunk_tokens()
+
+
+def test_a_padded_batch_writes_what_stock_transformers_generate_writes_one_at_a_time(tiny_model_dir):
+    """The runner's attention (grouped-query heads through SDPA as they are, mask or not) gives the numbers of
+    transformers' own ``sdpa`` path: a left-padded batch equals ``model.generate`` on a separately loaded model."""
+    import torch
+
+    stock, tokenizer = load_generator(str(tiny_model_dir))
+    assert stock.config.num_key_value_heads < stock.config.num_attention_heads  # the test model groups its heads
+    expected = []
+    for p in PROMPTS:
+        prompt = torch.tensor([ids(tokenizer, p)])
+        out = stock.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        expected.append(out[0, prompt.shape[1] :].tolist())
+    model, _ = load_generator(str(tiny_model_dir))
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=0)
+    assert model.config._attn_implementation == GQA_SDPA and stock.config._attn_implementation == "sdpa"
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in PROMPTS]
+    for r in requests:
+        runner.add(r)
+    while runner.busy:
+        runner.step()
+    eos = tokenizer.eos_token_id
+    assert [r.output_ids for r in requests] == [e[: e.index(eos)] if eos in e else e for e in expected]
 
 
 def test_a_cancelled_row_leaves_the_batch_and_the_others_are_unchanged(tiny):
@@ -130,6 +212,40 @@ def test_base_and_two_adapters_in_one_batch_write_what_each_writes_alone(tiny_mo
         assert {a: [r.output_ids for r in rs] for a, rs in submitted.items()} == expected
     finally:
         engine.close()
+
+
+def test_batches_that_switch_between_base_and_adapters_write_what_each_writes_alone(tiny_model_dir, tmp_path):
+    """The runner switches the LoRA layers off for a base-only batch and back on for an adapter's, only when
+    the state changes; every switch must take effect."""
+    from peft import PeftModel
+
+    first = save_adapter(tiny_model_dir, tmp_path / "first")
+    model, tokenizer = load_generator(str(tiny_model_dir))
+    expected = {None: run_alone(model, tokenizer, PROMPTS[1])}
+    model = PeftModel.from_pretrained(model, str(first), adapter_name="first", is_trainable=False)
+    expected["first"] = run_alone(model, tokenizer, PROMPTS[1])
+    assert expected[None] != expected["first"]
+    runner = BatchRunner(model, tokenizer, named_adapters=True)
+    order = [None, "first", None, "first", None]
+    requests = [
+        Request(prompt_ids=ids(tokenizer, PROMPTS[1]), params=SamplingParams(max_new_tokens=12), adapter=name)
+        for name in order
+    ]
+    for r in requests:  # one at a time: each batch is base-only or one adapter's
+        runner.add(r)
+        while runner.busy:
+            runner.step()
+    assert [r.output_ids for r in requests] == [expected[name] for name in order]
+    both = [
+        Request(prompt_ids=ids(tokenizer, PROMPTS[1]), params=SamplingParams(max_new_tokens=12), adapter=n)
+        for n in order[:2]
+    ]
+    for r in both:
+        runner.add(r)
+    runner.step()  # a mixed batch (peft's adapter_names), then the base row's batch after "first" leaves
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in both] == [expected[None], expected["first"]]
 
 
 def test_the_engine_refuses_what_it_cannot_serve(tiny_model_dir, tmp_path):

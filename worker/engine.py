@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -34,6 +35,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+DEFAULT_PREFILL_CHUNK_TOKENS = 512
+
+
+def prefill_chunk_tokens() -> int:
+    """Token budget of one step's prefill (``FTSTUDIO_PREFILL_CHUNK_TOKENS``; 0: admit every newcomer at once)."""
+    raw = os.environ.get("FTSTUDIO_PREFILL_CHUNK_TOKENS", "").strip()
+    if not raw:
+        return DEFAULT_PREFILL_CHUNK_TOKENS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"FTSTUDIO_PREFILL_CHUNK_TOKENS must be a whole number of tokens, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"FTSTUDIO_PREFILL_CHUNK_TOKENS must be 0 (no limit) or more, not {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -119,17 +135,74 @@ def _takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+GQA_SDPA = "ftstudio_sdpa"
+
+
+def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **_):
+    """transformers' ``sdpa`` attention, except that grouped-query heads go to SDPA as they are
+    (``enable_gqa``) also when there is a mask. transformers copies every layer's keys and values
+    ``num_heads / num_kv_heads`` times (``repeat_kv``) whenever a mask is given, which a batch with
+    left padding always has: at batch 32 that copy cost more than the attention itself. Same numbers
+    (SDPA repeats the heads internally); greedy outputs stay identical."""
+    import torch
+
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+    if is_causal is None:
+        is_causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=is_causal,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _use_gqa_sdpa(model) -> None:
+    """Switch a model that runs transformers' ``sdpa`` attention to :func:`_sdpa_gqa_attention`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(inner.config, "_attn_implementation", None) != "sdpa":
+        return  # eager, flash attention on a GPU, or already switched: left as it is
+    AttentionInterface.register(GQA_SDPA, _sdpa_gqa_attention)
+    AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
+    try:
+        inner.set_attn_implementation(GQA_SDPA)
+    except ValueError as exc:  # a model class that refuses registered attention keeps transformers' sdpa
+        log.info("%s keeps transformers' sdpa attention: %s", type(inner).__name__, exc)
+
+
 class BatchRunner:
     """Continuous batching over one loaded model (plain or a ``PeftModel`` holding several adapters)."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 32, named_adapters: bool = False) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch: int = 32,
+        named_adapters: bool = False,
+        prefill_tokens: int | None = None,
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max(1, max_batch)
+        # Newcomers are prefilled in chunks of about this many (padded) tokens, one chunk per step, so running
+        # rows keep decoding and the first newcomers get their first token early. 0: no limit.
+        self.prefill_tokens = prefill_chunk_tokens() if prefill_tokens is None else max(0, prefill_tokens)
         self.named_adapters = named_adapters  # pass adapter_names (a PeftModel serving several adapters)
         self.eos = eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
+        _use_gqa_sdpa(model)
         self.extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._layers_on: bool | None = None  # LoRA layers enabled (None: unknown, set at the next step)
         self.waiting: list[Request] = []
         self.rows: list[Request] = []
         self.cache = None  # DynamicCache of the running rows
@@ -149,7 +222,8 @@ class BatchRunner:
         return bool(self.rows or self.waiting)
 
     def step(self) -> list[Request]:
-        """One decode step for the running rows, then admit newcomers; returns the requests that finished."""
+        """One decode step for the running rows, then admit one chunk of newcomers; returns the requests that
+        finished."""
         import torch
 
         finished: list[Request] = []
@@ -157,12 +231,26 @@ class BatchRunner:
         with torch.inference_mode():
             if self.rows:
                 finished += self._decode()
-            room = self.max_batch - len(self.rows)
-            if room > 0 and self.waiting:
-                newcomers, self.waiting = self.waiting[:room], self.waiting[room:]
-                finished += self._prefill([r for r in newcomers if not r.cancelled])
-                finished += [self._finish(r, "cancelled") for r in newcomers if r.cancelled]
+            finished += [self._finish(r, "cancelled") for r in self.waiting if r.cancelled]
+            self.waiting = [r for r in self.waiting if not r.cancelled]
+            newcomers = self._admit(self.max_batch - len(self.rows))
+            if newcomers:
+                finished += self._prefill(newcomers)
         return finished
+
+    def _admit(self, room: int) -> list[Request]:
+        """Take the next waiting requests, in order, whose left-padded prefill stays within the token budget
+        (always at least one, so a prompt longer than the budget is still served)."""
+        chosen: list[Request] = []
+        width = 0
+        for r in self.waiting[: max(0, room)]:
+            wider = max(width, len(r.prompt_ids))
+            if chosen and self.prefill_tokens and wider * (len(chosen) + 1) > self.prefill_tokens:
+                break
+            chosen.append(r)
+            width = wider
+        self.waiting = self.waiting[len(chosen) :]
+        return chosen
 
     # --- decoding ---------------------------------------------------------------------------------
     def _forward(self, requests, input_ids, mask, positions, cache):
@@ -185,15 +273,29 @@ class BatchRunner:
             return call()
         names = {r.adapter for r in requests}
         if len(names) > 1:  # a mixed batch: peft routes each row through its own adapter
+            self._adapter_layers(on=True)
             return call(adapter_names=[r.adapter or BASE_ADAPTER for r in requests])
         # One adapter (or none) for the whole batch: peft's plain path, without per-call hooks.
         (name,) = names
         if name is None:
-            with self.model.disable_adapter():
-                return call()
+            self._adapter_layers(on=False)
+            return call()
+        self._adapter_layers(on=True)
         if self.model.active_adapter != name:
             self.model.set_adapter(name)
         return call()
+
+    def _adapter_layers(self, *, on: bool) -> None:
+        """Switch the LoRA layers on or off only when the state changes. (peft's ``disable_adapter()`` context
+        takes the model's status, a walk over every module, on each call: tens of ms per decode step.)"""
+        if self._layers_on is not on:
+            base = self.model.base_model
+            base.enable_adapter_layers() if on else base.disable_adapter_layers()
+            self._layers_on = on
+
+    def adapters_changed(self) -> None:
+        """An adapter was loaded or deleted (peft sets up its layers): switch them explicitly at the next step."""
+        self._layers_on = None
 
     def _decode(self) -> list[Request]:
         import torch
@@ -235,11 +337,21 @@ class BatchRunner:
             return
         width = max(self.mask.shape[1], mask.shape[1])
         grow_old, grow_new = width - self.mask.shape[1], width - mask.shape[1]
-        layers = []
-        for old, new in zip(self.cache.layers, cache.layers, strict=True):
-            keys = torch.cat([pad(old.keys, (0, 0, grow_old, 0)), pad(new.keys, (0, 0, grow_new, 0))], dim=0)
-            values = torch.cat([pad(old.values, (0, 0, grow_old, 0)), pad(new.values, (0, 0, grow_new, 0))], dim=0)
-            layers.append((keys, values))
+        rows = len(self.rows)
+
+        def joined(old, new):
+            # One allocation and one copy of each side (pad + cat copied the running cache twice).
+            out = old.new_empty((rows + new.shape[0], *old.shape[1:-2], width, old.shape[-1]))
+            out[:rows, :, :grow_old].zero_()
+            out[rows:, :, :grow_new].zero_()
+            out[:rows, :, grow_old:] = old
+            out[rows:, :, grow_new:] = new
+            return out
+
+        layers = [
+            (joined(old.keys, new.keys), joined(old.values, new.values))
+            for old, new in zip(self.cache.layers, cache.layers, strict=True)
+        ]
         self.cache = DynamicCache(layers)
         self.mask = torch.cat([pad(self.mask, (grow_old, 0)), pad(mask, (grow_new, 0))], dim=0)
         self.last = torch.cat([self.last, self.last.new_zeros(len(newcomers))])
@@ -401,6 +513,10 @@ class Engine:
             )
         return str(resolved)
 
+    def check_root(self, path: str, what: str) -> str:
+        """The resolved path, or EngineError 403 when it lies outside this process's roots."""
+        return self._check_root(path, what)
+
     def _base(self, model_dir: str) -> _Base:
         from worker.generate import load_generator
 
@@ -434,6 +550,7 @@ class Engine:
                     kind="rate_limit_error",
                 )
             runner.model.delete_adapter(base.adapters.pop(victim))
+            runner.adapters_changed()
         if not runner.named_adapters:
             from peft import PeftModel
 
@@ -441,6 +558,7 @@ class Engine:
             runner.named_adapters = True
         else:
             runner.model.load_adapter(adapter_path, adapter_name=name, is_trainable=False)
+        runner.adapters_changed()
         runner.model.eval()
         base.adapters[adapter_path] = name
         return name

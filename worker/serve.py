@@ -233,6 +233,7 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.engine, self.max_tokens_cap, self.default_max_tokens = engine, max_tokens_cap, default_max_tokens
         self.resolve = resolve or Resolver(None, LocalCache("/nonexistent", 0))
+        self.vllm = None  # a worker.vllm.VllmForwarder when FTSTUDIO_VLLM_URL hands chat to a vLLM server
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -293,6 +294,10 @@ class Handler(BaseHTTPRequestHandler):
             ext = chat.extension
             if not isinstance(ext.get("base"), str):
                 raise _bad("ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio")
+            if self.server.vllm is not None:
+                adapter = self.server.resolve(ext.get("adapter"), ext.get("adapter_key"), "adapter")
+                adapter = self.server.engine.check_root(adapter, "adapter") if adapter else None
+                return self._relay(chat, self.server.vllm.open(body, adapter))
             sink: queue.SimpleQueue = queue.SimpleQueue()
             requests = self.server.engine.submit(
                 model_dir=self.server.resolve(ext["base"], ext.get("base_key"), "base model"),
@@ -309,6 +314,39 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(chat, requests, sink)
         else:
             self._complete(chat, requests, sink)
+
+    def _relay(self, chat: ChatRequest, upstream) -> None:
+        """Pass the vLLM server's answer through, with ``model`` as the client named it."""
+        with upstream:
+            status = getattr(upstream, "status", None) or upstream.code
+            if not chat.stream or status != 200:
+                data = upstream.read()
+                try:
+                    payload = json.loads(data)
+                except ValueError:
+                    text = data.decode(errors="replace")[:500]
+                    payload = {"error": {"message": text, "type": "api_error", "param": None, "code": "upstream_error"}}
+                if status == 200:
+                    payload["model"] = chat.model
+                return self._json(status, payload)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for line in upstream:
+                    if line.startswith(b"data: {"):
+                        event = json.loads(line[len(b"data: ") :])
+                        event["model"] = chat.model
+                        line = b"data: " + json.dumps(event).encode() + b"\n"
+                    self.wfile.write(line)
+                    if not line.strip():
+                        self.wfile.flush()
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                log.info("client went away mid-stream; the vLLM request is closed")
 
     def _usage(self, requests) -> dict:
         prompt = len(requests[0].prompt_ids)
@@ -448,9 +486,16 @@ def make_server(
         max_queue=max_queue,
         allowed_roots=[*roots, *([str(shipped.parent)] if shipped else []), *cache],
     )
-    return Server(
+    server = Server(
         (host, port), engine, max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens, resolve=resolve
     )
+    if os.environ.get("FTSTUDIO_VLLM_URL"):
+        from worker.vllm import VllmForwarder
+
+        server.vllm = VllmForwarder(
+            os.environ["FTSTUDIO_VLLM_URL"], model=os.environ.get("FTSTUDIO_VLLM_MODEL") or None
+        )
+    return server
 
 
 def main() -> None:
