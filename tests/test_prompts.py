@@ -386,3 +386,85 @@ def test_the_reaper_resends_a_queued_scoring_whose_message_was_lost(
     with django_capture_on_commit_callbacks(execute=True):
         assert services.reap_prompt_scoring()["queued_prompt_versions"] == [old.pk]  # the new one's message is young
     assert sent == [old.pk]
+
+
+# --- a prompt version's few-shot examples against a later version's test split ------------------------------------
+def test_a_prompt_whose_few_shot_example_is_in_the_later_test_split_is_refused_as_baseline_naming_it(team):
+    from apps.evaluations.models import Evaluation
+
+    v1 = house_version(team.project)
+    pv = scored(team.project, v1, ["Hi Cy", "Hi Di", "Hi Ed"], shots=(0, 1))
+    bo_input = v1.items.get(split="train", position=1).messages
+    # v2 moved Bo's question (a few-shot example of the prompt) into its test split, worded with other spacing
+    leaked = [dict(m) for m in bo_input]
+    leaked[0]["content"] = "  " + leaked[0]["content"].replace(" ", "  ")
+    v2 = make_dataset_version(
+        team.project,
+        {
+            "train": [v1.items.get(split="train", position=0).messages],
+            "val": [i.messages for i in v1.items.filter(split="val")],
+            "test": [i.messages for i in v1.items.filter(split="test")] + [leaked],
+        },
+    )
+    rubric = checked_rubric(team.project)
+    baseline = eval_services.CandidateSpec(
+        "prompt", system_prompt=pv.system_prompt, few_shot=len(pv.shot_messages), shots=pv.shot_messages
+    )
+    with pytest.raises(eval_services.EvaluationError) as refused:
+        eval_services.create_evaluation(
+            project=team.project,
+            dataset_version=v2,
+            rubric=rubric,
+            candidates=[eval_services.CandidateSpec("base"), baseline],
+            base_model=model(),
+            enqueue=False,
+        )
+    message = str(refused.value)
+    assert "Few-shot example 2" in message and "Customer: Bo" in message and "test example 2 of 2 in v2" in message
+    assert not Evaluation.objects.exists()
+    # on its own version (the example is train there) it is the baseline as before
+    evaluation = eval_services.create_evaluation(
+        project=team.project,
+        dataset_version=v1,
+        rubric=rubric,
+        candidates=[eval_services.CandidateSpec("base"), baseline],
+        base_model=model(),
+        enqueue=False,
+    )
+    assert evaluation.candidates.get(kind="prompt").shot_messages == pv.shot_messages
+
+
+def test_the_evaluation_form_shows_the_leak_and_launches_nothing(team, client):
+    from apps.evaluations.models import Evaluation
+
+    v1 = house_version(team.project)
+    pv = scored(team.project, v1, ["Hi Cy", "Hi Di", "Hi Ed"], shots=(0,))
+    v2 = make_dataset_version(
+        team.project,
+        {
+            "train": [v1.items.get(split="train", position=1).messages],
+            "val": [i.messages for i in v1.items.filter(split="val")],
+            "test": [v1.items.get(split="train", position=0).messages],
+        },
+    )
+    rubric = checked_rubric(team.project)
+    client.force_login(team.pm)
+    page = client.post(
+        f"/p/{team.project.slug}/evals/new/",
+        {
+            "name": "leaky",
+            "dataset_version": v2.pk,
+            "rubric": rubric.pk,
+            "base_model": model().pk,
+            "include_base": "on",
+            "include_prompt": "on",
+            "prompt_version": pv.pk,
+            "few_shot": 0,
+            "max_new_tokens": 32,
+            "reviewers_per_pair": 1,
+            "seed": 0,
+        },
+    )
+    assert page.status_code == 200, page
+    assert "Few-shot example 1 of the prompt-only baseline" in page.content.decode(), page.context["form"].errors
+    assert not Evaluation.objects.exists()
