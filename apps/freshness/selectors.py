@@ -62,6 +62,13 @@ def source_number(version: DatasetVersion) -> int:
     return version.derived_from.number if version.derived_from_id else version.number
 
 
+def version_words(version: DatasetVersion) -> str:
+    """ "v3", or "v5 (part of v1)" for an experiment's subset."""
+    if version.derived_from_id:
+        return f"v{version.number} (part of v{version.derived_from.number})"
+    return f"v{version.number}"
+
+
 def current_data(project) -> CurrentData:
     newest: dict[str, int] = {}
     for name, version in Rubric.objects.filter(project=project).values_list("name", "version"):
@@ -74,7 +81,7 @@ def evaluation_staleness(evaluation: Evaluation, current: CurrentData) -> str:
     reasons = []
     newest = current.dataset_version
     if newest is not None and source_number(evaluation.dataset_version) < newest.number:
-        reasons.append(f"made on v{evaluation.dataset_version.number}; v{newest.number} is newer")
+        reasons.append(f"made on {version_words(evaluation.dataset_version)}; v{newest.number} is newer")
     if not current.rubric_is_current(evaluation.rubric):
         reasons.append(
             f"rubric {evaluation.rubric.name} v{evaluation.rubric.version}; "
@@ -115,7 +122,7 @@ def stale_runs(project, runs=None) -> dict[int, str]:
         runs = Run.objects.filter(project=project).select_related("dataset_version")
     evaluated = runs_evaluated_on(project, current)
     return {
-        r.pk: f"trained on v{r.dataset_version.number}; not evaluated on v{newest.number}"
+        r.pk: f"trained on {version_words(r.dataset_version)}; not evaluated on v{newest.number}"
         for r in runs
         if r.status == RunStatus.SUCCEEDED
         and source_number(r.dataset_version) < newest.number
