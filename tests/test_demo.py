@@ -182,3 +182,18 @@ def test_seed_writes_the_house_style_rubric_with_four_criteria(seeded):
         ("One sentence, no padding", "likert5"),
     ]
     assert rubric.criteria.get(name="Answers from the facts").anchors["1"].startswith("Ignores the facts")
+
+
+def test_the_demo_pms_next_step_panel_points_to_the_scaling_experiment_until_one_exists(db):
+    from apps.demo.services import launch_demo_experiment
+
+    project = services.seed_demo(size=80, quality_report=False).project  # 12.5 % of its 64 train examples: 8
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="pat"))
+    page = client.get(f"/p/{project.slug}/").content.decode()
+    assert "Run the scaling experiment" in page and f'href="/p/{project.slug}/experiments/"' in page
+    launch_demo_experiment(project=project)
+    page = client.get(f"/p/{project.slug}/").content.decode()
+    assert "Run the scaling experiment" not in page
+    assert "v2 has no run yet" not in page and "not evaluated on current data (v2)" not in page
+    assert "freeze a new version" not in page  # the experiment's subset versions are not the data to train on next
