@@ -447,9 +447,9 @@ def few_shot_leak(shots: list[list[dict]], dataset_version: DatasetVersion) -> s
             return (
                 f"Few-shot example {n} of the prompt-only baseline ({asked[:80]!r}"
                 f"{'…' if len(asked) > 80 else ''}) has the same input as test example {k} of "
-                f"{len(rows)} in v{dataset_version.number}: the baseline would be shown the answer it is scored on. Pick a prompt "
-                f"version whose examples are not in v{dataset_version.number}'s test split, or save one on "
-                f"v{dataset_version.number}."
+                f"{len(rows)} in v{dataset_version.number}: the baseline would be shown the answer it is "
+                f"scored on. Pick a prompt version whose examples are not in v{dataset_version.number}'s "
+                f"test split, or save one on v{dataset_version.number}."
             )
     return ""
 

@@ -684,9 +684,9 @@ def failure_message(exc: BaseException) -> str:
 
 
 def reap() -> dict[str, list[int]]:
-    """The periodic reaper: re-send runs, evaluations and prompt scorings whose worker is gone (stale heartbeat, no live process)
-    and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give up after
-    MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
+    """The periodic reaper: re-send runs, evaluations and prompt scorings whose worker is gone (stale heartbeat, no
+    live process) and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give
+    up after MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
     from apps.api.fine_tuning import resend_validating_jobs
     from apps.datasets.services import resend_queued_imports
     from apps.evaluations.services import reap_generations
