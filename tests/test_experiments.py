@@ -452,3 +452,56 @@ def test_other_projects_have_no_demo_button(setup):
     assert 'id="demo-experiment"' not in page
     assert team.client("pm").post(f"/p/{team.project.slug}/experiments/demo/").status_code == 302
     assert not Experiment.objects.exists()
+
+
+def test_cli_steps_option_trains_every_size_the_same_number_of_steps(setup, capsys):
+    team, base, rubric, version = setup
+    call_command(
+        "scaling_experiment",
+        "--project",
+        team.project.slug,
+        "--dataset-version",
+        str(version.number),
+        "--fractions",
+        "0.25,1",
+        "--steps",
+        "7",
+        "--base-model",
+        "tiny",
+    )
+    experiment = Experiment.objects.get()
+    assert experiment.steps == 7
+    assert {p.run.total_steps for p in Point.objects.filter(arm__experiment=experiment).select_related("run")} == {7}
+
+
+# --- a killed worker: the experiment's runs are resumed like single runs, and the experiment catches up ------------
+def test_a_killed_workers_experiment_run_is_re_queued_and_the_periodic_pass_advances_the_experiment(
+    setup, django_capture_on_commit_callbacks, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.runs import services as runs
+
+    experiment = launch(setup)
+    point = Point.objects.filter(arm__experiment=experiment).select_related("run").order_by("n_train").first()
+    Run.objects.filter(pk=point.run_id).update(
+        status=RunStatus.RUNNING,
+        worker_id="gone-host:4242:123:abcdef",
+        heartbeat_at=timezone.now() - timedelta(hours=1),
+        attempts=1,
+        enqueued_at=timezone.now(),
+    )
+    sent = []
+    monkeypatch.setattr("apps.runs.services.train_run.delay", lambda pk: sent.append(pk))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert runs.reap()["runs"] == [point.run_id]  # the reaper's rule for every run, experiment or not
+    assert point.run_id in sent
+    # the re-sent run finishes on another worker; no signal reaches the experiment (its message was the lost one)
+    finish_runs(experiment)
+    assert Point.objects.filter(arm__experiment=experiment, evaluation__isnull=False).count() == 0
+    assert services.advance_open_experiments() == [experiment.pk]
+    assert Point.objects.filter(arm__experiment=experiment, evaluation__isnull=True).count() == 0
+    experiment.refresh_from_db()
+    assert experiment.status == ExperimentStatus.RUNNING  # scored once the evaluations finish
