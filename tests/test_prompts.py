@@ -468,3 +468,13 @@ def test_the_evaluation_form_shows_the_leak_and_launches_nothing(team, client):
     assert page.status_code == 200, page
     assert "Few-shot example 1 of the prompt-only baseline" in page.content.decode(), page.context["form"].errors
     assert not Evaluation.objects.exists()
+
+
+def test_the_workspace_offers_frozen_versions_not_an_experiments_subsets(team):
+    from apps.datasets.services import freeze_subset
+
+    version = house_version(team.project)
+    subset = freeze_subset(source=version, train_positions=[0], note="experiment point")
+    page = team.client("pm").get(f"/p/{team.project.slug}/prompts/").content.decode()
+    assert f'<option value="{version.pk}" selected>v{version.number}</option>' in page  # the newest real version
+    assert f'value="{subset.pk}"' not in page
