@@ -1,13 +1,13 @@
 """The demo's data experiments on this machine's CPU, through the product's own command and tasks.
 
-Seeds the demo (300 clean examples -> v1) in a temporary var dir, then builds the "raw" version the demo's
-inbox implies: the flawed examples (conflicting answer, near duplicate, "ok", personal data, rambling) approved
-as they are and split like the rest -> v2. Then one experiment, both curves on one chart:
+Seeds the demo in a temporary var dir: v1 is the raw data (every imported example as it came, the six flawed
+inbox examples -- conflicting answer, near duplicate, "ok", personal data, rambling, off style -- included), v2
+the curated data (the 300 approved examples). Then one experiment, both curves on one chart:
 
-    python manage.py scaling_experiment --project <demo> --dataset-version 1 --versus 2 --labels curated,raw \
+    python manage.py scaling_experiment --project <demo> --dataset-version 2 --versus 1 --labels curated,raw \
         --fractions 0.125,0.25,0.5,1 --preset quick --wait
 
-(4 sizes x 2 versions = 8 quick runs on the shipped SmolLM2-135M, each scored on v1's 31 test examples by
+(4 sizes x 2 versions = 8 quick runs on the shipped SmolLM2-135M, each scored on v2's 31 test examples by
 similarity and the demo rubric's automatic checks). Tasks run inline (CELERY_TASK_ALWAYS_EAGER).
 
     .venv/bin/python bench/data_experiments.py [--fractions 0.125,0.25,0.5,1] [--scaling-only] [--keep DIR]
@@ -32,7 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fractions", default="0.125,0.25,0.5,1")
     parser.add_argument("--preset", default="quick")
-    parser.add_argument("--scaling-only", action="store_true", help="only the curated (v1) curve: 4 runs, not 8")
+    parser.add_argument("--scaling-only", action="store_true", help="only the curated (v2) curve: 4 runs, not 8")
+    parser.add_argument("--steps", type=int, help="the same number of training steps for every size")
     parser.add_argument("--prepare-only", action="store_true", help="seed and freeze, print the command, train nothing")
     parser.add_argument("--keep", default="", help="var dir to use and keep (default: a temporary one)")
     args = parser.parse_args()
@@ -40,8 +41,6 @@ def main() -> None:
     setup_django(args.keep, "ftstudio-experiments-bench-")
     from django.core.management import call_command
 
-    from apps.datasets import services as datasets
-    from apps.datasets.models import Example, ExampleStatus
     from apps.demo import services as demo
     from apps.runs.services import ensure_shipped_base_model
 
@@ -53,7 +52,7 @@ def main() -> None:
         "--project",
         project.slug,
         "--dataset-version",
-        "1",
+        "2",
         "--fractions",
         args.fractions,
         "--preset",
@@ -62,15 +61,12 @@ def main() -> None:
         base_model.name,
         "--wait",
     ]
+    if args.steps:
+        command += ["--steps", str(args.steps)]
     if not args.scaling_only:
-        flawed = Example.objects.filter(project=project, status=ExampleStatus.DRAFT).order_by("id")
-        print(f"raw: approving {flawed.count()} flawed inbox examples as they are")
-        for example in flawed:
-            datasets.set_status(example=example, status=ExampleStatus.APPROVED, user=None)
-        datasets.assign_splits(project=project)
-        raw = datasets.freeze_version(project=project, note="raw: the inbox approved without fixes")
-        print(f"raw = v{raw.number} {raw.split_counts}; curated = v1")
-        command += ["--versus", str(raw.number), "--labels", "curated,raw"]
+        raw = project.dataset_versions.get(number=1)
+        print(f"raw = v1 {raw.split_counts}; curated = v2")
+        command += ["--versus", "1", "--labels", "curated,raw"]
     print("python manage.py " + " ".join(command))
     if args.prepare_only:
         return

@@ -1,6 +1,6 @@
 """The demo loop on this machine's CPU, through the product's own services and tasks.
 
-Seeds the demo (300 clean examples), trains a run with the "quick" preset on version 1, then
+Seeds the demo (300 clean examples), trains a run with the "quick" preset on the curated version (v2), then
 evaluates base vs prompt-only (the house-style instructions as system prompt) vs the tuned run on the
 test split, and scores every output automatically against the house style
 (``apps.demo.generator.check_reply``: greeting by name, sign-off, one sentence, the facts' numbers).
@@ -44,7 +44,7 @@ def main() -> None:
     seeded = services.seed_demo(size=args.size)
     project = seeded.project
     print(f"seed: {time.perf_counter() - started:.1f} s ({'created' if seeded.created else 'existing'})")
-    version = project.dataset_versions.order_by("number").first()
+    version = project.dataset_versions.filter(derived_from__isnull=True).order_by("-number").first()  # v2, curated
     base_model = ensure_shipped_base_model()
 
     started = time.perf_counter()

@@ -97,19 +97,38 @@ def test_seed_creates_the_project_with_one_member_per_role_whose_printed_logins_
         assert Client().login(username=username, password=password), username
 
 
-def test_seed_freezes_version_one_with_only_the_clean_examples_in_all_three_splits(seeded):
+def test_seed_freezes_raw_version_one_with_the_flawed_inbox_and_curated_version_two_without(seeded):
     from apps.datasets.models import Example, ExampleStatus
 
-    version = seeded.project.dataset_versions.get()
-    assert version.number == 1
-    assert version.example_count == 40
-    assert all(version.split_counts[s] > 0 for s in ("train", "val", "test"))
-    frozen = [m for split in ("train", "val", "test") for m in version.conversations(split)]
+    raw, curated = seeded.project.dataset_versions.order_by("number")
+    assert (raw.number, curated.number) == (1, 2)
+    assert curated.example_count == 40 and raw.example_count == 46
+    assert all(curated.split_counts[s] > 0 for s in ("train", "val", "test"))
+    frozen = [m for split in ("train", "val", "test") for m in curated.conversations(split)]
     clean = {tuple((m["role"], m["content"]) for m in e.messages) for e in generate_examples(40)}
     assert {tuple((m["role"], m["content"]) for m in messages) for messages in frozen} == clean
     drafts = Example.objects.filter(project=seeded.project, status=ExampleStatus.DRAFT)
-    assert drafts.count() == 6
-    assert all(e.metadata.get("flaw") for e in drafts)
+    assert drafts.count() == 6 and all(e.metadata.get("flaw") for e in drafts)  # still there for the designer to fix
+    raw_examples = set(raw.items.values_list("example_id", flat=True))
+    assert set(drafts.values_list("id", flat=True)) <= raw_examples  # raw = curated + the six flawed, as they came
+    assert raw_examples - set(drafts.values_list("id", flat=True)) == set(
+        curated.items.values_list("example_id", flat=True)
+    )
+    for item in raw.items.all():  # each in the split it has in the project (the curated version's split)
+        assert item.split == item.example.split
+
+
+def test_runs_on_the_raw_version_are_marked_not_evaluated_on_current_data(seeded, tmp_path):
+    from apps.freshness.selectors import stale_runs
+    from apps.runs.models import BaseModel
+    from tests.eval_setup import make_run
+
+    raw, curated = seeded.project.dataset_versions.order_by("number")
+    base = BaseModel.objects.order_by("name").first()
+    on_raw, on_curated = (make_run(seeded.project, v, base, tmp_path / f"a{v.number}") for v in (raw, curated))
+    stale = stale_runs(seeded.project)
+    assert stale == {on_raw.pk: "trained on v1; not evaluated on v2"}
+    assert on_curated.pk not in stale
 
 
 def test_the_quality_report_of_the_demo_flags_the_deliberate_flaws_and_nothing_else(seeded):
@@ -163,3 +182,18 @@ def test_seed_writes_the_house_style_rubric_with_four_criteria(seeded):
         ("One sentence, no padding", "likert5"),
     ]
     assert rubric.criteria.get(name="Answers from the facts").anchors["1"].startswith("Ignores the facts")
+
+
+def test_the_demo_pms_next_step_panel_points_to_the_scaling_experiment_until_one_exists(db):
+    from apps.demo.services import launch_demo_experiment
+
+    project = services.seed_demo(size=80, quality_report=False).project  # 12.5 % of its 64 train examples: 8
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="pat"))
+    page = client.get(f"/p/{project.slug}/").content.decode()
+    assert "Run the scaling experiment" in page and f'href="/p/{project.slug}/experiments/"' in page
+    launch_demo_experiment(project=project)
+    page = client.get(f"/p/{project.slug}/").content.decode()
+    assert "Run the scaling experiment" not in page
+    assert "v2 has no run yet" not in page and "not evaluated on current data (v2)" not in page
+    assert "freeze a new version" not in page  # the experiment's subset versions are not the data to train on next

@@ -381,3 +381,127 @@ def test_forms_still_start_from_the_newest_real_version_not_a_subset(setup):
     for url in ("runs/new/", "evals/new/"):
         page = team.client("pm").get(f"/p/{team.project.slug}/{url}").content.decode()
         assert f'<option value="{version.pk}" selected>' in page, url
+
+
+# --- the same number of training steps for every size -------------------------------------------------------------
+def test_fixed_steps_train_every_size_the_same_number_of_steps_so_smaller_subsets_get_more_epochs(setup):
+    experiment = launch(setup, steps=12)
+    points = list(Point.objects.filter(arm__experiment=experiment).select_related("run").order_by("n_train"))
+    assert experiment.steps == 12
+    assert [p.run.hyperparameters["max_steps"] for p in points] == [12, 12, 12]
+    assert [p.run.total_steps for p in points] == [12, 12, 12]
+    # without the option, each run trains the preset's one epoch: fewer steps for fewer examples (batch 8)
+    by_epochs = launch(setup)
+    steps = [
+        p.run.total_steps
+        for p in Point.objects.filter(arm__experiment=by_epochs).select_related("run").order_by("n_train")
+    ]
+    assert steps == [1, 2, 4] and by_epochs.steps is None
+
+
+def test_fixed_steps_out_of_range_launch_nothing_and_the_form_offers_the_option(setup):
+    team, base, rubric, version = setup
+    with pytest.raises(services.ExperimentError, match="Training steps must be between 1 and"):
+        launch(setup, steps=0)
+    assert not Run.objects.exists() and not Experiment.objects.exists()
+    response = team.client("pm").post(
+        f"/p/{team.project.slug}/experiments/new/",
+        {
+            "dataset_version": version.pk,
+            "fractions": "0.25,1",
+            "preset": "quick",
+            "steps": 20,
+            "base_model": base.pk,
+            "rubric": rubric.pk,
+            "seed": 0,
+        },
+    )
+    experiment = Experiment.objects.get()
+    assert response.status_code == 302 and experiment.steps == 20
+    page = team.client("pm").get(experiment.get_absolute_url()).content.decode()
+    assert "20 training steps for every size" in page
+
+
+# --- the demo's one-click experiment -----------------------------------------------------------------------------
+def test_the_demo_button_launches_the_fixed_step_scaling_experiment_on_the_curated_version(db, client):
+    from apps.demo import services as demo
+
+    project = demo.seed_demo(size=80, quality_report=False).project
+    curated = project.dataset_versions.get(number=2)
+    client.force_login(project.members.get(username="pat"))
+    page = client.get(f"/p/{project.slug}/experiments/").content.decode()
+    plan = demo.demo_experiment_plan(project)
+    assert 'id="demo-experiment"' in page and f"the same {plan.steps} training steps" in page
+    response = client.post(f"/p/{project.slug}/experiments/demo/")
+    experiment = Experiment.objects.get()
+    assert response.status_code == 302 and response.url == experiment.get_absolute_url()
+    assert experiment.steps == demo.DEMO_EXPERIMENT_STEPS and experiment.test_version == curated
+    assert list(experiment.fractions) == list(demo.DEMO_EXPERIMENT_FRACTIONS)
+    runs = [p.run for p in Point.objects.filter(arm__experiment=experiment).select_related("run").order_by("n_train")]
+    assert [r.total_steps for r in runs] == [demo.DEMO_EXPERIMENT_STEPS] * len(demo.DEMO_EXPERIMENT_FRACTIONS)
+    assert [p.n_train for p in Point.objects.filter(arm__experiment=experiment).order_by("n_train")] == plan.sizes
+    # a reviewer may not launch it, and another project has no button
+    client.force_login(project.members.get(username="rui"))
+    assert client.post(f"/p/{project.slug}/experiments/demo/").status_code == 403
+    assert Experiment.objects.count() == 1
+
+
+def test_other_projects_have_no_demo_button(setup):
+    team = setup[0]
+    page = team.client("pm").get(f"/p/{team.project.slug}/experiments/").content.decode()
+    assert 'id="demo-experiment"' not in page
+    assert team.client("pm").post(f"/p/{team.project.slug}/experiments/demo/").status_code == 302
+    assert not Experiment.objects.exists()
+
+
+def test_cli_steps_option_trains_every_size_the_same_number_of_steps(setup, capsys):
+    team, base, rubric, version = setup
+    call_command(
+        "scaling_experiment",
+        "--project",
+        team.project.slug,
+        "--dataset-version",
+        str(version.number),
+        "--fractions",
+        "0.25,1",
+        "--steps",
+        "7",
+        "--base-model",
+        "tiny",
+    )
+    experiment = Experiment.objects.get()
+    assert experiment.steps == 7
+    assert {p.run.total_steps for p in Point.objects.filter(arm__experiment=experiment).select_related("run")} == {7}
+
+
+# --- a killed worker: the experiment's runs are resumed like single runs, and the experiment catches up ------------
+def test_a_killed_workers_experiment_run_is_re_queued_and_the_periodic_pass_advances_the_experiment(
+    setup, django_capture_on_commit_callbacks, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.runs import services as runs
+
+    experiment = launch(setup)
+    point = Point.objects.filter(arm__experiment=experiment).select_related("run").order_by("n_train").first()
+    Run.objects.filter(pk=point.run_id).update(
+        status=RunStatus.RUNNING,
+        worker_id="gone-host:4242:123:abcdef",
+        heartbeat_at=timezone.now() - timedelta(hours=1),
+        attempts=1,
+        enqueued_at=timezone.now(),
+    )
+    sent = []
+    monkeypatch.setattr("apps.runs.services.train_run.delay", lambda pk: sent.append(pk))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert runs.reap()["runs"] == [point.run_id]  # the reaper's rule for every run, experiment or not
+    assert point.run_id in sent
+    # the re-sent run finishes on another worker; no signal reaches the experiment (its message was the lost one)
+    finish_runs(experiment)
+    assert Point.objects.filter(arm__experiment=experiment, evaluation__isnull=False).count() == 0
+    assert services.advance_open_experiments() == [experiment.pk]
+    assert Point.objects.filter(arm__experiment=experiment, evaluation__isnull=True).count() == 0
+    experiment.refresh_from_db()
+    assert experiment.status == ExperimentStatus.RUNNING  # scored once the evaluations finish

@@ -278,3 +278,27 @@ def test_where_both_evaluations_ran_the_automatic_checks_they_decide_what_improv
         (0.0, 1.0, "improved"),
     ]
     assert diff.win.change == 0 and (diff.win.low, diff.win.high) == (0.0, 0.0)  # every example judged alike twice
+
+
+def test_an_experiments_subset_version_is_never_the_current_data_and_counts_as_its_source(team, tmp_path):
+    """An experiment freezes subsets of v1 as v3, v4 …: they are parts of v1, not newer data than v2."""
+    from apps.datasets.services import freeze_subset
+
+    project = team.project
+    v1 = version(project, questions(3), train=questions(8, 100))
+    v2 = version(project, questions(3, 10), train=questions(8, 200))
+    subset_of_v1 = freeze_subset(source=v1, train_positions=[0, 1, 2], note="experiment point")
+    subset_of_v2 = freeze_subset(source=v2, train_positions=[0, 1, 2], note="experiment point")
+    assert subset_of_v1.number > v2.number
+    assert selectors.current_data(project).dataset_version == v2
+    on_v1_subset, on_v2_subset = (
+        make_run(project, v, model(), tmp_path / f"a{v.number}") for v in (subset_of_v1, subset_of_v2)
+    )
+    assert selectors.stale_runs(project) == {
+        on_v1_subset.pk: f"trained on v{subset_of_v1.number} (part of v1); not evaluated on v2"
+    }
+    rubric = make_rubric(project)
+    on_subset = evaluate(project, subset_of_v1, rubric, on_v1_subset)
+    assert selectors.stale_evaluations(project) == {
+        on_subset.pk: f"made on v{subset_of_v1.number} (part of v1); v2 is newer"
+    }

@@ -265,3 +265,216 @@ def test_a_member_with_pairs_to_judge_blind_sees_no_prompt_or_output(team, setti
         html = team.client("reviewer").get(path).content.decode()
         assert 'id="prompts-blind"' in html and "secret" not in html
     assert "The secret house prompt." in team.client("designer").get("/p/support/prompts/v1/").content.decode()
+
+
+# --- the reaper's safety net: a scoring whose worker died, or whose message was lost, is sent again ---------------
+def dead_worker(pv, *, minutes_ago: int = 30, attempts: int = 1) -> None:
+    """What a killed worker leaves: the version running under an owner on another host, heartbeat long stopped."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    PromptVersion.objects.filter(pk=pv.pk).update(
+        status=PromptStatus.RUNNING,
+        worker_id="gone-host:4242:123:abcdef",
+        heartbeat_at=timezone.now() - timedelta(minutes=minutes_ago),
+        attempts=attempts,
+    )
+
+
+def test_the_reaper_finishes_a_prompt_scoring_whose_worker_was_killed(
+    team, settings, tiny_model_dir, eager, django_capture_on_commit_callbacks
+):
+    from apps.runs.services import reap
+    from tests.eval_setup import register_tiny_model
+
+    version = house_version(team.project)
+    pv = services.create_prompt_version(
+        project=team.project,
+        dataset_version=version,
+        system_prompt="House style.",
+        shot_positions=[0],
+        base_model=register_tiny_model(settings, tiny_model_dir),
+        max_new_tokens=4,
+        enqueue=False,
+    )
+    items = list(version.items.filter(split="val").order_by("position"))
+    services.score_outputs(pv, items[:1], ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards"])  # one batch was saved
+    dead_worker(pv)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = reap()
+    assert result["prompt_versions"] == [pv.pk]
+    pv.refresh_from_db()
+    assert pv.status == PromptStatus.SCORED and pv.done == 3 and pv.attempts == 2
+    assert pv.outputs.get(item=items[0]).output == "Hi Cy,\nOrder #3 ships Friday.\nWarm regards"  # kept, not redone
+
+
+def test_the_reaper_leaves_a_live_scoring_alone_and_fails_one_out_of_attempts(team, monkeypatch):
+    from django.utils import timezone
+
+    from apps.runs.services import MAX_ATTEMPTS
+
+    sent = []
+    monkeypatch.setattr("apps.prompts.services.score_task.delay", lambda pk: sent.append(pk))
+    version = house_version(team.project)
+    live, spent = (
+        services.create_prompt_version(
+            project=team.project,
+            dataset_version=version,
+            system_prompt=f"House style {n}.",
+            shot_positions=[0],
+            base_model=model(),
+            enqueue=False,
+        )
+        for n in (1, 2)
+    )
+    dead_worker(live)
+    PromptVersion.objects.filter(pk=live.pk).update(heartbeat_at=timezone.now())  # beating: its worker is alive
+    dead_worker(spent, attempts=MAX_ATTEMPTS)
+    assert services.reap_prompt_scoring() == {"prompt_versions": [], "queued_prompt_versions": []}
+    assert sent == []
+    live.refresh_from_db()
+    spent.refresh_from_db()
+    assert live.status == PromptStatus.RUNNING
+    assert spent.status == PromptStatus.FAILED and f"attempt limit {MAX_ATTEMPTS}" in spent.error
+
+
+def test_a_second_delivery_skips_a_version_a_live_worker_is_scoring(team):
+    from apps.runs import leases
+
+    version = house_version(team.project)
+    pv = services.create_prompt_version(
+        project=team.project,
+        dataset_version=version,
+        system_prompt="House style.",
+        shot_positions=[0],
+        base_model=model(),
+        enqueue=False,
+    )
+    assert services.claim_scoring(pv.pk, leases.new_owner_id()) is not None  # fresh heartbeat now
+    assert services.claim_scoring(pv.pk, leases.new_owner_id()) is None  # the live claim holds
+    pv.refresh_from_db()
+    assert pv.attempts == 1
+
+
+def test_the_reaper_resends_a_queued_scoring_whose_message_was_lost(
+    team, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    sent = []
+    monkeypatch.setattr("apps.prompts.services.score_task.delay", lambda pk: sent.append(pk))
+    version = house_version(team.project)
+    with django_capture_on_commit_callbacks(execute=True):
+        old, new = (
+            services.create_prompt_version(
+                project=team.project,
+                dataset_version=version,
+                system_prompt=f"House style {n}.",
+                shot_positions=[0],
+                base_model=model(),
+            )
+            for n in (1, 2)
+        )
+    assert sent == [old.pk, new.pk]  # sent once each when created
+    PromptVersion.objects.filter(pk=old.pk).update(
+        enqueued_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60)
+    )
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.reap_prompt_scoring()["queued_prompt_versions"] == [old.pk]  # the new one's message is young
+    assert sent == [old.pk]
+
+
+# --- a prompt version's few-shot examples against a later version's test split ------------------------------------
+def test_a_prompt_whose_few_shot_example_is_in_the_later_test_split_is_refused_as_baseline_naming_it(team):
+    from apps.evaluations.models import Evaluation
+
+    v1 = house_version(team.project)
+    pv = scored(team.project, v1, ["Hi Cy", "Hi Di", "Hi Ed"], shots=(0, 1))
+    bo_input = v1.items.get(split="train", position=1).messages
+    # v2 moved Bo's question (a few-shot example of the prompt) into its test split, worded with other spacing
+    leaked = [dict(m) for m in bo_input]
+    leaked[0]["content"] = "  " + leaked[0]["content"].replace(" ", "  ")
+    v2 = make_dataset_version(
+        team.project,
+        {
+            "train": [v1.items.get(split="train", position=0).messages],
+            "val": [i.messages for i in v1.items.filter(split="val")],
+            "test": [i.messages for i in v1.items.filter(split="test")] + [leaked],
+        },
+    )
+    rubric = checked_rubric(team.project)
+    baseline = eval_services.CandidateSpec(
+        "prompt", system_prompt=pv.system_prompt, few_shot=len(pv.shot_messages), shots=pv.shot_messages
+    )
+    with pytest.raises(eval_services.EvaluationError) as refused:
+        eval_services.create_evaluation(
+            project=team.project,
+            dataset_version=v2,
+            rubric=rubric,
+            candidates=[eval_services.CandidateSpec("base"), baseline],
+            base_model=model(),
+            enqueue=False,
+        )
+    message = str(refused.value)
+    assert "Few-shot example 2" in message and "Customer: Bo" in message and "test example 2 of 2 in v2" in message
+    assert not Evaluation.objects.exists()
+    # on its own version (the example is train there) it is the baseline as before
+    evaluation = eval_services.create_evaluation(
+        project=team.project,
+        dataset_version=v1,
+        rubric=rubric,
+        candidates=[eval_services.CandidateSpec("base"), baseline],
+        base_model=model(),
+        enqueue=False,
+    )
+    assert evaluation.candidates.get(kind="prompt").shot_messages == pv.shot_messages
+
+
+def test_the_evaluation_form_shows_the_leak_and_launches_nothing(team, client):
+    from apps.evaluations.models import Evaluation
+
+    v1 = house_version(team.project)
+    pv = scored(team.project, v1, ["Hi Cy", "Hi Di", "Hi Ed"], shots=(0,))
+    v2 = make_dataset_version(
+        team.project,
+        {
+            "train": [v1.items.get(split="train", position=1).messages],
+            "val": [i.messages for i in v1.items.filter(split="val")],
+            "test": [v1.items.get(split="train", position=0).messages],
+        },
+    )
+    rubric = checked_rubric(team.project)
+    client.force_login(team.pm)
+    page = client.post(
+        f"/p/{team.project.slug}/evals/new/",
+        {
+            "name": "leaky",
+            "dataset_version": v2.pk,
+            "rubric": rubric.pk,
+            "base_model": model().pk,
+            "include_base": "on",
+            "include_prompt": "on",
+            "prompt_version": pv.pk,
+            "few_shot": 0,
+            "max_new_tokens": 32,
+            "reviewers_per_pair": 1,
+            "seed": 0,
+        },
+    )
+    assert page.status_code == 200, page
+    assert "Few-shot example 1 of the prompt-only baseline" in page.content.decode(), page.context["form"].errors
+    assert not Evaluation.objects.exists()
+
+
+def test_the_workspace_offers_frozen_versions_not_an_experiments_subsets(team):
+    from apps.datasets.services import freeze_subset
+
+    version = house_version(team.project)
+    subset = freeze_subset(source=version, train_positions=[0], note="experiment point")
+    page = team.client("pm").get(f"/p/{team.project.slug}/prompts/").content.decode()
+    assert f'<option value="{version.pk}" selected>v{version.number}</option>' in page  # the newest real version
+    assert f'value="{subset.pk}"' not in page

@@ -97,7 +97,8 @@ def pm_steps(project) -> list[Step]:
 
     slug = {"slug": project.slug}
     steps = []
-    latest = DatasetVersion.objects.filter(project=project).order_by("-number").first()
+    # an experiment's subsets (derived_from) are parts of an older version, never the data to train on next
+    latest = DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number").first()
     approved = Example.objects.filter(project=project, status=ExampleStatus.APPROVED)
     if latest is None:
         if approved.exists():
@@ -154,6 +155,19 @@ def pm_steps(project) -> list[Step]:
                 + (f" (step {run.step} of {run.total_steps})." if run.total_steps else "."),
                 run.get_absolute_url(),
                 "Watch it",
+            )
+        )
+    from apps.demo.services import demo_experiment_plan
+
+    plan = demo_experiment_plan(project)
+    if plan is not None and not project.experiments.exists():
+        steps.append(
+            Step(
+                "How much data does the house style need? The demo's scaling experiment trains on "
+                f"{', '.join(str(n) for n in plan.sizes)} of v{plan.version.number}'s examples, the same "
+                f"{plan.steps} steps each, and scores each on the test split.",
+                reverse("experiment_list", kwargs=slug),
+                "Run the scaling experiment",
             )
         )
     from apps.freshness.selectors import stale_runs

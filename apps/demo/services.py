@@ -110,13 +110,19 @@ def seed_demo(*, size: int = 300, seed: int = 7, quality_report: bool = True) ->
                 raise DemoError(f"Importing {name} failed: {'; '.join(str(e) for e in report.errors[:5])}")
         datasets.assign_splits(project=project, seed=seed)
         _approve_clean(project=project, user=designer)
+        raw = _freeze_raw(project=project, user=designer)
         version = datasets.freeze_version(
-            project=project, user=designer, note=f"Demo: {size} approved house-style replies"
+            project=project,
+            user=designer,
+            note=f"Demo (curated): {size} approved house-style replies; the flagged inbox examples left out",
         )
         _ensure_rubric(project=project, user=designer)
         if quality_report:
             datasets.run_quality_report(project=project)
-    notes = [f"Dataset v{version.number}: {version.split_counts}."]
+    notes = [
+        f"Dataset v{raw.number} (raw, the unreviewed inbox included): {raw.split_counts}.",
+        f"Dataset v{version.number} (curated): {version.split_counts}.",
+    ]
     if base_model is not None:
         notes.append(f"Base model: {base_model}.")
     return SeedResult(project=project, created=True, logins=logins, notes=notes)
@@ -133,6 +139,86 @@ def _approve_clean(*, project: Project, user) -> None:
         .order_by("id")
     ):
         datasets.set_status(example=example, status=ExampleStatus.APPROVED, user=user)
+
+
+def _freeze_raw(*, project: Project, user):
+    """Version 1, the raw data: every imported example in its split as it came in, the six unreviewed inbox
+    examples (flaws included) with the approved ones, frozen before anyone reviewed them. The curated version 2
+    leaves them out; runs on version 1 are then "not evaluated on current data"."""
+    from apps.datasets import services as datasets
+    from apps.datasets.models import Example, ExampleStatus
+
+    splits: dict[str, list[int]] = {}
+    for pk, split in (
+        Example.objects.filter(project=project)
+        .exclude(status=ExampleStatus.REJECTED)
+        .order_by("id")
+        .values_list("id", "split")
+    ):
+        splits.setdefault(split, []).append(pk)
+    return datasets.freeze_selection(
+        project=project,
+        splits=splits,
+        user=user,
+        note="Demo (raw): everything imported, the unreviewed inbox with its flaws included",
+    )
+
+
+# --- the demo's one-click scaling experiment ---------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoExperimentPlan:
+    version: object  # the curated DatasetVersion
+    fractions: tuple[float, ...]
+    steps: int
+    preset: str
+
+    @property
+    def sizes(self) -> list[int]:
+        from apps.experiments.statistics import subset_size
+
+        return [subset_size(f, self.version.split_counts.get("train", 0)) for f in self.fractions]
+
+
+# Three sizes, the same 30 steps each (the quick preset's steps on the full split): the curve measures data, not
+# training length, and the whole experiment (3 runs + 3 automatic-only evaluations) stays within minutes on a CPU.
+DEMO_EXPERIMENT_FRACTIONS = (0.125, 0.5, 1.0)
+DEMO_EXPERIMENT_STEPS = 30
+DEMO_EXPERIMENT_PRESET = "quick"
+
+
+def demo_experiment_plan(project) -> DemoExperimentPlan | None:
+    """What the demo's experiment button launches; None outside the demo project or before its curated version."""
+    from apps.datasets.models import DatasetVersion
+
+    if project.slug != DEMO_SLUG:
+        return None
+    version = (
+        DatasetVersion.objects.filter(project=project, derived_from__isnull=True, note__startswith="Demo (curated)")
+        .order_by("-number")
+        .first()
+    )
+    if version is None:
+        return None
+    return DemoExperimentPlan(version, DEMO_EXPERIMENT_FRACTIONS, DEMO_EXPERIMENT_STEPS, DEMO_EXPERIMENT_PRESET)
+
+
+def launch_demo_experiment(*, project, user=None):
+    """Launch the demo's scaling experiment on the curated version (experiments' ExperimentError if refused)."""
+    from apps.experiments.services import ExperimentError, launch_experiment
+
+    plan = demo_experiment_plan(project)
+    if plan is None:
+        raise ExperimentError("The one-click scaling experiment belongs to the seeded demo project.")
+    return launch_experiment(
+        project=project,
+        versions=[plan.version],
+        fractions=plan.fractions,
+        preset=plan.preset,
+        steps=plan.steps,
+        labels=["curated"],
+        name=f"Demo: how much data? {', '.join(str(n) for n in plan.sizes)} examples, {plan.steps} steps each",
+        user=user,
+    )
 
 
 def _ensure_base_model():

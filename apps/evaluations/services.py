@@ -413,7 +413,45 @@ def _check_evaluation(
             runs[run.pk] = run
     if [s.kind for s in candidates].count("base") > 1:
         raise EvaluationError("The base model is listed twice.")
+    for spec in candidates:
+        if spec.kind == CandidateKind.PROMPT and spec.shots:
+            leak = few_shot_leak(spec.shots, dataset_version)
+            if leak:
+                raise EvaluationError(leak)
     return runs
+
+
+def _input_key(messages: list[dict]) -> tuple:
+    """What a model is asked (every turn before the last assistant turn), whitespace- and case-insensitive."""
+    turns = list(messages or [])
+    for i in range(len(turns) - 1, -1, -1):
+        if turns[i].get("role") == "assistant":
+            turns = turns[:i]
+            break
+    return tuple((m.get("role"), " ".join(str(m.get("content", "")).split()).casefold()) for m in turns)
+
+
+def few_shot_leak(shots: list[list[dict]], dataset_version: DatasetVersion) -> str:
+    """Why a prompt baseline's few-shot examples may not be evaluated on this version ("" when they may): one of
+    them has the same input as a test example, so the baseline would be shown the answer it is scored on (a
+    prompt version picked its examples from an older version's train split; a later version may test them)."""
+    tests: dict[tuple, int] = {}
+    rows = dataset_version.items.filter(split="test").order_by("position").values_list("messages", flat=True)
+    for k, messages in enumerate(rows, 1):
+        tests.setdefault(_input_key(messages), k)
+    for n, shot in enumerate(shots, 1):
+        k = tests.get(_input_key(shot))
+        if k is not None:
+            asked = next((m.get("content", "") for m in reversed(shot) if m.get("role") == "user"), "")
+            asked = " ".join(str(asked).split())
+            return (
+                f"Few-shot example {n} of the prompt-only baseline ({asked[:80]!r}"
+                f"{'…' if len(asked) > 80 else ''}) has the same input as test example {k} of "
+                f"{len(rows)} in v{dataset_version.number}: the baseline would be shown the answer it is "
+                f"scored on. Pick a prompt version whose examples are not in v{dataset_version.number}'s "
+                f"test split, or save one on v{dataset_version.number}."
+            )
+    return ""
 
 
 def _pick_base_model(base_model: BaseModel | None, runs: dict[int, Run]) -> BaseModel:

@@ -24,6 +24,14 @@ class ExperimentForm(forms.Form):
     versus_label = forms.CharField(max_length=80, required=False, help_text='and the second, e.g. "curated"')
     fractions = forms.CharField(initial="0.125,0.25,0.5,1", help_text="shares of the train split, comma-separated")
     preset = forms.ChoiceField(choices=[(p, p.title()) for p in PRESETS], initial="quick")
+    steps = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=100_000,
+        label="Same number of training steps for every size",
+        help_text="e.g. 30: every run trains that many steps and smaller subsets get more epochs, so the curve "
+        "measures data, not training length; empty: the preset's epochs (smaller subsets also train fewer steps)",
+    )
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.order_by("name"))
     rubric = forms.ModelChoiceField(queryset=Rubric.objects.none(), help_text="its automatic checks score every output")
     seed = forms.IntegerField(min_value=0, initial=0)

@@ -32,6 +32,12 @@ class Experiment(TimeStamped):
     name = models.CharField(max_length=160)
     fractions = models.JSONField(help_text="shares of each arm's train split, ascending, e.g. [0.125, 0.25, 0.5, 1.0]")
     preset = models.CharField(max_length=20)
+    steps = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="the same number of training steps for every size (smaller subsets get more epochs); "
+        "empty: the preset's epochs, so smaller subsets also get fewer steps",
+    )
     seed = models.PositiveIntegerField(default=0, help_text="the subsets' permutation and every run's seed")
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="+")
     rubric = models.ForeignKey(Rubric, on_delete=models.PROTECT, related_name="+")

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 EVAL_MAX_NEW_TOKENS = 96
+MAX_STEPS = 100_000
 
 
 class ExperimentError(ValueError):
@@ -69,17 +70,22 @@ def launch_experiment(
     seed: int = 0,
     labels: list[str] | None = None,
     name: str = "",
+    steps: int | None = None,
     user=None,
 ) -> Experiment:
     """Freeze each arm's nested train subsets as versions derived from it, all with the first version's test
     split, and launch one run per subset (same preset and seed). One version: a data-scaling curve; two: the
-    same curve for each (e.g. raw, then curated) on one chart. Raises ExperimentError; nothing is saved then."""
+    same curve for each (e.g. raw, then curated) on one chart. ``steps``: every run trains exactly that many steps
+    (smaller subsets get more epochs), so the curve measures data, not training length; None: the preset's epochs.
+    Raises ExperimentError; nothing is saved then."""
     if not 1 <= len(versions) <= 2:
         raise ExperimentError("An experiment has one dataset version (a scaling curve) or two (curated against raw).")
     sources = [_version(project, v) for v in versions]
     if len({v.pk for v in sources}) < len(sources):
         raise ExperimentError("Compare two different versions (the same one twice would show nothing).")
     fractions = parse_fractions(fractions)
+    if steps is not None and not 1 <= int(steps) <= MAX_STEPS:
+        raise ExperimentError(f"Training steps must be between 1 and {MAX_STEPS}, got {steps}.")
     test_items = list(sources[0].items.filter(split=Split.TEST).order_by("position"))
     if not test_items:
         raise ExperimentError(
@@ -128,6 +134,7 @@ def launch_experiment(
         name=name.strip() or " vs ".join(labels) + f" · {', '.join(f'{f * 100:g} %' for f in fractions)}",
         fractions=fractions,
         preset=preset,
+        steps=int(steps) if steps is not None else None,
         seed=seed,
         base_model=base_model,
         rubric=rubric,
@@ -164,7 +171,7 @@ def launch_experiment(
                     dataset_version=version,
                     base_model=base_model,
                     preset=preset,
-                    overrides={"seed": seed},
+                    overrides={"seed": seed, **({"max_steps": int(steps)} if steps is not None else {})},
                     user=user,
                     name=f"{label} · {fraction * 100:g} % ({len(chosen)} examples)"[:120],
                 )

@@ -12,7 +12,28 @@ from .forms import ExperimentForm
 
 @project_view("view")
 def experiment_list(request, project):
-    return render(request, "experiments/experiment_list.html", {"experiments": selectors.experiments_for(project)})
+    from apps.demo.services import demo_experiment_plan
+
+    context = {"experiments": selectors.experiments_for(project), "demo_plan": demo_experiment_plan(project)}
+    return render(request, "experiments/experiment_list.html", context)
+
+
+@project_view("run")
+def experiment_demo(request, project):
+    """The demo project's one-click scaling experiment (fixed steps, a few sizes; minutes on a CPU)."""
+    from apps.demo.services import launch_demo_experiment
+
+    if request.method != "POST":
+        return redirect("experiment_list", slug=project.slug)
+    try:
+        experiment = launch_demo_experiment(project=project, user=request.user)
+    except services.ExperimentError as exc:
+        messages.error(request, str(exc))
+        return redirect("experiment_list", slug=project.slug)
+    messages.success(
+        request, f"Launched {experiment}: {experiment.arms.count() * len(experiment.fractions)} runs queued."
+    )
+    return redirect(experiment.get_absolute_url())
 
 
 @project_view("run")
@@ -33,6 +54,7 @@ def experiment_create(request, project):
                 base_model=data["base_model"],
                 rubric=data["rubric"],
                 seed=data["seed"],
+                steps=data["steps"],
                 labels=labels,
                 user=request.user,
             )

@@ -51,19 +51,37 @@ class CurrentData:
         return rubric.version >= self.rubric_versions.get(rubric.name, rubric.version)
 
 
+def _newest_version(project) -> DatasetVersion | None:
+    """The newest version a person froze: an experiment's subsets (``derived_from``) are parts of an older
+    version, never the project's current data."""
+    return DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number").first()
+
+
+def source_number(version: DatasetVersion) -> int:
+    """The number of the version a person froze that this one holds data of (an experiment's subset: its source)."""
+    return version.derived_from.number if version.derived_from_id else version.number
+
+
+def version_words(version: DatasetVersion) -> str:
+    """ "v3", or "v5 (part of v1)" for an experiment's subset."""
+    if version.derived_from_id:
+        return f"v{version.number} (part of v{version.derived_from.number})"
+    return f"v{version.number}"
+
+
 def current_data(project) -> CurrentData:
     newest: dict[str, int] = {}
     for name, version in Rubric.objects.filter(project=project).values_list("name", "version"):
         newest[name] = max(version, newest.get(name, 0))
-    return CurrentData(DatasetVersion.objects.filter(project=project).order_by("-number").first(), newest)
+    return CurrentData(_newest_version(project), newest)
 
 
 def evaluation_staleness(evaluation: Evaluation, current: CurrentData) -> str:
     """Why an evaluation is not on current data ("" when it is)."""
     reasons = []
     newest = current.dataset_version
-    if newest is not None and evaluation.dataset_version.number < newest.number:
-        reasons.append(f"made on v{evaluation.dataset_version.number}; v{newest.number} is newer")
+    if newest is not None and source_number(evaluation.dataset_version) < newest.number:
+        reasons.append(f"made on {version_words(evaluation.dataset_version)}; v{newest.number} is newer")
     if not current.rubric_is_current(evaluation.rubric):
         reasons.append(
             f"rubric {evaluation.rubric.name} v{evaluation.rubric.version}; "
@@ -104,9 +122,11 @@ def stale_runs(project, runs=None) -> dict[int, str]:
         runs = Run.objects.filter(project=project).select_related("dataset_version")
     evaluated = runs_evaluated_on(project, current)
     return {
-        r.pk: f"trained on v{r.dataset_version.number}; not evaluated on v{newest.number}"
+        r.pk: f"trained on {version_words(r.dataset_version)}; not evaluated on v{newest.number}"
         for r in runs
-        if r.status == RunStatus.SUCCEEDED and r.dataset_version.number < newest.number and r.pk not in evaluated
+        if r.status == RunStatus.SUCCEEDED
+        and source_number(r.dataset_version) < newest.number
+        and r.pk not in evaluated
     }
 
 

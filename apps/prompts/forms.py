@@ -33,7 +33,9 @@ class PromptVersionForm(forms.Form):
 
     def __init__(self, *args, project, dataset_version, train_items, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
+        self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(
+            project=project, derived_from__isnull=True
+        ).order_by("-number")
         self.fields["dataset_version"].initial = dataset_version.pk if dataset_version else None
         self.fields["dataset_version"].label_from_instance = (
             lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"

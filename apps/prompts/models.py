@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Project, TimeStamped
 from apps.datasets.models import DatasetVersion, DatasetVersionItem
+from apps.runs.leases import LeaseHolder
 
 
 class PromptStatus(models.TextChoices):
@@ -24,7 +25,7 @@ class PromptStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-class PromptVersion(TimeStamped):
+class PromptVersion(LeaseHolder, TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompt_versions")
     number = models.PositiveIntegerField()
     dataset_version = models.ForeignKey(
@@ -61,6 +62,12 @@ class PromptVersion(TimeStamped):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # the lease of the scoring task (apps/runs/leases.py, as runs and evaluations): the reaper re-sends a version
+    # whose worker died or whose message was lost
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker_id = models.CharField(max_length=200, blank=True, help_text="the claim's owner (host:pid:start:token)")
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="when the last task message was sent")
 
     class Meta:
         ordering = ["-number"]
@@ -86,9 +93,11 @@ class PromptVersion(TimeStamped):
         return self.checks_passed / self.total if self.checks_passed is not None and self.total else None
 
     # a row's own state changes
-    def mark_running(self) -> None:
-        self.status, self.error = PromptStatus.RUNNING, ""
-        self.save(update_fields=["status", "error", "updated_at"])
+    def mark_running(self, *, owner: str = "", now=None) -> None:
+        """Claimed by a worker: one more attempt, its owner id and a first heartbeat."""
+        self.status, self.error, self.worker_id = PromptStatus.RUNNING, "", owner
+        self.attempts, self.heartbeat_at = self.attempts + 1, now or timezone.now()
+        self.save(update_fields=["status", "error", "worker_id", "attempts", "heartbeat_at", "updated_at"])
 
     def mark_scored(self, *, mean_similarity: float, checks_passed: int | None, check_summary: dict, done: int) -> None:
         self.status, self.finished_at, self.done = PromptStatus.SCORED, timezone.now(), done

@@ -10,12 +10,16 @@ automatic checks (``worker.checks``).
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
+from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion, DatasetVersionItem
 from apps.evaluations.models import AutoCheck, Candidate, CandidateKind, Rubric
+from apps.runs import leases
 from apps.runs.models import BaseModel
 from ftstudio.celery import send_after_commit
 
@@ -103,8 +107,14 @@ def create_prompt_version(
         created_by=user,
     )
     if enqueue:
-        send_after_commit(score_task, version.pk)
+        send_scoring(version)
     return version
+
+
+def send_scoring(version: PromptVersion) -> None:
+    """Queue the version's scoring (once the transaction commits) and note when, for the reaper."""
+    PromptVersion.objects.filter(pk=version.pk).update(enqueued_at=timezone.now())
+    send_after_commit(score_task, version.pk)
 
 
 def prompt_messages(version: PromptVersion, input_messages: list[dict]) -> list[dict]:
@@ -180,13 +190,13 @@ def finish_scoring(version: PromptVersion) -> PromptVersion:
     return version
 
 
-def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | None:
-    """Generate and score every missing output of a prompt version; safe to run twice (a scored version is left
-    alone, stored outputs are not generated again)."""
-    from apps.runs.services import failure_message, model_spec_for
-    from worker.generate import GenerationConfig, generate, load_generator
-    from worker.models import resolve_model_dir
+class _Lost(Exception):
+    """Another worker took the version over: this delivery stops and writes nothing more."""
 
+
+def claim_scoring(version_pk: int, owner: str) -> PromptVersion | None:
+    """Mark a version as running under ``owner`` unless it is scored or a live worker holds it (the runs' and
+    evaluations' rule, ``apps/runs/leases.py``)."""
     with transaction.atomic():
         version = (
             PromptVersion.objects.select_for_update()
@@ -195,27 +205,102 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
             .first()
         )
         if version is None or version.status == PromptStatus.SCORED:
-            return version
-        version.mark_running()
-    try:
-        items = list(version.dataset_version.items.filter(split="val").select_related("example").order_by("position"))
-        have = set(version.outputs.values_list("item_id", flat=True))
-        todo = [i for i in items if i.pk not in have]
-        if todo:
-            model, tokenizer = load_generator(resolve_model_dir(model_spec_for(version.base_model)))
-            config = GenerationConfig(max_new_tokens=version.max_new_tokens, batch_size=batch_size, seed=0)
-
-            def save(indices, results):
-                score_outputs(
-                    version, [todo[i] for i in indices], [r.text for r in results], [r.latency_ms for r in results]
-                )
-                PromptVersion.objects.filter(pk=version.pk).update(done=version.outputs.count())
-
-            generate(
-                model, tokenizer, [prompt_messages(version, i.input_messages) for i in todo], config, on_batch=save
+            return None
+        now = timezone.now()
+        if version.status == PromptStatus.RUNNING and not version.owner_gone(now):
+            log.info(
+                "Prompt version %s is scored by live worker %s; skipping this delivery", version_pk, version.worker_id
             )
-        return finish_scoring(version)
-    except Exception as exc:  # noqa: BLE001 - shown on the version's page, logged with context
-        log.exception("Scoring prompt version %s failed", version_pk)
-        version.mark_failed(failure_message(exc))
-        raise
+            return None
+        version.mark_running(owner=owner, now=now)
+        return version
+
+
+def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | None:
+    """Generate and score every missing output of a prompt version; safe to run twice (a scored version, or one
+    a live worker holds, is left alone; stored outputs are not generated again). A heartbeat thread keeps the
+    claim fresh; a worker that lost it to another stops after its batch."""
+    from apps.runs.services import failure_message, model_spec_for
+    from worker.generate import GenerationConfig, generate, load_generator
+    from worker.models import resolve_model_dir
+
+    owner = leases.new_owner_id()
+    version = claim_scoring(version_pk, owner)
+    if version is None:
+        return PromptVersion.objects.filter(pk=version_pk).first()
+    with leases.Lease(PromptVersion, version.pk, owner) as lease:
+        rows = lease.rows()
+
+        def check() -> None:
+            if lease.lost.is_set() or not rows.exists():
+                lease.lost.set()
+                raise _Lost
+
+        try:
+            items = list(
+                version.dataset_version.items.filter(split="val").select_related("example").order_by("position")
+            )
+            have = set(version.outputs.values_list("item_id", flat=True))
+            todo = [i for i in items if i.pk not in have]
+            if todo:
+                model, tokenizer = load_generator(resolve_model_dir(model_spec_for(version.base_model)))
+                config = GenerationConfig(max_new_tokens=version.max_new_tokens, batch_size=batch_size, seed=0)
+
+                def save(indices, results):
+                    check()
+                    score_outputs(
+                        version, [todo[i] for i in indices], [r.text for r in results], [r.latency_ms for r in results]
+                    )
+                    rows.update(done=version.outputs.count(), heartbeat_at=timezone.now())
+
+                generate(
+                    model, tokenizer, [prompt_messages(version, i.input_messages) for i in todo], config, on_batch=save
+                )
+            check()
+            return finish_scoring(version)
+        except _Lost:
+            log.warning("Prompt version %s was taken over by another worker: this one stopped", version_pk)
+            return None
+        except Exception as exc:  # noqa: BLE001 - shown on the version's page, logged with context
+            if lease.lost.is_set():
+                log.warning("Prompt version %s failed after another worker took it over: %s", version_pk, exc)
+                return None
+            log.exception("Scoring prompt version %s failed", version_pk)
+            version.mark_failed(failure_message(exc))
+            raise
+
+
+def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
+    """The reaper's prompt half (called by `runs.reap`, beside runs and evaluations): re-send running versions
+    whose worker is gone (failed after MAX_ATTEMPTS, outputs kept) and queued ones whose message is older than
+    FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message). A duplicate message is harmless: the claim lets one run."""
+    from apps.runs.services import MAX_ATTEMPTS
+
+    now = now or timezone.now()
+    cutoff = now - leases.stale_after()
+    stale, queued = [], []
+    for version in PromptVersion.objects.filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True), status=PromptStatus.RUNNING
+    ):
+        if not version.owner_gone(now):
+            continue
+        if version.attempts >= MAX_ATTEMPTS:
+            version.mark_failed(
+                f"The worker stopped {version.attempts} times (attempt limit {MAX_ATTEMPTS}); the outputs scored so "
+                "far are kept: save the prompt again to retry."
+            )
+            continue
+        log.warning("Prompt version %s: no heartbeat since %s; re-queuing", version.pk, version.heartbeat_at)
+        send_scoring(version)
+        stale.append(version.pk)
+    bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+    old = Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound)
+    for version in PromptVersion.objects.filter(old, status=PromptStatus.QUEUED):
+        log.warning(
+            "Prompt version %s: queued since %s with no worker: sending its message again",
+            version.pk,
+            version.enqueued_at or version.created_at,
+        )
+        send_scoring(version)
+        queued.append(version.pk)
+    return {"prompt_versions": stale, "queued_prompt_versions": queued}

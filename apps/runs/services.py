@@ -829,18 +829,20 @@ def failure_message(exc: BaseException) -> str:
 
 
 def reap() -> dict[str, list[int]]:
-    """The periodic reaper: re-send runs and evaluations whose worker is gone (stale heartbeat, no live process)
-    and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give up after
-    MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
+    """The periodic reaper: re-send runs, evaluations and prompt scorings whose worker is gone (stale heartbeat, no
+    live process) and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give
+    up after MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
     from apps.api.fine_tuning import resend_validating_jobs
     from apps.datasets.services import resend_queued_imports
     from apps.evaluations.services import reap_generations
+    from apps.prompts.services import reap_prompt_scoring
 
     now = timezone.now()
     result = {
         "runs": reap_stale_runs(now),
         "queued_runs": resend_queued_runs(now),
         **reap_generations(now),
+        **reap_prompt_scoring(now),
         "queued_imports": resend_queued_imports(now),
         "validating_jobs": resend_validating_jobs(now),
     }

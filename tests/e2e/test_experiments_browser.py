@@ -68,3 +68,47 @@ def test_pm_cancels_an_experiment_and_every_queued_run_stops(new_page, password,
     assert set(Point.objects.filter(arm__experiment=experiment).values_list("run__status", flat=True)) == {"cancelled"}
     page.locator("#experiment-points a").first.click()  # the run page names its subset honestly
     page.get_by_text("v1 · 50 % (16 examples)").first.wait_for()
+
+
+def test_demo_pm_runs_the_one_click_experiment_then_curated_against_raw_and_sees_raw_runs_stale(new_page, live_server):
+    """The demo's pages: the button launches the fixed-step scaling experiment on the curated v2; a curated (v2) vs
+    raw (v1) experiment puts both arms in one table; once its runs finish, the raw arm's runs (parts of v1) are
+    marked "not evaluated on current data" on Current data."""
+    from apps.demo import services as demo
+
+    seeded = demo.seed_demo(size=80, quality_report=False)
+    slug = seeded.project.slug
+    page = new_page()
+    login(page, "pat", seeded.logins["pat"])
+    page.goto(f"{live_server.url}/p/{slug}/experiments/")
+    page.get_by_role("button", name="Run the demo scaling experiment").click()
+    page.locator("#experiment-status").filter(has_text="Running").wait_for()
+    assert "30 training steps for every size" in page.content()
+    assert page.locator("#experiment-points tbody tr").count() == len(demo.DEMO_EXPERIMENT_FRACTIONS)
+    scaling = Experiment.objects.get()
+    assert scaling.steps == 30 and scaling.test_version.number == 2
+
+    page.goto(f"{live_server.url}/p/{slug}/experiments/new/")
+    curated, raw = (seeded.project.dataset_versions.get(number=n) for n in (2, 1))
+    page.get_by_label("Dataset version").select_option(str(curated.pk))
+    page.get_by_label("Compare with (optional)").select_option(str(raw.pk))
+    page.locator("#id_label").fill("curated")
+    page.locator("#id_versus_label").fill("raw")
+    page.get_by_label("Fractions").fill("0.5,1")
+    page.get_by_label("Same number of training steps for every size").fill("30")
+    page.get_by_role("button", name="Launch experiment").click()
+    page.locator("#experiment-status").filter(has_text="Running").wait_for()
+    pair = Experiment.objects.exclude(pk=scaling.pk).get()
+    table = page.locator("#experiment-points").inner_text()
+    assert "curated" in table and "raw" in table and page.locator("#experiment-points tbody tr").count() == 4
+    screenshot(page, "demo-curated-vs-raw")
+
+    finish_runs(pair)
+    page.goto(f"{live_server.url}/p/{slug}/freshness/")
+    raw_runs = Point.objects.filter(arm__experiment=pair, arm__label="raw").values_list("run_id", flat=True)
+    for run_id in raw_runs:
+        row = page.locator(f"tr:has(#run-{run_id})")
+        assert "not evaluated on current data" in row.inner_text()
+    for run_id in Point.objects.filter(arm__experiment=pair, arm__label="curated").values_list("run_id", flat=True):
+        assert "current" in page.locator(f"tr:has(#run-{run_id})").inner_text()
+        assert "not evaluated" not in page.locator(f"tr:has(#run-{run_id})").inner_text()

@@ -55,7 +55,7 @@ def designer_fixes_a_flagged_example_and_freezes_a_version(page, slug: str) -> N
 
     page.goto(f"/p/{slug}/data/versions/")
     page.get_by_role("button", name="Freeze version").click()
-    page.get_by_text(f"Froze v2: {DEMO_SIZE + 1} approved examples").wait_for()
+    page.get_by_text(f"Froze v3: {DEMO_SIZE + 1} approved examples").wait_for()  # v1 raw, v2 curated are seeded
     screenshot(page, "journey-3-version-frozen")
 
 
@@ -65,7 +65,7 @@ def version_pk(slug: str, number: int) -> int:
 
 def pm_launches_a_short_run_and_watches_it_finish(page, slug: str) -> Run:
     page.goto(f"/p/{slug}/runs/new/")
-    page.get_by_label("Dataset version").select_option(value=str(version_pk(slug, 2)))
+    page.get_by_label("Dataset version").select_option(value=str(version_pk(slug, 3)))
     page.get_by_label("Preset").select_option("quick")
     page.get_by_label("Max steps").fill(str(RUN_STEPS))
     page.get_by_label("Batch size").fill("4")
@@ -85,7 +85,7 @@ def pm_launches_a_short_run_and_watches_it_finish(page, slug: str) -> Run:
 def pm_evaluates_base_prompt_and_tuned(page, slug: str, run: Run) -> Evaluation:
     page.goto(f"/p/{slug}/evals/")
     page.get_by_role("link", name="New evaluation").click()
-    page.get_by_label("Dataset version").select_option(value=str(version_pk(slug, 2)))
+    page.get_by_label("Dataset version").select_option(value=str(version_pk(slug, 3)))
     page.get_by_label("Rubric").select_option(value=str(Rubric.objects.get(project__slug=slug).pk))
     page.get_by_label("Candidate: base model", exact=True).check()
     page.get_by_label("Candidate: base model + prompt (prompt-only baseline)").check()

@@ -1,7 +1,7 @@
 """Launch a data-scaling experiment (or curated vs raw with --versus) and print its table.
 
     python manage.py scaling_experiment --project support --dataset-version 3 [--versus 4] \
-        [--fractions 0.125,0.25,0.5,1] [--preset quick] [--wait]
+        [--fractions 0.125,0.25,0.5,1] [--preset quick] [--steps 30] [--wait]
 
 The last line is ``slope=X``: the first version's score per doubling of the training examples (the share of
 test replies passing every automatic check when the rubric has checks, else similarity to the ideal reply).
@@ -29,6 +29,12 @@ class Command(BaseCommand):
         parser.add_argument("--labels", default="", help='names of the versions, e.g. "raw,curated"')
         parser.add_argument("--fractions", default="0.125,0.25,0.5,1", help="shares of the train split")
         parser.add_argument("--preset", default="quick")
+        parser.add_argument(
+            "--steps",
+            type=int,
+            help="the same number of training steps for every size (smaller subsets get more epochs); "
+            "default: the preset's epochs",
+        )
         parser.add_argument("--base-model", help="base model name (default: the first registered)")
         parser.add_argument(
             "--rubric", help="rubric name (default: the project's most recent); its automatic checks score"
@@ -56,6 +62,7 @@ class Command(BaseCommand):
                 base_model=opts["base_model"],
                 rubric=rubric,
                 seed=opts["seed"],
+                steps=opts["steps"],
                 labels=labels,
             )
         except services.ExperimentError as exc:
