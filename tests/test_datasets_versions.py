@@ -139,3 +139,16 @@ def test_freeze_page_reports_errors_and_lists_versions(team):
     assert team.client("reviewer").post("/p/support/data/versions/", {"note": "x"}).status_code == 403
     export = client.get("/p/support/data/export/?version=1&format=openai")
     assert len(export.content.decode().splitlines()) == 10
+
+
+def test_an_experiment_s_subset_version_does_not_hide_that_nothing_changed_since_the_last_freeze(team):
+    add(team.project, varied(40))
+    services.assign_splits(project=team.project, seed=3)
+    for e in Example.objects.order_by("id")[:30]:
+        services.set_status(example=e, status="approved", user=team.designer)
+    v1 = services.freeze_version(project=team.project, user=team.designer)
+    positions = [i.position for i in v1.items.filter(split="train").order_by("position")[:5]]
+    subset = services.freeze_subset(source=v1, train_positions=positions)
+    assert subset.number == 2 and subset.derived_from_id == v1.pk
+    with pytest.raises(services.FreezeError, match="Nothing changed since v1"):
+        services.freeze_version(project=team.project)

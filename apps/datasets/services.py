@@ -781,7 +781,7 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     if not any(split == Split.TRAIN for _, _, split, _ in approved):
         raise FreezeError("The train split has no approved examples: a version needs something to train on.")
     items = [FrozenItem(split, pk, messages, content_hash(messages), n) for pk, messages, split, n in approved]
-    latest = DatasetVersion.objects.filter(project=project).order_by("-number").first()
+    latest = DatasetVersion.objects.filter(project=project, derived_from=None).order_by("-number").first()
     if latest and latest.content_hash == _version_hash(items):
         raise FreezeError(f"Nothing changed since v{latest.number}: it already holds exactly these examples.")
     return _save_version(project_id=project.pk, items=items, note=note, user=user)

@@ -220,9 +220,9 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
     """Generate and score every missing output of a prompt version; safe to run twice (a scored version, or one
     a live worker holds, is left alone; stored outputs are not generated again). A heartbeat thread keeps the
     claim fresh; a worker that lost it to another stops after its batch."""
-    from apps.runs.services import failure_message, model_spec_for
+    from apps.runs.artifacts import base_model_dir
+    from apps.runs.services import failure_message
     from worker.generate import GenerationConfig, generate, load_generator
-    from worker.models import resolve_model_dir
 
     owner = leases.new_owner_id()
     version = claim_scoring(version_pk, owner)
@@ -243,7 +243,7 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
             have = set(version.outputs.values_list("item_id", flat=True))
             todo = [i for i in items if i.pk not in have]
             if todo:
-                model, tokenizer = load_generator(resolve_model_dir(model_spec_for(version.base_model)))
+                model, tokenizer = load_generator(base_model_dir(version.base_model))
                 config = GenerationConfig(max_new_tokens=version.max_new_tokens, batch_size=batch_size, seed=0)
 
                 def save(indices, results):
