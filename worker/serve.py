@@ -235,6 +235,13 @@ class Server(ThreadingHTTPServer):
         self.resolve = resolve or Resolver(None, LocalCache("/nonexistent", 0))
         self.vllm = None  # a worker.vllm.VllmForwarder when FTSTUDIO_VLLM_URL hands chat to a vLLM server
 
+    def handle_error(self, request, client_address):
+        """A client that went away (a timed-out health probe, a closed stream) is not a server error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     server: Server
