@@ -98,6 +98,13 @@ class Hooks:
         self.on_phase = on_phase or (lambda phase: None)
         self.should_pause = should_pause or (lambda: False)
 
+    NAMES = ("on_progress", "on_metric", "should_cancel", "on_log", "on_checkpoint", "on_phase", "should_pause")
+
+    @classmethod
+    def of(cls, listener) -> Hooks:
+        """The hooks of an object that has a method for each of them (a run's reporter)."""
+        return cls(**{name: getattr(listener, name) for name in cls.NAMES})
+
 
 class Stopped(Exception):
     """Raised between two units of work (a loading stage, a validation batch) when cancel or a pause is asked."""

@@ -91,15 +91,7 @@ class RankHooks:
     def hooks(self):
         from worker.train_config import Hooks
 
-        return Hooks(
-            on_progress=self.on_progress,
-            on_metric=self.on_metric,
-            should_cancel=self.should_cancel,
-            on_log=self.on_log,
-            on_checkpoint=self.on_checkpoint,
-            on_phase=self.on_phase,
-            should_pause=self.should_pause,
-        )
+        return Hooks.of(self)
 
 
 def main(job_file: str) -> int:

@@ -9,11 +9,8 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
@@ -697,13 +694,8 @@ def reap_generations(now=None) -> dict[str, list[int]]:
     """The reaper's evaluation half (called by `runs.reap`): re-send generating evaluations whose worker is gone
     (failed after MAX_ATTEMPTS) and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS."""
     now = now or timezone.now()
-    cutoff = now - leases.stale_after()
     stale, queued = [], []
-    for evaluation in Evaluation.objects.filter(
-        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True), status=EvaluationStatus.GENERATING
-    ):
-        if not evaluation.owner_gone(now):
-            continue
+    for evaluation in leases.silent_holders(Evaluation.objects.filter(status=EvaluationStatus.GENERATING), now):
         if evaluation.attempts >= MAX_ATTEMPTS:
             evaluation.mark_failed(
                 f"The worker stopped {evaluation.attempts} times (attempt limit {MAX_ATTEMPTS}); finished outputs "
@@ -714,9 +706,7 @@ def reap_generations(now=None) -> dict[str, list[int]]:
         log.warning("Evaluation %s: no heartbeat since %s; re-queuing", evaluation.pk, evaluation.heartbeat_at)
         send_generation(evaluation)
         stale.append(evaluation.pk)
-    bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
-    old = Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound)
-    for evaluation in Evaluation.objects.filter(old, status=EvaluationStatus.QUEUED):
+    for evaluation in leases.lost_messages(Evaluation.objects.filter(status=EvaluationStatus.QUEUED), now):
         log.warning(
             "Evaluation %s: queued since %s with no worker: sending its message again",
             evaluation.pk,

@@ -10,11 +10,9 @@ automatic checks (``worker.checks``).
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Max
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion, DatasetVersionItem
@@ -277,13 +275,8 @@ def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
     from apps.runs.services import MAX_ATTEMPTS
 
     now = now or timezone.now()
-    cutoff = now - leases.stale_after()
     stale, queued = [], []
-    for version in PromptVersion.objects.filter(
-        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True), status=PromptStatus.RUNNING
-    ):
-        if not version.owner_gone(now):
-            continue
+    for version in leases.silent_holders(PromptVersion.objects.filter(status=PromptStatus.RUNNING), now):
         if version.attempts >= MAX_ATTEMPTS:
             version.mark_failed(
                 f"The worker stopped {version.attempts} times (attempt limit {MAX_ATTEMPTS}); the outputs scored so "
@@ -293,9 +286,7 @@ def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
         log.warning("Prompt version %s: no heartbeat since %s; re-queuing", version.pk, version.heartbeat_at)
         send_scoring(version)
         stale.append(version.pk)
-    bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
-    old = Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound)
-    for version in PromptVersion.objects.filter(old, status=PromptStatus.QUEUED):
+    for version in leases.lost_messages(PromptVersion.objects.filter(status=PromptStatus.QUEUED), now):
         log.warning(
             "Prompt version %s: queued since %s with no worker: sending its message again",
             version.pk,

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,22 @@ shutdown_requested = threading.Event()  # set by a warm shutdown of this worker 
 
 def stale_after() -> timedelta:
     return timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS)
+
+
+def silent_holders(rows, now: datetime):
+    """The rows of ``rows`` (a queryset of held tasks) whose owner is gone: no heartbeat for the staleness limit
+    and, on this host, no live process. The reaper re-sends them (or fails them after the attempt limit)."""
+    cutoff = now - stale_after()
+    for row in rows.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)):
+        if row.owner_gone(now):
+            yield row
+
+
+def lost_messages(rows, now: datetime):
+    """The rows of ``rows`` (a queryset of queued tasks) whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS:
+    lost, so the reaper sends it again (a duplicate is harmless: the claim lets one delivery run it)."""
+    bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+    return rows.filter(Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound))
 
 
 def heartbeat_interval() -> float:

@@ -15,12 +15,10 @@ import math
 import shutil
 import traceback
 from collections import deque
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion
@@ -624,15 +622,7 @@ class RunReporter:
     def hooks(self):
         from worker.train_config import Hooks
 
-        return Hooks(
-            on_progress=self.on_progress,
-            on_metric=self.on_metric,
-            should_cancel=self.should_cancel,
-            on_log=self.on_log,
-            on_checkpoint=self.on_checkpoint,
-            on_phase=self.on_phase,
-            should_pause=self.should_pause,
-        )
+        return Hooks.of(self)
 
 
 def _train(run: Run, reporter: RunReporter, hooks):
@@ -857,12 +847,8 @@ def send_run(run: Run) -> None:
 
 def reap_stale_runs(now=None) -> list[int]:
     """Re-queue running runs whose worker is gone; mark them failed after MAX_ATTEMPTS."""
-    now = now or timezone.now()
-    cutoff = now - leases.stale_after()
     requeued = []
-    for run in Run.objects.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True), status=RunStatus.RUNNING):
-        if not run.owner_gone(now):
-            continue
+    for run in leases.silent_holders(Run.objects.filter(status=RunStatus.RUNNING), now or timezone.now()):
         if run.attempts >= MAX_ATTEMPTS:
             claim_run(run.pk)  # marks it failed with the reason
             continue
@@ -881,11 +867,9 @@ def reap_stale_runs(now=None) -> list[int]:
 def resend_queued_runs(now=None) -> list[int]:
     """Queued runs whose message is older than the bound and that no worker holds: the message was lost, send it again
     (a duplicate is harmless: the claim lets one delivery run it)."""
-    now = now or timezone.now()
-    bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
-    old = Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound)
     resent = []
-    for run in Run.objects.filter(old, status=RunStatus.QUEUED, cancel_requested=False):
+    queued = Run.objects.filter(status=RunStatus.QUEUED, cancel_requested=False)
+    for run in leases.lost_messages(queued, now or timezone.now()):
         log.warning(
             "Run %s: queued since %s with no worker: its message was lost, sending it again",
             run.pk,
