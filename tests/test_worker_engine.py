@@ -272,3 +272,152 @@ def test_the_engine_refuses_what_it_cannot_serve(tiny_model_dir, tmp_path):
         assert full.value.status == 429
     finally:
         engine.close()
+
+
+# --- prompt beginnings (worker/prefixes.py) and the growing cache ---------------------------------------
+SYSTEM = {
+    "role": "system",
+    "content": "You are the support desk of Ember Home. Answer in two short sentences and sign every reply as Ann.",
+}
+SHARED = [[SYSTEM, *p] for p in PROMPTS]
+
+
+def alone_without_prefixes(model, tokenizer, messages, max_new_tokens=12, adapter=None, named_adapters=False):
+    runner = BatchRunner(model, tokenizer, max_batch=1, prefix_tokens=0, named_adapters=named_adapters)
+    request = Request(
+        prompt_ids=ids(tokenizer, messages), params=SamplingParams(max_new_tokens=max_new_tokens), adapter=adapter
+    )
+    runner.add(request)
+    while runner.busy:
+        runner.step()
+    return request.output_ids
+
+
+def shared_length(tokenizer, prompts):
+    from worker.prefixes import common_length
+
+    first = ids(tokenizer, prompts[0])
+    return min(common_length(first, ids(tokenizer, p)) for p in prompts[1:])
+
+
+def test_prompts_that_begin_alike_are_prefilled_once_from_their_shared_beginning(tiny):
+    model, tokenizer = tiny
+    alone = [alone_without_prefixes(model, tokenizer, p) for p in SHARED]
+    shared = shared_length(tokenizer, SHARED)
+    assert shared >= 16  # the chat template and the system prompt
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=0, prefix_tokens=4096)
+    requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in SHARED]
+    for r in requests:
+        runner.add(r)
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == alone
+    assert runner.prefixes.hits == 3 * shared and len(runner.prefixes) == 1  # the beginning, prefilled once
+
+    # A later request with the same system prompt starts from the stored beginning too.
+    later = [SYSTEM, {"role": "user", "content": "Can I return a toaster I bought last week?"}]
+    request = Request(prompt_ids=ids(tokenizer, later), params=SamplingParams(max_new_tokens=12))
+    runner.add(request)
+    while runner.busy:
+        runner.step()
+    assert request.output_ids == alone_without_prefixes(model, tokenizer, later)
+    assert runner.prefixes.hits == 4 * shared
+
+
+def test_the_next_turn_of_a_conversation_starts_from_the_earlier_prompt(tiny):
+    model, tokenizer = tiny
+    runner = BatchRunner(model, tokenizer, max_batch=4, prefix_tokens=4096)
+    first = Request(prompt_ids=ids(tokenizer, SHARED[1]), params=SamplingParams(max_new_tokens=12))
+    runner.add(first)
+    while runner.busy:
+        runner.step()
+    reply = tokenizer.decode(first.output_ids, skip_special_tokens=True)
+    follow_up = [*SHARED[1], {"role": "assistant", "content": reply}, {"role": "user", "content": "And if not?"}]
+    from worker.prefixes import common_length
+
+    # All of the earlier prompt but, at most, its last token ("\n" may merge with the reply's first characters).
+    common = common_length(first.prompt_ids, ids(tokenizer, follow_up))
+    assert common >= len(first.prompt_ids) - 1
+    second = Request(prompt_ids=ids(tokenizer, follow_up), params=SamplingParams(max_new_tokens=12))
+    runner.add(second)
+    while runner.busy:
+        runner.step()
+    assert runner.prefixes.hits == common
+    assert second.output_ids == alone_without_prefixes(model, tokenizer, follow_up)
+
+
+def test_a_beginning_is_kept_per_adapter_and_mixed_batches_write_what_each_writes_alone(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    adapter = save_adapter(tiny_model_dir, tmp_path / "first")  # LoRA on q_proj and v_proj: values differ
+    model, tokenizer = load_generator(str(tiny_model_dir))
+    model = PeftModel.from_pretrained(model, str(adapter), adapter_name="first", is_trainable=False)
+    expected = {
+        name: [alone_without_prefixes(model, tokenizer, p, adapter=name, named_adapters=True) for p in SHARED]
+        for name in (None, "first")
+    }
+    assert expected[None] != expected["first"]
+    runner = BatchRunner(model, tokenizer, named_adapters=True, prefill_tokens=0, prefix_tokens=4096)
+    order = [None, "first", None, "first", None, "first"]
+    requests = [
+        Request(prompt_ids=ids(tokenizer, SHARED[i % 3]), params=SamplingParams(max_new_tokens=12), adapter=name)
+        for i, name in enumerate(order)
+    ]
+    for r in requests:
+        runner.add(r)
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == [expected[name][i % 3] for i, name in enumerate(order)]
+    assert len(runner.prefixes) == 2  # one beginning for the base model, one for the adapter
+    runner.model.delete_adapter("first")
+    runner.adapters_changed()
+    assert len(runner.prefixes) == 1  # the deleted adapter's beginning is forgotten
+
+
+def test_long_outputs_grow_the_cache_while_rows_join_and_leave(tiny):
+    """A batch's cache grows by spare columns; rows leaving and joining keep writing what they write alone."""
+    model, tokenizer = tiny
+    lengths = [150, 20, 90]
+    alone = [alone_without_prefixes(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths, strict=True)]
+    assert max(len(a) for a in alone) > 128  # past two growths of the spare columns
+    runner = BatchRunner(model, tokenizer, max_batch=2, prefill_tokens=1)
+    requests = [
+        Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=n))
+        for p, n in zip(PROMPTS, lengths, strict=True)
+    ]
+    for r in requests:
+        runner.add(r)
+    while runner.busy:
+        runner.step()
+    assert [r.output_ids for r in requests] == alone
+
+
+def test_the_prefix_cache_keeps_its_token_budget_least_recently_used_first(monkeypatch):
+    import torch
+
+    from worker.prefixes import PrefixCache, prefix_cache_tokens
+
+    def kv(n):
+        return [(torch.zeros(1, 2, n, 4), torch.zeros(1, 2, n, 4))]
+
+    cache = PrefixCache(max_tokens=60)
+    a, b, c = list(range(20)), list(range(100, 125)), list(range(200, 230))
+    cache.store(None, a, kv(20))
+    cache.store(None, b, kv(25))
+    assert cache.longest(None, a + [7, 8])[0] == 20  # a is now the most recently used
+    cache.store(None, c, kv(30))  # 75 tokens > 60: b, the least recently used, goes
+    assert cache.tokens == 50 and cache.longest(None, b)[0] == 0 and cache.longest(None, c)[0] == 30
+    n, layers = cache.longest(None, c[:18] + [0, 0])
+    assert n == 18 and layers[0][0].shape[2] == 18  # a shared part of an entry is sliced from it
+    assert cache.longest("adapter", a)[0] == 0  # entries are per adapter
+    cache.store(None, a + list(range(500, 510)), kv(30))  # extends a: a is dropped, not kept twice
+    assert cache.tokens == 60 and len(cache) == 2
+    cache.store(None, list(range(5)), kv(5))  # shorter than worth keeping
+    assert len(cache) == 2
+
+    monkeypatch.setenv("FTSTUDIO_PREFIX_CACHE_TOKENS", "0")
+    assert prefix_cache_tokens() == 0  # off
+    for bad, message in (("many", "whole number"), ("-1", r"0 \(off\) or more")):
+        monkeypatch.setenv("FTSTUDIO_PREFIX_CACHE_TOKENS", bad)
+        with pytest.raises(ValueError, match=message):
+            prefix_cache_tokens()

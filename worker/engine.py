@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.prefixes import MIN_PREFIX_TOKENS, PrefixCache, common_length, prefix_cache_tokens
+
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -179,6 +181,109 @@ def _use_gqa_sdpa(model) -> None:
         log.info("%s keeps transformers' sdpa attention: %s", type(inner).__name__, exc)
 
 
+KV_SPARE_COLUMNS = 64  # columns a batch's cache grows by at once
+
+
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """transformers' ``DynamicLayer`` whose keys and values are views of buffers with spare columns, so a
+        decode step writes its one column in place instead of copying every layer's whole cache (``torch.cat``)
+        at every step. A view the engine cut (rows left, columns dropped) keeps writing into the same buffer
+        while it ends where the buffer's written part ends; anything else starts a new buffer."""
+
+        buffers = None  # (keys, values), each [rows, heads, capacity, dim]
+
+        @classmethod
+        def holding(cls, keys, values, spare: int = KV_SPARE_COLUMNS):
+            """A layer holding a copy of ``keys`` and ``values`` with ``spare`` columns to grow into."""
+            layer = cls()
+            layer.lazy_initialization(keys)
+            layer._hold(keys, values, spare)
+            return layer
+
+        @classmethod
+        def of_buffers(cls, kbuf, vbuf, length: int):
+            """A layer whose first ``length`` columns of ``kbuf`` and ``vbuf`` are written (no copy)."""
+            layer = cls()
+            layer.lazy_initialization(kbuf)
+            layer.buffers = (kbuf, vbuf)
+            layer.keys, layer.values = kbuf[:, :, :length], vbuf[:, :, :length]
+            return layer
+
+        def _hold(self, keys, values, spare: int) -> None:
+            rows, heads, length, dim = keys.shape
+            kbuf = keys.new_empty((rows, heads, length + spare, dim))
+            vbuf = values.new_empty((rows, values.shape[1], length + spare, values.shape[-1]))
+            kbuf[:, :, :length] = keys
+            vbuf[:, :, :length] = values
+            self.buffers = (kbuf, vbuf)
+            self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+
+        def _columns(self) -> tuple[int, int] | None:
+            """(first, end) columns of ``keys`` and ``values`` in the buffers; None when they are not views of them."""
+            if self.buffers is None or self.keys.dim() != 4:
+                return None
+            kbuf, vbuf = self.buffers
+            for view, buf in ((self.keys, kbuf), (self.values, vbuf)):
+                if (
+                    view.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
+                    or view.stride() != buf.stride()
+                    or view.shape[0] != buf.shape[0]
+                ):
+                    return None
+            first, extra = divmod(self.keys.storage_offset() - kbuf.storage_offset(), kbuf.stride(2))
+            if extra or self.values.storage_offset() - vbuf.storage_offset() != first * vbuf.stride(2):
+                return None
+            return first, first + self.keys.shape[2]
+
+        def update(self, key_states, value_states, cache_kwargs=None):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states)
+            if self.keys.numel() == 0:
+                self._hold(key_states, value_states, KV_SPARE_COLUMNS)
+                return self.keys, self.values
+            columns = self._columns()
+            new = key_states.shape[-2]
+            if columns is None or columns[1] + new > self.buffers[0].shape[2]:
+                self._hold(self.keys, self.values, new + KV_SPARE_COLUMNS)
+                columns = (0, self.keys.shape[2])
+            first, end = columns
+            kbuf, vbuf = self.buffers
+            kbuf[:, :, end : end + new] = key_states
+            vbuf[:, :, end : end + new] = value_states
+            self.keys, self.values = kbuf[:, :, first : end + new], vbuf[:, :, first : end + new]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            columns = self._columns()
+            if columns is None:
+                return super().batch_select_indices(indices)
+            first, end = columns
+            self.buffers = tuple(buf[indices] for buf in self.buffers)  # the spare columns come along
+            self.keys, self.values = self.buffers[0][:, :, first:end], self.buffers[1][:, :, first:end]
+
+    return GrowingLayer
+
+
+_GROWING_LAYER = None
+
+
+def new_cache(layers=None):
+    """A ``DynamicCache`` of growing layers (see ``GrowingLayer``), empty or holding ``layers``' (keys, values)."""
+    global _GROWING_LAYER
+    from transformers import DynamicCache
+
+    if _GROWING_LAYER is None:
+        _GROWING_LAYER = _growing_layer_class()
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GROWING_LAYER
+    if layers:
+        cache.layers = [_GROWING_LAYER.holding(k, v) for k, v in layers]
+    return cache
+
+
 class BatchRunner:
     """Continuous batching over one loaded model (plain or a ``PeftModel`` holding several adapters)."""
 
@@ -190,6 +295,7 @@ class BatchRunner:
         max_batch: int = 32,
         named_adapters: bool = False,
         prefill_tokens: int | None = None,
+        prefix_tokens: int | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max(1, max_batch)
@@ -197,6 +303,8 @@ class BatchRunner:
         # rows keep decoding and the first newcomers get their first token early. 0: no limit.
         self.prefill_tokens = prefill_chunk_tokens() if prefill_tokens is None else max(0, prefill_tokens)
         self.named_adapters = named_adapters  # pass adapter_names (a PeftModel serving several adapters)
+        # Keys and values of prompt beginnings already prefilled (template, system prompt, few-shot examples).
+        self.prefixes = PrefixCache(prefix_cache_tokens() if prefix_tokens is None else prefix_tokens)
         self.eos = eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
         _use_gqa_sdpa(model)
@@ -253,7 +361,9 @@ class BatchRunner:
         return chosen
 
     # --- decoding ---------------------------------------------------------------------------------
-    def _forward(self, requests, input_ids, mask, positions, cache):
+    def _forward(self, adapters: list[str | None], input_ids, mask, positions, cache):
+        """Logits of each row's last position; ``adapters`` names each row's adapter (None: the base model)."""
+
         def call(**adapters):
             return (
                 self.model(
@@ -271,10 +381,10 @@ class BatchRunner:
 
         if not self.named_adapters:
             return call()
-        names = {r.adapter for r in requests}
+        names = set(adapters)
         if len(names) > 1:  # a mixed batch: peft routes each row through its own adapter
             self._adapter_layers(on=True)
-            return call(adapter_names=[r.adapter or BASE_ADAPTER for r in requests])
+            return call(adapter_names=[a or BASE_ADAPTER for a in adapters])
         # One adapter (or none) for the whole batch: peft's plain path, without per-call hooks.
         (name,) = names
         if name is None:
@@ -294,42 +404,106 @@ class BatchRunner:
             self._layers_on = on
 
     def adapters_changed(self) -> None:
-        """An adapter was loaded or deleted (peft sets up its layers): switch them explicitly at the next step."""
+        """An adapter was loaded or deleted (peft sets up its layers): switch them explicitly at the next step, and
+        forget the stored prompt beginnings of adapters that are gone."""
         self._layers_on = None
+        loaded = getattr(self.model, "peft_config", {})
+        self.prefixes.forget(lambda name: name in loaded)
 
     def _decode(self) -> list[Request]:
         import torch
 
         positions = self.mask.sum(-1, keepdim=True)  # real tokens before the one fed now
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
-        logits = self._forward(self.rows, self.last.unsqueeze(1), self.mask, positions, self.cache)
+        logits = self._forward([r.adapter for r in self.rows], self.last.unsqueeze(1), self.mask, positions, self.cache)
         return self._advance(logits)
 
     def _prefill(self, newcomers: list[Request]) -> list[Request]:
+        """Prefill the newcomers (left padded) after the beginning they share with a stored prompt, and join them
+        to the batch. Each row's cache is [shared beginning][padding][rest of its prompt]: padding is masked and
+        positions count real tokens, so a row computes what it computes alone."""
         import torch
-        from transformers import DynamicCache
 
         if not newcomers:
             return []
-        width = max(len(r.prompt_ids) for r in newcomers)
+        shared, past = self._shared_beginning(newcomers)
+        rests = [r.prompt_ids[shared:] for r in newcomers]
+        width = max(len(rest) for rest in rests)
         ids = torch.full((len(newcomers), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(newcomers), width), dtype=torch.long)
-        for i, r in enumerate(newcomers):
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            mask[i, width - len(r.prompt_ids) :] = 1
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[i, width - len(rest) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = mask.cumsum(-1) - 1
+        positions = shared + mask.cumsum(-1) - 1
         positions.masked_fill_(mask == 0, 1)  # as generate does; padded positions are masked anyway
-        cache = DynamicCache()
-        logits = self._forward(newcomers, ids, mask, positions, cache)
+        mask = torch.cat([mask.new_ones((len(newcomers), shared)), mask], dim=-1)
+        cache = new_cache(past)
+        logits = self._forward([r.adapter for r in newcomers], ids, mask, positions, cache)
+        if len(newcomers) == 1:  # its whole prompt may begin the next one (a system prompt, a conversation)
+            (r,) = newcomers
+            self.prefixes.store(r.adapter, r.prompt_ids, [(la.keys.clone(), la.values.clone()) for la in cache.layers])
         self._merge(newcomers, cache, mask)
         return self._advance(logits, only=range(len(self.rows) - len(newcomers), len(self.rows)))
+
+    def _shared_beginning(self, newcomers: list[Request]) -> tuple[int, list | None]:
+        """How many first tokens every newcomer shares with a stored prompt beginning, and their keys and values
+        (one row per newcomer). Rows that share a beginning nobody stored yet get it prefilled once, and stored."""
+        import torch
+
+        if not self.prefixes.max_tokens:
+            return 0, None
+        first = newcomers[0].prompt_ids
+        limit = min(len(r.prompt_ids) for r in newcomers) - 1  # every row prefills at least its last token
+        for r in newcomers[1:]:
+            limit = min(limit, common_length(first, r.prompt_ids))
+        if limit < MIN_PREFIX_TOKENS:
+            return 0, None
+        found = {}
+        for adapter in dict.fromkeys(r.adapter for r in newcomers):
+            n, layers = self.prefixes.longest(adapter, first[:limit])
+            if len(newcomers) > 1 and n < limit:
+                n, layers = limit, self._prefill_beginning(adapter, first[:limit], n, layers)
+            found[adapter] = (n, layers)
+        shared = min(n for n, _ in found.values())
+        if shared < MIN_PREFIX_TOKENS:
+            return 0, None
+        self.prefixes.hits += shared * len(newcomers)
+        if len(found) == 1:
+            ((_, layers),) = found.values()
+            rows = len(newcomers)
+            return shared, [
+                (k[:, :, :shared].expand(rows, -1, -1, -1), v[:, :, :shared].expand(rows, -1, -1, -1))
+                for k, v in layers
+            ]
+        per_row = [found[r.adapter][1] for r in newcomers]
+        return shared, [
+            (
+                torch.cat([layers[i][0][:, :, :shared] for layers in per_row]),
+                torch.cat([layers[i][1][:, :, :shared] for layers in per_row]),
+            )
+            for i in range(len(per_row[0]))
+        ]
+
+    def _prefill_beginning(self, adapter: str | None, ids: list[int], known: int, layers) -> list:
+        """Keys and values of ``ids`` for ``adapter`` (one row), going on from the first ``known`` tokens'
+        ``layers``; stored in the prefix cache."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(layers) if layers else DynamicCache()
+        tokens = torch.tensor([ids[known:]], dtype=torch.long, device=self.device)
+        mask = torch.ones((1, len(ids)), dtype=torch.long, device=self.device)
+        positions = torch.arange(known, len(ids), device=self.device).unsqueeze(0)
+        self._forward([adapter], tokens, mask, positions, cache)
+        layers = [(la.keys, la.values) for la in cache.layers]
+        self.prefixes.store(adapter, ids, layers)
+        return layers
 
     def _merge(self, newcomers: list[Request], cache, mask) -> None:
         """Append the newcomers' rows to the running batch, left-padding whichever side is shorter."""
         import torch
         from torch.nn.functional import pad
-        from transformers import DynamicCache
 
         if not self.rows:
             self.rows, self.cache, self.mask = list(newcomers), cache, mask
@@ -340,19 +514,22 @@ class BatchRunner:
         rows = len(self.rows)
 
         def joined(old, new):
-            # One allocation and one copy of each side (pad + cat copied the running cache twice).
-            out = old.new_empty((rows + new.shape[0], *old.shape[1:-2], width, old.shape[-1]))
+            # One allocation (with spare columns to grow into) and one copy of each side.
+            out = old.new_empty((rows + new.shape[0], *old.shape[1:-2], width + KV_SPARE_COLUMNS, old.shape[-1]))
             out[:rows, :, :grow_old].zero_()
             out[rows:, :, :grow_new].zero_()
-            out[:rows, :, grow_old:] = old
-            out[rows:, :, grow_new:] = new
+            out[:rows, :, grow_old:width] = old
+            out[rows:, :, grow_new:width] = new
             return out
 
-        layers = [
-            (joined(old.keys, new.keys), joined(old.values, new.values))
+        merged = new_cache()
+        merged.layers = [
+            merged.layer_class_to_replicate.of_buffers(
+                joined(old.keys, new.keys), joined(old.values, new.values), width
+            )
             for old, new in zip(self.cache.layers, cache.layers, strict=True)
         ]
-        self.cache = DynamicCache(layers)
+        self.cache = merged
         self.mask = torch.cat([pad(self.mask, (grow_old, 0)), pad(mask, (grow_new, 0))], dim=0)
         self.last = torch.cat([self.last, self.last.new_zeros(len(newcomers))])
         self.rows = self.rows + list(newcomers)
