@@ -326,3 +326,31 @@ def test_the_store_is_asked_once_about_a_complete_adapter_or_base_model_and_agai
 
     artifacts.delete_run_artifacts(run.pk)  # a deleted run's adapter is not remembered as complete
     assert not artifacts.adapter_available(run) and shared.asked.count(key) == 4
+
+
+def test_the_inference_process_and_the_web_settings_default_the_artifact_cache_alike(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from worker.serve import Resolver
+
+    env = {"FTSTUDIO_VAR_DIR": str(tmp_path / "var")}
+    child = {k: v for k, v in os.environ.items() if not k.startswith("FTSTUDIO_ARTIFACT")} | env
+    web = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from django.conf import settings as s; "
+            "print(json.dumps([str(s.FTSTUDIO_ARTIFACT_CACHE), s.FTSTUDIO_ARTIFACT_CACHE_BYTES]))",
+        ],
+        env=child | {"DJANGO_SETTINGS_MODULE": "ftstudio.settings", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    inference = Resolver.from_env(env).cache
+    assert json.loads(web.stdout) == [str(tmp_path / "var" / "artifact-cache"), 20 * 2**30]
+    assert [str(inference.root), inference.max_bytes] == json.loads(web.stdout)
