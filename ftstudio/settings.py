@@ -16,8 +16,10 @@ from urllib.parse import urlparse
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from worker.artifacts import cache_location, var_dir
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("FTSTUDIO_VAR_DIR", BASE_DIR / "var")).resolve()
+VAR_DIR = var_dir(os.environ)
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -241,8 +243,7 @@ if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
         },
     }
 # A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).
-FTSTUDIO_ARTIFACT_CACHE = Path(os.environ.get("FTSTUDIO_ARTIFACT_CACHE", VAR_DIR / "artifact-cache")).resolve()
-FTSTUDIO_ARTIFACT_CACHE_BYTES = int(os.environ.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30)))
+FTSTUDIO_ARTIFACT_CACHE, FTSTUDIO_ARTIFACT_CACHE_BYTES = cache_location(os.environ)
 
 # --- Workers and queues by hardware (apps/fleet) ---------------------------------------------------------
 # GPU memory tiers, GB: a base model needing N GB trains on queue gpu-<smallest tier >= N>g.

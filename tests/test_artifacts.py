@@ -8,16 +8,24 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from apps.runs import artifacts, services
-from apps.runs.models import RunStatus
+from apps.runs.models import BaseModel, RunStatus
 from apps.runs.tasks import train_run
 from tests import runs_setup
 from tests.runs_setup import small_version
 from tests.worker_process import start_worker
-from worker.artifacts import ArtifactStoreConfigError, ArtifactStoreError, LocalCache, S3Store, open_store
+from worker.artifacts import (
+    ArtifactStoreConfigError,
+    ArtifactStoreError,
+    LocalCache,
+    LocalStore,
+    S3Store,
+    open_store,
+)
 
 tiny_base_model = runs_setup.tiny_base_model
 
@@ -274,3 +282,75 @@ def test_the_adapter_download_on_a_node_without_the_training_disk_fetches_it_fro
     shutil.rmtree(run.adapter_path)  # the web node is not the node that trained it
     zipped = team.client("reviewer").get(f"/p/support/runs/{run.pk}/adapter.zip")
     assert zipped.status_code == 200 and zipped["Content-Type"] == "application/zip" and len(zipped.content) > 1000
+
+
+class CountingStore(LocalStore):
+    """A shared store (as far as the Studio can tell) that counts how often it is asked whether a key is complete."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.asked: list[str] = []
+
+    def is_remote(self) -> bool:
+        return True
+
+    def has_complete(self, key: str) -> bool:
+        self.asked.append(key)
+        return super().has_complete(key)
+
+
+def test_the_store_is_asked_once_about_a_complete_adapter_or_base_model_and_again_while_one_is_missing(
+    settings, monkeypatch, tmp_path
+):
+    settings.FTSTUDIO_ARTIFACTS_URL = f"file://{tmp_path / 'store'}"
+    shared = CountingStore(tmp_path / "store")
+    monkeypatch.setattr(artifacts, "store", lambda: shared)
+    run = SimpleNamespace(pk=987654, adapter_path=str(tmp_path / "trainer" / "adapter"))  # not on this disk
+    key = artifacts.adapter_key(run.pk)
+
+    assert not artifacts.adapter_available(run) and not artifacts.adapter_available(run)
+    assert shared.asked == [key, key]  # a missing adapter is asked about again: its upload may end any moment
+    make_folder(tmp_path / "store" / key, {"adapter_config.json": b"{}"})
+    (tmp_path / "store" / key / ".complete").write_text("")
+    assert artifacts.adapter_available(run)  # seen at once
+    assert artifacts.adapter_available(run) and artifacts.adapter_available(run)
+    assert shared.asked == [key, key, key]  # complete: not asked again
+
+    elsewhere = BaseModel(name="far-away", source_kind="local", source=str(tmp_path / "other-node" / "model"))
+    base_key = artifacts.base_model_key(elsewhere)
+    make_folder(tmp_path / "store" / base_key, {"config.json": b"{}", ".complete": b""})
+    first = artifacts.base_model_location(elsewhere)
+    assert first == (str(Path(settings.FTSTUDIO_ARTIFACT_CACHE) / base_key), base_key)
+    assert artifacts.base_model_location(elsewhere) == first
+    assert shared.asked.count(base_key) == 1
+
+    artifacts.delete_run_artifacts(run.pk)  # a deleted run's adapter is not remembered as complete
+    assert not artifacts.adapter_available(run) and shared.asked.count(key) == 4
+
+
+def test_the_inference_process_and_the_web_settings_default_the_artifact_cache_alike(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from worker.serve import Resolver
+
+    env = {"FTSTUDIO_VAR_DIR": str(tmp_path / "var")}
+    child = {k: v for k, v in os.environ.items() if not k.startswith("FTSTUDIO_ARTIFACT")} | env
+    web = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from django.conf import settings as s; "
+            "print(json.dumps([str(s.FTSTUDIO_ARTIFACT_CACHE), s.FTSTUDIO_ARTIFACT_CACHE_BYTES]))",
+        ],
+        env=child | {"DJANGO_SETTINGS_MODULE": "ftstudio.settings", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    inference = Resolver.from_env(env).cache
+    assert json.loads(web.stdout) == [str(tmp_path / "var" / "artifact-cache"), 20 * 2**30]
+    assert [str(inference.root), inference.max_bytes] == json.loads(web.stdout)

@@ -255,3 +255,36 @@ def test_pm_creates_an_evaluation_from_the_form(
         response = client.post("/p/support/evals/new/", {**form, "include_prompt": "on"})
     assert response.status_code == 302 and len(callbacks) == 1  # generation is queued once the row is committed
     assert team.client("designer").post("/p/support/evals/new/", form).status_code == 403
+
+
+def test_the_evaluation_form_offers_versions_a_person_froze_and_refuses_an_experiments_subset(
+    team, settings, tiny_model_dir
+):
+    from apps.datasets.services import freeze_subset
+    from apps.evaluations.models import Evaluation
+    from tests.eval_setup import make_rubric, make_version, register_tiny_model
+    from tests.test_runs_launch import version_choices
+
+    base = register_tiny_model(settings, tiny_model_dir)
+    version = make_version(team.project)
+    first_train = version.items.filter(split="train").order_by("position").first().position
+    subset = freeze_subset(source=version, train_positions=[first_train], note="experiment point")
+    client = team.client("pm")
+    assert version_choices(client.get("/p/support/evals/new/").content.decode()) == [str(version.pk)]
+    refused = client.post(
+        "/p/support/evals/new/",
+        {
+            "dataset_version": subset.pk,
+            "rubric": make_rubric(team.project).pk,
+            "base_model": base.pk,
+            "include_base": "on",
+            "include_prompt": "on",
+            "max_new_tokens": 4,
+            "seed": 0,
+            "few_shot": 0,
+            "reviewers_per_pair": 1,
+        },
+    )
+    assert refused.status_code == 200
+    assert f"v{subset.number} is part of v{version.number}, a subset an experiment froze" in refused.content.decode()
+    assert not Evaluation.objects.exists()

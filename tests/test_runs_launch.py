@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -184,3 +185,35 @@ def test_register_model_command_reads_the_model_and_refuses_a_folder_outside_the
     with pytest.raises(CommandError, match="Could not register 'rogue'"):
         call_command("register_model", "rogue", str(outside))
     assert not BaseModel.objects.filter(name="rogue").exists()
+
+
+def version_choices(page: str) -> list[str]:
+    """The option values of the page's dataset version select."""
+    select = re.search(r'<select name="dataset_version".*?</select>', page, re.S)
+    assert select, "the page has no dataset version select"
+    return re.findall(r'<option value="(\d+)"', select.group(0))
+
+
+def test_the_launch_form_offers_versions_a_person_froze_and_refuses_an_experiments_subset(team, tiny_base_model):
+    from apps.datasets.services import freeze_subset
+
+    version = small_version(team.project)
+    first_train = version.items.filter(split="train").order_by("position").first().position
+    subset = freeze_subset(source=version, train_positions=[first_train], note="experiment point")
+    client = team.client("pm")
+    assert version_choices(client.get(f"/p/{team.project.slug}/runs/new/").content.decode()) == [str(version.pk)]
+    refused = client.post(
+        f"/p/{team.project.slug}/runs/new/",
+        {
+            "dataset_version": subset.pk,
+            "base_model": tiny_base_model.pk,
+            "preset": "quick",
+            "launch_without_prompt": "on",
+        },
+    )
+    assert refused.status_code == 200
+    assert (
+        f"v{subset.number} is part of v{version.number}, a subset an experiment froze for its own runs: pick a "
+        "version a person froze." in refused.content.decode()
+    )
+    assert not Run.objects.exists()

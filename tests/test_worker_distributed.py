@@ -15,6 +15,7 @@ from tests.conftest import REPO
 from tests.test_worker_train import TRAIN, VAL
 from worker.distributed import DistributedError, Launch, free_port, per_device_batch, run_distributed, torchrun_command
 from worker.train import Hooks, TrainConfig, train
+from worker.train_ddp import RankHooks
 
 # Trainer rounds each logged training loss to 4 decimals, so two runs that agree to float precision may differ by
 # one unit in the 4th decimal; gloo's all-reduce sums the two ranks' gradients in another order than one process
@@ -120,6 +121,33 @@ def test_a_pause_stops_every_rank_at_one_checkpoint_and_a_second_launch_resumes_
     assert second.resumed_from.endswith(f"checkpoint-{paused_at}")
     assert [s for s, _ in losses(second)][0] == paused_at + 1  # it went on, it did not start again
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture
+def one_rank_group():
+    """A real gloo process group of one rank in this process, so `RankHooks` runs its all-reduce for real."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield dist
+    dist.destroy_process_group()
+
+
+def test_a_rank_checks_cancel_and_pause_with_one_all_reduce(one_rank_group, tmp_path, monkeypatch):
+    reduces = []
+    real = one_rank_group.all_reduce
+    monkeypatch.setattr(one_rank_group, "all_reduce", lambda *a, **kw: reduces.append(1) or real(*a, **kw))
+    rank = RankHooks(tmp_path, reporting=False)
+
+    assert not rank.should_cancel() and not rank.should_pause()  # a step end: cancel, then pause
+    assert len(reduces) == 1
+    (tmp_path / "control").write_text("pause")
+    assert not rank.should_cancel() and rank.should_pause()  # the next check reads the file again
+    assert len(reduces) == 2
+    assert rank.should_pause()  # a pause check on its own (after a validation pass twice) reduces afresh
+    assert len(reduces) == 3
+    (tmp_path / "control").write_text("cancel")
+    assert rank.should_cancel() and len(reduces) == 4
 
 
 def test_cancel_stops_every_rank_without_an_adapter(tiny_model_dir, tmp_path):

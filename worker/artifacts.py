@@ -361,6 +361,25 @@ def from_env(default_root: str | Path, env: Mapping[str, str] | None = None) -> 
     return open_store(env.get("FTSTUDIO_ARTIFACTS_URL", ""), default_root=default_root, env=env)
 
 
+# Where a node keeps what it fetched: one definition for the web settings (ftstudio/settings.py) and the inference
+# process (worker/serve.py `Resolver.from_env`), which read the same variables.
+CACHE_BYTES = 20 * 2**30  # FTSTUDIO_ARTIFACT_CACHE_BYTES's default
+
+
+def var_dir(env: Mapping[str, str] | None = None) -> Path:
+    """FTSTUDIO_VAR_DIR: the database, broker, media and caches; default ``var/`` in the repository."""
+    env = os.environ if env is None else env
+    return Path(env.get("FTSTUDIO_VAR_DIR", Path(__file__).resolve().parent.parent / "var")).resolve()
+
+
+def cache_location(env: Mapping[str, str] | None = None) -> tuple[Path, int]:
+    """This node's bounded cache of fetched artifacts: its folder (FTSTUDIO_ARTIFACT_CACHE, default
+    ``$FTSTUDIO_VAR_DIR/artifact-cache``) and its bound in bytes (FTSTUDIO_ARTIFACT_CACHE_BYTES, default 20 GiB)."""
+    env = os.environ if env is None else env
+    folder = Path(env.get("FTSTUDIO_ARTIFACT_CACHE", var_dir(env) / "artifact-cache")).resolve()
+    return folder, int(env.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(CACHE_BYTES)))
+
+
 class LocalCache:
     """A bounded folder of downloaded artifacts (adapters, base models) on a worker: least recently used entries
     are removed once the total passes ``max_bytes``. An entry is a folder; its use time is its mtime."""

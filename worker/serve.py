@@ -33,7 +33,15 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from worker.artifacts import ArtifactStoreConfigError, ArtifactStoreError, LocalCache, Store, from_env
+from worker.artifacts import (
+    ArtifactStoreConfigError,
+    ArtifactStoreError,
+    LocalCache,
+    Store,
+    cache_location,
+    from_env,
+    var_dir,
+)
 from worker.engine import Engine, EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -188,13 +196,10 @@ class Resolver:
 
     @classmethod
     def from_env(cls, env=os.environ) -> Resolver:
-        var = Path(env.get("FTSTUDIO_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
-        media = env.get("FTSTUDIO_MEDIA_ROOT", str(var / "media"))
-        cache = LocalCache(
-            Path(env.get("FTSTUDIO_ARTIFACT_CACHE", var / "artifact-cache")).resolve(),
-            int(env.get("FTSTUDIO_ARTIFACT_CACHE_BYTES", str(20 * 2**30))),
+        media = env.get("FTSTUDIO_MEDIA_ROOT", str(var_dir(env) / "media"))
+        return cls(
+            from_env(media, env) if env.get("FTSTUDIO_ARTIFACTS_URL") else None, LocalCache(*cache_location(env))
         )
-        return cls(from_env(media, env) if env.get("FTSTUDIO_ARTIFACTS_URL") else None, cache)
 
     def __call__(self, path: str | None, key: str | None, what: str) -> str | None:
         here = bool(path) and any(Path(path, n).is_file() for n in ("config.json", "adapter_config.json"))
@@ -464,7 +469,7 @@ def default_roots() -> list[str]:
     """Model roots, the model cache and the media folder (adapters), as the web settings default them."""
     if os.environ.get("FTSTUDIO_INFERENCE_ROOTS"):
         return [p for p in os.environ["FTSTUDIO_INFERENCE_ROOTS"].split(",") if p.strip()]
-    var = Path(os.environ.get("FTSTUDIO_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+    var = var_dir()
     cache = os.environ.get("FTSTUDIO_MODEL_CACHE", str(var / "models"))
     roots = [p for p in os.environ.get("FTSTUDIO_MODEL_ROOTS", cache).split(",") if p.strip()]
     return [*roots, cache, os.environ.get("FTSTUDIO_MEDIA_ROOT", str(var / "media"))]

@@ -3,6 +3,7 @@ JOB_DIR/job.json``. Calls the same `worker.train.train` with the same config (it
 
 Local rank 0 of the host node writes the events its launcher reads (``events.jsonl``); every rank reads its node's
 ``control`` file at each cancel/pause check and the flags are all-reduced (MAX), so all ranks stop at the same step.
+One all-reduce per check: `should_cancel` reduces both flags and the `should_pause` that follows it uses that result.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class RankHooks:
     def __init__(self, job_dir: Path, reporting: bool, launcher_pid: int = 0) -> None:
         self.job_dir, self.reporting, self.seq, self.launcher_pid = job_dir, reporting, 0, launcher_pid
         self.events = open(job_dir / "events.jsonl", "a", encoding="utf-8") if reporting else None  # noqa: SIM115
+        self._pause: bool | None = (
+            None  # the pause flag reduced with the last cancel check, until a pause check uses it
+        )
 
     def emit(self, event: str, **values) -> int:
         self.seq += 1
@@ -62,10 +66,17 @@ class RankHooks:
         return True
 
     def should_cancel(self) -> bool:
-        return self._flags()[0]
+        cancel, self._pause = self._flags()
+        return cancel
 
     def should_pause(self) -> bool:
-        return self._flags()[1]
+        """The pause flag reduced by the cancel check before it (a check asks cancel, then pause; after a validation
+        pass, the flag read at its last batch), else a fresh one.
+
+        Every rank calls these in the same order and sees the same reduced flags, so whether a collective runs here
+        is the same decision on every rank (no clock or rank-local state in it): the ranks stay in lock-step."""
+        pause, self._pause = self._pause, None
+        return self._flags()[1] if pause is None else pause
 
     def on_progress(self, p) -> None:
         self.emit("progress", **asdict(p))

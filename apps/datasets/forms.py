@@ -1,5 +1,8 @@
 from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from .models import DatasetVersion
 
 FORMAT_CHOICES = [
     ("auto", "Detect from the file"),
@@ -7,6 +10,34 @@ FORMAT_CHOICES = [
     ("alpaca", "Alpaca JSONL"),
     ("csv", "CSV (input, output, optional system)"),
 ]
+
+
+class FrozenVersionField(forms.ModelChoiceField):
+    """A dataset version of one project (`for_project`) that a person froze, to launch a run or an evaluation by hand.
+    An experiment's subsets (``derived_from``, shown as "v5 (part of v1)") are neither offered nor accepted: the
+    experiment makes its own runs through the services."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(queryset=DatasetVersion.objects.none(), **kwargs)
+        self.subsets = DatasetVersion.objects.none()
+
+    def for_project(self, project) -> None:
+        versions = DatasetVersion.objects.filter(project=project).order_by("-number")
+        self.queryset = versions.filter(derived_from__isnull=True)
+        self.subsets = versions.filter(derived_from__isnull=False).select_related("derived_from")
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            subset = self.subsets.filter(pk=value).first() if str(value).isdigit() else None
+            if subset is None:
+                raise
+            raise ValidationError(
+                f"v{subset.number} is part of v{subset.derived_from.number}, a subset an experiment froze for its own "
+                "runs: pick a version a person froze.",
+                code="subset_version",
+            ) from None
 
 
 class ImportForm(forms.Form):

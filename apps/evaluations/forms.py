@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from apps.datasets.models import DatasetVersion
+from apps.datasets.forms import FrozenVersionField
 from apps.runs.models import BaseModel, Run, RunStatus
 from worker.checks import CheckSpec
 
@@ -123,9 +123,7 @@ def anchors_text(anchors: dict) -> str:
 
 class EvaluationForm(forms.Form):
     name = forms.CharField(max_length=120, required=False)
-    dataset_version = forms.ModelChoiceField(
-        queryset=DatasetVersion.objects.none(), help_text="outputs are generated for its test split"
-    )
+    dataset_version = FrozenVersionField(help_text="outputs are generated for its test split")
     include_val = forms.BooleanField(required=False, label="Also evaluate on the validation split")
     rubric = forms.ModelChoiceField(queryset=Rubric.objects.none())
     base_model = forms.ModelChoiceField(
@@ -180,7 +178,7 @@ class EvaluationForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
+        self.fields["dataset_version"].for_project(project)  # not an experiment's subsets
         self.fields["dataset_version"].label_from_instance = (
             lambda v: f"v{v.number} ({v.split_counts.get('test', 0)} test examples)"
         )
@@ -190,11 +188,8 @@ class EvaluationForm(forms.Form):
         self.fields["rubric"].queryset = Rubric.objects.filter(pk__in=latest.values())
         # start from the obvious choice, as the run form does: the newest version and the newest rubric
         self.fields["dataset_version"].initial = (
-            self.fields["dataset_version"]
-            .queryset.filter(derived_from__isnull=True)
-            .values_list("pk", flat=True)
-            .first()
-        )  # not an experiment's subset
+            self.fields["dataset_version"].queryset.values_list("pk", flat=True).first()
+        )
         self.fields["rubric"].initial = (
             self.fields["rubric"].queryset.order_by("-created_at", "-pk").values_list("pk", flat=True).first()
         )

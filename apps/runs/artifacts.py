@@ -30,6 +30,7 @@ from worker.artifacts import ArtifactStoreConfigError, ArtifactStoreError, Local
 
 log = logging.getLogger(__name__)
 _stores: dict[tuple, object] = {}
+_complete: set[tuple[object, str]] = set()  # (store, key) seen complete by this process: asked once, not per request
 
 
 def store():
@@ -48,6 +49,19 @@ def store():
 
 def remote() -> bool:
     return bool(settings.FTSTUDIO_ARTIFACTS_URL) and store().is_remote()
+
+
+def _complete_in_store(key: str) -> bool:
+    """Does the store hold the key complete (its ``.complete`` marker)? A yes is remembered in this process: a complete
+    key never changes (until its run is deleted, `delete_run_artifacts`). A no is asked again next time, so an adapter
+    that is being uploaded is seen as soon as it is complete."""
+    seen = (store(), key)
+    if seen in _complete:
+        return True
+    if not store().has_complete(key):
+        return False
+    _complete.add(seen)
+    return True
 
 
 def check_or_exit(process: str) -> None:
@@ -121,7 +135,7 @@ def adapter_available(run) -> bool:
     if Path(run.adapter_path, "adapter_config.json").is_file():
         return True
     try:
-        return remote() and store().has_complete(adapter_key(run.pk))
+        return remote() and _complete_in_store(adapter_key(run.pk))
     except ArtifactStoreError:
         log.warning("The artifact store did not answer about run %s's adapter", run.pk, exc_info=True)
         return False
@@ -140,6 +154,7 @@ def local_adapter_dir(run) -> str:
 def delete_run_artifacts(run_pk: int) -> None:
     if remote():
         store().delete_prefix(f"runs/{run_pk}")
+        _complete.difference_update({seen for seen in _complete if seen[1].startswith(f"runs/{run_pk}/")})
 
 
 # --- base models -----------------------------------------------------------------------------------------------
@@ -170,11 +185,23 @@ def publish_base_model(base_model, folder: str) -> None:
         return
     key = base_model_key(base_model)
     try:
-        if not store().has_complete(key):
+        if not _complete_in_store(key):
             store().put_dir(folder, key)
             log.info("stored base model %s as %s in %s", base_model.name, key, store().describe())
     except ArtifactStoreError:
         log.warning("Could not store base model %s in the artifact store", base_model.name, exc_info=True)
+
+
+def _placement(base_model):
+    """Where a base model is for this node: (its spec, its store key, from_store), the key "" without a shared store or
+    for a Hub id (the Hugging Face cache), from_store when this node lacks its folder and the store has it complete."""
+    from .services import model_spec_for
+
+    spec = model_spec_for(base_model)
+    if not remote() or spec.source_kind == "hub":
+        return spec, "", False
+    key = base_model_key(base_model)
+    return spec, key, not _on_this_node(spec) and _complete_in_store(key)
 
 
 def base_model_dir(base_model) -> str:
@@ -183,18 +210,14 @@ def base_model_dir(base_model) -> str:
     into the bounded cache. Neither: resolve_model_dir's usual error (ModelSourceError)."""
     from worker.models import _check_safetensors_dir, resolve_model_dir
 
-    from .services import model_spec_for
-
-    spec = model_spec_for(base_model)
-    if not remote() or spec.source_kind == "hub":
-        return resolve_model_dir(spec)
-    key = base_model_key(base_model)
-    if not _on_this_node(spec) and store().has_complete(key):
+    spec, key, from_store = _placement(base_model)
+    if from_store:
         folder = cache().fetch(store(), key)
         _check_safetensors_dir(folder)
         return str(folder)
     folder = resolve_model_dir(spec)
-    publish_base_model(base_model, folder)
+    if key:
+        publish_base_model(base_model, folder)
     return folder
 
 
@@ -204,12 +227,5 @@ def base_model_location(base_model) -> tuple[str, str]:
     downloaded or uploaded here."""
     from worker.models import resolve_model_dir
 
-    from .services import model_spec_for
-
-    spec = model_spec_for(base_model)
-    if not remote() or spec.source_kind == "hub":
-        return resolve_model_dir(spec), ""
-    key = base_model_key(base_model)
-    if not _on_this_node(spec) and store().has_complete(key):
-        return str(cache().root / key), key
-    return resolve_model_dir(spec), key
+    spec, key, from_store = _placement(base_model)
+    return (str(cache().root / key) if from_store else resolve_model_dir(spec)), key

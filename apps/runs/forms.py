@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from apps.datasets.models import DatasetVersion
+from apps.datasets.forms import FrozenVersionField
 
 from .models import BaseModel
 from .presentation import HYPERPARAMETERS, SCALE, form_label
@@ -12,8 +12,7 @@ OVERRIDE_FIELDS = ("epochs", "max_steps", "learning_rate", "lora_r", "batch_size
 
 
 class LaunchForm(forms.Form):
-    dataset_version = forms.ModelChoiceField(
-        queryset=DatasetVersion.objects.none(),
+    dataset_version = FrozenVersionField(
         empty_label=None,
         help_text="a frozen version; training reads its train and val splits",
     )
@@ -43,7 +42,7 @@ class LaunchForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(project=project).order_by("-number")
+        self.fields["dataset_version"].for_project(project)  # not an experiment's subsets
         from apps.prompts import selectors as prompt_selectors
 
         best = prompt_selectors.best_by_dataset_version(project)  # the bar a run has to beat, beside each version
@@ -59,12 +58,7 @@ class LaunchForm(forms.Form):
             self.fields[key].help_text = HYPERPARAMETERS[key].help
 
         # the form starts from the obvious choice: the newest version, the first registered model
-        newest = (
-            self.fields["dataset_version"]
-            .queryset.filter(derived_from__isnull=True)
-            .values_list("pk", flat=True)
-            .first()
-        )
+        newest = self.fields["dataset_version"].queryset.values_list("pk", flat=True).first()
         first_model = self.fields["base_model"].queryset.values_list("pk", flat=True).first()
         self.fields["dataset_version"].initial = newest
         self.fields["base_model"].initial = first_model
