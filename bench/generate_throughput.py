@@ -7,7 +7,7 @@ finishes the next prompt takes its place and the batch stays full instead of dra
 identical. Sides alternate for ``--rounds`` rounds; each round prints both rates, and the last line is
 ``ratio=<median> (min x, max y, rounds N)`` of engine new tokens/s ÷ one-at-a-time new tokens/s (bench/_rounds.py).
 
-    .venv/bin/python bench/generate_throughput.py [--prompts 32] [--max-new-tokens 64] [--batch-size 16] [--rounds 3]
+    .venv/bin/python bench/generate_throughput.py [--prompts 32] [--max-new-tokens 64] [--batch-size 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
     add_rounds_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()

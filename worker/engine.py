@@ -256,12 +256,22 @@ def _growing_layer_class():
             self.keys, self.values = kbuf[:, :, first : end + new], vbuf[:, :, first : end + new]
             return self.keys, self.values
 
-        def batch_select_indices(self, indices) -> None:
-            columns = self._columns()
-            if columns is None:
-                return super().batch_select_indices(indices)
-            first, end = columns
-            self.buffers = tuple(buf[indices] for buf in self.buffers)  # the spare columns come along
+        def move_rows(self, src, dst) -> None:
+            """Rows ``dst`` take rows ``src``'s keys and values (all columns, spare ones included)."""
+            if self._columns() is None:
+                self._hold(self.keys, self.values, KV_SPARE_COLUMNS)
+            first, end = self._columns()
+            for buf in self.buffers:
+                buf[dst] = buf[src]
+            self.keys, self.values = self.buffers[0][:, :, first:end], self.buffers[1][:, :, first:end]
+
+        def keep_rows(self, rows: int) -> None:
+            """Keep the first ``rows`` rows (views of the same buffers)."""
+            if self._columns() is None:
+                self._hold(self.keys[:rows], self.values[:rows], KV_SPARE_COLUMNS)
+                return
+            first, end = self._columns()
+            self.buffers = tuple(buf[:rows] for buf in self.buffers)
             self.keys, self.values = self.buffers[0][:, :, first:end], self.buffers[1][:, :, first:end]
 
     return GrowingLayer
@@ -335,8 +345,8 @@ class BatchRunner:
         import torch
 
         finished: list[Request] = []
-        finished += self._drop_cancelled()
-        with torch.inference_mode():
+        with torch.inference_mode():  # the cache's tensors are inference tensors, changed in place
+            finished += self._drop_cancelled()
             if self.rows:
                 finished += self._decode()
             finished += [self._finish(r, "cancelled") for r in self.waiting if r.cancelled]
@@ -614,16 +624,29 @@ class BatchRunner:
         return finished
 
     def _remove(self, leaving: list[int]) -> None:
+        """Rows leave the batch. Each leaving row's place takes one of the last rows that stay (one row's cache is
+        copied, not the whole batch's), then the batch is cut to the rows that stay (a view, no copy)."""
         import torch
 
-        keep = [j for j in range(len(self.rows)) if j not in set(leaving)]
-        if not keep:
+        gone = set(leaving)
+        kept = len(self.rows) - len(gone)
+        if not kept:
             self.rows, self.cache, self.mask, self.last = [], None, None, None
             return
-        index = torch.tensor(keep, device=self.device)
-        self.cache.batch_select_indices(index)
-        self.rows = [self.rows[j] for j in keep]
-        self.mask, self.last = self.mask[index], self.last[index]
+        holes = [j for j in sorted(gone) if j < kept]
+        movers = [j for j in range(kept, len(self.rows)) if j not in gone]
+        if holes:
+            src = torch.tensor(movers, device=self.device)
+            dst = torch.tensor(holes, device=self.device)
+            for layer in self.cache.layers:
+                layer.move_rows(src, dst)
+            self.mask[dst], self.last[dst] = self.mask[src], self.last[src]
+            for s, d in zip(movers, holes, strict=True):
+                self.rows[d] = self.rows[s]
+        self.rows = self.rows[:kept]
+        for layer in self.cache.layers:
+            layer.keep_rows(kept)
+        self.mask, self.last = self.mask[:kept], self.last[:kept]
         # Columns that every remaining row masks (padding for rows that left) are dropped.
         used = self.mask.any(dim=0).nonzero()
         first = int(used[0]) if len(used) else 0
