@@ -7,12 +7,18 @@ finishes the next prompt takes its place and the batch stays full instead of dra
 identical. Sides alternate for ``--rounds`` rounds; each round prints both rates, and the last line is
 ``ratio=<median> (min x, max y, rounds N)`` of engine new tokens/s ÷ one-at-a-time new tokens/s (bench/_rounds.py).
 
+The engine computes its linear layers with oneDNN-packed weights on a CPU (``worker/packed.py``); stock
+``generate`` uses PyTorch's MKL path. ``--baseline-kernels packed`` runs the one-at-a-time side with the engine's
+kernels too, so the ratio is what batching alone brings.
+
     .venv/bin/python bench/generate_throughput.py [--prompts 32] [--max-new-tokens 64] [--batch-size 32] [--rounds 3]
+        [--baseline-kernels pytorch|packed]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -30,6 +36,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     add_rounds_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--baseline-kernels",
+        choices=("pytorch", "packed"),
+        default="pytorch",
+        help="one-at-a-time side: stock generate (pytorch) or with the engine's oneDNN-packed weights (packed)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -37,6 +49,7 @@ def main() -> None:
     from apps.demo.generator import generate_examples
     from worker.generate import GenerationConfig, _eos_ids, generate, load_generator, render_prompt
     from worker.models import ModelSpec, resolve_model_dir, shipped_gguf_path
+    from worker.packed import engine_kernels
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +68,8 @@ def main() -> None:
         texts, tokens = [], 0
         for messages in prompts:
             ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
-            with torch.inference_mode():
+            kernels = engine_kernels() if args.baseline_kernels == "packed" else contextlib.nullcontext()
+            with torch.inference_mode(), kernels:
                 out = model.generate(
                     **ids,
                     max_new_tokens=args.max_new_tokens,
@@ -75,7 +89,8 @@ def main() -> None:
 
     print(
         f"model={Path(model_dir).name} prompts={len(prompts)} max_new_tokens={args.max_new_tokens} "
-        f"batch_size={args.batch_size} threads={torch.get_num_threads()} rounds={args.rounds}"
+        f"batch_size={args.batch_size} threads={torch.get_num_threads()} rounds={args.rounds} "
+        f"one-at-a-time kernels={args.baseline_kernels} packed layers={getattr(model, 'ftstudio_packed_layers', 0)}"
     )
     first_texts: dict[int, list[str]] = {}
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.packed import engine_kernels, pack_linear_weights
 from worker.prefixes import MIN_PREFIX_TOKENS, PrefixCache, common_length, prefix_cache_tokens
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,7 @@ class BatchRunner:
         self.eos = eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
         _use_gqa_sdpa(model)
+        pack_linear_weights(model)  # oneDNN kernels for the engine's forward passes on a CPU (worker/packed.py)
         self.extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._layers_on: bool | None = None  # LoRA layers enabled (None: unknown, set at the next step)
@@ -375,8 +377,8 @@ class BatchRunner:
         """Logits of each row's last position; ``adapters`` names each row's adapter (None: the base model)."""
 
         def call(**adapters):
-            return (
-                self.model(
+            with engine_kernels():
+                out = self.model(
                     input_ids=input_ids,
                     attention_mask=mask,
                     position_ids=positions,
@@ -385,9 +387,7 @@ class BatchRunner:
                     **self.extra,
                     **adapters,
                 )
-                .logits[:, -1, :]
-                .float()
-            )
+            return out.logits[:, -1, :].float()
 
         if not self.named_adapters:
             return call()
