@@ -2,7 +2,7 @@
 
 The prompt is what the Studio's prompt-only candidate sends (``apps.evaluations.services.candidate_messages``):
 the demo's house-style system prompt, ``--shots`` few-shot examples from the train split, then each test message.
-Every prompt begins with the same system prompt and examples; with the cache on (``FTSTUDIO_PREFIX_CACHE_TOKENS``,
+Every prompt begins with the same system prompt and examples; with the cache on (``FTSTUDIO_PREFIX_CACHE_MB``,
 the default budget) the engine prefills that beginning once and each prompt from where it differs; off (0) it
 prefills every prompt whole. Greedy outputs must be identical. Sides alternate for ``--rounds`` rounds; the last
 line is ``ratio=<median> (min, max, rounds)`` of new tokens/s with the cache ÷ without.
@@ -61,7 +61,7 @@ def main() -> None:
 
     def side(name: str, budget: str):
         def run(n: int) -> float:
-            os.environ["FTSTUDIO_PREFIX_CACHE_TOKENS"] = budget
+            os.environ["FTSTUDIO_PREFIX_CACHE_MB"] = budget
             started = time.perf_counter()
             results = generate(model, tokenizer, prompts, config)
             seconds = time.perf_counter() - started
@@ -79,7 +79,7 @@ def main() -> None:
     try:
         alternate(args.rounds, side("cache off", "0"), side("cache on", ""), ratio=lambda off, on: on / off)
     finally:
-        os.environ.pop("FTSTUDIO_PREFIX_CACHE_TOKENS", None)
+        os.environ.pop("FTSTUDIO_PREFIX_CACHE_MB", None)
 
 
 if __name__ == "__main__":

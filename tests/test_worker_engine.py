@@ -283,7 +283,7 @@ SHARED = [[SYSTEM, *p] for p in PROMPTS]
 
 
 def alone_without_prefixes(model, tokenizer, messages, max_new_tokens=12, adapter=None, named_adapters=False):
-    runner = BatchRunner(model, tokenizer, max_batch=1, prefix_tokens=0, named_adapters=named_adapters)
+    runner = BatchRunner(model, tokenizer, max_batch=1, prefix_bytes=0, named_adapters=named_adapters)
     request = Request(
         prompt_ids=ids(tokenizer, messages), params=SamplingParams(max_new_tokens=max_new_tokens), adapter=adapter
     )
@@ -305,7 +305,7 @@ def test_prompts_that_begin_alike_are_prefilled_once_from_their_shared_beginning
     alone = [alone_without_prefixes(model, tokenizer, p) for p in SHARED]
     shared = shared_length(tokenizer, SHARED)
     assert shared >= 16  # the chat template and the system prompt
-    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=0, prefix_tokens=4096)
+    runner = BatchRunner(model, tokenizer, max_batch=8, prefill_tokens=0, prefix_bytes=2**28)
     requests = [Request(prompt_ids=ids(tokenizer, p), params=SamplingParams(max_new_tokens=12)) for p in SHARED]
     for r in requests:
         runner.add(r)
@@ -326,7 +326,7 @@ def test_prompts_that_begin_alike_are_prefilled_once_from_their_shared_beginning
 
 def test_the_next_turn_of_a_conversation_starts_from_the_earlier_prompt(tiny):
     model, tokenizer = tiny
-    runner = BatchRunner(model, tokenizer, max_batch=4, prefix_tokens=4096)
+    runner = BatchRunner(model, tokenizer, max_batch=4, prefix_bytes=2**28)
     first = Request(prompt_ids=ids(tokenizer, SHARED[1]), params=SamplingParams(max_new_tokens=12))
     runner.add(first)
     while runner.busy:
@@ -357,7 +357,7 @@ def test_a_beginning_is_kept_per_adapter_and_mixed_batches_write_what_each_write
         for name in (None, "first")
     }
     assert expected[None] != expected["first"]
-    runner = BatchRunner(model, tokenizer, named_adapters=True, prefill_tokens=0, prefix_tokens=4096)
+    runner = BatchRunner(model, tokenizer, named_adapters=True, prefill_tokens=0, prefix_bytes=2**28)
     order = [None, "first", None, "first", None, "first"]
     requests = [
         Request(prompt_ids=ids(tokenizer, SHARED[i % 3]), params=SamplingParams(max_new_tokens=12), adapter=name)
@@ -392,32 +392,77 @@ def test_long_outputs_grow_the_cache_while_rows_join_and_leave(tiny):
     assert [r.output_ids for r in requests] == alone
 
 
-def test_the_prefix_cache_keeps_its_token_budget_least_recently_used_first(monkeypatch):
+def test_the_prefix_cache_keeps_its_memory_budget_least_recently_used_first(monkeypatch):
     import torch
 
-    from worker.prefixes import PrefixCache, prefix_cache_tokens
+    from worker.prefixes import PrefixCache, prefix_cache_bytes
 
-    def kv(n):
+    def kv(n):  # one layer, 2 heads of 4 float32 values: 64 bytes per token for keys and values together
         return [(torch.zeros(1, 2, n, 4), torch.zeros(1, 2, n, 4))]
 
-    cache = PrefixCache(max_tokens=60)
+    cache = PrefixCache(max_bytes=60 * 64)
     a, b, c = list(range(20)), list(range(100, 125)), list(range(200, 230))
     cache.store(None, a, kv(20))
     cache.store(None, b, kv(25))
     assert cache.longest(None, a + [7, 8])[0] == 20  # a is now the most recently used
-    cache.store(None, c, kv(30))  # 75 tokens > 60: b, the least recently used, goes
-    assert cache.tokens == 50 and cache.longest(None, b)[0] == 0 and cache.longest(None, c)[0] == 30
+    cache.store(None, c, kv(30))  # 75 tokens' worth > 60: b, the least recently used, goes
+    assert cache.tokens == 50 and cache.bytes == 50 * 64
+    assert cache.longest(None, b)[0] == 0 and cache.longest(None, c)[0] == 30
     n, layers = cache.longest(None, c[:18] + [0, 0])
     assert n == 18 and layers[0][0].shape[2] == 18  # a shared part of an entry is sliced from it
     assert cache.longest("adapter", a)[0] == 0  # entries are per adapter
     cache.store(None, a + list(range(500, 510)), kv(30))  # extends a: a is dropped, not kept twice
     assert cache.tokens == 60 and len(cache) == 2
     cache.store(None, list(range(5)), kv(5))  # shorter than worth keeping
+    cache.store(None, list(range(900, 970)), kv(70))  # larger than the whole budget: not kept, nothing evicted
     assert len(cache) == 2
 
-    monkeypatch.setenv("FTSTUDIO_PREFIX_CACHE_TOKENS", "0")
-    assert prefix_cache_tokens() == 0  # off
-    for bad, message in (("many", "whole number"), ("-1", r"0 \(off\) or more")):
-        monkeypatch.setenv("FTSTUDIO_PREFIX_CACHE_TOKENS", bad)
+    monkeypatch.setenv("FTSTUDIO_PREFIX_CACHE_MB", "0")
+    assert prefix_cache_bytes() == 0  # off
+    monkeypatch.setenv("FTSTUDIO_PREFIX_CACHE_MB", "1.5")
+    assert prefix_cache_bytes() == 3 * 2**19
+    for bad, message in (("many", "number of megabytes"), ("-1", r"0 \(off\) or more")):
+        monkeypatch.setenv("FTSTUDIO_PREFIX_CACHE_MB", bad)
         with pytest.raises(ValueError, match=message):
-            prefix_cache_tokens()
+            prefix_cache_bytes()
+
+
+# --- oneDNN-packed weights (worker/packed.py) ------------------------------------------------------------
+def test_packed_weights_serve_only_the_engine_and_write_what_stock_generate_writes(tiny_model_dir, monkeypatch):
+    import torch
+
+    from worker.packed import engine_kernels, pack_linear_weights
+
+    stock, tokenizer = load_generator(str(tiny_model_dir))
+    prompt = torch.tensor([ids(tokenizer, PROMPTS[2])])
+    expected = stock.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+
+    model, _ = load_generator(str(tiny_model_dir))
+    runner = BatchRunner(model, tokenizer, prefix_bytes=0)
+    layers = model.config.num_hidden_layers
+    # q, o, gate, up, down per layer, and the head; the tiny model's k and v (32 features) stay on PyTorch's path
+    assert model.ftstudio_packed_layers == 5 * layers + 1
+    assert not hasattr(model.model.layers[0].self_attn.k_proj, "ftstudio_packed_weight")
+    request = Request(prompt_ids=prompt[0].tolist(), params=SamplingParams(max_new_tokens=12))
+    runner.add(request)
+    while runner.busy:
+        runner.step()
+    new = expected[0, prompt.shape[1] :].tolist()
+    eos = tokenizer.eos_token_id
+    assert request.output_ids == (new[: new.index(eos)] if eos in new else new)
+
+    # Outside the engine's forward passes the same layers compute exactly as PyTorch does.
+    head = model.lm_head
+    x = torch.randn(3, head.in_features)
+    assert torch.equal(head(x), torch.nn.functional.linear(x, head.weight))
+    with engine_kernels():
+        packed = head(x)
+    assert torch.allclose(packed, torch.nn.functional.linear(x, head.weight), atol=1e-5)
+    assert pack_linear_weights(model) == 5 * layers + 1  # once per model
+
+    monkeypatch.setenv("FTSTUDIO_PACKED_WEIGHTS", "0")
+    plain, _ = load_generator(str(tiny_model_dir))
+    assert pack_linear_weights(plain) == 0 and not hasattr(plain.lm_head, "ftstudio_packed_weight")
+    monkeypatch.setenv("FTSTUDIO_PACKED_WEIGHTS", "sometimes")
+    with pytest.raises(ValueError, match="FTSTUDIO_PACKED_WEIGHTS must be 1"):
+        pack_linear_weights(load_generator(str(tiny_model_dir))[0])
