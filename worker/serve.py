@@ -406,6 +406,8 @@ class Handler(BaseHTTPRequestHandler):
     def _stream(self, chat: ChatRequest, requests, sink) -> None:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
+        pending: list[bytes] = []  # chunks written together: one write and flush per wake-up, not per token
+
         def chunk(choices, usage=None) -> None:
             payload = {
                 "id": ident,
@@ -417,8 +419,12 @@ class Handler(BaseHTTPRequestHandler):
             }
             if chat.include_usage:
                 payload["usage"] = usage
-            self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+            pending.append(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+        def send() -> None:
+            self.wfile.write(b"".join(pending))
             self.wfile.flush()
+            pending.clear()
 
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -438,15 +444,21 @@ class Handler(BaseHTTPRequestHandler):
                     for r in requests
                 ]
             )
+            send()
             remaining = len(requests)
             while remaining:
-                index, kind, value = sink.get()
+                try:
+                    index, kind, value = sink.get_nowait()
+                except queue.Empty:
+                    send()  # everything that was ready is out; wait for the next token
+                    index, kind, value = sink.get()
                 if kind == "delta":
                     chunk([{"index": index, "delta": {"content": value}, "logprobs": None, "finish_reason": None}])
                 elif kind == "done":
                     remaining -= 1
                     chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": value}])
                 elif kind == "error":
+                    send()
                     self.wfile.write(
                         b"data: "
                         + json.dumps(
@@ -457,8 +469,8 @@ class Handler(BaseHTTPRequestHandler):
                     return
             if chat.include_usage:
                 chunk([], self._usage(requests))
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
+            pending.append(b"data: [DONE]\n\n")
+            send()
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away mid-stream; its rows leave the batch")
             for r in requests:
