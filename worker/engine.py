@@ -210,8 +210,7 @@ def _growing_layer_class():
             """A layer whose first ``length`` columns of ``kbuf`` and ``vbuf`` are written (no copy)."""
             layer = cls()
             layer.lazy_initialization(kbuf)
-            layer.buffers = (kbuf, vbuf)
-            layer.keys, layer.values = kbuf[:, :, :length], vbuf[:, :, :length]
+            layer._show(kbuf, vbuf, 0, length)
             return layer
 
         def _hold(self, keys, values, spare: int) -> None:
@@ -220,8 +219,12 @@ def _growing_layer_class():
             vbuf = values.new_empty((rows, values.shape[1], length + spare, values.shape[-1]))
             kbuf[:, :, :length] = keys
             vbuf[:, :, :length] = values
+            self._show(kbuf, vbuf, 0, length)
+
+        def _show(self, kbuf, vbuf, first: int, end: int) -> None:
+            """Hold these buffers; ``keys`` and ``values`` are their columns ``first:end``."""
             self.buffers = (kbuf, vbuf)
-            self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+            self.keys, self.values = kbuf[:, :, first:end], vbuf[:, :, first:end]
 
         def _columns(self) -> tuple[int, int] | None:
             """(first, end) columns of ``keys`` and ``values`` in the buffers; None when they are not views of them."""
@@ -255,7 +258,7 @@ def _growing_layer_class():
             kbuf, vbuf = self.buffers
             kbuf[:, :, end : end + new] = key_states
             vbuf[:, :, end : end + new] = value_states
-            self.keys, self.values = kbuf[:, :, first : end + new], vbuf[:, :, first : end + new]
+            self._show(kbuf, vbuf, first, end + new)
             return self.keys, self.values
 
         def move_rows(self, src, dst) -> None:
@@ -265,7 +268,7 @@ def _growing_layer_class():
             first, end = self._columns()
             for buf in self.buffers:
                 buf[dst] = buf[src]
-            self.keys, self.values = self.buffers[0][:, :, first:end], self.buffers[1][:, :, first:end]
+            self._show(*self.buffers, first, end)
 
         def keep_rows(self, rows: int) -> None:
             """Keep the first ``rows`` rows (views of the same buffers)."""
@@ -273,8 +276,7 @@ def _growing_layer_class():
                 self._hold(self.keys[:rows], self.values[:rows], KV_SPARE_COLUMNS)
                 return
             first, end = self._columns()
-            self.buffers = tuple(buf[:rows] for buf in self.buffers)
-            self.keys, self.values = self.buffers[0][:, :, first:end], self.buffers[1][:, :, first:end]
+            self._show(self.buffers[0][:rows], self.buffers[1][:rows], first, end)
 
     return GrowingLayer
 
@@ -451,8 +453,9 @@ class BatchRunner:
         mask = torch.cat([mask.new_ones((len(newcomers), shared)), mask], dim=-1)
         cache = new_cache(past)
         logits = self._forward([r.adapter for r in newcomers], ids, mask, positions, cache)
-        if len(newcomers) == 1:  # its whole prompt may begin the next one (a system prompt, a conversation)
-            (r,) = newcomers
+        (r, *others) = newcomers
+        if not others and self.prefixes.worth_storing(r.adapter, r.prompt_ids):
+            # Its whole prompt may begin the next one (a system prompt, a conversation): copied only when kept.
             self.prefixes.store(r.adapter, r.prompt_ids, [(la.keys.clone(), la.values.clone()) for la in cache.layers])
         self._merge(newcomers, cache, mask)
         return self._advance(logits, only=range(len(self.rows) - len(newcomers), len(self.rows)))
@@ -677,6 +680,10 @@ def adapter_problem(path: str) -> str | None:
     return None
 
 
+def _stopping() -> EngineError:
+    return EngineError("The inference engine is shutting down.", status=503, code="engine_stopped")
+
+
 class Engine:
     """Keeps base models loaded and an LRU of adapters; one thread steps every model with work."""
 
@@ -842,7 +849,7 @@ class Engine:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._stopped:
-                raise EngineError("The inference engine is shutting down.", status=503, code="engine_stopped")
+                raise _stopping()
             self._jobs.append((job, future))
             self._wake.notify()
         return future.result()
@@ -854,9 +861,7 @@ class Engine:
                     self._wake.wait()
                 if self._stopped:
                     for _, future in self._jobs:
-                        future.set_exception(
-                            EngineError("The inference engine is shutting down.", status=503, code="engine_stopped")
-                        )
+                        future.set_exception(_stopping())
                     return
                 jobs, self._jobs = self._jobs, []
                 for job, future in jobs:

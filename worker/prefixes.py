@@ -76,20 +76,29 @@ class PrefixCache:
             return best, layers
         return best, [(k[:, :, :best], v[:, :, :best]) for k, v in layers]
 
+    def worth_storing(self, adapter: str | None, ids: Sequence[int]) -> bool:
+        """Whether :meth:`store` would keep ``ids``: the cache is on, ``ids`` is long enough, and no entry of the
+        adapter already starts with it (that entry counts as used). Lets a caller skip copying keys and values."""
+        if not self.max_bytes or len(ids) < MIN_PREFIX_TOKENS:
+            return False
+        ids = tuple(ids)
+        covering = next((k for k in self._entries if k[0] == adapter and k[1][: len(ids)] == ids), None)
+        if covering is not None:
+            self._entries.move_to_end(covering)
+            return False
+        return True
+
     def store(self, adapter: str | None, ids: Sequence[int], layers: list) -> None:
         """Keep the keys and values of ``ids`` (each ``[1, heads, len(ids), dim]``, owned by the cache from now on).
         Nothing is stored when a longer entry already starts with ``ids``; entries that ``ids`` extends are dropped."""
+        if not self.worth_storing(adapter, ids):
+            return
         size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
-        if not self.max_bytes or len(ids) < MIN_PREFIX_TOKENS or size > self.max_bytes:
+        if size > self.max_bytes:
             return
         ids = tuple(ids)
         for a, stored in list(self._entries):
-            if a != adapter:
-                continue
-            if len(stored) >= len(ids) and stored[: len(ids)] == ids:
-                self._entries.move_to_end((a, stored))
-                return
-            if len(stored) < len(ids) and ids[: len(stored)] == stored:
+            if a == adapter and len(stored) < len(ids) and ids[: len(stored)] == stored:
                 self._drop((a, stored))
         self._entries[(adapter, ids)] = (layers, size)
         self.bytes += size
