@@ -327,6 +327,15 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._complete(chat, requests, sink)
 
+    def _start_event_stream(self) -> None:
+        """Headers of a server-sent event stream; the connection closes when it ends."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
     def _relay(self, chat: ChatRequest, upstream) -> None:
         """Pass the vLLM server's answer through, with ``model`` as the client named it."""
         with upstream:
@@ -341,12 +350,7 @@ class Handler(BaseHTTPRequestHandler):
                 if status == 200:
                     payload["model"] = chat.model
                 return self._json(status, payload)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
+            self._start_event_stream()
             try:
                 for line in upstream:
                     if line.startswith(b"data: {"):
@@ -426,12 +430,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             pending.clear()
 
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._start_event_stream()
         try:
             chunk(
                 [
