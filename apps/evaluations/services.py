@@ -693,27 +693,23 @@ def send_generation(evaluation: Evaluation) -> None:
 def reap_generations(now=None) -> dict[str, list[int]]:
     """The reaper's evaluation half (called by `runs.reap`): re-send generating evaluations whose worker is gone
     (failed after MAX_ATTEMPTS) and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS."""
-    now = now or timezone.now()
-    stale, queued = [], []
-    for evaluation in leases.silent_holders(Evaluation.objects.filter(status=EvaluationStatus.GENERATING), now):
-        if evaluation.attempts >= MAX_ATTEMPTS:
-            evaluation.mark_failed(
-                f"The worker stopped {evaluation.attempts} times (attempt limit {MAX_ATTEMPTS}); finished outputs "
-                "are kept: resume generation once the cause is fixed.",
-                rows=Evaluation.objects.filter(pk=evaluation.pk, status=EvaluationStatus.GENERATING),
-            )
-            continue
-        log.warning("Evaluation %s: no heartbeat since %s; re-queuing", evaluation.pk, evaluation.heartbeat_at)
-        send_generation(evaluation)
-        stale.append(evaluation.pk)
-    for evaluation in leases.lost_messages(Evaluation.objects.filter(status=EvaluationStatus.QUEUED), now):
-        log.warning(
-            "Evaluation %s: queued since %s with no worker: sending its message again",
-            evaluation.pk,
-            evaluation.enqueued_at or evaluation.created_at,
+
+    def give_up(evaluation: Evaluation) -> None:
+        evaluation.mark_failed(
+            f"The worker stopped {evaluation.attempts} times (attempt limit {MAX_ATTEMPTS}); finished outputs "
+            "are kept: resume generation once the cause is fixed.",
+            rows=Evaluation.objects.filter(pk=evaluation.pk, status=EvaluationStatus.GENERATING),
         )
-        send_generation(evaluation)
-        queued.append(evaluation.pk)
+
+    stale, queued = leases.resend_silent_and_lost(
+        Evaluation.objects.filter(status=EvaluationStatus.GENERATING),
+        Evaluation.objects.filter(status=EvaluationStatus.QUEUED),
+        now or timezone.now(),
+        what="Evaluation",
+        max_attempts=MAX_ATTEMPTS,
+        give_up=give_up,
+        resend=send_generation,
+    )
     return {"evaluations": stale, "queued_evaluations": queued}
 
 

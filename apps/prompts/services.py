@@ -274,24 +274,19 @@ def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
     FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message). A duplicate message is harmless: the claim lets one run."""
     from apps.runs.services import MAX_ATTEMPTS
 
-    now = now or timezone.now()
-    stale, queued = [], []
-    for version in leases.silent_holders(PromptVersion.objects.filter(status=PromptStatus.RUNNING), now):
-        if version.attempts >= MAX_ATTEMPTS:
-            version.mark_failed(
-                f"The worker stopped {version.attempts} times (attempt limit {MAX_ATTEMPTS}); the outputs scored so "
-                "far are kept: save the prompt again to retry."
-            )
-            continue
-        log.warning("Prompt version %s: no heartbeat since %s; re-queuing", version.pk, version.heartbeat_at)
-        send_scoring(version)
-        stale.append(version.pk)
-    for version in leases.lost_messages(PromptVersion.objects.filter(status=PromptStatus.QUEUED), now):
-        log.warning(
-            "Prompt version %s: queued since %s with no worker: sending its message again",
-            version.pk,
-            version.enqueued_at or version.created_at,
+    def give_up(version: PromptVersion) -> None:
+        version.mark_failed(
+            f"The worker stopped {version.attempts} times (attempt limit {MAX_ATTEMPTS}); the outputs scored so "
+            "far are kept: save the prompt again to retry."
         )
-        send_scoring(version)
-        queued.append(version.pk)
+
+    stale, queued = leases.resend_silent_and_lost(
+        PromptVersion.objects.filter(status=PromptStatus.RUNNING),
+        PromptVersion.objects.filter(status=PromptStatus.QUEUED),
+        now or timezone.now(),
+        what="Prompt version",
+        max_attempts=MAX_ATTEMPTS,
+        give_up=give_up,
+        resend=send_scoring,
+    )
     return {"prompt_versions": stale, "queued_prompt_versions": queued}

@@ -54,6 +54,32 @@ def lost_messages(rows, now: datetime):
     return rows.filter(Q(enqueued_at__lt=bound) | Q(enqueued_at__isnull=True, created_at__lt=bound))
 
 
+def resend_silent_and_lost(
+    running, queued, now: datetime, *, what: str, max_attempts: int, give_up, resend
+) -> tuple[list[int], list[int]]:
+    """The reaper's pass over one kind of task: each silent holder of ``running`` is re-sent (``resend(row)``), or
+    given up (``give_up(row)``) once it used ``max_attempts``; each lost message of ``queued`` is sent again.
+    Returns the primary keys re-sent from each. ``what`` names the task in the log ("Evaluation")."""
+    stale, resent = [], []
+    for row in silent_holders(running, now):
+        if row.attempts >= max_attempts:
+            give_up(row)
+            continue
+        log.warning("%s %s: no heartbeat since %s; re-queuing", what, row.pk, row.heartbeat_at)
+        resend(row)
+        stale.append(row.pk)
+    for row in lost_messages(queued, now):
+        log.warning(
+            "%s %s: queued since %s with no worker: sending its message again",
+            what,
+            row.pk,
+            row.enqueued_at or row.created_at,
+        )
+        resend(row)
+        resent.append(row.pk)
+    return stale, resent
+
+
 def heartbeat_interval() -> float:
     """Seconds between beats: FTSTUDIO_HEARTBEAT_SECONDS, at most a quarter of the staleness limit."""
     return max(0.2, min(float(settings.FTSTUDIO_HEARTBEAT_SECONDS), settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS / 4))
