@@ -52,9 +52,9 @@ run: install
 test: install-dev chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The tests that need no model, no worker process and no browser: for the edit-test loop (well under a minute).
+# The tests that need no model, start no process and drive no browser: for the edit-test loop (well under a minute).
 test-fast: install-dev
-	$(VENV)/bin/pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+	FTSTUDIO_TEST_FAST=1 $(VENV)/bin/pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

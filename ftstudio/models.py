@@ -8,7 +8,7 @@ from django.utils import timezone
 
 
 class TimeStamped(models.Model):
-    """``created_at`` / ``updated_at`` on every row that has a life of its own (DESIGN.md: conventions)."""
+    """``created_at`` / ``updated_at`` on every row that has a life of its own."""
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

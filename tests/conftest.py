@@ -4,6 +4,7 @@ and the tiny random Llama that ML unit tests train in seconds."""
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +18,33 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 MODEL_FIXTURES = {"tiny_model_dir", "shipped_model_dir"}
+# Fixtures that start a process of their own: the SeaweedFS store and the inference process.
+PROCESS_FIXTURES = {"object_store", "s3_artifacts", "inference"}
 
 
 def pytest_collection_modifyitems(config, items):
     """A test that needs a model on disk (the tiny test Llama or the shipped 135M), and so loads one or starts a
-    worker that does, is `slow`: `make test-fast` leaves those out. Marked from the fixtures, so none is missed."""
+    worker that does, or that starts any other process, is `slow`: `make test-fast` leaves those out. Marked from
+    the fixtures, so none is missed; a test that starts a process by itself says so with `@pytest.mark.slow`, and
+    `make test-fast` refuses any process start (`no_processes_in_fast_tests` below) so a missing mark is seen."""
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if (MODEL_FIXTURES | PROCESS_FIXTURES) & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def no_processes_in_fast_tests(request, monkeypatch):
+    """Under `make test-fast` (FTSTUDIO_TEST_FAST=1) starting a process fails the test that tried, naming it."""
+    if os.environ.get("FTSTUDIO_TEST_FAST") != "1" or request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(popen, args, *rest, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process ({args!r}); "
+            "mark it @pytest.mark.slow so that the fast tests start none"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @dataclass

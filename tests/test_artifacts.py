@@ -328,6 +328,7 @@ def test_the_store_is_asked_once_about_a_complete_adapter_or_base_model_and_agai
     assert not artifacts.adapter_available(run) and shared.asked.count(key) == 4
 
 
+@pytest.mark.slow  # starts a Python process with the inference process's environment
 def test_the_inference_process_and_the_web_settings_default_the_artifact_cache_alike(tmp_path):
     import json
     import os

@@ -54,6 +54,7 @@ def test_every_app_with_pages_has_selectors():
         assert (APPS / app / "selectors.py").is_file(), f"apps/{app} has no selectors.py"
 
 
+@pytest.mark.slow  # starts a Python process to see what the web process imports
 def test_the_web_process_imports_no_torch():
     code = (
         "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'ftstudio.settings'); "
@@ -63,3 +64,136 @@ def test_the_web_process_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# The layer table (docs/ARCHITECTURE.md, "Layers"): an app imports only apps of a lower rank, also inside functions.
+# News travels up as signals that the upper app connects in its AppConfig.ready.
+LAYERS = {
+    "ftstudio": 0,
+    "accounts": 1,
+    "datasets": 2,
+    "fleet": 2,
+    "runs": 3,
+    "evaluations": 4,
+    "prompts": 5,
+    "experiments": 6,
+    "freshness": 6,
+    "api": 7,
+    "webhooks": 7,
+    "demo": 8,
+}
+# Modules that wire everything together and so stand above every app.
+WIRING = {"ftstudio/urls.py", "ftstudio/settings.py"}
+# Upward imports that predate the table, each still to be replaced by a signal or a move (file, app it reaches).
+# The list may only shrink: a new upward import fails, and so does an entry that is no longer true.
+LAYERING_DEBT = {
+    ("apps/accounts/next_steps.py", "datasets"),
+    ("apps/accounts/next_steps.py", "evaluations"),
+    ("apps/accounts/next_steps.py", "runs"),
+    ("apps/accounts/next_steps.py", "demo"),
+    ("apps/accounts/next_steps.py", "freshness"),
+    ("apps/accounts/next_steps.py", "prompts"),
+    ("apps/accounts/permissions.py", "evaluations"),
+    ("apps/accounts/selectors.py", "api"),
+    ("apps/accounts/views.py", "webhooks"),
+    ("apps/accounts/views.py", "api"),
+    ("apps/evaluations/forms.py", "prompts"),
+    ("apps/evaluations/services.py", "webhooks"),
+    ("apps/evaluations/views.py", "freshness"),
+    ("apps/experiments/views.py", "demo"),
+    ("apps/fleet/queues.py", "runs"),
+    ("apps/fleet/queues.py", "evaluations"),
+    ("apps/runs/forms.py", "prompts"),
+    ("apps/runs/services.py", "webhooks"),
+    ("apps/runs/services.py", "api"),
+    ("apps/runs/services.py", "evaluations"),
+    ("apps/runs/services.py", "prompts"),
+    ("apps/runs/views.py", "freshness"),
+    ("apps/webhooks/services.py", "api"),
+    ("ftstudio/celery.py", "runs"),
+    ("ftstudio/celery.py", "fleet"),
+    ("ftstudio/commands.py", "accounts"),
+    ("ftstudio/commands.py", "datasets"),
+    ("ftstudio/wsgi.py", "runs"),
+}
+
+
+def _app_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "apps" and len(parts) > 1:
+        return parts[1]
+    return "ftstudio" if parts[0] == "ftstudio" else None
+
+
+def _imported_modules(source: str, module: str, is_package: bool) -> set[str]:
+    """Every module ``source`` imports, at module level or inside functions, relative imports resolved."""
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                found.add(".".join(base + ([node.module] if node.module else [])))
+            else:
+                found.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def upward_imports(source: str, path: str) -> set[tuple[str, str]]:
+    """(path, app) for each app of the same or a higher layer than ``path``'s own that ``source`` imports."""
+    module = path.removesuffix(".py").replace("/", ".")
+    is_package = module.endswith(".__init__")
+    own = _app_of(module.removesuffix(".__init__"))
+    found = set()
+    for target in _imported_modules(source, module.removesuffix(".__init__"), is_package):
+        app = _app_of(target)
+        if app and app != own and LAYERS[app] >= LAYERS[own]:
+            found.add((path, app))
+    return found
+
+
+def _project_modules():
+    for path in sorted([*APPS.rglob("*.py"), *(REPO / "ftstudio").rglob("*.py")]):
+        rel = str(path.relative_to(REPO))
+        if "migrations" not in path.parts and rel not in WIRING:
+            yield rel, path.read_text()
+
+
+def test_every_app_has_a_layer():
+    apps = {p.name for p in APPS.iterdir() if (p / "__init__.py").is_file()}
+    assert apps <= set(LAYERS), f"add {sorted(apps - set(LAYERS))} to the layer table (and docs/ARCHITECTURE.md)"
+
+
+def test_no_app_imports_an_app_above_it():
+    found = set().union(*(upward_imports(source, rel) for rel, source in _project_modules()))
+    new = sorted(found - LAYERING_DEBT)
+    assert not new, (
+        "imports from an app to one of the same or a higher layer (send a signal the upper app connects, or move "
+        f"the code down): {new}"
+    )
+    mended = sorted(LAYERING_DEBT - found)
+    assert not mended, f"no longer true, remove from LAYERING_DEBT: {mended}"
+
+
+def test_the_layer_check_sees_imports_inside_functions_and_relative_ones():
+    inside = "def f():\n    from apps.api.models import ApiKey\n"
+    assert upward_imports(inside, "apps/runs/services.py") == {("apps/runs/services.py", "api")}
+    assert upward_imports("import apps.demo.services\n", "apps/datasets/views.py") == {
+        ("apps/datasets/views.py", "demo")
+    }
+    assert upward_imports("from ..runs import models\n", "apps/datasets/views.py") == {
+        ("apps/datasets/views.py", "runs")
+    }
+    peer = "from apps.webhooks import services\n"
+    assert upward_imports(peer, "apps/api/views.py") == {("apps/api/views.py", "webhooks")}
+    downward = "from apps.datasets.models import Example\nfrom . import selectors\n"
+    assert upward_imports(downward, "apps/runs/views.py") == set()
+
+
+def test_worker_imports_no_django_and_no_app():
+    for path in sorted((REPO / "worker").rglob("*.py")):
+        imported = _imported_modules(path.read_text(), "worker." + path.stem, False)
+        bad = sorted(m for m in imported if m.split(".")[0] in {"django", "apps", "ftstudio", "celery"})
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}: worker/ is plain ML code"

@@ -60,7 +60,7 @@ def test_a_line_over_the_limit_is_a_numbered_error_found_without_reading_the_lin
         (2, f"the line is {len(long.encode()):,} bytes"),
         (4, '"messages" must be a list'),
     ]
-    assert "over the 10,000-byte limit for one line (FTSTUDIO_IMPORT_MAX_LINE_BYTES)" in report.errors[0].message
+    assert "over the 10,000-byte limit for one line set by the administrator" in report.errors[0].message
     assert stream.largest <= 1024 * 1024, "the long line was read in bounded pieces"
     assert Example.objects.count() == 0 and ImportBatch.objects.count() == 0
 
@@ -71,7 +71,7 @@ def test_a_message_over_the_limit_is_a_numbered_error(team, settings):
     report = services.import_examples(project=team.project, path_or_file=io.BytesIO(data))
     assert [str(e) for e in report.errors] == [
         "line 2: message 1 is 1,001 characters, over the 1,000-character limit for one message "
-        "(FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)"
+        "set by the administrator: shorten it or split the conversation"
     ]
     assert Example.objects.count() == 0
 

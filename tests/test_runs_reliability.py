@@ -215,7 +215,7 @@ def test_staff_see_an_alarm_when_no_reaper_has_run_recently(team, settings):
     client = Client()
     client.force_login(staff)
     page = client.get("/projects/").content.decode()
-    assert 'id="reaper-alarm"' in page and "No reaper has ever run" in page and "-B" in page
+    assert 'id="reaper-alarm"' in page and "No reaper has ever run" in page and "recovery schedule" in page
     reap()
     assert 'id="reaper-alarm"' not in client.get("/projects/").content.decode()
     ReaperBeat.objects.update(beat_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REAPER_ALARM_SECONDS + 5))

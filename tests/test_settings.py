@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # each test starts a Python process with other settings
 
 
 def _check(env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ def open_chat(body: dict) -> tuple[httpx.Client, httpx.Response]:
         client.close()
         raise ApiError(
             503,
-            "No inference process is answering at the moment; start it with `make run` (or the "
-            f"`inference` service) and try again. ({type(exc).__name__})",
+            "No inference process is answering at the moment: the Studio's administrator needs to start it. "
+            f"Try again in a minute. ({type(exc).__name__})",
             code="inference_unavailable",
         ) from None

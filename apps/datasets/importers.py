@@ -135,7 +135,7 @@ def iter_lines(stream: IO[bytes], limits: Limits) -> Iterator[tuple[int, str | P
                 Problem(
                     number,
                     f"the line is {size:,} bytes, over the {cap:,}-byte limit for one line "
-                    "(FTSTUDIO_IMPORT_MAX_LINE_BYTES): split it into one example per line",
+                    "set by the administrator: split it into one example per line",
                 ),
             )
             continue
@@ -275,7 +275,7 @@ def _long_message(line: int, index: int, chars: int, limits: Limits) -> Problem:
     return Problem(
         line,
         f"message {index} is {chars:,} characters, over the {limits.max_message_chars:,}-character "
-        "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)",
+        "limit for one message set by the administrator: shorten it or split the conversation",
     )
 
 
@@ -417,7 +417,7 @@ def _parse_csv(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, limit
         problems = [f'the "{c}" column is empty' for c in ("input", "output") if not record[c].strip()]
         problems += [
             f'the "{c}" column is {len(record[c]):,} characters, over the {limits.max_message_chars:,}-character '
-            "limit for one message (FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS)"
+            "limit for one message set by the administrator: shorten it"
             for c in ("system", "input", "output")
             if len(record.get(c, "")) > limits.max_message_chars
         ]

@@ -126,7 +126,7 @@ def launch_experiment(
             if len(chosen) < minimum:
                 raise ExperimentError(
                     f"{fraction * 100:g} % of {label}'s {len(kept)} training examples is {len(chosen)}: a point "
-                    f"needs at least {minimum} (FTSTUDIO_EXPERIMENT_MIN_TRAIN). Drop that fraction or add examples."
+                    f"needs at least {minimum}. Drop that fraction or add examples."
                 )
         plans.append((source, label, kept, len(train) - len(kept), subsets))
     experiment = Experiment.objects.create(

@@ -24,7 +24,7 @@ def queue_for(min_gpu_gb: int) -> str:
             return f"gpu-{tier}g"
     raise NoQueueError(
         f"No GPU tier has {min_gpu_gb} GB (tiers: {', '.join(f'{t} GB' for t in settings.FTSTUDIO_GPU_TIERS)}); "
-        "add a larger one to FTSTUDIO_GPU_TIERS and run a worker for it."
+        "an administrator can add a larger tier and run a worker for it."
     )
 
 

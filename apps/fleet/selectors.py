@@ -22,8 +22,8 @@ def queue_warning(queue: str, now=None) -> str:
     if workers_serving(queue, now):
         return ""
     return (
-        f"No running worker serves queue {queue}: the run will wait in the queue until one starts "
-        f"(`celery -A ftstudio worker -Q {queue} ...` on a node with enough GPU memory)."
+        f"No running worker serves queue {queue}: the run will wait in the queue until a worker for it starts "
+        "on a machine with enough GPU memory."
     )
 
 

@@ -90,7 +90,7 @@ def reaper_overdue(now=None) -> str:
     if beat is None:
         return (
             "No reaper has ever run: runs and evaluations whose worker dies will not resume by themselves. "
-            "Start the worker that runs the schedule (`celery -A ftstudio worker -B`, `worker-cpu` in compose)."
+            "Start the worker that runs the recovery schedule (the README's deployment section names it)."
         )
     if (now - beat).total_seconds() > limit:
         return (
