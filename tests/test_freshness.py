@@ -302,3 +302,20 @@ def test_an_experiments_subset_version_is_never_the_current_data_and_counts_as_i
     assert selectors.stale_evaluations(project) == {
         on_subset.pk: f"made on v{subset_of_v1.number} (part of v1); v2 is newer"
     }
+
+
+def test_the_re_evaluation_form_offers_and_accepts_only_versions_a_person_froze(team, tmp_path):
+    from apps.datasets.services import freeze_subset
+
+    project = team.project
+    v1 = version(project, questions(3), train=questions(8, 100))
+    subset = freeze_subset(source=v1, train_positions=[0, 1, 2], note="experiment point")
+    run = make_run(project, v1, model(), tmp_path / "a")
+    client = team.client("pm")
+    page = client.get(f"/p/{project.slug}/freshness/").content.decode()
+    assert f'<option value="{v1.pk}">' in page and f'<option value="{subset.pk}">' not in page
+    response = client.post(
+        f"/p/{project.slug}/freshness/", {"dataset_version": subset.pk, "runs": [run.pk]}, follow=True
+    )
+    assert "Pick the dataset version to re-evaluate on." in response.content.decode()
+    assert not Evaluation.objects.filter(dataset_version=subset).exists()

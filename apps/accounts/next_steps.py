@@ -91,14 +91,15 @@ def designer_steps(project) -> list[Step]:
 
 
 def pm_steps(project) -> list[Step]:
-    from apps.datasets.models import DatasetVersion, Example, ExampleStatus
+    from apps.datasets.models import Example, ExampleStatus
+    from apps.datasets.selectors import frozen_versions
     from apps.evaluations.models import Candidate
     from apps.runs.models import Run, RunStatus
 
     slug = {"slug": project.slug}
     steps = []
     # an experiment's subsets (derived_from) are parts of an older version, never the data to train on next
-    latest = DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number").first()
+    latest = frozen_versions(project).first()
     approved = Example.objects.filter(project=project, status=ExampleStatus.APPROVED)
     if latest is None:
         if approved.exists():

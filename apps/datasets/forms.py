@@ -3,6 +3,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .models import DatasetVersion
+from .selectors import frozen_versions
 
 FORMAT_CHOICES = [
     ("auto", "Detect from the file"),
@@ -22,9 +23,10 @@ class FrozenVersionField(forms.ModelChoiceField):
         self.subsets = DatasetVersion.objects.none()
 
     def for_project(self, project) -> None:
-        versions = DatasetVersion.objects.filter(project=project).order_by("-number")
-        self.queryset = versions.filter(derived_from__isnull=True)
-        self.subsets = versions.filter(derived_from__isnull=False).select_related("derived_from")
+        self.queryset = frozen_versions(project)
+        self.subsets = DatasetVersion.objects.filter(project=project, derived_from__isnull=False).select_related(
+            "derived_from"
+        )
 
     def to_python(self, value):
         try:

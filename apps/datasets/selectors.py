@@ -6,7 +6,22 @@ from __future__ import annotations
 from django.db import connection
 from django.db.models import Count
 
-from .models import Example, ExampleStatus, FindingKind, QualityFinding, QualityReport, ReportStatus, Split
+from .models import (
+    DatasetVersion,
+    Example,
+    ExampleStatus,
+    FindingKind,
+    QualityFinding,
+    QualityReport,
+    ReportStatus,
+    Split,
+)
+
+
+def frozen_versions(project):
+    """The versions a person froze, newest first: what runs, evaluations, prompts and experiments are offered.
+    An experiment's subsets (``derived_from`` set) are parts of an older version, never data to pick by hand."""
+    return DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number")
 
 
 def latest_report(project) -> QualityReport | None:

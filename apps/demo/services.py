@@ -188,15 +188,11 @@ DEMO_EXPERIMENT_PRESET = "quick"
 
 def demo_experiment_plan(project) -> DemoExperimentPlan | None:
     """What the demo's experiment button launches; None outside the demo project or before its curated version."""
-    from apps.datasets.models import DatasetVersion
+    from apps.datasets.selectors import frozen_versions
 
     if project.slug != DEMO_SLUG:
         return None
-    version = (
-        DatasetVersion.objects.filter(project=project, derived_from__isnull=True, note__startswith="Demo (curated)")
-        .order_by("-number")
-        .first()
-    )
+    version = frozen_versions(project).filter(note__startswith="Demo (curated)").first()
     if version is None:
         return None
     return DemoExperimentPlan(version, DEMO_EXPERIMENT_FRACTIONS, DEMO_EXPERIMENT_STEPS, DEMO_EXPERIMENT_PRESET)

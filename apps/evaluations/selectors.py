@@ -28,6 +28,7 @@ from .models import (
     Evaluation,
     Generation,
     Judgment,
+    Rubric,
     Score,
     Unblinding,
 )
@@ -734,3 +735,12 @@ def judge_report(evaluation: Evaluation, *, bootstrap: int = 1000) -> JudgeRepor
         why,
         pairs,
     )
+
+
+def newest_rubric(project) -> Rubric | None:
+    """The rubric a new prompt version or experiment is scored with by default: the project's most recently written
+    rubric, at its newest version."""
+    newest = Rubric.objects.filter(project=project).order_by("-created_at", "-pk").first()
+    if newest is None:
+        return None
+    return Rubric.objects.filter(project=project, name=newest.name).order_by("-version").first()

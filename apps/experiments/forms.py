@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from apps.datasets.models import DatasetVersion
+from apps.datasets.selectors import frozen_versions
 from apps.evaluations.models import Rubric
 from apps.runs.models import BaseModel
 from apps.runs.services import PRESETS
@@ -38,7 +39,7 @@ class ExperimentForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
-        versions = DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number")
+        versions = frozen_versions(project)
         self.fields["dataset_version"].queryset = versions
         self.fields["versus"].queryset = versions
         self.fields["rubric"].queryset = Rubric.objects.filter(project=project).order_by("-created_at", "-version")

@@ -11,6 +11,7 @@ from django.db import transaction
 from apps.datasets.models import DatasetVersion, Split
 from apps.datasets.services import FreezeError, freeze_subset
 from apps.evaluations.models import Rubric
+from apps.evaluations.selectors import newest_rubric
 from apps.evaluations.services import CandidateSpec, EvaluationError, create_evaluation
 from apps.runs.models import BaseModel
 from apps.runs.services import LaunchError, cancel_run, launch_run
@@ -93,7 +94,7 @@ def launch_experiment(
             "held-out test examples. Assign a test split and freeze a new version."
         )
     if rubric is None:
-        rubric = Rubric.objects.filter(project=project).order_by("-created_at", "-version").first()
+        rubric = newest_rubric(project)
     if rubric is None or rubric.project_id != project.pk:
         raise ExperimentError("Write a rubric first (Rubrics tab): its automatic checks score every point.")
     if base_model is None or isinstance(base_model, str):

@@ -20,6 +20,7 @@ import numpy as np
 from django.db.models import Q
 
 from apps.datasets.models import DatasetVersion
+from apps.datasets.selectors import frozen_versions
 from apps.evaluations.models import (
     Candidate,
     CandidateKind,
@@ -54,7 +55,7 @@ class CurrentData:
 def _newest_version(project) -> DatasetVersion | None:
     """The newest version a person froze: an experiment's subsets (``derived_from``) are parts of an older
     version, never the project's current data."""
-    return DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number").first()
+    return frozen_versions(project).first()
 
 
 def source_number(version: DatasetVersion) -> int:

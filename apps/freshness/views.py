@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.shortcuts import redirect, render
 
 from apps.accounts.permissions import evaluation_sight, project_view
-from apps.datasets.models import DatasetVersion
+from apps.datasets.selectors import frozen_versions
 from apps.evaluations.models import Evaluation
 from apps.runs.models import Run, RunStatus
 
@@ -19,7 +19,7 @@ def freshness(request, project):
     evaluations = list(Evaluation.objects.filter(project=project).select_related("dataset_version", "rubric"))
     runs = list(Run.objects.filter(project=project, status=RunStatus.SUCCEEDED).select_related("dataset_version"))
     stale_runs = selectors.stale_runs(project, runs)
-    versions = DatasetVersion.objects.filter(project=project).order_by("-number")
+    versions = frozen_versions(project)  # not an experiment's subsets: they are never current data
     if request.method == "POST":
         version = versions.filter(pk=request.POST.get("dataset_version") or 0).first()
         run_ids = [int(pk) for pk in request.POST.getlist("runs") if pk.isdigit()]

@@ -3,10 +3,12 @@ from __future__ import annotations
 from django import forms
 
 from apps.datasets.models import DatasetVersion
+from apps.datasets.selectors import frozen_versions
 from apps.evaluations.models import Rubric
+from apps.evaluations.selectors import newest_rubric
 from apps.runs.models import BaseModel
 
-from .services import MAX_SHOTS, latest_rubric
+from .services import MAX_SHOTS
 
 
 class PromptVersionForm(forms.Form):
@@ -33,9 +35,7 @@ class PromptVersionForm(forms.Form):
 
     def __init__(self, *args, project, dataset_version, train_items, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["dataset_version"].queryset = DatasetVersion.objects.filter(
-            project=project, derived_from__isnull=True
-        ).order_by("-number")
+        self.fields["dataset_version"].queryset = frozen_versions(project)
         self.fields["dataset_version"].initial = dataset_version.pk if dataset_version else None
         self.fields["dataset_version"].label_from_instance = (
             lambda v: f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
@@ -45,7 +45,7 @@ class PromptVersionForm(forms.Form):
         for r in Rubric.objects.filter(project=project).order_by("name", "-version"):
             latest.setdefault(r.name, r.pk)
         self.fields["rubric"].queryset = Rubric.objects.filter(pk__in=latest.values())
-        rubric = latest_rubric(project)
+        rubric = newest_rubric(project)
         self.fields["rubric"].initial = rubric.pk if rubric else None
         self.fields["base_model"].initial = (
             self.fields["base_model"].queryset.order_by("name").values_list("pk", flat=True).first()

@@ -33,14 +33,6 @@ class PromptError(ValueError):
     """Input a user can fix; the message says what and why."""
 
 
-def latest_rubric(project) -> Rubric | None:
-    """The project's most recently written rubric, at its newest version."""
-    newest = Rubric.objects.filter(project=project).order_by("-created_at", "-pk").first()
-    if newest is None:
-        return None
-    return Rubric.objects.filter(project=project, name=newest.name).order_by("-version").first()
-
-
 @transaction.atomic
 def create_prompt_version(
     *,

@@ -8,6 +8,7 @@ from django_htmx.http import HttpResponseClientRefresh
 
 from apps.accounts.permissions import judging_blind, project_view
 from apps.datasets.models import DatasetVersion
+from apps.datasets.selectors import frozen_versions
 
 from . import selectors, services
 from .forms import PromptVersionForm
@@ -15,7 +16,7 @@ from .models import PromptVersion
 
 
 def _chosen_version(project, request) -> DatasetVersion | None:
-    versions = DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number")
+    versions = frozen_versions(project)
     raw = request.POST.get("dataset_version") or request.GET.get("dataset_version")
     chosen = versions.filter(pk=raw).first() if raw and str(raw).isdigit() else None
     return chosen or versions.first()
@@ -73,9 +74,7 @@ def prompt_workspace(request, project):
             "dataset_version": dataset_version,
             "versions": selectors.prompt_versions(project),
             "best": selectors.best_by_dataset_version(project),
-            "dataset_versions": DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by(
-                "-number"
-            ),
+            "dataset_versions": frozen_versions(project),
         },
     )
 
