@@ -139,3 +139,31 @@ def test_client_login_without_a_request_still_works_and_is_not_counted(team, pas
         assert not Client().login(username="designer", password="wrong")
     assert Client().login(username="designer", password=password)
     assert not AccessAttempt.objects.exists()
+
+
+def _tab_bar(page: str) -> str:
+    return page[page.index('<nav class="tabs"') : page.index("</nav>", page.index('<nav class="tabs"'))]
+
+
+def test_tabs_are_grouped_by_stage_with_each_roles_own_stage_first(team):
+    slug = team.project.slug
+    designer = _tab_bar(team.client("designer").get(reverse("project_detail", args=[slug])).content.decode())
+    assert (
+        designer.index('aria-label="Data"')
+        < designer.index('aria-label="Prompt"')
+        < designer.index('aria-label="Serve"')
+    )
+    assert designer.index(">Examples<") < designer.index(">Rubrics<")  # rubrics are a designer's data work
+    reviewer = _tab_bar(team.client("reviewer").get(reverse("project_detail", args=[slug])).content.decode())
+    assert reviewer.index('aria-label="Evaluate"') < reviewer.index('aria-label="Data"')
+    assert reviewer.index(">Review queue<") < reviewer.index(">Examples<")
+    assert "Prompts" not in reviewer and "Playground" not in reviewer
+    pm = _tab_bar(team.client("pm").get(reverse("project_detail", args=[slug])).content.decode())
+    assert pm.index('aria-label="Train"') < pm.index('aria-label="Data"')
+
+
+def test_a_page_under_another_tabs_address_marks_only_its_own_tab(team):
+    page = team.client("designer").get(reverse("quality_report", args=[team.project.slug])).content.decode()
+    bar = _tab_bar(page)
+    assert bar.count('aria-current="page"') == 1
+    assert 'aria-current="page">Quality<' in bar

@@ -6,4 +6,4 @@ class ApiConfig(AppConfig):
     name = "apps.api"
     label = "api"
     # (label, url name, capability): the project's tab bar (apps/accounts/context_processors.py)
-    project_tabs = (("Playground", "playground", "playground"),)
+    project_tabs = (("Playground", "playground", "playground", "serve"),)

@@ -7,7 +7,7 @@ class DatasetsConfig(AppConfig):
     label = "datasets"
     # (label, url name taking `slug`, capability): shown in the project's tab bar when the URL exists
     project_tabs = [
-        ("Examples", "example_list", "view"),
-        ("Quality", "quality_report", "view"),
-        ("Versions", "version_list", "view"),
+        ("Examples", "example_list", "view", "data"),
+        ("Quality", "quality_report", "view", "data"),
+        ("Versions", "version_list", "view", "data"),
     ]

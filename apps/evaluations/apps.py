@@ -7,9 +7,9 @@ class EvaluationsConfig(AppConfig):
     label = "evaluations"
     # (label, url name taking `slug`, capability): shown in the project's tab bar when the URL exists
     project_tabs = [
-        ("Rubrics", "rubric_list", "view"),
-        ("Evaluations", "evaluation_list", "view"),
-        ("Review queue", "review_queue", "review"),
+        ("Review queue", "review_queue", "review", "evaluate"),
+        ("Evaluations", "evaluation_list", "view", "evaluate"),
+        ("Rubrics", "rubric_list", "view", "data"),
     ]
 
     def ready(self):

@@ -6,7 +6,7 @@ class ExperimentsConfig(AppConfig):
     name = "apps.experiments"
     label = "experiments"
     # (label, url name taking `slug`, capability): shown in the project's tab bar when the URL exists
-    project_tabs = [("Experiments", "experiment_list", "view")]
+    project_tabs = [("Experiments", "experiment_list", "view", "train")]
 
     def ready(self) -> None:
         from . import signals  # noqa: F401 - advance experiments when their runs, generations and checks end

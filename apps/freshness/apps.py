@@ -6,4 +6,4 @@ class FreshnessConfig(AppConfig):
     name = "apps.freshness"
     label = "freshness"
     # (label, url name taking `slug`, capability): shown in the project's tab bar
-    project_tabs = [("Current data", "freshness", "view")]
+    project_tabs = [("Current data", "freshness", "view", "evaluate")]

@@ -6,4 +6,4 @@ class PromptsConfig(AppConfig):
     name = "apps.prompts"
     label = "prompts"
     # (label, url name taking `slug`, capability): shown in the project's tab bar
-    project_tabs = [("Prompts", "prompt_workspace", "label")]  # PMs and designers; not in reviewers' bar
+    project_tabs = [("Prompts", "prompt_workspace", "label", "prompt")]  # PMs and designers; not in reviewers' bar

@@ -6,4 +6,4 @@ class RunsConfig(AppConfig):
     name = "apps.runs"
     label = "runs"
     # (label, url name taking `slug`, capability): shown in the project's tab bar when the URL exists
-    project_tabs = [("Runs", "run_list", "view")]
+    project_tabs = [("Runs", "run_list", "view", "train")]
