@@ -46,8 +46,3 @@ class Membership(TimeStamped):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} in {self.project}"
-
-    def can(self, capability: str) -> bool:
-        from .permissions import role_can
-
-        return role_can(self.role, capability)
