@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "apps.webhooks",
     "apps.experiments",
     "apps.fleet",
+    "apps.overview",
 ]
 
 MIDDLEWARE = [

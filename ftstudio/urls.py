@@ -5,6 +5,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("apps.api.urls")),
     path("", include("apps.accounts.urls")),
+    path("p/<slug:slug>/", include("apps.overview.urls")),
     path("p/<slug:slug>/data/", include("apps.datasets.urls")),
     path("p/<slug:slug>/runs/", include("apps.runs.urls")),
     path("p/<slug:slug>/evals/", include("apps.evaluations.urls")),

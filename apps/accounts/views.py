@@ -5,7 +5,6 @@ from django.shortcuts import redirect, render
 
 from . import selectors, services
 from .forms import MemberForm, ProjectForm
-from .next_steps import next_steps
 from .permissions import project_view, projects_for
 
 
@@ -25,11 +24,6 @@ def project_create(request):
         messages.success(request, f"Created {project.name}. Add your team under Settings.")
         return redirect(project)
     return render(request, "accounts/project_form.html", {"form": form})
-
-
-@project_view("view")
-def project_detail(request, project):
-    return render(request, "accounts/project_detail.html", {"next": next_steps(project, request.user, request.access)})
 
 
 @project_view("manage")

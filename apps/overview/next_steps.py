@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from django.urls import reverse
 
-from .models import Role
-from .permissions import Access
+from apps.accounts.models import Role
+from apps.accounts.permissions import Access
 
 
 @dataclass(frozen=True)
