@@ -45,6 +45,7 @@ from .models import (
     UnblindingReason,
 )
 from .selectors import eval_items, has_seen_labels, open_pairs, pending_assignments, sides
+from .signals import evaluation_ready, evaluation_reviewed
 from .statistics import token_f1
 from .tasks import generate_outputs
 
@@ -665,9 +666,7 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
             build_comparisons(evaluation)
             if evaluation.mark_ready(rows=job.rows, done=job.done()):
                 schedule_checks(evaluation.pk)  # the rubric's automatic checks, on queue default
-                from apps.webhooks.services import announce_evaluation_ready
-
-                transaction.on_commit(lambda: announce_evaluation_ready(evaluation.pk))
+                transaction.on_commit(lambda: evaluation_ready.send(sender=Evaluation, evaluation_pk=evaluation.pk))
         except _Handback as stop:
             if str(stop) == "paused" and evaluation.mark_handed_back(rows=job.rows):
                 log.info("Evaluation %s handed back: the worker is shutting down", evaluation_pk)
@@ -875,9 +874,11 @@ def submit_judgment(
     Score.objects.bulk_create([Score(judgment=judgment, criterion=c, candidate=cand, value=v) for c, cand, v in rows])
     assignment.completed_at = now
     assignment.save(update_fields=["completed_at"])
-    from apps.webhooks.services import announce_evaluation_reviewed
-
-    transaction.on_commit(lambda: announce_evaluation_reviewed(assignment.evaluation_id, reviewer.pk))
+    transaction.on_commit(
+        lambda: evaluation_reviewed.send(
+            sender=Evaluation, evaluation_pk=assignment.evaluation_id, reviewer_pk=reviewer.pk
+        )
+    )
     return judgment
 
 

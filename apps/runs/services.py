@@ -788,10 +788,10 @@ def _record_outcome(run: Run, reporter: RunReporter, reason: str, result) -> str
 
 
 def announce(run_pk: int) -> None:
-    """The run ended: once the transaction commits, ``fine_tuning.job.<status>`` goes to the project's webhooks."""
-    from apps.webhooks.services import announce_run
+    """The run ended: once the transaction commits, ``run_ended`` tells the apps above (webhooks, the API)."""
+    from .signals import run_ended
 
-    transaction.on_commit(lambda: announce_run(run_pk))
+    transaction.on_commit(lambda: run_ended.send(sender=Run, run_pk=run_pk))
 
 
 def _release(run: Run, reporter: RunReporter) -> str:
