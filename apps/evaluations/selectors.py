@@ -208,7 +208,7 @@ def verdict_sentence(subject: Candidate, other: Candidate, pair: PairResult) -> 
     ties = f"; {_plural(o.items_tied, 'item')} tied" if o.items_tied else ""
     stats = (
         f"{subject.label} was preferred on {o.items_a} of {_plural(o.decisive, 'item')} where reviewers picked a "
-        f"side ({_pct(o.share)}, 95% CI {100 * o.low:.0f}-{100 * o.high:.0f}%){ties}; {counts}"
+        f"side ({_pct(o.share)}, 95% CI {o.interval_text}){ties}; {counts}"
     )
     if o.better == "a":
         return f"{subject.label} is better than {other.label}: {stats}.", True

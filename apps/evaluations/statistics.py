@@ -86,10 +86,31 @@ class PairOutcome:
             return "b"
         return None
 
+    @property
+    def interval_text(self) -> str:
+        """The interval as printed ("7-49.9%"): see :func:`percent_interval`."""
+        return percent_interval(self.low, self.high)
+
     def flipped(self) -> PairOutcome:
         return PairOutcome(
             self.items_b, self.items_a, self.items_tied, self.judgments, 1 - self.high, 1 - self.low, self.p_value
         )
+
+
+def percent_interval(low: float, high: float) -> str:
+    """An interval of a share in whole percents, rounded outward (the printed interval holds the computed one),
+    with as many decimals as it takes for a bound on one side of 50% not to print as 50% (so "better" is never
+    printed next to an interval that seems to reach parity: 0.4987 is "49.9", not "50")."""
+
+    def bound(value: float, outward) -> str:
+        for decimals in range(5):
+            scale = 10**decimals
+            shown = outward(round(value * 100 * scale, 9)) / scale  # round(.., 9): no float dust moves a bound
+            if value == PARITY or (shown != 50) or decimals == 4:
+                return f"{shown:.{decimals}f}"
+        raise AssertionError  # pragma: no cover
+
+    return f"{bound(low, math.floor)}-{bound(high, math.ceil)}%"
 
 
 def item_side(scores: Sequence[float]) -> str:
