@@ -135,7 +135,10 @@ def test_ranking_orders_candidates_with_bootstrap_intervals_around_the_fit():
 def test_ranking_stays_finite_for_a_total_winner_and_for_no_judgments():
     outcomes = [(item, 0, 1, 1.0) for item in range(20)] + [(item, 0, 2, 1.0) for item in range(20)]
     ranking = st.bradley_terry_ranking(outcomes, 3, bootstrap=50)
-    assert ranking[0].index == 0 and all(math.isfinite(v) for r in ranking for v in (r.strength, r.low, r.high))
+    values = [v for r in ranking for v in (r.strength, r.low, r.high) if v is not None]
+    assert ranking[0].index == 0 and all(math.isfinite(v) for v in values)
+    # every item the same (0 beats 1 and 2): resampling items cannot move anything, so there is no interval
+    assert all(r.low is None and r.high is None for r in ranking)
     assert ranking[0].strength < 1e6
     empty = st.bradley_terry_ranking([], 3)
     assert [r.strength for r in empty] == pytest.approx([1.0, 1.0, 1.0])
@@ -239,3 +242,30 @@ def test_benchmarks_state_the_earliest_stop_the_rule_allows_at_31_items():
     assert all(n >= earliest for n in claims), (earliest, claims)  # "stopped after 6 items" no longer can be
     demo = text[text.index("74 judgments") :][:1200]  # the demo calibration's account of its stopped pairs
     assert re.search(rf"stopped\s+at\s+the\s+earliest\s+after\s+{earliest}\s+one-way\s+items", demo)
+
+
+def test_ranking_intervals_hold_their_estimate_on_a_complete_order():
+    """0 beats 1 beats 2 on every judgment. The page used to show "151.01 (150.99-150.99)": the bootstrap refits
+    stopped early, short of the fit they were compared with. Refits now converge: an interval holds its point
+    and has width, and where resampling cannot move a strength (every item the same) there is none."""
+    pairs = ((0, 1), (1, 2), (0, 2))
+    same_items = st.bradley_terry_ranking(
+        [(item, i, j, 1.0) for item in range(30) for i, j in pairs], 3, bootstrap=200, seed=0
+    )
+    assert [r.index for r in same_items] == [0, 1, 2]
+    assert all((r.low, r.high) == (None, None) for r in same_items)
+    varied = st.bradley_terry_ranking([(item, *pairs[item % 3], 1.0) for item in range(30)], 3, bootstrap=200)
+    for r in varied:
+        assert r.low is not None and r.low < r.strength < r.high, r
+    # converged: running further does not move the fit
+    wins = np.array([[0, 30, 30], [0, 0, 30], [0, 0, 0]], dtype=float)
+    fitted = st.bradley_terry(wins, prior=0.1)
+    assert st.bradley_terry(wins, prior=0.1, iterations=5000, tol=0) == pytest.approx(fitted, rel=1e-9)
+
+
+def test_no_interval_yet_after_one_judgment_or_only_ties():
+    one = st.bradley_terry_ranking([(0, 0, 1, 1.0)], 2, bootstrap=100)
+    ties = st.bradley_terry_ranking([(item, 0, 1, 0.5) for item in range(12)], 2, bootstrap=100)
+    for r in one + ties:
+        assert (r.low, r.high) == (None, None)
+    assert [r.strength for r in ties] == pytest.approx([1.0, 1.0])
