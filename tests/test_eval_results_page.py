@@ -55,6 +55,8 @@ def test_the_page_renders_before_and_right_after_the_first_judgment(team, ready)
     judge(ready, team.reviewer, lambda a: "A")
     html = results_page(team, ready)
     assert "1 judgment of 4 items" in html and "Head to head" in html
+    # one judged item: resampling cannot move a strength, so the ranking says so instead of a point-wide interval
+    assert html.count("(no interval yet)") == len(selectors.evaluation_results(ready, bootstrap=20).candidates)
 
 
 def test_all_ties_read_as_level(team, ready):
@@ -62,6 +64,7 @@ def test_all_ties_read_as_level(team, ready):
         pass
     html = results_page(team, ready)
     assert "are level: reviewers preferred neither on any item (4 items judged, 4 judgments)" in html
+    assert "(no interval yet)" in html and "1.00 (1.00-1.00)" not in html
 
 
 def test_one_reviewer_and_a_run_that_always_wins(team, ready):

@@ -224,7 +224,7 @@ def difference_sentence(metric: str, first_label: str, second_label: str, diff: 
     if diff is None:
         return f"No test item was scored in both {first_label} and {second_label} yet."
     items = f"{diff.items} test item{'s' * (diff.items != 1)}"
-    interval = f"{pts(diff.mean)}, 95 % CI {pts_interval(diff.low, diff.high)}, {items}"
+    interval = f"{pts(diff.mean)}, 95 % CI {pts_interval(diff.low, diff.high)}, {items}, one training run per arm"
     head = (
         f"On {metric}, {second_label} scores {pct(diff.second)} against {pct(diff.first)} "
         f"for {first_label} ({interval})"
