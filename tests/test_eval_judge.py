@@ -196,10 +196,21 @@ def _humans_judge(evaluation, reviewer, prefer_greeting: bool):
 @pytest.mark.parametrize(
     ("prefer_greeting", "min_pairs", "shown", "why"),
     [
-        (True, 30, False, "9 human-judged pairs so far on this rubric version; judge figures show from 30."),
+        (
+            True,
+            30,
+            False,
+            "the reviewers and the judge have both judged 9 pairs so far on this rubric version (9 judged by "
+            "reviewers); judge figures show from 30.",
+        ),
         (True, 9, True, ""),
         # reviewers prefer the other side: the judge agrees only on the 3 ties, which chance alone would give: kappa 0
-        (False, 9, False, "the judge&#x27;s kappa with the reviewers is 0.00; judge figures show from 0.6."),
+        (
+            False,
+            9,
+            False,
+            "the judge&#x27;s kappa with the reviewers is 0.00 on 9 pairs both judged; judge figures show from 0.6.",
+        ),
     ],
 )
 def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(
@@ -219,7 +230,9 @@ def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(
     if shown:
         at = page.index("Position consistency")
         assert (
-            'Cohen\'s kappa <span id="judge-kappa">1.00</span> (95% CI 1.00 to 1.00)' in page
+            'Cohen\'s kappa <span id="judge-kappa">1.00</span> (95% CI 1.00 to 1.00) <span id="judge-kappa-n">on 9 '
+            "pairs judged by both the reviewers and the judge</span>"
+            in page
             and "Position consistency: 67%" in page
         ), page[at : at + 600]
     else:
@@ -271,3 +284,26 @@ def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluat
     report = selectors.judge_report(first, bootstrap=0)
     assert (report.human_pairs, report.calibration.pairs, report.shown) == (18, 18, True)
     assert report.calibration.kappa == 1.0
+
+
+def test_the_judge_gate_counts_pairs_judged_by_both_not_every_human_judged_pair(team, judged_setup):
+    """Reviewers judged all 9 pairs but the judge has a verdict on only 3 of them (one item's): kappa is 1.0 on
+    those 3, which is no evidence of calibration. The gate counts the 3, so a threshold of 9 keeps the judge's
+    win rates hidden, and the page says how many pairs the kappa stands on."""
+    from apps.evaluations import services
+    from apps.evaluations.models import JudgeSettings, JudgeVerdict
+
+    evaluation = judged_setup
+    JudgeSettings.objects.update(min_human_pairs=9)
+    Judge.mode = "greeting"
+    services.run_judge(evaluation.pk)
+    first_item = JudgeVerdict.objects.order_by("comparison__item__position").first().comparison.item_id
+    JudgeVerdict.objects.exclude(comparison__item_id=first_item).update(judged=False, winner=None)
+    _humans_judge(evaluation, team.reviewer, prefer_greeting=True)
+    page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/results/").content.decode()
+    assert 'id="judge-win-rates"' not in page
+    assert (
+        "Judge-based win rates are hidden: the reviewers and the judge have both judged 3 pairs so far on this "
+        "rubric version (9 judged by reviewers); judge figures show from 9."
+    ) in page
+    assert '<span id="judge-kappa">1.00</span>' in page and "on 3 pairs judged by both" in page

@@ -182,12 +182,17 @@ def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready
     response = team.client("designer").get(f"/p/support/evals/{evaluation.pk}/results/")
     html = response.content.decode()
     assert response.status_code == 200
-    # the run won every judgment of all 8 items against the strongest baseline (base and prompt tie: the
-    # prompt baseline counts as the stronger); exact 95% CI of 8/8: 63-100%
+    # the run won every judgment of all 8 items against the reference baseline (base and prompt tie in their
+    # own head to head: the prompt baseline is the harder to beat); exact 95% CI of 8/8: 63-100%
     run_label = f"Tuned run #{run.pk} (zebra-run)"
     assert (
         f"{run_label} is better than Prompt-only baseline: {run_label} was preferred on 8 of 8 items where "
         "reviewers picked a side (100%, 95% CI 63-100%); 8 items judged, 16 judgments."
+    ) in html
+    assert (
+        '<p class="muted" id="reference-baseline">Each tuned run is measured against Prompt-only baseline: the '
+        "baselines&#x27; own head to head has not separated them, and the prompt-only baseline is the harder one "
+        "to beat. The tuned runs&#x27; own judgments play no part in that choice.</p>"
     ) in html
     assert "Bradley-Terry ranking" in html and "Cohen&#x27;s kappa = 1.00" in html and "<svg" in html
     assert "same verdict on 100% of the 24 pairs judged more than once" in html

@@ -54,22 +54,63 @@ def test_trend_slope_and_interval_match_a_hand_computation():
     mean = sum(slopes) / 3
     sd = math.sqrt(sum((s - mean) ** 2 for s in slopes) / 2)
     half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, df=2)
+    # The sizes' means (0.2, 0.2333, 0.3333, 0.3667) off their line by 0.0067, -0.02, 0.02, -0.0067: 2 df.
+    means = [0.2, 0.7 / 3, 1 / 3, 1.1 / 3]
+    fitted = [sum(means) / 4 + 0.06 * (c) for c in (-1.5, -0.5, 0.5, 1.5)]
+    scatter = math.sqrt(sum((m - f) ** 2 for m, f in zip(means, fitted, strict=True)) / 2 / 5)
+    by_sizes = 4.302652729911275 * scatter
     assert trend.slope == pytest.approx(0.06)
+    # the interval is the wider of the items' (0.1314) and the sizes' (0.0406) half-widths: here the items'
+    assert max(half, by_sizes) == half and by_sizes == pytest.approx(0.0406, abs=1e-4)
     assert (trend.low, trend.high) == (pytest.approx(0.06 - half), pytest.approx(0.06 + half))
     assert (round(trend.low, 4), round(trend.high, 4)) == (-0.0714, 0.1914)
     # The intercept: mean score 0.28333 at mean log2 n 4.5.
     assert trend.intercept == pytest.approx((0.2 + 0.7 / 3 + 1 / 3 + 1.1 / 3) / 4 - 0.06 * 4.5)
     assert trend.items == 3 and not trend.helps
     assert statistics.trend_sentence("the pass rate", trend, 64) == (
-        "More data of this kind is not shown to help the pass rate (+6.0 points per doubling, 95 % CI -7.1 points to "
-        "+19.1 points, 3 test items): the interval includes no gain, so a larger test split or more sizes would "
-        "settle it."
+        "More data of this kind is not shown to help the pass rate (+6.0 points per doubling, 95 % CI -7.2 points to "
+        "+19.2 points, 3 test items, one training run behind each point): the interval includes no gain, so a "
+        "larger test split or more sizes would settle it."
     )
 
 
+def test_the_slope_interval_widens_with_the_sizes_scatter_around_the_trend():
+    """Every item moves together at each size (a run's own luck): the items agree on their slope, so the items'
+    interval is narrow, but the sizes' means zigzag around the line and the interval takes that scatter in."""
+    sizes = [8, 16, 32, 64]
+    luck = [0.0, 0.04, -0.03, 0.05]
+    items = {i: [0.3 + 0.01 * i + 0.02 * k + luck[k] for k in range(4)] for i in range(20)}
+    trend = statistics.fit_trend(sizes, items)
+    means = [0.3 + 0.095 + 0.02 * k + luck[k] for k in range(4)]
+    centred = [-1.5, -0.5, 0.5, 1.5]
+    slope = sum(c * m for c, m in zip(centred, means, strict=True)) / 5
+    fitted = [sum(means) / 4 + slope * c for c in centred]
+    scatter = math.sqrt(sum((m - f) ** 2 for m, f in zip(means, fitted, strict=True)) / 2 / 5)
+    assert trend.slope == pytest.approx(slope)
+    assert (trend.low, trend.high) == (
+        pytest.approx(slope - 4.302652729911275 * scatter),
+        pytest.approx(slope + 4.302652729911275 * scatter),
+    )
+    assert trend.low < 0 < slope  # the items alone (all the same slope) would have said "more data helps"
+
+
+def test_no_zero_width_interval_is_printed():
+    same = statistics.fit_trend([10, 20, 40], {"a": [1.0, 1.0, 1.0], "b": [1.0, 1.0, 1.0]})
+    assert same.low is None and not same.helps
+    sentence = statistics.trend_sentence("the pass rate", same, 40)
+    assert "CI" not in sentence and "no interval: every size scored the same on every test item" in sentence
+    two_sizes = statistics.fit_trend([10, 20], {"a": [0.2, 0.6], "b": [0.3, 0.5]})
+    assert two_sizes.low is None and "a third size" in statistics.trend_sentence("x", two_sizes, 20)
+    narrow = statistics.Trend(0.5, 0.0001, -0.0002, 0.0004, 40, 5)
+    assert "95 % CI -0.1 points to +0.1 points" in statistics.trend_sentence("x", narrow, 40)  # was "-0.0 to +0.0"
+    level = statistics.paired_difference({i: 0.5 for i in range(5)}, {i: 0.5 for i in range(5)})
+    assert level.low < 0 < level.high  # all differences 0: a bounded interval, never "+0.0 to +0.0"
+    assert "+0.0 points to +0.0 points" not in statistics.difference_sentence("x", "raw", "curated", level)
+
+
 def test_a_flat_trend_reads_as_unlikely_to_help():
-    items = {i: [0.5 + 0.001 * i, 0.5 + 0.002 * i, 0.5 + 0.001 * i] for i in range(6)}
-    trend = statistics.fit_trend([10, 20, 40], items)
+    items = {i: [0.5 + 0.001 * i + 0.0005 * (-1) ** k + 0.0003 * (i % 2) * k for k in range(5)] for i in range(6)}
+    trend = statistics.fit_trend([10, 20, 40, 80, 160], items)
     assert trend.high < statistics.SMALL_SLOPE
     assert statistics.trend_sentence("similarity", trend, 40).startswith(
         "More data of this kind is unlikely to help similarity (+0.0 points per doubling"

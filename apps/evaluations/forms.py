@@ -248,7 +248,7 @@ class JudgeSettingsForm(forms.Form):
     )
     timeout_s = forms.FloatField(min_value=0.1, max_value=600, initial=60, label="Timeout (seconds)")
     min_human_pairs = forms.IntegerField(
-        min_value=0, initial=30, label="Human-judged pairs needed before judge figures show"
+        min_value=0, initial=30, label="Pairs judged by both the reviewers and the judge before judge figures show"
     )
     min_kappa = forms.FloatField(min_value=-1, max_value=1, initial=0.6, label="Kappa needed before judge figures show")
 
