@@ -294,6 +294,8 @@ if _broker_scheme == "filesystem":
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
+    # kombu's own filesystem transport can hand a worker a half-written message and stop it: ftstudio/broker.py.
+    CELERY_BROKER_TRANSPORT = "ftstudio.broker:Transport"
 else:
     # Above the longest run: an unacknowledged long training task must not be redelivered mid-run.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "43200"))}
