@@ -19,11 +19,12 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -78,6 +79,24 @@ def resend_silent_and_lost(
         resend(row)
         resent.append(row.pk)
     return stale, resent
+
+
+RENEW_TRIES = 3  # a heartbeat that fails is tried again this many times, a few seconds apart, before the next beat
+
+
+def retry_once(write, what: str):
+    """``write()``; after a database error (a restart, a dropped connection, a locked SQLite file) once more on a
+    fresh connection, FTSTUDIO_DB_RETRY_SECONDS later. The second error is raised. For the writes a long task cannot
+    lose to a one-second blip: its progress, its checkpoint and its final status."""
+    try:
+        return write()
+    except (OperationalError, InterfaceError) as exc:
+        if connection.in_atomic_block:
+            raise  # the transaction is broken: only its owner can roll it back
+        log.warning("%s failed (%s): reconnecting and trying once more", what, exc)
+        connection.close()  # the next query opens a new connection
+        time.sleep(settings.FTSTUDIO_DB_RETRY_SECONDS)
+        return write()
 
 
 def heartbeat_interval() -> float:
@@ -165,14 +184,34 @@ class Lease:
         self.lost.set()
         return False
 
+    def renew_retrying(self) -> bool:
+        """``renew``, tried again on a database error (RENEW_TRIES in all, on a new connection, 1 s then 2 s apart,
+        never longer than the beat interval): a locked or restarting database does not cost the beat, and a missed
+        beat is what would let another worker take a live task over. False once another worker owns the row."""
+        for attempt in range(1, RENEW_TRIES + 1):
+            try:
+                return self.renew()
+            except DatabaseError as exc:
+                last = attempt == RENEW_TRIES
+                log.warning(
+                    "Heartbeat of %s %s failed (try %d of %d)%s: %s",
+                    self.model.__name__,
+                    self.pk,
+                    attempt,
+                    RENEW_TRIES,
+                    "; the next beat tries again" if last else "",
+                    exc,
+                )
+                connection.close()  # this thread's own connection: the next try opens a new one
+                if last or self._stop.wait(min(float(attempt), self.interval)):
+                    return True
+        return True
+
     def _beat(self) -> None:
         try:
             while not self._stop.wait(self.interval):
-                try:
-                    if not self.renew():
-                        return
-                except DatabaseError:  # the database is briefly unreachable: the next beat tries again
-                    log.warning("Heartbeat of %s %s failed", self.model.__name__, self.pk, exc_info=True)
+                if not self.renew_retrying():
+                    return
         finally:
             connection.close()  # this thread's own connection
 
