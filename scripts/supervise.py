@@ -80,6 +80,14 @@ class Child:
         say(f"started {self.name} (pid {self.process.pid})")
 
 
+def end_group(pgid: int) -> None:
+    """Kill what is left of a child's process group (a worker's beat process outlives a SIGKILLed worker)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class Supervisor:
     def __init__(self, children: list[Child], min_backoff: float = 1.0) -> None:
         self.children, self.min_backoff = children, min_backoff
@@ -98,6 +106,7 @@ class Supervisor:
             for child in self.children:
                 code = child.process.poll() if child.restart_at is None else None
                 if code is not None:
+                    end_group(child.process.pid)
                     ran = now - child.started
                     child.backoff = (
                         self.min_backoff
@@ -126,6 +135,9 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for child in self.children:
+            if child.process:
+                end_group(child.process.pid)
         return 0
 
 

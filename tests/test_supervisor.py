@@ -77,6 +77,30 @@ def test_a_child_that_dies_is_started_again_and_the_others_keep_running():
     assert not any(alive(pid) for pid in pids.values())
 
 
+def test_what_a_dead_child_leaves_behind_is_stopped_before_it_starts_again():
+    """A SIGKILLed Celery worker leaves its embedded beat process running (it would keep sending the periodic tasks
+    twice after the restart): the supervisor ends the child's whole process group."""
+    spawner = f"{sys.executable} -c \"import subprocess, time; p = subprocess.Popen(['sleep', '120']); " \
+        "print('grandchild', p.pid, flush=True); time.sleep(120)\""  # fmt: skip
+    supervisor = subprocess.Popen(
+        [sys.executable, SUPERVISE, "run", "--min-backoff", "30", "--child", "the worker", spawner],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        worker = int(read_until(supervisor, r"started the worker \(pid (\d+)\)", lines).group(1))
+        grandchild = int(read_until(supervisor, r"grandchild (\d+)", lines).group(1))
+        os.kill(worker, signal.SIGKILL)
+        read_until(supervisor, r"the worker .* was killed by signal 9", lines)
+        deadline = time.monotonic() + 5
+        while alive(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(grandchild)
+    finally:
+        supervisor.terminate()
+        supervisor.wait(timeout=30)
+
+
 @pytest.fixture
 def two_free_ports():
     """A web port whose + 1 is free as well."""
