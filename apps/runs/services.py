@@ -779,12 +779,15 @@ def _record_outcome(run: Run, reporter: RunReporter, reason: str, result) -> str
         return _release(run, reporter)
     if reason == "cancelled":
         shutil.rmtree(run_dir(run) / "adapter", ignore_errors=True)
-        if run.mark_cancelled(
-            rows=reporter.rows,
-            step=result.global_step if result else run.step,
-            log_tail=reporter.log_tail,
-            adapter_path="",
-            phase="",
+        if leases.retry_once(
+            lambda: run.mark_cancelled(
+                rows=reporter.rows,
+                step=result.global_step if result else run.step,
+                log_tail=reporter.log_tail,
+                adapter_path="",
+                phase="",
+            ),
+            f"Run {run.pk}: recording the cancel",
         ):
             announce(run.pk)
         return RunStatus.CANCELLED
@@ -821,7 +824,9 @@ def _release(run: Run, reporter: RunReporter) -> str:
     reporter.on_log(
         f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC (this attempt is not counted)"
     )
-    if run.mark_handed_back(rows=reporter.rows, log_tail=reporter.log_tail):
+    if leases.retry_once(
+        lambda: run.mark_handed_back(rows=reporter.rows, log_tail=reporter.log_tail), f"Run {run.pk}: handing back"
+    ):
         send_after_commit(train_run, run.pk)
     return "released"
 
