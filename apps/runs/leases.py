@@ -3,7 +3,10 @@
 A claim writes an owner id (``host:pid:start:token``) and a heartbeat on the row. While the task lives
 (loading the model, training, validating, saving) a background thread renews the heartbeat every
 ``FTSTUDIO_HEARTBEAT_SECONDS``, and only while the row still names this owner: the moment another
-worker has taken the row over, the lease is marked lost and the task stops writing.
+worker has taken the row over, the lease is marked lost and the task stops writing. A renewal that fails on a
+database error is tried again on a new connection before the next beat; the task's own writes go through
+``retry_once`` (one more try after a reconnect), so a one-second database restart costs neither the lease nor
+an attempt.
 
 A row may be taken over only when its owner is gone: no heartbeat for ``FTSTUDIO_HEARTBEAT_STALE_SECONDS``
 (one setting for runs and evaluations) and, when the owner ran on this host, its process has exited.
