@@ -77,3 +77,21 @@ def test_run_eval_wait_says_no_worker_has_answered_instead_of_waiting_silently(
             *("--base-model", base.name, "--wait", "--timeout", "600"),
         )
     assert "No worker has answered for 25 minutes. Still waiting" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_the_experiment_page_says_no_worker_has_answered(team):
+    from apps.experiments import services as experiments
+    from apps.experiments.models import Experiment
+    from tests.experiments_setup import experiment_setup
+
+    _, base, rubric, version = experiment_setup(team)
+    experiment = experiments.launch_experiment(
+        project=team.project, versions=[version], fractions=[0.5, 1.0], base_model=base, rubric=rubric, user=team.pm
+    )
+    worker_last_seen(minutes_ago=25)
+    page = team.client("pm").get(experiment.get_absolute_url()).content.decode()
+    assert "No worker has answered for 25 minutes." in page
+    fleet.beat(hostname="celery@laptop", queues=["default", "gpu"], gpus=(0, 0))
+    assert 'id="worker-silence"' not in team.client("pm").get(experiment.get_absolute_url()).content.decode()
+    assert Experiment.objects.get(pk=experiment.pk).status == "running"
