@@ -66,8 +66,10 @@ def _schedule_reaper(sender, **kwargs):
 
 
 @worker_init.connect
-def _check_artifact_store(**kwargs):
+def _check_artifact_store(sender=None, **kwargs):
     """Wrong credentials or a missing bucket stop the worker now, with the variable to fix (apps/runs/artifacts.py)."""
+    if getattr(sender, "app", app) is not app:  # another Celery app in this interpreter (tests/broker_stress_app.py)
+        return
     from apps.runs.artifacts import check_or_exit
 
     check_or_exit("worker")
@@ -78,6 +80,8 @@ _beat: dict = {}
 
 @celeryd_after_setup.connect
 def _note_queues(sender, instance, **kwargs):
+    if instance.app is not app:
+        return
     _beat["hostname"], _beat["queues"] = sender, sorted(instance.app.amqp.queues.consume_from)
 
 

@@ -295,6 +295,8 @@ if _broker_scheme == "filesystem":
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
+    # kombu's own filesystem transport can hand a worker a half-written message and stop it: ftstudio/broker.py.
+    CELERY_BROKER_TRANSPORT = "ftstudio.broker:Transport"
 else:
     # Above the longest run: an unacknowledged long training task must not be redelivered mid-run.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "43200"))}
@@ -325,6 +327,9 @@ FTSTUDIO_REAPER_INTERVAL = int(os.environ.get("FTSTUDIO_REAPER_INTERVAL", "60"))
 FTSTUDIO_EXPERIMENT_MIN_TRAIN = int(os.environ.get("FTSTUDIO_EXPERIMENT_MIN_TRAIN", "8"))
 FTSTUDIO_HEARTBEAT_STALE_SECONDS = int(os.environ.get("FTSTUDIO_HEARTBEAT_STALE_SECONDS", "300"))
 FTSTUDIO_HEARTBEAT_SECONDS = float(os.environ.get("FTSTUDIO_HEARTBEAT_SECONDS", "30"))
+# A long task's progress, checkpoint and final writes are tried once more this many seconds after a database error
+# (a restart, a dropped connection) before the task gives up (apps/runs/leases.py retry_once).
+FTSTUDIO_DB_RETRY_SECONDS = float(os.environ.get("FTSTUDIO_DB_RETRY_SECONDS", "2"))
 FTSTUDIO_REQUEUE_AFTER_SECONDS = int(os.environ.get("FTSTUDIO_REQUEUE_AFTER_SECONDS", "900"))
 # Staff see an alarm when no reaper has run for this long (default: three missed intervals, at least 5 minutes).
 FTSTUDIO_REAPER_ALARM_SECONDS = int(

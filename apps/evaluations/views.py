@@ -8,6 +8,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import evaluation_sight, project_view
+from apps.fleet.queues import evaluation_queue
+from apps.fleet.selectors import job_silence
 
 from . import selectors, services
 from .forms import (
@@ -223,6 +225,8 @@ def evaluation_detail(request, project, pk):
     evaluation = _get_evaluation(project, pk)
     sight = _sight(request, evaluation)
     context = {"evaluation": evaluation, "sight": sight, "totals": selectors.review_totals(evaluation)}
+    if evaluation.status in (EvaluationStatus.QUEUED, EvaluationStatus.GENERATING):
+        context["worker_silence"] = job_silence(evaluation_queue(evaluation.pk), evaluation)
     if sight.examples:
         context["candidates"] = evaluation.candidates.select_related("run")
     if request.access.allows("evaluate"):

@@ -5,6 +5,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 
 from apps.accounts.permissions import judging_blind, project_view
+from apps.fleet.selectors import worker_silence
 
 from . import selectors, services
 from .forms import ExperimentForm
@@ -78,6 +79,7 @@ def experiment_detail(request, project, pk):
         "experiment": experiment,
         "blind": blind,
         "result": None if blind else selectors.experiment_result(experiment),
+        "worker_silence": "" if experiment.is_finished else worker_silence(since=experiment.created_at),
     }
     if request.htmx:
         return render(request, "experiments/experiment_detail.html#progress", context)

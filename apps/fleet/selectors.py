@@ -13,6 +13,43 @@ def live_workers(now=None):
     return WorkerBeat.objects.filter(beat_at__gte=now - timedelta(seconds=settings.FTSTUDIO_WORKER_BEAT_SECONDS * 3))
 
 
+def worker_silence(queue: str | None = None, *, since=None, now=None) -> str:
+    """ "" while a worker consuming ``queue`` (any queue when None) beats; else "No worker has answered for N minutes."
+    counted from the last beat of such a worker, or from ``since`` (when the job was queued) if none ever beat. Quiet
+    in the first minute: a worker may be starting."""
+    now = now or timezone.now()
+    beats = [w.beat_at for w in WorkerBeat.objects.all() if queue is None or queue in w.queues]
+    if any(beat >= now - timedelta(seconds=settings.FTSTUDIO_WORKER_BEAT_SECONDS * 3) for beat in beats):
+        return ""
+    last = max(beats, default=None) or since
+    if last is None:
+        return "No worker has answered yet."
+    minutes = int((now - last).total_seconds() // 60)
+    if minutes < 1:
+        return ""
+    return f"No worker has answered for {minutes} minute{'' if minutes == 1 else 's'}."
+
+
+def job_silence(queue: str, job) -> str:
+    """``worker_silence`` for a queued or running job (a run, an evaluation), counted from its last sign of life."""
+    return worker_silence(queue, since=job.heartbeat_at or job.enqueued_at or job.created_at)
+
+
+class SilenceWatch:
+    """For the ``--wait`` loops of management commands: ``news()`` is the silence line when it changed (one line a
+    minute while no worker answers), else ""."""
+
+    def __init__(self, queue: str | None = None, since=None) -> None:
+        self.queue, self.since, self.said = queue, since or timezone.now(), ""
+
+    def news(self) -> str:
+        line = worker_silence(self.queue, since=self.since)
+        if line == self.said:
+            return ""
+        self.said = line
+        return f"{line} Still waiting: start a worker, or look at its log for why it stopped." if line else ""
+
+
 def workers_serving(queue: str, now=None) -> list[WorkerBeat]:
     return [w for w in live_workers(now) if queue in w.queues]
 

@@ -3,7 +3,10 @@
 A claim writes an owner id (``host:pid:start:token``) and a heartbeat on the row. While the task lives
 (loading the model, training, validating, saving) a background thread renews the heartbeat every
 ``FTSTUDIO_HEARTBEAT_SECONDS``, and only while the row still names this owner: the moment another
-worker has taken the row over, the lease is marked lost and the task stops writing.
+worker has taken the row over, the lease is marked lost and the task stops writing. A renewal that fails on a
+database error is tried again on a new connection before the next beat; the task's own writes go through
+``retry_once`` (one more try after a reconnect), so a one-second database restart costs neither the lease nor
+an attempt.
 
 A row may be taken over only when its owner is gone: no heartbeat for ``FTSTUDIO_HEARTBEAT_STALE_SECONDS``
 (one setting for runs and evaluations) and, when the owner ran on this host, its process has exited.
@@ -19,11 +22,12 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -78,6 +82,24 @@ def resend_silent_and_lost(
         resend(row)
         resent.append(row.pk)
     return stale, resent
+
+
+RENEW_TRIES = 3  # a heartbeat that fails is tried again this many times, a few seconds apart, before the next beat
+
+
+def retry_once(write, what: str):
+    """``write()``; after a database error (a restart, a dropped connection, a locked SQLite file) once more on a
+    fresh connection, FTSTUDIO_DB_RETRY_SECONDS later. The second error is raised. For the writes a long task cannot
+    lose to a one-second blip: its progress, its checkpoint and its final status."""
+    try:
+        return write()
+    except (OperationalError, InterfaceError) as exc:
+        if connection.in_atomic_block:
+            raise  # the transaction is broken: only its owner can roll it back
+        log.warning("%s failed (%s): reconnecting and trying once more", what, exc)
+        connection.close()  # the next query opens a new connection
+        time.sleep(settings.FTSTUDIO_DB_RETRY_SECONDS)
+        return write()
 
 
 def heartbeat_interval() -> float:
@@ -165,14 +187,34 @@ class Lease:
         self.lost.set()
         return False
 
+    def renew_retrying(self) -> bool:
+        """``renew``, tried again on a database error (RENEW_TRIES in all, on a new connection, 1 s then 2 s apart,
+        never longer than the beat interval): a locked or restarting database does not cost the beat, and a missed
+        beat is what would let another worker take a live task over. False once another worker owns the row."""
+        for attempt in range(1, RENEW_TRIES + 1):
+            try:
+                return self.renew()
+            except DatabaseError as exc:
+                last = attempt == RENEW_TRIES
+                log.warning(
+                    "Heartbeat of %s %s failed (try %d of %d)%s: %s",
+                    self.model.__name__,
+                    self.pk,
+                    attempt,
+                    RENEW_TRIES,
+                    "; the next beat tries again" if last else "",
+                    exc,
+                )
+                connection.close()  # this thread's own connection: the next try opens a new one
+                if last or self._stop.wait(min(float(attempt), self.interval)):
+                    return True
+        return True
+
     def _beat(self) -> None:
         try:
             while not self._stop.wait(self.interval):
-                try:
-                    if not self.renew():
-                        return
-                except DatabaseError:  # the database is briefly unreachable: the next beat tries again
-                    log.warning("Heartbeat of %s %s failed", self.model.__name__, self.pk, exc_info=True)
+                if not self.renew_retrying():
+                    return
         finally:
             connection.close()  # this thread's own connection
 

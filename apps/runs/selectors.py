@@ -6,6 +6,9 @@ from django.conf import settings
 from django.db.models import Avg
 from django.utils import timezone
 
+from apps.fleet.queues import run_queue
+from apps.fleet.selectors import job_silence
+
 from . import presentation
 from .models import BaseModel, ReaperBeat, Run, RunStatus
 
@@ -67,6 +70,9 @@ def run_progress(run: Run) -> dict:
         "hyperparameters": presentation.describe(run.hyperparameters),
         "estimate_words": presentation.estimate_words(run.estimate),
         "took": (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None,
+        "worker_silence": job_silence(run_queue(run.pk), run)
+        if run.status in (RunStatus.QUEUED, RunStatus.RUNNING)
+        else "",
     }
 
 

@@ -579,37 +579,49 @@ class RunReporter:
         }
         if p.tokens_per_second:
             values["tokens_per_second"] = p.tokens_per_second
-        if not self.rows.update(**values):
+        if not leases.retry_once(lambda: self.rows.update(**values), f"Run {self.run.pk}: progress"):
             self.lease.lost.set()
 
     def on_metric(self, m) -> None:
         if self.lease.lost.is_set():
             return
+        leases.retry_once(lambda: self._write_metric(m), f"Run {self.run.pk}: metric of step {m.step}")
+
+    def _write_metric(self, m) -> None:
         if m.val_loss is not None and m.train_loss is None:  # a validation pass repeated after a resume
             RunMetric.objects.filter(run_id=self.run.pk, step=m.step, train_loss__isnull=True).delete()
-        RunMetric.objects.create(
+        RunMetric.objects.update_or_create(  # a retried write after a lost reply finds its own row
             run_id=self.run.pk,
             step=m.step,
-            epoch=m.epoch,
-            train_loss=m.train_loss,
-            val_loss=m.val_loss,
-            learning_rate=m.learning_rate,
-            tokens_per_second=m.tokens_per_second,
+            train_loss__isnull=m.train_loss is None,
+            defaults={
+                "epoch": m.epoch,
+                "train_loss": m.train_loss,
+                "val_loss": m.val_loss,
+                "learning_rate": m.learning_rate,
+                "tokens_per_second": m.tokens_per_second,
+            },
         )
 
     def on_checkpoint(self, path: str) -> None:
         artifacts.store_checkpoint(
             self.run.pk, path
         )  # raises when the store stays down: the run fails, the folder stays
-        self.rows.update(checkpoint_path=path, heartbeat_at=timezone.now())
+        leases.retry_once(
+            lambda: self.rows.update(checkpoint_path=path, heartbeat_at=timezone.now()),
+            f"Run {self.run.pk}: checkpoint",
+        )
 
     def on_phase(self, phase: str) -> None:
-        self.rows.update(phase=phase)
+        leases.retry_once(lambda: self.rows.update(phase=phase), f"Run {self.run.pk}: phase")
 
     pause_asked = False  # read with the cancel flag (asked first at every check)
 
     def should_cancel(self) -> bool:
-        row = Run.objects.filter(pk=self.run.pk).values_list("worker_id", "cancel_requested", "pause_requested").first()
+        row = leases.retry_once(
+            Run.objects.filter(pk=self.run.pk).values_list("worker_id", "cancel_requested", "pause_requested").first,
+            f"Run {self.run.pk}: cancel check",
+        )
         if row is None or row[0] != self.lease.owner_id:
             self.lease.lost.set()
         self.pause_asked = bool(row and row[2])
@@ -746,7 +758,11 @@ def _train_claimed(run: Run, lease: leases.Lease) -> str:
             return "lost"
         log.exception("Run %s failed", run.pk)
         reporter.lines.extend(traceback.format_exc().splitlines()[-15:])
-        if run.mark_failed(failure_message(exc), rows=reporter.rows, log_tail=reporter.log_tail, phase=""):
+        error = failure_message(exc)
+        if leases.retry_once(
+            lambda: run.mark_failed(error, rows=reporter.rows, log_tail=reporter.log_tail, phase=""),
+            f"Run {run.pk}: recording the failure",
+        ):
             announce(run.pk)
         return RunStatus.FAILED
     else:
@@ -763,12 +779,15 @@ def _record_outcome(run: Run, reporter: RunReporter, reason: str, result) -> str
         return _release(run, reporter)
     if reason == "cancelled":
         shutil.rmtree(run_dir(run) / "adapter", ignore_errors=True)
-        if run.mark_cancelled(
-            rows=reporter.rows,
-            step=result.global_step if result else run.step,
-            log_tail=reporter.log_tail,
-            adapter_path="",
-            phase="",
+        if leases.retry_once(
+            lambda: run.mark_cancelled(
+                rows=reporter.rows,
+                step=result.global_step if result else run.step,
+                log_tail=reporter.log_tail,
+                adapter_path="",
+                phase="",
+            ),
+            f"Run {run.pk}: recording the cancel",
         ):
             announce(run.pk)
         return RunStatus.CANCELLED
@@ -782,7 +801,7 @@ def _record_outcome(run: Run, reporter: RunReporter, reason: str, result) -> str
     }
     if result.tokens_per_second:
         results["tokens_per_second"] = result.tokens_per_second
-    if run.mark_succeeded(rows=reporter.rows, **results):
+    if leases.retry_once(lambda: run.mark_succeeded(rows=reporter.rows, **results), f"Run {run.pk}: recording success"):
         announce(run.pk)
     return RunStatus.SUCCEEDED
 
@@ -805,7 +824,9 @@ def _release(run: Run, reporter: RunReporter) -> str:
     reporter.on_log(
         f"worker shutting down: run handed back on {timezone.now():%Y-%m-%d %H:%M:%S} UTC (this attempt is not counted)"
     )
-    if run.mark_handed_back(rows=reporter.rows, log_tail=reporter.log_tail):
+    if leases.retry_once(
+        lambda: run.mark_handed_back(rows=reporter.rows, log_tail=reporter.log_tail), f"Run {run.pk}: handing back"
+    ):
         send_after_commit(train_run, run.pk)
     return "released"
 

@@ -11,6 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.evaluations import services
 from apps.evaluations.models import EvaluationStatus, Rubric
+from apps.fleet.queues import evaluation_queue
+from apps.fleet.selectors import SilenceWatch
 from apps.runs.models import BaseModel
 from ftstudio.commands import project_from, version_from
 
@@ -80,12 +82,14 @@ class Command(BaseCommand):
             evaluation = services.run_generation(evaluation.pk)
         elif opts["wait"]:
             deadline = time.monotonic() + opts["timeout"]
-            last = -1
+            last, silence = -1, SilenceWatch(evaluation_queue(evaluation.pk))
             while evaluation.status not in (EvaluationStatus.READY, EvaluationStatus.FAILED):
                 if time.monotonic() > deadline:
                     raise CommandError(
                         f"Timed out after {opts['timeout']:.0f}s at {evaluation.done}/{evaluation.total}."
                     )
+                if news := silence.news():
+                    self.stdout.write(news)
                 if evaluation.done != last:
                     self.stdout.write(f"  {evaluation.done}/{evaluation.total} generated")
                     last = evaluation.done

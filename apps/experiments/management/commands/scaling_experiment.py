@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 from apps.evaluations.models import Rubric
 from apps.experiments import selectors, services
 from apps.experiments.models import Experiment
+from apps.fleet.selectors import SilenceWatch
 from ftstudio.commands import project_from
 
 
@@ -72,7 +73,7 @@ class Command(BaseCommand):
             f"{experiment.arms.count() * len(experiment.fractions)} runs queued."
         )
         if opts["wait"]:
-            last = ""
+            last, silence = "", SilenceWatch()
             while True:
                 status = services.advance_experiment(experiment.pk)  # also advances it with no beat running
                 if status != "running":
@@ -83,6 +84,8 @@ class Command(BaseCommand):
                         f"{experiment.get_absolute_url()}"
                     )
                 stages = ", ".join(r.point.stage for r in selectors.experiment_result(experiment).arms[0].rows)
+                if news := silence.news():
+                    self.stdout.write(news)
                 if stages != last:
                     self.stdout.write(f"  [{time.monotonic() - started:.0f}s] {stages}")
                     last = stages

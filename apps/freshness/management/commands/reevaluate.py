@@ -10,6 +10,8 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.evaluations.models import EvaluationStatus
+from apps.fleet.queues import evaluation_queue
+from apps.fleet.selectors import SilenceWatch
 from apps.freshness import services
 from ftstudio.commands import project_from, version_from
 
@@ -52,10 +54,12 @@ class Command(BaseCommand):
         if not opts["wait"]:
             return
         deadline = time.monotonic() + opts["timeout"]
-        last = -1
+        last, silence = -1, SilenceWatch(evaluation_queue(evaluation.pk))
         while evaluation.status not in (EvaluationStatus.READY, EvaluationStatus.FAILED):
             if time.monotonic() > deadline:
                 raise CommandError(f"Timed out after {opts['timeout']:.0f}s at {evaluation.done}/{evaluation.total}.")
+            if news := silence.news():
+                self.stdout.write(news)
             if evaluation.done != last:
                 self.stdout.write(f"  {evaluation.done}/{evaluation.total} generated")
                 last = evaluation.done

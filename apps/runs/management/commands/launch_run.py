@@ -6,6 +6,8 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.fleet.queues import run_queue
+from apps.fleet.selectors import SilenceWatch
 from apps.runs import services
 from apps.runs.models import Run, RunStatus
 from ftstudio.commands import project_from
@@ -42,13 +44,15 @@ class Command(BaseCommand):
         self.stdout.write(str(run.pk))
         if not opts["wait"]:
             return
-        last = None
+        last, silence = None, SilenceWatch(run_queue(run.pk))
         while True:
             run = Run.objects.get(pk=run.pk)
             line = f"run {run.pk}: {run.status} step {run.step}/{run.total_steps}"
             if line != last:
                 self.stderr.write(line)
                 last = line
+            if not run.is_finished and (news := silence.news()):
+                self.stderr.write(news)
             if run.is_finished:
                 break
             time.sleep(opts["poll"])
