@@ -264,7 +264,7 @@ def _import_stream(
             new = []
             for row in chunk:
                 blob = canonical_json(row.messages)
-                h = hashlib.sha256(blob.encode()).hexdigest()
+                h = content_hash(row.messages, row.tools) if row.tools else hashlib.sha256(blob.encode()).hexdigest()
                 if h in existing:
                     report.skipped_duplicates += 1
                 else:
@@ -381,6 +381,7 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
         "split",
         "tags",
         "metadata",
+        "tools",
         "source_id",
         "content_hash",
         "input_hash",
@@ -404,6 +405,7 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
             "",
             dumps(row.tags),
             dumps(row.metadata),
+            dumps(row.tools),
             batch.pk,
             h,
             input_hash(row.messages),
@@ -702,6 +704,7 @@ class FrozenItem:
     messages: list
     content_hash: str
     tokens: int | None  # None: not known (the version's token stats leave that split out)
+    tools: list = field(default_factory=list)
 
 
 def _version_hash(items: list[FrozenItem]) -> str:
@@ -742,6 +745,7 @@ def _save_version(
                             position=position,
                             split=item.split,
                             messages=item.messages,
+                            tools=item.tools,
                             content_hash=item.content_hash,
                         )
                         for position, item in enumerate(items)
@@ -765,11 +769,11 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     approved = list(
         Example.objects.filter(project=project, status=ExampleStatus.APPROVED)
         .order_by("id")
-        .values_list("id", "messages", "split", "token_count")
+        .values_list("id", "messages", "split", "token_count", "tools")
     )
     if not approved:
         raise FreezeError("No approved examples to freeze: approve examples in the labelling view first.")
-    unsplit = [pk for pk, _, split, _ in approved if not split]
+    unsplit = [pk for pk, _, split, _, _ in approved if not split]
     if unsplit:
         shown = ", ".join(f"#{pk}" for pk in unsplit[:5])
         raise FreezeError(
@@ -778,9 +782,12 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
         )
     order = {s.value: i for i, s in enumerate(SPLITS)}
     approved.sort(key=lambda row: (order[row[2]], row[0]))
-    if not any(split == Split.TRAIN for _, _, split, _ in approved):
+    if not any(split == Split.TRAIN for _, _, split, _, _ in approved):
         raise FreezeError("The train split has no approved examples: a version needs something to train on.")
-    items = [FrozenItem(split, pk, messages, content_hash(messages), n) for pk, messages, split, n in approved]
+    items = [
+        FrozenItem(split, pk, messages, content_hash(messages, tools), n, tools)
+        for pk, messages, split, n, tools in approved
+    ]
     latest = DatasetVersion.objects.filter(project=project, derived_from=None).order_by("-number").first()
     if latest and latest.content_hash == _version_hash(items):
         raise FreezeError(f"Nothing changed since v{latest.number}: it already holds exactly these examples.")
@@ -799,13 +806,15 @@ def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: 
                 seen.add(pk)
                 wanted.append((split.value, pk))
     rows = {
-        pk: (messages, n)
-        for pk, messages, n in Example.objects.filter(project=project, pk__in=seen).values_list(
-            "id", "messages", "token_count"
+        pk: (messages, n, tools)
+        for pk, messages, n, tools in Example.objects.filter(project=project, pk__in=seen).values_list(
+            "id", "messages", "token_count", "tools"
         )
     }
     items = [
-        FrozenItem(split, pk, rows[pk][0], content_hash(rows[pk][0]), rows[pk][1]) for split, pk in wanted if pk in rows
+        FrozenItem(split, pk, rows[pk][0], content_hash(rows[pk][0], rows[pk][2]), rows[pk][1], rows[pk][2])
+        for split, pk in wanted
+        if pk in rows
     ]
     if not any(item.split == Split.TRAIN for item in items):
         raise FreezeError("The training file holds no examples: a version needs something to train on.")
@@ -843,7 +852,8 @@ def freeze_subset(
         )
     )
     items = [
-        FrozenItem(split, i.example_id, i.messages, i.content_hash, counts.get(i.example_id)) for split, i in chosen
+        FrozenItem(split, i.example_id, i.messages, i.content_hash, counts.get(i.example_id), i.tools)
+        for split, i in chosen
     ]
     earlier = DatasetVersion.objects.filter(
         project=source.project_id, derived_from=source, content_hash=_version_hash(items)

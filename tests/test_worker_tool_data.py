@@ -1,0 +1,93 @@
+"""Training on OpenAI's tool-calling format: tools rendered by the chat template (or Hermes-style where the template
+has no tool support), loss only on assistant turns whose weight is not 0."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from worker.data import IGNORE_INDEX, DataError, encode_conversation, template_knows_tools
+from worker.models import load_tokenizer
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+
+def conversation(weight_of_first_answer: int = 1) -> dict:
+    first = {"role": "assistant", "content": "Let me look.", "weight": weight_of_first_answer}
+    return {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "developer", "content": "You answer about the weather."},
+            {"role": "user", "content": "Hi"},
+            first,
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+            {"role": "assistant", "content": "It is 18C and sunny in Paris."},
+        ],
+    }
+
+
+def learnt(tokenizer, feature) -> str:
+    return tokenizer.decode([label for label in feature.labels if label != IGNORE_INDEX])
+
+
+def test_a_tool_call_turn_is_learnt_hermes_style_on_a_template_without_tools(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    assert not template_knows_tools(tokenizer)  # SmolLM2's template
+    feature = encode_conversation(tokenizer, conversation(), max_length=512)
+    text = tokenizer.decode(feature.input_ids)
+    target = learnt(tokenizer, feature)
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in target
+    assert "It is 18C and sunny in Paris." in target and "Let me look." in target
+    # the tools and the tool's answer are prompt, shown but not learnt; developer is rendered as system
+    assert '"name": "get_weather", "description"' in text and "<tool_response>\n18C and sunny" in text
+    assert "<|im_start|>system\nYou answer about the weather." in text
+    assert "18C and sunny\n" not in target and "get_weather\", \"description" not in target
+
+
+def test_an_assistant_turn_of_weight_0_is_context_not_loss(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    weighted = learnt(tokenizer, encode_conversation(tokenizer, conversation(1), 512))
+    unweighted_feature = encode_conversation(tokenizer, conversation(0), 512)
+    assert "Let me look." in weighted
+    assert "Let me look." not in learnt(tokenizer, unweighted_feature)
+    assert "Let me look." in tokenizer.decode(unweighted_feature.input_ids)
+    assert "It is 18C" in learnt(tokenizer, unweighted_feature)
+    only_context = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]}
+    with pytest.raises(DataError, match="no assistant turn"):
+        encode_conversation(tokenizer, only_context, 64)
+
+
+# A ChatML template that renders tools itself, as Qwen2.5's does (trimmed): tools go to apply_chat_template.
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}<|im_end|>\n"
+    "{%- endif %}{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{%- if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }}:{{ c.function.arguments | tojson }}"
+    "</call>{% endfor %}{% endif %}<|im_end|>\n{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- endif %}"
+)
+
+
+def test_a_template_with_tool_support_is_given_the_tools_and_the_calls(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = TOOL_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load_tokenizer(str(folder))
+    assert template_knows_tools(tokenizer)
+    feature = encode_conversation(tokenizer, conversation(), 512)
+    assert tokenizer.decode(feature.input_ids).startswith("<|im_start|>system\nTOOLS:get_weather;")
+    assert '<call>get_weather:{"city": "Paris"}</call>' in learnt(tokenizer, feature)
