@@ -89,6 +89,14 @@ class Example(TimeStamped):
         return ""
 
     @property
+    def ideal_tool_calls(self) -> list[dict]:
+        """The tool calls of the final assistant turn (OpenAI's ``tool_calls``), if it makes any."""
+        for message in reversed(self.messages or []):
+            if message.get("role") == "assistant":
+                return message.get("tool_calls") or []
+        return []
+
+    @property
     def input_messages(self) -> list[dict]:
         """Every turn before the final assistant turn (what the model is given)."""
         msgs = list(self.messages or [])

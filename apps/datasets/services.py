@@ -453,23 +453,25 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
         if dv is None:
             raise ExportError(f"{project.name} has no version {version}.")
         rows = (
-            (f"v{version} item {pos}", msgs)
-            for pos, msgs in dv.items.order_by("position").values_list("position", "messages").iterator(chunk_size=2000)
+            (f"v{version} item {pos}", msgs, tools)
+            for pos, msgs, tools in dv.items.order_by("position")
+            .values_list("position", "messages", "tools")
+            .iterator(chunk_size=2000)
         )
     else:
         rows = (
-            (f"Example #{pk}", msgs)
-            for pk, msgs in Example.objects.filter(project=project)
+            (f"Example #{pk}", msgs, tools)
+            for pk, msgs, tools in Example.objects.filter(project=project)
             .order_by("id")
-            .values_list("id", "messages")
+            .values_list("id", "messages", "tools")
             .iterator(chunk_size=2000)
         )
     if file_format == "openai":
-        for _, messages in rows:
-            yield json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+        for _, messages, tools in rows:
+            yield json.dumps({"messages": messages, **({"tools": tools} if tools else {})}, ensure_ascii=False) + "\n"
         return
     if file_format == "alpaca":
-        for where, messages in rows:
+        for where, messages, _tools in rows:
             system, user, output = _single_turn(messages, where, file_format)
             record = {"instruction": user, "input": "", "output": output}
             if system:
@@ -480,7 +482,7 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
     # RFC 4180 line ends: with "\n" alone, csv leaves a "\r" inside a cell unquoted and the file breaks
     writer = csv_cells.writer(buffer)  # cells a spreadsheet would run are quoted
     writer.writerow(["system", "input", "output"])
-    for where, messages in rows:
+    for where, messages, _tools in rows:
         writer.writerow(_single_turn(messages, where, file_format))
         yield buffer.getvalue()
         buffer.seek(0)
