@@ -59,6 +59,7 @@ JOB_FIELDS = {
     "integrations",
 }
 HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "learning_rate"}
+WHOLE_HYPERPARAMETERS = {"n_epochs": (1, 50), "batch_size": (1, 256)}  # OpenAI's bounds for these integers
 PRESET = "quick"
 MAX_PAGE = 100
 
@@ -263,6 +264,15 @@ def _overrides(requested, where: str) -> dict:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ApiError(400, f'{where}.{key} must be a number or "auto"; got {value!r}.', param=f"{where}.{key}")
+        if key in WHOLE_HYPERPARAMETERS:
+            low, high = WHOLE_HYPERPARAMETERS[key]
+            if not float(value).is_integer() or not low <= value <= high:
+                raise ApiError(
+                    400,
+                    f'{where}.{key} must be a whole number from {low} to {high} or "auto"; got {value!r}.',
+                    param=f"{where}.{key}",
+                )
+            value = int(value)
         if key == "learning_rate_multiplier":
             if value <= 0:
                 raise ApiError(400, f"{where}.{key} must be above 0; got {value}.", param=f"{where}.{key}")
@@ -351,8 +361,8 @@ def request_hash(body: dict) -> str:
 
 def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTuningJob:
     """Check the request, then validate the files and launch the run (see the module's docstring). The same
-    ``Idempotency-Key``, or the same body from the same key within FTSTUDIO_API_JOB_DEDUP_SECONDS, returns the
-    job already made instead of starting a second run."""
+    ``Idempotency-Key`` returns the job already made instead of starting a second run; without one, every request
+    makes a job, as OpenAI's API does."""
     _check_body(body)
     digest, idempotency_key = request_hash(body), idempotency_key[:255]
     if idempotency_key:
@@ -364,15 +374,6 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
                     "This Idempotency-Key was used for a different request: use a new key for a new job.",
                     code="idempotency_key_reused",
                 )
-            return earlier
-    else:
-        window = timezone.now() - timedelta(seconds=settings.FTSTUDIO_API_JOB_DEDUP_SECONDS)
-        earlier = (
-            FineTuningJob.objects.filter(project=project, api_key=key, request_hash=digest, created_at__gte=window)
-            .order_by("-created_at")
-            .first()
-        )
-        if earlier is not None:
             return earlier
     requested, where = _hyperparameters(body)
     overrides = _overrides(requested, where)
@@ -497,9 +498,14 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
                 splits["val"], report["validation_file"] = _import(
                     job, files["validation_file"], "validation_file", user
                 )
+                report["validation_file"]["also_in_training_file"] = len(set(splits["val"]) & set(train_ids))
             try:
                 version = datasets.freeze_selection(
-                    project=job.project, splits=splits, user=user, note=f"fine-tuning job {job.public_id}"
+                    project=job.project,
+                    splits=splits,
+                    user=user,
+                    note=f"fine-tuning job {job.public_id}",
+                    keep_val_overlap=True,
                 )
             except datasets.FreezeError as exc:
                 raise _Invalid(
@@ -677,6 +683,17 @@ def events(job: FineTuningJob) -> list[Event]:
                     "Files validated, moving job to queued state; "
                     + "; ".join(parts)
                     + f"; dataset version v{report.get('dataset_version')}",
+                )
+            )
+        overlap = (report.get("validation_file") or {}).get("also_in_training_file")
+        if overlap:
+            out.append(
+                Event(
+                    f"ftevent-{tag}-overlap",
+                    run.created_at,
+                    f"{overlap} validation example{'s' if overlap > 1 else ''} also appear in the training file: kept "
+                    "in validation, so the validation loss is partly measured on examples the model trains on",
+                    "warn",
                 )
             )
         if run.started_at:

@@ -796,16 +796,23 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     return _save_version(project_id=project.pk, items=items, note=note, user=user)
 
 
-def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: str = "") -> DatasetVersion:
+def freeze_selection(
+    *, project, splits: dict[str, list[int]], user=None, note: str = "", keep_val_overlap: bool = False
+) -> DatasetVersion:
     """Freeze exactly these examples (ids per split, in order) into a new version, whatever their status: what a
     fine-tuning job sent through /v1/ trains on. An id in two splits stays in the first (train before val before
-    test), so nothing evaluated has a twin in train. Raises FreezeError when train is empty."""
+    test), so nothing evaluated has a twin in train; with ``keep_val_overlap`` an id in train and val stays in both
+    (OpenAI keeps a validation file's lines whatever the training file holds). Raises FreezeError when train is
+    empty."""
     wanted: list[tuple[str, int]] = []
     seen: set[int] = set()
     for split in SPLITS:
+        in_split: set[int] = set()
         for pk in splits.get(split.value, []):
-            if pk not in seen:
+            twin = pk in seen and not (keep_val_overlap and split == Split.VAL and pk not in in_split)
+            if not twin:
                 seen.add(pk)
+                in_split.add(pk)
                 wanted.append((split.value, pk))
     rows = {
         pk: (messages, n, tools)
