@@ -42,7 +42,7 @@ from ftstudio.celery import send_after_commit
 
 from .auth import ApiError
 from .models import ApiFile, FineTuningJob, JobStage
-from .selectors import resolve_model, run_model_id
+from .selectors import checkpoint_model_id, checkpoint_steps, resolve_model, run_model_id
 from .tasks import validate_fine_tuning_job
 
 FILE_PURPOSES = ("fine-tune",)
@@ -709,6 +709,7 @@ def events(job: FineTuningJob) -> list[Event]:
                         data={
                             "step": m.step,
                             "train_loss": m.train_loss,
+                            "train_mean_token_accuracy": m.train_accuracy,
                             "total_steps": run.total_steps,
                             "learning_rate": m.learning_rate,
                             "epoch": m.epoch,
@@ -722,7 +723,12 @@ def events(job: FineTuningJob) -> list[Event]:
                         m.created_at,
                         f"Step {m.step}/{run.total_steps}: validation loss={m.val_loss:.4f}",
                         type="metrics",
-                        data={"step": m.step, "valid_loss": m.val_loss, "total_steps": run.total_steps},
+                        data={
+                            "step": m.step,
+                            "valid_loss": m.val_loss,
+                            "valid_mean_token_accuracy": m.val_accuracy,
+                            "total_steps": run.total_steps,
+                        },
                     )
                 )
         end = run.finished_at or run.updated_at
@@ -756,39 +762,55 @@ def slice_after(items: list, after: str, limit: int) -> tuple[list, bool]:
 
 
 def checkpoints(job: FineTuningJob) -> list[dict]:
-    """The final checkpoint of a succeeded job: its model id is the one the inference process serves."""
+    """A succeeded job's checkpoints at its last three epoch ends, newest first, each a model id the inference process
+    serves (the final one is the job's ``fine_tuned_model``). Metrics are those logged at the checkpoint's step;
+    one not logged is left out (OpenAI's schema types them as numbers)."""
     run = job.run
     if run is None or run.status != RunStatus.SUCCEEDED:
         return []
     tag = job.public_id.removeprefix("ftjob-")
+    logged: dict[int, dict] = {}
+    for m in run.metrics.filter(step__in=checkpoint_steps(run)).order_by("id"):
+        row = logged.setdefault(m.step, {"step": m.step})
+        if m.train_loss is not None:
+            row.update(train_loss=m.train_loss, train_mean_token_accuracy=m.train_accuracy)
+        if m.val_loss is not None:
+            row.update(
+                valid_loss=m.val_loss,
+                valid_mean_token_accuracy=m.val_accuracy,
+                full_valid_loss=m.val_loss,  # the Studio validates on the whole validation split
+                full_valid_mean_token_accuracy=m.val_accuracy,
+            )
+    created = int((run.finished_at or run.updated_at).timestamp())
     return [
         {
-            "id": f"ftckpt-{tag}-{run.step}",
+            "id": f"ftckpt-{tag}-{step}",
             "object": "fine_tuning.job.checkpoint",
-            "created_at": int((run.finished_at or run.updated_at).timestamp()),
-            "fine_tuned_model_checkpoint": run_model_id(run),
+            "created_at": created,
+            "fine_tuned_model_checkpoint": checkpoint_model_id(run, step),
             "fine_tuning_job_id": job.public_id,
-            "step_number": run.step,
-            "metrics": {
-                "step": run.step,
-                "train_loss": run.final_train_loss,
-                "valid_loss": run.final_val_loss,
-                "full_valid_loss": run.final_val_loss,
-            },
+            "step_number": step,
+            "metrics": {k: v for k, v in logged.get(step, {"step": step}).items() if v is not None},
         }
+        for step in reversed(checkpoint_steps(run))
     ]
 
 
 def metrics_csv(job: FineTuningJob) -> str:
-    """One row per step, like OpenAI's step_metrics.csv (the Studio logs no token accuracy: those cells are empty)."""
+    """One row per step, like OpenAI's step_metrics.csv."""
     rows: dict[int, dict] = {}
     if job.run is not None:
         for m in job.run.metrics.order_by("step", "id"):
             row = rows.setdefault(m.step, {"step": m.step})
             if m.train_loss is not None:
-                row.update(train_loss=m.train_loss, learning_rate=m.learning_rate, epoch=m.epoch)
+                row.update(
+                    train_loss=m.train_loss,
+                    train_accuracy=m.train_accuracy,
+                    learning_rate=m.learning_rate,
+                    epoch=m.epoch,
+                )
             if m.val_loss is not None:
-                row["valid_loss"] = m.val_loss
+                row.update(valid_loss=m.val_loss, valid_mean_token_accuracy=m.val_accuracy)
     out = io.StringIO()
     columns = [
         "step",

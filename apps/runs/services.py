@@ -595,6 +595,8 @@ class RunReporter:
             val_loss=m.val_loss,
             learning_rate=m.learning_rate,
             tokens_per_second=m.tokens_per_second,
+            train_accuracy=m.train_accuracy,
+            val_accuracy=m.val_accuracy,
         )
 
     def on_checkpoint(self, path: str) -> None:
