@@ -105,3 +105,11 @@ def test_the_labelling_view_shows_tools_calls_and_results_escaped(team):
     assert "Tool result" in page and "&lt;script&gt;alert(1)&lt;/script&gt; 18C" in page
     assert "<script>alert(1)</script>" not in page
     assert "(context only, not learnt)" in page
+
+
+def test_a_final_turn_that_only_calls_a_tool_is_not_an_empty_output_for_the_quality_report():
+    from apps.datasets.quality import Item
+
+    messages = tool_line()["messages"][:4]
+    messages[3] = {"role": "assistant", "content": "", "tool_calls": messages[3]["tool_calls"]}
+    assert Item(1, messages).output == 'get_weather({"city": "Paris"})'
