@@ -20,7 +20,7 @@ from tests.openai_schema import assert_openai_shape
 from tests.runs_setup import support_conversations
 from tests.test_api_fine_tuning import create_job, jsonl, upload
 
-api, tiny_base_model = api_tests.api, api_tests.tiny_base_model  # the fine-tuning API tests' fixtures
+api, tiny_base_model, inference = api_tests.api, api_tests.tiny_base_model, api_tests.inference  # their fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,8 +160,12 @@ def tool_line(i: int) -> dict:
     }
 
 
-def test_a_tool_call_file_trains_end_to_end_with_three_servable_epoch_checkpoints(api, team, settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
+def test_a_tool_call_file_trains_end_to_end_with_three_servable_epoch_checkpoints(
+    api, team, settings, inference, tiny_model_dir
+):
+    from tests.test_api_openai import HELLO, expected
+
+    settings.FTSTUDIO_INFERENCE_URL = inference.url
     pm = api("pm")
     lines = "".join(json.dumps(tool_line(i)) + "\n" for i in range(6))
     training = upload(pm, raw=lines.encode())
@@ -198,6 +202,11 @@ def test_a_tool_call_file_trains_end_to_end_with_three_servable_epoch_checkpoint
         assert selectors.inference_target(target)["adapter"].endswith(
             "adapter" if checkpoint is final else f"epochs/step-{checkpoint['step_number']}"
         )
+    second_epoch = earlier[-1]["fine_tuned_model_checkpoint"]  # an earlier epoch's adapter answers as itself
+    reply = pm.chat.completions.create(model=second_epoch, messages=HELLO, max_tokens=12, temperature=0)
+    assert reply.model == second_epoch
+    adapter = selectors.inference_target(selectors.resolve_model(team.project, second_epoch))["adapter"]
+    assert reply.choices[0].message.content.strip() == expected(tiny_model_dir, adapter)
     with pytest.raises(openai.NotFoundError):  # epoch 1 was not kept
         pm.models.retrieve(f"{job.fine_tuned_model}:ckpt-step-2")
     events = raw(pm.fine_tuning.jobs.with_raw_response.list_events(job.id, limit=100))

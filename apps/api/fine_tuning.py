@@ -770,7 +770,9 @@ def checkpoints(job: FineTuningJob) -> list[dict]:
         return []
     tag = job.public_id.removeprefix("ftjob-")
     logged: dict[int, dict] = {}
+    saved: dict[int, datetime] = {}
     for m in run.metrics.filter(step__in=checkpoint_steps(run)).order_by("id"):
+        saved.setdefault(m.step, m.created_at)
         row = logged.setdefault(m.step, {"step": m.step})
         if m.train_loss is not None:
             row.update(train_loss=m.train_loss, train_mean_token_accuracy=m.train_accuracy)
@@ -781,12 +783,12 @@ def checkpoints(job: FineTuningJob) -> list[dict]:
                 full_valid_loss=m.val_loss,  # the Studio validates on the whole validation split
                 full_valid_mean_token_accuracy=m.val_accuracy,
             )
-    created = int((run.finished_at or run.updated_at).timestamp())
+    finished = run.finished_at or run.updated_at
     return [
         {
             "id": f"ftckpt-{tag}-{step}",
             "object": "fine_tuning.job.checkpoint",
-            "created_at": created,
+            "created_at": int(saved.get(step, finished).timestamp()),
             "fine_tuned_model_checkpoint": checkpoint_model_id(run, step),
             "fine_tuning_job_id": job.public_id,
             "step_number": step,
