@@ -96,12 +96,12 @@ def resolve_model(project: Project, model_id: str, *, servable: bool = False) ->
     """The base model or run a public id names in this project; raises UnknownModel.
     ``servable``: also check the run's adapter files are there."""
     target = None
-    step = None
+    run_id, step = model_id, None
     if model_id.startswith("ft:") and CHECKPOINT_TAG in model_id:
-        model_id, _, tail = model_id.partition(CHECKPOINT_TAG)
+        run_id, _, tail = model_id.partition(CHECKPOINT_TAG)
         step = int(tail) if tail.isdigit() else -1
-    if model_id.startswith("ft:"):
-        run_pk = model_id.rsplit(":", 1)[-1]
+    if run_id.startswith("ft:"):
+        run_pk = run_id.rsplit(":", 1)[-1]
         run = (
             Run.objects.filter(project=project, pk=int(run_pk), status=RunStatus.SUCCEEDED)
             .select_related("base_model", "project")
@@ -109,9 +109,9 @@ def resolve_model(project: Project, model_id: str, *, servable: bool = False) ->
             if run_pk.isdigit()
             else None
         )
-        if run is not None and run_model_id(run) == model_id and (step is None or step in checkpoint_steps(run)[:-1]):
+        if run is not None and run_model_id(run) == run_id and (step is None or step in checkpoint_steps(run)[:-1]):
             target = ModelTarget(
-                id=model_id if step is None else checkpoint_model_id(run, step),
+                id=model_id,
                 created=int(run.created_at.timestamp()),
                 owned_by=project.slug,
                 base_model=run.base_model,
