@@ -113,3 +113,16 @@ def test_a_final_turn_that_only_calls_a_tool_is_not_an_empty_output_for_the_qual
     messages = tool_line()["messages"][:4]
     messages[3] = {"role": "assistant", "content": "", "tool_calls": messages[3]["tool_calls"]}
     assert Item(1, messages).output == 'get_weather({"city": "Paris"})'
+
+
+def test_token_counts_include_the_tools_and_the_tool_calls(team, settings, tiny_model_dir):
+    settings.FTSTUDIO_TOKENIZER_DIR = str(tiny_model_dir)
+    assert import_lines(team.project, tool_line(), tool_line(tools=())).imported == 2
+    with_tools, without = Example.objects.filter(project=team.project).order_by("id")
+    assert with_tools.token_count > without.token_count + 20  # the function definition is part of the prompt
+    plain = {
+        **tool_line(),
+        "messages": [m for m in tool_line()["messages"] if not m.get("tool_calls") and m["role"] != "tool"],
+    }
+    import_lines(team.other_project, {**plain, "tools": []})
+    assert without.token_count > Example.objects.get(project=team.other_project).token_count  # the call is counted

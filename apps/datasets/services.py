@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from ftstudio import csv_cells
 from ftstudio.celery import send_after_commit
+from worker.data import tool_messages
 
 from . import importers, quality
 from .importers import Problem, canonical_json, content_hash, input_hash
@@ -223,7 +224,9 @@ def _import_stream(
     for chunk in _chunks(importers.parse_stream(stream, parsed, filename=filename, limits=limits), IMPORT_CHUNK_ROWS):
         if parsed.errors:  # the file will import nothing: keep reading only to report every problem
             continue
-        for row, n in zip(chunk, counter.count_conversations([r.messages for r in chunk]), strict=True):
+        # tools and tool calls counted as a template without tool support writes them (worker.data.tool_messages)
+        conversations = [tool_messages(r.messages, r.tools, knows_tools=False) for r in chunk]
+        for row, n in zip(chunk, counter.count_conversations(conversations), strict=True):
             counts.append(n)
             if n > token_limit:
                 too_long.append((row.line, n))
