@@ -10,7 +10,9 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="example",
             name="tools",
-            field=models.JSONField(blank=True, default=list, help_text="OpenAI function definitions offered to the model"),
+            field=models.JSONField(
+                blank=True, default=list, help_text="OpenAI function definitions offered to the model"
+            ),
         ),
         migrations.AddField(
             model_name="datasetversionitem",
