@@ -71,6 +71,14 @@ def test_files_jobs_events_checkpoints_models_and_errors_have_openai_s_shape(api
     assert_openai_shape("DeleteFileResponse", raw(pm.files.with_raw_response.delete(made["id"])))
 
 
+def test_a_job_failed_by_a_bad_line_has_openai_s_shape(api):
+    pm = api("pm")
+    bad = upload(pm, raw=b'{"messages": [{"role": "user", "content": "hi"}]}\n')
+    body = raw(pm.fine_tuning.jobs.with_raw_response.create(model="tiny-llama", training_file=bad.id))
+    assert_openai_shape("FineTuningJob", body)
+    assert body["status"] == "failed" and body["error"]["param"] == "training_file"
+
+
 @pytest.mark.parametrize("n_epochs", [1.5, 0, 51, "3", True])
 def test_n_epochs_must_be_a_whole_number_from_1_to_50(api, n_epochs):
     pm = api("pm")
@@ -181,8 +189,10 @@ def test_a_tool_call_file_trains_end_to_end_with_three_servable_epoch_checkpoint
     assert frozen.tools == [WEATHER] and frozen.messages[3]["tool_calls"][0]["function"]["name"] == "get_weather"
 
     assert train_run(run.pk) == RunStatus.SUCCEEDED
+    succeeded = raw(pm.fine_tuning.jobs.with_raw_response.retrieve(job.id))
+    assert_openai_shape("FineTuningJob", succeeded)
     job = pm.fine_tuning.jobs.retrieve(job.id)
-    assert job.status == "succeeded"
+    assert job.status == "succeeded" and succeeded["trained_tokens"] > 0
     body = raw(pm.fine_tuning.jobs.checkpoints.with_raw_response.list(job.id))
     assert_openai_shape("ListFineTuningJobCheckpointsResponse", body)
     steps = [c["step_number"] for c in body["data"]]

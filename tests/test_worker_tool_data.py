@@ -118,14 +118,14 @@ def test_tool_call_training_logs_token_accuracy_and_keeps_the_last_three_epochs_
         model_dir=str(tiny_model_dir),
         output_dir=str(tmp_path / "run"),
         epochs=4,
-        batch_size=4,
+        batch_size=2,
         learning_rate=5e-2,
         max_seq_length=384,
         save_steps=100,
         packing=packing,
     )
-    train_set = [tool_conversation(i) for i in range(8)]  # 2 steps an epoch
-    val = [tool_conversation(8), tool_conversation(9)]
+    train_set = [tool_conversation(i) for i in range(4)]  # 2 steps an epoch
+    val = [tool_conversation(8)]
     result = train(config, train_set, val, Hooks(on_metric=metrics.append))
     assert result.status == "succeeded" and result.global_step == 8
     train_accuracy = [m.train_accuracy for m in metrics if m.train_loss is not None]
