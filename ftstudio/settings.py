@@ -261,9 +261,6 @@ FTSTUDIO_INFERENCE_TIMEOUT = float(os.environ.get("FTSTUDIO_INFERENCE_TIMEOUT", 
 # Largest max_tokens a request may ask for, and how many requests one key may have running at once.
 FTSTUDIO_API_MAX_TOKENS = int(os.environ.get("FTSTUDIO_API_MAX_TOKENS", "1024"))
 FTSTUDIO_API_MAX_CONCURRENT_PER_KEY = int(os.environ.get("FTSTUDIO_API_MAX_CONCURRENT_PER_KEY", "8"))
-# A fine-tuning job request repeated (same key, same body) within this many seconds returns the first job: the SDK
-# retries a POST on timeouts and sends no Idempotency-Key of its own.
-FTSTUDIO_API_JOB_DEDUP_SECONDS = int(os.environ.get("FTSTUDIO_API_JOB_DEDUP_SECONDS", "60"))
 
 # --- Webhooks (apps/webhooks/services.py) ----------------------------------------------------------
 # Private, loopback and reserved addresses are refused as webhook URLs (no SSRF into the Studio's network) unless 1.

@@ -160,8 +160,8 @@ def test_each_error_class_comes_back_in_openai_s_shape(api, team):
     assert create_job(pm, training.id, extra_headers={"Idempotency-Key": "abc"}).id == job.id  # a retry
     with pytest.raises(openai.ConflictError):
         create_job(pm, training.id, suffix="other", extra_headers={"Idempotency-Key": "abc"})
-    assert create_job(pm, training.id, suffix="no-key").id == create_job(pm, training.id, suffix="no-key").id
-    assert Run.objects.count() == 2  # four creates, two runs
+    assert create_job(pm, training.id, suffix="no-key").id != create_job(pm, training.id, suffix="no-key").id
+    assert Run.objects.count() == 3  # four creates: one job for the key sent twice, two for the same body sent twice
 
     cancelled = pm.fine_tuning.jobs.cancel(job.id)  # queued: cancelled at once
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
@@ -313,8 +313,9 @@ def test_end_to_end_files_job_pause_resume_events_checkpoints_and_chat_with_the_
     csv_text = client.files.content(job.result_files[0]).text.splitlines()
     assert csv_text[0].startswith("step,train_loss,") and len(csv_text) == 13
 
-    (checkpoint,) = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    checkpoint, first_epoch = client.fine_tuning.jobs.checkpoints.list(job.id).data  # one for each of the 2 epochs
     assert checkpoint.fine_tuned_model_checkpoint == job.fine_tuned_model and checkpoint.step_number == 12
+    assert first_epoch.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-6"
     assert checkpoint.metrics.valid_loss == pytest.approx(run.final_val_loss)
 
     reply = client.chat.completions.create(model=job.fine_tuned_model, messages=HELLO, max_tokens=12, temperature=0)

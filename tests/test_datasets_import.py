@@ -33,7 +33,7 @@ def _import(team, name, **kwargs):
         ("error_message_missing_role.jsonl", 2, 'message 1 has no "role"'),
         ("error_message_missing_content.jsonl", 2, 'message 1 (user) has no "content"'),
         ("error_unknown_message_key.jsonl", 2, "message 1 (user) has unknown key 'mood'"),
-        ("error_unknown_role.jsonl", 2, "message 1 has unknown role 'customer': use system, user or assistant"),
+        ("error_unknown_role.jsonl", 2, "message 1 has unknown role 'customer': use system, developer, user"),
         ("error_no_assistant.jsonl", 2, "no assistant message"),
         ("error_content_not_string.jsonl", 2, "message 1 (user): content must be a string, found a number"),
         ("error_empty_content.jsonl", 2, "message 2 (assistant) has empty content"),

@@ -2,7 +2,13 @@
 
 * The model's own chat template renders each conversation; labels are -100 everywhere except on the
   assistant turns (their content and the end-of-turn token), so the loss is only on what the model
-  should learn to write.
+  should learn to write. An assistant turn of ``weight`` 0 is context only (OpenAI's training format).
+* A conversation may offer tools (OpenAI's function definitions; a conversation is then
+  ``{"messages": [...], "tools": [...]}``) and hold assistant ``tool_calls`` and ``tool`` messages. A template
+  that knows tools gets them through ``apply_chat_template(tools=...)``; for one that does not (SmolLM2's),
+  `tool_messages` writes them in the Hermes style the Qwen templates use: the tools in ``<tools>`` in the system
+  message, each call as ``<tool_call>{"name", "arguments"}</tool_call>`` in the assistant's text, each result as a
+  user turn in ``<tool_response>``. The ``developer`` role is rendered as ``system``.
 * Batches are (nearly) padding-free: `PackedRowsCollator` lays a batch's examples end to end in a few rows
   of about ``row_tokens`` (768) tokens, with ``position_ids`` restarting at each example; transformers then masks
   attention block-diagonally, so examples never see each other. Not one single row (as
@@ -16,6 +22,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -37,26 +44,103 @@ class Feature:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans the model must learn (each assistant turn + its end)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+TOOLS_PROMPT = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within <tool_call></tool_call> "
+    'XML tags:\n<tool_call>\n{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+
+
+def template_knows_tools(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders tool calls itself (else `tool_messages` writes them)."""
+    template = tokenizer.chat_template
+    sources = template.values() if isinstance(template, dict) else [template or ""]
+    return any("tool_calls" in source for source in sources)
+
+
+def _arguments(text):
+    try:
+        return json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        return text
+
+
+def tool_messages(messages: list[dict], tools: list[dict] | None, knows_tools: bool) -> list[dict]:
+    """The messages as the chat template is given them: ``developer`` as ``system``, no ``weight``; tool calls
+    with their arguments as objects (what templates expect) or, for a template without tool support, written out
+    Hermes-style (see the module docstring)."""
+    out = []
+    for message in messages:
+        m = {k: v for k, v in message.items() if k != "weight"}
+        m["role"] = "system" if m.get("role") == "developer" else m.get("role")
+        m["content"] = m.get("content") or ""
+        calls = m.pop("tool_calls", None) or []
+        if knows_tools:
+            if calls:
+                m["tool_calls"] = [
+                    {**c, "function": {**c["function"], "arguments": _arguments(c["function"]["arguments"])}}
+                    for c in calls
+                ]
+        elif calls:
+            written = [
+                "<tool_call>\n"
+                + json.dumps({"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])})
+                + "\n</tool_call>"
+                for c in calls
+            ]
+            m["content"] = "\n".join(([m["content"]] if m["content"] else []) + written)
+        elif m["role"] == "tool":
+            m = {"role": "user", "content": f"<tool_response>\n{m['content']}\n</tool_response>"}
+        out.append(m)
+    if tools and not knows_tools:
+        listed = TOOLS_PROMPT.format(tools="\n".join(json.dumps(t) for t in tools))
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{listed}"}
+        else:
+            out.insert(0, {"role": "system", "content": listed})
+    return out
+
+
+def assistant_spans(
+    tokenizer, messages: list[dict], tools: list[dict] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans the model must learn (each assistant turn of weight other than 0
+    + its end)."""
+    knows_tools = template_knows_tools(tokenizer)
+    shown = tool_messages(messages, tools, knows_tools)
+    offset = len(shown) - len(messages)  # the system message written for tools, if any
+    extra = {"tools": tools} if tools and knows_tools else {}
+    text = tokenizer.apply_chat_template(shown, tokenize=False, **extra)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
+        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        j = i + offset
+        before = (
+            tokenizer.apply_chat_template(shown[:j], tokenize=False, add_generation_prompt=True, **extra) if j else ""
+        )
+        through = tokenizer.apply_chat_template(shown[: j + 1], tokenize=False, **extra)
         if not text.startswith(before) or not text.startswith(through):
             raise DataError("the chat template does not render conversations incrementally; cannot mask the prompt")
         spans.append((len(before), len(through.rstrip())))
     return text, spans
 
 
-def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> Feature:
-    """Tokenize one conversation; labels only on the assistant turns; truncated to ``max_length`` tokens."""
-    if not any(m.get("role") == "assistant" and (m.get("content") or "").strip() for m in messages):
+def encode_conversation(tokenizer, messages: list[dict] | dict, max_length: int) -> Feature:
+    """Tokenize one conversation (its messages, or ``{"messages", "tools"}``); labels only on the assistant turns
+    of weight other than 0; truncated to ``max_length`` tokens."""
+    tools = None
+    if isinstance(messages, dict):
+        messages, tools = messages["messages"], messages.get("tools") or None
+    if not any(
+        m.get("role") == "assistant"
+        and m.get("weight", 1) != 0
+        and ((m.get("content") or "").strip() or m.get("tool_calls"))
+        for m in messages
+    ):
         raise DataError("has no assistant turn to learn from")
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     encoded = tokenizer(
         text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length
     )
@@ -67,7 +151,7 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> Fea
     return Feature(input_ids=list(encoded["input_ids"]), labels=labels)
 
 
-def encode_conversations(tokenizer, conversations: list[list[dict]], max_length: int) -> list[dict]:
+def encode_conversations(tokenizer, conversations: list[list[dict] | dict], max_length: int) -> list[dict]:
     """Features for a split; conversations whose assistant turn is cut off entirely by truncation are dropped."""
     features = []
     for index, messages in enumerate(conversations):

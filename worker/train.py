@@ -7,7 +7,10 @@ asked (cancel is also checked between the stages of loading). A pause (the worke
 at the next step end with a checkpoint. Checkpoints (adapter + optimizer + scheduler + RNG state) go to
 ``output_dir/checkpoints`` every ``save_steps``; calling `train()` again with the same ``output_dir`` resumes
 from the last one, and a checkpoint at the final step is finished (validated, adapter saved) without
-training again. The adapter is saved in standard PEFT format in ``output_dir/adapter``.
+training again. The adapter is saved in standard PEFT format in ``output_dir/adapter``; the adapters of the last
+``EPOCH_ADAPTERS_KEPT`` epoch ends in ``output_dir/epochs/step-<step>`` (OpenAI keeps the last three epochs'
+checkpoints, each servable). Logs carry ``mean_token_accuracy`` (and ``eval_mean_token_accuracy``): the share of
+learnt tokens the model predicts right, counted in the loss's own pass.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from worker.train_config import (  # noqa: F401 - re-exported: callers of train(
 
 log = logging.getLogger(__name__)
 
+EPOCH_ADAPTERS_KEPT = 3
+
 
 @dataclass
 class StopState:
@@ -66,8 +71,8 @@ class RunCallback(TrainerCallback):
 
     ``history`` collects every metric logged and ``stop`` records why training stopped; `train()` reads both."""
 
-    def __init__(self, hooks: Hooks, history: list[Metric], stop: StopState) -> None:
-        self.hooks, self.history, self.stop = hooks, history, stop
+    def __init__(self, hooks: Hooks, history: list[Metric], stop: StopState, epochs_dir: str = "") -> None:
+        self.hooks, self.history, self.stop, self.epochs_dir = hooks, history, stop, epochs_dir
         self.started, self.start_tokens, self.rate = time.perf_counter(), 0, None
         self._phase = PhaseOnce(hooks.on_phase)
 
@@ -101,9 +106,11 @@ class RunCallback(TrainerCallback):
             hooks.on_log(f"worker shutting down: checkpoint at step {state.global_step}, then stopping")
         return control
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if self.stop.reason:  # the epoch end would switch evaluation back on: a stopped run does not validate
             control.should_evaluate = False
+        elif self.epochs_dir and model is not None and args.should_save:
+            save_epoch_adapter(model, Path(self.epochs_dir), state.global_step)
         return control
 
     def on_prediction_step(self, args, state, control, **kwargs):
@@ -135,6 +142,8 @@ class RunCallback(TrainerCallback):
             val_loss=logs.get("eval_loss"),
             learning_rate=logs.get("learning_rate"),
             tokens_per_second=self.rate if "loss" in logs else None,
+            train_accuracy=logs.get("mean_token_accuracy"),
+            val_accuracy=logs.get("eval_mean_token_accuracy"),
         )
         self.history.append(metric)
         self.hooks.on_metric(metric)
@@ -151,7 +160,23 @@ class RunCallback(TrainerCallback):
 LABELLED_LOGITS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
-def labelled_loss(model, inputs: dict, num_items_in_batch=None):
+def save_epoch_adapter(model, folder: Path, step: int, keep: int = EPOCH_ADAPTERS_KEPT) -> None:
+    """The adapter at an epoch end, as ``folder/step-<step>``; only the newest ``keep`` epochs stay."""
+    model.save_pretrained(str(folder / f"step-{step}"), safe_serialization=True)
+    saved = sorted((p for p in folder.glob("step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    for old in saved[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def count_right(counts: list[int] | None, logits, targets) -> None:
+    """Add the learnt tokens predicted right (argmax) and all learnt tokens to ``counts``."""
+    if counts is not None:
+        with torch.no_grad():
+            counts[0] += int((logits.argmax(-1) == targets).sum())
+            counts[1] += int(targets.numel())
+
+
+def labelled_loss(model, inputs: dict, num_items_in_batch=None, counts: list[int] | None = None):
     """The causal-LM loss, computing the vocabulary logits only at the positions that predict a label.
 
     The model's own loss projects every position onto the whole vocabulary (49,152 entries for SmolLM2) and
@@ -171,6 +196,7 @@ def labelled_loss(model, inputs: dict, num_items_in_batch=None):
     keep = targets != -100
     logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
     loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    count_right(counts, logits, targets[keep])
     if num_items_in_batch is None:
         return loss / keep.sum()
     return loss / torch.as_tensor(num_items_in_batch, device=loss.device)
@@ -178,7 +204,31 @@ def labelled_loss(model, inputs: dict, num_items_in_batch=None):
 
 class RunTrainer(Trainer):
     """`Trainer`, resuming under DDP on CPU too: transformers maps the optimizer state to ``args.device``, which is
-    ``cpu:0`` in a gloo process group, a location `torch.load` refuses; it is loaded to the CPU instead."""
+    ``cpu:0`` in a gloo process group, a location `torch.load` refuses; it is loaded to the CPU instead. Counts the
+    learnt tokens predicted right in each loss (training and validation apart) and logs their share with the loss
+    (``mean_token_accuracy``, ``eval_mean_token_accuracy``; this process's batches under DDP)."""
+
+    def token_counts(self, training: bool) -> list[int]:
+        counts = self.__dict__.setdefault("_token_counts", {True: [0, 0], False: [0, 0]})
+        return counts[training]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        targets = inputs["labels"][:, 1:]
+        keep = targets != -100
+        count_right(self.token_counts(model.training), logits[:, :-1][keep], targets[keep])
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        for key, training in (("loss", True), ("eval_loss", False)):
+            counts = self.token_counts(training)
+            if key in logs and counts[1]:
+                logs["mean_token_accuracy" if training else "eval_mean_token_accuracy"] = counts[0] / counts[1]
+                counts[:] = [0, 0]
+        super().log(logs, *args, **kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         if not checkpoint or self.args.world_size == 1 or self.args.device.type != "cpu":
@@ -207,7 +257,7 @@ class PackedTrainer(RunTrainer):
         # labelled-logits shortcut, which calls the decoder directly, is for one process only.
         one_process = self.accelerator.num_processes == 1
         if one_process and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
-            loss = labelled_loss(model, inputs, num_items_in_batch)
+            loss = labelled_loss(model, inputs, num_items_in_batch, self.token_counts(model.training))
         if loss is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -372,7 +422,7 @@ def train(
             config,
             train_conversations,
             val_conversations,
-            callbacks=[RunCallback(hooks, history, stop)],
+            callbacks=[RunCallback(hooks, history, stop, str(Path(config.output_dir) / "epochs"))],
             between=functools.partial(stop_point, hooks),
         )
         resume = last_checkpoint(config.output_dir)

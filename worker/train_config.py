@@ -56,6 +56,8 @@ class Metric:
     val_loss: float | None = None
     learning_rate: float | None = None
     tokens_per_second: float | None = None
+    train_accuracy: float | None = None  # share of the learnt tokens predicted right (argmax) since the last log
+    val_accuracy: float | None = None  # the same over the validation split
 
 
 @dataclass

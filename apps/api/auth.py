@@ -42,9 +42,12 @@ class ApiError(Exception):
 
 
 def error_response(exc: ApiError) -> JsonResponse:
-    return JsonResponse(
+    response = JsonResponse(
         {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}, status=exc.status
     )
+    if exc.status == 409:  # a state conflict: the same request fails again (the openai SDK would retry a 409)
+        response["x-should-retry"] = "false"
+    return response
 
 
 def authenticate(request: HttpRequest, need: str) -> tuple[services.ApiKey, Access]:

@@ -42,7 +42,7 @@ from ftstudio.celery import send_after_commit
 
 from .auth import ApiError
 from .models import ApiFile, FineTuningJob, JobStage
-from .selectors import resolve_model, run_model_id
+from .selectors import checkpoint_model_id, checkpoint_steps, resolve_model, run_model_id
 from .tasks import validate_fine_tuning_job
 
 FILE_PURPOSES = ("fine-tune",)
@@ -59,6 +59,7 @@ JOB_FIELDS = {
     "integrations",
 }
 HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "learning_rate"}
+WHOLE_HYPERPARAMETERS = {"n_epochs": (1, 50), "batch_size": (1, 256)}  # OpenAI's bounds for these integers
 PRESET = "quick"
 MAX_PAGE = 100
 
@@ -263,6 +264,15 @@ def _overrides(requested, where: str) -> dict:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ApiError(400, f'{where}.{key} must be a number or "auto"; got {value!r}.', param=f"{where}.{key}")
+        if key in WHOLE_HYPERPARAMETERS:
+            low, high = WHOLE_HYPERPARAMETERS[key]
+            if not float(value).is_integer() or not low <= value <= high:
+                raise ApiError(
+                    400,
+                    f'{where}.{key} must be a whole number from {low} to {high} or "auto"; got {value!r}.',
+                    param=f"{where}.{key}",
+                )
+            value = int(value)
         if key == "learning_rate_multiplier":
             if value <= 0:
                 raise ApiError(400, f"{where}.{key} must be above 0; got {value}.", param=f"{where}.{key}")
@@ -351,8 +361,8 @@ def request_hash(body: dict) -> str:
 
 def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTuningJob:
     """Check the request, then validate the files and launch the run (see the module's docstring). The same
-    ``Idempotency-Key``, or the same body from the same key within FTSTUDIO_API_JOB_DEDUP_SECONDS, returns the
-    job already made instead of starting a second run."""
+    ``Idempotency-Key`` returns the job already made instead of starting a second run; without one, every request
+    makes a job, as OpenAI's API does."""
     _check_body(body)
     digest, idempotency_key = request_hash(body), idempotency_key[:255]
     if idempotency_key:
@@ -364,15 +374,6 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
                     "This Idempotency-Key was used for a different request: use a new key for a new job.",
                     code="idempotency_key_reused",
                 )
-            return earlier
-    else:
-        window = timezone.now() - timedelta(seconds=settings.FTSTUDIO_API_JOB_DEDUP_SECONDS)
-        earlier = (
-            FineTuningJob.objects.filter(project=project, api_key=key, request_hash=digest, created_at__gte=window)
-            .order_by("-created_at")
-            .first()
-        )
-        if earlier is not None:
             return earlier
     requested, where = _hyperparameters(body)
     overrides = _overrides(requested, where)
@@ -449,7 +450,7 @@ def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
     hashes = []
     with open_file(record) as stream:
         for row in importers.parse_stream(stream, importers.Parsed("openai"), limits=datasets.import_limits()):
-            hashes.append(content_hash(row.messages))
+            hashes.append(content_hash(row.messages, row.tools))
     ids = dict(
         Example.objects.filter(project=job.project, content_hash__in=set(hashes)).values_list("content_hash", "id")
     )
@@ -497,9 +498,14 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
                 splits["val"], report["validation_file"] = _import(
                     job, files["validation_file"], "validation_file", user
                 )
+                report["validation_file"]["also_in_training_file"] = len(set(splits["val"]) & set(train_ids))
             try:
                 version = datasets.freeze_selection(
-                    project=job.project, splits=splits, user=user, note=f"fine-tuning job {job.public_id}"
+                    project=job.project,
+                    splits=splits,
+                    user=user,
+                    note=f"fine-tuning job {job.public_id}",
+                    keep_val_overlap=True,
                 )
             except datasets.FreezeError as exc:
                 raise _Invalid(
@@ -679,6 +685,17 @@ def events(job: FineTuningJob) -> list[Event]:
                     + f"; dataset version v{report.get('dataset_version')}",
                 )
             )
+        overlap = (report.get("validation_file") or {}).get("also_in_training_file")
+        if overlap:
+            out.append(
+                Event(
+                    f"ftevent-{tag}-overlap",
+                    run.created_at,
+                    f"{overlap} validation example{'s' if overlap > 1 else ''} also appear in the training file: kept "
+                    "in validation, so the validation loss is partly measured on examples the model trains on",
+                    "warn",
+                )
+            )
         if run.started_at:
             out.append(Event(f"ftevent-{tag}-started", run.started_at, "Fine-tuning job started"))
         for m in run.metrics.order_by("step", "id"):
@@ -692,6 +709,7 @@ def events(job: FineTuningJob) -> list[Event]:
                         data={
                             "step": m.step,
                             "train_loss": m.train_loss,
+                            "train_mean_token_accuracy": m.train_accuracy,
                             "total_steps": run.total_steps,
                             "learning_rate": m.learning_rate,
                             "epoch": m.epoch,
@@ -705,7 +723,12 @@ def events(job: FineTuningJob) -> list[Event]:
                         m.created_at,
                         f"Step {m.step}/{run.total_steps}: validation loss={m.val_loss:.4f}",
                         type="metrics",
-                        data={"step": m.step, "valid_loss": m.val_loss, "total_steps": run.total_steps},
+                        data={
+                            "step": m.step,
+                            "valid_loss": m.val_loss,
+                            "valid_mean_token_accuracy": m.val_accuracy,
+                            "total_steps": run.total_steps,
+                        },
                     )
                 )
         end = run.finished_at or run.updated_at
@@ -739,39 +762,57 @@ def slice_after(items: list, after: str, limit: int) -> tuple[list, bool]:
 
 
 def checkpoints(job: FineTuningJob) -> list[dict]:
-    """The final checkpoint of a succeeded job: its model id is the one the inference process serves."""
+    """A succeeded job's checkpoints at its last three epoch ends, newest first, each a model id the inference process
+    serves (the final one is the job's ``fine_tuned_model``). Metrics are those logged at the checkpoint's step;
+    one not logged is left out (OpenAI's schema types them as numbers)."""
     run = job.run
     if run is None or run.status != RunStatus.SUCCEEDED:
         return []
     tag = job.public_id.removeprefix("ftjob-")
+    logged: dict[int, dict] = {}
+    saved: dict[int, datetime] = {}
+    for m in run.metrics.filter(step__in=checkpoint_steps(run)).order_by("id"):
+        saved.setdefault(m.step, m.created_at)
+        row = logged.setdefault(m.step, {"step": m.step})
+        if m.train_loss is not None:
+            row.update(train_loss=m.train_loss, train_mean_token_accuracy=m.train_accuracy)
+        if m.val_loss is not None:
+            row.update(
+                valid_loss=m.val_loss,
+                valid_mean_token_accuracy=m.val_accuracy,
+                full_valid_loss=m.val_loss,  # the Studio validates on the whole validation split
+                full_valid_mean_token_accuracy=m.val_accuracy,
+            )
+    finished = run.finished_at or run.updated_at
     return [
         {
-            "id": f"ftckpt-{tag}-{run.step}",
+            "id": f"ftckpt-{tag}-{step}",
             "object": "fine_tuning.job.checkpoint",
-            "created_at": int((run.finished_at or run.updated_at).timestamp()),
-            "fine_tuned_model_checkpoint": run_model_id(run),
+            "created_at": int(saved.get(step, finished).timestamp()),
+            "fine_tuned_model_checkpoint": checkpoint_model_id(run, step),
             "fine_tuning_job_id": job.public_id,
-            "step_number": run.step,
-            "metrics": {
-                "step": run.step,
-                "train_loss": run.final_train_loss,
-                "valid_loss": run.final_val_loss,
-                "full_valid_loss": run.final_val_loss,
-            },
+            "step_number": step,
+            "metrics": {k: v for k, v in logged.get(step, {"step": step}).items() if v is not None},
         }
+        for step in reversed(checkpoint_steps(run))
     ]
 
 
 def metrics_csv(job: FineTuningJob) -> str:
-    """One row per step, like OpenAI's step_metrics.csv (the Studio logs no token accuracy: those cells are empty)."""
+    """One row per step, like OpenAI's step_metrics.csv."""
     rows: dict[int, dict] = {}
     if job.run is not None:
         for m in job.run.metrics.order_by("step", "id"):
             row = rows.setdefault(m.step, {"step": m.step})
             if m.train_loss is not None:
-                row.update(train_loss=m.train_loss, learning_rate=m.learning_rate, epoch=m.epoch)
+                row.update(
+                    train_loss=m.train_loss,
+                    train_accuracy=m.train_accuracy,
+                    learning_rate=m.learning_rate,
+                    epoch=m.epoch,
+                )
             if m.val_loss is not None:
-                row["valid_loss"] = m.val_loss
+                row.update(valid_loss=m.val_loss, valid_mean_token_accuracy=m.val_accuracy)
     out = io.StringIO()
     columns = [
         "step",

@@ -49,7 +49,7 @@ def files(request):
         after=request.GET.get("after", ""),
         limit=ft.page_limit(request.GET.get("limit"), default=ft.MAX_PAGE),
     )
-    return JsonResponse(shapes.page([shapes.file(f) for f in rows], more))
+    return JsonResponse(shapes.page([shapes.file(f) for f in rows], more, empty_id=""))
 
 
 @api_view("view", methods=("GET", "DELETE"))

@@ -4,6 +4,7 @@ them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.utils.text import slugify
 
@@ -20,6 +21,32 @@ def run_model_id(run: Run) -> str:
     return f"ft:{run.base_model.name}:{run.project.slug}:{label}:{run.pk}"
 
 
+CHECKPOINT_TAG = ":ckpt-step-"
+EPOCH_CHECKPOINTS = 3  # OpenAI keeps the checkpoints of a job's last three epochs
+
+
+def checkpoint_steps(run: Run) -> list[int]:
+    """The steps of a run's last three epoch ends, the final step last (worker.train keeps their adapters); only the
+    final step when its epochs are not whole or max_steps cut them short."""
+    epochs, total = run.hyperparameters.get("epochs"), run.total_steps
+    if not total:
+        return []
+    if int(run.hyperparameters.get("max_steps", -1)) > 0 or not float(epochs or 0).is_integer() or total % int(epochs):
+        return [total]
+    per = total // int(epochs)
+    return [total - k * per for k in range(EPOCH_CHECKPOINTS - 1, -1, -1) if total - k * per > 0]
+
+
+def checkpoint_model_id(run: Run, step: int) -> str:
+    """The model id of a run's epoch checkpoint (OpenAI's ``...:ckpt-step-<n>``); the final one is the run's id."""
+    return run_model_id(run) if step == run.total_steps else f"{run_model_id(run)}{CHECKPOINT_TAG}{step}"
+
+
+def checkpoint_adapter_path(run: Run, step: int) -> str:
+    """Where worker.train kept an epoch checkpoint's adapter: ``epochs/step-<n>`` beside the final adapter."""
+    return str(Path(run.adapter_path).parent / "epochs" / f"step-{step}") if run.adapter_path else ""
+
+
 @dataclass(frozen=True)
 class ModelTarget:
     id: str
@@ -27,6 +54,15 @@ class ModelTarget:
     owned_by: str
     base_model: BaseModel
     run: Run | None = None
+    checkpoint_step: int | None = None  # an epoch checkpoint of the run, not its final adapter
+
+    @property
+    def adapter_path(self) -> str:
+        if self.run is None:
+            return ""
+        if self.checkpoint_step is not None:
+            return checkpoint_adapter_path(self.run, self.checkpoint_step)
+        return self.run.adapter_path
 
 
 class UnknownModel(LookupError):
@@ -60,8 +96,12 @@ def resolve_model(project: Project, model_id: str, *, servable: bool = False) ->
     """The base model or run a public id names in this project; raises UnknownModel.
     ``servable``: also check the run's adapter files are there."""
     target = None
-    if model_id.startswith("ft:"):
-        run_pk = model_id.rsplit(":", 1)[-1]
+    run_id, step = model_id, None
+    if model_id.startswith("ft:") and CHECKPOINT_TAG in model_id:
+        run_id, _, tail = model_id.partition(CHECKPOINT_TAG)
+        step = int(tail) if tail.isdigit() else -1
+    if run_id.startswith("ft:"):
+        run_pk = run_id.rsplit(":", 1)[-1]
         run = (
             Run.objects.filter(project=project, pk=int(run_pk), status=RunStatus.SUCCEEDED)
             .select_related("base_model", "project")
@@ -69,13 +109,14 @@ def resolve_model(project: Project, model_id: str, *, servable: bool = False) ->
             if run_pk.isdigit()
             else None
         )
-        if run is not None and run_model_id(run) == model_id:
+        if run is not None and run_model_id(run) == run_id and (step is None or step in checkpoint_steps(run)[:-1]):
             target = ModelTarget(
                 id=model_id,
                 created=int(run.created_at.timestamp()),
                 owned_by=project.slug,
                 base_model=run.base_model,
                 run=run,
+                checkpoint_step=step,
             )
     else:
         base = BaseModel.objects.filter(name=model_id).first()
@@ -89,8 +130,13 @@ def resolve_model(project: Project, model_id: str, *, servable: bool = False) ->
             "succeeded run: GET /v1/models lists what this key may call."
         )
     if servable and target.run is not None:
-        problem = adapter_problem(target.run.adapter_path) if target.run.adapter_path else "the run has no adapter"
-        if problem and target.run.adapter_path and artifacts.adapter_available(target.run):
+        problem = adapter_problem(target.adapter_path) if target.adapter_path else "the run has no adapter"
+        if (
+            problem
+            and target.checkpoint_step is None
+            and target.adapter_path
+            and artifacts.adapter_available(target.run)
+        ):
             problem = None  # trained on another node: in the shared store, fetched by the inference process
         if problem:
             raise UnknownModel(f"The model {model_id!r} cannot be served: {problem}.")
@@ -101,8 +147,9 @@ def inference_target(target: ModelTarget) -> dict:
     """The inference process's extension field: where the base model and the adapter are on disk, and (with a shared
     artifact store) their keys there, for an inference process on a node whose disk does not have them."""
     base, base_key = artifacts.base_model_location(target.base_model)
-    found = {"base": base, "adapter": target.run.adapter_path if target.run is not None else None}
+    found = {"base": base, "adapter": target.adapter_path or None}
     if artifacts.remote():
         found["base_key"] = base_key
-        found["adapter_key"] = artifacts.adapter_key(target.run.pk) if target.run is not None else None
+        final = target.run is not None and target.checkpoint_step is None
+        found["adapter_key"] = artifacts.adapter_key(target.run.pk) if final else None
     return found

@@ -13,13 +13,15 @@ def _ts(value) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def page(data: list[dict], has_more: bool) -> dict:
+def page(data: list[dict], has_more: bool, *, empty_id: str | None = None) -> dict:
+    """OpenAI's list object. ``empty_id``: first_id and last_id of an empty page (OpenAI's ListFilesResponse types
+    them as strings, its checkpoint list as nullable)."""
     return {
         "object": "list",
         "data": data,
         "has_more": has_more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": data[0]["id"] if data else empty_id,
+        "last_id": data[-1]["id"] if data else empty_id,
     }
 
 
@@ -31,9 +33,7 @@ def file(found) -> dict:
         "created_at": _ts(found.created_at),
         "filename": found.filename,
         "purpose": found.purpose,
-        "status": "processed",
-        "status_details": None,
-        "expires_at": None,
+        "status": "processed",  # status_details and expires_at are left out: never set (files do not expire)
     }
 
 

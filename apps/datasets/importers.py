@@ -4,6 +4,11 @@ Every problem is reported with its line number and a plain-language reason, the 
 users know from the usual data-preparation scripts: not a JSON object, missing or empty messages list,
 a message without role or content, unknown keys in a message, unknown role, no assistant message,
 content not a string, empty content. A file with any problem imports nothing.
+
+OpenAI chat lines take what OpenAI's fine-tuning takes: a line's ``tools`` (function definitions, kept with the
+example), assistant ``tool_calls`` (content may then be empty or null), ``tool`` messages answering a call by its
+``tool_call_id``, the ``developer`` role (stored as ``system``, which every chat template knows) and ``weight``
+(0 or 1) on assistant messages: a turn of weight 0 is context, not learnt.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from typing import IO
 from ftstudio import csv_cells
 
 FORMATS = ("openai", "alpaca", "csv")
-ROLES = ("system", "user", "assistant")
-MESSAGE_KEYS = {"role", "content", "name", "weight"}
-OPENAI_EXTRA_KEYS = {"tags", "metadata"}
+ROLES = ("system", "user", "assistant", "tool")
+INPUT_ROLES = {"developer": "system"}  # accepted and stored under the role every chat template renders
+MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id"}
+OPENAI_EXTRA_KEYS = {"tags", "metadata", "tools", "parallel_tool_calls"}
 ALPACA_KEYS = {"instruction", "input", "output", "system"}
 
 
@@ -43,6 +49,7 @@ class Row:
     messages: list[dict]
     tags: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    tools: list[dict] = field(default_factory=list)  # OpenAI's function definitions offered in this conversation
 
 
 @dataclass
@@ -79,8 +86,11 @@ def canonical_json(messages: list[dict]) -> str:
     return json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def content_hash(messages: list[dict]) -> str:
-    return hashlib.sha256(canonical_json(messages).encode()).hexdigest()
+def content_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
+    """sha256 of the conversation; with tools, of the messages and the tools (the same turns offered other tools
+    are another example)."""
+    blob = canonical_json(messages) if not tools else canonical_json([{"messages": messages, "tools": tools}])
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 _SPACE = re.compile(r"\s+")
@@ -251,10 +261,12 @@ def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, lim
                 Problem(number, f"not a JSON object: each line must be one object, found {_type_name(obj)}")
             )
             continue
-        # Only "metadata" is stored as it comes (messages and tags are checked field by field): bound its depth.
-        if _too_deep(obj.get("metadata"), limits.max_depth):
+        # Only "metadata" and "tools" are stored as they come (messages and tags are checked field by field): bound
+        # their depth.
+        deep = next((key for key in ("metadata", "tools") if _too_deep(obj.get(key), limits.max_depth)), None)
+        if deep:
             parsed.errors.append(
-                Problem(number, f'"metadata" is nested too deeply: values may nest at most {limits.max_depth} levels')
+                Problem(number, f'"{deep}" is nested too deeply: values may nest at most {limits.max_depth} levels')
             )
             continue
         row = check(obj, number, parsed)
@@ -296,35 +308,69 @@ def _check_openai(obj: dict, line: int, parsed: Parsed) -> Row | None:
         )
         return None
     clean: list[dict] = []
+    call_ids: set[str] = set()
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict):
             problems.append(f"message {i} is not an object (found {_type_name(m)})")
             continue
-        role = m.get("role")
-        where = f"message {i}" + (f" ({role})" if role in ROLES else "")
+        role = INPUT_ROLES.get(m.get("role"), m.get("role"))
+        where = f"message {i}" + (f" ({m['role']})" if role in ROLES else "")
         unknown = sorted(set(m) - MESSAGE_KEYS)
         if unknown:
             problems.append(
                 f"{where} has unknown key{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(repr(k) for k in unknown)}: a message may only have role, content, name and weight"
+                f"{', '.join(repr(k) for k in unknown)}: a message may only have role, content, name, weight, "
+                "tool_calls and tool_call_id"
             )
+        calls = m.get("tool_calls")
         if "role" not in m:
             problems.append(f'{where} has no "role"')
         elif role not in ROLES:
-            problems.append(f"{where} has unknown role {role!r}: use system, user or assistant")
-        if "content" not in m:
+            problems.append(f"{where} has unknown role {m['role']!r}: use system, developer, user, assistant or tool")
+        if calls is not None and role != "assistant":
+            problems.append(f'{where}: only assistant messages may have "tool_calls"')
+            calls = None
+        if calls is not None:
+            calls = _tool_calls(calls, where, problems)
+            call_ids.update(c["id"] for c in calls or [])
+        if calls and m.get("content") is None:
+            pass  # an assistant turn that only calls tools
+        elif "content" not in m:
             problems.append(f'{where} has no "content"')
         elif not isinstance(m["content"], str):
             problems.append(f"{where}: content must be a string, found {_type_name(m['content'])}")
-        elif not m["content"].strip():
+        elif not m["content"].strip() and not calls and role != "tool":
             problems.append(f"{where} has empty content")
-        if isinstance(role, str) and role in ROLES and isinstance(m.get("content"), str):
-            clean.append({"role": role, "content": m["content"]})
-    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                problems.append(f'{where} needs "tool_call_id": the id of the tool call it answers')
+            elif call_id not in call_ids:
+                problems.append(f"{where} answers tool call {call_id!r}, which no earlier assistant message made")
+        elif "tool_call_id" in m:
+            problems.append(f'{where}: only tool messages may have "tool_call_id"')
+        weight = m.get("weight", 1)
+        if "weight" in m and (role != "assistant" or isinstance(weight, bool) or weight not in (0, 1)):
+            problems.append(f"{where}: weight must be 0 or 1, on assistant messages only; got {weight!r}")
+        if role in ROLES and isinstance(m.get("content") or "", str):
+            message = {"role": role, "content": m.get("content") or ""}
+            if calls:
+                message["tool_calls"] = calls
+            if role == "tool" and isinstance(m.get("tool_call_id"), str):
+                message["tool_call_id"] = m["tool_call_id"]
+            if role == "assistant" and weight == 0:
+                message["weight"] = 0
+            clean.append(message)
+    roles = [INPUT_ROLES.get(m.get("role"), m.get("role")) for m in messages if isinstance(m, dict)]
     if "assistant" not in roles:
         problems.append("no assistant message: the last assistant turn is the ideal output the model learns")
     elif roles and roles[-1] != "assistant" and roles[-1] in ROLES:
         problems.append(f"the last message is from {roles[-1]!r}: it must be the assistant's ideal output")
+    elif all(m.get("weight") == 0 for m in clean if m["role"] == "assistant"):
+        problems.append("every assistant message has weight 0: there is nothing to learn from")
+    tools = obj.get("tools")
+    if tools is not None:
+        tools = _tools(tools, problems)
     if problems:
         parsed.errors.extend(Problem(line, p) for p in problems)
         return None
@@ -335,7 +381,61 @@ def _check_openai(obj: dict, line: int, parsed: Parsed) -> Row | None:
     if not isinstance(metadata, dict):
         parsed.errors.append(Problem(line, f'"metadata" must be an object, found {_type_name(metadata)}'))
         return None
-    return Row(line, clean, tags=tags, metadata=metadata)
+    return Row(line, clean, tags=tags, metadata=metadata, tools=tools or [])
+
+
+def _tool_calls(calls, where: str, problems: list[str]) -> list[dict] | None:
+    """OpenAI's assistant ``tool_calls``, checked and kept as ``{id, type, function: {name, arguments}}``."""
+    if not isinstance(calls, list) or not calls:
+        problems.append(f'{where}: "tool_calls" must be a non-empty list, found {_type_name(calls)}')
+        return None
+    kept = []
+    for n, call in enumerate(calls, 1):
+        function = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(function, dict)
+            or not isinstance(call.get("id"), str)
+            or call.get("type", "function") != "function"
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            problems.append(
+                f'{where}: tool call {n} must be {{"id": "...", "type": "function", '
+                '"function": {"name": "...", "arguments": "<JSON text>"}}'
+            )
+            continue
+        try:
+            json.loads(function["arguments"])
+        except (ValueError, RecursionError):
+            problems.append(f"{where}: tool call {n}'s arguments are not valid JSON text")
+            continue
+        kept.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": function["name"], "arguments": function["arguments"]},
+            }
+        )
+    return kept
+
+
+def _tools(tools, problems: list[str]) -> list[dict] | None:
+    """The line's ``tools``: OpenAI's function definitions, kept as given once each has a name."""
+    if not isinstance(tools, list):
+        problems.append(f'"tools" must be a list of function definitions, found {_type_name(tools)}')
+        return None
+    for n, tool in enumerate(tools, 1):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(function, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("parameters", {}), dict)
+        ):
+            problems.append(
+                f'tool {n} must be {{"type": "function", "function": {{"name": "...", "parameters": {{...}}}}}}'
+            )
+    return tools
 
 
 def _alpaca_messages(instruction: str, input_text: str, output: str, system: str) -> list[dict]:

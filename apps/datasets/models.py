@@ -47,6 +47,7 @@ class ImportBatch(TimeStamped):
 class Example(TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="examples")
     messages = models.JSONField(help_text="[{role, content}, ...]; the last assistant turn is the ideal output")
+    tools = models.JSONField(default=list, blank=True, help_text="OpenAI function definitions offered to the model")
     status = models.CharField(max_length=16, choices=ExampleStatus.choices, default=ExampleStatus.DRAFT)
     split = models.CharField(max_length=8, choices=Split.choices, blank=True, default="")
     tags = models.JSONField(default=list, blank=True)
@@ -86,6 +87,14 @@ class Example(TimeStamped):
             if message.get("role") == "assistant":
                 return message.get("content", "")
         return ""
+
+    @property
+    def ideal_tool_calls(self) -> list[dict]:
+        """The tool calls of the final assistant turn (OpenAI's ``tool_calls``), if it makes any."""
+        for message in reversed(self.messages or []):
+            if message.get("role") == "assistant":
+                return message.get("tool_calls") or []
+        return []
 
     @property
     def input_messages(self) -> list[dict]:
@@ -155,6 +164,12 @@ class DatasetVersion(models.Model):
         """The frozen conversations of one split, in a stable order (what training and evaluation read)."""
         return [item.messages for item in self.items.filter(split=split).order_by("position")]
 
+    def training_conversations(self, split: str) -> list:
+        """What training reads: each conversation's messages, or ``{"messages", "tools"}`` where it offers tools
+        (worker.data renders both)."""
+        items = self.items.filter(split=split).order_by("position").values_list("messages", "tools")
+        return [{"messages": messages, "tools": tools} if tools else messages for messages, tools in items]
+
 
 class DatasetVersionItem(models.Model):
     """One frozen example inside a version. Later edits to the Example never change it."""
@@ -164,6 +179,7 @@ class DatasetVersionItem(models.Model):
     position = models.PositiveIntegerField()
     split = models.CharField(max_length=8, choices=Split.choices)
     messages = models.JSONField()
+    tools = models.JSONField(default=list, blank=True)
     content_hash = models.CharField(max_length=64)
 
     class Meta:

@@ -39,9 +39,11 @@ class Item:
 
     @property
     def output(self) -> str:
+        """The final assistant turn's text, with its tool calls written as ``name(arguments)``."""
         for m in reversed(self.messages):
             if m["role"] == "assistant":
-                return m["content"]
+                calls = [f"{c['function']['name']}({c['function']['arguments']})" for c in m.get("tool_calls") or []]
+                return "\n".join(part for part in [m["content"], *calls] if part)
         return ""
 
     @property

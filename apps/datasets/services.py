@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from ftstudio import csv_cells
 from ftstudio.celery import send_after_commit
+from worker.data import tool_messages
 
 from . import importers, quality
 from .importers import Problem, canonical_json, content_hash, input_hash
@@ -223,7 +224,9 @@ def _import_stream(
     for chunk in _chunks(importers.parse_stream(stream, parsed, filename=filename, limits=limits), IMPORT_CHUNK_ROWS):
         if parsed.errors:  # the file will import nothing: keep reading only to report every problem
             continue
-        for row, n in zip(chunk, counter.count_conversations([r.messages for r in chunk]), strict=True):
+        # tools and tool calls counted as a template without tool support writes them (worker.data.tool_messages)
+        conversations = [tool_messages(r.messages, r.tools, knows_tools=False) for r in chunk]
+        for row, n in zip(chunk, counter.count_conversations(conversations), strict=True):
             counts.append(n)
             if n > token_limit:
                 too_long.append((row.line, n))
@@ -264,7 +267,7 @@ def _import_stream(
             new = []
             for row in chunk:
                 blob = canonical_json(row.messages)
-                h = hashlib.sha256(blob.encode()).hexdigest()
+                h = content_hash(row.messages, row.tools) if row.tools else hashlib.sha256(blob.encode()).hexdigest()
                 if h in existing:
                     report.skipped_duplicates += 1
                 else:
@@ -381,6 +384,7 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
         "split",
         "tags",
         "metadata",
+        "tools",
         "source_id",
         "content_hash",
         "input_hash",
@@ -404,6 +408,7 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
             "",
             dumps(row.tags),
             dumps(row.metadata),
+            dumps(row.tools),
             batch.pk,
             h,
             input_hash(row.messages),
@@ -451,23 +456,25 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
         if dv is None:
             raise ExportError(f"{project.name} has no version {version}.")
         rows = (
-            (f"v{version} item {pos}", msgs)
-            for pos, msgs in dv.items.order_by("position").values_list("position", "messages").iterator(chunk_size=2000)
+            (f"v{version} item {pos}", msgs, tools)
+            for pos, msgs, tools in dv.items.order_by("position")
+            .values_list("position", "messages", "tools")
+            .iterator(chunk_size=2000)
         )
     else:
         rows = (
-            (f"Example #{pk}", msgs)
-            for pk, msgs in Example.objects.filter(project=project)
+            (f"Example #{pk}", msgs, tools)
+            for pk, msgs, tools in Example.objects.filter(project=project)
             .order_by("id")
-            .values_list("id", "messages")
+            .values_list("id", "messages", "tools")
             .iterator(chunk_size=2000)
         )
     if file_format == "openai":
-        for _, messages in rows:
-            yield json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+        for _, messages, tools in rows:
+            yield json.dumps({"messages": messages, **({"tools": tools} if tools else {})}, ensure_ascii=False) + "\n"
         return
     if file_format == "alpaca":
-        for where, messages in rows:
+        for where, messages, _tools in rows:
             system, user, output = _single_turn(messages, where, file_format)
             record = {"instruction": user, "input": "", "output": output}
             if system:
@@ -478,7 +485,7 @@ def export_lines(*, project, file_format: str, version: int | None = None) -> It
     # RFC 4180 line ends: with "\n" alone, csv leaves a "\r" inside a cell unquoted and the file breaks
     writer = csv_cells.writer(buffer)  # cells a spreadsheet would run are quoted
     writer.writerow(["system", "input", "output"])
-    for where, messages in rows:
+    for where, messages, _tools in rows:
         writer.writerow(_single_turn(messages, where, file_format))
         yield buffer.getvalue()
         buffer.seek(0)
@@ -702,6 +709,7 @@ class FrozenItem:
     messages: list
     content_hash: str
     tokens: int | None  # None: not known (the version's token stats leave that split out)
+    tools: list = field(default_factory=list)
 
 
 def _version_hash(items: list[FrozenItem]) -> str:
@@ -742,6 +750,7 @@ def _save_version(
                             position=position,
                             split=item.split,
                             messages=item.messages,
+                            tools=item.tools,
                             content_hash=item.content_hash,
                         )
                         for position, item in enumerate(items)
@@ -765,11 +774,11 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
     approved = list(
         Example.objects.filter(project=project, status=ExampleStatus.APPROVED)
         .order_by("id")
-        .values_list("id", "messages", "split", "token_count")
+        .values_list("id", "messages", "split", "token_count", "tools")
     )
     if not approved:
         raise FreezeError("No approved examples to freeze: approve examples in the labelling view first.")
-    unsplit = [pk for pk, _, split, _ in approved if not split]
+    unsplit = [pk for pk, _, split, _, _ in approved if not split]
     if unsplit:
         shown = ", ".join(f"#{pk}" for pk in unsplit[:5])
         raise FreezeError(
@@ -778,34 +787,46 @@ def freeze_version(*, project, user=None, note: str = "") -> DatasetVersion:
         )
     order = {s.value: i for i, s in enumerate(SPLITS)}
     approved.sort(key=lambda row: (order[row[2]], row[0]))
-    if not any(split == Split.TRAIN for _, _, split, _ in approved):
+    if not any(split == Split.TRAIN for _, _, split, _, _ in approved):
         raise FreezeError("The train split has no approved examples: a version needs something to train on.")
-    items = [FrozenItem(split, pk, messages, content_hash(messages), n) for pk, messages, split, n in approved]
+    items = [
+        FrozenItem(split, pk, messages, content_hash(messages, tools), n, tools)
+        for pk, messages, split, n, tools in approved
+    ]
     latest = DatasetVersion.objects.filter(project=project, derived_from=None).order_by("-number").first()
     if latest and latest.content_hash == _version_hash(items):
         raise FreezeError(f"Nothing changed since v{latest.number}: it already holds exactly these examples.")
     return _save_version(project_id=project.pk, items=items, note=note, user=user)
 
 
-def freeze_selection(*, project, splits: dict[str, list[int]], user=None, note: str = "") -> DatasetVersion:
+def freeze_selection(
+    *, project, splits: dict[str, list[int]], user=None, note: str = "", keep_val_overlap: bool = False
+) -> DatasetVersion:
     """Freeze exactly these examples (ids per split, in order) into a new version, whatever their status: what a
     fine-tuning job sent through /v1/ trains on. An id in two splits stays in the first (train before val before
-    test), so nothing evaluated has a twin in train. Raises FreezeError when train is empty."""
+    test), so nothing evaluated has a twin in train; with ``keep_val_overlap`` an id in train and val stays in both
+    (OpenAI keeps a validation file's lines whatever the training file holds). Raises FreezeError when train is
+    empty."""
     wanted: list[tuple[str, int]] = []
     seen: set[int] = set()
     for split in SPLITS:
+        in_split: set[int] = set()
         for pk in splits.get(split.value, []):
-            if pk not in seen:
+            twin = pk in seen and not (keep_val_overlap and split == Split.VAL and pk not in in_split)
+            if not twin:
                 seen.add(pk)
+                in_split.add(pk)
                 wanted.append((split.value, pk))
     rows = {
-        pk: (messages, n)
-        for pk, messages, n in Example.objects.filter(project=project, pk__in=seen).values_list(
-            "id", "messages", "token_count"
+        pk: (messages, n, tools)
+        for pk, messages, n, tools in Example.objects.filter(project=project, pk__in=seen).values_list(
+            "id", "messages", "token_count", "tools"
         )
     }
     items = [
-        FrozenItem(split, pk, rows[pk][0], content_hash(rows[pk][0]), rows[pk][1]) for split, pk in wanted if pk in rows
+        FrozenItem(split, pk, rows[pk][0], content_hash(rows[pk][0], rows[pk][2]), rows[pk][1], rows[pk][2])
+        for split, pk in wanted
+        if pk in rows
     ]
     if not any(item.split == Split.TRAIN for item in items):
         raise FreezeError("The training file holds no examples: a version needs something to train on.")
@@ -843,7 +864,8 @@ def freeze_subset(
         )
     )
     items = [
-        FrozenItem(split, i.example_id, i.messages, i.content_hash, counts.get(i.example_id)) for split, i in chosen
+        FrozenItem(split, i.example_id, i.messages, i.content_hash, counts.get(i.example_id), i.tools)
+        for split, i in chosen
     ]
     earlier = DatasetVersion.objects.filter(
         project=source.project_id, derived_from=source, content_hash=_version_hash(items)

@@ -210,6 +210,8 @@ class RunMetric(models.Model):
     val_loss = models.FloatField(null=True, blank=True)
     learning_rate = models.FloatField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
+    train_accuracy = models.FloatField(null=True, blank=True, help_text="share of learnt tokens predicted right")
+    val_accuracy = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

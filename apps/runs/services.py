@@ -600,6 +600,8 @@ class RunReporter:
                 "val_loss": m.val_loss,
                 "learning_rate": m.learning_rate,
                 "tokens_per_second": m.tokens_per_second,
+                "train_accuracy": m.train_accuracy,
+                "val_accuracy": m.val_accuracy,
             },
         )
 
@@ -645,8 +647,8 @@ def _train(run: Run, reporter: RunReporter, hooks):
     output_dir = run_dir(run)
     stop_point(hooks)
     config = train_config(run, artifacts.base_model_dir(run.base_model), output_dir)
-    train_data = run.dataset_version.conversations("train")
-    val_data = run.dataset_version.conversations("val")
+    train_data = run.dataset_version.training_conversations("train")
+    val_data = run.dataset_version.training_conversations("val")
     artifacts.fetch_newest_checkpoint(run.pk, output_dir, reporter.on_log)  # another node's newer checkpoint, if any
     # Metrics past the last checkpoint are logged again after a resume: drop them.
     resume = last_checkpoint(str(output_dir))
@@ -718,8 +720,8 @@ def execute_join(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0)
         launch = Launch(devices=run.devices, nodes=run.nodes, endpoint=endpoint, rdzv_id=rdzv_id, host=False)
         run_distributed(
             config,
-            run.dataset_version.conversations("train"),
-            run.dataset_version.conversations("val"),
+            run.dataset_version.training_conversations("train"),
+            run.dataset_version.training_conversations("val"),
             Hooks(should_cancel=lambda: stopped()[0], should_pause=lambda: stopped()[1]),
             launch=launch,
         )
