@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test starts the supervisor or its port check as a process
+
 SUPERVISE = str(Path(REPO) / "scripts" / "supervise.py")
 SLEEPER = f"{sys.executable} -c 'import time; time.sleep(120)'"
 
