@@ -52,22 +52,32 @@ def project_settings(request, project):
                 return redirect("project_settings", slug=project.slug)
             except services.MembershipError as exc:
                 form.add_error(None, str(exc))
+    return settings_page(request, project, form=form)
+
+
+def settings_page(request, project, *, form=None, shown_once: dict | None = None):
+    """The settings page. ``shown_once`` ({"what", "value"}): a new API key or signing secret, rendered in this
+    response only (never in a cookie or the session), which no cache keeps."""
     from apps.webhooks.views import section_context
 
-    return render(
+    response = render(
         request,
         "accounts/project_settings.html",
         {
-            "form": form,
+            "form": form or MemberForm(),
             "members": selectors.project_members(project),
             "api_keys": selectors.project_api_keys(project),
+            "shown_once": shown_once,
             **section_context(project),
         },
     )
+    if shown_once:
+        response["Cache-Control"] = "no-store"
+    return response
 
 
 def _api_key_action(request, project):
-    """Create (the key is shown once, in the message) or revoke one of the project's API keys."""
+    """Create (the key is shown once, in this response) or revoke one of the project's API keys."""
     from apps.api import services as api_services
 
     try:
@@ -75,9 +85,8 @@ def _api_key_action(request, project):
             key, raw = api_services.create_api_key(
                 project=project, user=request.user, name=request.POST.get("name", "")
             )
-            messages.success(
-                request, f"New API key {key.name or key.prefix}: {raw}  (copy it now; it is not shown again)"
-            )
+            shown = {"what": f"New API key {key.name or key.prefix}", "value": raw}
+            return settings_page(request, project, shown_once=shown)
         else:
             key = api_services.revoke_api_key(project=project, key_id=int(request.POST["revoke_key"]))
             messages.success(request, f"Revoked {key}. It stops working at once.")
