@@ -16,4 +16,5 @@ urlpatterns = [
     path("projects/new/", views.project_create, name="project_create"),
     path("p/<slug:slug>/", views.project_detail, name="project_detail"),
     path("p/<slug:slug>/settings/", views.project_settings, name="project_settings"),
+    path("invitations/<str:token>/", views.invitation, name="invitation"),
 ]

@@ -1,10 +1,12 @@
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.mail import send_mail
 from django.shortcuts import redirect, render
+from django.urls import reverse
 
 from . import selectors, services
-from .forms import MemberForm, ProjectForm
+from .forms import InviteForm, MemberForm, ProjectForm
 from .next_steps import next_steps
 from .permissions import project_view, projects_for
 
@@ -38,6 +40,8 @@ def project_settings(request, project):
     if request.method == "POST":
         if "create_key" in request.POST or "revoke_key" in request.POST:
             return _api_key_action(request, project)
+        if "invite" in request.POST:
+            return _invite(request, project)
         if "remove" in request.POST:
             try:
                 services.remove_member(project=project, membership_id=int(request.POST["remove"]))
@@ -55,7 +59,47 @@ def project_settings(request, project):
     return settings_page(request, project, form=form)
 
 
-def settings_page(request, project, *, form=None, shown_once: dict | None = None):
+def _invite(request, project):
+    """An invitation: its join link is shown once, in this response; with an email address it is also mailed."""
+    form = InviteForm(request.POST, prefix="invite")
+    if not form.is_valid():
+        return settings_page(request, project, invite_form=form)
+    email = form.cleaned_data["email"]
+    invitation, token = services.invite(
+        project=project, role=form.cleaned_data["role"], email=email, created_by=request.user
+    )
+    link = request.build_absolute_uri(reverse("invitation", kwargs={"token": token}))
+    what = f"Join link for {email or 'whoever you send it to'} as {invitation.get_role_display()} (valid 7 days)"
+    if email:
+        try:
+            send_mail(
+                f"Join {project.name} on Fine-Tuning Studio",
+                f"{request.user.username} invites you to {project.name} as {invitation.get_role_display()}.\n\n"
+                f"Sign in and accept: {link}\n",
+                None,
+                [invitation.email],
+            )
+            what = f"Invitation sent to {email}. Its link, if you would rather send it yourself"
+        except OSError:
+            what = f"The email to {email} could not be sent; send them this link yourself"
+    return settings_page(request, project, shown_once={"what": what, "value": link})
+
+
+@login_required
+def invitation(request, token: str):
+    """The invited user's page: which project and role, and a button to accept."""
+    try:
+        found = services.open_invitation(token)
+        if request.method == "POST":
+            membership = services.accept_invitation(token=token, user=request.user)
+            messages.success(request, f"You joined {membership.project.name} as {membership.get_role_display()}.")
+            return redirect(membership.project)
+    except services.MembershipError as exc:
+        return render(request, "accounts/invitation.html", {"error": str(exc)}, status=410)
+    return render(request, "accounts/invitation.html", {"invitation": found})
+
+
+def settings_page(request, project, *, form=None, invite_form=None, shown_once: dict | None = None):
     """The settings page. ``shown_once`` ({"what", "value"}): a new API key or signing secret, rendered in this
     response only (never in a cookie or the session), which no cache keeps."""
     from apps.webhooks.views import section_context
@@ -65,6 +109,7 @@ def settings_page(request, project, *, form=None, shown_once: dict | None = None
         "accounts/project_settings.html",
         {
             "form": form or MemberForm(),
+            "invite_form": invite_form or InviteForm(prefix="invite"),
             "members": selectors.project_members(project),
             "api_keys": selectors.project_api_keys(project),
             "shown_once": shown_once,
