@@ -34,7 +34,9 @@ def receiver(settings):
 
 
 def add_endpoint(team, url: str, events=("fine_tuning.job.succeeded", "fine_tuning.job.cancelled")) -> str:
-    response = team.client("pm").post(f"/p/{team.project.slug}/settings/webhooks/", {"url": url, "events": list(events)})
+    response = team.client("pm").post(
+        f"/p/{team.project.slug}/settings/webhooks/", {"url": url, "events": list(events)}
+    )
     page = response.content.decode()
     found = re.search(r"signing secret: <code>(whsec_[A-Za-z0-9+/=]+)", page)
     assert response.status_code == 200 and found, page  # shown in this response, not after a redirect
