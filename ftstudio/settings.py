@@ -248,6 +248,8 @@ if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
             "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
             "region_name": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
             "file_overwrite": False,
+            # A file read back (a /v1/files download) spills to a temporary file past this size, not to memory.
+            "max_memory_size": 5 * 1024 * 1024,
         },
     }
 # A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from apps.api import selectors as api_selectors
@@ -183,7 +184,10 @@ def test_the_inference_process_answers_with_an_adapter_only_the_store_holds(
         request = urllib.request.Request(
             f"{process.url}/v1/chat/completions",
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {django_settings.FTSTUDIO_INFERENCE_SECRET}",  # as the web process sends it
+            },
         )
         with urllib.request.urlopen(request, timeout=120) as response:
             reply = json.loads(response.read())
