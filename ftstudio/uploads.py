@@ -19,7 +19,7 @@ def too_large_message(size: int | None = None) -> str:
     limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
     limit_text = f"{limit / 2**20:,.0f} MB" if limit >= 2**20 else f"{limit:,} bytes"
     if size is None:
-        return f"The file is larger than the upload limit of {limit_text}."
+        return f"The file is too large: the limit is {limit_text}."
     return f"The upload is {size:,} bytes; the limit is {limit_text}."
 
 
