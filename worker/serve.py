@@ -71,7 +71,9 @@ SUPPORTED = {
 NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False}
 MAX_N = 8
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's range (a 64-bit signed integer)
-DEFAULT_MAX_BODY_BYTES = 2 * 2**20  # FTSTUDIO_API_MAX_BODY_BYTES: a chat body above it is refused unread
+# A body above this is refused unread (FTSTUDIO_INFERENCE_MAX_BODY_BYTES). The web process already caps what callers
+# send (FTSTUDIO_API_MAX_BODY_BYTES, 2 MiB); this leaves room for its re-encoding (non-ASCII text as \u escapes).
+DEFAULT_MAX_BODY_BYTES = 8 * 2**20
 CLIENT_POLL_SECONDS = 0.25  # how often a request waiting for tokens checks that its client is still there
 
 
@@ -625,7 +627,7 @@ def main() -> None:
         max_tokens_cap=args.max_tokens_cap,
         resolve=resolve,
         secret=secret,
-        max_body_bytes=int(env("FTSTUDIO_API_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))),
+        max_body_bytes=int(env("FTSTUDIO_INFERENCE_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))),
     )
     for folder in args.preload:
         server.engine.prompt_ids(folder, [{"role": "user", "content": "warm up"}])
