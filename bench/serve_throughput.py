@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -79,7 +80,12 @@ def main() -> None:
     jobs = [(i, prompts[i], targets[i % 3]) for i in range(args.requests)]
 
     url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "FTSTUDIO_INFERENCE_ROOTS": f"{Path(model_dir).parent},{adapters_dir}"}
+    secret = secrets.token_urlsafe(16)  # the inference process answers only requests that carry it
+    env = {
+        **os.environ,
+        "FTSTUDIO_INFERENCE_ROOTS": f"{Path(model_dir).parent},{adapters_dir}",
+        "FTSTUDIO_INFERENCE_SECRET": secret,
+    }
     server = subprocess.Popen(
         [
             sys.executable,
@@ -109,7 +115,7 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the inference process did not start") from None
                 time.sleep(0.5)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0, timeout=600)
 
         def call(job) -> tuple[int, str, int, float]:
             index, messages, adapter = job

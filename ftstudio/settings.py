@@ -17,6 +17,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from worker.artifacts import cache_location, var_dir
+from worker.inference_auth import shared_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = var_dir(os.environ)
@@ -78,6 +79,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "ftstudio.uploads.UploadLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -198,6 +200,12 @@ FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS = int(os.environ.get("FTSTUDIO_IMPORT_MAX_MESS
 FTSTUDIO_IMPORT_INLINE_BYTES = int(os.environ.get("FTSTUDIO_IMPORT_INLINE_BYTES", str(2 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Over FTSTUDIO_MAX_UPLOAD_BYTES: refused by Content-Length, and reading stops at the limit (ftstudio/uploads.py).
+FILE_UPLOAD_HANDLERS = [
+    "ftstudio.uploads.UploadLimitHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # --- Models ---------------------------------------------------------------------------------------
 # Weights are only loaded from directories under these roots (comma-separated absolute paths).
@@ -241,6 +249,8 @@ if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
             "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
             "region_name": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
             "file_overwrite": False,
+            # A file read back (a /v1/files download) spills to a temporary file past this size, not to memory.
+            "max_memory_size": 5 * 1024 * 1024,
         },
     }
 # A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).
@@ -258,6 +268,16 @@ FTSTUDIO_INFERENCE_URL = os.environ.get("FTSTUDIO_INFERENCE_URL", "http://127.0.
 if urlparse(FTSTUDIO_INFERENCE_URL).scheme not in {"http", "https"}:
     raise ImproperlyConfigured(f"FTSTUDIO_INFERENCE_URL={FTSTUDIO_INFERENCE_URL!r} is not an http(s) URL.")
 FTSTUDIO_INFERENCE_TIMEOUT = float(os.environ.get("FTSTUDIO_INFERENCE_TIMEOUT", "300"))
+# Sent with every forwarded request; the inference process refuses requests without it (worker/inference_auth.py).
+# Generated once under FTSTUDIO_VAR_DIR in the local setup; required when DJANGO_DEBUG is off.
+FTSTUDIO_INFERENCE_SECRET = shared_secret(os.environ, generate=DEBUG)
+if not FTSTUDIO_INFERENCE_SECRET:
+    raise ImproperlyConfigured(
+        "FTSTUDIO_INFERENCE_SECRET is not set and DJANGO_DEBUG is off: refusing to start. Set it to a long random "
+        "string, the same for the web process and the inference process."
+    )
+# A chat request body above this many bytes is refused before it is read (413).
+FTSTUDIO_API_MAX_BODY_BYTES = int(os.environ.get("FTSTUDIO_API_MAX_BODY_BYTES", str(2 * 1024 * 1024)))
 # Largest max_tokens a request may ask for, and how many requests one key may have running at once.
 FTSTUDIO_API_MAX_TOKENS = int(os.environ.get("FTSTUDIO_API_MAX_TOKENS", "1024"))
 FTSTUDIO_API_MAX_CONCURRENT_PER_KEY = int(os.environ.get("FTSTUDIO_API_MAX_CONCURRENT_PER_KEY", "8"))

@@ -34,7 +34,14 @@ class InferenceProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "FTSTUDIO_INFERENCE_ROOTS": ",".join(roots), "PYTHONUNBUFFERED": "1"}
+        from django.conf import settings
+
+        env = {
+            **os.environ,
+            "FTSTUDIO_INFERENCE_ROOTS": ",".join(roots),
+            "PYTHONUNBUFFERED": "1",
+            "FTSTUDIO_INFERENCE_SECRET": settings.FTSTUDIO_INFERENCE_SECRET,  # the web process's, as in production
+        }
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "worker.serve", "--port", str(self.port), *extra],

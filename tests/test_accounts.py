@@ -1,4 +1,7 @@
+import re
+
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from apps.accounts import services
@@ -36,18 +39,61 @@ def test_two_projects_with_the_same_name_get_distinct_slugs(db):
     assert a.slug != b.slug
 
 
-def test_pm_adds_a_reviewer_and_changes_roles(team):
-    UserFactory(username="newbie")
+def test_pm_changes_a_member_s_role(team):
     client = team.client("pm")
-    client.post(reverse("project_settings", args=[team.project.slug]), {"username": "newbie", "role": "reviewer"})
-    assert Membership.objects.get(user__username="newbie", project=team.project).role == Role.REVIEWER
+    client.post(reverse("project_settings", args=[team.project.slug]), {"username": "designer", "role": "reviewer"})
+    assert Membership.objects.get(user=team.designer, project=team.project).role == Role.REVIEWER
 
 
-def test_adding_an_unknown_user_says_so(team):
-    response = team.client("pm").post(
-        reverse("project_settings", args=[team.project.slug]), {"username": "ghost", "role": "reviewer"}
+def test_the_role_form_adds_nobody_and_never_says_whether_a_username_exists(team):
+    UserFactory(username="newbie")
+    UserFactory(username="root", is_staff=True, is_superuser=True)
+    url = reverse("project_settings", args=[team.project.slug])
+    answers = set()
+    for name in ("newbie", "root", "ghost"):
+        page = team.client("pm").post(url, {"username": name, "role": "reviewer"}).content.decode()
+        answers.add(re.search(r'role="alert">(.*?)</div>', page, re.S).group(1).replace(name, "NAME"))
+    assert len(answers) == 1 and "join by invitation" in answers.pop()
+    assert not Membership.objects.filter(project=team.project, user__username__in=["newbie", "root"]).exists()
+
+
+def invite(team, role="reviewer", email="") -> str:
+    page = team.client("pm").post(
+        reverse("project_settings", args=[team.project.slug]),
+        {"invite": "1", "invite-role": role, "invite-email": email},
     )
-    assert "No user is called" in response.content.decode()
+    assert page.status_code == 200 and page["Cache-Control"] == "no-store"
+    return re.search(r"<code>https?://[^/]+(/invitations/[\w-]+/)</code>", page.content.decode()).group(1)
+
+
+def test_an_invitation_by_email_is_accepted_by_that_user_only_and_once(team, mailoutbox):
+    link = invite(team, email="Ann@Example.com")
+    assert len(mailoutbox) == 1 and mailoutbox[0].to == ["ann@example.com"] and link in mailoutbox[0].body
+    ann = UserFactory(username="ann", email="ann@example.com")
+    other = Client()
+    other.force_login(UserFactory(username="bob", email="bob@example.com"))
+    assert "another email address" in other.post(link).content.decode()
+    client = Client()
+    client.force_login(ann)
+    assert "Support replies" in client.get(link).content.decode()
+    assert not Membership.objects.filter(user=ann).exists()  # opening the link is not accepting it
+    assert client.post(link).status_code == 302
+    assert Membership.objects.get(user=ann, project=team.project).role == Role.REVIEWER
+    again = other.post(link)
+    assert again.status_code == 410 and "used or has expired" in again.content.decode()
+
+
+def test_a_join_link_needs_a_signed_in_user_and_works_once(team):
+    link = invite(team, role="designer")
+    assert Client().get(link).status_code == 302  # to the log-in page
+    carl = UserFactory(username="carl")
+    client = Client()
+    client.force_login(carl)
+    client.post(link)
+    assert Membership.objects.get(user=carl, project=team.project).role == Role.DESIGNER
+    dana = Client()
+    dana.force_login(UserFactory(username="dana"))
+    assert dana.post(link).status_code == 410
 
 
 def test_the_last_pm_cannot_be_demoted_or_removed(team):

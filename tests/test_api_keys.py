@@ -15,8 +15,10 @@ pytestmark = pytest.mark.django_db
 
 def test_a_pm_creates_a_key_sees_it_once_and_the_page_shows_its_use(team):
     pm = team.client("pm")
-    page = pm.post("/p/support/settings/", {"create_key": "1", "name": "support widget"}, follow=True).content.decode()
-    raw = re.search(r"(fts_[\w-]+)", page).group(1)
+    response = pm.post("/p/support/settings/", {"create_key": "1", "name": "support widget"})
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"  # in this response, no redirect
+    raw = re.search(r"(fts_[\w-]+)", response.content.decode()).group(1)
+    assert not any(raw in morsel.value for morsel in response.cookies.values())  # not in the messages cookie
     key = ApiKey.objects.get(project=team.project)
     assert key.user == team.pm and key.name == "support widget"
     assert raw not in (key.hashed, key.prefix) and key.prefix == raw[:12]

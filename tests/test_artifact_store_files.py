@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from apps.api import selectors as api_selectors
@@ -183,7 +184,10 @@ def test_the_inference_process_answers_with_an_adapter_only_the_store_holds(
         request = urllib.request.Request(
             f"{process.url}/v1/chat/completions",
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {django_settings.FTSTUDIO_INFERENCE_SECRET}",  # as the web process sends it
+            },
         )
         with urllib.request.urlopen(request, timeout=120) as response:
             reply = json.loads(response.read())
@@ -228,7 +232,7 @@ def test_v1_files_are_kept_in_the_bucket_and_read_back_from_it(
     assert [o["Size"] for o in objects] == [len(data)]
     assert not (settings.MEDIA_ROOT / "api-files").exists()  # not on the web node's disk
     content = team.client("pm").get(f"/v1/files/{file_id}/content", **auth)
-    assert content.status_code == 200 and content.content == data
+    assert content.status_code == 200 and b"".join(content.streaming_content) == data  # streamed from the bucket
 
     job = team.client("pm").post(
         "/v1/fine_tuning/jobs",

@@ -81,7 +81,7 @@ def endpoint():
 def verdict(endpoint, mode, first="Hi Cy,\nIt ships today.\nBye", second="Hello.", timeout=10.0):
     Judge.mode = mode
     return judge_pair(
-        JudgeConfig(endpoint, "judge-model", "sk-test", timeout_s=timeout),
+        JudgeConfig(endpoint, "judge-model", "sk-test", timeout_s=timeout, allow_private=True),
         rubric=RUBRIC,
         input_text="Customer: Cy",
         first=first,
@@ -129,6 +129,7 @@ def judged_setup(db, team, settings, tiny_model_dir, tmp_path_factory, endpoint)
     from apps.evaluations.models import Generation
     from tests.eval_setup import make_evaluation
 
+    settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = True  # the judge is on loopback
     evaluation, _ = make_evaluation(
         team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, reviewers_per_pair=1
     )
@@ -168,7 +169,7 @@ def test_unjudged_pairs_keep_the_reason_are_never_counted_and_are_retried(team, 
     Judge.mode = "garbage"
     assert services.run_judge(evaluation.pk) == {"judged": 0, "unjudged": 9}
     assert set(JudgeVerdict.objects.values_list("judged", "winner", "error")) == {
-        (False, None, "no verdict in the judge's reply: \"I'm sorry, I can't compare these answers.\"")
+        (False, None, "no verdict in the judge's reply")  # summarised: the endpoint's words are not shown
     }
     report = selectors.judge_report(evaluation, bootstrap=0)
     assert report.judged == 0 and report.unjudged == 9 and all(p.outcome.items == 0 for p in report.pairs)
@@ -307,3 +308,47 @@ def test_the_judge_gate_counts_pairs_judged_by_both_not_every_human_judged_pair(
         "rubric version (9 judged by reviewers); judge figures show from 9."
     ) in page
     assert '<span id="judge-kappa">1.00</span>' in page and "on 3 pairs judged by both" in page
+
+
+# --- the judge's endpoint held like a webhook's: public addresses only, errors summarised, the key kept to its URL ---
+def test_the_judge_endpoint_gets_the_webhooks_ssrf_check(db, team, settings, endpoint):
+    from apps.evaluations import services
+
+    settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = False
+    for url in (
+        endpoint,  # loopback
+        "http://169.254.169.254/v1",
+        "http://[64:ff9b::7f00:1]/v1",  # NAT64 form of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/v1",  # 6to4 form of 169.254.169.254
+    ):
+        with pytest.raises(services.EvaluationError) as refused:
+            services.save_judge_settings(project=team.project, base_url=url, model="m", api_key="sk-1")
+        assert "private, loopback or reserved" in str(refused.value), url
+    # A verdict asked of a private address (stored before, or resolving differently now) is refused when sent.
+    v = verdict_of(JudgeConfig(endpoint, "judge-model", "sk-test", timeout_s=2))
+    assert v.winner is None and "private, loopback or reserved" in v.error and Judge.seen == []
+
+
+def verdict_of(config):
+    return judge_pair(config, rubric="Greets by name.", input_text="Cy", first="Hi Cy,\nOk.", second="Hello.")
+
+
+def test_the_endpoint_s_error_text_is_summarised_not_stored(endpoint):
+    Judge.mode = "error"
+    v = verdict_of(JudgeConfig(endpoint, "judge-model", "sk-test", timeout_s=2, allow_private=True))
+    assert v.error == "the judge answered HTTP 500" and "overloaded" not in v.error
+
+
+def test_a_changed_judge_url_needs_the_key_again(db, team, settings, endpoint):
+    from apps.evaluations import services
+    from apps.evaluations.models import JudgeSettings
+
+    settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = True
+    services.save_judge_settings(project=team.project, base_url=endpoint, model="m", api_key="sk-secret-123")
+    elsewhere = endpoint.replace("/v1", "/other/v1")
+    with pytest.raises(services.EvaluationError) as refused:
+        services.save_judge_settings(project=team.project, base_url=elsewhere, model="m")
+    assert "enter its API key again" in str(refused.value)
+    assert JudgeSettings.objects.get().base_url == endpoint
+    services.save_judge_settings(project=team.project, base_url=elsewhere, model="m", api_key="sk-other")
+    assert (JudgeSettings.objects.get().base_url, JudgeSettings.objects.get().api_key) == (elsewhere, "sk-other")

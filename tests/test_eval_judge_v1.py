@@ -20,7 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_the_studios_own_v1_endpoint_serves_as_the_judge(settings, live_server, inference, team, tiny_base_model):
     settings.FTSTUDIO_INFERENCE_URL = inference.url
     key, raw = api_services.create_api_key(project=team.project, user=team.pm, name="judge")
-    config = JudgeConfig(f"{live_server.url}/v1", tiny_base_model.name, raw, timeout_s=120, max_tokens=8)
+    config = JudgeConfig(
+        f"{live_server.url}/v1", tiny_base_model.name, raw, timeout_s=120, max_tokens=8, allow_private=True
+    )
     rubric = rubric_text(
         [
             {

@@ -29,6 +29,12 @@ def test_debug_off_without_secret_key_refuses_to_start():
     assert "DJANGO_SECRET_KEY is not set" in result.stderr
 
 
+def test_debug_off_without_the_inference_secret_refuses_to_start():
+    env = {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "studio.example.com"}
+    result = _check({**env, "FTSTUDIO_INFERENCE_SECRET": ""})
+    assert result.returncode != 0 and "FTSTUDIO_INFERENCE_SECRET is not set" in result.stderr
+
+
 def test_bad_database_url_names_the_variable():
     result = _check({"DJANGO_DEBUG": "1", "DATABASE_URL": "mysqlish://nope"})
     assert result.returncode != 0
@@ -51,6 +57,7 @@ def test_deploy_check_is_clean_with_production_settings():
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": "x" * 30 + "-a-long-random-production-secret-Q9z!",
         "DJANGO_ALLOWED_HOSTS": "studio.example.com",
+        "FTSTUDIO_INFERENCE_SECRET": "another-long-random-string-for-the-inference-process",
     }
     result = _check(env, "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr

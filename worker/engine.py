@@ -105,6 +105,12 @@ class Request:
     finished_at: float | None = None
     cancelled: bool = False
     generator: object = None
+    scope: str | None = None  # whose prompt beginnings this row may reuse (a project); None: the evaluations'
+
+    @property
+    def prefix_owner(self):
+        """The prefix cache's key for this row's stored beginnings: the adapter, apart per scope."""
+        return self.adapter if self.scope is None else (self.adapter, self.scope)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -421,7 +427,7 @@ class BatchRunner:
         forget the stored prompt beginnings of adapters that are gone."""
         self._layers_on = None
         loaded = getattr(self.model, "peft_config", {})
-        self.prefixes.forget(lambda name: name in loaded)
+        self.prefixes.forget(lambda owner: (owner[0] if isinstance(owner, tuple) else owner) in {None, *loaded})
 
     def _decode(self) -> list[Request]:
         import torch
@@ -454,9 +460,10 @@ class BatchRunner:
         cache = new_cache(past)
         logits = self._forward([r.adapter for r in newcomers], ids, mask, positions, cache)
         (r, *others) = newcomers
-        if not others and self.prefixes.worth_storing(r.adapter, r.prompt_ids):
+        if not others and self.prefixes.worth_storing(r.prefix_owner, r.prompt_ids):
             # Its whole prompt may begin the next one (a system prompt, a conversation): copied only when kept.
-            self.prefixes.store(r.adapter, r.prompt_ids, [(la.keys.clone(), la.values.clone()) for la in cache.layers])
+            layers = [(la.keys.clone(), la.values.clone()) for la in cache.layers]
+            self.prefixes.store(r.prefix_owner, r.prompt_ids, layers)
         self._merge(newcomers, cache, mask)
         return self._advance(logits, only=range(len(self.rows) - len(newcomers), len(self.rows)))
 
@@ -474,11 +481,11 @@ class BatchRunner:
         if limit < MIN_PREFIX_TOKENS:
             return 0, None
         found = {}
-        for adapter in dict.fromkeys(r.adapter for r in newcomers):
-            n, layers = self.prefixes.longest(adapter, first[:limit])
+        for owner, adapter in {r.prefix_owner: r.adapter for r in newcomers}.items():
+            n, layers = self.prefixes.longest(owner, first[:limit])
             if len(newcomers) > 1 and n < limit:
-                n, layers = limit, self._prefill_beginning(adapter, first[:limit], n, layers)
-            found[adapter] = (n, layers)
+                n, layers = limit, self._prefill_beginning(adapter, first[:limit], n, layers, owner)
+            found[owner] = (n, layers)
         shared = min(n for n, _ in found.values())
         if shared < MIN_PREFIX_TOKENS:
             return 0, None
@@ -490,7 +497,7 @@ class BatchRunner:
                 (k[:, :, :shared].expand(rows, -1, -1, -1), v[:, :, :shared].expand(rows, -1, -1, -1))
                 for k, v in layers
             ]
-        per_row = [found[r.adapter][1] for r in newcomers]
+        per_row = [found[r.prefix_owner][1] for r in newcomers]
         return shared, [
             (
                 torch.cat([layers[i][0][:, :, :shared] for layers in per_row]),
@@ -499,9 +506,9 @@ class BatchRunner:
             for i in range(len(per_row[0]))
         ]
 
-    def _prefill_beginning(self, adapter: str | None, ids: list[int], known: int, layers) -> list:
+    def _prefill_beginning(self, adapter: str | None, ids: list[int], known: int, layers, owner=None) -> list:
         """Keys and values of ``ids`` for ``adapter`` (one row), going on from the first ``known`` tokens'
-        ``layers``; stored in the prefix cache."""
+        ``layers``; stored in the prefix cache under ``owner`` (the rows' ``prefix_owner``)."""
         import torch
         from transformers import DynamicCache
 
@@ -511,7 +518,7 @@ class BatchRunner:
         positions = torch.arange(known, len(ids), device=self.device).unsqueeze(0)
         self._forward([adapter], tokens, mask, positions, cache)
         layers = [(la.keys, la.values) for la in cache.layers]
-        self.prefixes.store(adapter, ids, layers)
+        self.prefixes.store(adapter if owner is None else owner, ids, layers)
         return layers
 
     def _merge(self, newcomers: list[Request], cache, mask) -> None:
@@ -667,6 +674,14 @@ class _Base:
     tokenizer: object
     context_length: int
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter path -> peft adapter name (LRU order)
+    tokenizing: threading.Lock = field(default_factory=threading.Lock)  # request threads tokenize one at a time
+    _longest_token: int = 0
+
+    def longest_token_chars(self) -> int:
+        """Characters of the vocabulary's longest token (a prompt of N characters has at least N / this tokens)."""
+        if not self._longest_token:
+            self._longest_token = max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
+        return self._longest_token
 
 
 def adapter_problem(path: str) -> str | None:
@@ -678,6 +693,15 @@ def adapter_problem(path: str) -> str | None:
     if missing:
         return f"the adapter folder {folder.name} has no {', '.join(missing)}"
     return None
+
+
+def _too_long(context: int, prompt: int, asked: int, bound: str = "") -> EngineError:
+    return EngineError(
+        f"This model's context is {context} tokens; the messages take {bound}{prompt} and "
+        f"max_tokens asks for {asked} more. Shorten the messages or lower max_tokens.",
+        code="context_length_exceeded",
+        param="messages",
+    )
 
 
 def _stopping() -> EngineError:
@@ -775,13 +799,21 @@ class Engine:
         base.adapters[adapter_path] = name
         return name
 
-    def prompt_ids(self, model_dir: str, messages: list[dict]) -> list[int]:
+    def prompt_ids(self, model_dir: str, messages: list[dict], max_tokens: int | None = None) -> list[int]:
+        """The prompt's token ids, rendered and tokenized on the caller's thread (never the engine's: a long body
+        would stall every stream). With ``max_tokens``: a prompt that cannot fit the context with that many new
+        tokens is refused by its length in characters before it is tokenized."""
         from worker.generate import render_prompt
 
         model_dir = self._check_root(model_dir, "base model")
         base = self._on_loop(lambda: self._base(model_dir))
         text = render_prompt(base.tokenizer, messages)
-        return base.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max_tokens is not None:
+            at_least = len(text) // base.longest_token_chars()  # no token is longer than the vocabulary's longest
+            if at_least + max_tokens > base.context_length:
+                raise _too_long(base.context_length, at_least, max_tokens, "at least ")
+        with base.tokenizing:
+            return base.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def submit(
         self,
@@ -793,14 +825,16 @@ class Engine:
         client: str | None = None,
         client_limit: int = 0,
         sink: queue.SimpleQueue | None = None,
+        scope: str | None = None,
     ) -> list[Request]:
-        """Admit one request per ``params`` (OpenAI's ``n``) or raise EngineError; they join the batch at once."""
-        from worker.generate import render_prompt
-
+        """Admit one request per ``params`` (OpenAI's ``n``) or raise EngineError; they join the batch at once,
+        all of them or none. ``scope`` (the caller's project) keeps prompt beginnings apart in the prefix cache."""
         model_dir = self._check_root(model_dir, "base model")
         if adapter_path:
             adapter_path = self._check_root(adapter_path, "adapter")
         sink = sink if sink is not None else queue.SimpleQueue()
+        longest = max(p.max_new_tokens for p in params)
+        ids = self.prompt_ids(model_dir, messages, max_tokens=longest)
 
         def admit() -> list[Request]:
             base = self._base(model_dir)
@@ -820,22 +854,19 @@ class Engine:
                     code="queue_full",
                     kind="rate_limit_error",
                 )
-            ids = base.tokenizer(render_prompt(base.tokenizer, messages), add_special_tokens=False)["input_ids"]
-            longest = max(p.max_new_tokens for p in params)
             if len(ids) + longest > base.context_length:
-                raise EngineError(
-                    f"This model's context is {base.context_length} tokens; the messages take {len(ids)} and "
-                    f"max_tokens asks for {longest} more. Shorten the messages or lower max_tokens.",
-                    code="context_length_exceeded",
-                    param="messages",
-                )
+                raise _too_long(base.context_length, len(ids), longest)
             adapter = self._adapter_name(base, adapter_path) if adapter_path else None
             requests = [
-                Request(prompt_ids=list(ids), params=p, adapter=adapter, index=i, sink=sink, client=client)
+                Request(prompt_ids=list(ids), params=p, adapter=adapter, index=i, sink=sink, client=client, scope=scope)
                 for i, p in enumerate(params)
             ]
-            for r in requests:
-                runner.add(r)
+            try:
+                for r in requests:
+                    runner.add(r)
+            except Exception:  # e.g. a seed the generator refuses: no row stays behind uncounted
+                runner.waiting = [w for w in runner.waiting if w not in requests]
+                raise
             self._active[client] = self._active.get(client, 0) + len(requests)
             return requests
 

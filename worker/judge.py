@@ -5,14 +5,20 @@ answers, and must reply with JSON ``{"reasoning": "...", "winner": "A" | "B" | "
 judged in both orders (first candidate as A, then as B): it counts as a win only when both orders pick
 the same candidate, otherwise it is a tie (a judge that always prefers A gives only ties). A timeout, an
 error, or a reply without a verdict leaves the pair **unjudged** with the reason, never a tie or a win;
-the caller retries it later.
+the caller retries it later. The reason is our summary (a status, a timeout); what the endpoint said is logged only.
+The endpoint is called through the one SSRF check (``worker.outbound``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
+
+from worker.outbound import OutboundRefused
+
+log = logging.getLogger(__name__)
 
 SYSTEM = (
     "You are a strict, impartial reviewer. You compare two answers to the same input against a rubric. "
@@ -28,6 +34,7 @@ class JudgeConfig:
     api_key: str = "none"
     timeout_s: float = 60.0
     max_tokens: int = 400
+    allow_private: bool = False  # a judge on a private or loopback address (tests, an all-internal deployment)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ def parse_pick(text: str) -> tuple[str, str]:
     if match:
         pick = match.group(1)
         return ("tie" if pick.lower() == "tie" else pick.upper()), cleaned[:2000]
-    raise JudgeError(f"no verdict in the judge's reply: {cleaned[:120]!r}")
+    log.info("no verdict in the judge's reply: %.500r", cleaned)
+    raise JudgeError("no verdict in the judge's reply")
 
 
 def _ask(client, config: JudgeConfig, messages: list[dict]) -> str:
@@ -103,20 +111,34 @@ def _ask(client, config: JudgeConfig, messages: list[dict]) -> str:
         )
     except openai.APITimeoutError as exc:
         raise JudgeError(f"the judge timed out after {config.timeout_s:g} s") from exc
-    except openai.APIStatusError as exc:
-        raise JudgeError(f"the judge answered HTTP {exc.status_code}: {str(exc.message)[:160]}") from exc
+    except openai.APIStatusError as exc:  # the endpoint's own words are logged, not stored for the results page
+        log.info("the judge answered HTTP %s: %.500s", exc.status_code, exc.message)
+        raise JudgeError(f"the judge answered HTTP {exc.status_code}") from exc
     except openai.APIError as exc:
-        raise JudgeError(f"the judge could not be reached: {exc}"[:200]) from exc
+        log.info("the judge could not be reached: %s", exc)
+        cause = exc.__cause__
+        refused = isinstance(cause, OutboundRefused) or isinstance(cause and cause.__cause__, OutboundRefused)
+        raise JudgeError(
+            "the judge's address is private, loopback or reserved" if refused else "the judge could not be reached"
+        ) from exc
     if not response.choices or not response.choices[0].message.content:
         raise JudgeError("the judge's reply was empty")
     return response.choices[0].message.content
 
 
 def client_for(config: JudgeConfig):
+    import httpx
     import openai
 
+    from worker.outbound import PublicOnlyTransport
+
     return openai.OpenAI(
-        base_url=config.base_url, api_key=config.api_key or "none", timeout=config.timeout_s, max_retries=0
+        base_url=config.base_url,
+        api_key=config.api_key or "none",
+        timeout=config.timeout_s,
+        max_retries=0,
+        # the one SSRF check: public addresses only, connected to as resolved; no redirects
+        http_client=httpx.Client(transport=PublicOnlyTransport(allow_private=config.allow_private)),
     )
 
 

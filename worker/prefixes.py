@@ -107,7 +107,8 @@ class PrefixCache:
             self._drop(next(iter(self._entries)))
 
     def forget(self, keep_adapter) -> None:
-        """Drop the entries of adapters for which ``keep_adapter(name)`` is false (the base model's are kept)."""
+        """Drop the entries of adapters for which ``keep_adapter(name)`` is false (the base model's are kept).
+        Entries kept apart per project are keyed ``(adapter, project)``: ``keep_adapter`` gets that pair."""
         for key in [k for k in self._entries if k[0] is not None and not keep_adapter(k[0])]:
             self._drop(key)
 

@@ -7,9 +7,11 @@ docker-compose), so chat answers while a training run occupies the worker. The w
 authenticates the caller, resolves the public model id and forwards the request here with one extension
 field, ``ftstudio``: ``{"base": model dir, "adapter": adapter dir or null, "client": key id,
 "client_limit": N}``, plus ``base_key``/``adapter_key`` (keys in the artifact store) when one is configured.
-Paths must lie under this process's roots (``FTSTUDIO_INFERENCE_ROOTS``). A folder that is not on this node's
-disk (trained on another node) is fetched by its key from the artifact store (``FTSTUDIO_ARTIFACTS_URL``) into
-this node's bounded cache (``FTSTUDIO_ARTIFACT_CACHE``, ``FTSTUDIO_ARTIFACT_CACHE_BYTES``): `Resolver`.
+Every POST carries ``Authorization: Bearer <FTSTUDIO_INFERENCE_SECRET>`` (``worker/inference_auth.py``); without a
+secret the process only listens on loopback. Paths must lie under this process's roots (``FTSTUDIO_INFERENCE_ROOTS``).
+A folder that is not on this node's disk (trained on another node) is fetched by its key from the artifact store
+(``FTSTUDIO_ARTIFACTS_URL``) into this node's bounded cache (``FTSTUDIO_ARTIFACT_CACHE``,
+``FTSTUDIO_ARTIFACT_CACHE_BYTES``): `Resolver`.
 
 ``parse_chat_request`` is the one definition of which OpenAI fields are supported; the web process calls
 it too, so a field this engine cannot honour is a 400 naming it before anything is forwarded.
@@ -20,11 +22,14 @@ Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with ``data
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
 import queue
 import random
+import select
+import socket
 import sys
 import threading
 import time
@@ -43,6 +48,7 @@ from worker.artifacts import (
     var_dir,
 )
 from worker.engine import Engine, EngineError, SamplingParams
+from worker.inference_auth import shared_secret
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,11 @@ SUPPORTED = {
 # Fields accepted only at the value that leaves the output unchanged.
 NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False}
 MAX_N = 8
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's range (a 64-bit signed integer)
+# A body above this is refused unread (FTSTUDIO_INFERENCE_MAX_BODY_BYTES). The web process already caps what callers
+# send (FTSTUDIO_API_MAX_BODY_BYTES, 2 MiB); this leaves room for its re-encoding (non-ASCII text as \u escapes).
+DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+CLIENT_POLL_SECONDS = 0.25  # how often a request waiting for tokens checks that its client is still there
 
 
 @dataclass
@@ -155,8 +166,8 @@ def parse_chat_request(
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise _bad(f"n must be an integer from 1 to {MAX_N}; got {n!r}.", "n")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _bad(f"seed must be an integer; got {seed!r}.", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX):
+        raise _bad(f"seed must be an integer from {SEED_MIN} to {SEED_MAX}; got {seed!r}.", "seed")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     stop = body.get("stop")
@@ -234,9 +245,12 @@ class Server(ThreadingHTTPServer):
         max_tokens_cap: int,
         default_max_tokens: int,
         resolve: Resolver | None = None,
+        secret: str = "",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ):
         super().__init__(address, Handler)
         self.engine, self.max_tokens_cap, self.default_max_tokens = engine, max_tokens_cap, default_max_tokens
+        self.secret, self.max_body_bytes = secret, max_body_bytes  # secret "": no check (loopback only, see main)
         self.resolve = resolve or Resolver(None, LocalCache("/nonexistent", 0))
         self.vllm = None  # a worker.vllm.VllmForwarder when FTSTUDIO_VLLM_URL hands chat to a vLLM server
 
@@ -291,8 +305,20 @@ class Handler(BaseHTTPRequestHandler):
                     }
                 },
             )
+        requests = []
         try:
+            if self.server.secret and not hmac.compare_digest(
+                self.headers.get("Authorization", "").encode(), f"Bearer {self.server.secret}".encode()
+            ):
+                raise EngineError(
+                    "Only the web process may call the inference process (the shared secret is missing or wrong).",
+                    status=401,
+                    code="invalid_api_key",
+                )
             length = int(self.headers.get("Content-Length") or 0)
+            if length > self.server.max_body_bytes:
+                self.close_connection = True  # the body is left unread
+                raise _bad(f"The body is {length} bytes; at most {self.server.max_body_bytes} are accepted.", None)
             try:
                 body = json.loads(self.rfile.read(length) or b"null")
             except ValueError as exc:
@@ -319,13 +345,34 @@ class Handler(BaseHTTPRequestHandler):
                 client=str(ext.get("client")) if ext.get("client") is not None else None,
                 client_limit=int(ext.get("client_limit") or 0),
                 sink=sink,
+                scope=str(ext["scope"]) if ext.get("scope") is not None else None,
             )
+            if chat.stream:
+                self._stream(chat, requests, sink)
+            else:
+                self._complete(chat, requests, sink)
         except EngineError as exc:
             return self._json(exc.status, error_body(exc))
-        if chat.stream:
-            self._stream(chat, requests, sink)
-        else:
-            self._complete(chat, requests, sink)
+        finally:
+            for r in requests:  # a handler that ends for any reason (a client gone, an error) frees its rows
+                r.cancel()
+
+    def _client_gone(self) -> bool:
+        """Whether the caller closed its connection (readable with nothing to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
+
+    def _next_event(self, sink) -> tuple:
+        """The next engine event; ConnectionResetError as soon as the caller is gone (its rows leave the batch)."""
+        while True:
+            try:
+                return sink.get(timeout=CLIENT_POLL_SECONDS)
+            except queue.Empty:
+                if self._client_gone():
+                    raise ConnectionResetError("the client went away") from None
 
     def _start_event_stream(self) -> None:
         """Headers of a server-sent event stream; the connection closes when it ends."""
@@ -373,7 +420,7 @@ class Handler(BaseHTTPRequestHandler):
         """Deliver events until every choice is done; returns an error message if the engine failed."""
         remaining = len(requests)
         while remaining:
-            index, kind, value = sink.get()
+            index, kind, value = self._next_event(sink)
             if kind == "delta" and on_delta is not None:
                 on_delta(index, value)
             elif kind == "done":
@@ -450,7 +497,7 @@ class Handler(BaseHTTPRequestHandler):
                     index, kind, value = sink.get_nowait()
                 except queue.Empty:
                     send()  # everything that was ready is out; wait for the next token
-                    index, kind, value = sink.get()
+                    index, kind, value = self._next_event(sink)
                 if kind == "delta":
                     chunk([{"index": index, "delta": {"content": value}, "logprobs": None, "finish_reason": None}])
                 elif kind == "done":
@@ -497,6 +544,8 @@ def make_server(
     max_tokens_cap: int = 1024,
     default_max_tokens: int = 256,
     resolve: Resolver | None = None,
+    secret: str = "",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Server:
     from worker.models import shipped_gguf_path
 
@@ -510,7 +559,13 @@ def make_server(
         allowed_roots=[*roots, *([str(shipped.parent)] if shipped else []), *cache],
     )
     server = Server(
-        (host, port), engine, max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens, resolve=resolve
+        (host, port),
+        engine,
+        max_tokens_cap=max_tokens_cap,
+        default_max_tokens=default_max_tokens,
+        resolve=resolve,
+        secret=secret,
+        max_body_bytes=max_body_bytes,
     )
     if os.environ.get("FTSTUDIO_VLLM_URL"):
         from worker.vllm import VllmForwarder
@@ -543,6 +598,14 @@ def main() -> None:
     logging.basicConfig(
         level=env("FTSTUDIO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    loopback = args.host in {"127.0.0.1", "::1", "localhost"}
+    secret = shared_secret(generate=loopback)
+    if not secret:
+        sys.stderr.write(
+            f"ftstudio inference: set FTSTUDIO_INFERENCE_SECRET (the web process's value) to listen on {args.host}; "
+            "without it only 127.0.0.1 is allowed.\n"
+        )
+        raise SystemExit(78)
     resolve = Resolver.from_env()
     if resolve.store is not None:
         try:  # wrong credentials or no bucket: stop now, naming the variable (like the web process and workers)
@@ -563,6 +626,8 @@ def main() -> None:
         max_queue=args.max_queue,
         max_tokens_cap=args.max_tokens_cap,
         resolve=resolve,
+        secret=secret,
+        max_body_bytes=int(env("FTSTUDIO_INFERENCE_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))),
     )
     for folder in args.preload:
         server.engine.prompt_ids(folder, [{"role": "user", "content": "warm up"}])

@@ -11,5 +11,12 @@ class ProjectForm(forms.Form):
 
 
 class MemberForm(forms.Form):
-    username = forms.CharField(max_length=150)
+    username = forms.CharField(max_length=150, help_text="A member of this project.")
     role = forms.ChoiceField(choices=Role.choices)
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(
+        required=False, help_text="Only the person with this address can accept. Leave it empty for a join link."
+    )
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.REVIEWER)

@@ -46,3 +46,28 @@ class Membership(TimeStamped):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} in {self.project}"
+
+
+class Invitation(TimeStamped):
+    """A PM's invitation to join a project with a role: for one email address, or (no address) a join link that the
+    first signed-in user who opens it may accept. Used once; only a hash of its token is stored."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    email = models.EmailField(blank=True, help_text="empty: a join link for whoever has it")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation to {self.project} as {self.role}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("project_settings", kwargs={"slug": self.project.slug})

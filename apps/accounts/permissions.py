@@ -179,6 +179,17 @@ def judging_blind(project: Project, user, access: Access, *, besides=None) -> bo
     return any(_blind_work_ahead(ReviewState(e, user), access) for e in others)
 
 
+def may_call_run(run, user, access: Access) -> bool:
+    """Whether the member may call this run's model (the playground, /v1/chat): not while they have blind review
+    work ahead in an evaluation of which it is a candidate, since its answers would tell the candidates apart."""
+    from apps.evaluations.models import Evaluation
+
+    if not access.allows("review") or not user.is_authenticated:
+        return True
+    evaluations = Evaluation.objects.filter(project_id=run.project_id, candidates__run=run).distinct()
+    return not any(_blind_work_ahead(ReviewState(e, user), access) for e in evaluations)
+
+
 def evaluation_sight(evaluation, user, access: Access) -> Sight:
     """Blind for everyone who judges, whatever their role.
 

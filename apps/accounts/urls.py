@@ -15,4 +15,5 @@ urlpatterns = [
     path("projects/", views.project_list, name="project_list"),
     path("projects/new/", views.project_create, name="project_create"),
     path("p/<slug:slug>/settings/", views.project_settings, name="project_settings"),
+    path("invitations/<str:token>/", views.invitation, name="invitation"),
 ]

@@ -9,6 +9,7 @@ exceptions.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 
@@ -17,6 +18,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from apps.accounts.models import Membership
 from apps.accounts.permissions import CAPABILITIES, Access
+from apps.datasets.importers import Limits
+from apps.datasets.importers import _too_deep as nested_deeper_than
 
 from . import services
 
@@ -39,6 +42,35 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.kind = kind or ERROR_TYPES.get(status, "api_error")
+
+
+def json_body(request: HttpRequest, *, max_bytes: int | None = None):
+    """The request's JSON body, or ApiError: 413 above ``max_bytes`` (refused unread), 400 when it is not JSON or
+    nests deeper than the dataset imports allow."""
+    if max_bytes is not None:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > max_bytes:
+            raise ApiError(
+                413,
+                f"The request body is {length:,} bytes; this server accepts at most {max_bytes:,}.",
+                code="too_large",
+            )
+    depth = Limits().max_depth
+    try:
+        body = json.loads(request.body or b"null")
+    except RecursionError:
+        body = None
+        too_deep = True
+    except ValueError as exc:
+        raise ApiError(400, f"The body is not valid JSON ({exc}).") from None
+    else:
+        too_deep = nested_deeper_than(body, depth)
+    if too_deep:
+        raise ApiError(400, f"The body nests too deeply: values may nest at most {depth} levels.", code="too_deep")
+    return body
 
 
 def error_response(exc: ApiError) -> JsonResponse:

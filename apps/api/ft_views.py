@@ -3,23 +3,19 @@ request, call ``fine_tuning`` (the logic) and answer with ``shapes`` (the JSON).
 
 from __future__ import annotations
 
-import json
 import re
 
-from django.http import HttpResponse, JsonResponse
+from django.http import FileResponse, HttpResponse, JsonResponse
 
 from . import fine_tuning as ft
 from . import shapes
-from .auth import ApiError, api_view, require
+from .auth import ApiError, api_view, json_body, require
 
 METADATA_QUERY = re.compile(r"^metadata\[(.+)\]$")
 
 
 def _body(request) -> dict:
-    try:
-        return json.loads(request.body or b"null")
-    except ValueError as exc:
-        raise ApiError(400, f"The body is not valid JSON ({exc}).") from None
+    return json_body(request)
 
 
 def _query(request, allowed: set[str]) -> None:
@@ -33,12 +29,15 @@ def files(request):
     project = request.access.project
     if request.method == "POST":
         require(request.access, "label")
+        uploaded = request.FILES  # reads the multipart body, which stops at the upload limit
+        if getattr(request, "upload_refused", ""):
+            raise ApiError(413, request.upload_refused, param="file", code="file_too_large")
         for key in set(request.POST) - {"purpose"}:
             raise ApiError(400, f"Unknown field {key!r}: send 'file' and 'purpose'.", param=key)
         record = ft.create_file(
             project=project,
             user=request.api_key.user,
-            upload=request.FILES.get("file"),
+            upload=uploaded.get("file"),
             purpose=request.POST.get("purpose", ""),
         )
         return JsonResponse(shapes.file(record))
@@ -64,8 +63,10 @@ def file_detail(request, file_id: str):
 @api_view("view")
 def file_content(request, file_id: str):
     found = ft.get_file(request.access.project, file_id)
-    kind = "text/csv" if isinstance(found, ft.ResultFile) else "application/octet-stream"
-    return HttpResponse(ft.file_content(found), content_type=kind)
+    if isinstance(found, ft.ResultFile):
+        return HttpResponse(ft.file_content(found), content_type="text/csv")
+    # Streamed from the store in chunks (FileResponse closes the file): a large file is never held in memory.
+    return FileResponse(ft.open_file(found), content_type="application/octet-stream")
 
 
 @api_view("view", methods=("GET", "POST"))

@@ -14,6 +14,7 @@ def open_chat(body: dict) -> tuple[httpx.Client, httpx.Response]:
     client = httpx.Client(
         base_url=settings.FTSTUDIO_INFERENCE_URL,
         timeout=httpx.Timeout(settings.FTSTUDIO_INFERENCE_TIMEOUT, connect=5.0),
+        headers={"Authorization": f"Bearer {settings.FTSTUDIO_INFERENCE_SECRET}"},
     )
     try:
         request = client.build_request("POST", "/v1/chat/completions", json=body)

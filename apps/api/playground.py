@@ -8,10 +8,12 @@ checks and the same forwarding as ``/v1/chat/completions``.
 
 from __future__ import annotations
 
+import math
+
 from django.conf import settings
 from django.shortcuts import render
 
-from apps.accounts.permissions import project_view
+from apps.accounts.permissions import may_call_run, project_view
 from apps.datasets.models import Example
 from apps.evaluations.services import DEFAULT_PROMPT
 from worker.engine import EngineError
@@ -19,13 +21,16 @@ from worker.serve import parse_chat_request
 
 from . import selectors
 from .auth import ApiError, error_response
-from .views import forward_chat
+from .views import forward_chat, refuse_blind_candidate
 
 
-def candidates_for(project) -> list[dict]:
-    """Base models, each also with the prompt (the prompt-only baseline), and the project's succeeded runs."""
+def candidates_for(project, user, access) -> list[dict]:
+    """Base models, each also with the prompt (the prompt-only baseline), and the project's succeeded runs (less the
+    candidates of evaluations the user reviews blind)."""
     options = []
     for target in selectors.project_models(project):
+        if target.run is not None and not may_call_run(target.run, user, access):
+            continue
         if target.run is None:
             label = str(target.base_model)
             options.append({"value": f"base:{target.id}", "label": f"{label} (base)"})
@@ -46,7 +51,11 @@ def playground(request, project):
     return render(
         request,
         "api/playground.html",
-        {"candidates": candidates_for(project), "examples": picks, "default_prompt": DEFAULT_PROMPT},
+        {
+            "candidates": candidates_for(project, request.user, request.access),
+            "examples": picks,
+            "default_prompt": DEFAULT_PROMPT,
+        },
     )
 
 
@@ -79,7 +88,8 @@ def playground_stream(request, project):
             target = selectors.resolve_model(project, model_id, servable=True)
         except selectors.UnknownModel as exc:
             raise ApiError(404, str(exc), param="candidate") from None
-        return forward_chat(body, chat, target, client=f"user-{request.user.pk}")
+        refuse_blind_candidate(target, request.user, request.access, param="candidate")
+        return forward_chat(body, chat, target, project=project, client=f"user-{request.user.pk}")
     except ApiError as exc:
         return error_response(exc)
 
@@ -88,6 +98,9 @@ def _number(raw: str | None, default: float, name: str) -> float:
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ApiError(400, f"{name} must be a number; got {raw!r}.", param=name) from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a number; got {raw!r}.", param=name)
+    return value

@@ -12,11 +12,12 @@ import logging
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 
+from apps.accounts.permissions import may_call_run
 from worker.engine import EngineError
 from worker.serve import parse_chat_request
 
 from . import selectors, services
-from .auth import ApiError, api_view, error_response
+from .auth import ApiError, api_view, error_response, json_body
 from .inference import open_chat
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,7 @@ def model_detail(request, model_id: str):
 
 @api_view("playground", methods=("POST",))
 def chat_completions(request):
-    try:
-        body = json.loads(request.body or b"null")
-    except ValueError as exc:
-        raise ApiError(400, f"The body is not valid JSON ({exc}).") from None
+    body = json_body(request, max_bytes=settings.FTSTUDIO_API_MAX_BODY_BYTES)
     try:
         chat = parse_chat_request(body, max_tokens_cap=settings.FTSTUDIO_API_MAX_TOKENS)
     except EngineError as exc:
@@ -55,10 +53,23 @@ def chat_completions(request):
         target = selectors.resolve_model(request.access.project, chat.model, servable=True)
     except selectors.UnknownModel as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-    return forward_chat(body, chat, target, key=request.api_key)
+    refuse_blind_candidate(target, request.api_key.user, request.access, param="model")
+    return forward_chat(body, chat, target, project=request.access.project, key=request.api_key)
 
 
-def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, key=None, client: str | None = None):
+def refuse_blind_candidate(target: selectors.ModelTarget, user, access, *, param: str) -> None:
+    """403 while the user reviews blind an evaluation of which this run is a candidate (``may_call_run``)."""
+    if target.run is not None and not may_call_run(target.run, user, access):
+        raise ApiError(
+            403,
+            "This model is a candidate of an evaluation you are reviewing blind; it can be called once you have "
+            "judged your pairs.",
+            param=param,
+            code="blind_review",
+        )
+
+
+def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, project, key=None, client: str | None = None):
     """Send a checked request to the inference process and answer with what it says (JSON or SSE).
     Used by /v1/ (``key``: usage is counted and the per-key limit applies) and by the playground."""
     limit = settings.FTSTUDIO_API_MAX_CONCURRENT_PER_KEY
@@ -68,6 +79,7 @@ def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, key=None, c
             **selectors.inference_target(target),
             "client": f"key-{key.pk}" if key is not None else client,
             "client_limit": limit,
+            "scope": f"project-{project.pk}",  # prompt beginnings are reused within one project only
         },
     }
     if chat.stream:

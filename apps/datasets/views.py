@@ -92,6 +92,10 @@ def example_import(request, project):
     """Small uploads import inside the request; larger ones become a background job whose progress the page polls."""
     form = ImportForm(request.POST or None, request.FILES or None)
     report = job = None
+    if getattr(request, "upload_refused", ""):  # reading stopped at the upload limit: say so, not "required"
+        form = ImportForm(request.POST, {})
+        form.is_valid()
+        form.errors["file"] = form.error_class([request.upload_refused])
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:

@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from apps.accounts.models import Project, Role
-from apps.accounts.services import create_project, set_member_role
+from apps.accounts.services import add_member, create_project
 
 from . import generator
 
@@ -96,7 +96,7 @@ def seed_demo(*, size: int = 300, seed: int = 7, quality_report: bool = True) ->
         project = create_project(name=DEMO_NAME, created_by=pm, description=DEMO_DESCRIPTION, slug=DEMO_SLUG)
         for username, role in DEMO_USERS.items():
             if users[username] != pm:
-                set_member_role(project=project, username=username, role=role)
+                add_member(project=project, user=users[username], role=role)
 
         for name, examples, tags in ((CLEAN_FILE, clean, ["demo"]), (FLAWED_FILE, flawed, ["demo", "inbox"])):
             report = datasets.import_examples(

@@ -9,7 +9,9 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -248,9 +250,20 @@ def save_judge_settings(
     min_human_pairs: int = 30,
     min_kappa: float = 0.6,
 ) -> JudgeSettings:
-    """The project's judge endpoint; an empty ``api_key`` keeps the stored one (it is never shown back)."""
-    if not base_url.startswith(("http://", "https://")):
+    """The project's judge endpoint; an empty ``api_key`` keeps the stored one (it is never shown back) unless the URL
+    changed: the key is never sent to another endpoint than the one it was given for. Public addresses only (the
+    webhooks' SSRF check)."""
+    from worker.outbound import OutboundRefused, public_address
+
+    base_url = base_url.strip()
+    parsed = urlparse(base_url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
         raise EvaluationError(f"The judge's URL must start with http:// or https:// (got {base_url!r}).")
+    if not settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE:
+        try:
+            public_address(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+        except OutboundRefused as exc:
+            raise EvaluationError(f"{exc} The judge must be on a public address.") from None
     if not model.strip():
         raise EvaluationError("Name the judge's model (as the endpoint knows it).")
     if not 0 < timeout_s <= 600:
@@ -260,7 +273,9 @@ def save_judge_settings(
     settings_row, _ = JudgeSettings.objects.get_or_create(
         project=project, defaults={"base_url": base_url, "model": model}
     )
-    settings_row.base_url, settings_row.model = base_url.strip(), model.strip()
+    if not api_key and settings_row.api_key and settings_row.base_url != base_url:
+        raise EvaluationError("The judge's URL changed: enter its API key again (a stored key is not sent elsewhere).")
+    settings_row.base_url, settings_row.model = base_url, model.strip()
     if api_key:
         settings_row.api_key = api_key
     settings_row.timeout_s, settings_row.min_human_pairs, settings_row.min_kappa = timeout_s, min_human_pairs, min_kappa
@@ -300,7 +315,11 @@ def run_judge(evaluation_pk: int, *, client=None) -> dict:
     if settings_row is None:
         raise EvaluationError("This project has no LLM judge configured.")
     config = JudgeConfig(
-        settings_row.base_url, settings_row.model, settings_row.api_key, timeout_s=settings_row.timeout_s
+        settings_row.base_url,
+        settings_row.model,
+        settings_row.api_key,
+        timeout_s=settings_row.timeout_s,
+        allow_private=settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE,
     )
     rubric = judge_rubric_text(evaluation.rubric)
     done = set(JudgeVerdict.objects.filter(evaluation=evaluation, judged=True).values_list("comparison_id", flat=True))

@@ -8,18 +8,18 @@ apart) for FTSTUDIO_WEBHOOK_RETRY_HOURS (25 h) by the periodic ``webhooks.send_d
 A resend from the settings page sends the same event (same ``webhook-id``) again.
 
 SSRF: only http(s) URLs, and every address the host resolves to must be public (no private, loopback,
-link-local, reserved or multicast address), checked at registration and again before every send, and redirects
-are not followed; FTSTUDIO_WEBHOOK_ALLOW_PRIVATE=1 lifts the address check (tests, an all-internal deployment).
+link-local, reserved or multicast address, nor one carried in NAT64, 6to4 or IPv4-mapped form), checked at
+registration and again before every send, which goes to the address checked (``worker.outbound``, the one SSRF check,
+also the LLM judge's), and redirects are not followed; FTSTUDIO_WEBHOOK_ALLOW_PRIVATE=1 lifts the address check
+(tests, an all-internal deployment; the judge's endpoint too).
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import logging
 import secrets
-import socket
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -31,6 +31,7 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from ftstudio.celery import send_after_commit
+from worker.outbound import OutboundRefused, PublicOnlyTransport, public_address
 
 from .models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
 from .tasks import deliver as deliver_task
@@ -61,18 +62,11 @@ def check_url(url: str) -> str:
     if settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE:
         return url
     try:
-        infos = socket.getaddrinfo(
-            parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), type=socket.SOCK_STREAM
-        )
-    except (socket.gaierror, UnicodeError) as exc:
-        raise WebhookError(f"The host {parsed.hostname!r} does not resolve ({exc}).") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise WebhookError(
-                f"{parsed.hostname} resolves to {address}, a private, loopback or reserved address: "
-                "webhooks go to public addresses only (FTSTUDIO_WEBHOOK_ALLOW_PRIVATE=1 allows others)."
-            )
+        public_address(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except OutboundRefused as exc:
+        raise WebhookError(
+            f"{exc} Webhooks go to public addresses only (FTSTUDIO_WEBHOOK_ALLOW_PRIVATE=1 allows others)."
+        ) from None
     return url
 
 
@@ -236,13 +230,14 @@ def deliver(delivery_pk: int) -> str:
     code, error = None, ""
     try:
         url = check_url(delivery.endpoint.url)
-        response = httpx.post(
-            url,
-            content=body.encode(),
-            headers=signed_headers(delivery.endpoint, delivery.message_id, body),
-            timeout=settings.FTSTUDIO_WEBHOOK_TIMEOUT,
-            follow_redirects=False,
-        )
+        transport = PublicOnlyTransport(allow_private=settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE)
+        with httpx.Client(transport=transport, timeout=settings.FTSTUDIO_WEBHOOK_TIMEOUT) as client:
+            response = client.post(  # to the address just checked (resolved once: no DNS rebinding)
+                url,
+                content=body.encode(),
+                headers=signed_headers(delivery.endpoint, delivery.message_id, body),
+                follow_redirects=False,
+            )
         code = response.status_code
         if not 200 <= code < 300:
             error = f"HTTP {code}" + (" (redirects are not followed)" if 300 <= code < 400 else "")

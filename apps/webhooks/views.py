@@ -30,9 +30,10 @@ def endpoints(request, project):
                 events=request.POST.getlist("events"),
                 user=request.user,
             )
-            messages.success(
-                request, f"Added {endpoint.url}. Its signing secret: {secret}  (copy it now; it is not shown again)"
-            )
+            from apps.accounts.views import settings_page
+
+            shown = {"what": f"Added {endpoint.url}. Its signing secret", "value": secret}
+            return settings_page(request, project, shown_once=shown)
     except (services.WebhookError, ValueError) as exc:
         messages.error(request, str(exc))
     return _back(project)

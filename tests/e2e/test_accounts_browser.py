@@ -17,16 +17,18 @@ def test_new_user_creates_a_project_and_a_reviewer_cannot_reach_its_settings(new
     page.get_by_role("button", name="Create project").click()
     page.get_by_text("Created Support replies in house style").wait_for()
     page.get_by_role("link", name="Settings").click()
-    page.get_by_label("Username").fill("rui")
-    page.get_by_label("Role").select_option("reviewer")
-    page.get_by_role("button", name="Save member").click()
-    page.get_by_text("rui is now Reviewer").wait_for()
+    invite = page.locator("#invite")
+    invite.get_by_label("Role").select_option("reviewer")
+    invite.get_by_role("button", name="Invite").click()
+    link = page.locator("#shown-once code").inner_text()
     screenshot(page, "accounts-members")
     settings_url = page.url
 
     reviewer = new_page()
     login(reviewer, "rui", password)
-    reviewer.get_by_role("link", name="Support replies in house style").click()
+    reviewer.goto(link)
+    reviewer.get_by_role("button", name="Accept and join").click()
+    reviewer.get_by_text("You joined Support replies in house style as Reviewer").wait_for()
     assert reviewer.get_by_role("link", name="Settings").count() == 0
     response = reviewer.goto(settings_url)
     assert response.status == 403
