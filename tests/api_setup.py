@@ -30,11 +30,11 @@ def health(url: str) -> dict:
 
 
 class InferenceProcess:
-    def __init__(self, roots: list[str], log_path: Path, extra: list[str] = ()) -> None:
+    def __init__(self, roots: list[str], log_path: Path, extra: list[str] = (), env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "FTSTUDIO_INFERENCE_ROOTS": ",".join(roots), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FTSTUDIO_INFERENCE_ROOTS": ",".join(roots), "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "worker.serve", "--port", str(self.port), *extra],

@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -239,6 +240,28 @@ class Server(ThreadingHTTPServer):
         self.engine, self.max_tokens_cap, self.default_max_tokens = engine, max_tokens_cap, default_max_tokens
         self.resolve = resolve or Resolver(None, LocalCache("/nonexistent", 0))
         self.vllm = None  # a worker.vllm.VllmForwarder when FTSTUDIO_VLLM_URL hands chat to a vLLM server
+        self.draining = threading.Event()  # SIGTERM: new requests get a 503, open answers get a grace period
+        self.open: dict[int, tuple[list, queue.SimpleQueue]] = {}  # answers being written, by handler id
+        self._open_lock = threading.Lock()
+
+    def drain(self, grace: float) -> None:
+        """Stop admitting, let the open answers finish for ``grace`` seconds, end the rest with an error event (a
+        client never takes a cut answer for a whole one), then stop serving."""
+        self.draining.set()
+        log.info("shutting down: %d answers open, %.0f s to finish them", len(self.open), grace)
+        deadline = time.monotonic() + grace
+        while self.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._open_lock:
+            left = list(self.open.values())
+        for requests, sink in left:
+            sink.put((0, "error", "The inference process was stopped before this answer was finished; try again."))
+            for r in requests:
+                r.cancel()
+        deadline = time.monotonic() + 5
+        while self.open and time.monotonic() < deadline:  # the handlers write their error events
+            time.sleep(0.05)
+        self.shutdown()
 
     def handle_error(self, request, client_address):
         """A client that went away (a timed-out health probe, a closed stream) is not a server error."""
@@ -306,6 +329,13 @@ class Handler(BaseHTTPRequestHandler):
             ext = chat.extension
             if not isinstance(ext.get("base"), str):
                 raise _bad("ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio")
+            if self.server.draining.is_set():
+                raise EngineError(
+                    "The inference process is shutting down; try again in a moment.",
+                    status=503,
+                    code="inference_unavailable",
+                    kind="server_error",
+                )
             if self.server.vllm is not None:
                 adapter = self.server.resolve(ext.get("adapter"), ext.get("adapter_key"), "adapter")
                 adapter = self.server.engine.check_root(adapter, "adapter") if adapter else None
@@ -322,14 +352,23 @@ class Handler(BaseHTTPRequestHandler):
             )
         except EngineError as exc:
             return self._json(exc.status, error_body(exc))
-        if chat.stream:
-            self._stream(chat, requests, sink)
-        else:
-            self._complete(chat, requests, sink)
+        with self.server._open_lock:
+            self.server.open[id(self)] = (requests, sink)
+        try:
+            if chat.stream:
+                self._stream(chat, requests, sink)
+            else:
+                self._complete(chat, requests, sink)
+        finally:
+            with self.server._open_lock:
+                self.server.open.pop(id(self), None)
 
-    def _start_event_stream(self) -> None:
-        """Headers of a server-sent event stream; the connection closes when it ends."""
+    def _start_event_stream(self, prompt_tokens: int | None = None) -> None:
+        """Headers of a server-sent event stream; the connection closes when it ends. ``prompt_tokens`` lets the
+        web process count a stream that is cut off before its usage chunk."""
         self.send_response(200)
+        if prompt_tokens is not None:
+            self.send_header("X-Prompt-Tokens", str(prompt_tokens))
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
@@ -430,7 +469,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             pending.clear()
 
-        self._start_event_stream()
+        self._start_event_stream(len(requests[0].prompt_ids))
         try:
             chunk(
                 [
@@ -566,6 +605,8 @@ def main() -> None:
     )
     for folder in args.preload:
         server.engine.prompt_ids(folder, [{"role": "user", "content": "warm up"}])
+    grace = float(env("FTSTUDIO_INFERENCE_GRACE_SECONDS", "20"))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.drain, args=(grace,), daemon=True).start())
     log.info("inference process listening on http://%s:%d", args.host, args.port)
     try:
         server.serve_forever()
