@@ -599,8 +599,8 @@ class RunReporter:
 
     def on_checkpoint(self, path: str) -> None:
         artifacts.store_checkpoint(
-            self.run.pk, path
-        )  # raises when the store stays down: the run fails, the folder stays
+            self.run.pk, path, self.should_cancel
+        )  # raises when the store stays down: the run fails, the folder stays; a cancel stops the wait
         self.rows.update(checkpoint_path=path, heartbeat_at=timezone.now())
 
     def on_phase(self, phase: str) -> None:
