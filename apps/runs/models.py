@@ -104,6 +104,9 @@ class Run(LeaseHolder, TimeStamped):
     phase = models.CharField(max_length=24, blank=True, help_text="loading, training, validating, saving")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    restarts = models.JSONField(
+        default=list, blank=True, help_text="each later attempt of a started run: attempt, step it resumed from, at"
+    )
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     checkpoint_path = models.CharField(max_length=500, blank=True)

@@ -641,6 +641,9 @@ def _train(run: Run, reporter: RunReporter, hooks):
     resume_step = checkpoint_step(resume) if resume else 0
     if not reporter.lease.lost.is_set():
         RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
+        if resume_step or run.attempts > 1:  # a restart (worker lost, handed back, resumed): an event of its own
+            restart = {"attempt": run.attempts, "step": resume_step, "at": timezone.now().isoformat()}
+            reporter.rows.update(restarts=[*run.restarts, restart])
     if run.devices * run.nodes > 1:
         return _train_distributed(run, config, train_data, val_data, hooks, resume_step)
     return train(config, train_data, val_data, hooks)
