@@ -830,6 +830,8 @@ def reap() -> dict[str, list[int]]:
     from apps.evaluations.services import reap_generations
     from apps.prompts.services import reap_prompt_scoring
 
+    from .jobs import reap_jobs
+
     now = timezone.now()
     result = {
         "runs": reap_stale_runs(now),
@@ -838,6 +840,7 @@ def reap() -> dict[str, list[int]]:
         **reap_prompt_scoring(now),
         "queued_imports": resend_queued_imports(now),
         "validating_jobs": resend_validating_jobs(now),
+        **reap_jobs(now),
     }
     ReaperBeat.objects.update_or_create(name="reaper", defaults={"beat_at": now, "requeued": result})
     return result
