@@ -131,3 +131,27 @@ def test_a_duplicate_delivery_of_a_held_job_does_nothing_and_a_message_sent_mean
         jobs.send("judge", jobs.app.tasks["evaluations.run_judge"], 7)  # asked again while it runs
     assert sent == [("evaluations.run_judge", 7), ("evaluations.run_judge", 7)]  # sent, then once more after
     assert JobLease.objects.get(kind="judge", object_pk=7).state == "queued"
+
+
+@pytest.mark.django_db
+def test_an_import_whose_worker_died_is_sent_again_and_given_up_after_the_attempt_limit(
+    team, settings, eager, django_capture_on_commit_callbacks
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from apps.datasets import services as datasets
+    from apps.datasets.models import Example, ImportJob
+
+    data = (REPO / "tests" / "fixtures" / "imports" / "valid_openai.jsonl").read_bytes()
+    stuck, hopeless = (
+        datasets.start_import_job(project=team.project, upload=SimpleUploadedFile(f"{n}.jsonl", data)) for n in "ab"
+    )
+    silent_since = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 60)
+    ImportJob.objects.filter(pk=stuck.pk).update(status="running", progress=40, heartbeat_at=silent_since, attempts=1)
+    ImportJob.objects.filter(pk=hopeless.pk).update(status="running", heartbeat_at=silent_since, attempts=3)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reap()["queued_imports"] == [stuck.pk]
+    stuck.refresh_from_db()
+    hopeless.refresh_from_db()
+    assert stuck.status == "done" and stuck.imported == Example.objects.count() > 0
+    assert hopeless.status == "failed" and "stopped 3 times" in hopeless.stage
