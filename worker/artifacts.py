@@ -36,7 +36,7 @@ class ArtifactStoreConfigError(ArtifactStoreError):
 
 
 # A store that accepts connections and never answers must not hang a run: these bound every request.
-CONNECT_TIMEOUT, READ_TIMEOUT, TRIES = 5.0, 30.0, 3
+CONNECT_TIMEOUT, READ_TIMEOUT, TRIES = 5.0, 30.0, 4
 
 
 def timeouts(env: Mapping[str, str] | None = None) -> dict:

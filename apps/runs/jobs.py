@@ -15,6 +15,7 @@ import logging
 from contextlib import contextmanager
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from ftstudio.celery import app, send_after_commit
@@ -64,7 +65,7 @@ def held(kind: str, pk: int):
             yield lease
     finally:
         mine = JobLease.objects.filter(pk=row.pk, worker_id=owner)
-        if mine.filter(enqueued_at__gt=now).exists():  # asked again while this one ran: run once more
+        if mine.filter(enqueued_at__gt=F("claimed_at")).exists():  # asked again while this one ran: run once more
             mine.update(state=QUEUED, worker_id="", heartbeat_at=None, attempts=0)
             send_after_commit(app.tasks[TASKS[kind]], pk)
         else:
