@@ -750,17 +750,21 @@ def slice_after(items: list, after: str, limit: int) -> tuple[list, bool]:
 
 
 def _metrics_cursor(items: list, after: str) -> int | None:
-    """Where a metrics event's id (``ftevent-<job>-m<step>``) stood when it is not in the list now: a run resumed
-    from an earlier checkpoint logs those steps again later. The events after it are the older steps and stages."""
+    """Where an event id the client saw stands when it is not in the list now: a metrics event
+    (``ftevent-<job>-m<step>``) of a step a resumed run has not logged again yet (the older steps and stages follow
+    it), or the pause of a job resumed since (``ftevent-<job>-paused-<time>``: the older events follow it)."""
     if not items or not isinstance(items[-1], Event) or not items[-1].id.endswith("-created"):
         return None  # not a job's events (the oldest of which is its creation)
-    match = re.fullmatch(re.escape(items[-1].id.removesuffix("created")) + r"[mv](\d+)", after)
+    match = re.fullmatch(re.escape(items[-1].id.removesuffix("created")) + r"(?:[mv](\d+)|paused-(\d+))", after)
     if match is None:
         return None
-    step = int(match.group(1))
+    step, paused = match.groups()
     for index, event in enumerate(items):
-        if (event.type == "metrics" and event.data["step"] < step) or event.id.endswith(
-            ("-started", "-validated", "-validating", "-created")
+        if paused is not None and event.at.timestamp() < int(paused):
+            return index
+        if step is not None and (
+            (event.type == "metrics" and event.data["step"] < int(step))
+            or event.id.endswith(("-started", "-validated", "-validating", "-created"))
         ):
             return index
     return len(items)
