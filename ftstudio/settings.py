@@ -17,6 +17,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from worker.artifacts import cache_location, var_dir
+from worker.artifacts import timeouts as artifact_timeouts
 from worker.inference_auth import shared_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -237,7 +238,10 @@ if FTSTUDIO_ARTIFACTS_URL and urlparse(FTSTUDIO_ARTIFACTS_URL).scheme not in {"s
 if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
     # Uploads waiting for a background import (and anything else saved through default_storage) go to the same
     # bucket, under <prefix>/media/, so the worker that imports them needs no disk shared with the web process.
+    from botocore.config import Config as _botocore_config
+
     _artifacts = urlparse(FTSTUDIO_ARTIFACTS_URL)
+    _store_timeouts = artifact_timeouts(os.environ)
     STORAGES["default"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
@@ -251,6 +255,12 @@ if urlparse(FTSTUDIO_ARTIFACTS_URL).scheme == "s3":
             "file_overwrite": False,
             # A file read back (a /v1/files download) spills to a temporary file past this size, not to memory.
             "max_memory_size": 5 * 1024 * 1024,
+            "client_config": _botocore_config(  # a store that never answers fails uploads in bounded time
+                retries={"max_attempts": _store_timeouts["tries"], "mode": "standard"},
+                connect_timeout=_store_timeouts["connect_timeout"],
+                read_timeout=_store_timeouts["read_timeout"],
+                s3={"addressing_style": "path"},
+            ),
         },
     }
 # A worker's bounded cache of artifacts fetched from the store (adapters of other nodes' runs).

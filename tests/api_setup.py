@@ -30,7 +30,7 @@ def health(url: str) -> dict:
 
 
 class InferenceProcess:
-    def __init__(self, roots: list[str], log_path: Path, extra: list[str] = ()) -> None:
+    def __init__(self, roots: list[str], log_path: Path, extra: list[str] = (), env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -41,6 +41,7 @@ class InferenceProcess:
             "FTSTUDIO_INFERENCE_ROOTS": ",".join(roots),
             "PYTHONUNBUFFERED": "1",
             "FTSTUDIO_INFERENCE_SECRET": settings.FTSTUDIO_INFERENCE_SECRET,  # the web process's, as in production
+            **(env or {}),
         }
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(

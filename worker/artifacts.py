@@ -7,7 +7,10 @@ Plain boto3 and the standard library (no Django): the web side builds a store fr
 Keys are relative paths with ``/`` (``runs/12/checkpoints/checkpoint-40/adapter_model.safetensors``). A folder is
 stored file by file with a ``.complete`` marker written last, so a reader never takes a half-uploaded folder.
 Transient failures (connection refused, timeouts, 5xx) are retried with a growing pause; after the last try the
-call raises `ArtifactStoreError` saying what was being stored and where.
+call raises `ArtifactStoreError` saying what was being stored and where. Every request has a connect and a read
+timeout (FTSTUDIO_ARTIFACTS_CONNECT_TIMEOUT, FTSTUDIO_ARTIFACTS_READ_TIMEOUT) and the tries are bounded
+(FTSTUDIO_ARTIFACTS_TRIES): a store that accepts connections and never answers fails the call in bounded time.
+`wait_unless` runs a call while watching a cancel flag.
 """
 
 from __future__ import annotations
@@ -30,6 +33,47 @@ class ArtifactStoreError(RuntimeError):
 
 class ArtifactStoreConfigError(ArtifactStoreError):
     """The store is misconfigured (bad URL, wrong credentials, missing bucket): the process should not start."""
+
+
+# A store that accepts connections and never answers must not hang a run: these bound every request.
+CONNECT_TIMEOUT, READ_TIMEOUT, TRIES = 5.0, 30.0, 4
+
+
+def timeouts(env: Mapping[str, str] | None = None) -> dict:
+    """Connect and read timeouts (seconds) and tries of every store request, from the environment."""
+    env = os.environ if env is None else env
+    return {
+        "connect_timeout": float(env.get("FTSTUDIO_ARTIFACTS_CONNECT_TIMEOUT") or CONNECT_TIMEOUT),
+        "read_timeout": float(env.get("FTSTUDIO_ARTIFACTS_READ_TIMEOUT") or READ_TIMEOUT),
+        "tries": int(env.get("FTSTUDIO_ARTIFACTS_TRIES") or TRIES),
+    }
+
+
+class StoreWaitStopped(Exception):
+    """`wait_unless` stopped waiting for a store call because its ``should_stop`` said so."""
+
+
+def wait_unless(call: Callable, should_stop: Callable[[], bool], poll: float = 1.0):
+    """``call()`` on a helper thread, asking ``should_stop()`` every ``poll`` seconds while it runs: a cancel is seen
+    while an upload waits on a slow store. Returns the call's result or raises its error, or `StoreWaitStopped`
+    (the call is left to end on its own, within its timeouts)."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="artifact-store-call", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(poll)
+        if thread.is_alive() and should_stop():
+            raise StoreWaitStopped()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class LocalStore:
@@ -119,8 +163,10 @@ class S3Store:
         access_key: str | None = None,
         secret_key: str | None = None,
         region: str | None = None,
-        tries: int = 4,
+        tries: int = TRIES,
         pause: float = 0.5,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         import boto3
@@ -135,9 +181,9 @@ class S3Store:
             aws_secret_access_key=secret_key or None,
             region_name=region or "us-east-1",
             config=Config(
-                retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
+                retries={"max_attempts": 1, "mode": "standard"},  # `_retry` is the one bounded retry
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
                 s3={"addressing_style": "path"},
             ),
         )
@@ -351,7 +397,7 @@ def open_store(url: str, *, default_root: str | Path, env: Mapping[str, str] | N
             access_key=env.get("AWS_ACCESS_KEY_ID"),
             secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
             region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
-            **options,
+            **{**timeouts(env), **options},
         )
     raise ArtifactStoreConfigError(f"FTSTUDIO_ARTIFACTS_URL={url!r}: use s3://bucket/prefix or file:///path.")
 

@@ -29,6 +29,7 @@ import os
 import queue
 import random
 import select
+import signal
 import socket
 import sys
 import threading
@@ -253,6 +254,28 @@ class Server(ThreadingHTTPServer):
         self.secret, self.max_body_bytes = secret, max_body_bytes  # secret "": no check (loopback only, see main)
         self.resolve = resolve or Resolver(None, LocalCache("/nonexistent", 0))
         self.vllm = None  # a worker.vllm.VllmForwarder when FTSTUDIO_VLLM_URL hands chat to a vLLM server
+        self.draining = threading.Event()  # SIGTERM: new requests get a 503, open answers get a grace period
+        self.open: dict[int, tuple[list, queue.SimpleQueue]] = {}  # answers being written, by handler id
+        self._open_lock = threading.Lock()
+
+    def drain(self, grace: float) -> None:
+        """Stop admitting, let the open answers finish for ``grace`` seconds, end the rest with an error event (a
+        client never takes a cut answer for a whole one), then stop serving."""
+        self.draining.set()
+        log.info("shutting down: %d answers open, %.0f s to finish them", len(self.open), grace)
+        deadline = time.monotonic() + grace
+        while self.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._open_lock:
+            left = list(self.open.values())
+        for requests, sink in left:
+            sink.put((0, "error", "The inference process was stopped before this answer was finished; try again."))
+            for r in requests:
+                r.cancel()
+        deadline = time.monotonic() + 5
+        while self.open and time.monotonic() < deadline:  # the handlers write their error events
+            time.sleep(0.05)
+        self.shutdown()
 
     def handle_error(self, request, client_address):
         """A client that went away (a timed-out health probe, a closed stream) is not a server error."""
@@ -332,6 +355,13 @@ class Handler(BaseHTTPRequestHandler):
             ext = chat.extension
             if not isinstance(ext.get("base"), str):
                 raise _bad("ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio")
+            if self.server.draining.is_set():
+                raise EngineError(
+                    "The inference process is shutting down; try again in a moment.",
+                    status=503,
+                    code="inference_unavailable",
+                    kind="server_error",
+                )
             if self.server.vllm is not None:
                 adapter = self.server.resolve(ext.get("adapter"), ext.get("adapter_key"), "adapter")
                 adapter = self.server.engine.check_root(adapter, "adapter") if adapter else None
@@ -347,6 +377,8 @@ class Handler(BaseHTTPRequestHandler):
                 sink=sink,
                 scope=str(ext["scope"]) if ext.get("scope") is not None else None,
             )
+            with self.server._open_lock:  # a SIGTERM's drain ends what is still open after its grace period
+                self.server.open[id(self)] = (requests, sink)
             if chat.stream:
                 self._stream(chat, requests, sink)
             else:
@@ -354,6 +386,8 @@ class Handler(BaseHTTPRequestHandler):
         except EngineError as exc:
             return self._json(exc.status, error_body(exc))
         finally:
+            with self.server._open_lock:
+                self.server.open.pop(id(self), None)
             for r in requests:  # a handler that ends for any reason (a client gone, an error) frees its rows
                 r.cancel()
 
@@ -374,9 +408,12 @@ class Handler(BaseHTTPRequestHandler):
                 if self._client_gone():
                     raise ConnectionResetError("the client went away") from None
 
-    def _start_event_stream(self) -> None:
-        """Headers of a server-sent event stream; the connection closes when it ends."""
+    def _start_event_stream(self, prompt_tokens: int | None = None) -> None:
+        """Headers of a server-sent event stream; the connection closes when it ends. ``prompt_tokens`` lets the
+        web process count a stream that is cut off before its usage chunk."""
         self.send_response(200)
+        if prompt_tokens is not None:
+            self.send_header("X-Prompt-Tokens", str(prompt_tokens))
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
@@ -477,7 +514,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             pending.clear()
 
-        self._start_event_stream()
+        self._start_event_stream(len(requests[0].prompt_ids))
         try:
             chunk(
                 [
@@ -631,6 +668,8 @@ def main() -> None:
     )
     for folder in args.preload:
         server.engine.prompt_ids(folder, [{"role": "user", "content": "warm up"}])
+    grace = float(env("FTSTUDIO_INFERENCE_GRACE_SECONDS", "20"))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.drain, args=(grace,), daemon=True).start())
     log.info("inference process listening on http://%s:%d", args.host, args.port)
     try:
         server.serve_forever()

@@ -4,13 +4,15 @@ Reads top to bottom: one `TrainConfig`, `train()` loads the model, adds LoRA, en
 (loss only on assistant turns, padding-free batches), and runs `Trainer` with one callback that reports
 progress, phases and metrics, and stops within one training step or one validation batch when cancel is
 asked (cancel is also checked between the stages of loading). A pause (the worker is shutting down) stops
-at the next step end with a checkpoint. Checkpoints (adapter + optimizer + scheduler + RNG state) go to
-``output_dir/checkpoints`` every ``save_steps``; calling `train()` again with the same ``output_dir`` resumes
-from the last one, and a checkpoint at the final step is finished (validated, adapter saved) without
-training again. The adapter is saved in standard PEFT format in ``output_dir/adapter``; the adapters of the last
-``EPOCH_ADAPTERS_KEPT`` epoch ends in ``output_dir/epochs/step-<step>`` (OpenAI keeps the last three epochs'
-checkpoints, each servable). Logs carry ``mean_token_accuracy`` (and ``eval_mean_token_accuracy``): the share of
-learnt tokens the model predicts right, counted in the loss's own pass.
+at the next step end with a checkpoint, or within one validation batch: the batches a validation pass finished
+are kept (`ValidationProgress`), and the next attempt goes on with the pass where it stopped. Checkpoints
+(adapter + optimizer + scheduler + RNG state) go to ``output_dir/checkpoints`` every ``save_steps``; calling
+`train()` again with the same ``output_dir`` resumes from the last one, and a checkpoint at the final step is
+finished (validated, adapter saved) without training again. The adapter is saved in standard PEFT format in
+``output_dir/adapter``; the adapters of the last ``EPOCH_ADAPTERS_KEPT`` epoch ends in
+``output_dir/epochs/step-<step>`` (OpenAI keeps the last three epochs' checkpoints, each servable). Logs carry
+``mean_token_accuracy`` (and ``eval_mean_token_accuracy``): the share of learnt tokens the model predicts right,
+counted in the loss's own pass.
 """
 
 from __future__ import annotations
@@ -115,8 +117,10 @@ class RunCallback(TrainerCallback):
 
     def on_prediction_step(self, args, state, control, **kwargs):
         self._phase("validating")
-        if self.hooks.should_cancel():  # within one validation batch; a pause waits for the pass to end
+        if self.hooks.should_cancel():  # within one validation batch
             raise Stopped("cancelled")
+        if args.world_size == 1 and self.hooks.should_pause():  # the finished batches are kept (ValidationProgress)
+            raise Stopped("paused")
 
     def on_evaluate(self, args, state, control, **kwargs):
         if not self.stop.reason and state.global_step < state.max_steps and self.hooks.should_pause():
@@ -202,11 +206,70 @@ def labelled_loss(model, inputs: dict, num_items_in_batch=None, counts: list[int
     return loss / torch.as_tensor(num_items_in_batch, device=loss.device)
 
 
+class ValidationProgress:
+    """The losses of the batches a validation pass (at one step) has finished, in ``validation-progress.json`` next
+    to the checkpoints: a pass stopped by a shutdown is taken up at the next attempt, its finished batches not
+    computed again. Removed when the pass ends."""
+
+    def __init__(self, folder: str | Path, step: int) -> None:
+        self.path, self.step = Path(folder) / "validation-progress.json", step
+        self.done = self.losses_at(folder, step)
+        self.replayed = 0
+
+    @staticmethod
+    def losses_at(folder: str | Path, step: int) -> list[float]:
+        """The losses kept for a pass at ``step`` (empty when none was interrupted there)."""
+        try:
+            saved = json.loads((Path(folder) / "validation-progress.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [float(x) for x in saved.get("losses", [])] if saved.get("step") == step else []
+
+    def next(self) -> float | None:
+        """The kept loss of the next batch, or None once the pass has gone past what was kept."""
+        if self.replayed < len(self.done):
+            self.replayed += 1
+            return self.done[self.replayed - 1]
+        return None
+
+    def add(self, loss: float) -> None:
+        self.done.append(loss)
+        self.replayed = len(self.done)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps({"step": self.step, "losses": self.done}))
+        os.replace(partial, self.path)
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class RunTrainer(Trainer):
     """`Trainer`, resuming under DDP on CPU too: transformers maps the optimizer state to ``args.device``, which is
     ``cpu:0`` in a gloo process group, a location `torch.load` refuses; it is loaded to the CPU instead. Counts the
     learnt tokens predicted right in each loss (training and validation apart) and logs their share with the loss
-    (``mean_token_accuracy``, ``eval_mean_token_accuracy``; this process's batches under DDP)."""
+    (``mean_token_accuracy``, ``eval_mean_token_accuracy``; this process's batches under DDP). A validation pass of
+    one process keeps its finished batches (`ValidationProgress`); batches replayed from it count no accuracy."""
+
+    _validation: ValidationProgress | None = None
+
+    def evaluate(self, *args, **kwargs):
+        one_process = self.args.world_size == 1
+        self._validation = ValidationProgress(self.args.output_dir, self.state.global_step) if one_process else None
+        metrics = super().evaluate(*args, **kwargs)
+        if self._validation is not None:
+            self._validation.finish()
+        self._validation = None
+        return metrics
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        kept = self._validation.next() if self._validation is not None else None
+        if kept is not None:  # finished before the last attempt stopped
+            return torch.tensor(kept, device=self.args.device), None, None
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if self._validation is not None and loss is not None:
+            self._validation.add(float(loss.detach().float().mean()))
+        return loss, logits, labels
 
     def token_counts(self, training: bool) -> list[int]:
         counts = self.__dict__.setdefault("_token_counts", {True: [0, 0], False: [0, 0]})
@@ -402,6 +465,17 @@ def _load_final_checkpoint(trainer, checkpoint: str) -> None:
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
 
+def _checkpoint_here(trainer, hooks: Hooks) -> None:
+    """A pause that stopped a validation pass: keep the step in a checkpoint (`Trainer` saves after validating),
+    so the next attempt trains no step again and finishes the pass."""
+    step = trainer.state.global_step
+    path = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+    if step and not path.is_dir() and trainer.optimizer is not None:
+        trainer._save_checkpoint(trainer.model, trial=None)
+        hooks.on_checkpoint(str(path))
+        hooks.on_log(f"worker shutting down: checkpoint at step {step} during validation, then stopping")
+
+
 def train(
     config: TrainConfig,
     train_conversations: list[list[dict]],
@@ -432,6 +506,11 @@ def train(
         else:
             if resume:
                 hooks.on_log(f"resuming from {resume}")
+            if resume and ValidationProgress.losses_at(trainer.args.output_dir, checkpoint_step(resume)):
+                hooks.on_log(f"finishing the validation pass of step {checkpoint_step(resume)} stopped last time")
+                _load_final_checkpoint(trainer, resume)  # that step's weights and state, then its pass
+                hooks.on_phase("validating")
+                trainer.evaluate()
             output = trainer.train(resume_from_checkpoint=resume or None)
         final_val_loss = None
         if not stop.reason and trainer.eval_dataset is not None:
@@ -445,6 +524,8 @@ def train(
             stop_point(hooks)
     except Stopped as exc:
         stop.reason = exc.reason
+        if exc.reason == "paused" and trainer is not None:
+            _checkpoint_here(trainer, hooks)
         hooks.on_log(
             f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading")
         )

@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -698,11 +699,20 @@ def events(job: FineTuningJob) -> list[Event]:
             )
         if run.started_at:
             out.append(Event(f"ftevent-{tag}-started", run.started_at, "Fine-tuning job started"))
+        for number, restart in enumerate(run.restarts or [], 1):
+            since = f"step {restart['step']}, its last checkpoint" if restart.get("step") else "the beginning"
+            out.append(
+                Event(
+                    f"ftevent-{tag}-restart{number}",
+                    datetime.fromisoformat(restart["at"]),
+                    f"Fine-tuning job restarted (attempt {restart.get('attempt')}): training goes on from {since}",
+                )
+            )
         for m in run.metrics.order_by("step", "id"):
             if m.train_loss is not None:
                 out.append(
                     Event(
-                        f"ftevent-{tag}-m{m.pk}",
+                        f"ftevent-{tag}-m{m.step}",  # by step: the same id when a resumed run logs it again
                         m.created_at,
                         f"Step {m.step}/{run.total_steps}: training loss={m.train_loss:.4f}",
                         type="metrics",
@@ -719,7 +729,7 @@ def events(job: FineTuningJob) -> list[Event]:
             if m.val_loss is not None:
                 out.append(
                     Event(
-                        f"ftevent-{tag}-v{m.pk}",
+                        f"ftevent-{tag}-v{m.step}",
                         m.created_at,
                         f"Step {m.step}/{run.total_steps}: validation loss={m.val_loss:.4f}",
                         type="metrics",
@@ -755,10 +765,32 @@ def slice_after(items: list, after: str, limit: int) -> tuple[list, bool]:
     start = 0
     if after:
         ids = [item.id if hasattr(item, "id") else item["id"] for item in items]
-        if after not in ids:
+        if after in ids:
+            start = ids.index(after) + 1
+        elif (start := _metrics_cursor(items, after)) is None:
             raise ApiError(400, f"after={after!r} is not an id from this list.", param="after")
-        start = ids.index(after) + 1
     return items[start : start + limit], len(items) > start + limit
+
+
+def _metrics_cursor(items: list, after: str) -> int | None:
+    """Where an event id the client saw stands when it is not in the list now: a metrics event
+    (``ftevent-<job>-m<step>``) of a step a resumed run has not logged again yet (the older steps and stages follow
+    it), or the pause of a job resumed since (``ftevent-<job>-paused-<time>``: the older events follow it)."""
+    if not items or not isinstance(items[-1], Event) or not items[-1].id.endswith("-created"):
+        return None  # not a job's events (the oldest of which is its creation)
+    match = re.fullmatch(re.escape(items[-1].id.removesuffix("created")) + r"(?:[mv](\d+)|paused-(\d+))", after)
+    if match is None:
+        return None
+    step, paused = match.groups()
+    for index, event in enumerate(items):
+        if paused is not None and event.at.timestamp() < int(paused):
+            return index
+        if step is not None and (
+            (event.type == "metrics" and event.data["step"] < int(step))
+            or event.id.endswith(("-started", "-validated", "-validating", "-created"))
+        ):
+            return index
+    return len(items)
 
 
 def checkpoints(job: FineTuningJob) -> list[dict]:

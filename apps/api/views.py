@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 
@@ -112,30 +113,57 @@ def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, project, ke
 
 def _relay(client, upstream, key, include_usage: bool):
     """SSE chunks from the inference process to the caller. Closing this generator (the caller went away)
-    closes the upstream connection, and the inference process drops the rows at its next token."""
-    usage = {}
+    closes the upstream connection, and the inference process drops the rows at its next token.
+
+    An upstream that ends before ``[DONE]`` (the inference process died or was stopped) ends the caller's stream
+    with an error event, so a cut answer never looks finished (the openai SDK raises), and the tokens sent so far
+    are counted: the prompt (from the ``X-Prompt-Tokens`` header) and one completion token per content chunk."""
+    usage, sent, finished, cut = {}, 0, False, None
     try:
-        for line in upstream.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[len("data: ") :]
-            if data == "[DONE]":
-                yield b"data: [DONE]\n\n"
-                break
-            chunk = json.loads(data)
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if not include_usage:
-                if not chunk.get("choices") and "usage" in chunk:
-                    continue  # the usage-only chunk the caller did not ask for
-                chunk.pop("usage", None)
-            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        try:
+            for line in upstream.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    finished = True
+                    yield b"data: [DONE]\n\n"
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:  # the inference process's own error event (it was stopped, or failed)
+                    cut = chunk["error"]
+                    break
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                sent += sum(1 for c in chunk.get("choices") or () if (c.get("delta") or {}).get("content"))
+                if not include_usage:
+                    if not chunk.get("choices") and "usage" in chunk:
+                        continue  # the usage-only chunk the caller did not ask for
+                    chunk.pop("usage", None)
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("the inference process's stream broke off: %s: %s", type(exc).__name__, exc)
+        if not finished:
+            if not usage and sent:  # counted before the caller hears of the cut
+                prompt = upstream.headers.get("X-Prompt-Tokens", "0")
+                usage = {"prompt_tokens": int(prompt) if prompt.isdigit() else 0, "completion_tokens": sent}
+            _record(key, usage)
+            usage = {}
+            error = cut or {
+                "message": "The inference process stopped before this answer was finished; try again.",
+                "type": "api_error",
+                "param": None,
+                "code": "inference_interrupted",
+            }
+            yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
     finally:
         upstream.close()
         client.close()
-        if usage and key is not None:
-            services.record_usage(
-                key=key,
-                prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0),
-            )
+        _record(key, usage)
+
+
+def _record(key, usage: dict) -> None:
+    if usage and key is not None:
+        services.record_usage(
+            key=key, prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0)
+        )

@@ -25,7 +25,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from ftstudio import csv_cells
@@ -307,27 +307,52 @@ def start_import_job(*, project, upload, file_format: str = "auto", user=None) -
     return job
 
 
+IMPORT_ATTEMPTS = 3
+
+
 def resend_queued_imports(now=None) -> list[int]:
-    """Import jobs still queued after FTSTUDIO_REQUEUE_AFTER_SECONDS: their message was lost, send it again (the
-    task imports a job once, whatever the deliveries). Called by the periodic reaper."""
-    bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
+    """Import jobs still queued after FTSTUDIO_REQUEUE_AFTER_SECONDS (their message was lost), and running ones with
+    no sign of life for FTSTUDIO_HEARTBEAT_STALE_SECONDS (their worker died): send them again (the task imports a
+    job once, whatever the deliveries); a job whose worker stopped IMPORT_ATTEMPTS times fails. Called by the
+    periodic reaper."""
+    now = now or timezone.now()
+    bound = now - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
     resent = list(
         ImportJob.objects.filter(status=ReportStatus.QUEUED, created_at__lt=bound).values_list("pk", flat=True)
     )
     for pk in resent:
         log.warning("Import job %s: queued since before %s with no worker: sending it again", pk, bound)
         send_after_commit(import_file_task, pk)
+    stale = now - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS)
+    running = ImportJob.objects.filter(status=ReportStatus.RUNNING)
+    silent = running.filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale))
+    for job in silent:
+        if job.attempts >= IMPORT_ATTEMPTS:
+            ImportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING).update(
+                status=ReportStatus.FAILED, stage=f"The worker stopped {job.attempts} times; import the file again"
+            )
+            continue
+        log.warning("Import job %s: no sign of its worker since %s: sending it again", job.pk, job.heartbeat_at)
+        ImportJob.objects.filter(pk=job.pk).update(heartbeat_at=now)  # one re-send per staleness period
+        send_after_commit(import_file_task, job.pk)
+        resent.append(job.pk)
     return resent
 
 
 def run_import_job(*, job: ImportJob) -> ImportJob:
     """Import a stored upload (safe to run twice: the rows and the job's "done" commit together)."""
     ImportJob.objects.filter(pk=job.pk).exclude(status=ReportStatus.DONE).update(
-        status=ReportStatus.RUNNING, progress=1, stage="Starting"
+        status=ReportStatus.RUNNING,
+        progress=1,
+        stage="Starting",
+        heartbeat_at=timezone.now(),
+        attempts=F("attempts") + 1,
     )
 
     def progress(percent: int, stage: str) -> None:
-        ImportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING).update(progress=percent, stage=stage[:120])
+        ImportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING).update(
+            progress=percent, stage=stage[:120], heartbeat_at=timezone.now()
+        )
 
     def finish(report: ImportReport) -> None:
         if ImportJob.objects.select_for_update().get(pk=job.pk).status == ReportStatus.DONE:

@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
-from apps.runs import leases
+from apps.runs import jobs, leases
 from apps.runs.artifacts import base_model_dir, local_adapter_dir
 from apps.runs.models import BaseModel, Run, RunStatus
 from apps.runs.services import MAX_ATTEMPTS, failure_message
@@ -198,8 +198,9 @@ def criteria_specs(rubric: Rubric) -> list[CriterionSpec]:
 
 # --- automatic checks ---------------------------------------------------------------------------------
 def schedule_checks(evaluation_pk: int) -> None:
-    """Queue the automatic checks of an evaluation (queue ``default``) once the current transaction commits."""
-    send_after_commit(check_tasks.run_checks, evaluation_pk)
+    """Queue the automatic checks of an evaluation (queue ``default``) once the current transaction commits; their
+    lease (`apps.runs.jobs`) lets the reaper send them again if their worker dies."""
+    jobs.send("checks", check_tasks.run_checks, evaluation_pk)
 
 
 def run_checks(evaluation_pk: int) -> int:
@@ -302,7 +303,7 @@ def judge_rubric_text(rubric: Rubric) -> str:
 
 
 def schedule_judge(evaluation_pk: int) -> None:
-    send_after_commit(check_tasks.run_judge, evaluation_pk)
+    jobs.send("judge", check_tasks.run_judge, evaluation_pk)  # held like the checks
 
 
 def run_judge(evaluation_pk: int, *, client=None) -> dict:

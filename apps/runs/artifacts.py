@@ -26,7 +26,14 @@ from pathlib import Path
 
 from django.conf import settings
 
-from worker.artifacts import ArtifactStoreConfigError, ArtifactStoreError, LocalCache, open_store
+from worker.artifacts import (
+    ArtifactStoreConfigError,
+    ArtifactStoreError,
+    LocalCache,
+    StoreWaitStopped,
+    open_store,
+    wait_unless,
+)
 
 log = logging.getLogger(__name__)
 _stores: dict[tuple, object] = {}
@@ -85,14 +92,19 @@ def adapter_key(run_pk: int) -> str:
     return f"runs/{run_pk}/adapter"
 
 
-def store_checkpoint(run_pk: int, path: str) -> None:
+def store_checkpoint(run_pk: int, path: str, should_cancel: Callable[[], bool] = lambda: False) -> None:
     """Upload a checkpoint folder just written; on failure (after the store's retries) raise an error that says the
-    local checkpoint is kept, so the run fails clearly and a resume on this node goes on from it."""
+    local checkpoint is kept, so the run fails clearly and a resume on this node goes on from it. A cancel asked
+    while the upload waits on the store stops the wait (`worker.train_config.Stopped`)."""
+    from worker.train_config import Stopped
+
     if not remote():
         return
     name = Path(path).name
     try:
-        store().put_dir(path, f"runs/{run_pk}/checkpoints/{name}")
+        wait_unless(lambda: store().put_dir(path, f"runs/{run_pk}/checkpoints/{name}"), should_cancel)
+    except StoreWaitStopped:
+        raise Stopped("cancelled") from None
     except ArtifactStoreError as exc:
         raise ArtifactStoreError(
             f"Could not store {name} in the artifact store ({exc}). The local checkpoint is kept "

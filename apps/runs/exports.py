@@ -15,7 +15,6 @@ import logging
 import shutil
 import tempfile
 import zipfile
-from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,7 +22,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ftstudio.celery import send_after_commit
 from worker.artifacts import ArtifactStoreError, LocalStore
 from worker.export import (
     FORMATS,
@@ -34,14 +32,11 @@ from worker.export import (
     export,
 )
 
-from . import artifacts
+from . import artifacts, jobs
 from .models import ExportStatus, Run, RunExport, RunStatus, SourceKind
 from .tasks import export_run
 
 log = logging.getLogger(__name__)
-
-# A running export whose worker died is taken over by the next delivery after this long (a 135M GGUF takes ~1 min).
-EXPORT_STALE_AFTER = timedelta(minutes=30)
 
 
 def _check_request(run: Run, fmt: str, quant: str) -> str:
@@ -94,26 +89,22 @@ def request_export(*, run: Run, fmt: str, quant: str = "", user=None) -> RunExpo
             .first()
         )
         if same is not None and (same.status != ExportStatus.SUCCEEDED or export_file_exists(same)):
+            if same.status == ExportStatus.RUNNING and jobs.holder_gone("export", same.pk):
+                jobs.send("export", export_run, same.pk)  # its worker died: asking again sends it again
             return same
         job = RunExport.objects.create(
             run=run, format=fmt, quant=quant, created_by=user if getattr(user, "pk", None) else None
         )
-        send_after_commit(export_run, job.pk)
+        jobs.send("export", export_run, job.pk)  # held by a lease: the reaper sends it again if its worker dies
     return job
 
 
 def claim_export(export_pk: int) -> RunExport | None:
-    """Claim a queued export for this delivery (or a running one whose worker died); None otherwise."""
+    """Claim a queued export for this delivery (or a running one whose worker died: the caller holds the export's
+    lease, `jobs.held`, so no live worker has it); None when it is finished."""
     with transaction.atomic():
         job = RunExport.objects.select_for_update().filter(pk=export_pk).first()
         if job is None or job.status in {ExportStatus.SUCCEEDED, ExportStatus.FAILED}:
-            return None
-        if (
-            job.status == ExportStatus.RUNNING
-            and job.started_at
-            and timezone.now() - job.started_at < EXPORT_STALE_AFTER
-        ):
-            log.info("Export %s is already running: duplicate delivery ignored", export_pk)
             return None
         job.status, job.started_at = ExportStatus.RUNNING, timezone.now()
         job.save(update_fields=["status", "started_at", "updated_at"])
@@ -132,9 +123,12 @@ def _zip_name(job: RunExport) -> str:
 def execute_export(export_pk: int) -> str:
     """Do a claimed export: write it in a scratch folder, zip it, store the zip, record its key or the error.
     A failure (the store down after its retries included) records the error and no file: nothing half-written."""
-    job = claim_export(export_pk)
-    if job is None:
-        return "skipped"
+    with jobs.held("export", export_pk) as lease:
+        job = claim_export(export_pk) if lease is not None else None
+        return _export_claimed(job) if job is not None else "skipped"
+
+
+def _export_claimed(job: RunExport) -> str:
     job = RunExport.objects.select_related("run__project", "run__base_model").get(pk=job.pk)
     key = export_key(job, _zip_name(job))
     # Written where a local store keeps it (MEDIA_ROOT/<key>); with a remote store, a scratch copy removed once stored.

@@ -104,6 +104,9 @@ class Run(LeaseHolder, TimeStamped):
     phase = models.CharField(max_length=24, blank=True, help_text="loading, training, validating, saving")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    restarts = models.JSONField(
+        default=list, blank=True, help_text="each later attempt of a started run: attempt, step it resumed from, at"
+    )
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     checkpoint_path = models.CharField(max_length=500, blank=True)
@@ -270,6 +273,29 @@ class RunExport(TimeStamped):
     @property
     def file_name(self) -> str:
         return self.file_path.rsplit("/", 1)[-1] if self.file_path else ""
+
+
+class JobLease(LeaseHolder, models.Model):
+    """The lease of one background job (automatic checks, the judge, an export: `apps/runs/jobs.py`), so that a job
+    whose worker was killed is sent again by the reaper like a run: queued (``enqueued_at``) or running (owner id,
+    heartbeat, attempts). The row goes when the job ends."""
+
+    kind = models.CharField(max_length=16, help_text="checks, judge, export")
+    object_pk = models.PositiveBigIntegerField(help_text="the primary key the job's task takes")
+    state = models.CharField(max_length=8, default="queued", help_text="queued or running")
+    worker_id = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "object_pk"], name="job_lease_one_per_job")]
+        indexes = [models.Index(fields=["state", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.object_pk} ({self.state})"
 
 
 class ReaperBeat(models.Model):

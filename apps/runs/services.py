@@ -607,8 +607,8 @@ class RunReporter:
 
     def on_checkpoint(self, path: str) -> None:
         artifacts.store_checkpoint(
-            self.run.pk, path
-        )  # raises when the store stays down: the run fails, the folder stays
+            self.run.pk, path, self.should_cancel
+        )  # raises when the store stays down: the run fails, the folder stays; a cancel stops the wait
         leases.retry_once(
             lambda: self.rows.update(checkpoint_path=path, heartbeat_at=timezone.now()),
             f"Run {self.run.pk}: checkpoint",
@@ -655,6 +655,9 @@ def _train(run: Run, reporter: RunReporter, hooks):
     resume_step = checkpoint_step(resume) if resume else 0
     if not reporter.lease.lost.is_set():
         RunMetric.objects.filter(run=run, step__gt=resume_step).delete()
+        if resume_step or run.attempts > 1:  # a restart (worker lost, handed back, resumed): an event of its own
+            restart = {"attempt": run.attempts, "step": resume_step, "at": timezone.now().isoformat()}
+            reporter.rows.update(restarts=[*run.restarts, restart])
     if run.devices * run.nodes > 1:
         return _train_distributed(run, config, train_data, val_data, hooks, resume_step)
     return train(config, train_data, val_data, hooks)
@@ -850,6 +853,8 @@ def reap() -> dict[str, list[int]]:
     from apps.evaluations.services import reap_generations
     from apps.prompts.services import reap_prompt_scoring
 
+    from .jobs import reap_jobs
+
     now = timezone.now()
     result = {
         "runs": reap_stale_runs(now),
@@ -858,6 +863,7 @@ def reap() -> dict[str, list[int]]:
         **reap_prompt_scoring(now),
         "queued_imports": resend_queued_imports(now),
         "validating_jobs": resend_validating_jobs(now),
+        **reap_jobs(now),
     }
     ReaperBeat.objects.update_or_create(name="reaper", defaults={"beat_at": now, "requeued": result})
     return result

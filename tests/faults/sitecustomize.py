@@ -6,6 +6,10 @@ FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS: added to every validation batch of `Tra
 FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS: added before each finished generation batch is handed back.
 FTSTUDIO_FAULT_TRAINING_STEP_SECONDS: added to every training step of `Trainer` (the tiny model trains 12 steps in
 under 3 s on an idle machine: a test that acts midway needs steps it can catch).
+FTSTUDIO_FAULT_DECODE_STEP_SECONDS: added to every step of the inference engine's batch, and the end-of-sequence
+token is never chosen, so a stream runs to its max_tokens slowly enough for a test to kill its process midway.
+FTSTUDIO_FAULT_CHECK_SECONDS: added to every automatic check of an output (a pass over many outputs that a test
+can kill midway).
 FTSTUDIO_FAULT_RANK_FAILS="R:S": the distributed rank R (torchrun's RANK) raises at the start of its step S + 1,
 as a rank whose device fails does.
 """
@@ -17,6 +21,31 @@ _validation = float(os.environ.get("FTSTUDIO_FAULT_VALIDATION_BATCH_SECONDS", "0
 _generation = float(os.environ.get("FTSTUDIO_FAULT_GENERATION_BATCH_SECONDS", "0") or 0)
 _step = float(os.environ.get("FTSTUDIO_FAULT_TRAINING_STEP_SECONDS", "0") or 0)
 _rank_fails = os.environ.get("FTSTUDIO_FAULT_RANK_FAILS", "")
+_decode = float(os.environ.get("FTSTUDIO_FAULT_DECODE_STEP_SECONDS", "0") or 0)
+_check = float(os.environ.get("FTSTUDIO_FAULT_CHECK_SECONDS", "0") or 0)
+
+if _check:
+    import worker.checks
+
+    _run_check = worker.checks.run_check
+
+    def run_check(*args, **kwargs):
+        time.sleep(_check)
+        return _run_check(*args, **kwargs)
+
+    worker.checks.run_check = run_check
+
+if _decode:
+    import worker.engine
+
+    _engine_step = worker.engine.BatchRunner.step
+
+    def engine_step(self, *args, **kwargs):
+        time.sleep(_decode)
+        return _engine_step(self, *args, **kwargs)
+
+    worker.engine.BatchRunner.step = engine_step
+    worker.engine.eos_ids = lambda model, tokenizer: set()
 
 if _step:
     from transformers import Trainer
