@@ -36,7 +36,7 @@ def _estimate_context(project, form) -> dict:
     if not form.is_valid():
         return {"estimate": None}
     try:
-        _v, _m, hp, estimate = services.prepare_launch(
+        _v, model, hp, estimate = services.prepare_launch(
             project=project,
             dataset_version=form.cleaned_data["dataset_version"],
             base_model=form.cleaned_data["base_model"],
@@ -45,7 +45,12 @@ def _estimate_context(project, form) -> dict:
         )
     except services.LaunchError as exc:
         return {"estimate": None, "estimate_errors": exc.errors}
-    return {"estimate": estimate, "hyperparameters": hp, "estimate_words": presentation.estimate_words(estimate)}
+    return {
+        "estimate": estimate,
+        "hyperparameters": hp,
+        "estimate_words": presentation.estimate_words(estimate),
+        "fit_table": presentation.fit_rows(services.fit_table(model, hp, estimate["batch_tokens"])),
+    }
 
 
 @project_view("run", post_need="run")
