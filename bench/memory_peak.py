@@ -57,6 +57,102 @@ def worst_batch(features: list[dict], batch_size: int) -> tuple[list[dict], int,
     return longest, tokens, labelled
 
 
+def measure(
+    model_dir: str,
+    *,
+    steps: int = 3,
+    batch_size: int = 8,
+    max_seq_length: int = 256,
+    rank: int = 8,
+    mode: str = "lora",
+    checkpointing: bool = False,
+    examples: int = 32,
+    adapter_out: str = "",
+) -> dict:
+    """Train ``steps`` steps of the worst batch; its peak memory, the estimate and tokens/s (after the first step)."""
+    import time
+
+    import torch
+    from train_throughput import make_conversations
+    from transformers import TrainerCallback
+
+    from worker.memory import Shape, estimate_memory
+    from worker.train import TrainConfig, build_trainer
+
+    class StepClock(TrainerCallback):
+        started = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:  # the first step warms up (allocations, kernels): not timed
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.started, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+
+    torch.manual_seed(0)
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            model_dir=str(model_dir),
+            output_dir=out,
+            max_steps=steps,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            lora_r=rank,
+            memory_mode=mode,
+            gradient_checkpointing=checkpointing,
+            save_steps=10_000,
+        )
+        trainer, _tok, features, _val = build_trainer(config, make_conversations(examples), [], callbacks=[clock])
+        device = trainer.args.device.type
+        batch, tokens, labelled = worst_batch(features, batch_size)
+        trainer.train_dataset = batch * steps  # every step trains the worst batch
+        shape = Shape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
+        estimate = estimate_memory(
+            shape,
+            mode=mode,
+            device=device,
+            lora_r=rank,
+            target_modules=config.target_modules,
+            lora_dropout=config.lora_dropout,
+            batch_tokens=tokens,
+            labelled_tokens=labelled,
+            gradient_checkpointing=checkpointing,
+        )
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        reset = reset_peak_rss()
+        before = current_rss()
+        trainer.train()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            measured = torch.cuda.max_memory_allocated() + estimate.overhead  # the context is not allocated memory
+        else:
+            measured = peak_rss()
+        seconds = time.perf_counter() - clock.started if clock.started else 0.0
+        timed_tokens = trainer.state.num_input_tokens_seen - clock.tokens if clock.started else 0
+        if adapter_out:
+            trainer.model.save_pretrained(adapter_out, safe_serialization=True)
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        del trainer
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return {
+        "device": device,
+        "batch_tokens": tokens,
+        "labelled_tokens": labelled,
+        "measured_bytes": measured,
+        "estimated_bytes": estimate.total,
+        "parts": estimate.parts(),
+        "peak_reset_after_loading": reset,
+        "resident_before_training": before,
+        "tokens_per_second": timed_tokens / seconds if seconds else None,
+        "parameters": shape.parameters(),
+        "losses": losses,
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -68,66 +164,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--examples", type=int, default=32)
     args = parser.parse_args(argv)
-
-    import torch
-    from train_throughput import make_conversations
-
-    from worker.memory import Shape, estimate_memory
-    from worker.train import TrainConfig, build_trainer
-
-    torch.manual_seed(0)
-    conversations = make_conversations(args.examples)
-    with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(
-            model_dir=args.model,
-            output_dir=out,
-            max_steps=args.steps,
-            batch_size=args.batch_size,
-            max_seq_length=args.max_seq_length,
-            lora_r=args.rank,
-            memory_mode=args.mode,
-            gradient_checkpointing=args.checkpointing,
-            save_steps=10_000,
-        )
-        trainer, _tok, features, _val = build_trainer(config, conversations, [])
-        device = trainer.args.device.type
-        batch, tokens, labelled = worst_batch(features, args.batch_size)
-        trainer.train_dataset = batch * args.steps  # every step trains the worst batch
-        trainer.args.max_steps = args.steps
-        shape = Shape.from_config(json.loads((Path(args.model) / "config.json").read_text()))
-        estimate = estimate_memory(
-            shape,
-            mode=args.mode,
-            device=device,
-            lora_r=args.rank,
-            target_modules=config.target_modules,
-            lora_dropout=config.lora_dropout,
-            batch_tokens=tokens,
-            labelled_tokens=labelled,
-            gradient_checkpointing=args.checkpointing,
-        )
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        reset = reset_peak_rss()
-        before = current_rss()
-        trainer.train()
-        if device == "cuda":
-            measured = torch.cuda.max_memory_allocated() + estimate.overhead  # the context is not allocated memory
-        else:
-            measured = peak_rss()
-    result = {
-        "device": device,
-        "batch_tokens": tokens,
-        "labelled_tokens": labelled,
-        "measured_bytes": measured,
-        "estimated_bytes": estimate.total,
-        "parts": estimate.parts(),
-        "peak_reset_after_loading": reset,
-        "resident_before_training": before,
-    }
+    result = measure(
+        args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        rank=args.rank,
+        mode=args.mode,
+        checkpointing=args.checkpointing,
+        examples=args.examples,
+    )
     print(json.dumps(result))
-    print(f"ratio={measured / estimate.total:.3f}")
+    print(f"ratio={result['measured_bytes'] / result['estimated_bytes']:.3f}")
     return result
 
 

@@ -247,7 +247,7 @@ def build_trainer(
 
     set_seed(config.seed)
     device = config.device or pick_device()
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = config.bf16 and device == "cuda" and torch.cuda.is_bf16_supported()
     kernels = choose_kernels(config, device)
     quantization = four_bit_config() if config.memory_mode == "qlora" and device == "cuda" else None
     if config.memory_mode == "qlora" and quantization is None:

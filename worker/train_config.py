@@ -43,6 +43,7 @@ class TrainConfig:
     # "flash_attention_2". Liger's fused kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy) when asked.
     attention: str = "auto"
     liger_kernels: bool = False
+    bf16: bool = True  # on a GPU that supports it; False trains in fp32 there (the GPU check compares the losses)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -804,6 +804,8 @@ def train_config(run: Run, model_dir: str, output_dir: Path) -> TrainConfig:
     return TrainConfig(
         model_dir=model_dir,
         output_dir=str(output_dir),
+        attention=settings.FTSTUDIO_ATTENTION,
+        liger_kernels=settings.FTSTUDIO_LIGER_KERNELS,
         **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()},
     )
 
