@@ -127,6 +127,7 @@ def test_the_run_form_for_an_8b_model_from_a_folder_says_which_mode_fits_which_c
         headers={"HX-Request": "true"},
     ).content.decode()  # fmt: skip
     assert "This run needs about " in refused and "does not fit a 24 GB card" in refused
+    assert 'id="estimate-fit"' in refused  # beside the refusal: which mode would fit
     response = client.post(
         f"/p/{team.project.slug}/runs/new/",
         {**choices, "preset": "balanced", "gradient_checkpointing": "off", "launch_without_prompt": "on"},

@@ -378,6 +378,23 @@ def fit_table(base_model: BaseModel, hp: dict, batch_tokens: int) -> list[dict]:
     return rows
 
 
+def launch_fit_table(*, dataset_version, base_model, preset: str, overrides: dict | None) -> list[dict]:
+    """`fit_table` for a launch form's choices, also when the launch itself is refused (a run too large for the
+    card asked for): [] where the choices are not valid enough to size a batch."""
+    overrides = dict(overrides or {})
+    overrides.pop("gpu_gb", None)
+    scale = {key: overrides.pop(key, None) for key in SCALE_FIELDS}
+    if not isinstance(base_model, BaseModel) or not isinstance(dataset_version, DatasetVersion):
+        return []
+    try:
+        hp = resolve_hyperparameters(preset, overrides)
+        devices, nodes = resolve_scale(scale, int(hp["batch_size"]))
+    except LaunchError:
+        return []
+    per_device_batch = max(1, int(hp["batch_size"]) // (devices * nodes))
+    return fit_table(base_model, hp, _batch_tokens(dataset_version, hp, per_device_batch))
+
+
 def _serves_gpu(queue: str) -> bool:
     return any(w.gpu_count for w in workers_serving(queue))
 
