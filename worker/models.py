@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,8 +176,9 @@ def load_model(
     if dtype is None:
         dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if quantization_config is not None:
-        extra.update(quantization_config=quantization_config, device_map={"": device})
+    if quantization_config is not None:  # on this process's GPU (under torchrun: its local rank's)
+        place = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" else device
+        extra.update(quantization_config=quantization_config, device_map={"": place})
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, use_safetensors=True, trust_remote_code=False, revision=revision, **extra
     )
