@@ -88,7 +88,7 @@ def test_a_run_that_cannot_fit_the_card_asked_for_is_refused_with_the_numbers(te
 
 def test_the_compact_preset_trains_a_4_bit_base_with_layers_recomputed(team):
     llama = _model_from_config("llama-8b", "llama-3.1-8b", min_gpu_gb=16)
-    run = launch(team, small_version(team.project), llama, preset="compact", overrides={"max_seq_length": 1024})
+    run = launch(team, small_version(team.project), llama, preset="compact")  # 8 examples of up to 512 tokens
     assert run.hyperparameters["memory_mode"] == "qlora" and run.hyperparameters["gradient_checkpointing"] is True
     assert run.estimate["gpu_gb"] == 24
 

@@ -202,11 +202,13 @@ def estimate_memory(
         rows = max(1, math.ceil(batch_tokens / row_tokens))
         per_layer += 2 * shape.num_attention_heads * math.ceil(batch_tokens / rows) * act_bytes
     layers = shape.num_hidden_layers
+    # the residual stream between layers: fp32 on a 4-bit base (its embeddings and norms are cast up to fp32)
+    stream_bytes = 4 if mode == "qlora" else act_bytes
     if gradient_checkpointing:  # each layer's input, and one layer recomputed at a time
-        activations = batch_tokens * (layers * shape.hidden_size * act_bytes + per_layer)
+        activations = batch_tokens * (layers * shape.hidden_size * stream_bytes + per_layer)
     else:
         activations = batch_tokens * layers * per_layer
-    activations += batch_tokens * shape.hidden_size * act_bytes * 2  # embeddings' output, final norm
+    activations += batch_tokens * shape.hidden_size * stream_bytes * 2  # embeddings' output, final norm
     labelled = batch_tokens // 2 if labelled_tokens is None else labelled_tokens
     if shape.model_type not in LABELLED_LOGITS_MODEL_TYPES:
         labelled = batch_tokens  # the model's own loss projects every position

@@ -215,7 +215,9 @@ class PackedTrainer(RunTrainer):
             and self.label_smoother is None
             and self.compute_loss_func is None
         ):
-            loss = labelled_loss(model, inputs, num_items_in_batch)
+            # the shortcut calls the decoder itself, outside the autocast accelerate wraps the model's forward in
+            with torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=bool(self.args.bf16)):
+                loss = labelled_loss(model, inputs, num_items_in_batch)
         if loss is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return (loss, {"loss": loss}) if return_outputs else loss
