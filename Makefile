@@ -17,7 +17,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGM
 export DJANGO_DEBUG ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test test-fast install install-dev chromium lint migrate bench clean check-gguf
+.PHONY: run test test-fast install install-dev chromium lint migrate bench clean check-gguf gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (the Studio targets Python 3.11)"; exit 1; }
@@ -72,6 +72,15 @@ check-gguf: install
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" \
 		$(PIP) install -q --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
 	$(PY) scripts/check_gguf.py
+
+# The Studio's figures on a CUDA machine (no network): training tokens/s, MFU, peak memory against the estimate for
+# a bf16 and a 4-bit base with and without checkpointing, bf16 vs fp32 loss, generation, the vLLM hand-off
+# (scripts/gpu_check.py). Installs the gpu extra (bitsandbytes) first; on a machine without CUDA it runs a dry check.
+gpu-check: install
+	@if $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())" && ! $(PY) -c "import bitsandbytes" 2>/dev/null; \
+		then $(PIP) install -q --config-settings editable_mode=compat -e '.[gpu]' \
+		|| echo "bitsandbytes could not be installed (offline?): the 4-bit lines will say skipped"; fi
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench: install-dev
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

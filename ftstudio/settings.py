@@ -271,6 +271,11 @@ FTSTUDIO_ARTIFACT_CACHE, FTSTUDIO_ARTIFACT_CACHE_BYTES = cache_location(os.envir
 FTSTUDIO_GPU_TIERS = [int(t) for t in env_list("FTSTUDIO_GPU_TIERS", "24,48,80")]
 # Every worker writes a WorkerBeat row this often; one silent for 3 beats is not counted as serving its queues.
 FTSTUDIO_WORKER_BEAT_SECONDS = float(os.environ.get("FTSTUDIO_WORKER_BEAT_SECONDS", "30"))
+# Training kernels (worker/train.py choose_kernels; each run's log names what it used): attention "auto" is
+# FlashAttention-2 where the flash-attn package is installed on a GPU, else PyTorch's sdpa ("sdpa", "eager" and
+# "flash_attention_2" force one); Liger's fused kernels where the liger-kernel package is installed on a GPU.
+FTSTUDIO_ATTENTION = os.environ.get("FTSTUDIO_ATTENTION", "auto")
+FTSTUDIO_LIGER_KERNELS = env_bool("FTSTUDIO_LIGER_KERNELS", False)
 
 # --- Inference (the /v1/ API and the playground) --------------------------------------------------------
 # The inference process (python -m worker.serve) the web process forwards chat requests to.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,18 +158,31 @@ def load_tokenizer(model_dir: str, revision: str | None = None):
     return tokenizer
 
 
-def load_model(model_dir: str, *, dtype=None, device: str | None = None, revision: str | None = None):
-    """Load a causal LM from safetensors only, remote code off."""
+def load_model(
+    model_dir: str,
+    *,
+    dtype=None,
+    device: str | None = None,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    quantization_config=None,
+):
+    """Load a causal LM from safetensors only, remote code off. A ``quantization_config`` (bitsandbytes 4-bit) loads
+    the weights quantized straight onto ``device``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
     if dtype is None:
         dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if quantization_config is not None:  # on this process's GPU (under torchrun: its local rank's)
+        place = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" else device
+        extra.update(quantization_config=quantization_config, device_map={"": place})
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, use_safetensors=True, trust_remote_code=False, revision=revision
+        model_dir, dtype=dtype, use_safetensors=True, trust_remote_code=False, revision=revision, **extra
     )
-    return model.to(device)
+    return model if quantization_config is not None else model.to(device)
 
 
 def load_model_and_tokenizer(spec: ModelSpec, *, dtype=None, device: str | None = None):
@@ -186,6 +200,8 @@ def pick_device() -> str:
 
 def describe_model(spec: ModelSpec) -> ModelInfo:
     """Architecture, parameter count, context length and chat template, read from config and tokenizer."""
+    from worker.memory import Shape
+
     model_dir = resolve_model_dir(spec)
     if spec.source_kind == "hub":
         from transformers import AutoConfig
@@ -199,23 +215,15 @@ def describe_model(spec: ModelSpec) -> ModelInfo:
         parameter_count=estimate_parameters(config),
         context_length=int(config.get("max_position_embeddings") or tokenizer.model_max_length or 2048),
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        extra={"shape": Shape.from_config(config).to_dict()},  # what the memory estimate needs
     )
 
 
 def estimate_parameters(config: dict) -> int:
-    """Parameter count of a decoder-only transformer from its config (exact for Llama-like models)."""
-    h = int(config.get("hidden_size", 0))
-    layers = int(config.get("num_hidden_layers", 0))
-    inter = int(config.get("intermediate_size", 4 * h))
-    vocab = int(config.get("vocab_size", 0))
-    heads = int(config.get("num_attention_heads", 1)) or 1
-    kv_heads = int(config.get("num_key_value_heads", heads))
-    head_dim = int(config.get("head_dim", h // heads if heads else 0))
-    attn = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h
-    mlp = 3 * h * inter
-    norms = 2 * h
-    embed = vocab * h * (1 if config.get("tie_word_embeddings", False) else 2)
-    return layers * (attn + mlp + norms) + embed + h
+    """Parameter count of a decoder-only transformer from its config (exact for Llama, Mistral and Qwen2 models)."""
+    from worker.memory import Shape
+
+    return Shape.from_config(config).parameters()
 
 
 def build_tiny_llama(target: Path, tokenizer_source: str | None = None, seed: int = 0) -> Path:

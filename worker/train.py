@@ -34,6 +34,7 @@ from transformers import Trainer, TrainerCallback
 from worker.data import PackedRowsCollator, encode_conversations, padded_collator, token_count
 from worker.train_config import (  # noqa: F401 - re-exported: callers of train() import them from here
     DEFAULT_TARGETS,
+    QLORA_NEEDS_CUDA,
     Hooks,
     Metric,
     Progress,
@@ -279,10 +280,11 @@ class RunTrainer(Trainer):
         if "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        targets = inputs["labels"][:, 1:]
-        keep = targets != -100
-        count_right(self.token_counts(model.training), logits[:, :-1][keep], targets[keep])
+        logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+        if logits is not None:  # Liger's fused cross-entropy returns none: no accuracy then
+            targets = inputs["labels"][:, 1:]
+            keep = targets != -100
+            count_right(self.token_counts(model.training), logits[:, :-1][keep], targets[keep])
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -319,8 +321,17 @@ class PackedTrainer(RunTrainer):
         # Under DDP the forward must go through the wrapper (it prepares the gradients' all-reduce), so the
         # labelled-logits shortcut, which calls the decoder directly, is for one process only.
         one_process = self.accelerator.num_processes == 1
-        if one_process and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
-            loss = labelled_loss(model, inputs, num_items_in_batch, self.token_counts(model.training))
+        shortcut = not self.args.use_liger_kernel  # Liger's fused linear cross-entropy never materialises logits
+        if (
+            one_process
+            and shortcut
+            and "labels" in inputs
+            and self.label_smoother is None
+            and self.compute_loss_func is None
+        ):
+            # the shortcut calls the decoder itself, outside the autocast accelerate wraps the model's forward in
+            with torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=bool(self.args.bf16)):
+                loss = labelled_loss(model, inputs, num_items_in_batch, self.token_counts(model.training))
         if loss is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -352,11 +363,31 @@ def build_trainer(
 
     set_seed(config.seed)
     device = config.device or pick_device()
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = config.bf16 and device == "cuda" and torch.cuda.is_bf16_supported()
+    kernels = choose_kernels(config, device)
+    quantization = four_bit_config() if config.memory_mode == "qlora" and device == "cuda" else None
+    if config.memory_mode == "qlora" and quantization is None:
+        raise ValueError(QLORA_NEEDS_CUDA)
+    if config.memory_mode not in ("lora", "qlora"):
+        raise ValueError(f"Unknown memory mode {config.memory_mode!r}: use lora or qlora.")
     tokenizer = load_tokenizer(config.model_dir)
     between()
-    model = load_model(config.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    model = load_model(
+        config.model_dir,
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+        device=device,
+        attn_implementation=kernels["attention"],
+        quantization_config=quantization,
+    )
     model.config.use_cache = False
+    if quantization is not None:  # norms and embeddings in fp32, inputs that carry gradients into the 4-bit layers
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     between()
     lora = LoraConfig(
         task_type="CAUSAL_LM",
@@ -402,6 +433,9 @@ def build_trainer(
         # several nodes: each node keeps its own checkpoints (the rendezvous may make any node rank 0)
         save_on_each_node=distributed_nodes() > 1,
         ddp_find_unused_parameters=False,  # LoRA's trainable weights all take part in every step
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        use_liger_kernel=kernels["liger"],
     )
     collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)
     trainer_class = PackedTrainer if config.packing else RunTrainer
@@ -414,7 +448,61 @@ def build_trainer(
         callbacks=callbacks or [],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback, not stdout
+    trainer.kernels_line = kernels_line(config, device, kernels)
     return trainer, tokenizer, train_features, val_features
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def choose_kernels(config: TrainConfig, device: str) -> dict:
+    """The attention implementation and whether Liger's kernels apply: what was asked, where it can run.
+
+    "auto" attention is FlashAttention-2 when the ``flash_attn`` package is installed and the run is on a GPU, else
+    PyTorch's sdpa. FlashAttention-2 asked for where it cannot run falls back to sdpa (the log says so); Liger's
+    kernels (Triton) need a GPU and the ``liger_kernel`` package."""
+    flash_ok = device == "cuda" and _installed("flash_attn")
+    attention = config.attention
+    if attention == "auto" or (attention == "flash_attention_2" and not flash_ok):
+        attention = "flash_attention_2" if flash_ok else "sdpa"
+    if attention not in ("sdpa", "eager", "flash_attention_2"):
+        raise ValueError(f"Unknown attention {config.attention!r}: use auto, sdpa, eager or flash_attention_2.")
+    return {
+        "attention": attention,
+        "liger": bool(config.liger_kernels and device == "cuda" and _installed("liger_kernel")),
+    }
+
+
+def kernels_line(config: TrainConfig, device: str, kernels: dict) -> str:
+    """One line for the run's log: memory mode, checkpointing, attention and Liger, as they were applied."""
+    mode = "4-bit NF4 base (QLoRA)" if config.memory_mode == "qlora" else ("bf16" if device == "cuda" else "fp32")
+    asked = f" (asked: {config.attention})" if config.attention not in ("auto", kernels["attention"]) else ""
+    liger = "on" if kernels["liger"] else ("off (not installed or no GPU)" if config.liger_kernels else "off")
+    return (
+        f"memory: {mode} base + LoRA on {device}, gradient checkpointing "
+        f"{'on' if config.gradient_checkpointing else 'off'}; attention: {kernels['attention']}{asked}; "
+        f"Liger kernels: {liger}"
+    )
+
+
+def four_bit_config():
+    """bitsandbytes' 4-bit NF4 with double quantization and bf16 compute (QLoRA). bitsandbytes is optional (the
+    ``gpu`` extra): imported only here."""
+    if not _installed("bitsandbytes"):
+        raise ValueError(
+            "A 4-bit base (QLoRA) needs the bitsandbytes package on the GPU worker: install the Studio's gpu extra."
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def distributed_nodes() -> int:
@@ -499,6 +587,7 @@ def train(
             callbacks=[RunCallback(hooks, history, stop, str(Path(config.output_dir) / "epochs"))],
             between=functools.partial(stop_point, hooks),
         )
+        hooks.on_log(trainer.kernels_line)
         resume = last_checkpoint(config.output_dir)
         if resume and _is_final(resume):
             hooks.on_log(f"resuming from {resume}: the final step, so finishing without training")

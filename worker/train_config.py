@@ -35,6 +35,15 @@ class TrainConfig:
     packing: bool = True  # padding-free batches; False pads each batch to its longest example
     pack_row_tokens: int = PACK_ROW_TOKENS  # tokens per packed row (see worker.data.PackedRowsCollator)
     device: str = ""  # "" picks cuda when present
+    # Memory (worker/memory.py estimates each): "lora" trains on a bf16 base (fp32 on a CPU); "qlora" on a 4-bit
+    # NF4 base (bitsandbytes, CUDA only). Gradient checkpointing recomputes each layer in the backward pass.
+    memory_mode: str = "lora"
+    gradient_checkpointing: bool = False
+    # Kernels: "auto" is FlashAttention-2 when installed on a GPU, else PyTorch's sdpa; or "sdpa", "eager",
+    # "flash_attention_2". Liger's fused kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy) when asked.
+    attention: str = "auto"
+    liger_kernels: bool = False
+    bf16: bool = True  # on a GPU that supports it; False trains in fp32 there (the GPU check compares the losses)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -121,6 +130,12 @@ def stop_point(hooks: Hooks) -> None:
         raise Stopped("cancelled")
     if hooks.should_pause():
         raise Stopped("paused")
+
+
+QLORA_NEEDS_CUDA = (
+    "A 4-bit base (QLoRA) needs an NVIDIA GPU: bitsandbytes' 4-bit layers run on CUDA, and this worker has none. "
+    "Train on the full-precision base here, or send the run to a GPU worker."
+)
 
 
 def steps_per_epoch(examples: int, batch_size: int, grad_accum: int) -> int:

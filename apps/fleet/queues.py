@@ -31,8 +31,12 @@ def queue_for(min_gpu_gb: int) -> str:
 def run_queue(run_pk) -> str:
     from apps.runs.models import Run
 
-    need = Run.objects.filter(pk=run_pk).values_list("base_model__min_gpu_gb", flat=True).first()
-    return queue_for(need or 0)
+    row = Run.objects.filter(pk=run_pk).values_list("estimate", "base_model__min_gpu_gb").first()
+    if row is None:
+        return DEFAULT_QUEUE
+    estimate, need = row
+    # the card the launch estimate chose (apps/runs/services.plan_memory); older runs: the model's requirement
+    return queue_for((estimate or {}).get("gpu_gb") or need or 0)
 
 
 def evaluation_queue(evaluation_pk) -> str:

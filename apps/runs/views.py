@@ -35,17 +35,26 @@ def run_list(request, project):
 def _estimate_context(project, form) -> dict:
     if not form.is_valid():
         return {"estimate": None}
+    choices = {
+        "dataset_version": form.cleaned_data["dataset_version"],
+        "base_model": form.cleaned_data["base_model"],
+        "preset": form.cleaned_data["preset"],
+        "overrides": form.overrides(),
+    }
+    model = choices["base_model"]
+    # which card holds which mode, for models a GPU trains (also beside a refusal: what would fit instead)
+    gpu_model = model.min_gpu_gb or model.parameter_count >= 1_000_000_000 or choices["overrides"].get("gpu_gb")
+    fit = presentation.fit_rows(services.launch_fit_table(**choices)) if gpu_model else None
     try:
-        _v, _m, hp, estimate = services.prepare_launch(
-            project=project,
-            dataset_version=form.cleaned_data["dataset_version"],
-            base_model=form.cleaned_data["base_model"],
-            preset=form.cleaned_data["preset"],
-            overrides=form.overrides(),
-        )
+        _v, _m, hp, estimate = services.prepare_launch(project=project, **choices)
     except services.LaunchError as exc:
-        return {"estimate": None, "estimate_errors": exc.errors}
-    return {"estimate": estimate, "hyperparameters": hp, "estimate_words": presentation.estimate_words(estimate)}
+        return {"estimate": None, "estimate_errors": exc.errors, "fit_table": fit}
+    return {
+        "estimate": estimate,
+        "hyperparameters": hp,
+        "estimate_words": presentation.estimate_words(estimate),
+        "fit_table": fit,
+    }
 
 
 @project_view("run", post_need="run")
