@@ -3,17 +3,17 @@
 Queue `gpu` carries training and generation (one task at a time per GPU); queue `default` the
 rest (quality reports, housekeeping). Routing lives here so callers only call `.delay(pk)`.
 
-The reaper (`runs.reap`: resumes runs and evaluations whose worker died, re-sends lost queued messages)
-is scheduled here, and only a worker started with `-B` (embedded beat) runs the schedule: the one
-embedded worker of `make run`, `worker-cpu` in docker-compose. Run exactly one such worker; staff see
-a banner when no reaper has run for FTSTUDIO_REAPER_ALARM_SECONDS.
+Each app's recovery pass (`runs.reap`, `evaluations.reap`, `prompts.reap`, `api.reap`: ftstudio/queueing.py
+RECOVERY_PASSES; each resumes its own work whose worker died and re-sends its lost queued messages) is scheduled
+here by task name, and only a worker started with `-B` (embedded beat) runs the schedule: the one embedded worker
+of `make run`, `worker-cpu` in docker-compose. Run exactly one such worker; staff see a banner when a pass has not
+run for FTSTUDIO_REAPER_ALARM_SECONDS.
 
 A warm shutdown (SIGTERM) sets `apps.runs.leases.shutdown_requested`: a training task running in the
 worker's main process (`--pool solo`, as `worker-gpu` runs) stops at its next step with a checkpoint and
 hands its run back without spending an attempt; generation hands its evaluation back after the batch.
 """
 
-import functools
 import os
 
 from celery import Celery
@@ -25,6 +25,8 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from ftstudio.queueing import RECOVERY_PASSES, send_after_commit  # noqa: F401 (send_after_commit: older callers)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ftstudio.settings")
 
 app = Celery("ftstudio")
@@ -35,24 +37,16 @@ app.conf.task_routes = ("apps.fleet.queues.route", {"prompts.score_prompt_versio
 app.autodiscover_tasks()
 
 
-def send_after_commit(task, *args) -> None:
-    """Send ``task(*args)`` once the current transaction commits (at once outside one): a worker never
-    reloads a row that is not committed yet, and a rolled-back write sends nothing. Every service enqueues
-    through this."""
-    from django.db import transaction
-
-    transaction.on_commit(functools.partial(task.delay, *args))
-
-
 @app.on_after_finalize.connect
 def _schedule_reaper(sender, **kwargs):
     from django.conf import settings
 
-    sender.add_periodic_task(
-        settings.FTSTUDIO_REAPER_INTERVAL,
-        sender.signature("runs.reap", queue="default"),
-        name="reap stranded runs and evaluations",
-    )
+    for beat, task_name in RECOVERY_PASSES.items():
+        sender.add_periodic_task(
+            settings.FTSTUDIO_REAPER_INTERVAL,
+            sender.signature(task_name, queue="default"),
+            name=f"recover stranded work: {beat}",
+        )
     sender.add_periodic_task(
         settings.FTSTUDIO_REAPER_INTERVAL,
         sender.signature("webhooks.send_due", queue="default"),

@@ -103,7 +103,7 @@ def test_a_bad_line_fails_the_job_naming_the_line_and_imports_nothing(api, team)
 
 
 def test_a_large_file_is_validated_by_the_task_while_the_job_says_validating_files(api, team, settings):
-    from apps.api.tasks import validate_fine_tuning_job
+    from apps.api.tasks import reap, validate_fine_tuning_job
 
     settings.FTSTUDIO_IMPORT_INLINE_BYTES = 10  # every file is "large" here
     pm = api("pm")
@@ -112,9 +112,9 @@ def test_a_large_file_is_validated_by_the_task_while_the_job_says_validating_fil
     assert pm.fine_tuning.jobs.retrieve(job.id).status == "validating_files"
     pk = FineTuningJob.objects.get(public_id=job.id).pk
     settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 0  # the task's message was lost: the reaper sends it again, once
-    assert runs.reap()["validating_jobs"] == [pk]
+    assert reap()["validating_jobs"] == [pk]
     settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 600
-    assert runs.reap()["validating_jobs"] == []
+    assert reap()["validating_jobs"] == []
     assert validate_fine_tuning_job.apply(args=[pk]).get() == "launched"
     assert validate_fine_tuning_job.apply(args=[pk]).get() == "launched"  # a second delivery changes nothing
     assert Run.objects.count() == 1 and Example.objects.count() == 4

@@ -285,7 +285,6 @@ def dead_worker(pv, *, minutes_ago: int = 30, attempts: int = 1) -> None:
 def test_the_reaper_finishes_a_prompt_scoring_whose_worker_was_killed(
     team, settings, tiny_model_dir, eager, django_capture_on_commit_callbacks
 ):
-    from apps.runs.services import reap
     from tests.eval_setup import register_tiny_model
 
     version = house_version(team.project)
@@ -302,7 +301,7 @@ def test_the_reaper_finishes_a_prompt_scoring_whose_worker_was_killed(
     services.score_outputs(pv, items[:1], ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards"])  # one batch was saved
     dead_worker(pv)
     with django_capture_on_commit_callbacks(execute=True):
-        result = reap()
+        result = services.reap()  # prompts' own recovery pass
     assert result["prompt_versions"] == [pv.pk]
     pv.refresh_from_db()
     assert pv.status == PromptStatus.SCORED and pv.done == 3 and pv.attempts == 2

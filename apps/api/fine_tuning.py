@@ -38,8 +38,8 @@ from apps.datasets import services as datasets
 from apps.datasets.importers import content_hash
 from apps.datasets.models import Example
 from apps.runs import services as runs
-from apps.runs.models import BaseModel, Run, RunStatus
-from ftstudio.celery import send_after_commit
+from apps.runs.models import BaseModel, ReaperBeat, Run, RunStatus
+from ftstudio.queueing import send_after_commit
 
 from .auth import ApiError
 from .models import ApiFile, FineTuningJob, JobStage
@@ -532,6 +532,12 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
             stage=JobStage.FAILED, error=exc.error, finished_at=timezone.now(), updated_at=timezone.now()
         )
     return jobs_with_runs().get(pk=job_pk)
+
+
+def reap() -> dict[str, list[int]]:
+    """The API's periodic recovery pass (`api.reap`); records that it ran (the staff alarm reads it)."""
+    now = timezone.now()
+    return ReaperBeat.record("api", {"validating_jobs": resend_validating_jobs(now)}, now)
 
 
 def resend_validating_jobs(now=None) -> list[int]:

@@ -29,7 +29,7 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from ftstudio import csv_cells
-from ftstudio.celery import send_after_commit
+from ftstudio.queueing import send_after_commit
 from worker.data import tool_messages
 
 from . import importers, quality

@@ -18,8 +18,8 @@ from django.utils import timezone
 from apps.datasets.models import DatasetVersion, DatasetVersionItem
 from apps.evaluations.models import AutoCheck, Candidate, CandidateKind, Rubric
 from apps.runs import leases
-from apps.runs.models import BaseModel
-from ftstudio.celery import send_after_commit
+from apps.runs.models import BaseModel, ReaperBeat
+from ftstudio.queueing import send_after_commit
 
 from .models import PromptOutput, PromptStatus, PromptVersion
 from .tasks import score_prompt_version as score_task
@@ -260,8 +260,14 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
             raise
 
 
+def reap() -> dict[str, list[int]]:
+    """Prompts' periodic recovery pass (`prompts.reap`); records that it ran (the staff alarm reads it)."""
+    now = timezone.now()
+    return ReaperBeat.record("prompts", reap_prompt_scoring(now), now)
+
+
 def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
-    """The reaper's prompt half (called by `runs.reap`, beside runs and evaluations): re-send running versions
+    """Re-send running versions
     whose worker is gone (failed after MAX_ATTEMPTS, outputs kept) and queued ones whose message is older than
     FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message). A duplicate message is harmless: the claim lets one run."""
     from apps.runs.services import MAX_ATTEMPTS

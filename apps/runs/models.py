@@ -299,7 +299,8 @@ class JobLease(LeaseHolder, models.Model):
 
 
 class ReaperBeat(models.Model):
-    """When the periodic reaper last ran (one row per reaper name): the staff banner alarms when it is old."""
+    """When an app's periodic recovery pass last ran (one row per pass, ftstudio/queueing.py RECOVERY_PASSES): the
+    staff banner alarms when one is old or missing."""
 
     name = models.CharField(max_length=40, unique=True)
     beat_at = models.DateTimeField()
@@ -307,3 +308,9 @@ class ReaperBeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.beat_at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def record(cls, name: str, requeued: dict, now=None) -> dict:
+        """Note that the pass ``name`` ran (and what it re-sent); returns ``requeued``."""
+        cls.objects.update_or_create(name=name, defaults={"beat_at": now or timezone.now(), "requeued": requeued})
+        return requeued

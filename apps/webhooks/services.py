@@ -30,7 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from ftstudio.celery import send_after_commit
+from ftstudio.queueing import send_after_commit
 from worker.outbound import OutboundRefused, PublicOnlyTransport, public_address
 
 from .models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
