@@ -83,13 +83,11 @@ def holder_gone(kind: str, pk: int) -> bool:
 def _give_up(row: JobLease) -> None:
     log.error("%s job %s: its worker stopped %s times; giving up", row.kind, row.object_pk, row.attempts)
     if row.kind == "export":
-        from .models import ExportStatus, RunExport
+        from .models import RunExport
 
-        RunExport.objects.filter(pk=row.object_pk, status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING]).update(
-            status=ExportStatus.FAILED,
-            error=f"The worker stopped {row.attempts} times while exporting; export it again.",
-            finished_at=timezone.now(),
-        )
+        export = RunExport.objects.filter(pk=row.object_pk).first()
+        if export is not None:
+            export.mark_failed(f"The worker stopped {row.attempts} times while exporting; export it again.")
     JobLease.objects.filter(pk=row.pk).delete()
 
 
