@@ -216,6 +216,29 @@ def test_jobs_list_with_cursor_pagination_metadata_filter_and_browser_runs(api, 
     assert api("reviewer").fine_tuning.jobs.retrieve(made[0].id).metadata == {"team": "b"}  # reading is for members
 
 
+def test_reading_jobs_writes_nothing_and_the_api_pass_adopts_a_run_without_a_job(api, team, tiny_base_model):
+    from apps.api.tasks import reap
+
+    pm = api("pm")
+    older = runs.launch_run(
+        project=team.project,
+        dataset_version=runs_setup.small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+        user=team.pm,
+        name="Older",
+    )
+    assert FineTuningJob.objects.filter(run=older).exists()  # given its job once its launch committed
+    FineTuningJob.objects.filter(run=older).delete()  # as a run from before jobs were made at launch
+    assert pm.fine_tuning.jobs.list().data == []
+    with pytest.raises(openai.NotFoundError):
+        pm.fine_tuning.jobs.retrieve("ftjob-nothere")
+    assert not FineTuningJob.objects.exists()  # reading wrote nothing
+    assert reap()["adopted_runs"] == [older.pk]
+    assert [j.user_provided_suffix for j in pm.fine_tuning.jobs.list().data] == ["Older"]
+    assert reap()["adopted_runs"] == []
+
+
 def wait_for(predicate, timeout: float, worker, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
