@@ -99,8 +99,6 @@ LAYERING_DEBT = {
     ("apps/fleet/queues.py", "evaluations"),
     ("apps/runs/forms.py", "prompts"),
     ("apps/runs/views.py", "freshness"),
-    ("ftstudio/celery.py", "runs"),
-    ("ftstudio/celery.py", "fleet"),
     ("ftstudio/commands.py", "accounts"),
     ("ftstudio/commands.py", "datasets"),
     ("ftstudio/wsgi.py", "runs"),
