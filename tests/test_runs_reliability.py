@@ -297,3 +297,15 @@ def test_an_owner_is_gone_only_when_its_heartbeat_is_stale_and_its_process_is_no
         assert not leases.owner_gone(mine, stale, now)
     finally:
         leases._active.discard(mine)
+
+
+def test_the_beat_schedules_each_app_s_recovery_pass_and_a_worker_knows_each_task():
+    from ftstudio.celery import app
+    from ftstudio.queueing import RECOVERY_PASSES
+
+    app.finalize()
+    scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert set(RECOVERY_PASSES.values()) <= scheduled
+    app.loader.import_default_modules()  # what a worker does at start (autodiscovery of every app's tasks)
+    assert all(name in app.tasks for name in RECOVERY_PASSES.values())
+    assert set(RECOVERY_PASSES) == {"runs", "evaluations", "prompts", "api"}
