@@ -350,9 +350,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_EXPIRES = 3600
 # Long tasks (runs, evaluations) beat from a background thread every FTSTUDIO_HEARTBEAT_SECONDS for their whole
 # life; one with no beat for FTSTUDIO_HEARTBEAT_STALE_SECONDS (and no live process on this host) has lost its
-# worker and may be taken over. The reaper (`runs.reap`, scheduled only by the worker started with `-B`: the
-# embedded worker, `worker-cpu` in compose) runs every FTSTUDIO_REAPER_INTERVAL seconds; it re-sends queued
-# work whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message) and no worker holds.
+# worker and may be taken over. Each app's recovery pass (ftstudio/queueing.py; scheduled only by the worker
+# started with `-B`: the embedded worker, `worker-cpu` in compose) runs every FTSTUDIO_REAPER_INTERVAL seconds; it
+# re-sends queued work whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message) and no worker holds.
 FTSTUDIO_REAPER_INTERVAL = int(os.environ.get("FTSTUDIO_REAPER_INTERVAL", "60"))
 # A data-scaling experiment refuses a subset with fewer training examples than this (a run on 3 examples
 # says nothing about the task); the same reaper interval drives `experiments.advance_open`.
@@ -363,7 +363,8 @@ FTSTUDIO_HEARTBEAT_SECONDS = float(os.environ.get("FTSTUDIO_HEARTBEAT_SECONDS", 
 # (a restart, a dropped connection) before the task gives up (apps/runs/leases.py retry_once).
 FTSTUDIO_DB_RETRY_SECONDS = float(os.environ.get("FTSTUDIO_DB_RETRY_SECONDS", "2"))
 FTSTUDIO_REQUEUE_AFTER_SECONDS = int(os.environ.get("FTSTUDIO_REQUEUE_AFTER_SECONDS", "900"))
-# Staff see an alarm when no reaper has run for this long (default: three missed intervals, at least 5 minutes).
+# Staff see an alarm when a recovery pass has not run for this long (default: three missed intervals, at least
+# 5 minutes).
 FTSTUDIO_REAPER_ALARM_SECONDS = int(
     os.environ.get("FTSTUDIO_REAPER_ALARM_SECONDS", str(max(300, 3 * FTSTUDIO_REAPER_INTERVAL)))
 )

@@ -103,7 +103,7 @@ def test_a_bad_line_fails_the_job_naming_the_line_and_imports_nothing(api, team)
 
 
 def test_a_large_file_is_validated_by_the_task_while_the_job_says_validating_files(api, team, settings):
-    from apps.api.tasks import validate_fine_tuning_job
+    from apps.api.tasks import reap, validate_fine_tuning_job
 
     settings.FTSTUDIO_IMPORT_INLINE_BYTES = 10  # every file is "large" here
     pm = api("pm")
@@ -112,9 +112,9 @@ def test_a_large_file_is_validated_by_the_task_while_the_job_says_validating_fil
     assert pm.fine_tuning.jobs.retrieve(job.id).status == "validating_files"
     pk = FineTuningJob.objects.get(public_id=job.id).pk
     settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 0  # the task's message was lost: the reaper sends it again, once
-    assert runs.reap()["validating_jobs"] == [pk]
+    assert reap()["validating_jobs"] == [pk]
     settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 600
-    assert runs.reap()["validating_jobs"] == []
+    assert reap()["validating_jobs"] == []
     assert validate_fine_tuning_job.apply(args=[pk]).get() == "launched"
     assert validate_fine_tuning_job.apply(args=[pk]).get() == "launched"  # a second delivery changes nothing
     assert Run.objects.count() == 1 and Example.objects.count() == 4
@@ -214,6 +214,29 @@ def test_jobs_list_with_cursor_pagination_metadata_filter_and_browser_runs(api, 
     team_a = pm.fine_tuning.jobs.list(metadata={"team": "a"})
     assert [j.id for j in team_a.data] == [made[3].id, made[1].id] and not team_a.has_more
     assert api("reviewer").fine_tuning.jobs.retrieve(made[0].id).metadata == {"team": "b"}  # reading is for members
+
+
+def test_reading_jobs_writes_nothing_and_the_api_pass_adopts_a_run_without_a_job(api, team, tiny_base_model):
+    from apps.api.tasks import reap
+
+    pm = api("pm")
+    older = runs.launch_run(
+        project=team.project,
+        dataset_version=runs_setup.small_version(team.project),
+        base_model=tiny_base_model,
+        overrides=runs_setup.FAST,
+        user=team.pm,
+        name="Older",
+    )
+    assert FineTuningJob.objects.filter(run=older).exists()  # given its job once its launch committed
+    FineTuningJob.objects.filter(run=older).delete()  # as a run from before jobs were made at launch
+    assert pm.fine_tuning.jobs.list().data == []
+    with pytest.raises(openai.NotFoundError):
+        pm.fine_tuning.jobs.retrieve("ftjob-nothere")
+    assert not FineTuningJob.objects.exists()  # reading wrote nothing
+    assert reap()["adopted_runs"] == [older.pk]
+    assert [j.user_provided_suffix for j in pm.fine_tuning.jobs.list().data] == ["Older"]
+    assert reap()["adopted_runs"] == []
 
 
 def wait_for(predicate, timeout: float, worker, what: str):

@@ -247,3 +247,17 @@ def test_dismissing_a_finding_only_returns_to_pages_of_this_site(clean, target, 
     )
     assert response.status_code == 302 and response["Location"] == lands_on
     assert QualityFinding.objects.get(pk=finding.pk).dismissed
+
+
+@pytest.mark.django_db
+def test_a_late_failure_does_not_overwrite_a_finished_report(clean):
+    """A second delivery of the task that fails after another one finished leaves the report and its findings."""
+    report = services.run_quality_report(project=clean.project)
+    assert report.status == "done" and report.progress == 100
+    assert report.mark_failed("RuntimeError: late") is False
+    report.refresh_from_db()
+    assert report.status == "done" and report.error == ""
+    running = QualityReport.objects.create(project=clean.project)
+    assert running.mark_running() and running.mark_failed("RuntimeError: boom")
+    running.refresh_from_db()
+    assert running.status == "failed" and running.error == "RuntimeError: boom" and running.finished_at

@@ -169,7 +169,7 @@ DEAD_OWNER = "node-that-died:4242:1:deadbeef"
 def test_the_reaper_resumes_a_generation_whose_worker_died_and_fails_it_after_the_attempt_limit(
     team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
 ):
-    from apps.runs.services import reap
+    from apps.evaluations.services import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
@@ -210,7 +210,7 @@ def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(
 def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(
     team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
 ):
-    from apps.runs.services import reap
+    from apps.evaluations.services import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     Evaluation.objects.filter(pk=evaluation.pk).update(enqueued_at=timezone.now())

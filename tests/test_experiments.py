@@ -13,6 +13,7 @@ from apps.evaluations.models import CheckResult
 from apps.experiments import selectors, services, statistics
 from apps.experiments.models import Experiment, ExperimentStatus, Point
 from apps.runs.models import Run, RunStatus
+from apps.runs.services import cancel_run
 from tests.experiments_setup import experiment_setup, fake_scores, finish_runs
 from tests.factories import conversation, make_dataset_version
 
@@ -282,13 +283,10 @@ def test_a_failed_run_finishes_its_point_without_an_evaluation(setup):
     assert not Point.objects.filter(evaluation__isnull=False).exists()
 
 
-def test_a_run_ending_advances_its_experiment_through_the_task_signal(
+def test_a_run_ending_and_a_check_pass_ending_advance_their_experiment(
     setup, monkeypatch, django_capture_on_commit_callbacks
 ):
-    from celery.signals import task_postrun
-
     from apps.evaluations.check_tasks import run_checks
-    from apps.runs.tasks import train_run
 
     sent = []
     monkeypatch.setattr(services.advance_experiment_task, "delay", sent.append)
@@ -296,16 +294,31 @@ def test_a_run_ending_advances_its_experiment_through_the_task_signal(
     other = launch(setup)
     point = Point.objects.filter(arm__experiment=experiment).first()
     with django_capture_on_commit_callbacks(execute=True):
-        task_postrun.send(sender=train_run, task_id="x", task=train_run, args=(point.run_id,), kwargs={}, retval="ok")
+        cancel_run(run=point.run)  # the run ends (cancelled): runs sends run_ended after the commit
     assert sent == [experiment.pk]  # only the experiment that holds the run
     finish_runs(experiment)
     services.advance_experiment(experiment.pk)
     point.refresh_from_db()
+    sent.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        task_postrun.send(
-            sender=run_checks, task_id="y", task=run_checks, args=(point.evaluation_id,), kwargs={}, retval=0
-        )
-    assert sent == [experiment.pk, experiment.pk] and other.pk not in sent
+        run_checks.apply(args=(point.evaluation_id,))  # a pass of the automatic checks ends
+    assert sent == [experiment.pk] and other.pk not in sent
+
+
+def test_a_generation_ending_in_failure_advances_its_experiment(setup, monkeypatch, django_capture_on_commit_callbacks):
+    from apps.evaluations import services as eval_services
+
+    sent = []
+    monkeypatch.setattr(services.advance_experiment_task, "delay", sent.append)
+    experiment = launch(setup)
+    finish_runs(experiment)
+    services.advance_experiment(experiment.pk)
+    point = Point.objects.filter(arm__experiment=experiment, evaluation__isnull=False).first()
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(Exception):  # noqa: B017, PT011
+        eval_services.run_generation(point.evaluation_id)  # the fake adapters cannot load: generation fails
+    point.evaluation.refresh_from_db()
+    assert point.evaluation.status == "failed" and sent == [experiment.pk]
 
 
 def test_cancel_stops_every_unfinished_run(setup):

@@ -84,7 +84,7 @@ def test_a_metrics_id_dropped_by_a_resume_still_pages_from_its_step():
         "ftevent-x-started",
         "ftevent-x-created",
     ]
-    with pytest.raises(ft.ApiError):
+    with pytest.raises(ft.Invalid):
         ft.slice_after(events, "ftevent-y-m3", 10)
     paused_before_m2 = int(events[0].at.timestamp())  # the pause of a job resumed since: its event is gone
     page, _ = ft.slice_after(events, f"ftevent-x-paused-{paused_before_m2 + 1}", 10)

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from apps.evaluations import services as eval_services
 from apps.evaluations.models import AutoCheck, CheckResult, Generation
+from apps.evaluations.tasks import reap as reap_evaluations
 from apps.runs import jobs
 from apps.runs.exports import request_export
 from apps.runs.models import ExportStatus, JobLease, Run, RunExport, RunStatus
@@ -62,7 +63,7 @@ def test_checks_killed_with_their_worker_are_sent_again_by_the_reaper_and_finish
     app.conf.CELERY_TASK_ALWAYS_EAGER = True  # what the reaper sends runs here (the next worker)
     try:
         time.sleep(max(0.0, STALE + 0.5 - (timezone.now() - lease.heartbeat_at).total_seconds()))
-        assert reap()["checks_jobs"] == [evaluation.pk]  # sent again, and run to the end
+        assert reap_evaluations()["checks_jobs"] == [evaluation.pk]  # sent again, and run to the end
     finally:
         app.conf.CELERY_TASK_ALWAYS_EAGER = False
     assert checks_left(evaluation) == 0

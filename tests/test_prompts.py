@@ -76,7 +76,8 @@ def scored(project, version, texts, *, prompt="Reply in house style.", shots=(0,
     )
     items = list(version.items.filter(split="val").order_by("position"))
     services.score_outputs(pv, items, texts)
-    return services.finish_scoring(pv)
+    services.finish_scoring(pv)
+    return pv
 
 
 def test_scoring_stores_each_output_with_its_similarity_and_checks_and_the_version_totals(team):
@@ -285,7 +286,6 @@ def dead_worker(pv, *, minutes_ago: int = 30, attempts: int = 1) -> None:
 def test_the_reaper_finishes_a_prompt_scoring_whose_worker_was_killed(
     team, settings, tiny_model_dir, eager, django_capture_on_commit_callbacks
 ):
-    from apps.runs.services import reap
     from tests.eval_setup import register_tiny_model
 
     version = house_version(team.project)
@@ -302,7 +302,7 @@ def test_the_reaper_finishes_a_prompt_scoring_whose_worker_was_killed(
     services.score_outputs(pv, items[:1], ["Hi Cy,\nOrder #3 ships Friday.\nWarm regards"])  # one batch was saved
     dead_worker(pv)
     with django_capture_on_commit_callbacks(execute=True):
-        result = reap()
+        result = services.reap()  # prompts' own recovery pass
     assert result["prompt_versions"] == [pv.pk]
     pv.refresh_from_db()
     assert pv.status == PromptStatus.SCORED and pv.done == 3 and pv.attempts == 2
@@ -478,3 +478,30 @@ def test_the_workspace_offers_frozen_versions_not_an_experiments_subsets(team):
     page = team.client("pm").get(f"/p/{team.project.slug}/prompts/").content.decode()
     assert f'<option value="{version.pk}" selected>v{version.number}</option>' in page  # the newest real version
     assert f'value="{subset.pk}"' not in page
+
+
+def test_a_worker_that_lost_its_claim_does_not_record_its_scores(team):
+    """The final writes go through the lease: once another worker took the version over, the first one's
+    "scored" or "failed" match no row."""
+    version = house_version(team.project)
+    pv = services.create_prompt_version(
+        project=team.project,
+        dataset_version=version,
+        system_prompt="House style.",
+        shot_positions=[0],
+        base_model=model(),
+        enqueue=False,
+    )
+    first = services.claim_scoring(pv.pk, "host-a:1:1:aaaa")
+    first_rows = PromptVersion.objects.filter(pk=pv.pk, worker_id="host-a:1:1:aaaa")  # its lease's rows
+    dead_worker(pv)  # host-a went silent ...
+    assert services.claim_scoring(pv.pk, "host-b:2:2:bbbb") is not None  # ... and host-b took the version over
+    items = list(version.items.filter(split="val").order_by("position"))
+    services.score_outputs(first, items, ["Hi,\nOk.\nWarm regards"] * len(items))
+    assert services.finish_scoring(first, rows=first_rows) is False
+    assert first.mark_failed("late failure", rows=first_rows) is False
+    pv.refresh_from_db()
+    assert pv.status == PromptStatus.RUNNING and pv.worker_id == "host-b:2:2:bbbb" and pv.error == ""
+    assert services.finish_scoring(pv, rows=PromptVersion.objects.filter(pk=pv.pk, worker_id=pv.worker_id))
+    pv.refresh_from_db()
+    assert pv.status == PromptStatus.SCORED and pv.done == len(items)

@@ -13,6 +13,9 @@ from django.db import OperationalError
 from django.db.models.signals import post_save
 from django.utils import timezone
 
+from apps.api import tasks as api_tasks
+from apps.evaluations import tasks as evaluations_tasks
+from apps.prompts import tasks as prompts_tasks
 from apps.runs import leases, services
 from apps.runs.models import ReaperBeat, Run, RunMetric, RunStatus
 from apps.runs.tasks import reap, train_run
@@ -216,10 +219,18 @@ def test_staff_see_an_alarm_when_no_reaper_has_run_recently(team, settings):
     client.force_login(staff)
     page = client.get("/projects/").content.decode()
     assert 'id="reaper-alarm"' in page and "No reaper has ever run" in page and "recovery schedule" in page
-    reap()
+    reap()  # runs' pass alone: evaluations, prompts and the API have their own, not run yet
+    page = client.get("/projects/").content.decode()
+    assert 'id="reaper-alarm"' in page and "evaluations, prompts, api has never run" in page
+    evaluations_tasks.reap()
+    prompts_tasks.reap()
+    api_tasks.reap()
+    assert set(ReaperBeat.objects.values_list("name", flat=True)) == {"runs", "evaluations", "prompts", "api"}
     assert 'id="reaper-alarm"' not in client.get("/projects/").content.decode()
-    ReaperBeat.objects.update(beat_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REAPER_ALARM_SECONDS + 5))
-    assert "No reaper has run since" in client.get("/projects/").content.decode()
+    late = timezone.now() - timedelta(seconds=settings.FTSTUDIO_REAPER_ALARM_SECONDS + 5)
+    ReaperBeat.objects.filter(name="prompts").update(beat_at=late)  # one pass stopped: the alarm names it
+    page = client.get("/projects/").content.decode()
+    assert "No reaper has run since" in page and "for prompts" in page
     assert 'id="reaper-alarm"' not in team.client("pm").get("/projects/").content.decode()
 
 
@@ -286,3 +297,15 @@ def test_an_owner_is_gone_only_when_its_heartbeat_is_stale_and_its_process_is_no
         assert not leases.owner_gone(mine, stale, now)
     finally:
         leases._active.discard(mine)
+
+
+def test_the_beat_schedules_each_app_s_recovery_pass_and_a_worker_knows_each_task():
+    from ftstudio.celery import app
+    from ftstudio.queueing import RECOVERY_PASSES
+
+    app.finalize()
+    scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert set(RECOVERY_PASSES.values()) <= scheduled
+    app.loader.import_default_modules()  # what a worker does at start (autodiscovery of every app's tasks)
+    assert all(name in app.tasks for name in RECOVERY_PASSES.values())
+    assert set(RECOVERY_PASSES) == {"runs", "evaluations", "prompts", "api"}

@@ -187,7 +187,7 @@ def test_an_evaluation_killed_mid_generation_is_resumed_by_the_reaper_keeping_fi
 
     with running_worker(tmp_path / "second", queues="gpu,default", extra_env=worker_env(tiny_model_dir)) as worker:
         wait_until_stale(evaluation.heartbeat_at)
-        assert services.reap()["evaluations"] == [evaluation.pk]
+        assert eval_services.reap()["evaluations"] == [evaluation.pk]
         wait_for(
             lambda: Evaluation.objects.get(pk=evaluation.pk).status != EvaluationStatus.GENERATING,
             180,

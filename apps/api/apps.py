@@ -7,3 +7,12 @@ class ApiConfig(AppConfig):
     label = "api"
     # (label, url name, capability): the project's tab bar (apps/accounts/context_processors.py)
     project_tabs = (("Playground", "playground", "playground", "serve"),)
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_save
+
+        from apps.runs.models import Run
+
+        from . import receivers
+
+        post_save.connect(receivers.on_run_saved, sender=Run, dispatch_uid="api.adopt_new_runs")

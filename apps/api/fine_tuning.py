@@ -1,7 +1,9 @@
 """OpenAI's fine-tuning API over the Studio's own objects: files, jobs (a job is a Run), events, checkpoints.
 
-Writes and reads for ``apps/api/ft_views.py``; the JSON shapes are in ``apps/api/shapes.py``. Errors are
-:class:`ApiError` (OpenAI's error shape, the status and the parameter at fault).
+Writes and reads for ``apps/api/ft_views.py``; the JSON shapes are in ``apps/api/shapes.py``. A refused request
+raises a :class:`FineTuningError` (``Invalid``, ``NotFound``, ``Conflict``: the message and the parameter at fault);
+``ft_views`` maps each to its OpenAI status and error body in one place. Reads write nothing: a run launched in the
+browser gets its job when it is committed (``adopt_run``, connected in ApiConfig.ready), older ones by `api.reap`.
 
 - A file (``POST /v1/files``) is kept as uploaded; nothing is imported until a job uses it.
 - ``POST /v1/fine_tuning/jobs`` starts OpenAI's ``validating_files`` step: the training (and validation) file is
@@ -38,13 +40,34 @@ from apps.datasets import services as datasets
 from apps.datasets.importers import content_hash
 from apps.datasets.models import Example
 from apps.runs import services as runs
-from apps.runs.models import BaseModel, Run, RunStatus
-from ftstudio.celery import send_after_commit
+from apps.runs.models import BaseModel, ReaperBeat, Run, RunStatus
+from ftstudio.queueing import send_after_commit
 
-from .auth import ApiError
 from .models import ApiFile, FineTuningJob, JobStage
 from .selectors import checkpoint_model_id, checkpoint_steps, resolve_model, run_model_id
 from .tasks import validate_fine_tuning_job
+
+
+class FineTuningError(Exception):
+    """A request the fine-tuning API refuses: ``message`` for the person, ``param`` the field at fault, ``code``
+    OpenAI's error code. ``ft_views.STATUS`` gives each kind its HTTP status."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+class Invalid(FineTuningError):
+    """The request itself is wrong (a field, a file's content)."""
+
+
+class NotFound(FineTuningError):
+    """No such file, job or checkpoint in the key's project."""
+
+
+class Conflict(FineTuningError):
+    """The object's state forbids it now (cancel a finished job, resume one not paused)."""
+
 
 FILE_PURPOSES = ("fine-tune",)
 RESULTS_PREFIX = "file-results-"
@@ -68,20 +91,19 @@ MAX_PAGE = 100
 # --- files ------------------------------------------------------------------------------------------------
 def create_file(*, project, user, upload, purpose: str) -> ApiFile:
     if purpose not in FILE_PURPOSES:
-        raise ApiError(
-            400,
+        raise Invalid(
             f"purpose must be 'fine-tune' (the Studio keeps fine-tuning files only); got {purpose!r}.",
             param="purpose",
         )
     if upload is None:
-        raise ApiError(400, "Send the file as the multipart field 'file'.", param="file")
+        raise Invalid("Send the file as the multipart field 'file'.", param="file")
     limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
     if upload.size > limit:
-        raise ApiError(
-            400, f"The file is {upload.size:,} bytes; the limit is {limit:,}.", param="file", code="file_too_large"
+        raise Invalid(
+            f"The file is {upload.size:,} bytes; the limit is {limit:,}.", param="file", code="file_too_large"
         )
     if not upload.size:
-        raise ApiError(400, "The file is empty.", param="file")
+        raise Invalid("The file is empty.", param="file")
     record = ApiFile(
         project=project,
         created_by=user,
@@ -137,8 +159,7 @@ def get_file(project, file_id: str, *, param: str | None = None) -> ApiFile | Re
         record = ApiFile.objects.filter(project=project, public_id=file_id).first()
         if record is not None:
             return record
-    raise ApiError(
-        404,
+    raise NotFound(
         f"No file {file_id!r} in project {project.slug}: GET /v1/files lists this key's files.",
         param=param,
         code="file_not_found",
@@ -162,7 +183,7 @@ def list_files(project, *, purpose: str = "", after: str = "", limit: int = 1000
 def delete_file(project, file_id: str) -> str:
     found = get_file(project, file_id)
     if isinstance(found, ResultFile):
-        raise ApiError(400, "A job's result file cannot be deleted: it is made from the run's metrics.")
+        raise Invalid("A job's result file cannot be deleted: it is made from the run's metrics.")
     default_storage.delete(found.path)
     found.delete()
     return file_id
@@ -175,9 +196,9 @@ def page_limit(raw: str | None, default: int = 20) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, f"limit must be a whole number; got {raw!r}.", param="limit") from None
+        raise Invalid(f"limit must be a whole number; got {raw!r}.", param="limit") from None
     if not 1 <= value <= MAX_PAGE:
-        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}; got {value}.", param="limit")
+        raise Invalid(f"limit must be between 1 and {MAX_PAGE}; got {value}.", param="limit")
     return value
 
 
@@ -187,7 +208,7 @@ def page(queryset, after: str, limit: int, param: str = "after") -> tuple[list, 
     if after:
         cursor = queryset.filter(public_id=after).values_list("created_at", "id").first()
         if cursor is None:
-            raise ApiError(400, f"after={after!r} is not an id from this list.", param=param)
+            raise Invalid(f"after={after!r} is not an id from this list.", param=param)
         queryset = queryset.filter(Q(created_at__lt=cursor[0]) | Q(created_at=cursor[0], id__lt=cursor[1]))
     rows = list(queryset[: limit + 1])
     return rows[:limit], len(rows) > limit
@@ -218,30 +239,28 @@ def _hyperparameters(body: dict) -> tuple[dict, str]:
     top = body.get("hyperparameters")
     if method is not None:
         if not isinstance(method, dict):
-            raise ApiError(
-                400, 'method must be an object such as {"type": "supervised", "supervised": {...}}.', param="method"
+            raise Invalid(
+                'method must be an object such as {"type": "supervised", "supervised": {...}}.', param="method"
             )
         kind = method.get("type")
         if kind in {"dpo", "reinforcement"}:
-            raise ApiError(
-                400,
+            raise Invalid(
                 f"method.type {kind!r} is not supported yet: the Studio trains supervised (SFT) "
                 "fine-tunes only. Send method.type 'supervised'.",
                 param="method.type",
                 code="unsupported_method",
             )
         if kind != "supervised":
-            raise ApiError(400, f"method.type must be 'supervised'; got {kind!r}.", param="method.type")
+            raise Invalid(f"method.type must be 'supervised'; got {kind!r}.", param="method.type")
         for key in set(method) - {"type", "supervised"}:
-            raise ApiError(400, f"Unknown field method.{key}.", param=f"method.{key}")
+            raise Invalid(f"Unknown field method.{key}.", param=f"method.{key}")
         supervised = method.get("supervised") or {}
         if not isinstance(supervised, dict):
-            raise ApiError(400, "method.supervised must be an object.", param="method.supervised")
+            raise Invalid("method.supervised must be an object.", param="method.supervised")
         for key in set(supervised) - {"hyperparameters"}:
-            raise ApiError(400, f"Unknown field method.supervised.{key}.", param=f"method.supervised.{key}")
+            raise Invalid(f"Unknown field method.supervised.{key}.", param=f"method.supervised.{key}")
         if top is not None:
-            raise ApiError(
-                400,
+            raise Invalid(
                 "Give hyperparameters in method.supervised.hyperparameters or at the top level, not both.",
                 param="hyperparameters",
             )
@@ -251,32 +270,30 @@ def _hyperparameters(body: dict) -> tuple[dict, str]:
 
 def _overrides(requested, where: str) -> dict:
     if not isinstance(requested, dict):
-        raise ApiError(400, f"{where} must be an object.", param=where)
+        raise Invalid(f"{where} must be an object.", param=where)
     overrides = {}
     base_lr = runs.PRESETS[PRESET]["learning_rate"]
     for key, value in requested.items():
         if key not in HYPERPARAMETERS:
-            raise ApiError(
-                400,
+            raise Invalid(
                 f"Unknown hyperparameter {where}.{key}: use n_epochs, batch_size or learning_rate_multiplier.",
                 param=f"{where}.{key}",
             )
         if value == "auto" or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ApiError(400, f'{where}.{key} must be a number or "auto"; got {value!r}.', param=f"{where}.{key}")
+            raise Invalid(f'{where}.{key} must be a number or "auto"; got {value!r}.', param=f"{where}.{key}")
         if key in WHOLE_HYPERPARAMETERS:
             low, high = WHOLE_HYPERPARAMETERS[key]
             if not float(value).is_integer() or not low <= value <= high:
-                raise ApiError(
-                    400,
+                raise Invalid(
                     f'{where}.{key} must be a whole number from {low} to {high} or "auto"; got {value!r}.',
                     param=f"{where}.{key}",
                 )
             value = int(value)
         if key == "learning_rate_multiplier":
             if value <= 0:
-                raise ApiError(400, f"{where}.{key} must be above 0; got {value}.", param=f"{where}.{key}")
+                raise Invalid(f"{where}.{key} must be above 0; got {value}.", param=f"{where}.{key}")
             value = base_lr * value
         overrides[HYPERPARAMETERS[key]] = value
     return overrides
@@ -299,36 +316,33 @@ def resolved_method(hp: dict, preset: str = PRESET) -> dict:
 
 def _check_body(body) -> None:
     if not isinstance(body, dict):
-        raise ApiError(400, "The body must be a JSON object.")
+        raise Invalid("The body must be a JSON object.")
     for key in sorted(set(body) - JOB_FIELDS):
-        raise ApiError(
-            400,
+        raise Invalid(
             f"Unknown field {key!r}: the Studio takes {', '.join(sorted(JOB_FIELDS - {'integrations'}))}.",
             param=key,
         )
     if body.get("integrations"):
-        raise ApiError(
-            400,
+        raise Invalid(
             "integrations (e.g. Weights & Biases) are not supported: the Studio shows the loss curve on the run page.",
             param="integrations",
         )
     for key in ("model", "training_file"):
         if not isinstance(body.get(key), str) or not body.get(key):
-            raise ApiError(400, f"{key} is required (a string).", param=key)
+            raise Invalid(f"{key} is required (a string).", param=key)
     suffix = body.get("suffix")
     if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
-        raise ApiError(400, "suffix must be a string of at most 64 characters.", param="suffix")
+        raise Invalid("suffix must be a string of at most 64 characters.", param="suffix")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1):
-        raise ApiError(400, f"seed must be a whole number from 0 to {2**31 - 1}; got {seed!r}.", param="seed")
+        raise Invalid(f"seed must be a whole number from 0 to {2**31 - 1}; got {seed!r}.", param="seed")
     metadata = body.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict) or len(metadata) > 16:
-            raise ApiError(400, "metadata must be an object of at most 16 string pairs.", param="metadata")
+            raise Invalid("metadata must be an object of at most 16 string pairs.", param="metadata")
         for k, v in metadata.items():
             if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
-                raise ApiError(
-                    400,
+                raise Invalid(
                     f"metadata[{k!r}] must be a string of at most 512 characters (keys at most 64).",
                     param="metadata",
                 )
@@ -341,13 +355,12 @@ def _base_model(project, model_id: str) -> BaseModel:
         except LookupError:
             pass
         else:
-            raise ApiError(
-                400, f"Fine-tuning {model_id!r} further is not supported yet: start from its base model.", param="model"
+            raise Invalid(
+                f"Fine-tuning {model_id!r} further is not supported yet: start from its base model.", param="model"
             )
     base = BaseModel.objects.filter(name=model_id).first()
     if base is None:
-        raise ApiError(
-            404,
+        raise NotFound(
             f"The model {model_id!r} is not a base model this Studio can fine-tune: GET /v1/models "
             "lists them (the ids without 'ft:').",
             param="model",
@@ -370,8 +383,7 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
         earlier = FineTuningJob.objects.filter(project=project, idempotency_key=idempotency_key).first()
         if earlier is not None:
             if earlier.request_hash != digest:
-                raise ApiError(
-                    409,
+                raise Conflict(
                     "This Idempotency-Key was used for a different request: use a new key for a new job.",
                     code="idempotency_key_reused",
                 )
@@ -386,13 +398,13 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
         files["validation_file"] = get_file(project, body["validation_file"], param="validation_file")
     for param, found in files.items():
         if isinstance(found, ResultFile):
-            raise ApiError(400, f"{param} {found.public_id!r} is a job's result file, not training data.", param=param)
+            raise Invalid(f"{param} {found.public_id!r} is a job's result file, not training data.", param=param)
     try:
         hp = runs.resolve_hyperparameters(PRESET, overrides)
     except runs.LaunchError as exc:
         field, message = next(iter(exc.errors.items()))
         reverse = {v: k for k, v in HYPERPARAMETERS.items()}
-        raise ApiError(400, message, param=f"{where}.{reverse[field]}" if field in reverse else field) from None
+        raise Invalid(message, param=f"{where}.{reverse[field]}" if field in reverse else field) from None
     try:
         with transaction.atomic():
             job = FineTuningJob.objects.create(
@@ -525,48 +537,61 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
                 )
             except runs.LaunchError as exc:
                 raise _Invalid({"code": "invalid_request", "param": None, "message": str(exc)}) from None
-            job.run, job.stage, job.files_report = run, JobStage.LAUNCHED, report
-            job.save(update_fields=["run", "stage", "files_report", "updated_at"])
+            job.mark_launched(run=run, files_report=report)
     except _Invalid as exc:
-        FineTuningJob.objects.filter(pk=job_pk, stage=JobStage.VALIDATING).update(
-            stage=JobStage.FAILED, error=exc.error, finished_at=timezone.now(), updated_at=timezone.now()
-        )
+        FineTuningJob(pk=job_pk).mark_failed(exc.error)
     return jobs_with_runs().get(pk=job_pk)
+
+
+def reap() -> dict[str, list[int]]:
+    """The API's periodic recovery pass (`api.reap`); records that it ran (the staff alarm reads it)."""
+    now = timezone.now()
+    result = {"validating_jobs": resend_validating_jobs(now), "adopted_runs": adopt_runs()}
+    return ReaperBeat.record("api", result, now)
 
 
 def resend_validating_jobs(now=None) -> list[int]:
     """For the reaper: jobs still validating after FTSTUDIO_REQUEUE_AFTER_SECONDS lost their task's message (or
     its worker died); send it again (a job validated meanwhile is left alone by the task)."""
     bound = (now or timezone.now()) - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS)
-    stale = list(
-        FineTuningJob.objects.filter(stage=JobStage.VALIDATING, updated_at__lt=bound).values_list("pk", flat=True)
-    )
-    for pk in stale:
-        FineTuningJob.objects.filter(pk=pk).update(updated_at=timezone.now())
-        validate_fine_tuning_job.delay(pk)
-    return stale
+    stale = list(FineTuningJob.objects.filter(stage=JobStage.VALIDATING, updated_at__lt=bound))
+    for job in stale:
+        job.note_resent()
+        validate_fine_tuning_job.delay(job.pk)
+    return [job.pk for job in stale]
 
 
 # --- jobs: read -------------------------------------------------------------------------------------------
-def adopt_runs(project) -> None:
-    """Give every run launched in the browser a job, so the API lists it (created when it is first listed)."""
-    orphans = Run.objects.filter(project=project, fine_tuning_job__isnull=True).select_related("base_model")
-    for run in orphans:
-        try:
-            with transaction.atomic():
-                job = FineTuningJob.objects.create(
-                    project=project,
-                    created_by=run.created_by,
-                    run=run,
-                    stage=JobStage.LAUNCHED,
-                    model=run.base_model.name,
-                    suffix=run.name[:64],
-                    seed=run.seed,
-                    method=resolved_method(run.hyperparameters, run.preset),
-                )
-                FineTuningJob.objects.filter(pk=job.pk).update(created_at=run.created_at)
-        except IntegrityError:  # adopted by a concurrent listing
-            pass
+def adopt_run(run: Run) -> FineTuningJob | None:
+    """Give a run launched in the browser its job, so the API lists it (None when it has one already: a job's own
+    run, or adopted before). Called once the run's creation commits (ApiConfig.ready) and by `api.reap`."""
+    if FineTuningJob.objects.filter(run=run).exists():
+        return None
+    try:
+        with transaction.atomic():
+            job = FineTuningJob.objects.create(
+                project=run.project,
+                created_by=run.created_by,
+                run=run,
+                stage=JobStage.LAUNCHED,
+                model=run.base_model.name,
+                suffix=run.name[:64],
+                seed=run.seed,
+                method=resolved_method(run.hyperparameters, run.preset),
+            )
+            FineTuningJob.objects.filter(pk=job.pk).update(created_at=run.created_at)
+    except IntegrityError:  # adopted concurrently
+        return None
+    return job
+
+
+def adopt_runs(project=None) -> list[int]:
+    """Every run (of ``project``) without a job gets one: runs from before jobs were made at launch, or whose
+    adoption after the commit was lost. Returns the runs adopted."""
+    orphans = Run.objects.filter(fine_tuning_job__isnull=True).select_related("base_model", "project")
+    if project is not None:
+        orphans = orphans.filter(project=project)
+    return [run.pk for run in orphans if adopt_run(run) is not None]
 
 
 def jobs_with_runs():
@@ -578,7 +603,6 @@ def jobs(project):
 
 
 def list_jobs(project, *, after: str = "", limit: int = 20, metadata: dict | None = None):
-    adopt_runs(project)
     queryset = jobs(project)
     for i, (k, v) in enumerate((metadata or {}).items()):
         queryset = queryset.alias(**{f"_meta{i}": KeyTransform(k, "metadata")}).filter(**{f"_meta{i}": v})
@@ -587,13 +611,10 @@ def list_jobs(project, *, after: str = "", limit: int = 20, metadata: dict | Non
 
 def get_job(project, job_id: str) -> FineTuningJob:
     if job_id.startswith("ftjob-"):
-        if not FineTuningJob.objects.filter(public_id=job_id).exists():
-            adopt_runs(project)
         job = jobs(project).filter(public_id=job_id).first()
         if job is not None:
             return job
-    raise ApiError(
-        404,
+    raise NotFound(
         f"No fine-tuning job {job_id!r} in project {project.slug}: GET /v1/fine_tuning/jobs lists them.",
         param="fine_tuning_job_id",
         code="job_not_found",
@@ -601,9 +622,8 @@ def get_job(project, job_id: str) -> FineTuningJob:
 
 
 # --- jobs: cancel, pause, resume --------------------------------------------------------------------------
-def _finished(job: FineTuningJob, action: str) -> ApiError:
-    return ApiError(
-        409,
+def _finished(job: FineTuningJob, action: str) -> Conflict:
+    return Conflict(
         f"Job {job.public_id} is {job_status(job)}: a {job_status(job)} job cannot be {action}.",
         code="job_not_" + action.replace(" ", "_"),
     )
@@ -623,7 +643,7 @@ def pause_job(job: FineTuningJob) -> FineTuningJob:
     try:
         runs.pause_run(run=job.run)
     except runs.RunError as exc:
-        raise ApiError(409, str(exc), code="job_not_paused") from None
+        raise Conflict(str(exc), code="job_not_paused") from None
     job.run.refresh_from_db()
     return job
 
@@ -632,8 +652,7 @@ def resume_job(job: FineTuningJob) -> FineTuningJob:
     if job.run is None or not (
         job.run.status == RunStatus.PAUSED or (job.run.status == RunStatus.RUNNING and job.run.pause_requested)
     ):
-        raise ApiError(
-            409,
+        raise Conflict(
             f"Job {job.public_id} is {job_status(job)}, not paused: only a paused job can be resumed.",
             code="job_not_paused",
         )
@@ -768,7 +787,7 @@ def slice_after(items: list, after: str, limit: int) -> tuple[list, bool]:
         if after in ids:
             start = ids.index(after) + 1
         elif (start := _metrics_cursor(items, after)) is None:
-            raise ApiError(400, f"after={after!r} is not an id from this list.", param="after")
+            raise Invalid(f"after={after!r} is not an id from this list.", param="after")
     return items[start : start + limit], len(items) > start + limit
 
 

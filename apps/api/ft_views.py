@@ -1,8 +1,10 @@
 """/v1/files and /v1/fine_tuning/jobs: OpenAI's fine-tuning API. Thin: authenticate (``api_view``), read the
-request, call ``fine_tuning`` (the logic) and answer with ``shapes`` (the JSON)."""
+request, call ``fine_tuning`` (the logic) and answer with ``shapes`` (the JSON). The service's refusals become
+OpenAI's error bodies here, in ``ft_view`` (``STATUS``)."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 from django.http import FileResponse, HttpResponse, JsonResponse
@@ -12,6 +14,23 @@ from . import shapes
 from .auth import ApiError, api_view, json_body, require
 
 METADATA_QUERY = re.compile(r"^metadata\[(.+)\]$")
+STATUS = {ft.Invalid: 400, ft.NotFound: 404, ft.Conflict: 409}
+
+
+def ft_view(need: str, methods: tuple[str, ...] = ("GET",)):
+    """``api_view`` and the one mapping of the fine-tuning service's refusals to OpenAI's status and error body."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def mapped(request, *args, **kwargs):
+            try:
+                return view(request, *args, **kwargs)
+            except ft.FineTuningError as exc:
+                raise ApiError(STATUS[type(exc)], exc.message, param=exc.param, code=exc.code) from None
+
+        return api_view(need, methods=methods)(mapped)
+
+    return decorator
 
 
 def _body(request) -> dict:
@@ -24,7 +43,7 @@ def _query(request, allowed: set[str]) -> None:
             raise ApiError(400, f"Unknown query parameter {key!r}.", param=key)
 
 
-@api_view("view", methods=("GET", "POST"))
+@ft_view("view", methods=("GET", "POST"))
 def files(request):
     project = request.access.project
     if request.method == "POST":
@@ -51,7 +70,7 @@ def files(request):
     return JsonResponse(shapes.page([shapes.file(f) for f in rows], more, empty_id=""))
 
 
-@api_view("view", methods=("GET", "DELETE"))
+@ft_view("view", methods=("GET", "DELETE"))
 def file_detail(request, file_id: str):
     project = request.access.project
     if request.method == "DELETE":
@@ -60,7 +79,7 @@ def file_detail(request, file_id: str):
     return JsonResponse(shapes.file(ft.get_file(project, file_id)))
 
 
-@api_view("view")
+@ft_view("view")
 def file_content(request, file_id: str):
     found = ft.get_file(request.access.project, file_id)
     if isinstance(found, ft.ResultFile):
@@ -69,7 +88,7 @@ def file_content(request, file_id: str):
     return FileResponse(ft.open_file(found), content_type="application/octet-stream")
 
 
-@api_view("view", methods=("GET", "POST"))
+@ft_view("view", methods=("GET", "POST"))
 def jobs(request):
     project = request.access.project
     if request.method == "POST":
@@ -90,13 +109,13 @@ def jobs(request):
     return JsonResponse(shapes.page([shapes.job(j) for j in rows], more))
 
 
-@api_view("view")
+@ft_view("view")
 def job_detail(request, job_id: str):
     return JsonResponse(shapes.job(ft.get_job(request.access.project, job_id)))
 
 
 def _action(action):
-    @api_view("run", methods=("POST",))
+    @ft_view("run", methods=("POST",))
     def view(request, job_id: str):
         return JsonResponse(shapes.job(action(ft.get_job(request.access.project, job_id))))
 
@@ -107,7 +126,7 @@ def _action(action):
 cancel, pause, resume = _action(ft.cancel_job), _action(ft.pause_job), _action(ft.resume_job)
 
 
-@api_view("view")
+@ft_view("view")
 def job_events(request, job_id: str):
     _query(request, {"after", "limit"})
     items, more = ft.slice_after(
@@ -118,7 +137,7 @@ def job_events(request, job_id: str):
     return JsonResponse(shapes.page([shapes.event(e) for e in items], more))
 
 
-@api_view("view")
+@ft_view("view")
 def job_checkpoints(request, job_id: str):
     _query(request, {"after", "limit"})
     items, more = ft.slice_after(

@@ -130,3 +130,18 @@ class FineTuningJob(TimeStamped):
 
     def __str__(self) -> str:
         return self.public_id
+
+    # a row's own state changes (TimeStamped.write), each only from validating: a second delivery changes nothing
+    def _validating(self):
+        return FineTuningJob.objects.filter(pk=self.pk, stage=JobStage.VALIDATING)
+
+    def mark_launched(self, *, run, files_report: dict) -> bool:
+        return self.write(self._validating(), run=run, stage=JobStage.LAUNCHED, files_report=files_report)
+
+    def mark_failed(self, error: dict) -> bool:
+        """Validation refused the job: ``error`` is the OpenAI error object (code, param, message)."""
+        return self.write(self._validating(), stage=JobStage.FAILED, error=error, finished_at=timezone.now())
+
+    def note_resent(self) -> bool:
+        """Its validation message was sent again (``updated_at`` dates the last send)."""
+        return self.write(self._validating())

@@ -12,3 +12,11 @@ def validate_fine_tuning_job(job_pk: int) -> str:
 
     job = validate_and_launch(job_pk)
     return job.stage if job is not None else "missing"
+
+
+@shared_task(name="api.reap", queue="default")
+def reap() -> dict[str, list[int]]:
+    """The API's recovery pass (jobs whose validation message was lost), scheduled by ftstudio/celery.py."""
+    from .fine_tuning import reap as reap_now
+
+    return reap_now()

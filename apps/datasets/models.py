@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F
+from django.utils import timezone
 
 from apps.accounts.models import Project
-from ftstudio.models import TimeStamped
+from ftstudio.models import StateMachine, TimeStamped
 
 
 class ExampleStatus(models.TextChoices):
@@ -220,7 +222,7 @@ class FindingKind(models.TextChoices):
     LEAKAGE = "leakage", "Leakage between splits"
 
 
-class QualityReport(models.Model):
+class QualityReport(StateMachine):
     """One run of the quality checks over a project's examples (a Celery task on the `default` queue)."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="quality_reports")
@@ -244,6 +246,23 @@ class QualityReport(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in (ReportStatus.QUEUED, ReportStatus.RUNNING)
+
+    # a row's own state changes (StateMachine.write)
+    def mark_running(self) -> bool:
+        return self.write(status=ReportStatus.RUNNING, progress=1, stage="Loading examples")
+
+    def note_progress(self, percent: int, stage: str) -> bool:
+        return self.write(
+            QualityReport.objects.filter(pk=self.pk, status=ReportStatus.RUNNING), progress=percent, stage=stage
+        )
+
+    def mark_done(self, **results) -> bool:
+        return self.write(status=ReportStatus.DONE, progress=100, stage="Done", finished_at=timezone.now(), **results)
+
+    def mark_failed(self, error: str) -> bool:
+        """Only an unfinished report fails: a done one keeps its findings."""
+        unfinished = QualityReport.objects.filter(pk=self.pk).exclude(status=ReportStatus.DONE)
+        return self.write(unfinished, status=ReportStatus.FAILED, error=error, finished_at=timezone.now())
 
 
 class QualityFinding(models.Model):
@@ -281,7 +300,7 @@ class QualityDismissal(models.Model):
         constraints = [models.UniqueConstraint(fields=["project", "key"], name="one_dismissal_per_finding_key")]
 
 
-class ImportJob(models.Model):
+class ImportJob(StateMachine):
     """An upload too large to import inside the request: stored under MEDIA_ROOT, imported by the Celery
     task ``datasets.import_file`` (queue `default`), its progress polled by the import page."""
 
@@ -317,3 +336,36 @@ class ImportJob(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in (ReportStatus.QUEUED, ReportStatus.RUNNING)
+
+    # a row's own state changes (StateMachine.write): a done job is never changed again (its rows are committed)
+    def _rows(self, *statuses):
+        rows = ImportJob.objects.filter(pk=self.pk)
+        return rows.filter(status__in=statuses) if statuses else rows.exclude(status=ReportStatus.DONE)
+
+    def mark_running(self) -> bool:
+        """A worker starts (or starts again) importing: one more attempt and a first sign of life."""
+        return self.write(
+            self._rows(),
+            status=ReportStatus.RUNNING,
+            progress=1,
+            stage="Starting",
+            heartbeat_at=timezone.now(),
+            attempts=F("attempts") + 1,
+        )
+
+    def note_progress(self, percent: int, stage: str) -> bool:
+        return self.write(
+            self._rows(ReportStatus.RUNNING), progress=percent, stage=stage[:120], heartbeat_at=timezone.now()
+        )
+
+    def note_resent(self, now) -> bool:
+        """Its message was sent again: counts as a sign of life, so one re-send per staleness period."""
+        return self.write(heartbeat_at=now)
+
+    def mark_done(self, **results) -> bool:
+        return self.write(status=ReportStatus.DONE, progress=100, stage="Done", finished_at=timezone.now(), **results)
+
+    def mark_failed(self, stage: str, *, only_running: bool = False) -> bool:
+        """The import stopped with ``stage`` saying why; never a done job (nor, ``only_running``, a queued one)."""
+        rows = self._rows(ReportStatus.RUNNING) if only_running else self._rows()
+        return self.write(rows, status=ReportStatus.FAILED, stage=stage[:120], finished_at=timezone.now())

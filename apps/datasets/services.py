@@ -29,7 +29,7 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from ftstudio import csv_cells
-from ftstudio.celery import send_after_commit
+from ftstudio.queueing import send_after_commit
 from worker.data import tool_messages
 
 from . import importers, quality
@@ -328,12 +328,10 @@ def resend_queued_imports(now=None) -> list[int]:
     silent = running.filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale))
     for job in silent:
         if job.attempts >= IMPORT_ATTEMPTS:
-            ImportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING).update(
-                status=ReportStatus.FAILED, stage=f"The worker stopped {job.attempts} times; import the file again"
-            )
+            job.mark_failed(f"The worker stopped {job.attempts} times; import the file again", only_running=True)
             continue
         log.warning("Import job %s: no sign of its worker since %s: sending it again", job.pk, job.heartbeat_at)
-        ImportJob.objects.filter(pk=job.pk).update(heartbeat_at=now)  # one re-send per staleness period
+        job.note_resent(now)
         send_after_commit(import_file_task, job.pk)
         resent.append(job.pk)
     return resent
@@ -341,18 +339,10 @@ def resend_queued_imports(now=None) -> list[int]:
 
 def run_import_job(*, job: ImportJob) -> ImportJob:
     """Import a stored upload (safe to run twice: the rows and the job's "done" commit together)."""
-    ImportJob.objects.filter(pk=job.pk).exclude(status=ReportStatus.DONE).update(
-        status=ReportStatus.RUNNING,
-        progress=1,
-        stage="Starting",
-        heartbeat_at=timezone.now(),
-        attempts=F("attempts") + 1,
-    )
+    job.mark_running()
 
     def progress(percent: int, stage: str) -> None:
-        ImportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING).update(
-            progress=percent, stage=stage[:120], heartbeat_at=timezone.now()
-        )
+        job.note_progress(percent, stage)
 
     def finish(report: ImportReport) -> None:
         if ImportJob.objects.select_for_update().get(pk=job.pk).status == ReportStatus.DONE:
@@ -379,10 +369,7 @@ def run_import_job(*, job: ImportJob) -> ImportJob:
 
 
 def _record(job: ImportJob, report: ImportReport) -> None:
-    ImportJob.objects.filter(pk=job.pk).update(
-        status=ReportStatus.DONE,
-        progress=100,
-        stage="Done",
+    job.mark_done(
         file_format=report.file_format,
         errors=[str(e) for e in report.errors[:1000]],
         error_count=len(report.errors),
@@ -390,7 +377,6 @@ def _record(job: ImportJob, report: ImportReport) -> None:
         imported=report.imported,
         skipped_duplicates=report.skipped_duplicates,
         batch=report.batch,
-        finished_at=timezone.now(),
     )
 
 
@@ -917,10 +903,10 @@ def run_quality_report(*, project, report: QualityReport | None = None) -> Quali
     """Run every check over the project's examples and store the findings (dismissed ones stay dismissed)."""
     report = report or QualityReport.objects.create(project=project)
     started = time.perf_counter()
-    QualityReport.objects.filter(pk=report.pk).update(status=ReportStatus.RUNNING, progress=1, stage="Loading examples")
+    report.mark_running()
 
     def progress(percent: int, stage: str) -> None:
-        QualityReport.objects.filter(pk=report.pk).update(progress=percent, stage=stage)
+        report.note_progress(percent, stage)
 
     items = _items(project)
     counter = get_token_counter()
@@ -952,14 +938,10 @@ def run_quality_report(*, project, report: QualityReport | None = None) -> Quali
             batch_size=5000,
         )
         summary = Counter(f.kind for f, row in zip(found, rows, strict=True) if not row.dismissed)
-        QualityReport.objects.filter(pk=report.pk).update(
-            status=ReportStatus.DONE,
-            progress=100,
-            stage="Done",
+        report.mark_done(
             example_count=len(items),
             summary={k: summary.get(k, 0) for k in FindingKind.values},
             seconds=round(time.perf_counter() - started, 2),
-            finished_at=timezone.now(),
         )
     report.refresh_from_db()
     return report

@@ -24,9 +24,7 @@ def quality_report_task(report_id: int) -> str:
         services.run_quality_report(project=report.project, report=report)
     except Exception as exc:
         log.exception("Quality report %s of project %s failed", report_id, report.project.slug)
-        QualityReport.objects.filter(pk=report_id).update(
-            status=ReportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
-        )
+        report.mark_failed(f"{type(exc).__name__}: {exc}")
         raise
     return "done"
 
@@ -45,8 +43,6 @@ def import_file_task(job_id: int) -> str:
         job = services.run_import_job(job=job)
     except Exception as exc:
         log.exception("Import job %s of project %s failed", job_id, job.project.slug)
-        ImportJob.objects.filter(pk=job_id).exclude(status=ReportStatus.DONE).update(
-            status=ReportStatus.FAILED, stage=f"{type(exc).__name__}: {exc}"[:120]
-        )
+        ImportJob(pk=job_id).mark_failed(f"{type(exc).__name__}: {exc}")
         raise
     return f"imported {job.imported}" if not job.error_count else f"refused: {job.error_count} problems"

@@ -11,10 +11,16 @@ def run_checks(evaluation_pk: int) -> int:
     """The rubric's automatic checks on every output of one evaluation; a second delivery finds nothing to do."""
     from apps.runs.jobs import held
 
+    from .services import announce_checks_ended
     from .services import run_checks as run_all_checks
 
     with held("checks", evaluation_pk) as lease:
-        return run_all_checks(evaluation_pk) if lease is not None else 0
+        if lease is None:
+            return 0
+        try:
+            return run_all_checks(evaluation_pk)
+        finally:
+            announce_checks_ended(evaluation_pk)
 
 
 JUDGE_ATTEMPTS = 3  # deliveries that retry unjudged pairs, a minute apart, then it waits for the next manual run

@@ -18,10 +18,10 @@ from django.utils import timezone
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
 from apps.runs import jobs, leases
 from apps.runs.artifacts import base_model_dir, local_adapter_dir
-from apps.runs.models import BaseModel, Run, RunStatus
+from apps.runs.models import BaseModel, ReaperBeat, Run, RunStatus
 from apps.runs.services import MAX_ATTEMPTS, failure_message
 from ftstudio import csv_cells
-from ftstudio.celery import send_after_commit
+from ftstudio.queueing import send_after_commit
 
 from . import check_tasks
 from .models import (
@@ -47,7 +47,7 @@ from .models import (
     UnblindingReason,
 )
 from .selectors import eval_items, has_seen_labels, open_pairs, pending_assignments, sides
-from .signals import evaluation_ready, evaluation_reviewed
+from .signals import checks_ended, evaluation_ready, evaluation_reviewed, generation_ended
 from .statistics import token_f1
 from .tasks import generate_outputs
 
@@ -687,6 +687,7 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
             if evaluation.mark_ready(rows=job.rows, done=job.done()):
                 schedule_checks(evaluation.pk)  # the rubric's automatic checks, on queue default
                 transaction.on_commit(lambda: evaluation_ready.send(sender=Evaluation, evaluation_pk=evaluation.pk))
+                announce_generation_ended(evaluation.pk)
         except _Handback as stop:
             if str(stop) == "paused" and evaluation.mark_handed_back(rows=job.rows):
                 log.info("Evaluation %s handed back: the worker is shutting down", evaluation_pk)
@@ -698,10 +699,22 @@ def run_generation(evaluation_pk: int, *, batch_size: int = 32) -> Evaluation | 
                 log.warning("Evaluation %s failed after another worker took it over: %s", evaluation_pk, exc)
                 return None
             log.exception("Generation for evaluation %s failed", evaluation_pk)
-            evaluation.mark_failed(failure_message(exc), rows=job.rows)
+            if evaluation.mark_failed(failure_message(exc), rows=job.rows):
+                announce_generation_ended(evaluation.pk)
             raise
     evaluation.refresh_from_db()
     return evaluation
+
+
+def announce_generation_ended(evaluation_pk: int) -> None:
+    """Generation ended (ready or failed): once the transaction commits, ``generation_ended`` tells the apps above
+    (experiments)."""
+    transaction.on_commit(lambda: generation_ended.send(sender=Evaluation, evaluation_pk=evaluation_pk))
+
+
+def announce_checks_ended(evaluation_pk: int) -> None:
+    """A pass of the automatic checks ended, well or badly: ``checks_ended`` once the transaction commits."""
+    transaction.on_commit(lambda: checks_ended.send(sender=Evaluation, evaluation_pk=evaluation_pk))
 
 
 def send_generation(evaluation: Evaluation) -> None:
@@ -709,16 +722,25 @@ def send_generation(evaluation: Evaluation) -> None:
     send_after_commit(generate_outputs, evaluation.pk)
 
 
+def reap() -> dict[str, list[int]]:
+    """Evaluations' periodic recovery pass (`evaluations.reap`): generation, automatic checks and judge jobs whose
+    worker is gone or whose message was lost are sent again. Records that it ran (the staff alarm reads it)."""
+    now = timezone.now()
+    result = {**reap_generations(now), **jobs.reap_jobs(now, kinds=("checks", "judge"))}
+    return ReaperBeat.record("evaluations", result, now)
+
+
 def reap_generations(now=None) -> dict[str, list[int]]:
-    """The reaper's evaluation half (called by `runs.reap`): re-send generating evaluations whose worker is gone
+    """The generation half of `reap`: re-send generating evaluations whose worker is gone
     (failed after MAX_ATTEMPTS) and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS."""
 
     def give_up(evaluation: Evaluation) -> None:
-        evaluation.mark_failed(
+        if evaluation.mark_failed(
             f"The worker stopped {evaluation.attempts} times (attempt limit {MAX_ATTEMPTS}); finished outputs "
             "are kept: resume generation once the cause is fixed.",
             rows=Evaluation.objects.filter(pk=evaluation.pk, status=EvaluationStatus.GENERATING),
-        )
+        ):
+            announce_generation_ended(evaluation.pk)
 
     stale, queued = leases.resend_silent_and_lost(
         Evaluation.objects.filter(status=EvaluationStatus.GENERATING),

@@ -12,3 +12,11 @@ def generate_outputs(evaluation_pk: int) -> str:
 
     evaluation = run_generation(evaluation_pk)
     return evaluation.status if evaluation is not None else "skipped"
+
+
+@shared_task(name="evaluations.reap")
+def reap() -> dict[str, list[int]]:
+    """Evaluations' recovery pass, scheduled by the worker started with `-B` (ftstudio/celery.py)."""
+    from .services import reap as reap_now
+
+    return reap_now()

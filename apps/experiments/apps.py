@@ -9,4 +9,12 @@ class ExperimentsConfig(AppConfig):
     project_tabs = [("Experiments", "experiment_list", "view", "train")]
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401 - advance experiments when their runs, generations and checks end
+        """Advance experiments when their runs, generations and check passes end."""
+        from apps.evaluations.signals import checks_ended, generation_ended
+        from apps.runs.signals import run_ended
+
+        from . import receivers
+
+        run_ended.connect(receivers.on_run_ended, dispatch_uid="experiments.run_ended")
+        generation_ended.connect(receivers.on_evaluation_step_ended, dispatch_uid="experiments.generation_ended")
+        checks_ended.connect(receivers.on_evaluation_step_ended, dispatch_uid="experiments.checks_ended")

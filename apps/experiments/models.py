@@ -67,13 +67,16 @@ class Experiment(TimeStamped):
     def is_finished(self) -> bool:
         return self.status != ExperimentStatus.RUNNING
 
-    def mark_finished(self) -> None:
-        self.status, self.finished_at = ExperimentStatus.FINISHED, timezone.now()
-        self.save(update_fields=["status", "finished_at", "updated_at"])
+    # a row's own state changes (TimeStamped.write), each only from running: a finished experiment stays as it ended
+    def _end(self, status: str) -> bool:
+        running = Experiment.objects.filter(pk=self.pk, status=ExperimentStatus.RUNNING)
+        return self.write(running, status=status, finished_at=timezone.now())
 
-    def mark_cancelled(self) -> None:
-        self.status, self.finished_at = ExperimentStatus.CANCELLED, timezone.now()
-        self.save(update_fields=["status", "finished_at", "updated_at"])
+    def mark_finished(self) -> bool:
+        return self._end(ExperimentStatus.FINISHED)
+
+    def mark_cancelled(self) -> bool:
+        return self._end(ExperimentStatus.CANCELLED)
 
 
 class Arm(models.Model):

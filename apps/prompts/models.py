@@ -92,31 +92,33 @@ class PromptVersion(LeaseHolder, TimeStamped):
     def checks_rate(self) -> float | None:
         return self.checks_passed / self.total if self.checks_passed is not None and self.total else None
 
-    # a row's own state changes
-    def mark_running(self, *, owner: str = "", now=None) -> None:
+    # a row's own state changes (TimeStamped.write: ``rows``, the lease's owner-filtered rows, makes a worker that
+    # lost its claim write nothing)
+    def mark_running(self, *, owner: str = "", now=None) -> bool:
         """Claimed by a worker: one more attempt, its owner id and a first heartbeat."""
-        self.status, self.error, self.worker_id = PromptStatus.RUNNING, "", owner
-        self.attempts, self.heartbeat_at = self.attempts + 1, now or timezone.now()
-        self.save(update_fields=["status", "error", "worker_id", "attempts", "heartbeat_at", "updated_at"])
-
-    def mark_scored(self, *, mean_similarity: float, checks_passed: int | None, check_summary: dict, done: int) -> None:
-        self.status, self.finished_at, self.done = PromptStatus.SCORED, timezone.now(), done
-        self.mean_similarity, self.checks_passed, self.check_summary = mean_similarity, checks_passed, check_summary
-        self.save(
-            update_fields=[
-                "status",
-                "finished_at",
-                "done",
-                "mean_similarity",
-                "checks_passed",
-                "check_summary",
-                "updated_at",
-            ]
+        return self.write(
+            status=PromptStatus.RUNNING,
+            error="",
+            worker_id=owner,
+            attempts=self.attempts + 1,
+            heartbeat_at=now or timezone.now(),
         )
 
-    def mark_failed(self, error: str) -> None:
-        self.status, self.error, self.finished_at = PromptStatus.FAILED, error, timezone.now()
-        self.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    def mark_scored(
+        self, *, rows=None, mean_similarity: float, checks_passed: int | None, check_summary: dict, done: int
+    ) -> bool:
+        return self.write(
+            rows,
+            status=PromptStatus.SCORED,
+            finished_at=timezone.now(),
+            done=done,
+            mean_similarity=mean_similarity,
+            checks_passed=checks_passed,
+            check_summary=check_summary,
+        )
+
+    def mark_failed(self, error: str, *, rows=None) -> bool:
+        return self.write(rows, status=PromptStatus.FAILED, error=error, finished_at=timezone.now())
 
 
 class PromptOutput(models.Model):

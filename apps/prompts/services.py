@@ -18,8 +18,8 @@ from django.utils import timezone
 from apps.datasets.models import DatasetVersion, DatasetVersionItem
 from apps.evaluations.models import AutoCheck, Candidate, CandidateKind, Rubric
 from apps.runs import leases
-from apps.runs.models import BaseModel
-from ftstudio.celery import send_after_commit
+from apps.runs.models import BaseModel, ReaperBeat
+from ftstudio.queueing import send_after_commit
 
 from .models import PromptOutput, PromptStatus, PromptVersion
 from .tasks import score_prompt_version as score_task
@@ -162,8 +162,9 @@ def score_outputs(
     return rows
 
 
-def finish_scoring(version: PromptVersion) -> PromptVersion:
-    """Aggregate the stored outputs into the version's scores and mark it scored."""
+def finish_scoring(version: PromptVersion, *, rows=None) -> bool:
+    """Aggregate the stored outputs into the version's scores and mark it scored (only through ``rows``, the
+    lease's rows, when given); False when they match no row (another worker took the version over)."""
     outputs = list(version.outputs.all())
     summary: dict[str, list[int]] = {}
     for o in outputs:
@@ -171,13 +172,13 @@ def finish_scoring(version: PromptVersion) -> PromptVersion:
             passed, checked = summary.setdefault(c["criterion"], [0, 0])
             summary[c["criterion"]] = [passed + int(c["passed"]), checked + 1]
     has_checks = any(o.passed_all is not None for o in outputs)
-    version.mark_scored(
+    return version.mark_scored(
+        rows=rows,
         mean_similarity=sum(o.similarity for o in outputs) / len(outputs) if outputs else 0.0,
         checks_passed=sum(1 for o in outputs if o.passed_all) if has_checks else None,
         check_summary=summary,
         done=len(outputs),
     )
-    return version
 
 
 class _Lost(Exception):
@@ -247,7 +248,9 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
                     model, tokenizer, [prompt_messages(version, i.input_messages) for i in todo], config, on_batch=save
                 )
             check()
-            return finish_scoring(version)
+            if not finish_scoring(version, rows=rows):
+                raise _Lost
+            return version
         except _Lost:
             log.warning("Prompt version %s was taken over by another worker: this one stopped", version_pk)
             return None
@@ -256,12 +259,18 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
                 log.warning("Prompt version %s failed after another worker took it over: %s", version_pk, exc)
                 return None
             log.exception("Scoring prompt version %s failed", version_pk)
-            version.mark_failed(failure_message(exc))
+            version.mark_failed(failure_message(exc), rows=rows)
             raise
 
 
+def reap() -> dict[str, list[int]]:
+    """Prompts' periodic recovery pass (`prompts.reap`); records that it ran (the staff alarm reads it)."""
+    now = timezone.now()
+    return ReaperBeat.record("prompts", reap_prompt_scoring(now), now)
+
+
 def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
-    """The reaper's prompt half (called by `runs.reap`, beside runs and evaluations): re-send running versions
+    """Re-send running versions
     whose worker is gone (failed after MAX_ATTEMPTS, outputs kept) and queued ones whose message is older than
     FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message). A duplicate message is harmless: the claim lets one run."""
     from apps.runs.services import MAX_ATTEMPTS
@@ -269,7 +278,8 @@ def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
     def give_up(version: PromptVersion) -> None:
         version.mark_failed(
             f"The worker stopped {version.attempts} times (attempt limit {MAX_ATTEMPTS}); the outputs scored so "
-            "far are kept: save the prompt again to retry."
+            "far are kept: save the prompt again to retry.",
+            rows=PromptVersion.objects.filter(pk=version.pk, status=PromptStatus.RUNNING),
         )
 
     stale, queued = leases.resend_silent_and_lost(

@@ -12,3 +12,11 @@ def score_prompt_version(version_pk: int) -> str:
 
     version = run_scoring(version_pk)
     return version.status if version is not None else "missing"
+
+
+@shared_task(name="prompts.reap")
+def reap() -> dict[str, list[int]]:
+    """Prompts' recovery pass, scheduled by the worker started with `-B` (ftstudio/celery.py); queue `default`."""
+    from .services import reap as reap_now
+
+    return reap_now()

@@ -20,7 +20,6 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from worker.artifacts import ArtifactStoreError, LocalStore
 from worker.export import (
@@ -106,8 +105,7 @@ def claim_export(export_pk: int) -> RunExport | None:
         job = RunExport.objects.select_for_update().filter(pk=export_pk).first()
         if job is None or job.status in {ExportStatus.SUCCEEDED, ExportStatus.FAILED}:
             return None
-        job.status, job.started_at = ExportStatus.RUNNING, timezone.now()
-        job.save(update_fields=["status", "started_at", "updated_at"])
+        job.mark_running()
         return job
 
 
@@ -157,13 +155,9 @@ def _export_claimed(job: RunExport) -> str:
         log.exception("Export %s of run %s failed", job.pk, job.run_id)
         shutil.rmtree(folder, ignore_errors=True)
         message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
-        RunExport.objects.filter(pk=job.pk).update(
-            status=ExportStatus.FAILED, error=message[:2000], finished_at=timezone.now()
-        )
+        job.mark_failed(message)
         return ExportStatus.FAILED
-    RunExport.objects.filter(pk=job.pk).update(
-        status=ExportStatus.SUCCEEDED, file_path=key, size_bytes=size, finished_at=timezone.now()
-    )
+    job.mark_succeeded(file_path=key, size_bytes=size)
     return ExportStatus.SUCCEEDED
 
 

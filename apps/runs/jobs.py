@@ -4,9 +4,10 @@ evaluation, an export. Their rows have no owner of their own, so each job has a 
 - the service that sends the task calls `queue_job(kind, pk)` (the row says "queued since ...");
 - the task runs inside `held(kind, pk)`: it claims the row (a live holder makes a duplicate delivery do nothing),
   a thread renews the heartbeat (`leases.Lease`), and the row goes when the job ends, well or badly;
-- a worker killed mid-job leaves the row running with a heartbeat that stops: the periodic reaper (`reap_jobs`,
-  called by `runs.reap`) re-sends it with `leases.resend_silent_and_lost`, like runs and evaluations, and sends
-  again a queued job whose message was lost. After MAX_ATTEMPTS it gives up (an export is marked failed).
+- a worker killed mid-job leaves the row running with a heartbeat that stops: the periodic recovery pass of the
+  job's app (`reap_jobs`, called by `runs.reap` for exports and by `evaluations.reap` for checks and judge)
+  re-sends it with `leases.resend_silent_and_lost`, like runs and evaluations, and sends again a queued job whose
+  message was lost. After MAX_ATTEMPTS it gives up (an export is marked failed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ftstudio.celery import app, send_after_commit
+from ftstudio.celery import app
+from ftstudio.queueing import send_after_commit
 
 from . import leases
 from .models import JobLease
@@ -81,13 +83,11 @@ def holder_gone(kind: str, pk: int) -> bool:
 def _give_up(row: JobLease) -> None:
     log.error("%s job %s: its worker stopped %s times; giving up", row.kind, row.object_pk, row.attempts)
     if row.kind == "export":
-        from .models import ExportStatus, RunExport
+        from .models import RunExport
 
-        RunExport.objects.filter(pk=row.object_pk, status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING]).update(
-            status=ExportStatus.FAILED,
-            error=f"The worker stopped {row.attempts} times while exporting; export it again.",
-            finished_at=timezone.now(),
-        )
+        export = RunExport.objects.filter(pk=row.object_pk).first()
+        if export is not None:
+            export.mark_failed(f"The worker stopped {row.attempts} times while exporting; export it again.")
     JobLease.objects.filter(pk=row.pk).delete()
 
 
@@ -96,12 +96,12 @@ def _resend(row: JobLease) -> None:
     send_after_commit(app.tasks[TASKS[row.kind]], row.object_pk)
 
 
-def reap_jobs(now=None) -> dict[str, list[int]]:
-    """The reaper's pass over every job kind: silent holders re-sent (or given up), lost messages sent again.
+def reap_jobs(now=None, kinds=tuple(TASKS)) -> dict[str, list[int]]:
+    """A recovery pass over the jobs of ``kinds``: silent holders re-sent (or given up), lost messages sent again.
     Returns the primary keys (of the evaluation, the export) sent again, per kind."""
     now = now or timezone.now()
     result = {}
-    for kind in TASKS:
+    for kind in kinds:
         jobs, sent = JobLease.objects.filter(kind=kind), []
         leases.resend_silent_and_lost(
             jobs.filter(state=RUNNING),

@@ -280,6 +280,28 @@ class RunExport(TimeStamped):
     def file_name(self) -> str:
         return self.file_path.rsplit("/", 1)[-1] if self.file_path else ""
 
+    # a row's own state changes (TimeStamped.write); the task holds the export's JobLease meanwhile (apps/runs/jobs.py)
+    def _pending_rows(self):
+        return RunExport.objects.filter(pk=self.pk, status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING])
+
+    def mark_running(self) -> bool:
+        return self.write(self._pending_rows(), status=ExportStatus.RUNNING, started_at=timezone.now())
+
+    def mark_succeeded(self, *, file_path: str, size_bytes: int) -> bool:
+        return self.write(
+            self._pending_rows(),
+            status=ExportStatus.SUCCEEDED,
+            file_path=file_path,
+            size_bytes=size_bytes,
+            finished_at=timezone.now(),
+        )
+
+    def mark_failed(self, error: str) -> bool:
+        """Only a pending export fails: a finished one keeps its file or its first reason."""
+        return self.write(
+            self._pending_rows(), status=ExportStatus.FAILED, error=error[:2000], finished_at=timezone.now()
+        )
+
 
 class JobLease(LeaseHolder, models.Model):
     """The lease of one background job (automatic checks, the judge, an export: `apps/runs/jobs.py`), so that a job
@@ -305,7 +327,8 @@ class JobLease(LeaseHolder, models.Model):
 
 
 class ReaperBeat(models.Model):
-    """When the periodic reaper last ran (one row per reaper name): the staff banner alarms when it is old."""
+    """When an app's periodic recovery pass last ran (one row per pass, ftstudio/queueing.py RECOVERY_PASSES): the
+    staff banner alarms when one is old or missing."""
 
     name = models.CharField(max_length=40, unique=True)
     beat_at = models.DateTimeField()
@@ -313,3 +336,9 @@ class ReaperBeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.beat_at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def record(cls, name: str, requeued: dict, now=None) -> dict:
+        """Note that the pass ``name`` ran (and what it re-sent); returns ``requeued``."""
+        cls.objects.update_or_create(name=name, defaults={"beat_at": now or timezone.now(), "requeued": requeued})
+        return requeued

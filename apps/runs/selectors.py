@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from apps.fleet.queues import run_queue
 from apps.fleet.selectors import job_silence
+from ftstudio.queueing import RECOVERY_PASSES
 
 from . import presentation
 from .models import BaseModel, ReaperBeat, Run, RunStatus
@@ -89,18 +90,25 @@ def measured_throughput(base_model: BaseModel) -> float | None:
 
 
 def reaper_overdue(now=None) -> str:
-    """For staff: why the reaper looks stopped ("" when it ran recently)."""
-    beat = ReaperBeat.objects.filter(name="reaper").values_list("beat_at", flat=True).first()
+    """For staff: why recovery looks stopped ("" when every app's recovery pass ran recently)."""
+    beats = dict(ReaperBeat.objects.filter(name__in=RECOVERY_PASSES).values_list("name", "beat_at"))
     now = now or timezone.now()
     limit = settings.FTSTUDIO_REAPER_ALARM_SECONDS
-    if beat is None:
+    if not beats:
         return (
             "No reaper has ever run: runs and evaluations whose worker dies will not resume by themselves. "
             "Start the worker that runs the recovery schedule (the README's deployment section names it)."
         )
-    if (now - beat).total_seconds() > limit:
+    never = [name for name in RECOVERY_PASSES if name not in beats]
+    if never:
         return (
-            f"No reaper has run since {beat:%Y-%m-%d %H:%M} UTC (over {limit // 60} min): is the worker with "
-            "`-B` (`worker-cpu` in compose) running? Stranded runs and evaluations are not being resumed."
+            f"The recovery of {', '.join(never)} has never run while the others do: their stranded work is not "
+            "resumed. Restart the worker that runs the recovery schedule so it picks up every pass."
+        )
+    oldest = min(beats, key=beats.get)
+    if (now - beats[oldest]).total_seconds() > limit:
+        return (
+            f"No reaper has run since {beats[oldest]:%Y-%m-%d %H:%M} UTC for {oldest} (over {limit // 60} min): "
+            "is the worker that runs the recovery schedule running? Stranded work is not being resumed."
         )
     return ""

@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.datasets.models import DatasetVersion
 from apps.fleet.queues import NoQueueError, queue_for
 from apps.fleet.selectors import queue_warning, scale_warning, workers_serving
-from ftstudio.celery import send_after_commit
+from ftstudio.queueing import send_after_commit
 from worker.memory import GB, Shape, estimate_memory, fit_words
 from worker.memory import MODES as MEMORY_MODES
 from worker.models import ModelSpec, describe_model, resolve_model_dir, shipped_gguf_path
@@ -1018,13 +1018,11 @@ def failure_message(exc: BaseException) -> str:
 
 
 def reap() -> dict[str, list[int]]:
-    """The periodic reaper: re-send runs, evaluations and prompt scorings whose worker is gone (stale heartbeat, no
-    live process) and queued ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message); give
-    up after MAX_ATTEMPTS. Records that it ran (the staff alarm reads it)."""
-    from apps.api.fine_tuning import resend_validating_jobs
+    """Runs' periodic recovery pass: re-send runs whose worker is gone (stale heartbeat, no live process) and queued
+    ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message), giving up after MAX_ATTEMPTS;
+    the same for exports and for imports (datasets, below runs). Evaluations, prompts and the API have their own pass
+    (ftstudio/queueing.py RECOVERY_PASSES). Records that it ran (the staff alarm reads it)."""
     from apps.datasets.services import resend_queued_imports
-    from apps.evaluations.services import reap_generations
-    from apps.prompts.services import reap_prompt_scoring
 
     from .jobs import reap_jobs
 
@@ -1032,14 +1030,10 @@ def reap() -> dict[str, list[int]]:
     result = {
         "runs": reap_stale_runs(now),
         "queued_runs": resend_queued_runs(now),
-        **reap_generations(now),
-        **reap_prompt_scoring(now),
         "queued_imports": resend_queued_imports(now),
-        "validating_jobs": resend_validating_jobs(now),
-        **reap_jobs(now),
+        **reap_jobs(now, kinds=("export",)),
     }
-    ReaperBeat.objects.update_or_create(name="reaper", defaults={"beat_at": now, "requeued": result})
-    return result
+    return ReaperBeat.record("runs", result, now)
 
 
 def send_run(run: Run) -> None:

@@ -26,7 +26,7 @@ def join_distributed_run(run_pk: int, endpoint: str, rdzv_id: str, resume_step: 
 
 @shared_task(name="runs.reap")
 def reap() -> dict[str, list[int]]:
-    """Re-send runs and evaluations whose worker is gone, and queued ones whose message was lost."""
+    """Re-send runs, exports and imports whose worker is gone, and queued ones whose message was lost."""
     from .services import reap as reap_now
 
     return reap_now()

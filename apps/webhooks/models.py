@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 from apps.accounts.models import Project, TimeStamped
 
@@ -64,3 +66,27 @@ class WebhookDelivery(TimeStamped):
 
     def __str__(self) -> str:
         return f"{self.event_type} to {self.endpoint}"
+
+    # a row's own state changes (TimeStamped.write)
+    def claim(self, *, now, until) -> bool:
+        """Take the delivery for one send if it is pending and due: ``next_attempt_at`` moved to ``until`` is the
+        sending lease (a second sender finds it not due). False when it is not this sender's to send."""
+        due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+        return self.write(
+            WebhookDelivery.objects.filter(due, pk=self.pk, status=DeliveryStatus.PENDING), next_attempt_at=until
+        )
+
+    def record_attempt(self, *, code: int | None, error: str, retry_at=None) -> bool:
+        """One send's answer: succeeded (no ``error``), to be tried again at ``retry_at``, or failed (neither)."""
+        values = {"attempts": self.attempts + 1, "last_status_code": code, "last_error": error[:500]}
+        if not error:
+            values.update(status=DeliveryStatus.SUCCEEDED, delivered_at=timezone.now(), next_attempt_at=None)
+        elif retry_at is None:
+            values.update(status=DeliveryStatus.FAILED, next_attempt_at=None)
+        else:
+            values.update(next_attempt_at=retry_at)
+        return self.write(**values)
+
+    def mark_pending(self) -> bool:
+        """Send again now, whatever happened before (same event, same webhook-id)."""
+        return self.write(status=DeliveryStatus.PENDING, next_attempt_at=None)

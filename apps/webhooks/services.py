@@ -30,7 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from ftstudio.celery import send_after_commit
+from ftstudio.queueing import send_after_commit
 from worker.outbound import OutboundRefused, PublicOnlyTransport, public_address
 
 from .models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
@@ -220,12 +220,9 @@ def backoff(attempts: int) -> timedelta:
 def deliver(delivery_pk: int) -> str:
     """Send one delivery if it is due and nobody else is sending it; record the answer and when to try again."""
     now = timezone.now()
-    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    if not WebhookDelivery.objects.filter(due, pk=delivery_pk, status=DeliveryStatus.PENDING).update(
-        next_attempt_at=now + SENDING_LEASE
-    ):
+    delivery = WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_pk).first()
+    if delivery is None or not delivery.claim(now=now, until=now + SENDING_LEASE):
         return "skipped"
-    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_pk)
     body = json.dumps(delivery.payload, separators=(",", ":"))
     code, error = None, ""
     try:
@@ -245,19 +242,10 @@ def deliver(delivery_pk: int) -> str:
         error = str(exc)
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
-    attempts = delivery.attempts + 1
-    values = {"attempts": attempts, "last_status_code": code, "last_error": error[:500]}
-    if not error:
-        values.update(status=DeliveryStatus.SUCCEEDED, delivered_at=timezone.now(), next_attempt_at=None)
-    else:
-        following = timezone.now() + backoff(attempts)
-        window = timedelta(hours=settings.FTSTUDIO_WEBHOOK_RETRY_HOURS)
-        if following - delivery.created_at > window:
-            values.update(status=DeliveryStatus.FAILED, next_attempt_at=None)
-        else:
-            values.update(next_attempt_at=following)
-    WebhookDelivery.objects.filter(pk=delivery_pk).update(**values, updated_at=timezone.now())
-    return values.get("status", DeliveryStatus.PENDING)
+    following = timezone.now() + backoff(delivery.attempts + 1)
+    within_window = following - delivery.created_at <= timedelta(hours=settings.FTSTUDIO_WEBHOOK_RETRY_HOURS)
+    delivery.record_attempt(code=code, error=error, retry_at=following if within_window else None)
+    return delivery.status
 
 
 def send_due(now=None) -> list[int]:
@@ -279,8 +267,6 @@ def resend(*, project, delivery_id: int) -> WebhookDelivery:
     delivery = WebhookDelivery.objects.filter(endpoint__project=project, pk=delivery_id).first()
     if delivery is None:
         raise WebhookError("No such delivery in this project.")
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        status=DeliveryStatus.PENDING, next_attempt_at=None, updated_at=timezone.now()
-    )
+    delivery.mark_pending()
     send_after_commit(deliver_task, delivery.pk)
     return delivery
