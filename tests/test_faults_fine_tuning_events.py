@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import openai
 import pytest
-from django.db.models.signals import post_save
+from django.db.models.signals import pre_save
 from django.utils import timezone
 
 from apps.api import services as api_services
@@ -37,16 +37,16 @@ def test_event_ids_survive_a_worker_death_and_the_restart_is_an_event(live_serve
     run = FineTuningJob.objects.get(public_id=job.id).run
     Run.objects.filter(pk=run.pk).update(hyperparameters={**run.hyperparameters, **FAST})  # 4 steps, save at 2
 
-    def die_after_step_3(sender, instance, created, **kwargs):
-        if instance.train_loss is not None and instance.step == 3:
+    def die_before_step_4_is_written(sender, instance, **kwargs):  # step 3's row is committed by then
+        if instance.train_loss is not None and instance.step == 4:
             raise WorkerDied
 
-    post_save.connect(die_after_step_3, sender=RunMetric, dispatch_uid="die-at-3")
+    pre_save.connect(die_before_step_4_is_written, sender=RunMetric, dispatch_uid="die-at-4")
     try:
         with pytest.raises(WorkerDied):
             train_run(run.pk)
     finally:
-        post_save.disconnect(dispatch_uid="die-at-3", sender=RunMetric)
+        pre_save.disconnect(dispatch_uid="die-at-4", sender=RunMetric)
     seen = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     newest = seen[0]
     assert newest.type == "metrics" and newest.data["step"] == 3  # the client has seen step 3 (after checkpoint-2)
