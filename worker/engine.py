@@ -39,6 +39,7 @@ from worker.prefixes import MIN_PREFIX_TOKENS, PrefixCache, common_length, prefi
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+ENGINE_VERSION = "ftstudio-engine-2"  # in system_fingerprint: bump when the same seed may give other tokens
 DEFAULT_PREFILL_CHUNK_TOKENS = 512
 
 
@@ -63,6 +64,9 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # llguidance Lark grammar the output must follow (worker/constrain.py)
+    logprobs: bool = False  # record each chosen token's log-probability
+    top_logprobs: int = 0  # and this many most likely alternatives
 
     @property
     def greedy(self) -> bool:
@@ -105,6 +109,8 @@ class Request:
     finished_at: float | None = None
     cancelled: bool = False
     generator: object = None
+    grammar: object = None  # worker.constrain.RowGrammar when params.grammar is set
+    logprobs: list = field(default_factory=list)  # one OpenAI logprobs entry per output token, when asked
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -338,6 +344,10 @@ class BatchRunner:
             import torch
 
             request.generator = torch.Generator(device="cpu").manual_seed(int(request.params.seed))
+        if request.params.grammar and request.grammar is None:
+            from worker.constrain import RowGrammar
+
+            request.grammar = RowGrammar(self.tokenizer, request.params.grammar)
         self.waiting.append(request)
 
     @property
@@ -552,8 +562,13 @@ class BatchRunner:
         import torch
         from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+        rows = self.rows[-len(logits) :] if len(logits) != len(self.rows) else self.rows
+        if any(r.grammar is not None for r in rows):
+            from worker.constrain import mask_rows
+
+            mask_rows(logits, [r.grammar for r in rows])
         chosen = logits.argmax(dim=-1).tolist()
-        for j, r in enumerate(self.rows[-len(chosen) :] if len(chosen) != len(self.rows) else self.rows):
+        for j, r in enumerate(rows):
             if r.params.greedy:
                 continue
             scores = logits[j : j + 1]
@@ -568,6 +583,12 @@ class BatchRunner:
     def _advance(self, logits, only: range | None = None) -> list[Request]:
         """Record each row's chosen token; finished rows leave the batch."""
         rows = range(len(self.rows)) if only is None else only
+        wanted = [k for k, j in enumerate(rows) if self.rows[j].params.logprobs]
+        scores = {}  # row -> the model's log-probabilities (before any grammar), for rows that asked
+        if wanted:
+            import torch
+
+            scores = dict(zip([rows[k] for k in wanted], torch.log_softmax(logits[wanted], dim=-1), strict=True))
         chosen = self._choose(logits)
         now = time.perf_counter()
         finished, leaving = [], []
@@ -580,8 +601,14 @@ class BatchRunner:
             if token in self.eos:
                 reason = "stop"
             else:
+                if j in scores:
+                    r.logprobs.append(self._logprob_entry(scores[j], token, r))
                 r.output_ids.append(token)
+                if r.grammar is not None:
+                    r.grammar.take(token)
                 reason = self._update_text(r)
+                if reason is None and r.grammar is not None and r.grammar.complete:
+                    reason = "stop"
                 if reason is None and len(r.output_ids) >= r.params.max_new_tokens:
                     reason = "length"
             if reason is not None:
@@ -590,6 +617,21 @@ class BatchRunner:
         if leaving:
             self._remove(leaving)
         return finished
+
+    def _logprob_entry(self, scores, token: int, r: Request) -> dict:
+        """OpenAI's logprobs entry of one chosen token (with ``top_logprobs`` alternatives)."""
+        import torch
+
+        def item(t: int, logprob: float) -> dict:
+            text = self.tokenizer.decode([t])
+            return {"token": text, "logprob": max(float(logprob), -9999.0), "bytes": list(text.encode())}
+
+        entry = item(token, scores[token])
+        top = []
+        if r.params.top_logprobs:
+            values, ids = torch.topk(scores, r.params.top_logprobs)
+            top = [item(int(t), float(v)) for v, t in zip(values.tolist(), ids.tolist(), strict=True)]
+        return {**entry, "top_logprobs": top}
 
     def _update_text(self, r: Request) -> str | None:
         """Decode the row's text, deliver what is safe to show; a stop string ends the row there."""
@@ -775,13 +817,20 @@ class Engine:
         base.adapters[adapter_path] = name
         return name
 
-    def prompt_ids(self, model_dir: str, messages: list[dict]) -> list[int]:
+    def prompt_ids(self, model_dir: str, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         from worker.generate import render_prompt
 
         model_dir = self._check_root(model_dir, "base model")
         base = self._on_loop(lambda: self._base(model_dir))
-        text = render_prompt(base.tokenizer, messages)
+        text = render_prompt(base.tokenizer, messages, tools)
         return base.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def tool_format(self, model_dir: str):
+        """The tool-call form of this base model's family (worker.chat_format.FORMATS)."""
+        from worker.chat_format import tool_format
+
+        model_dir = self._check_root(model_dir, "base model")
+        return tool_format(self._on_loop(lambda: self._base(model_dir)).tokenizer)
 
     def submit(
         self,
@@ -793,6 +842,7 @@ class Engine:
         client: str | None = None,
         client_limit: int = 0,
         sink: queue.SimpleQueue | None = None,
+        tools: list[dict] | None = None,
     ) -> list[Request]:
         """Admit one request per ``params`` (OpenAI's ``n``) or raise EngineError; they join the batch at once."""
         from worker.generate import render_prompt
@@ -820,7 +870,7 @@ class Engine:
                     code="queue_full",
                     kind="rate_limit_error",
                 )
-            ids = base.tokenizer(render_prompt(base.tokenizer, messages), add_special_tokens=False)["input_ids"]
+            ids = base.tokenizer(render_prompt(base.tokenizer, messages, tools), add_special_tokens=False)["input_ids"]
             longest = max(p.max_new_tokens for p in params)
             if len(ids) + longest > base.context_length:
                 raise EngineError(
@@ -835,7 +885,11 @@ class Engine:
                 for i, p in enumerate(params)
             ]
             for r in requests:
-                runner.add(r)
+                try:
+                    runner.add(r)
+                except ValueError as exc:  # worker.constrain.GrammarError: a schema llguidance cannot follow
+                    runner.waiting = [w for w in runner.waiting if w not in requests]
+                    raise EngineError(f"The output format cannot be enforced: {exc}", param="response_format") from None
             self._active[client] = self._active.get(client, 0) + len(requests)
             return requests
 
