@@ -35,9 +35,9 @@ def check(grammar: str) -> None:
     """Raise GrammarError (with llguidance's reason) when the grammar or schema cannot be used."""
     import llguidance
 
-    ok, messages = llguidance.LLMatcher.validate_grammar_with_warnings(llguidance.grammar_from("lark", grammar))
-    if not ok:
-        raise GrammarError("; ".join(messages)[:500])
+    error = llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("lark", grammar))
+    if error:
+        raise GrammarError(error.split("\n")[0][:500])
 
 
 def ll_tokenizer(tokenizer):
