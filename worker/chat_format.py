@@ -49,6 +49,19 @@ def _call(obj, argument_key: str) -> ToolCall | None:
     return ToolCall(obj["name"], json.dumps(arguments, ensure_ascii=False), new_call_id())
 
 
+def _closed(schema):
+    """The schema with ``additionalProperties: false`` wherever an object lists its properties and says nothing
+    about others: a forced call writes the declared arguments, not whatever keys the model goes on inventing."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {k: _closed(v) if k != "const" and k != "enum" else v for k, v in schema.items()}
+    if "properties" in closed and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def _schema(tools: list[dict], argument_key: str) -> dict:
     """One call's JSON: the name of one of ``tools`` and arguments matching its parameters."""
     options = [
@@ -56,7 +69,7 @@ def _schema(tools: list[dict], argument_key: str) -> dict:
             "type": "object",
             "properties": {
                 "name": {"const": t["name"]},
-                argument_key: t.get("parameters") or {"type": "object", "properties": {}},
+                argument_key: _closed(t.get("parameters") or {"type": "object", "properties": {}}),
             },
             "required": ["name", argument_key],
             "additionalProperties": False,

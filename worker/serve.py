@@ -509,7 +509,8 @@ class Handler(BaseHTTPRequestHandler):
                 tools = chat.tools
                 chat.tool_format = self.server.engine.tool_format(model_dir)
                 if chat.forced_tools:  # required or named: the call is enforced by the grammar of that form
-                    grammar = chat.tool_format.grammar(chat.forced_tools, chat.parallel_tool_calls)
+                    parallel = chat.parallel_tool_calls and chat.tool_choice == "required"  # named: that one call
+                    grammar = chat.tool_format.grammar(chat.forced_tools, parallel)
                     params = [replace(p, grammar=grammar) for p in params]
             requests = self.server.engine.submit(
                 model_dir=model_dir,
