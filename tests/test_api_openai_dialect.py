@@ -256,3 +256,31 @@ def test_langchain_chat_openai_binds_tools_and_gives_structured_output(api, live
     assert isinstance(ticket, Ticket)
     via_tool = llm.with_structured_output(Ticket, method="function_calling").invoke("Order #104 is late")
     assert isinstance(via_tool, Ticket)
+
+
+def test_constrained_and_free_rows_share_a_batch_and_free_rows_write_what_they_write_alone(tiny_model_dir):
+    from worker.constrain import lark_for_response_format
+    from worker.engine import BatchRunner, Request, SamplingParams
+    from worker.generate import load_generator, render_prompt
+
+    model, tokenizer = load_generator(str(tiny_model_dir), device="cpu")
+    ids = tokenizer(render_prompt(tokenizer, HELLO), add_special_tokens=False)["input_ids"]
+    schema = Ticket.model_json_schema()
+    grammar = lark_for_response_format({"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+
+    def run(*params):
+        runner = BatchRunner(model, tokenizer, max_batch=8)
+        requests = [Request(prompt_ids=list(ids), params=p) for p in params]
+        for r in requests:
+            runner.add(r)
+        while runner.busy:
+            runner.step()
+        return requests
+
+    free = SamplingParams(max_new_tokens=12, logprobs=True)
+    (alone,) = run(free)
+    mixed = run(free, SamplingParams(max_new_tokens=40, grammar=grammar), free)
+    assert mixed[0].output_ids == alone.output_ids == mixed[2].output_ids
+    assert [e["logprob"] for e in mixed[0].logprobs] == pytest.approx([e["logprob"] for e in alone.logprobs])
+    ticket = Ticket.model_validate_json(tokenizer.decode(mixed[1].output_ids, skip_special_tokens=True))
+    assert mixed[1].finish_reason == "stop" and 1 <= ticket.priority <= 5
