@@ -67,8 +67,9 @@ def main() -> None:
         f"batch_size={args.batch_size} threads={torch.get_num_threads()} rounds={args.rounds}"
     )
 
+    runner = BatchRunner(model, tokenizer, max_batch=args.batch_size, prefix_bytes=0)  # one, as the engine keeps
+
     def run(constrained: bool, max_new_tokens: int, count: int) -> tuple[int, float, int]:
-        runner = BatchRunner(model, tokenizer, max_batch=args.batch_size, prefix_bytes=0)
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.7, seed=7, grammar=None)
         started = time.perf_counter()
         requests = []

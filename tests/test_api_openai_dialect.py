@@ -265,7 +265,7 @@ def test_constrained_and_free_rows_share_a_batch_and_free_rows_write_what_they_w
 
     model, tokenizer = load_generator(str(tiny_model_dir), device="cpu")
     ids = tokenizer(render_prompt(tokenizer, HELLO), add_special_tokens=False)["input_ids"]
-    schema = Ticket.model_json_schema()
+    schema = {**Ticket.model_json_schema(), "additionalProperties": False}  # as strict mode sends it
     grammar = lark_for_response_format({"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
 
     def run(*params):
