@@ -120,7 +120,7 @@ def test_every_error_class_comes_back_in_openai_s_shape(api, team, settings, tin
         pm.chat.completions.create(model="tiny-llama", messages=HELLO, extra_body={"ftstudio": {"base": "/etc"}})
     assert injected.value.body["param"] == "ftstudio"
     with pytest.raises(openai.BadRequestError) as role:
-        pm.chat.completions.create(model="tiny-llama", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}])
+        pm.chat.completions.create(model="tiny-llama", messages=[{"role": "critic", "content": "x"}])
     assert role.value.body["param"] == "messages[0].role"
     settings.FTSTUDIO_API_MAX_TOKENS = 64
     with pytest.raises(openai.BadRequestError) as cap:

@@ -39,6 +39,7 @@ from worker.prefixes import MIN_PREFIX_TOKENS, PrefixCache, common_length, prefi
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+ENGINE_VERSION = "ftstudio-engine-2"  # in system_fingerprint: bump when the same seed may give other tokens
 DEFAULT_PREFILL_CHUNK_TOKENS = 512
 
 
@@ -63,6 +64,9 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # llguidance Lark grammar the output must follow (worker/constrain.py)
+    logprobs: bool = False  # record each chosen token's log-probability
+    top_logprobs: int = 0  # and this many most likely alternatives
 
     @property
     def greedy(self) -> bool:
@@ -106,6 +110,8 @@ class Request:
     cancelled: bool = False
     generator: object = None
     scope: str | None = None  # whose prompt beginnings this row may reuse (a project); None: the evaluations'
+    grammar: object = None  # worker.constrain.RowGrammar when params.grammar is set
+    logprobs: list = field(default_factory=list)  # one OpenAI logprobs entry per output token, when asked
 
     @property
     def prefix_owner(self):
@@ -344,6 +350,10 @@ class BatchRunner:
             import torch
 
             request.generator = torch.Generator(device="cpu").manual_seed(int(request.params.seed))
+        if request.params.grammar and request.grammar is None:
+            from worker.constrain import RowGrammar
+
+            request.grammar = RowGrammar(self.tokenizer, request.params.grammar)
         self.waiting.append(request)
 
     @property
@@ -559,8 +569,13 @@ class BatchRunner:
         import torch
         from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+        rows = self.rows[-len(logits) :] if len(logits) != len(self.rows) else self.rows
+        if any(r.grammar is not None for r in rows):
+            from worker.constrain import mask_rows
+
+            mask_rows(logits, [r.grammar for r in rows])
         chosen = logits.argmax(dim=-1).tolist()
-        for j, r in enumerate(self.rows[-len(chosen) :] if len(chosen) != len(self.rows) else self.rows):
+        for j, r in enumerate(rows):
             if r.params.greedy:
                 continue
             scores = logits[j : j + 1]
@@ -575,6 +590,12 @@ class BatchRunner:
     def _advance(self, logits, only: range | None = None) -> list[Request]:
         """Record each row's chosen token; finished rows leave the batch."""
         rows = range(len(self.rows)) if only is None else only
+        wanted = [k for k, j in enumerate(rows) if self.rows[j].params.logprobs]
+        scores = {}  # row -> the model's log-probabilities (before any grammar), for rows that asked
+        if wanted:
+            import torch
+
+            scores = dict(zip([rows[k] for k in wanted], torch.log_softmax(logits[wanted], dim=-1), strict=True))
         chosen = self._choose(logits)
         now = time.perf_counter()
         finished, leaving = [], []
@@ -587,8 +608,14 @@ class BatchRunner:
             if token in self.eos:
                 reason = "stop"
             else:
+                if j in scores:
+                    r.logprobs.append(self._logprob_entry(scores[j], token, r))
                 r.output_ids.append(token)
+                if r.grammar is not None:
+                    r.grammar.take(token)
                 reason = self._update_text(r)
+                if reason is None and r.grammar is not None and r.grammar.complete:
+                    reason = "stop"
                 if reason is None and len(r.output_ids) >= r.params.max_new_tokens:
                     reason = "length"
             if reason is not None:
@@ -597,6 +624,21 @@ class BatchRunner:
         if leaving:
             self._remove(leaving)
         return finished
+
+    def _logprob_entry(self, scores, token: int, r: Request) -> dict:
+        """OpenAI's logprobs entry of one chosen token (with ``top_logprobs`` alternatives)."""
+        import torch
+
+        def item(t: int, logprob: float) -> dict:
+            text = self.tokenizer.decode([t])
+            return {"token": text, "logprob": max(float(logprob), -9999.0), "bytes": list(text.encode())}
+
+        entry = item(token, scores[token])
+        top = []
+        if r.params.top_logprobs:
+            values, ids = torch.topk(scores, r.params.top_logprobs)
+            top = [item(int(t), float(v)) for v, t in zip(values.tolist(), ids.tolist(), strict=True)]
+        return {**entry, "top_logprobs": top}
 
     def _update_text(self, r: Request) -> str | None:
         """Decode the row's text, deliver what is safe to show; a stop string ends the row there."""
@@ -799,21 +841,31 @@ class Engine:
         base.adapters[adapter_path] = name
         return name
 
-    def prompt_ids(self, model_dir: str, messages: list[dict], max_tokens: int | None = None) -> list[int]:
-        """The prompt's token ids, rendered and tokenized on the caller's thread (never the engine's: a long body
-        would stall every stream). With ``max_tokens``: a prompt that cannot fit the context with that many new
-        tokens is refused by its length in characters before it is tokenized."""
+    def prompt_ids(
+        self, model_dir: str, messages: list[dict], tools: list[dict] | None = None, max_tokens: int | None = None
+    ) -> list[int]:
+        """The prompt's token ids (with ``tools`` rendered as the model's template or family does), rendered and
+        tokenized on the caller's thread (never the engine's: a long body would stall every stream). With
+        ``max_tokens``: a prompt that cannot fit the context with that many new tokens is refused by its length in
+        characters before it is tokenized."""
         from worker.generate import render_prompt
 
         model_dir = self._check_root(model_dir, "base model")
         base = self._on_loop(lambda: self._base(model_dir))
-        text = render_prompt(base.tokenizer, messages)
+        text = render_prompt(base.tokenizer, messages, tools)
         if max_tokens is not None:
             at_least = len(text) // base.longest_token_chars()  # no token is longer than the vocabulary's longest
             if at_least + max_tokens > base.context_length:
                 raise _too_long(base.context_length, at_least, max_tokens, "at least ")
         with base.tokenizing:
             return base.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def tool_format(self, model_dir: str):
+        """The tool-call form of this base model's family (worker.chat_format.FORMATS)."""
+        from worker.chat_format import tool_format
+
+        model_dir = self._check_root(model_dir, "base model")
+        return tool_format(self._on_loop(lambda: self._base(model_dir)).tokenizer)
 
     def submit(
         self,
@@ -826,6 +878,7 @@ class Engine:
         client_limit: int = 0,
         sink: queue.SimpleQueue | None = None,
         scope: str | None = None,
+        tools: list[dict] | None = None,
     ) -> list[Request]:
         """Admit one request per ``params`` (OpenAI's ``n``) or raise EngineError; they join the batch at once,
         all of them or none. ``scope`` (the caller's project) keeps prompt beginnings apart in the prefix cache."""
@@ -834,7 +887,7 @@ class Engine:
             adapter_path = self._check_root(adapter_path, "adapter")
         sink = sink if sink is not None else queue.SimpleQueue()
         longest = max(p.max_new_tokens for p in params)
-        ids = self.prompt_ids(model_dir, messages, max_tokens=longest)
+        ids = self.prompt_ids(model_dir, messages, tools=tools, max_tokens=longest)
 
         def admit() -> list[Request]:
             base = self._base(model_dir)
@@ -864,6 +917,9 @@ class Engine:
             try:
                 for r in requests:
                     runner.add(r)
+            except ValueError as exc:  # worker.constrain.GrammarError: a schema llguidance cannot follow
+                runner.waiting = [w for w in runner.waiting if w not in requests]
+                raise EngineError(f"The output format cannot be enforced: {exc}", param="response_format") from None
             except Exception:  # e.g. a seed the generator refuses: no row stays behind uncounted
                 runner.waiting = [w for w in runner.waiting if w not in requests]
                 raise

@@ -44,12 +44,12 @@ class GenerationResult:
     latency_ms: float  # wall time of the batch that produced this output
 
 
-def render_prompt(tokenizer, messages: Messages) -> str:
-    """The text the model continues: its chat template with the assistant turn opened."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nassistant:"
+def render_prompt(tokenizer, messages: Messages, tools: list[dict] | None = None) -> str:
+    """The text the model continues: its chat template with the assistant turn opened (tools and tool turns
+    as ``worker.chat_format.render`` writes them)."""
+    from worker.chat_format import render
+
+    return render(tokenizer, messages, tools)
 
 
 def load_generator(model_dir: str, *, adapter_path: str | None = None, device: str | None = None, dtype=None):

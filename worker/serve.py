@@ -22,12 +22,14 @@ Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with ``data
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
 import os
 import queue
 import random
+import re
 import select
 import signal
 import socket
@@ -35,7 +37,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,12 +50,12 @@ from worker.artifacts import (
     from_env,
     var_dir,
 )
-from worker.engine import Engine, EngineError, SamplingParams
+from worker.engine import ENGINE_VERSION, Engine, EngineError, SamplingParams
 from worker.inference_auth import shared_secret
 
 log = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 SUPPORTED = {
     "model",
     "messages",
@@ -67,15 +69,37 @@ SUPPORTED = {
     "stream",
     "stream_options",
     "user",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "response_format",
+    # Accepted and ignored: they change nothing in the answer (store/metadata may be kept one day).
+    "store",
+    "metadata",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
 }
 # Fields accepted only at the value that leaves the output unchanged.
-NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False}
+NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "modalities": ["text"]}
+# Message fields besides role/content/name, per role; OpenAI's echo fields on assistant turns
+# (``message.model_dump()`` sent back) are accepted and dropped.
+MESSAGE_FIELDS = {
+    "assistant": {"tool_calls", "function_call", "refusal", "annotations", "audio"},
+    "tool": {"tool_call_id"},
+}
 MAX_N = 8
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's range (a 64-bit signed integer)
 # A body above this is refused unread (FTSTUDIO_INFERENCE_MAX_BODY_BYTES). The web process already caps what callers
 # send (FTSTUDIO_API_MAX_BODY_BYTES, 2 MiB); this leaves room for its re-encoding (non-ASCII text as \u escapes).
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20
 CLIENT_POLL_SECONDS = 0.25  # how often a request waiting for tokens checks that its client is still there
+MAX_TOP_LOGPROBS = 20
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 @dataclass
@@ -86,6 +110,21 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     extension: dict
+    logprobs: bool = False
+    tools: list[dict] = field(default_factory=list)  # function definitions: {name, description, parameters}
+    tool_choice: str | dict = "none"  # "none", "auto", "required" or {"name": ...}
+    parallel_tool_calls: bool = True
+    legacy_functions: bool = False  # asked with functions/function_call: answered with function_call
+    tool_format: object = None  # the model family's form (worker.chat_format), set by the inference process
+
+    @property
+    def forced_tools(self) -> list[dict] | None:
+        """The tools a call must be made to (``required``: any, named: that one); None when not forced."""
+        if self.tool_choice == "required":
+            return self.tools
+        if isinstance(self.tool_choice, dict):
+            return [t for t in self.tools if t["name"] == self.tool_choice["name"]]
+        return None
 
 
 def _bad(message: str, param: str | None, code: str | None = None) -> EngineError:
@@ -101,12 +140,155 @@ def _number(body: dict, name: str, low: float, high: float, default: float) -> f
     return float(value)
 
 
+def _text(content, where: str, parts: tuple[str, ...] = ("text",)) -> str:
+    """A message's content: a string, or content parts of the given types (joined)."""
+    if isinstance(content, list):
+        if not all(
+            isinstance(p, dict) and p.get("type") in parts and isinstance(p.get(p["type"]), str) for p in content
+        ):
+            raise _bad(f"{where}: only {' and '.join(parts)} parts are supported.", where)
+        return "".join(p[p["type"]] for p in content)
+    if not isinstance(content, str):
+        raise _bad(f"{where} must be a string.", where)
+    return content
+
+
+def _tool_call(call, where: str) -> dict:
+    """An assistant turn's tool call, with its arguments as a dict (what chat templates expect)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise _bad(f"{where} must be {{id, type: function, function: {{name, arguments}}}}.", where)
+    arguments = function.get("arguments") or "{}"
+    try:
+        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise _bad(f"{where}.function.arguments must be a JSON object's text.", f"{where}.function.arguments")
+    return {
+        "id": str(call.get("id") or ""),
+        "type": "function",
+        "function": {"name": function["name"], "arguments": arguments},
+    }
+
+
+def _message(i: int, m) -> dict:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+        raise _bad(f"{where}.role must be one of {', '.join(ROLES)}.", f"{where}.role")
+    m = {k: v for k, v in m.items() if v is not None}  # an explicit null is an absent field
+    role = m["role"]
+    unknown = set(m) - {"role", "content", "name"} - MESSAGE_FIELDS.get(role, set())
+    if unknown:
+        name = sorted(unknown)[0]
+        raise _bad(
+            f"{where}.{name} is not supported on a {role} message.", f"{where}.{name}", code="unsupported_parameter"
+        )
+    parts = ("text", "refusal") if role == "assistant" else ("text",)
+    content = _text(m["content"], f"{where}.content", parts) if "content" in m else None
+    if role == "assistant":
+        if content is None and isinstance(m.get("refusal"), str):
+            content = m["refusal"]
+        calls = m.get("tool_calls", [])
+        if "function_call" in m:  # the legacy form of one call
+            calls = [*calls, {"id": "", "type": "function", "function": m["function_call"]}]
+        if not isinstance(calls, list):
+            raise _bad(f"{where}.tool_calls must be a list.", f"{where}.tool_calls")
+        calls = [_tool_call(c, f"{where}.tool_calls[{k}]") for k, c in enumerate(calls)]
+        if content is None and not calls:
+            raise _bad(f"{where}.content is required when the turn has no tool_calls.", f"{where}.content")
+        return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+    if content is None:
+        raise _bad(f"{where}.content must be a string.", f"{where}.content")
+    if role in ("tool", "function"):
+        call_id = m.get("tool_call_id") if role == "tool" else m.get("name")
+        if not isinstance(call_id, str):
+            missing = "tool_call_id" if role == "tool" else "name"
+            raise _bad(f"{where}.{missing} is required on a {role} message.", f"{where}.{missing}")
+        return {"role": "tool", "content": content, "tool_call_id": call_id}
+    return {"role": role, "content": content}
+
+
+def _tools(body: dict) -> tuple[list[dict], bool]:
+    """The function definitions of ``tools`` (or the legacy ``functions``), checked."""
+    if "tools" in body and "functions" in body:
+        raise _bad("Send tools or the legacy functions, not both.", "functions")
+    legacy = "functions" in body
+    name = "functions" if legacy else "tools"
+    raw = body.get(name, [])
+    if not isinstance(raw, list) or len(raw) > 128:
+        raise _bad(f"{name} must be a list of up to 128 functions.", name)
+    tools = []
+    for k, item in enumerate(raw):
+        where = f"{name}[{k}]" if legacy else f"tools[{k}].function"
+        function = item if legacy else (item.get("function") if isinstance(item, dict) else None)
+        if not legacy and (not isinstance(item, dict) or item.get("type") != "function"):
+            raise _bad(f"tools[{k}].type must be function (the only kind of tool served here).", f"tools[{k}].type")
+        if not isinstance(function, dict) or not FUNCTION_NAME.match(str(function.get("name", ""))):
+            raise _bad(f"{where}.name must be 1-64 letters, digits, _ or -.", f"{where}.name")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise _bad(f"{where}.parameters must be a JSON schema object.", f"{where}.parameters")
+        unknown = set(function) - {"name", "description", "parameters", "strict"}
+        if unknown:
+            raise _bad(f"{where}.{sorted(unknown)[0]} is not supported.", f"{where}.{sorted(unknown)[0]}")
+        tools.append({k2: v for k2, v in function.items() if k2 != "strict" and v is not None})
+    return tools, legacy
+
+
+def _tool_choice(body: dict, tools: list[dict], legacy: bool) -> str | dict:
+    name = "function_call" if legacy else "tool_choice"
+    if "tool_choice" in body and legacy:
+        raise _bad("tool_choice goes with tools; with the legacy functions send function_call.", "tool_choice")
+    choice = body.get(name, "auto" if tools else "none")
+    if isinstance(choice, dict):
+        picked = choice.get("name") if legacy else (choice.get("function") or {}).get("name")
+        if (not legacy and choice.get("type") != "function") or picked not in {t["name"] for t in tools}:
+            raise _bad(f"{name} names no function of {'functions' if legacy else 'tools'}.", name)
+        return {"name": picked}
+    options = ("none", "auto") if legacy else ("none", "auto", "required")
+    if choice not in options:
+        raise _bad(f"{name} must be {', '.join(options)} or a named function.", name)
+    if choice != "none" and not tools:
+        raise _bad(f"{name}={choice} needs {'functions' if legacy else 'tools'}.", name)
+    return choice
+
+
+def _response_format(body: dict) -> str | None:
+    """The Lark grammar the output must follow for ``response_format`` (None: free text)."""
+    from worker.constrain import GrammarError, check, lark_for_response_format
+
+    rf = body.get("response_format")
+    if rf is None:
+        return None
+    if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
+        raise _bad("response_format.type must be text, json_object or json_schema.", "response_format.type")
+    if rf["type"] == "json_schema":
+        spec = rf.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise _bad("response_format.json_schema needs a name and a schema.", "response_format.json_schema")
+        if spec.get("schema") is not None and not isinstance(spec["schema"], dict):
+            raise _bad(
+                "response_format.json_schema.schema must be a JSON schema object.", "response_format.json_schema.schema"
+            )
+    grammar = lark_for_response_format(rf)
+    if grammar is not None:
+        try:
+            check(grammar)
+        except GrammarError as exc:
+            raise _bad(
+                f"response_format: this schema cannot be enforced ({exc}).", "response_format.json_schema.schema"
+            ) from None
+    return grammar
+
+
 def parse_chat_request(
     body, *, max_tokens_cap: int = 1024, default_max_tokens: int = 256, internal: bool = False
 ) -> ChatRequest:
     """Check an OpenAI chat-completions body; raises EngineError (400) naming the first bad field."""
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", None)
+    body = {k: v for k, v in body.items() if v is not None}  # an explicit null is an absent field, as OpenAI reads it
     allowed = SUPPORTED | ({"ftstudio"} if internal else set())
     for name in body:
         if name in NEUTRAL and body[name] in (NEUTRAL[name], None):
@@ -123,27 +305,7 @@ def parse_chat_request(
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("messages must be a non-empty list of {role, content} objects.", "messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}.", f"messages[{i}].role")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: text only
-            if not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-            ):
-                raise _bad(f"messages[{i}].content: only text parts are supported.", f"messages[{i}].content")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise _bad(f"messages[{i}].content must be a string.", f"messages[{i}].content")
-        unknown = set(m) - {"role", "content", "name"}
-        if unknown:
-            raise _bad(
-                f"messages[{i}].{sorted(unknown)[0]} is not supported.",
-                f"messages[{i}].{sorted(unknown)[0]}",
-                code="unsupported_parameter",
-            )
-        clean.append({"role": m["role"], "content": content})
+    clean = [_message(i, m) for i, m in enumerate(messages)]
     if (
         "max_tokens" in body
         and "max_completion_tokens" in body
@@ -161,8 +323,8 @@ def parse_chat_request(
         raise _bad(f"{limit_name}={max_tokens} is above this server's cap of {max_tokens_cap} tokens.", limit_name)
     temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
     top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
-    if top_p == 0.0:
-        raise _bad("top_p must be above 0.", "top_p")
+    if top_p == 0.0:  # only the most likely token: greedy
+        temperature, top_p = 0.0, 1.0
     n = body.get("n", 1) if body.get("n") is not None else 1
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise _bad(f"n must be an integer from 1 to {MAX_N}; got {n!r}.", "n")
@@ -181,10 +343,35 @@ def parse_chat_request(
     options = body.get("stream_options") or {}
     if options and not stream:
         raise _bad("stream_options is only allowed when stream is true.", "stream_options")
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise _bad("stream_options supports include_usage only.", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"}:
+        raise _bad("stream_options supports include_usage (and include_obfuscation, a no-op here).", "stream_options")
+    logprobs = body.get("logprobs", False)
+    if not isinstance(logprobs, bool):
+        raise _bad("logprobs must be true or false.", "logprobs")
+    top_logprobs = body.get("top_logprobs", 0)
+    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise _bad(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}.", "top_logprobs")
+    if top_logprobs and not logprobs:
+        raise _bad("top_logprobs needs logprobs: true.", "top_logprobs")
+    tools, legacy = _tools(body)
+    tool_choice = _tool_choice(body, tools, legacy)
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise _bad("parallel_tool_calls must be true or false.", "parallel_tool_calls")
+    grammar = _response_format(body)
+    if grammar is not None and (tool_choice == "required" or isinstance(tool_choice, dict)):
+        raise _bad("A forced tool call and a JSON response_format cannot both shape the output.", "tool_choice")
     params = [
-        SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed + i, stop=tuple(stop))
+        SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed + i,
+            stop=tuple(stop),
+            grammar=grammar,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        )
         for i in range(n)
     ]
     extension = body.get("ftstudio") or {}
@@ -195,6 +382,11 @@ def parse_chat_request(
         stream=stream,
         include_usage=bool(options.get("include_usage")),
         extension=extension,
+        logprobs=logprobs,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        legacy_functions=legacy,
     )
 
 
@@ -367,15 +559,25 @@ class Handler(BaseHTTPRequestHandler):
                 adapter = self.server.engine.check_root(adapter, "adapter") if adapter else None
                 return self._relay(chat, self.server.vllm.open(body, adapter))
             sink: queue.SimpleQueue = queue.SimpleQueue()
+            model_dir = self.server.resolve(ext["base"], ext.get("base_key"), "base model")
+            params, tools = chat.params, None
+            if chat.tool_choice != "none":  # tools are shown to the model, and its calls read back in its form
+                tools = chat.tools
+                chat.tool_format = self.server.engine.tool_format(model_dir)
+                if chat.forced_tools:  # required or named: the call is enforced by the grammar of that form
+                    parallel = chat.parallel_tool_calls and chat.tool_choice == "required"  # named: that one call
+                    grammar = chat.tool_format.grammar(chat.forced_tools, parallel)
+                    params = [replace(p, grammar=grammar) for p in params]
             requests = self.server.engine.submit(
-                model_dir=self.server.resolve(ext["base"], ext.get("base_key"), "base model"),
+                model_dir=model_dir,
                 adapter_path=self.server.resolve(ext.get("adapter"), ext.get("adapter_key"), "adapter"),
                 messages=chat.messages,
-                params=chat.params,
+                params=params,
                 client=str(ext.get("client")) if ext.get("client") is not None else None,
                 client_limit=int(ext.get("client_limit") or 0),
                 sink=sink,
                 scope=str(ext["scope"]) if ext.get("scope") is not None else None,
+                tools=tools,
             )
             with self.server._open_lock:  # a SIGTERM's drain ends what is still open after its grace period
                 self.server.open[id(self)] = (requests, sink)
@@ -470,6 +672,22 @@ class Handler(BaseHTTPRequestHandler):
         error = self._wait(requests, sink)
         if error:
             return self._json(500, {"error": {"message": error, "type": "server_error", "param": None, "code": None}})
+        choices = []
+        for r in requests:
+            content, calls = _tool_calls(chat, r.text)
+            message = {"role": "assistant", "content": content, "refusal": None}
+            if calls and chat.legacy_functions:
+                message["function_call"] = calls[0].openai()["function"]
+            elif calls:
+                message["tool_calls"] = [c.openai() for c in calls]
+            choices.append(
+                {
+                    "index": r.index,
+                    "message": message,
+                    "logprobs": {"content": r.logprobs, "refusal": None} if chat.logprobs else None,
+                    "finish_reason": _finish_reason(chat, r.finish_reason, calls),
+                }
+            )
         self._json(
             200,
             {
@@ -477,16 +695,8 @@ class Handler(BaseHTTPRequestHandler):
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": chat.model,
-                "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": r.index,
-                        "message": {"role": "assistant", "content": r.text},
-                        "logprobs": None,
-                        "finish_reason": r.finish_reason,
-                    }
-                    for r in requests
-                ],
+                "system_fingerprint": fingerprint(chat.extension),
+                "choices": choices,
                 "usage": self._usage(requests),
             },
         )
@@ -502,7 +712,7 @@ class Handler(BaseHTTPRequestHandler):
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": chat.model,
-                "system_fingerprint": None,
+                "system_fingerprint": fingerprint(chat.extension),
                 "choices": choices,
             }
             if chat.include_usage:
@@ -514,6 +724,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             pending.clear()
 
+        seen = [""] * len(requests)  # text delivered so far, per choice
+        shown = [0] * len(requests)  # characters of it sent as content
+        logprobs_sent = [0] * len(requests)
         self._start_event_stream(len(requests[0].prompt_ids))
         try:
             chunk(
@@ -536,10 +749,35 @@ class Handler(BaseHTTPRequestHandler):
                     send()  # everything that was ready is out; wait for the next token
                     index, kind, value = self._next_event(sink)
                 if kind == "delta":
-                    chunk([{"index": index, "delta": {"content": value}, "logprobs": None, "finish_reason": None}])
+                    r = requests[index]
+                    logprobs = None
+                    if chat.logprobs:
+                        logprobs = {"content": r.logprobs[logprobs_sent[index] :], "refusal": None}
+                        logprobs_sent[index] += len(logprobs["content"])
+                    seen[index] += value
+                    if chat.tool_format is not None:  # text that may begin a tool call waits for the end
+                        safe = max(shown[index], chat.tool_format.hold_from(seen[index]))
+                        value, shown[index] = seen[index][shown[index] : safe], safe
+                    if value or logprobs:
+                        chunk(
+                            [{"index": index, "delta": {"content": value}, "logprobs": logprobs, "finish_reason": None}]
+                        )
                 elif kind == "done":
                     remaining -= 1
-                    chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": value}])
+                    content, calls = _tool_calls(chat, seen[index])
+                    rest = (content or "")[shown[index] :] if calls else seen[index][shown[index] :]
+                    if chat.tool_format is not None and rest:
+                        chunk([{"index": index, "delta": {"content": rest}, "logprobs": None, "finish_reason": None}])
+                    for k, call in enumerate(calls):
+                        if chat.legacy_functions:
+                            delta = {"function_call": call.openai()["function"]}
+                        else:
+                            delta = {"tool_calls": [{"index": k, **call.openai()}]}
+                        chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+                        if chat.legacy_functions:
+                            break
+                    reason = _finish_reason(chat, value, calls)
+                    chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
                 elif kind == "error":
                     send()
                     self.wfile.write(
@@ -558,6 +796,28 @@ class Handler(BaseHTTPRequestHandler):
             log.info("client went away mid-stream; its rows leave the batch")
             for r in requests:
                 r.cancel()
+
+
+def fingerprint(extension: dict) -> str:
+    """OpenAI's system_fingerprint: which weights (base model, adapter) and engine wrote the answer, so a
+    caller comparing seeded answers knows when a difference comes from a change here."""
+    served = f"{extension.get('base')}|{extension.get('adapter')}|{ENGINE_VERSION}"
+    return "fp_" + hashlib.sha256(served.encode()).hexdigest()[:12]
+
+
+def _tool_calls(chat: ChatRequest, text: str) -> tuple[str | None, list]:
+    """The answer's content and the tool calls read from it in the model family's form (none unless tools
+    were offered); one call only when parallel_tool_calls is false."""
+    if chat.tool_format is None:
+        return text, []
+    content, calls = chat.tool_format.parse(text)
+    return content, (calls if chat.parallel_tool_calls and not chat.legacy_functions else calls[:1])
+
+
+def _finish_reason(chat: ChatRequest, reason: str, calls: list) -> str:
+    if not calls or reason == "length":
+        return reason
+    return "function_call" if chat.legacy_functions else "tool_calls"
 
 
 def default_roots() -> list[str]:

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from . import ft_views, views
 
@@ -16,4 +16,5 @@ urlpatterns = [
     path("fine_tuning/jobs/<str:job_id>/resume", ft_views.resume, name="api_job_resume"),
     path("fine_tuning/jobs/<str:job_id>/events", ft_views.job_events, name="api_job_events"),
     path("fine_tuning/jobs/<str:job_id>/checkpoints", ft_views.job_checkpoints, name="api_job_checkpoints"),
+    re_path(r"^.*$", views.unknown_path, name="api_unknown_path"),  # last: OpenAI's 404 shape, not an HTML page
 ]

@@ -12,6 +12,7 @@ import logging
 import httpx
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from apps.accounts.permissions import may_call_run
 from worker.engine import EngineError
@@ -41,6 +42,12 @@ def model_detail(request, model_id: str):
         return JsonResponse(_model_object(selectors.resolve_model(request.access.project, model_id)))
     except selectors.UnknownModel as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+
+
+@csrf_exempt
+def unknown_path(request):
+    """Any other /v1/ path: OpenAI's JSON error (the SDK raises NotFoundError), before any key check."""
+    return error_response(ApiError(404, f"Invalid URL ({request.method} {request.path}).", code="unknown_url"))
 
 
 @api_view("playground", methods=("POST",))
