@@ -181,6 +181,7 @@ def test_the_rows_of_a_caller_who_went_away_without_a_stream_leave_the_batch(inf
     assert state["running"] == 0 and state["cancelled"] == before + 2, state
 
 
+@pytest.mark.slow  # starts the inference process
 def test_the_inference_process_listens_beyond_loopback_only_with_a_secret(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FTSTUDIO_INFERENCE_SECRET"}
     env["FTSTUDIO_VAR_DIR"] = str(tmp_path)
