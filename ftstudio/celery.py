@@ -63,6 +63,11 @@ def _schedule_reaper(sender, **kwargs):
         sender.signature("experiments.advance_open", queue="default"),
         name="advance running data experiments",
     )
+    sender.add_periodic_task(
+        3600.0,
+        sender.signature("api.delete_expired_completions", queue="default"),
+        name="delete stored completions past their project's retention period",
+    )
 
 
 @worker_init.connect

@@ -12,3 +12,11 @@ def validate_fine_tuning_job(job_pk: int) -> str:
 
     job = validate_and_launch(job_pk)
     return job.stage if job is not None else "missing"
+
+
+@shared_task(name="api.delete_expired_completions", queue="default")
+def delete_expired_completions() -> int:
+    """Delete stored completions older than their project's retention period (periodic)."""
+    from .services import delete_expired_completions as delete
+
+    return delete()

@@ -15,7 +15,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from worker.engine import EngineError
 from worker.serve import parse_chat_request
 
-from . import selectors, services
+from . import selectors, services, stored
 from .auth import ApiError, api_view, error_response
 from .inference import open_chat
 
@@ -47,6 +47,7 @@ def chat_completions(request):
         body = json.loads(request.body or b"null")
     except ValueError as exc:
         raise ApiError(400, f"The body is not valid JSON ({exc}).") from None
+    store = stored.wanted(body, request.api_key)  # takes out store and metadata; 400 on bad metadata
     try:
         chat = parse_chat_request(body, max_tokens_cap=settings.FTSTUDIO_API_MAX_TOKENS)
     except EngineError as exc:
@@ -55,7 +56,7 @@ def chat_completions(request):
         target = selectors.resolve_model(request.access.project, chat.model, servable=True)
     except selectors.UnknownModel as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-    return forward_chat(body, chat, target, key=request.api_key)
+    return stored.capture(forward_chat(body, chat, target, key=request.api_key), store)
 
 
 def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, key=None, client: str | None = None):
