@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "apps.freshness",
     "apps.demo",
     "apps.api",
+    "apps.traffic",
     "apps.webhooks",
     "apps.experiments",
     "apps.fleet",
@@ -261,9 +262,8 @@ FTSTUDIO_INFERENCE_TIMEOUT = float(os.environ.get("FTSTUDIO_INFERENCE_TIMEOUT", 
 # Largest max_tokens a request may ask for, and how many requests one key may have running at once.
 FTSTUDIO_API_MAX_TOKENS = int(os.environ.get("FTSTUDIO_API_MAX_TOKENS", "1024"))
 FTSTUDIO_API_MAX_CONCURRENT_PER_KEY = int(os.environ.get("FTSTUDIO_API_MAX_CONCURRENT_PER_KEY", "8"))
-FTSTUDIO_STORE_QUEUE_SIZE = int(
-    os.environ.get("FTSTUDIO_STORE_QUEUE_SIZE", "10000")
-)  # stored completions waiting to be written
+# Stored chat completions waiting for the web process's writer thread; beyond this they are dropped and counted.
+FTSTUDIO_STORE_QUEUE_SIZE = int(os.environ.get("FTSTUDIO_STORE_QUEUE_SIZE", "10000"))
 
 # --- Webhooks (apps/webhooks/services.py) ----------------------------------------------------------
 # Private, loopback and reserved addresses are refused as webhook URLs (no SSRF into the Studio's network) unless 1.

@@ -1,0 +1,75 @@
+"""What the traffic page lists: a project's stored completions, filtered, each with what the quality report's
+personal-data check finds in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+
+from django.utils import timezone
+
+from apps.api.selectors import stored_completions
+from apps.datasets.quality import personal_data
+
+PAGE = 50
+PERSONAL_SCAN = 2000  # the personal-data filter reads at most this many of the newest matching rows
+
+
+@dataclass
+class Filters:
+    model: str = ""
+    meta_key: str = ""
+    meta_value: str = ""
+    since: str = ""  # YYYY-MM-DD, inclusive
+    until: str = ""  # YYYY-MM-DD, inclusive
+    personal: str = ""  # "", "yes" (only rows with personal data) or "no"
+
+    @classmethod
+    def from_query(cls, query) -> Filters:
+        return cls(**{name: (query.get(name) or "").strip() for name in cls.__dataclass_fields__})
+
+    def any(self) -> bool:
+        return any(vars(self).values())
+
+
+@dataclass
+class TrafficRow:
+    completion: object
+    question: str
+    answer: str
+    personal: list[str]
+
+
+def _day(text: str, *, end: bool = False) -> datetime | None:
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        return None
+    return timezone.make_aware(datetime.combine(day + timedelta(days=1) if end else day, time.min))
+
+
+def _row(completion) -> TrafficRow:
+    users = [m.get("content") or "" for m in completion.messages if m.get("role") == "user"]
+    text = "\n".join(m.get("content") or "" for m in completion.messages) + "\n" + completion.answer
+    return TrafficRow(completion, users[-1] if users else "", completion.answer, personal_data(text))
+
+
+def traffic_rows(project, filters: Filters) -> list[TrafficRow]:
+    """The newest matching stored completions (at most ``PAGE``)."""
+    metadata = {filters.meta_key: filters.meta_value} if filters.meta_key else None
+    rows = stored_completions(
+        project,
+        model=filters.model,
+        metadata=metadata,
+        since=_day(filters.since),
+        until=_day(filters.until, end=True),
+    ).reverse()
+    if not filters.personal:
+        return [_row(c) for c in rows[:PAGE]]
+    wanted = filters.personal == "yes"
+    found = [r for r in map(_row, rows[:PERSONAL_SCAN]) if bool(r.personal) == wanted]
+    return found[:PAGE]
+
+
+def served_models(project) -> list[str]:
+    return sorted(set(stored_completions(project).values_list("model", flat=True).distinct()))

@@ -1,0 +1,60 @@
+"""The traffic page: what a project's models were asked and answered, filtered; rows sent to drafts."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.urls import reverse
+
+from apps.accounts.permissions import project_view
+from apps.api.selectors import completion_storage
+from apps.api.services import ApiKeyError, set_completion_storage
+
+from . import selectors, services
+
+
+@project_view("label", post_need="label")
+def traffic(request, project):
+    filters = selectors.Filters.from_query(request.GET)
+    if request.method == "POST":
+        try:
+            sent = services.send_to_drafts(project=project, public_ids=request.POST.getlist("rows"), user=request.user)
+        except services.TrafficError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request, f"{len(sent)} rows are now draft examples: correct their answers in Examples (status Draft)."
+            )
+        query = request.POST.get("query", "")
+        return redirect(reverse("traffic", kwargs={"slug": project.slug}) + (f"?{query}" if query else ""))
+    context = {
+        "filters": filters,
+        "rows": selectors.traffic_rows(project, filters),
+        "models": selectors.served_models(project),
+        "query": urlencode({k: v for k, v in vars(filters).items() if v}),
+        "storage": completion_storage(project),
+    }
+    if request.htmx:
+        return render(request, "traffic/traffic.html#rows", context)
+    return render(request, "traffic/traffic.html", context)
+
+
+@project_view("manage", post_need="manage")
+def storage(request, project):
+    if request.method == "POST":
+        raw = request.POST.get("retention_days", "")
+        try:
+            if not raw.strip().isdigit():
+                raise ApiKeyError("Keep stored answers for a whole number of days (0 keeps them forever).")
+            set_completion_storage(
+                project=project,
+                store_every_completion=request.POST.get("store_every_completion") == "on",
+                retention_days=int(raw),
+            )
+        except ApiKeyError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, "Saved how this project keeps its served answers.")
+    return redirect("traffic", slug=project.slug)
