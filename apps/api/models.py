@@ -139,6 +139,9 @@ class CompletionStorage(TimeStamped):
     project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="completion_storage")
     store_every_completion = models.BooleanField(default=False)
     retention_days = models.PositiveIntegerField(default=30)
+    drift_threshold = models.FloatField(
+        default=0.3, help_text="share of a week's inputs with no near neighbour in a run's data that marks the run"
+    )
 
 
 class StoredCompletion(TimeStamped):

@@ -106,14 +106,20 @@ def delete_stored_completion(*, completion) -> None:
     completion.delete()
 
 
-def set_completion_storage(*, project: Project, store_every_completion: bool, retention_days: int):
+def set_completion_storage(
+    *, project: Project, store_every_completion: bool, retention_days: int, drift_threshold: float = 0.3
+):
     from .models import CompletionStorage
 
     if retention_days < 0 or retention_days > 3650:
         raise ApiKeyError("Keep stored completions for 0 (forever) to 3650 days.")
     row, _ = CompletionStorage.objects.update_or_create(
         project=project,
-        defaults={"store_every_completion": store_every_completion, "retention_days": retention_days},
+        defaults={
+            "store_every_completion": store_every_completion,
+            "retention_days": retention_days,
+            "drift_threshold": drift_threshold,
+        },
     )
     return row
 

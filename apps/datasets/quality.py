@@ -126,6 +126,28 @@ def near_duplicate_pairs(
     return sorted(pairs)
 
 
+def without_near_neighbour(
+    references: list[set[bytes]], queries: list[set[bytes]], threshold: float = NEAR_DUPLICATE_THRESHOLD
+) -> np.ndarray:
+    """For each query shingle set, True when no reference set reaches ``threshold`` estimated Jaccard similarity
+    (the same signatures and LSH as ``near_duplicate_pairs``, the references indexed, the queries looked up)."""
+    from datasketch import LeanMinHash, MinHashLSH
+
+    lonely = np.ones(len(queries), dtype=bool)
+    if not references or not queries:
+        return lonely
+    ref_values, query_values = minhash_signatures(references), minhash_signatures(queries)
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    with lsh.insertion_session(buffer_size=len(references)) as session:
+        for i, row in enumerate(ref_values):
+            session.insert(i, LeanMinHash(seed=1, hashvalues=row), check_duplication=False)
+    for q, row in enumerate(query_values):
+        found = lsh.query(LeanMinHash(seed=1, hashvalues=row))
+        if found and (ref_values[np.array(found)] == row).mean(axis=1).max() >= threshold:
+            lonely[q] = False
+    return lonely
+
+
 def groups_from_pairs(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
     """Connected components: a group label per index."""
     from scipy.sparse import coo_matrix

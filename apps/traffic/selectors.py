@@ -73,3 +73,44 @@ def traffic_rows(project, filters: Filters) -> list[TrafficRow]:
 
 def served_models(project) -> list[str]:
     return sorted(set(stored_completions(project).values_list("model", flat=True).distinct()))
+
+
+# --- drift -------------------------------------------------------------------------------------------------
+MIN_DRIFT_INPUTS = 10  # a week with fewer stored inputs than this marks nothing
+
+
+@dataclass
+class DriftLine:
+    run: object
+    weeks: list  # DriftWeek rows, oldest first
+    drifted: str  # the reason when the run is marked, else ""
+
+
+def drift_lines(project) -> list[DriftLine]:
+    """Each served run's measured weeks, and whether its newest week crosses the project's threshold."""
+    from apps.api.selectors import completion_storage
+
+    from .models import DriftWeek
+
+    threshold = completion_storage(project).drift_threshold
+    lines: dict[int, DriftLine] = {}
+    for row in DriftWeek.objects.filter(project=project).select_related("run", "run__dataset_version"):
+        lines.setdefault(row.run_id, DriftLine(row.run, [], "")).weeks.append(row)
+    for line in lines.values():
+        newest = line.weeks[-1]
+        if newest.inputs >= MIN_DRIFT_INPUTS and newest.share > threshold:
+            line.drifted = (
+                f"{newest.share:.0%} of the questions of the week of {newest.week:%b %d} have nothing close in "
+                f"v{line.run.dataset_version.number}, above this project's {threshold:.0%}"
+            )
+    return sorted(lines.values(), key=lambda line: line.run.pk)
+
+
+def drifted_runs(project, runs=None) -> dict[int, str]:
+    """{run pk: reason} for runs not evaluated on current traffic (``runs``: only those)."""
+    wanted = None if runs is None else {r.pk for r in runs}
+    return {
+        line.run.pk: line.drifted
+        for line in drift_lines(project)
+        if line.drifted and (wanted is None or line.run.pk in wanted)
+    }

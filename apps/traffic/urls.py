@@ -5,4 +5,5 @@ from . import views
 urlpatterns = [
     path("", views.traffic, name="traffic"),
     path("storage/", views.storage, name="traffic_storage"),
+    path("drift/", views.measure_drift, name="traffic_drift"),
 ]

@@ -11,8 +11,10 @@ from django.urls import reverse
 from apps.accounts.permissions import project_view
 from apps.api.selectors import completion_storage
 from apps.api.services import ApiKeyError, set_completion_storage
+from ftstudio.celery import send_after_commit
 
 from . import selectors, services
+from .tasks import measure_drift as measure_drift_task
 
 
 @project_view("label", post_need="label")
@@ -35,6 +37,7 @@ def traffic(request, project):
         "models": selectors.served_models(project),
         "query": urlencode({k: v for k, v in vars(filters).items() if v}),
         "storage": completion_storage(project),
+        "drift": selectors.drift_lines(project),
     }
     if request.htmx:
         return render(request, "traffic/traffic.html#rows", context)
@@ -48,13 +51,25 @@ def storage(request, project):
         try:
             if not raw.strip().isdigit():
                 raise ApiKeyError("Keep stored answers for a whole number of days (0 keeps them forever).")
+            threshold = request.POST.get("drift_threshold", "30").strip()
+            if not threshold.isdigit() or not 1 <= int(threshold) <= 100:
+                raise ApiKeyError("The drift threshold is a percentage from 1 to 100.")
             set_completion_storage(
                 project=project,
                 store_every_completion=request.POST.get("store_every_completion") == "on",
                 retention_days=int(raw),
+                drift_threshold=int(threshold) / 100,
             )
         except ApiKeyError as exc:
             messages.error(request, str(exc))
         else:
             messages.success(request, "Saved how this project keeps its served answers.")
+    return redirect("traffic", slug=project.slug)
+
+
+@project_view("label", post_need="label")
+def measure_drift(request, project):
+    if request.method == "POST":
+        send_after_commit(measure_drift_task, project.pk)
+        messages.success(request, "Measuring drift: the chart updates in a minute or two.")
     return redirect("traffic", slug=project.slug)
