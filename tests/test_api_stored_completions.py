@@ -177,3 +177,19 @@ def test_retention_deletes_older_rows_of_that_project_only(team):
 
     assert delete_expired_completions() == 1
     assert set(StoredCompletion.objects.values_list("public_id", flat=True)) == {"chatcmpl-new", "chatcmpl-forever"}
+
+
+def test_a_registered_model_teaches_through_the_inference_process(api, team):
+    from apps.datasets.models import Example
+    from apps.traffic.services import distill
+
+    kept = ask(api("pm"), store=True)
+    stored.writer.flush()
+    assert distill(project=team.project, public_ids=[kept.id], teacher="tiny-llama") == {
+        "answered": 1,
+        "skipped": 0,
+        "failed": 0,
+    }
+    (draft,) = Example.objects.filter(project=team.project)
+    assert draft.origin == f"teacher tiny-llama on {kept.id}" and draft.status == "draft"
+    assert draft.messages[0] == HELLO[0] and draft.ideal_output  # the teacher's answer is the starting ideal

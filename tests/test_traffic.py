@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.urls import reverse
@@ -11,6 +14,8 @@ from django.utils import timezone
 from apps.api import services as api_services
 from apps.api.models import StoredCompletion
 from apps.datasets.models import Example, ExampleStatus
+from apps.evaluations.models import JudgeSettings
+from apps.traffic import services
 
 pytestmark = pytest.mark.django_db
 
@@ -94,3 +99,75 @@ def test_reviewers_see_no_traffic_and_only_pms_change_how_answers_are_kept(team,
     assert settings.retention_days == 3 and settings.store_every_completion
     bad = team.client("pm").post(storage, {"retention_days": "soon"}, follow=True)
     assert "whole number of days" in bad.content.decode()
+
+
+class Teacher(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that answers every question with "Teacher: <question>" and keeps the bodies."""
+
+    seen: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Teacher.seen.append(body)
+        question = body["messages"][-1]["content"]
+        data = json.dumps(
+            {
+                "id": "chatcmpl-t",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": f"Teacher: {question}"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def teacher_endpoint(team):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Teacher.seen = []
+    JudgeSettings.objects.create(
+        project=team.project, base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="big-teacher"
+    )
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_teacher_answers_ticked_rows_into_drafts_with_personal_data_masked(
+    team, traffic, teacher_endpoint, eager, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = team.client("designer").post(
+            traffic, {"rows": ["chatcmpl-a", "chatcmpl-b"], "action": "distill", "teacher": "judge"}, follow=True
+        )
+    assert "The teacher is answering 2 questions" in response.content.decode()
+    drafts = {e.origin: e for e in Example.objects.filter(project=team.project)}
+    assert set(drafts) == {"teacher big-teacher on chatcmpl-a", "teacher big-teacher on chatcmpl-b"}
+    assert drafts["teacher big-teacher on chatcmpl-a"].ideal_output == "Teacher: Where is order 104?"
+    assert all("ann@example.com" not in json.dumps(body) for body in Teacher.seen)  # masked before it left
+    assert drafts["teacher big-teacher on chatcmpl-b"].ideal_output == "Teacher: Mail me at [email]"
+    again = services.distill(project=team.project, public_ids=["chatcmpl-a"], teacher="judge")
+    assert again == {"answered": 0, "skipped": 1, "failed": 0} and len(Teacher.seen) == 2
+
+
+def test_a_project_without_a_judge_endpoint_gets_a_clear_error(team, traffic):
+    response = team.client("pm").post(
+        traffic, {"rows": ["chatcmpl-a"], "action": "distill", "teacher": "judge"}, follow=True
+    )
+    assert "no judge endpoint to use as a teacher" in response.content.decode()
+    assert not Example.objects.exists()

@@ -114,3 +114,13 @@ def drifted_runs(project, runs=None) -> dict[int, str]:
         for line in drift_lines(project)
         if line.drifted and (wanted is None or line.run.pk in wanted)
     }
+
+
+def teachers(project) -> list[tuple[str, str]]:
+    """(value, label) of the teachers a selection can be sent to: the project's judge endpoint, registered models."""
+    from apps.api.selectors import project_models
+    from apps.evaluations.models import JudgeSettings
+
+    judge = JudgeSettings.objects.filter(project=project).first()
+    found = [("judge", f"{judge.model} (the judge's endpoint)")] if judge else []
+    return found + [(t.id, t.id) for t in project_models(project) if not t.id.startswith("ft:")]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.utils import timezone
 
 from apps.api.selectors import run_model_id, stored_completions
 from apps.datasets import quality
-from apps.datasets.models import DatasetVersionItem
+from apps.datasets.models import DatasetVersionItem, Example
 from apps.datasets.services import CurationError, add_drafts
 from apps.runs.models import Run, RunStatus
 
 from .models import DriftWeek
+
+log = logging.getLogger(__name__)
 
 
 class TrafficError(CurationError):
@@ -82,3 +85,86 @@ def measure_drift(*, project, now=None, weeks: int = DRIFT_WEEKS) -> list[DriftW
             )
             saved.append(row)
     return saved
+
+
+# --- distillation ------------------------------------------------------------------------------------------
+JUDGE_TEACHER = "judge"  # the project's judge endpoint; any other teacher is a model id of the project (a base model)
+TEACHER_MAX_TOKENS = 512
+
+
+def teacher_config(project, teacher: str):
+    """(JudgeConfig, extra body, name shown on drafts) for a teacher: the project's judge endpoint, or a registered
+    model served by the inference process (a larger base model)."""
+    from django.conf import settings
+
+    from apps.api.selectors import UnknownModel, inference_target, resolve_model
+    from apps.evaluations.models import JudgeSettings
+    from worker.judge import JudgeConfig
+
+    if teacher == JUDGE_TEACHER:
+        row = JudgeSettings.objects.filter(project=project).first()
+        if row is None:
+            raise TrafficError("This project has no judge endpoint to use as a teacher: set one up in Evaluations.")
+        config = JudgeConfig(
+            row.base_url, row.model, row.api_key, timeout_s=row.timeout_s, max_tokens=TEACHER_MAX_TOKENS
+        )
+        return config, None, row.model
+    try:
+        target = resolve_model(project, teacher, servable=True)
+    except UnknownModel as exc:
+        raise TrafficError(str(exc)) from None
+    base_url = settings.FTSTUDIO_INFERENCE_URL.rstrip("/") + "/v1"
+    room = min(TEACHER_MAX_TOKENS, target.base_model.context_length // 2)  # half its context for the answer
+    config = JudgeConfig(base_url, target.id, timeout_s=settings.FTSTUDIO_INFERENCE_TIMEOUT, max_tokens=room)
+    return (
+        config,
+        {
+            "ftstudio": {
+                **inference_target(target),
+                "client": "distillation",
+                "client_limit": settings.FTSTUDIO_API_MAX_CONCURRENT_PER_KEY,
+            }
+        },
+        target.id,
+    )
+
+
+def _answer(client, config, messages: list[dict], extra: dict | None) -> str | None:
+    """The teacher's answer, or None when it gave none (timeout, HTTP error, empty reply)."""
+    import openai
+
+    try:
+        response = client.chat.completions.create(
+            model=config.model, messages=messages, temperature=0, max_tokens=config.max_tokens, extra_body=extra
+        )
+    except openai.APIError as exc:
+        log.warning("distillation: the teacher %s gave no answer: %s", config.model, exc)
+        return None
+    content = response.choices[0].message.content if response.choices else None
+    return content or None
+
+
+def distill(*, project, public_ids: list[str], teacher: str, user=None) -> dict:
+    """Ask a teacher to answer the ticked stored inputs (personal data masked before it leaves) and add each answer
+    as a draft marked with the teacher's name. Safe to run again: inputs the teacher already answered are skipped."""
+    from worker.judge import client_for
+
+    config, extra, name = teacher_config(project, teacher)
+    client = client_for(config)
+    prefix = f"teacher {name} on "
+    done = set(Example.objects.filter(project=project, origin__startswith=prefix).values_list("origin", flat=True))
+    counts = {"answered": 0, "skipped": 0, "failed": 0}
+    for completion in stored_completions(project).filter(public_id__in=public_ids):
+        origin = prefix + completion.public_id
+        if origin in done:
+            counts["skipped"] += 1
+            continue
+        messages = [{"role": m["role"], "content": quality.redact(m.get("content") or "")} for m in completion.messages]
+        answer = _answer(client, config, messages, extra)
+        if answer is None:
+            counts["failed"] += 1
+            continue
+        conversation = [*messages, {"role": "assistant", "content": answer}]
+        add_drafts(project=project, conversations=[(conversation, origin)], user=user)
+        counts["answered"] += 1
+    return counts

@@ -25,3 +25,19 @@ def measure_drift_all() -> int:
     for pk in pks:
         measure_drift.delay(pk)
     return len(pks)
+
+
+@shared_task(name="traffic.distill", queue="default", acks_late=True)
+def distill(project_pk: int, public_ids: list[str], teacher: str, user_pk: int | None = None) -> dict:
+    """Answer stored inputs with a teacher into drafts (inputs already answered by that teacher are skipped)."""
+    from django.contrib.auth import get_user_model
+
+    from apps.accounts.models import Project
+
+    from .services import distill as run
+
+    project = Project.objects.filter(pk=project_pk).first()
+    if project is None:
+        return {}
+    user = get_user_model().objects.filter(pk=user_pk).first() if user_pk else None
+    return run(project=project, public_ids=public_ids, teacher=teacher, user=user)

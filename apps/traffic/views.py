@@ -14,12 +14,25 @@ from apps.api.services import ApiKeyError, set_completion_storage
 from ftstudio.celery import send_after_commit
 
 from . import selectors, services
+from .tasks import distill as distill_task
 from .tasks import measure_drift as measure_drift_task
 
 
 @project_view("label", post_need="label")
 def traffic(request, project):
     filters = selectors.Filters.from_query(request.GET)
+    if request.method == "POST" and request.POST.get("action") == "distill":
+        ids, teacher = request.POST.getlist("rows"), request.POST.get("teacher", "")
+        try:
+            if not ids:
+                raise services.TrafficError("Tick at least one row for the teacher to answer.")
+            services.teacher_config(project, teacher)  # a clear error now rather than in the worker
+        except services.TrafficError as exc:
+            messages.error(request, str(exc))
+        else:
+            send_after_commit(distill_task, project.pk, ids, teacher, request.user.pk)
+            messages.success(request, f"The teacher is answering {len(ids)} questions: its answers arrive as drafts.")
+        return redirect(reverse("traffic", kwargs={"slug": project.slug}))
     if request.method == "POST":
         try:
             sent = services.send_to_drafts(project=project, public_ids=request.POST.getlist("rows"), user=request.user)
@@ -38,6 +51,7 @@ def traffic(request, project):
         "query": urlencode({k: v for k, v in vars(filters).items() if v}),
         "storage": completion_storage(project),
         "drift": selectors.drift_lines(project),
+        "teachers": selectors.teachers(project),
     }
     if request.htmx:
         return render(request, "traffic/traffic.html#rows", context)
