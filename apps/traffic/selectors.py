@@ -72,7 +72,10 @@ def traffic_rows(project, filters: Filters) -> list[TrafficRow]:
 
 
 def served_models(project) -> list[str]:
-    return sorted(set(stored_completions(project).values_list("model", flat=True).distinct()))
+    """The model ids the project's keys may call (what the model filter offers; read without scanning the rows)."""
+    from apps.api.selectors import project_models
+
+    return [t.id for t in project_models(project)]
 
 
 # --- drift -------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import pytest
 
 from apps.api.services import save_stored_completion
 from apps.datasets.models import Example
+from apps.runs.models import BaseModel
 from tests.e2e.conftest import login, screenshot
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
@@ -18,6 +19,8 @@ def tokenizer(settings, tiny_model_dir):
 def test_designer_filters_traffic_sends_three_rows_to_drafts_and_edits_one(new_page, password):
     project = ProjectFactory(name="Support replies", slug="support")
     MembershipFactory(project=project, user=UserFactory(username="dana"), role="designer")
+    for name in ("tiny-llama", "other-model"):  # the model filter offers the models the project's keys may call
+        BaseModel.objects.create(name=name, source_kind="local", source="/nowhere")
     for i, model in enumerate(["tiny-llama"] * 4 + ["other-model"]):
         save_stored_completion(
             project_id=project.pk,
@@ -38,10 +41,10 @@ def test_designer_filters_traffic_sends_three_rows_to_drafts_and_edits_one(new_p
     login(page, "dana", password)
     page.goto("/p/support/")
     page.get_by_label("Serve").get_by_role("link", name="Traffic").click()
-    page.get_by_label("Model").select_option("other-model")
+    page.get_by_label("Model", exact=True).select_option("other-model")
     page.locator("#row-chatcmpl-3").wait_for(state="detached")  # filtered in place
     assert page.locator("#traffic-rows tbody tr").count() == 1
-    page.get_by_label("Model").select_option("tiny-llama")
+    page.get_by_label("Model", exact=True).select_option("tiny-llama")
     page.locator("#row-chatcmpl-3").wait_for()
     for i in range(3):
         page.get_by_label(f"Send chatcmpl-{i}").check()
