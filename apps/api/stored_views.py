@@ -87,10 +87,15 @@ def _list(request):
         anchor = selectors.stored_completion(project, after)
         if anchor is None:
             raise ApiError(404, f"No stored chat completion {after!r} in this project.", param="after")
-        cmp = "gt" if order == "asc" else "lt"
-        rows = rows.filter(**{f"created_at__{cmp}": anchor.created_at}) | rows.filter(
-            created_at=anchor.created_at, **{f"id__{cmp}": anchor.id}
-        )
+        # past the anchor in (created_at, id) order, written so the (project, created_at, id) index serves it
+        if order == "asc":
+            rows = rows.filter(created_at__gte=anchor.created_at).exclude(
+                created_at=anchor.created_at, id__lte=anchor.id
+            )
+        else:
+            rows = rows.filter(created_at__lte=anchor.created_at).exclude(
+                created_at=anchor.created_at, id__gte=anchor.id
+            )
     return _page(list(rows[: limit + 1]), limit, completion_object)
 
 
