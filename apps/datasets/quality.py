@@ -129,22 +129,23 @@ def near_duplicate_pairs(
 def without_near_neighbour(
     references: list[set[bytes]], queries: list[set[bytes]], threshold: float = NEAR_DUPLICATE_THRESHOLD
 ) -> np.ndarray:
-    """For each query shingle set, True when no reference set reaches ``threshold`` estimated Jaccard similarity
-    (the same signatures and LSH as ``near_duplicate_pairs``, the references indexed, the queries looked up)."""
-    from datasketch import LeanMinHash, MinHashLSH
+    """For each query shingle set, True when it shares no LSH band with any reference set: the same signatures as
+    ``near_duplicate_pairs`` and datasketch's bands and rows for ``threshold`` (``MinHashLSH(threshold).b, .r``),
+    looked up for all queries at once (each band of a signature folded into one number, ``np.isin`` per band)."""
+    from datasketch import MinHashLSH
 
     lonely = np.ones(len(queries), dtype=bool)
     if not references or not queries:
         return lonely
-    ref_values, query_values = minhash_signatures(references), minhash_signatures(queries)
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-    with lsh.insertion_session(buffer_size=len(references)) as session:
-        for i, row in enumerate(ref_values):
-            session.insert(i, LeanMinHash(seed=1, hashvalues=row), check_duplication=False)
-    for q, row in enumerate(query_values):
-        found = lsh.query(LeanMinHash(seed=1, hashvalues=row))
-        if found and (ref_values[np.array(found)] == row).mean(axis=1).max() >= threshold:
-            lonely[q] = False
+    ref_values, query_values = minhash_signatures(references), minhash_signatures(queries)
+    weights = np.array([(0x9E3779B97F4A7C15 * (k + 1)) & 0xFFFFFFFFFFFFFFFF for k in range(lsh.r)], dtype=np.uint64)
+    for band in range(lsh.b):
+        cols = slice(band * lsh.r, (band + 1) * lsh.r)
+        with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the point
+            ref_keys = (ref_values[:, cols] * weights).sum(axis=1, dtype=np.uint64)
+            query_keys = (query_values[:, cols] * weights).sum(axis=1, dtype=np.uint64)
+        lonely &= ~np.isin(query_keys, ref_keys)
     return lonely
 
 
