@@ -5,50 +5,95 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('api', '0002_files_and_fine_tuning_jobs'),
+        ("accounts", "0001_initial"),
+        ("api", "0002_files_and_fine_tuning_jobs"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CompletionStorage',
+            name="CompletionStorage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('store_every_completion', models.BooleanField(default=False)),
-                ('retention_days', models.PositiveIntegerField(default=30)),
-                ('drift_threshold', models.FloatField(default=0.3, help_text="share of a week's inputs with no near neighbour in a run's data that marks the run")),
-                ('project', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='completion_storage', to='accounts.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("store_every_completion", models.BooleanField(default=False)),
+                ("retention_days", models.PositiveIntegerField(default=30)),
+                (
+                    "drift_threshold",
+                    models.FloatField(
+                        default=0.3,
+                        help_text="share of a week's inputs with no near neighbour in a run's data that marks the run",
+                    ),
+                ),
+                (
+                    "project",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="completion_storage",
+                        to="accounts.project",
+                    ),
+                ),
             ],
             options={
-                'abstract': False,
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='StoredCompletion',
+            name="StoredCompletion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('public_id', models.CharField(max_length=64, unique=True)),
-                ('model', models.CharField(help_text='the public model id the request named', max_length=200)),
-                ('messages', models.JSONField(help_text="the request's messages [{role, content}]")),
-                ('choices', models.JSONField(help_text="OpenAI's choices: [{index, message, finish_reason}]")),
-                ('usage', models.JSONField(blank=True, null=True)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('request', models.JSONField(blank=True, default=dict, help_text='sampling settings: temperature, top_p, seed...')),
-                ('created', models.PositiveBigIntegerField(help_text="the completion's unix time, as its answer said")),
-                ('streamed', models.BooleanField(default=False)),
-                ('stored_by', models.CharField(default='request', help_text="'request' (store: true) or 'project' (store every completion)", max_length=16)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='api.apikey')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='stored_completions', to='accounts.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("public_id", models.CharField(max_length=64, unique=True)),
+                ("model", models.CharField(help_text="the public model id the request named", max_length=200)),
+                ("messages", models.JSONField(help_text="the request's messages [{role, content}]")),
+                ("choices", models.JSONField(help_text="OpenAI's choices: [{index, message, finish_reason}]")),
+                ("usage", models.JSONField(blank=True, null=True)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                (
+                    "request",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="sampling settings: temperature, top_p, seed..."
+                    ),
+                ),
+                ("created", models.PositiveBigIntegerField(help_text="the completion's unix time, as its answer said")),
+                ("streamed", models.BooleanField(default=False)),
+                (
+                    "stored_by",
+                    models.CharField(
+                        default="request",
+                        help_text="'request' (store: true) or 'project' (store every completion)",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="api.apikey",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="stored_completions",
+                        to="accounts.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
-                'indexes': [models.Index(fields=['project', 'created_at', 'id'], name='api_storedc_project_cab4b1_idx'), models.Index(fields=['project', 'model', 'created_at', 'id'], name='api_storedc_project_347dcb_idx')],
+                "ordering": ["created_at", "id"],
+                "indexes": [
+                    models.Index(fields=["project", "created_at", "id"], name="api_storedc_project_cab4b1_idx"),
+                    models.Index(
+                        fields=["project", "model", "created_at", "id"], name="api_storedc_project_347dcb_idx"
+                    ),
+                ],
             },
         ),
     ]

@@ -5,30 +5,42 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('runs', '0008_runmetric_token_accuracy'),
+        ("accounts", "0001_initial"),
+        ("runs", "0008_runmetric_token_accuracy"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DriftWeek',
+            name="DriftWeek",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('week', models.DateField(help_text='the Monday the week starts on')),
-                ('inputs', models.PositiveIntegerField()),
-                ('unmatched', models.PositiveIntegerField(help_text="inputs with no near neighbour in the run's training data")),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.project')),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='drift_weeks', to='runs.run')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("week", models.DateField(help_text="the Monday the week starts on")),
+                ("inputs", models.PositiveIntegerField()),
+                (
+                    "unmatched",
+                    models.PositiveIntegerField(help_text="inputs with no near neighbour in the run's training data"),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.project"
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="drift_weeks", to="runs.run"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'week'],
-                'constraints': [models.UniqueConstraint(fields=('run', 'week'), name='one_drift_row_per_run_week')],
+                "ordering": ["run", "week"],
+                "constraints": [models.UniqueConstraint(fields=("run", "week"), name="one_drift_row_per_run_week")],
             },
         ),
     ]
