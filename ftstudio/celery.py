@@ -54,6 +54,16 @@ def _schedule_reaper(sender, **kwargs):
         sender.signature("experiments.advance_open", queue="default"),
         name="advance running data experiments",
     )
+    sender.add_periodic_task(
+        3600.0,
+        sender.signature("api.delete_expired_completions", queue="default"),
+        name="delete stored completions past their project's retention period",
+    )
+    sender.add_periodic_task(
+        86400.0,
+        sender.signature("traffic.measure_drift_all", queue="default"),
+        name="measure drift of served runs against their training data",
+    )
 
 
 @app.task(name="ftstudio.ping")

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "apps.freshness",
     "apps.demo",
     "apps.api",
+    "apps.traffic",
     "apps.webhooks",
     "apps.experiments",
     "apps.fleet",
@@ -296,6 +297,8 @@ FTSTUDIO_API_MAX_BODY_BYTES = int(os.environ.get("FTSTUDIO_API_MAX_BODY_BYTES", 
 # Largest max_tokens a request may ask for, and how many requests one key may have running at once.
 FTSTUDIO_API_MAX_TOKENS = int(os.environ.get("FTSTUDIO_API_MAX_TOKENS", "1024"))
 FTSTUDIO_API_MAX_CONCURRENT_PER_KEY = int(os.environ.get("FTSTUDIO_API_MAX_CONCURRENT_PER_KEY", "8"))
+# Stored chat completions waiting for the web process's writer thread; beyond this they are dropped and counted.
+FTSTUDIO_STORE_QUEUE_SIZE = int(os.environ.get("FTSTUDIO_STORE_QUEUE_SIZE", "10000"))
 
 # --- Webhooks (apps/webhooks/services.py) ----------------------------------------------------------
 # Private, loopback and reserved addresses are refused as webhook URLs (no SSRF into the Studio's network) unless 1.

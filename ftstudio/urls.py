@@ -13,5 +13,6 @@ urlpatterns = [
     path("p/<slug:slug>/prompts/", include("apps.prompts.urls")),
     path("p/<slug:slug>/freshness/", include("apps.freshness.urls")),
     path("p/<slug:slug>/playground/", include("apps.api.playground_urls")),
+    path("p/<slug:slug>/traffic/", include("apps.traffic.urls")),
     path("p/<slug:slug>/settings/webhooks/", include("apps.webhooks.urls")),
 ]

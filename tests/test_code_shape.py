@@ -79,9 +79,10 @@ LAYERS = {
     "experiments": 6,
     "freshness": 6,
     "api": 7,
-    "webhooks": 8,
-    "demo": 9,
-    "overview": 10,
+    "traffic": 8,
+    "webhooks": 9,
+    "demo": 10,
+    "overview": 11,
 }
 # Modules that wire everything together and so stand above every app.
 WIRING = {"ftstudio/urls.py", "ftstudio/settings.py"}

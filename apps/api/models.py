@@ -145,3 +145,50 @@ class FineTuningJob(TimeStamped):
     def note_resent(self) -> bool:
         """Its validation message was sent again (``updated_at`` dates the last send)."""
         return self.write(self._validating())
+
+
+class CompletionStorage(TimeStamped):
+    """A project's choices about keeping chat completions: every completion of its keys (not only those sent
+    with ``store: true``), and how many days a stored completion is kept (0: forever)."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="completion_storage")
+    store_every_completion = models.BooleanField(default=False)
+    retention_days = models.PositiveIntegerField(default=30)
+    drift_threshold = models.FloatField(
+        default=0.3, help_text="share of a week's inputs with no near neighbour in a run's data that marks the run"
+    )
+
+
+class StoredCompletion(TimeStamped):
+    """A chat completion kept as OpenAI keeps one sent with ``store: true``: the request's messages, the answer,
+    its usage and the caller's metadata. ``public_id`` is the completion's own id (``chatcmpl-...``)."""
+
+    public_id = models.CharField(max_length=64, unique=True)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="stored_completions")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=200, help_text="the public model id the request named")
+    messages = models.JSONField(help_text="the request's messages [{role, content}]")
+    choices = models.JSONField(help_text="OpenAI's choices: [{index, message, finish_reason}]")
+    usage = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    request = models.JSONField(default=dict, blank=True, help_text="sampling settings: temperature, top_p, seed...")
+    created = models.PositiveBigIntegerField(help_text="the completion's unix time, as its answer said")
+    streamed = models.BooleanField(default=False)
+    stored_by = models.CharField(
+        max_length=16, default="request", help_text="'request' (store: true) or 'project' (store every completion)"
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["project", "created_at", "id"]),
+            models.Index(fields=["project", "model", "created_at", "id"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def answer(self) -> str:
+        first = (self.choices or [{}])[0]
+        return (first.get("message") or {}).get("content") or ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.db.models.fields.json import KeyTransform
 from django.utils.text import slugify
 
 from apps.accounts.models import Project
@@ -153,3 +154,40 @@ def inference_target(target: ModelTarget) -> dict:
         final = target.run is not None and target.checkpoint_step is None
         found["adapter_key"] = artifacts.adapter_key(target.run.pk) if final else None
     return found
+
+
+# --- stored completions ------------------------------------------------------------------------------
+def stores_every_completion(project_id: int) -> bool:
+    from .models import CompletionStorage
+
+    return CompletionStorage.objects.filter(project_id=project_id, store_every_completion=True).exists()
+
+
+def completion_storage(project):
+    """The project's storage choices (defaults when it never chose)."""
+    from .models import CompletionStorage
+
+    return CompletionStorage.objects.filter(project=project).first() or CompletionStorage(project=project)
+
+
+def stored_completions(project, *, model: str = "", metadata: dict | None = None, since=None, until=None):
+    """A project's stored completions, oldest first, filtered by model id, metadata pairs and creation time."""
+    from .models import StoredCompletion
+
+    rows = StoredCompletion.objects.filter(project=project)
+    if model:
+        rows = rows.filter(model=model)
+    for i, (key, value) in enumerate((metadata or {}).items()):
+        rows = rows.alias(**{f"meta_{i}": KeyTransform(key, "metadata")}).filter(**{f"meta_{i}": value})
+    if since is not None:
+        rows = rows.filter(created_at__gte=since)
+    if until is not None:
+        rows = rows.filter(created_at__lt=until)
+    return rows.order_by("created_at", "id")
+
+
+def stored_completion(project, public_id: str):
+    """One of the project's stored completions, or None (another project's is not found either)."""
+    from .models import StoredCompletion
+
+    return StoredCompletion.objects.filter(project=project, public_id=public_id).first()

@@ -66,3 +66,78 @@ def record_usage(*, key: ApiKey, prompt_tokens: int, completion_tokens: int) -> 
     ApiKey.objects.filter(pk=key.pk).update(
         prompt_tokens=F("prompt_tokens") + prompt_tokens, completion_tokens=F("completion_tokens") + completion_tokens
     )
+
+
+# --- stored completions ------------------------------------------------------------------------------
+def save_stored_completion(
+    *, project_id: int, key_id: int | None, metadata: dict, stored_by: str, request: dict, completion: dict, streamed
+):
+    """Keep one finished chat completion (called by the writer thread in ``stored.py``); a repeat is ignored."""
+    from .models import StoredCompletion
+
+    public_id = completion.get("id") or f"chatcmpl-{secrets.token_hex(16)}"
+    row, _ = StoredCompletion.objects.get_or_create(
+        public_id=public_id,
+        defaults={
+            "project_id": project_id,
+            "api_key_id": key_id,
+            "model": completion.get("model") or "",
+            "messages": request.get("messages") or [],
+            "choices": completion.get("choices") or [],
+            "usage": completion.get("usage"),
+            "metadata": metadata,
+            "request": {k: v for k, v in request.items() if k != "messages"},
+            "created": completion.get("created") or int(timezone.now().timestamp()),
+            "streamed": streamed,
+            "stored_by": stored_by,
+        },
+    )
+    return row
+
+
+def update_stored_metadata(*, completion, metadata: dict):
+    """OpenAI's update: the metadata is replaced as a whole."""
+    completion.metadata = metadata
+    completion.save(update_fields=["metadata", "updated_at"])
+    return completion
+
+
+def delete_stored_completion(*, completion) -> None:
+    completion.delete()
+
+
+def set_completion_storage(
+    *, project: Project, store_every_completion: bool, retention_days: int, drift_threshold: float = 0.3
+):
+    from .models import CompletionStorage
+
+    if retention_days < 0 or retention_days > 3650:
+        raise ApiKeyError("Keep stored completions for 0 (forever) to 3650 days.")
+    row, _ = CompletionStorage.objects.update_or_create(
+        project=project,
+        defaults={
+            "store_every_completion": store_every_completion,
+            "retention_days": retention_days,
+            "drift_threshold": drift_threshold,
+        },
+    )
+    return row
+
+
+def delete_expired_completions(now=None) -> int:
+    """Delete every stored completion older than its project's retention period (0 keeps them); returns how many."""
+    from datetime import timedelta
+
+    from .models import CompletionStorage, StoredCompletion
+
+    now = now or timezone.now()
+    kept = dict(CompletionStorage.objects.values_list("project_id", "retention_days"))
+    default = CompletionStorage._meta.get_field("retention_days").default
+    deleted = 0
+    for project_id in StoredCompletion.objects.values_list("project_id", flat=True).distinct():
+        days = kept.get(project_id, default)
+        if days:
+            deleted += StoredCompletion.objects.filter(
+                project_id=project_id, created_at__lt=now - timedelta(days=days)
+            ).delete()[0]
+    return deleted

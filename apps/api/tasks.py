@@ -20,3 +20,11 @@ def reap() -> dict[str, list[int]]:
     from .fine_tuning import reap as reap_now
 
     return reap_now()
+
+
+@shared_task(name="api.delete_expired_completions", queue="default")
+def delete_expired_completions() -> int:
+    """Delete stored completions older than their project's retention period (periodic)."""
+    from .services import delete_expired_completions as delete
+
+    return delete()

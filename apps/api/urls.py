@@ -1,11 +1,17 @@
 from django.urls import path, re_path
 
-from . import ft_views, views
+from . import ft_views, stored_views, views
 
 urlpatterns = [
     path("models", views.models_list, name="api_models"),
     path("models/<path:model_id>", views.model_detail, name="api_model_detail"),
-    path("chat/completions", views.chat_completions, name="api_chat_completions"),
+    path("chat/completions", stored_views.chat_completions_root, name="api_chat_completions"),
+    path("chat/completions/<str:completion_id>", stored_views.completion_detail, name="api_stored_completion"),
+    path(
+        "chat/completions/<str:completion_id>/messages",
+        stored_views.completion_messages,
+        name="api_stored_completion_messages",
+    ),
     path("files", ft_views.files, name="api_files"),
     path("files/<str:file_id>", ft_views.file_detail, name="api_file_detail"),
     path("files/<str:file_id>/content", ft_views.file_content, name="api_file_content"),

@@ -18,7 +18,7 @@ from apps.accounts.permissions import may_call_run
 from worker.engine import EngineError
 from worker.serve import parse_chat_request
 
-from . import selectors, services
+from . import selectors, services, stored
 from .auth import ApiError, api_view, error_response, json_body
 from .inference import open_chat
 
@@ -53,6 +53,7 @@ def unknown_path(request):
 @api_view("playground", methods=("POST",))
 def chat_completions(request):
     body = json_body(request, max_bytes=settings.FTSTUDIO_API_MAX_BODY_BYTES)
+    store = stored.wanted(body, request.api_key)  # takes out store and metadata; 400 on bad metadata
     try:
         chat = parse_chat_request(body, max_tokens_cap=settings.FTSTUDIO_API_MAX_TOKENS)
     except EngineError as exc:
@@ -62,7 +63,7 @@ def chat_completions(request):
     except selectors.UnknownModel as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
     refuse_blind_candidate(target, request.api_key.user, request.access, param="model")
-    return forward_chat(body, chat, target, project=request.access.project, key=request.api_key)
+    return stored.capture(forward_chat(body, chat, target, project=request.access.project, key=request.api_key), store)
 
 
 def refuse_blind_candidate(target: selectors.ModelTarget, user, access, *, param: str) -> None:

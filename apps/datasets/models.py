@@ -55,6 +55,9 @@ class Example(TimeStamped):
     tags = models.JSONField(default=list, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     source = models.ForeignKey(ImportBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="examples")
+    origin = models.CharField(
+        max_length=200, blank=True, default="", help_text="where a draft came from when not a file (a served answer)"
+    )
     content_hash = models.CharField(
         max_length=64, help_text="sha256 of the messages as imported (de-duplicates re-imports)"
     )

@@ -126,6 +126,29 @@ def near_duplicate_pairs(
     return sorted(pairs)
 
 
+def without_near_neighbour(
+    references: list[set[bytes]], queries: list[set[bytes]], threshold: float = NEAR_DUPLICATE_THRESHOLD
+) -> np.ndarray:
+    """For each query shingle set, True when it shares no LSH band with any reference set: the same signatures as
+    ``near_duplicate_pairs`` and datasketch's bands and rows for ``threshold`` (``MinHashLSH(threshold).b, .r``),
+    looked up for all queries at once (each band of a signature folded into one number, ``np.isin`` per band)."""
+    from datasketch import MinHashLSH
+
+    lonely = np.ones(len(queries), dtype=bool)
+    if not references or not queries:
+        return lonely
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    ref_values, query_values = minhash_signatures(references), minhash_signatures(queries)
+    weights = np.array([(0x9E3779B97F4A7C15 * (k + 1)) & 0xFFFFFFFFFFFFFFFF for k in range(lsh.r)], dtype=np.uint64)
+    for band in range(lsh.b):
+        cols = slice(band * lsh.r, (band + 1) * lsh.r)
+        with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the point
+            ref_keys = (ref_values[:, cols] * weights).sum(axis=1, dtype=np.uint64)
+            query_keys = (query_values[:, cols] * weights).sum(axis=1, dtype=np.uint64)
+        lonely &= ~np.isin(query_keys, ref_keys)
+    return lonely
+
+
 def groups_from_pairs(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
     """Connected components: a group label per index."""
     from scipy.sparse import coo_matrix
@@ -180,6 +203,13 @@ def personal_data(text: str) -> list[str]:
     if any(not any(m in c for c in cards) for m in PHONE.findall(text)):
         found.append("a phone number")
     return found
+
+
+def redact(text: str) -> str:
+    """The text with what ``personal_data`` finds masked: [email], [card number], [phone number]."""
+    text = EMAIL.sub("[email]", text)
+    text = CARD.sub(lambda m: "[card number]" if _luhn_ok(re.sub(r"\D", "", m.group())) else m.group(), text)
+    return PHONE.sub("[phone number]", text)
 
 
 def _groups(labels: np.ndarray, members: Iterable[int] | None = None) -> list[list[int]]:

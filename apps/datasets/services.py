@@ -632,6 +632,29 @@ def edit_example(
     return outcome
 
 
+def add_drafts(*, project, conversations: list[tuple[list[dict], str]], user) -> list[Example]:
+    """New draft examples from conversations that did not come from a file (served answers, a teacher's), each
+    with its origin ("stored completion chatcmpl-..."). Personal data is masked first (``quality.redact``): a
+    draft never holds what the quality report would flag. The last assistant turn is the starting ideal."""
+    rows = []
+    for messages, origin in conversations:
+        clean = [{"role": m["role"], "content": quality.redact(m.get("content") or "")} for m in messages]
+        if not any(m["role"] == "assistant" for m in clean) or not any(m["role"] == "user" for m in clean):
+            raise CurationError(f"{origin}: a draft needs a user turn and an answer.")
+        rows.append(
+            Example(
+                project=project,
+                messages=clean,
+                status=ExampleStatus.DRAFT,
+                origin=origin[:200],
+                content_hash=content_hash(clean),
+                input_hash=input_hash(clean),
+                updated_by=user,
+            )
+        )
+    return Example.objects.bulk_create(rows)
+
+
 # --- splits ----------------------------------------------------------------------------------------
 def _items(project, **filters) -> list[quality.Item]:
     rows = (

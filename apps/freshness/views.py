@@ -11,6 +11,7 @@ from apps.evaluations.models import Evaluation
 from apps.runs.models import Run, RunStatus
 
 from . import selectors, services
+from .signals import stale_on_traffic
 
 
 @project_view("view", post_need="evaluate")
@@ -44,6 +45,7 @@ def freshness(request, project):
             "versions": versions,
             "runs": runs,
             "stale_runs": stale_runs,
+            "stale_traffic": stale_on_traffic(project, runs),
             "evaluations": evaluations,
             "stale_evaluations": selectors.stale_evaluations(project, evaluations),
         },

@@ -27,9 +27,14 @@ def _run(project, pk) -> Run:
 @project_view("view")
 def run_list(request, project):
     from apps.freshness.selectors import stale_runs
+    from apps.freshness.signals import stale_on_traffic
 
     runs = list(selectors.project_runs(project))
-    return render(request, "runs/run_list.html", {"runs": runs, "stale": stale_runs(project, runs)})
+    return render(
+        request,
+        "runs/run_list.html",
+        {"runs": runs, "stale": stale_runs(project, runs), "stale_traffic": stale_on_traffic(project, runs)},
+    )
 
 
 def _estimate_context(project, form) -> dict:

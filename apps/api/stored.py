@@ -1,0 +1,203 @@
+"""Stored chat completions on the request path: what a request asks (``store``, ``metadata``), and handing the
+finished completion to one writer thread through a bounded queue, so storing never slows or fails an answer.
+
+``wanted`` takes ``store`` and ``metadata`` out of the body (the inference process knows neither) and checks
+the metadata against OpenAI's limits (400). ``capture`` leaves the response as it is and, once it is complete
+(a JSON answer at once; a stream after its last chunk), puts the completion on the queue. When the queue is
+full the completion is dropped and counted (``dropped``), and the answer goes out all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from .auth import ApiError
+
+log = logging.getLogger(__name__)
+
+MAX_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512  # OpenAI's metadata limits
+SAMPLING = ("temperature", "top_p", "seed", "n", "max_tokens", "max_completion_tokens", "stop", "user")
+
+
+def check_metadata(metadata, param: str = "metadata") -> dict:
+    """OpenAI's metadata: up to 16 string pairs, keys up to 64 characters, values up to 512; else a 400."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ApiError(400, f"{param} must be an object of string keys and string values.", param=param)
+    if len(metadata) > MAX_PAIRS:
+        raise ApiError(
+            400,
+            f"{param} has {len(metadata)} pairs; at most {MAX_PAIRS} are allowed.",
+            param=param,
+            code="invalid_value",
+        )
+    for key, value in metadata.items():
+        if len(key) > MAX_KEY:
+            raise ApiError(
+                400,
+                f"{param} key {key[:20]!r}... is {len(key)} characters long; at most {MAX_KEY} are allowed.",
+                param=param,
+                code="invalid_value",
+            )
+        if not isinstance(value, str):
+            raise ApiError(400, f"{param}[{key}] must be a string; got {type(value).__name__}.", param=param)
+        if len(value) > MAX_VALUE:
+            raise ApiError(
+                400,
+                f"{param}[{key}] is {len(value)} characters long; at most {MAX_VALUE} are allowed.",
+                param=param,
+                code="invalid_value",
+            )
+    return dict(metadata)
+
+
+@dataclass
+class Wanted:
+    project_id: int
+    key_id: int | None
+    metadata: dict
+    stored_by: str
+    request: dict = field(default_factory=dict)
+
+
+def wanted(body, key) -> Wanted | None:
+    """Pop ``store`` and ``metadata`` from a chat body (checked either way); what to store, or None."""
+    if not isinstance(body, dict):
+        return None
+    store = body.pop("store", None)
+    metadata = check_metadata(body.pop("metadata", None))
+    if store is not None and not isinstance(store, bool):
+        raise ApiError(400, "store must be true or false.", param="store")
+    if store:
+        stored_by = "request"
+    else:
+        from .selectors import stores_every_completion
+
+        if store is False or not stores_every_completion(key.project_id):
+            return None
+        stored_by = "project"
+    request = {name: body[name] for name in SAMPLING if body.get(name) is not None}
+    request["messages"] = body.get("messages")
+    return Wanted(key.project_id, key.pk, metadata, stored_by, request)
+
+
+def capture(response, want: Wanted | None):
+    """Queue the completion ``response`` carries once it is complete; the response itself is not changed."""
+    if want is None or response.status_code != 200:
+        return response
+    if not response.streaming:
+        submit(want, json.loads(response.content), streamed=False)
+        return response
+    response.streaming_content = _tap(response.streaming_content, want)
+    return response
+
+
+def _tap(chunks, want: Wanted):
+    """Pass SSE chunks through unchanged, assembling the completion; queued only when the stream ended."""
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    head: dict = {}
+    for raw in chunks:
+        yield raw
+        line = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else str(raw).strip()
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: ") :]
+        if data == "[DONE]":
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": "".join(texts[i])},
+                    "finish_reason": finish.get(i) or "stop",
+                }
+                for i in sorted(texts)
+            ]
+            submit(want, {**head, "choices": choices}, streamed=True)
+            return
+        chunk = json.loads(data)
+        head.setdefault("id", chunk.get("id"))
+        head.setdefault("created", chunk.get("created"))
+        head.setdefault("model", chunk.get("model"))
+        if chunk.get("usage"):
+            head["usage"] = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            texts.setdefault(choice["index"], []).append((choice.get("delta") or {}).get("content") or "")
+            if choice.get("finish_reason"):
+                finish[choice["index"]] = choice["finish_reason"]
+
+
+# --- the writer --------------------------------------------------------------------------------------------
+class Writer:
+    """One daemon thread per process draining a bounded queue into ``services.save_stored_completion``."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue | None = None
+        self.thread: threading.Thread | None = None
+        self.dropped = 0
+        self.lock = threading.Lock()
+
+    def start(self) -> queue.Queue:
+        with self.lock:
+            if self.queue is None:
+                self.queue = queue.Queue(maxsize=settings.FTSTUDIO_STORE_QUEUE_SIZE)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._drain, name="stored-completions", daemon=True)
+                self.thread.start()
+            return self.queue
+
+    def put(self, item: dict) -> bool:
+        try:
+            self.start().put_nowait(item)
+            return True
+        except queue.Full:
+            with self.lock:
+                self.dropped += 1
+            log.warning("stored completions: queue full, %s dropped so far", self.dropped)
+            return False
+
+    def _drain(self) -> None:
+        from .services import save_stored_completion
+
+        q = self.queue
+        while True:
+            item = q.get()
+            try:
+                save_stored_completion(**item)
+            except Exception:  # a bad row must not stop the writer
+                log.exception("stored completions: could not save %s", item.get("completion", {}).get("id"))
+            finally:
+                q.task_done()
+                if q.empty():
+                    close_old_connections()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.queue is not None and self.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+writer = Writer()
+
+
+def submit(want: Wanted, completion: dict, *, streamed: bool) -> bool:
+    return writer.put(
+        {
+            "project_id": want.project_id,
+            "key_id": want.key_id,
+            "metadata": want.metadata,
+            "stored_by": want.stored_by,
+            "request": want.request,
+            "completion": completion,
+            "streamed": streamed,
+        }
+    )
