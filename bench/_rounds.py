@@ -7,7 +7,8 @@ alternately, ``A B A B ...``, for ``--rounds`` rounds (3 by default), prints eve
     ratio=<median> (min <x>, max <y>, rounds N)
 
 where each round's ratio compares that round's two measurements (both suffered the same load). Used by
-train_throughput, generate_throughput, serve_throughput, import_speed_ab and cancel_latency.
+train_throughput, generate_throughput, serve_throughput, serve_llamacpp, import_speed_ab and
+cancel_latency.
 """
 
 from __future__ import annotations

@@ -217,6 +217,25 @@ def test_gguf_q8_0_loads_and_runs_close_to_the_merged_model(run, tmp_path, refer
     assert len(greedy(loaded, reference["ids"], tokens=8)) == 8
 
 
+def test_gguf_f32_holds_the_exact_weights_the_engine_runs_on_a_cpu(tiny_model_dir, tiny_adapter, tmp_path, reference):
+    """The benchmark against llama.cpp serves this file: it must be the merged model, unrounded (f32 everywhere)."""
+    import gguf
+    import torch
+
+    from worker.export import ExportError, merge_adapter, write_gguf
+
+    merge_adapter(tiny_model_dir, tiny_adapter, tmp_path / "merged", base_model_id=PUBLIC_ID)
+    path = write_gguf(tmp_path / "merged", tmp_path / "tuned-f32.gguf", quant="f32", base_model_id=PUBLIC_ID)
+    mine = gguf.GGUFReader(str(path))
+    assert mine.fields["general.file_type"].contents() == gguf.LlamaFileType.ALL_F32
+    assert {t.tensor_type.name for t in mine.tensors} == {"F32"}
+    loaded = _load_gguf(path)
+    got, expected = _logits(loaded, reference["ids"]), _logits(reference["peft"], reference["ids"])
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()  # f16 drifts by ~1e-3
+    with pytest.raises(ExportError, match="Unknown GGUF quantization 'q4_0': choose one of f16, q8_0, f32"):
+        write_gguf(tmp_path / "merged", tmp_path / "x.gguf", quant="q4_0")
+
+
 def test_the_modelfile_points_at_the_gguf_and_speaks_the_chat_template(run, tmp_path, reference):
     call_command(
         "export_model", run=run.pk, format="gguf", out=str(tmp_path / "g"), stdout=io.StringIO(), stderr=io.StringIO()

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 QUANTS = ("f16", "q8_0")
+# write_gguf also writes f32 (llama.cpp's converter's --outtype f32): the exact weights the engine runs on a CPU, for
+# comparing llama.cpp with the Studio like with like (bench/serve_llamacpp.py). Export jobs offer QUANTS.
+GGUF_WRITE_QUANTS = (*QUANTS, "f32")
 FORMATS = ("adapter", "merged", "gguf")
 
 
@@ -230,7 +233,7 @@ def write_gguf(
     base_model_id: str = "",
     source_gguf: str | Path | None = None,
 ) -> Path:
-    """Write a Llama-architecture safetensors folder as GGUF (``quant``: f16 or q8_0; 1-D tensors stay f32).
+    """Write a Llama-architecture safetensors folder as GGUF (``quant``: f16, q8_0 or f32; 1-D tensors stay f32).
 
     ``source_gguf``: the GGUF the base model was converted from, whose tokenizer settings win (see
     `gguf_tokenizer_settings`). Without it the pre-tokenizer is llama.cpp's "default" and special tokens come from
@@ -240,8 +243,8 @@ def write_gguf(
     import numpy as np
     from safetensors import safe_open
 
-    if quant not in QUANTS:
-        raise ExportError(f"Unknown GGUF quantization {quant!r}: choose one of {', '.join(QUANTS)}.")
+    if quant not in GGUF_WRITE_QUANTS:
+        raise ExportError(f"Unknown GGUF quantization {quant!r}: choose one of {', '.join(GGUF_WRITE_QUANTS)}.")
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     if config.get("model_type") != "llama":
@@ -286,7 +289,9 @@ def write_gguf(
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope_scaling["factor"]))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}.get(
+        quant, gguf.LlamaFileType.ALL_F32
+    )
     writer.add_file_type(file_type)
     writer.add_vocab_size(vocab_size)
 
@@ -318,7 +323,7 @@ def write_gguf(
                     data = permute_qk(data, n_head, n_head)
                 elif key.endswith("self_attn.k_proj.weight"):
                     data = permute_qk(data, n_head, n_head_kv)
-                if data.ndim == 1:
+                if data.ndim == 1 or quant == "f32":
                     writer.add_tensor(gguf_name, data)
                 elif quant == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
                     writer.add_tensor(
