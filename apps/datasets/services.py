@@ -396,6 +396,7 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
         "tags",
         "metadata",
         "tools",
+        "origin",
         "source_id",
         "content_hash",
         "input_hash",
@@ -420,6 +421,7 @@ def _insert_examples(*, project, batch: ImportBatch, user, new: list) -> None:
             dumps(row.tags),
             dumps(row.metadata),
             dumps(row.tools),
+            "",  # origin: a file's examples come from their import batch
             batch.pk,
             h,
             input_hash(row.messages),
