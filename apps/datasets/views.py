@@ -54,7 +54,7 @@ def example_list(request, project):
     by_id = {
         e.pk: e
         for e in Example.objects.filter(pk__in=ids).only(
-            "id", "messages", "status", "split", "tags", "revision", "token_count"
+            "id", "messages", "status", "split", "tags", "revision", "token_count", "origin"
         )
     }
     rows = []
