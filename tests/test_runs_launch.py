@@ -127,7 +127,9 @@ def test_the_launch_page_estimates_as_the_form_changes_and_launches_a_run(
     run = Run.objects.get()
     assert response.status_code == 302 and response["Location"] == run.get_absolute_url()
     assert run.preset == "balanced" and run.hyperparameters["epochs"] == 1 and run.created_by == team.pm
-    assert len(callbacks) == 1  # the task is queued after commit
+    # the training task is queued after commit (beside it, the API gives the run its fine-tuning job)
+    queued = [c for c in callbacks if getattr(c, "func", None) is not None and c.func.__name__ == "delay"]
+    assert [c.args for c in queued] == [(run.pk,)]
 
 
 def test_only_a_pm_may_launch_or_cancel(team, tiny_base_model):
