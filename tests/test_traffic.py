@@ -136,7 +136,8 @@ class Teacher(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def teacher_endpoint(team):
+def teacher_endpoint(team, settings):
+    settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = True  # the stand-in teacher listens on loopback
     server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Teacher.seen = []
@@ -171,3 +172,10 @@ def test_a_project_without_a_judge_endpoint_gets_a_clear_error(team, traffic):
     )
     assert "no judge endpoint to use as a teacher" in response.content.decode()
     assert not Example.objects.exists()
+
+
+def test_a_teacher_endpoint_on_a_private_address_gets_the_ssrf_check(team, traffic, teacher_endpoint, settings):
+    settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = False  # as in production: the loopback teacher is refused
+    outcome = services.distill(project=team.project, public_ids=["chatcmpl-a"], teacher="judge")
+    assert outcome == {"answered": 0, "skipped": 0, "failed": 1}
+    assert Teacher.seen == [] and not Example.objects.exists()

@@ -105,8 +105,13 @@ def teacher_config(project, teacher: str):
         row = JudgeSettings.objects.filter(project=project).first()
         if row is None:
             raise TrafficError("This project has no judge endpoint to use as a teacher: set one up in Evaluations.")
-        config = JudgeConfig(
-            row.base_url, row.model, row.api_key, timeout_s=row.timeout_s, max_tokens=TEACHER_MAX_TOKENS
+        config = JudgeConfig(  # an outside endpoint: the one SSRF check applies, as to the judge itself
+            row.base_url,
+            row.model,
+            row.api_key,
+            timeout_s=row.timeout_s,
+            max_tokens=TEACHER_MAX_TOKENS,
+            allow_private=settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE,
         )
         return config, None, row.model
     try:
@@ -115,7 +120,14 @@ def teacher_config(project, teacher: str):
         raise TrafficError(str(exc)) from None
     base_url = settings.FTSTUDIO_INFERENCE_URL.rstrip("/") + "/v1"
     room = min(TEACHER_MAX_TOKENS, target.base_model.context_length // 2)  # half its context for the answer
-    config = JudgeConfig(base_url, target.id, timeout_s=settings.FTSTUDIO_INFERENCE_TIMEOUT, max_tokens=room)
+    config = JudgeConfig(  # the Studio's own inference process: internal by design, and it wants the shared secret
+        base_url,
+        target.id,
+        settings.FTSTUDIO_INFERENCE_SECRET,
+        timeout_s=settings.FTSTUDIO_INFERENCE_TIMEOUT,
+        max_tokens=room,
+        allow_private=True,
+    )
     return (
         config,
         {
