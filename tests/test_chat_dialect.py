@@ -216,7 +216,8 @@ def test_a_template_with_tool_support_renders_the_tools_itself():
 
 
 def test_unknown_v1_paths_and_wrong_methods_answer_in_openai_s_error_shape(client):
-    for method, path in (("get", "/v1/nope"), ("post", "/v1/embeddings"), ("get", "/v1/chat/completions")):
+    # (GET /v1/chat/completions lists stored completions, so the wrong method there is PUT)
+    for method, path in (("get", "/v1/nope"), ("post", "/v1/embeddings"), ("put", "/v1/chat/completions")):
         response = getattr(client, method)(path)
         body = response.json()
         assert response["Content-Type"] == "application/json"

@@ -61,5 +61,5 @@ def test_a_small_scaling_experiment_runs_end_to_end(team, settings, tiny_base_mo
     assert all(p.run.status == RunStatus.SUCCEEDED for p in points), [p.run.error for p in points]
     assert all(p.evaluation.status == EvaluationStatus.READY and p.evaluation.done == 3 for p in points)
     assert CheckResult.objects.filter(generation__candidate__evaluation__in=[p.evaluation for p in points]).count() == 9
-    assert sum("scored" in line for line in lines) == 3
+    assert sum("  scored  " in line for line in lines) == 3  # the table's three rows, each in stage "scored"
     assert re.fullmatch(r"slope=-?\d+\.\d{4}", lines[-1]), lines[-1]

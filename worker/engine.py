@@ -917,11 +917,12 @@ class Engine:
             try:
                 for r in requests:
                     runner.add(r)
-            except ValueError as exc:  # worker.constrain.GrammarError: a schema llguidance cannot follow
+            except Exception as exc:  # e.g. a seed the generator refuses: no row stays behind uncounted
                 runner.waiting = [w for w in runner.waiting if w not in requests]
-                raise EngineError(f"The output format cannot be enforced: {exc}", param="response_format") from None
-            except Exception:  # e.g. a seed the generator refuses: no row stays behind uncounted
-                runner.waiting = [w for w in runner.waiting if w not in requests]
+                from worker.constrain import GrammarError
+
+                if isinstance(exc, GrammarError):  # a schema llguidance cannot follow
+                    raise EngineError(f"The output format cannot be enforced: {exc}", param="response_format") from None
                 raise
             self._active[client] = self._active.get(client, 0) + len(requests)
             return requests

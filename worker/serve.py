@@ -602,11 +602,20 @@ class Handler(BaseHTTPRequestHandler):
             return True
 
     def _next_event(self, sink) -> tuple:
-        """The next engine event; ConnectionResetError as soon as the caller is gone (its rows leave the batch)."""
+        """The next engine event; ConnectionResetError as soon as the caller is gone (its rows leave the batch).
+        The connection is looked at every CLIENT_POLL_SECONDS, also while events keep coming (a JSON answer's
+        tokens arrive at every step, and nothing is written to its caller until the end)."""
+        now = time.monotonic()
+        if now - getattr(self, "_client_checked", now) >= CLIENT_POLL_SECONDS:
+            self._client_checked = now
+            if self._client_gone():
+                raise ConnectionResetError("the client went away")
+        self.__dict__.setdefault("_client_checked", now)
         while True:
             try:
                 return sink.get(timeout=CLIENT_POLL_SECONDS)
             except queue.Empty:
+                self._client_checked = time.monotonic()
                 if self._client_gone():
                     raise ConnectionResetError("the client went away") from None
 
