@@ -1,4 +1,4 @@
-"""Memory of three concurrent /v1/files downloads of one 99 MB file (issue 28, item 10).
+"""Memory of three concurrent /v1/files downloads of one 99 MB file.
 
 What ``GET /v1/files/{id}/content`` hands to the WSGI server, before and after: the whole file read into an
 ``HttpResponse`` (before) or a ``FileResponse`` over the stored file, read in chunks as the server sends it (now).
@@ -6,13 +6,15 @@ Each strategy runs in a fresh child process: three responses are opened at once 
 turn, as three slow clients would; the child reports its peak resident memory growth (the kernel's high-water
 mark ``VmHWM`` after ``echo 5 > /proc/self/clear_refs``, minus the RSS before).
 
-    python bench/download_memory.py [SIZE_MB]
+    python bench/download_memory.py [--size-mb 99] [--rounds 3]
 
-Prints each strategy's growth, then `ratio=before/now` last (now floored at 1 MB: it is below what VmHWM shows).
+The sides alternate for `--rounds` rounds, a fresh child process each; every round prints both growths, and the
+last line is `ratio=before/now` (median, min-max; now floored at 1 MB: it is below what VmHWM shows).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SIZE_MB = float(sys.argv[1]) if len(sys.argv) > 1 else 99.0
+sys.path.insert(0, str(REPO / "bench"))
+from _rounds import add_rounds_argument, alternate  # noqa: E402
 
 CHILD = r"""
 import json, os, sys
@@ -63,27 +66,40 @@ print(json.dumps({"growth_mb": (status_kb("VmHWM") - before) / 1024, "sent_mb": 
 """
 
 
+def measure(path: Path, strategy: str) -> dict:
+    """One fresh child process serving ``path`` three times at once with ``strategy``: its peak RSS growth."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), strategy],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=float, default=99.0, help="the file's size")
+    add_rounds_argument(parser)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "file.jsonl"
         line = b'{"messages": [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Soon."}]}\n'
         with open(path, "wb") as out:
-            for _ in range(int(SIZE_MB * 2**20 / len(line))):
+            for _ in range(int(args.size_mb * 2**20 / len(line))):
                 out.write(line)
-        growth = {}
-        for strategy in ("before", "now"):
-            result = subprocess.run(
-                [sys.executable, "-c", CHILD, str(path), strategy],
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            figures = json.loads(result.stdout.strip().splitlines()[-1])
-            growth[strategy] = figures["growth_mb"]
-            print(f"{strategy}: peak growth {figures['growth_mb']:.1f} MB for {figures['sent_mb']:.0f} MB sent")
-    print(f"ratio={growth['before'] / max(growth['now'], 1.0):.0f}")  # "now" is floored at 1 MB
+        alternate(
+            args.rounds,
+            lambda n: measure(path, "before"),
+            lambda n: measure(path, "now"),
+            ratio=lambda before, now: before["growth_mb"] / max(now["growth_mb"], 1.0),  # "now" floored at 1 MB
+            describe=lambda before, now: (
+                f"before {before['growth_mb']:.1f} MB, now {now['growth_mb']:.1f} MB for {now['sent_mb']:.0f} MB sent"
+            ),
+            digits=0,
+        )
 
 
 if __name__ == "__main__":
