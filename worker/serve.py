@@ -601,23 +601,21 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             return True
 
+    _client_checked = 0.0  # monotonic time the caller's connection was last looked at
+
     def _next_event(self, sink) -> tuple:
         """The next engine event; ConnectionResetError as soon as the caller is gone (its rows leave the batch).
         The connection is looked at every CLIENT_POLL_SECONDS, also while events keep coming (a JSON answer's
         tokens arrive at every step, and nothing is written to its caller until the end)."""
-        now = time.monotonic()
-        if now - getattr(self, "_client_checked", now) >= CLIENT_POLL_SECONDS:
-            self._client_checked = now
-            if self._client_gone():
-                raise ConnectionResetError("the client went away")
-        self.__dict__.setdefault("_client_checked", now)
         while True:
+            if time.monotonic() - self._client_checked >= CLIENT_POLL_SECONDS:
+                self._client_checked = time.monotonic()
+                if self._client_gone():
+                    raise ConnectionResetError("the client went away")
             try:
                 return sink.get(timeout=CLIENT_POLL_SECONDS)
             except queue.Empty:
-                self._client_checked = time.monotonic()
-                if self._client_gone():
-                    raise ConnectionResetError("the client went away") from None
+                continue
 
     def _start_event_stream(self, prompt_tokens: int | None = None) -> None:
         """Headers of a server-sent event stream; the connection closes when it ends. ``prompt_tokens`` lets the
