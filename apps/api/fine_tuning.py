@@ -43,6 +43,7 @@ from apps.runs import services as runs
 from apps.runs.models import BaseModel, ReaperBeat, Run, RunStatus
 from ftstudio.queueing import send_after_commit
 
+from . import metadata as metadata_rule
 from .models import ApiFile, FineTuningJob, JobStage
 from .selectors import checkpoint_model_id, checkpoint_steps, resolve_model, run_model_id
 from .tasks import validate_fine_tuning_job
@@ -336,16 +337,9 @@ def _check_body(body) -> None:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1):
         raise Invalid(f"seed must be a whole number from 0 to {2**31 - 1}; got {seed!r}.", param="seed")
-    metadata = body.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, dict) or len(metadata) > 16:
-            raise Invalid("metadata must be an object of at most 16 string pairs.", param="metadata")
-        for k, v in metadata.items():
-            if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
-                raise Invalid(
-                    f"metadata[{k!r}] must be a string of at most 512 characters (keys at most 64).",
-                    param="metadata",
-                )
+    found = metadata_rule.problem(body.get("metadata"))
+    if found is not None:
+        raise Invalid(found[0], param="metadata")
 
 
 def _base_model(project, model_id: str) -> BaseModel:

@@ -19,45 +19,21 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import close_old_connections
 
+from . import metadata as metadata_rule
 from .auth import ApiError
 
 log = logging.getLogger(__name__)
 
-MAX_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512  # OpenAI's metadata limits
 SAMPLING = ("temperature", "top_p", "seed", "n", "max_tokens", "max_completion_tokens", "stop", "user")
 
 
 def check_metadata(metadata, param: str = "metadata") -> dict:
-    """OpenAI's metadata: up to 16 string pairs, keys up to 64 characters, values up to 512; else a 400."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise ApiError(400, f"{param} must be an object of string keys and string values.", param=param)
-    if len(metadata) > MAX_PAIRS:
-        raise ApiError(
-            400,
-            f"{param} has {len(metadata)} pairs; at most {MAX_PAIRS} are allowed.",
-            param=param,
-            code="invalid_value",
-        )
-    for key, value in metadata.items():
-        if len(key) > MAX_KEY:
-            raise ApiError(
-                400,
-                f"{param} key {key[:20]!r}... is {len(key)} characters long; at most {MAX_KEY} are allowed.",
-                param=param,
-                code="invalid_value",
-            )
-        if not isinstance(value, str):
-            raise ApiError(400, f"{param}[{key}] must be a string; got {type(value).__name__}.", param=param)
-        if len(value) > MAX_VALUE:
-            raise ApiError(
-                400,
-                f"{param}[{key}] is {len(value)} characters long; at most {MAX_VALUE} are allowed.",
-                param=param,
-                code="invalid_value",
-            )
-    return dict(metadata)
+    """OpenAI's metadata (``apps.api.metadata``), or a 400 naming what breaks the rule."""
+    found = metadata_rule.problem(metadata, param)
+    if found is not None:
+        message, code = found
+        raise ApiError(400, message, param=param, code=code)
+    return dict(metadata or {})
 
 
 @dataclass
