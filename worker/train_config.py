@@ -44,6 +44,15 @@ class TrainConfig:
     attention: str = "auto"
     liger_kernels: bool = False
     bf16: bool = True  # on a GPU that supports it; False trains in fp32 there (the GPU check compares the losses)
+    # What is learnt (OpenAI's fine-tuning methods): "supervised" (the ideal outputs), "dpo" (preference pairs:
+    # TRL's DPOTrainer; the reference model is the starting point) or "reinforcement" (TRL's GRPOTrainer: the model
+    # samples ``num_generations`` replies per prompt, rewarded by ``graders``, worker/graders.py).
+    method: str = "supervised"
+    start_adapter_dir: str = ""  # a finished run's adapter to start from (and, for dpo, the reference); "" = base
+    beta: float = 0.1  # dpo: how far from the reference the model may move (OpenAI's hyperparameter of that name)
+    graders: list = field(default_factory=list)  # reinforcement: grader objects in OpenAI's shapes, with weights
+    num_generations: int = 4  # reinforcement: replies sampled per prompt (the group GRPO compares)
+    max_completion_length: int = 64  # reinforcement: longest sampled reply, in tokens
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -372,3 +372,105 @@ class ImportJob(StateMachine):
         """The import stopped with ``stage`` saying why; never a done job (nor, ``only_running``, a queued one)."""
         rows = self._rows(ReportStatus.RUNNING) if only_running else self._rows()
         return self.write(rows, status=ReportStatus.FAILED, stage=stage[:120], finished_at=timezone.now())
+
+
+class PreferenceOrigin(models.TextChoices):
+    VERDICT = "verdict", "Reviewers' blind verdict"
+    EDIT = "edit", "A designer's edit of a model output"
+    IMPORT = "import", "Imported file"
+
+
+class PreferencePair(TimeStamped):
+    """One draft preference: for this input, ``preferred`` is a better reply than ``non_preferred``.
+
+    The pool a team curates; runs never read it directly, only a frozen `PreferenceVersion`. ``messages`` is the
+    input conversation (every turn before the reply), ``preferred``/``non_preferred`` are one assistant message
+    each (``{"role": "assistant", "content": ..., "tool_calls": ...}``), as OpenAI's preference files hold them.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="preference_pairs")
+    messages = models.JSONField(help_text="the input conversation: every turn before the reply")
+    tools = models.JSONField(default=list, blank=True)
+    preferred = models.JSONField(help_text="the better assistant message")
+    non_preferred = models.JSONField(help_text="the worse assistant message")
+    origin = models.CharField(max_length=8, choices=PreferenceOrigin.choices)
+    origin_detail = models.JSONField(
+        default=dict, blank=True, help_text="where it came from: evaluation item and verdicts, edited output, file line"
+    )
+    input_hash = models.CharField(max_length=64, help_text="sha256 of the normalized input turns (as Example's)")
+    content_hash = models.CharField(max_length=64)
+    split = models.CharField(max_length=8, choices=Split.choices, blank=True, default="")
+    excluded = models.BooleanField(default=False, help_text="left out of the next version by a person")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["project", "excluded", "id"]),
+            models.Index(fields=["project", "content_hash"]),
+            models.Index(fields=["project", "input_hash"]),
+        ]
+
+
+class PreferenceVersion(models.Model):
+    """An immutable, numbered snapshot of a project's preference pairs (what a preference run trains on).
+
+    Anchored to the examples version whose test split judges the resulting model: no pair's input may be one of
+    those test items (checked when frozen, and again when a run is launched).
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="preference_versions")
+    number = models.PositiveIntegerField()
+    dataset_version = models.ForeignKey(
+        DatasetVersion,
+        on_delete=models.PROTECT,
+        related_name="preference_versions",
+        help_text="the examples version whose test items judge models trained on these pairs",
+    )
+    content_hash = models.CharField(max_length=64)
+    note = models.CharField(max_length=200, blank=True)
+    split_counts = models.JSONField(default=dict, help_text='{"train": n, "val": n}')
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [models.UniqueConstraint(fields=["project", "number"], name="preference_version_numbers_unique")]
+
+    def __str__(self) -> str:
+        return f"p{self.number}"
+
+    @property
+    def pair_count(self) -> int:
+        return sum(self.split_counts.values()) if self.split_counts else 0
+
+    def training_pairs(self, split: str) -> list[dict]:
+        """What preference training reads: ``{"messages", "tools", "preferred", "non_preferred"}`` per pair."""
+        rows = self.items.filter(split=split).order_by("position")
+        return [
+            {"messages": r.messages, "tools": r.tools, "preferred": r.preferred, "non_preferred": r.non_preferred}
+            for r in rows
+        ]
+
+
+class PreferenceVersionItem(models.Model):
+    """One frozen pair inside a preference version. Later edits to the pool never change it."""
+
+    version = models.ForeignKey(PreferenceVersion, on_delete=models.CASCADE, related_name="items")
+    pair = models.ForeignKey(PreferencePair, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    position = models.PositiveIntegerField()
+    split = models.CharField(max_length=8, choices=Split.choices)
+    messages = models.JSONField()
+    tools = models.JSONField(default=list, blank=True)
+    preferred = models.JSONField()
+    non_preferred = models.JSONField()
+    content_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["version", "position"]
+        indexes = [models.Index(fields=["version", "split", "position"])]
+        constraints = [models.UniqueConstraint(fields=["version", "position"], name="one_preference_item_per_position")]

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import Project
-from apps.datasets.models import DatasetVersion
+from apps.datasets.models import DatasetVersion, PreferenceVersion
 from ftstudio.models import TimeStamped
 
 from .leases import LeaseHolder
@@ -78,10 +78,46 @@ class RunStatus(models.TextChoices):
     PAUSED = "paused", "Paused"
 
 
+class TrainingMethod(models.TextChoices):
+    """OpenAI's fine-tuning methods: learn the ideal outputs, learn what reviewers preferred, or explore and be
+    rewarded by graders."""
+
+    SUPERVISED = "supervised", "Learn from examples"
+    DPO = "dpo", "Learn from preferences"
+    REINFORCEMENT = "reinforcement", "Learn from graders"
+
+
 class Run(LeaseHolder, TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
     name = models.CharField(max_length=120, blank=True)
-    dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="runs")
+    dataset_version = models.ForeignKey(
+        DatasetVersion,
+        on_delete=models.PROTECT,
+        related_name="runs",
+        help_text="the examples learnt from (supervised), the prompts explored (reinforcement), or the version a "
+        "preference version is anchored to (dpo); its test split judges the run",
+    )
+    method = models.CharField(max_length=16, choices=TrainingMethod.choices, default=TrainingMethod.SUPERVISED)
+    preference_version = models.ForeignKey(
+        PreferenceVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="runs",
+        help_text="dpo only: the frozen pairs trained on",
+    )
+    start_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="continued_by",
+        help_text="a finished run whose adapter this run starts from (and, for dpo, the reference model); "
+        "empty = the base model",
+    )
+    graders = models.JSONField(
+        default=list, blank=True, help_text="reinforcement only: grader objects in OpenAI's shapes, each with a weight"
+    )
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="runs")
     preset = models.CharField(max_length=16, blank=True)
     hyperparameters = models.JSONField(default=dict, help_text="the worker's TrainConfig fields")
@@ -221,6 +257,13 @@ class RunMetric(models.Model):
     tokens_per_second = models.FloatField(null=True, blank=True)
     train_accuracy = models.FloatField(null=True, blank=True, help_text="share of learnt tokens predicted right")
     val_accuracy = models.FloatField(null=True, blank=True)
+    reward_margin = models.FloatField(null=True, blank=True, help_text="dpo: chosen minus rejected implicit reward")
+    preference_accuracy = models.FloatField(
+        null=True, blank=True, help_text="dpo: share of held-out pairs where the preferred reply scores higher"
+    )
+    rewards = models.JSONField(
+        default=dict, blank=True, help_text="reinforcement: mean reward per grader name, and 'total'"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
