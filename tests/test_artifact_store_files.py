@@ -26,7 +26,7 @@ from tests import runs_setup
 from tests.export_setup import make_adapter
 from tests.runs_setup import small_version
 from worker.artifacts import ArtifactStoreError, LocalCache, open_store
-from worker.engine import EngineError
+from worker.protocol import EngineError
 from worker.serve import Resolver
 
 tiny_base_model = runs_setup.tiny_base_model

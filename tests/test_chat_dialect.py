@@ -1,4 +1,4 @@
-"""OpenAI's chat dialect as the parser reads it (worker.serve.parse_chat_request), the tool-call forms of
+"""OpenAI's chat dialect as the parser reads it (worker.protocol.parse_chat_request), the tool-call forms of
 worker.chat_format, and /v1/'s unknown paths. No model: fast."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageToolCa
 
 from worker.chat_format import FORMATS, render
 from worker.constrain import check
-from worker.engine import EngineError
-from worker.serve import parse_chat_request
+from worker.protocol import EngineError, parse_chat_request
 
 USER = {"role": "user", "content": "Where is order #104?"}
 WEATHER = {

@@ -20,8 +20,8 @@ from django.conf import settings
 from tests import api_setup
 from tests.api_setup import free_port, health
 from tests.conftest import REPO
-from worker.engine import Engine, EngineError, SamplingParams
-from worker.serve import parse_chat_request
+from worker.engine import Engine
+from worker.protocol import EngineError, SamplingParams, parse_chat_request
 
 inference = api_setup.inference
 HI = [{"role": "user", "content": "Hi"}]

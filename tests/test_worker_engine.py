@@ -9,12 +9,11 @@ from worker.engine import (
     GQA_SDPA,
     BatchRunner,
     Engine,
-    EngineError,
     Request,
-    SamplingParams,
     prefill_chunk_tokens,
 )
 from worker.generate import load_generator, render_prompt
+from worker.protocol import EngineError, SamplingParams
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],

@@ -187,7 +187,7 @@ def _hermes_system(tools: list[dict]) -> str:
 def render(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
     """The text the model continues: its chat template with the assistant turn opened.
 
-    ``messages`` are checked OpenAI messages (``worker.serve.parse_chat_request``): an assistant turn may carry
+    ``messages`` are checked OpenAI messages (``worker.protocol.parse_chat_request``): an assistant turn may carry
     ``tool_calls`` (arguments as dicts), a ``tool`` turn a ``tool_call_id``; ``tools`` are function definitions
     ({name, description, parameters})."""
     template = template_text(tokenizer)

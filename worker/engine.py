@@ -35,6 +35,7 @@ from pathlib import Path
 
 from worker.packed import engine_kernels, pack_linear_weights
 from worker.prefixes import MIN_PREFIX_TOKENS, PrefixCache, common_length, prefix_cache_bytes
+from worker.protocol import EngineError, SamplingParams, adapter_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,38 +56,6 @@ def prefill_chunk_tokens() -> int:
     if value < 0:
         raise ValueError(f"FTSTUDIO_PREFILL_CHUNK_TOKENS must be 0 (no limit) or more, not {value}")
     return value
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    grammar: str | None = None  # llguidance Lark grammar the output must follow (worker/constrain.py)
-    logprobs: bool = False  # record each chosen token's log-probability
-    top_logprobs: int = 0  # and this many most likely alternatives
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-
-class EngineError(Exception):
-    """A request the engine refuses; ``status``/``code``/``param`` map onto OpenAI's error object."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        code: str | None = None,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-    ) -> None:
-        super().__init__(message)
-        self.message, self.status, self.code, self.param, self.kind = message, status, code, param, kind
 
 
 @dataclass(eq=False)
@@ -724,17 +693,6 @@ class _Base:
         if not self._longest_token:
             self._longest_token = max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
         return self._longest_token
-
-
-def adapter_problem(path: str) -> str | None:
-    """Why an adapter folder cannot be served (None when it can)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return f"the adapter folder {folder.name} is missing"
-    missing = [n for n in ("adapter_config.json", "adapter_model.safetensors") if not (folder / n).is_file()]
-    if missing:
-        return f"the adapter folder {folder.name} has no {', '.join(missing)}"
-    return None
 
 
 def _too_long(context: int, prompt: int, asked: int, bound: str = "") -> EngineError:

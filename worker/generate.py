@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from worker.engine import BatchRunner, Request, SamplingParams, eos_ids
+from worker.engine import BatchRunner, Request, eos_ids
+from worker.protocol import SamplingParams
 
 Messages = list[dict]
 

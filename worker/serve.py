@@ -13,8 +13,9 @@ A folder that is not on this node's disk (trained on another node) is fetched by
 (``FTSTUDIO_ARTIFACTS_URL``) into this node's bounded cache (``FTSTUDIO_ARTIFACT_CACHE``,
 ``FTSTUDIO_ARTIFACT_CACHE_BYTES``): `Resolver`.
 
-``parse_chat_request`` is the one definition of which OpenAI fields are supported; the web process calls
-it too, so a field this engine cannot honour is a 400 naming it before anything is forwarded.
+Requests are read by ``worker.protocol.parse_chat_request``, the one definition of which OpenAI fields are
+supported; the web process calls it too, so a field this engine cannot honour is a 400 naming it before anything
+is forwarded.
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with ``data: [DONE]``),
 ``GET /health`` (queue figures). A client that disconnects mid-stream cancels its rows at the next token.
@@ -28,8 +29,6 @@ import json
 import logging
 import os
 import queue
-import random
-import re
 import select
 import signal
 import socket
@@ -37,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -50,344 +49,16 @@ from worker.artifacts import (
     from_env,
     var_dir,
 )
-from worker.engine import ENGINE_VERSION, Engine, EngineError, SamplingParams
+from worker.engine import ENGINE_VERSION, Engine
 from worker.inference_auth import shared_secret
+from worker.protocol import ChatRequest, EngineError, bad_request, error_body, parse_chat_request
 
 log = logging.getLogger(__name__)
 
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-SUPPORTED = {
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "n",
-    "stream",
-    "stream_options",
-    "user",
-    "logprobs",
-    "top_logprobs",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "functions",
-    "function_call",
-    "response_format",
-    # Accepted and ignored: they change nothing in the answer (store/metadata may be kept one day).
-    "store",
-    "metadata",
-    "service_tier",
-    "prompt_cache_key",
-    "safety_identifier",
-}
-# Fields accepted only at the value that leaves the output unchanged.
-NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "modalities": ["text"]}
-# Message fields besides role/content/name, per role; OpenAI's echo fields on assistant turns
-# (``message.model_dump()`` sent back) are accepted and dropped.
-MESSAGE_FIELDS = {
-    "assistant": {"tool_calls", "function_call", "refusal", "annotations", "audio"},
-    "tool": {"tool_call_id"},
-}
-MAX_N = 8
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's range (a 64-bit signed integer)
 # A body above this is refused unread (FTSTUDIO_INFERENCE_MAX_BODY_BYTES). The web process already caps what callers
 # send (FTSTUDIO_API_MAX_BODY_BYTES, 2 MiB); this leaves room for its re-encoding (non-ASCII text as \u escapes).
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20
 CLIENT_POLL_SECONDS = 0.25  # how often a request waiting for tokens checks that its client is still there
-MAX_TOP_LOGPROBS = 20
-FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-
-
-@dataclass
-class ChatRequest:
-    model: str
-    messages: list[dict]
-    params: list[SamplingParams]  # one per choice (OpenAI's n)
-    stream: bool
-    include_usage: bool
-    extension: dict
-    logprobs: bool = False
-    tools: list[dict] = field(default_factory=list)  # function definitions: {name, description, parameters}
-    tool_choice: str | dict = "none"  # "none", "auto", "required" or {"name": ...}
-    parallel_tool_calls: bool = True
-    legacy_functions: bool = False  # asked with functions/function_call: answered with function_call
-    tool_format: object = None  # the model family's form (worker.chat_format), set by the inference process
-
-    @property
-    def forced_tools(self) -> list[dict] | None:
-        """The tools a call must be made to (``required``: any, named: that one); None when not forced."""
-        if self.tool_choice == "required":
-            return self.tools
-        if isinstance(self.tool_choice, dict):
-            return [t for t in self.tools if t["name"] == self.tool_choice["name"]]
-        return None
-
-
-def _bad(message: str, param: str | None, code: str | None = None) -> EngineError:
-    return EngineError(message, status=400, param=param, code=code)
-
-
-def _number(body: dict, name: str, low: float, high: float, default: float) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise _bad(f"{name} must be a number from {low} to {high}; got {value!r}.", name)
-    return float(value)
-
-
-def _text(content, where: str, parts: tuple[str, ...] = ("text",)) -> str:
-    """A message's content: a string, or content parts of the given types (joined)."""
-    if isinstance(content, list):
-        if not all(
-            isinstance(p, dict) and p.get("type") in parts and isinstance(p.get(p["type"]), str) for p in content
-        ):
-            raise _bad(f"{where}: only {' and '.join(parts)} parts are supported.", where)
-        return "".join(p[p["type"]] for p in content)
-    if not isinstance(content, str):
-        raise _bad(f"{where} must be a string.", where)
-    return content
-
-
-def _tool_call(call, where: str) -> dict:
-    """An assistant turn's tool call, with its arguments as a dict (what chat templates expect)."""
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise _bad(f"{where} must be {{id, type: function, function: {{name, arguments}}}}.", where)
-    arguments = function.get("arguments") or "{}"
-    try:
-        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
-        arguments = None
-    if not isinstance(arguments, dict):
-        raise _bad(f"{where}.function.arguments must be a JSON object's text.", f"{where}.function.arguments")
-    return {
-        "id": str(call.get("id") or ""),
-        "type": "function",
-        "function": {"name": function["name"], "arguments": arguments},
-    }
-
-
-def _message(i: int, m) -> dict:
-    where = f"messages[{i}]"
-    if not isinstance(m, dict) or m.get("role") not in ROLES:
-        raise _bad(f"{where}.role must be one of {', '.join(ROLES)}.", f"{where}.role")
-    m = {k: v for k, v in m.items() if v is not None}  # an explicit null is an absent field
-    role = m["role"]
-    unknown = set(m) - {"role", "content", "name"} - MESSAGE_FIELDS.get(role, set())
-    if unknown:
-        name = sorted(unknown)[0]
-        raise _bad(
-            f"{where}.{name} is not supported on a {role} message.", f"{where}.{name}", code="unsupported_parameter"
-        )
-    parts = ("text", "refusal") if role == "assistant" else ("text",)
-    content = _text(m["content"], f"{where}.content", parts) if "content" in m else None
-    if role == "assistant":
-        if content is None and isinstance(m.get("refusal"), str):
-            content = m["refusal"]
-        calls = m.get("tool_calls", [])
-        if "function_call" in m:  # the legacy form of one call
-            calls = [*calls, {"id": "", "type": "function", "function": m["function_call"]}]
-        if not isinstance(calls, list):
-            raise _bad(f"{where}.tool_calls must be a list.", f"{where}.tool_calls")
-        calls = [_tool_call(c, f"{where}.tool_calls[{k}]") for k, c in enumerate(calls)]
-        if content is None and not calls:
-            raise _bad(f"{where}.content is required when the turn has no tool_calls.", f"{where}.content")
-        return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
-    if content is None:
-        raise _bad(f"{where}.content must be a string.", f"{where}.content")
-    if role in ("tool", "function"):
-        call_id = m.get("tool_call_id") if role == "tool" else m.get("name")
-        if not isinstance(call_id, str):
-            missing = "tool_call_id" if role == "tool" else "name"
-            raise _bad(f"{where}.{missing} is required on a {role} message.", f"{where}.{missing}")
-        return {"role": "tool", "content": content, "tool_call_id": call_id}
-    return {"role": role, "content": content}
-
-
-def _tools(body: dict) -> tuple[list[dict], bool]:
-    """The function definitions of ``tools`` (or the legacy ``functions``), checked."""
-    if "tools" in body and "functions" in body:
-        raise _bad("Send tools or the legacy functions, not both.", "functions")
-    legacy = "functions" in body
-    name = "functions" if legacy else "tools"
-    raw = body.get(name, [])
-    if not isinstance(raw, list) or len(raw) > 128:
-        raise _bad(f"{name} must be a list of up to 128 functions.", name)
-    tools = []
-    for k, item in enumerate(raw):
-        where = f"{name}[{k}]" if legacy else f"tools[{k}].function"
-        function = item if legacy else (item.get("function") if isinstance(item, dict) else None)
-        if not legacy and (not isinstance(item, dict) or item.get("type") != "function"):
-            raise _bad(f"tools[{k}].type must be function (the only kind of tool served here).", f"tools[{k}].type")
-        if not isinstance(function, dict) or not FUNCTION_NAME.match(str(function.get("name", ""))):
-            raise _bad(f"{where}.name must be 1-64 letters, digits, _ or -.", f"{where}.name")
-        parameters = function.get("parameters")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise _bad(f"{where}.parameters must be a JSON schema object.", f"{where}.parameters")
-        unknown = set(function) - {"name", "description", "parameters", "strict"}
-        if unknown:
-            raise _bad(f"{where}.{sorted(unknown)[0]} is not supported.", f"{where}.{sorted(unknown)[0]}")
-        tools.append({k2: v for k2, v in function.items() if k2 != "strict" and v is not None})
-    return tools, legacy
-
-
-def _tool_choice(body: dict, tools: list[dict], legacy: bool) -> str | dict:
-    name = "function_call" if legacy else "tool_choice"
-    if "tool_choice" in body and legacy:
-        raise _bad("tool_choice goes with tools; with the legacy functions send function_call.", "tool_choice")
-    choice = body.get(name, "auto" if tools else "none")
-    if isinstance(choice, dict):
-        picked = choice.get("name") if legacy else (choice.get("function") or {}).get("name")
-        if (not legacy and choice.get("type") != "function") or picked not in {t["name"] for t in tools}:
-            raise _bad(f"{name} names no function of {'functions' if legacy else 'tools'}.", name)
-        return {"name": picked}
-    options = ("none", "auto") if legacy else ("none", "auto", "required")
-    if choice not in options:
-        raise _bad(f"{name} must be {', '.join(options)} or a named function.", name)
-    if choice != "none" and not tools:
-        raise _bad(f"{name}={choice} needs {'functions' if legacy else 'tools'}.", name)
-    return choice
-
-
-def _response_format(body: dict) -> str | None:
-    """The Lark grammar the output must follow for ``response_format`` (None: free text)."""
-    from worker.constrain import GrammarError, check, lark_for_response_format
-
-    rf = body.get("response_format")
-    if rf is None:
-        return None
-    if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
-        raise _bad("response_format.type must be text, json_object or json_schema.", "response_format.type")
-    if rf["type"] == "json_schema":
-        spec = rf.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise _bad("response_format.json_schema needs a name and a schema.", "response_format.json_schema")
-        if spec.get("schema") is not None and not isinstance(spec["schema"], dict):
-            raise _bad(
-                "response_format.json_schema.schema must be a JSON schema object.", "response_format.json_schema.schema"
-            )
-    grammar = lark_for_response_format(rf)
-    if grammar is not None:
-        try:
-            check(grammar)
-        except GrammarError as exc:
-            raise _bad(
-                f"response_format: this schema cannot be enforced ({exc}).", "response_format.json_schema.schema"
-            ) from None
-    return grammar
-
-
-def parse_chat_request(
-    body, *, max_tokens_cap: int = 1024, default_max_tokens: int = 256, internal: bool = False
-) -> ChatRequest:
-    """Check an OpenAI chat-completions body; raises EngineError (400) naming the first bad field."""
-    if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", None)
-    body = {k: v for k, v in body.items() if v is not None}  # an explicit null is an absent field, as OpenAI reads it
-    allowed = SUPPORTED | ({"ftstudio"} if internal else set())
-    for name in body:
-        if name in NEUTRAL and body[name] in (NEUTRAL[name], None):
-            continue
-        if name not in allowed:
-            raise _bad(
-                f"{name} is not supported by this server (supported: {', '.join(sorted(SUPPORTED))}).",
-                name,
-                code="unsupported_parameter",
-            )
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model is required: a model id from GET /v1/models.", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages must be a non-empty list of {role, content} objects.", "messages")
-    clean = [_message(i, m) for i, m in enumerate(messages)]
-    if (
-        "max_tokens" in body
-        and "max_completion_tokens" in body
-        and body["max_tokens"] is not None
-        and body["max_completion_tokens"] is not None
-    ):
-        raise _bad("Send max_tokens or max_completion_tokens, not both.", "max_tokens")
-    limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = body.get(limit_name)
-    if max_tokens is None:
-        max_tokens = min(default_max_tokens, max_tokens_cap)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise _bad(f"{limit_name} must be a positive integer; got {max_tokens!r}.", limit_name)
-    if max_tokens > max_tokens_cap:
-        raise _bad(f"{limit_name}={max_tokens} is above this server's cap of {max_tokens_cap} tokens.", limit_name)
-    temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
-    top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
-    if top_p == 0.0:  # only the most likely token: greedy
-        temperature, top_p = 0.0, 1.0
-    n = body.get("n", 1) if body.get("n") is not None else 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise _bad(f"n must be an integer from 1 to {MAX_N}; got {n!r}.", "n")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX):
-        raise _bad(f"seed must be an integer from {SEED_MIN} to {SEED_MAX}; got {seed!r}.", "seed")
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else (stop or [])
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise _bad("stop must be a string or a list of up to 4 non-empty strings.", "stop")
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise _bad("stream must be true or false.", "stream")
-    options = body.get("stream_options") or {}
-    if options and not stream:
-        raise _bad("stream_options is only allowed when stream is true.", "stream_options")
-    if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"}:
-        raise _bad("stream_options supports include_usage (and include_obfuscation, a no-op here).", "stream_options")
-    logprobs = body.get("logprobs", False)
-    if not isinstance(logprobs, bool):
-        raise _bad("logprobs must be true or false.", "logprobs")
-    top_logprobs = body.get("top_logprobs", 0)
-    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
-        raise _bad(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}.", "top_logprobs")
-    if top_logprobs and not logprobs:
-        raise _bad("top_logprobs needs logprobs: true.", "top_logprobs")
-    tools, legacy = _tools(body)
-    tool_choice = _tool_choice(body, tools, legacy)
-    parallel = body.get("parallel_tool_calls", True)
-    if not isinstance(parallel, bool):
-        raise _bad("parallel_tool_calls must be true or false.", "parallel_tool_calls")
-    grammar = _response_format(body)
-    if grammar is not None and (tool_choice == "required" or isinstance(tool_choice, dict)):
-        raise _bad("A forced tool call and a JSON response_format cannot both shape the output.", "tool_choice")
-    params = [
-        SamplingParams(
-            max_new_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed + i,
-            stop=tuple(stop),
-            grammar=grammar,
-            logprobs=logprobs,
-            top_logprobs=top_logprobs,
-        )
-        for i in range(n)
-    ]
-    extension = body.get("ftstudio") or {}
-    return ChatRequest(
-        model=model,
-        messages=clean,
-        params=params,
-        stream=stream,
-        include_usage=bool(options.get("include_usage")),
-        extension=extension,
-        logprobs=logprobs,
-        tools=tools,
-        tool_choice=tool_choice,
-        parallel_tool_calls=parallel,
-        legacy_functions=legacy,
-    )
 
 
 class Resolver:
@@ -419,10 +90,6 @@ class Resolver:
                 code="artifact_store_unavailable",
                 kind="server_error",
             ) from exc
-
-
-def error_body(exc: EngineError) -> dict:
-    return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
 
 
 class Server(ThreadingHTTPServer):
@@ -533,11 +200,13 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             if length > self.server.max_body_bytes:
                 self.close_connection = True  # the body is left unread
-                raise _bad(f"The body is {length} bytes; at most {self.server.max_body_bytes} are accepted.", None)
+                raise bad_request(
+                    f"The body is {length} bytes; at most {self.server.max_body_bytes} are accepted.", None
+                )
             try:
                 body = json.loads(self.rfile.read(length) or b"null")
             except ValueError as exc:
-                raise _bad(f"The body is not valid JSON ({exc}).", None) from None
+                raise bad_request(f"The body is not valid JSON ({exc}).", None) from None
             chat = parse_chat_request(
                 body,
                 max_tokens_cap=self.server.max_tokens_cap,
@@ -546,7 +215,9 @@ class Handler(BaseHTTPRequestHandler):
             )
             ext = chat.extension
             if not isinstance(ext.get("base"), str):
-                raise _bad("ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio")
+                raise bad_request(
+                    "ftstudio.base (the base model's folder) is required by the inference process.", "ftstudio"
+                )
             if self.server.draining.is_set():
                 raise EngineError(
                     "The inference process is shutting down; try again in a moment.",

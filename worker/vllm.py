@@ -18,7 +18,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from worker.engine import EngineError
+from worker.protocol import EngineError
 
 
 def _unavailable(url: str, exc: Exception) -> EngineError:

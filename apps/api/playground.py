@@ -16,8 +16,7 @@ from django.shortcuts import render
 from apps.accounts.permissions import may_call_run, project_view
 from apps.datasets.models import Example
 from apps.evaluations.services import DEFAULT_PROMPT
-from worker.engine import EngineError
-from worker.serve import parse_chat_request
+from worker.protocol import EngineError, parse_chat_request
 
 from . import selectors
 from .auth import ApiError, error_response

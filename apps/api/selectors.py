@@ -12,7 +12,7 @@ from django.utils.text import slugify
 from apps.accounts.models import Project
 from apps.runs import artifacts
 from apps.runs.models import BaseModel, Run, RunStatus
-from worker.engine import adapter_problem
+from worker.protocol import adapter_problem
 
 
 # --- model ids ----------------------------------------------------------------------------------------

@@ -15,8 +15,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.accounts.permissions import may_call_run
-from worker.engine import EngineError
-from worker.serve import parse_chat_request
+from worker.protocol import EngineError, parse_chat_request
 
 from . import selectors, services, stored
 from .auth import ApiError, api_view, error_response, json_body
