@@ -47,8 +47,9 @@ def main() -> None:
     import torch
 
     from apps.demo.generator import generate_examples
-    from worker.generate import GenerationConfig, _eos_ids, generate, load_generator, render_prompt
-    from worker.models import ModelSpec, resolve_model_dir, shipped_gguf_path
+    from worker.engine import eos_ids
+    from worker.generate import GenerationConfig, generate
+    from worker.models import ModelSpec, load_generator, render_prompt, resolve_model_dir, shipped_gguf_path
     from worker.packed import engine_kernels
 
     if args.threads:
@@ -59,7 +60,7 @@ def main() -> None:
     model, tokenizer = load_generator(model_dir, device="cpu")
     prompts = [e.messages[:-1] for e in generate_examples(args.prompts, seed=11)]
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    eos = _eos_ids(model, tokenizer)  # the same stop tokens the engine cuts at
+    eos = eos_ids(model, tokenizer)  # the same stop tokens the engine cuts at
 
     # Warm up both paths once (first-call allocations), untimed.
     generate(model, tokenizer, prompts[:2], GenerationConfig(max_new_tokens=4, batch_size=2))

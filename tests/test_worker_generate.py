@@ -3,7 +3,8 @@
 import pytest
 
 from tests.eval_setup import save_adapter
-from worker.generate import GenerationConfig, generate, load_generator, render_prompt
+from worker.generate import GenerationConfig, generate
+from worker.models import load_generator, render_prompt
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.models import load_generator, render_prompt
 from worker.packed import engine_kernels, pack_linear_weights
 from worker.prefixes import MIN_PREFIX_TOKENS, PrefixCache, common_length, prefix_cache_bytes
 from worker.protocol import EngineError, SamplingParams, adapter_problem
@@ -754,8 +755,6 @@ class Engine:
         return self._check_root(path, what)
 
     def _base(self, model_dir: str) -> _Base:
-        from worker.generate import load_generator
-
         if model_dir not in self._bases:
             model, tokenizer = load_generator(model_dir, device=self.device)
             config = model.config
@@ -806,8 +805,6 @@ class Engine:
         tokenized on the caller's thread (never the engine's: a long body would stall every stream). With
         ``max_tokens``: a prompt that cannot fit the context with that many new tokens is refused by its length in
         characters before it is tokenized."""
-        from worker.generate import render_prompt
-
         model_dir = self._check_root(model_dir, "base model")
         base = self._on_loop(lambda: self._base(model_dir))
         text = render_prompt(base.tokenizer, messages, tools)

@@ -11,7 +11,8 @@ cache, and the next prompt takes its place at the next step). Positions follow `
 (count of real tokens before each one), so greedy outputs are the ones ``model.generate`` gives;
 ``tests/test_worker_generate.py`` checks them against one-at-a-time generation.
 
-A LoRA adapter (the output of a fine-tuning run) is applied with plain ``PeftModel.from_pretrained``.
+Models and adapters are loaded by ``worker.models.load_generator`` (a LoRA adapter with plain
+``PeftModel.from_pretrained``), prompts rendered by ``worker.models.render_prompt``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from worker.engine import BatchRunner, Request, eos_ids
+from worker.engine import BatchRunner, Request
+from worker.models import render_prompt
 from worker.protocol import SamplingParams
 
 Messages = list[dict]
@@ -43,33 +45,6 @@ class GenerationResult:
     prompt_tokens: int
     output_tokens: int
     latency_ms: float  # wall time of the batch that produced this output
-
-
-def render_prompt(tokenizer, messages: Messages, tools: list[dict] | None = None) -> str:
-    """The text the model continues: its chat template with the assistant turn opened (tools and tool turns
-    as ``worker.chat_format.render`` writes them)."""
-    from worker.chat_format import render
-
-    return render(tokenizer, messages, tools)
-
-
-def load_generator(model_dir: str, *, adapter_path: str | None = None, device: str | None = None, dtype=None):
-    """Load a base model (safetensors only) and, optionally, a LoRA adapter on top; ready for generation."""
-    from worker.models import load_model, load_tokenizer
-
-    model = load_model(model_dir, dtype=dtype, device=device)
-    if adapter_path:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
-    model.eval()
-    tokenizer = load_tokenizer(model_dir)
-    tokenizer.padding_side = "left"
-    return model, tokenizer
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    return eos_ids(model, tokenizer)
 
 
 def generate(

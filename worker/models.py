@@ -8,6 +8,11 @@ A base model comes from one of three sources:
 Safety rules, enforced here and nowhere else: weights load only from safetensors (``use_safetensors=True``;
 a directory holding only pickle weights is refused), ``trust_remote_code`` is always off, and local
 paths must lie under one of the configured model roots.
+
+``load_generator`` (a model and tokenizer ready to generate, with an optional LoRA adapter) and ``render_prompt``
+(messages into the model's chat template) are shared by the engine (``worker.engine``) and evaluations
+(``worker.generate``): generate -> engine -> models. Imports no torch at module level (the web process
+reads ``ModelSpec``, ``describe_model`` and the paths here).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from worker.chat_format import render
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +197,25 @@ def load_model_and_tokenizer(spec: ModelSpec, *, dtype=None, device: str | None 
     return load_model(model_dir, dtype=dtype, device=device, revision=spec.revision), load_tokenizer(
         model_dir, revision=spec.revision
     )
+
+
+def load_generator(model_dir: str, *, adapter_path: str | None = None, device: str | None = None, dtype=None):
+    """Load a base model (safetensors only) and, optionally, a LoRA adapter on top; ready for generation."""
+    model = load_model(model_dir, dtype=dtype, device=device)
+    if adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
+    model.eval()
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The text the model continues: its chat template with the assistant turn opened (tools and tool turns
+    as ``worker.chat_format.render`` writes them)."""
+    return render(tokenizer, messages, tools)
 
 
 def pick_device() -> str:

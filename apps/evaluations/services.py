@@ -645,7 +645,8 @@ class Generating:
 
     def generate_missing(self, batch_size: int) -> None:
         """Every candidate's outputs for the items it has none for yet, one loaded model at a time."""
-        from worker.generate import GenerationConfig, generate, load_generator
+        from worker.generate import GenerationConfig, generate
+        from worker.models import load_generator
 
         evaluation = self.evaluation
         items = list(eval_items(evaluation))

@@ -213,7 +213,8 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
     claim fresh; a worker that lost it to another stops after its batch."""
     from apps.runs.artifacts import base_model_dir
     from apps.runs.services import failure_message
-    from worker.generate import GenerationConfig, generate, load_generator
+    from worker.generate import GenerationConfig, generate
+    from worker.models import load_generator
 
     owner = leases.new_owner_id()
     version = claim_scoring(version_pk, owner)
