@@ -2,7 +2,7 @@
 
 Both sides use the same model, greedy decoding and max_new_tokens; the single side calls
 ``model.generate`` once per prompt (no padding), the engine side is ``worker.generate.generate``, which
-runs the inference process's engine (``worker.engine.BatchRunner``): continuous batching, so when a row
+runs the inference process's engine (``worker.runner.BatchRunner``): continuous batching, so when a row
 finishes the next prompt takes its place and the batch stays full instead of draining. Outputs must be
 identical. Sides alternate for ``--rounds`` rounds; each round prints both rates, and the last line is
 ``ratio=<median> (min x, max y, rounds N)`` of engine new tokens/s ÷ one-at-a-time new tokens/s (bench/_rounds.py).
@@ -47,10 +47,10 @@ def main() -> None:
     import torch
 
     from apps.demo.generator import generate_examples
-    from worker.engine import eos_ids
     from worker.generate import GenerationConfig, generate
     from worker.models import ModelSpec, load_generator, render_prompt, resolve_model_dir, shipped_gguf_path
     from worker.packed import engine_kernels
+    from worker.runner import eos_ids
 
     if args.threads:
         torch.set_num_threads(args.threads)

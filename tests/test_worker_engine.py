@@ -1,19 +1,16 @@
-"""worker/engine.py on the tiny random Llama: continuous batching and mixed adapters never change greedy output."""
+"""worker/engine.py and worker/runner.py on the tiny random Llama: continuous batching and mixed adapters never change
+greedy output."""
 
 import queue
 
 import pytest
 
 from tests.eval_setup import save_adapter
-from worker.engine import (
-    GQA_SDPA,
-    BatchRunner,
-    Engine,
-    Request,
-    prefill_chunk_tokens,
-)
+from worker.attention import GQA_SDPA
+from worker.engine import Engine
 from worker.models import load_generator, render_prompt
 from worker.protocol import EngineError, SamplingParams
+from worker.runner import BatchRunner, Request, prefill_chunk_tokens
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],

@@ -5,7 +5,7 @@ left padding (so every row's next token sits in the last column) and the KV cach
 default and seeded, so the same inputs give the same outputs. Prompts are grouped by length before
 batching (less padding) and results come back in the caller's order.
 
-The decoder is the engine's (``worker.engine.BatchRunner``), the same one the inference process serves
+The decoder is the engine's (``worker.runner.BatchRunner``), the same one the inference process serves
 the API with: batching is continuous (a row that reached its stop token leaves the batch and its KV
 cache, and the next prompt takes its place at the next step). Positions follow ``generate``'s rule
 (count of real tokens before each one), so greedy outputs are the ones ``model.generate`` gives;
@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from worker.engine import BatchRunner, Request
 from worker.models import render_prompt
 from worker.protocol import SamplingParams
+from worker.runner import BatchRunner, Request
 
 Messages = list[dict]
 

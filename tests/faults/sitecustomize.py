@@ -36,16 +36,16 @@ if _check:
     worker.checks.run_check = run_check
 
 if _decode:
-    import worker.engine
+    import worker.runner
 
-    _engine_step = worker.engine.BatchRunner.step
+    _engine_step = worker.runner.BatchRunner.step
 
     def engine_step(self, *args, **kwargs):
         time.sleep(_decode)
         return _engine_step(self, *args, **kwargs)
 
-    worker.engine.BatchRunner.step = engine_step
-    worker.engine.eos_ids = lambda model, tokenizer: set()
+    worker.runner.BatchRunner.step = engine_step
+    worker.runner.eos_ids = lambda model, tokenizer: set()
 
 if _step:
     from transformers import Trainer
