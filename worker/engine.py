@@ -32,8 +32,6 @@ from worker.runner import BatchRunner, Request
 
 log = logging.getLogger(__name__)
 
-ENGINE_VERSION = "ftstudio-engine-2"  # in system_fingerprint: bump when the same seed may give other tokens
-
 
 @dataclass
 class _Base:

@@ -15,7 +15,9 @@ A folder that is not on this node's disk (trained on another node) is fetched by
 
 Requests are read by ``worker.protocol.parse_chat_request``, the one definition of which OpenAI fields are
 supported; the web process calls it too, so a field this engine cannot honour is a 400 naming it before anything
-is forwarded.
+is forwarded. Answers (the JSON object, the stream's chunks) are built by ``worker.answers``; this module is the
+HTTP side: authentication, body limits, handing rows to the engine (``worker.engine``), the caller's connection,
+draining on SIGTERM, and the process's command line.
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with ``data: [DONE]``),
 ``GET /health`` (queue figures). A client that disconnects mid-stream cancels its rows at the next token.
@@ -23,7 +25,6 @@ Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with ``data
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -35,11 +36,11 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from worker.answers import ChunkStream, completion, error_event, server_error
 from worker.artifacts import (
     ArtifactStoreConfigError,
     ArtifactStoreError,
@@ -49,7 +50,7 @@ from worker.artifacts import (
     from_env,
     var_dir,
 )
-from worker.engine import ENGINE_VERSION, Engine
+from worker.engine import Engine
 from worker.inference_auth import shared_secret
 from worker.protocol import ChatRequest, EngineError, bad_request, error_body, parse_chat_request
 
@@ -328,11 +329,6 @@ class Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 log.info("client went away mid-stream; the vLLM request is closed")
 
-    def _usage(self, requests) -> dict:
-        prompt = len(requests[0].prompt_ids)
-        completion = sum(len(r.output_ids) for r in requests)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
     def _wait(self, requests, sink, on_delta=None) -> str | None:
         """Deliver events until every choice is done; returns an error message if the engine failed."""
         remaining = len(requests)
@@ -349,75 +345,21 @@ class Handler(BaseHTTPRequestHandler):
     def _complete(self, chat: ChatRequest, requests, sink) -> None:
         error = self._wait(requests, sink)
         if error:
-            return self._json(500, {"error": {"message": error, "type": "server_error", "param": None, "code": None}})
-        choices = []
-        for r in requests:
-            content, calls = _tool_calls(chat, r.text)
-            message = {"role": "assistant", "content": content, "refusal": None}
-            if calls and chat.legacy_functions:
-                message["function_call"] = calls[0].openai()["function"]
-            elif calls:
-                message["tool_calls"] = [c.openai() for c in calls]
-            choices.append(
-                {
-                    "index": r.index,
-                    "message": message,
-                    "logprobs": {"content": r.logprobs, "refusal": None} if chat.logprobs else None,
-                    "finish_reason": _finish_reason(chat, r.finish_reason, calls),
-                }
-            )
-        self._json(
-            200,
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": chat.model,
-                "system_fingerprint": fingerprint(chat.extension),
-                "choices": choices,
-                "usage": self._usage(requests),
-            },
-        )
+            return self._json(500, server_error(error))
+        self._json(200, completion(chat, requests))
 
     def _stream(self, chat: ChatRequest, requests, sink) -> None:
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
+        stream = ChunkStream(chat, requests)
         pending: list[bytes] = []  # chunks written together: one write and flush per wake-up, not per token
-
-        def chunk(choices, usage=None) -> None:
-            payload = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": chat.model,
-                "system_fingerprint": fingerprint(chat.extension),
-                "choices": choices,
-            }
-            if chat.include_usage:
-                payload["usage"] = usage
-            pending.append(b"data: " + json.dumps(payload).encode() + b"\n\n")
 
         def send() -> None:
             self.wfile.write(b"".join(pending))
             self.wfile.flush()
             pending.clear()
 
-        seen = [""] * len(requests)  # text delivered so far, per choice
-        shown = [0] * len(requests)  # characters of it sent as content
-        logprobs_sent = [0] * len(requests)
         self._start_event_stream(len(requests[0].prompt_ids))
         try:
-            chunk(
-                [
-                    {
-                        "index": r.index,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                    for r in requests
-                ]
-            )
+            pending.extend(stream.opening())
             send()
             remaining = len(requests)
             while remaining:
@@ -427,75 +369,20 @@ class Handler(BaseHTTPRequestHandler):
                     send()  # everything that was ready is out; wait for the next token
                     index, kind, value = self._next_event(sink)
                 if kind == "delta":
-                    r = requests[index]
-                    logprobs = None
-                    if chat.logprobs:
-                        logprobs = {"content": r.logprobs[logprobs_sent[index] :], "refusal": None}
-                        logprobs_sent[index] += len(logprobs["content"])
-                    seen[index] += value
-                    if chat.tool_format is not None:  # text that may begin a tool call waits for the end
-                        safe = max(shown[index], chat.tool_format.hold_from(seen[index]))
-                        value, shown[index] = seen[index][shown[index] : safe], safe
-                    if value or logprobs:
-                        chunk(
-                            [{"index": index, "delta": {"content": value}, "logprobs": logprobs, "finish_reason": None}]
-                        )
+                    pending.extend(stream.delta(index, value))
                 elif kind == "done":
                     remaining -= 1
-                    content, calls = _tool_calls(chat, seen[index])
-                    rest = (content or "")[shown[index] :] if calls else seen[index][shown[index] :]
-                    if chat.tool_format is not None and rest:
-                        chunk([{"index": index, "delta": {"content": rest}, "logprobs": None, "finish_reason": None}])
-                    for k, call in enumerate(calls):
-                        if chat.legacy_functions:
-                            delta = {"function_call": call.openai()["function"]}
-                        else:
-                            delta = {"tool_calls": [{"index": k, **call.openai()}]}
-                        chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
-                        if chat.legacy_functions:
-                            break
-                    reason = _finish_reason(chat, value, calls)
-                    chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}])
+                    pending.extend(stream.done(index, value))
                 elif kind == "error":
                     send()
-                    self.wfile.write(
-                        b"data: "
-                        + json.dumps(
-                            {"error": {"message": value, "type": "server_error", "param": None, "code": None}}
-                        ).encode()
-                        + b"\n\n"
-                    )
+                    self.wfile.write(error_event(value))
                     return
-            if chat.include_usage:
-                chunk([], self._usage(requests))
-            pending.append(b"data: [DONE]\n\n")
+            pending.extend(stream.closing())
             send()
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away mid-stream; its rows leave the batch")
             for r in requests:
                 r.cancel()
-
-
-def fingerprint(extension: dict) -> str:
-    """OpenAI's system_fingerprint: which weights (base model, adapter) and engine wrote the answer, so a
-    caller comparing seeded answers knows when a difference comes from a change here."""
-    served = f"{extension.get('base')}|{extension.get('adapter')}|{ENGINE_VERSION}"
-    return "fp_" + hashlib.sha256(served.encode()).hexdigest()[:12]
-
-
-def _tool_calls(chat: ChatRequest, text: str) -> tuple[str | None, list]:
-    """The answer's content and the tool calls read from it in the model family's form (none unless tools
-    were offered); one call only when parallel_tool_calls is false."""
-    if chat.tool_format is None:
-        return text, []
-    content, calls = chat.tool_format.parse(text)
-    return content, (calls if chat.parallel_tool_calls and not chat.legacy_functions else calls[:1])
-
-
-def _finish_reason(chat: ChatRequest, reason: str, calls: list) -> str:
-    if not calls or reason == "length":
-        return reason
-    return "function_call" if chat.legacy_functions else "tool_calls"
 
 
 def default_roots() -> list[str]:
