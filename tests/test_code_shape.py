@@ -185,3 +185,88 @@ def test_worker_imports_no_django_and_no_app():
         imported = _imported_modules(path.read_text(), "worker." + path.stem, False)
         bad = sorted(m for m in imported if m.split(".")[0] in {"django", "apps", "ftstudio", "celery"})
         assert not bad, f"{path.relative_to(REPO)} imports {bad}: worker/ is plain ML code"
+
+
+# What apps/ and ftstudio/ may import from worker/ (docs/ARCHITECTURE.md, "Layers"). The web process sees worker/
+# through modules that import no torch: for the inference side that is worker.protocol alone (requests, sampling
+# parameters, errors, chat request parsing), never worker.engine or worker.serve.
+WEB_WORKER_MODULES = {
+    "worker.artifacts",
+    "worker.checks",
+    "worker.data",
+    "worker.distributed",
+    "worker.export",
+    "worker.inference_auth",
+    "worker.judge",
+    "worker.memory",
+    "worker.models",
+    "worker.outbound",
+    "worker.protocol",
+    "worker.train_config",
+}
+# Modules that load torch, imported only inside a task's function (a Celery worker's process).
+TASK_WORKER_MODULES = {"worker.generate", "worker.train"}
+
+
+def _worker_imports(source: str) -> tuple[set[str], set[str]]:
+    """The worker modules ``source`` imports: (anywhere, at module level)."""
+
+    def named(node) -> set[str]:
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module == "worker":  # from worker import protocol
+                return {f"worker.{alias.name}" for alias in node.names}
+            return {node.module} if node.module.startswith("worker.") else set()
+        if isinstance(node, ast.Import):
+            return {alias.name for alias in node.names if alias.name.startswith("worker.")}
+        return set()
+
+    tree = ast.parse(source)
+    anywhere = set().union(*(named(node) for node in ast.walk(tree)))
+    top = set().union(*(named(node) for node in tree.body))
+    return anywhere, top
+
+
+def test_the_worker_import_check_sees_every_form():
+    source = (
+        "from worker.protocol import EngineError\nimport worker.memory\ndef f():\n    from worker import generate\n"
+    )
+    assert _worker_imports(source) == (
+        {"worker.protocol", "worker.memory", "worker.generate"},
+        {"worker.protocol", "worker.memory"},
+    )
+
+
+def test_apps_import_only_the_allowed_worker_modules():
+    for rel, source in [
+        (str(p.relative_to(REPO)), p.read_text())
+        for p in sorted([*APPS.rglob("*.py"), *(REPO / "ftstudio").rglob("*.py")])
+    ]:
+        anywhere, top = _worker_imports(source)
+        assert not anywhere - WEB_WORKER_MODULES - TASK_WORKER_MODULES, (
+            f"{rel} imports {sorted(anywhere - WEB_WORKER_MODULES - TASK_WORKER_MODULES)} from worker/: the web "
+            "process reads the inference side through worker.protocol (add a torch-free module to "
+            "WEB_WORKER_MODULES, or import a model-loading one inside the task's function)"
+        )
+        assert not top & TASK_WORKER_MODULES, (
+            f"{rel} imports {sorted(top & TASK_WORKER_MODULES)} at module level: they load torch, so only a task's "
+            "function may import them"
+        )
+    for module in WEB_WORKER_MODULES | TASK_WORKER_MODULES:
+        assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{module} no longer exists"
+
+
+def test_the_worker_modules_the_web_process_imports_load_no_torch():
+    # One fresh interpreter imports them one by one and names the first that brings torch or transformers in.
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {sorted(WEB_WORKER_MODULES)!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "    if heavy:\n"
+        "        print(json.dumps([name, heavy]))\n"
+        "        break\n"
+        "else:\n"
+        "    print(json.dumps(None))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "null", f"[module, what it loaded]: {out.stdout.strip()}"
