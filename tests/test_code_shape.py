@@ -270,3 +270,14 @@ def test_the_worker_modules_the_web_process_imports_load_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "null", f"[module, what it loaded]: {out.stdout.strip()}"
+
+
+def test_worker_builds_no_class_inside_a_function():
+    # "No closures as classes" (docs/ARCHITECTURE.md, "Where code goes"): a class is defined once, at module level,
+    # and given what it needs; a class built inside a function is a new type at every call.
+    for path in sorted((REPO / "worker").rglob("*.py")):
+        for function in ast.walk(ast.parse(path.read_text())):
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                inner = [n.name for n in ast.walk(function) if isinstance(n, ast.ClassDef)]
+                where = f"{path.relative_to(REPO)}: {function.name}()"
+                assert not inner, f"{where} defines {inner}; define it at module level"
