@@ -80,6 +80,7 @@ class CheckSpec:
     kind: str
     text: str = ""
     number: float | None = None
+    weight: float = 1.0  # its share of the reward when the rubric's checks grade a training run (worker/graders.py)
 
 
 @dataclass(frozen=True)
