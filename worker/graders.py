@@ -718,3 +718,28 @@ def grade_weighted(
     score = sum(weight(g) * results[g["name"]].score for g in graders) / total
     details["execution_time"] = time.perf_counter() - started
     return GradeResult(score, errors, details)
+
+
+def item_from(messages: list[dict], ideal_output: str = "", metadata: Mapping | None = None) -> dict:
+    """The ``item`` namespace of a Studio example: ``messages`` (its input turns), ``input_text`` (them as
+    "role: content" lines, what a model grader reads), ``reference_answer`` (its ideal output), ``metadata`` and
+    each text or number field of the metadata at the top level (``{{item.customer}}``)."""
+    fields = {
+        str(k): v for k, v in (metadata or {}).items() if isinstance(v, str | int | float) and not isinstance(v, bool)
+    }
+    text = "\n\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages)
+    return {
+        **fields,
+        "messages": list(messages),
+        "input_text": text,
+        "reference_answer": ideal_output,
+        "metadata": dict(metadata or {}),
+    }
+
+
+def as_multi(graders: list[dict], name: str = "graders") -> dict:
+    """A list of graders with weights as one OpenAI ``multi`` grader: their weighted mean (``grader_1``.. keys)."""
+    subs = {f"grader_{i}": {k: v for k, v in g.items() if k != "weight"} for i, g in enumerate(graders, start=1)}
+    weights = [weight(g) for g in graders]
+    terms = " + ".join(f"{w:g} * {key}" for w, key in zip(weights, subs, strict=True))
+    return {"type": "multi", "name": name, "graders": subs, "calculate_output": f"({terms}) / {sum(weights):g}"}
