@@ -19,7 +19,7 @@ from tests import test_eval_judge as judge_tests
 from tests.factories import conversation, make_dataset_version
 from tests.openai_schema import assert_openai_shape
 
-api, tiny_base_model = api_tests.api, api_tests.tiny_base_model  # their fixtures
+api, tiny_base_model, inference = api_tests.api, api_tests.tiny_base_model, api_tests.inference  # their fixtures
 endpoint, Judge = judge_tests.endpoint, judge_tests.Judge  # a tiny OpenAI-compatible judge on loopback
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -308,3 +308,22 @@ def test_until_launching_is_wired_a_checked_job_fails_saying_so(api):
     assert job.status == "failed" and job.error.code == "method_unavailable"
     assert "The files are valid" in job.error.message and not Run.objects.exists()
     assert FineTuningJob.objects.get().method["type"] == "dpo"
+
+
+@pytest.mark.slow
+def test_a_score_model_on_a_model_of_the_project_is_asked_through_the_inference_process(api, settings, inference):
+    """The tiny random model answers words, not a score: the grader says the reply could not be read (the endpoint
+    answered), and the reward is no grade."""
+    settings.FTSTUDIO_INFERENCE_URL = inference.url
+    grader = {
+        "type": "score_model",
+        "name": "tiny",
+        "model": "tiny-llama",
+        "input": [{"role": "user", "content": "Score from 0 to 1: {{sample.output_text}}"}],
+        "sampling_params": {"max_completions_tokens": 8, "seed": 1},
+    }
+    answer = raw(api("pm").fine_tuning.alpha.graders.with_raw_response.run(grader=grader, model_sample="Paris"))
+    assert_openai_shape("RunGraderResponse", answer)
+    errors = answer["metadata"]["errors"]
+    assert errors["model_grader_parse_error"] is True and errors["model_grader_server_error"] is False, errors
+    assert answer["ftstudio"]["score_missing"] is True
