@@ -683,7 +683,8 @@ def _rubric_check(check: Mapping, spaces: Mapping) -> GradeResult:
     item, output = spaces["item"], spaces["sample"].get("output_text") or ""
     messages = item.get("messages") or item.get("input") or []
     metadata = {k: v for k, v in item.items() if k not in ("messages", "input")}
-    metadata.update(item.get("metadata") or {} if isinstance(item.get("metadata"), Mapping) else {})
+    if isinstance(item.get("metadata"), Mapping):
+        metadata.update(item["metadata"])
     spec = _check_spec(check)
     ideal = reference_answer(item)
     result = checks.run_check(
