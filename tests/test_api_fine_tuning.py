@@ -133,8 +133,11 @@ def test_each_error_class_comes_back_in_openai_s_shape(api, team):
         create_job(pm, training.id, extra_body={"learning_rate": 0.1})
     assert unknown.value.body["param"] == "learning_rate" and "learning_rate" in unknown.value.message
     with pytest.raises(openai.BadRequestError) as dpo:
-        create_job(pm, training.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
-    assert dpo.value.body["param"] == "method.type" and "supervised" in dpo.value.message
+        create_job(pm, training.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}})
+    assert dpo.value.body["param"] == "method.dpo.hyperparameters.beta" and "at most 2" in dpo.value.message
+    with pytest.raises(openai.BadRequestError) as kind:
+        create_job(pm, training.id, method={"type": "ppo"})
+    assert kind.value.body["param"] == "method.type" and "supervised, dpo, reinforcement" in kind.value.message
     with pytest.raises(openai.BadRequestError) as hp:
         create_job(pm, training.id, method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}})
     assert hp.value.body["param"] == "method.supervised.hyperparameters.n_epochs"

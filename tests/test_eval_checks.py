@@ -189,3 +189,42 @@ def test_the_demo_rubrics_checks_pass_its_ideal_replies_and_agree_with_the_house
             run_check(checks["Answers from the facts"][0], "Hello.", similarity=token_f1("Hello.", ideal)).passed
             is False
         )
+
+
+def test_each_check_is_a_grader_with_the_weight_set_in_the_rubric_form(team):
+    from apps.evaluations.graders import rubric_graders
+    from worker.graders import grade, item_from
+
+    client = team.client("designer")
+    form = {**FORM, "name": "Style", "k-0-weight": "2", "k-1-weight": "0"}
+    response = client.post("/p/support/evals/rubrics/new/", form)
+    assert response.status_code == 302
+    rubric = Rubric.objects.get(name="Style")
+    page = client.get(response["Location"]).content.decode()
+    assert "used as a grader when training from graders, weight 2" in page
+    assert "not used as a grader when training from graders" in page
+    (grader,) = rubric_graders(rubric)  # the weight-0 check is left out; no judge in this project
+    assert grader == {
+        "type": "rubric_check",
+        "name": 'Greeting: starts with "Hi {customer},"',
+        "check": {"kind": "starts_with", "text": "Hi {customer},", "number": None},
+        "weight": 2.0,
+    }
+    item = item_from([{"role": "user", "content": "Customer: Ann\nWhere is my order?"}], "Hi Ann, today.")
+    assert grade(grader, {"output_text": "Hi Ann, it ships today."}, item).score == 1.0
+    assert grade(grader, {"output_text": "Hello Ann."}, item).score == 0.0
+    edit = client.get(f"/p/support/evals/rubrics/{rubric.pk}/edit/").content.decode()
+    assert "Weight as a grader" in edit and 'name="k-0-weight" value="2.0"' in edit
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"k-0-weight": "0", "k-1-weight": "0"}, "weights as graders add up to 0"),
+        ({"k-0-weight": "-1"}, "Ensure this value is greater than or equal to 0."),
+    ],
+)
+def test_check_weights_that_could_not_grade_are_refused(team, weights, message):
+    response = team.client("designer").post("/p/support/evals/rubrics/new/", {**FORM, "name": "Style", **weights})
+    assert response.status_code == 200 and message in response.content.decode()
+    assert not Rubric.objects.exists()

@@ -24,7 +24,7 @@ RUBRIC = rubric_text(
 
 
 class Judge(BaseHTTPRequestHandler):
-    mode = "first"  # first | greeting | garbage | slow | error
+    mode = "first"  # first | greeting | garbage | slow | error | score (a score_model grader's answer)
     seen: list = []
 
     def log_message(self, *args):
@@ -34,7 +34,7 @@ class Judge(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append(body)
         user = body["messages"][-1]["content"]
-        a = user.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
+        a = user.split("Answer A:\n")[1].split("\n\nAnswer B:")[0] if "Answer A:" in user else ""
         if self.mode == "error":
             self.send_response(500)
             self.send_header("Content-Type", "application/json")
@@ -50,6 +50,7 @@ class Judge(BaseHTTPRequestHandler):
             ),
             "garbage": "I'm sorry, I can't compare these answers.",
             "slow": '{"winner": "A"}',
+            "score": '{"steps": ["greets by name"], "result": 0.8}',
         }[self.mode]
         payload = {
             "id": "chatcmpl-1",
@@ -352,3 +353,33 @@ def test_a_changed_judge_url_needs_the_key_again(db, team, settings, endpoint):
     assert JudgeSettings.objects.get().base_url == endpoint
     services.save_judge_settings(project=team.project, base_url=elsewhere, model="m", api_key="sk-other")
     assert (JudgeSettings.objects.get().base_url, JudgeSettings.objects.get().api_key) == (elsewhere, "sk-other")
+
+
+def test_the_judge_becomes_a_rubric_grader_only_once_calibrated_and_grades_through_its_endpoint(team, judged_setup):
+    """A reinforcement run trained "from the rubric's graders" is rewarded by the judge only once the judge meets the
+    bar its figures need on the results page; it then scores one output through the judge's endpoint."""
+    from apps.evaluations import services
+    from apps.evaluations.graders import judge_calibrated, judge_call_model, rubric_graders
+    from apps.evaluations.models import JudgeSettings
+    from worker.graders import grade, item_from, validate
+
+    evaluation = judged_setup
+    JudgeSettings.objects.update(min_human_pairs=9)
+    assert [g["type"] for g in rubric_graders(evaluation.rubric)] == []
+    assert "judge figures show from 9" in judge_calibrated(evaluation.rubric)[1]
+    Judge.mode = "greeting"
+    services.run_judge(evaluation.pk)
+    _humans_judge(evaluation, team.reviewer, prefer_greeting=True)
+    (judge,) = rubric_graders(evaluation.rubric)
+    assert (judge["type"], judge["model"], judge["weight"]) == ("score_model", "judge-model", 1.0)
+    assert validate(judge) == []
+    assert "Criterion:" in judge["input"][0]["content"]  # the rubric as the pairwise judge reads it
+    Judge.mode, Judge.seen = "score", []
+    item = item_from([{"role": "user", "content": "Customer: Cy"}], "Hi Cy,\nIt ships today.\nBye")
+    result = grade(judge, {"output_text": "Hi Cy, it ships."}, item, call_model=judge_call_model(team.project))
+    assert (result.score, result.error) == (0.8, "")
+    sent = Judge.seen[0]["messages"]
+    assert "Input:\nuser: Customer: Cy\n\nAnswer:\nHi Cy, it ships." == sent[1]["content"]
+    Judge.mode = "error"
+    failed = grade(judge, {"output_text": "Hi"}, item, call_model=judge_call_model(team.project))
+    assert failed.score is None and "HTTP 500" in failed.error  # missing, never 0

@@ -19,13 +19,15 @@ Kinds (``CheckSpec.kind``), with what ``text`` and ``number`` mean:
 * ``json_schema``: the output parses as JSON and validates against the JSON Schema in ``text``
   (``jsonschema``, the draft the schema declares, else the latest); the schema must be valid when saved.
 * ``similarity``: token F1 against the ideal output (the figure the evaluation already stores for every
-  output, ``apps/evaluations/statistics.token_f1``) is at least ``number`` (0-1).
+  output, :func:`token_f1`) is at least ``number`` (0-1).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import string
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,6 +54,23 @@ MAX_OUTPUT_CHARS = 100_000  # outputs are capped by max_new_tokens; this is a gu
 _SENTENCE_END = regex.compile(r"[.!?]+(?=\s|$)")
 
 
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def token_f1(output: str, ideal: str) -> float:
+    """Token-overlap F1 between an output and the ideal output (lower-cased word tokens, multiset overlap)."""
+    a, b = _TOKEN.findall(output.lower()), _TOKEN.findall(ideal.lower())
+    if not a and not b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    common = sum((Counter(a) & Counter(b)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
 class CheckError(ValueError):
     """A check that cannot be run as written; the message says why."""
 
@@ -61,6 +80,7 @@ class CheckSpec:
     kind: str
     text: str = ""
     number: float | None = None
+    weight: float = 1.0  # its share of the reward when the rubric's checks grade a training run (worker/graders.py)
 
 
 @dataclass(frozen=True)

@@ -234,56 +234,101 @@ def job_status(job: FineTuningJob) -> str:
 
 
 # --- jobs: create -----------------------------------------------------------------------------------------
-def _hyperparameters(body: dict) -> tuple[dict, str]:
-    """The requested hyperparameters (method.supervised.hyperparameters, or the older top-level field)."""
+METHODS = ("supervised", "dpo", "reinforcement")
+METHOD_HYPERPARAMETERS = {
+    "supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
+    "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
+    "reinforcement": (
+        "n_epochs",
+        "batch_size",
+        "learning_rate_multiplier",
+        "compute_multiplier",
+        "eval_interval",
+        "eval_samples",
+        "reasoning_effort",
+    ),
+}
+DEFAULT_BETA = 0.1  # worker.train_config.TrainConfig.beta
+
+
+@dataclass(frozen=True)
+class MethodRequest:
+    """The method a job asks for: its type, its requested hyperparameters (``where`` they were given) and, for
+    reinforcement, its grader."""
+
+    type: str
+    hyperparameters: dict
+    where: str
+    grader: dict | None = None
+
+
+def _method(body: dict) -> MethodRequest:
+    """The requested method (``method``, or the older top-level ``hyperparameters`` for supervised)."""
     method = body.get("method")
     top = body.get("hyperparameters")
-    if method is not None:
-        if not isinstance(method, dict):
-            raise Invalid(
-                'method must be an object such as {"type": "supervised", "supervised": {...}}.', param="method"
-            )
-        kind = method.get("type")
-        if kind in {"dpo", "reinforcement"}:
-            raise Invalid(
-                f"method.type {kind!r} is not supported yet: the Studio trains supervised (SFT) "
-                "fine-tunes only. Send method.type 'supervised'.",
-                param="method.type",
-                code="unsupported_method",
-            )
-        if kind != "supervised":
-            raise Invalid(f"method.type must be 'supervised'; got {kind!r}.", param="method.type")
-        for key in set(method) - {"type", "supervised"}:
-            raise Invalid(f"Unknown field method.{key}.", param=f"method.{key}")
-        supervised = method.get("supervised") or {}
-        if not isinstance(supervised, dict):
-            raise Invalid("method.supervised must be an object.", param="method.supervised")
-        for key in set(supervised) - {"hyperparameters"}:
-            raise Invalid(f"Unknown field method.supervised.{key}.", param=f"method.supervised.{key}")
-        if top is not None:
-            raise Invalid(
-                "Give hyperparameters in method.supervised.hyperparameters or at the top level, not both.",
-                param="hyperparameters",
-            )
-        return supervised.get("hyperparameters") or {}, "method.supervised.hyperparameters"
-    return top or {}, "hyperparameters"
+    if method is None:
+        return MethodRequest("supervised", top or {}, "hyperparameters")
+    if not isinstance(method, dict):
+        raise Invalid('method must be an object such as {"type": "supervised", "supervised": {...}}.', param="method")
+    kind = method.get("type")
+    if kind not in METHODS:
+        raise Invalid(f"method.type must be one of {', '.join(METHODS)}; got {kind!r}.", param="method.type")
+    for key in sorted(set(method) - {"type", kind}):
+        raise Invalid(f"Unknown field method.{key} (a {kind} method has method.{kind}).", param=f"method.{key}")
+    inner = method.get(kind) or {}
+    if not isinstance(inner, dict):
+        raise Invalid(f"method.{kind} must be an object.", param=f"method.{kind}")
+    for key in sorted(set(inner) - {"hyperparameters", *(("grader",) if kind == "reinforcement" else ())}):
+        raise Invalid(f"Unknown field method.{kind}.{key}.", param=f"method.{kind}.{key}")
+    if top is not None:
+        raise Invalid(
+            f"Give hyperparameters in method.{kind}.hyperparameters or at the top level, not both.",
+            param="hyperparameters",
+        )
+    if kind == "reinforcement" and inner.get("grader") is None:
+        raise Invalid(
+            "method.reinforcement.grader is required: the grader that rewards the model's replies.",
+            param="method.reinforcement.grader",
+        )
+    return MethodRequest(
+        kind, inner.get("hyperparameters") or {}, f"method.{kind}.hyperparameters", inner.get("grader")
+    )
 
 
-def _overrides(requested, where: str) -> dict:
+def _overrides(requested, where: str, kind: str = "supervised") -> tuple[dict, dict]:
+    """(the run's hyperparameter overrides, the method's own settings such as dpo's beta)."""
     if not isinstance(requested, dict):
         raise Invalid(f"{where} must be an object.", param=where)
-    overrides = {}
+    overrides, extra = {}, {}
     base_lr = runs.PRESETS[PRESET]["learning_rate"]
     for key, value in requested.items():
-        if key not in HYPERPARAMETERS:
+        if key not in METHOD_HYPERPARAMETERS[kind]:
             raise Invalid(
-                f"Unknown hyperparameter {where}.{key}: use n_epochs, batch_size or learning_rate_multiplier.",
+                f"Unknown hyperparameter {where}.{key}: use {', '.join(METHOD_HYPERPARAMETERS[kind])}.",
                 param=f"{where}.{key}",
             )
+        if key == "reasoning_effort":
+            if value not in ("default", None):
+                raise Invalid(
+                    f'{where}.reasoning_effort: the Studio\'s models do not reason at a set effort; send "default".',
+                    param=f"{where}.{key}",
+                )
+            continue
         if value == "auto" or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Invalid(f'{where}.{key} must be a number or "auto"; got {value!r}.', param=f"{where}.{key}")
+        if key in ("compute_multiplier", "eval_interval", "eval_samples"):
+            raise Invalid(
+                f'{where}.{key}: the Studio sets this itself; send "auto" (the run page shows the reward on the '
+                "validation split at every evaluation).",
+                param=f"{where}.{key}",
+            )
+        if key == "beta":
+            if not 0 < value <= 2:
+                raise Invalid(f"{where}.beta must be above 0 and at most 2; got {value}.", param=f"{where}.{key}")
+            extra["beta"] = float(value)
+            continue
         if key in WHOLE_HYPERPARAMETERS:
             low, high = WHOLE_HYPERPARAMETERS[key]
             if not float(value).is_integer() or not low <= value <= high:
@@ -297,22 +342,35 @@ def _overrides(requested, where: str) -> dict:
                 raise Invalid(f"{where}.{key} must be above 0; got {value}.", param=f"{where}.{key}")
             value = base_lr * value
         overrides[HYPERPARAMETERS[key]] = value
-    return overrides
+    return overrides, extra
 
 
-def resolved_method(hp: dict, preset: str = PRESET) -> dict:
+def resolved_method(hp: dict, preset: str = PRESET, kind: str = "supervised", grader: dict | None = None) -> dict:
+    """The job's ``method`` in OpenAI's shape, with the values the run uses (``hp``: its hyperparameters, with
+    ``beta`` for dpo)."""
     base_lr = runs.PRESETS.get(preset or PRESET, runs.PRESETS[PRESET])["learning_rate"]
     epochs = hp.get("epochs", 1.0)
-    return {
-        "type": "supervised",
-        "supervised": {
-            "hyperparameters": {
-                "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
-                "batch_size": hp.get("batch_size"),
-                "learning_rate_multiplier": round(hp.get("learning_rate", base_lr) / base_lr, 6),
-            }
-        },
+    hyperparameters = {
+        "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
+        "batch_size": hp.get("batch_size"),
+        "learning_rate_multiplier": round(hp.get("learning_rate", base_lr) / base_lr, 6),
     }
+    if kind == "dpo":
+        hyperparameters["beta"] = hp.get("beta", DEFAULT_BETA)
+    inner = {"hyperparameters": hyperparameters}
+    if kind == "reinforcement":
+        inner = {"grader": grader or {}, **inner}
+    return {"type": kind, kind: inner}
+
+
+def run_method(run: Run) -> dict:
+    """A run's method in OpenAI's shape (a run launched in the browser: its graders, the first as the job's)."""
+    kind = getattr(run, "method", "supervised") or "supervised"
+    from worker.graders import as_multi
+
+    graders = list(getattr(run, "graders", []) or [])
+    grader = {k: v for k, v in graders[0].items() if k != "weight"} if len(graders) == 1 else as_multi(graders)
+    return resolved_method(run.hyperparameters, run.preset, kind, grader if kind == "reinforcement" else None)
 
 
 def _check_body(body) -> None:
@@ -367,7 +425,7 @@ def request_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTuningJob:
+def create_job(*, project, user, key, body, idempotency_key: str = "", access=None) -> FineTuningJob:
     """Check the request, then validate the files and launch the run (see the module's docstring). The same
     ``Idempotency-Key`` returns the job already made instead of starting a second run; without one, every request
     makes a job, as OpenAI's API does."""
@@ -382,8 +440,19 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
                     code="idempotency_key_reused",
                 )
             return earlier
-    requested, where = _hyperparameters(body)
-    overrides = _overrides(requested, where)
+    method = _method(body)
+    where = method.where
+    overrides, extra = _overrides(method.hyperparameters, where, method.type)
+    grader = None
+    if method.grader is not None:
+        from .graders import GraderInvalid, check_grader
+
+        try:
+            grader = check_grader(
+                method.grader, project=project, user=user, access=access, where="method.reinforcement.grader"
+            )
+        except GraderInvalid as exc:
+            raise Invalid(exc.message, param=exc.param, code="invalid_grader") from None
     if body.get("seed") is not None:
         overrides["seed"] = body["seed"]
     base = _base_model(project, body["model"])
@@ -411,8 +480,8 @@ def create_job(*, project, user, key, body, idempotency_key: str = "") -> FineTu
                 suffix=body.get("suffix") or "",
                 seed=hp["seed"],
                 metadata=body.get("metadata") or {},
-                method=resolved_method(hp),
-                overrides=overrides,
+                method=resolved_method({**hp, **extra}, PRESET, method.type, grader),
+                overrides={**overrides, **extra},
                 idempotency_key=idempotency_key,
                 request_hash=digest,
             )
@@ -471,6 +540,9 @@ def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
 def validate_and_launch(job_pk: int) -> FineTuningJob | None:
     """OpenAI's validating_files step: import, freeze and launch atomically; a problem fails the job, naming it.
     A job already validated (a second delivery of the task) is left as it is."""
+    kind = (FineTuningJob.objects.filter(pk=job_pk).values_list("method", flat=True).first() or {}).get("type")
+    if kind in ("dpo", "reinforcement"):
+        return validate_and_launch_method(job_pk)
     try:
         with transaction.atomic():
             job = FineTuningJob.objects.select_for_update().filter(pk=job_pk, stage=JobStage.VALIDATING).first()
@@ -537,6 +609,99 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
     return jobs_with_runs().get(pk=job_pk)
 
 
+# --- jobs: dpo and reinforcement ----------------------------------------------------------------------------
+def _method_file_problems(job: FineTuningJob, record: ApiFile) -> tuple[int, list[str]]:
+    from . import method_files
+
+    kind = job.method["type"]
+    if kind == "dpo":
+        check = method_files.preference_line_errors
+    else:
+        needed = method_files.item_fields(job.method["reinforcement"]["grader"])
+
+        def check(row):
+            return method_files.reinforcement_line_errors(row, needed)
+
+    with open_file(record) as stream:
+        return method_files.check_lines(stream, check)
+
+
+def validate_and_launch_method(job_pk: int) -> FineTuningJob | None:
+    """validating_files for a dpo or reinforcement job: every line of its files checked (a problem fails the job,
+    naming the line and field, and nothing is imported), then the run launched (:func:`launch_method_job`), all in
+    one transaction. A job already validated is left as it is."""
+    from . import method_files
+
+    try:
+        with transaction.atomic():
+            job = FineTuningJob.objects.select_for_update().filter(pk=job_pk, stage=JobStage.VALIDATING).first()
+            if job is None:
+                return FineTuningJob.objects.filter(pk=job_pk).first()
+            files, report = {}, {}
+            for param in ("training_file", "validation_file"):
+                file_id = getattr(job, param)
+                if not file_id:
+                    continue
+                files[param] = ApiFile.objects.filter(project=job.project, public_id=file_id).first()
+                if files[param] is None:
+                    raise _Invalid(
+                        {
+                            "code": "file_not_found",
+                            "param": param,
+                            "message": f"{param} {file_id} was deleted before it was validated.",
+                        }
+                    )
+                count, problems = _method_file_problems(job, files[param])
+                if problems:
+                    raise _Invalid(
+                        {
+                            "code": "invalid_" + param,
+                            "param": param,
+                            "message": f"{param} {file_id}: {method_files.summary(problems)}. Fix the file, upload it "
+                            "again and create a new job; nothing was imported.",
+                        }
+                    )
+                report[param] = {"examples": count, "already_in_project": 0}
+            run = launch_method_job(job, files)
+            job.mark_launched(run=run, files_report=report)
+    except _Invalid as exc:
+        FineTuningJob(pk=job_pk).mark_failed(exc.error)
+    return jobs_with_runs().get(pk=job_pk)
+
+
+def _method_launcher():
+    """The runs service that launches a dpo or reinforcement run, when this server has it (None otherwise)."""
+    try:
+        from apps.runs.methods import launch_method_run
+    except ImportError:
+        return None
+    return launch_method_run
+
+
+def launch_method_job(job: FineTuningJob, files: dict[str, ApiFile]) -> Run:
+    """THE ONE CALL SITE where a checked dpo or reinforcement job becomes a Run (inside the job's transaction).
+
+    To wire (at merge): for dpo, import the pairs of ``files["training_file"]`` (and ``validation_file``) with
+    ``apps.datasets.preference_files.import_preference_jsonl`` and freeze them with
+    ``freeze_preference_version(project, dataset_version, user, note)``; for reinforcement, import the prompts as
+    examples and freeze a dataset version; then ``apps.runs.methods.launch_method_run`` with ``job.method["type"]``,
+    the base model ``job.model``, ``job.overrides`` (the run's hyperparameters, with dpo's ``beta``), and for
+    reinforcement ``graders=[job.method["reinforcement"]["grader"]]``. A refusal raises ``_Invalid`` (the job
+    fails with its message). Until then the job fails with ``method_unavailable``, its files checked."""
+    launcher = _method_launcher()
+    if launcher is None:
+        kind = job.method["type"]
+        raise _Invalid(
+            {
+                "code": "method_unavailable",
+                "param": "method",
+                "message": f"The files are valid, but this server cannot train {kind} jobs yet: its administrator "
+                "needs to update the Studio. Nothing was imported.",
+            }
+        )
+    return launcher(job=job, files=files)
+
+
 def reap() -> dict[str, list[int]]:
     """The API's periodic recovery pass (`api.reap`); records that it ran (the staff alarm reads it)."""
     now = timezone.now()
@@ -571,7 +736,7 @@ def adopt_run(run: Run) -> FineTuningJob | None:
                 model=run.base_model.name,
                 suffix=run.name[:64],
                 seed=run.seed,
-                method=resolved_method(run.hyperparameters, run.preset),
+                method=run_method(run),
             )
             FineTuningJob.objects.filter(pk=job.pk).update(created_at=run.created_at)
     except IntegrityError:  # adopted concurrently

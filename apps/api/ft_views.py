@@ -10,7 +10,7 @@ import re
 from django.http import FileResponse, HttpResponse, JsonResponse
 
 from . import fine_tuning as ft
-from . import shapes
+from . import graders, shapes
 from .auth import ApiError, api_view, json_body, require
 
 METADATA_QUERY = re.compile(r"^metadata\[(.+)\]$")
@@ -99,6 +99,7 @@ def jobs(request):
             key=request.api_key,
             body=_body(request),
             idempotency_key=request.headers.get("Idempotency-Key", "").strip(),
+            access=request.access,
         )
         return JsonResponse(shapes.job(job))
     _query(request, {"after", "limit", "metadata"})
@@ -146,3 +147,36 @@ def job_checkpoints(request, job_id: str):
         ft.page_limit(request.GET.get("limit"), default=10),
     )
     return JsonResponse(shapes.page(items, more))
+
+
+def _grader_errors(view):
+    @functools.wraps(view)
+    def mapped(request):
+        try:
+            return view(request)
+        except graders.GraderInvalid as exc:
+            raise ApiError(400, exc.message, param=exc.param, code="invalid_grader") from None
+
+    return mapped
+
+
+@api_view("view", methods=("POST",))
+@_grader_errors
+def grader_validate(request):
+    return JsonResponse(graders.validate(project=request.access.project, body=_object(request)))
+
+
+@api_view("playground", methods=("POST",))  # it calls models, as a chat completion does
+@_grader_errors
+def grader_run(request):
+    body = _object(request)
+    return JsonResponse(
+        graders.run(project=request.access.project, key=request.api_key, access=request.access, body=body)
+    )
+
+
+def _object(request) -> dict:
+    body = _body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "The body must be a JSON object.")
+    return body

@@ -46,7 +46,8 @@ def job(j) -> dict:
     error = j.error
     if run is not None and run.status == RunStatus.FAILED:
         error = {"code": "training_failed", "message": run.error or "The run failed.", "param": None}
-    hyperparameters = (j.method.get("supervised") or {}).get("hyperparameters") or {}
+    chosen = (j.method.get(j.method.get("type", "supervised")) or {}).get("hyperparameters") or {}
+    hyperparameters = {k: v for k, v in chosen.items() if k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
     return {
         "id": j.public_id,
         "object": "fine_tuning.job",

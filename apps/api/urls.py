@@ -22,5 +22,7 @@ urlpatterns = [
     path("fine_tuning/jobs/<str:job_id>/resume", ft_views.resume, name="api_job_resume"),
     path("fine_tuning/jobs/<str:job_id>/events", ft_views.job_events, name="api_job_events"),
     path("fine_tuning/jobs/<str:job_id>/checkpoints", ft_views.job_checkpoints, name="api_job_checkpoints"),
+    path("fine_tuning/alpha/graders/validate", ft_views.grader_validate, name="api_grader_validate"),
+    path("fine_tuning/alpha/graders/run", ft_views.grader_run, name="api_grader_run"),
     re_path(r"^.*$", views.unknown_path, name="api_unknown_path"),  # last: OpenAI's 404 shape, not an HTML page
 ]

@@ -75,12 +75,20 @@ class CheckForm(forms.Form):
         help_text="text ({customer} etc. are filled from the example's input), a regular expression, or a JSON Schema",
     )
     number = forms.FloatField(required=False, help_text="N sentences or words, or the similarity threshold 0-1")
+    weight = forms.FloatField(
+        required=False,
+        min_value=0,
+        initial=1,
+        label="Weight as a grader",
+        help_text="used as a grader when training from graders: its share of the reward (0: not used)",
+    )
 
     def spec(self) -> tuple[str, CheckSpec] | None:
         d = self.cleaned_data
         if not d.get("criterion", "").strip():
             return None
-        return d["criterion"].strip(), CheckSpec(d["kind"], d.get("text") or "", d.get("number"))
+        weight = 1.0 if d.get("weight") is None else d["weight"]
+        return d["criterion"].strip(), CheckSpec(d["kind"], d.get("text") or "", d.get("number"), weight)
 
 
 CheckFormSet = forms.formset_factory(CheckForm, extra=2, max_num=50)
@@ -111,7 +119,7 @@ def attach_checks(
 
 def checks_initial(criteria: list[CriterionSpec]) -> list[dict]:
     return [
-        {"criterion": c.name, "kind": check.kind, "text": check.text, "number": check.number}
+        {"criterion": c.name, "kind": check.kind, "text": check.text, "number": check.number, "weight": check.weight}
         for c in criteria
         for check in c.checks
     ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F
 from django.urls import reverse
@@ -374,6 +375,11 @@ class AutoCheck(models.Model):
     number = models.FloatField(
         null=True, blank=True, help_text="N sentences or words, or the similarity threshold (0-1)"
     )
+    weight = models.FloatField(
+        default=1,
+        validators=[MinValueValidator(0)],
+        help_text="its weight as a grader when a run trains from the rubric's graders (0: not used)",
+    )
 
     class Meta:
         ordering = ["criterion", "position", "id"]
@@ -385,7 +391,7 @@ class AutoCheck(models.Model):
     def spec(self):
         from worker.checks import CheckSpec
 
-        return CheckSpec(self.kind, self.text, self.number)
+        return CheckSpec(self.kind, self.text, self.number, self.weight)
 
     @property
     def label(self) -> str:

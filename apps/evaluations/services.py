@@ -107,6 +107,11 @@ def _check_criteria(project, criteria: list[CriterionSpec]) -> None:
                 validate(check)
             except CheckError as exc:
                 raise EvaluationError(f"Criterion {n} ({spec.name}), automatic check {m}: {exc}.") from exc
+    from .graders import check_graders_problem
+
+    problem = check_graders_problem(criteria)
+    if problem:
+        raise EvaluationError(problem)
 
 
 def _save_criteria(rubric: Rubric, criteria: list[CriterionSpec]) -> None:
@@ -123,7 +128,7 @@ def _save_criteria(rubric: Rubric, criteria: list[CriterionSpec]) -> None:
         )
         AutoCheck.objects.bulk_create(
             [
-                AutoCheck(criterion=criterion, position=j, kind=c.kind, text=c.text, number=c.number)
+                AutoCheck(criterion=criterion, position=j, kind=c.kind, text=c.text, number=c.number, weight=c.weight)
                 for j, c in enumerate(s.checks)
             ]
         )

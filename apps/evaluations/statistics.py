@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from worker.checks import token_f1  # noqa: F401  (the similarity figure; the rubric's checks and graders share it)
 
 Z95 = 1.959963984540054
 PARITY = 0.5
@@ -386,23 +387,6 @@ def describe_agreement(value: float | None) -> str:
         if value <= limit:
             return word
     return "almost perfect"
-
-
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-
-
-def token_f1(output: str, ideal: str) -> float:
-    """Token-overlap F1 between an output and the ideal output (lower-cased word tokens, multiset overlap)."""
-    a, b = _TOKEN.findall(output.lower()), _TOKEN.findall(ideal.lower())
-    if not a and not b:
-        return 1.0
-    if not a or not b:
-        return 0.0
-    common = sum((Counter(a) & Counter(b)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(a), common / len(b)
-    return 2 * precision * recall / (precision + recall)
 
 
 # --- automatic graders against people -----------------------------------------------------------------
