@@ -196,6 +196,7 @@ WEB_WORKER_MODULES = {
     "worker.data",
     "worker.distributed",
     "worker.export",
+    "worker.graders",
     "worker.inference_auth",
     "worker.judge",
     "worker.memory",
