@@ -76,6 +76,9 @@ class Metric:
     tokens_per_second: float | None = None
     train_accuracy: float | None = None  # share of the learnt tokens predicted right (argmax) since the last log
     val_accuracy: float | None = None  # the same over the validation split
+    reward_margin: float | None = None  # dpo: preferred minus non-preferred implicit reward (val rows: held-out pairs)
+    preference_accuracy: float | None = None  # dpo, validation only: share of held-out pairs ranked right
+    rewards: dict = field(default_factory=dict)  # reinforcement: mean reward per grader name, and "total"
 
 
 @dataclass
