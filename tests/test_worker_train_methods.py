@@ -160,3 +160,14 @@ def test_a_grader_missing_most_of_a_step_fails_the_run_with_the_reason(tiny_mode
     broken = {**HAS_A, "name": "judge", "operation": "sounds_like"}  # every grade is missing, with its reason
     with pytest.raises(RewardsMissing, match=r"'judge' gave no score for 4 of the 4 replies.*sounds_like"):
         train(grpo(tiny_model_dir, tmp_path, graders=[broken], max_steps=2), PROMPTS, [])
+
+
+def test_a_paused_grpo_run_keeps_that_step_in_a_checkpoint_and_the_next_call_goes_on(tiny_model_dir, tmp_path):
+    seen = []
+    hooks = Hooks(on_progress=lambda p: seen.append(p.step), should_pause=lambda: bool(seen) and seen[-1] >= 1)
+    paused = train(grpo(tiny_model_dir, tmp_path, save_steps=10), PROMPTS, [], hooks)
+    assert paused.status == "paused" and paused.global_step == 1
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()
+    resumed = train(grpo(tiny_model_dir, tmp_path, save_steps=10), PROMPTS, [])
+    assert resumed.resumed_from.endswith("checkpoint-1") and resumed.status == "succeeded"
+    assert [m.step for m in resumed.history if m.train_loss is not None] == [2, 3]
