@@ -30,6 +30,7 @@ METHOD_CHOICES = ("method", "preference_version", "start_from", "graders")
 
 class LaunchForm(forms.Form):
     method = forms.ChoiceField(
+        required=False,  # a form without it (the API's, older pages) learns from examples
         choices=TrainingMethod.choices,
         initial=TrainingMethod.SUPERVISED,
         label="How the model learns",
@@ -143,7 +144,8 @@ class LaunchForm(forms.Form):
 
     def method_choices(self) -> dict:
         """The method and what it needs, as `services.launch_run` takes them."""
-        return {k: self.cleaned_data.get(k) for k in METHOD_CHOICES}
+        choices = {k: self.cleaned_data.get(k) for k in METHOD_CHOICES}
+        return {**choices, "method": choices["method"] or TrainingMethod.SUPERVISED}
 
     def opening_choices(self) -> dict:
         """What the form shows before anyone changes it, as data: the estimate is rendered for it on the first GET."""
