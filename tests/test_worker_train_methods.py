@@ -171,3 +171,15 @@ def test_a_paused_grpo_run_keeps_that_step_in_a_checkpoint_and_the_next_call_goe
     resumed = train(grpo(tiny_model_dir, tmp_path, save_steps=10), PROMPTS, [])
     assert resumed.resumed_from.endswith("checkpoint-1") and resumed.status == "succeeded"
     assert [m.step for m in resumed.history if m.train_loss is not None] == [2, 3]
+
+
+def test_trl_logs_become_metric_fields_and_a_grader_with_no_score_in_a_step_is_left_out():
+    from worker.train import method_metrics
+
+    dpo_logs = {"loss": 0.6, "rewards/margins": 0.2, "rewards/accuracies": 1.0, "rewards/chosen": 0.1}
+    assert method_metrics(dpo_logs) == {"reward_margin": 0.2, "preference_accuracy": None, "rewards": {}}
+    held_out = method_metrics({"eval_loss": 0.5, "eval_rewards/margins": 0.3, "eval_rewards/accuracies": 0.75})
+    assert held_out["reward_margin"] == 0.3 and held_out["preference_accuracy"] == 0.75
+    grpo_logs = {"loss": 0.0, "rewards/judge/mean": float("nan"), "rewards/exact/mean": 0.5, "reward": 0.5}
+    assert method_metrics(grpo_logs)["rewards"] == {"exact": 0.5, "total": 0.5}  # no NaN stored as a number
+    assert method_metrics({"loss": 1.0}) == {"reward_margin": None, "preference_accuracy": None, "rewards": {}}

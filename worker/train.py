@@ -21,6 +21,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -166,12 +167,12 @@ def method_metrics(logs: dict) -> dict:
     DPO's ``rewards/margins`` and, at validation, ``eval_rewards/accuracies``; GRPO's ``rewards/<grader>/mean``
     per grader and ``reward`` (the weighted total)."""
     margin = logs.get("rewards/margins", logs.get("eval_rewards/margins"))
-    rewards = {
+    rewards = {  # a grader that gave no score in a step logs NaN: left out (JSON has no NaN)
         key.split("/")[1]: value
         for key, value in logs.items()
-        if key.startswith("rewards/") and key.endswith("/mean") and key.count("/") == 2
+        if key.startswith("rewards/") and key.endswith("/mean") and key.count("/") == 2 and math.isfinite(value)
     }
-    if rewards and "reward" in logs:
+    if rewards and math.isfinite(logs.get("reward", math.nan)):
         rewards["total"] = logs["reward"]
     return {
         "reward_margin": margin,
