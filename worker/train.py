@@ -21,6 +21,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -149,6 +150,7 @@ class RunCallback(TrainerCallback):
             tokens_per_second=self.rate if "loss" in logs else None,
             train_accuracy=logs.get("mean_token_accuracy"),
             val_accuracy=logs.get("eval_mean_token_accuracy"),
+            **method_metrics(logs),
         )
         self.history.append(metric)
         self.hooks.on_metric(metric)
@@ -158,6 +160,25 @@ class RunCallback(TrainerCallback):
                 for k, v in {"step": state.global_step, **logs}.items()
             )
         )
+
+
+def method_metrics(logs: dict) -> dict:
+    """What TRL's preference and reinforcement trainers log, as `Metric` fields (none for supervised logs):
+    DPO's ``rewards/margins`` and, at validation, ``eval_rewards/accuracies``; GRPO's ``rewards/<grader>/mean``
+    per grader and ``reward`` (the weighted total)."""
+    margin = logs.get("rewards/margins", logs.get("eval_rewards/margins"))
+    rewards = {  # a grader that gave no score in a step logs NaN: left out (JSON has no NaN)
+        key.split("/")[1]: value
+        for key, value in logs.items()
+        if key.startswith("rewards/") and key.endswith("/mean") and key.count("/") == 2 and math.isfinite(value)
+    }
+    if rewards and math.isfinite(logs.get("reward", math.nan)):
+        rewards["total"] = logs["reward"]
+    return {
+        "reward_margin": margin,
+        "preference_accuracy": logs.get("eval_rewards/accuracies"),
+        "rewards": rewards,
+    }
 
 
 # Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or logit scale), so the
@@ -570,7 +591,14 @@ def train(
     val_conversations: list[list[dict]],
     hooks: Hooks | None = None,
 ) -> TrainResult:
-    """Train (or resume) a LoRA adapter; returns what happened. Raises on errors the caller should record."""
+    """Train (or resume) a LoRA adapter; returns what happened. Raises on errors the caller should record.
+
+    ``config.method`` "dpo" or "reinforcement" trains with TRL instead (worker/train_methods.py): then the two lists
+    are preference pairs or prompts with their reference answers (see there)."""
+    if config.method != "supervised":
+        from worker.train_methods import train_method
+
+        return train_method(config, train_conversations, val_conversations, hooks)
     hooks = copy.copy(hooks or Hooks())
     hooks.on_phase = PhaseOnce(hooks.on_phase)  # each change once, whether train() or the callback sees it first
     history: list[Metric] = []

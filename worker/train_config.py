@@ -76,6 +76,9 @@ class Metric:
     tokens_per_second: float | None = None
     train_accuracy: float | None = None  # share of the learnt tokens predicted right (argmax) since the last log
     val_accuracy: float | None = None  # the same over the validation split
+    reward_margin: float | None = None  # dpo: preferred minus non-preferred implicit reward (val rows: held-out pairs)
+    preference_accuracy: float | None = None  # dpo, validation only: share of held-out pairs ranked right
+    rewards: dict = field(default_factory=dict)  # reinforcement: mean reward per grader name, and "total"
 
 
 @dataclass
@@ -109,7 +112,11 @@ class Hooks:
         on_checkpoint: Callable[[str], None] | None = None,
         on_phase: Callable[[str], None] | None = None,
         should_pause: Callable[[], bool] | None = None,
+        call_model: Callable[[str, list, dict], str] | None = None,
     ) -> None:
+        # What the caller supplies rather than hears: how a grader that asks a model reaches it
+        # (worker/graders.py's ``call_model``); None where no such grader is used.
+        self.call_model = call_model
         self.on_checkpoint = on_checkpoint or (lambda path: None)
         self.on_progress = on_progress or (lambda p: None)
         self.on_metric = on_metric or (lambda m: None)

@@ -11,8 +11,12 @@ class ApiConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_save
 
+        from apps.runs import methods
         from apps.runs.models import Run
 
-        from . import receivers
+        from . import graders, receivers
+
+        if graders.call_model_for not in methods.GRADER_MODEL_CALLERS:  # training's model graders reach the
+            methods.GRADER_MODEL_CALLERS.append(graders.call_model_for)  # project's models and judge through here
 
         post_save.connect(receivers.on_run_saved, sender=Run, dispatch_uid="api.adopt_new_runs")

@@ -4,8 +4,10 @@ from django import forms
 from django.conf import settings
 
 from apps.datasets.forms import FrozenVersionField
+from apps.datasets.models import PreferenceVersion
 
-from .models import BaseModel
+from .methods import parse_graders
+from .models import BaseModel, Run, RunStatus, TrainingMethod
 from .presentation import CHECKPOINTING, HYPERPARAMETERS, MEMORY_MODES, SCALE, form_label
 from .services import PRESETS
 
@@ -19,13 +21,48 @@ OVERRIDE_FIELDS = (
     "seed",
     "memory_mode",
     "gradient_checkpointing",
+    "beta",
+    "num_generations",
+    "max_completion_length",
 )
+METHOD_CHOICES = ("method", "preference_version", "start_from", "graders")
 
 
 class LaunchForm(forms.Form):
+    method = forms.ChoiceField(
+        required=False,  # a form without it (the API's, older pages) learns from examples
+        choices=TrainingMethod.choices,
+        initial=TrainingMethod.SUPERVISED,
+        label="How the model learns",
+        help_text="from the ideal outputs of examples, from pairs where reviewers preferred one reply, or from "
+        "graders that score the replies it tries",
+    )
     dataset_version = FrozenVersionField(
+        required=False,
         empty_label=None,
-        help_text="a frozen version; training reads its train and val splits",
+        help_text="a frozen version; training reads its train and val splits (learning from preferences: the version "
+        "the preference pairs belong to is used)",
+    )
+    preference_version = forms.ModelChoiceField(
+        queryset=PreferenceVersion.objects.none(),
+        required=False,
+        empty_label="—",
+        label="Preference pairs",
+        help_text="learning from preferences: a frozen set of preferred / not preferred replies",
+    )
+    start_from = forms.ModelChoiceField(
+        queryset=Run.objects.none(),
+        required=False,
+        empty_label="the base model",
+        label="Start from",
+        help_text="a finished run to go on from; learning from preferences also measures the change against it",
+    )
+    graders = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6}),
+        label="Graders",
+        help_text='learning from graders: a JSON list, e.g. [{"type": "string_check", "name": "exact", "input": '
+        '"{{sample.output_text}}", "reference": "{{item.reference_answer}}", "operation": "eq", "weight": 1}]',
     )
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.all(), empty_label=None)
     preset = forms.ChoiceField(
@@ -40,6 +77,9 @@ class LaunchForm(forms.Form):
     batch_size = forms.IntegerField(required=False)
     max_seq_length = forms.IntegerField(required=False, label="Max sequence length")
     seed = forms.IntegerField(required=False)
+    beta = forms.FloatField(required=False)
+    num_generations = forms.IntegerField(required=False)
+    max_completion_length = forms.IntegerField(required=False)
     memory_mode = forms.ChoiceField(
         required=False,
         choices=[("", "as the preset says"), *MEMORY_MODES.items()],
@@ -69,6 +109,10 @@ class LaunchForm(forms.Form):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].for_project(project)  # not an experiment's subsets
+        self.fields["preference_version"].queryset = PreferenceVersion.objects.filter(project=project)
+        self.fields["start_from"].queryset = Run.objects.filter(
+            project=project, status=RunStatus.SUCCEEDED
+        ).select_related("base_model")
         from apps.prompts import selectors as prompt_selectors
 
         best = prompt_selectors.best_by_dataset_version(project)  # the bar a run has to beat, beside each version
@@ -92,9 +136,21 @@ class LaunchForm(forms.Form):
         self.fields["dataset_version"].initial = newest
         self.fields["base_model"].initial = first_model
 
+    def clean_graders(self):
+        try:
+            return parse_graders(self.cleaned_data.get("graders", ""))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+    def method_choices(self) -> dict:
+        """The method and what it needs, as `services.launch_run` takes them."""
+        choices = {k: self.cleaned_data.get(k) for k in METHOD_CHOICES}
+        return {**choices, "method": choices["method"] or TrainingMethod.SUPERVISED}
+
     def opening_choices(self) -> dict:
         """What the form shows before anyone changes it, as data: the estimate is rendered for it on the first GET."""
-        return {name: self.fields[name].initial or "" for name in ("dataset_version", "base_model", "preset")}
+        names = ("method", "dataset_version", "base_model", "preset")
+        return {name: self.fields[name].initial or "" for name in names}
 
     def overrides(self) -> dict:
         fields = (*OVERRIDE_FIELDS, *SCALE, "gpu_gb")  # devices, nodes and the card ride along: prepare_launch

@@ -39,6 +39,17 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "gradient_checkpointing": Hyperparameter(
         "Recompute layers to save memory", "", "keeps far fewer activations for about a third more training time"
     ),
+    "beta": Hyperparameter(
+        "Preference strength (beta)",
+        "",
+        "learning from preferences: how closely the model stays to where it started; lower lets it move further",
+    ),
+    "num_generations": Hyperparameter(
+        "Replies per prompt", "replies", "learning from graders: replies sampled and compared for each prompt"
+    ),
+    "max_completion_length": Hyperparameter(
+        "Longest sampled reply", "tokens", "learning from graders: a sampled reply stops at this length"
+    ),
 }
 MEMORY_MODES = {
     "lora": "full precision (bf16 on a GPU)",

@@ -58,6 +58,60 @@ def loss_chart(metrics) -> dict:
     }
 
 
+COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
+
+
+def method_series(run: Run, metrics) -> dict[str, list[tuple[int, float]]]:
+    """What a preference or grader run charts beside its loss, by name: the reward margin (training) and the
+    preference accuracy on held-out pairs; or each grader's mean reward and the weighted total. {} for others."""
+    if run.method == "dpo":
+        return {
+            "reward margin": [
+                (m.step, m.reward_margin) for m in metrics if m.train_loss is not None and m.reward_margin is not None
+            ],
+            "preference accuracy (held-out pairs)": [
+                (m.step, m.preference_accuracy) for m in metrics if m.preference_accuracy is not None
+            ],
+        }
+    if run.method == "reinforcement":
+        names = [g.get("name", "") for g in run.graders or []] + ["total"]
+        return {
+            ("all graders, weighted" if name == "total" else name): [
+                (m.step, m.rewards[name]) for m in metrics if isinstance((m.rewards or {}).get(name), int | float)
+            ]
+            for name in names
+        }
+    return {}
+
+
+def series_chart(series: dict[str, list[tuple[int, float]]]) -> dict:
+    """One SVG polyline per named series over steps, on one shared scale (as `loss_chart`)."""
+    values = [v for points in series.values() for _, v in points]
+    if not values:
+        return {"empty": True, "width": CHART_W, "height": CHART_H}
+    max_step = max(s for points in series.values() for s, _ in points) or 1
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    lines = [
+        {
+            "name": name,
+            "colour": COLOURS[i % len(COLOURS)],
+            "points": " ".join(_chart_point(s, v, max_step, low, span) for s, v in points),
+            "last": points[-1][1] if points else None,
+        }
+        for i, (name, points) in enumerate(series.items())
+    ]
+    return {
+        "empty": False,
+        "width": CHART_W,
+        "height": CHART_H,
+        "low": low,
+        "high": high,
+        "max_step": max_step,
+        "lines": lines,
+    }
+
+
 def run_progress(run: Run) -> dict:
     """What the run page's live part shows: metrics, the loss chart, percent done, ETA, hyperparameters."""
     metrics = list(run.metrics.all())
@@ -66,6 +120,7 @@ def run_progress(run: Run) -> dict:
         "run": run,
         "metrics": metrics,
         "chart": loss_chart(metrics),
+        "method_chart": series_chart(method_series(run, metrics)) if run.method != "supervised" else None,
         "percent": min(percent, 100),
         "eta": eta_seconds(run),
         "hyperparameters": presentation.describe(run.hyperparameters),

@@ -30,7 +30,7 @@ from worker.memory import MODES as MEMORY_MODES
 from worker.models import ModelSpec, describe_model, resolve_model_dir, shipped_gguf_path
 from worker.train_config import DEFAULT_TARGETS, TrainConfig, steps_per_epoch
 
-from . import artifacts, leases
+from . import artifacts, leases, methods
 from .models import BaseModel, ReaperBeat, Run, RunMetric, RunStatus, SourceKind
 from .presentation import label
 from .selectors import measured_throughput
@@ -371,7 +371,7 @@ def fit_table(base_model: BaseModel, hp: dict, batch_tokens: int) -> list[dict]:
 def launch_fit_table(*, dataset_version, base_model, preset: str, overrides: dict | None) -> list[dict]:
     """`fit_table` for a launch form's choices, also when the launch itself is refused (a run too large for the
     card asked for): [] where the choices are not valid enough to size a batch."""
-    overrides = dict(overrides or {})
+    overrides, _method_own = methods.split_overrides(dict(overrides or {}))
     overrides.pop("gpu_gb", None)
     scale = {key: overrides.pop(key, None) for key in SCALE_FIELDS}
     if not isinstance(base_model, BaseModel) or not isinstance(dataset_version, DatasetVersion):
@@ -490,9 +490,36 @@ def _base_model_from(base_model) -> BaseModel | None:
     return BaseModel.objects.filter(name=str(base_model or "")).first()
 
 
-def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick", overrides: dict | None = None):
-    """Validate a launch without saving: (version, base model, hyperparameters, estimate) or LaunchError."""
+def prepare_launch(
+    *,
+    project,
+    dataset_version,
+    base_model,
+    preset: str = "quick",
+    overrides: dict | None = None,
+    method: str = "supervised",
+    preference_version=None,
+    start_from=None,
+    graders=None,
+    with_method: bool = False,
+):
+    """Validate a launch without saving: (version, base model, hyperparameters, estimate) or LaunchError; with
+    ``with_method`` also the method's choice (`methods.MethodChoice`: preference version, start run, graders)."""
     errors: dict[str, str] = {}
+    model = _base_model_from(base_model)
+    overrides, own = methods.split_overrides(dict(overrides or {}))
+    choice, dataset_version = methods.resolve_method(
+        project=project,
+        method=method,
+        dataset_version=dataset_version,
+        base_model=model,
+        preference_version=preference_version,
+        start_from=start_from,
+        graders=graders,
+        own=own,
+        preset=preset,
+        errors=errors,
+    )
     version = dataset_version
     if isinstance(version, int):
         version = DatasetVersion.objects.filter(project=project, number=version).first()
@@ -500,7 +527,6 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
         errors["dataset_version"] = "Choose a frozen dataset version of this project (freeze one on the versions page)."
     elif not (version.split_counts or {}).get("train"):
         errors["dataset_version"] = f"Dataset version v{version.number} has no training examples: nothing to train on."
-    model = _base_model_from(base_model)
     if model is None:
         errors["base_model"] = f"Unknown base model {base_model!r}: choose one from the registry."
     else:
@@ -529,6 +555,9 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
             devices, nodes = resolve_scale(scale, int(hp["batch_size"]))
         except LaunchError as exc:
             errors.update(exc.errors)
+    if hp is not None:
+        hp.update(choice.hyperparameters)
+        methods.check_shape(choice, hp, devices, nodes, errors)
     if hp is not None and model is not None and hp["max_seq_length"] > model.context_length:
         errors["max_seq_length"] = (
             f"{label('max_seq_length')} {hp['max_seq_length']} is over {model}'s context length "
@@ -539,6 +568,7 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
     estimate = estimate_run(
         base_model=model, dataset_version=version, hyperparameters=hp, devices=devices, nodes=nodes, gpu_gb=int(gpu_gb)
     )
+    methods.adjust_estimate(estimate, choice, version, hp)
     if hp["memory_mode"] == "qlora" and not estimate["gpu_gb"] and not _serves_gpu(estimate["queue"]):
         raise LaunchError(
             {
@@ -548,7 +578,7 @@ def prepare_launch(*, project, dataset_version, base_model, preset: str = "quick
                 )
             }
         )
-    return version, model, hp, estimate
+    return (version, model, hp, estimate, choice) if with_method else (version, model, hp, estimate)
 
 
 def launch_run(
@@ -560,14 +590,29 @@ def launch_run(
     overrides: dict | None = None,
     user=None,
     name: str = "",
+    method: str = "supervised",
+    preference_version=None,
+    start_from=None,
+    graders=None,
 ) -> Run:
-    """Validate and queue a run (task `runs.train_run` on queue gpu, after the transaction commits)."""
-    version, model, hp, estimate = prepare_launch(
-        project=project, dataset_version=dataset_version, base_model=base_model, preset=preset, overrides=overrides
+    """Validate and queue a run (task `runs.train_run` on queue gpu, after the transaction commits). ``method``
+    "dpo" needs a ``preference_version``, "reinforcement" ``graders`` (apps/runs/methods.py checks them)."""
+    version, model, hp, estimate, choice = prepare_launch(
+        project=project,
+        dataset_version=dataset_version,
+        base_model=base_model,
+        preset=preset,
+        overrides=overrides,
+        method=method,
+        preference_version=preference_version,
+        start_from=start_from,
+        graders=graders,
+        with_method=True,
     )
     with transaction.atomic():
         run = Run.objects.create(
             project=project,
+            **methods.run_fields(choice),
             dataset_version=version,
             base_model=model,
             preset=preset,
@@ -763,6 +808,9 @@ class RunReporter:
                 "tokens_per_second": m.tokens_per_second,
                 "train_accuracy": m.train_accuracy,
                 "val_accuracy": m.val_accuracy,
+                "reward_margin": m.reward_margin,
+                "preference_accuracy": m.preference_accuracy,
+                "rewards": m.rewards,
             },
         )
 
@@ -808,8 +856,9 @@ def _train(run: Run, reporter: RunReporter, hooks):
     output_dir = run_dir(run)
     stop_point(hooks)
     config = train_config(run, artifacts.base_model_dir(run.base_model), output_dir)
-    train_data = run.dataset_version.training_conversations("train")
-    val_data = run.dataset_version.training_conversations("val")
+    train_data, val_data = methods.training_data(run)  # conversations, preference pairs or prompts
+    if run.method == "reinforcement":
+        hooks.call_model = methods.grader_model_caller(run.project)  # for graders that ask a model
     artifacts.fetch_newest_checkpoint(run.pk, output_dir, reporter.on_log)  # another node's newer checkpoint, if any
     # Metrics past the last checkpoint are logged again after a resume: drop them.
     resume = last_checkpoint(str(output_dir))
@@ -830,6 +879,7 @@ def train_config(run: Run, model_dir: str, output_dir: Path) -> TrainConfig:
         output_dir=str(output_dir),
         attention=settings.FTSTUDIO_ATTENTION,
         liger_kernels=settings.FTSTUDIO_LIGER_KERNELS,
+        **methods.config_fields(run),
         **{k: (tuple(v) if k == "target_modules" else v) for k, v in run.hyperparameters.items()},
     )
 

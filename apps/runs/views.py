@@ -51,7 +51,7 @@ def _estimate_context(project, form) -> dict:
     gpu_model = model.min_gpu_gb or model.parameter_count >= 1_000_000_000 or choices["overrides"].get("gpu_gb")
     fit = presentation.fit_rows(services.launch_fit_table(**choices)) if gpu_model else None
     try:
-        _v, _m, hp, estimate = services.prepare_launch(project=project, **choices)
+        _v, _m, hp, estimate = services.prepare_launch(project=project, **choices, **form.method_choices())
     except services.LaunchError as exc:
         return {"estimate": None, "estimate_errors": exc.errors, "fit_table": fit}
     return {
@@ -89,6 +89,7 @@ def run_create(request, project):
                 overrides=form.overrides(),
                 user=request.user,
                 name=form.cleaned_data["name"],
+                **form.method_choices(),
             )
         except services.LaunchError as exc:
             form.add_launch_errors(exc.errors)
