@@ -193,7 +193,10 @@ def test_launch_refusals_name_the_field_and_say_why(team, tiny_base_model):
     assert errors["graders"] == "Grader 2 ('has_a'): another grader has the same name; names must differ."
     bad = [{**HAS_A, "operation": "sounds_like"}]
     errors = launch_errors(team, tiny_base_model, dataset_version=version, method="reinforcement", graders=bad)
-    assert errors["graders"] == "Grader 1 ('has_a') has operation 'sounds_like': use one of eq, ne, like, ilike."
+    assert errors["graders"] == "Grader 1 ('has_a'), operation: must be one of eq, ne, like, ilike."
+    python = [{"type": "python", "name": "mine", "source": "def grade(sample, item): return 1"}]
+    errors = launch_errors(team, tiny_base_model, dataset_version=version, method="reinforcement", graders=python)
+    assert errors["graders"] == "Grader 1 ('mine'), type: python graders are refused: the Studio runs no uploaded code."
     errors = launch_errors(
         team,
         tiny_base_model,

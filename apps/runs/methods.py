@@ -99,9 +99,9 @@ def grader_errors(graders) -> str:
         weight = grader.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 100:
             return f"{where} has weight {weight!r}: a number above 0 and at most 100."
-        problems = wg.validate({k: v for k, v in grader.items() if k != "weight"}, where=f"graders[{i - 1}]")
+        problems = wg.validate(grader)
         if problems:
-            return f"{where}: {problems[0]}"
+            return f"{where}, {problems[0]}."
     return ""
 
 
