@@ -186,6 +186,7 @@ def evaluation_create(request, project):
                 reviewers_see_examples=d["reviewers_see_examples"],
                 pair_cap=d["pair_cap"],
                 stop_when_settled=d["stop_when_settled"],
+                purpose=d["purpose"],
                 user=request.user,
             )
         except services.EvaluationError as exc:
