@@ -555,8 +555,8 @@ def create_evaluation(
         automatic_only=automatic_only,
         purpose=purpose,
     )
-    if purpose == EvaluationPurpose.COLLECT:
-        include_val = False
+    if purpose == EvaluationPurpose.COLLECT:  # every training item judged: a settled candidate pair still teaches
+        include_val, stop_when_settled = False, False
     base_model = _pick_base_model(base_model, runs)
     kinds = [s.kind for s in candidates]
     evaluation = Evaluation.objects.create(
