@@ -258,3 +258,22 @@ def test_the_collect_form_and_the_harvest_button(team):
     response = designer.post(reverse("evaluation_harvest", args=[team.project.slug, evaluation.pk]), follow=True)
     assert "Added 1 preference pair to the Preferences page" in response.content.decode()
     assert PreferencePair.objects.filter(project=team.project, origin=PreferenceOrigin.VERDICT).count() == 1
+
+
+def test_a_collecting_evaluation_does_not_count_as_evaluating_its_runs(team, tmp_path):
+    from apps.freshness.services import runs_to_reevaluate
+    from tests.eval_setup import make_run
+
+    trained_on = make_version(team.project)
+    run = make_run(team.project, trained_on, base_model(), tmp_path / "adapter")
+    newer = make_version(team.project)
+    services.create_evaluation(
+        project=team.project,
+        dataset_version=newer,
+        rubric=make_rubric(team.project),
+        base_model=base_model(),
+        candidates=[services.CandidateSpec("base"), services.CandidateSpec("run", run_id=run.pk)],
+        enqueue=False,
+        purpose=EvaluationPurpose.COLLECT,
+    )
+    assert list(runs_to_reevaluate(team.project, newer)) == [run]

@@ -126,6 +126,7 @@ class EvaluationForm(forms.Form):
     purpose = forms.ChoiceField(
         choices=EvaluationPurpose.choices,
         initial=EvaluationPurpose.JUDGE,
+        required=False,
         widget=forms.RadioSelect,
         label="What the reviewers' verdicts are for",
         help_text="to judge models, outputs are generated for the test examples; to collect preferences, for the "
@@ -217,6 +218,9 @@ class EvaluationForm(forms.Form):
         self.fields["runs"].label_from_instance = (
             lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"
         )
+
+    def clean_purpose(self) -> str:
+        return self.cleaned_data.get("purpose") or EvaluationPurpose.JUDGE
 
     def candidates(self) -> list[CandidateSpec]:
         d = self.cleaned_data
