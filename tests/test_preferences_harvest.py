@@ -277,3 +277,22 @@ def test_a_collecting_evaluation_does_not_count_as_evaluating_its_runs(team, tmp
         purpose=EvaluationPurpose.COLLECT,
     )
     assert list(runs_to_reevaluate(team.project, newer)) == [run]
+
+
+def test_a_member_still_judging_blind_does_not_see_pairs_of_model_outputs(team):
+    evaluation = evaluation_for(team)  # two reviewers per pair: the team's reviewer has pairs left
+    ann = add_reviewer(team, "ann")
+    first = Comparison.objects.filter(evaluation=evaluation).first()
+    verdict(first, ann, first.candidate_2)
+    harvest_preferences(evaluation=evaluation)
+    preferred = PreferencePair.objects.get().preferred["content"]
+    client = team.client("reviewer")
+    page = client.get(reverse("preference_list", args=[team.project.slug])).content.decode()
+    assert "You still have blind reviews to do" in page and preferred not in page
+    assert client.get(reverse("preference_export", args=[team.project.slug])).status_code == 403
+    # the designer never judges: they see the pair, and the pool's fragment swaps in place
+    designer = team.client("designer")
+    fragment = designer.get(
+        reverse("preference_list", args=[team.project.slug]) + "?show=verdict&fragment=pool", HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert fragment.lstrip().startswith('<section class="card" id="pool">') and preferred in fragment
