@@ -337,3 +337,27 @@ def test_leaving_a_pair_out_swaps_its_row_in_place(team):
 def test_the_preferences_tab_is_in_the_data_stage(team):
     page = team.client("reviewer").get(reverse("project_detail", args=[team.project.slug])).content.decode()
     assert _url(team, "preference_list") in page
+
+
+def test_a_large_file_is_imported_by_the_background_job(team, settings, eager, django_capture_on_commit_callbacks):
+    from apps.datasets.models import ImportJob
+
+    settings.FTSTUDIO_IMPORT_INLINE_BYTES = 10
+    client = team.client("designer")
+    bad = SimpleUploadedFile("bad.jsonl", (line() + "\n" + line(good="same", bad="same")).encode())
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(_url(team, "preference_import"), {"file": bad})
+    assert response.status_code == 302 and "?job=" in response["Location"]
+    job = ImportJob.objects.get()
+    assert job.status == "done" and job.error_count == 1 and job.errors[0].startswith("line 2: the preferred")
+    assert not PreferencePair.objects.exists()
+    page = client.get(response["Location"]).content.decode()
+    assert "Nothing was imported: 1 problem" in page and "line 2: the preferred and non-preferred" in page
+
+    good = SimpleUploadedFile("good.jsonl", (line() + "\n" + line(user="Other")).encode())
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(_url(team, "preference_import"), {"file": good})
+    poll = client.get(response["Location"] + "&poll=1", HTTP_HX_REQUEST="true").content.decode()
+    assert "Imported 2 pairs" in poll
+    assert PreferencePair.objects.filter(project=team.project, origin=PreferenceOrigin.IMPORT).count() == 2
+    assert ImportJob.objects.latest("id").file_format == "preference"

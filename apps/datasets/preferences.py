@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,7 +29,7 @@ from .models import (
     PreferenceVersionItem,
     Split,
 )
-from .services import CurationError, FreezeError, _chunks, _open, import_limits
+from .services import PREFERENCE_FILES, CurationError, FreezeError, _chunks, _open, import_limits
 
 VAL_SHARE = 10  # one pair in VAL_SHARE goes to validation, by its hash, once the pool holds that many
 PREVIEW = 80
@@ -122,6 +122,10 @@ def set_excluded(*, pair: PreferencePair, excluded: bool) -> PreferencePair:
 # --- import ----------------------------------------------------------------------------------------
 @dataclass
 class PreferenceImportReport:
+    """What an import did; shaped as ``services.ImportReport`` so a background ``ImportJob`` records either."""
+
+    file_format: str = PREFERENCE_FILES
+    batch: None = None
     imported: int = 0
     skipped_duplicates: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -141,13 +145,22 @@ IMPORT_CHUNK_ROWS = 2000
 
 
 def import_preference_pairs(
-    *, project, path_or_file: str | Path | IO, user=None, filename: str | None = None
+    *,
+    project,
+    path_or_file: str | Path | IO,
+    user=None,
+    filename: str | None = None,
+    progress: Callable[[int, str], None] | None = None,
+    on_commit_rows: Callable[[PreferenceImportReport], None] | None = None,
 ) -> PreferenceImportReport:
     """Import a file of OpenAI's preference JSONL into the pool: every line is checked first, and a file with any
     problem imports nothing (each problem with its line number). Streamed twice, one line at a time, under the
     example importer's limits (upload size, bytes per line, characters per message, nesting). Pairs already in the
-    pool (same content hash) are skipped."""
+    pool (same content hash) are skipped. ``progress(percent, stage)`` and ``on_commit_rows(report)`` (inside the
+    import's transaction) as for ``services.import_examples``: a large upload is imported by the same background
+    job (``services.start_import_job`` with ``file_format=PREFERENCE_FILES``)."""
     started = time.perf_counter()
+    progress = progress or (lambda percent, stage: None)
     limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
     limits = import_limits()
     try:
@@ -158,10 +171,14 @@ def import_preference_pairs(
             start = stream.tell()
             parsed = preference_files.PairsParsed()
             total = 0
+            progress(1, "Checking every line")
             for _ in preference_files.parse_pairs(stream, parsed, limits=limits):
                 total += 1
-                if stream.tell() - start > limit:
+                done = stream.tell() - start
+                if done > limit:
                     raise CurationError(f"The file is over the {limit:,}-byte limit.")
+                if size and total % IMPORT_CHUNK_ROWS == 0:
+                    progress(1 + int(49 * min(1.0, done / size)), f"Checked {total:,} pairs")
             report = PreferenceImportReport(errors=parsed.errors, warnings=parsed.warnings())
             if report.errors:
                 return report
@@ -169,6 +186,7 @@ def import_preference_pairs(
             again = preference_files.PairsParsed()
             changed = CurationError("The file changed while it was being imported; nothing was imported.")
             existing = set(PreferencePair.objects.filter(project=project).values_list("content_hash", flat=True))
+            progress(50, f"Saving {total:,} pairs (shown when all are saved)")
             seen = 0
             with transaction.atomic():
                 for chunk in _chunks(preference_files.parse_pairs(stream, again, limits=limits), IMPORT_CHUNK_ROWS):
@@ -200,6 +218,8 @@ def import_preference_pairs(
                     report.imported += len(new)
                 if seen != total or again.errors:
                     raise changed
+                if on_commit_rows is not None:
+                    on_commit_rows(report)
     except (CurationError, OSError) as exc:
         return PreferenceImportReport(errors=[Problem(0, str(exc))])
     report.seconds = time.perf_counter() - started

@@ -310,7 +310,15 @@ def _pair_row(pair: PreferencePair) -> dict:
 
 
 def _preferences_page(request, project, *, import_form=None, freeze_form=None, report=None, status=200):
-    """The Preferences page: the pool (paged, filtered), the import and freeze forms, the frozen versions."""
+    """The Preferences page: the pool (paged, filtered), the import and freeze forms (a large file's background
+    import, ``?job=``, polled in place), the frozen versions."""
+    job = None
+    if request.GET.get("job", "").isdigit():
+        job = get_object_or_404(
+            ImportJob, project=project, pk=int(request.GET["job"]), file_format=services.PREFERENCE_FILES
+        )
+        if request.htmx and request.GET.get("poll"):
+            return render(request, "datasets/preferences.html#job", {"job": job})
     show = request.GET.get("show", "")
     if show not in selectors.PREFERENCE_FILTERS:
         show = ""
@@ -328,6 +336,7 @@ def _preferences_page(request, project, *, import_form=None, freeze_form=None, r
         "import_form": import_form or PreferenceImportForm(),
         "freeze_form": freeze_form or PreferenceFreezeForm(project=project),
         "report": report,
+        "job": job,
         "limits": services.import_limits(),
     }
     if request.htmx and request.GET.get("fragment") == "pool":
@@ -351,6 +360,11 @@ def preference_import(request, project):
     if not form.is_valid():
         return _preferences_page(request, project, import_form=form, status=400)
     upload = form.cleaned_data["file"]
+    if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:  # too large to check inside the request
+        job = services.start_import_job(
+            project=project, upload=upload, file_format=services.PREFERENCE_FILES, user=request.user
+        )
+        return redirect(f"{reverse('preference_list', kwargs={'slug': project.slug})}?job={job.pk}")
     report = preferences.import_preference_pairs(
         project=project, path_or_file=upload, user=request.user, filename=upload.name
     )
