@@ -206,7 +206,7 @@ def test_designer_improves_a_reply_from_the_results_page(team):
     evaluation = evaluation_for(team)
     client = team.client("designer")
     page = client.get(reverse("evaluation_results", args=[team.project.slug, evaluation.pk])).content.decode()
-    assert "Improve this reply" in page
+    assert "Improve this reply" in page and "the figures below do not judge them" in page
     generation = Generation.objects.filter(candidate__evaluation=evaluation).first()
     url = reverse("evaluation_improve", args=[team.project.slug, evaluation.pk, generation.pk])
     response = client.post(url, {"text": "Hi Ann, a far better reply."}, follow=True)
