@@ -296,3 +296,14 @@ def test_a_member_still_judging_blind_does_not_see_pairs_of_model_outputs(team):
         reverse("preference_list", args=[team.project.slug]) + "?show=verdict&fragment=pool", HTTP_HX_REQUEST="true"
     ).content.decode()
     assert fragment.lstrip().startswith('<section class="card" id="pool">') and preferred in fragment
+
+
+def test_an_empty_output_is_skipped_and_the_other_verdicts_still_harvested(team):
+    evaluation = evaluation_for(team)
+    first, second = Comparison.objects.filter(evaluation=evaluation).order_by("item__position")
+    Generation.objects.filter(candidate=first.candidate_1, item=first.item).update(output="   ")
+    verdict(first, team.reviewer, first.candidate_1)
+    verdict(second, team.reviewer, second.candidate_1)
+    result = harvest_preferences(evaluation=evaluation)
+    assert (result.created, result.skipped_invalid) == (1, 1)
+    assert PreferencePair.objects.get().origin_detail["comparison"] == second.pk

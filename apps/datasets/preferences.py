@@ -214,7 +214,7 @@ def import_preference_pairs(
                                 created_by=user if getattr(user, "pk", None) else None,
                             )
                         )
-                    PreferencePair.objects.bulk_create(new, batch_size=1000)
+                    PreferencePair.objects.bulk_create(new, batch_size=1000, ignore_conflicts=True)  # a racing twin
                     report.imported += len(new)
                 if seen != total or again.errors:
                     raise changed

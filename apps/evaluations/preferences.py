@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from apps.datasets.importers import input_hash
 from apps.datasets.models import DatasetVersion, PreferenceOrigin, PreferencePair, Split
+from apps.datasets.preference_files import check_pair
 from apps.datasets.preferences import PairSpec, PreferenceError, add_pair, add_pairs
+from apps.datasets.services import import_limits
 
 from .models import Comparison, Evaluation, Generation, Judgment
 from .selectors import eval_items
@@ -28,6 +30,7 @@ class HarvestResult:
     skipped_ties: int  # no decisive verdict (every reviewer said tie), or both outputs the same reply
     skipped_disagreement: int  # decisive verdicts, but not enough of them agree
     skipped_existing: int  # already in the pool (an earlier harvest, import or edit)
+    skipped_invalid: int = 0  # an output that is no reply to train on (empty, or over the size limit for a message)
 
 
 def _named(positions: list[int]) -> str:
@@ -111,7 +114,8 @@ def harvest_preferences(*, evaluation: Evaluation, user=None, min_agreement: int
         (g.candidate_id, g.item_id): g.output
         for g in Generation.objects.filter(candidate__evaluation=evaluation).only("candidate_id", "item_id", "output")
     }
-    ties = disagreements = 0
+    ties = disagreements = invalid = 0
+    limits = import_limits()
     specs: list[PairSpec] = []
     for c in comparisons:
         votes = winners[c.pk]
@@ -128,29 +132,36 @@ def harvest_preferences(*, evaluation: Evaluation, user=None, min_agreement: int
             ties += 1  # the same reply on both sides: no preference to learn
             continue
         decisive = Counter(w for w in votes if w is not None)
-        specs.append(
-            PairSpec(
-                messages=c.item.input_messages,
-                tools=c.item.tools or [],
-                preferred={"role": "assistant", "content": better},
-                non_preferred={"role": "assistant", "content": worse},
-                origin_detail={
-                    "evaluation": evaluation.pk,
-                    "evaluation_name": evaluation.name,
-                    "comparison": c.pk,
-                    "dataset_version": evaluation.dataset_version.number,
-                    "item_position": c.item.position,
-                    "verdicts": len(votes),
-                    "preferred_votes": decisive[preferred_id],
-                    "other_votes": sum(decisive.values()) - decisive[preferred_id],
-                    "ties": len(votes) - sum(decisive.values()),
-                    "min_agreement": min_agreement,
-                },
-            )
+        spec = PairSpec(
+            messages=c.item.input_messages,
+            tools=c.item.tools or [],
+            preferred={"role": "assistant", "content": better},
+            non_preferred={"role": "assistant", "content": worse},
+            origin_detail={
+                "evaluation": evaluation.pk,
+                "evaluation_name": evaluation.name,
+                "comparison": c.pk,
+                "dataset_version": evaluation.dataset_version.number,
+                "item_position": c.item.position,
+                "verdicts": len(votes),
+                "preferred_votes": decisive[preferred_id],
+                "other_votes": sum(decisive.values()) - decisive[preferred_id],
+                "ties": len(votes) - sum(decisive.values()),
+                "min_agreement": min_agreement,
+            },
         )
+        _, problems = check_pair(spec.messages, spec.tools, [spec.preferred], [spec.non_preferred], limits=limits)
+        if problems:
+            invalid += 1
+        else:
+            specs.append(spec)
     created, existing = add_pairs(project=evaluation.project, specs=specs, origin=PreferenceOrigin.VERDICT, user=user)
     return HarvestResult(
-        created=len(created), skipped_ties=ties, skipped_disagreement=disagreements, skipped_existing=existing
+        created=len(created),
+        skipped_ties=ties,
+        skipped_disagreement=disagreements,
+        skipped_existing=existing,
+        skipped_invalid=invalid,
     )
 
 

@@ -317,7 +317,8 @@ def evaluation_harvest(request, project, pk):
         request,
         f"Added {result.created} preference pair{'s' if result.created != 1 else ''} to the Preferences page; "
         f"skipped {result.skipped_ties} tied, {result.skipped_disagreement} where reviewers disagreed and "
-        f"{result.skipped_existing} already there.",
+        f"{result.skipped_existing} already there"
+        + (f", and {result.skipped_invalid} whose output was empty or too long." if result.skipped_invalid else "."),
     )
     return redirect(evaluation)
 
