@@ -10,4 +10,5 @@ class DatasetsConfig(AppConfig):
         ("Examples", "example_list", "view", "data"),
         ("Quality", "quality_report", "view", "data"),
         ("Versions", "version_list", "view", "data"),
+        ("Preferences", "preference_list", "view", "data"),
     ]

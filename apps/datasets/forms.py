@@ -72,3 +72,33 @@ class SplitForm(forms.Form):
 
 class FreezeForm(forms.Form):
     note = forms.CharField(required=False, max_length=200, help_text="What changed, for whoever picks this version.")
+
+
+class PreferenceImportForm(forms.Form):
+    file = forms.FileField(
+        label="Preference file",
+        help_text="OpenAI's preference format, one pair per line. Nothing is imported if any line has a problem.",
+    )
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(f"The file is {upload.size:,} bytes; the limit is {limit:,}.")
+        return upload
+
+
+class PreferenceFreezeForm(forms.Form):
+    dataset_version = FrozenVersionField(
+        label="Judged on",
+        help_text="the examples version whose test examples will judge the models trained on these pairs; "
+        "no pair may have the input of one of them",
+    )
+    note = forms.CharField(required=False, max_length=200, help_text="What changed, for whoever picks this version.")
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["dataset_version"]
+        field.for_project(project)
+        field.label_from_instance = lambda v: f"v{v.number} ({v.split_counts.get('test', 0)} test examples)"
+        field.initial = field.queryset.values_list("pk", flat=True).first()

@@ -412,6 +412,10 @@ class PreferencePair(TimeStamped):
             models.Index(fields=["project", "content_hash"]),
             models.Index(fields=["project", "input_hash"]),
         ]
+        constraints = [
+            # the pool holds a pair once: re-imports and re-harvests add nothing twice, even when they race
+            models.UniqueConstraint(fields=["project", "content_hash"], name="one_preference_pair_per_content")
+        ]
 
 
 class PreferenceVersion(models.Model):

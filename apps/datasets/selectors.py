@@ -11,6 +11,8 @@ from .models import (
     Example,
     ExampleStatus,
     FindingKind,
+    PreferencePair,
+    PreferenceVersion,
     QualityFinding,
     QualityReport,
     ReportStatus,
@@ -22,6 +24,52 @@ def frozen_versions(project):
     """The versions a person froze, newest first: what runs, evaluations, prompts and experiments are offered.
     An experiment's subsets (``derived_from`` set) are parts of an older version, never data to pick by hand."""
     return DatasetVersion.objects.filter(project=project, derived_from__isnull=True).order_by("-number")
+
+
+def frozen_preference_versions(project):
+    """The project's frozen preference versions, newest first, with the examples version each is anchored to (what
+    a preference run is offered)."""
+    return (
+        PreferenceVersion.objects.filter(project=project)
+        .select_related("dataset_version", "created_by")
+        .order_by("-number")
+    )
+
+
+PREFERENCE_FILTERS = {"": "In use", "excluded": "Left out", "verdict": "From verdicts", "edit": "Improved replies"}
+
+
+def preference_pool(project, show: str = "", hide_outputs_of_models: bool = False):
+    """The pool's pairs for its page, newest first: ``show`` one of PREFERENCE_FILTERS (an origin, or the pairs
+    left out). ``hide_outputs_of_models``: only imported pairs (for a member still judging blind, who must not see
+    which model output reviewers preferred)."""
+    pairs = PreferencePair.objects.filter(project=project).select_related("created_by").order_by("-id")
+    if show == "excluded":
+        pairs = pairs.filter(excluded=True)
+    else:
+        pairs = pairs.filter(excluded=False)
+        if show in ("verdict", "edit"):
+            pairs = pairs.filter(origin=show)
+    if hide_outputs_of_models:
+        pairs = pairs.filter(origin="import")
+    return pairs
+
+
+def preference_counts(project) -> dict[str, int]:
+    """Pairs in use per origin, and those left out (one GROUP BY)."""
+    counts = {"total": 0, "excluded": 0, "verdict": 0, "edit": 0, "import": 0}
+    for origin, excluded, n in (
+        PreferencePair.objects.filter(project=project)
+        .values_list("origin", "excluded")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        if excluded:
+            counts["excluded"] += n
+        else:
+            counts["total"] += n
+            counts[origin] = counts.get(origin, 0) + n
+    return counts
 
 
 def latest_report(project) -> QualityReport | None:

@@ -131,6 +131,7 @@ def _open(path_or_file) -> Iterator[tuple[IO[bytes], str, int | None]]:
     yield stream, name, size
 
 
+PREFERENCE_FILES = "preference"  # an ImportJob of this format holds preference pairs (``preferences.py``)
 IMPORT_CHUNK_ROWS = 2000  # rows tokenized and inserted at a time: bounds memory whatever the file's size
 
 
@@ -351,15 +352,13 @@ def run_import_job(*, job: ImportJob) -> ImportJob:
 
     try:
         with default_storage.open(job.upload, "rb") as stream:
-            report = import_examples(
-                project=job.project,
-                path_or_file=stream,
-                file_format=job.file_format,
-                user=job.created_by,
-                filename=job.filename,
-                progress=progress,
-                on_commit_rows=finish,
-            )
+            given = {"project": job.project, "path_or_file": stream, "user": job.created_by, "filename": job.filename}
+            if job.file_format == PREFERENCE_FILES:
+                from .preferences import import_preference_pairs  # it builds on this module: imported when used
+
+                report = import_preference_pairs(**given, progress=progress, on_commit_rows=finish)
+            else:
+                report = import_examples(**given, file_format=job.file_format, progress=progress, on_commit_rows=finish)
     except AlreadyImported:
         return ImportJob.objects.get(pk=job.pk)
     if report.errors:

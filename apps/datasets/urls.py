@@ -13,4 +13,9 @@ urlpatterns = [
     path("quality/findings/<int:pk>/dismiss/", views.finding_dismiss, name="finding_dismiss"),
     path("versions/", views.version_list, name="version_list"),
     path("versions/<int:number>/", views.version_detail, name="version_detail"),
+    path("preferences/", views.preference_list, name="preference_list"),
+    path("preferences/import/", views.preference_import, name="preference_import"),
+    path("preferences/freeze/", views.preference_freeze, name="preference_freeze"),
+    path("preferences/export/", views.preference_export, name="preference_export"),
+    path("preferences/pairs/<int:pk>/exclude/", views.preference_exclude, name="preference_exclude"),
 ]

@@ -10,17 +10,18 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
-from apps.accounts.permissions import project_view
+from apps.accounts.permissions import judging_blind, project_view
 from ftstudio.pagination import CountedPaginator
 
-from . import selectors, services
-from .forms import FreezeForm, ImportForm, SplitForm
+from . import preferences, selectors, services
+from .forms import FreezeForm, ImportForm, PreferenceFreezeForm, PreferenceImportForm, SplitForm
 from .models import (
     DatasetVersion,
     Example,
     ExampleStatus,
     FindingKind,
     ImportJob,
+    PreferencePair,
     QualityFinding,
     QualityReport,
     ReportStatus,
@@ -297,3 +298,139 @@ def version_detail(request, project, number):
     items = version.items.order_by("position").only("position", "split", "messages")
     page = Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "datasets/version_detail.html", {"version": version, "page": page})
+
+
+# --- preference pairs ------------------------------------------------------------------------------
+PAIR_PAGE_SIZE = 20
+
+
+def _pair_row(pair: PreferencePair) -> dict:
+    last = (pair.messages or [{"content": ""}])[-1].get("content", "")
+    return {"pair": pair, "input": _preview(last or "", 160)}
+
+
+def _preferences_page(request, project, *, import_form=None, freeze_form=None, report=None, status=200):
+    """The Preferences page: the pool (paged, filtered), the import and freeze forms (a large file's background
+    import, ``?job=``, polled in place), the frozen versions."""
+    job = None
+    if request.GET.get("job", "").isdigit():
+        job = get_object_or_404(
+            ImportJob, project=project, pk=int(request.GET["job"]), file_format=services.PREFERENCE_FILES
+        )
+        if request.htmx and request.GET.get("poll"):
+            return render(request, "datasets/preferences.html#job", {"job": job})
+    show = request.GET.get("show", "")
+    if show not in selectors.PREFERENCE_FILTERS:
+        show = ""
+    blind = judging_blind(project, request.user, request.access)
+    pairs = selectors.preference_pool(project, show, hide_outputs_of_models=blind)
+    page = Paginator(pairs, PAIR_PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "rows": [_pair_row(p) for p in page.object_list],
+        "show": show,
+        "filters": selectors.PREFERENCE_FILTERS.items(),
+        "counts": selectors.preference_counts(project),
+        "blind": blind,
+        "versions": selectors.frozen_preference_versions(project),
+        "import_form": import_form or PreferenceImportForm(),
+        "freeze_form": freeze_form or PreferenceFreezeForm(project=project),
+        "report": report,
+        "job": job,
+        "limits": services.import_limits(),
+    }
+    if request.htmx and request.GET.get("fragment") == "pool":
+        return render(request, "datasets/preferences.html#pool", context)
+    return render(request, "datasets/preferences.html", context, status=status)
+
+
+@project_view("view")
+def preference_list(request, project):
+    return _preferences_page(request, project)
+
+
+@project_view("view", post_need="label")
+@require_POST
+def preference_import(request, project):
+    form = PreferenceImportForm(request.POST, request.FILES)
+    if getattr(request, "upload_refused", ""):
+        form = PreferenceImportForm(request.POST, {})
+        form.is_valid()
+        form.errors["file"] = form.error_class([request.upload_refused])
+    if not form.is_valid():
+        return _preferences_page(request, project, import_form=form, status=400)
+    upload = form.cleaned_data["file"]
+    if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:  # too large to check inside the request
+        job = services.start_import_job(
+            project=project, upload=upload, file_format=services.PREFERENCE_FILES, user=request.user
+        )
+        return redirect(f"{reverse('preference_list', kwargs={'slug': project.slug})}?job={job.pk}")
+    report = preferences.import_preference_pairs(
+        project=project, path_or_file=upload, user=request.user, filename=upload.name
+    )
+    if not report.ok:
+        return _preferences_page(request, project, import_form=form, report=report, status=400)
+    messages.success(
+        request,
+        f"Imported {report.imported} pair{'s' if report.imported != 1 else ''} from {upload.name}; skipped "
+        f"{report.skipped_duplicates} already in the pool."
+        + (f" Warnings: {'; '.join(report.warnings)}." if report.warnings else ""),
+    )
+    return redirect("preference_list", slug=project.slug)
+
+
+@project_view("view", post_need="label")
+@require_POST
+def preference_freeze(request, project):
+    form = PreferenceFreezeForm(request.POST, project=project)
+    if form.is_valid():
+        try:
+            version = preferences.freeze_preference_version(
+                project=project,
+                dataset_version=form.cleaned_data["dataset_version"],
+                user=request.user,
+                note=form.cleaned_data["note"],
+            )
+        except services.FreezeError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(
+                request,
+                f"Froze p{version.number}: {version.pair_count} pairs (train {version.split_counts.get('train', 0)}, "
+                f"validation {version.split_counts.get('val', 0)}), judged on v{version.dataset_version.number}.",
+            )
+            return redirect("preference_list", slug=project.slug)
+    return _preferences_page(request, project, freeze_form=form, status=400)
+
+
+@project_view("view")
+def preference_export(request, project):
+    if judging_blind(project, request.user, request.access):
+        return HttpResponse(
+            "Preference pairs hold the model outputs reviewers preferred: they can be downloaded once your blind "
+            "reviews are done.",
+            status=403,
+            content_type="text/plain",
+        )
+    version = request.GET.get("version", "")
+    if version and not version.isdigit():
+        raise Http404("No such preference version")
+    try:
+        body = "".join(preferences.preference_export_lines(project=project, version=int(version) if version else None))
+    except preferences.PreferenceError:
+        raise Http404("No such preference version") from None
+    name = f"{project.slug}-{'p' + version if version else 'preference-pool'}.jsonl"
+    response = HttpResponse(body, content_type="application/jsonl")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@project_view("view", post_need="label")
+@require_POST
+def preference_exclude(request, project, pk):
+    pair = get_object_or_404(PreferencePair, project=project, pk=pk)
+    pair = preferences.set_excluded(pair=pair, excluded=request.POST.get("excluded") == "1")
+    if request.htmx:
+        return render(request, "datasets/preferences.html#pair", {"row": _pair_row(pair)})
+    messages.success(request, "Left out of the next versions." if pair.excluded else "Back in the next versions.")
+    return redirect("preference_list", slug=project.slug)

@@ -6,7 +6,7 @@ from apps.datasets.forms import FrozenVersionField
 from apps.runs.models import BaseModel, Run, RunStatus
 from worker.checks import CheckSpec
 
-from .models import CheckKind, ReviewMode, Rubric, Scale
+from .models import CheckKind, EvaluationPurpose, ReviewMode, Rubric, Scale
 from .services import CandidateSpec, CriterionSpec, EvaluationError
 
 
@@ -131,6 +131,15 @@ def anchors_text(anchors: dict) -> str:
 
 class EvaluationForm(forms.Form):
     name = forms.CharField(max_length=120, required=False)
+    purpose = forms.ChoiceField(
+        choices=EvaluationPurpose.choices,
+        initial=EvaluationPurpose.JUDGE,
+        required=False,
+        widget=forms.RadioSelect,
+        label="What the reviewers' verdicts are for",
+        help_text="to judge models, outputs are generated for the test examples; to collect preferences, for the "
+        "training examples, and the verdicts become pairs on the Preferences page (test examples never do)",
+    )
     dataset_version = FrozenVersionField(help_text="outputs are generated for its test split")
     include_val = forms.BooleanField(required=False, label="Also evaluate on the validation split")
     rubric = forms.ModelChoiceField(queryset=Rubric.objects.none())
@@ -217,6 +226,9 @@ class EvaluationForm(forms.Form):
         self.fields["runs"].label_from_instance = (
             lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"
         )
+
+    def clean_purpose(self) -> str:
+        return self.cleaned_data.get("purpose") or EvaluationPurpose.JUDGE
 
     def candidates(self) -> list[CandidateSpec]:
         d = self.cleaned_data

@@ -104,10 +104,25 @@ class EvaluationStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class EvaluationPurpose(models.TextChoices):
+    """Why outputs are generated and judged: to judge models on the held-out test examples, or to collect the
+    reviewers' preferences as training pairs, on training examples (never on test ones: see
+    ``apps/evaluations/preferences.py``)."""
+
+    JUDGE = "judge", "Judge models (uses test examples)"
+    COLLECT = "collect", "Collect preferences to train on (uses training examples)"
+
+
 class Evaluation(LeaseHolder, TimeStamped):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="evaluations")
     name = models.CharField(max_length=120)
     dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="evaluations")
+    purpose = models.CharField(
+        max_length=8,
+        choices=EvaluationPurpose.choices,
+        default=EvaluationPurpose.JUDGE,
+        help_text="judge: the test split (and validation if asked); collect: the train split, for preference pairs",
+    )
     include_val = models.BooleanField(default=False, help_text="also evaluate on the validation split")
     rubric = models.ForeignKey(Rubric, on_delete=models.PROTECT, related_name="evaluations")
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="evaluations")
@@ -168,7 +183,13 @@ class Evaluation(LeaseHolder, TimeStamped):
 
     @property
     def splits(self) -> list[str]:
+        if self.purpose == EvaluationPurpose.COLLECT:
+            return ["train"]
         return ["test", "val"] if self.include_val else ["test"]
+
+    @property
+    def collects_preferences(self) -> bool:
+        return self.purpose == EvaluationPurpose.COLLECT
 
     @property
     def percent(self) -> int:

@@ -34,6 +34,7 @@ from .models import (
     Comparison,
     Criterion,
     Evaluation,
+    EvaluationPurpose,
     EvaluationStatus,
     Generation,
     JudgeSettings,
@@ -402,13 +403,23 @@ def _check_evaluation(
     reviewers_per_pair: int,
     pair_cap: int | None,
     automatic_only: bool = False,
+    purpose: str = EvaluationPurpose.JUDGE,
 ) -> dict[int, Run]:
     """Refuse what cannot be evaluated, saying why; returns the candidates' runs by id."""
     if dataset_version.project_id != project.pk:
         raise EvaluationError("That dataset version belongs to another project.")
     if rubric.project_id != project.pk:
         raise EvaluationError("That rubric belongs to another project.")
-    if not dataset_version.items.filter(split="test").exists():
+    if purpose not in EvaluationPurpose.values:
+        raise EvaluationError(f"Unknown purpose {purpose!r}: judge models or collect preferences.")
+    if purpose == EvaluationPurpose.COLLECT:
+        if automatic_only:
+            raise EvaluationError("Collecting preferences needs reviewers: it cannot be scored automatically only.")
+        if not dataset_version.items.filter(split="train").exists():
+            raise EvaluationError(
+                f"Dataset version v{dataset_version.number} has no training examples to collect preferences on."
+            )
+    elif not dataset_version.items.filter(split="test").exists():
         raise EvaluationError(f"Dataset version v{dataset_version.number} has no test examples to evaluate on.")
     if len(candidates) < (1 if automatic_only else 2):
         raise EvaluationError("Pick at least two candidates to compare.")
@@ -530,11 +541,14 @@ def create_evaluation(
     user=None,
     enqueue: bool = True,
     automatic_only: bool = False,
+    purpose: str = EvaluationPurpose.JUDGE,
 ) -> Evaluation:
     """Check, save the evaluation with its candidates, and queue its generation (task on queue gpu) on commit.
 
     ``automatic_only``: scored by the automatic metrics alone (a data-scaling experiment's point), so one
-    candidate is enough and, with one, no pair goes to reviewers."""
+    candidate is enough and, with one, no pair goes to reviewers. ``purpose`` "collect": outputs for the train
+    split, whose reviewers' verdicts become preference pairs (``preferences.harvest_preferences``); the validation
+    split is never added then."""
     runs = _check_evaluation(
         project=project,
         dataset_version=dataset_version,
@@ -544,13 +558,17 @@ def create_evaluation(
         reviewers_per_pair=reviewers_per_pair,
         pair_cap=pair_cap,
         automatic_only=automatic_only,
+        purpose=purpose,
     )
+    if purpose == EvaluationPurpose.COLLECT:  # every training item judged: a settled candidate pair still teaches
+        include_val, stop_when_settled = False, False
     base_model = _pick_base_model(base_model, runs)
     kinds = [s.kind for s in candidates]
     evaluation = Evaluation.objects.create(
         project=project,
         name=name.strip() or f"v{dataset_version.number} · {', '.join(kinds)}",
         dataset_version=dataset_version,
+        purpose=purpose,
         rubric=rubric,
         base_model=base_model,
         max_new_tokens=max_new_tokens,

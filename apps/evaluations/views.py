@@ -11,7 +11,7 @@ from apps.accounts.permissions import evaluation_sight, project_view
 from apps.fleet.queues import evaluation_queue
 from apps.fleet.selectors import job_silence
 
-from . import selectors, services
+from . import preferences, selectors, services
 from .forms import (
     CheckFormSet,
     CriterionFormSet,
@@ -27,6 +27,7 @@ from .models import (
     Assignment,
     Evaluation,
     EvaluationStatus,
+    Generation,
     JudgeSettings,
     ReviewMode,
     Rubric,
@@ -186,6 +187,7 @@ def evaluation_create(request, project):
                 reviewers_see_examples=d["reviewers_see_examples"],
                 pair_cap=d["pair_cap"],
                 stop_when_settled=d["stop_when_settled"],
+                purpose=d["purpose"],
                 user=request.user,
             )
         except services.EvaluationError as exc:
@@ -293,6 +295,57 @@ def evaluation_run_judge(request, project, pk):
         services.schedule_judge(evaluation.pk)
         messages.success(request, "LLM judge queued: each pair is judged in both orders; unjudged pairs are retried.")
     return redirect(evaluation)
+
+
+@project_view("view", post_need="label")
+@require_POST
+def evaluation_harvest(request, project, pk):
+    """Turn the reviewers' clear verdicts of an evaluation that collects preferences into preference pairs."""
+    evaluation = _get_evaluation(project, pk)
+    raw = request.POST.get("min_agreement", "").strip()
+    if raw and not raw.isdigit():
+        messages.error(request, "The number of agreeing verdicts must be a whole number (or empty: all must agree).")
+        return redirect(evaluation)
+    try:
+        result = preferences.harvest_preferences(
+            evaluation=evaluation, user=request.user, min_agreement=int(raw) if raw else None
+        )
+    except preferences.PreferenceError as exc:
+        messages.error(request, str(exc))
+        return redirect(evaluation)
+    messages.success(
+        request,
+        f"Added {result.created} preference pair{'s' if result.created != 1 else ''} to the Preferences page; "
+        f"skipped {result.skipped_ties} tied, {result.skipped_disagreement} where reviewers disagreed and "
+        f"{result.skipped_existing} already there"
+        + (f", and {result.skipped_invalid} whose output was empty or too long." if result.skipped_invalid else "."),
+    )
+    return redirect(evaluation)
+
+
+@project_view("view", post_need="label")
+@require_POST
+def evaluation_improve(request, project, pk, generation):
+    """A designer's better reply to one output: it becomes the preferred side of a pair, the output the other."""
+    evaluation = _get_evaluation(project, pk)
+    output = get_object_or_404(
+        Generation.objects.select_related("item", "candidate__evaluation__dataset_version"),
+        candidate__evaluation=evaluation,
+        pk=generation,
+    )
+    back = reverse("evaluation_results", kwargs={"slug": project.slug, "pk": evaluation.pk})
+    if not evaluation_sight(evaluation, request.user, request.access).examples:
+        messages.error(request, "You cannot see this evaluation's outputs example by example yet.")
+        return redirect(back)
+    try:
+        pair = preferences.improve_output(generation=output, text=request.POST.get("text", ""), user=request.user)
+    except preferences.PreferenceError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request, f"Saved as pair #{pair.pk} on the Preferences page: your reply preferred over the model's."
+        )
+    return redirect(f"{back}?show={request.POST.get('show', '')}#example-{output.item.position}")
 
 
 @project_view("evaluate")

@@ -26,6 +26,7 @@ from apps.evaluations.models import (
     CandidateKind,
     CheckResult,
     Evaluation,
+    EvaluationPurpose,
     EvaluationStatus,
     Generation,
     Judgment,
@@ -108,6 +109,7 @@ def runs_evaluated_on(project, current: CurrentData) -> set[int]:
             evaluation__project=project, evaluation__dataset_version=current.dataset_version, kind=CandidateKind.RUN
         )
         .exclude(evaluation__status=EvaluationStatus.FAILED)
+        .exclude(evaluation__purpose=EvaluationPurpose.COLLECT)  # on training examples: judges nothing
         .values_list("run_id", "evaluation__rubric__name", "evaluation__rubric__version")
     )
     return {run_id for run_id, name, version in rows if version >= current.rubric_versions.get(name, version)}

@@ -4,7 +4,7 @@ newer dataset version's test split, through ``evaluations.services.create_evalua
 from __future__ import annotations
 
 from apps.datasets.models import DatasetVersion
-from apps.evaluations.models import CandidateKind, Evaluation, Rubric
+from apps.evaluations.models import CandidateKind, Evaluation, EvaluationPurpose, Rubric
 from apps.evaluations.services import CandidateSpec, EvaluationError, create_evaluation
 from apps.runs.models import Run, RunStatus
 
@@ -18,6 +18,7 @@ def runs_to_reevaluate(project, dataset_version: DatasetVersion):
     evaluated = set(
         Evaluation.objects.filter(project=project, dataset_version=dataset_version)
         .exclude(status="failed")
+        .exclude(purpose=EvaluationPurpose.COLLECT)  # on training examples: evaluates nothing
         .values_list("candidates__run_id", flat=True)
     )
     return (
