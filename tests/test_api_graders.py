@@ -11,9 +11,9 @@ import json
 import openai
 import pytest
 
-from apps.api import fine_tuning
-from apps.api.models import FineTuningJob
-from apps.runs.models import BaseModel, Run, RunStatus
+from apps.datasets.models import PreferencePair
+from apps.runs import methods
+from apps.runs.models import Run, RunStatus
 from tests import test_api_fine_tuning as api_tests
 from tests import test_eval_judge as judge_tests
 from tests.factories import conversation, make_dataset_version
@@ -167,33 +167,7 @@ def reinforcement(grader=None) -> dict:
     return {"type": "reinforcement", "reinforcement": {"grader": grader or EXACT, "hyperparameters": {"n_epochs": 1}}}
 
 
-@pytest.fixture
-def launched(monkeypatch):
-    """The runs service's launch of a dpo or reinforcement run (another part of the Studio), as a stand-in that
-    records what the API hands it and queues a run of that method."""
-    calls = []
-
-    def launch(*, job, files):
-        calls.append((job.method, job.overrides, sorted(files)))
-        version = make_dataset_version(job.project, {"train": [conversation("hi", "hello")]})
-        method = job.method["type"]
-        graders = [job.method["reinforcement"]["grader"]] if method == "reinforcement" else []
-        return Run.objects.create(
-            project=job.project,
-            dataset_version=version,
-            base_model=BaseModel.objects.get(name=job.model),
-            method=method,
-            graders=graders,
-            hyperparameters={"epochs": job.overrides.get("epochs", 1), "learning_rate": 2e-4, "batch_size": 4},
-            seed=job.seed,
-            status=RunStatus.QUEUED,
-        )
-
-    monkeypatch.setattr(fine_tuning, "_method_launcher", lambda: launch)
-    return calls
-
-
-def test_a_dpo_job_checks_its_pairs_echoes_its_method_and_is_listed(api, launched):
+def test_a_dpo_job_checks_its_pairs_echoes_its_method_and_is_listed(api):
     pm = api("pm")
     made = raw(
         pm.fine_tuning.jobs.with_raw_response.create(
@@ -205,10 +179,13 @@ def test_a_dpo_job_checks_its_pairs_echoes_its_method_and_is_listed(api, launche
     assert made["method"]["type"] == "dpo"
     assert made["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
     assert made["method"]["dpo"]["hyperparameters"]["n_epochs"] == 2
-    assert launched[0][1]["beta"] == 0.2 and launched[0][2] == ["training_file"]
     listed = pm.fine_tuning.jobs.list()
     assert [j.id for j in listed.data] == [made["id"]] and listed.data[0].method.type == "dpo"
-    assert Run.objects.get().method == "dpo"
+    run = Run.objects.get()
+    assert run.method == "dpo" and run.status == RunStatus.QUEUED and run.hyperparameters["beta"] == 0.2
+    pairs = run.preference_version.training_pairs("train")
+    assert sorted(p["preferred"]["content"] for p in pairs) == [f"Hi Ann, order {n} ships today." for n in (1, 2)]
+    assert run.dataset_version == run.preference_version.dataset_version  # anchored (here: made of the preferred)
 
 
 @pytest.mark.parametrize(
@@ -223,7 +200,7 @@ def test_a_dpo_job_checks_its_pairs_echoes_its_method_and_is_listed(api, launche
         ([{"messages": []}], "line 1: unknown field 'messages'"),
     ],
 )
-def test_a_dpo_job_with_a_bad_pair_fails_naming_the_line_and_nothing_runs(api, launched, rows, message):
+def test_a_dpo_job_with_a_bad_pair_fails_naming_the_line_and_nothing_runs(api, rows, message):
     pm = api("pm")
     job = raw(
         pm.fine_tuning.jobs.with_raw_response.create(
@@ -233,10 +210,10 @@ def test_a_dpo_job_with_a_bad_pair_fails_naming_the_line_and_nothing_runs(api, l
     assert_openai_shape("FineTuningJob", job)
     assert job["status"] == "failed" and job["error"]["param"] == "training_file"
     assert message in job["error"]["message"], job["error"]["message"]
-    assert not launched and not Run.objects.exists()
+    assert not Run.objects.exists() and not PreferencePair.objects.exists()
 
 
-def test_a_reinforcement_job_checks_its_grader_and_the_fields_it_reads(api, launched):
+def test_a_reinforcement_job_checks_its_grader_and_the_fields_it_reads(api):
     pm = api("pm")
     good = upload_lines(pm, [prompt(1), prompt(2)])
     python = refused(
@@ -281,7 +258,7 @@ def test_a_reinforcement_job_checks_its_grader_and_the_fields_it_reads(api, laun
         )
     )
     assert "line 1: messages must end on the user's turn" in ends_with_reply["error"]["message"]
-    assert not launched
+    assert not Run.objects.exists()
     made = raw(
         pm.fine_tuning.jobs.with_raw_response.create(model="tiny-llama", training_file=good, method=reinforcement())
     )
@@ -298,16 +275,35 @@ def test_a_reinforcement_job_checks_its_grader_and_the_fields_it_reads(api, laun
             },
         },
     }
-    assert Run.objects.get().graders == [EXACT]
+    run = Run.objects.get()
+    assert run.graders == [EXACT] and run.method == "reinforcement" and run.status == RunStatus.QUEUED
+    prompts = methods.training_data(run)[0]  # what the worker's GRPO reads: the prompts and reference answers
+    assert [(p["messages"][-1]["content"], p["reference_answer"]) for p in prompts] == [
+        ("Customer: Ann\nWhere is order 1?", "Hi Ann, order 1 ships today."),
+        ("Customer: Ann\nWhere is order 2?", "Hi Ann, order 2 ships today."),
+    ]
     assert pm.fine_tuning.jobs.retrieve(made["id"]).method.reinforcement.grader.name == "exact"
 
 
-def test_until_launching_is_wired_a_checked_job_fails_saying_so(api):
+def test_a_dpo_job_trains_on_its_file_only_and_never_on_a_test_input_of_the_project(api, team):
+    """Pairs already in the project's pool stay out of the job's version; the version is anchored to the project's
+    newest examples version, and a pair whose input is one of its test examples fails the job, naming it."""
     pm = api("pm")
-    job = pm.fine_tuning.jobs.create(model="tiny-llama", training_file=upload_lines(pm, [pair(1)]), method=DPO)
-    assert job.status == "failed" and job.error.code == "method_unavailable"
-    assert "The files are valid" in job.error.message and not Run.objects.exists()
-    assert FineTuningJob.objects.get().method["type"] == "dpo"
+    version = make_dataset_version(
+        team.project,
+        {"train": [conversation("hello", "hi")], "test": [conversation("Customer: Ann\nWhere is order 9?", "x")]},
+    )
+    earlier = pm.fine_tuning.jobs.create(model="tiny-llama", training_file=upload_lines(pm, [pair(1)]), method=DPO)
+    job = pm.fine_tuning.jobs.create(model="tiny-llama", training_file=upload_lines(pm, [pair(2), pair(3)]), method=DPO)
+    assert earlier.status == job.status == "queued"
+    run = Run.objects.latest("pk")
+    assert run.preference_version.dataset_version == version
+    inputs = sorted(p["messages"][-1]["content"] for p in run.preference_version.training_pairs("train"))
+    assert inputs == ["Customer: Ann\nWhere is order 2?", "Customer: Ann\nWhere is order 3?"]
+    leaky = pm.fine_tuning.jobs.create(model="tiny-llama", training_file=upload_lines(pm, [pair(9)]), method=DPO)
+    assert leaky.status == "failed" and leaky.error.param == "training_file"
+    assert "test" in leaky.error.message, leaky.error.message
+    assert Run.objects.count() == 2
 
 
 @pytest.mark.slow

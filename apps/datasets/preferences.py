@@ -284,7 +284,7 @@ def _version_hash(items: list[tuple[str, PreferencePair]]) -> str:
 
 
 def freeze_preference_version(
-    *, project, dataset_version: DatasetVersion, user=None, note: str = ""
+    *, project, dataset_version: DatasetVersion, user=None, note: str = "", selection: dict | None = None
 ) -> PreferenceVersion:
     """Freeze the pool's pairs not left out into an immutable, numbered preference version anchored to
     ``dataset_version`` (the examples version whose test split judges the models trained on it).
@@ -294,18 +294,30 @@ def freeze_preference_version(
     hash, so the same pool freezes to the same content hash. Refused (FreezeError) when the pool is empty, when any
     pair's input is one of the anchor's test inputs (the error names them), or when nothing changed since the
     latest version on the same anchor.
+
+    ``selection`` ({"train": [pair ids], "val": [pair ids]}) freezes exactly those pairs in those splits instead of
+    the pool (a fine-tuning job's files); the pool's own splits are left as they are, and a selection identical to
+    the latest version on the same anchor returns that version.
     """
     if dataset_version.project_id != project.pk:
         raise FreezeError("That examples version belongs to another project.")
-    pairs = list(PreferencePair.objects.filter(project=project, excluded=False).order_by("content_hash", "id"))
+    if selection is not None:
+        chosen = {pk: split for split in (Split.VAL, Split.TRAIN) for pk in selection.get(split.value, [])}
+        pairs = list(PreferencePair.objects.filter(project=project, pk__in=chosen).order_by("content_hash", "id"))
+        for pair in pairs:
+            pair.split = chosen[pair.pk]
+        unsplit = []
+    else:
+        pairs = list(PreferencePair.objects.filter(project=project, excluded=False).order_by("content_hash", "id"))
     if not pairs:
         raise FreezeError("No preference pairs to freeze: import pairs, or collect them from reviewers' verdicts.")
     leaks = test_leaks(pairs, dataset_version)
     if leaks:
         raise FreezeError(leak_message(leaks, dataset_version))
-    unsplit = [p for p in pairs if p.split not in (Split.TRAIN, Split.VAL)]
-    for pair in unsplit:
-        pair.split = _split_for(pair.content_hash, len(pairs))
+    if selection is None:
+        unsplit = [p for p in pairs if p.split not in (Split.TRAIN, Split.VAL)]
+        for pair in unsplit:
+            pair.split = _split_for(pair.content_hash, len(pairs))
     order = {Split.TRAIN.value: 0, Split.VAL.value: 1}
     items = sorted(((p.split, p) for p in pairs), key=lambda sp: (order[sp[0]], sp[1].content_hash))
     if not any(split == Split.TRAIN for split, _ in items):
@@ -313,6 +325,8 @@ def freeze_preference_version(
     content = _version_hash(items)
     latest = PreferenceVersion.objects.filter(project=project).order_by("-number").first()
     if latest and latest.content_hash == content and latest.dataset_version_id == dataset_version.pk:
+        if selection is not None:
+            return latest
         raise FreezeError(f"Nothing changed since p{latest.number}: it already holds exactly these pairs.")
     split_counts = {Split.TRAIN.value: 0, Split.VAL.value: 0}
     for split, _ in items:
