@@ -323,3 +323,36 @@ def test_a_score_model_on_a_model_of_the_project_is_asked_through_the_inference_
     errors = answer["metadata"]["errors"]
     assert errors["model_grader_parse_error"] is True and errors["model_grader_server_error"] is False, errors
     assert answer["ftstudio"]["score_missing"] is True
+
+
+@pytest.mark.slow
+def test_the_sdk_follows_a_dpo_and_a_reinforcement_job_to_a_servable_model(api):
+    """Both methods end to end through OpenAI's client: created, trained by the worker's task, followed through
+    their events to succeeded, and their tuned models listed among the project's models."""
+    from apps.runs.tasks import train_run
+
+    pm = api("pm")
+    dpo = pm.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=upload_lines(pm, [pair(n) for n in range(2)]),
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 1, "batch_size": 2}}},
+    )
+    graded = pm.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=upload_lines(pm, [prompt(n) for n in range(2)]),
+        method={
+            "type": "reinforcement",
+            "reinforcement": {"grader": OVERLAP, "hyperparameters": {"n_epochs": 1, "batch_size": 8}},
+        },
+    )
+    for job in (dpo, graded):
+        run = Run.objects.get(fine_tuning_job__public_id=job.id)
+        assert train_run(run.pk) == RunStatus.SUCCEEDED, run.error
+        followed = raw(pm.fine_tuning.jobs.with_raw_response.retrieve(job.id))
+        assert_openai_shape("FineTuningJob", followed)
+        assert followed["status"] == "succeeded" and followed["fine_tuned_model"]
+        assert followed["method"]["type"] == job.method.type
+        events = [e.message for e in pm.fine_tuning.jobs.list_events(job.id)]
+        assert events[0] == "The job has successfully completed", events
+        assert any(f"dataset version v{run.dataset_version.number}" in message for message in events), events
+        assert followed["fine_tuned_model"] in [m.id for m in pm.models.list()]

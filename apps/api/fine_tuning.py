@@ -1006,7 +1006,8 @@ def events(job: FineTuningJob) -> list[Event]:
                     run.created_at,
                     "Files validated, moving job to queued state; "
                     + "; ".join(parts)
-                    + f"; dataset version v{report.get('dataset_version')}",
+                    + f"; dataset version v{run.dataset_version.number}"
+                    + (f", preference version p{run.preference_version.number}" if run.preference_version_id else ""),
                 )
             )
         overlap = (report.get("validation_file") or {}).get("also_in_training_file")
