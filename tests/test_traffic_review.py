@@ -123,6 +123,10 @@ def test_a_sample_needs_a_tuned_model_a_rubric_and_matching_rows_and_only_evalua
     assert team.client("reviewer").post(url, {"model": model, "size": "3"}).status_code == 403
     page = pm.get(reverse("traffic", kwargs={"slug": team.project.slug}), {"model": model}).content.decode()
     assert "Review a sample blind" in page and f'value="run:{run.pk}"' in page
+    # filtering in place (htmx) redraws the sample form with the new filters
+    partial = pm.get(reverse("traffic", kwargs={"slug": team.project.slug}), {"model": model}, HTTP_HX_REQUEST="true")
+    form = partial.content.decode()[partial.content.decode().index('id="traffic-review"') :]
+    assert f'name="model" value="{model}"' in form and "<html" not in partial.content.decode()
     assert (
         "Review a sample blind"
         not in team.client("designer").get(reverse("traffic", kwargs={"slug": team.project.slug})).content.decode()

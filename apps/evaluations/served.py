@@ -12,10 +12,10 @@ from .statistics import token_f1
 
 
 @transaction.atomic
-def record_served_outputs(*, candidate: Candidate, outputs: list[tuple[DatasetVersionItem, str, dict | None]]) -> int:
+def record_served_outputs(*, candidate: Candidate, outputs: list[tuple[DatasetVersionItem, str, dict | None]]) -> None:
     """Save ``(item, answer, usage)`` as the candidate's outputs, as served (no generation); marks the candidate's
-    label "as served". Items that already have its output are left as they are. Returns how many were saved."""
-    made = Generation.objects.bulk_create(
+    label "as served". Items that already have its output are left as they are."""
+    Generation.objects.bulk_create(
         [
             Generation(
                 candidate=candidate,
@@ -31,4 +31,3 @@ def record_served_outputs(*, candidate: Candidate, outputs: list[tuple[DatasetVe
     )
     if not candidate.label.endswith(" as served"):
         Candidate.objects.filter(pk=candidate.pk).update(label=f"{candidate.label} as served")
-    return len(made)
