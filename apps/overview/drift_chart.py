@@ -26,13 +26,14 @@ class DriftChart:
     bars: list[Bar]
     threshold_y: float
     threshold_percent: int
+    model: str = ""  # the run's model id: the traffic page filtered to it, where a sample is reviewed blind
     width: int = WIDTH
     height: int = HEIGHT
 
 
 def drift_charts(project) -> list[DriftChart]:
     """One chart per run with measured weeks (``traffic.selectors.drift_lines``), oldest week on the left."""
-    from apps.api.selectors import completion_storage
+    from apps.api.selectors import completion_storage, run_model_id
     from apps.traffic.selectors import drift_lines
 
     lines = drift_lines(project)
@@ -56,6 +57,13 @@ def drift_charts(project) -> list[DriftChart]:
             for i, w in enumerate(weeks)
         ]
         charts.append(
-            DriftChart(line.run, line.drifted, bars, round(HEIGHT * (1 - threshold), 1), round(100 * threshold))
+            DriftChart(
+                line.run,
+                line.drifted,
+                bars,
+                round(HEIGHT * (1 - threshold), 1),
+                round(100 * threshold),
+                run_model_id(line.run),
+            )
         )
     return charts
