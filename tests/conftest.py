@@ -97,6 +97,15 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """Django's cache (per process) starts empty: a row id reused by the next test's database must not find the
+    last test's cached answers (the project's storage choice)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def eager():
     """Tasks run inline for the tests that ask for it. Without it a task is only queued on this test process's

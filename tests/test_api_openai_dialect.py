@@ -285,3 +285,46 @@ def test_constrained_and_free_rows_share_a_batch_and_free_rows_write_what_they_w
     assert [e["logprob"] for e in mixed[0].logprobs] == pytest.approx([e["logprob"] for e in alone.logprobs])
     ticket = Ticket.model_validate_json(tokenizer.decode(mixed[1].output_ids, skip_special_tokens=True))
     assert mixed[1].finish_reason == "stop" and 1 <= ticket.priority <= 5
+
+
+def test_every_answer_and_stream_chunk_is_a_valid_openai_object_by_the_pinned_schema(api, live_server):  # noqa: F811
+    """The raw bodies (not what the SDK tolerates) against OpenAI's published CreateChatCompletionResponse and
+    CreateChatCompletionStreamResponse: a plain reply, logprobs, a tool call, a JSON schema answer, usage last."""
+    import httpx
+
+    from tests.openai_schema import assert_openai_shape
+
+    headers = {"Authorization": f"Bearer {api('pm').api_key}"}
+    url = f"{live_server.url}/v1/chat/completions"
+    ticket = {"type": "json_schema", "json_schema": {"name": "ticket", "strict": True, "schema": {
+        **Ticket.model_json_schema(), "additionalProperties": False}}}  # fmt: skip
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    bodies = {
+        "plain": {},
+        "logprobs": {"logprobs": True, "top_logprobs": 2},
+        "tools": {"tools": [WEATHER, TIME], "tool_choice": forced, "max_tokens": 60},
+        "json_schema": {"response_format": ticket, "max_tokens": 40},
+    }
+    for name, extra in bodies.items():
+        body = {"model": "tiny-llama", "messages": HELLO, "max_tokens": 6, "temperature": 0, **extra}
+        answer = httpx.post(url, json=body, headers=headers, timeout=120).json()
+        assert_openai_shape("CreateChatCompletionResponse", answer)
+        message = answer["choices"][0]["message"]
+        assert "refusal" in message and message["refusal"] is None, name  # required, null when none
+        if name == "logprobs":
+            assert len(answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+        if name == "tools":
+            assert answer["choices"][0]["finish_reason"] == "tool_calls" and message["tool_calls"]
+
+        chunks = []
+        streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", url, json=streamed, headers=headers, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(json.loads(line[len("data: ") :]))
+        for chunk in chunks:
+            assert_openai_shape("CreateChatCompletionStreamResponse", chunk)
+        *answering, last = chunks
+        assert last["choices"] == [] and last["usage"]["total_tokens"] == answer["usage"]["total_tokens"], name
+        assert all(c.get("usage") is None for c in answering), name  # usage comes in the last chunk only
+        assert answering[-1]["choices"][0]["finish_reason"] == answer["choices"][0]["finish_reason"], name

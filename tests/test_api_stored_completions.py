@@ -3,6 +3,7 @@ and a real inference process: list, retrieve, messages, update, delete, in OpenA
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import httpx
@@ -193,3 +194,92 @@ def test_a_registered_model_teaches_through_the_inference_process(api, team):
     (draft,) = Example.objects.filter(project=team.project)
     assert draft.origin == f"teacher tiny-llama on {kept.id}" and draft.status == "draft"
     assert draft.messages[0] == HELLO[0] and draft.ideal_output  # the teacher's answer is the starting ideal
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Oslo", "Paris"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_a_streamed_completion_is_stored_whole_with_its_usage_though_the_caller_did_not_ask_for_usage(api, live_server):
+    pm = api("pm")
+    chunks = list(
+        pm.chat.completions.create(
+            model="tiny-llama", messages=HELLO, max_tokens=5, temperature=0, stream=True, store=True
+        )
+    )
+    assert all(c.usage is None for c in chunks)  # the caller did not ask for usage: it gets none in the stream
+    plain = pm.chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=5, temperature=0)
+    # the same request unstreamed: the counts the stored row must hold
+    called = list(
+        pm.chat.completions.create(
+            model="tiny-llama",
+            messages=HELLO,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            store=True,
+        )
+    )
+    stored.writer.flush()
+
+    text = pm.chat.completions.retrieve(chunks[0].id)
+    assert text.choices[0].message.content == "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.usage.prompt_tokens == plain.usage.prompt_tokens > 0
+    assert text.usage.completion_tokens == plain.usage.completion_tokens > 0
+    assert text.usage.total_tokens == plain.usage.total_tokens
+
+    raw = httpx.get(
+        f"{live_server.url}/v1/chat/completions/{called[0].id}", headers={"Authorization": f"Bearer {pm.api_key}"}
+    ).json()
+    assert_openai_shape("CreateChatCompletionResponse", raw)
+    (choice,) = raw["choices"]
+    (call,) = choice["message"]["tool_calls"]
+    streamed = [t for c in called if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert call["id"] == streamed[0].id and call["function"]["name"] == "get_weather"
+    assert call["function"]["arguments"] == "".join(t.function.arguments or "" for t in streamed)
+    assert json.loads(call["function"]["arguments"])["city"] in {"Oslo", "Paris"}
+    assert choice["finish_reason"] == "tool_calls" and raw["usage"]["completion_tokens"] > 0
+
+
+def test_an_empty_list_is_a_valid_openai_list(api, live_server):
+    pm = api("pm")
+    raw = httpx.get(f"{live_server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {pm.api_key}"})
+    assert raw.json()["data"] == [] and raw.json()["has_more"] is False
+    assert_openai_shape("ChatCompletionList", raw.json())  # first_id and last_id are required strings
+    assert pm.chat.completions.list().data == []
+
+
+def test_the_project_s_storage_choice_is_read_once_not_per_request_and_a_change_applies_at_once(api, team, monkeypatch):
+    from django.db.models.query import QuerySet
+
+    from apps.api.models import CompletionStorage
+
+    reads, exists = [], QuerySet.exists
+
+    def counted(queryset):
+        if queryset.model is CompletionStorage:
+            reads.append(queryset)
+        return exists(queryset)
+
+    monkeypatch.setattr(QuerySet, "exists", counted)  # every thread's query, the live server's too
+    designer = api("designer")
+    for _ in range(3):
+        ask(designer)
+    assert len(reads) == 1  # the first request read it; the next two found it cached
+    api_services.set_completion_storage(project=team.project, store_every_completion=True, retention_days=30)
+    kept = ask(designer)
+    stored.writer.flush()
+    assert list(StoredCompletion.objects.values_list("public_id", flat=True)) == [kept.id]
+    assert len(reads) == 2

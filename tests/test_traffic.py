@@ -179,3 +179,47 @@ def test_a_teacher_endpoint_on_a_private_address_gets_the_ssrf_check(team, traff
     outcome = services.distill(project=team.project, public_ids=["chatcmpl-a"], teacher="judge")
     assert outcome == {"answered": 0, "skipped": 0, "failed": 1}
     assert Teacher.seen == [] and not Example.objects.exists()
+
+
+def test_a_teacher_answers_a_dataset_version_s_training_questions_and_leaves_its_test_questions_unseen(
+    team, teacher_endpoint, eager, django_capture_on_commit_callbacks
+):
+    from tests.factories import conversation, make_dataset_version
+
+    version = make_dataset_version(
+        team.project,
+        {
+            "train": [
+                conversation("How do refunds work?", "Old answer"),
+                conversation("Call me at 555-123-4567", "Ok"),
+            ],
+            "test": [conversation("A held-out question", "Unseen")],
+        },
+    )
+    traffic = reverse("traffic", kwargs={"slug": team.project.slug})
+    page = team.client("designer").get(traffic).content.decode()
+    assert "Have a larger model answer a dataset version" in page and f'value="{version.pk}"' in page
+    with django_capture_on_commit_callbacks(execute=True):
+        response = team.client("designer").post(
+            traffic, {"action": "distill_version", "version": version.pk, "teacher": "judge"}, follow=True
+        )
+    assert f"training questions of v{version.number}" in response.content.decode()
+    drafts = {e.origin: e for e in Example.objects.filter(project=team.project)}
+    assert set(drafts) == {"teacher big-teacher on v1 example 1", "teacher big-teacher on v1 example 2"}
+    first = drafts["teacher big-teacher on v1 example 1"]
+    assert first.messages == [
+        {"role": "user", "content": "How do refunds work?"},
+        {"role": "assistant", "content": "Teacher: How do refunds work?"},
+    ]  # the version's own answer is not sent: the teacher answers the question
+    assert first.status == ExampleStatus.DRAFT
+    assert [b["messages"] for b in Teacher.seen] == [
+        [{"role": "user", "content": "How do refunds work?"}],
+        [{"role": "user", "content": "Call me at [phone number]"}],
+    ]  # personal data masked before it left; the test question never sent
+    again = services.distill(project=team.project, teacher="judge", version_id=version.pk)
+    assert again == {"answered": 0, "skipped": 2, "failed": 0}
+    other = make_dataset_version(team.other_project, {"train": [conversation("x", "y")]})
+    refused = team.client("designer").post(
+        traffic, {"action": "distill_version", "version": other.pk, "teacher": "judge"}, follow=True
+    )
+    assert "dataset versions for the teacher to answer" in refused.content.decode() and len(Teacher.seen) == 2

@@ -96,3 +96,25 @@ def test_a_higher_project_threshold_marks_nothing_and_remeasuring_replaces_the_w
     services.measure_drift(project=team.project)  # idempotent: the same weeks, replaced
     assert selectors.drifted_runs(team.project) == {}
     assert sum(len(line.weeks) for line in selectors.drift_lines(team.project)) == 4
+
+
+def test_the_project_home_draws_each_served_run_s_weekly_drift_against_the_threshold(team, served):
+    import re
+    from urllib.parse import quote
+
+    shifted, steady = served
+    home = reverse("project_detail", kwargs={"slug": "support"})
+    assert 'id="drift-chart"' not in team.client("pm").get(home).content.decode()  # nothing measured yet
+    services.measure_drift(project=team.project)
+    page = team.client("pm").get(home).content.decode()
+    chart = page[page.index('id="drift-chart"') :]
+    assert chart.count("<svg") == 2 and chart.count('class="drift-bar"') == 4  # two runs, two weeks each
+    shifted_chart = chart[chart.index(shifted.name) : chart.index(steady.name)]
+    assert "not evaluated on current traffic" in shifted_chart
+    heights = [float(h) for h in re.findall(r'class="drift-bar"[^>]* height="([\d.]+)"', shifted_chart)]
+    assert heights == [0.0, 63.0]  # 0% then 70% of the chart's 90 points
+    assert re.search(r'<line [^>]*y1="63.0"', shifted_chart)  # the 30% threshold, drawn at 70% of the height
+    assert ": 70%" in shifted_chart and "not evaluated on current traffic" not in chart[chart.index(steady.name) :]
+    review = f"/p/support/traffic/?model={quote(run_model_id(shifted))}#traffic-review"  # the action next to it
+    assert review in shifted_chart and "#traffic-review" not in chart[chart.index(steady.name) :]
+    assert 'id="drift-chart"' not in team.client("reviewer").get(home).content.decode()  # reviewers see no traffic

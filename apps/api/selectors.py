@@ -157,10 +157,32 @@ def inference_target(target: ModelTarget) -> dict:
 
 
 # --- stored completions ------------------------------------------------------------------------------
+STORAGE_CHOICE_SECONDS = 30  # how long a process trusts its cached "store every completion" answer
+
+
+def _storage_choice_key(project_id: int) -> str:
+    return f"ftstudio:store-every-completion:{project_id}"
+
+
 def stores_every_completion(project_id: int) -> bool:
+    """Whether the project keeps every completion of its keys: one query per project and process at most every
+    ``STORAGE_CHOICE_SECONDS`` (Django's cache; ``set_completion_storage`` forgets it at once, and a shared cache
+    backend makes that reach every process), not one per chat request."""
+    from django.core.cache import cache
+
     from .models import CompletionStorage
 
-    return CompletionStorage.objects.filter(project_id=project_id, store_every_completion=True).exists()
+    found = cache.get(_storage_choice_key(project_id))
+    if found is None:
+        found = CompletionStorage.objects.filter(project_id=project_id, store_every_completion=True).exists()
+        cache.set(_storage_choice_key(project_id), found, STORAGE_CHOICE_SECONDS)
+    return found
+
+
+def forget_storage_choice(project_id: int) -> None:
+    from django.core.cache import cache
+
+    cache.delete(_storage_choice_key(project_id))
 
 
 def completion_storage(project):

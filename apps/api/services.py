@@ -7,12 +7,14 @@ import hashlib
 import secrets
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from apps.accounts.models import Membership, Project
 
 from .models import ApiKey
+from .selectors import forget_storage_choice
 
 KEY_PREFIX = "fts_"
 
@@ -121,6 +123,8 @@ def set_completion_storage(
             "drift_threshold": drift_threshold,
         },
     )
+    forget_storage_choice(project.pk)
+    transaction.on_commit(lambda: forget_storage_choice(project.pk))  # a request in between read the old row
     return row
 
 

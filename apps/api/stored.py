@@ -73,14 +73,47 @@ def capture(response, want: Wanted | None):
     if not response.streaming:
         submit(want, json.loads(response.content), streamed=False)
         return response
-    response.streaming_content = _tap(response.streaming_content, want)
+    counted = getattr(response, "counted_usage", None)  # what the inference process counted (``views.forward_chat``)
+    response.streaming_content = _tap(response.streaming_content, want, counted if counted is not None else {})
     return response
 
 
-def _tap(chunks, want: Wanted):
-    """Pass SSE chunks through unchanged, assembling the completion; queued only when the stream ended."""
-    texts: dict[int, list[str]] = {}
-    finish: dict[int, str | None] = {}
+class _Assembled:
+    """One choice of a stream put back together: its content, refusal and tool calls, and how it finished."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.refusal: list[str] = []
+        self.calls: dict[int, dict] = {}
+        self.finish: str | None = None
+
+    def add(self, choice: dict) -> None:
+        delta = choice.get("delta") or {}
+        self.content.append(delta.get("content") or "")
+        self.refusal.append(delta.get("refusal") or "")
+        for part in delta.get("tool_calls") or ():
+            call = self.calls.setdefault(
+                part.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            call["id"] = part.get("id") or call["id"]
+            function = part.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+        self.finish = choice.get("finish_reason") or self.finish
+
+    def message(self) -> dict:
+        message = {"role": "assistant", "content": "".join(self.content) or (None if self.calls else "")}
+        if any(self.refusal):
+            message["refusal"] = "".join(self.refusal)
+        if self.calls:
+            message["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
+        return message
+
+
+def _tap(chunks, want: Wanted, counted: dict):
+    """Pass SSE chunks through unchanged, assembling the completion; queued only when the stream ended. Its usage
+    is the inference process's count (``counted``), also when the caller did not ask for it in the stream."""
+    choices: dict[int, _Assembled] = {}
     head: dict = {}
     for raw in chunks:
         yield raw
@@ -89,15 +122,12 @@ def _tap(chunks, want: Wanted):
             continue
         data = line[len("data: ") :]
         if data == "[DONE]":
-            choices = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": "".join(texts[i])},
-                    "finish_reason": finish.get(i) or "stop",
-                }
-                for i in sorted(texts)
+            usage = head.pop("usage", None) or counted.get("usage")
+            assembled = [
+                {"index": i, "message": c.message(), "finish_reason": c.finish or "stop"}
+                for i, c in sorted(choices.items())
             ]
-            submit(want, {**head, "choices": choices}, streamed=True)
+            submit(want, {**head, "choices": assembled, **({"usage": usage} if usage else {})}, streamed=True)
             return
         chunk = json.loads(data)
         head.setdefault("id", chunk.get("id"))
@@ -106,9 +136,7 @@ def _tap(chunks, want: Wanted):
         if chunk.get("usage"):
             head["usage"] = chunk["usage"]
         for choice in chunk.get("choices") or []:
-            texts.setdefault(choice["index"], []).append((choice.get("delta") or {}).get("content") or "")
-            if choice.get("finish_reason"):
-                finish[choice["index"]] = choice["finish_reason"]
+            choices.setdefault(choice["index"], _Assembled()).add(choice)
 
 
 # --- the writer --------------------------------------------------------------------------------------------

@@ -18,6 +18,14 @@ from .views import chat_completions
 MAX_LIMIT = 100
 
 
+def _message(message: dict) -> dict:
+    """The stored answer as OpenAI's response message: its content, refusal and tool calls."""
+    found = {"role": "assistant", "content": message.get("content"), "refusal": message.get("refusal")}
+    if message.get("tool_calls"):
+        found["tool_calls"] = message["tool_calls"]
+    return found
+
+
 def completion_object(row) -> dict:
     """OpenAI's stored chat completion; fields we have no value for are left out (their schema allows no null)."""
     obj = {
@@ -28,7 +36,7 @@ def completion_object(row) -> dict:
         "choices": [
             {
                 "index": c.get("index", i),
-                "message": {"role": "assistant", "content": (c.get("message") or {}).get("content"), "refusal": None},
+                "message": _message(c.get("message") or {}),
                 "finish_reason": c.get("finish_reason") or "stop",
                 "logprobs": None,
             }
@@ -54,6 +62,8 @@ def _page_args(request) -> tuple[str, int, str]:
 
 
 def _page(items: list, limit: int, objects) -> JsonResponse:
+    """OpenAI's list; an empty page's first_id and last_id are "" (ChatCompletionList types them as required
+    strings, so null breaks typed clients), as the files list does (``shapes.page``)."""
     more = len(items) > limit
     items = items[:limit]
     data = [objects(x) for x in items]
@@ -61,8 +71,8 @@ def _page(items: list, limit: int, objects) -> JsonResponse:
         {
             "object": "list",
             "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
+            "first_id": data[0]["id"] if data else "",
+            "last_id": data[-1]["id"] if data else "",
             "has_more": more,
         }
     )

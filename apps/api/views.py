@@ -110,15 +110,17 @@ def forward_chat(body: dict, chat, target: selectors.ModelTarget, *, project, ke
         elif not isinstance(payload.get("error"), dict):
             return error_response(ApiError(502, "The inference process gave an unreadable answer.", kind="api_error"))
         return JsonResponse(payload, status=upstream.status_code)
+    seen: dict = {}  # the usage the inference process counted, for storage even when the caller did not ask
     response = StreamingHttpResponse(
-        _relay(client_, upstream, key, chat.include_usage), content_type="text/event-stream"
+        _relay(client_, upstream, key, chat.include_usage, seen), content_type="text/event-stream"
     )
+    response.counted_usage = seen
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
 
 
-def _relay(client, upstream, key, include_usage: bool):
+def _relay(client, upstream, key, include_usage: bool, seen: dict | None = None):
     """SSE chunks from the inference process to the caller. Closing this generator (the caller went away)
     closes the upstream connection, and the inference process drops the rows at its next token.
 
@@ -142,6 +144,8 @@ def _relay(client, upstream, key, include_usage: bool):
                     break
                 if chunk.get("usage"):
                     usage = chunk["usage"]
+                    if seen is not None:
+                        seen["usage"] = usage
                 sent += sum(1 for c in chunk.get("choices") or () if (c.get("delta") or {}).get("content"))
                 if not include_usage:
                     if not chunk.get("choices") and "usage" in chunk:

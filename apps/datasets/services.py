@@ -910,6 +910,16 @@ def freeze_subset(
     return _save_version(project_id=source.project_id, items=items, note=note, user=user, derived_from=source)
 
 
+def freeze_inputs(*, source: DatasetVersion, conversations: list[list[dict]], user=None, note: str = ""):
+    """Freeze questions asked outside the data (a sample of served traffic) as a test-only version derived from
+    ``source``, the version the model that answered them was trained on: something to evaluate on, not new data
+    (``derived_from``: never offered for training, never "the newest version")."""
+    if not conversations:
+        raise FreezeError("No questions to freeze.")
+    items = [FrozenItem(Split.TEST.value, None, m, content_hash(m, []), None) for m in conversations]
+    return _save_version(project_id=source.project_id, items=items, note=note, user=user, derived_from=source)
+
+
 # --- quality report --------------------------------------------------------------------------------
 def start_quality_report(*, project, user=None) -> QualityReport:
     """Queue a report (Celery task `datasets.quality_report`, queue `default`) unless one is already running."""

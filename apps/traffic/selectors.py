@@ -54,8 +54,8 @@ def _row(completion) -> TrafficRow:
     return TrafficRow(completion, users[-1] if users else "", completion.answer, personal_data(text))
 
 
-def traffic_rows(project, filters: Filters) -> list[TrafficRow]:
-    """The newest matching stored completions (at most ``PAGE``)."""
+def traffic_rows(project, filters: Filters, limit: int = PAGE) -> list[TrafficRow]:
+    """The newest matching stored completions (at most ``limit``)."""
     metadata = {filters.meta_key: filters.meta_value} if filters.meta_key else None
     rows = stored_completions(
         project,
@@ -65,10 +65,10 @@ def traffic_rows(project, filters: Filters) -> list[TrafficRow]:
         until=_day(filters.until, end=True),
     ).reverse()
     if not filters.personal:
-        return [_row(c) for c in rows[:PAGE]]
+        return [_row(c) for c in rows[:limit]]
     wanted = filters.personal == "yes"
     found = [r for r in map(_row, rows[:PERSONAL_SCAN]) if bool(r.personal) == wanted]
-    return found[:PAGE]
+    return found[:limit]
 
 
 def served_models(project) -> list[str]:
@@ -127,3 +127,30 @@ def teachers(project) -> list[tuple[str, str]]:
     judge = JudgeSettings.objects.filter(project=project).first()
     found = [("judge", f"{judge.model} (the judge's endpoint)")] if judge else []
     return found + [(t.id, t.id) for t in project_models(project) if not t.id.startswith("ft:")]
+
+
+def challengers(project) -> list[tuple[str, str]]:
+    """(value, label) of what a sample of traffic can be reviewed against: the project's tuned runs, the base
+    model, the prompt-only baseline."""
+    from apps.api.selectors import run_model_id
+    from apps.runs.models import Run, RunStatus
+
+    runs = Run.objects.filter(project=project, status=RunStatus.SUCCEEDED).exclude(adapter_path="").order_by("-pk")
+    return [
+        *((f"run:{r.pk}", f"Tuned run #{r.pk}{f' ({r.name})' if r.name else ''}: {run_model_id(r)}") for r in runs),
+        ("base", "The base model"),
+        ("prompt", "The base model with the house prompt"),
+    ]
+
+
+def rubrics(project) -> list:
+    from apps.evaluations.models import Rubric
+
+    return list(Rubric.objects.filter(project=project).order_by("-pk"))
+
+
+def versions(project) -> list:
+    """The frozen dataset versions whose training questions a teacher may answer."""
+    from apps.datasets.selectors import frozen_versions
+
+    return list(frozen_versions(project))

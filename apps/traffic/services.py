@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from django.db import transaction
 from django.utils import timezone
 
 from apps.api.selectors import run_model_id, stored_completions
@@ -36,6 +37,84 @@ def send_to_drafts(*, project, public_ids: list[str], user) -> list:
         for c in rows
     ]
     return add_drafts(project=project, conversations=conversations, user=user)
+
+
+# --- a sample of traffic, reviewed blind ------------------------------------------------------------------
+MAX_SAMPLE = 200
+
+
+def review_sample(*, project, filters, size: int, challenger: str, rubric_id: int, user=None):
+    """A blind evaluation of the served model on its ``size`` newest stored questions matching ``filters`` (those
+    of the traffic page; the model filter names the served model): the questions, personal data masked, frozen as
+    a test-only version derived from the served model's training version; its candidates the served model, whose
+    stored answers are taken as they are, and ``challenger`` (``run:<id>``, ``base`` or ``prompt``), generated as
+    every evaluation's candidates are. Returns the evaluation, queued for generation."""
+    from apps.api.selectors import UnknownModel, resolve_model
+    from apps.evaluations.models import Rubric
+    from apps.evaluations.services import EvaluationError, parse_candidates
+
+    from .selectors import traffic_rows
+
+    if not filters.model:
+        raise TrafficError("Choose the model to review in the Model filter first: the sample is of its answers.")
+    if not 1 <= size <= MAX_SAMPLE:
+        raise TrafficError(f"A sample holds 1 to {MAX_SAMPLE} questions.")
+    try:
+        served = resolve_model(project, filters.model)
+    except UnknownModel as exc:
+        raise TrafficError(str(exc)) from None
+    if served.run is None or served.checkpoint_step is not None:
+        raise TrafficError(f"{filters.model} is not a tuned model's final version: a sample reviews a tuned model.")
+    rubric = Rubric.objects.filter(project=project, pk=rubric_id).first()
+    if rubric is None:
+        raise TrafficError("Choose a rubric for the reviewers (create one in Evaluations first).")
+    try:
+        (other,) = parse_candidates(challenger)
+    except ValueError as exc:  # an EvaluationError too
+        raise TrafficError(f"Choose what to compare the served answers with ({exc}).") from None
+    rows = [r.completion for r in traffic_rows(project, filters, limit=size)]
+    if not rows:
+        raise TrafficError("No stored answers match these filters: nothing to sample.")
+    rows.reverse()  # oldest first
+    try:
+        return _sample_evaluation(project, served.run, rows, rubric, other, user)
+    except EvaluationError as exc:
+        raise TrafficError(str(exc)) from None
+
+
+@transaction.atomic
+def _sample_evaluation(project, run, rows: list, rubric, other, user):
+    from apps.datasets.services import freeze_inputs
+    from apps.evaluations.served import record_served_outputs
+    from apps.evaluations.services import CandidateSpec, create_evaluation, send_generation
+
+    questions = [
+        [{"role": m["role"], "content": quality.redact(m.get("content") or "")} for m in c.messages] for c in rows
+    ]
+    version = freeze_inputs(
+        source=run.dataset_version,
+        conversations=questions,
+        user=user,
+        note=f"{len(rows)} questions {rows[0].model} was asked",
+    )
+    evaluation = create_evaluation(
+        project=project,
+        dataset_version=version,
+        rubric=rubric,
+        candidates=[CandidateSpec("run", run_id=run.pk), other],
+        name=f"Traffic sample: {len(rows)} questions to {run.name or f'run #{run.pk}'}",
+        user=user,
+        enqueue=False,
+    )
+    record_served_outputs(
+        candidate=evaluation.candidates.get(position=0),
+        outputs=[
+            (item, quality.redact(c.answer), c.usage)
+            for item, c in zip(version.items.order_by("position"), rows, strict=True)
+        ],
+    )
+    send_generation(evaluation)
+    return evaluation
 
 
 # --- drift -------------------------------------------------------------------------------------------------
@@ -156,22 +235,31 @@ def _answer(client, config, messages: list[dict], extra: dict | None) -> str | N
     return content or None
 
 
-def distill(*, project, public_ids: list[str], teacher: str, user=None) -> dict:
-    """Ask a teacher to answer the ticked stored inputs (personal data masked before it leaves) and add each answer
-    as a draft marked with the teacher's name. Safe to run again: inputs the teacher already answered are skipped."""
+def distill(*, project, public_ids: list[str] = (), teacher: str, user=None, version_id: int | None = None) -> dict:
+    """Ask a teacher to answer the ticked stored inputs, or the train split's inputs of a frozen dataset version
+    (``version_id``; its test questions stay unseen), personal data masked before it leaves, and add each answer as
+    a draft marked with the teacher's name. Safe to run again: inputs the teacher already answered are skipped."""
     from worker.judge import client_for
 
+    if version_id is not None:
+        version = frozen_version(project, version_id)
+        inputs = [
+            (f"v{version.number} example {item.position + 1}", item.input_messages)
+            for item in version.items.filter(split="train").order_by("position")
+        ]
+    else:
+        inputs = [(c.public_id, c.messages) for c in stored_completions(project).filter(public_id__in=public_ids)]
     config, extra, name = teacher_config(project, teacher)
     client = client_for(config)
     prefix = f"teacher {name} on "
     done = set(Example.objects.filter(project=project, origin__startswith=prefix).values_list("origin", flat=True))
     counts = {"answered": 0, "skipped": 0, "failed": 0}
-    for completion in stored_completions(project).filter(public_id__in=public_ids):
-        origin = prefix + completion.public_id
+    for source, asked in inputs:
+        origin = prefix + source
         if origin in done:
             counts["skipped"] += 1
             continue
-        messages = [{"role": m["role"], "content": quality.redact(m.get("content") or "")} for m in completion.messages]
+        messages = [{"role": m["role"], "content": quality.redact(m.get("content") or "")} for m in asked]
         answer = _answer(client, config, messages, extra)
         if answer is None:
             counts["failed"] += 1
@@ -180,3 +268,15 @@ def distill(*, project, public_ids: list[str], teacher: str, user=None) -> dict:
         add_drafts(project=project, conversations=[(conversation, origin)], user=user)
         counts["answered"] += 1
     return counts
+
+
+def frozen_version(project, version_id):
+    """A version a person froze in this project (what a teacher may answer), or TrafficError."""
+    from apps.datasets.selectors import frozen_versions
+
+    version = frozen_versions(project).filter(pk=version_id).first() if str(version_id).isdigit() else None
+    if version is None:
+        raise TrafficError("Choose one of this project's dataset versions for the teacher to answer.")
+    if not version.items.filter(split="train").exists():
+        raise TrafficError(f"v{version.number} has no training examples whose questions a teacher could answer.")
+    return version

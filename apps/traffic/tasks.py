@@ -28,8 +28,11 @@ def measure_drift_all() -> int:
 
 
 @shared_task(name="traffic.distill", queue="default", acks_late=True)
-def distill(project_pk: int, public_ids: list[str], teacher: str, user_pk: int | None = None) -> dict:
-    """Answer stored inputs with a teacher into drafts (inputs already answered by that teacher are skipped)."""
+def distill(
+    project_pk: int, public_ids: list[str], teacher: str, user_pk: int | None = None, version_pk: int | None = None
+) -> dict:
+    """Answer stored inputs, or a dataset version's training inputs (``version_pk``), with a teacher into drafts
+    (inputs already answered by that teacher are skipped)."""
     from django.contrib.auth import get_user_model
 
     from apps.accounts.models import Project
@@ -40,4 +43,4 @@ def distill(project_pk: int, public_ids: list[str], teacher: str, user_pk: int |
     if project is None:
         return {}
     user = get_user_model().objects.filter(pk=user_pk).first() if user_pk else None
-    return run(project=project, public_ids=public_ids, teacher=teacher, user=user)
+    return run(project=project, public_ids=public_ids, teacher=teacher, user=user, version_id=version_pk)

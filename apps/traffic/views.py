@@ -21,6 +21,20 @@ from .tasks import measure_drift as measure_drift_task
 @project_view("label", post_need="label")
 def traffic(request, project):
     filters = selectors.Filters.from_query(request.GET)
+    if request.method == "POST" and request.POST.get("action") == "distill_version":
+        teacher, version = request.POST.get("teacher", ""), request.POST.get("version", "")
+        try:
+            found = services.frozen_version(project, version)
+            services.teacher_config(project, teacher)  # a clear error now rather than in the worker
+        except services.TrafficError as exc:
+            messages.error(request, str(exc))
+        else:
+            send_after_commit(distill_task, project.pk, [], teacher, request.user.pk, found.pk)
+            messages.success(
+                request,
+                f"The teacher is answering the training questions of v{found.number}: its answers arrive as drafts.",
+            )
+        return redirect(reverse("traffic", kwargs={"slug": project.slug}))
     if request.method == "POST" and request.POST.get("action") == "distill":
         ids, teacher = request.POST.getlist("rows"), request.POST.get("teacher", "")
         try:
@@ -52,6 +66,10 @@ def traffic(request, project):
         "storage": completion_storage(project),
         "drift": selectors.drift_lines(project),
         "teachers": selectors.teachers(project),
+        "challengers": selectors.challengers(project),
+        "rubrics": selectors.rubrics(project),
+        "versions": selectors.versions(project),
+        "filter_fields": [(k, v) for k, v in vars(filters).items() if v],
     }
     if request.htmx:
         return render(request, "traffic/traffic.html#rows", context)
@@ -87,3 +105,33 @@ def measure_drift(request, project):
         send_after_commit(measure_drift_task, project.pk)
         messages.success(request, "Measuring drift: the chart updates in a minute or two.")
     return redirect("traffic", slug=project.slug)
+
+
+@project_view("label", post_need="evaluate")
+def review_sample(request, project):
+    """The newest stored answers matching the page's filters, reviewed blind against another model."""
+    filters = selectors.Filters.from_query(request.POST)
+    back = reverse("traffic", kwargs={"slug": project.slug}) + (
+        f"?{request.POST['query']}" if request.POST.get("query") else ""
+    )
+    if request.method != "POST":
+        return redirect(back)
+    size, rubric = request.POST.get("size", "").strip(), request.POST.get("rubric", "").strip()
+    try:
+        if not size.isdigit():
+            raise services.TrafficError("The sample size is a whole number of questions.")
+        evaluation = services.review_sample(
+            project=project,
+            filters=filters,
+            size=int(size),
+            challenger=request.POST.get("challenger", ""),
+            rubric_id=int(rubric) if rubric.isdigit() else 0,
+            user=request.user,
+        )
+    except services.TrafficError as exc:
+        messages.error(request, str(exc))
+        return redirect(back)
+    messages.success(
+        request, "The sample is an evaluation now: the other model is answering it, then reviewers compare blind."
+    )
+    return redirect(evaluation.get_absolute_url())
