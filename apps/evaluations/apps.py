@@ -13,4 +13,8 @@ class EvaluationsConfig(AppConfig):
     ]
 
     def ready(self):
-        from . import check_tasks  # noqa: F401  registers evaluations.run_checks with Celery
+        from apps.accounts.permissions import blind_work_asked
+
+        from . import blind, check_tasks  # noqa: F401  check_tasks registers evaluations.run_checks with Celery
+
+        blind_work_asked.connect(blind.answer_blind_work_asked, dispatch_uid="evaluations.blind_work_asked")
