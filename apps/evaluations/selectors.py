@@ -16,6 +16,7 @@ from django.db.models import Avg, Count, Q
 from apps.accounts.models import Membership
 from apps.accounts.permissions import role_can
 from apps.datasets.models import DatasetVersionItem
+from apps.fleet import queues as fleet_queues
 
 from . import statistics as st
 from .models import (
@@ -808,3 +809,13 @@ def newest_rubric(project) -> Rubric | None:
     if newest is None:
         return None
     return Rubric.objects.filter(project=project, name=newest.name).order_by("-version").first()
+
+
+def evaluation_queue(evaluation_pk) -> str:
+    """An evaluation generates with every candidate's base model: the largest requirement decides."""
+    evaluation = Evaluation.objects.filter(pk=evaluation_pk).first()
+    if evaluation is None:
+        return fleet_queues.DEFAULT_QUEUE
+    needs = [evaluation.base_model.min_gpu_gb if evaluation.base_model_id else 0]
+    needs += [c.run.base_model.min_gpu_gb for c in evaluation.candidates.select_related("run__base_model") if c.run_id]
+    return fleet_queues.queue_for(max(needs))

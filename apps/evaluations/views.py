@@ -8,7 +8,6 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import project_view
-from apps.fleet.queues import evaluation_queue
 from apps.fleet.selectors import job_silence
 
 from . import selectors, services
@@ -227,7 +226,7 @@ def evaluation_detail(request, project, pk):
     sight = _sight(request, evaluation)
     context = {"evaluation": evaluation, "sight": sight, "totals": selectors.review_totals(evaluation)}
     if evaluation.status in (EvaluationStatus.QUEUED, EvaluationStatus.GENERATING):
-        context["worker_silence"] = job_silence(evaluation_queue(evaluation.pk), evaluation)
+        context["worker_silence"] = job_silence(selectors.evaluation_queue(evaluation.pk), evaluation)
     if sight.examples:
         context["candidates"] = evaluation.candidates.select_related("run")
     if request.access.allows("evaluate"):

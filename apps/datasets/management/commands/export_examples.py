@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.accounts.commands import project_from
 from apps.datasets import services
-from ftstudio.commands import project_from
 
 
 class Command(BaseCommand):

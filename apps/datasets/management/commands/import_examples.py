@@ -1,8 +1,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.accounts.commands import project_from
 from apps.datasets import services
-from ftstudio.commands import project_from
 
 
 class Command(BaseCommand):
