@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import project_view
 from apps.fleet.selectors import job_silence
+from ftstudio.asking import answers
 
 from . import selectors, services
 from .blind import evaluation_sight
@@ -32,6 +33,7 @@ from .models import (
     Rubric,
     UnblindingReason,
 )
+from .signals import evaluation_list_asked
 
 
 # --- rubrics ------------------------------------------------------------------------------------------
@@ -157,13 +159,8 @@ def evaluation_list(request, project):
         .prefetch_related("candidates")
     )
     blind = {e.pk for e in evaluations if not evaluation_sight(e, request.user, request.access).labels}
-    from apps.freshness.selectors import stale_evaluations
-
-    return render(
-        request,
-        "evaluations/evaluation_list.html",
-        {"evaluations": evaluations, "blind": blind, "stale": stale_evaluations(project, evaluations)},
-    )
+    stale = answers(evaluation_list_asked, project=project, evaluations=evaluations)  # freshness: stale marks
+    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations, "blind": blind, **stale})
 
 
 @project_view("evaluate")

@@ -4,10 +4,12 @@ from django import forms
 from django.conf import settings
 
 from apps.datasets.forms import FrozenVersionField
+from ftstudio.asking import answers
 
 from .models import BaseModel
 from .presentation import CHECKPOINTING, HYPERPARAMETERS, MEMORY_MODES, SCALE, form_label
 from .services import PRESETS
+from .signals import launch_form_asked
 
 OVERRIDE_FIELDS = (
     "epochs",
@@ -69,14 +71,13 @@ class LaunchForm(forms.Form):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].for_project(project)  # not an experiment's subsets
-        from apps.prompts import selectors as prompt_selectors
-
-        best = prompt_selectors.best_by_dataset_version(project)  # the bar a run has to beat, beside each version
+        # the bar a run has to beat, beside each version: its best scored prompt (apps/prompts answers)
+        bars = answers(launch_form_asked, project=project).get("prompt_bars", {})
         self.fields["dataset_version"].label_from_instance = lambda v: (
             f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
-            + (f" · best {prompt_selectors.score_words(best[v.pk])}" if v.pk in best else " · no prompt scored")
+            + (f" · best {bars[v.pk]}" if v.pk in bars else " · no prompt scored")
         )
-        self.prompt_scored = bool(best)
+        self.prompt_scored = bool(bars)
         if self.prompt_scored:
             del self.fields["launch_without_prompt"]
         self.fields["gpu_gb"].choices = [("", "picked from the estimate")] + [
