@@ -265,7 +265,7 @@ def test_pm_creates_an_evaluation_from_the_form(
 def test_the_evaluation_form_offers_versions_a_person_froze_and_refuses_an_experiments_subset(
     team, settings, tiny_model_dir
 ):
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
     from apps.evaluations.models import Evaluation
     from tests.eval_setup import make_rubric, make_version, register_tiny_model
     from tests.test_runs_launch import version_choices

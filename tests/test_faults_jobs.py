@@ -140,12 +140,13 @@ def test_an_import_whose_worker_died_is_sent_again_and_given_up_after_the_attemp
 ):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from apps.datasets import services as datasets
+    from apps.datasets import importing as datasets_importing
     from apps.datasets.models import Example, ImportJob
 
     data = (REPO / "tests" / "fixtures" / "imports" / "valid_openai.jsonl").read_bytes()
     stuck, hopeless = (
-        datasets.start_import_job(project=team.project, upload=SimpleUploadedFile(f"{n}.jsonl", data)) for n in "ab"
+        datasets_importing.start_import_job(project=team.project, upload=SimpleUploadedFile(f"{n}.jsonl", data))
+        for n in "ab"
     )
     silent_since = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 60)
     ImportJob.objects.filter(pk=stuck.pk).update(status="running", progress=40, heartbeat_at=silent_since, attempts=1)

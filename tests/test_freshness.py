@@ -282,7 +282,7 @@ def test_where_both_evaluations_ran_the_automatic_checks_they_decide_what_improv
 
 def test_an_experiments_subset_version_is_never_the_current_data_and_counts_as_its_source(team, tmp_path):
     """An experiment freezes subsets of v1 as v3, v4 …: they are parts of v1, not newer data than v2."""
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
 
     project = team.project
     v1 = version(project, questions(3), train=questions(8, 100))
@@ -305,7 +305,7 @@ def test_an_experiments_subset_version_is_never_the_current_data_and_counts_as_i
 
 
 def test_the_re_evaluation_form_offers_and_accepts_only_versions_a_person_froze(team, tmp_path):
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
 
     project = team.project
     v1 = version(project, questions(3), train=questions(8, 100))

@@ -471,7 +471,7 @@ def test_the_evaluation_form_shows_the_leak_and_launches_nothing(team, client):
 
 
 def test_the_workspace_offers_frozen_versions_not_an_experiments_subsets(team):
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
 
     version = house_version(team.project)
     subset = freeze_subset(source=version, train_positions=[0], note="experiment point")

@@ -13,7 +13,8 @@ from django_htmx.http import HttpResponseClientRefresh
 from apps.accounts.permissions import project_view
 from ftstudio.pagination import CountedPaginator
 
-from . import selectors, services
+from . import importing, selectors, services
+from . import versions as datasets_versions
 from .forms import FreezeForm, ImportForm, SplitForm
 from .models import (
     DatasetVersion,
@@ -99,11 +100,11 @@ def example_import(request, project):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
-            job = services.start_import_job(
+            job = importing.start_import_job(
                 project=project, upload=upload, file_format=form.cleaned_data["file_format"], user=request.user
             )
             return redirect(f"{reverse('example_import', kwargs={'slug': project.slug})}?job={job.pk}")
-        report = services.import_examples(
+        report = importing.import_examples(
             project=project,
             path_or_file=upload,
             file_format=form.cleaned_data["file_format"],
@@ -118,7 +119,7 @@ def example_import(request, project):
             )
     elif request.GET.get("job", "").isdigit():
         job = get_object_or_404(ImportJob, project=project, pk=int(request.GET["job"]))
-    context = {"form": form, "report": report, "job": job, "limits": services.import_limits()}
+    context = {"form": form, "report": report, "job": job, "limits": importing.import_limits()}
     if request.htmx and job is not None and request.GET.get("poll"):
         return render(request, "datasets/import.html#job", context)
     return render(request, "datasets/import.html", context)
@@ -130,7 +131,7 @@ def example_export(request, project):
     version = request.GET.get("version") or None
     try:
         version = int(version) if version else None
-        body = "".join(services.export_lines(project=project, file_format=file_format, version=version))
+        body = "".join(importing.export_lines(project=project, file_format=file_format, version=version))
     except ValueError:
         raise Http404("No such version") from None
     except services.ExportError as exc:
@@ -149,7 +150,7 @@ def assign_splits(request, project):
     form = SplitForm(request.POST)
     if form.is_valid():
         d = form.cleaned_data
-        counts = services.assign_splits(
+        counts = datasets_versions.assign_splits(
             project=project, seed=d["seed"], ratios=(d["train"], d["val"], d["test"]), reassign=d["reassign"]
         )
         messages.success(
@@ -277,7 +278,9 @@ def version_list(request, project):
     form = FreezeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            version = services.freeze_version(project=project, user=request.user, note=form.cleaned_data["note"])
+            version = datasets_versions.freeze_version(
+                project=project, user=request.user, note=form.cleaned_data["note"]
+            )
             messages.success(
                 request,
                 f"Froze v{version.number}: {version.example_count} approved examples "
