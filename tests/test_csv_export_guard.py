@@ -7,7 +7,7 @@ import pytest
 
 from apps.datasets import importing
 from apps.datasets.models import Example
-from apps.evaluations.services import write_judgments_csv
+from apps.evaluations.review import write_judgments_csv
 from ftstudio import csv_cells
 from tests.eval_setup import make_evaluation
 

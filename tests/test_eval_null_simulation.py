@@ -128,7 +128,7 @@ def test_no_side_can_be_guessed_from_the_sides_before_it():
     "the opposite of the last" is right more than 55% of the time (balance within one: -0.5 and 75%)."""
     import random
 
-    from apps.evaluations.services import SIDE_IMBALANCE_LIMIT, side_swapped
+    from apps.evaluations.review import SIDE_IMBALANCE_LIMIT, side_swapped
 
     coin = random.Random(27)
     for length, lists in ((12, 300), (30, 150), (90, 50)):

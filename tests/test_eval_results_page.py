@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from apps.evaluations import selectors, services
+from apps.evaluations import review, selectors
 from apps.evaluations.models import Assignment, Judgment
 from tests.eval_setup import add_reviewer, make_evaluation
 
@@ -24,10 +24,10 @@ def ready(team, settings, tiny_model_dir, tmp_path_factory):
 
 def judge(evaluation, user, pick) -> bool:
     """One judgment by ``user``; ``pick(assignment)`` returns "A", "B" or "tie". False when nothing is left."""
-    a = services.next_assignment(evaluation=evaluation, reviewer=user)
+    a = review.next_assignment(evaluation=evaluation, reviewer=user)
     if a is None:
         return False
-    services.submit_judgment(
+    review.submit_judgment(
         assignment=a,
         reviewer=user,
         winner=pick(a),

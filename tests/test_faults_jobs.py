@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.evaluations import services as eval_services
+from apps.evaluations import automatic as eval_services_automatic
 from apps.evaluations.models import AutoCheck, CheckResult, Generation
 from apps.evaluations.tasks import reap as reap_evaluations
 from apps.runs import jobs
@@ -53,7 +53,7 @@ def test_checks_killed_with_their_worker_are_sent_again_by_the_reaper_and_finish
         "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", str(REPO))]),
     }
     with running_worker(tmp_path / "worker", queues="default", extra_env=env) as worker:
-        eval_services.schedule_checks(evaluation.pk)
+        eval_services_automatic.schedule_checks(evaluation.pk)
         wait_for(lambda: JobLease.objects.filter(kind="checks", state="running").exists(), 60, worker, "checks")
         time.sleep(1)
         worker.kill()

@@ -7,6 +7,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from apps.evaluations import automatic as eval_services_automatic
+from apps.evaluations import generation as eval_services_generation
 from apps.evaluations import selectors as eval_selectors
 from apps.evaluations import services as eval_services
 from apps.evaluations.models import Assignment, Comparison, Evaluation, Generation, Judgment
@@ -136,7 +138,7 @@ def fill(evaluation, run, similarities, run_wins):
                 for item, s in zip(items, sims, strict=True)
             ]
         )
-    eval_services.build_comparisons(evaluation)
+    eval_services_generation.build_comparisons(evaluation)
     base, tuned = evaluation.candidates.get(kind="base"), evaluation.candidates.get(kind="run")
     for item, won in zip(items, run_wins, strict=True):
         comparison = Comparison.objects.get(evaluation=evaluation, item=item, candidate_1=base, candidate_2=tuned)
@@ -269,7 +271,7 @@ def test_where_both_evaluations_ran_the_automatic_checks_they_decide_what_improv
             Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run", item=item).update(
                 output=text
             )
-        eval_services.run_checks(evaluation.pk)
+        eval_services_automatic.run_checks(evaluation.pk)
     diff = selectors.compare_evaluations(a, b, sort="position")
     assert diff.measure == "checks"
     assert [(r.score_a, r.score_b, r.outcome) for r in diff.rows] == [

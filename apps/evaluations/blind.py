@@ -80,7 +80,7 @@ def evaluation_sight(evaluation, user, access: Access) -> Sight:
     * Whoever has started judging sees no labels until their own pairs are all judged: PMs and staff too.
       Reviewers are judges by role: they see nothing until it is ready and they have nothing left.
     * Whoever has seen the labels (launched the evaluation, revealed them, or finished) is never handed its
-      pairs again (``apps.evaluations.services.next_assignment``).
+      pairs again (``apps.evaluations.review.next_assignment``).
     * A PM or staff member who has not started judging may reveal the labels, which ends their review of it.
     * Once allowed, everyone sees the aggregates; the labelled examples, the export and the candidates'
       setup only if they may (PMs; reviewers if the PM allowed it) and have no blind work left elsewhere

@@ -11,7 +11,7 @@ from apps.accounts.permissions import project_view
 from apps.fleet.selectors import job_silence
 from ftstudio.asking import answers
 
-from . import selectors, services
+from . import automatic, generation, review, selectors, services
 from .blind import evaluation_sight
 from .forms import (
     CheckFormSet,
@@ -213,7 +213,7 @@ def _sight(request, evaluation):
     """What this member may see of the evaluation's labels; seeing them is recorded (see permissions)."""
     sight = evaluation_sight(evaluation, request.user, request.access)
     if sight.labels and request.access.allows("review"):
-        services.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.FINISHED)
+        review.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.FINISHED)
     return sight
 
 
@@ -245,7 +245,7 @@ def evaluation_reveal(request, project, pk):
     if not (sight.labels or sight.reveal):
         messages.error(request, sight.reason)
         return redirect(evaluation)
-    services.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.REVEALED)
+    review.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.REVEALED)
     return redirect("evaluation_results", slug=project.slug, pk=evaluation.pk)
 
 
@@ -254,7 +254,7 @@ def evaluation_reveal(request, project, pk):
 def evaluation_resume(request, project, pk):
     evaluation = _get_evaluation(project, pk)
     try:
-        services.resume_evaluation(evaluation)
+        generation.resume_evaluation(evaluation)
     except services.EvaluationError as exc:
         messages.error(request, str(exc))
     else:
@@ -270,7 +270,7 @@ def evaluation_run_checks(request, project, pk):
     if evaluation.status != EvaluationStatus.READY:
         messages.error(request, "The automatic checks run once every output is generated.")
     else:
-        services.schedule_checks(evaluation.pk)
+        automatic.schedule_checks(evaluation.pk)
         messages.success(
             request, "Automatic checks queued: results appear on the results page when the worker is done."
         )
@@ -287,7 +287,7 @@ def evaluation_run_judge(request, project, pk):
     elif not JudgeSettings.objects.filter(project=project).exists():
         messages.error(request, "Configure the project's LLM judge first.")
     else:
-        services.schedule_judge(evaluation.pk)
+        automatic.schedule_judge(evaluation.pk)
         messages.success(request, "LLM judge queued: each pair is judged in both orders; unjudged pairs are retried.")
     return redirect(evaluation)
 
@@ -310,7 +310,7 @@ def judge_settings(request, project):
     form = JudgeSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            services.save_judge_settings(project=project, **form.cleaned_data)
+            automatic.save_judge_settings(project=project, **form.cleaned_data)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
@@ -372,7 +372,7 @@ def evaluation_export(request, project, pk):
         return HttpResponse(reason, status=403, content_type="text/plain")
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}-judgments.csv"'
-    services.write_judgments_csv(evaluation, response)
+    review.write_judgments_csv(evaluation, response)
     return response
 
 
@@ -383,7 +383,7 @@ def review_queue(request, project):
 
 
 def _to_next_pair(request, project, evaluation):
-    assignment = services.next_assignment(evaluation=evaluation, reviewer=request.user)
+    assignment = review.next_assignment(evaluation=evaluation, reviewer=request.user)
     if assignment is None:
         messages.info(request, f"Nothing left for you to review in {evaluation}. Thank you!")
         return redirect("review_queue", slug=project.slug)
@@ -414,14 +414,14 @@ def review_item(request, project, token):
     )  # scores posted for a winner-only rubric are refused by the service
     errors: list[str] = []
     if request.method == "GET":
-        services.mark_shown(assignment)
+        review.mark_shown(assignment)
     if request.method == "POST":
         form = JudgmentForm(request.POST, criteria=criteria)
         if not form.is_valid():
             errors = form.messages()
         else:
             try:
-                services.submit_judgment(
+                review.submit_judgment(
                     assignment=assignment,
                     reviewer=request.user,
                     winner=form.cleaned_data["winner"],
