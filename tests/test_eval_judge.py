@@ -162,7 +162,7 @@ def test_the_key_is_stored_but_never_shown_back(team, judged_setup, endpoint):
 
 
 def test_unjudged_pairs_keep_the_reason_are_never_counted_and_are_retried(team, judged_setup):
-    from apps.evaluations import automatic, selectors
+    from apps.evaluations import automatic, results
     from apps.evaluations.models import JudgeVerdict
 
     evaluation = judged_setup
@@ -171,7 +171,7 @@ def test_unjudged_pairs_keep_the_reason_are_never_counted_and_are_retried(team, 
     assert set(JudgeVerdict.objects.values_list("judged", "winner", "error")) == {
         (False, None, "no verdict in the judge's reply")  # summarised: the endpoint's words are not shown
     }
-    report = selectors.judge_report(evaluation, bootstrap=0)
+    report = results.judge_report(evaluation, bootstrap=0)
     assert report.judged == 0 and report.unjudged == 9 and all(p.outcome.items == 0 for p in report.pairs)
     Judge.mode = "greeting"
     assert automatic.run_judge(evaluation.pk) == {"judged": 9, "unjudged": 0}
@@ -252,7 +252,7 @@ def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(
 def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluation_of_the_rubric(team, judged_setup):
     """The threshold is the rubric's, not one evaluation's: 9 human-judged pairs here and 9 on a second evaluation
     scored against the same rubric version reach a threshold of 18 that neither reaches alone."""
-    from apps.evaluations import automatic, selectors, services
+    from apps.evaluations import automatic, results, services
     from apps.evaluations.models import Generation, JudgeSettings
     from tests.eval_setup import fake_outputs
 
@@ -261,7 +261,7 @@ def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluat
     Judge.mode = "greeting"
     automatic.run_judge(first.pk)
     _humans_judge(first, team.reviewer, prefer_greeting=True)
-    report = selectors.judge_report(first, bootstrap=0)
+    report = results.judge_report(first, bootstrap=0)
     assert (report.human_pairs, report.shown) == (9, False)
 
     second = services.create_evaluation(
@@ -282,7 +282,7 @@ def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluat
     Generation.objects.filter(candidate__evaluation=second, candidate__position=1).update(output="Hello.")
     automatic.run_judge(second.pk)
     _humans_judge(second, team.reviewer, prefer_greeting=True)
-    report = selectors.judge_report(first, bootstrap=0)
+    report = results.judge_report(first, bootstrap=0)
     assert (report.human_pairs, report.calibration.pairs, report.shown) == (18, 18, True)
     assert report.calibration.kappa == 1.0
 

@@ -76,7 +76,7 @@ def headline(rng: np.random.Generator, p_tuned: float):
     verdict code: (the headline's verdict, the verdict of the fixed pair tuned run vs prompt-only baseline),
     each "tuned", "baseline" or None."""
     from apps.evaluations.models import Candidate, CandidateKind
-    from apps.evaluations.selectors import PairResult, _verdicts
+    from apps.evaluations.results import PairResult, _verdicts
 
     base = Candidate(pk=1, position=0, kind=CandidateKind.BASE, label="Base model")
     prompt = Candidate(pk=2, position=1, kind=CandidateKind.PROMPT, label="Prompt-only baseline")

@@ -12,6 +12,7 @@ from apps.fleet.selectors import job_silence
 from ftstudio.asking import answers
 
 from . import automatic, generation, review, selectors, services
+from . import results as evaluations_results
 from .blind import evaluation_sight
 from .forms import (
     CheckFormSet,
@@ -347,10 +348,12 @@ def evaluation_results(request, project, pk):
         )
         if request.htmx and request.GET.get("fragment") == "examples":
             return render(request, "evaluations/results.html#examples", context)
-    context["results"] = results = selectors.evaluation_results(evaluation)
+    context["results"] = results = evaluations_results.evaluation_results(evaluation)
     context["ranking_height"] = 24 * len(results.ranking) + 24
-    context["calibrations"] = selectors.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
-    context["judge"] = judge = selectors.judge_report(evaluation, bootstrap=400)
+    context["calibrations"] = (
+        evaluations_results.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
+    )
+    context["judge"] = judge = evaluations_results.judge_report(evaluation, bootstrap=400)
     if judge and judge.judged:
         context["judge_examples"] = (
             evaluation.judge_verdicts.filter(judged=True)
