@@ -37,7 +37,7 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
 
-    from apps.evaluations import selectors, services
+    from apps.evaluations import automatic, selectors
     from apps.evaluations.models import Evaluation
     from scripts.readme_screenshots import judge_all
 
@@ -45,7 +45,7 @@ def main() -> None:
     evaluation = Evaluation.objects.order_by("-pk").first()
     started = time.perf_counter()
     print(
-        f"evaluation #{evaluation.pk} ({evaluation}); check results written now: {services.run_checks(evaluation.pk)} "
+        f"evaluation #{evaluation.pk} ({evaluation}); check results written now: {automatic.run_checks(evaluation.pk)} "
         f"({time.perf_counter() - started:.2f} s)"
     )
     judged = judge_all(evaluation)

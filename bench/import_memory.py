@@ -51,17 +51,17 @@ def child(kind: str, path: str) -> None:
     tmp = tempfile.mkdtemp(prefix="ftstudio-bench-mem-")
     try:
         setup_django(tmp)
-        from apps.datasets import services
+        from apps.datasets import importing
         from apps.datasets.tokens import get_token_counter
 
         get_token_counter()
         project = bench_project(f"bench-mem-{os.getpid()}")
         warm = b'{"messages": [{"role": "user", "content": "warm up"}, {"role": "assistant", "content": "ok"}]}\n'
-        assert services.import_examples(project=bench_project("warm"), path_or_file=io.BytesIO(warm)).ok
+        assert importing.import_examples(project=bench_project("warm"), path_or_file=io.BytesIO(warm)).ok
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
         before = _status_kb("VmRSS")
         started = time.perf_counter()
-        report = services.import_examples(project=project, path_or_file=path)
+        report = importing.import_examples(project=project, path_or_file=path)
         seconds = time.perf_counter() - started
         peak = _status_kb("VmHWM")
         result = {

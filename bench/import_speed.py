@@ -16,19 +16,19 @@ def main() -> None:
     tmp = setup_django()
     from django.db import connection
 
-    from apps.datasets import services
+    from apps.datasets import importing
     from apps.datasets.models import Example
 
     path = write_openai_jsonl(Path(tmp) / "rows.jsonl", N)
     project = bench_project("bench-import")
     started = time.perf_counter()
-    report = services.import_examples(project=project, path_or_file=path)
+    report = importing.import_examples(project=project, path_or_file=path)
     seconds = time.perf_counter() - started
     assert report.ok and report.imported == N, (report.errors[:3], report.imported)
     assert Example.objects.filter(project=project).count() == N
     print(f"database={connection.vendor} rows={N} imported={report.imported} size={path.stat().st_size / 1e6:.1f}MB")
     again = time.perf_counter()
-    dup = services.import_examples(project=project, path_or_file=path)
+    dup = importing.import_examples(project=project, path_or_file=path)
     print(f"re-import: skipped_duplicates={dup.skipped_duplicates} in {time.perf_counter() - again:.1f}s")
     if connection.vendor != "sqlite":
         project.delete()

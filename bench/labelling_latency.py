@@ -39,12 +39,12 @@ def main() -> None:
     from django.test import Client
 
     from apps.accounts.models import Membership
-    from apps.datasets import services
+    from apps.datasets import importing
     from apps.datasets.models import Example
     from tests.factories import UserFactory
 
     project = bench_project("bench-label")
-    report = services.import_examples(project=project, path_or_file=write_openai_jsonl(Path(tmp) / "rows.jsonl", N))
+    report = importing.import_examples(project=project, path_or_file=write_openai_jsonl(Path(tmp) / "rows.jsonl", N))
     assert report.ok and report.imported == N
     ids = list(Example.objects.filter(project=project).order_by("id").values_list("id", flat=True))
     Example.objects.filter(project=project, id__in=ids[::3]).update(status="approved")

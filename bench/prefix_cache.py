@@ -1,6 +1,6 @@
 """The engine's prefix cache on and off, on the demo's prompt-only baseline: same engine, same prompts.
 
-The prompt is what the Studio's prompt-only candidate sends (``apps.evaluations.services.candidate_messages``):
+The prompt is what the Studio's prompt-only candidate sends (``apps.evaluations.generation.candidate_messages``):
 the demo's house-style system prompt, ``--shots`` few-shot examples from the train split, then each test message.
 Every prompt begins with the same system prompt and examples; with the cache on (``FTSTUDIO_PREFIX_CACHE_MB``,
 the default budget) the engine prefills that beginning once and each prompt from where it differs; off (0) it

@@ -17,20 +17,20 @@ def main() -> None:
     tmp = setup_django()
     from django.db import connection
 
-    from apps.datasets import services
+    from apps.datasets import importing, services, versions
 
     project = bench_project("bench-quality")
     flawed = N // 50  # 2% of the examples carry a problem (twins, conflicts, personal data, short answers)
-    report = services.import_examples(
+    report = importing.import_examples(
         project=project, path_or_file=write_openai_jsonl(Path(tmp) / "rows.jsonl", N - flawed)
     )
     assert report.ok and report.imported == N - flawed
-    report = services.import_examples(
+    report = importing.import_examples(
         project=project, path_or_file=write_flawed_jsonl(Path(tmp) / "flawed.jsonl", flawed)
     )
     assert report.ok and report.imported == flawed
     started = time.perf_counter()
-    counts = services.assign_splits(project=project, seed=0)
+    counts = versions.assign_splits(project=project, seed=0)
     print(f"assign_splits over {N} examples: {time.perf_counter() - started:.1f}s {counts}")
     started = time.perf_counter()
     quality = services.run_quality_report(project=project)

@@ -53,6 +53,7 @@ def free_port() -> int:
 def make_evaluations(project) -> dict:
     """{"scores": evaluation, "winner": evaluation}: base vs prompt-only on the curated version, outputs written."""
     from apps.datasets.models import DatasetVersion
+    from apps.evaluations import generation as evals_generation
     from apps.evaluations import selectors
     from apps.evaluations import services as evals
     from apps.evaluations.models import EvaluationStatus, Generation, ReviewMode, Rubric
@@ -93,7 +94,7 @@ def make_evaluations(project) -> dict:
                 for item in items
             ]
         )
-        evals.build_comparisons(evaluation)
+        evals_generation.build_comparisons(evaluation)
         type(evaluation).objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=evaluation.total)
         made[mode] = evaluation
     return made

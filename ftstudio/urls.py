@@ -9,6 +9,7 @@ urlpatterns = [
     path("p/<slug:slug>/data/", include("apps.datasets.urls")),
     path("p/<slug:slug>/runs/", include("apps.runs.urls")),
     path("p/<slug:slug>/evals/", include("apps.evaluations.urls")),
+    path("p/<slug:slug>/experiments/demo/", include("apps.demo.urls")),
     path("p/<slug:slug>/experiments/", include("apps.experiments.urls")),
     path("p/<slug:slug>/prompts/", include("apps.prompts.urls")),
     path("p/<slug:slug>/freshness/", include("apps.freshness.urls")),

@@ -34,12 +34,12 @@ PASSWORD = "readme-screenshot"
 def judge_all(evaluation) -> int:
     from apps.accounts.models import Membership
     from apps.demo.generator import check_reply
-    from apps.evaluations import selectors, services
+    from apps.evaluations import review, selectors
 
     criteria = list(evaluation.rubric.criteria.all())
     judged = 0
     for membership in Membership.objects.filter(project=evaluation.project, role="reviewer").select_related("user"):
-        while (assignment := services.next_assignment(evaluation=evaluation, reviewer=membership.user)) is not None:
+        while (assignment := review.next_assignment(evaluation=evaluation, reviewer=membership.user)) is not None:
             user_text = assignment.comparison.item.input_messages[-1]["content"]
             checks = {side.letter: check_reply(side.output, user_text) for side in selectors.sides(assignment)}
             scores = {}
@@ -51,7 +51,7 @@ def judge_all(evaluation) -> int:
                 letter: sum(getattr(c, a) for a, _, _ in CRITERION_CHECKS.values()) for letter, c in checks.items()
             }
             winner = "tie" if passes["A"] == passes["B"] else max(passes, key=passes.get)
-            services.submit_judgment(
+            review.submit_judgment(
                 assignment=assignment,
                 reviewer=membership.user,
                 winner=winner,

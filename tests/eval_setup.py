@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apps.evaluations import selectors, services
+from apps.evaluations import generation, selectors, services
 from apps.evaluations.models import Scale
 from apps.runs.models import BaseModel, Run, RunStatus
 from tests.factories import conversation, make_dataset_version
@@ -107,7 +107,7 @@ def fake_outputs(evaluation) -> None:
             for item in selectors.eval_items(evaluation)
         ]
     )
-    services.build_comparisons(evaluation)
+    generation.build_comparisons(evaluation)
     type(evaluation).objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=evaluation.total)
     evaluation.refresh_from_db()
 
@@ -148,7 +148,7 @@ def make_evaluation(
     if fake:
         fake_outputs(evaluation)
     elif generate:
-        services.run_generation(evaluation.pk)
+        generation.run_generation(evaluation.pk)
         evaluation.refresh_from_db()
     return evaluation, run
 

@@ -3,6 +3,7 @@ outputs (as the worker would leave them) so an experiment can advance without a 
 
 from __future__ import annotations
 
+from apps.evaluations import automatic as eval_services_automatic
 from apps.evaluations import selectors as eval_selectors
 from apps.evaluations import services as eval_services
 from apps.evaluations.models import EvaluationStatus, Generation, Scale
@@ -70,4 +71,4 @@ def fake_scores(point, passing: int, similarity: float) -> None:
         ]
     )
     type(evaluation).objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.READY, done=len(items))
-    eval_services.run_checks(evaluation.pk)
+    eval_services_automatic.run_checks(evaluation.pk)

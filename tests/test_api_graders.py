@@ -112,7 +112,7 @@ def test_the_sdk_runs_string_similarity_and_multi_graders_and_gets_openai_s_shap
 def test_a_score_model_on_the_judge_scores_through_its_endpoint_and_a_timeout_is_no_reward(
     api, team, settings, endpoint
 ):
-    from apps.evaluations import services
+    from apps.evaluations import automatic as services
 
     settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = True  # the judge is on loopback
     services.save_judge_settings(project=team.project, base_url=endpoint, model="judge-model", timeout_s=0.5)

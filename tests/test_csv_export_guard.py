@@ -5,9 +5,9 @@ import io
 
 import pytest
 
-from apps.datasets import services
+from apps.datasets import importing
 from apps.datasets.models import Example
-from apps.evaluations.services import write_judgments_csv
+from apps.evaluations.review import write_judgments_csv
 from ftstudio import csv_cells
 from tests.eval_setup import make_evaluation
 
@@ -29,7 +29,7 @@ def test_no_exported_cell_starts_a_formula_and_the_export_imports_back_unchanged
     for i, attack in enumerate(ATTACKS):
         plain.writerow([attack if i % 2 else "", f"{attack} question {i}", attack])
     source.write_bytes(buffer.getvalue().encode())
-    assert services.import_examples(project=team.project, path_or_file=source).imported == len(ATTACKS)
+    assert importing.import_examples(project=team.project, path_or_file=source).imported == len(ATTACKS)
 
     response = team.client("designer").get("/p/support/data/export/?format=csv")
     cells = [cell for row in csv.reader(io.StringIO(response.content.decode(), newline="")) for cell in row]
@@ -39,7 +39,7 @@ def test_no_exported_cell_starts_a_formula_and_the_export_imports_back_unchanged
 
     back = tmp_path / "back.csv"
     back.write_bytes(response.content)
-    assert services.import_examples(project=team.other_project, path_or_file=back).imported == len(ATTACKS)
+    assert importing.import_examples(project=team.other_project, path_or_file=back).imported == len(ATTACKS)
     assert sorted(Example.objects.filter(project=team.other_project).values_list("content_hash", flat=True)) == sorted(
         Example.objects.filter(project=team.project).values_list("content_hash", flat=True)
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from apps.datasets import services
+from apps.datasets import importing
 from apps.datasets.models import Example, ImportBatch
 from apps.datasets.tokens import get_token_counter
 
@@ -20,7 +20,7 @@ def tokenizer(settings, tiny_model_dir):
 
 
 def _import(team, name, **kwargs):
-    return services.import_examples(project=team.project, path_or_file=FIXTURES / name, user=team.designer, **kwargs)
+    return importing.import_examples(project=team.project, path_or_file=FIXTURES / name, user=team.designer, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_an_invalid_file_imports_nothing_and_names_the_line_and_the_reason(team,
 def test_every_problem_of_a_file_is_reported_not_just_the_first(team, tmp_path):
     path = tmp_path / "many.jsonl"
     path.write_text('{"messages": []}\n\n[1]\n{"messages": [{"role": "bot", "content": ""}]}\n')
-    report = services.import_examples(project=team.project, path_or_file=path)
+    report = importing.import_examples(project=team.project, path_or_file=path)
     assert [(e.line, e.message.split(":")[0]) for e in report.errors] == [
         (1, '"messages" is empty'),
         (3, "not a JSON object"),
@@ -67,7 +67,7 @@ def test_every_problem_of_a_file_is_reported_not_just_the_first(team, tmp_path):
 def test_a_file_that_is_not_utf8_is_refused_with_the_line(team, tmp_path):
     path = tmp_path / "latin1.jsonl"
     path.write_bytes((FIXTURES / "valid_openai.jsonl").read_bytes() + '{"messages": "café"}\n'.encode("latin-1"))
-    report = services.import_examples(project=team.project, path_or_file=path)
+    report = importing.import_examples(project=team.project, path_or_file=path)
     assert report.errors[0].line == 4 and "not UTF-8" in report.errors[0].message
     assert Example.objects.count() == 0
 
@@ -97,7 +97,7 @@ def test_reimporting_the_same_file_creates_no_duplicates(team):
 
 def test_the_same_file_can_be_imported_into_another_project(team):
     _import(team, "valid_openai.jsonl")
-    report = services.import_examples(project=team.other_project, path_or_file=FIXTURES / "valid_openai.jsonl")
+    report = importing.import_examples(project=team.other_project, path_or_file=FIXTURES / "valid_openai.jsonl")
     assert report.imported == 3
 
 
@@ -106,7 +106,7 @@ def test_alpaca_and_csv_become_conversations(team):
     assert alpaca.file_format == "alpaca" and alpaca.imported == 2
     answer = Example.objects.get(messages__1__content="Answer Ana.\n\nWhere is my parcel?")
     assert answer.messages[0] == {"role": "system", "content": "House style."}
-    csv_report = services.import_examples(project=team.other_project, path_or_file=FIXTURES / "valid.csv")
+    csv_report = importing.import_examples(project=team.other_project, path_or_file=FIXTURES / "valid.csv")
     assert csv_report.file_format == "csv" and csv_report.imported == 2, csv_report.errors
     multiline = Example.objects.get(project=team.other_project, metadata={})
     assert multiline.messages == [
@@ -154,7 +154,7 @@ def test_exported_openai_jsonl_reimports_to_the_same_examples(team, tmp_path):
     call_command("export_examples", "--project", "support", "--format", "openai", stdout=out)
     path = tmp_path / "export.jsonl"
     path.write_text(out.getvalue())
-    report = services.import_examples(project=team.other_project, path_or_file=path)
+    report = importing.import_examples(project=team.other_project, path_or_file=path)
     assert report.imported == 5
     original = list(Example.objects.filter(project=team.project).order_by("id").values_list("messages", "content_hash"))
     copied = list(
@@ -178,7 +178,7 @@ def test_alpaca_export_refuses_multi_turn_conversations_by_name(team, tmp_path):
         )
         + "\n"
     )
-    services.import_examples(project=team.project, path_or_file=path)
+    importing.import_examples(project=team.project, path_or_file=path)
     pk = Example.objects.get().pk
     with pytest.raises(CommandError, match=f"Example #{pk} has 2 user and 2 assistant turns"):
         call_command("export_examples", "--project", "support", "--format", "alpaca", stdout=io.StringIO())
@@ -190,7 +190,7 @@ def test_csv_export_round_trips_through_the_importer(team, tmp_path):
     assert response.status_code == 200 and response["Content-Disposition"].endswith('.csv"')
     path = tmp_path / "back.csv"
     path.write_bytes(response.content)
-    report = services.import_examples(project=team.other_project, path_or_file=path)
+    report = importing.import_examples(project=team.other_project, path_or_file=path)
     assert report.imported == 2
     assert sorted(Example.objects.filter(project=team.other_project).values_list("content_hash", flat=True)) == sorted(
         Example.objects.filter(project=team.project).values_list("content_hash", flat=True)

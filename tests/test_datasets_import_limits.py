@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.datasets import importers, services
+from apps.datasets import importers, importing
 from apps.datasets.models import Example, ImportBatch, ImportJob
 from apps.datasets.tasks import import_file_task
 
@@ -55,7 +55,7 @@ def test_a_line_over_the_limit_is_a_numbered_error_found_without_reading_the_lin
     long = line("Where is my parcel? " * 25_000)  # ~500 kB, 50 times the limit
     data = (line("first") + long + line("third") + '{"messages": 3}\n').encode()
     stream = ReadRecorder(data)
-    report = services.import_examples(project=team.project, path_or_file=stream)
+    report = importing.import_examples(project=team.project, path_or_file=stream)
     assert [(e.line, e.message.split(", ")[0]) for e in report.errors] == [
         (2, f"the line is {len(long.encode()):,} bytes"),
         (4, '"messages" must be a list'),
@@ -68,7 +68,7 @@ def test_a_line_over_the_limit_is_a_numbered_error_found_without_reading_the_lin
 def test_a_message_over_the_limit_is_a_numbered_error(team, settings):
     settings.FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS = 1000
     data = (line("short") + line("x" * 1001) + line("fine", answer="y" * 1000)).encode()
-    report = services.import_examples(project=team.project, path_or_file=io.BytesIO(data))
+    report = importing.import_examples(project=team.project, path_or_file=io.BytesIO(data))
     assert [str(e) for e in report.errors] == [
         "line 2: message 1 is 1,001 characters, over the 1,000-character limit for one message "
         "set by the administrator: shorten it or split the conversation"
@@ -79,7 +79,7 @@ def test_a_message_over_the_limit_is_a_numbered_error(team, settings):
 def test_a_csv_cell_over_the_message_limit_is_a_numbered_error(team, settings):
     settings.FTSTUDIO_IMPORT_MAX_MESSAGE_CHARS = 200_000
     data = f'input,output\nhello,"Hi, Best"\n"{"a" * 200_001}",ok\n'.encode()
-    report = services.import_examples(project=team.project, path_or_file=io.BytesIO(data), filename="x.csv")
+    report = importing.import_examples(project=team.project, path_or_file=io.BytesIO(data), filename="x.csv")
     assert [e.line for e in report.errors] == [3] and "200,001 characters" in report.errors[0].message
     assert Example.objects.count() == 0
 
@@ -91,7 +91,7 @@ def test_deeply_nested_metadata_is_a_numbered_error_not_a_crash(team, depth):
     )
     hostile = hostile.replace('{"k": "leaf"}', '{"k": ' * depth + '"leaf"' + "}" * depth)
     data = (line("first") + hostile + "\n").encode()
-    report = services.import_examples(project=team.project, path_or_file=io.BytesIO(data))
+    report = importing.import_examples(project=team.project, path_or_file=io.BytesIO(data))
     assert [e.line for e in report.errors] == [2]
     assert "nested too deeply: values may nest at most 32 levels" in report.errors[0].message
     assert Example.objects.count() == 0
@@ -109,7 +109,7 @@ def test_deeply_nested_messages_on_the_upload_page_are_an_error_in_the_page(team
 
 def test_nesting_within_the_limit_still_imports(team):
     data = line("first", metadata={"a": nested(20)}).encode()
-    report = services.import_examples(project=team.project, path_or_file=io.BytesIO(data))
+    report = importing.import_examples(project=team.project, path_or_file=io.BytesIO(data))
     assert report.ok and Example.objects.get().metadata == {"a": nested(20)}
 
 
@@ -167,12 +167,12 @@ def test_a_second_delivery_of_an_import_job_never_imports_twice(team):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     data = (FIXTURES / "valid_openai.jsonl").read_bytes()
-    job = services.start_import_job(
+    job = importing.start_import_job(
         project=team.project, upload=SimpleUploadedFile("a.jsonl", data), user=team.designer
     )
     stale = ImportJob.objects.get(pk=job.pk)
     ImportJob.objects.filter(pk=job.pk).update(status="done")  # another delivery committed while this one read
-    services.run_import_job(job=stale)
+    importing.run_import_job(job=stale)
     assert Example.objects.count() == 0 and ImportBatch.objects.count() == 0
     assert ImportJob.objects.get(pk=job.pk).status == "done"
 
@@ -180,7 +180,7 @@ def test_a_second_delivery_of_an_import_job_never_imports_twice(team):
 def test_another_project_cannot_read_an_import_job(team, settings):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    job = services.start_import_job(project=team.other_project, upload=SimpleUploadedFile("a.jsonl", b"{}\n"))
+    job = importing.start_import_job(project=team.other_project, upload=SimpleUploadedFile("a.jsonl", b"{}\n"))
     assert team.client("designer").get(f"/p/support/data/import/?job={job.pk}").status_code == 404
 
 
@@ -212,10 +212,10 @@ def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(
     from apps.runs.services import reap
 
     data = (FIXTURES / "valid_openai.jsonl").read_bytes()
-    lost = services.start_import_job(
+    lost = importing.start_import_job(
         project=team.project, upload=SimpleUploadedFile("a.jsonl", data), user=team.designer
     )
-    recent = services.start_import_job(project=team.project, upload=SimpleUploadedFile("b.jsonl", data))
+    recent = importing.start_import_job(project=team.project, upload=SimpleUploadedFile("b.jsonl", data))
     ImportJob.objects.filter(pk=lost.pk).update(
         created_at=timezone.now() - timedelta(seconds=settings.FTSTUDIO_REQUEUE_AFTER_SECONDS + 60)
     )

@@ -4,7 +4,7 @@ the developer role and weight 0 turns; shown readably (and escaped) in the label
 import io
 import json
 
-from apps.datasets import services
+from apps.datasets import importing
 from apps.datasets.models import Example
 
 WEATHER = {
@@ -39,7 +39,7 @@ def tool_line(city="Paris", tools=(WEATHER,), **extra) -> dict:
 
 def import_lines(project, *lines):
     text = "".join(json.dumps(line) + "\n" for line in lines)
-    return services.import_examples(project=project, path_or_file=io.BytesIO(text.encode()), file_format="openai")
+    return importing.import_examples(project=project, path_or_file=io.BytesIO(text.encode()), file_format="openai")
 
 
 def test_a_tool_call_conversation_imports_with_its_tools_calls_and_weights(team):
@@ -84,8 +84,8 @@ def test_bad_tool_lines_name_the_message_and_the_reason(team):
 
 def test_an_openai_export_reimports_to_the_same_tool_examples(team):
     import_lines(team.project, tool_line(), tool_line("Oslo"))
-    exported = "".join(services.export_lines(project=team.project, file_format="openai"))
-    report = services.import_examples(
+    exported = "".join(importing.export_lines(project=team.project, file_format="openai"))
+    report = importing.import_examples(
         project=team.other_project, path_or_file=io.BytesIO(exported.encode()), file_format="openai"
     )
     assert report.imported == 2

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from apps.datasets import services
+from apps.datasets import importing, services
 from apps.datasets.models import Example, ExampleRevision
 from tests.factories import conversation
 
@@ -17,7 +17,7 @@ def tokenizer(settings, tiny_model_dir):
 
 def add_examples(project, pairs, tags=None):
     lines = "".join(json.dumps({"messages": conversation(u, a), "tags": tags or []}) + "\n" for u, a in pairs)
-    report = services.import_examples(project=project, path_or_file=io.BytesIO(lines.encode()))
+    report = importing.import_examples(project=project, path_or_file=io.BytesIO(lines.encode()))
     assert report.ok, report.errors
     return list(Example.objects.filter(project=project).order_by("id"))
 

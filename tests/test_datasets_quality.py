@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.datasets import services
+from apps.datasets import importing, services, versions
 from apps.datasets.models import Example, QualityFinding, QualityReport
 from apps.datasets.quality import personal_data
 from tests.factories import conversation
@@ -22,7 +22,7 @@ def tokenizer(settings, tiny_model_dir):
 
 def add(project, convs):
     data = "".join(json.dumps({"messages": c}) + "\n" for c in convs).encode()
-    assert services.import_examples(project=project, path_or_file=io.BytesIO(data)).ok
+    assert importing.import_examples(project=project, path_or_file=io.BytesIO(data)).ok
 
 
 def flagged(report, kind):
@@ -105,7 +105,7 @@ def test_empty_and_very_short_outputs_are_found(clean):
 
 
 def test_outputs_over_the_models_context_are_found(clean):
-    services.import_examples(project=clean.project, path_or_file=FIXTURES / "warning_too_many_tokens.jsonl")
+    importing.import_examples(project=clean.project, path_or_file=FIXTURES / "warning_too_many_tokens.jsonl")
     report = services.run_quality_report(project=clean.project)
     long = Example.objects.get(messages__0__content__startswith="Summarise")
     assert flagged(report, "too_long") == [[long.pk]]
@@ -137,7 +137,7 @@ def test_personal_data_is_found_in_any_turn(clean):
 
 
 def test_leakage_between_train_and_test_is_found(clean):
-    services.assign_splits(project=clean.project, seed=0)
+    versions.assign_splits(project=clean.project, seed=0)
     assert services.run_quality_report(project=clean.project).summary["leakage"] == 0
     train = Example.objects.filter(split="train").order_by("id").first()
     add(clean.project, [conversation(train.messages[0]["content"] + " Thanks!", train.ideal_output)])

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from apps.accounts.models import Role
-from apps.evaluations import selectors, services
+from apps.evaluations import review, selectors, services
 from apps.evaluations.models import Assignment, Unblinding
 from tests.eval_setup import add_reviewer, fake_outputs, make_evaluation
 from tests.factories import MembershipFactory, UserFactory
@@ -30,8 +30,8 @@ def client_for(user) -> Client:
 
 def judge_all(evaluation, user, winner="tie") -> int:
     n = 0
-    while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
-        services.submit_judgment(
+    while (a := review.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
+        review.submit_judgment(
             assignment=a,
             reviewer=user,
             winner=winner,
@@ -44,7 +44,7 @@ def judge_all(evaluation, user, winner="tie") -> int:
 def test_the_pm_who_launched_an_evaluation_is_never_handed_its_pairs(team, ready):
     evaluation, _ = ready
     assert Unblinding.objects.filter(evaluation=evaluation, user=team.pm, reason="launched").exists()
-    assert services.next_assignment(evaluation=evaluation, reviewer=team.pm) is None
+    assert review.next_assignment(evaluation=evaluation, reviewer=team.pm) is None
     assert selectors.remaining_for(evaluation, team.pm) == 0
     client = team.client("pm")
     response = client.post(f"/p/support/evals/review/{evaluation.pk}/next/")
@@ -90,7 +90,7 @@ def test_a_pm_who_reveals_the_results_is_taken_off_the_review(team, ready):
     response = client.post(f"/p/support/evals/{evaluation.pk}/reveal/")
     assert response.status_code == 302 and response["Location"].endswith(f"/evals/{evaluation.pk}/results/")
     assert client.get(response["Location"]).status_code == 200
-    assert services.next_assignment(evaluation=evaluation, reviewer=pm2) is None
+    assert review.next_assignment(evaluation=evaluation, reviewer=pm2) is None
     assert selectors.remaining_for(evaluation, pm2) == 0
 
 
@@ -137,7 +137,7 @@ def test_sides_are_balanced_per_candidate_pair_and_the_last_pair_gives_nothing_a
     """Over 360 assignments (3 reviewers x 40 items x 3 candidate pairs): each reviewer sees each candidate
     of a pair on side A within the imbalance limit of as often as on B, and whether the last pair was swapped
     does not predict the next (the old permuted blocks of two made every second pair the opposite of the first)."""
-    monkeypatch.setattr(services, "side_rng", random.Random(11))
+    monkeypatch.setattr(review, "side_rng", random.Random(11))
     evaluation, _ = make_evaluation(
         team, settings, tiny_model_dir, tmp_path, fake=True, test_count=40, reviewers_per_pair=3
     )
@@ -154,7 +154,7 @@ def test_sides_are_balanced_per_candidate_pair_and_the_last_pair_gives_nothing_a
         balance = {}
         for c1, c2, swapped in rows:
             balance[(c1, c2)] = balance.get((c1, c2), 0) + (-1 if swapped else 1)
-        assert len(balance) == 3 and all(abs(v) <= services.SIDE_IMBALANCE_LIMIT for v in balance.values())
+        assert len(balance) == 3 and all(abs(v) <= review.SIDE_IMBALANCE_LIMIT for v in balance.values())
         swaps = np.array([s for _, _, s in rows], dtype=float)
         follows += list(zip(swaps[:-1], swaps[1:], strict=True))
         for (a1, a2, s1), (b1, b2, s2) in zip(rows, rows[1:], strict=False):
@@ -203,7 +203,7 @@ def test_a_side_is_forced_only_at_the_imbalance_limit_not_after_every_pair(team,
         def random(self):
             return 0.0
 
-    monkeypatch.setattr(services, "side_rng", AlwaysSwap())
+    monkeypatch.setattr(review, "side_rng", AlwaysSwap())
     evaluation, _ = ready
     assert judge_all(evaluation, team.reviewer) == 9
     sides = Assignment.objects.filter(reviewer=team.reviewer).values_list("swapped", flat=True)

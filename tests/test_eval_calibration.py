@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from apps.evaluations import selectors, services
+from apps.evaluations import review, selectors
 from apps.evaluations import statistics as st
 from apps.evaluations.models import AutoCheck, Generation
 from tests.eval_setup import add_reviewer, make_evaluation
@@ -89,9 +89,9 @@ def test_calibrate_judge_prints_each_checks_table_and_kappa_last(team, settings,
     AutoCheck.objects.create(criterion=correct, kind="max_words", number=2)  # passes only "Hello there."
     # reviewers prefer the output that greets Cy by name, else call a tie (like the greeting check)
     for reviewer in (team.reviewer, add_reviewer(team, "second")):
-        while (a := services.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
+        while (a := review.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
             greets = [s.letter for s in selectors.sides(a) if s.output.startswith("Hi Cy,")]
-            services.submit_judgment(
+            review.submit_judgment(
                 assignment=a, reviewer=reviewer, winner=greets[0] if len(greets) == 1 else "tie", scores={}
             )
     out = io.StringIO()

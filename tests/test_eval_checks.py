@@ -4,7 +4,7 @@ results page beside the reviewers' scores of their criterion."""
 
 import pytest
 
-from apps.evaluations import selectors, services
+from apps.evaluations import automatic, generation, selectors
 from apps.evaluations.models import AutoCheck, CheckKind, CheckResult, Generation, Rubric
 from tests.eval_setup import make_evaluation
 from worker.checks import KINDS, CheckSpec
@@ -106,8 +106,8 @@ def checked(team, settings, tiny_model_dir, tmp_path_factory):
 def test_checks_run_on_every_output_once_and_fill_placeholders_from_the_input(checked):
     evaluation = checked
     Generation.objects.filter(candidate__position=1).update(output="Hello Cy, from candidate 1.")
-    assert services.run_checks(evaluation.pk) == 18  # 9 outputs x 2 checks
-    assert services.run_checks(evaluation.pk) == 0  # a second delivery finds nothing to do
+    assert automatic.run_checks(evaluation.pk) == 18  # 9 outputs x 2 checks
+    assert automatic.run_checks(evaluation.pk) == 0  # a second delivery finds nothing to do
     greeting = {
         (r.generation.candidate.position, r.passed) for r in CheckResult.objects.filter(check_def__kind="starts_with")
     }
@@ -118,7 +118,7 @@ def test_checks_run_on_every_output_once_and_fill_placeholders_from_the_input(ch
 
 def test_the_results_page_shows_each_checks_pass_rate_beside_the_reviewers_scores(team, checked):
     evaluation = checked
-    services.run_checks(evaluation.pk)
+    automatic.run_checks(evaluation.pk)
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/results/").content.decode()
     tone_row = page.index("<strong>Tone</strong>")
     check_row = page.index("starts with &quot;Hi {customer},&quot;")
@@ -139,7 +139,7 @@ def test_checks_are_queued_when_generation_finishes(
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False, test_count=1)
     AutoCheck.objects.create(criterion=evaluation.rubric.criteria.first(), kind="max_words", number=1000)
     with django_capture_on_commit_callbacks(execute=True):
-        services.run_generation(evaluation.pk)
+        generation.run_generation(evaluation.pk)
     assert CheckResult.objects.filter(generation__candidate__evaluation=evaluation, passed=True).count() == 3
 
 

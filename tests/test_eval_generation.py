@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from apps.evaluations import services
+from apps.evaluations import generation, services
 from apps.evaluations.models import Candidate, Comparison, Evaluation, EvaluationStatus, Generation
 from apps.runs.models import RunStatus
 from tests.eval_setup import make_evaluation, make_rubric, make_run, make_version, register_tiny_model
@@ -39,7 +39,7 @@ def test_prompt_baseline_gets_its_system_prompt_and_train_examples_before_the_in
         [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}],
         [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}],
     ]
-    messages = services.candidate_messages(
+    messages = generation.candidate_messages(
         candidate, [{"role": "system", "content": "Facts: X"}, {"role": "user", "content": "Q"}], shots
     )
     assert messages == [
@@ -48,7 +48,7 @@ def test_prompt_baseline_gets_its_system_prompt_and_train_examples_before_the_in
         {"role": "assistant", "content": "a1"},
         {"role": "user", "content": "Q"},
     ]
-    assert services.candidate_messages(Candidate(kind="base"), [{"role": "user", "content": "Q"}], shots) == [
+    assert generation.candidate_messages(Candidate(kind="base"), [{"role": "user", "content": "Q"}], shots) == [
         {"role": "user", "content": "Q"}
     ]
 
@@ -87,12 +87,12 @@ def test_a_generation_that_died_resumes_without_regenerating_finished_rows(
 def test_a_second_delivery_while_a_worker_is_alive_does_nothing(team, settings, tiny_model_dir, tmp_path):
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     Evaluation.objects.filter(pk=evaluation.pk).update(status=EvaluationStatus.GENERATING, heartbeat_at=timezone.now())
-    assert services.run_generation(evaluation.pk) is None
+    assert generation.run_generation(evaluation.pk) is None
     assert not Generation.objects.filter(candidate__evaluation=evaluation).exists()
     evaluation.refresh_from_db()
     assert evaluation.attempts == 0
     with pytest.raises(services.EvaluationError, match="right now"):
-        services.resume_evaluation(evaluation)
+        generation.resume_evaluation(evaluation)
 
 
 def test_a_failed_generation_records_the_error_for_the_pm(team, settings, tiny_model_dir, tmp_path):
@@ -100,7 +100,7 @@ def test_a_failed_generation_records_the_error_for_the_pm(team, settings, tiny_m
     run.base_model.source = str(tmp_path / "not-a-model")
     run.base_model.save()
     with pytest.raises(Exception, match="outside the configured model roots"):
-        services.run_generation(evaluation.pk)
+        generation.run_generation(evaluation.pk)
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.FAILED and "outside the configured model roots" in evaluation.error
 
@@ -169,7 +169,7 @@ DEAD_OWNER = "node-that-died:4242:1:deadbeef"
 def test_the_reaper_resumes_a_generation_whose_worker_died_and_fails_it_after_the_attempt_limit(
     team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
 ):
-    from apps.evaluations.services import reap
+    from apps.evaluations.generation import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 5)
@@ -210,7 +210,7 @@ def test_resume_works_as_soon_as_no_live_worker_holds_the_evaluation(
 def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(
     team, eager, settings, tiny_model_dir, tmp_path, django_capture_on_commit_callbacks
 ):
-    from apps.evaluations.services import reap
+    from apps.evaluations.generation import reap
 
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     Evaluation.objects.filter(pk=evaluation.pk).update(enqueued_at=timezone.now())
@@ -238,7 +238,7 @@ def test_a_generation_whose_evaluation_was_taken_over_stops_after_its_batch(
         return original(model, tokenizer, prompts, config, on_batch=on_batch)
 
     monkeypatch.setattr(worker.generate, "generate", generate_then_lose_the_claim)
-    assert services.run_generation(evaluation.pk, batch_size=1) is not None
+    assert generation.run_generation(evaluation.pk, batch_size=1) is not None
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.GENERATING and evaluation.worker_id == DEAD_OWNER
     assert not Generation.objects.filter(candidate__evaluation=evaluation).exists()
@@ -261,7 +261,7 @@ def test_a_warm_shutdown_hands_the_evaluation_back_after_its_batch_without_an_at
 
     monkeypatch.setattr(worker.generate, "generate", generate_then_sigterm)
     try:
-        services.run_generation(evaluation.pk)
+        generation.run_generation(evaluation.pk)
     finally:
         leases.shutdown_requested.clear()
     evaluation.refresh_from_db()
@@ -269,6 +269,6 @@ def test_a_warm_shutdown_hands_the_evaluation_back_after_its_batch_without_an_at
     assert evaluation.enqueued_at is not None  # sent again for the restarted worker
     assert evaluation.done == 3  # the batch that finished during the shutdown (3 items, one candidate) was kept
     monkeypatch.setattr(worker.generate, "generate", original)
-    assert services.run_generation(evaluation.pk).status == EvaluationStatus.READY
+    assert generation.run_generation(evaluation.pk).status == EvaluationStatus.READY
     evaluation.refresh_from_db()
     assert evaluation.attempts == 1 and evaluation.done == 9

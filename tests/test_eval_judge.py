@@ -126,7 +126,7 @@ def test_the_verdict_is_read_from_json_or_a_winner_line():
 # --- the judge in the Studio: settings, verdicts stored per pair, the threshold that shows judge figures -----
 @pytest.fixture
 def judged_setup(db, team, settings, tiny_model_dir, tmp_path_factory, endpoint):
-    from apps.evaluations import services
+    from apps.evaluations import automatic
     from apps.evaluations.models import Generation
     from tests.eval_setup import make_evaluation
 
@@ -135,7 +135,7 @@ def judged_setup(db, team, settings, tiny_model_dir, tmp_path_factory, endpoint)
         team, settings, tiny_model_dir, tmp_path_factory.mktemp("adapter"), fake=True, reviewers_per_pair=1
     )
     Generation.objects.filter(candidate__position=1).update(output="Hello.")
-    services.save_judge_settings(
+    automatic.save_judge_settings(
         project=team.project, base_url=endpoint, model="judge-model", api_key="sk-secret-123", timeout_s=0.5
     )
     return evaluation
@@ -163,20 +163,20 @@ def test_the_key_is_stored_but_never_shown_back(team, judged_setup, endpoint):
 
 
 def test_unjudged_pairs_keep_the_reason_are_never_counted_and_are_retried(team, judged_setup):
-    from apps.evaluations import selectors, services
+    from apps.evaluations import automatic, results
     from apps.evaluations.models import JudgeVerdict
 
     evaluation = judged_setup
     Judge.mode = "garbage"
-    assert services.run_judge(evaluation.pk) == {"judged": 0, "unjudged": 9}
+    assert automatic.run_judge(evaluation.pk) == {"judged": 0, "unjudged": 9}
     assert set(JudgeVerdict.objects.values_list("judged", "winner", "error")) == {
         (False, None, "no verdict in the judge's reply")  # summarised: the endpoint's words are not shown
     }
-    report = selectors.judge_report(evaluation, bootstrap=0)
+    report = results.judge_report(evaluation, bootstrap=0)
     assert report.judged == 0 and report.unjudged == 9 and all(p.outcome.items == 0 for p in report.pairs)
     Judge.mode = "greeting"
-    assert services.run_judge(evaluation.pk) == {"judged": 9, "unjudged": 0}
-    assert services.run_judge(evaluation.pk) == {"judged": 0, "unjudged": 0}  # nothing left: judged pairs are kept
+    assert automatic.run_judge(evaluation.pk) == {"judged": 9, "unjudged": 0}
+    assert automatic.run_judge(evaluation.pk) == {"judged": 0, "unjudged": 0}  # nothing left: judged pairs are kept
     assert set(JudgeVerdict.objects.values_list("attempts", flat=True)) == {2}
     labels = {
         (v.comparison.candidate_1.position, v.comparison.candidate_2.position, v.winner.position if v.winner else None)
@@ -186,13 +186,13 @@ def test_unjudged_pairs_keep_the_reason_are_never_counted_and_are_retried(team, 
 
 
 def _humans_judge(evaluation, reviewer, prefer_greeting: bool):
-    from apps.evaluations import selectors, services
+    from apps.evaluations import review, selectors
 
-    while (a := services.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
+    while (a := review.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
         greets = [s.letter for s in selectors.sides(a) if s.output.startswith("Hi Cy,")]
         other = {"A": "B", "B": "A"}
         pick = "tie" if len(greets) != 1 else greets[0] if prefer_greeting else other[greets[0]]
-        services.submit_judgment(assignment=a, reviewer=reviewer, winner=pick, scores={})
+        review.submit_judgment(assignment=a, reviewer=reviewer, winner=pick, scores={})
 
 
 @pytest.mark.parametrize(
@@ -218,13 +218,13 @@ def _humans_judge(evaluation, reviewer, prefer_greeting: bool):
 def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(
     team, judged_setup, prefer_greeting, min_pairs, shown, why
 ):
-    from apps.evaluations import services
+    from apps.evaluations import automatic
     from apps.evaluations.models import JudgeSettings
 
     evaluation = judged_setup
     JudgeSettings.objects.update(min_human_pairs=min_pairs)
     Judge.mode = "greeting"
-    services.run_judge(evaluation.pk)
+    automatic.run_judge(evaluation.pk)
     _humans_judge(evaluation, team.reviewer, prefer_greeting)
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/results/").content.decode()
     assert "LLM judge" in page and "judge-based" in page and "one greets by name" in page  # reasoning shown
@@ -253,16 +253,16 @@ def test_judge_win_rates_show_only_with_enough_human_pairs_and_agreement(
 def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluation_of_the_rubric(team, judged_setup):
     """The threshold is the rubric's, not one evaluation's: 9 human-judged pairs here and 9 on a second evaluation
     scored against the same rubric version reach a threshold of 18 that neither reaches alone."""
-    from apps.evaluations import selectors, services
+    from apps.evaluations import automatic, results, services
     from apps.evaluations.models import Generation, JudgeSettings
     from tests.eval_setup import fake_outputs
 
     first = judged_setup
     JudgeSettings.objects.update(min_human_pairs=18)
     Judge.mode = "greeting"
-    services.run_judge(first.pk)
+    automatic.run_judge(first.pk)
     _humans_judge(first, team.reviewer, prefer_greeting=True)
-    report = selectors.judge_report(first, bootstrap=0)
+    report = results.judge_report(first, bootstrap=0)
     assert (report.human_pairs, report.shown) == (9, False)
 
     second = services.create_evaluation(
@@ -281,9 +281,9 @@ def test_the_human_pairs_that_calibrate_the_judge_are_counted_over_every_evaluat
     )
     fake_outputs(second)
     Generation.objects.filter(candidate__evaluation=second, candidate__position=1).update(output="Hello.")
-    services.run_judge(second.pk)
+    automatic.run_judge(second.pk)
     _humans_judge(second, team.reviewer, prefer_greeting=True)
-    report = selectors.judge_report(first, bootstrap=0)
+    report = results.judge_report(first, bootstrap=0)
     assert (report.human_pairs, report.calibration.pairs, report.shown) == (18, 18, True)
     assert report.calibration.kappa == 1.0
 
@@ -292,13 +292,13 @@ def test_the_judge_gate_counts_pairs_judged_by_both_not_every_human_judged_pair(
     """Reviewers judged all 9 pairs but the judge has a verdict on only 3 of them (one item's): kappa is 1.0 on
     those 3, which is no evidence of calibration. The gate counts the 3, so a threshold of 9 keeps the judge's
     win rates hidden, and the page says how many pairs the kappa stands on."""
-    from apps.evaluations import services
+    from apps.evaluations import automatic
     from apps.evaluations.models import JudgeSettings, JudgeVerdict
 
     evaluation = judged_setup
     JudgeSettings.objects.update(min_human_pairs=9)
     Judge.mode = "greeting"
-    services.run_judge(evaluation.pk)
+    automatic.run_judge(evaluation.pk)
     first_item = JudgeVerdict.objects.order_by("comparison__item__position").first().comparison.item_id
     JudgeVerdict.objects.exclude(comparison__item_id=first_item).update(judged=False, winner=None)
     _humans_judge(evaluation, team.reviewer, prefer_greeting=True)
@@ -313,7 +313,7 @@ def test_the_judge_gate_counts_pairs_judged_by_both_not_every_human_judged_pair(
 
 # --- the judge's endpoint held like a webhook's: public addresses only, errors summarised, the key kept to its URL ---
 def test_the_judge_endpoint_gets_the_webhooks_ssrf_check(db, team, settings, endpoint):
-    from apps.evaluations import services
+    from apps.evaluations import automatic, services
 
     settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = False
     for url in (
@@ -323,7 +323,7 @@ def test_the_judge_endpoint_gets_the_webhooks_ssrf_check(db, team, settings, end
         "http://[2002:a9fe:a9fe::1]/v1",  # 6to4 form of 169.254.169.254
     ):
         with pytest.raises(services.EvaluationError) as refused:
-            services.save_judge_settings(project=team.project, base_url=url, model="m", api_key="sk-1")
+            automatic.save_judge_settings(project=team.project, base_url=url, model="m", api_key="sk-1")
         assert "private, loopback or reserved" in str(refused.value), url
     # A verdict asked of a private address (stored before, or resolving differently now) is refused when sent.
     v = verdict_of(JudgeConfig(endpoint, "judge-model", "sk-test", timeout_s=2))
@@ -341,24 +341,24 @@ def test_the_endpoint_s_error_text_is_summarised_not_stored(endpoint):
 
 
 def test_a_changed_judge_url_needs_the_key_again(db, team, settings, endpoint):
-    from apps.evaluations import services
+    from apps.evaluations import automatic, services
     from apps.evaluations.models import JudgeSettings
 
     settings.FTSTUDIO_WEBHOOK_ALLOW_PRIVATE = True
-    services.save_judge_settings(project=team.project, base_url=endpoint, model="m", api_key="sk-secret-123")
+    automatic.save_judge_settings(project=team.project, base_url=endpoint, model="m", api_key="sk-secret-123")
     elsewhere = endpoint.replace("/v1", "/other/v1")
     with pytest.raises(services.EvaluationError) as refused:
-        services.save_judge_settings(project=team.project, base_url=elsewhere, model="m")
+        automatic.save_judge_settings(project=team.project, base_url=elsewhere, model="m")
     assert "enter its API key again" in str(refused.value)
     assert JudgeSettings.objects.get().base_url == endpoint
-    services.save_judge_settings(project=team.project, base_url=elsewhere, model="m", api_key="sk-other")
+    automatic.save_judge_settings(project=team.project, base_url=elsewhere, model="m", api_key="sk-other")
     assert (JudgeSettings.objects.get().base_url, JudgeSettings.objects.get().api_key) == (elsewhere, "sk-other")
 
 
 def test_the_judge_becomes_a_rubric_grader_only_once_calibrated_and_grades_through_its_endpoint(team, judged_setup):
     """A reinforcement run trained "from the rubric's graders" is rewarded by the judge only once the judge meets the
     bar its figures need on the results page; it then scores one output through the judge's endpoint."""
-    from apps.evaluations import services
+    from apps.evaluations import automatic as services
     from apps.evaluations.graders import judge_calibrated, judge_call_model, rubric_graders
     from apps.evaluations.models import JudgeSettings
     from worker.graders import grade, item_from, validate

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.evaluations import selectors, services
+from apps.evaluations import review, selectors, services
 from apps.evaluations.models import Assignment, Judgment, ReviewMode, Score
 from tests.eval_setup import add_reviewer, make_evaluation
 
@@ -23,8 +23,8 @@ def _evaluation(team, settings, tiny_model_dir, tmp_path_factory, **kwargs):
 def _judge_everything(evaluation, reviewer, pick) -> int:
     """Judge every pair handed to ``reviewer``; ``pick(sides)`` returns "A", "B" or "tie"."""
     judged = 0
-    while (assignment := services.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
-        services.submit_judgment(
+    while (assignment := review.next_assignment(evaluation=evaluation, reviewer=reviewer)) is not None:
+        review.submit_judgment(
             assignment=assignment, reviewer=reviewer, winner=pick(selectors.sides(assignment)), scores={}
         )
         judged += 1
@@ -85,7 +85,7 @@ def test_a_pair_whose_interval_excludes_parity_is_no_longer_handed_out(
     assert all(s.outcome.high < 0.5 for s in stops.values())  # the later candidate (b) is better
     assert selectors.remaining_for(evaluation, team.reviewer) == 0
     # another reviewer joining later gets nothing either
-    assert services.next_assignment(evaluation=evaluation, reviewer=add_reviewer(team, "late")) is None
+    assert review.next_assignment(evaluation=evaluation, reviewer=add_reviewer(team, "late")) is None
     page = team.client("pm").get(f"/p/support/evals/{evaluation.pk}/").content.decode()
     assert (
         "When review stops" in page

@@ -76,7 +76,7 @@ def headline(rng: np.random.Generator, p_tuned: float):
     verdict code: (the headline's verdict, the verdict of the fixed pair tuned run vs prompt-only baseline),
     each "tuned", "baseline" or None."""
     from apps.evaluations.models import Candidate, CandidateKind
-    from apps.evaluations.selectors import PairResult, _verdicts
+    from apps.evaluations.results import PairResult, _verdicts
 
     base = Candidate(pk=1, position=0, kind=CandidateKind.BASE, label="Base model")
     prompt = Candidate(pk=2, position=1, kind=CandidateKind.PROMPT, label="Prompt-only baseline")
@@ -128,7 +128,7 @@ def test_no_side_can_be_guessed_from_the_sides_before_it():
     "the opposite of the last" is right more than 55% of the time (balance within one: -0.5 and 75%)."""
     import random
 
-    from apps.evaluations.services import SIDE_IMBALANCE_LIMIT, side_swapped
+    from apps.evaluations.review import SIDE_IMBALANCE_LIMIT, side_swapped
 
     coin = random.Random(27)
     for length, lists in ((12, 300), (30, 150), (90, 50)):

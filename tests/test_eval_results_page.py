@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from apps.evaluations import selectors, services
+from apps.evaluations import results as evaluations_results
+from apps.evaluations import review, selectors
 from apps.evaluations.models import Assignment, Judgment
 from tests.eval_setup import add_reviewer, make_evaluation
 
@@ -24,10 +25,10 @@ def ready(team, settings, tiny_model_dir, tmp_path_factory):
 
 def judge(evaluation, user, pick) -> bool:
     """One judgment by ``user``; ``pick(assignment)`` returns "A", "B" or "tie". False when nothing is left."""
-    a = services.next_assignment(evaluation=evaluation, reviewer=user)
+    a = review.next_assignment(evaluation=evaluation, reviewer=user)
     if a is None:
         return False
-    services.submit_judgment(
+    review.submit_judgment(
         assignment=a,
         reviewer=user,
         winner=pick(a),
@@ -56,7 +57,9 @@ def test_the_page_renders_before_and_right_after_the_first_judgment(team, ready)
     html = results_page(team, ready)
     assert "1 judgment of 4 items" in html and "Head to head" in html
     # one judged item: resampling cannot move a strength, so the ranking says so instead of a point-wide interval
-    assert html.count("(no interval yet)") == len(selectors.evaluation_results(ready, bootstrap=20).candidates)
+    assert html.count("(no interval yet)") == len(
+        evaluations_results.evaluation_results(ready, bootstrap=20).candidates
+    )
 
 
 def test_all_ties_read_as_level(team, ready):
@@ -100,7 +103,7 @@ def test_random_judgment_sets_always_render_a_verdict_that_matches_its_interval(
                 ):
                     break
         html = results_page(team, ready)
-        for verdict in selectors.evaluation_results(ready, bootstrap=20).verdicts:
+        for verdict in evaluations_results.evaluation_results(ready, bootstrap=20).verdicts:
             ci = re.search(r"95% CI ([\d.]+)-([\d.]+)%", verdict.sentence)
             if "is better than" in verdict.sentence:
                 low, high = map(float, ci.groups())
@@ -120,7 +123,7 @@ def test_criterion_scores_count_each_output_once(team, ready):
     for user in (team.reviewer, add_reviewer(team, "r2")):
         while judge(ready, user, lambda a: "tie"):
             pass
-    results = selectors.evaluation_results(ready, bootstrap=10)
+    results = evaluations_results.evaluation_results(ready, bootstrap=10)
     for row in results.criteria:
         for cell in row["cells"]:
             assert cell["m"].n == 4  # 4 test items: 4 outputs per candidate, not 16 scores

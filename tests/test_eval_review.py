@@ -7,7 +7,7 @@ import re
 import pytest
 from django.test import Client
 
-from apps.evaluations import selectors, services
+from apps.evaluations import review, selectors
 from apps.evaluations.models import Assignment, Comparison, Generation, Judgment, Rubric
 from tests.eval_setup import MODEL_NAME, RUN_NAME, add_reviewer, judge, make_evaluation
 
@@ -58,9 +58,9 @@ def test_each_pair_gets_the_configured_reviewers_and_never_the_same_reviewer_twi
     claimed = {}
     for user in (team.reviewer, extra, third, team.pm):
         claimed[user.username] = []
-        while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
+        while (a := review.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
             claimed[user.username].append(a.comparison_id)
-            services.submit_judgment(
+            review.submit_judgment(
                 assignment=a,
                 reviewer=user,
                 winner="A",
@@ -166,13 +166,13 @@ def test_results_page_shows_verdict_intervals_agreement_and_examples(team, ready
         output="<script>alert('x')</script>"
     )
     for user in (team.reviewer, add_reviewer(team, "second-reviewer")):
-        while (a := services.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
+        while (a := review.next_assignment(evaluation=evaluation, reviewer=user)) is not None:
             letter = (
                 next(s.letter for s in selectors.sides(a) if s.candidate.kind == "run")
                 if a.comparison.candidate_2.kind == "run"
                 else "tie"
             )
-            services.submit_judgment(
+            review.submit_judgment(
                 assignment=a,
                 reviewer=user,
                 winner=letter,
@@ -265,7 +265,7 @@ def test_pm_creates_an_evaluation_from_the_form(
 def test_the_evaluation_form_offers_versions_a_person_froze_and_refuses_an_experiments_subset(
     team, settings, tiny_model_dir
 ):
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
     from apps.evaluations.models import Evaluation
     from tests.eval_setup import make_rubric, make_version, register_tiny_model
     from tests.test_runs_launch import version_choices

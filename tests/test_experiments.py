@@ -306,7 +306,7 @@ def test_a_run_ending_and_a_check_pass_ending_advance_their_experiment(
 
 
 def test_a_generation_ending_in_failure_advances_its_experiment(setup, monkeypatch, django_capture_on_commit_callbacks):
-    from apps.evaluations import services as eval_services
+    from apps.evaluations import generation as eval_services_generation
 
     sent = []
     monkeypatch.setattr(services.advance_experiment_task, "delay", sent.append)
@@ -316,7 +316,7 @@ def test_a_generation_ending_in_failure_advances_its_experiment(setup, monkeypat
     point = Point.objects.filter(arm__experiment=experiment, evaluation__isnull=False).first()
     sent.clear()
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(Exception):  # noqa: B017, PT011
-        eval_services.run_generation(point.evaluation_id)  # the fake adapters cannot load: generation fails
+        eval_services_generation.run_generation(point.evaluation_id)  # the fake adapters cannot load: generation fails
     point.evaluation.refresh_from_db()
     assert point.evaluation.status == "failed" and sent == [experiment.pk]
 

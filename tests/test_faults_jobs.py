@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.evaluations import services as eval_services
+from apps.evaluations import automatic as eval_services_automatic
 from apps.evaluations.models import AutoCheck, CheckResult, Generation
 from apps.evaluations.tasks import reap as reap_evaluations
 from apps.runs import jobs
@@ -53,7 +53,7 @@ def test_checks_killed_with_their_worker_are_sent_again_by_the_reaper_and_finish
         "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", str(REPO))]),
     }
     with running_worker(tmp_path / "worker", queues="default", extra_env=env) as worker:
-        eval_services.schedule_checks(evaluation.pk)
+        eval_services_automatic.schedule_checks(evaluation.pk)
         wait_for(lambda: JobLease.objects.filter(kind="checks", state="running").exists(), 60, worker, "checks")
         time.sleep(1)
         worker.kill()
@@ -140,12 +140,13 @@ def test_an_import_whose_worker_died_is_sent_again_and_given_up_after_the_attemp
 ):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from apps.datasets import services as datasets
+    from apps.datasets import importing as datasets_importing
     from apps.datasets.models import Example, ImportJob
 
     data = (REPO / "tests" / "fixtures" / "imports" / "valid_openai.jsonl").read_bytes()
     stuck, hopeless = (
-        datasets.start_import_job(project=team.project, upload=SimpleUploadedFile(f"{n}.jsonl", data)) for n in "ab"
+        datasets_importing.start_import_job(project=team.project, upload=SimpleUploadedFile(f"{n}.jsonl", data))
+        for n in "ab"
     )
     silent_since = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 60)
     ImportJob.objects.filter(pk=stuck.pk).update(status="running", progress=40, heartbeat_at=silent_since, attempts=1)

@@ -7,6 +7,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from apps.evaluations import automatic as eval_services_automatic
+from apps.evaluations import generation as eval_services_generation
 from apps.evaluations import selectors as eval_selectors
 from apps.evaluations import services as eval_services
 from apps.evaluations.models import Assignment, Comparison, Evaluation, Generation, Judgment
@@ -136,7 +138,7 @@ def fill(evaluation, run, similarities, run_wins):
                 for item, s in zip(items, sims, strict=True)
             ]
         )
-    eval_services.build_comparisons(evaluation)
+    eval_services_generation.build_comparisons(evaluation)
     base, tuned = evaluation.candidates.get(kind="base"), evaluation.candidates.get(kind="run")
     for item, won in zip(items, run_wins, strict=True):
         comparison = Comparison.objects.get(evaluation=evaluation, item=item, candidate_1=base, candidate_2=tuned)
@@ -269,7 +271,7 @@ def test_where_both_evaluations_ran_the_automatic_checks_they_decide_what_improv
             Generation.objects.filter(candidate__evaluation=evaluation, candidate__kind="run", item=item).update(
                 output=text
             )
-        eval_services.run_checks(evaluation.pk)
+        eval_services_automatic.run_checks(evaluation.pk)
     diff = selectors.compare_evaluations(a, b, sort="position")
     assert diff.measure == "checks"
     assert [(r.score_a, r.score_b, r.outcome) for r in diff.rows] == [
@@ -282,7 +284,7 @@ def test_where_both_evaluations_ran_the_automatic_checks_they_decide_what_improv
 
 def test_an_experiments_subset_version_is_never_the_current_data_and_counts_as_its_source(team, tmp_path):
     """An experiment freezes subsets of v1 as v3, v4 …: they are parts of v1, not newer data than v2."""
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
 
     project = team.project
     v1 = version(project, questions(3), train=questions(8, 100))
@@ -305,7 +307,7 @@ def test_an_experiments_subset_version_is_never_the_current_data_and_counts_as_i
 
 
 def test_the_re_evaluation_form_offers_and_accepts_only_versions_a_person_froze(team, tmp_path):
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
 
     project = team.project
     v1 = version(project, questions(3), train=questions(8, 100))

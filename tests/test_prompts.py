@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from apps.evaluations import generation as eval_services_generation
 from apps.evaluations import services as eval_services
 from apps.evaluations.models import Candidate, Scale
 from apps.prompts import selectors, services
@@ -146,7 +147,7 @@ def test_versions_are_numbered_and_the_best_scored_one_is_the_evaluation_forms_d
     baseline = evaluation.candidates.get(kind="prompt")
     assert baseline.system_prompt == strong.system_prompt and baseline.few_shot == 2
     # the baseline is asked with the version's chosen examples, in its order, not the split's first ones
-    asked = eval_services.candidate_messages(
+    asked = eval_services_generation.candidate_messages(
         baseline, [{"role": "user", "content": "Q"}], version.conversations("train")[::-1]
     )
     assert [m["content"] for m in asked if m["role"] == "assistant"] == [
@@ -471,7 +472,7 @@ def test_the_evaluation_form_shows_the_leak_and_launches_nothing(team, client):
 
 
 def test_the_workspace_offers_frozen_versions_not_an_experiments_subsets(team):
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
 
     version = house_version(team.project)
     subset = freeze_subset(source=version, train_positions=[0], note="experiment point")

@@ -197,7 +197,7 @@ def version_choices(page: str) -> list[str]:
 
 
 def test_the_launch_form_offers_versions_a_person_froze_and_refuses_an_experiments_subset(team, tiny_base_model):
-    from apps.datasets.services import freeze_subset
+    from apps.datasets.versions import freeze_subset
 
     version = small_version(team.project)
     first_train = version.items.filter(split="train").order_by("position").first().position

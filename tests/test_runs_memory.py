@@ -12,9 +12,9 @@ import pytest
 from django.utils import timezone
 
 from apps.fleet.models import WorkerBeat
-from apps.fleet.queues import run_queue
 from apps.runs import services
 from apps.runs.models import BaseModel, Run
+from apps.runs.selectors import run_queue
 from tests.runs_setup import small_version
 from worker.memory import Shape
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from apps.evaluations import services as eval_services
+from apps.evaluations import generation as eval_services_generation
 from apps.evaluations.models import Evaluation, EvaluationStatus, Generation
 from apps.runs import services
 from apps.runs.models import Run, RunStatus
@@ -173,7 +173,7 @@ def test_an_evaluation_killed_mid_generation_is_resumed_by_the_reaper_keeping_fi
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, generate=False)
     slow = worker_env(tiny_model_dir, generation_batch_seconds=3)
     with running_worker(tmp_path / "first", queues="gpu,default", extra_env=slow) as worker:
-        eval_services.send_generation(evaluation)
+        eval_services_generation.send_generation(evaluation)
         wait_for(
             lambda: Evaluation.objects.filter(pk=evaluation.pk, done__gte=3).exists(),
             180,
@@ -187,7 +187,7 @@ def test_an_evaluation_killed_mid_generation_is_resumed_by_the_reaper_keeping_fi
 
     with running_worker(tmp_path / "second", queues="gpu,default", extra_env=worker_env(tiny_model_dir)) as worker:
         wait_until_stale(evaluation.heartbeat_at)
-        assert eval_services.reap()["evaluations"] == [evaluation.pk]
+        assert eval_services_generation.reap()["evaluations"] == [evaluation.pk]
         wait_for(
             lambda: Evaluation.objects.get(pk=evaluation.pk).status != EvaluationStatus.GENERATING,
             180,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
+from apps.evaluations import generation as eval_services_generation
 from apps.evaluations import services as eval_services
 from apps.evaluations.models import Evaluation, EvaluationStatus, Generation
 from apps.runs import artifacts, services
@@ -91,7 +92,7 @@ def test_a_run_killed_on_one_node_is_finished_on_another_from_the_stored_checkpo
             user=team.pm,
             candidates=[eval_services.CandidateSpec("base"), eval_services.CandidateSpec("run", run_id=short.pk)],
         )
-        eval_services.send_generation(evaluation)
+        eval_services_generation.send_generation(evaluation)
         wait_for(
             lambda: Evaluation.objects.get(pk=evaluation.pk).status
             not in {EvaluationStatus.QUEUED, EvaluationStatus.GENERATING},

@@ -12,7 +12,7 @@ from django.utils import timezone
 from apps.api import services as api_services
 from apps.api.models import StoredCompletion
 from apps.api.selectors import run_model_id
-from apps.evaluations import services as eval_services
+from apps.evaluations import generation as eval_generation
 from apps.evaluations.models import CandidateKind, Evaluation, EvaluationStatus
 from apps.evaluations.selectors import eval_items
 from tests.eval_setup import make_rubric, make_run, make_version, register_tiny_model, save_adapter
@@ -94,7 +94,7 @@ def test_a_pm_samples_the_newest_answers_of_the_served_model_into_a_blind_evalua
     assert outputs[items[0].pk].output_tokens == 4 and not other.generations.exists()
 
     # the normal generation answers for the other candidate only, then the pairs go to reviewers
-    eval_services.run_generation(evaluation.pk)
+    eval_generation.run_generation(evaluation.pk)
     evaluation.refresh_from_db()
     assert evaluation.status == EvaluationStatus.READY and evaluation.comparisons.count() == 3
     assert [outputs[i.pk].output for i in items] == [

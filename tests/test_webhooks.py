@@ -173,16 +173,16 @@ def test_evaluation_ready_and_reviewed_fire_from_generation_and_the_last_judgmen
 ):
     from django.db import transaction
 
-    from apps.evaluations import services as evaluations
+    from apps.evaluations import review as evaluations_review
     from tests.eval_setup import make_evaluation
 
     add_endpoint(team, receiver.url, events=["evaluation.ready", "evaluation.reviewed"])
     evaluation, _ = make_evaluation(team, settings, tiny_model_dir, tmp_path, reviewers_per_pair=1)  # generates
     ready = WebhookDelivery.objects.get()
     assert ready.event_type == "evaluation.ready" and ready.payload["data"]["id"] == f"eval-{evaluation.pk}"
-    while (a := evaluations.next_assignment(evaluation=evaluation, reviewer=team.reviewer)) is not None:
+    while (a := evaluations_review.next_assignment(evaluation=evaluation, reviewer=team.reviewer)) is not None:
         assert not WebhookDelivery.objects.filter(event_type="evaluation.reviewed").exists()  # not before the last
         with transaction.atomic():
-            evaluations.submit_judgment(assignment=a, reviewer=team.reviewer, winner="A", scores={})
+            evaluations_review.submit_judgment(assignment=a, reviewer=team.reviewer, winner="A", scores={})
     reviewed = WebhookDelivery.objects.get(event_type="evaluation.reviewed")
     assert reviewed.payload["data"] == {"id": f"eval-{evaluation.pk}", "name": evaluation.name, "reviewer": "reviewer"}

@@ -1,5 +1,5 @@
 """Accounts: reads (no writes). Which projects a user sees is an access rule and lives in ``permissions.py``
-(``projects_for``); these are the settings page's lists."""
+(``projects_for``); this is the settings page's list of members."""
 
 from __future__ import annotations
 
@@ -8,9 +8,3 @@ from .models import Membership, Project
 
 def project_members(project: Project):
     return Membership.objects.filter(project=project).select_related("user").order_by("user__username")
-
-
-def project_api_keys(project: Project):
-    from apps.api.models import ApiKey
-
-    return ApiKey.objects.filter(project=project).select_related("user")

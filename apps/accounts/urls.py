@@ -14,6 +14,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/", views.project_list, name="project_list"),
     path("projects/new/", views.project_create, name="project_create"),
-    path("p/<slug:slug>/settings/", views.project_settings, name="project_settings"),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
 ]

@@ -16,8 +16,7 @@ from functools import wraps
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.accounts.models import Membership
-from apps.accounts.permissions import CAPABILITIES, Access
+from apps.accounts.permissions import CAPABILITIES, Access, access_for
 from apps.datasets.importers import Limits
 from apps.datasets.importers import _too_deep as nested_deeper_than
 
@@ -94,9 +93,8 @@ def authenticate(request: HttpRequest, need: str) -> tuple[services.ApiKey, Acce
     key = services.find_active_key(raw.strip())
     if key is None or not key.user.is_active:
         raise ApiError(401, "Incorrect or revoked API key.", code="invalid_api_key")
-    role = Membership.objects.filter(project=key.project, user=key.user).values_list("role", flat=True).first()
-    access = Access(project=key.project, role=role, is_admin=key.user.is_staff)
-    if role is None and not key.user.is_staff:
+    access = access_for(key.project, key.user)
+    if access is None:
         raise ApiError(403, f"This key's user is no longer a member of {key.project.slug}.", code="no_access")
     require(access, need)
     return key, access

@@ -36,7 +36,9 @@ from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
 from apps.datasets import importers
+from apps.datasets import importing as datasets_importing
 from apps.datasets import services as datasets
+from apps.datasets import versions as datasets_versions
 from apps.datasets.importers import content_hash
 from apps.datasets.models import Example, PreferencePair
 from apps.runs import services as runs
@@ -501,7 +503,7 @@ class _Invalid(Exception):
 
 def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
     with open_file(record) as stream:
-        report = datasets.import_examples(
+        report = datasets_importing.import_examples(
             project=job.project,
             path_or_file=stream,
             file_format="openai",
@@ -525,7 +527,9 @@ def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
         )
     hashes = []
     with open_file(record) as stream:
-        for row in importers.parse_stream(stream, importers.Parsed("openai"), limits=datasets.import_limits()):
+        for row in importers.parse_stream(
+            stream, importers.Parsed("openai"), limits=datasets_importing.import_limits()
+        ):
             hashes.append(content_hash(row.messages, row.tools))
     ids = dict(
         Example.objects.filter(project=job.project, content_hash__in=set(hashes)).values_list("content_hash", "id")
@@ -579,7 +583,7 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
                 )
                 report["validation_file"]["also_in_training_file"] = len(set(splits["val"]) & set(train_ids))
             try:
-                version = datasets.freeze_selection(
+                version = datasets_versions.freeze_selection(
                     project=job.project,
                     splits=splits,
                     user=user,
@@ -671,7 +675,7 @@ def validate_and_launch_method(job_pk: int) -> FineTuningJob | None:
 
 def _examples_from(job, lines: list[str], label: str, param: str, user) -> list[int]:
     """Import example lines built from a job's file (OpenAI's chat format) and return their ids, in file order."""
-    report = datasets.import_examples(
+    report = datasets_importing.import_examples(
         project=job.project,
         path_or_file=io.BytesIO("".join(line + "\n" for line in lines).encode()),
         file_format="openai",
@@ -704,7 +708,7 @@ def _file_rows(record: ApiFile) -> list[dict]:
 
 def _freeze_examples(job, splits: dict, user, note: str):
     try:
-        return datasets.freeze_selection(
+        return datasets_versions.freeze_selection(
             project=job.project, splits=splits, user=user, note=note, keep_val_overlap=True
         )
     except datasets.FreezeError as exc:

@@ -13,8 +13,9 @@ import math
 from django.conf import settings
 from django.shortcuts import render
 
-from apps.accounts.permissions import may_call_run, project_view
+from apps.accounts.permissions import project_view
 from apps.datasets.models import Example
+from apps.evaluations.blind import may_call_run
 from apps.evaluations.services import DEFAULT_PROMPT
 from worker.protocol import EngineError, parse_chat_request
 

@@ -14,6 +14,8 @@ from apps.runs import artifacts
 from apps.runs.models import BaseModel, Run, RunStatus
 from worker.protocol import adapter_problem
 
+from .models import ApiKey
+
 
 # --- model ids ----------------------------------------------------------------------------------------
 def run_model_id(run: Run) -> str:
@@ -213,3 +215,9 @@ def stored_completion(project, public_id: str):
     from .models import StoredCompletion
 
     return StoredCompletion.objects.filter(project=project, public_id=public_id).first()
+
+
+# --- keys ---------------------------------------------------------------------------------------------
+def project_api_keys(project: Project):
+    """The project's API keys with their users, for the settings page."""
+    return ApiKey.objects.filter(project=project).select_related("user")

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.accounts.permissions import may_call_run
+from apps.evaluations.blind import may_call_run
 from worker.protocol import EngineError, parse_chat_request
 
 from . import selectors, services, stored

@@ -21,6 +21,7 @@ from django.db.models import Max
 
 from . import preference_files
 from .importers import Problem, input_hash
+from .importing import PREFERENCE_FILES, _chunks, _open, import_limits
 from .models import (
     DatasetVersion,
     PreferenceOrigin,
@@ -29,7 +30,7 @@ from .models import (
     PreferenceVersionItem,
     Split,
 )
-from .services import PREFERENCE_FILES, CurationError, FreezeError, _chunks, _open, import_limits
+from .services import CurationError, FreezeError
 
 VAL_SHARE = 10  # one pair in VAL_SHARE goes to validation, by its hash, once the pool holds that many
 PREVIEW = 80
@@ -122,7 +123,7 @@ def set_excluded(*, pair: PreferencePair, excluded: bool) -> PreferencePair:
 # --- import ----------------------------------------------------------------------------------------
 @dataclass
 class PreferenceImportReport:
-    """What an import did; shaped as ``services.ImportReport`` so a background ``ImportJob`` records either."""
+    """What an import did; shaped as ``importing.ImportReport`` so a background ``ImportJob`` records either."""
 
     file_format: str = PREFERENCE_FILES
     batch: None = None
@@ -157,8 +158,8 @@ def import_preference_pairs(
     problem imports nothing (each problem with its line number). Streamed twice, one line at a time, under the
     example importer's limits (upload size, bytes per line, characters per message, nesting). Pairs already in the
     pool (same content hash) are skipped. ``progress(percent, stage)`` and ``on_commit_rows(report)`` (inside the
-    import's transaction) as for ``services.import_examples``: a large upload is imported by the same background
-    job (``services.start_import_job`` with ``file_format=PREFERENCE_FILES``)."""
+    import's transaction) as for ``importing.import_examples``: a large upload is imported by the same background
+    job (``importing.start_import_job`` with ``file_format=PREFERENCE_FILES``)."""
     started = time.perf_counter()
     progress = progress or (lambda percent, stage: None)
     limit = settings.FTSTUDIO_MAX_UPLOAD_BYTES

@@ -32,7 +32,7 @@ def quality_report_task(report_id: int) -> str:
 @shared_task(name="datasets.import_file", queue="default")
 def import_file_task(job_id: int) -> str:
     """Import a large upload in the background (its page polls the job's progress)."""
-    from . import services
+    from . import importing
 
     job = ImportJob.objects.select_related("project", "created_by").filter(pk=job_id).first()
     if job is None:
@@ -40,7 +40,7 @@ def import_file_task(job_id: int) -> str:
     if job.status == ReportStatus.DONE:
         return "already done"
     try:
-        job = services.run_import_job(job=job)
+        job = importing.run_import_job(job=job)
     except Exception as exc:
         log.exception("Import job %s of project %s failed", job_id, job.project.slug)
         ImportJob(pk=job_id).mark_failed(f"{type(exc).__name__}: {exc}")

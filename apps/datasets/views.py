@@ -13,7 +13,8 @@ from django_htmx.http import HttpResponseClientRefresh
 from apps.accounts.permissions import judging_blind, project_view
 from ftstudio.pagination import CountedPaginator
 
-from . import preferences, selectors, services
+from . import importing, preferences, selectors, services
+from . import versions as datasets_versions
 from .forms import FreezeForm, ImportForm, PreferenceFreezeForm, PreferenceImportForm, SplitForm
 from .models import (
     DatasetVersion,
@@ -100,11 +101,11 @@ def example_import(request, project):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:
-            job = services.start_import_job(
+            job = importing.start_import_job(
                 project=project, upload=upload, file_format=form.cleaned_data["file_format"], user=request.user
             )
             return redirect(f"{reverse('example_import', kwargs={'slug': project.slug})}?job={job.pk}")
-        report = services.import_examples(
+        report = importing.import_examples(
             project=project,
             path_or_file=upload,
             file_format=form.cleaned_data["file_format"],
@@ -119,7 +120,7 @@ def example_import(request, project):
             )
     elif request.GET.get("job", "").isdigit():
         job = get_object_or_404(ImportJob, project=project, pk=int(request.GET["job"]))
-    context = {"form": form, "report": report, "job": job, "limits": services.import_limits()}
+    context = {"form": form, "report": report, "job": job, "limits": importing.import_limits()}
     if request.htmx and job is not None and request.GET.get("poll"):
         return render(request, "datasets/import.html#job", context)
     return render(request, "datasets/import.html", context)
@@ -131,7 +132,7 @@ def example_export(request, project):
     version = request.GET.get("version") or None
     try:
         version = int(version) if version else None
-        body = "".join(services.export_lines(project=project, file_format=file_format, version=version))
+        body = "".join(importing.export_lines(project=project, file_format=file_format, version=version))
     except ValueError:
         raise Http404("No such version") from None
     except services.ExportError as exc:
@@ -150,7 +151,7 @@ def assign_splits(request, project):
     form = SplitForm(request.POST)
     if form.is_valid():
         d = form.cleaned_data
-        counts = services.assign_splits(
+        counts = datasets_versions.assign_splits(
             project=project, seed=d["seed"], ratios=(d["train"], d["val"], d["test"]), reassign=d["reassign"]
         )
         messages.success(
@@ -278,7 +279,9 @@ def version_list(request, project):
     form = FreezeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            version = services.freeze_version(project=project, user=request.user, note=form.cleaned_data["note"])
+            version = datasets_versions.freeze_version(
+                project=project, user=request.user, note=form.cleaned_data["note"]
+            )
             messages.success(
                 request,
                 f"Froze v{version.number}: {version.example_count} approved examples "
@@ -315,7 +318,7 @@ def _preferences_page(request, project, *, import_form=None, freeze_form=None, r
     job = None
     if request.GET.get("job", "").isdigit():
         job = get_object_or_404(
-            ImportJob, project=project, pk=int(request.GET["job"]), file_format=services.PREFERENCE_FILES
+            ImportJob, project=project, pk=int(request.GET["job"]), file_format=importing.PREFERENCE_FILES
         )
         if request.htmx and request.GET.get("poll"):
             return render(request, "datasets/preferences.html#job", {"job": job})
@@ -337,7 +340,7 @@ def _preferences_page(request, project, *, import_form=None, freeze_form=None, r
         "freeze_form": freeze_form or PreferenceFreezeForm(project=project),
         "report": report,
         "job": job,
-        "limits": services.import_limits(),
+        "limits": importing.import_limits(),
     }
     if request.htmx and request.GET.get("fragment") == "pool":
         return render(request, "datasets/preferences.html#pool", context)
@@ -361,8 +364,8 @@ def preference_import(request, project):
         return _preferences_page(request, project, import_form=form, status=400)
     upload = form.cleaned_data["file"]
     if upload.size > settings.FTSTUDIO_IMPORT_INLINE_BYTES:  # too large to check inside the request
-        job = services.start_import_job(
-            project=project, upload=upload, file_format=services.PREFERENCE_FILES, user=request.user
+        job = importing.start_import_job(
+            project=project, upload=upload, file_format=importing.PREFERENCE_FILES, user=request.user
         )
         return redirect(f"{reverse('preference_list', kwargs={'slug': project.slug})}?job={job.pk}")
     report = preferences.import_preference_pairs(

@@ -84,7 +84,9 @@ def seed_demo(*, size: int = 300, seed: int = 7, quality_report: bool = True) ->
     if existing is not None:
         return SeedResult(project=existing, created=False)
 
+    from apps.datasets import importing as datasets_importing
     from apps.datasets import services as datasets
+    from apps.datasets import versions as datasets_versions
 
     base_model = _ensure_base_model()  # may convert the shipped GGUF once (tens of seconds): outside the transaction
     clean = generator.generate_examples(size, seed=seed)
@@ -99,7 +101,7 @@ def seed_demo(*, size: int = 300, seed: int = 7, quality_report: bool = True) ->
                 add_member(project=project, user=users[username], role=role)
 
         for name, examples, tags in ((CLEAN_FILE, clean, ["demo"]), (FLAWED_FILE, flawed, ["demo", "inbox"])):
-            report = datasets.import_examples(
+            report = datasets_importing.import_examples(
                 project=project,
                 path_or_file=io.BytesIO(to_jsonl(examples, tags=tags)),
                 file_format="openai",
@@ -108,10 +110,10 @@ def seed_demo(*, size: int = 300, seed: int = 7, quality_report: bool = True) ->
             )
             if not report.ok:
                 raise DemoError(f"Importing {name} failed: {'; '.join(str(e) for e in report.errors[:5])}")
-        datasets.assign_splits(project=project, seed=seed)
+        datasets_versions.assign_splits(project=project, seed=seed)
         _approve_clean(project=project, user=designer)
         raw = _freeze_raw(project=project, user=designer)
-        version = datasets.freeze_version(
+        version = datasets_versions.freeze_version(
             project=project,
             user=designer,
             note=f"Demo (curated): {size} approved house-style replies; the flagged inbox examples left out",
@@ -145,7 +147,7 @@ def _freeze_raw(*, project: Project, user):
     """Version 1, the raw data: every imported example in its split as it came in, the six unreviewed inbox
     examples (flaws included) with the approved ones, frozen before anyone reviewed them. The curated version 2
     leaves them out; runs on version 1 are then "not evaluated on current data"."""
-    from apps.datasets import services as datasets
+    from apps.datasets import versions as datasets_versions
     from apps.datasets.models import Example, ExampleStatus
 
     splits: dict[str, list[int]] = {}
@@ -156,7 +158,7 @@ def _freeze_raw(*, project: Project, user):
         .values_list("id", "split")
     ):
         splits.setdefault(split, []).append(pk)
-    return datasets.freeze_selection(
+    return datasets_versions.freeze_selection(
         project=project,
         splits=splits,
         user=user,

@@ -13,4 +13,10 @@ class EvaluationsConfig(AppConfig):
     ]
 
     def ready(self):
-        from . import check_tasks  # noqa: F401  registers evaluations.run_checks with Celery
+        from apps.accounts.permissions import blind_work_asked
+        from apps.fleet.queues import TASK_QUEUES
+
+        from . import blind, check_tasks, selectors  # noqa: F401  check_tasks registers evaluations.run_checks
+
+        TASK_QUEUES["evaluations.generate_outputs"] = selectors.evaluation_queue
+        blind_work_asked.connect(blind.answer_blind_work_asked, dispatch_uid="evaluations.blind_work_asked")

@@ -11,8 +11,8 @@ def run_checks(evaluation_pk: int) -> int:
     """The rubric's automatic checks on every output of one evaluation; a second delivery finds nothing to do."""
     from apps.runs.jobs import held
 
-    from .services import announce_checks_ended
-    from .services import run_checks as run_all_checks
+    from .automatic import run_checks as run_all_checks
+    from .generation import announce_checks_ended
 
     with held("checks", evaluation_pk) as lease:
         if lease is None:
@@ -31,7 +31,7 @@ def run_judge(self, evaluation_pk: int, attempt: int = 1) -> dict:
     """The LLM judge on every pair of one evaluation without a usable verdict; unjudged pairs are retried later."""
     from apps.runs.jobs import held
 
-    from .services import run_judge as judge_all
+    from .automatic import run_judge as judge_all
 
     with held("judge", evaluation_pk) as lease:
         if lease is None:

@@ -4,10 +4,12 @@ from django import forms
 
 from apps.datasets.forms import FrozenVersionField
 from apps.runs.models import BaseModel, Run, RunStatus
+from ftstudio.asking import answers
 from worker.checks import CheckSpec
 
 from .models import CheckKind, EvaluationPurpose, ReviewMode, Rubric, Scale
 from .services import CandidateSpec, CriterionSpec, EvaluationError
+from .signals import evaluation_form_asked
 
 
 class RubricForm(forms.Form):
@@ -215,13 +217,10 @@ class EvaluationForm(forms.Form):
             .exclude(adapter_path="")
             .select_related("base_model")
         )
-        from apps.prompts import selectors as prompt_selectors
-
-        self.fields["prompt_version"].queryset = prompt_selectors.scored_versions(project).select_related(
-            "dataset_version"
-        )
-        self.fields["prompt_version"].label_from_instance = prompt_selectors.score_words
-        best = prompt_selectors.best_prompt_version(project)
+        prompts = answers(evaluation_form_asked, project=project)  # the prompt workspace's versions (apps/prompts)
+        self.fields["prompt_version"].queryset = prompts["prompt_versions"].select_related("dataset_version")
+        self.fields["prompt_version"].label_from_instance = prompts["prompt_words"]
+        best = prompts["prompt_best"]
         self.fields["prompt_version"].initial = best.pk if best else None
         self.fields["runs"].label_from_instance = (
             lambda r: f"{r} · {r.base_model} · val loss {r.final_val_loss if r.final_val_loss is not None else '—'}"

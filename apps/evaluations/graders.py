@@ -75,7 +75,7 @@ def check_graders_problem(criteria) -> str:
 
 def judge_calibrated(rubric: Rubric) -> tuple[bool, str]:
     """Whether the project's judge meets the calibration bar on this rubric version, and if not why."""
-    from .selectors import judge_report
+    from .results import judge_report
 
     evaluation = Evaluation.objects.filter(rubric=rubric).order_by("-created_at", "-pk").first()
     if not JudgeSettings.objects.filter(project=rubric.project_id).exists():
@@ -90,7 +90,7 @@ def judge_calibrated(rubric: Rubric) -> tuple[bool, str]:
 
 def judge_grader(rubric: Rubric, judge: JudgeSettings) -> dict:
     """The judge as a ``score_model`` grader: it reads the rubric, the item's input and the sample, and scores 0-1."""
-    from .services import judge_rubric_text
+    from .automatic import judge_rubric_text
 
     return {
         "type": "score_model",

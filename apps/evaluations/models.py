@@ -235,7 +235,7 @@ class UnblindingReason(models.TextChoices):
 
 class Unblinding(models.Model):
     """A member who has seen which candidate wrote which output (results, configuration, judgments) of an
-    evaluation. They are never handed its blind pairs from then on: see ``services.next_assignment``."""
+    evaluation. They are never handed its blind pairs from then on: see ``review.next_assignment``."""
 
     evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="unblindings")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")

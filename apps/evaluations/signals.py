@@ -12,3 +12,10 @@ generation_ended = Signal()
 checks_ended = Signal()
 # A reviewer judged their last open pair of an evaluation. Keywords: evaluation_pk, reviewer_pk.
 evaluation_reviewed = Signal()
+
+# Asked while the evaluation list renders. Keywords: project, evaluations. Receivers answer {context name: value}
+# for the page (apps/freshness: "stale", {evaluation pk: reason}).
+evaluation_list_asked = Signal()
+# Asked while the evaluation form is built. Keyword: project. Receivers answer the prompt versions a candidate may be
+# made of (apps/prompts): {"prompt_versions": queryset, "prompt_words": one version -> words, "prompt_best": version}.
+evaluation_form_asked = Signal()

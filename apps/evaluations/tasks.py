@@ -8,7 +8,7 @@ from celery import shared_task
 @shared_task(name="evaluations.generate_outputs", acks_late=True, reject_on_worker_lost=True)
 def generate_outputs(evaluation_pk: int) -> str:
     """Generate the missing outputs of one evaluation; a second delivery finds nothing left to do."""
-    from .services import run_generation
+    from .generation import run_generation
 
     evaluation = run_generation(evaluation_pk)
     return evaluation.status if evaluation is not None else "skipped"
@@ -17,6 +17,6 @@ def generate_outputs(evaluation_pk: int) -> str:
 @shared_task(name="evaluations.reap")
 def reap() -> dict[str, list[int]]:
     """Evaluations' recovery pass, scheduled by the worker started with `-B` (ftstudio/celery.py)."""
-    from .services import reap as reap_now
+    from .generation import reap as reap_now
 
     return reap_now()

@@ -7,11 +7,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.accounts.permissions import evaluation_sight, project_view
-from apps.fleet.queues import evaluation_queue
+from apps.accounts.permissions import project_view
 from apps.fleet.selectors import job_silence
+from ftstudio.asking import answers
 
-from . import preferences, selectors, services
+from . import automatic, generation, preferences, review, selectors, services
+from . import results as evaluations_results
+from .blind import evaluation_sight
 from .forms import (
     CheckFormSet,
     CriterionFormSet,
@@ -33,6 +35,7 @@ from .models import (
     Rubric,
     UnblindingReason,
 )
+from .signals import evaluation_list_asked
 
 
 # --- rubrics ------------------------------------------------------------------------------------------
@@ -158,13 +161,8 @@ def evaluation_list(request, project):
         .prefetch_related("candidates")
     )
     blind = {e.pk for e in evaluations if not evaluation_sight(e, request.user, request.access).labels}
-    from apps.freshness.selectors import stale_evaluations
-
-    return render(
-        request,
-        "evaluations/evaluation_list.html",
-        {"evaluations": evaluations, "blind": blind, "stale": stale_evaluations(project, evaluations)},
-    )
+    stale = answers(evaluation_list_asked, project=project, evaluations=evaluations)  # freshness: stale marks
+    return render(request, "evaluations/evaluation_list.html", {"evaluations": evaluations, "blind": blind, **stale})
 
 
 @project_view("evaluate")
@@ -218,7 +216,7 @@ def _sight(request, evaluation):
     """What this member may see of the evaluation's labels; seeing them is recorded (see permissions)."""
     sight = evaluation_sight(evaluation, request.user, request.access)
     if sight.labels and request.access.allows("review"):
-        services.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.FINISHED)
+        review.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.FINISHED)
     return sight
 
 
@@ -228,7 +226,7 @@ def evaluation_detail(request, project, pk):
     sight = _sight(request, evaluation)
     context = {"evaluation": evaluation, "sight": sight, "totals": selectors.review_totals(evaluation)}
     if evaluation.status in (EvaluationStatus.QUEUED, EvaluationStatus.GENERATING):
-        context["worker_silence"] = job_silence(evaluation_queue(evaluation.pk), evaluation)
+        context["worker_silence"] = job_silence(selectors.evaluation_queue(evaluation.pk), evaluation)
     if sight.examples:
         context["candidates"] = evaluation.candidates.select_related("run")
     if request.access.allows("evaluate"):
@@ -250,7 +248,7 @@ def evaluation_reveal(request, project, pk):
     if not (sight.labels or sight.reveal):
         messages.error(request, sight.reason)
         return redirect(evaluation)
-    services.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.REVEALED)
+    review.record_unblinding(evaluation=evaluation, user=request.user, reason=UnblindingReason.REVEALED)
     return redirect("evaluation_results", slug=project.slug, pk=evaluation.pk)
 
 
@@ -259,7 +257,7 @@ def evaluation_reveal(request, project, pk):
 def evaluation_resume(request, project, pk):
     evaluation = _get_evaluation(project, pk)
     try:
-        services.resume_evaluation(evaluation)
+        generation.resume_evaluation(evaluation)
     except services.EvaluationError as exc:
         messages.error(request, str(exc))
     else:
@@ -275,7 +273,7 @@ def evaluation_run_checks(request, project, pk):
     if evaluation.status != EvaluationStatus.READY:
         messages.error(request, "The automatic checks run once every output is generated.")
     else:
-        services.schedule_checks(evaluation.pk)
+        automatic.schedule_checks(evaluation.pk)
         messages.success(
             request, "Automatic checks queued: results appear on the results page when the worker is done."
         )
@@ -292,7 +290,7 @@ def evaluation_run_judge(request, project, pk):
     elif not JudgeSettings.objects.filter(project=project).exists():
         messages.error(request, "Configure the project's LLM judge first.")
     else:
-        services.schedule_judge(evaluation.pk)
+        automatic.schedule_judge(evaluation.pk)
         messages.success(request, "LLM judge queued: each pair is judged in both orders; unjudged pairs are retried.")
     return redirect(evaluation)
 
@@ -366,7 +364,7 @@ def judge_settings(request, project):
     form = JudgeSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            services.save_judge_settings(project=project, **form.cleaned_data)
+            automatic.save_judge_settings(project=project, **form.cleaned_data)
         except services.EvaluationError as exc:
             form.add_error(None, str(exc))
         else:
@@ -403,10 +401,12 @@ def evaluation_results(request, project, pk):
         )
         if request.htmx and request.GET.get("fragment") == "examples":
             return render(request, "evaluations/results.html#examples", context)
-    context["results"] = results = selectors.evaluation_results(evaluation)
+    context["results"] = results = evaluations_results.evaluation_results(evaluation)
     context["ranking_height"] = 24 * len(results.ranking) + 24
-    context["calibrations"] = selectors.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
-    context["judge"] = judge = selectors.judge_report(evaluation, bootstrap=400)
+    context["calibrations"] = (
+        evaluations_results.check_calibrations(evaluation, bootstrap=400) if results.judgment_count else []
+    )
+    context["judge"] = judge = evaluations_results.judge_report(evaluation, bootstrap=400)
     if judge and judge.judged:
         context["judge_examples"] = (
             evaluation.judge_verdicts.filter(judged=True)
@@ -428,7 +428,7 @@ def evaluation_export(request, project, pk):
         return HttpResponse(reason, status=403, content_type="text/plain")
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}-judgments.csv"'
-    services.write_judgments_csv(evaluation, response)
+    review.write_judgments_csv(evaluation, response)
     return response
 
 
@@ -439,7 +439,7 @@ def review_queue(request, project):
 
 
 def _to_next_pair(request, project, evaluation):
-    assignment = services.next_assignment(evaluation=evaluation, reviewer=request.user)
+    assignment = review.next_assignment(evaluation=evaluation, reviewer=request.user)
     if assignment is None:
         messages.info(request, f"Nothing left for you to review in {evaluation}. Thank you!")
         return redirect("review_queue", slug=project.slug)
@@ -470,14 +470,14 @@ def review_item(request, project, token):
     )  # scores posted for a winner-only rubric are refused by the service
     errors: list[str] = []
     if request.method == "GET":
-        services.mark_shown(assignment)
+        review.mark_shown(assignment)
     if request.method == "POST":
         form = JudgmentForm(request.POST, criteria=criteria)
         if not form.is_valid():
             errors = form.messages()
         else:
             try:
-                services.submit_judgment(
+                review.submit_judgment(
                     assignment=assignment,
                     reviewer=request.user,
                     winner=form.cleaned_data["winner"],

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.datasets.models import DatasetVersion, Split
-from apps.datasets.services import FreezeError, freeze_subset
+from apps.datasets.services import FreezeError
+from apps.datasets.versions import freeze_subset
 from apps.evaluations.models import Rubric
 from apps.evaluations.selectors import newest_rubric
 from apps.evaluations.services import CandidateSpec, EvaluationError, create_evaluation

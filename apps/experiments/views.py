@@ -6,35 +6,17 @@ from django.shortcuts import redirect, render
 
 from apps.accounts.permissions import judging_blind, project_view
 from apps.fleet.selectors import worker_silence
+from ftstudio.asking import answers
 
 from . import selectors, services
 from .forms import ExperimentForm
+from .signals import experiment_list_asked
 
 
 @project_view("view")
 def experiment_list(request, project):
-    from apps.demo.services import demo_experiment_plan
-
-    context = {"experiments": selectors.experiments_for(project), "demo_plan": demo_experiment_plan(project)}
+    context = {"experiments": selectors.experiments_for(project), **answers(experiment_list_asked, project=project)}
     return render(request, "experiments/experiment_list.html", context)
-
-
-@project_view("run")
-def experiment_demo(request, project):
-    """The demo project's one-click scaling experiment (fixed steps, a few sizes; minutes on a CPU)."""
-    from apps.demo.services import launch_demo_experiment
-
-    if request.method != "POST":
-        return redirect("experiment_list", slug=project.slug)
-    try:
-        experiment = launch_demo_experiment(project=project, user=request.user)
-    except services.ExperimentError as exc:
-        messages.error(request, str(exc))
-        return redirect("experiment_list", slug=project.slug)
-    messages.success(
-        request, f"Launched {experiment}: {experiment.arms.count() * len(experiment.fractions)} runs queued."
-    )
-    return redirect(experiment.get_absolute_url())
 
 
 @project_view("run")

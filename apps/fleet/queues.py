@@ -6,6 +6,8 @@ tiers it can serve (`-Q gpu,gpu-24g` on a 24 GB card, `-Q gpu,gpu-24g,gpu-48g,gp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.conf import settings
 
 DEFAULT_QUEUE = "gpu"
@@ -28,36 +30,18 @@ def queue_for(min_gpu_gb: int) -> str:
     )
 
 
-def run_queue(run_pk) -> str:
-    from apps.runs.models import Run
-
-    row = Run.objects.filter(pk=run_pk).values_list("estimate", "base_model__min_gpu_gb").first()
-    if row is None:
-        return DEFAULT_QUEUE
-    estimate, need = row
-    # the card the launch estimate chose (apps/runs/services.plan_memory); older runs: the model's requirement
-    return queue_for((estimate or {}).get("gpu_gb") or need or 0)
-
-
-def evaluation_queue(evaluation_pk) -> str:
-    """An evaluation generates with every candidate's base model: the largest requirement decides."""
-    from apps.evaluations.models import Evaluation
-
-    evaluation = Evaluation.objects.filter(pk=evaluation_pk).first()
-    if evaluation is None:
-        return DEFAULT_QUEUE
-    needs = [evaluation.base_model.min_gpu_gb if evaluation.base_model_id else 0]
-    needs += [c.run.base_model.min_gpu_gb for c in evaluation.candidates.select_related("run__base_model") if c.run_id]
-    return queue_for(max(needs))
+# Which queue a task's job goes to, by task name: {task name: function of the job's primary key -> its queue}. The
+# apps that own such tasks (runs, evaluations: above this one) fill it in their AppConfig.ready.
+TASK_QUEUES: dict[str, Callable[[object], str]] = {}
 
 
 def route(name, args, kwargs, options, task=None, **kw):
     """Celery router (ftstudio/celery.py): training and generation go to the queue their model's hardware needs."""
-    run_tasks = {"runs.train_run", "runs.join_distributed_run"}
-    if name in run_tasks | {"evaluations.generate_outputs"} and not options.get("queue"):
+    queue_of = TASK_QUEUES.get(name)
+    if queue_of is not None and not options.get("queue"):
         pk = args[0] if args else next(iter(kwargs.values()), None)
         try:
-            return {"queue": run_queue(pk) if name in run_tasks else evaluation_queue(pk)}
+            return {"queue": queue_of(pk)}
         except NoQueueError:
             return {"queue": DEFAULT_QUEUE}  # refused at launch; an old row keeps its old route
     return None

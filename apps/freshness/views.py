@@ -5,8 +5,9 @@ from __future__ import annotations
 from django.contrib import messages
 from django.shortcuts import redirect, render
 
-from apps.accounts.permissions import evaluation_sight, project_view
+from apps.accounts.permissions import project_view
 from apps.datasets.selectors import frozen_versions
+from apps.evaluations.blind import evaluation_sight
 from apps.evaluations.models import Evaluation
 from apps.runs.models import Run, RunStatus
 

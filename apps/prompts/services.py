@@ -1,7 +1,7 @@
 """Prompt workspace writes: saving a numbered prompt version and scoring it on the validation split.
 
 Scoring runs on the worker (task ``prompts.score_prompt_version``, queue ``gpu``) through the same generation
-path as an evaluation's prompt-only baseline: ``evaluations.services.candidate_messages`` builds the
+path as an evaluation's prompt-only baseline: ``evaluations.generation.candidate_messages`` builds the
 conversation (system prompt, few-shot turns, input) and ``worker.generate`` generates in batches. Each output
 is scored by similarity to the ideal (``statistics.token_f1``, as evaluations do) and by the rubric's
 automatic checks (``worker.checks``).
@@ -109,7 +109,7 @@ def send_scoring(version: PromptVersion) -> None:
 
 def prompt_messages(version: PromptVersion, input_messages: list[dict]) -> list[dict]:
     """What the model is asked: the evaluations' prompt-baseline conversation, with this version's shots."""
-    from apps.evaluations.services import candidate_messages
+    from apps.evaluations.generation import candidate_messages
 
     candidate = Candidate(
         kind=CandidateKind.PROMPT,

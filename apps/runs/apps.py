@@ -11,7 +11,10 @@ class RunsConfig(AppConfig):
     def ready(self) -> None:
         from celery.signals import worker_init, worker_shutting_down
 
-        from . import worker_hooks
+        from apps.fleet.queues import TASK_QUEUES
 
+        from . import selectors, worker_hooks
+
+        TASK_QUEUES.update({"runs.train_run": selectors.run_queue, "runs.join_distributed_run": selectors.run_queue})
         worker_init.connect(worker_hooks.check_artifact_store, dispatch_uid="runs.check_artifact_store")
         worker_shutting_down.connect(worker_hooks.stop_long_tasks_at_a_checkpoint, dispatch_uid="runs.warm_shutdown")

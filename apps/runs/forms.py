@@ -5,11 +5,13 @@ from django.conf import settings
 
 from apps.datasets.forms import FrozenVersionField
 from apps.datasets.models import PreferenceVersion
+from ftstudio.asking import answers
 
 from .methods import parse_graders
 from .models import BaseModel, Run, RunStatus, TrainingMethod
 from .presentation import CHECKPOINTING, HYPERPARAMETERS, MEMORY_MODES, SCALE, form_label
 from .services import PRESETS
+from .signals import launch_form_asked
 
 OVERRIDE_FIELDS = (
     "epochs",
@@ -113,14 +115,13 @@ class LaunchForm(forms.Form):
         self.fields["start_from"].queryset = Run.objects.filter(
             project=project, status=RunStatus.SUCCEEDED
         ).select_related("base_model")
-        from apps.prompts import selectors as prompt_selectors
-
-        best = prompt_selectors.best_by_dataset_version(project)  # the bar a run has to beat, beside each version
+        # the bar a run has to beat, beside each version: its best scored prompt (apps/prompts answers)
+        bars = answers(launch_form_asked, project=project).get("prompt_bars", {})
         self.fields["dataset_version"].label_from_instance = lambda v: (
             f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
-            + (f" · best {prompt_selectors.score_words(best[v.pk])}" if v.pk in best else " · no prompt scored")
+            + (f" · best {bars[v.pk]}" if v.pk in bars else " · no prompt scored")
         )
-        self.prompt_scored = bool(best)
+        self.prompt_scored = bool(bars)
         if self.prompt_scored:
             del self.fields["launch_without_prompt"]
         self.fields["gpu_gb"].choices = [("", "picked from the estimate")] + [

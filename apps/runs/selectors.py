@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Avg
 from django.utils import timezone
 
-from apps.fleet.queues import run_queue
+from apps.fleet.queues import DEFAULT_QUEUE, queue_for
 from apps.fleet.selectors import job_silence
 from ftstudio.queueing import RECOVERY_PASSES
 
@@ -167,3 +167,12 @@ def reaper_overdue(now=None) -> str:
             "is the worker that runs the recovery schedule running? Stranded work is not being resumed."
         )
     return ""
+
+
+def run_queue(run_pk) -> str:
+    row = Run.objects.filter(pk=run_pk).values_list("estimate", "base_model__min_gpu_gb").first()
+    if row is None:
+        return DEFAULT_QUEUE
+    estimate, need = row
+    # the card the launch estimate chose (apps/runs/services.plan_memory); older runs: the model's requirement
+    return queue_for((estimate or {}).get("gpu_gb") or need or 0)

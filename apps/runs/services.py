@@ -1062,7 +1062,7 @@ def reap() -> dict[str, list[int]]:
     ones whose message is older than FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message), giving up after MAX_ATTEMPTS;
     the same for exports and for imports (datasets, below runs). Evaluations, prompts and the API have their own pass
     (ftstudio/queueing.py RECOVERY_PASSES). Records that it ran (the staff alarm reads it)."""
-    from apps.datasets.services import resend_queued_imports
+    from apps.datasets.importing import resend_queued_imports
 
     from .jobs import reap_jobs
 

@@ -10,12 +10,14 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from apps.accounts.permissions import judging_blind, project_view
+from ftstudio.asking import answers
 from worker.artifacts import ArtifactStoreError
 from worker.export import ExportError, adapter_files
 
 from . import artifacts, exports, presentation, selectors, services
 from .forms import LaunchForm
 from .models import ExportStatus, Run, RunExport
+from .signals import run_list_asked
 
 
 def _run(project, pk) -> Run:
@@ -26,15 +28,9 @@ def _run(project, pk) -> Run:
 
 @project_view("view")
 def run_list(request, project):
-    from apps.freshness.selectors import stale_runs
-    from apps.freshness.signals import stale_on_traffic
-
     runs = list(selectors.project_runs(project))
-    return render(
-        request,
-        "runs/run_list.html",
-        {"runs": runs, "stale": stale_runs(project, runs), "stale_traffic": stale_on_traffic(project, runs)},
-    )
+    context = {"runs": runs, **answers(run_list_asked, project=project, runs=runs)}  # freshness: stale marks
+    return render(request, "runs/run_list.html", context)
 
 
 def _estimate_context(project, form) -> dict:

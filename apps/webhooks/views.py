@@ -1,4 +1,5 @@
-"""The webhooks section of the project settings: add and delete endpoints, resend a delivery (PMs: ``manage``)."""
+"""The webhooks section of the project settings: resend a delivery (PMs: ``manage``), and what the section shows.
+Adding and deleting endpoints answer with the settings page, so apps/overview (settings_page.py) composes them."""
 
 from __future__ import annotations
 
@@ -13,30 +14,6 @@ from .models import EventType
 
 def _back(project):
     return redirect(f"/p/{project.slug}/settings/#webhooks")
-
-
-@project_view("manage")
-def endpoints(request, project):
-    if request.method != "POST":
-        return _back(project)
-    try:
-        if "delete" in request.POST:
-            endpoint = services.delete_endpoint(project=project, endpoint_id=int(request.POST["delete"]))
-            messages.success(request, f"Deleted the webhook endpoint {endpoint.url}.")
-        else:
-            endpoint, secret = services.create_endpoint(
-                project=project,
-                url=request.POST.get("url", ""),
-                events=request.POST.getlist("events"),
-                user=request.user,
-            )
-            from apps.accounts.views import settings_page
-
-            shown = {"what": f"Added {endpoint.url}. Its signing secret", "value": secret}
-            return settings_page(request, project, shown_once=shown)
-    except (services.WebhookError, ValueError) as exc:
-        messages.error(request, str(exc))
-    return _back(project)
 
 
 @project_view("manage")

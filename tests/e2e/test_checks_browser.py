@@ -4,7 +4,7 @@ results page shows the check's pass rate under its criterion, beside the reviewe
 import pytest
 
 from apps.accounts.models import Role
-from apps.evaluations import selectors, services
+from apps.evaluations import automatic, selectors, services
 from apps.evaluations.models import Generation, Rubric
 from tests.e2e.conftest import login, screenshot
 from tests.eval_setup import fake_outputs, make_version, register_tiny_model
@@ -58,7 +58,7 @@ def test_designer_adds_a_check_and_the_results_page_shows_it_beside_the_scores(
         item.messages = [{"role": "user", "content": "Customer: Cy\nMessage: where is my order?"}, *item.messages[-1:]]
         item.save()
     Generation.objects.filter(candidate__kind="base").update(output="Hello there.")  # base never greets by name
-    services.run_checks(evaluation.pk)
+    automatic.run_checks(evaluation.pk)
 
     pm = new_page()
     login(pm, "pat", password)

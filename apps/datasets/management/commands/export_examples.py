@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.datasets import services
-from ftstudio.commands import project_from
+from apps.accounts.commands import project_from
+from apps.datasets import importing, services
 
 
 class Command(BaseCommand):
@@ -14,12 +14,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="project slug")
         parser.add_argument("--version", type=int, help="a frozen version number (default: the live examples)")
-        parser.add_argument("--format", default="openai", choices=list(services.EXPORT_FORMATS))
+        parser.add_argument("--format", default="openai", choices=list(importing.EXPORT_FORMATS))
 
     def handle(self, *args, **options):
         project = project_from(options["project"])
         try:
-            for line in services.export_lines(
+            for line in importing.export_lines(
                 project=project, file_format=options["format"], version=options["version"]
             ):
                 self.stdout.write(line, ending="")

@@ -1,8 +1,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.datasets import services
-from ftstudio.commands import project_from
+from apps.accounts.commands import project_from
+from apps.datasets import importing
 
 
 class Command(BaseCommand):
@@ -22,7 +22,7 @@ class Command(BaseCommand):
             user = get_user_model().objects.filter(username=options["user"]).first()
             if user is None:
                 raise CommandError(f"No user {options['user']!r}.")
-        report = services.import_examples(
+        report = importing.import_examples(
             project=project,
             path_or_file=options["path"],
             file_format=options["format"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.evaluations import selectors, services
+from apps.evaluations import automatic, results
 from apps.evaluations.models import Evaluation, EvaluationStatus
 from apps.evaluations.statistics import PAIR_LABELS
 
@@ -44,11 +44,11 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Evaluation #{evaluation.pk} is {evaluation.status}: its outputs are not all generated yet."
             )
-        ran = services.run_checks(evaluation.pk)
+        ran = automatic.run_checks(evaluation.pk)
         if ran:
             self.stdout.write(f"Ran {ran} automatic check results that were missing.")
-        rows = selectors.check_calibrations(evaluation, bootstrap=opts["bootstrap"])
-        judge = selectors.judge_report(evaluation, bootstrap=opts["bootstrap"])
+        rows = results.check_calibrations(evaluation, bootstrap=opts["bootstrap"])
+        judge = results.judge_report(evaluation, bootstrap=opts["bootstrap"])
         if judge is not None and judge.judged:
             rows.append(
                 {

@@ -9,12 +9,13 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.evaluations import services
+from apps.accounts.commands import project_from
+from apps.datasets.commands import version_from
+from apps.evaluations import generation, services
 from apps.evaluations.models import EvaluationStatus, Rubric
-from apps.fleet.queues import evaluation_queue
+from apps.evaluations.selectors import evaluation_queue
 from apps.fleet.selectors import SilenceWatch
 from apps.runs.models import BaseModel
-from ftstudio.commands import project_from, version_from
 
 
 class Command(BaseCommand):
@@ -79,7 +80,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Evaluation #{evaluation.pk} ({evaluation}): {evaluation.total} outputs to generate.")
         if opts["inline"]:
-            evaluation = services.run_generation(evaluation.pk)
+            evaluation = generation.run_generation(evaluation.pk)
         elif opts["wait"]:
             deadline = time.monotonic() + opts["timeout"]
             last, silence = -1, SilenceWatch(evaluation_queue(evaluation.pk))

@@ -13,11 +13,11 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.accounts.commands import project_from
 from apps.evaluations.models import Rubric
 from apps.experiments import selectors, services
 from apps.experiments.models import Experiment
 from apps.fleet.selectors import SilenceWatch
-from ftstudio.commands import project_from
 
 
 class Command(BaseCommand):

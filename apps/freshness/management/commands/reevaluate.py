@@ -9,11 +9,12 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.accounts.commands import project_from
+from apps.datasets.commands import version_from
 from apps.evaluations.models import EvaluationStatus
-from apps.fleet.queues import evaluation_queue
+from apps.evaluations.selectors import evaluation_queue
 from apps.fleet.selectors import SilenceWatch
 from apps.freshness import services
-from ftstudio.commands import project_from, version_from
 
 
 class Command(BaseCommand):

@@ -6,11 +6,11 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.fleet.queues import run_queue
+from apps.accounts.commands import project_from
 from apps.fleet.selectors import SilenceWatch
 from apps.runs import services
 from apps.runs.models import Run, RunStatus
-from ftstudio.commands import project_from
+from apps.runs.selectors import run_queue
 
 
 class Command(BaseCommand):
