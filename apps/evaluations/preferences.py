@@ -13,10 +13,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from apps.datasets.importers import input_hash
+from apps.datasets.importing import import_limits
 from apps.datasets.models import DatasetVersion, PreferenceOrigin, PreferencePair, Split
 from apps.datasets.preference_files import check_pair
 from apps.datasets.preferences import PairSpec, PreferenceError, add_pair, add_pairs
-from apps.datasets.importing import import_limits
 
 from .models import Comparison, Evaluation, Generation, Judgment
 from .selectors import eval_items

@@ -85,8 +85,8 @@ def review_sample(*, project, filters, size: int, challenger: str, rubric_id: in
 @transaction.atomic
 def _sample_evaluation(project, run, rows: list, rubric, other, user):
     from apps.datasets.versions import freeze_inputs
-    from apps.evaluations.served import record_served_outputs
     from apps.evaluations.generation import send_generation
+    from apps.evaluations.served import record_served_outputs
     from apps.evaluations.services import CandidateSpec, create_evaluation
 
     questions = [
