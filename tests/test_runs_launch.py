@@ -100,6 +100,11 @@ def test_the_launch_page_shows_form_errors_and_queues_nothing_on_bad_input(team,
     assert page.status_code == 200
     assert "over Tiny Llama&#x27;s context length of 512" in page.content.decode()
     assert not Run.objects.exists()
+    # the knob with the error is shown: the "Advanced" disclosure is open on the re-shown form, closed on a new one
+    assert '<details id="advanced-settings" class="advanced" open>' in page.content.decode()
+    fresh = client.get(f"/p/{team.project.slug}/runs/new/").content.decode()
+    assert '<details id="advanced-settings" class="advanced">' in fresh
+    assert fresh.index('id="id_preset"') < fresh.index('id="advanced-settings"') < fresh.index('id="id_learning_rate"')
 
 
 def test_the_launch_page_estimates_as_the_form_changes_and_launches_a_run(

@@ -108,6 +108,37 @@ class LaunchForm(forms.Form):
         help_text="asked only while no prompt version has been scored in this project",
     )
 
+    # Behind the form's "Advanced" disclosure: the preset and the estimate come first, the knobs after.
+    ADVANCED = (
+        "epochs",
+        "max_steps",
+        "learning_rate",
+        "lora_r",
+        "batch_size",
+        "max_seq_length",
+        "seed",
+        "beta",
+        "num_generations",
+        "max_completion_length",
+        "memory_mode",
+        "gradient_checkpointing",
+        "gpu_gb",
+        "devices",
+        "nodes",
+    )
+
+    def main_fields(self) -> list:
+        return [field for field in self if field.name not in self.ADVANCED]
+
+    def advanced_fields(self) -> list:
+        return [field for field in self if field.name in self.ADVANCED]
+
+    def advanced_open(self) -> bool:
+        """Open when a knob has an error or was set by hand (a re-shown form keeps what the person did)."""
+        return any(
+            field.errors or (self.is_bound and field.value() not in (None, "")) for field in self.advanced_fields()
+        )
+
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].for_project(project)  # not an experiment's subsets

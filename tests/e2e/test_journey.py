@@ -67,6 +67,7 @@ def pm_launches_a_short_run_and_watches_it_finish(page, slug: str) -> Run:
     page.goto(f"/p/{slug}/runs/new/")
     page.get_by_label("Dataset version").select_option(value=str(version_pk(slug, 3)))
     page.get_by_label("Preset").select_option("quick")
+    page.get_by_text("Advanced: training settings").click()
     page.get_by_label("Max steps").fill(str(RUN_STEPS))
     page.get_by_label("Batch size").fill("4")
     page.get_by_label("Max sequence length").fill("160")

@@ -33,6 +33,8 @@ def test_pm_launches_a_run_and_watches_the_loss_curve_update(
         page.get_by_role("link", name="New run").click()
         page.get_by_label("Dataset version").select_option(str(version.pk))
         page.get_by_label("Preset").select_option("quick")
+        assert not page.get_by_label("Max steps").is_visible()  # the knobs wait behind "Advanced"
+        page.get_by_text("Advanced: training settings").click()
         page.get_by_label("Max steps").fill("160")
         page.get_by_label("Batch size").fill("2")
         page.get_by_label("Max sequence length").fill("128")
