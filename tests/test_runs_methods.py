@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -235,3 +236,43 @@ def test_the_launch_form_offers_the_methods_and_shows_grader_json_errors_in_plac
     html = answer.content.decode()
     assert answer.status_code == 200 and not Run.objects.exists()
     assert "Graders are not valid JSON: Expecting property name enclosed in double quotes at line 1, column 39." in html
+
+
+def test_a_run_that_learns_from_graders_can_take_the_rubric_s_checks_as_its_graders(team, tiny_base_model):
+    """The designer's rubric is the run's reward: its automatic checks, with their weights, become the graders."""
+    from apps.evaluations import services as evaluations
+    from worker.checks import CheckSpec
+
+    version = small_version(team.project)
+    evaluations.create_rubric(
+        project=team.project,
+        name="House style",
+        criteria=[
+            evaluations.CriterionSpec(
+                "Greeting", "Greets the customer", checks=[CheckSpec("starts_with", "Hi", weight=2.0)]
+            ),
+            evaluations.CriterionSpec("Short", "One sentence", checks=[CheckSpec("max_sentences", number=1)]),
+        ],
+    )
+    client = team.client("pm")
+    page = client.get("/p/support/runs/new/").content.decode()
+    assert "House style (version 1): 2 graders" in page
+    rubric_pk = re.search(r'<option value="(\d+)">House style \(version 1\)', page).group(1)
+    answer = client.post(
+        "/p/support/runs/new/",
+        {
+            "method": "reinforcement",
+            "dataset_version": version.pk,
+            "base_model": tiny_base_model.pk,
+            "preset": "quick",
+            "graders_from_rubric": rubric_pk,
+            "launch_without_prompt": "on",
+        },
+    )
+    assert answer.status_code == 302, answer.content.decode()[:2000]
+    run = Run.objects.get()
+    assert run.method == "reinforcement"
+    assert [(g["type"], g["check"]["kind"], g["weight"]) for g in run.graders] == [
+        ("rubric_check", "starts_with", 2.0),
+        ("rubric_check", "max_sentences", 1.0),
+    ]

@@ -20,3 +20,9 @@ class EvaluationsConfig(AppConfig):
 
         TASK_QUEUES["evaluations.generate_outputs"] = selectors.evaluation_queue
         blind_work_asked.connect(blind.answer_blind_work_asked, dispatch_uid="evaluations.blind_work_asked")
+
+        from apps.runs.signals import launch_form_asked
+
+        from .graders import on_launch_form_asked
+
+        launch_form_asked.connect(on_launch_form_asked, dispatch_uid="evaluations.launch_form_asked")

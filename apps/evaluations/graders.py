@@ -158,3 +158,16 @@ def judge_call_model(project, *, client=None):
         return response.choices[0].message.content
 
     return call
+
+
+def on_launch_form_asked(sender, *, project, **kwargs) -> dict:
+    """The run form's "graders from a rubric" choice: the project's newest rubric and its graders (its automatic
+    checks with their weights, and the judge once calibrated), when it has any."""
+    from .selectors import newest_rubric
+
+    rubric = newest_rubric(project)
+    graders = rubric_graders(rubric) if rubric is not None else []
+    if not graders:
+        return {}
+    words = f"{rubric.name} (version {rubric.version}): {len(graders)} grader{'s' if len(graders) != 1 else ''}"
+    return {"rubric_graders": {str(rubric.pk): (words, graders)}}

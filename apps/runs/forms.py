@@ -59,6 +59,12 @@ class LaunchForm(forms.Form):
         label="Start from",
         help_text="a finished run to go on from; learning from preferences also measures the change against it",
     )
+    graders_from_rubric = forms.ChoiceField(
+        required=False,
+        label="Graders from the rubric",
+        help_text="learning from graders: the rubric's automatic checks with their weights (and the judge once it "
+        "agrees with reviewers), used when no graders are written below",
+    )
     graders = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 6}),
@@ -147,7 +153,14 @@ class LaunchForm(forms.Form):
             project=project, status=RunStatus.SUCCEEDED
         ).select_related("base_model")
         # the bar a run has to beat, beside each version: its best scored prompt (apps/prompts answers)
-        bars = answers(launch_form_asked, project=project).get("prompt_bars", {})
+        asked = answers(launch_form_asked, project=project)
+        bars = asked.get("prompt_bars", {})
+        self.rubric_graders = asked.get("rubric_graders", {})  # (apps/evaluations answers)
+        self.fields["graders_from_rubric"].choices = [("", "—")] + [
+            (pk, words) for pk, (words, _graders) in self.rubric_graders.items()
+        ]
+        if not self.rubric_graders:
+            del self.fields["graders_from_rubric"]
         self.fields["dataset_version"].label_from_instance = lambda v: (
             f"v{v.number} · {v.split_counts.get('train', 0)} train / {v.split_counts.get('val', 0)} val"
             + (f" · best {bars[v.pk]}" if v.pk in bars else " · no prompt scored")
@@ -177,6 +190,9 @@ class LaunchForm(forms.Form):
     def method_choices(self) -> dict:
         """The method and what it needs, as `services.launch_run` takes them."""
         choices = {k: self.cleaned_data.get(k) for k in METHOD_CHOICES}
+        chosen = self.cleaned_data.get("graders_from_rubric")
+        if not choices["graders"] and chosen in self.rubric_graders:
+            choices["graders"] = self.rubric_graders[chosen][1]
         return {**choices, "method": choices["method"] or TrainingMethod.SUPERVISED}
 
     def opening_choices(self) -> dict:

@@ -8,6 +8,7 @@
     beta: ["dpo"],
     start_from: ["dpo", "reinforcement"],
     graders: ["reinforcement"],
+    graders_from_rubric: ["reinforcement"],
     num_generations: ["reinforcement"],
     max_completion_length: ["reinforcement"]
   };
