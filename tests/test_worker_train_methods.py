@@ -138,7 +138,7 @@ def test_a_grpo_run_killed_after_a_checkpoint_resumes_there(tiny_model_dir, tmp_
 def test_a_missing_score_is_asked_again_once_then_left_out_not_counted_as_zero(monkeypatch):
     calls = []
 
-    def flaky(spec, sample, item):
+    def flaky(spec, sample, item, *, call_model=None):
         calls.append(sample["output_text"])
         if sample["output_text"] == "late":  # the endpoint answers on the second try
             return GradeResult(None, "timed out") if calls.count("late") == 1 else GradeResult(0.5)
@@ -157,8 +157,14 @@ def test_a_missing_score_is_asked_again_once_then_left_out_not_counted_as_zero(m
 
 
 def test_a_grader_missing_most_of_a_step_fails_the_run_with_the_reason(tiny_model_dir, tmp_path):
-    broken = {**HAS_A, "name": "judge", "operation": "sounds_like"}  # every grade is missing, with its reason
-    with pytest.raises(RewardsMissing, match=r"'judge' gave no score for 4 of the 4 replies.*sounds_like"):
+    broken = {  # a model grader with no model to ask: every grade is missing, with its reason
+        "type": "score_model",
+        "name": "judge",
+        "model": "judge-model",
+        "input": [{"role": "user", "content": "Score {{sample.output_text}}"}],
+        "range": [0, 1],
+    }
+    with pytest.raises(RewardsMissing, match=r"'judge' gave no score for 4 of the 4 replies.*no model endpoint"):
         train(grpo(tiny_model_dir, tmp_path, graders=[broken], max_steps=2), PROMPTS, [])
 
 
