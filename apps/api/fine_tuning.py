@@ -39,7 +39,7 @@ from apps.datasets import importers
 from apps.datasets import services as datasets
 from apps.datasets.importers import content_hash
 from apps.datasets.models import Example, PreferencePair
-from apps.runs import services as runs
+from apps.runs import launching
 from apps.runs.models import BaseModel, ReaperBeat, Run, RunStatus
 from ftstudio.queueing import send_after_commit
 
@@ -300,7 +300,7 @@ def _overrides(requested, where: str, kind: str = "supervised") -> tuple[dict, d
     if not isinstance(requested, dict):
         raise Invalid(f"{where} must be an object.", param=where)
     overrides, extra = {}, {}
-    base_lr = runs.PRESETS[PRESET]["learning_rate"]
+    base_lr = launching.PRESETS[PRESET]["learning_rate"]
     for key, value in requested.items():
         if key not in METHOD_HYPERPARAMETERS[kind]:
             raise Invalid(
@@ -348,7 +348,7 @@ def _overrides(requested, where: str, kind: str = "supervised") -> tuple[dict, d
 def resolved_method(hp: dict, preset: str = PRESET, kind: str = "supervised", grader: dict | None = None) -> dict:
     """The job's ``method`` in OpenAI's shape, with the values the run uses (``hp``: its hyperparameters, with
     ``beta`` for dpo)."""
-    base_lr = runs.PRESETS.get(preset or PRESET, runs.PRESETS[PRESET])["learning_rate"]
+    base_lr = launching.PRESETS.get(preset or PRESET, launching.PRESETS[PRESET])["learning_rate"]
     epochs = hp.get("epochs", 1.0)
     hyperparameters = {
         "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
@@ -463,8 +463,8 @@ def create_job(*, project, user, key, body, idempotency_key: str = "", access=No
         if isinstance(found, ResultFile):
             raise Invalid(f"{param} {found.public_id!r} is a job's result file, not training data.", param=param)
     try:
-        hp = runs.resolve_hyperparameters(PRESET, overrides)
-    except runs.LaunchError as exc:
+        hp = launching.resolve_hyperparameters(PRESET, overrides)
+    except launching.LaunchError as exc:
         field, message = next(iter(exc.errors.items()))
         reverse = {v: k for k, v in HYPERPARAMETERS.items()}
         raise Invalid(message, param=f"{where}.{reverse[field]}" if field in reverse else field) from None
@@ -592,7 +592,7 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
                 ) from None
             report["dataset_version"] = version.number
             try:
-                run = runs.launch_run(
+                run = launching.launch_run(
                     project=job.project,
                     dataset_version=version,
                     base_model=base,
@@ -601,7 +601,7 @@ def validate_and_launch(job_pk: int) -> FineTuningJob | None:
                     user=user,
                     name=job.suffix,
                 )
-            except runs.LaunchError as exc:
+            except launching.LaunchError as exc:
                 raise _Invalid({"code": "invalid_request", "param": None, "message": str(exc)}) from None
             job.mark_launched(run=run, files_report=report)
     except _Invalid as exc:
@@ -833,7 +833,7 @@ def launch_method_job(job: FineTuningJob, files: dict[str, ApiFile]) -> Run:
         grader.setdefault("name", grader.get("type", "grader"))
         launch = {"dataset_version": _prompt_version(job, files, user), "graders": [grader]}
     try:
-        return runs.launch_run(
+        return launching.launch_run(
             project=job.project,
             base_model=base,
             preset=PRESET,
@@ -843,7 +843,7 @@ def launch_method_job(job: FineTuningJob, files: dict[str, ApiFile]) -> Run:
             method=kind,
             **launch,
         )
-    except runs.LaunchError as exc:
+    except launching.LaunchError as exc:
         raise _Invalid({"code": "invalid_request", "param": None, "message": str(exc)}) from None
 
 
@@ -936,7 +936,7 @@ def _finished(job: FineTuningJob, action: str) -> Conflict:
 def cancel_job(job: FineTuningJob) -> FineTuningJob:
     if job.run is None or job.run.is_finished:
         raise _finished(job, "cancelled")
-    runs.cancel_run(run=job.run)
+    launching.cancel_run(run=job.run)
     job.run.refresh_from_db()
     return job
 
@@ -945,8 +945,8 @@ def pause_job(job: FineTuningJob) -> FineTuningJob:
     if job.run is None or job.run.status not in {RunStatus.QUEUED, RunStatus.RUNNING} or job.run.cancel_requested:
         raise _finished(job, "paused")
     try:
-        runs.pause_run(run=job.run)
-    except runs.RunError as exc:
+        launching.pause_run(run=job.run)
+    except launching.RunError as exc:
         raise Conflict(str(exc), code="job_not_paused") from None
     job.run.refresh_from_db()
     return job
@@ -960,7 +960,7 @@ def resume_job(job: FineTuningJob) -> FineTuningJob:
             f"Job {job.public_id} is {job_status(job)}, not paused: only a paused job can be resumed.",
             code="job_not_paused",
         )
-    runs.resume_paused_run(run=job.run)
+    launching.resume_paused_run(run=job.run)
     job.run.refresh_from_db()
     return job
 

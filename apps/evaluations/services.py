@@ -18,8 +18,8 @@ from django.utils import timezone
 from apps.datasets.models import DatasetVersion, DatasetVersionItem, Example
 from apps.runs import jobs, leases
 from apps.runs.artifacts import base_model_dir, local_adapter_dir
+from apps.runs.execution import MAX_ATTEMPTS, failure_message
 from apps.runs.models import BaseModel, ReaperBeat, Run, RunStatus
-from apps.runs.services import MAX_ATTEMPTS, failure_message
 from ftstudio import csv_cells
 from ftstudio.queueing import send_after_commit
 

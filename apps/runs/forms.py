@@ -6,10 +6,10 @@ from django.conf import settings
 from apps.datasets.forms import FrozenVersionField
 from apps.datasets.models import PreferenceVersion
 
+from .launching import PRESETS
 from .methods import parse_graders
 from .models import BaseModel, Run, RunStatus, TrainingMethod
 from .presentation import CHECKPOINTING, HYPERPARAMETERS, MEMORY_MODES, SCALE, form_label
-from .services import PRESETS
 
 OVERRIDE_FIELDS = (
     "epochs",
@@ -143,7 +143,7 @@ class LaunchForm(forms.Form):
             raise forms.ValidationError(str(exc)) from exc
 
     def method_choices(self) -> dict:
-        """The method and what it needs, as `services.launch_run` takes them."""
+        """The method and what it needs, as `launching.launch_run` takes them."""
         choices = {k: self.cleaned_data.get(k) for k in METHOD_CHOICES}
         return {**choices, "method": choices["method"] or TrainingMethod.SUPERVISED}
 
