@@ -29,7 +29,7 @@ def _module_level_imports(path: Path) -> set[str]:
 
 
 # Service modules named for what they hold (writes that also send tasks), besides each app's services.py.
-NAMED_SERVICE_MODULES = {"exports", "base_models", "launching", "execution", "recovery"}
+NAMED_SERVICE_MODULES = {"exports", "base_models", "launching", "execution", "recovery", "ft_jobs"}
 TASK_MODULES = sorted(p for p in APPS.glob("*/*.py") if p.name in {"tasks.py", "check_tasks.py"})
 SELECTOR_MODULES = sorted(APPS.glob("*/selectors.py"))
 
