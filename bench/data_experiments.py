@@ -42,7 +42,7 @@ def main() -> None:
     from django.core.management import call_command
 
     from apps.demo import services as demo
-    from apps.runs.services import ensure_shipped_base_model
+    from apps.runs.base_models import ensure_shipped_base_model
 
     seeded = demo.seed_demo()
     project = seeded.project

@@ -38,7 +38,8 @@ def main() -> None:
     from apps.demo import generator, services
     from apps.evaluations.models import Generation, Rubric
     from apps.evaluations.services import CandidateSpec, create_evaluation
-    from apps.runs.services import ensure_shipped_base_model, launch_run
+    from apps.runs.base_models import ensure_shipped_base_model
+    from apps.runs.launching import launch_run
 
     started = time.perf_counter()
     seeded = services.seed_demo(size=args.size)

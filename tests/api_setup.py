@@ -90,11 +90,11 @@ def inference(tiny_model_dir, tmp_path_factory):
 
 def trained_run(project, base_model, user, name: str = ""):
     """A run trained for a few steps on the tiny Llama, through the same service the worker calls."""
-    from apps.runs import services
+    from apps.runs import execution, launching
     from apps.runs.models import Run
     from tests.runs_setup import FAST, small_version
 
-    run = services.launch_run(
+    run = launching.launch_run(
         project=project,
         dataset_version=small_version(project),
         base_model=base_model,
@@ -102,7 +102,7 @@ def trained_run(project, base_model, user, name: str = ""):
         user=user,
         name=name,
     )
-    services.execute_run(run.pk)
+    execution.execute_run(run.pk)
     run = Run.objects.get(pk=run.pk)
     assert run.status == "succeeded", run.error
     return run

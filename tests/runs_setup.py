@@ -15,7 +15,7 @@ FAST = {"max_steps": 4, "batch_size": 4, "save_steps": 2, "learning_rate": 0.005
 @pytest.fixture
 def tiny_base_model(settings, tiny_model_dir) -> BaseModel:
     settings.FTSTUDIO_MODEL_ROOTS = [*settings.FTSTUDIO_MODEL_ROOTS, Path(tiny_model_dir).parent]
-    from apps.runs.services import register_base_model
+    from apps.runs.base_models import register_base_model
 
     return register_base_model(
         name="tiny-llama", source_kind="local", source=str(tiny_model_dir), display_name="Tiny Llama"

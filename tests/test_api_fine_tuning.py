@@ -15,7 +15,7 @@ from django.urls import reverse
 from apps.api import services as api_services
 from apps.api.models import FineTuningJob
 from apps.datasets.models import DatasetVersion, Example
-from apps.runs import services as runs
+from apps.runs import launching
 from apps.runs.models import Run, RunStatus
 from tests import api_setup, runs_setup
 from tests.conftest import REPO
@@ -199,7 +199,7 @@ def test_jobs_list_with_cursor_pagination_metadata_filter_and_browser_runs(api, 
     pm = api("pm")
     training = upload(pm, support_conversations(4))
     made = [create_job(pm, training.id, suffix=f"j{i}", metadata={"team": "a" if i % 2 else "b"}) for i in range(5)]
-    browser = runs.launch_run(
+    browser = launching.launch_run(
         project=team.project,
         dataset_version=runs_setup.small_version(team.project),
         base_model=tiny_base_model,
@@ -223,7 +223,7 @@ def test_reading_jobs_writes_nothing_and_the_api_pass_adopts_a_run_without_a_job
     from apps.api.tasks import reap
 
     pm = api("pm")
-    older = runs.launch_run(
+    older = launching.launch_run(
         project=team.project,
         dataset_version=runs_setup.small_version(team.project),
         base_model=tiny_base_model,

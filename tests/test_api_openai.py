@@ -190,14 +190,14 @@ def test_a_key_of_a_user_who_left_the_project_gets_403(api, team):
 
 
 def test_chat_answers_while_a_training_run_occupies_the_worker(api, team, tiny_base_model, tiny_model_dir, tmp_path):
-    from apps.runs import services as runs
+    from apps.runs import launching
     from apps.runs.models import Run, RunStatus
     from tests.runs_setup import small_version
     from tests.worker_process import running_worker
 
     env = {"FTSTUDIO_MODEL_ROOTS": str(tiny_model_dir.parent)}
     with running_worker(tmp_path, queues="gpu,default", extra_env=env):
-        run = runs.launch_run(
+        run = launching.launch_run(
             project=team.project,
             dataset_version=small_version(team.project),
             base_model=tiny_base_model,
@@ -210,12 +210,12 @@ def test_chat_answers_while_a_training_run_occupies_the_worker(api, team, tiny_b
         reply = api("pm").chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=8, temperature=0)
         assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
         assert Run.objects.get(pk=run.pk).status == RunStatus.RUNNING  # the worker was busy training all along
-        runs.cancel_run(run=Run.objects.get(pk=run.pk))
+        launching.cancel_run(run=Run.objects.get(pk=run.pk))
 
 
 @pytest.mark.slow
 def test_the_shipped_model_answers_through_the_api_as_the_engine_does_in_process(api, shipped_model_dir):
-    from apps.runs.services import ensure_shipped_base_model
+    from apps.runs.base_models import ensure_shipped_base_model
 
     name = ensure_shipped_base_model().name
     reply = api("pm").chat.completions.create(model=name, messages=HELLO, max_tokens=24, temperature=0)

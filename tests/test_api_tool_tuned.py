@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from apps.api.selectors import run_model_id
 from apps.datasets.models import DatasetVersionItem
-from apps.runs import services
+from apps.runs import base_models, execution, launching
 from apps.runs.models import Run
 from tests import api_setup, runs_setup
 from tests.factories import make_dataset_version
@@ -59,7 +59,7 @@ def chat_model(settings, tiny_model_dir, tmp_path):
     config = json.loads((folder / "generation_config.json").read_text())
     (folder / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [1, 2]}))
     settings.FTSTUDIO_MODEL_ROOTS = [*settings.FTSTUDIO_MODEL_ROOTS, tmp_path]
-    return services.register_base_model(name="tiny-chat", source_kind="local", source=str(folder))
+    return base_models.register_base_model(name="tiny-chat", source_kind="local", source=str(folder))
 
 
 @pytest.fixture
@@ -68,10 +68,10 @@ def tool_run(team, chat_model) -> Run:
         team.project, {"train": [[*ASK, {"role": "assistant", "content": "", "tool_calls": [CALL]}]]}
     )
     DatasetVersionItem.objects.filter(version=version).update(tools=[WEATHER])  # the example offers the tool
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project, dataset_version=version, base_model=chat_model, overrides=OVERRIDES, user=team.pm
     )
-    services.execute_run(run.pk)
+    execution.execute_run(run.pk)
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
     return run

@@ -19,7 +19,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from apps.api import selectors as api_selectors
 from apps.api import services as api_services
-from apps.runs import artifacts, services
+from apps.runs import artifacts, base_models, launching
 from apps.runs.exports import execute_export, request_export
 from apps.runs.models import ExportStatus, Run, RunStatus
 from tests import runs_setup
@@ -54,7 +54,7 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 
 def stored_run(team, base_model, adapter: Path, trained_on: Path) -> Run:
     """A succeeded run whose adapter its training node wrote, stored, and then lost with that node's disk."""
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project, dataset_version=small_version(team.project), base_model=base_model, overrides={}
     )
     written = trained_on / "media" / "runs" / str(run.pk) / "adapter"
@@ -260,7 +260,7 @@ def test_a_base_model_registered_on_one_node_is_fetched_into_another_node_s_boun
     for name in ("tiny-a", "tiny-b"):  # two base models, each a folder on the web node only
         copies[name] = shutil.copytree(tiny_model_dir, tmp_path / "web" / "models" / name)
     bases = {
-        name: services.register_base_model(name=name, source_kind="local", source=str(folder))
+        name: base_models.register_base_model(name=name, source_kind="local", source=str(folder))
         for name, folder in copies.items()
     }
     store = artifacts.store()
@@ -284,7 +284,7 @@ def test_a_base_model_registered_on_one_node_is_fetched_into_another_node_s_boun
     # re-registered from another folder: another key, never the stale copy
     moved = shutil.copytree(tiny_model_dir, tmp_path / "worker-models" / "tiny-a")
     settings.FTSTUDIO_MODEL_ROOTS = [tmp_path / "worker-models"]
-    again = services.register_base_model(name="tiny-a", source_kind="local", source=str(moved))
+    again = base_models.register_base_model(name="tiny-a", source_kind="local", source=str(moved))
     assert artifacts.base_model_key(again) != artifacts.base_model_key(bases["tiny-a"])
     assert artifacts.base_model_dir(again) == str(moved)  # on this disk: used in place (and stored for others)
     assert store.has_complete(artifacts.base_model_key(again))

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from apps.runs import artifacts, services
+from apps.runs import artifacts, execution, launching
 from apps.runs.models import BaseModel, RunStatus
 from apps.runs.tasks import train_run
 from tests import runs_setup
@@ -113,7 +113,7 @@ def test_a_store_that_stays_down_fails_after_its_retries_with_what_failed(tmp_pa
 
 @pytest.mark.django_db
 def test_a_run_uploads_its_checkpoints_and_adapter_as_it_writes_them(team, tiny_base_model, s3_artifacts, object_store):
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,
@@ -138,7 +138,7 @@ def test_a_run_uploads_its_checkpoints_and_adapter_as_it_writes_them(team, tiny_
 def test_a_store_down_mid_run_fails_the_run_clearly_keeping_the_local_checkpoint_and_a_resume_goes_on(
     team, tiny_base_model, s3_artifacts, settings, monkeypatch
 ):
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,
@@ -155,7 +155,7 @@ def test_a_store_down_mid_run_fails_the_run_clearly_keeping_the_local_checkpoint
     monkeypatch.setattr(time, "sleep", lambda s: None)  # its retry pauses
     assert train_run(run.pk) == RunStatus.FAILED
     run.refresh_from_db()
-    local = services.run_dir(run) / "checkpoints" / "checkpoint-2"
+    local = execution.run_dir(run) / "checkpoints" / "checkpoint-2"
     assert (
         "Could not store checkpoint-2 in the artifact store" in run.error
         and "did not answer after 4 tries" in run.error
@@ -164,7 +164,7 @@ def test_a_store_down_mid_run_fails_the_run_clearly_keeping_the_local_checkpoint
     assert (local / "trainer_state.json").is_file() and not run.adapter_path
     monkeypatch.setattr(artifacts, "fetch_newest_checkpoint", fetch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_artifacts["AWS_ENDPOINT_URL"])  # the store is back
-    services.resume_run(run=run)
+    launching.resume_run(run=run)
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     run.refresh_from_db()
     assert run.step == 4 and f"resuming from {local}" in run.log_tail
@@ -271,7 +271,7 @@ def test_the_adapter_download_on_a_node_without_the_training_disk_fetches_it_fro
 ):
     import shutil
 
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,

@@ -209,7 +209,7 @@ def test_an_import_job_whose_message_was_lost_is_sent_again_by_the_reaper(
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.utils import timezone
 
-    from apps.runs.services import reap
+    from apps.runs.recovery import reap
 
     data = (FIXTURES / "valid_openai.jsonl").read_bytes()
     lost = importing.start_import_job(

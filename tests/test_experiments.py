@@ -12,8 +12,8 @@ from apps.datasets.models import DatasetVersion
 from apps.evaluations.models import CheckResult
 from apps.experiments import selectors, services, statistics
 from apps.experiments.models import Experiment, ExperimentStatus, Point
+from apps.runs.launching import cancel_run
 from apps.runs.models import Run, RunStatus
-from apps.runs.services import cancel_run
 from tests.experiments_setup import experiment_setup, fake_scores, finish_runs
 from tests.factories import conversation, make_dataset_version
 
@@ -536,7 +536,7 @@ def test_a_killed_workers_experiment_run_is_re_queued_and_the_periodic_pass_adva
 
     from django.utils import timezone
 
-    from apps.runs import services as runs
+    from apps.runs import recovery
 
     experiment = launch(setup)
     point = Point.objects.filter(arm__experiment=experiment).select_related("run").order_by("n_train").first()
@@ -548,9 +548,9 @@ def test_a_killed_workers_experiment_run_is_re_queued_and_the_periodic_pass_adva
         enqueued_at=timezone.now(),
     )
     sent = []
-    monkeypatch.setattr("apps.runs.services.train_run.delay", lambda pk: sent.append(pk))
+    monkeypatch.setattr("apps.runs.launching.train_run.delay", lambda pk: sent.append(pk))
     with django_capture_on_commit_callbacks(execute=True):
-        assert runs.reap()["runs"] == [point.run_id]  # the reaper's rule for every run, experiment or not
+        assert recovery.reap()["runs"] == [point.run_id]  # the reaper's rule for every run, experiment or not
     assert point.run_id in sent
     # the re-sent run finishes on another worker; no signal reaches the experiment (its message was the lost one)
     finish_runs(experiment)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from apps.runs import services
+from apps.runs import base_models
 from apps.runs.models import ExportStatus, Run, RunExport, RunStatus
 from tests import runs_setup
 from tests.export_setup import greedy, held_out_messages, make_adapter, prompt_ids
@@ -362,7 +362,7 @@ def test_register_model_takes_a_public_id_and_the_shipped_model_has_one(db, sett
     assert BaseModel.objects.get(name="tiny").portable_id == "org/tiny"
     call_command("register_model", "tiny2", str(tiny_model_dir), stdout=io.StringIO())
     assert BaseModel.objects.get(name="tiny2").portable_id == "tiny2"  # a name, never the server path
-    assert services.ensure_shipped_base_model().public_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_models.ensure_shipped_base_model().public_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_a_gguf_base_models_export_keeps_the_tokenizer_settings_llama_cpp_wrote_for_it(tiny_model_dir, tmp_path):

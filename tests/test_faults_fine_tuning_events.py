@@ -67,16 +67,16 @@ def test_event_ids_survive_a_worker_death_and_the_restart_is_an_event(live_serve
 
 def test_a_metrics_id_dropped_by_a_resume_still_pages_from_its_step():
     """While the resumed run has not logged a step again, its id still works as a cursor: older steps follow."""
-    from apps.api import fine_tuning as ft
+    from apps.api import fine_tuning, ft_events
 
     events = [
-        ft.Event("ftevent-x-m2", timezone.now(), "Step 2", type="metrics", data={"step": 2}),
-        ft.Event("ftevent-x-restart1", timezone.now(), "restarted"),
-        ft.Event("ftevent-x-m1", timezone.now(), "Step 1", type="metrics", data={"step": 1}),
-        ft.Event("ftevent-x-started", timezone.now(), "started"),
-        ft.Event("ftevent-x-created", timezone.now(), "created"),
+        ft_events.Event("ftevent-x-m2", timezone.now(), "Step 2", type="metrics", data={"step": 2}),
+        ft_events.Event("ftevent-x-restart1", timezone.now(), "restarted"),
+        ft_events.Event("ftevent-x-m1", timezone.now(), "Step 1", type="metrics", data={"step": 1}),
+        ft_events.Event("ftevent-x-started", timezone.now(), "started"),
+        ft_events.Event("ftevent-x-created", timezone.now(), "created"),
     ]
-    page, more = ft.slice_after(events, "ftevent-x-m3", 10)
+    page, more = ft_events.slice_after(events, "ftevent-x-m3", 10)
     assert [e.id for e in page] == [
         "ftevent-x-m2",
         "ftevent-x-restart1",
@@ -84,8 +84,8 @@ def test_a_metrics_id_dropped_by_a_resume_still_pages_from_its_step():
         "ftevent-x-started",
         "ftevent-x-created",
     ]
-    with pytest.raises(ft.Invalid):
-        ft.slice_after(events, "ftevent-y-m3", 10)
+    with pytest.raises(fine_tuning.Invalid):
+        ft_events.slice_after(events, "ftevent-y-m3", 10)
     paused_before_m2 = int(events[0].at.timestamp())  # the pause of a job resumed since: its event is gone
-    page, _ = ft.slice_after(events, f"ftevent-x-paused-{paused_before_m2 + 1}", 10)
+    page, _ = ft_events.slice_after(events, f"ftevent-x-paused-{paused_before_m2 + 1}", 10)
     assert page[0].id == "ftevent-x-m2"

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from apps.runs import artifacts, leases
+from apps.runs.execution import RunReporter
 from apps.runs.models import BaseModel, Run, RunStatus
-from apps.runs.services import RunReporter
 from tests.runs_setup import small_version
 from worker.artifacts import ArtifactStoreError, open_store
 from worker.train_config import Stopped

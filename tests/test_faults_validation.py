@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from transformers import Trainer
 
-from apps.runs import leases, services
+from apps.runs import launching, leases
 from apps.runs.models import Run, RunMetric, RunStatus
 from apps.runs.tasks import train_run
 from tests import runs_setup
@@ -47,7 +47,7 @@ def launch(team, tiny_base_model, **overrides) -> Run:
         team.project,
         {"train": support_conversations(12), "val": support_conversations(8, 50), "test": support_conversations(2, 70)},
     )
-    return services.launch_run(
+    return launching.launch_run(
         project=team.project,
         dataset_version=version,
         base_model=tiny_base_model,

@@ -12,7 +12,7 @@ from django.utils import timezone
 from apps.fleet import services as fleet
 from apps.fleet.models import WorkerBeat
 from apps.fleet.queues import route
-from apps.runs import services
+from apps.runs import launching
 from apps.runs.models import Run, RunStatus
 from tests import runs_setup
 from tests.runs_setup import small_version
@@ -32,16 +32,16 @@ def test_a_model_s_gpu_need_picks_the_smallest_tier_and_a_need_over_every_tier_i
     for need, queue in cases.items():
         tiny_base_model.min_gpu_gb = need
         tiny_base_model.save()
-        *_, estimate = services.prepare_launch(
+        *_, estimate = launching.prepare_launch(
             project=team.project, dataset_version=version, base_model=tiny_base_model
         )
         assert estimate["queue"] == queue
-    run = services.launch_run(project=team.project, dataset_version=version, base_model=tiny_base_model)
+    run = launching.launch_run(project=team.project, dataset_version=version, base_model=tiny_base_model)
     assert route("runs.train_run", (run.pk,), {}, {}) == {"queue": "gpu-80g"} and run.estimate["queue"] == "gpu-80g"
     tiny_base_model.min_gpu_gb = 160
     tiny_base_model.save()
-    with pytest.raises(services.LaunchError) as refused:
-        services.prepare_launch(project=team.project, dataset_version=version, base_model=tiny_base_model)
+    with pytest.raises(launching.LaunchError) as refused:
+        launching.prepare_launch(project=team.project, dataset_version=version, base_model=tiny_base_model)
     assert refused.value.errors["base_model"].startswith(
         "Tiny Llama needs 160 GB of GPU memory. No GPU tier has 160 GB"
     )
@@ -77,7 +77,7 @@ def test_a_worker_on_a_tier_queue_beats_and_trains_the_runs_routed_there(
             lambda: next((w for w in WorkerBeat.objects.all() if "gpu-24g" in w.queues), None), 60, worker, "its beat"
         )
         assert beat.queues == ["default", "gpu-24g"] and beat.gpu_count == 0
-        run = services.launch_run(
+        run = launching.launch_run(
             project=team.project,
             dataset_version=small_version(team.project),
             base_model=tiny_base_model,

@@ -133,13 +133,13 @@ def _finished_run(team, **fields):
 
     from django.utils import timezone
 
-    from apps.runs import services
+    from apps.runs import launching
     from apps.runs.models import Run
     from tests.runs_setup import small_version
 
     version = small_version(team.project)
     model = _base_model()
-    hp = services.resolve_hyperparameters("quick", {"max_steps": 30})
+    hp = launching.resolve_hyperparameters("quick", {"max_steps": 30})
     started = timezone.now() - timedelta(minutes=10)
     values = {
         "project": team.project,
@@ -151,7 +151,7 @@ def _finished_run(team, **fields):
         "status": "succeeded",
         "step": 30,
         "total_steps": 30,
-        "estimate": services.estimate_run(base_model=model, dataset_version=version, hyperparameters=hp),
+        "estimate": launching.estimate_run(base_model=model, dataset_version=version, hyperparameters=hp),
         "started_at": started,
         "finished_at": started + timedelta(seconds=200),
         "adapter_path": "/srv/studio-media/runs/1/adapter",

@@ -313,7 +313,7 @@ def test_the_reaper_finishes_a_prompt_scoring_whose_worker_was_killed(
 def test_the_reaper_leaves_a_live_scoring_alone_and_fails_one_out_of_attempts(team, monkeypatch):
     from django.utils import timezone
 
-    from apps.runs.services import MAX_ATTEMPTS
+    from apps.runs.execution import MAX_ATTEMPTS
 
     sent = []
     monkeypatch.setattr("apps.prompts.services.score_task.delay", lambda pk: sent.append(pk))

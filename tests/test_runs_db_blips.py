@@ -14,7 +14,7 @@ import pytest
 from django.db import OperationalError, connection
 from django.utils import timezone
 
-from apps.runs import leases, services
+from apps.runs import execution, launching, leases, recovery
 from apps.runs.models import Run, RunMetric, RunStatus
 from apps.runs.tasks import train_run
 from tests import runs_setup
@@ -80,12 +80,12 @@ def test_the_reaper_never_takes_over_a_run_whose_owner_process_is_alive_on_this_
     alive = f"{leases._HOST}:{parent}:{leases._process_start(parent)}:cafe"
     stale = settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 60
     run = held_run(team, settings, tmp_path, alive, heartbeat_age_s=stale)
-    assert services.reap_stale_runs() == []
+    assert recovery.reap_stale_runs() == []
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING and run.worker_id == alive and run.attempts == 1
 
     Run.objects.filter(pk=run.pk).update(worker_id=f"{leases._HOST}:999999999:1:dead")  # its process is gone
-    assert services.reap_stale_runs() == [run.pk]
+    assert recovery.reap_stale_runs() == [run.pk]
 
 
 class FlakyDatabase:
@@ -107,7 +107,7 @@ class FlakyDatabase:
 
 
 def launch(team, tiny_base_model):
-    return services.launch_run(
+    return launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,
@@ -137,24 +137,24 @@ def test_a_longer_outage_after_a_checkpoint_resumes_from_that_checkpoint_not_fro
     settings.FTSTUDIO_DB_RETRY_SECONDS = 0.1
     run = launch(team, tiny_base_model)
     flaky = FlakyDatabase(after=0)
-    checkpoint = services.RunReporter.on_checkpoint
+    checkpoint = execution.RunReporter.on_checkpoint
 
     def down_after_checkpoint_2(self, path):
         checkpoint(self, path)
         if path.endswith("checkpoint-2"):
             flaky.down = True
 
-    monkeypatch.setattr(services.RunReporter, "on_checkpoint", down_after_checkpoint_2)
+    monkeypatch.setattr(execution.RunReporter, "on_checkpoint", down_after_checkpoint_2)
     with connection.execute_wrapper(flaky), pytest.raises(OperationalError):
         train_run(run.pk)
     assert flaky.failed >= 4  # a progress write and its retry, the failure and its retry
-    monkeypatch.setattr(services.RunReporter, "on_checkpoint", checkpoint)
+    monkeypatch.setattr(execution.RunReporter, "on_checkpoint", checkpoint)
 
     run.refresh_from_db()  # the database is back: the row still says running, with the last beat it got
     assert run.status == RunStatus.RUNNING and run.checkpoint_path.endswith("checkpoint-2") and run.attempts == 1
     stale = timezone.now() - timedelta(seconds=settings.FTSTUDIO_HEARTBEAT_STALE_SECONDS + 1)
     Run.objects.filter(pk=run.pk).update(heartbeat_at=stale)
-    assert services.reap_stale_runs() == [run.pk]
+    assert recovery.reap_stale_runs() == [run.pk]
     assert train_run(run.pk) == RunStatus.SUCCEEDED  # the re-sent message
     run.refresh_from_db()
     assert run.attempts == 2 and run.step == 4 and "resuming from" in run.log_tail and "checkpoint-2" in run.log_tail

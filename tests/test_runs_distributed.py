@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models.signals import post_save
 
 from apps.fleet import services as fleet
-from apps.runs import services
+from apps.runs import execution, launching
 from apps.runs.models import Run, RunMetric, RunStatus
 from apps.runs.tasks import train_run
 from tests import runs_setup
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 
 
 def launch(team, base_model, **overrides):
-    return services.launch_run(
+    return launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=base_model,
@@ -42,8 +42,8 @@ def test_devices_and_nodes_are_checked_at_launch(team, tiny_base_model):
         ({"nodes": 1.5}, "nodes", "Nodes must be a whole number from 1 to 8; got 1.5."),
         ({"devices": 3}, "batch_size", "Batch size 4 does not split evenly over 3 devices (3 per node x 1 node(s))"),
     ]:
-        with pytest.raises(services.LaunchError) as refused:
-            services.prepare_launch(
+        with pytest.raises(launching.LaunchError) as refused:
+            launching.prepare_launch(
                 project=team.project,
                 dataset_version=version,
                 base_model=tiny_base_model,
@@ -88,7 +88,7 @@ def test_a_run_on_two_devices_trains_through_the_task_and_reports_like_one(team,
     steps = list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True))
     assert steps == [1, 2, 3, 4] and run.metrics.filter(val_loss__isnull=False).exists()
     assert run.checkpoint_path.endswith("checkpoint-4")
-    assert (services.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
+    assert (execution.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
     assert "training on 2 devices (DDP)" in run.log_tail and "saved adapter" in run.log_tail
     page = team.client("reviewer").get(run.get_absolute_url()).content.decode()
     assert "Trains on 2 devices (DDP), 2 examples per device per batch." in page
@@ -101,7 +101,7 @@ def test_cancel_stops_a_run_on_two_devices_without_an_adapter(team, tiny_base_mo
 
     def cancel_after_first_loss(sender, instance, created, **kwargs):
         if instance.train_loss is not None:
-            services.cancel_run(run=Run.objects.get(pk=instance.run_id))
+            launching.cancel_run(run=Run.objects.get(pk=instance.run_id))
 
     post_save.connect(cancel_after_first_loss, sender=RunMetric, dispatch_uid="ddp-cancel-test")
     try:
@@ -110,7 +110,7 @@ def test_cancel_stops_a_run_on_two_devices_without_an_adapter(team, tiny_base_mo
         post_save.disconnect(dispatch_uid="ddp-cancel-test", sender=RunMetric)
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED and 1 <= run.step < 30 and run.adapter_path == ""
-    assert not (services.run_dir(run) / "adapter").exists()
+    assert not (execution.run_dir(run) / "adapter").exists()
 
 
 def test_a_paused_run_on_two_devices_resumes_from_its_checkpoint_to_the_last_step(team, tiny_base_model, monkeypatch):
@@ -120,7 +120,7 @@ def test_a_paused_run_on_two_devices_resumes_from_its_checkpoint_to_the_last_ste
 
     def pause_after_first_loss(sender, instance, created, **kwargs):
         if instance.train_loss is not None and not Run.objects.get(pk=instance.run_id).pause_requested:
-            services.pause_run(run=Run.objects.get(pk=instance.run_id))
+            launching.pause_run(run=Run.objects.get(pk=instance.run_id))
 
     post_save.connect(pause_after_first_loss, sender=RunMetric, dispatch_uid="ddp-pause-test")
     try:
@@ -131,7 +131,7 @@ def test_a_paused_run_on_two_devices_resumes_from_its_checkpoint_to_the_last_ste
     paused_at = run.step
     assert 1 <= paused_at < 12 and run.checkpoint_path.endswith(f"checkpoint-{paused_at}")
     monkeypatch.delenv("FTSTUDIO_FAULT_TRAINING_STEP_SECONDS")
-    services.resume_paused_run(run=run)
+    launching.resume_paused_run(run=run)
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     run.refresh_from_db()
     assert run.step == run.total_steps == 12
@@ -164,14 +164,14 @@ def test_a_run_on_two_nodes_asks_another_worker_to_join_and_trains_with_it(team,
         def delay(*args):
             def work():
                 try:
-                    joined.append(services.execute_join(*args))
+                    joined.append(execution.execute_join(*args))
                 finally:
                     connection.close()
 
             threads.append(threading.Thread(target=work))
             threads[-1].start()
 
-    monkeypatch.setattr(services, "join_distributed_run", Join)
+    monkeypatch.setattr(execution, "join_distributed_run", Join)
     run = launch(team, tiny_base_model, nodes=2)
     assert train_run(run.pk) == RunStatus.SUCCEEDED
     for thread in threads:
@@ -180,12 +180,12 @@ def test_a_run_on_two_nodes_asks_another_worker_to_join_and_trains_with_it(team,
     run.refresh_from_db()
     assert run.step == 4 and "hosting the rendezvous at 127.0.0.1:" in run.log_tail
     assert list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True)) == [1, 2, 3, 4]
-    assert (services.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
-    assert not list((services.run_dir(run) / "nodes").glob("*"))  # the joining node's scratch folder is gone
-    assert services.execute_join(run.pk, "127.0.0.1:1", f"run-{run.pk}-1") == "skipped"  # finished: nothing to join
+    assert (execution.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((execution.run_dir(run) / "nodes").glob("*"))  # the joining node's scratch folder is gone
+    assert execution.execute_join(run.pk, "127.0.0.1:1", f"run-{run.pk}-1") == "skipped"  # finished: nothing to join
 
 
 def test_a_join_message_of_an_earlier_attempt_is_skipped(team, tiny_base_model):
     run = launch(team, tiny_base_model, nodes=2)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, attempts=2)
-    assert services.execute_join(run.pk, "127.0.0.1:1", f"run-{run.pk}-1") == "skipped"
+    assert execution.execute_join(run.pk, "127.0.0.1:1", f"run-{run.pk}-1") == "skipped"

@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from apps.runs import services
+from apps.runs import launching
 from apps.runs.models import BaseModel, Run, RunStatus
 from tests import runs_setup
 from tests.factories import make_dataset_version
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 
 
 def launch(team, version, model, **kw):
-    return services.launch_run(project=team.project, dataset_version=version, base_model=model, **kw)
+    return launching.launch_run(project=team.project, dataset_version=version, base_model=model, **kw)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_out_of_range_hyperparameters_are_refused_naming_the_field_and_nothing_i
     team, tiny_base_model, overrides, field, message
 ):
     version = small_version(team.project)
-    with pytest.raises(services.LaunchError) as caught:
+    with pytest.raises(launching.LaunchError) as caught:
         launch(team, version, tiny_base_model, overrides=overrides)
     assert message in caught.value.errors[field]
     assert not Run.objects.exists()
@@ -51,14 +51,14 @@ def test_out_of_range_hyperparameters_are_refused_naming_the_field_and_nothing_i
 
 def test_an_empty_version_an_unknown_model_and_another_projects_version_are_refused(team, tiny_base_model):
     empty = make_dataset_version(team.project, {"train": [], "val": [], "test": []})
-    with pytest.raises(services.LaunchError, match="no training examples"):
+    with pytest.raises(launching.LaunchError, match="no training examples"):
         launch(team, empty, tiny_base_model)
-    with pytest.raises(services.LaunchError, match="Unknown base model 'gpt-17'"):
+    with pytest.raises(launching.LaunchError, match="Unknown base model 'gpt-17'"):
         launch(team, small_version(team.project), "gpt-17")
     foreign = small_version(team.other_project)
-    with pytest.raises(services.LaunchError, match="frozen dataset version of this project"):
+    with pytest.raises(launching.LaunchError, match="frozen dataset version of this project"):
         launch(team, foreign, tiny_base_model)
-    with pytest.raises(services.LaunchError, match="Unknown preset"):
+    with pytest.raises(launching.LaunchError, match="Unknown preset"):
         launch(team, small_version(team.project), tiny_base_model, preset="ludicrous")
     assert not Run.objects.exists()
 

@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from apps.fleet.models import WorkerBeat
-from apps.runs import services
+from apps.runs import base_models, launching
 from apps.runs.models import BaseModel, Run
 from apps.runs.selectors import run_queue
 from tests.runs_setup import small_version
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 def launch(team, version, model, **kw):
-    return services.launch_run(project=team.project, dataset_version=version, base_model=model, **kw)
+    return launching.launch_run(project=team.project, dataset_version=version, base_model=model, **kw)
 
 
 def _model_from_config(name: str, config: str, **fields) -> BaseModel:
@@ -46,7 +46,7 @@ def test_a_4_bit_base_is_refused_at_launch_where_no_worker_has_a_gpu_and_accepte
     model = _model_from_config("qwen-half", "qwen2.5-0.5b")
     version = small_version(team.project)
     _gpu_worker(gpus=0)  # a CPU worker serves the default queue
-    with pytest.raises(services.LaunchError) as caught:
+    with pytest.raises(launching.LaunchError) as caught:
         launch(team, version, model, overrides={"memory_mode": "qlora"})
     assert "A 4-bit base needs an NVIDIA GPU" in caught.value.errors["memory_mode"]
     assert not Run.objects.exists()
@@ -75,7 +75,7 @@ def test_an_8b_model_goes_to_the_smallest_card_that_holds_it_recomputing_layers_
 def test_a_run_that_cannot_fit_the_card_asked_for_is_refused_with_the_numbers(team):
     llama = _model_from_config("llama-8b", "llama-3.1-8b")
     version = small_version(team.project)
-    with pytest.raises(services.LaunchError) as caught:
+    with pytest.raises(launching.LaunchError) as caught:
         launch(team, version, llama, preset="balanced", overrides={"gpu_gb": 24, "gradient_checkpointing": "off"})
     message = caught.value.errors["gpu_gb"]
     assert message.startswith("This run needs about ") and "does not fit a 24 GB card" in message
@@ -111,7 +111,7 @@ def eight_b_folder(tmp_path, settings, tiny_model_dir) -> Path:
 
 
 def test_the_run_form_for_an_8b_model_from_a_folder_says_which_mode_fits_which_card(team, eight_b_folder):
-    model = services.register_base_model(name="llama-8b", source_kind="local", source=str(eight_b_folder))
+    model = base_models.register_base_model(name="llama-8b", source_kind="local", source=str(eight_b_folder))
     assert model.parameter_count == 8_030_261_248 and model.shape["hidden_size"] == 4096
     version = small_version(team.project)
     client = team.client("pm")

@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from apps.datasets.models import PreferenceVersion, PreferenceVersionItem
-from apps.runs import artifacts, methods, services
+from apps.runs import artifacts, execution, launching, methods
 from apps.runs.models import Run, RunStatus
 from apps.runs.tasks import reap, train_run
 from tests import runs_setup
@@ -60,7 +60,7 @@ def make_preference_version(project, dataset_version, train: int = 8, val: int =
 def dpo_run(team, tiny_base_model):
     version = small_version(team.project)
     preferences = make_preference_version(team.project, version, train=16)  # 4 steps, one validation at the end
-    return services.launch_run(
+    return launching.launch_run(
         project=team.project,
         dataset_version=None,
         base_model=tiny_base_model,
@@ -77,7 +77,7 @@ def test_a_preference_run_trains_records_margin_and_held_out_accuracy_and_charts
     assert dpo_run.total_steps == 4 and dpo_run.estimate["examples"] == 16  # the estimate counts the pairs
     assert train_run(dpo_run.pk) == RunStatus.SUCCEEDED
     dpo_run.refresh_from_db()
-    assert dpo_run.step == 4 and (services.run_dir(dpo_run) / "adapter" / "adapter_model.safetensors").is_file()
+    assert dpo_run.step == 4 and (execution.run_dir(dpo_run) / "adapter" / "adapter_model.safetensors").is_file()
     trained = list(dpo_run.metrics.filter(train_loss__isnull=False).order_by("step"))
     assert [m.step for m in trained] == [1, 2, 3, 4] and trained[-1].train_loss < trained[0].train_loss
     assert trained[-1].reward_margin > 0
@@ -91,7 +91,7 @@ def test_a_preference_run_trains_records_margin_and_held_out_accuracy_and_charts
 
 
 def test_a_grader_run_samples_replies_and_records_each_grader_s_mean_reward(team, tiny_base_model):
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,
@@ -118,7 +118,7 @@ def test_a_preference_run_whose_worker_died_resumes_from_its_checkpoint_and_runs
     from worker.train import Hooks, train
 
     model_dir = artifacts.base_model_dir(dpo_run.base_model)
-    config = services.train_config(dpo_run, model_dir, services.run_dir(dpo_run))
+    config = execution.train_config(dpo_run, model_dir, execution.run_dir(dpo_run))
     train_rows, val_rows = methods.training_data(dpo_run)
     seen = []
     killed = train(
@@ -140,11 +140,11 @@ def test_a_preference_run_whose_worker_died_resumes_from_its_checkpoint_and_runs
 
 def test_a_run_started_from_a_finished_run_trains_on_that_run_s_adapter(team, tiny_base_model, dpo_run):
     Run.objects.filter(pk=dpo_run.pk).update(status=RunStatus.SUCCEEDED, adapter_path="/nowhere")
-    adapter = services.run_dir(dpo_run) / "adapter"
+    adapter = execution.run_dir(dpo_run) / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
     Run.objects.filter(pk=dpo_run.pk).update(adapter_path=str(adapter))
-    second = services.launch_run(
+    second = launching.launch_run(
         project=team.project,
         dataset_version=None,
         base_model=tiny_base_model,
@@ -154,7 +154,7 @@ def test_a_run_started_from_a_finished_run_trains_on_that_run_s_adapter(team, ti
         start_from=dpo_run.pk,
         user=team.pm,
     )
-    config = services.train_config(second, "model", services.run_dir(second))
+    config = execution.train_config(second, "model", execution.run_dir(second))
     assert config.method == "dpo" and config.start_adapter_dir == str(adapter) and config.beta == 0.1
 
 
@@ -162,8 +162,8 @@ def test_a_run_started_from_a_finished_run_trains_on_that_run_s_adapter(team, ti
 def launch_errors(team, tiny_base_model, **kw) -> dict:
     values = {"project": team.project, "dataset_version": None, "base_model": tiny_base_model, "overrides": FAST}
     before = Run.objects.count()
-    with pytest.raises(services.LaunchError) as caught:
-        services.launch_run(**{**values, **kw})
+    with pytest.raises(launching.LaunchError) as caught:
+        launching.launch_run(**{**values, **kw})
     assert Run.objects.count() == before  # nothing half-saved
     return caught.value.errors
 
@@ -208,7 +208,7 @@ def test_launch_refusals_name_the_field_and_say_why(team, tiny_base_model):
     )
     assert errors["num_generations"].startswith("Replies per prompt (3) must divide the batch size")
 
-    unfinished = services.launch_run(
+    unfinished = launching.launch_run(
         project=team.project, dataset_version=version, base_model=tiny_base_model, overrides=FAST
     )
     errors = launch_errors(team, tiny_base_model, method="dpo", preference_version=preferences, start_from=unfinished)

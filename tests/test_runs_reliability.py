@@ -16,7 +16,7 @@ from django.utils import timezone
 from apps.api import tasks as api_tasks
 from apps.evaluations import tasks as evaluations_tasks
 from apps.prompts import tasks as prompts_tasks
-from apps.runs import leases, services
+from apps.runs import execution, launching, leases, recovery
 from apps.runs.models import ReaperBeat, Run, RunMetric, RunStatus
 from apps.runs.tasks import reap, train_run
 from tests import runs_setup
@@ -29,7 +29,7 @@ DEAD_OWNER = "node-that-died:4242:1:deadbeef"
 
 
 def launch(team, tiny_base_model, **overrides):
-    return services.launch_run(
+    return launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,
@@ -66,8 +66,8 @@ def test_a_model_load_longer_than_the_staleness_limit_is_not_taken_over(
     run = launch(team, tiny_base_model)
     slow_model_load["seconds"] = 3.5
     slow_model_load["during"] = lambda: (
-        services.reap_stale_runs(),
-        services.claim_run(run.pk, owner=DEAD_OWNER),
+        recovery.reap_stale_runs(),
+        execution.claim_run(run.pk, owner=DEAD_OWNER),
         Run.objects.get(pk=run.pk).heartbeat_at,
     )
     started = timezone.now()
@@ -96,19 +96,19 @@ def test_a_worker_whose_run_was_taken_over_stops_writing(team, tiny_base_model):
     assert run.status == RunStatus.RUNNING and run.worker_id == DEAD_OWNER and run.log_tail == "theirs"
     assert run.step <= 3 and run.adapter_path == ""  # stopped within a step, wrote no status, no adapter
     assert list(run.metrics.values_list("step", flat=True)) == [1, 2]
-    checkpoints = services.run_dir(run) / "checkpoints"
-    assert not (services.run_dir(run) / "adapter").exists()
+    checkpoints = execution.run_dir(run) / "checkpoints"
+    assert not (execution.run_dir(run) / "adapter").exists()
     assert max(int(p.name.split("-")[1]) for p in checkpoints.iterdir()) <= 2
 
 
 @pytest.mark.django_db
 def test_cancel_while_the_model_loads_stops_before_the_first_step(team, tiny_base_model, slow_model_load):
     run = launch(team, tiny_base_model)
-    slow_model_load["during"] = lambda: services.cancel_run(run=run)
+    slow_model_load["during"] = lambda: launching.cancel_run(run=run)
     assert train_run(run.pk) == RunStatus.CANCELLED
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED and run.step == 0 and not run.metrics.exists()
-    assert not (services.run_dir(run) / "checkpoints").exists()
+    assert not (execution.run_dir(run) / "checkpoints").exists()
 
 
 @pytest.mark.django_db
@@ -140,7 +140,7 @@ def test_a_pm_resumes_a_failed_run_from_its_last_checkpoint(
 
     def fill_disk_at_step_3(sender, instance, created, **kwargs):
         if instance.train_loss is not None and instance.step == 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(services.run_dir(run) / "checkpoints"))
+            raise OSError(errno.ENOSPC, "No space left on device", str(execution.run_dir(run) / "checkpoints"))
 
     post_save.connect(fill_disk_at_step_3, sender=RunMetric, dispatch_uid="disk-full")
     try:
@@ -168,17 +168,17 @@ def test_a_pm_resumes_a_failed_run_from_its_last_checkpoint(
 @pytest.mark.django_db
 def test_resume_is_refused_while_a_live_worker_holds_the_run_and_for_a_finished_run(team, tiny_base_model):
     run = launch(team, tiny_base_model)
-    with pytest.raises(services.RunError, match="waiting for a worker"):  # just queued: not stranded
-        services.resume_run(run=run)
+    with pytest.raises(launching.RunError, match="waiting for a worker"):  # just queued: not stranded
+        launching.resume_run(run=run)
     assert 'id="resume-run"' not in team.client("pm").get(run.get_absolute_url()).content.decode()
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, worker_id=DEAD_OWNER, heartbeat_at=timezone.now())
     run.refresh_from_db()
-    with pytest.raises(services.RunError, match="live worker"):
-        services.resume_run(run=run)
+    with pytest.raises(launching.RunError, match="live worker"):
+        launching.resume_run(run=run)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED)
     run.refresh_from_db()
-    with pytest.raises(services.RunError, match="only failed or stranded"):
-        services.resume_run(run=run)
+    with pytest.raises(launching.RunError, match="only failed or stranded"):
+        launching.resume_run(run=run)
     response = team.client("pm").post(f"/p/support/runs/{run.pk}/resume/", follow=True)
     assert "only failed or stranded runs can be resumed" in response.content.decode()
 
@@ -241,7 +241,7 @@ def test_a_read_only_database_is_a_clear_page_and_a_clear_cli_error(team, tiny_b
     def readonly(**kwargs):
         raise OperationalError("attempt to write a readonly database")
 
-    monkeypatch.setattr(services, "launch_run", readonly)
+    monkeypatch.setattr(launching, "launch_run", readonly)
     response = team.client("pm").post(
         "/p/support/runs/new/",
         {

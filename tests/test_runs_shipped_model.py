@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from apps.demo.generator import check_reply, generate_examples
-from apps.runs import services
+from apps.runs import base_models, launching
 from apps.runs.models import RunStatus
 from apps.runs.tasks import train_run
 from tests.factories import make_dataset_version
@@ -20,12 +20,12 @@ def test_the_shipped_model_learns_the_house_style_and_its_adapter_changes_its_ou
 
     from worker.models import load_model, load_tokenizer
 
-    base_model = services.ensure_shipped_base_model()
+    base_model = base_models.ensure_shipped_base_model()
     assert base_model.name == "smollm2-135m-instruct" and base_model.has_chat_template
     assert 100_000_000 < base_model.parameter_count < 200_000_000 and base_model.context_length >= 2048
     demo = [e.messages for e in generate_examples(110, seed=3)]
     version = make_dataset_version(team.project, {"train": demo[:96], "val": demo[96:104], "test": demo[104:]})
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project,
         dataset_version=version,
         base_model=base_model,

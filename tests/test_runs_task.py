@@ -9,7 +9,7 @@ import pytest
 from django.db.models.signals import post_save
 from django.utils import timezone
 
-from apps.runs import services
+from apps.runs import base_models, execution, launching
 from apps.runs.models import Run, RunMetric, RunStatus
 from apps.runs.tasks import reap, train_run
 from tests import runs_setup
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def run(team, tiny_base_model):
-    return services.launch_run(
+    return launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,
@@ -37,7 +37,7 @@ def test_a_run_trains_records_metrics_and_a_second_delivery_does_not_start_it_ag
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.attempts == 1 and run.step == run.total_steps == 4
     assert run.heartbeat_at and run.tokens_per_second > 0 and run.final_val_loss is not None
-    assert run.adapter_path and (services.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
+    assert run.adapter_path and (execution.run_dir(run) / "adapter" / "adapter_model.safetensors").is_file()
     steps = list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True))
     assert steps == [1, 2, 3, 4] and run.metrics.filter(val_loss__isnull=False).exists()
     assert train_run(run.pk) == "skipped"  # the duplicated message
@@ -67,7 +67,7 @@ def test_a_delivery_while_another_worker_is_running_the_run_is_ignored(run):
 def test_cancel_mid_run_stops_within_a_step_and_leaves_no_adapter(run):
     def cancel_after_first_loss(sender, instance, created, **kwargs):
         if instance.train_loss is not None:
-            services.cancel_run(run=Run.objects.get(pk=instance.run_id))
+            launching.cancel_run(run=Run.objects.get(pk=instance.run_id))
 
     post_save.connect(cancel_after_first_loss, sender=RunMetric, dispatch_uid="cancel-test")
     try:
@@ -76,7 +76,7 @@ def test_cancel_mid_run_stops_within_a_step_and_leaves_no_adapter(run):
         post_save.disconnect(dispatch_uid="cancel-test", sender=RunMetric)
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED and run.step == 2 and run.adapter_path == ""  # asked during step 1's log
-    assert not (services.run_dir(run) / "adapter").exists()
+    assert not (execution.run_dir(run) / "adapter").exists()
 
 
 def test_a_failure_stores_the_error_and_the_log_tail(run, tiny_base_model):
@@ -96,8 +96,8 @@ def test_the_reaper_resumes_a_run_whose_heartbeat_stopped_from_its_checkpoint(
     from worker.train import Hooks, TrainConfig, train
 
     config = TrainConfig(
-        model_dir=resolve_model_dir(services.model_spec_for(run.base_model)),
-        output_dir=str(services.run_dir(run)),
+        model_dir=resolve_model_dir(base_models.model_spec_for(run.base_model)),
+        output_dir=str(execution.run_dir(run)),
         **{k: v for k, v in run.hyperparameters.items() if k != "target_modules"},
     )
     seen = []

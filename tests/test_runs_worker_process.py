@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from apps.evaluations import generation as eval_services_generation
 from apps.evaluations.models import Evaluation, EvaluationStatus, Generation
-from apps.runs import services
+from apps.runs import execution, launching, recovery
 from apps.runs.models import Run, RunStatus
 from tests import runs_setup
 from tests.conftest import REPO
@@ -56,7 +56,7 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint_and_finishes_the_same
     env = worker_env(tiny_model_dir)
     version = small_version(team.project)
     with running_worker(tmp_path / "first", queues="gpu,default", extra_env=env) as worker:
-        run = services.launch_run(
+        run = launching.launch_run(
             project=team.project,
             dataset_version=version,
             base_model=tiny_base_model,
@@ -76,7 +76,7 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint_and_finishes_the_same
 
     with running_worker(tmp_path / "second", queues="gpu,default", extra_env=env) as worker:
         wait_until_stale(run.heartbeat_at)
-        assert services.reap()["runs"] == [run.pk]
+        assert recovery.reap()["runs"] == [run.pk]
         wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 180, worker, "the resumed run to finish")
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
@@ -107,7 +107,7 @@ def test_a_live_run_in_a_long_final_validation_is_not_taken_over_and_killed_ther
     )
     slow = worker_env(tiny_model_dir, validation_batch_seconds=1.2)
     with running_worker(tmp_path / "first", queues="gpu,default", extra_env=slow) as worker:
-        run = services.launch_run(
+        run = launching.launch_run(
             project=team.project,
             dataset_version=version,
             base_model=tiny_base_model,
@@ -125,14 +125,14 @@ def test_a_live_run_in_a_long_final_validation_is_not_taken_over_and_killed_ther
         assert run.phase == "validating" and not run.is_finished, "the validation ended too early to test anything"
         assert (timezone.now() - run.heartbeat_at).total_seconds() < STALE_SECONDS
         assert run.heartbeat_at > validating_since  # beaten during the validation, not only at step ends
-        assert services.reap()["runs"] == []  # a live run is not re-queued
+        assert recovery.reap()["runs"] == []  # a live run is not re-queued
         worker.kill()
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING and run.checkpoint_path.endswith("checkpoint-4") and not run.adapter_path
 
     with running_worker(tmp_path / "second", queues="gpu,default", extra_env=worker_env(tiny_model_dir)) as worker:
         wait_until_stale(run.heartbeat_at)
-        assert services.reap()["runs"] == [run.pk]
+        assert recovery.reap()["runs"] == [run.pk]
         wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 180, worker, "the resumed run to finish")
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
@@ -140,7 +140,7 @@ def test_a_live_run_in_a_long_final_validation_is_not_taken_over_and_killed_ther
     assert "finishing without training" in run.log_tail
     assert list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True)) == [1, 2, 3, 4]
     assert list(run.metrics.filter(val_loss__isnull=False).values_list("step", flat=True)) == [4]
-    assert sorted(p.name for p in (services.run_dir(run) / "checkpoints").iterdir())[-1] == "checkpoint-4"
+    assert sorted(p.name for p in (execution.run_dir(run) / "checkpoints").iterdir())[-1] == "checkpoint-4"
     assert Path(run.adapter_path, "adapter_model.safetensors").is_file()
 
 
@@ -149,7 +149,7 @@ def test_a_queued_run_whose_message_the_broker_lost_is_sent_again_by_the_reaper(
     team, tiny_base_model, tiny_model_dir, settings, tmp_path
 ):
     settings.FTSTUDIO_REQUEUE_AFTER_SECONDS = 1
-    run = services.launch_run(
+    run = launching.launch_run(
         project=team.project,
         dataset_version=small_version(team.project),
         base_model=tiny_base_model,
@@ -159,7 +159,7 @@ def test_a_queued_run_whose_message_the_broker_lost_is_sent_again_by_the_reaper(
     with running_worker(tmp_path / "worker", queues="gpu,default", extra_env=worker_env(tiny_model_dir)) as worker:
         time.sleep(1.5)
         assert Run.objects.get(pk=run.pk).status == RunStatus.QUEUED  # nothing to deliver: stranded
-        assert services.reap()["queued_runs"] == [run.pk]
+        assert recovery.reap()["queued_runs"] == [run.pk]
         wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 180, worker, "the re-sent run to finish")
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.attempts == 1 and run.step == 4, run.error
@@ -212,7 +212,7 @@ def test_a_deploy_s_sigterm_stops_the_run_at_a_checkpoint_and_the_next_worker_fi
     worker = start_worker(tmp_path / "first" / "worker.log", extra_env=env)
     try:
         wait_for_ping(worker)
-        run = services.launch_run(
+        run = launching.launch_run(
             project=team.project,
             dataset_version=small_version(team.project),
             base_model=tiny_base_model,
@@ -234,5 +234,5 @@ def test_a_deploy_s_sigterm_stops_the_run_at_a_checkpoint_and_the_next_worker_fi
         worker.stop()
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.attempts == 1 and run.step == 12, run.error
-    assert f"resuming from {services.run_dir(run)}/checkpoints/checkpoint-{stopped_at}" in run.log_tail
+    assert f"resuming from {execution.run_dir(run)}/checkpoints/checkpoint-{stopped_at}" in run.log_tail
     assert list(run.metrics.filter(train_loss__isnull=False).values_list("step", flat=True)) == list(range(1, 13))

@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from apps.evaluations import generation as eval_services_generation
 from apps.evaluations import services as eval_services
 from apps.evaluations.models import Evaluation, EvaluationStatus, Generation
-from apps.runs import artifacts, services
+from apps.runs import artifacts, launching, recovery
 from apps.runs.models import Run, RunStatus
 from tests import runs_setup
 from tests.eval_setup import make_rubric, make_version
@@ -44,10 +44,10 @@ def test_a_run_killed_on_one_node_is_finished_on_another_from_the_stored_checkpo
     first, second = tmp_path / "node-a", tmp_path / "node-b"
     version = small_version(team.project)
     with running_worker(first, extra_env=node_env(first, tiny_model_dir)) as worker:
-        short = services.launch_run(
+        short = launching.launch_run(
             project=team.project, dataset_version=version, base_model=tiny_base_model, overrides=runs_setup.FAST
         )
-        run = services.launch_run(
+        run = launching.launch_run(
             project=team.project,
             dataset_version=version,
             base_model=tiny_base_model,
@@ -70,7 +70,7 @@ def test_a_run_killed_on_one_node_is_finished_on_another_from_the_stored_checkpo
 
     with running_worker(second, extra_env=node_env(second, tiny_model_dir)) as worker:
         wait_until_stale(run.heartbeat_at)
-        assert services.reap()["runs"] == [run.pk]
+        assert recovery.reap()["runs"] == [run.pk]
         wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 240, worker, "the resumed run to finish")
         run.refresh_from_db()
         assert run.status == RunStatus.SUCCEEDED, run.error

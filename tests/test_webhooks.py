@@ -14,7 +14,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from apps.api.models import FineTuningJob
-from apps.runs import services as runs
+from apps.runs import launching
 from apps.webhooks import services, tasks
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery
 from tests import runs_setup
@@ -46,13 +46,13 @@ def add_endpoint(team, url: str, events=("fine_tuning.job.succeeded", "fine_tuni
 
 def test_a_cancelled_job_is_delivered_signed_retried_after_a_500_and_resent(team, tiny_base_model, receiver, settings):
     secret = add_endpoint(team, receiver.url)
-    run = runs.launch_run(
+    run = launching.launch_run(
         project=team.project,
         dataset_version=runs_setup.small_version(team.project),
         base_model=tiny_base_model,
         overrides=runs_setup.FAST,
     )
-    runs.cancel_run(run=run)  # queued: cancelled at once, the event fires when that commits
+    launching.cancel_run(run=run)  # queued: cancelled at once, the event fires when that commits
     delivery = WebhookDelivery.objects.get()
     assert tasks.deliver.apply(args=[delivery.pk]).get() == "pending"  # the receiver answered 500
     delivery.refresh_from_db()
@@ -83,7 +83,7 @@ def test_a_cancelled_job_is_delivered_signed_retried_after_a_500_and_resent(team
     assert WebhookDelivery.objects.get(pk=delivery.pk).status == DeliveryStatus.PENDING
     assert tasks.deliver.apply(args=[delivery.pk]).get() == "succeeded"
     assert len(receiver.requests) == 3 and WebhookDelivery.objects.count() == 1
-    runs.cancel_run(run=run)  # already cancelled: no second event
+    launching.cancel_run(run=run)  # already cancelled: no second event
     assert WebhookDelivery.objects.count() == 1
 
 

@@ -52,7 +52,7 @@ def test_with_the_cache_on_packed_examples_would_see_each_other(tiny_model_dir, 
 def test_the_loss_from_the_labelled_positions_alone_is_the_models_loss_with_the_same_gradients(
     tiny_model_dir, tmp_path
 ):
-    """Training computes vocabulary logits only where a label is learned (`worker.train.labelled_loss`): the loss
+    """Training computes vocabulary logits only where a label is learned (`worker.trainer.labelled_loss`): the loss
     and the LoRA gradients must equal those of the model's own loss over every position, and lm_head must see
     only the labelled positions (not the prompt, not the filler)."""
     trainer, _, train_features, _ = build_trainer(config(tiny_model_dir, tmp_path, pack_row_tokens=64), TRAIN[:6], VAL)

@@ -161,7 +161,7 @@ def recomputed_accuracy(model_dir, adapter_dir, conversations) -> float:
 def test_token_accuracy_counts_the_learnt_tokens_predicted_right():
     import torch
 
-    from worker.train import count_right
+    from worker.trainer import count_right
 
     counts = [0, 0]
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.0, 0.2, 0.7]])

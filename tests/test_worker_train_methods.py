@@ -180,7 +180,7 @@ def test_a_paused_grpo_run_keeps_that_step_in_a_checkpoint_and_the_next_call_goe
 
 
 def test_trl_logs_become_metric_fields_and_a_grader_with_no_score_in_a_step_is_left_out():
-    from worker.train import method_metrics
+    from worker.trainer import method_metrics
 
     dpo_logs = {"loss": 0.6, "rewards/margins": 0.2, "rewards/accuracies": 1.0, "rewards/chosen": 0.1}
     assert method_metrics(dpo_logs) == {"reward_margin": 0.2, "preference_accuracy": None, "rewards": {}}

@@ -17,7 +17,7 @@ A run's memory is the sum of five parts (bytes), each counted from the model's s
   softmax too: two numbers per head per token of the packed row. With gradient checkpointing only each layer's
   input is kept, plus one layer's full activations while that layer is recomputed.
 * **logits**, only where a label is learned (the packed trainer computes the vocabulary projection at labelled
-  positions only, `worker.train.labelled_loss`): the fp32 logits, their log-softmax and its gradient.
+  positions only, `worker.trainer.labelled_loss`): the fp32 logits, their log-softmax and its gradient.
 * **fixed overhead**: the framework itself (a CUDA context and the allocator's slack on a GPU; the Python process
   with torch and transformers loaded on a CPU).
 """
@@ -38,7 +38,7 @@ CPU_OVERHEAD_BYTES = int(0.5 * GB)
 GPU_OVERHEAD_BYTES = int(1.0 * GB)
 GPU_ALLOCATOR_SLACK = 0.10
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit weights + 8-bit block scales + fp32 second-level scales
-# Causal LMs whose training loss computes logits only at labelled positions (worker.train.LABELLED_LOGITS_MODEL_TYPES)
+# Causal LMs whose training loss computes logits only at labelled positions (worker.trainer.LABELLED_LOGITS_MODEL_TYPES)
 LABELLED_LOGITS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 

@@ -28,9 +28,6 @@ import torch
 
 from worker.graders import grade
 from worker.train import (
-    PhaseOnce,
-    RunCallback,
-    StopState,
     _checkpoint_here,
     _is_final,
     _load_final_checkpoint,
@@ -40,6 +37,7 @@ from worker.train import (
     last_checkpoint,
 )
 from worker.train_config import QLORA_NEEDS_CUDA, Hooks, Metric, Stopped, TrainConfig, TrainResult, stop_point
+from worker.trainer import PhaseOnce, RunCallback, StopState
 
 METHODS = ("dpo", "reinforcement")
 

@@ -9,12 +9,11 @@ import re
 
 from django.http import FileResponse, HttpResponse, JsonResponse
 
-from . import fine_tuning as ft
-from . import graders, shapes
+from . import fine_tuning, ft_events, ft_files, ft_jobs, graders, shapes
 from .auth import ApiError, api_view, json_body, require
 
 METADATA_QUERY = re.compile(r"^metadata\[(.+)\]$")
-STATUS = {ft.Invalid: 400, ft.NotFound: 404, ft.Conflict: 409}
+STATUS = {fine_tuning.Invalid: 400, fine_tuning.NotFound: 404, fine_tuning.Conflict: 409}
 
 
 def ft_view(need: str, methods: tuple[str, ...] = ("GET",)):
@@ -25,7 +24,7 @@ def ft_view(need: str, methods: tuple[str, ...] = ("GET",)):
         def mapped(request, *args, **kwargs):
             try:
                 return view(request, *args, **kwargs)
-            except ft.FineTuningError as exc:
+            except fine_tuning.FineTuningError as exc:
                 raise ApiError(STATUS[type(exc)], exc.message, param=exc.param, code=exc.code) from None
 
         return api_view(need, methods=methods)(mapped)
@@ -53,7 +52,7 @@ def files(request):
             raise ApiError(413, request.upload_refused, param="file", code="file_too_large")
         for key in set(request.POST) - {"purpose"}:
             raise ApiError(400, f"Unknown field {key!r}: send 'file' and 'purpose'.", param=key)
-        record = ft.create_file(
+        record = ft_files.create_file(
             project=project,
             user=request.api_key.user,
             upload=uploaded.get("file"),
@@ -61,11 +60,11 @@ def files(request):
         )
         return JsonResponse(shapes.file(record))
     _query(request, {"purpose", "after", "limit", "order"})
-    rows, more = ft.list_files(
+    rows, more = ft_files.list_files(
         project,
         purpose=request.GET.get("purpose", ""),
         after=request.GET.get("after", ""),
-        limit=ft.page_limit(request.GET.get("limit"), default=ft.MAX_PAGE),
+        limit=fine_tuning.page_limit(request.GET.get("limit"), default=fine_tuning.MAX_PAGE),
     )
     return JsonResponse(shapes.page([shapes.file(f) for f in rows], more, empty_id=""))
 
@@ -75,17 +74,17 @@ def file_detail(request, file_id: str):
     project = request.access.project
     if request.method == "DELETE":
         require(request.access, "label")
-        return JsonResponse({"id": ft.delete_file(project, file_id), "object": "file", "deleted": True})
-    return JsonResponse(shapes.file(ft.get_file(project, file_id)))
+        return JsonResponse({"id": ft_files.delete_file(project, file_id), "object": "file", "deleted": True})
+    return JsonResponse(shapes.file(ft_files.get_file(project, file_id)))
 
 
 @ft_view("view")
 def file_content(request, file_id: str):
-    found = ft.get_file(request.access.project, file_id)
-    if isinstance(found, ft.ResultFile):
-        return HttpResponse(ft.file_content(found), content_type="text/csv")
+    found = ft_files.get_file(request.access.project, file_id)
+    if isinstance(found, ft_files.ResultFile):
+        return HttpResponse(ft_files.file_content(found), content_type="text/csv")
     # Streamed from the store in chunks (FileResponse closes the file): a large file is never held in memory.
-    return FileResponse(ft.open_file(found), content_type="application/octet-stream")
+    return FileResponse(ft_files.open_file(found), content_type="application/octet-stream")
 
 
 @ft_view("view", methods=("GET", "POST"))
@@ -93,7 +92,7 @@ def jobs(request):
     project = request.access.project
     if request.method == "POST":
         require(request.access, "run")
-        job = ft.create_job(
+        job = ft_jobs.create_job(
             project=project,
             user=request.api_key.user,
             key=request.api_key,
@@ -104,36 +103,39 @@ def jobs(request):
         return JsonResponse(shapes.job(job))
     _query(request, {"after", "limit", "metadata"})
     metadata = {m.group(1): v for k, v in request.GET.items() if (m := METADATA_QUERY.match(k))}
-    rows, more = ft.list_jobs(
-        project, after=request.GET.get("after", ""), metadata=metadata, limit=ft.page_limit(request.GET.get("limit"))
+    rows, more = fine_tuning.list_jobs(
+        project,
+        after=request.GET.get("after", ""),
+        metadata=metadata,
+        limit=fine_tuning.page_limit(request.GET.get("limit")),
     )
     return JsonResponse(shapes.page([shapes.job(j) for j in rows], more))
 
 
 @ft_view("view")
 def job_detail(request, job_id: str):
-    return JsonResponse(shapes.job(ft.get_job(request.access.project, job_id)))
+    return JsonResponse(shapes.job(fine_tuning.get_job(request.access.project, job_id)))
 
 
 def _action(action):
     @ft_view("run", methods=("POST",))
     def view(request, job_id: str):
-        return JsonResponse(shapes.job(action(ft.get_job(request.access.project, job_id))))
+        return JsonResponse(shapes.job(action(fine_tuning.get_job(request.access.project, job_id))))
 
     view.__name__ = view.__qualname__ = action.__name__.replace("_job", "")
     return view
 
 
-cancel, pause, resume = _action(ft.cancel_job), _action(ft.pause_job), _action(ft.resume_job)
+cancel, pause, resume = _action(ft_jobs.cancel_job), _action(ft_jobs.pause_job), _action(ft_jobs.resume_job)
 
 
 @ft_view("view")
 def job_events(request, job_id: str):
     _query(request, {"after", "limit"})
-    items, more = ft.slice_after(
-        ft.events(ft.get_job(request.access.project, job_id)),
+    items, more = ft_events.slice_after(
+        ft_events.events(fine_tuning.get_job(request.access.project, job_id)),
         request.GET.get("after", ""),
-        ft.page_limit(request.GET.get("limit"), default=20),
+        fine_tuning.page_limit(request.GET.get("limit"), default=20),
     )
     return JsonResponse(shapes.page([shapes.event(e) for e in items], more))
 
@@ -141,10 +143,10 @@ def job_events(request, job_id: str):
 @ft_view("view")
 def job_checkpoints(request, job_id: str):
     _query(request, {"after", "limit"})
-    items, more = ft.slice_after(
-        ft.checkpoints(ft.get_job(request.access.project, job_id)),
+    items, more = ft_events.slice_after(
+        ft_events.checkpoints(fine_tuning.get_job(request.access.project, job_id)),
         request.GET.get("after", ""),
-        ft.page_limit(request.GET.get("limit"), default=10),
+        fine_tuning.page_limit(request.GET.get("limit"), default=10),
     )
     return JsonResponse(shapes.page(items, more))
 

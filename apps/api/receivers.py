@@ -19,7 +19,7 @@ def on_run_saved(sender, instance, created: bool = False, raw: bool = False, **k
 def _adopt(run_pk: int) -> None:
     from apps.runs.models import Run
 
-    from .fine_tuning import adopt_run
+    from .ft_jobs import adopt_run
 
     try:
         run = Run.objects.select_related("base_model", "project").filter(pk=run_pk).first()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from apps.runs.models import RunStatus
 from apps.runs.selectors import eta_seconds
 
-from . import fine_tuning as ft
+from . import fine_tuning, ft_events, ft_files
 from .selectors import run_model_id
 
 
@@ -39,7 +39,7 @@ def file(found) -> dict:
 
 def job(j) -> dict:
     run = j.run
-    status = ft.job_status(j)
+    status = fine_tuning.job_status(j)
     succeeded = run is not None and run.status == RunStatus.SUCCEEDED
     eta = eta_seconds(run) if run is not None else None
     finished = j.finished_at if run is None else (run.finished_at if run.is_finished else None)
@@ -64,7 +64,7 @@ def job(j) -> dict:
         "trained_tokens": int((run.estimate or {}).get("tokens", 0)) if succeeded else None,
         "estimated_finish": _ts(run.heartbeat_at) + eta if eta is not None and run.heartbeat_at else None,
         "error": error,
-        "result_files": [ft.results_file_id(j)] if succeeded else [],
+        "result_files": [ft_files.results_file_id(j)] if succeeded else [],
         "seed": j.seed,
         "metadata": j.metadata or None,
         "integrations": [],
@@ -78,7 +78,7 @@ def job(j) -> dict:
     }
 
 
-def event(e: ft.Event) -> dict:
+def event(e: ft_events.Event) -> dict:
     return {
         "id": e.id,
         "object": "fine_tuning.job.event",

@@ -8,7 +8,7 @@ from celery import shared_task
 @shared_task(name="api.validate_fine_tuning_job", queue="default", acks_late=True)
 def validate_fine_tuning_job(job_pk: int) -> str:
     """Validate a large job's files and launch its run; a job already validated is left alone."""
-    from .fine_tuning import validate_and_launch
+    from .ft_jobs import validate_and_launch
 
     job = validate_and_launch(job_pk)
     return job.stage if job is not None else "missing"
@@ -17,7 +17,7 @@ def validate_fine_tuning_job(job_pk: int) -> str:
 @shared_task(name="api.reap", queue="default")
 def reap() -> dict[str, list[int]]:
     """The API's recovery pass (jobs whose validation message was lost), scheduled by ftstudio/celery.py."""
-    from .fine_tuning import reap as reap_now
+    from .ft_jobs import reap as reap_now
 
     return reap_now()
 

@@ -222,9 +222,9 @@ def launch_demo_experiment(*, project, user=None):
 def _ensure_base_model():
     """Register the shipped SmolLM2-135M-Instruct (B's service); None when runs are not installed yet."""
     try:
-        from apps.runs.services import ensure_shipped_base_model
+        from apps.runs.base_models import ensure_shipped_base_model
     except ImportError:
-        log.warning("apps.runs.services.ensure_shipped_base_model is missing: the demo has no base model yet")
+        log.warning("apps.runs.base_models.ensure_shipped_base_model is missing: the demo has no base model yet")
         return None
     return ensure_shipped_base_model()
 

@@ -13,7 +13,7 @@ from apps.datasets.models import DatasetVersionItem
 from apps.runs import jobs, leases
 from apps.runs.artifacts import base_model_dir, local_adapter_dir
 from apps.runs.models import ReaperBeat
-from apps.runs.services import MAX_ATTEMPTS, failure_message
+from apps.runs.execution import MAX_ATTEMPTS, failure_message
 from ftstudio.queueing import send_after_commit
 
 from .automatic import schedule_checks

@@ -5,8 +5,8 @@ from django import forms
 from apps.datasets.models import DatasetVersion
 from apps.datasets.selectors import frozen_versions
 from apps.evaluations.models import Rubric
+from apps.runs.launching import PRESETS
 from apps.runs.models import BaseModel
-from apps.runs.services import PRESETS
 
 
 class ExperimentForm(forms.Form):

@@ -14,8 +14,8 @@ from apps.datasets.versions import freeze_subset
 from apps.evaluations.models import Rubric
 from apps.evaluations.selectors import newest_rubric
 from apps.evaluations.services import CandidateSpec, EvaluationError, create_evaluation
+from apps.runs.launching import LaunchError, cancel_run, launch_run
 from apps.runs.models import BaseModel
-from apps.runs.services import LaunchError, cancel_run, launch_run
 
 from . import statistics
 from .models import Arm, Experiment, ExperimentStatus, Point

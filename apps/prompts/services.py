@@ -212,7 +212,7 @@ def run_scoring(version_pk: int, *, batch_size: int = 16) -> PromptVersion | Non
     a live worker holds, is left alone; stored outputs are not generated again). A heartbeat thread keeps the
     claim fresh; a worker that lost it to another stops after its batch."""
     from apps.runs.artifacts import base_model_dir
-    from apps.runs.services import failure_message
+    from apps.runs.execution import failure_message
     from worker.generate import GenerationConfig, generate
     from worker.models import load_generator
 
@@ -274,7 +274,7 @@ def reap_prompt_scoring(now=None) -> dict[str, list[int]]:
     """Re-send running versions
     whose worker is gone (failed after MAX_ATTEMPTS, outputs kept) and queued ones whose message is older than
     FTSTUDIO_REQUEUE_AFTER_SECONDS (a lost message). A duplicate message is harmless: the claim lets one run."""
-    from apps.runs.services import MAX_ATTEMPTS
+    from apps.runs.execution import MAX_ATTEMPTS
 
     def give_up(version: PromptVersion) -> None:
         version.mark_failed(

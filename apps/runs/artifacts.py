@@ -207,7 +207,7 @@ def publish_base_model(base_model, folder: str) -> None:
 def _placement(base_model):
     """Where a base model is for this node: (its spec, its store key, from_store), the key "" without a shared store or
     for a Hub id (the Hugging Face cache), from_store when this node lacks its folder and the store has it complete."""
-    from .services import model_spec_for
+    from .base_models import model_spec_for
 
     spec = model_spec_for(base_model)
     if not remote() or spec.source_kind == "hub":

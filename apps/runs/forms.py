@@ -10,7 +10,7 @@ from ftstudio.asking import answers
 from .methods import parse_graders
 from .models import BaseModel, Run, RunStatus, TrainingMethod
 from .presentation import CHECKPOINTING, HYPERPARAMETERS, MEMORY_MODES, SCALE, form_label
-from .services import PRESETS
+from .launching import PRESETS
 from .signals import launch_form_asked
 
 OVERRIDE_FIELDS = (
@@ -188,7 +188,7 @@ class LaunchForm(forms.Form):
             raise forms.ValidationError(str(exc)) from exc
 
     def method_choices(self) -> dict:
-        """The method and what it needs, as `services.launch_run` takes them."""
+        """The method and what it needs, as `launching.launch_run` takes them."""
         choices = {k: self.cleaned_data.get(k) for k in METHOD_CHOICES}
         chosen = self.cleaned_data.get("graders_from_rubric")
         if not choices["graders"] and chosen in self.rubric_graders:

@@ -7,7 +7,7 @@
 - **reinforcement** ("Learn from graders"): the train split's inputs are the prompts, each example's ideal output
   its reference answer; graders (OpenAI's shapes, each with a weight) score the sampled replies.
 
-`services.prepare_launch` and `services._train` call in here; the worker side is worker/train_methods.py.
+`launching.prepare_launch` and `execution._train` call in here; the worker side is worker/train_methods.py.
 """
 
 from __future__ import annotations

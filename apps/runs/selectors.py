@@ -174,5 +174,5 @@ def run_queue(run_pk) -> str:
     if row is None:
         return DEFAULT_QUEUE
     estimate, need = row
-    # the card the launch estimate chose (apps/runs/services.plan_memory); older runs: the model's requirement
+    # the card the launch estimate chose (apps/runs/launching.plan_memory); older runs: the model's requirement
     return queue_for((estimate or {}).get("gpu_gb") or need or 0)

@@ -1,7 +1,7 @@
 """Celery tasks of runs. `runs.train_run` is routed to queue `gpu` (ftstudio/celery.py); `runs.reap` (queue
 `default`) is scheduled every FTSTUDIO_REAPER_INTERVAL seconds by the one worker started with `-B`.
 
-Tasks import their service inside the function (services import this module to enqueue)."""
+Tasks import their service inside the function (launching, execution and recovery import this module to enqueue)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from celery import shared_task
 @shared_task(name="runs.train_run", acks_late=True, reject_on_worker_lost=True)
 def train_run(run_pk: int) -> str:
     """Train (or resume) one run; a duplicate delivery finds it held by a live worker or finished and does nothing."""
-    from .services import execute_run
+    from .execution import execute_run
 
     return execute_run(run_pk)
 
@@ -19,7 +19,7 @@ def train_run(run_pk: int) -> str:
 @shared_task(name="runs.join_distributed_run", acks_late=False)
 def join_distributed_run(run_pk: int, endpoint: str, rdzv_id: str, resume_step: int = 0) -> str:
     """Take part in a run on several nodes hosted by another worker (routed to the run's queue)."""
-    from .services import execute_join
+    from .execution import execute_join
 
     return execute_join(run_pk, endpoint, rdzv_id, resume_step)
 
@@ -27,7 +27,7 @@ def join_distributed_run(run_pk: int, endpoint: str, rdzv_id: str, resume_step: 
 @shared_task(name="runs.reap")
 def reap() -> dict[str, list[int]]:
     """Re-send runs, exports and imports whose worker is gone, and queued ones whose message was lost."""
-    from .services import reap as reap_now
+    from .recovery import reap as reap_now
 
     return reap_now()
 

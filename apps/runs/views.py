@@ -14,7 +14,7 @@ from ftstudio.asking import answers
 from worker.artifacts import ArtifactStoreError
 from worker.export import ExportError, adapter_files
 
-from . import artifacts, exports, presentation, selectors, services
+from . import artifacts, exports, launching, presentation, selectors
 from .forms import LaunchForm
 from .models import ExportStatus, Run, RunExport
 from .signals import run_list_asked
@@ -45,10 +45,10 @@ def _estimate_context(project, form) -> dict:
     model = choices["base_model"]
     # which card holds which mode, for models a GPU trains (also beside a refusal: what would fit instead)
     gpu_model = model.min_gpu_gb or model.parameter_count >= 1_000_000_000 or choices["overrides"].get("gpu_gb")
-    fit = presentation.fit_rows(services.launch_fit_table(**choices)) if gpu_model else None
+    fit = presentation.fit_rows(launching.launch_fit_table(**choices)) if gpu_model else None
     try:
-        _v, _m, hp, estimate = services.prepare_launch(project=project, **choices, **form.method_choices())
-    except services.LaunchError as exc:
+        _v, _m, hp, estimate = launching.prepare_launch(project=project, **choices, **form.method_choices())
+    except launching.LaunchError as exc:
         return {"estimate": None, "estimate_errors": exc.errors, "fit_table": fit}
     return {
         "estimate": estimate,
@@ -77,7 +77,7 @@ def run_create(request, project):
         )
     if request.method == "POST" and form.is_valid():
         try:
-            run = services.launch_run(
+            run = launching.launch_run(
                 project=project,
                 dataset_version=form.cleaned_data["dataset_version"],
                 base_model=form.cleaned_data["base_model"],
@@ -87,14 +87,14 @@ def run_create(request, project):
                 name=form.cleaned_data["name"],
                 **form.method_choices(),
             )
-        except services.LaunchError as exc:
+        except launching.LaunchError as exc:
             form.add_launch_errors(exc.errors)
         else:
             messages.success(request, f"Queued {run}.")
             return redirect(run)
     context = {
         "form": form,
-        "preset_table": presentation.preset_table(services.PRESETS),
+        "preset_table": presentation.preset_table(launching.PRESETS),
         "no_versions": not form.fields["dataset_version"].queryset.exists(),
     }
     if form.is_bound:
@@ -127,7 +127,7 @@ def run_cancel(request, project, pk):
     run = _run(project, pk)
     if request.method != "POST":
         return redirect(run)
-    run = services.cancel_run(run=run)
+    run = launching.cancel_run(run=run)
     messages.info(
         request,
         f"{run}: cancel requested."
@@ -143,8 +143,8 @@ def run_resume(request, project, pk):
     if request.method != "POST":
         return redirect(run)
     try:
-        run = services.resume_run(run=run, user=request.user)
-    except services.RunError as exc:
+        run = launching.resume_run(run=run, user=request.user)
+    except launching.RunError as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, f"{run} queued again: it resumes from its last checkpoint.")

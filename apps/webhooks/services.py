@@ -136,7 +136,7 @@ def announce_run(run_pk: int) -> None:
     """A run ended (succeeded, failed, cancelled): ``fine_tuning.job.<status>`` with the job's id."""
 
     def fire():
-        from apps.api.fine_tuning import adopt_runs
+        from apps.api.ft_jobs import adopt_runs
         from apps.api.models import FineTuningJob
         from apps.runs.models import Run
 

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.accounts.commands import project_from
 from apps.fleet.selectors import SilenceWatch
-from apps.runs import services
+from apps.runs import base_models, launching
 from apps.runs.models import Run, RunStatus
 from apps.runs.selectors import run_queue
 
@@ -19,8 +19,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="project slug")
         parser.add_argument("--dataset-version", required=True, type=int, help="frozen dataset version number")
-        parser.add_argument("--base-model", default=services.SHIPPED_MODEL_NAME, help="registered base model name")
-        parser.add_argument("--preset", default="quick", choices=sorted(services.PRESETS))
+        parser.add_argument("--base-model", default=base_models.SHIPPED_MODEL_NAME, help="registered base model name")
+        parser.add_argument("--preset", default="quick", choices=sorted(launching.PRESETS))
         parser.add_argument("--epochs", type=float)
         parser.add_argument("--max-steps", type=int)
         parser.add_argument("--wait", action="store_true", help="follow progress; exit 0 only if the run succeeds")
@@ -28,18 +28,18 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         project = project_from(opts["project"])
-        if opts["base_model"] == services.SHIPPED_MODEL_NAME:
-            services.ensure_shipped_base_model()
+        if opts["base_model"] == base_models.SHIPPED_MODEL_NAME:
+            base_models.ensure_shipped_base_model()
         overrides = {"epochs": opts["epochs"], "max_steps": opts["max_steps"]}
         try:
-            run = services.launch_run(
+            run = launching.launch_run(
                 project=project,
                 dataset_version=opts["dataset_version"],
                 base_model=opts["base_model"],
                 preset=opts["preset"],
                 overrides={k: v for k, v in overrides.items() if v is not None},
             )
-        except services.LaunchError as exc:
+        except launching.LaunchError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(str(run.pk))
         if not opts["wait"]:

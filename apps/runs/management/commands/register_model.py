@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.runs import services
+from apps.runs import base_models
 from apps.runs.models import SourceKind
 
 
@@ -44,7 +44,7 @@ class Command(BaseCommand):
     def handle(self, *args, name, source, kind, display_name, revision, public_id, min_gpu_gb=None, **opts):
         kind = kind or guess_kind(source)
         try:
-            model = services.register_base_model(
+            model = base_models.register_base_model(
                 name=name,
                 source_kind=kind,
                 source=source,
