@@ -243,6 +243,7 @@ def test_apps_import_only_the_allowed_worker_modules():
         assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{module} no longer exists"
 
 
+@pytest.mark.slow  # starts a fresh interpreter: not in the quick pass, which starts no process
 def test_the_worker_modules_the_web_process_imports_load_no_torch():
     # One fresh interpreter imports them one by one and names the first that brings torch or transformers in.
     code = (

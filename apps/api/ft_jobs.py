@@ -327,7 +327,9 @@ def _import(job, record: ApiFile, param: str, user) -> tuple[list[int], dict]:
         )
     hashes = []
     with open_file(record) as stream:
-        for row in importers.parse_stream(stream, importers.Parsed("openai"), limits=datasets_importing.import_limits()):
+        for row in importers.parse_stream(
+            stream, importers.Parsed("openai"), limits=datasets_importing.import_limits()
+        ):
             hashes.append(content_hash(row.messages, row.tools))
     ids = dict(
         Example.objects.filter(project=job.project, content_hash__in=set(hashes)).values_list("content_hash", "id")

@@ -12,8 +12,8 @@ from django.utils import timezone
 from apps.datasets.models import DatasetVersionItem
 from apps.runs import jobs, leases
 from apps.runs.artifacts import base_model_dir, local_adapter_dir
-from apps.runs.models import ReaperBeat
 from apps.runs.execution import MAX_ATTEMPTS, failure_message
+from apps.runs.models import ReaperBeat
 from ftstudio.queueing import send_after_commit
 
 from .automatic import schedule_checks

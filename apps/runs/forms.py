@@ -7,10 +7,10 @@ from apps.datasets.forms import FrozenVersionField
 from apps.datasets.models import PreferenceVersion
 from ftstudio.asking import answers
 
+from .launching import PRESETS
 from .methods import parse_graders
 from .models import BaseModel, Run, RunStatus, TrainingMethod
 from .presentation import CHECKPOINTING, HYPERPARAMETERS, MEMORY_MODES, SCALE, form_label
-from .launching import PRESETS
 from .signals import launch_form_asked
 
 OVERRIDE_FIELDS = (
