@@ -47,6 +47,37 @@ from worker.trainer import PackedTrainer, PhaseOnce, RunCallback, RunTrainer, St
 log = logging.getLogger(__name__)
 
 
+def common_args(config: TrainConfig, device: str, bf16: bool, evaluate: bool) -> dict:
+    """The `TrainingArguments` every way of learning shares (supervised here, dpo and reinforcement in
+    worker/train_methods.py)."""
+    return dict(
+        output_dir=str(Path(config.output_dir) / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        eval_strategy="epoch" if evaluate else "no",
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+    )
+
+
 def build_trainer(
     config: TrainConfig,
     train_conversations: list[list[dict]],
@@ -108,36 +139,13 @@ def build_trainer(
         raise ValueError("No training example has an assistant turn within max_seq_length tokens.")
 
     args = TrainingArguments(
-        output_dir=str(Path(config.output_dir) / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        eval_strategy="epoch" if val_features else "no",
-        bf16=bf16,
-        use_cpu=device == "cpu",
+        **common_args(config, device, bf16, evaluate=bool(val_features)),
         group_by_length=not config.packing,
         remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=True,
         include_num_input_tokens_seen="no" if config.packing else "non_padding",
-        dataloader_num_workers=0,
         # several nodes: each node keeps its own checkpoints (the rendezvous may make any node rank 0)
         save_on_each_node=distributed_nodes() > 1,
         ddp_find_unused_parameters=False,  # LoRA's trainable weights all take part in every step
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         use_liger_kernel=kernels["liger"],
     )
     collator = PackedRowsCollator(config.pack_row_tokens) if config.packing else padded_collator(tokenizer)

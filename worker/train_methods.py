@@ -32,6 +32,7 @@ from worker.train import (
     _is_final,
     _load_final_checkpoint,
     choose_kernels,
+    common_args,
     four_bit_config,
     kernels_line,
     last_checkpoint,
@@ -153,36 +154,6 @@ def _load(config: TrainConfig, between):
             target_modules=list(config.target_modules),
         )
     return tokenizer, model, peft_config, device, bf16, kernels
-
-
-def common_args(config: TrainConfig, device: str, bf16: bool, evaluate: bool) -> dict:
-    """The `TrainingArguments` both trainers share with the supervised run."""
-    return dict(
-        output_dir=str(Path(config.output_dir) / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        eval_strategy="epoch" if evaluate else "no",
-        bf16=bf16,
-        use_cpu=device == "cpu",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-    )
 
 
 def build_method_trainer(config: TrainConfig, train_rows: list[dict], val_rows: list[dict], hooks: Hooks, callbacks):
