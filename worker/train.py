@@ -275,6 +275,27 @@ def _checkpoint_here(trainer, hooks: Hooks) -> None:
         hooks.on_log(f"worker shutting down: checkpoint at step {step} during validation, then stopping")
 
 
+def resume_point(trainer, config: TrainConfig, hooks: Hooks) -> tuple[str, bool]:
+    """(the last checkpoint to go on from or "", whether it is the final step's): a final checkpoint is loaded
+    and the run finishes without training again."""
+    resume = last_checkpoint(config.output_dir)
+    if resume and _is_final(resume):
+        hooks.on_log(f"resuming from {resume}: the final step, so finishing without training")
+        _load_final_checkpoint(trainer, resume)
+        return resume, True
+    if resume:
+        hooks.on_log(f"resuming from {resume}")
+    return resume, False
+
+
+def note_stop(exc: Stopped, trainer, hooks: Hooks, stop: StopState) -> None:
+    """Training stopped early (cancel or pause): a pause keeps a checkpoint of the step it stopped at."""
+    stop.reason = exc.reason
+    if exc.reason == "paused" and trainer is not None:
+        _checkpoint_here(trainer, hooks)
+    hooks.on_log(f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading"))
+
+
 def train(
     config: TrainConfig,
     train_conversations: list[list[dict]],
@@ -306,13 +327,8 @@ def train(
             between=functools.partial(stop_point, hooks),
         )
         hooks.on_log(trainer.kernels_line)
-        resume = last_checkpoint(config.output_dir)
-        if resume and _is_final(resume):
-            hooks.on_log(f"resuming from {resume}: the final step, so finishing without training")
-            _load_final_checkpoint(trainer, resume)
-        else:
-            if resume:
-                hooks.on_log(f"resuming from {resume}")
+        resume, finished = resume_point(trainer, config, hooks)
+        if not finished:
             if resume and ValidationProgress.losses_at(trainer.args.output_dir, checkpoint_step(resume)):
                 hooks.on_log(f"finishing the validation pass of step {checkpoint_step(resume)} stopped last time")
                 _load_final_checkpoint(trainer, resume)  # that step's weights and state, then its pass
@@ -330,12 +346,7 @@ def train(
         if not stop.reason:
             stop_point(hooks)
     except Stopped as exc:
-        stop.reason = exc.reason
-        if exc.reason == "paused" and trainer is not None:
-            _checkpoint_here(trainer, hooks)
-        hooks.on_log(
-            f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading")
-        )
+        note_stop(exc, trainer, hooks, stop)
     state = trainer.state if trainer is not None else None
     result = TrainResult(
         status=stop.reason or "succeeded",

@@ -27,16 +27,7 @@ from pathlib import Path
 import torch
 
 from worker.graders import grade
-from worker.train import (
-    _checkpoint_here,
-    _is_final,
-    _load_final_checkpoint,
-    choose_kernels,
-    common_args,
-    four_bit_config,
-    kernels_line,
-    last_checkpoint,
-)
+from worker.train import choose_kernels, common_args, four_bit_config, kernels_line, note_stop, resume_point
 from worker.train_config import QLORA_NEEDS_CUDA, Hooks, Metric, Stopped, TrainConfig, TrainResult, stop_point
 from worker.trainer import PhaseOnce, RunCallback, StopState
 
@@ -228,13 +219,8 @@ def train_method(
         stop_point(hooks)
         trainer = build_method_trainer(config, train_rows, val_rows, hooks, [RunCallback(hooks, history, stop)])
         hooks.on_log(trainer.kernels_line)
-        resume = last_checkpoint(config.output_dir)
-        if resume and _is_final(resume):
-            hooks.on_log(f"resuming from {resume}: the final step, so finishing without training")
-            _load_final_checkpoint(trainer, resume)
-        else:
-            if resume:
-                hooks.on_log(f"resuming from {resume}")
+        resume, finished = resume_point(trainer, config, hooks)
+        if not finished:
             trainer.train(resume_from_checkpoint=resume or None)
         if not stop.reason and trainer.eval_dataset is not None:
             if not any(m.val_loss is not None and m.step == trainer.state.global_step for m in history):
@@ -243,12 +229,7 @@ def train_method(
         if not stop.reason:
             stop_point(hooks)
     except Stopped as exc:
-        stop.reason = exc.reason
-        if exc.reason == "paused" and trainer is not None:
-            _checkpoint_here(trainer, hooks)
-        hooks.on_log(
-            f"{exc.reason}: stopped" + (f" at step {trainer.state.global_step}" if trainer else " while loading")
-        )
+        note_stop(exc, trainer, hooks, stop)
     state = trainer.state if trainer is not None else None
     losses = [m.train_loss for m in history if m.train_loss is not None]
     vals = [m.val_loss for m in history if m.val_loss is not None]
