@@ -276,3 +276,33 @@ def test_a_run_that_learns_from_graders_can_take_the_rubric_s_checks_as_its_grad
         ("rubric_check", "starts_with", 2.0),
         ("rubric_check", "max_sentences", 1.0),
     ]
+
+
+def test_a_preference_run_learns_gently_unless_told_otherwise(team, tiny_base_model):
+    """The supervised presets' learning rate collapses a preference run that starts from a tuned model (the demo's:
+    loss 0 within 8 steps, garbled replies), so a preference run takes its own gentler rate unless one is asked."""
+    version = small_version(team.project)
+    preferences = make_preference_version(team.project, version, train=16)
+    fast = {k: v for k, v in FAST.items() if k != "learning_rate"}
+    gentle = launching.launch_run(
+        project=team.project,
+        dataset_version=None,
+        base_model=tiny_base_model,
+        overrides=fast,
+        method="dpo",
+        preference_version=preferences,
+    )
+    assert gentle.hyperparameters["learning_rate"] == 5e-5
+    asked = launching.launch_run(
+        project=team.project,
+        dataset_version=None,
+        base_model=tiny_base_model,
+        overrides={**fast, "learning_rate": 1e-4},
+        method="dpo",
+        preference_version=preferences,
+    )
+    assert asked.hyperparameters["learning_rate"] == 1e-4
+    supervised = launching.launch_run(
+        project=team.project, dataset_version=version, base_model=tiny_base_model, overrides=fast
+    )
+    assert supervised.hyperparameters["learning_rate"] == launching.PRESETS["quick"]["learning_rate"]

@@ -18,7 +18,7 @@ from apps.datasets import services as datasets
 from apps.datasets import versions as datasets_versions
 from apps.datasets.importers import content_hash
 from apps.datasets.models import Example
-from apps.runs import launching
+from apps.runs import launching, methods
 from apps.runs.models import BaseModel, ReaperBeat, Run, RunStatus
 from ftstudio.queueing import send_after_commit
 
@@ -108,7 +108,7 @@ def _overrides(requested, where: str, kind: str = "supervised") -> tuple[dict, d
     if not isinstance(requested, dict):
         raise Invalid(f"{where} must be an object.", param=where)
     overrides, extra = {}, {}
-    base_lr = launching.PRESETS[PRESET]["learning_rate"]
+    base_lr = methods.base_learning_rate(kind, launching.PRESETS[PRESET]["learning_rate"])
     for key, value in requested.items():
         if key not in METHOD_HYPERPARAMETERS[kind]:
             raise Invalid(
@@ -156,7 +156,9 @@ def _overrides(requested, where: str, kind: str = "supervised") -> tuple[dict, d
 def resolved_method(hp: dict, preset: str = PRESET, kind: str = "supervised", grader: dict | None = None) -> dict:
     """The job's ``method`` in OpenAI's shape, with the values the run uses (``hp``: its hyperparameters, with
     ``beta`` for dpo)."""
-    base_lr = launching.PRESETS.get(preset or PRESET, launching.PRESETS[PRESET])["learning_rate"]
+    base_lr = methods.base_learning_rate(
+        kind, launching.PRESETS.get(preset or PRESET, launching.PRESETS[PRESET])["learning_rate"]
+    )
     epochs = hp.get("epochs", 1.0)
     hyperparameters = {
         "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,

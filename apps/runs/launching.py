@@ -426,6 +426,8 @@ def prepare_launch(
     errors: dict[str, str] = {}
     model = _base_model_from(base_model)
     overrides, own = methods.split_overrides(dict(overrides or {}))
+    if method in methods.METHOD_LEARNING_RATES and overrides.get("learning_rate") in (None, ""):
+        overrides["learning_rate"] = methods.METHOD_LEARNING_RATES[method]
     choice, dataset_version = methods.resolve_method(
         project=project,
         method=method,

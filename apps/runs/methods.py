@@ -32,6 +32,17 @@ METHOD_PRESETS = {
     "thorough": {"beta": 0.1, "num_generations": 8, "max_completion_length": 512},
     "compact": {"beta": 0.1, "num_generations": 8, "max_completion_length": 256},
 }
+# A preference run starts from a model that already writes the task: the supervised presets' learning rate (1e-3)
+# collapsed the demo's preference run (loss 0 within 8 steps, garbled replies), 5e-5 improved on its start
+# (docs/BENCHMARKS.md, "Learning from judgments on the demo"). Reinforcement keeps the preset's rate (not measured).
+METHOD_LEARNING_RATES = {TrainingMethod.DPO: 5e-5}
+
+
+def base_learning_rate(method: str, preset_learning_rate: float) -> float:
+    """The learning rate a run of ``method`` takes when none is asked for (the API's multiplier scales this)."""
+    return METHOD_LEARNING_RATES.get(method, preset_learning_rate)
+
+
 USED_BY = {"beta": TrainingMethod.DPO, "num_generations": TrainingMethod.REINFORCEMENT}
 USED_BY["max_completion_length"] = TrainingMethod.REINFORCEMENT
 RANGES = {"beta": (0.001, 10.0), "num_generations": (2, 64), "max_completion_length": (8, 8192)}
