@@ -26,8 +26,8 @@ Tasks run inline (``CELERY_TASK_ALWAYS_EAGER``) in a temporary var dir; the mode
     .venv/bin/python bench/demo_methods.py [--size 300] [--dpo-steps 0] [--dpo-learning-rate 0] [--grpo-steps 16]
         [--threads 1] [--max-new-tokens 64] [--keep DIR]
 
-``--dpo-steps 0``: one epoch of the pairs (the preset's own length); ``--dpo-learning-rate 0``: the quick preset's
-learning rate (1e-3, the supervised one: on the demo it wrecks the model, see docs/BENCHMARKS.md). Prints each
+``--dpo-steps 0``: one epoch of the pairs (the preset's own length); ``--dpo-learning-rate 0``: a preference run's
+own default (5e-5; the supervised presets' 1e-3 wrecks the demo's model, see docs/BENCHMARKS.md). Prints each
 step's time, the per-candidate check table, ``grpo_change=X`` and last ``dpo_change=X``: the DPO run's share of
 test replies passing every check minus the supervised run's (a fraction; -0.032 is one reply of 31 fewer), with its
 95 % interval in brackets.
@@ -110,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=300)
     parser.add_argument("--dpo-steps", type=int, default=0, help="0: one epoch of the pairs")
-    parser.add_argument("--dpo-learning-rate", type=float, default=0.0, help="0: the quick preset's (1e-3)")
+    parser.add_argument("--dpo-learning-rate", type=float, default=0.0, help="0: a preference run's own default (5e-5)")
     parser.add_argument("--grpo-steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
