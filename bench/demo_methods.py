@@ -122,6 +122,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from apps.runs.services import ensure_shipped_base_model
+
     from apps.datasets.preferences import freeze_preference_version
     from apps.demo import generator, services
     from apps.evaluations.graders import rubric_graders
@@ -129,7 +131,6 @@ def main() -> None:
     from apps.evaluations.preferences import harvest_preferences
     from apps.evaluations.services import CandidateSpec, create_evaluation
     from apps.experiments.statistics import paired_difference
-    from apps.runs.services import ensure_shipped_base_model
 
     whole = time.perf_counter()
     started = time.perf_counter()
