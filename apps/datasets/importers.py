@@ -237,11 +237,14 @@ def _too_deep(value, limit: int) -> bool:
     return False
 
 
-def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, limits: Limits) -> Iterator[Row]:
-    check = _check_openai if parsed.file_format == "openai" else _check_alpaca
+def json_objects(
+    lines: Iterator[tuple[int, str | Problem]], errors: list[Problem], limits: Limits, one: str = "object"
+) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each JSON-object line; a line that is not one goes into ``errors`` (blank lines
+    are skipped). ``one`` names what a line holds in the message ("object", "pair")."""
     for number, line in lines:
         if isinstance(line, Problem):
-            parsed.errors.append(line)
+            errors.append(line)
             continue
         if not line.strip():
             continue
@@ -249,18 +252,20 @@ def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, lim
             obj = json.loads(line)
         except ValueError as exc:
             msg = getattr(exc, "msg", str(exc))
-            parsed.errors.append(Problem(number, f"not valid JSON ({msg} at column {getattr(exc, 'colno', '?')})"))
+            errors.append(Problem(number, f"not valid JSON ({msg} at column {getattr(exc, 'colno', '?')})"))
             continue
         except RecursionError:
-            parsed.errors.append(
-                Problem(number, f"nested too deeply: values may nest at most {limits.max_depth} levels")
-            )
+            errors.append(Problem(number, f"nested too deeply: values may nest at most {limits.max_depth} levels"))
             continue
         if not isinstance(obj, dict):
-            parsed.errors.append(
-                Problem(number, f"not a JSON object: each line must be one object, found {_type_name(obj)}")
-            )
+            errors.append(Problem(number, f"not a JSON object: each line must be one {one}, found {_type_name(obj)}"))
             continue
+        yield number, obj
+
+
+def _parse_jsonl(lines: Iterator[tuple[int, str | Problem]], parsed: Parsed, limits: Limits) -> Iterator[Row]:
+    check = _check_openai if parsed.file_format == "openai" else _check_alpaca
+    for number, obj in json_objects(lines, parsed.errors, limits):
         # Only "metadata" and "tools" are stored as they come (messages and tags are checked field by field): bound
         # their depth.
         deep = next((key for key in ("metadata", "tools") if _too_deep(obj.get(key), limits.max_depth)), None)

@@ -134,28 +134,7 @@ def parse_pairs(stream: IO[bytes], parsed: PairsParsed, *, limits: Limits | None
     Memory stays bounded by one line whatever the file's size."""
     limits = limits or Limits()
     count = 0
-    for number, line in importers.iter_lines(stream, limits):
-        if isinstance(line, Problem):
-            parsed.errors.append(line)
-            continue
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            msg = getattr(exc, "msg", str(exc))
-            parsed.errors.append(Problem(number, f"not valid JSON ({msg} at column {getattr(exc, 'colno', '?')})"))
-            continue
-        except RecursionError:
-            parsed.errors.append(
-                Problem(number, f"nested too deeply: values may nest at most {limits.max_depth} levels")
-            )
-            continue
-        if not isinstance(obj, dict):
-            parsed.errors.append(
-                Problem(number, f"not a JSON object: each line must be one pair, found {importers._type_name(obj)}")
-            )
-            continue
+    for number, obj in importers.json_objects(importers.iter_lines(stream, limits), parsed.errors, limits, "pair"):
         for key in sorted(set(obj) - TOP_KEYS):
             parsed.notes.setdefault(f"ignored unknown key {key!r}", []).append(number)
         missing = [key for key in ("input", "preferred_output", "non_preferred_output") if key not in obj]
